@@ -1,0 +1,543 @@
+"""The pure, deterministic exchange core: commands in, events out.
+
+``Core.apply(command)`` is the one entry point. It reads no clock, does no I/O and draws no random
+numbers: the same commands applied to a fresh core always give the same events and the same
+``state_hash()``. The sequencer feeds it; tests and benchmarks call it directly.
+
+A rejected command changes nothing at all (not even a sequence number) and yields one ``Rejected``
+event. Place-order checks run in this fixed order, the first failure naming the reason:
+unknown instrument; halted market; malformed or duplicate client order id; a combination that makes
+no sense (INVALID_ORDER: market order that is post-only, all-or-none or not IOC/FOK; all-or-none buy or
+IOC/FOK all-or-none; min quantity below 0 or above the quantity; a lot on a buy); order types a call
+auction does not take; expiry; quantity range; price (positive, on the tick, inside the band); the
+sell's lot (it must be the seller's own, of this instrument, with enough heads left); post-only that
+would take; in an auction, a price that crosses the participant's own opposite order; FOK and
+min-quantity that cannot be met at once.
+
+Every event is numbered by its instrument (``seq``). GTD orders expire at the first command whose
+time has reached their expiry, before that command takes effect, so an expired order never trades.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from collections.abc import Callable
+
+from exchange.commands import (
+    AmendOrder,
+    CancelOrder,
+    ClockTick,
+    Command,
+    Halt,
+    ListInstrument,
+    PlaceOrder,
+    RegisterLot,
+    Resume,
+    SetReferencePrice,
+    StartAuction,
+    Uncross,
+)
+from exchange.domain import (
+    ExpireReason,
+    InstrumentSpec,
+    Lot,
+    OrderType,
+    RejectReason,
+    Side,
+    TimeInForce,
+    TradingState,
+    band_fen,
+)
+from exchange.events import (
+    AuctionUncrossed,
+    Event,
+    InstrumentListed,
+    LotRegistered,
+    OrderAccepted,
+    OrderAmended,
+    OrderCancelled,
+    OrderExpired,
+    ReferencePriceSet,
+    Rejected,
+    TradingStateChanged,
+)
+from exchange.matching.auction import uncross
+from exchange.matching.book import NO_LIMIT, Counters, LotState, Order, OrderBook
+
+BUY = Side.BUY
+SELL = Side.SELL
+LIMIT = OrderType.LIMIT
+GTC, IOC, FOK, GTD = TimeInForce.GTC, TimeInForce.IOC, TimeInForce.FOK, TimeInForce.GTD
+CONTINUOUS, AUCTION, HALTED = TradingState.CONTINUOUS, TradingState.AUCTION, TradingState.HALTED
+R = RejectReason
+MAX_CLIENT_ORDER_ID_LEN = 36
+
+
+class Market:
+    """An instrument's specification, trading state, reference price and book."""
+
+    __slots__ = ("band_high_fen", "band_low_fen", "book", "reference_price_fen", "resume_state", "spec", "state")
+
+    def __init__(self, spec: InstrumentSpec, book: OrderBook) -> None:
+        self.spec = spec
+        self.book = book
+        self.state = spec.initial_state
+        self.resume_state = spec.initial_state
+        self.set_reference(spec.reference_price_fen)
+
+    def set_reference(self, price_fen: int) -> None:
+        self.reference_price_fen = price_fen
+        self.band_low_fen, self.band_high_fen = band_fen(self.spec, price_fen)
+
+    def price_reason(self, price_fen: int) -> RejectReason | None:
+        if price_fen <= 0:
+            return R.INVALID_PRICE
+        if price_fen % self.spec.tick_fen:
+            return R.PRICE_OFF_TICK
+        if self.band_high_fen and not self.band_low_fen <= price_fen <= self.band_high_fen:
+            return R.PRICE_OUTSIDE_BAND
+        return None
+
+
+class Core:
+    """All markets, lots and resting orders of one shard, and the rules that change them."""
+
+    def __init__(self) -> None:
+        self.counters = Counters()
+        self.markets: dict[str, Market] = {}
+        self.lots: dict[int, LotState] = {}
+        self.lot_records: dict[int, Lot] = {}
+        self.orders: dict[int, Order] = {}  # resting orders only
+        self.client_order_ids: dict[tuple[int, str], int] = {}  # (participant, client id) -> order id
+        self.expiries: list[tuple[int, int]] = []  # heap of (expire_at_ns, order_id) for resting GTD
+        self._handlers: dict[type, Callable[[Command, list], None]] = {
+            PlaceOrder: self._place_order,
+            CancelOrder: self._cancel_order,
+            AmendOrder: self._amend_order,
+            ListInstrument: self._list_instrument,
+            RegisterLot: self._register_lot,
+            Halt: self._halt,
+            Resume: self._resume,
+            StartAuction: self._start_auction,
+            Uncross: self._uncross,
+            SetReferencePrice: self._set_reference_price,
+            ClockTick: self._clock_tick,
+        }
+
+    # -- entry point -------------------------------------------------------------------------------
+
+    def apply(self, command: Command) -> list[Event]:
+        events: list = []
+        expiries = self.expiries
+        if expiries and expiries[0][0] <= command.ts_ns:
+            self._expire_due(command.ts_ns, events)
+        self._handlers[command.__class__](command, events)
+        return events
+
+    # -- orders --------------------------------------------------------------------------------------
+
+    def _place_order(self, cmd: PlaceOrder, events: list) -> None:
+        market = self.markets.get(cmd.instrument)
+        if market is None:
+            events.append(Rejected(0, cmd.ts_ns, cmd.participant_id, R.UNKNOWN_INSTRUMENT, cmd.client_order_id))
+            return
+        reason = self._check_order(market, cmd)
+        if reason is not None:
+            events.append(
+                Rejected(0, cmd.ts_ns, cmd.participant_id, reason, cmd.client_order_id, 0, cmd.instrument)
+            )
+            return
+        self._accept(market, cmd, events)
+
+    def _check_order(self, market: Market, cmd: PlaceOrder) -> RejectReason | None:
+        """The first reason this order must be rejected, in the documented order, or None."""
+        state = market.state
+        if state == HALTED:
+            return R.MARKET_HALTED
+        cid = cmd.client_order_id
+        if not 0 < len(cid) <= MAX_CLIENT_ORDER_ID_LEN:
+            return R.INVALID_ORDER
+        if (cmd.participant_id, cid) in self.client_order_ids:
+            return R.DUPLICATE_CLIENT_ORDER_ID
+        reason = _shape_reason(cmd)
+        if reason is not None:
+            return reason
+        if state == AUCTION and (
+            cmd.order_type != LIMIT or cmd.time_in_force in (IOC, FOK) or cmd.min_quantity_heads
+        ):
+            return R.NOT_ALLOWED_IN_AUCTION
+        if (cmd.time_in_force == GTD) != (cmd.expire_at_ns > 0) or (
+            cmd.time_in_force == GTD and cmd.expire_at_ns <= cmd.ts_ns
+        ):
+            return R.INVALID_EXPIRY
+        spec = market.spec
+        if not spec.min_order_heads <= cmd.quantity_heads <= spec.max_order_heads:
+            return R.QUANTITY_OUT_OF_RANGE
+        if cmd.order_type == LIMIT:
+            reason = market.price_reason(cmd.price_fen)
+            if reason is not None:
+                return reason
+        if cmd.side == SELL:
+            reason = self._lot_reason(cmd.participant_id, cmd.lot_id, cmd.instrument, cmd.quantity_heads)
+            if reason is not None:
+                return reason
+        return self._liquidity_reason(market, cmd)
+
+    def _lot_reason(self, participant_id: int, lot_id: int, instrument: str, heads: int) -> RejectReason | None:
+        lot = self.lots.get(lot_id)
+        if lot is None or lot.seller_id != participant_id:
+            return R.LOT_NOT_FOUND  # another seller's lot is as good as missing: never reveal it
+        if lot.instrument != instrument:
+            return R.LOT_WRONG_INSTRUMENT
+        if lot.available_heads < heads:
+            return R.LOT_EXHAUSTED
+        return None
+
+    def _liquidity_reason(self, market: Market, cmd: PlaceOrder) -> RejectReason | None:
+        """Checks that depend on what rests in the book right now."""
+        book = market.book
+        if market.state == AUCTION:
+            if self._crosses_own(book, cmd.participant_id, cmd.side, cmd.price_fen):
+                return R.SELF_TRADE_PREVENTED
+            return None
+        if cmd.post_only and book.crosses(cmd.side, cmd.price_fen):
+            return R.POST_ONLY_WOULD_TAKE
+        needed = cmd.quantity_heads if cmd.time_in_force == FOK else cmd.min_quantity_heads
+        if needed:
+            probe = self._new_order(market, cmd, 0)
+            if book.fillable(probe, _limit_key(probe.side, probe.price_fen)) < needed:
+                return R.FOK_NOT_FILLABLE if cmd.time_in_force == FOK else R.MIN_QUANTITY_NOT_MET
+        return None
+
+    @staticmethod
+    def _crosses_own(book: OrderBook, participant_id: int, side: int, price_fen: int) -> bool:
+        """In an auction: would this price cross a non-all-or-none order of the same participant?"""
+        opposite = book.asks if side == BUY else book.bids
+        for order in opposite.iter_orders():
+            if (order.price_fen <= price_fen) if side == BUY else (order.price_fen >= price_fen):
+                if order.participant_id == participant_id and not order.all_or_none:
+                    return True
+            else:
+                return False
+        return False
+
+    def _new_order(self, market: Market, cmd: PlaceOrder, order_id: int) -> Order:
+        price = cmd.price_fen
+        if cmd.order_type != LIMIT:
+            price = market.band_high_fen if cmd.side == BUY else market.band_low_fen
+        return Order(
+            order_id, cmd.participant_id, cmd.client_order_id, cmd.instrument, cmd.side, price,
+            cmd.quantity_heads, cmd.quantity_heads, cmd.time_in_force, cmd.expire_at_ns, cmd.post_only,
+            cmd.all_or_none, cmd.stp, self.lots.get(cmd.lot_id) if cmd.side == SELL else None,
+        )  # fmt: skip
+
+    def _accept(self, market: Market, cmd: PlaceOrder, events: list) -> None:
+        counters = self.counters
+        order_id = counters.next_order_id
+        counters.next_order_id = order_id + 1
+        order = self._new_order(market, cmd, order_id)
+        self.client_order_ids[(cmd.participant_id, cmd.client_order_id)] = order_id
+        if order.lot is not None:
+            order.lot.reserved_heads += order.quantity_heads
+        book = market.book
+        book.seq += 1
+        events.append(
+            OrderAccepted(
+                book.seq, cmd.ts_ns, order_id, cmd.participant_id, cmd.client_order_id, cmd.instrument,
+                cmd.side, order.price_fen, cmd.quantity_heads, cmd.lot_id,
+            )
+        )  # fmt: skip
+        self._execute(market, order, cmd.ts_ns, events)
+
+    def _execute(self, market: Market, order: Order, ts_ns: int, events: list) -> None:
+        """Match an accepted (or re-priced) order, then rest it or expire what is left."""
+        book = market.book
+        stopped = False
+        if market.state == CONTINUOUS:
+            limit_key = _limit_key(order.side, order.price_fen)
+            if order.all_or_none:
+                book.match_all_or_none(order, limit_key, ts_ns, events)
+            else:
+                stopped = book.match(order, limit_key, ts_ns, events)
+        if not order.remaining_heads:
+            return
+        if stopped or order.time_in_force == IOC or order.time_in_force == FOK:
+            self._retire(book, order, ExpireReason.SELF_TRADE if stopped else ExpireReason.IOC, ts_ns, events)
+            return
+        book.rest(order, ts_ns, events)
+        if order.time_in_force == GTD:
+            heapq.heappush(self.expiries, (order.expire_at_ns, order.order_id))
+
+    def _retire(self, book: OrderBook, order: Order, reason: ExpireReason, ts_ns: int, events: list) -> None:
+        """Expire what is left of an order that is not (or no longer) resting."""
+        expired = order.remaining_heads
+        order.remaining_heads = 0
+        if order.lot is not None:
+            order.lot.reserved_heads -= expired
+        book.seq += 1
+        events.append(
+            OrderExpired(book.seq, ts_ns, order.order_id, order.participant_id, order.instrument, expired, reason)
+        )
+
+    def _own_resting(self, cmd: CancelOrder | AmendOrder, events: list) -> Order | None:
+        order = self.orders.get(cmd.order_id)
+        if order is None or order.participant_id != cmd.participant_id:
+            # another participant's order is reported exactly like a missing one
+            events.append(Rejected(0, cmd.ts_ns, cmd.participant_id, R.UNKNOWN_ORDER, "", cmd.order_id))
+            return None
+        return order
+
+    def _cancel_order(self, cmd: CancelOrder, events: list) -> None:
+        order = self._own_resting(cmd, events)
+        if order is None:
+            return
+        book = self.markets[order.instrument].book
+        book_side = book.remove(order)
+        cancelled = order.remaining_heads
+        order.remaining_heads = 0
+        if order.lot is not None:
+            order.lot.reserved_heads -= cancelled
+        book.seq += 1
+        events.append(
+            OrderCancelled(book.seq, cmd.ts_ns, order.order_id, order.participant_id, order.instrument, cancelled)
+        )
+        book.level_changed(book_side, order.price_fen, cmd.ts_ns, events)
+        book_side.drop_level_if_empty(book_side.levels[book_side.sign * order.price_fen])
+
+    def _amend_order(self, cmd: AmendOrder, events: list) -> None:
+        order = self._own_resting(cmd, events)
+        if order is None:
+            return
+        market = self.markets[order.instrument]
+        price = cmd.price_fen or order.price_fen
+        quantity = cmd.quantity_heads or order.quantity_heads
+        reason = self._amend_reason(market, order, price, quantity)
+        if reason is not None:
+            events.append(Rejected(0, cmd.ts_ns, cmd.participant_id, reason, "", order.order_id, order.instrument))
+            return
+        self._apply_amend(market, order, price, quantity, cmd.ts_ns, events)
+
+    def _amend_reason(self, market: Market, order: Order, price: int, quantity: int) -> RejectReason | None:
+        if market.state == HALTED:
+            return R.MARKET_HALTED
+        if price == order.price_fen and quantity == order.quantity_heads:
+            return R.NOTHING_TO_AMEND
+        spec = market.spec
+        if quantity - order.filled_heads < 1 or not spec.min_order_heads <= quantity <= spec.max_order_heads:
+            return R.QUANTITY_OUT_OF_RANGE
+        if price != order.price_fen:
+            reason = market.price_reason(price)
+            if reason is not None:
+                return reason
+        added = quantity - order.quantity_heads
+        if order.lot is not None and added > order.lot.available_heads:
+            return R.LOT_EXHAUSTED
+        book = market.book
+        if (
+            price != order.price_fen
+            and market.state == AUCTION
+            and self._crosses_own(book, order.participant_id, order.side, price)
+        ):
+            return R.SELF_TRADE_PREVENTED
+        keeps_priority = price == order.price_fen and added < 0
+        if order.post_only and not keeps_priority and market.state == CONTINUOUS and book.crosses(order.side, price):
+            return R.POST_ONLY_WOULD_TAKE
+        return None
+
+    def _apply_amend(self, market: Market, order: Order, price: int, quantity: int, ts_ns: int, events: list) -> None:
+        """Reducing quantity at the same price keeps priority; anything else re-enters the book."""
+        book = market.book
+        added = quantity - order.quantity_heads
+        keep = price == order.price_fen and added < 0
+        book_side = book.side_of(order.side)
+        old_price = order.price_fen
+        if keep:
+            book_side.level_of(order).heads += added
+        else:
+            book.remove(order)
+        if order.lot is not None:
+            order.lot.reserved_heads += added
+        order.quantity_heads = quantity
+        order.remaining_heads += added
+        order.price_fen = price
+        book.seq += 1
+        events.append(
+            OrderAmended(
+                book.seq, ts_ns, order.order_id, order.participant_id, order.instrument, price, quantity,
+                order.remaining_heads, keep,
+            )
+        )  # fmt: skip
+        book.level_changed(book_side, old_price, ts_ns, events)
+        if keep:
+            if order.all_or_none and market.state == CONTINUOUS:
+                book.sweep_all_or_none(ts_ns, events)
+            return
+        book_side.drop_level_if_empty(book_side.levels[book_side.sign * old_price])
+        self._execute(market, order, ts_ns, events)
+
+    def _expire_due(self, ts_ns: int, events: list) -> None:
+        expiries = self.expiries
+        while expiries and expiries[0][0] <= ts_ns:
+            _, order_id = heapq.heappop(expiries)
+            order = self.orders.get(order_id)
+            if order is None:
+                continue  # it filled or was cancelled before it could expire
+            book = self.markets[order.instrument].book
+            book_side = book.remove(order)
+            self._retire(book, order, ExpireReason.GTD, ts_ns, events)
+            book.level_changed(book_side, order.price_fen, ts_ns, events)
+            book_side.drop_level_if_empty(book_side.levels[book_side.sign * order.price_fen])
+
+    # -- instruments, lots and sessions -------------------------------------------------------------
+
+    def _reject(self, cmd: Command, reason: RejectReason, events: list, instrument: str = "") -> None:
+        events.append(Rejected(0, cmd.ts_ns, cmd.participant_id, reason, "", 0, instrument))
+
+    def _list_instrument(self, cmd: ListInstrument, events: list) -> None:
+        spec = cmd.spec
+        if spec.symbol in self.markets:
+            return self._reject(cmd, R.INSTRUMENT_EXISTS, events, spec.symbol)
+        if not _spec_is_valid(spec):
+            return self._reject(cmd, R.INVALID_INSTRUMENT, events, spec.symbol)
+        book = OrderBook(spec.symbol, self.counters, self.orders)
+        self.markets[spec.symbol] = Market(spec, book)
+        events.append(InstrumentListed(book.next_seq(), cmd.ts_ns, spec))
+        return None
+
+    def _register_lot(self, cmd: RegisterLot, events: list) -> None:
+        market = self.markets.get(cmd.instrument)
+        if market is None:
+            return self._reject(cmd, R.UNKNOWN_INSTRUMENT, events, cmd.instrument)
+        if cmd.heads < 1 or not cmd.quarantine_cert.strip() or not cmd.origin.strip():
+            return self._reject(cmd, R.INVALID_LOT, events, cmd.instrument)
+        spec = market.spec
+        if not spec.lot_avg_min_g <= cmd.avg_weight_g <= spec.lot_avg_max_g:
+            return self._reject(cmd, R.LOT_OUT_OF_GRADE, events, cmd.instrument)
+        lot_id = self.counters.next_lot_id
+        self.counters.next_lot_id = lot_id + 1
+        lot = Lot(
+            lot_id, cmd.participant_id, cmd.instrument, cmd.heads, cmd.avg_weight_g, cmd.origin,
+            cmd.quarantine_cert, cmd.ear_tags,
+        )  # fmt: skip
+        self.lot_records[lot_id] = lot
+        self.lots[lot_id] = LotState(lot_id, cmd.participant_id, cmd.instrument, cmd.heads)
+        events.append(LotRegistered(market.book.next_seq(), cmd.ts_ns, lot))
+        return None
+
+    def _transition(
+        self, cmd: Halt | Resume | StartAuction | Uncross, allowed: tuple[TradingState, ...], events: list
+    ) -> Market | None:
+        market = self.markets.get(cmd.instrument)
+        if market is None:
+            self._reject(cmd, R.UNKNOWN_INSTRUMENT, events, cmd.instrument)
+            return None
+        if market.state not in allowed:
+            self._reject(cmd, R.INVALID_STATE_TRANSITION, events, cmd.instrument)
+            return None
+        return market
+
+    def _set_state(self, market: Market, state: TradingState, ts_ns: int, events: list) -> None:
+        market.state = state
+        events.append(TradingStateChanged(market.book.next_seq(), ts_ns, market.spec.symbol, state))
+
+    def _halt(self, cmd: Halt, events: list) -> None:
+        market = self._transition(cmd, (CONTINUOUS, AUCTION), events)
+        if market is not None:
+            market.resume_state = market.state
+            self._set_state(market, HALTED, cmd.ts_ns, events)
+
+    def _resume(self, cmd: Resume, events: list) -> None:
+        market = self._transition(cmd, (HALTED,), events)
+        if market is not None:
+            self._set_state(market, market.resume_state, cmd.ts_ns, events)
+
+    def _start_auction(self, cmd: StartAuction, events: list) -> None:
+        market = self._transition(cmd, (CONTINUOUS,), events)
+        if market is not None:
+            self._set_state(market, AUCTION, cmd.ts_ns, events)
+
+    def _uncross(self, cmd: Uncross, events: list) -> None:
+        market = self._transition(cmd, (AUCTION,), events)
+        if market is None:
+            return
+        book = market.book
+        price, heads = uncross(book, market.reference_price_fen, cmd.ts_ns, events)
+        events.append(AuctionUncrossed(book.next_seq(), cmd.ts_ns, cmd.instrument, price, heads))
+        self._set_state(market, CONTINUOUS, cmd.ts_ns, events)
+        book.sweep_all_or_none(cmd.ts_ns, events)
+
+    def _set_reference_price(self, cmd: SetReferencePrice, events: list) -> None:
+        market = self.markets.get(cmd.instrument)
+        if market is None:
+            return self._reject(cmd, R.UNKNOWN_INSTRUMENT, events, cmd.instrument)
+        if cmd.price_fen <= 0:
+            return self._reject(cmd, R.INVALID_PRICE, events, cmd.instrument)
+        if cmd.price_fen % market.spec.tick_fen:
+            return self._reject(cmd, R.PRICE_OFF_TICK, events, cmd.instrument)
+        market.set_reference(cmd.price_fen)
+        events.append(ReferencePriceSet(market.book.next_seq(), cmd.ts_ns, cmd.instrument, cmd.price_fen))
+        return None
+
+    def _clock_tick(self, cmd: ClockTick, events: list) -> None:
+        """Nothing beyond what ``apply`` does for every command: expire what is due."""
+
+    # -- queries -------------------------------------------------------------------------------------
+
+    def depth(self, instrument: str, levels: int = 10) -> tuple[int, list[tuple[int, int]], list[tuple[int, int]]]:
+        """(seq, bids, asks): an L2 picture of one book, best first, as (price_fen, heads)."""
+        book = self.markets[instrument].book
+        return (book.seq, book.bids.depth(levels), book.asks.depth(levels))
+
+    def snapshot(self) -> bytes:
+        from exchange.snapshot import encode_core
+
+        return encode_core(self)
+
+    @classmethod
+    def from_snapshot(cls, data: bytes) -> Core:
+        from exchange.snapshot import decode_core
+
+        return decode_core(data)
+
+    def state_hash(self) -> str:
+        """A digest of the whole state: equal hashes mean equal books, lots, ids and sequences."""
+        return hashlib.blake2b(self.snapshot(), digest_size=32).hexdigest()
+
+
+def _limit_key(side: int, price_fen: int) -> int:
+    """The opposite side's key space: a buy meets asks keyed by price, a sell bids keyed by -price."""
+    if price_fen == 0:
+        return NO_LIMIT  # a market order where the instrument has no band
+    return price_fen if side == BUY else -price_fen
+
+
+def _shape_reason(cmd: PlaceOrder) -> RejectReason | None:
+    """Combinations of fields that make no sense whatever the market's state."""
+    if cmd.order_type != LIMIT and (cmd.post_only or cmd.all_or_none or cmd.time_in_force in (GTC, GTD)):
+        return R.INVALID_ORDER
+    if cmd.all_or_none and (cmd.side == BUY or cmd.time_in_force in (IOC, FOK) or cmd.min_quantity_heads):
+        return R.INVALID_ORDER
+    if cmd.post_only and cmd.time_in_force in (IOC, FOK):
+        return R.INVALID_ORDER
+    if not 0 <= cmd.min_quantity_heads <= cmd.quantity_heads:
+        return R.INVALID_ORDER
+    if cmd.side == BUY and cmd.lot_id:
+        return R.INVALID_ORDER
+    return None
+
+
+def _spec_is_valid(spec: InstrumentSpec) -> bool:
+    return (
+        bool(spec.symbol.strip())
+        and len(spec.symbol) <= 32
+        and spec.tick_fen > 0
+        and 0 < spec.min_order_heads <= spec.max_order_heads
+        and 0 <= spec.price_band_bps < 10_000
+        and spec.reference_price_fen >= 0
+        and spec.reference_price_fen % spec.tick_fen == 0
+        and 0 < spec.lot_avg_min_g <= spec.lot_avg_max_g
+        and 0 < spec.animal_min_g <= spec.animal_max_g
+        and spec.initial_state in (CONTINUOUS, AUCTION)
+    )
+

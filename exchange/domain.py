@@ -1,0 +1,142 @@
+"""Domain vocabulary of hogx: enums, the instrument specification and the lot.
+
+Everything here is an immutable value (msgspec ``Struct`` with ``frozen=True``) or an ``IntEnum`` so that
+it encodes compactly into the journal and decodes back to the same value on replay.
+
+Units are part of every name: money is integer fen (``*_fen``), weights integer grams (``*_g``),
+quantities integer heads (``*_heads``), time integer nanoseconds since the epoch (``ts_ns``).
+How ``price_fen`` is read depends on the product class: fen per kg live weight for finishing hogs,
+fen per head for piglets.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import msgspec
+
+
+class Side(IntEnum):
+    BUY = 1
+    SELL = 2
+
+
+class OrderType(IntEnum):
+    LIMIT = 1
+    MARKET = 2
+
+
+class TimeInForce(IntEnum):
+    GTC = 1  # good till cancelled
+    IOC = 2  # immediate or cancel: what does not fill at once expires
+    FOK = 3  # fill or kill: fills completely at once or is rejected
+    GTD = 4  # good till date: expires once the exchange clock passes expire_at_ns
+
+
+class SelfTradePrevention(IntEnum):
+    """What happens when an order would trade with a resting order of the same participant."""
+
+    EXPIRE_TAKER = 1
+    EXPIRE_MAKER = 2
+    EXPIRE_BOTH = 3
+
+
+class ProductClass(IntEnum):
+    FINISHING_HOG = 1  # quoted in fen per kg live weight, traded in whole heads
+    PIGLET = 2  # quoted in fen per head
+
+
+class BreedClass(IntEnum):
+    WAI_SAN_YUAN = 1  # 外三元: Duroc x (Landrace x Large White)
+    NEI_SAN_YUAN = 2  # 内三元: improved boars on a local sow line
+    TU_ZA = 3  # 土杂: local x improved cross
+
+
+class TradingState(IntEnum):
+    CONTINUOUS = 1  # price-time matching
+    AUCTION = 2  # call auction: orders collect without matching until Uncross
+    HALTED = 3  # no new orders or amendments; cancels still allowed
+
+
+class InstrumentSpec(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A standard grade of live hogs at one delivery point.
+
+    ``price_band_bps`` is the daily band around ``reference_price_fen`` (400 = ±4 %); 0 means no band.
+    The band is inclusive and its edges are rounded inwards to whole ticks, so every price inside it
+    is tradable and nothing outside is.
+    """
+
+    symbol: str
+    product_class: ProductClass
+    breed_class: BreedClass
+    delivery_point: str
+    lot_avg_min_g: int  # declared average weight of a lot must lie in [lot_avg_min_g, lot_avg_max_g]
+    lot_avg_max_g: int
+    animal_min_g: int  # every animal must weigh within [animal_min_g, animal_max_g] at delivery
+    animal_max_g: int
+    tick_fen: int
+    min_order_heads: int
+    max_order_heads: int
+    price_band_bps: int
+    reference_price_fen: int
+    initial_state: TradingState = TradingState.CONTINUOUS
+
+
+class Lot(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """Pigs one seller offers: what a sell order refers to. ``lot_id`` is assigned by the core."""
+
+    lot_id: int
+    seller_id: int
+    instrument: str
+    heads: int
+    avg_weight_g: int
+    origin: str
+    quarantine_cert: str
+    ear_tags: str = ""
+
+
+class RejectReason(IntEnum):
+    """Why a command changed nothing. Stable codes: the gateway maps them to its error codes."""
+
+    UNKNOWN_INSTRUMENT = 1
+    MARKET_HALTED = 2
+    PRICE_OFF_TICK = 3
+    PRICE_OUTSIDE_BAND = 4
+    QUANTITY_OUT_OF_RANGE = 5
+    LOT_NOT_FOUND = 6
+    LOT_EXHAUSTED = 7
+    DUPLICATE_CLIENT_ORDER_ID = 8
+    POST_ONLY_WOULD_TAKE = 9
+    FOK_NOT_FILLABLE = 10
+    MIN_QUANTITY_NOT_MET = 11
+    UNKNOWN_ORDER = 12
+    INVALID_ORDER = 13  # a combination of fields that makes no sense (reason in the docs of _check_order)
+    INVALID_EXPIRY = 14
+    NOT_ALLOWED_IN_AUCTION = 15
+    SELF_TRADE_PREVENTED = 16
+    INSTRUMENT_EXISTS = 17
+    INVALID_INSTRUMENT = 18
+    INVALID_STATE_TRANSITION = 19
+    LOT_OUT_OF_GRADE = 20
+    INVALID_LOT = 21
+    NOTHING_TO_AMEND = 22
+    INVALID_PRICE = 23
+    LOT_WRONG_INSTRUMENT = 24
+
+
+class ExpireReason(IntEnum):
+    IOC = 1  # the unfilled rest of an IOC or market order
+    SELF_TRADE = 2  # removed by self-trade prevention
+    GTD = 3  # its good-till-date passed
+
+
+def band_fen(spec: InstrumentSpec, reference_price_fen: int) -> tuple[int, int]:
+    """The inclusive daily price band, edges rounded inwards to the tick; (0, 0) when unbanded."""
+    if spec.price_band_bps == 0 or reference_price_fen == 0:
+        return (0, 0)
+    tick = spec.tick_fen
+    low = -(-reference_price_fen * (10_000 - spec.price_band_bps) // 10_000)
+    high = reference_price_fen * (10_000 + spec.price_band_bps) // 10_000
+    low = -(-low // tick) * tick
+    high = high // tick * tick
+    return (max(low, tick), high)

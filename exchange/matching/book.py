@@ -1,0 +1,414 @@
+"""The order book of one instrument and continuous price-time matching.
+
+Layout: each side keeps its price levels in a ``SortedList`` of keys (the price for asks, minus the
+price for bids, so the best level is always key index 0) and a dict key -> ``Level``. A level is a
+FIFO of orders as an intrusive doubly linked list, so adding at the tail, filling at the head and
+cancelling anywhere are all O(1). ``Order`` and ``Level`` are msgspec structs with ``gc=False``: the
+collector never scans resting orders, which keeps its pauses out of the latency tail. They hold
+references to each other only through ``prev``/``next``/``head``/``tail``, and every removal clears
+those, so reference counting alone frees them.
+
+Matching rules (the naive reference book in ``tests/reference_book.py`` states the same rules):
+- A taker walks the opposite side best price first, FIFO within a level, trading at the maker's price.
+- An all-or-none maker (only sell orders may be all-or-none) trades only when the taker can take its
+  whole remaining quantity in one fill; otherwise it is skipped and keeps its place.
+- Self-trade prevention applies only to a fill that would otherwise happen (a skipped all-or-none
+  maker is not a self-trade); the taker's mode decides: expire the taker (matching stops, the caller
+  expires the rest of the taker), expire the maker (it is removed, matching goes on), or both.
+- After each level the taker touched, one ``BookChanged`` gives that level's new absolute size.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from sortedcontainers import SortedList
+
+from exchange.domain import ExpireReason, SelfTradePrevention, Side
+from exchange.events import BookChanged, OrderExpired, Trade
+
+BUY = Side.BUY
+SELL = Side.SELL
+_EXPIRE_TAKER = SelfTradePrevention.EXPIRE_TAKER
+_EXPIRE_MAKER = SelfTradePrevention.EXPIRE_MAKER
+_SELF_TRADE = ExpireReason.SELF_TRADE
+NO_LIMIT = 1 << 62  # a limit key beyond every real price: a market order without a band
+
+
+class LotState(msgspec.Struct, gc=False):
+    """A registered lot and how many of its heads are reserved by open sells or already sold."""
+
+    lot_id: int
+    seller_id: int
+    instrument: str
+    heads: int
+    reserved_heads: int = 0
+    sold_heads: int = 0
+
+    @property
+    def available_heads(self) -> int:
+        return self.heads - self.reserved_heads - self.sold_heads
+
+
+class Order(msgspec.Struct, gc=False):
+    order_id: int
+    participant_id: int
+    client_order_id: str
+    instrument: str
+    side: int
+    price_fen: int
+    quantity_heads: int  # total: filled + remaining + cancelled/expired
+    remaining_heads: int
+    time_in_force: int
+    expire_at_ns: int
+    post_only: bool
+    all_or_none: bool
+    stp: int
+    lot: LotState | None
+    priority: int = 0  # lower trades first among equal prices; renewed when priority is lost
+    filled_heads: int = 0
+    prev: Order | None = None
+    next: Order | None = None
+
+
+class Level(msgspec.Struct, gc=False):
+    price_fen: int
+    heads: int = 0
+    head: Order | None = None
+    tail: Order | None = None
+
+
+class BookSide:
+    """One side of a book: sorted level keys, the levels, and the best key cached."""
+
+    __slots__ = ("best_key", "keys", "levels", "side", "sign")
+
+    def __init__(self, side: Side) -> None:
+        self.side = side
+        self.sign = -1 if side == BUY else 1  # key = sign * price, so index 0 is always the best
+        self.keys: SortedList = SortedList()
+        self.levels: dict[int, Level] = {}
+        self.best_key: int | None = None
+
+    def append(self, order: Order) -> Level:
+        """Put an order at the back of its price level."""
+        key = self.sign * order.price_fen
+        level = self.levels.get(key)
+        if level is None:
+            level = Level(order.price_fen)
+            self.levels[key] = level
+            self.keys.add(key)
+            if self.best_key is None or key < self.best_key:
+                self.best_key = key
+        tail = level.tail
+        if tail is None:
+            level.head = order
+        else:
+            tail.next = order
+            order.prev = tail
+        level.tail = order
+        level.heads += order.remaining_heads
+        return level
+
+    def unlink(self, level: Level, order: Order) -> None:
+        """Take an order out of its level's queue (the caller keeps ``level.heads`` right)."""
+        prev = order.prev
+        nxt = order.next
+        if prev is None:
+            level.head = nxt
+        else:
+            prev.next = nxt
+        if nxt is None:
+            level.tail = prev
+        else:
+            nxt.prev = prev
+        order.prev = None
+        order.next = None
+
+    def drop_level_if_empty(self, level: Level) -> bool:
+        if level.head is not None:
+            return False
+        key = self.sign * level.price_fen
+        del self.levels[key]
+        self.keys.remove(key)
+        if key == self.best_key:
+            self.best_key = self.keys[0] if self.keys else None
+        return True
+
+    def level_of(self, order: Order) -> Level:
+        return self.levels[self.sign * order.price_fen]
+
+    def iter_orders(self):
+        for key in self.keys:
+            order = self.levels[key].head
+            while order is not None:
+                yield order
+                order = order.next
+
+    def depth(self, levels: int) -> list[tuple[int, int]]:
+        out = []
+        for key in self.keys.islice(0, levels):
+            level = self.levels[key]
+            out.append((level.price_fen, level.heads))
+        return out
+
+
+class Counters(msgspec.Struct, gc=False):
+    """Identifiers shared by all books of one core, so they are unique exchange-wide."""
+
+    next_order_id: int = 1
+    next_trade_id: int = 1
+    next_priority: int = 1
+    next_lot_id: int = 1
+
+
+class OrderBook:
+    """One instrument: both sides, its sequence counter, and continuous matching."""
+
+    __slots__ = ("asks", "bids", "counters", "instrument", "live_orders", "seq")
+
+    def __init__(self, instrument: str, counters: Counters, live_orders: dict[int, Order]) -> None:
+        self.instrument = instrument
+        self.counters = counters
+        self.live_orders = live_orders  # the core's order_id -> resting Order map, shared
+        self.bids = BookSide(BUY)
+        self.asks = BookSide(SELL)
+        self.seq = 0
+
+    def side_of(self, side: int) -> BookSide:
+        return self.bids if side == BUY else self.asks
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def rest(self, order: Order, ts_ns: int, events: list) -> None:
+        """Queue an order at the back of its level with fresh time priority."""
+        counters = self.counters
+        order.priority = counters.next_priority
+        counters.next_priority += 1
+        self.live_orders[order.order_id] = order
+        book_side = self.bids if order.side == BUY else self.asks
+        level = book_side.append(order)
+        self.seq += 1
+        events.append(
+            BookChanged(self.seq, ts_ns, self.instrument, order.side, order.price_fen, level.heads)
+        )
+
+    def remove(self, order: Order) -> BookSide:
+        """Take a resting order off the book; the caller emits its events and the level change."""
+        book_side = self.bids if order.side == BUY else self.asks
+        level = book_side.level_of(order)
+        book_side.unlink(level, order)
+        level.heads -= order.remaining_heads
+        del self.live_orders[order.order_id]
+        return book_side
+
+    def level_changed(self, book_side: BookSide, price_fen: int, ts_ns: int, events: list) -> None:
+        level = book_side.levels.get(book_side.sign * price_fen)
+        heads = 0 if level is None else level.heads
+        self.seq += 1
+        events.append(BookChanged(self.seq, ts_ns, self.instrument, book_side.side, price_fen, heads))
+
+    def match(self, taker: Order, limit_key: int, ts_ns: int, events: list) -> bool:
+        """Trade ``taker`` against the opposite side up to ``limit_key``; True if STP stopped it.
+
+        ``limit_key`` is in the opposite side's key space: the price for a buy, minus the price for
+        a sell, ``NO_LIMIT`` for an unbounded market order.
+        """
+        opp = self.asks if taker.side == BUY else self.bids
+        keys = opp.keys
+        levels = opp.levels
+        index = 0
+        while taker.remaining_heads:
+            if index == 0:
+                key = opp.best_key
+                if key is None:
+                    return False
+            elif index < len(keys):
+                key = keys[index]
+            else:
+                return False
+            if key > limit_key:
+                return False
+            level = levels[key]
+            before_heads = level.heads
+            stopped = self._match_level(taker, opp, level, ts_ns, events)
+            if level.heads != before_heads:
+                self.seq += 1
+                events.append(
+                    BookChanged(self.seq, ts_ns, self.instrument, opp.side, level.price_fen, level.heads)
+                )
+            if not opp.drop_level_if_empty(level):
+                index += 1
+            if stopped:
+                return True
+        return False
+
+    def _match_level(self, taker: Order, opp: BookSide, level: Level, ts_ns: int, events: list) -> bool:
+        maker = level.head
+        taker_pid = taker.participant_id
+        while maker is not None:
+            following = maker.next
+            remaining = taker.remaining_heads
+            if maker.all_or_none and maker.remaining_heads > remaining:
+                maker = following
+                continue
+            if maker.participant_id == taker_pid:
+                mode = taker.stp
+                if mode == _EXPIRE_TAKER:
+                    return True
+                self._expire_resting(opp, level, maker, ts_ns, events)
+                if mode == _EXPIRE_MAKER:
+                    maker = following
+                    continue
+                return True
+            quantity = maker.remaining_heads if maker.remaining_heads < remaining else remaining
+            self._fill(taker, maker, quantity, ts_ns, events)
+            level.heads -= quantity
+            if maker.remaining_heads == 0:
+                opp.unlink(level, maker)
+                del self.live_orders[maker.order_id]
+            if taker.remaining_heads == 0:
+                return False
+            maker = following
+        return False
+
+    def _expire_resting(self, book_side: BookSide, level: Level, order: Order, ts_ns: int, events: list) -> None:
+        book_side.unlink(level, order)
+        level.heads -= order.remaining_heads
+        del self.live_orders[order.order_id]
+        expired = order.remaining_heads
+        order.remaining_heads = 0
+        if order.lot is not None:
+            order.lot.reserved_heads -= expired
+        self.seq += 1
+        events.append(
+            OrderExpired(self.seq, ts_ns, order.order_id, order.participant_id, self.instrument, expired, _SELF_TRADE)
+        )
+
+    def _fill(self, taker: Order, maker: Order, quantity: int, ts_ns: int, events: list) -> None:
+        """One trade at the maker's price."""
+        taker.remaining_heads -= quantity
+        taker.filled_heads += quantity
+        maker.remaining_heads -= quantity
+        maker.filled_heads += quantity
+        buy, sell = (taker, maker) if taker.side == BUY else (maker, taker)
+        self.emit_trade(buy, sell, maker.price_fen, quantity, taker.side, ts_ns, events)
+
+    def emit_trade(
+        self, buy: Order, sell: Order, price_fen: int, quantity: int, taker_side: int, ts_ns: int, events: list
+    ) -> None:
+        """Record a trade whose order quantities are already updated; book the lot's sale."""
+        lot = sell.lot
+        lot.reserved_heads -= quantity
+        lot.sold_heads += quantity
+        counters = self.counters
+        trade_id = counters.next_trade_id
+        counters.next_trade_id = trade_id + 1
+        self.seq += 1
+        events.append(
+            Trade(
+                self.seq, ts_ns, self.instrument, trade_id, price_fen, quantity,
+                buy.order_id, sell.order_id, buy.participant_id, sell.participant_id, lot.lot_id,
+                taker_side, buy.remaining_heads, sell.remaining_heads,
+            )
+        )  # fmt: skip
+
+    def fillable(self, taker: Order, limit_key: int) -> int:
+        """How many heads ``match`` would fill right now, without changing anything."""
+        opp = self.asks if taker.side == BUY else self.bids
+        need = taker.remaining_heads
+        got = 0
+        for key in opp.keys:
+            if key > limit_key:
+                break
+            maker = opp.levels[key].head
+            while maker is not None:
+                left = need - got
+                if maker.all_or_none and maker.remaining_heads > left:
+                    pass
+                elif maker.participant_id == taker.participant_id:
+                    if taker.stp != _EXPIRE_MAKER:
+                        return got
+                else:
+                    got += maker.remaining_heads if maker.remaining_heads < left else left
+                    if got == need:
+                        return got
+                maker = maker.next
+        return got
+
+    def crosses(self, side: int, price_fen: int) -> bool:
+        """Would a limit at this price meet the best resting price of the other side?"""
+        if side == BUY:
+            best = self.asks.best_key
+            return best is not None and best <= price_fen
+        best = self.bids.best_key
+        return best is not None and -best >= price_fen
+
+    def match_all_or_none(self, taker: Order, limit_key: int, ts_ns: int, events: list) -> None:
+        """An incoming all-or-none sell: one fill with the first bid able to take it all, or none.
+
+        Bids of the seller itself are passed over (never traded with, never expired).
+        """
+        for key in self.bids.keys:
+            if key > limit_key:
+                return
+            level = self.bids.levels[key]
+            maker = level.head
+            while maker is not None:
+                if maker.remaining_heads >= taker.remaining_heads and maker.participant_id != taker.participant_id:
+                    self._fill_whole(maker, taker, maker.price_fen, SELL, ts_ns, events)
+                    return
+                maker = maker.next
+
+    def sweep_all_or_none(self, ts_ns: int, events: list) -> None:
+        """Trade every resting all-or-none sell that a resting bid can now take whole.
+
+        Needed after an auction uncross or after an all-or-none sell was reduced, the two ways such
+        a sell can come to rest opposite a bid able to take it. The earlier order is the maker.
+        """
+        aon_sells = [order for order in self.asks.iter_orders() if order.all_or_none]
+        for sell in aon_sells:
+            bid = self._first_bid_taking_whole(sell)
+            if bid is None:
+                continue
+            maker, taker = (bid, sell) if bid.priority < sell.priority else (sell, bid)
+            self._fill_whole(bid, sell, maker.price_fen, taker.side, ts_ns, events, sell_resting=True)
+
+    def _first_bid_taking_whole(self, sell: Order) -> Order | None:
+        for key in self.bids.keys:
+            level = self.bids.levels[key]
+            if level.price_fen < sell.price_fen:
+                return None
+            bid = level.head
+            while bid is not None:
+                if bid.remaining_heads >= sell.remaining_heads and bid.participant_id != sell.participant_id:
+                    return bid
+                bid = bid.next
+        return None
+
+    def _fill_whole(
+        self, bid: Order, sell: Order, price_fen: int, taker_side: int, ts_ns: int, events: list,
+        sell_resting: bool = False,
+    ) -> None:
+        """Fill an all-or-none sell completely against one resting bid."""
+        quantity = sell.remaining_heads
+        bid_level = self.bids.level_of(bid)
+        sell_level = self.asks.level_of(sell) if sell_resting else None
+        bid.remaining_heads -= quantity
+        bid.filled_heads += quantity
+        sell.remaining_heads = 0
+        sell.filled_heads += quantity
+        bid_level.heads -= quantity
+        self.emit_trade(bid, sell, price_fen, quantity, taker_side, ts_ns, events)
+        if bid.remaining_heads == 0:
+            self.bids.unlink(bid_level, bid)
+            del self.live_orders[bid.order_id]
+        self.level_changed(self.bids, bid_level.price_fen, ts_ns, events)
+        self.bids.drop_level_if_empty(bid_level)
+        if sell_level is not None:
+            sell_level.heads -= quantity
+            self.asks.unlink(sell_level, sell)
+            del self.live_orders[sell.order_id]
+            self.level_changed(self.asks, sell_level.price_fen, ts_ns, events)
+            self.asks.drop_level_if_empty(sell_level)
