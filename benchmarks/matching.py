@@ -1,0 +1,228 @@
+"""Matching-core benchmark: a fixed, seeded order mix through ``Core.apply``, every validation on.
+
+    python -m benchmarks.matching --ops 1000000 --json
+
+The mix on one instrument: about 60 % passive limits near the mid, 25 % cancels of resting orders,
+10 % limits crossing the spread, 5 % market orders, with hundreds to thousands of orders resting.
+Commands are generated before timing (a scratch core tells which orders rest, so cancels name live
+orders). Throughput is timed over the whole run without per-command clocks; latency percentiles come
+from a second run on a fresh core that times each command. The naive reference book of the tests
+runs the same commands in the same process for comparison. Prints figures, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from exchange.commands import CancelOrder, Command, ListInstrument, PlaceOrder, RegisterLot
+from exchange.core import Core
+from exchange.domain import (
+    BreedClass,
+    InstrumentSpec,
+    OrderType,
+    ProductClass,
+    Side,
+    TimeInForce,
+)
+
+SYMBOL = "RC-LH-WSY"
+REFERENCE_FEN = 2800
+TICK_FEN = 10
+SELLERS = range(100, 110)
+BUYERS = range(200, 210)
+
+
+def _spec() -> InstrumentSpec:
+    return InstrumentSpec(
+        SYMBOL, ProductClass.FINISHING_HOG, BreedClass.WAI_SAN_YUAN, "Rongchang", 100_000, 120_000, 90_000,
+        140_000, TICK_FEN, 1, 500, 400, REFERENCE_FEN,
+    )  # fmt: skip
+
+
+def setup_commands() -> list[Command]:
+    commands: list[Command] = [ListInstrument(1, 1, _spec())]
+    for seller in SELLERS:
+        commands.append(RegisterLot(seller, 1, SYMBOL, 1_000_000_000, 110_000, "Rongchang", f"CQ-{seller}"))
+    return commands
+
+
+class MixGenerator:
+    """Builds the command stream while a scratch core keeps track of what rests."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.core = Core()
+        self.lot_of = {}
+        for command in setup_commands():
+            for event in self.core.apply(command):
+                lot = getattr(event, "lot", None)
+                if lot is not None:
+                    self.lot_of[lot.seller_id] = lot.lot_id
+        self.next_cid = 0
+        self.ts_ns = 1_000
+
+    def generate(self, ops: int) -> list[Command]:
+        out = []
+        rng = self.rng
+        for _ in range(ops):
+            self.ts_ns += 1_000
+            roll = rng.random()
+            if roll < 0.25 and len(self.core.orders) > 50:
+                command: Command = self._cancel()
+            elif roll < 0.85 or len(self.core.orders) < 1000:
+                command = self._limit(passive=True)
+            elif roll < 0.95:
+                command = self._limit(passive=False)
+            else:
+                command = self._market()
+            self.core.apply(command)
+            out.append(command)
+        return out
+
+    def _cancel(self) -> CancelOrder:
+        orders = self.core.orders
+        # a random live order: sample from the dict's keys via a random probe of recent ids
+        order_id = self.rng.choice(list(orders)) if len(orders) < 64 else self._sample_live()
+        return CancelOrder(orders[order_id].participant_id, self.ts_ns, order_id)
+
+    def _sample_live(self) -> int:
+        orders = self.core.orders
+        top = self.core.counters.next_order_id
+        while True:
+            order_id = self.rng.randrange(max(1, top - 20_000), top)
+            if order_id in orders:
+                return order_id
+
+    def _mid(self) -> tuple[int, int]:
+        book = self.core.markets[SYMBOL].book
+        bid = -book.bids.best_key if book.bids.best_key is not None else REFERENCE_FEN - TICK_FEN
+        ask = book.asks.best_key if book.asks.best_key is not None else REFERENCE_FEN + TICK_FEN
+        return bid, ask
+
+    def _place(self, side: Side, price: int, heads: int, order_type: OrderType, tif: TimeInForce) -> PlaceOrder:
+        self.next_cid += 1
+        seller = side == Side.SELL
+        participant = self.rng.choice(SELLERS) if seller else self.rng.choice(BUYERS)
+        return PlaceOrder(
+            participant, self.ts_ns, f"b{self.next_cid}", SYMBOL, side, order_type, price, heads, tif,
+            0, False, 0, False, lot_id=self.lot_of[participant] if seller else 0,
+        )  # fmt: skip
+
+    def _limit(self, passive: bool) -> PlaceOrder:
+        rng = self.rng
+        side = Side.BUY if rng.random() < 0.5 else Side.SELL
+        bid, ask = self._mid()
+        if passive:
+            offset = int(rng.expovariate(0.25)) * TICK_FEN
+            price = (bid - offset) if side == Side.BUY else (ask + offset)
+            price = min(max(price, 2690), 2910)
+            if side == Side.BUY and price >= ask:
+                price = ask - TICK_FEN
+            if side == Side.SELL and price <= bid:
+                price = bid + TICK_FEN
+            return self._place(side, price, rng.randint(1, 20), OrderType.LIMIT, TimeInForce.GTC)
+        price = (ask + 2 * TICK_FEN) if side == Side.BUY else (bid - 2 * TICK_FEN)
+        price = min(max(price, 2690), 2910)
+        return self._place(side, price, rng.randint(10, 60), OrderType.LIMIT, TimeInForce.GTC)
+
+    def _market(self) -> PlaceOrder:
+        side = Side.BUY if self.rng.random() < 0.5 else Side.SELL
+        return self._place(side, 0, self.rng.randint(1, 30), OrderType.MARKET, TimeInForce.IOC)
+
+
+def _fresh(factory: Callable[[], object]) -> object:
+    engine = factory()
+    for command in setup_commands():
+        engine.apply(command)  # type: ignore[attr-defined]
+    return engine
+
+
+def run_throughput(factory: Callable[[], object], commands: Sequence[Command]) -> float:
+    engine = _fresh(factory)
+    apply = engine.apply  # type: ignore[attr-defined]
+    gc.collect()
+    gc.freeze()  # what a long-running sequencer does after recovery: old objects leave the collector's scans
+    start = time.perf_counter()
+    for command in commands:
+        apply(command)
+    elapsed = time.perf_counter() - start
+    gc.unfreeze()
+    return len(commands) / elapsed
+
+
+def run_latency(commands: Sequence[Command]) -> list[int]:
+    engine = _fresh(Core)
+    apply = engine.apply  # type: ignore[attr-defined]
+    clock = time.perf_counter_ns
+    samples = [0] * len(commands)
+    gc.collect()
+    gc.freeze()
+    for i, command in enumerate(commands):
+        t0 = clock()
+        apply(command)
+        samples[i] = clock() - t0
+    gc.unfreeze()
+    samples.sort()
+    return samples
+
+
+def _percentile_us(sorted_ns: list[int], q: float) -> float:
+    return round(sorted_ns[min(len(sorted_ns) - 1, int(q * len(sorted_ns)))] / 1000, 3)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ops", type=int, default=200_000)
+    parser.add_argument("--seed", type=int, default=20261129)
+    parser.add_argument("--reference-ops", type=int, default=0, help="ops through the reference (default: min(ops, 100k))")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+
+    generator = MixGenerator(args.seed)
+    commands = generator.generate(args.ops)
+    resting = len(generator.core.orders)
+    kinds = {"place_limit": 0, "place_market": 0, "cancel": 0}
+    for command in commands:
+        if isinstance(command, CancelOrder):
+            kinds["cancel"] += 1
+        elif command.order_type == OrderType.MARKET:
+            kinds["place_market"] += 1
+        else:
+            kinds["place_limit"] += 1
+
+    ops_per_s = max(run_throughput(Core, commands) for _ in range(3))
+    latencies = run_latency(commands)
+    result = {
+        "ops": len(commands),
+        "ops_per_s": round(ops_per_s),
+        "p50_us": _percentile_us(latencies, 0.50),
+        "p99_us": _percentile_us(latencies, 0.99),
+        "p999_us": _percentile_us(latencies, 0.999),
+        "resting_at_end": resting,
+    }
+    reference_ops = args.reference_ops or min(args.ops, 100_000)
+    try:
+        from tests.reference_book import ReferenceBook
+    except ImportError:  # the oracle lives with the tests; without them, report the core alone
+        ReferenceBook = None  # noqa: N806
+    if ReferenceBook is not None:
+        reference_ops_per_s = run_throughput(ReferenceBook, commands[:reference_ops])
+        result["reference_ops"] = reference_ops
+        result["reference_ops_per_s"] = round(reference_ops_per_s)
+        result["ratio_vs_reference"] = round(ops_per_s / reference_ops_per_s, 2)
+    print(f"mix: {kinds}, resting at end: {resting}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>22}: {value}")
+
+
+if __name__ == "__main__":
+    main()
