@@ -1,0 +1,282 @@
+"""PostgreSQL store: finding the database, schema migrations, the journal and snapshots (asyncpg).
+
+With `exchange/sequencer.py`, the only module of `exchange/` that does I/O. It owns:
+- which database to use: `DATABASE_URL` when set, otherwise an embedded server (`exchange.pgembed`);
+- the migration runner: `exchange/migrations/NNNN_name.sql` applied in order, each in its own
+  transaction, recorded in `schema_migrations`, serialised across processes by an advisory lock;
+- the journal (`seq`, `ts_ns`, msgspec-encoded `command`), appended with binary COPY and read back in
+  `seq` order in keyset pages;
+- snapshots: encoded core state at a sequence number with the state hash replay must reproduce.
+
+The functions take a connection, not a pool, so the caller decides the transaction: the sequencer
+writes a batch's journal rows and its other rows inside one `async with conn.transaction()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from exchange.pgembed import DEFAULT_DATA_DIR, EmbeddedPostgres
+
+__all__ = [
+    "APP_DATABASE",
+    "DATABASE_URL_ENV",
+    "PGDATA_ENV",
+    "JournalRow",
+    "Migration",
+    "MigrationError",
+    "Snapshot",
+    "append_journal",
+    "create_pool",
+    "dsn_with_database",
+    "ensure_database",
+    "latest_snapshot",
+    "load_migrations",
+    "max_seq",
+    "migrate",
+    "read_journal",
+    "resolve_database_url",
+    "save_snapshot",
+]
+
+DATABASE_URL_ENV = "DATABASE_URL"
+PGDATA_ENV = "HOGX_PGDATA"
+APP_DATABASE = "hogx"
+
+# pg_advisory_lock key taken while migrating: "hogx_mig" as a big-endian int64.
+_MIGRATION_LOCK_KEY = int.from_bytes(b"hogx_mig", "big")
+_MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+JournalRow = tuple[int, int, bytes]
+"""One journal row: (seq, ts_ns, msgspec-encoded command)."""
+
+_JOURNAL_COLUMNS = ("seq", "ts_ns", "command")
+
+
+class MigrationError(RuntimeError):
+    """The migration files or the recorded schema history are inconsistent."""
+
+
+# -- which database -------------------------------------------------------------------------------------
+
+
+async def resolve_database_url(
+    env: Mapping[str, str] | None = None, *, data_dir: Path | None = None
+) -> tuple[str, EmbeddedPostgres | None]:
+    """DSN to use and the embedded server started for it (None when `DATABASE_URL` is set).
+
+    Without `DATABASE_URL` an embedded server is started on `data_dir` (default: `$HOGX_PGDATA`, else
+    `./.hogx/pgdata`) and the `hogx` database on it is created when missing. The caller stops the
+    server (or leaves it to atexit).
+    """
+    env = os.environ if env is None else env
+    url = env.get(DATABASE_URL_ENV, "").strip()
+    if url:
+        return url, None
+    data_dir = data_dir or Path(env.get(PGDATA_ENV) or DEFAULT_DATA_DIR)
+    server = await asyncio.to_thread(EmbeddedPostgres.start, data_dir)
+    try:
+        return await ensure_database(server.dsn, APP_DATABASE), server
+    except BaseException:
+        await asyncio.to_thread(server.stop)
+        raise
+
+
+def dsn_with_database(dsn: str, database: str) -> str:
+    """The same URL-form DSN pointing at another database."""
+    parts = urlsplit(dsn)
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise ValueError(f"expected a postgresql:// URL, got {parts.scheme!r}")
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+async def ensure_database(admin_dsn: str, database: str) -> str:
+    """Create `database` on the server of `admin_dsn` unless it exists; return its DSN."""
+    _check_identifier(database)
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
+        if not exists:
+            # Another process may create it between our check and our CREATE; the loser gets one of these.
+            with contextlib.suppress(asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+                await conn.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        await conn.close()
+    return dsn_with_database(admin_dsn, database)
+
+
+def _check_identifier(name: str) -> None:
+    # Database names are interpolated into DDL (no bind parameters there), so only plain ones pass.
+    if not _IDENTIFIER.match(name):
+        raise ValueError(f"not a plain lower-case identifier: {name!r}")
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, **connect_kwargs: Any) -> asyncpg.Pool:
+    """An asyncpg pool on `dsn`; extra keyword arguments go to `asyncpg.create_pool`."""
+    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, **connect_kwargs)
+    assert pool is not None  # asyncpg returns None only when used without await
+    return pool
+
+
+# -- migrations -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One SQL file: version from its `NNNN_` prefix, name from the rest."""
+
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def load_migrations(directory: Path | None = None) -> list[Migration]:
+    """Migration files of `directory` (default: the `exchange.migrations` package) in version order."""
+    root = directory if directory is not None else resources.files("exchange.migrations")
+    found: dict[int, Migration] = {}
+    for entry in root.iterdir():
+        match = _MIGRATION_FILE.match(entry.name)
+        if match is None:
+            continue
+        version = int(match.group(1))
+        if version in found:
+            raise MigrationError(f"two migrations numbered {version:04d}: {found[version].name}, {match.group(2)}")
+        found[version] = Migration(version, match.group(2), entry.read_text(encoding="utf-8"))
+    return [found[v] for v in sorted(found)]
+
+
+async def migrate(
+    target: asyncpg.Connection | asyncpg.Pool, *, migrations: Sequence[Migration] | None = None
+) -> list[int]:
+    """Apply the migrations not yet recorded, in order; return the versions applied now.
+
+    Idempotent. Concurrent callers (two processes starting together) queue on an advisory lock, so
+    each file runs once. Each file and its `schema_migrations` row commit together or not at all.
+    Raises MigrationError if an applied file was edited since.
+    """
+    todo = load_migrations() if migrations is None else sorted(migrations, key=lambda m: m.version)
+    if isinstance(target, asyncpg.Pool):
+        async with target.acquire() as conn:
+            return await _migrate(conn, todo)
+    return await _migrate(target, todo)
+
+
+async def _migrate(conn: asyncpg.Connection, todo: Sequence[Migration]) -> list[int]:
+    # Session-level lock (released in finally, or by the server if the connection dies): it also
+    # covers the CREATE TABLE IF NOT EXISTS below, which is not safe against a concurrent twin.
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK_KEY)
+    try:
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   version    integer PRIMARY KEY,
+                   name       text NOT NULL,
+                   checksum   text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        applied = {r["version"]: r for r in await conn.fetch("SELECT version, name, checksum FROM schema_migrations")}
+        done: list[int] = []
+        for migration in todo:
+            recorded = applied.get(migration.version)
+            if recorded is not None:
+                _check_unchanged(migration, recorded)
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                    migration.version, migration.name, migration.checksum,
+                )
+            done.append(migration.version)
+        return done
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK_KEY)
+
+
+def _check_unchanged(migration: Migration, recorded: asyncpg.Record) -> None:
+    if recorded["checksum"] != migration.checksum:
+        raise MigrationError(
+            f"migration {migration.version:04d}_{migration.name} was edited after it was applied; "
+            "add a new migration instead (or, for a throw-away dev database, delete .hogx/)"
+        )
+
+
+# -- journal --------------------------------------------------------------------------------------------
+
+
+async def append_journal(conn: asyncpg.Connection, rows: Sequence[JournalRow]) -> None:
+    """Append rows with binary COPY, inside the caller's transaction if one is open."""
+    if rows:
+        await conn.copy_records_to_table("journal", records=rows, columns=_JOURNAL_COLUMNS)
+
+
+async def read_journal(
+    conn: asyncpg.Connection, after_seq: int = 0, batch: int = 10_000
+) -> AsyncIterator[list[asyncpg.Record]]:
+    """Journal rows with `seq > after_seq`, in `seq` order, in lists of up to `batch` rows.
+
+    Each record unpacks as `seq, ts_ns, command`. Keyset pages on the primary key: no long-lived
+    transaction or cursor, so rows committed while reading are picked up by later pages.
+    """
+    if batch <= 0:
+        raise ValueError("batch must be positive")
+    page = await conn.prepare("SELECT seq, ts_ns, command FROM journal WHERE seq > $1 ORDER BY seq LIMIT $2")
+    while True:
+        rows = await page.fetch(after_seq, batch)
+        if not rows:
+            return
+        yield rows
+        if len(rows) < batch:
+            return
+        after_seq = rows[-1][0]
+
+
+async def max_seq(conn: asyncpg.Connection) -> int:
+    """Highest journal sequence number, 0 for an empty journal."""
+    return int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM journal"))
+
+
+# -- snapshots ------------------------------------------------------------------------------------------
+
+
+class Snapshot(NamedTuple):
+    seq: int
+    state_hash: str
+    state: bytes
+
+
+async def save_snapshot(conn: asyncpg.Connection, seq: int, state_hash: str, state: bytes) -> bool:
+    """Store the state at `seq`; False (and nothing written) if a snapshot at `seq` already exists.
+
+    Replay is deterministic, so a second snapshot at the same `seq` (after a restart) is the same one.
+    """
+    status = await conn.execute(
+        "INSERT INTO snapshots (seq, state_hash, state) VALUES ($1, $2, $3) ON CONFLICT (seq) DO NOTHING",
+        seq, state_hash, state,
+    )
+    return status == "INSERT 0 1"
+
+
+async def latest_snapshot(conn: asyncpg.Connection, at_or_before: int | None = None) -> Snapshot | None:
+    """The newest snapshot, or the newest with `seq <= at_or_before`; None if there is none."""
+    row = await conn.fetchrow(
+        "SELECT seq, state_hash, state FROM snapshots WHERE seq <= $1 ORDER BY seq DESC LIMIT 1",
+        at_or_before if at_or_before is not None else 2**63 - 1,
+    )
+    return None if row is None else Snapshot(row["seq"], row["state_hash"], bytes(row["state"]))
