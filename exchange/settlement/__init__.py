@@ -1,0 +1,41 @@
+"""Settlement: the double-entry ledger and the money flows built on it (issue 5)."""
+
+from exchange.settlement.ledger import (
+    CHART,
+    LEDGER_CNY,
+    MAX_INT64,
+    Account,
+    AccountCode,
+    AccountFlags,
+    ChartEntry,
+    CreateAccountResult,
+    CreateTransferResult,
+    Entry,
+    Ledger,
+    PendingStatus,
+    Posting,
+    PostingSide,
+    Transfer,
+    TransferCode,
+    TransferFlags,
+)
+
+__all__ = [
+    "CHART",
+    "LEDGER_CNY",
+    "MAX_INT64",
+    "Account",
+    "AccountCode",
+    "AccountFlags",
+    "ChartEntry",
+    "CreateAccountResult",
+    "CreateTransferResult",
+    "Entry",
+    "Ledger",
+    "PendingStatus",
+    "Posting",
+    "PostingSide",
+    "Transfer",
+    "TransferCode",
+    "TransferFlags",
+]
