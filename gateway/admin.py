@@ -1,0 +1,73 @@
+"""Operator routes: register participants, issue and revoke API keys.
+
+The storage calls go through `gateway.store` only, so that registration can later become a journaled
+command without changing these handlers.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+from gateway import store
+from gateway.auth import OPERATORS, KeyRecord, Role
+from gateway.errors import ApiError, Code
+from gateway.routes import Call, RouteTable
+from gateway.state import AUTH
+
+__all__ = ["KeyPath", "KeyRevoked", "ParticipantPath", "RegisterParticipant", "routes"]
+
+routes = RouteTable()
+
+
+class RegisterParticipant(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    role: Role
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class ParticipantPath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    participant_id: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+
+
+class KeyPath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    api_key: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
+class KeyRevoked(msgspec.Struct, frozen=True):
+    api_key: str
+    revoked: bool
+
+
+@routes.post("/v1/admin/participants", roles=OPERATORS, body=RegisterParticipant,
+             response=store.IssuedKey, status=201)
+async def register_participant(call: Call, body: RegisterParticipant) -> store.IssuedKey:
+    """Register a participant with its role; its API key and secret are returned this once."""
+    issued = await store.register_participant(call.pool, body.role, body.name)
+    _remember(call, issued)
+    return issued
+
+
+@routes.post("/v1/admin/participants/{participant_id}/keys", roles=OPERATORS, params=ParticipantPath,
+             response=store.IssuedKey, status=201)
+async def issue_key(call: Call, params: ParticipantPath) -> store.IssuedKey:
+    """Issue another API key for a participant; the secret is returned this once."""
+    issued = await store.issue_key(call.pool, params.participant_id)
+    if issued is None:
+        raise ApiError(404, Code.NOT_FOUND, f"no participant {params.participant_id}")
+    _remember(call, issued)
+    return issued
+
+
+@routes.post("/v1/admin/keys/{api_key}/revoke", roles=OPERATORS, params=KeyPath, response=KeyRevoked)
+async def revoke_key(call: Call, params: KeyPath) -> KeyRevoked:
+    """Revoke an API key; requests signed with it fail with `revoked_key` from now on."""
+    if not await store.revoke_key(call.pool, params.api_key):
+        raise ApiError(404, Code.NOT_FOUND, "no such API key")
+    call.app[AUTH].revoke(params.api_key)
+    return KeyRevoked(params.api_key, True)
+
+
+def _remember(call: Call, issued: store.IssuedKey) -> None:
+    call.app[AUTH].remember(KeyRecord(issued.api_key, issued.participant_id, issued.role,
+                                      issued.api_secret, revoked=False))

@@ -1,0 +1,106 @@
+"""The application factory: `create_app(config)` wires services, routes, start-up and shutdown.
+
+Start-up and tear-down are paired in `cleanup_ctx`, run in order on start and in reverse on stop:
+
+1. `_database`: the asyncpg pool (bound to the pool metrics) and the bootstrap operator key.
+   (The sequencer and recovery go here next, between the pool and readiness.)
+2. `_readiness`: marks the gateway ready once everything before it is up.
+
+Shutdown (`on_shutdown`, which aiohttp runs before waiting for in-flight handlers): stop being ready,
+refuse new WebSockets and close open ones with 1001 GOING_AWAY, so the wait for handlers is short.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable
+
+import msgspec
+from aiohttp import web
+
+from exchange.store import create_pool
+from gateway import admin, store, system
+from gateway.auth import Authenticator, KeyRecord, wall_clock_ms
+from gateway.config import ConfigError, GatewayConfig
+from gateway.errors import error_middleware
+from gateway.metrics import Metrics
+from gateway.openapi import build_openapi
+from gateway.ratelimit import TokenBuckets
+from gateway.routes import RouteTable, install
+from gateway.state import AUTH, CONFIG, HUB, LIMITER, METRICS, OPENAPI, POOL, READINESS, Readiness
+from gateway.ws import Hub
+
+__all__ = ["API_VERSION", "ROUTE_TABLES", "create_app"]
+
+_log = logging.getLogger(__name__)
+
+API_VERSION = "0.1.0"
+
+# Every installed route table; a new handler module adds its `routes` here.
+ROUTE_TABLES: tuple[RouteTable, ...] = (system.routes, admin.routes)
+
+
+def create_app(
+    config: GatewayConfig,
+    *,
+    extra_routes: Iterable[RouteTable] = (),
+    clock_ms: Callable[[], int] = wall_clock_ms,
+) -> web.Application:
+    """A ready-to-run application; nothing touches the network until it is started."""
+    metrics = Metrics()
+    app = web.Application(middlewares=[error_middleware(metrics)], client_max_size=config.max_body_bytes)
+    app[CONFIG] = config
+    app[METRICS] = metrics
+    app[READINESS] = Readiness()
+
+    async def load_key(api_key: str) -> KeyRecord | None:
+        return await store.load_key(app[POOL], api_key)
+
+    auth = Authenticator(load_key, metrics, window_ms=config.auth_window_ms,
+                         replay_capacity=config.replay_cache_size, key_ttl_s=config.key_cache_ttl_s,
+                         clock_ms=clock_ms)
+    limiter = TokenBuckets(config.rate_limit_per_s, config.rate_limit_burst)
+    hub = Hub(auth, metrics, queue_size=config.ws_queue_size, max_channels=config.ws_max_channels,
+              max_inflight=config.ws_max_inflight, max_message_bytes=config.max_body_bytes,
+              heartbeat_s=config.ws_heartbeat_s)
+    hub.register_channel_kind("book")
+    hub.register_channel_kind("trades")
+    hub.register_channel_kind("orders", private=True)
+    app[AUTH], app[LIMITER], app[HUB] = auth, limiter, hub
+
+    routes = [route for table in (*ROUTE_TABLES, *extra_routes) for route in table]
+    install(app, routes, auth, limiter, metrics)
+    app.router.add_get("/v1/ws", hub.handle, name="websocket")
+    app[OPENAPI] = msgspec.json.encode(build_openapi(routes, title="hogx exchange API", version=API_VERSION))
+
+    app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_readiness)
+    app.on_shutdown.append(_on_shutdown)
+    return app
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    if not config.database_url:
+        raise ConfigError("no database: set DATABASE_URL (the CLI starts the embedded server when unset)")
+    pool = await create_pool(config.database_url, min_size=config.db_pool_min, max_size=config.db_pool_max)
+    app[POOL] = pool
+    app[METRICS].bind_pool(pool)
+    try:
+        key, secret = config.operator_key, config.operator_secret
+        if key is not None and secret is not None and await store.ensure_operator_key(pool, key, secret):
+            _log.info("created bootstrap operator key %s", key)
+        yield
+    finally:
+        await pool.close()
+
+
+async def _readiness(app: web.Application) -> AsyncIterator[None]:
+    app[READINESS].set_ready()
+    yield
+    app[READINESS].set_not_ready("stopped")
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    app[READINESS].set_not_ready("shutting down")
+    await app[HUB].close_all()

@@ -1,0 +1,222 @@
+"""Who is calling: roles, the authenticated `Principal`, the API-key cache and signature checks.
+
+Checks run in a fixed order, each failure a 401 with its own code:
+`missing_credentials` -> `timestamp_out_of_window` -> `unknown_key` -> `bad_signature` ->
+`revoked_key` -> `replayed_request`. Revocation is reported only after the signature verified, so a
+stranger learns nothing about a key; replay is checked last so a replayed copy of a genuine request
+cannot be used to probe, and before rate limiting so it cannot drain the victim's bucket.
+
+The wall clock is read here (the gateway stamps time; the exchange core never reads a clock).
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from enum import StrEnum
+from typing import Final, Protocol
+
+import msgspec
+
+from gateway.errors import ApiError, Code
+from gateway.metrics import Metrics
+from gateway.signing import ReplayGuard, digest, signature_bytes
+
+__all__ = [
+    "ANY_ROLE",
+    "BUYERS",
+    "FINANCIERS",
+    "OPERATORS",
+    "PUBLIC",
+    "SELLERS",
+    "Authenticator",
+    "KeyRecord",
+    "Principal",
+    "Role",
+    "roles",
+    "wall_clock_ms",
+]
+
+KEY_HEADER = "X-Hogx-Key"
+TIMESTAMP_HEADER = "X-Hogx-Timestamp"
+SIGNATURE_HEADER = "X-Hogx-Signature"
+_MAX_KEY_CHARS = 64
+
+
+class Role(StrEnum):
+    FARMER = "farmer"
+    COOPERATIVE = "cooperative"
+    BUYER = "buyer"
+    FINANCIER = "financier"
+    OPERATOR = "operator"
+
+
+def roles(*members: Role) -> frozenset[Role]:
+    return frozenset(members)
+
+
+# Role sets routes declare (`roles=SELLERS`). PUBLIC means "no authentication at all".
+PUBLIC: Final[None] = None
+ANY_ROLE: Final = frozenset(Role)
+SELLERS: Final = roles(Role.FARMER, Role.COOPERATIVE)
+BUYERS: Final = roles(Role.BUYER)
+FINANCIERS: Final = roles(Role.FINANCIER)
+OPERATORS: Final = roles(Role.OPERATOR)
+
+
+class Principal(msgspec.Struct, frozen=True):
+    """The authenticated caller of one request or WebSocket."""
+
+    participant_id: int
+    role: Role
+    api_key: str
+
+    def has_role(self, allowed: Iterable[Role]) -> bool:
+        return self.role in allowed
+
+
+class KeyRecord(msgspec.Struct, frozen=True):
+    api_key: str
+    participant_id: int
+    role: Role
+    secret: str
+    revoked: bool
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class _Headers(Protocol):
+    """Anything with `get(name) -> str | None`, like aiohttp's CIMultiDictProxy."""
+
+    def get(self, name: str, /) -> str | None: ...
+
+
+KeyLoader = Callable[[str], Awaitable[KeyRecord | None]]
+
+
+class _KeyCache:
+    """API keys by key, trusted for `ttl_s` (so a revocation made by another gateway is seen within it).
+
+    Unknown keys are remembered briefly in a bounded table so a flood of made-up keys cannot turn
+    into a flood of database queries.
+    """
+
+    def __init__(self, load: KeyLoader, ttl_s: float, clock_s: Callable[[], float],
+                 negative_ttl_s: float = 2.0, negative_capacity: int = 10_000) -> None:
+        self._load = load
+        self._ttl_s = ttl_s
+        self._clock_s = clock_s
+        self._negative_ttl_s = negative_ttl_s
+        self._negative_capacity = negative_capacity
+        self._known: dict[str, tuple[KeyRecord, float]] = {}
+        self._unknown: OrderedDict[str, float] = OrderedDict()
+
+    async def get(self, api_key: str) -> KeyRecord | None:
+        now_s = self._clock_s()
+        hit = self._known.get(api_key)
+        if hit is not None and now_s - hit[1] < self._ttl_s:
+            return hit[0]
+        until_s = self._unknown.get(api_key)
+        if until_s is not None and now_s < until_s:
+            return None
+        record = await self._load(api_key)
+        if record is None:
+            self._remember_unknown(api_key, now_s)
+            self._known.pop(api_key, None)
+        else:
+            self._unknown.pop(api_key, None)
+            self._known[api_key] = (record, now_s)
+        return record
+
+    def put(self, record: KeyRecord) -> None:
+        self._unknown.pop(record.api_key, None)
+        self._known[record.api_key] = (record, self._clock_s())
+
+    def revoke(self, api_key: str) -> None:
+        hit = self._known.get(api_key)
+        if hit is not None:
+            self._known[api_key] = (msgspec.structs.replace(hit[0], revoked=True), hit[1])
+
+    def _remember_unknown(self, api_key: str, now_s: float) -> None:
+        self._unknown[api_key] = now_s + self._negative_ttl_s
+        self._unknown.move_to_end(api_key)
+        while len(self._unknown) > self._negative_capacity:
+            self._unknown.popitem(last=False)
+
+
+class Authenticator:
+    """Verifies signed HTTP requests and WebSocket logins; one per application."""
+
+    def __init__(
+        self,
+        load_key: KeyLoader,
+        metrics: Metrics,
+        *,
+        window_ms: int,
+        replay_capacity: int,
+        key_ttl_s: float,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+        clock_s: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._keys = _KeyCache(load_key, key_ttl_s, clock_s)
+        self._replay = ReplayGuard(window_ms, replay_capacity)
+        self._metrics = metrics
+        self._window_ms = window_ms
+        self._clock_ms = clock_ms
+
+    async def verify(
+        self,
+        api_key: str | None,
+        timestamp: str | None,
+        signature: str | None,
+        method: str,
+        path: str,
+        body: bytes = b"",
+    ) -> Principal:
+        """Check one signed message; raise `ApiError(401, code)` or return who signed it."""
+        if not api_key or not timestamp or not signature:
+            raise self._fail(Code.MISSING_CREDENTIALS, "X-Hogx-Key, X-Hogx-Timestamp and X-Hogx-Signature "
+                                                       "are required")
+        if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 16:
+            raise self._fail(Code.MISSING_CREDENTIALS, "X-Hogx-Timestamp must be integer milliseconds")
+        ts_ms = int(timestamp)
+        now_ms = self._clock_ms()
+        if abs(now_ms - ts_ms) > self._window_ms:
+            raise self._fail(Code.TIMESTAMP_OUT_OF_WINDOW,
+                             f"timestamp {ts_ms} is more than {self._window_ms} ms from server time {now_ms}")
+        record = await self._keys.get(api_key) if len(api_key) <= _MAX_KEY_CHARS else None
+        if record is None:
+            raise self._fail(Code.UNKNOWN_KEY, "unknown API key")
+        given = signature_bytes(signature)
+        expected = digest(record.secret, timestamp, method, path, body)
+        if given is None or not hmac.compare_digest(given, expected):
+            raise self._fail(Code.BAD_SIGNATURE, "signature does not match timestamp + METHOD + path + body")
+        if record.revoked:
+            raise self._fail(Code.REVOKED_KEY, "API key has been revoked")
+        fresh = self._replay.check_and_remember(expected, ts_ms, now_ms)
+        if fresh is None:
+            raise ApiError(503, Code.UNAVAILABLE, "too many requests in flight to check replays",
+                           retry_after_s=1)
+        if not fresh:
+            raise self._fail(Code.REPLAYED_REQUEST, "this signature was already used")
+        return Principal(record.participant_id, record.role, record.api_key)
+
+    async def authenticate(self, method: str, raw_path: str, headers: _Headers, body: bytes) -> Principal:
+        return await self.verify(headers.get(KEY_HEADER), headers.get(TIMESTAMP_HEADER),
+                                 headers.get(SIGNATURE_HEADER), method, raw_path, body)
+
+    def remember(self, record: KeyRecord) -> None:
+        """Cache a key just created by this gateway."""
+        self._keys.put(record)
+
+    def revoke(self, api_key: str) -> None:
+        """Honour a revocation at once (the database has already been updated)."""
+        self._keys.revoke(api_key)
+
+    def _fail(self, code: Code, message: str) -> ApiError:
+        self._metrics.auth_failures.labels(code.value).inc()
+        return ApiError(401, code, message)

@@ -1,0 +1,63 @@
+"""The `hogx` command line (also `python -m gateway`).
+
+    hogx serve [--host 127.0.0.1] [--port 8080] [--demo]
+
+Configuration comes from the environment (see `gateway.config`); flags override it. Without
+`DATABASE_URL` the embedded PostgreSQL is started (data in `./.hogx/pgdata`). Migrations are applied
+before the server opens. SIGINT/SIGTERM shut down gracefully.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import msgspec
+from aiohttp import web
+
+from exchange import store
+from gateway.app import create_app
+from gateway.config import ConfigError, GatewayConfig
+
+__all__ = ["main"]
+
+_log = logging.getLogger("hogx")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hogx", description="hogx live-hog exchange")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the exchange gateway (HTTP + WebSocket)")
+    serve.add_argument("--host", help="bind address (default $HOGX_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="TCP port (default $HOGX_PORT or 8080)")
+    serve.add_argument("--demo", action="store_true", help="also create a demo market and participants")
+    serve.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = GatewayConfig.from_env(host=args.host, port=args.port, demo=args.demo or None)
+    except ConfigError as exc:
+        print(f"hogx: {exc}", file=sys.stderr)
+        return 2
+    web.run_app(_prepare(config), host=config.host, port=config.port, access_log=None,
+                shutdown_timeout=config.shutdown_timeout_s, print=_log.info)
+    return 0
+
+
+async def _prepare(config: GatewayConfig) -> web.Application:
+    """Find (or start) the database, bring its schema up to date, then build the app."""
+    url = config.database_url
+    if not url:
+        url, _server = await store.resolve_database_url()  # the embedded server stops at exit
+    pool = await store.create_pool(url, min_size=1, max_size=1)
+    try:
+        applied = await store.migrate(pool)
+    finally:
+        await pool.close()
+    if applied:
+        _log.info("applied migrations %s", applied)
+    if config.demo:
+        _log.warning("--demo: the demo market is not wired yet")
+    return create_app(msgspec.structs.replace(config, database_url=url))

@@ -1,0 +1,123 @@
+"""Gateway configuration: one frozen value read from environment variables.
+
+Every setting has a default except the database, so `hogx serve` works out of the box. The variables
+(all optional):
+
+=============================  ==========================================================  ==========
+variable                       meaning                                                     default
+=============================  ==========================================================  ==========
+DATABASE_URL                   PostgreSQL DSN; unset means the embedded server             (unset)
+HOGX_HOST / HOGX_PORT          address the HTTP server binds                               127.0.0.1 / 8080
+HOGX_OPERATOR_KEY              operator API key created on first start when missing        (unset)
+HOGX_OPERATOR_SECRET           its secret (both or neither)                                (unset)
+HOGX_AUTH_WINDOW_MS            accepted clock skew of X-Hogx-Timestamp, both directions    5000
+HOGX_REPLAY_CACHE_SIZE         signatures remembered for replay protection (bounded)       200000
+HOGX_KEY_CACHE_TTL_S           how long a cached key is trusted before re-reading it       10
+HOGX_RATE_LIMIT_PER_S          sustained requests per second per API key                   200
+HOGX_RATE_LIMIT_BURST          token bucket size per API key                               400
+HOGX_MAX_BODY_BYTES            largest accepted request body                               65536
+HOGX_DB_POOL_MIN / _MAX        asyncpg pool size bounds                                    2 / 10
+HOGX_WS_QUEUE_SIZE             outgoing messages buffered per WebSocket before it is       1024
+                               dropped as a slow consumer
+HOGX_WS_MAX_CHANNELS           subscriptions per WebSocket                                 64
+HOGX_WS_MAX_INFLIGHT           concurrent requests per WebSocket (order entry)             1024
+HOGX_WS_HEARTBEAT_S            ping interval that detects dead peers                       30
+HOGX_SHUTDOWN_TIMEOUT_S        grace period for in-flight requests on shutdown             10
+=============================  ==========================================================  ==========
+
+Rates are floats (requests per second); nothing here is money.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+
+import msgspec
+
+__all__ = ["ConfigError", "GatewayConfig"]
+
+_KEY_RE = re.compile(r"[A-Za-z0-9_\-]{8,64}")
+
+
+class ConfigError(ValueError):
+    """An environment variable is malformed or inconsistent."""
+
+
+class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything the gateway needs to start; build it with `from_env` or directly in tests."""
+
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    operator_key: str | None = None
+    operator_secret: str | None = None
+    demo: bool = False
+    auth_window_ms: int = 5_000
+    replay_cache_size: int = 200_000
+    key_cache_ttl_s: float = 10.0
+    rate_limit_per_s: float = 200.0
+    rate_limit_burst: int = 400
+    max_body_bytes: int = 64 * 1024
+    db_pool_min: int = 2
+    db_pool_max: int = 10
+    ws_queue_size: int = 1024
+    ws_max_channels: int = 64
+    ws_max_inflight: int = 1024
+    ws_heartbeat_s: float = 30.0
+    shutdown_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if (self.operator_key is None) != (self.operator_secret is None):
+            raise ConfigError("set both HOGX_OPERATOR_KEY and HOGX_OPERATOR_SECRET, or neither")
+        if self.operator_key is not None and not _KEY_RE.fullmatch(self.operator_key):
+            raise ConfigError("HOGX_OPERATOR_KEY must be 8-64 characters of A-Z a-z 0-9 _ -")
+        if self.operator_secret is not None and len(self.operator_secret) < 16:
+            raise ConfigError("HOGX_OPERATOR_SECRET must have at least 16 characters")
+        for name in ("auth_window_ms", "replay_cache_size", "rate_limit_burst", "max_body_bytes",
+                     "db_pool_max", "ws_queue_size", "ws_max_channels", "ws_max_inflight"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.rate_limit_per_s <= 0:
+            raise ConfigError("rate_limit_per_s must be positive")
+        if not 0 <= self.db_pool_min <= self.db_pool_max:
+            raise ConfigError("need 0 <= db_pool_min <= db_pool_max")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> GatewayConfig:
+        """Read the variables in the module docstring; `overrides` (e.g. CLI flags) win over them."""
+        env = os.environ if environ is None else environ
+        fields: dict[str, object] = {}
+        for field_name, var in _ENV_VARS.items():
+            raw = env.get(var)
+            if raw is not None and raw != "":
+                fields[field_name] = raw
+        fields.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            # strict=False converts the strings ("8080", "2.5", "true") to the declared types.
+            return msgspec.convert(fields, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"bad gateway configuration: {exc}") from exc
+
+
+_ENV_VARS: dict[str, str] = {
+    "database_url": "DATABASE_URL",
+    "host": "HOGX_HOST",
+    "port": "HOGX_PORT",
+    "operator_key": "HOGX_OPERATOR_KEY",
+    "operator_secret": "HOGX_OPERATOR_SECRET",
+    "auth_window_ms": "HOGX_AUTH_WINDOW_MS",
+    "replay_cache_size": "HOGX_REPLAY_CACHE_SIZE",
+    "key_cache_ttl_s": "HOGX_KEY_CACHE_TTL_S",
+    "rate_limit_per_s": "HOGX_RATE_LIMIT_PER_S",
+    "rate_limit_burst": "HOGX_RATE_LIMIT_BURST",
+    "max_body_bytes": "HOGX_MAX_BODY_BYTES",
+    "db_pool_min": "HOGX_DB_POOL_MIN",
+    "db_pool_max": "HOGX_DB_POOL_MAX",
+    "ws_queue_size": "HOGX_WS_QUEUE_SIZE",
+    "ws_max_channels": "HOGX_WS_MAX_CHANNELS",
+    "ws_max_inflight": "HOGX_WS_MAX_INFLIGHT",
+    "ws_heartbeat_s": "HOGX_WS_HEARTBEAT_S",
+    "shutdown_timeout_s": "HOGX_SHUTDOWN_TIMEOUT_S",
+}

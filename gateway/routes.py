@@ -1,0 +1,246 @@
+"""The route registry: each HTTP route declares its method, path template, roles and msgspec structs.
+
+A handler module owns a `RouteTable` and decorates thin handlers:
+
+    routes = RouteTable()
+
+    @routes.post("/v1/orders", roles=TRADERS, body=PlaceOrderRequest, response=ExecutionReport, status=201)
+    async def place_order(call: Call, body: PlaceOrderRequest) -> ExecutionReport: ...
+
+    @routes.get("/v1/orders/{order_id}", roles=ANY_ROLE, params=OrderPath, response=OrderView)
+    async def get_order(call: Call, params: OrderPath) -> OrderView: ...
+
+The same declaration drives everything else: `install` wraps the handler with authentication (signature,
+role, rate limit), decodes `body` (JSON), `query` and `params` (path) with one reusable decoder per
+route, encodes the returned struct, and `gateway.openapi` documents it. Structs must be declared with
+`forbid_unknown_fields=True`, so unknown fields are a 422, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import asyncpg
+import msgspec
+from aiohttp import web
+
+from gateway.auth import Authenticator, Principal, Role
+from gateway.config import GatewayConfig
+from gateway.errors import ApiError, Code
+from gateway.metrics import Metrics
+from gateway.ratelimit import TokenBuckets
+from gateway.state import CONFIG, HUB, METRICS, POOL, READINESS, Readiness
+from gateway.ws import Hub
+
+__all__ = ["Call", "Route", "RouteTable", "install"]
+
+_JSON = "application/json"
+_PATH_PARAM_RE = re.compile(r"\{(\w+)(?::[^}]*)?\}")
+_F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
+
+
+class Call:
+    """What a handler gets besides its decoded inputs: the request, the caller, the app's services."""
+
+    __slots__ = ("_principal", "request", "route")
+
+    def __init__(self, request: web.Request, route: Route, principal: Principal | None) -> None:
+        self.request = request
+        self.route = route
+        self._principal = principal
+
+    @property
+    def principal(self) -> Principal:
+        """The authenticated caller; only on routes that declare roles (a public route has none)."""
+        if self._principal is None:
+            raise RuntimeError(f"{self.route.method} {self.route.path} is public: no principal")
+        return self._principal
+
+    @property
+    def principal_or_none(self) -> Principal | None:
+        return self._principal
+
+    @property
+    def app(self) -> web.Application:
+        return self.request.app
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self.request.app[CONFIG]
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self.request.app[POOL]
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.request.app[METRICS]
+
+    @property
+    def hub(self) -> Hub:
+        return self.request.app[HUB]
+
+    @property
+    def readiness(self) -> Readiness:
+        return self.request.app[READINESS]
+
+    def json(self, value: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+        """An explicit JSON response, for handlers whose status depends on the outcome."""
+        return web.Response(body=_encode(value), status=status, content_type=_JSON, headers=headers)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str
+    handler: Callable[..., Awaitable[Any]]
+    roles: frozenset[Role] | None  # None: public, no authentication
+    body: type[msgspec.Struct] | None = None
+    query: type[msgspec.Struct] | None = None
+    params: type[msgspec.Struct] | None = None
+    response: Any = None  # a type msgspec can describe; None for raw responses
+    status: int = 200
+    summary: str = ""
+    media_type: str = _JSON  # of the success response, for the OpenAPI document
+    in_schema: bool = True
+
+    @property
+    def path_param_names(self) -> list[str]:
+        return _PATH_PARAM_RE.findall(self.path)
+
+
+class RouteTable:
+    """An ordered collection of routes, one per handler module; `create_app` installs the tables."""
+
+    def __init__(self) -> None:
+        self._routes: list[Route] = []
+
+    def __iter__(self) -> Iterator[Route]:
+        return iter(self._routes)
+
+    def route(
+        self,
+        method: str,
+        path: str,
+        *,
+        roles: frozenset[Role] | None,
+        body: type[msgspec.Struct] | None = None,
+        query: type[msgspec.Struct] | None = None,
+        params: type[msgspec.Struct] | None = None,
+        response: Any = None,
+        status: int = 200,
+        summary: str | None = None,
+        media_type: str = _JSON,
+        in_schema: bool = True,
+    ) -> Callable[[_F], _F]:
+        """Declare a route. `roles` is required: a role set, or `PUBLIC` (None) for no authentication."""
+
+        def decorate(handler: _F) -> _F:
+            route = Route(method.upper(), path, handler, roles, body, query, params, response, status,
+                          summary if summary is not None else _first_line(handler.__doc__), media_type,
+                          in_schema)
+            _check(route)
+            self._routes.append(route)
+            return handler
+
+        return decorate
+
+    def get(self, path: str, **kwargs: Any) -> Callable[[_F], _F]:
+        return self.route("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> Callable[[_F], _F]:
+        return self.route("POST", path, **kwargs)
+
+    def patch(self, path: str, **kwargs: Any) -> Callable[[_F], _F]:
+        return self.route("PATCH", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> Callable[[_F], _F]:
+        return self.route("DELETE", path, **kwargs)
+
+
+def _first_line(doc: str | None) -> str:
+    return doc.strip().splitlines()[0] if doc and doc.strip() else ""
+
+
+def _check(route: Route) -> None:
+    """Refuse at import time the declarations that would weaken input checking."""
+    for part in (route.body, route.query, route.params):
+        if part is not None and not part.__struct_config__.forbid_unknown_fields:
+            raise TypeError(f"{route.path}: {part.__name__} must set forbid_unknown_fields=True")
+    if route.params is not None:
+        declared = set(route.params.__struct_fields__)
+        if declared != set(route.path_param_names):
+            raise TypeError(f"{route.path}: params struct fields {sorted(declared)} do not match the path")
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def install(app: web.Application, routes: list[Route], auth: Authenticator, limiter: TokenBuckets,
+            metrics: Metrics) -> None:
+    """Add every route to the app's router, each wrapped in its own endpoint."""
+    for route in routes:
+        app.router.add_route(route.method, route.path, _endpoint(route, auth, limiter, metrics),
+                             name=route.handler.__name__)
+
+
+def _endpoint(route: Route, auth: Authenticator, limiter: TokenBuckets,
+              metrics: Metrics) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The aiohttp handler for one route; everything per-route (decoders) is built once, here."""
+    body_decoder = None if route.body is None else msgspec.json.Decoder(route.body)
+    query_type, params_type, handler = route.query, route.params, route.handler
+    roles, status = route.roles, route.status
+
+    async def endpoint(request: web.Request) -> web.StreamResponse:
+        raw = await request.read() if request.body_exists else b""
+        principal = None
+        if roles is not None:
+            principal = await auth.authenticate(request.method, request.raw_path, request.headers, raw)
+            if principal.role not in roles:
+                raise ApiError(403, Code.FORBIDDEN, f"role {principal.role.value} may not call this route")
+            wait_s = limiter.take(principal.api_key)
+            if wait_s:
+                metrics.rate_limited.inc()
+                raise ApiError(429, Code.RATE_LIMITED, f"rate limit exceeded, retry in {wait_s:.3f} s",
+                               retry_after_s=TokenBuckets.retry_after_s(wait_s))
+        kwargs: dict[str, Any] = {}
+        if body_decoder is not None:
+            kwargs["body"] = _decode_body(body_decoder, request, raw)
+        elif raw:
+            raise ApiError(400, Code.BAD_REQUEST, "this route takes no request body")
+        if query_type is not None:
+            kwargs["query"] = _convert(query_type, request.query, "query")
+        elif request.query:
+            raise ApiError(422, Code.INVALID, "this route takes no query parameters")
+        if params_type is not None:
+            kwargs["params"] = _convert(params_type, request.match_info, "path")
+        result = await handler(Call(request, route, principal), **kwargs)
+        if isinstance(result, web.StreamResponse):
+            return result
+        if result is None and status == 204:
+            return web.Response(status=204)
+        return web.Response(body=_encode(result), status=status, content_type=_JSON)
+
+    return endpoint
+
+
+def _decode_body(decoder: msgspec.json.Decoder[Any], request: web.Request, raw: bytes) -> Any:
+    if request.content_type != _JSON:
+        raise ApiError(415, Code.UNSUPPORTED_MEDIA_TYPE, f"send the body as {_JSON}")
+    try:
+        return decoder.decode(raw)
+    except msgspec.ValidationError as exc:  # before DecodeError: it is a subclass
+        raise ApiError(422, Code.INVALID, f"invalid body: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, Code.BAD_JSON, f"malformed JSON: {exc}") from None
+
+
+def _convert(struct: type[msgspec.Struct], values: Any, where: str) -> Any:
+    try:
+        # strict=False: query and path values arrive as strings and are converted to the field types.
+        return msgspec.convert(dict(values), struct, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ApiError(422, Code.INVALID, f"invalid {where} parameters: {exc}") from None

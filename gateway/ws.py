@@ -1,0 +1,492 @@
+"""WebSocket fan-out at `/v1/ws`: connections, channels, per-connection bounded queues, and ops.
+
+Protocol (JSON text frames; every inbound message is an object tagged by `op`, with an optional `id`
+echoed in the reply):
+
+- `{"op": "auth", "key": ..., "timestamp_ms": ..., "signature": ...}` — optional, and only as the
+  first message; `signature` = hex HMAC-SHA256 over `timestamp_ms + "GET/v1/ws"` (see `signing`).
+  Failure answers an error and closes with 4001.
+- `{"op": "subscribe", "channels": ["book.RC-FH", "orders"]}`, `{"op": "unsubscribe", ...}`,
+  `{"op": "ping"}`.
+- ops registered later with `Hub.register_op` (order entry), run concurrently up to a per-connection
+  in-flight bound.
+
+Replies are `{"type": "result", "op": ..., "id": ..., "data": ...}` or
+`{"type": "error", "op": ..., "id": ..., "code": ..., "message": ...}`; channel messages are whatever
+bytes the publisher passed to `Hub.publish`.
+
+Public channels are `<kind>.<name>` for registered public kinds (`book`, `trades`); private kinds
+(`orders`) are subscribed by their bare name after auth and delivered only to that participant.
+
+Each connection owns a bounded queue drained by its own writer task. `publish` never awaits: a
+connection whose queue is full is a slow consumer and is closed with 4008 "slow consumer", so one slow
+reader never delays the others or the publisher (the sequencer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Final, Union
+
+import msgspec
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from gateway.auth import Authenticator, Principal, Role
+from gateway.errors import ApiError, Code
+from gateway.metrics import Metrics
+from gateway.signing import WS_SIGNED_PATH
+
+__all__ = [
+    "CLOSE_AUTH_FAILED",
+    "CLOSE_SLOW_CONSUMER",
+    "AuthMessage",
+    "Hub",
+    "SnapshotProvider",
+    "WsConnection",
+    "WsError",
+    "WsRequest",
+    "WsResult",
+]
+
+_log = logging.getLogger(__name__)
+
+CLOSE_SLOW_CONSUMER: Final = 4008
+CLOSE_AUTH_FAILED: Final = 4001
+_CLOSE_TIMEOUT_S: Final = 5.0
+_NAME_RE: Final = re.compile(r"[A-Za-z0-9_\-]{1,40}")
+
+
+# -- inbound messages --------------------------------------------------------------------------------
+
+class WsRequest(msgspec.Struct, tag_field="op", forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """Base of every inbound message; subclass with `tag="<op name>"` to add an op."""
+
+    id: int | str | None = None
+
+
+class AuthMessage(WsRequest, tag="auth", frozen=True):
+    key: str
+    timestamp_ms: int
+    signature: str
+
+
+class SubscribeMessage(WsRequest, tag="subscribe", frozen=True):
+    channels: list[str]
+
+
+class UnsubscribeMessage(WsRequest, tag="unsubscribe", frozen=True):
+    channels: list[str]
+
+
+class PingMessage(WsRequest, tag="ping", frozen=True):
+    pass
+
+
+# -- outbound replies --------------------------------------------------------------------------------
+
+class WsResult(msgspec.Struct, tag="result", tag_field="type", frozen=True):
+    op: str
+    id: int | str | None = None
+    data: Any = None
+
+
+class WsError(msgspec.Struct, tag="error", tag_field="type", frozen=True):
+    code: str
+    message: str
+    op: str | None = None
+    id: int | str | None = None
+
+
+class _Close(msgspec.Struct, frozen=True):
+    """Queued after the last message a connection should get before being closed."""
+
+    code: int
+    message: bytes
+
+
+OpHandler = Callable[["WsConnection", Any], Awaitable[Any]]
+# (channel, principal or None) -> the snapshot to send before any delta, or None; raise ApiError to refuse.
+SnapshotProvider = Callable[[str, "Principal | None"], "bytes | None"]
+
+
+class _Op(msgspec.Struct, frozen=True):
+    message_type: type[WsRequest]
+    handler: OpHandler
+    roles: frozenset[Role] | None
+
+
+class _ChannelKind(msgspec.Struct, frozen=True):
+    private: bool
+    snapshot: SnapshotProvider | None
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+class WsConnection:
+    """One open socket: its queue, its writer task, who it is, and what it subscribed to."""
+
+    __slots__ = ("channels", "closing", "conn_id", "inflight", "messages_in", "principal", "queue",
+                 "request", "writer", "ws")
+
+    def __init__(self, conn_id: int, ws: web.WebSocketResponse, request: web.Request, queue_size: int) -> None:
+        self.conn_id = conn_id
+        self.ws = ws
+        self.request = request
+        self.queue: asyncio.Queue[bytes | _Close] = asyncio.Queue(queue_size)
+        self.principal: Principal | None = None
+        self.channels: set[str] = set()  # internal subscription keys
+        self.closing = False
+        self.inflight = 0
+        self.messages_in = 0
+        self.writer: asyncio.Task[None] | None = None
+
+
+class Hub:
+    """All WebSocket connections of one application and the channels they listen to."""
+
+    def __init__(
+        self,
+        auth: Authenticator,
+        metrics: Metrics,
+        *,
+        queue_size: int,
+        max_channels: int,
+        max_inflight: int,
+        max_message_bytes: int,
+        heartbeat_s: float,
+    ) -> None:
+        self._auth = auth
+        self._metrics = metrics
+        self._queue_size = queue_size
+        self._max_channels = max_channels
+        self._max_inflight = max_inflight
+        self._max_message_bytes = max_message_bytes
+        self._heartbeat_s = heartbeat_s
+        self._ids = itertools.count(1)
+        self._connections: set[WsConnection] = set()
+        self._subscribers: dict[str, set[WsConnection]] = {}
+        self._kinds: dict[str, _ChannelKind] = {}
+        self._ops: dict[str, _Op] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._decoder = self._build_decoder()
+        self.accepting = True
+
+    # -- configuration (at app creation) ---------------------------------------------------------
+
+    def register_channel_kind(self, kind: str, *, private: bool = False,
+                              snapshot: SnapshotProvider | None = None) -> None:
+        """Allow subscriptions to `kind.<name>` (public) or to the bare `kind` (private, after auth)."""
+        if not _NAME_RE.fullmatch(kind):
+            raise ValueError(f"bad channel kind {kind!r}")
+        self._kinds[kind] = _ChannelKind(private, snapshot)
+
+    def register_op(self, message_type: type[WsRequest], handler: OpHandler,
+                    *, roles: Iterable[Role] | None) -> None:
+        """Add an op: `message_type` subclasses `WsRequest` with `tag="<op>"`; `roles=None` is public.
+
+        `handler(conn, message)` returns the reply's `data` (any msgspec-encodable value) or raises
+        `ApiError` for an error reply; it runs as its own task so a connection can pipeline requests.
+        """
+        op = message_type.__struct_config__.tag
+        if not isinstance(op, str) or op in self._ops or op in _BUILTIN_OPS:
+            raise ValueError(f"op {op!r} is not a new string tag")
+        self._ops[op] = _Op(message_type, handler, None if roles is None else frozenset(roles))
+        self._decoder = self._build_decoder()
+
+    def _build_decoder(self) -> msgspec.json.Decoder[Any]:
+        types = (AuthMessage, SubscribeMessage, UnsubscribeMessage, PingMessage,
+                 *(op.message_type for op in self._ops.values()))
+        return msgspec.json.Decoder(types[0] if len(types) == 1 else _union(types))
+
+    # -- publishing (synchronous, never blocks) ----------------------------------------------------
+
+    def publish(self, channel: str, payload: bytes) -> int:
+        """Queue `payload` (a UTF-8 JSON text) to every subscriber of a public channel; returns how many."""
+        return self._deliver(self._subscribers.get(channel), payload)
+
+    def publish_private(self, kind: str, participant_id: int, payload: bytes) -> int:
+        """Queue `payload` to the connections of `participant_id` subscribed to private channel `kind`."""
+        return self._deliver(self._subscribers.get(_private_key(kind, participant_id)), payload)
+
+    def send(self, conn: WsConnection, payload: bytes) -> bool:
+        """Queue one message to one connection; False (and the connection dropped) if it is full."""
+        if conn.closing:
+            return False
+        try:
+            conn.queue.put_nowait(payload)
+        except asyncio.QueueFull:
+            self._drop_slow(conn)
+            return False
+        self._metrics.ws_messages_sent.inc()
+        return True
+
+    def _deliver(self, subscribers: set[WsConnection] | None, payload: bytes) -> int:
+        if not subscribers:
+            return 0
+        slow: list[WsConnection] = []
+        for conn in subscribers:
+            try:
+                conn.queue.put_nowait(payload)
+            except asyncio.QueueFull:
+                slow.append(conn)
+        delivered = len(subscribers) - len(slow)
+        for conn in slow:  # outside the loop: dropping edits the set being iterated
+            self._drop_slow(conn)
+        self._metrics.ws_messages_sent.inc(delivered)
+        return delivered
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    def subscriber_count(self, channel: str) -> int:
+        return len(self._subscribers.get(channel, ()))
+
+    # -- connection life cycle ---------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        """The aiohttp handler of `GET /v1/ws`."""
+        if not self.accepting:
+            raise ApiError(503, Code.NOT_READY, "shutting down", retry_after_s=1)
+        ws = web.WebSocketResponse(heartbeat=self._heartbeat_s, compress=False, decode_text=False,
+                                   max_msg_size=self._max_message_bytes, timeout=_CLOSE_TIMEOUT_S)
+        await ws.prepare(request)
+        conn = WsConnection(next(self._ids), ws, request, self._queue_size)
+        self._connections.add(conn)
+        self._metrics.ws_connections.inc()
+        conn.writer = asyncio.create_task(self._write_loop(conn))
+        try:
+            async for msg in ws:
+                if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
+                    await self._on_message(conn, msg.data)
+        finally:
+            self._forget(conn)
+            if conn.writer is not None:
+                conn.writer.cancel()
+        return ws
+
+    async def close_all(self, code: int = WSCloseCode.GOING_AWAY, message: bytes = b"server shutdown") -> None:
+        """Graceful shutdown: refuse new sockets and close every open one with `code`."""
+        self.accepting = False
+        await asyncio.gather(*(self._close(conn, code, message) for conn in list(self._connections)))
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=_CLOSE_TIMEOUT_S)
+
+    def _forget(self, conn: WsConnection) -> None:
+        if conn in self._connections:
+            self._connections.discard(conn)
+            self._metrics.ws_connections.dec()
+        self._unsubscribe_all(conn)
+
+    def _unsubscribe_all(self, conn: WsConnection) -> None:
+        for key in conn.channels:
+            subscribers = self._subscribers.get(key)
+            if subscribers is not None:
+                subscribers.discard(conn)
+                if not subscribers:
+                    del self._subscribers[key]
+        conn.channels.clear()
+
+    def _drop_slow(self, conn: WsConnection) -> None:
+        if conn.closing:
+            return
+        self._metrics.ws_slow_consumer_drops.inc()
+        _log.info("dropping slow WebSocket consumer %d", conn.conn_id)
+        self._stop_delivery(conn)  # at once, so later publishes skip it even before the close runs
+        self._spawn(self._close(conn, CLOSE_SLOW_CONSUMER, b"slow consumer"))
+
+    def _stop_delivery(self, conn: WsConnection) -> None:
+        conn.closing = True
+        self._unsubscribe_all(conn)
+        if conn.writer is not None:
+            conn.writer.cancel()  # safe mid-send: a frame is written whole before its drain is awaited
+
+    async def _close(self, conn: WsConnection, code: int, message: bytes) -> None:
+        """Close now, discarding what is still queued; bounded even if the peer stopped reading."""
+        self._stop_delivery(conn)
+        try:
+            await asyncio.wait_for(conn.ws.close(code=code, message=message), _CLOSE_TIMEOUT_S)
+        except (TimeoutError, ConnectionError):
+            transport = conn.request.transport
+            if transport is not None:
+                transport.abort()
+
+    async def _write_loop(self, conn: WsConnection) -> None:
+        ws, queue = conn.ws, conn.queue
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, _Close):
+                    conn.closing = True
+                    self._unsubscribe_all(conn)
+                    await ws.close(code=item.code, message=item.message)
+                    return
+                await ws.send_frame(item, WSMsgType.TEXT)
+        except ConnectionError:
+            pass  # the peer went away; the reading side notices and cleans up
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)  # keep a reference until done: the loop holds only weak ones
+        task.add_done_callback(self._tasks.discard)
+
+    # -- inbound messages ------------------------------------------------------------------------
+
+    async def _on_message(self, conn: WsConnection, data: bytes) -> None:
+        conn.messages_in += 1
+        if conn.closing:
+            return
+        try:
+            msg = self._decoder.decode(data)
+        except msgspec.ValidationError as exc:
+            self._reply_error(conn, None, None, Code.INVALID, f"invalid message: {exc}")
+            return
+        except msgspec.DecodeError as exc:
+            self._reply_error(conn, None, None, Code.BAD_JSON, f"malformed JSON: {exc}")
+            return
+        try:
+            if isinstance(msg, AuthMessage):
+                await self._on_auth(conn, msg)
+            elif isinstance(msg, SubscribeMessage):
+                self._on_subscribe(conn, msg)
+            elif isinstance(msg, UnsubscribeMessage):
+                self._on_unsubscribe(conn, msg)
+            elif isinstance(msg, PingMessage):
+                self._reply(conn, WsResult("ping", msg.id))
+            else:
+                self._on_op(conn, msg)
+        except Exception:  # a bug or the database down: answer and keep the socket, never kill the hub
+            op = str(msg.__struct_config__.tag)
+            _log.exception("unhandled error in WebSocket %s", op)
+            self._reply_error(conn, op, msg.id, Code.INTERNAL_ERROR, "internal error")
+
+    async def _on_auth(self, conn: WsConnection, msg: AuthMessage) -> None:
+        if conn.messages_in != 1:
+            self._reply_error(conn, "auth", msg.id, "auth_must_be_first",
+                              "auth is accepted only as the first message")
+            return
+        try:
+            principal = await self._auth.verify(msg.key, str(msg.timestamp_ms), msg.signature,
+                                                "GET", WS_SIGNED_PATH)
+        except ApiError as exc:
+            self._reply_error(conn, "auth", msg.id, exc.code, exc.message)
+            self._enqueue(conn, _Close(CLOSE_AUTH_FAILED, b"authentication failed"))
+            return
+        conn.principal = principal
+        self._reply(conn, WsResult("auth", msg.id, {"participant_id": principal.participant_id,
+                                                    "role": principal.role.value}))
+
+    def _on_subscribe(self, conn: WsConnection, msg: SubscribeMessage) -> None:
+        try:
+            keys = [self._subscription_key(conn, channel) for channel in msg.channels]
+            new = [(channel, key) for channel, key in dict(zip(msg.channels, keys, strict=True)).items()
+                   if key not in conn.channels]
+            if len(conn.channels) + len(new) > self._max_channels:
+                raise ApiError(422, Code.INVALID, f"at most {self._max_channels} subscriptions per connection")
+            snapshots = [self._snapshot(conn, channel) for channel, _ in new]
+        except ApiError as exc:
+            self._reply_error(conn, "subscribe", msg.id, exc.code, exc.message)
+            return
+        # From here on nothing awaits, so no publish can slip between a snapshot and its first delta.
+        self._reply(conn, WsResult("subscribe", msg.id, {"channels": msg.channels}))
+        for (_, key), snapshot in zip(new, snapshots, strict=True):
+            if snapshot is not None and not self.send(conn, snapshot):
+                return
+            conn.channels.add(key)
+            self._subscribers.setdefault(key, set()).add(conn)
+
+    def _on_unsubscribe(self, conn: WsConnection, msg: UnsubscribeMessage) -> None:
+        for channel in msg.channels:
+            key = self._private_or_public_key(conn, channel)
+            if key is not None and key in conn.channels:
+                conn.channels.discard(key)
+                subscribers = self._subscribers.get(key)
+                if subscribers is not None:
+                    subscribers.discard(conn)
+                    if not subscribers:
+                        del self._subscribers[key]
+        self._reply(conn, WsResult("unsubscribe", msg.id, {"channels": msg.channels}))
+
+    def _subscription_key(self, conn: WsConnection, channel: str) -> str:
+        kind_name, dot, name = channel.partition(".")
+        kind = self._kinds.get(kind_name)
+        if kind is None or (kind.private and dot) or (not kind.private and not _NAME_RE.fullmatch(name)):
+            raise ApiError(404, "unknown_channel", f"no channel {channel[:80]!r}")
+        if not kind.private:
+            return channel
+        if conn.principal is None:
+            raise ApiError(401, Code.MISSING_CREDENTIALS, f"channel {channel!r} needs auth first")
+        return _private_key(kind_name, conn.principal.participant_id)
+
+    def _private_or_public_key(self, conn: WsConnection, channel: str) -> str | None:
+        try:
+            return self._subscription_key(conn, channel)
+        except ApiError:
+            return None
+
+    def _snapshot(self, conn: WsConnection, channel: str) -> bytes | None:
+        kind = self._kinds[channel.partition(".")[0]]
+        return None if kind.snapshot is None else kind.snapshot(channel, conn.principal)
+
+    def _on_op(self, conn: WsConnection, msg: WsRequest) -> None:
+        op_name = str(msg.__struct_config__.tag)
+        op = self._ops[op_name]
+        if op.roles is not None:
+            if conn.principal is None:
+                self._reply_error(conn, op_name, msg.id, Code.MISSING_CREDENTIALS, "auth first")
+                return
+            if conn.principal.role not in op.roles:
+                self._reply_error(conn, op_name, msg.id, Code.FORBIDDEN,
+                                  f"role {conn.principal.role.value} may not {op_name}")
+                return
+        if conn.inflight >= self._max_inflight:
+            self._reply_error(conn, op_name, msg.id, Code.RATE_LIMITED,
+                              f"at most {self._max_inflight} requests in flight per connection")
+            return
+        conn.inflight += 1
+        self._spawn(self._run_op(conn, op_name, op, msg))
+
+    async def _run_op(self, conn: WsConnection, op_name: str, op: _Op, msg: WsRequest) -> None:
+        try:
+            data = await op.handler(conn, msg)
+        except ApiError as exc:
+            self._reply_error(conn, op_name, msg.id, exc.code, exc.message)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            _log.exception("unhandled error in WebSocket op %s", op_name)
+            self._reply_error(conn, op_name, msg.id, Code.INTERNAL_ERROR, "internal error")
+        else:
+            self._reply(conn, WsResult(op_name, msg.id, data))
+        finally:
+            conn.inflight -= 1
+
+    def _reply(self, conn: WsConnection, result: WsResult) -> None:
+        self.send(conn, _encode(result))
+
+    def _reply_error(self, conn: WsConnection, op: str | None, request_id: int | str | None,
+                     code: str, message: str) -> None:
+        self.send(conn, _encode(WsError(str(code), message, op, request_id)))
+
+    def _enqueue(self, conn: WsConnection, item: _Close) -> None:
+        try:
+            conn.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self._drop_slow(conn)
+
+
+_BUILTIN_OPS: Final = frozenset({"auth", "subscribe", "unsubscribe", "ping"})
+
+
+def _private_key(kind: str, participant_id: int) -> str:
+    # "@" cannot appear in a public channel name, so private keys never collide with public ones.
+    return f"{kind}@{participant_id}"
+
+
+def _union(types: tuple[type[WsRequest], ...]) -> Any:
+    return Union[types]  # noqa: UP007 - a runtime union of a variable number of classes
