@@ -32,6 +32,7 @@ from tests.scenarios import (
     expired,
     halt_cmd,
     level,
+    rejected,
     resume_cmd,
     state,
     tick_cmd,
@@ -237,6 +238,29 @@ def test_gtd_orders_due_together_expire_in_expiry_then_id_order() -> None:
         expired(early, B2, 2, GTD_REASON), level(BUY, 2790, 0),
         expired(late, B1, 1, GTD_REASON), level(BUY, 2800, 0),
     ], at_ns=t0 + 20)  # fmt: skip
+
+
+def test_gtd_expiry_happens_even_when_the_command_that_reveals_it_is_rejected() -> None:
+    s = Scenario()
+    t0 = s.now_ns
+    g = s.rest(B1, BUY, 2800, 5, tif=TimeInForce.GTD, expire_at_ns=t0 + 10)
+    # the expiry belongs to the clock, not to the command: the rejection itself still takes no seq
+    s.expect(order(B2, BUY, 2805, 1, cid="bad"), [
+        expired(g, B1, 5, GTD_REASON),
+        level(BUY, 2800, 0),
+        rejected(B2, R.PRICE_OFF_TICK, cid="bad"),
+    ], at_ns=t0 + 10)  # fmt: skip
+
+
+def test_amended_gtd_order_keeps_its_expiry_and_expires_once() -> None:
+    s = Scenario()
+    t0 = s.now_ns
+    g = s.rest(B1, BUY, 2800, 5, tif=TimeInForce.GTD, expire_at_ns=t0 + 10)
+    s.expect(amend_cmd(B1, g, price_fen=2790), [
+        amended(g, B1, 2790, 5, 5, False), level(BUY, 2800, 0), level(BUY, 2790, 5),
+    ])  # fmt: skip
+    s.expect(tick_cmd(), [expired(g, B1, 5, GTD_REASON), level(BUY, 2790, 0)], at_ns=t0 + 10)
+    assert s.tick(t0 + 20) == []
 
 
 def test_ioc_fills_what_it_can_and_expires_the_rest() -> None:
