@@ -140,7 +140,9 @@ class Core:
     def _place_order(self, cmd: PlaceOrder, events: list) -> None:
         market = self.markets.get(cmd.instrument)
         if market is None:
-            events.append(Rejected(0, cmd.ts_ns, cmd.participant_id, R.UNKNOWN_INSTRUMENT, cmd.client_order_id))
+            events.append(
+                Rejected(0, cmd.ts_ns, cmd.participant_id, R.UNKNOWN_INSTRUMENT, cmd.client_order_id, 0, cmd.instrument)
+            )
             return
         reason = self._check_order(market, cmd)
         if reason is not None:
@@ -198,7 +200,8 @@ class Core:
         """Checks that depend on what rests in the book right now."""
         book = market.book
         if market.state == AUCTION:
-            if self._crosses_own(book, cmd.participant_id, cmd.side, cmd.price_fen):
+            # an all-or-none sell sits out the uncross, so it cannot meet its owner's bid there
+            if not cmd.all_or_none and self._crosses_own(book, cmd.participant_id, cmd.side, cmd.price_fen):
                 return R.SELF_TRADE_PREVENTED
             return None
         if cmd.post_only and book.crosses(cmd.side, cmd.price_fen):

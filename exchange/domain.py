@@ -30,7 +30,7 @@ class TimeInForce(IntEnum):
     GTC = 1  # good till cancelled
     IOC = 2  # immediate or cancel: what does not fill at once expires
     FOK = 3  # fill or kill: fills completely at once or is rejected
-    GTD = 4  # good till date: expires once the exchange clock passes expire_at_ns
+    GTD = 4  # good till date: expires at the first command whose time reaches expire_at_ns
 
 
 class SelfTradePrevention(IntEnum):
