@@ -42,13 +42,16 @@ __all__ = [
     "create_pool",
     "dsn_with_database",
     "ensure_database",
+    "journal_entry",
     "latest_snapshot",
     "load_migrations",
     "max_seq",
     "migrate",
+    "read_command_page",
     "read_journal",
     "resolve_database_url",
     "save_snapshot",
+    "snapshot_client_orders",
 ]
 
 DATABASE_URL_ENV = "DATABASE_URL"
@@ -60,10 +63,11 @@ _MIGRATION_LOCK_KEY = int.from_bytes(b"hogx_mig", "big")
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
-JournalRow = tuple[int, int, bytes]
-"""One journal row: (seq, ts_ns, msgspec-encoded command)."""
+JournalRow = tuple[int, int, bytes] | tuple[int, int, bytes, bytes]
+"""One journal row: (seq, ts_ns, msgspec-encoded command[, msgspec-encoded list of its events])."""
 
 _JOURNAL_COLUMNS = ("seq", "ts_ns", "command")
+_JOURNAL_COLUMNS_WITH_EVENTS = ("seq", "ts_ns", "command", "events")
 
 
 class MigrationError(RuntimeError):
@@ -220,10 +224,17 @@ def _check_unchanged(migration: Migration, recorded: asyncpg.Record) -> None:
 # -- journal --------------------------------------------------------------------------------------------
 
 
-async def append_journal(conn: asyncpg.Connection, rows: Sequence[JournalRow]) -> None:
-    """Append rows with binary COPY, inside the caller's transaction if one is open."""
+async def append_journal(
+    conn: asyncpg.Connection, rows: Sequence[JournalRow], *, timeout_s: float | None = None
+) -> None:
+    """Append rows with binary COPY, inside the caller's transaction if one is open.
+
+    Rows of four fields also fill `events` (migration 0004); all rows of one call have the same width.
+    Outside a transaction the COPY is one statement and so commits all rows or none.
+    """
     if rows:
-        await conn.copy_records_to_table("journal", records=rows, columns=_JOURNAL_COLUMNS)
+        columns = _JOURNAL_COLUMNS if len(rows[0]) == 3 else _JOURNAL_COLUMNS_WITH_EVENTS
+        await conn.copy_records_to_table("journal", records=rows, columns=columns, timeout=timeout_s)
 
 
 async def read_journal(
@@ -247,6 +258,30 @@ async def read_journal(
         after_seq = rows[-1][0]
 
 
+async def read_command_page(conn: asyncpg.Connection, after_seq: int, upto_seq: int) -> tuple[int, bytes]:
+    """(row count, the commands of `after_seq < seq <= upto_seq` concatenated in `seq` order).
+
+    Replay's fast path: the server concatenates the msgspec-encoded commands, so the client receives one
+    value per page and decodes it with one call (prefix a msgpack array header of the count). The
+    count lets the caller check that the range had no hole.
+    """
+    row = await conn.fetchrow(
+        "SELECT count(*)::bigint, string_agg(command, ''::bytea ORDER BY seq) FROM journal "
+        "WHERE seq > $1 AND seq <= $2",
+        after_seq, upto_seq,
+    )
+    assert row is not None  # an aggregate always returns one row
+    return int(row[0]), bytes(row[1] or b"")
+
+
+async def journal_entry(conn: asyncpg.Connection, seq: int) -> tuple[int, bytes, bytes | None] | None:
+    """(ts_ns, command, events) of one journal row, None if there is no row `seq`."""
+    row = await conn.fetchrow("SELECT ts_ns, command, events FROM journal WHERE seq = $1", seq)
+    if row is None:
+        return None
+    return row[0], bytes(row[1]), None if row[2] is None else bytes(row[2])
+
+
 async def max_seq(conn: asyncpg.Connection) -> int:
     """Highest journal sequence number, 0 for an empty journal."""
     return int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM journal"))
@@ -261,16 +296,26 @@ class Snapshot(NamedTuple):
     state: bytes
 
 
-async def save_snapshot(conn: asyncpg.Connection, seq: int, state_hash: str, state: bytes) -> bool:
+async def save_snapshot(
+    conn: asyncpg.Connection, seq: int, state_hash: str, state: bytes, client_orders: bytes | None = None
+) -> bool:
     """Store the state at `seq`; False (and nothing written) if a snapshot at `seq` already exists.
 
     Replay is deterministic, so a second snapshot at the same `seq` (after a restart) is the same one.
+    `client_orders` is the sequencer's idempotency index at `seq` (migration 0004).
     """
     status = await conn.execute(
-        "INSERT INTO snapshots (seq, state_hash, state) VALUES ($1, $2, $3) ON CONFLICT (seq) DO NOTHING",
-        seq, state_hash, state,
+        "INSERT INTO snapshots (seq, state_hash, state, client_orders) VALUES ($1, $2, $3, $4) "
+        "ON CONFLICT (seq) DO NOTHING",
+        seq, state_hash, state, client_orders,
     )
     return status == "INSERT 0 1"
+
+
+async def snapshot_client_orders(conn: asyncpg.Connection, seq: int) -> bytes | None:
+    """The idempotency index stored with the snapshot at `seq` (None if none was stored)."""
+    value = await conn.fetchval("SELECT client_orders FROM snapshots WHERE seq = $1", seq)
+    return None if value is None else bytes(value)
 
 
 async def latest_snapshot(conn: asyncpg.Connection, at_or_before: int | None = None) -> Snapshot | None:

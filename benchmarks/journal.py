@@ -1,0 +1,169 @@
+"""Journal benchmark: durable commands per second through the sequencer against a raw COPY, and replay.
+
+    python -m benchmarks.journal --commands 200000 --json
+
+Uses `DATABASE_URL` when set, otherwise the embedded server (`./.hogx/pgdata`); either way it works
+in a scratch database `hogx_bench_<pid>` created and dropped by the run, and the server's own
+durability settings (fsync, synchronous_commit) apply.
+
+1. Sequencer: the matching benchmark's seeded mix (passive limits, cancels, crossing limits, market
+   orders) submitted by `--submitters` concurrent tasks, each awaiting its ack before sending its next
+   command, so batches fill from many callers as they would behind the gateway. Throughput counts
+   commands durably committed; ack latency is submit -> result for every command.
+2. Raw COPY ceiling: the very rows the sequencer journaled, copied again with binary COPY into a
+   table of the same shape in chunks of the sequencer's mean batch size, one commit per chunk.
+3. Replay: `recover(..., use_snapshot=False)` rebuilds a fresh core from the whole journal.
+
+Prints figures, then as its last line one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Sequence
+
+import asyncpg
+
+from benchmarks.matching import MixGenerator, setup_commands
+from exchange import store
+from exchange.commands import Command
+from exchange.sequencer import CommittedBatch, Sequencer, recover
+
+
+@contextlib.asynccontextmanager
+async def scratch_database() -> AsyncIterator[str]:
+    """A fresh, migrated database on the configured server, dropped afterwards."""
+    url, server = await store.resolve_database_url()
+    name = f"hogx_bench_{os.getpid()}"
+    admin = await asyncpg.connect(url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        dsn = store.dsn_with_database(url, name)
+        conn = await asyncpg.connect(dsn)
+        try:
+            await store.migrate(conn)
+        finally:
+            await conn.close()
+        yield dsn
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+        if server is not None:
+            await asyncio.to_thread(server.stop)
+
+
+async def run_sequencer(dsn: str, commands: Sequence[Command], args: argparse.Namespace) -> dict[str, float]:
+    sequencer = Sequencer(
+        dsn, queue_size=max(args.submitters * 2, 10_000), max_batch=args.max_batch, snapshot_every=10**12
+    )
+    await sequencer.start()
+    for command in setup_commands():
+        await sequencer.submit(command)
+    batch_sizes: list[int] = []
+
+    def count(batch: CommittedBatch) -> None:
+        batch_sizes.append(len(batch))
+
+    sequencer.subscribe(count)
+    latencies_ns = [0] * len(commands)
+    position = 0
+    clock = time.perf_counter_ns
+    submit = sequencer.submit_nowait
+
+    async def submitter() -> None:
+        nonlocal position
+        while position < len(commands):
+            index = position
+            position += 1
+            start_ns = clock()
+            await submit(commands[index])
+            latencies_ns[index] = clock() - start_ns
+
+    gc.collect()
+    gc.freeze()  # as a long-running gateway does after start-up: old objects leave the collector's scans
+    start_s = time.perf_counter()
+    await asyncio.gather(*(submitter() for _ in range(args.submitters)))
+    elapsed_s = time.perf_counter() - start_s
+    gc.unfreeze()
+    await sequencer.stop(snapshot=False)
+    latencies_ns.sort()
+    return {
+        "commands_per_s": len(commands) / elapsed_s,
+        "ack_p50_ms": latencies_ns[len(latencies_ns) // 2] / 1e6,
+        "ack_p99_ms": latencies_ns[min(len(latencies_ns) - 1, int(len(latencies_ns) * 0.99))] / 1e6,
+        "batches": len(batch_sizes),
+        "mean_batch": sum(batch_sizes) / max(1, len(batch_sizes)),
+    }
+
+
+async def run_raw_copy(dsn: str, chunk: int) -> float:
+    """Rows per second of a plain binary COPY of the journal's rows, one commit per `chunk` rows."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = [tuple(r) for r in await conn.fetch("SELECT seq, ts_ns, command, events FROM journal ORDER BY seq")]
+        await conn.execute("CREATE TABLE journal_copy (LIKE journal INCLUDING ALL)")
+        columns = ("seq", "ts_ns", "command", "events")
+        start_s = time.perf_counter()
+        for i in range(0, len(rows), chunk):
+            await conn.copy_records_to_table("journal_copy", records=rows[i : i + chunk], columns=columns)
+        return len(rows) / (time.perf_counter() - start_s)
+    finally:
+        await conn.close()
+
+
+async def run_replay(dsn: str) -> tuple[int, float]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        gc.collect()
+        start_s = time.perf_counter()
+        recovery = await recover(conn, use_snapshot=False)
+        return recovery.last_seq, time.perf_counter() - start_s
+    finally:
+        await conn.close()
+
+
+async def run(args: argparse.Namespace) -> dict[str, float | int]:
+    commands = MixGenerator(args.seed).generate(args.commands)
+    async with scratch_database() as dsn:
+        live = await run_sequencer(dsn, commands, args)
+        copy_rows_per_s = await run_raw_copy(dsn, max(1, round(live["mean_batch"])))
+        replayed, replay_s = await run_replay(dsn)
+    return {
+        "commands": len(commands),
+        "submitters": args.submitters,
+        "max_batch": args.max_batch,
+        "commands_per_s": round(live["commands_per_s"]),
+        "ack_p50_ms": round(live["ack_p50_ms"], 2),
+        "ack_p99_ms": round(live["ack_p99_ms"], 2),
+        "mean_batch": round(live["mean_batch"], 1),
+        "copy_rows_per_s": round(copy_rows_per_s),
+        "ratio_vs_copy": round(live["commands_per_s"] / copy_rows_per_s, 2),
+        "replayed_commands": replayed,
+        "replay_s": round(replay_s, 2),
+        "replay_commands_per_s": round(replayed / replay_s),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--commands", type=int, default=200_000)
+    parser.add_argument("--submitters", type=int, default=1_000, help="concurrent submitting tasks")
+    parser.add_argument("--max-batch", type=int, default=2_000)
+    parser.add_argument("--seed", type=int, default=20261129)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    result = asyncio.run(run(args))
+    for key, value in result.items():
+        print(f"{key:>22}: {value}")
+    if args.json:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

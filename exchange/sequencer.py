@@ -1,0 +1,932 @@
+"""The durable sequencer: one writer per shard between callers and the pure core.
+
+Owns, for one shard (today the whole exchange): the core, the journal writer connection, the
+submission queue, the idempotency index of client order ids, snapshots, and recovery.
+
+Flow of a command::
+
+    submit -> bounded queue -> writer: stamp ts_ns, apply to the core, encode the journal row
+           -> one COPY (or one transaction with `extra_writes`) -> resolve futures -> publish
+
+- **Queue.** A deque bounded by `queue_size`. A full queue raises `Busy(retry_after_s)` at once and
+  nothing is enqueued; while the database is unavailable (or the sequencer is not running) `submit`
+  raises `Unavailable` at once.
+- **Stamping.** Sequence numbers are consecutive from 1; `ts_ns` comes from `clock_ns`, read once per
+  absorbed chunk and never allowed to go backwards, so replay sees exactly the live time.
+- **Pipelining.** At most one batch is being committed while the writer already applies the next
+  commands to the core and encodes their rows: Python work overlaps PostgreSQL's. A batch is sealed
+  when the previous commit finished (or it holds `max_batch` commands), so batches grow with load
+  and stay at one command when idle.
+- **Commit.** Without `extra_writes` the batch is ONE binary `COPY` into `journal` (a single statement
+  is its own transaction: all rows or none, one round trip). With `extra_writes(conn, batch)` (the
+  settlement ledger's postings, later) it is BEGIN, COPY, extra writes, COMMIT. Futures are resolved,
+  and subscribers called, only after the commit returned.
+- **Failure.** If a commit fails (connection lost, backend terminated, timeout, anything) the core has
+  already applied commands that may not be durable, so it is thrown away: the batch being committed,
+  the batch being built and everything queued fail with `Unavailable` (status unknown: a client
+  reconciles by client order id), new submissions get `Unavailable`, and the writer reconnects with
+  capped exponential back-off and REBUILDS the core from the database (snapshot + journal tail). The
+  rebuild also settles whether an ambiguous COMMIT went through. A core exception (a bug) is treated
+  the same way, after the batch already in flight finished; the offending caller gets the exception.
+  The writer holds a session advisory lock, so a second writer on the same database (or a zombie
+  backend of this one) can never interleave; the journal's primary key on `seq` is the last guard.
+- **Idempotency.** The first `PlaceOrder` of a (participant, client order id) is journaled; a later
+  one with the same content (compared without `ts_ns`) is not journaled again and gets the original
+  `Result` with `replay=True` — from the in-flight batch when the original is not committed yet
+  (it then shares the original's fate), from the journal's `events` column otherwise (also after a
+  restart). The same id with other content raises `IdempotencyConflict`. The index is
+  (participant, client id) -> seq, rebuilt on recovery from the snapshot's copy of it plus the
+  journal tail. Ids the core rejects as malformed (empty, too long) are not indexed: those orders are
+  rejected every time. The index grows with every order ever placed, like the core's own.
+- **Snapshots.** When `snapshot_every` commands have been journaled since the last one, the writer
+  encodes the core (and a copy of the idempotency index) at the moment a batch is sealed, so the state
+  is exactly that at the batch's last seq, and after the batch's commit writes it on another
+  connection, off the writer's path. A clean `stop` also takes one, so the next start replays nothing.
+- **Recovery.** `recover()`: latest snapshot -> `Core.from_snapshot`, whose `state_hash()` must equal
+  the hash recorded with it (else `RecoveryError`: the sequencer refuses to start), then the journal
+  tail is replayed. The tail is fetched in pages that the server concatenates (`string_agg`), so a
+  page of commands is decoded with one msgspec call; each page's row count proves the range has no
+  hole.
+- **Memory.** After every recovery the rebuilt state (possibly millions of resting orders) is moved
+  to the collector's permanent generation (`gc.freeze()`, unless `freeze_gc=False`), so the
+  collector's full passes never rescan it and cannot stall the writer.
+- **Time.** With `tick_interval_s` set, a `ClockTick` is submitted periodically (participant
+  `SYSTEM_PARTICIPANT`), so GTD orders expire without traffic. Off by default.
+- **Subscribers.** `subscribe(callback)` calls `callback(CommittedBatch)` synchronously after every
+  commit, in seq order; a callback must not block (queue and return). `feed()` wraps one in a bounded
+  async iterator.
+
+Results and errors (the gateway maps them): `Result(seq, ts_ns, events, replay)`; `Busy` ("busy",
+429/503 with Retry-After), `Unavailable` ("unavailable", 503: status unknown),
+`IdempotencyConflict` ("idempotency_conflict", 409), `RecoveryError` (start refused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Final
+
+import asyncpg
+import msgspec
+
+from exchange import store
+from exchange.commands import ClockTick, Command, PlaceOrder, decode_command
+from exchange.core import MAX_CLIENT_ORDER_ID_LEN, Core
+from exchange.events import Event
+
+__all__ = [
+    "SYSTEM_PARTICIPANT",
+    "Busy",
+    "CommittedBatch",
+    "ExtraWrites",
+    "IdempotencyConflict",
+    "Recovery",
+    "RecoveryError",
+    "Result",
+    "Sequencer",
+    "SequencerError",
+    "State",
+    "Unavailable",
+    "decode_events",
+    "encode_events",
+    "recover",
+]
+
+_log = logging.getLogger(__name__)
+
+SYSTEM_PARTICIPANT: Final = 0  # participant id of commands the sequencer itself submits (ClockTick)
+
+# pg_advisory_lock key held by the writer connection for as long as it writes: "hogx_seq" as int64.
+_WRITER_LOCK_KEY: Final = int.from_bytes(b"hogx_seq", "big") - (1 << 63)
+_REPLAY_PAGE: Final = 50_000
+_BACKOFF_START_S: Final = 0.05
+_BACKOFF_MAX_S: Final = 2.0
+
+ClientKey = tuple[int, str]
+
+_command_encoder = msgspec.msgpack.Encoder()  # the same encoding as commands.encode_command, one call less
+_events_encoder = msgspec.msgpack.Encoder()
+_events_decoder = msgspec.msgpack.Decoder(list[Event])
+_commands_decoder = msgspec.msgpack.Decoder(list[Command])
+_index_encoder = msgspec.msgpack.Encoder()
+_index_decoder = msgspec.msgpack.Decoder(list[tuple[int, str, int]])
+
+
+def encode_events(events: list[Event]) -> bytes:
+    """The journal's `events` column: the command's events as one msgpack array."""
+    return _events_encoder.encode(events)
+
+
+def decode_events(data: bytes) -> list[Event]:
+    return _events_decoder.decode(data)
+
+
+# -- results and errors ---------------------------------------------------------------------------------
+
+
+class Result(msgspec.Struct, frozen=True, gc=False):
+    """The answer to one command: its journal seq, its stamped time and its events.
+
+    `replay` is True when this is the earlier answer returned again for a retried `PlaceOrder`.
+    """
+
+    seq: int
+    ts_ns: int
+    events: list[Event]
+    replay: bool = False
+
+
+class SequencerError(Exception):
+    """Base of the sequencer's answers that are not a `Result`; `code` is stable for API errors."""
+
+    code: str = "sequencer_error"
+
+
+class Busy(SequencerError):
+    """The queue is full; nothing was enqueued. Try again after `retry_after_s`."""
+
+    code = "busy"
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"sequencer queue is full, retry after {retry_after_s:.3f} s")
+        self.retry_after_s = retry_after_s
+
+
+class Unavailable(SequencerError):
+    """The sequencer cannot take work now (database down, recovering, stopped).
+
+    For a command that was already submitted it means "status unknown": it may or may not have been
+    journaled; reconcile by client order id.
+    """
+
+    code = "unavailable"
+
+
+class IdempotencyConflict(SequencerError):
+    """A `PlaceOrder` reuses a client order id of an earlier order with different content."""
+
+    code = "idempotency_conflict"
+
+    def __init__(self, participant_id: int, client_order_id: str, seq: int) -> None:
+        super().__init__(
+            f"client order id {client_order_id!r} of participant {participant_id} was used at seq {seq} "
+            "for a different order"
+        )
+        self.participant_id = participant_id
+        self.client_order_id = client_order_id
+        self.seq = seq
+
+
+class RecoveryError(SequencerError):
+    """The database's journal and snapshots do not rebuild a trustworthy state; refusing to start."""
+
+    code = "recovery_failed"
+
+
+class State(Enum):
+    NEW = "new"
+    RUNNING = "running"
+    RECOVERING = "recovering"  # database trouble: rebuilding, submissions answered Unavailable
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+# -- batches --------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class CommittedBatch:
+    """A durably committed run of commands: `commands[i]` has seq `first_seq + i` and `events[i]`."""
+
+    first_seq: int
+    commands: list[Command] = field(default_factory=list)
+    events: list[list[Event]] = field(default_factory=list)
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + len(self.commands) - 1
+
+    def __len__(self) -> int:
+        return len(self.commands)
+
+    def entries(self) -> Iterator[tuple[int, Command, list[Event]]]:
+        """(seq, stamped command, events) in seq order."""
+        return zip(range(self.first_seq, self.first_seq + len(self.commands)), self.commands, self.events,
+                   strict=True)
+
+
+ExtraWrites = Callable[[asyncpg.Connection, CommittedBatch], Awaitable[None]]
+Subscriber = Callable[[CommittedBatch], None]
+
+
+@dataclass(eq=False)
+class _SnapshotDue:
+    seq: int
+    state_hash: str
+    state: bytes
+    client_orders: dict[ClientKey, int]
+
+
+@dataclass(eq=False)
+class _Batch(CommittedBatch):
+    """A batch being built or committed: the public part plus rows, futures and replay followers."""
+
+    rows: list[tuple[int, int, bytes, bytes]] = field(default_factory=list)
+    futures: list[asyncio.Future[Result] | None] = field(default_factory=list)
+    # retries of a PlaceOrder of this batch: (future, index of the original in this batch)
+    followers: list[tuple[asyncio.Future[Result], int]] = field(default_factory=list)
+    snapshot: _SnapshotDue | None = None
+
+    def result(self, index: int, replay: bool = False) -> Result:
+        return Result(self.first_seq + index, self.commands[index].ts_ns, self.events[index], replay)
+
+    def fail(self, exc_type: type[Exception] = Unavailable, message: str = "") -> None:
+        for future in self.futures:
+            if future is not None and not future.done():
+                future.set_exception(exc_type(message))
+        for future, _ in self.followers:
+            if not future.done():
+                future.set_exception(exc_type(message))
+
+
+class _CommitFailed(Exception):
+    """The commit of a batch failed; the batch's futures are already failed."""
+
+
+class _CoreFailed(Exception):
+    """`core.apply` raised: the core is in an unknown state."""
+
+
+# -- recovery -------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Recovery:
+    """What recovery rebuilt from the database."""
+
+    core: Core
+    client_orders: dict[ClientKey, int]
+    last_seq: int  # highest journal seq applied (0: empty journal)
+    last_ts_ns: int  # ts_ns of that command (0: empty journal)
+    snapshot_seq: int  # seq of the snapshot recovery started from (0: none)
+    replayed: int  # commands replayed after the snapshot
+
+
+def _indexable(command: PlaceOrder) -> bool:
+    return 0 < len(command.client_order_id) <= MAX_CLIENT_ORDER_ID_LEN
+
+
+async def recover(
+    conn: asyncpg.Connection,
+    core_type: type[Core] = Core,
+    *,
+    use_snapshot: bool = True,
+    until_seq: int | None = None,
+) -> Recovery:
+    """Rebuild the core and the idempotency index from the database (latest snapshot + journal tail).
+
+    With `use_snapshot=False` everything is replayed from seq 1 (tests compare the two); with
+    `until_seq` the state after that seq is rebuilt (from the latest snapshot at or before it). Raises
+    `RecoveryError` if the snapshot's state hash does not match its state or the journal has a hole.
+    """
+    snapshot = await store.latest_snapshot(conn, at_or_before=until_seq) if use_snapshot else None
+    if snapshot is None:
+        core, client_orders, after_seq = core_type(), {}, 0
+    else:
+        core = core_type.from_snapshot(snapshot.state)
+        restored_hash = core.state_hash()
+        if restored_hash != snapshot.state_hash:
+            raise RecoveryError(
+                f"snapshot at seq {snapshot.seq} restores to state hash {restored_hash}, "
+                f"but {snapshot.state_hash} was recorded"
+            )
+        index_data = await store.snapshot_client_orders(conn, snapshot.seq)
+        if index_data is None:
+            raise RecoveryError(f"snapshot at seq {snapshot.seq} has no idempotency index")
+        client_orders = {(p, cid): seq for p, cid, seq in _index_decoder.decode(index_data)}
+        after_seq = snapshot.seq
+    upto_seq = await store.max_seq(conn)
+    if until_seq is not None:
+        upto_seq = min(upto_seq, until_seq)
+    if upto_seq < after_seq:
+        raise RecoveryError(f"the journal ends at seq {upto_seq}, before the snapshot at seq {after_seq}")
+    last_ts_ns = await _replay(conn, core, client_orders, after_seq, upto_seq)
+    return Recovery(core, client_orders, upto_seq, last_ts_ns, after_seq, upto_seq - after_seq)
+
+
+async def _replay(
+    conn: asyncpg.Connection, core: Core, client_orders: dict[ClientKey, int], after_seq: int, upto_seq: int
+) -> int:
+    """Apply journal rows `after_seq < seq <= upto_seq` to `core`; return the last command's ts_ns.
+
+    The next page is fetched while the current one is applied. The collector is paused meanwhile: the
+    core builds no reference cycles, and scanning millions of young objects would double replay time.
+    """
+    last_ts_ns = 0
+    if after_seq >= upto_seq:
+        if upto_seq:
+            entry = await store.journal_entry(conn, upto_seq)
+            last_ts_ns = entry[0] if entry is not None else 0
+        return last_ts_ns
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        page_end = min(after_seq + _REPLAY_PAGE, upto_seq)
+        pending = asyncio.ensure_future(store.read_command_page(conn, after_seq, page_end))
+        while pending is not None:
+            count, data = await pending
+            page_start, after_seq = after_seq, page_end
+            pending = None
+            if after_seq < upto_seq:
+                page_end = min(after_seq + _REPLAY_PAGE, upto_seq)
+                pending = asyncio.ensure_future(store.read_command_page(conn, after_seq, page_end))
+            commands = _decode_page(count, data, page_start, after_seq)
+            last_ts_ns = _apply_page(core, client_orders, commands, page_start + 1)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return last_ts_ns
+
+
+def _decode_page(count: int, data: bytes, after_seq: int, upto_seq: int) -> list[Command]:
+    if count != upto_seq - after_seq:
+        raise RecoveryError(f"journal rows {after_seq + 1}..{upto_seq}: {count} present, a hole in the journal")
+    commands = _commands_decoder.decode(b"\xdd" + count.to_bytes(4, "big") + data)
+    if len(commands) != count:
+        raise RecoveryError(f"journal rows {after_seq + 1}..{upto_seq} decode to {len(commands)} commands")
+    return commands
+
+
+def _apply_page(core: Core, client_orders: dict[ClientKey, int], commands: list[Command], first_seq: int) -> int:
+    apply = core.apply
+    seq = first_seq
+    for command in commands:
+        if command.__class__ is PlaceOrder and _indexable(command):  # type: ignore[arg-type]
+            client_orders[(command.participant_id, command.client_order_id)] = seq  # type: ignore[union-attr]
+        apply(command)
+        seq += 1
+    return commands[-1].ts_ns if commands else 0
+
+
+# -- the sequencer --------------------------------------------------------------------------------------
+
+
+class Sequencer:
+    """One shard's single writer. See the module docstring for the guarantees.
+
+    `dsn` is the database; the writer opens its own connection on it (holding the writer lock).
+    `pool` serves side work (snapshots, answers to retries of committed orders); one of two
+    connections is created when not given.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        core_type: type[Core] = Core,
+        pool: asyncpg.Pool | None = None,
+        queue_size: int = 50_000,
+        max_batch: int = 2_000,
+        snapshot_every: int = 100_000,
+        clock_ns: Callable[[], int] = time.time_ns,
+        tick_interval_s: float | None = None,
+        extra_writes: ExtraWrites | None = None,
+        commit_timeout_s: float = 10.0,
+        backoff_max_s: float = _BACKOFF_MAX_S,
+        freeze_gc: bool = True,
+    ) -> None:
+        if queue_size < 1 or max_batch < 1 or snapshot_every < 1:
+            raise ValueError("queue_size, max_batch and snapshot_every must be positive")
+        self.dsn = dsn
+        self.core_type = core_type
+        self.queue_size = queue_size
+        self.max_batch = max_batch
+        self.snapshot_every = snapshot_every
+        self.tick_interval_s = tick_interval_s
+        self.commit_timeout_s = commit_timeout_s
+        self.backoff_max_s = backoff_max_s
+        self.freeze_gc = freeze_gc
+        self._clock_ns = clock_ns
+        self._extra_writes = extra_writes
+        self._pool = pool
+        self._own_pool = pool is None
+        self.state = State.NEW
+        self.core: Core = core_type()
+        self._client_orders: dict[ClientKey, int] = {}
+        self._queue: deque[tuple[Command, asyncio.Future[Result] | None]] = deque()
+        self._conn: asyncpg.Connection | None = None
+        self._next_seq = 1
+        self._last_ts_ns = 0
+        self._committed_seq = 0
+        self._snapshot_seq = 0
+        self._open: _Batch | None = None
+        self._committing: _Batch | None = None
+        self._wakeup: asyncio.Future[None] | None = None
+        self._wake_at = 1  # queue length at which a submission wakes the writer
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._writer_task: asyncio.Task[None] | None = None
+        self._tick_task: asyncio.Task[None] | None = None
+        self._side_tasks: set[asyncio.Task[None]] = set()
+        self._snapshot_task: asyncio.Task[None] | None = None
+        self._subscribers: list[Subscriber] = []
+        self._stopping = False
+        self._rate_cps = 10_000.0  # EWMA of commit throughput, for Busy's retry_after_s
+        self._last_commit_s = time.monotonic()
+        self.recoveries = 0  # times the core was rebuilt after trouble (not counting start)
+        self.last_recovery: Recovery | None = None
+
+    # -- life cycle -----------------------------------------------------------------------------------
+
+    async def start(self) -> Recovery:
+        """Connect, recover (refusing to start on a mismatch), and open for business."""
+        if self.state is not State.NEW:
+            raise RuntimeError(f"cannot start a sequencer in state {self.state.value}")
+        self._loop = asyncio.get_running_loop()
+        if self._pool is None:
+            self._pool = await store.create_pool(self.dsn, min_size=1, max_size=2)
+        try:
+            recovery = await self._connect_and_recover()
+        except BaseException:
+            if self._own_pool and self._pool is not None:
+                await self._pool.close()
+            raise
+        self.state = State.RUNNING
+        self._writer_task = asyncio.create_task(self._writer(), name="sequencer-writer")
+        if self.tick_interval_s:
+            self._tick_task = asyncio.create_task(self._ticker(self.tick_interval_s), name="sequencer-ticker")
+        return recovery
+
+    async def stop(self, *, snapshot: bool = True) -> None:
+        """Stop taking submissions, commit everything queued, optionally snapshot, and disconnect."""
+        if self.state in (State.STOPPED, State.NEW):
+            self.state = State.STOPPED
+            return
+        self._stopping = True
+        if self.state is State.RUNNING:
+            self.state = State.STOPPING
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tick_task
+        self._wake()
+        if self._writer_task is not None:
+            await self._writer_task
+        if self._snapshot_task is not None:
+            with contextlib.suppress(Exception):
+                await self._snapshot_task
+        if snapshot and self._conn is not None and not self._conn.is_closed():
+            with contextlib.suppress(Exception):
+                await self._save_snapshot_now()
+        for task in list(self._side_tasks):
+            with contextlib.suppress(Exception):
+                await task
+        await self._close_conn()
+        if self._own_pool and self._pool is not None:
+            await self._pool.close()
+        self.state = State.STOPPED
+
+    async def __aenter__(self) -> Sequencer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # -- submission -----------------------------------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        return self.state is State.RUNNING
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def committed_seq(self) -> int:
+        """Highest journal seq known to be committed by this sequencer (or found on recovery)."""
+        return self._committed_seq
+
+    @property
+    def writer_backend_pid(self) -> int | None:
+        """PostgreSQL backend pid of the writer connection (for operators and tests)."""
+        conn = self._conn
+        return None if conn is None or conn.is_closed() else conn.get_server_pid()
+
+    def _check_open(self, count: int) -> None:
+        if self.state is not State.RUNNING:
+            raise Unavailable(f"sequencer is {self.state.value}")
+        if len(self._queue) + count > self.queue_size:
+            raise Busy(self._retry_after_s())
+
+    def submit_nowait(self, command: Command) -> asyncio.Future[Result]:
+        """Enqueue `command` and return the future of its `Result`; raises `Busy`/`Unavailable` at once.
+
+        The future fails with `Unavailable` (status unknown) or `IdempotencyConflict`.
+        """
+        # The hot path of every caller: checks inlined, no helper calls unless refusing.
+        queue = self._queue
+        if self.state is not State.RUNNING or len(queue) >= self.queue_size:
+            self._check_open(1)
+        future: asyncio.Future[Result] = self._loop.create_future()
+        queue.append((command, future))
+        if len(queue) >= self._wake_at:
+            waiter = self._wakeup
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        return future
+
+    def submit_many(self, commands: Iterable[Command]) -> list[asyncio.Future[Result]]:
+        """Enqueue all of `commands` (in order) or, if they do not all fit, none: raises `Busy`."""
+        commands = list(commands)
+        self._check_open(len(commands))
+        create_future = self._loop.create_future
+        futures = [create_future() for _ in commands]
+        self._queue.extend(zip(commands, futures, strict=True))
+        if len(self._queue) >= self._wake_at:
+            self._wake()
+        return futures
+
+    async def submit(self, command: Command) -> Result:
+        """Sequence `command`; return its `Result` once it is durably journaled."""
+        return await self.submit_nowait(command)
+
+    def _retry_after_s(self) -> float:
+        return min(5.0, max(0.01, len(self._queue) / max(self._rate_cps, 1.0)))
+
+    def _wake(self) -> None:
+        waiter = self._wakeup
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- subscribers ----------------------------------------------------------------------------------
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Call `callback(batch)` after every commit; returns a function that unsubscribes.
+
+        Called synchronously in the writer, in seq order: it must not block. A callback that raises
+        is logged and unsubscribed.
+        """
+        self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    async def feed(self, maxsize: int = 1_000) -> AsyncIterator[CommittedBatch]:
+        """Committed batches as an async iterator with a bounded buffer.
+
+        If the consumer falls `maxsize` batches behind, the iterator raises `Unavailable`: the
+        consumer resynchronises from the journal (`committed_seq` tells where the live feed is).
+        """
+        queue: asyncio.Queue[CommittedBatch | None] = asyncio.Queue(maxsize)
+
+        def push(batch: CommittedBatch) -> None:
+            try:
+                queue.put_nowait(batch)
+            except asyncio.QueueFull:
+                unsubscribe()
+                queue.get_nowait()  # make room for the end-of-feed marker
+                queue.put_nowait(None)
+
+        unsubscribe = self.subscribe(push)
+        try:
+            while True:
+                batch = await queue.get()
+                if batch is None:
+                    raise Unavailable("feed consumer fell behind; resynchronise from the journal")
+                yield batch
+        finally:
+            unsubscribe()
+
+    def _publish(self, batch: CommittedBatch) -> None:
+        for callback in list(self._subscribers):
+            try:
+                callback(batch)
+            except Exception:
+                _log.exception("sequencer subscriber %r failed; unsubscribed", callback)
+                with contextlib.suppress(ValueError):
+                    self._subscribers.remove(callback)
+
+    # -- connection and recovery ----------------------------------------------------------------------
+
+    async def _connect_and_recover(self) -> Recovery:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            # Wait for the writer lock: another live writer (or the zombie backend of a lost
+            # connection of ours) must be gone before we read the journal and write after it.
+            await conn.execute("SELECT pg_advisory_lock($1)", _WRITER_LOCK_KEY)
+            recovery = await recover(conn, self.core_type)
+        except BaseException:
+            conn.terminate()
+            raise
+        self._conn = conn
+        self.core = recovery.core
+        self._client_orders = recovery.client_orders
+        self._next_seq = recovery.last_seq + 1
+        self._committed_seq = recovery.last_seq
+        self._last_ts_ns = recovery.last_ts_ns
+        self._snapshot_seq = recovery.snapshot_seq
+        self.last_recovery = recovery
+        if self.freeze_gc:
+            gc.freeze()
+        _log.info(
+            "sequencer recovered to seq %d (snapshot %d + %d replayed)",
+            recovery.last_seq, recovery.snapshot_seq, recovery.replayed,
+        )
+        return recovery
+
+    async def _close_conn(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None or conn.is_closed():
+            return
+        try:
+            await asyncio.wait_for(conn.close(), timeout=2.0)
+        except Exception:
+            conn.terminate()
+
+    async def _recover_with_backoff(self) -> None:
+        """Reconnect and rebuild until it works (or we are stopping)."""
+        delay_s = _BACKOFF_START_S
+        while not self._stopping:
+            await self._close_conn()
+            try:
+                await self._connect_and_recover()
+            except RecoveryError:
+                _log.critical("sequencer cannot rebuild a trustworthy state; staying unavailable")
+                raise
+            except Exception as exc:
+                _log.warning("sequencer reconnect failed (%s); retrying in %.2f s", exc, delay_s)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, self.backoff_max_s)
+                continue
+            self.recoveries += 1
+            if not self._stopping:
+                self.state = State.RUNNING
+            return
+
+    # -- the writer -----------------------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        while True:
+            try:
+                await self._serve()
+                return  # stopped and drained
+            except Exception as exc:  # _CommitFailed, _CoreFailed, or a bug: the core cannot be trusted
+                self._mark_trouble()
+                _log.warning("sequencer batch failed (%s): rebuilding from the database", exc.__cause__ or exc)
+                self._fail_pending()
+            if self._stopping:
+                return
+            try:
+                await self._recover_with_backoff()
+            except RecoveryError:
+                self.state = State.RECOVERING
+                return
+
+    def _mark_trouble(self) -> None:
+        if self.state is State.RUNNING:
+            self.state = State.RECOVERING
+
+    def _fail_pending(self) -> None:
+        """Fail everything not committed: the open batch and the queue."""
+        for batch in (self._committing, self._open):
+            if batch is not None:
+                batch.fail(Unavailable, "database trouble: status unknown, reconcile by client order id")
+        self._committing = self._open = None
+        queue, self._queue = self._queue, deque()
+        for _, future in queue:
+            if future is not None and not future.done():
+                future.set_exception(Unavailable("database trouble: not processed"))
+
+    async def _serve(self) -> None:
+        """Absorb, seal and commit batches until stopped (returns) or something fails (raises).
+
+        Loop: absorb what is queued into the open batch; when no commit is in flight, seal the open
+        batch and start its commit; otherwise sleep until the commit finishes or a chunk of new work
+        (an eighth of a batch) has queued up, so a busy writer is not woken once per submission.
+        """
+        loop = asyncio.get_running_loop()
+        commit: asyncio.Task[None] | None = None
+        chunk = max(1, self.max_batch // 8)
+        self._open = self._new_batch()
+        try:
+            while True:
+                batch = self._open
+                if self._queue and len(batch) < self.max_batch:
+                    self._absorb(batch, self.max_batch - len(batch))
+                if commit is not None and commit.done():
+                    commit.result()  # raises _CommitFailed
+                    commit = None
+                if commit is None:
+                    if len(batch):
+                        self._seal(batch)
+                        self._committing, self._open = batch, self._new_batch()
+                        commit = asyncio.create_task(self._commit(batch))
+                        commit.add_done_callback(self._wake_on_commit)
+                        continue
+                    if self._queue:
+                        continue  # everything absorbed was a retry; more is queued
+                    if self._stopping:
+                        return
+                    self._wake_at = 1
+                else:
+                    self._wake_at = chunk if len(self._open) < self.max_batch else self.queue_size + 1
+                self._wakeup = waiter = loop.create_future()
+                await waiter
+                self._wakeup = None
+        except BaseException:
+            if commit is not None and not commit.done():
+                # Let the batch in flight finish: its callers deserve its real outcome.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(commit)
+            raise
+
+    def _wake_on_commit(self, _: asyncio.Task[None]) -> None:
+        self._wake()
+
+    def _new_batch(self) -> _Batch:
+        return _Batch(self._next_seq)
+
+    def _absorb(self, batch: _Batch, limit: int) -> None:
+        """Stamp, apply and encode up to `limit` queued commands into `batch`."""
+        queue = self._queue
+        ts_ns = self._clock_ns()
+        if ts_ns < self._last_ts_ns:
+            ts_ns = self._last_ts_ns
+        self._last_ts_ns = ts_ns
+        apply = self.core.apply
+        replace = msgspec.structs.replace
+        encode_command = _command_encoder.encode
+        encode = _events_encoder.encode
+        client_orders = self._client_orders
+        commands, events_out, futures, rows = batch.commands, batch.events, batch.futures, batch.rows
+        seq = self._next_seq
+        for _ in range(min(limit, len(queue))):
+            command, future = queue.popleft()
+            if command.__class__ is PlaceOrder and 0 < len(command.client_order_id) <= MAX_CLIENT_ORDER_ID_LEN:  # type: ignore[union-attr]
+                key = (command.participant_id, command.client_order_id)  # type: ignore[union-attr]
+                original_seq = client_orders.get(key)
+                if original_seq is not None:
+                    self._retry(command, future, original_seq)  # type: ignore[arg-type]
+                    continue
+                client_orders[key] = seq
+            stamped = replace(command, ts_ns=ts_ns)
+            try:
+                events = apply(stamped)
+            except Exception as exc:
+                self._next_seq = seq
+                self._mark_trouble()
+                if future is not None and not future.done():
+                    future.set_exception(exc)
+                raise _CoreFailed(f"core.apply raised on seq {seq}: {exc!r}") from exc
+            commands.append(stamped)
+            events_out.append(events)
+            futures.append(future)
+            rows.append((seq, ts_ns, encode_command(stamped), encode(events)))
+            seq += 1
+        self._next_seq = seq
+
+    def _retry(self, command: PlaceOrder, future: asyncio.Future[Result] | None, original_seq: int) -> None:
+        """Answer a repeated client order id: the original result, or a conflict."""
+        if future is None:
+            return
+        for batch in (self._committing, self._open):
+            if batch is not None and batch.first_seq <= original_seq < batch.first_seq + len(batch):
+                index = original_seq - batch.first_seq
+                if not _same_order(batch.commands[index], command):
+                    future.set_exception(
+                        IdempotencyConflict(command.participant_id, command.client_order_id, original_seq)
+                    )
+                else:
+                    batch.followers.append((future, index))
+                return
+        task = asyncio.create_task(self._answer_committed_retry(command, future, original_seq))
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    async def _answer_committed_retry(
+        self, command: PlaceOrder, future: asyncio.Future[Result], original_seq: int
+    ) -> None:
+        try:
+            assert self._pool is not None
+            async with self._pool.acquire() as conn:
+                entry = await store.journal_entry(conn, original_seq)
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(Unavailable(f"cannot read the original answer: {exc}"))
+            return
+        if future.done():
+            return
+        if entry is None or entry[2] is None:
+            future.set_exception(Unavailable(f"journal row {original_seq} is missing its events"))
+            return
+        ts_ns, command_data, events_data = entry
+        original = decode_command(command_data)
+        if not _same_order(original, command):
+            future.set_exception(IdempotencyConflict(command.participant_id, command.client_order_id, original_seq))
+        else:
+            future.set_result(Result(original_seq, ts_ns, decode_events(events_data), True))
+
+    def _seal(self, batch: _Batch) -> None:
+        """Close `batch` for more commands; note a snapshot if one is due at its last seq."""
+        last_seq = batch.last_seq
+        if last_seq - self._snapshot_seq >= self.snapshot_every:
+            self._snapshot_seq = last_seq
+            batch.snapshot = _SnapshotDue(
+                last_seq, self.core.state_hash(), self.core.snapshot(), dict(self._client_orders)
+            )
+
+    async def _commit(self, batch: _Batch) -> None:
+        conn = self._conn
+        try:
+            if conn is None:
+                raise ConnectionError("no writer connection")
+            if self._extra_writes is None:
+                await store.append_journal(conn, batch.rows, timeout_s=self.commit_timeout_s)
+            else:
+                async with asyncio.timeout(self.commit_timeout_s), conn.transaction():
+                    await store.append_journal(conn, batch.rows)
+                    await self._extra_writes(conn, batch)
+        except BaseException as exc:
+            self._mark_trouble()  # before the callers hear of it, so a quick resubmission is refused too
+            batch.fail(Unavailable, f"commit failed ({type(exc).__name__}): status unknown")
+            if conn is not None:
+                conn.terminate()  # its state is unknown; recovery opens a new one
+            raise _CommitFailed(str(exc)) from exc
+        self._committing = None
+        self._committed(batch)
+
+    def _committed(self, batch: _Batch) -> None:
+        """After COMMIT: resolve futures, answer followers, publish, start a due snapshot's write."""
+        self._committed_seq = batch.last_seq
+        now_s = time.monotonic()
+        elapsed_s = max(now_s - self._last_commit_s, 1e-4)
+        self._last_commit_s = now_s
+        self._rate_cps = 0.8 * self._rate_cps + 0.2 * (len(batch) / elapsed_s)
+        first_seq, commands, events = batch.first_seq, batch.commands, batch.events
+        seq = first_seq
+        for future, command_events, command in zip(batch.futures, events, commands, strict=True):
+            if future is not None and not future.done():
+                future.set_result(Result(seq, command.ts_ns, command_events))
+            seq += 1
+        for future, index in batch.followers:
+            if not future.done():
+                future.set_result(batch.result(index, replay=True))
+        self._publish(CommittedBatch(first_seq, commands, events))
+        if batch.snapshot is not None:
+            self._start_snapshot_write(batch.snapshot)
+
+    # -- snapshots ------------------------------------------------------------------------------------
+
+    def _start_snapshot_write(self, due: _SnapshotDue) -> None:
+        if self._snapshot_task is not None and not self._snapshot_task.done():
+            _log.warning("snapshot at seq %d skipped: the previous one is still being written", due.seq)
+            return
+        self._snapshot_task = asyncio.create_task(self._write_snapshot(due), name="sequencer-snapshot")
+
+    async def _write_snapshot(self, due: _SnapshotDue) -> None:
+        index = _index_encoder.encode([(p, cid, seq) for (p, cid), seq in due.client_orders.items()])
+        try:
+            assert self._pool is not None
+            async with self._pool.acquire() as conn:
+                await store.save_snapshot(conn, due.seq, due.state_hash, due.state, index)
+        except Exception:
+            _log.exception("writing the snapshot at seq %d failed; the next one will be taken later", due.seq)
+
+    async def _save_snapshot_now(self) -> None:
+        """Snapshot the committed state on the writer connection (on stop, when nothing is in flight)."""
+        if self._committed_seq <= self._snapshot_seq or self._next_seq != self._committed_seq + 1:
+            return
+        assert self._conn is not None
+        index = _index_encoder.encode([(p, cid, seq) for (p, cid), seq in self._client_orders.items()])
+        await store.save_snapshot(
+            self._conn, self._committed_seq, self.core.state_hash(), self.core.snapshot(), index
+        )
+        self._snapshot_seq = self._committed_seq
+
+    # -- time -----------------------------------------------------------------------------------------
+
+    async def _ticker(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            if self.state is State.RUNNING:
+                with contextlib.suppress(SequencerError):
+                    self._check_open(1)
+                    self._queue.append((ClockTick(SYSTEM_PARTICIPANT, 0), None))
+                    self._wake()
+
+
+def _same_order(a: Command, b: Command) -> bool:
+    """Equal but for the sequencer's time stamp."""
+    return msgspec.structs.replace(a, ts_ns=0) == msgspec.structs.replace(b, ts_ns=0)
