@@ -101,6 +101,7 @@ class AccountCode(IntEnum):
     FARMER_PAYABLE = 510
     FINANCIER_FUNDS = 600
     LOANS_RECEIVABLE = 610
+    LOANS_FUNDED = 615
     INTEREST_RECEIVABLE = 620
     INTEREST_INCOME = 630
 
@@ -153,13 +154,20 @@ CHART: Final[dict[int, ChartEntry]] = {  # keyed by AccountCode
         "debit", _CR_LIMIT, False,
         "Principal a borrower owes a financier (owner: financier, user_data: borrower): debited by "
         "advances and credit-line draws, credited by repayments; cannot be repaid beyond what is owed."),
+    AccountCode.LOANS_FUNDED: ChartEntry(
+        "credit", _DR_LIMIT, False,
+        "Contra of LOANS_RECEIVABLE (owner: financier, user_data: borrower): the financier's principal "
+        "out on loan. Credited together with every debit of LOANS_RECEIVABLE, debited with every "
+        "credit, so both always show the same outstanding principal. The cash itself moves between "
+        "FINANCIER_FUNDS and the borrower's accounts."),
     AccountCode.INTEREST_RECEIVABLE: ChartEntry(
         "debit", _CR_LIMIT, False,
         "Interest accrued and not yet paid (owner: financier, user_data: borrower): debited by daily "
         "accrual, credited when the borrower or the subsidy fund pays it."),
     AccountCode.INTEREST_INCOME: ChartEntry(
         "credit", AccountFlags.NONE, False,
-        "Interest a financier has earned, credited by accrual."),
+        "Interest a financier has earned (owner: financier): credited by daily accrual, debited when "
+        "the interest is collected into FINANCIER_FUNDS, so its balance is earned and not yet collected."),
 }
 
 
@@ -180,6 +188,8 @@ class TransferCode(IntEnum):
     INTEREST_ACCRUAL = 32
     INTEREST_PAYMENT = 33
     CREDIT_LINE_GRANT = 34
+    CREDIT_LINE_DRAW = 35  # at settlement of a credit-funded trade: the buyer's loan principal starts
+    CREDIT_LINE_REDUCE = 36  # undrawn credit back to the financier's funds
     COOP_SPLIT = 40  # a cooperative's payable -> its members' payables
     PAYOUT = 41  # farmer payable -> bank
     PAYOUT_RETURN = 42  # bank -> farmer payable for a failed payout
@@ -749,9 +759,13 @@ class Ledger:
         self._new_accounts = []
         return new
 
-    def snapshot(self) -> bytes:
-        """Encode the whole state (msgpack). Drain postings and new accounts first: they are not kept."""
-        if self._postings or self._new_accounts:
+    def snapshot(self, *, allow_undrained: bool = False) -> bytes:
+        """Encode the whole state (msgpack). Drain postings and new accounts first: they are not kept.
+
+        ``allow_undrained=True`` is for a caller that drains them into the same durable batch itself
+        (the clearing's snapshot is taken when a batch is sealed, before its postings are written).
+        """
+        if (self._postings or self._new_accounts) and not allow_undrained:
             raise ValueError("drain postings and new accounts before taking a snapshot")
         return _SNAPSHOT_ENCODER.encode(self._snapshot_struct())
 
