@@ -80,6 +80,18 @@ class InstrumentSpec(msgspec.Struct, frozen=True, array_like=True, gc=False):
     price_band_bps: int
     reference_price_fen: int
     initial_state: TradingState = TradingState.CONTINUOUS
+    # Settlement terms (exchange/settlement/rules.py applies them). The seller's fee in basis points of
+    # the final amount; an operator's SetFeeSchedule overrides it.
+    seller_fee_bps: int = 0
+    # A delivered lot whose average weight lies above lot_avg_max_g by at most overweight_limit_g (or
+    # below lot_avg_min_g by at most underweight_limit_g) is a substitute: paid at the price less the
+    # discount per kg of live weight (DCE: +10 kg at ¥600/t = 60 fen/kg). Further out the buyer may
+    # reject the delivery within the dispute window. Piglets (priced per head) take no discount.
+    overweight_limit_g: int = 0
+    overweight_discount_fen_per_kg: int = 0
+    underweight_limit_g: int = 0
+    underweight_discount_fen_per_kg: int = 0
+    dispute_window_ns: int = 48 * 3600 * 1_000_000_000  # after the weigh-in; closes on a clock tick
 
 
 class Lot(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -122,6 +134,27 @@ class RejectReason(IntEnum):
     NOTHING_TO_AMEND = 22
     INVALID_PRICE = 23
     LOT_WRONG_INSTRUMENT = 24
+    # Settlement (exchange/settlement/clearing.py)
+    INSUFFICIENT_FUNDS = 25  # neither cash nor a credit line covers the hold, a withdrawal, a grant
+    UNKNOWN_PARTICIPANT = 26
+    NOT_AUTHORIZED = 27  # the sender's role may not send this command (or not for this subject)
+    INVALID_PARTICIPANT = 28  # malformed registration: empty name, unmasked ID number, bad role ...
+    UNKNOWN_TRADE = 29
+    INVALID_DELIVERY = 30  # more heads than traded, weight not positive ...
+    QUARANTINE_NOT_CHECKED = 31
+    INVALID_TRADE_STATE = 32  # e.g. a second weigh-in, a dispute on a settled trade
+    DISPUTE_WINDOW_CLOSED = 33
+    DELIVERY_NOT_REJECTABLE = 34  # the delivery is within the instrument's tolerance
+    NO_CONSENT = 35  # the participant has not consented to this financier
+    ADVANCE_TOO_LARGE = 36
+    DUPLICATE_REFERENCE = 37  # a client-chosen reference reused with different content
+    UNKNOWN_REFERENCE = 38  # no withdrawal, payout or run with that reference
+    INVALID_PAYOUT_STATE = 39
+    INVALID_AMOUNT = 40
+    INVALID_SHARES = 41  # cooperative shares: unknown member, not positive, over 100 %
+    UNBOUNDED_HOLD = 42  # a market buy with no price band has no worst case to hold
+    BANK_ACCOUNT_NOT_VERIFIED = 43
+    INVALID_SETTINGS = 44  # fee or policy out of range
 
 
 class ExpireReason(IntEnum):
