@@ -8,6 +8,7 @@ only with defaults, so old journals still decode and replay.
 
 from __future__ import annotations
 
+from enum import IntEnum
 from typing import Union
 
 import msgspec
@@ -90,6 +91,227 @@ class ClockTick(_Command, frozen=True):
     """Moves exchange time: GTD orders whose expiry has passed expire."""
 
 
+# -- settlement (exchange/settlement/clearing.py) ---------------------------------------------------------
+# ``participant_id`` is always the sender. "Operator" commands are also accepted from participant 0 (the
+# system), which registers the first operator.
+
+
+class ParticipantRole(IntEnum):
+    FARMER = 1
+    COOPERATIVE = 2
+    BUYER = 3
+    FINANCIER = 4
+    OPERATOR = 5
+
+
+class FundsAccount(IntEnum):
+    """Which cash account a deposit or withdrawal moves."""
+
+    TRADING_CASH = 1  # the participant's cash for bids (ledger BUYER_CASH)
+    FINANCIER_FUNDS = 2  # a financier's money to lend
+    POVERTY_SUBSIDY_FUND = 3  # the exchange's subsidy fund (owner 0; operators deposit sponsors' money)
+
+
+class RegisterParticipant(_Command, frozen=True):
+    """Operator: a participant's settlement profile. ``subject_id`` is the id the gateway assigned.
+
+    ``id_number_masked`` must be masked (contain ``*``): the exchange never stores a full ID number.
+    A bank account given here still needs ``VerifyBankAccount``; a poor-household registration
+    number still needs ``VerifyPoorHousehold``.
+    """
+
+    subject_id: int
+    role: ParticipantRole
+    name: str
+    id_number_masked: str
+    bank_account: str = ""
+    poor_registration_no: str = ""
+
+
+class UpdateParticipant(_Command, frozen=True):
+    """Operator or the participant itself: new name and bank account (a new account is unverified)."""
+
+    subject_id: int
+    name: str
+    bank_account: str
+
+
+class VerifyBankAccount(_Command, frozen=True):
+    """Operator: the participant's current bank account (must match) is verified."""
+
+    subject_id: int
+    bank_account: str
+
+
+class VerifyPoorHousehold(_Command, frozen=True):
+    """Operator: verify (or with ``verified=False`` revoke) a registered poor household (建档立卡)."""
+
+    subject_id: int
+    registration_no: str
+    verified: bool = True
+
+
+class SetCooperativeMembers(_Command, frozen=True):
+    """Operator: a cooperative's member farmers and their shares of its net proceeds, in basis points.
+
+    Shares are positive and sum to at most 10,000; the cooperative keeps the rest (and the odd fen).
+    """
+
+    cooperative_id: int
+    member_ids: tuple[int, ...]
+    shares_bps: tuple[int, ...]
+
+
+class SetConsent(_Command, frozen=True):
+    """A participant lets a financier finance it and see its exposures (or withdraws that consent)."""
+
+    financier_id: int
+    granted: bool = True
+
+
+class ConfirmDeposit(_Command, frozen=True):
+    """Operator (or the bank import): money arrived at the bank. ``deposit_ref`` (the bank's reference)
+    makes it idempotent; a subsidy-fund deposit has ``owner_id`` 0."""
+
+    deposit_ref: str
+    owner_id: int
+    account: FundsAccount
+    amount_fen: int
+
+
+class RequestWithdrawal(_Command, frozen=True):
+    """The owner asks for money back to its verified bank account; held until confirmed."""
+
+    withdrawal_ref: str
+    account: FundsAccount
+    amount_fen: int
+
+
+class ConfirmWithdrawal(_Command, frozen=True):
+    """Operator (or the bank import): the withdrawal was paid (``ok``) or failed (money returns)."""
+
+    owner_id: int
+    withdrawal_ref: str
+    ok: bool
+    bank_ref: str = ""
+
+
+class RecordWeighIn(_Command, frozen=True):
+    """Seller or operator: what was delivered against a trade; opens the dispute window."""
+
+    trade_id: int
+    heads_delivered: int
+    total_weight_g: int
+    quarantine_cert: str
+    quarantine_checked: bool
+
+
+class OpenDispute(_Command, frozen=True):
+    """Buyer or seller, before the dispute window closes: the trade waits for an operator."""
+
+    trade_id: int
+    reason: str
+
+
+class ResolveDispute(_Command, frozen=True):
+    """Operator: the disputed trade settles at ``amount_fen`` (0 .. the weigh-in amount)."""
+
+    trade_id: int
+    amount_fen: int
+
+
+class RejectDelivery(_Command, frozen=True):
+    """Buyer, within the window, of a delivery outside the instrument's tolerance: full refund."""
+
+    trade_id: int
+
+
+class GrantCreditLine(_Command, frozen=True):
+    """Financier: earmark ``amount_fen`` more of its funds for a consenting buyer's bids, at a rate."""
+
+    buyer_id: int
+    amount_fen: int
+    rate_bps: int  # yearly interest, basis points
+
+
+class ReduceCreditLine(_Command, frozen=True):
+    """Financier: return undrawn credit to its funds."""
+
+    buyer_id: int
+    amount_fen: int
+
+
+class GrantAdvance(_Command, frozen=True):
+    """Financier: advance a consenting seller part of a matched trade's estimated value."""
+
+    trade_id: int
+    amount_fen: int
+    rate_bps: int  # yearly interest, basis points
+
+
+class RepayLoan(_Command, frozen=True):
+    """A borrower repays a financier (interest first) from its cash (buyers) or payable (farmers)."""
+
+    financier_id: int
+    amount_fen: int
+
+
+class RunPayouts(_Command, frozen=True):
+    """Operator: one payout instruction per payee with money payable, poor households first."""
+
+    run_ref: str
+    poor_only: bool = False
+
+
+class MarkPayoutsSent(_Command, frozen=True):
+    """Operator: these (payout_id, attempt) went to the bank in file ``file_ref``."""
+
+    file_ref: str
+    payouts: tuple[tuple[int, int], ...]
+
+
+class BankConfirmation(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """One row of the bank's confirmation file."""
+
+    payout_id: int
+    attempt: int
+    ok: bool
+    bank_ref: str
+    reason: str = ""
+
+
+class ImportBankConfirmations(_Command, frozen=True):
+    """Operator: the bank's answers for sent payouts; ``file_ref`` makes the import idempotent."""
+
+    file_ref: str
+    rows: tuple[BankConfirmation, ...]
+
+
+class RetryPayout(_Command, frozen=True):
+    """Operator: send a failed payout again (to the payee's current verified account)."""
+
+    payout_id: int
+
+
+class ReturnPayout(_Command, frozen=True):
+    """Operator: give a failed payout up; its money returns to the payee's payable."""
+
+    payout_id: int
+
+
+class SetFeeSchedule(_Command, frozen=True):
+    """Operator: the seller fee of an instrument, in basis points of the final amount."""
+
+    instrument: str
+    seller_fee_bps: int
+
+
+class SetFinancingPolicy(_Command, frozen=True):
+    """Operator: an advance may be at most this share of the trade's estimated value."""
+
+    advance_max_bps: int
+
+
 Command = Union[  # noqa: UP007 - msgspec needs a real Union object to build a tagged decoder
     ListInstrument,
     RegisterLot,
@@ -102,6 +324,30 @@ Command = Union[  # noqa: UP007 - msgspec needs a real Union object to build a t
     Uncross,
     SetReferencePrice,
     ClockTick,
+    RegisterParticipant,
+    UpdateParticipant,
+    VerifyBankAccount,
+    VerifyPoorHousehold,
+    SetCooperativeMembers,
+    SetConsent,
+    ConfirmDeposit,
+    RequestWithdrawal,
+    ConfirmWithdrawal,
+    RecordWeighIn,
+    OpenDispute,
+    ResolveDispute,
+    RejectDelivery,
+    GrantCreditLine,
+    ReduceCreditLine,
+    GrantAdvance,
+    RepayLoan,
+    RunPayouts,
+    MarkPayoutsSent,
+    ImportBankConfirmations,
+    RetryPayout,
+    ReturnPayout,
+    SetFeeSchedule,
+    SetFinancingPolicy,
 ]
 
 COMMAND_TYPES: tuple[type, ...] = Command.__args__  # type: ignore[attr-defined]
