@@ -11,10 +11,12 @@ belong to no instrument (a rejection naming an unknown one) carry ``seq`` 0.
 
 from __future__ import annotations
 
+from enum import IntEnum
 from typing import Union
 
 import msgspec
 
+from exchange.commands import FundsAccount, ParticipantRole
 from exchange.domain import (
     ExpireReason,
     InstrumentSpec,
@@ -124,6 +126,237 @@ class AuctionUncrossed(_Event, frozen=True):
     quantity_heads: int
 
 
+# -- settlement (exchange/settlement/clearing.py) ---------------------------------------------------------
+# Settlement events belong to no instrument: ``seq`` is 0. Rejections of settlement commands are plain
+# ``Rejected`` events whose ``client_order_id`` carries the command's reference (deposit, withdrawal,
+# run or file reference, or "T<trade id>", "P<payout id>", "L<buyer id>", "F<financier id>").
+
+
+class DeliveryGrade(IntEnum):
+    IN_GRADE = 1  # average weight inside the instrument's lot band
+    SUBSTITUTE = 2  # within the tolerance beyond the band: paid at the discounted price
+    OUT_OF_GRADE = 3  # beyond the tolerance: discounted, and the buyer may reject within the window
+
+
+class PayoutState(IntEnum):
+    PENDING = 1  # instruction created, money held on the payee's payable; to be sent
+    SENT = 2  # in a bank file
+    CONFIRMED = 3  # the bank paid it (final)
+    FAILED = 4  # the bank refused it; an operator retries it or returns it
+    RETURNED = 5  # given up: the money is back on the payee's payable (final)
+
+
+class PayoutPriority(IntEnum):
+    SAME_DAY = 1  # registered poor households
+    NORMAL = 2
+
+
+class LoanKind(IntEnum):
+    ADVANCE = 1  # to a seller against a matched trade
+    CREDIT_LINE = 2  # to a buyer: what its credit-funded trades drew at settlement
+
+
+class LoanPayer(IntEnum):
+    BORROWER = 1
+    SUBSIDY_FUND = 2  # interest of a registered poor household
+
+
+class ParticipantChanged(_Event, frozen=True):
+    """The settlement profile after a registration or change (never the full bank account)."""
+
+    participant_id: int
+    role: ParticipantRole
+    name: str
+    bank_account_tail: str  # last four characters
+    bank_verified: bool
+    poor_verified: bool
+    changed_by: int
+
+
+class CooperativeMembersSet(_Event, frozen=True):
+    cooperative_id: int
+    member_ids: tuple[int, ...]
+    shares_bps: tuple[int, ...]
+
+
+class ConsentChanged(_Event, frozen=True):
+    participant_id: int
+    financier_id: int
+    granted: bool
+
+
+class FundsDeposited(_Event, frozen=True):
+    owner_id: int
+    account: FundsAccount
+    amount_fen: int
+    deposit_ref: str
+    transfer_id: int
+
+
+class WithdrawalRequested(_Event, frozen=True):
+    owner_id: int
+    account: FundsAccount
+    amount_fen: int
+    withdrawal_ref: str
+    transfer_id: int
+
+
+class WithdrawalCompleted(_Event, frozen=True):
+    """``ok``: paid out; otherwise failed (or timed out) and the money is back on the account."""
+
+    owner_id: int
+    withdrawal_ref: str
+    amount_fen: int
+    ok: bool
+    bank_ref: str
+
+
+class ObligationRecorded(_Event, frozen=True):
+    """A fill's part of the buyer's hold moved into escrow; ``released_fen`` returned (fill below limit)."""
+
+    trade_id: int
+    buyer_id: int
+    seller_id: int
+    instrument: str
+    heads: int
+    price_fen: int
+    obligation_fen: int
+    released_fen: int
+    financier_id: int  # 0: the buyer's cash; else the credit line of this financier
+
+
+class DeliveryRecorded(_Event, frozen=True):
+    trade_id: int
+    heads_delivered: int
+    total_weight_g: int
+    avg_weight_g: int
+    grade: DeliveryGrade
+    discount_fen_per_kg: int
+    amount_fen: int  # what the seller will get before fees, unless a dispute changes it
+    refund_fen: int  # escrow returned to the buyer now
+    dispute_until_ns: int
+
+
+class DisputeOpened(_Event, frozen=True):
+    trade_id: int
+    opened_by: int
+    reason: str
+
+
+class DeliveryResolved(_Event, frozen=True):
+    """An operator's dispute decision, or the buyer's rejection (``rejected``: amount 0)."""
+
+    trade_id: int
+    amount_fen: int
+    refund_fen: int
+    rejected: bool
+    resolved_by: int
+
+
+class TradeSettled(_Event, frozen=True):
+    """The trade's money went where it belongs; exactly one per trade that was not rejected."""
+
+    trade_id: int
+    seller_id: int
+    amount_fen: int
+    fee_fen: int  # the fee the seller paid
+    fee_subsidy_fen: int  # the waived fee the subsidy fund paid
+    fee_forgone_fen: int  # the waived fee nobody paid (subsidy fund empty)
+    interest_paid_fen: int
+    principal_repaid_fen: int
+    payable_fen: int  # to the seller's payable (a cooperative's before the split)
+
+
+class CooperativeSplitPaid(_Event, frozen=True):
+    trade_id: int
+    cooperative_id: int
+    member_id: int
+    amount_fen: int
+
+
+class CreditLineChanged(_Event, frozen=True):
+    financier_id: int
+    buyer_id: int
+    rate_bps: int
+    change_fen: int  # + granted, - reduced
+    available_fen: int
+
+
+class AdvanceGranted(_Event, frozen=True):
+    loan_id: int
+    financier_id: int
+    borrower_id: int
+    trade_id: int
+    amount_fen: int
+    rate_bps: int
+
+
+class LoanDrawn(_Event, frozen=True):
+    """A credit-funded trade settled: the buyer now owes the financier this principal."""
+
+    loan_id: int
+    financier_id: int
+    borrower_id: int
+    trade_id: int
+    amount_fen: int
+
+
+class InterestAccrued(_Event, frozen=True):
+    loan_id: int
+    financier_id: int
+    borrower_id: int
+    through_day: int  # days since 1970-01-01 in China Standard Time
+    days: int
+    interest_fen: int
+
+
+class LoanRepaid(_Event, frozen=True):
+    loan_id: int
+    financier_id: int
+    borrower_id: int
+    principal_fen: int
+    interest_fen: int
+    payer: LoanPayer
+    trade_id: int  # the settlement that repaid it, 0 for a RepayLoan or an accrual tick
+
+
+class PayoutRunCreated(_Event, frozen=True):
+    run_id: int
+    run_ref: str
+    payout_ids: tuple[int, ...]
+    total_fen: int
+    skipped_ids: tuple[int, ...]  # payees with money payable but no verified bank account
+
+
+class PayoutChanged(_Event, frozen=True):
+    payout_id: int
+    run_id: int
+    payee_id: int
+    state: PayoutState
+    attempt: int
+    amount_fen: int
+    priority: PayoutPriority
+    bank_ref: str
+    reason: str
+    trade_ids: tuple[int, ...]  # the trades whose proceeds it pays
+
+
+class BankImportApplied(_Event, frozen=True):
+    file_ref: str
+    applied: int
+    duplicates: int
+    errors: tuple[tuple[int, str], ...]  # (payout_id, why the row was not applied)
+
+
+class FeeScheduleSet(_Event, frozen=True):
+    instrument: str
+    seller_fee_bps: int
+
+
+class FinancingPolicySet(_Event, frozen=True):
+    advance_max_bps: int
+
+
 Event = Union[  # noqa: UP007 - msgspec needs a real Union object to build a tagged decoder
     InstrumentListed,
     LotRegistered,
@@ -137,6 +370,28 @@ Event = Union[  # noqa: UP007 - msgspec needs a real Union object to build a tag
     TradingStateChanged,
     ReferencePriceSet,
     AuctionUncrossed,
+    ParticipantChanged,
+    CooperativeMembersSet,
+    ConsentChanged,
+    FundsDeposited,
+    WithdrawalRequested,
+    WithdrawalCompleted,
+    ObligationRecorded,
+    DeliveryRecorded,
+    DisputeOpened,
+    DeliveryResolved,
+    TradeSettled,
+    CooperativeSplitPaid,
+    CreditLineChanged,
+    AdvanceGranted,
+    LoanDrawn,
+    InterestAccrued,
+    LoanRepaid,
+    PayoutRunCreated,
+    PayoutChanged,
+    BankImportApplied,
+    FeeScheduleSet,
+    FinancingPolicySet,
 ]
 
 _encoder = msgspec.msgpack.Encoder()
