@@ -813,6 +813,14 @@ class Ledger:
         """Copies of all accounts, by id."""
         return [msgspec.structs.replace(self._accounts[k]) for k in sorted(self._accounts)]
 
+    def available_fen(self, account_id: int) -> int:
+        """credits_posted - debits_posted - debits_pending: what a DEBITS_MUST_NOT_EXCEED_CREDITS account
+        can still be debited (pending holds count). 0 for an unknown account. No copy: for hot paths."""
+        a = self._accounts.get(account_id)
+        if a is None:
+            return 0
+        return a.credits_posted_fen - a.debits_posted_fen - a.debits_pending_fen
+
     def transfer(self, transfer_id: int) -> Transfer | None:
         """The stored transfer (a post or void with its fields resolved), or None."""
         return self._transfers.get(transfer_id)
