@@ -1,9 +1,11 @@
 """Settlement: the double-entry ledger and the money flows built on it (issue 5)."""
 
 from exchange.settlement.ledger import (
+    ACCOUNT_COLUMNS,
     CHART,
     LEDGER_CNY,
     MAX_INT64,
+    POSTING_COLUMNS,
     Account,
     AccountCode,
     AccountFlags,
@@ -18,12 +20,16 @@ from exchange.settlement.ledger import (
     Transfer,
     TransferCode,
     TransferFlags,
+    account_records,
+    posting_records,
 )
 
 __all__ = [
+    "ACCOUNT_COLUMNS",
     "CHART",
     "LEDGER_CNY",
     "MAX_INT64",
+    "POSTING_COLUMNS",
     "Account",
     "AccountCode",
     "AccountFlags",
@@ -38,4 +44,6 @@ __all__ = [
     "Transfer",
     "TransferCode",
     "TransferFlags",
+    "account_records",
+    "posting_records",
 ]

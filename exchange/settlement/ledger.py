@@ -347,6 +347,24 @@ class LedgerSnapshot(msgspec.Struct, array_like=True):
     expires_at_ns: dict[int, int]
 
 
+# Column order of the tables in exchange/migrations/0002_ledger.sql, for COPY (asyncpg
+# ``copy_records_to_table(table, records=..., columns=...)``).
+POSTING_COLUMNS: Final = ("seq", "transfer_id", "entry", "side", "account_id", "amount_fen", "code",
+                          "user_data", "pending_id", "ts_ns")
+ACCOUNT_COLUMNS: Final = ("account_id", "code", "owner_id", "ledger", "flags", "user_data", "ts_ns")
+
+
+def posting_records(seq: int, postings: Iterable[Posting]) -> list[tuple[int, ...]]:
+    """Rows for ``ledger_postings`` in ``POSTING_COLUMNS`` order, all tagged with the batch ``seq``."""
+    return [(seq, p.transfer_id, p.entry, p.side, p.account_id, p.amount_fen, p.code, p.user_data,
+             p.pending_id, p.ts_ns) for p in postings]
+
+
+def account_records(accounts: Iterable[Account]) -> list[tuple[int, ...]]:
+    """Rows for ``ledger_accounts`` in ``ACCOUNT_COLUMNS`` order (balances live in the postings)."""
+    return [(a.account_id, a.code, a.owner_id, a.ledger, a.flags, a.user_data, a.ts_ns) for a in accounts]
+
+
 # Module-level aliases: a global lookup is cheaper than an enum attribute on the hot path.
 _R = CreateTransferResult
 _A = CreateAccountResult
