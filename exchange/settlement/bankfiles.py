@@ -1,0 +1,98 @@
+"""The bank's files: payout instructions out (CSV bytes), confirmations in (parsed into a command's rows).
+
+Pure functions. The export does not change state: after handing the file to the bank an operator sends
+``MarkPayoutsSent`` with the file's (payout_id, attempt) pairs, and the bank's answer comes back as an
+``ImportBankConfirmations`` command built by ``parse_confirmations_csv``.
+
+Payout file (UTF-8, CRLF, one header row), ordered same-day (registered poor households) first, then by
+payout id::
+
+    payout_id,attempt,priority,payee_id,payee_name,bank_account,amount_fen,amount_yuan,reference,trade_ids
+    7,1,SAME_DAY,21,张三,6217000000000021,1203243,12032.43,HOGX-P7-A1,12;15
+
+``reference`` (``HOGX-P<payout>-A<attempt>``) is the bank's idempotency key: the bank pays one
+reference at most once, so resending a file is harmless, and a retry is a new attempt with a new
+reference. ``trade_ids`` traces the money to its trades.
+
+Confirmation file: ``payout_id,attempt,status,bank_ref,reason`` with ``status`` ``OK`` or ``FAILED``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable
+
+from exchange.commands import BankConfirmation
+from exchange.events import PayoutState
+from exchange.settlement.clearing import Clearing
+from exchange.settlement.model import Payout
+from exchange.settlement.rules import yuan
+
+PAYOUT_COLUMNS = ("payout_id", "attempt", "priority", "payee_id", "payee_name", "bank_account", "amount_fen",
+                  "amount_yuan", "reference", "trade_ids")
+CONFIRMATION_COLUMNS = ("payout_id", "attempt", "status", "bank_ref", "reason")
+MAX_CONFIRMATION_ROWS = 100_000
+
+
+def payout_reference(payout_id: int, attempt: int) -> str:
+    return f"HOGX-P{payout_id}-A{attempt}"
+
+
+def payouts_to_send(clearing: Clearing) -> list[Payout]:
+    """Every PENDING payout: same-day first, then by payout id."""
+    pending = [p for p in clearing.payouts.values() if p.state == PayoutState.PENDING]
+    return sorted(pending, key=lambda p: (p.priority, p.payout_id))
+
+
+def bank_file_csv(clearing: Clearing, payouts: Iterable[Payout]) -> bytes:
+    """The payout instruction file for ``payouts`` (e.g. ``payouts_to_send(clearing)``)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(PAYOUT_COLUMNS)
+    for p in sorted(payouts, key=lambda p: (p.priority, p.payout_id)):
+        who = clearing.participants[p.payee_id]
+        writer.writerow([
+            p.payout_id, p.attempt, p.priority.name, p.payee_id, _text(who.name), p.bank_account, p.amount_fen,
+            yuan(p.amount_fen), payout_reference(p.payout_id, p.attempt), ";".join(map(str, p.trade_ids)),
+        ])  # fmt: skip
+    return out.getvalue().encode()
+
+
+def sent_pairs(payouts: Iterable[Payout]) -> tuple[tuple[int, int], ...]:
+    """The (payout_id, attempt) pairs of a file, for ``MarkPayoutsSent``."""
+    return tuple(sorted((p.payout_id, p.attempt) for p in payouts))
+
+
+def parse_confirmations_csv(data: bytes) -> tuple[BankConfirmation, ...]:
+    """The rows of a bank confirmation file. Raises ``ValueError`` naming the first bad line: a file
+    is applied whole or not at all, never guessed at."""
+    text = data.decode("utf-8-sig")
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if header is None or tuple(h.strip() for h in header) != CONFIRMATION_COLUMNS:
+        raise ValueError(f"line 1: header must be {','.join(CONFIRMATION_COLUMNS)}")
+    rows = []
+    for line_no, fields in enumerate(reader, start=2):
+        if not fields:
+            continue
+        if len(rows) >= MAX_CONFIRMATION_ROWS:
+            raise ValueError(f"more than {MAX_CONFIRMATION_ROWS} rows")
+        rows.append(_confirmation(line_no, fields))
+    return tuple(rows)
+
+
+def _confirmation(line_no: int, fields: list[str]) -> BankConfirmation:
+    if len(fields) != len(CONFIRMATION_COLUMNS):
+        raise ValueError(f"line {line_no}: expected {len(CONFIRMATION_COLUMNS)} fields, got {len(fields)}")
+    payout_id, attempt, status, bank_ref, reason = (f.strip() for f in fields)
+    if not payout_id.isdigit() or not attempt.isdigit():
+        raise ValueError(f"line {line_no}: payout_id and attempt must be whole numbers")
+    if status not in ("OK", "FAILED"):
+        raise ValueError(f"line {line_no}: status must be OK or FAILED, not {status!r}")
+    return BankConfirmation(int(payout_id), int(attempt), status == "OK", bank_ref, reason)
+
+
+def _text(value: str) -> str:
+    """Quote text a spreadsheet would run as a formula (names are typed in by people)."""
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value

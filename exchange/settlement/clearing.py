@@ -1,0 +1,1441 @@
+"""Clearing: every money flow from a buyer's bid to a farmer's bank account, on the double-entry ledger.
+
+``Clearing`` owns the ``Ledger``, the participants registry, buy-order holds, trade obligations,
+deliveries, disputes, credit lines, advances, payouts and their references. It is pure, synchronous
+and deterministic like the core that owns it: time is the ``ts_ns`` of the command being applied.
+
+Hooks the core calls (see ``Clearing`` for signatures)
+------------------------------------------------------
+``check_buy`` before accepting a buy; ``on_buy_accepted`` to place its hold; ``check_amend_buy``
+before an amendment that could raise the hold; ``on_events`` with every command's events (it reads
+``InstrumentListed``, ``LotRegistered``, ``OrderAccepted``, ``Trade``, ``OrderCancelled``,
+``OrderExpired``, ``OrderAmended`` and appends its own events); ``handlers()`` for the settlement
+commands; ``on_clock`` on every ``ClockTick``; ``snapshot``/``restore``/``state_hash``;
+``drain_postings``/``drain_new_accounts`` for the rows the sequencer writes in the batch transaction.
+
+Money flows (accounts: the chart in ledger.py; rounding: rules.py)
+------------------------------------------------------------------
+1. Deposit: BANK -> BUYER_CASH | FINANCIER_FUNDS | POVERTY_SUBSIDY_FUND, once per bank reference.
+   Withdrawal: pending cash -> BANK, posted on the bank's confirmation, voided on failure. There is
+   no timeout: money that may have left the bank is only ever resolved by a confirmation.
+2. Hold: a buy holds ``hold_fen`` (pending cash -> ESCROW), against cash when it covers the hold,
+   else against the first credit line (by financier id) that does; never split. Cancel and expiry
+   void the rest.
+3. Trade: the fill posts heads x hold-per-head at the *trade* price into ESCROW (the trade's
+   obligation) and re-holds the unfilled rest at the limit, in one linked chain; a fill below the
+   limit thereby returns the difference.
+4. Weigh-in: ``delivery_terms`` fixes the amount; ESCROW -> SELLER_RECEIVABLE (amount) and
+   ESCROW -> the buyer's source (the rest). The amount stays in the receivable, held in trust,
+   through the dispute window (``dispute_window_ns`` of the instrument after the weigh-in). A
+   dispute waits for an operator, who may lower the amount (the difference returns to the buyer)
+   and so settles the trade; a buyer may reject an OUT_OF_GRADE delivery within the window (all back).
+5. Settlement (first clock tick at or after the window's end; trades in (deadline, trade id) order):
+   fee: SELLER_RECEIVABLE -> FEE_INCOME, or for a verified poor household POVERTY_SUBSIDY_FUND ->
+   FEE_INCOME (as far as the fund reaches; the rest is forgone, never charged to the farmer); then the
+   seller's advances, the trade's own first, then by loan id, interest before principal:
+   SELLER_RECEIVABLE -> FINANCIER_FUNDS (a poor household's interest is paid by the subsidy fund);
+   the rest -> FARMER_PAYABLE; a cooperative's payable is split to its members (rules.py). A credit-
+   funded trade's amount becomes the buyer's loan principal now (the financier paid the seller).
+6. Payouts: a run creates one PAYOUT instruction per payee with money payable and a verified bank
+   account, poor households first (SAME_DAY), then by participant id, each a pending transfer
+   FARMER_PAYABLE -> BANK: PENDING -> SENT -> CONFIRMED (posted), or FAILED -> retried (PENDING,
+   attempt + 1) or RETURNED (voided: back on the payable, with its trade sources).
+7. Financing: credit lines earmark financier funds (FINANCIER_FUNDS -> BUYER_CREDIT_LINE); advances
+   pay FINANCIER_FUNDS -> FARMER_PAYABLE at once; principal is tracked as LOANS_RECEIVABLE against
+   LOANS_FUNDED, interest as INTEREST_RECEIVABLE against INTEREST_INCOME; it accrues one day for each
+   midnight (CST) a loan is outstanding across, on the principal at that midnight, on the first clock
+   tick after it (and before any change of the loan's principal).
+
+Authorisation: "operator" commands come from a registered operator or from participant 0 (the
+system); other commands name who may send them in their docstring. Every rejection is a ``Rejected``
+event with ``seq`` 0 and the command's reference in ``client_order_id``; a rejected command changes
+nothing. A transfer the clearing computed that the ledger refuses is a bug: ``ClearingInvariantError``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from collections.abc import Callable, Iterable, Sequence
+from typing import Final
+
+import msgspec
+
+from exchange.commands import (
+    ConfirmDeposit,
+    ConfirmWithdrawal,
+    FundsAccount,
+    GrantAdvance,
+    GrantCreditLine,
+    ImportBankConfirmations,
+    MarkPayoutsSent,
+    OpenDispute,
+    ParticipantRole,
+    RecordWeighIn,
+    ReduceCreditLine,
+    RegisterParticipant,
+    RejectDelivery,
+    RepayLoan,
+    RequestWithdrawal,
+    ResolveDispute,
+    RetryPayout,
+    ReturnPayout,
+    RunPayouts,
+    SetConsent,
+    SetCooperativeMembers,
+    SetFeeSchedule,
+    SetFinancingPolicy,
+    UpdateParticipant,
+    VerifyBankAccount,
+    VerifyPoorHousehold,
+)
+from exchange.domain import InstrumentSpec, RejectReason, Side
+from exchange.events import (
+    AdvanceGranted,
+    BankImportApplied,
+    ConsentChanged,
+    CooperativeMembersSet,
+    CooperativeSplitPaid,
+    CreditLineChanged,
+    DeliveryGrade,
+    DeliveryRecorded,
+    DeliveryResolved,
+    DisputeOpened,
+    FeeScheduleSet,
+    FinancingPolicySet,
+    FundsDeposited,
+    InstrumentListed,
+    InterestAccrued,
+    LoanDrawn,
+    LoanKind,
+    LoanPayer,
+    LoanRepaid,
+    LotRegistered,
+    ObligationRecorded,
+    OrderAccepted,
+    OrderAmended,
+    OrderCancelled,
+    OrderExpired,
+    ParticipantChanged,
+    PayoutChanged,
+    PayoutPriority,
+    PayoutRunCreated,
+    PayoutState,
+    Rejected,
+    Trade,
+    TradeSettled,
+    WithdrawalCompleted,
+    WithdrawalRequested,
+)
+from exchange.settlement import rules
+from exchange.settlement.ledger import (
+    CHART,
+    Account,
+    AccountCode,
+    CreateAccountResult,
+    CreateTransferResult,
+    Ledger,
+    Posting,
+    Transfer,
+    TransferCode,
+    TransferFlags,
+)
+from exchange.settlement.model import (
+    AccountKey,
+    BankImport,
+    ClearingSnapshot,
+    Counters,
+    CreditLine,
+    Deposit,
+    Hold,
+    Loan,
+    Participant,
+    PayableSource,
+    Payout,
+    PayoutRun,
+    SentFile,
+    SourceKind,
+    TradeRecord,
+    TradeState,
+    Withdrawal,
+    WithdrawalState,
+)
+
+R = RejectReason
+AC = AccountCode
+TC = TransferCode
+ROLE = ParticipantRole
+SYSTEM_ID: Final = 0  # the system (sequencer, bootstrap): may send operator commands
+SNAPSHOT_VERSION: Final = 1
+MAX_RATE_BPS: Final = 10_000  # 100 % a year: anything above is a typo, not a loan
+MAX_FEE_BPS: Final = 1_000  # 10 % of the amount
+MAX_REF_LEN: Final = 64
+HOUSE: Final = (AC.BANK_SETTLEMENT, AC.ESCROW, AC.FEE_INCOME, AC.POVERTY_SUBSIDY_FUND)
+TRADING_ROLES: Final = frozenset({ROLE.BUYER, ROLE.FARMER, ROLE.COOPERATIVE})
+SELLING_ROLES: Final = frozenset({ROLE.FARMER, ROLE.COOPERATIVE})
+FUNDS_CODE: Final = {
+    FundsAccount.TRADING_CASH: AC.BUYER_CASH,
+    FundsAccount.FINANCIER_FUNDS: AC.FINANCIER_FUNDS,
+    FundsAccount.POVERTY_SUBSIDY_FUND: AC.POVERTY_SUBSIDY_FUND,
+}
+
+_OK = CreateTransferResult.OK
+_LINKED = TransferFlags.LINKED
+_PENDING = TransferFlags.PENDING
+_POST = TransferFlags.POST_PENDING
+_VOID = TransferFlags.VOID_PENDING
+_BANK, _ESCROW, _FEES, _SUBSIDY = (int(c) for c in HOUSE)  # house account ids are their codes
+_ENCODER = msgspec.msgpack.Encoder()
+_SNAPSHOT_DECODER = msgspec.msgpack.Decoder(ClearingSnapshot)
+
+Handler = Callable[[object, list], None]
+
+
+class ClearingInvariantError(AssertionError):
+    """The ledger refused a transfer the clearing computed, or an event contradicts the clearing's
+    records: a bug. The core must be rebuilt from the journal."""
+
+
+class Clearing:
+    """All settlement state of one shard. See the module docstring for the flows."""
+
+    def __init__(self) -> None:
+        self.ledger = Ledger()
+        self.counters = Counters()
+        self.accounts: dict[tuple[int, int, int], int] = {}  # (code, owner, user_data) -> account id
+        self.instruments: dict[str, InstrumentSpec] = {}
+        self.fee_bps: dict[str, int] = {}
+        self.lots: dict = {}  # lot id -> Lot
+        self.participants: dict[int, Participant] = {}
+        self.holds: dict[int, Hold] = {}  # buy order id -> hold
+        self.trades: dict[int, TradeRecord] = {}
+        self.loans: dict[int, Loan] = {}
+        self.credit_lines: dict[tuple[int, int], CreditLine] = {}  # (buyer, financier)
+        self.payables: dict[int, list[PayableSource]] = {}  # payee -> FIFO of what its payable holds
+        self.payouts: dict[int, Payout] = {}
+        self.runs: dict[str, PayoutRun] = {}
+        self.withdrawals: dict[tuple[int, str], Withdrawal] = {}
+        self.deposits: dict[str, Deposit] = {}
+        self.sent_files: dict[str, SentFile] = {}
+        self.bank_imports: dict[str, BankImport] = {}
+        self._rebuild_indexes()
+        self.ledger.create_accounts([_account(int(code), int(code), 0, 0) for code in HOUSE], 0)
+
+    # ------------------------------------------------------------------------------ hooks of the core
+
+    def check_buy(self, participant_id: int, spec: InstrumentSpec, limit_price_fen: int, heads: int) -> R | None:
+        """Why a buy of ``heads`` at ``limit_price_fen`` (a market buy: the band's upper edge, 0 if none)
+        cannot be accepted, or None: the participant must be a registered trader and cash or one
+        credit line must cover the whole hold."""
+        who = self.participants.get(participant_id)
+        if who is None:
+            return R.UNKNOWN_PARTICIPANT
+        if who.role not in TRADING_ROLES:
+            return R.NOT_AUTHORIZED
+        if limit_price_fen <= 0:
+            return R.UNBOUNDED_HOLD
+        if self._hold_source(participant_id, rules.hold_fen(spec, limit_price_fen, heads)) is None:
+            return R.INSUFFICIENT_FUNDS
+        return None
+
+    def check_sell(self, participant_id: int) -> R | None:
+        """Optional: a seller must be a registered farmer or cooperative (else its proceeds wait)."""
+        who = self.participants.get(participant_id)
+        if who is None:
+            return R.UNKNOWN_PARTICIPANT
+        return None if who.role in SELLING_ROLES else R.NOT_AUTHORIZED
+
+    def on_buy_accepted(
+        self, order_id: int, participant_id: int, spec: InstrumentSpec, limit_price_fen: int, heads: int, ts_ns: int
+    ) -> None:
+        """Place the hold of an accepted buy (``check_buy`` passed in the same command). Idempotent: the
+        ``OrderAccepted`` event places it too if the core did not call this."""
+        if order_id in self.holds:
+            return
+        per_head = rules.hold_per_head_fen(spec, limit_price_fen)
+        amount = heads * per_head
+        source = self._hold_source(participant_id, amount)
+        if source is None:
+            raise ClearingInvariantError(f"buy {order_id} accepted without funds for its hold of {amount} fen")
+        account_id, financier_id = source
+        tid = self._next_tid()
+        self._commit([Transfer(tid, account_id, _ESCROW, amount, TC.ORDER_HOLD, order_id, _PENDING)], ts_ns)
+        self.holds[order_id] = Hold(order_id, participant_id, spec.symbol, limit_price_fen, per_head, heads, tid,
+                                    account_id, financier_id)
+
+    def check_amend_buy(self, order_id: int, new_price_fen: int, new_remaining_heads: int) -> R | None:
+        """Why amending a buy to this price and remaining quantity cannot be covered, or None (also for
+        orders that hold nothing: sells). The old hold is released before the new one is taken."""
+        hold = self.holds.get(order_id)
+        if hold is None:
+            return None
+        spec = self.instruments[hold.instrument]
+        need = new_remaining_heads * rules.hold_per_head_fen(spec, new_price_fen)
+        if need <= hold.held_fen or need <= hold.held_fen + self.ledger.available_fen(hold.source_account_id):
+            return None
+        return R.INSUFFICIENT_FUNDS
+
+    def on_events(self, events: list, ts_ns: int) -> None:
+        """Follow one command's events; appends the clearing's own events to ``events``."""
+        handlers = self._event_handlers
+        for i in range(len(events)):  # not the events appended below
+            event = events[i]
+            handler = handlers.get(event.__class__)
+            if handler is not None:
+                handler(event, ts_ns, events)
+
+    def handlers(self) -> dict[type, Handler]:
+        """The settlement commands' handlers: ``handler(command, events)``."""
+        return dict(self._command_handlers)
+
+    def on_clock(self, ts_ns: int, events: list) -> None:
+        """A clock tick: accrue a day's interest if a midnight passed, then settle every trade whose
+        dispute window has closed."""
+        day = rules.cst_day(ts_ns)
+        if day > self.counters.last_accrual_day:
+            self.counters.last_accrual_day = day
+            for loan in list(self.loans.values()):
+                if loan.is_open:
+                    self._accrue(loan, day, ts_ns, events)
+                    self._collect_subsidised_interest(loan, ts_ns, events, 0)
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= ts_ns:
+            _, trade_id = heapq.heappop(deadlines)
+            trade = self.trades[trade_id]
+            if trade.state == TradeState.DELIVERED:  # disputed, rejected or settled meanwhile: stale
+                self._settle(trade, ts_ns, events)
+
+    # ------------------------------------------------------------------------------- persistence
+
+    def drain_postings(self) -> list[Posting]:
+        return self.ledger.drain_postings()
+
+    def drain_new_accounts(self) -> list[Account]:
+        return self.ledger.drain_new_accounts()
+
+    def snapshot(self) -> bytes:
+        """The whole state, canonically ordered (everything sorted by its key)."""
+        return _ENCODER.encode(self._snapshot_struct())
+
+    def state_hash(self) -> str:
+        return hashlib.blake2b(self.snapshot(), digest_size=32).hexdigest()
+
+    @classmethod
+    def restore(cls, data: bytes) -> Clearing:
+        snap = _SNAPSHOT_DECODER.decode(data)
+        if snap.version != SNAPSHOT_VERSION:
+            raise ValueError(f"clearing snapshot version {snap.version} is not {SNAPSHOT_VERSION}")
+        c = cls.__new__(cls)
+        c.ledger = Ledger.restore(snap.ledger)
+        c.counters = snap.counters
+        c.accounts = {(k.code, k.owner_id, k.user_data): k.account_id for k in snap.accounts}
+        c.instruments = {s.symbol: s for s in snap.instruments}
+        c.fee_bps = dict(snap.fee_bps)
+        c.lots = {lot.lot_id: lot for lot in snap.lots}
+        c.participants = {p.participant_id: p for p in snap.participants}
+        c.holds = {h.order_id: h for h in snap.holds}
+        c.trades = {t.trade_id: t for t in snap.trades}
+        c.loans = {loan.loan_id: loan for loan in snap.loans}
+        c.credit_lines = {(line.buyer_id, line.financier_id): line for line in snap.credit_lines}
+        c.payables = dict(snap.payables)
+        c.payouts = {p.payout_id: p for p in snap.payouts}
+        c.runs = {r.run_ref: r for r in snap.runs}
+        c.withdrawals = {(w.owner_id, w.withdrawal_ref): w for w in snap.withdrawals}
+        c.deposits = {d.deposit_ref: d for d in snap.deposits}
+        c.sent_files = {f.file_ref: f for f in snap.sent_files}
+        c.bank_imports = {b.file_ref: b for b in snap.bank_imports}
+        c._rebuild_indexes()
+        return c
+
+    def _snapshot_struct(self) -> ClearingSnapshot:
+        def by_key(d: dict) -> list:
+            return [d[k] for k in sorted(d)]
+
+        return ClearingSnapshot(
+            SNAPSHOT_VERSION, self.counters, self.ledger.snapshot(allow_undrained=True),
+            sorted((AccountKey(*k, v) for k, v in self.accounts.items()), key=lambda a: a.account_id),
+            by_key(self.instruments), sorted(self.fee_bps.items()), by_key(self.lots), by_key(self.participants),
+            by_key(self.holds), by_key(self.trades), by_key(self.loans), by_key(self.credit_lines),
+            [(k, self.payables[k]) for k in sorted(self.payables) if self.payables[k]], by_key(self.payouts),
+            by_key(self.runs), by_key(self.withdrawals), by_key(self.deposits), by_key(self.sent_files),
+            by_key(self.bank_imports),
+        )  # fmt: skip
+
+    def _rebuild_indexes(self) -> None:
+        """Derived lookups, rebuilt from the records after a restore (never snapshotted)."""
+        self._deadlines = sorted(
+            (t.dispute_until_ns, t.trade_id) for t in self.trades.values() if t.state == TradeState.DELIVERED
+        )
+        self._loans_by_borrower: dict[int, list[int]] = {}
+        for loan_id in sorted(self.loans):
+            self._loans_by_borrower.setdefault(self.loans[loan_id].borrower_id, []).append(loan_id)
+        self._lines_by_buyer: dict[int, list[CreditLine]] = {}
+        for key in sorted(self.credit_lines):
+            self._lines_by_buyer.setdefault(key[0], []).append(self.credit_lines[key])
+        self._event_handlers: dict[type, Callable[[object, int, list], None]] = {
+            InstrumentListed: self._on_listed,
+            LotRegistered: self._on_lot,
+            OrderAccepted: self._on_accepted,
+            Trade: self._on_trade,
+            OrderCancelled: self._on_order_gone,
+            OrderExpired: self._on_order_gone,
+            OrderAmended: self._on_amended,
+        }
+        self._command_handlers: dict[type, Handler] = {
+            RegisterParticipant: self._register_participant,
+            UpdateParticipant: self._update_participant,
+            VerifyBankAccount: self._verify_bank_account,
+            VerifyPoorHousehold: self._verify_poor_household,
+            SetCooperativeMembers: self._set_cooperative_members,
+            SetConsent: self._set_consent,
+            ConfirmDeposit: self._confirm_deposit,
+            RequestWithdrawal: self._request_withdrawal,
+            ConfirmWithdrawal: self._confirm_withdrawal,
+            RecordWeighIn: self._record_weigh_in,
+            OpenDispute: self._open_dispute,
+            ResolveDispute: self._resolve_dispute,
+            RejectDelivery: self._reject_delivery,
+            GrantCreditLine: self._grant_credit_line,
+            ReduceCreditLine: self._reduce_credit_line,
+            GrantAdvance: self._grant_advance,
+            RepayLoan: self._repay_loan,
+            RunPayouts: self._run_payouts,
+            MarkPayoutsSent: self._mark_payouts_sent,
+            ImportBankConfirmations: self._import_bank_confirmations,
+            RetryPayout: self._retry_payout,
+            ReturnPayout: self._return_payout,
+            SetFeeSchedule: self._set_fee_schedule,
+            SetFinancingPolicy: self._set_financing_policy,
+        }
+
+    # ---------------------------------------------------------------------------------- ledger plumbing
+
+    def _next_tid(self) -> int:
+        tid = self.counters.next_transfer_id
+        self.counters.next_transfer_id = tid + 1
+        return tid
+
+    def _commit(self, transfers: Sequence[Transfer], ts_ns: int) -> None:
+        """Apply transfers as one linked chain (all or nothing); any refusal is a bug."""
+        if not transfers:
+            return
+        if len(transfers) > 1:
+            transfers = [msgspec.structs.replace(t, flags=t.flags | _LINKED) for t in transfers[:-1]] + [
+                transfers[-1]
+            ]
+        results = self.ledger.create_transfers(transfers, ts_ns)
+        for t, result in zip(transfers, results, strict=True):
+            if result is not _OK:
+                raise ClearingInvariantError(f"ledger refused transfer {t}: {result.name}")
+
+    def _account_id(self, code: int, owner_id: int, user_data: int, ts_ns: int) -> int:
+        """The account of this kind, owner and counterparty, created on first use."""
+        key = (code, owner_id, user_data)
+        account_id = self.accounts.get(key)
+        if account_id is None:
+            account_id = self.counters.next_account_id
+            self.counters.next_account_id = account_id + 1
+            result = self.ledger.create_accounts([_account(account_id, code, owner_id, user_data)], ts_ns)[0]
+            if result is not CreateAccountResult.OK:
+                raise ClearingInvariantError(f"ledger refused account {key}: {result.name}")
+            self.accounts[key] = account_id
+        return account_id
+
+    def _balance(self, code: int, owner_id: int = 0, user_data: int = 0) -> int:
+        """Available balance (credits - debits - pending debits) of a credit-normal account; 0 if none."""
+        account_id = self.accounts.get((code, owner_id, user_data))
+        if code in HOUSE:
+            account_id = code
+        return 0 if account_id is None else self.ledger.available_fen(account_id)
+
+    class _Chain:
+        """Transfers collected for one linked commit; zero amounts are left out."""
+
+        __slots__ = ("clearing", "transfers")
+
+        def __init__(self, clearing: Clearing) -> None:
+            self.clearing = clearing
+            self.transfers: list[Transfer] = []
+
+        def add(self, dr: int, cr: int, amount_fen: int, code: int, user_data: int) -> None:
+            if amount_fen < 0:
+                raise ClearingInvariantError(f"negative amount {amount_fen} from {dr} to {cr}")
+            if amount_fen:
+                tid = self.clearing._next_tid()
+                self.transfers.append(Transfer(tid, dr, cr, amount_fen, code, user_data))
+
+        def commit(self, ts_ns: int) -> None:
+            self.clearing._commit(self.transfers, ts_ns)
+
+    # ------------------------------------------------------------------------------ core's events
+
+    def _on_listed(self, e: InstrumentListed, ts_ns: int, out: list) -> None:
+        self.instruments[e.spec.symbol] = e.spec
+        self.fee_bps[e.spec.symbol] = e.spec.seller_fee_bps
+
+    def _on_lot(self, e: LotRegistered, ts_ns: int, out: list) -> None:
+        self.lots[e.lot.lot_id] = e.lot
+
+    def _on_accepted(self, e: OrderAccepted, ts_ns: int, out: list) -> None:
+        if e.side == Side.BUY and e.order_id not in self.holds:
+            spec = self.instruments[e.instrument]
+            self.on_buy_accepted(e.order_id, e.participant_id, spec, e.price_fen, e.quantity_heads, ts_ns)
+
+    def _on_trade(self, e: Trade, ts_ns: int, out: list) -> None:
+        hold = self.holds.get(e.buy_order_id)
+        if hold is None:
+            raise ClearingInvariantError(f"trade {e.trade_id}: buy order {e.buy_order_id} holds no funds")
+        heads = e.quantity_heads
+        remaining = hold.remaining_heads - heads
+        if remaining != e.buy_remaining_heads or remaining < 0:
+            raise ClearingInvariantError(f"trade {e.trade_id}: hold has {hold.remaining_heads} heads")
+        spec = self.instruments[e.instrument]
+        obligation = heads * rules.hold_per_head_fen(spec, e.price_fen)
+        released = heads * hold.per_head_fen - obligation
+        if obligation <= 0 or released < 0:
+            raise ClearingInvariantError(f"trade {e.trade_id} at {e.price_fen} above the limit {hold.price_fen}")
+        post = Transfer(self._next_tid(), 0, 0, obligation, TC.TRADE, e.trade_id, _POST, hold.pending_id)
+        if remaining:
+            rehold = Transfer(self._next_tid(), hold.source_account_id, _ESCROW, remaining * hold.per_head_fen,
+                              TC.ORDER_HOLD, hold.order_id, _PENDING)
+            self._commit([post, rehold], ts_ns)
+            hold.pending_id = rehold.transfer_id
+            hold.remaining_heads = remaining
+        else:
+            self._commit([post], ts_ns)
+            del self.holds[hold.order_id]
+        self.trades[e.trade_id] = TradeRecord(
+            e.trade_id, e.instrument, e.buyer_id, e.seller_id, e.lot_id, e.buy_order_id, heads, e.price_fen,
+            obligation, hold.source_account_id, hold.financier_id, ts_ns,
+        )  # fmt: skip
+        out.append(ObligationRecorded(0, ts_ns, e.trade_id, e.buyer_id, e.seller_id, e.instrument, heads,
+                                      e.price_fen, obligation, released, hold.financier_id))
+
+    def _on_order_gone(self, e: OrderCancelled | OrderExpired, ts_ns: int, out: list) -> None:
+        hold = self.holds.pop(e.order_id, None)
+        if hold is None:
+            return  # a sell: nothing held
+        self._commit([Transfer(self._next_tid(), 0, 0, 0, TC.ORDER_RELEASE, 0, _VOID, hold.pending_id)], ts_ns)
+
+    def _on_amended(self, e: OrderAmended, ts_ns: int, out: list) -> None:
+        hold = self.holds.get(e.order_id)
+        if hold is None:
+            return
+        per_head = rules.hold_per_head_fen(self.instruments[hold.instrument], e.price_fen)
+        hold.price_fen = e.price_fen
+        if per_head == hold.per_head_fen and e.remaining_heads == hold.remaining_heads:
+            return
+        void = Transfer(self._next_tid(), 0, 0, 0, TC.ORDER_RELEASE, 0, _VOID, hold.pending_id)
+        rehold = Transfer(self._next_tid(), hold.source_account_id, _ESCROW, e.remaining_heads * per_head,
+                          TC.ORDER_HOLD, hold.order_id, _PENDING)
+        self._commit([void, rehold], ts_ns)  # a failure here means the core skipped check_amend_buy
+        hold.per_head_fen = per_head
+        hold.remaining_heads = e.remaining_heads
+        hold.pending_id = rehold.transfer_id
+
+    def _hold_source(self, buyer_id: int, amount_fen: int) -> tuple[int, int] | None:
+        """(account id, financier id or 0) that covers ``amount_fen`` whole: cash first, then the credit
+        lines by financier id."""
+        cash = self.accounts.get((AC.BUYER_CASH, buyer_id, 0))
+        if cash is not None and self.ledger.available_fen(cash) >= amount_fen:
+            return cash, 0
+        for line in self._lines_by_buyer.get(buyer_id, ()):
+            if self.ledger.available_fen(line.account_id) >= amount_fen:
+                return line.account_id, line.financier_id
+        return None
+
+    # ------------------------------------------------------------------------------- helpers
+
+    def _reject(self, cmd: object, reason: R, ref: str, out: list, instrument: str = "") -> None:
+        out.append(Rejected(0, cmd.ts_ns, cmd.participant_id, reason, ref, 0, instrument))  # type: ignore[attr-defined]
+
+    def _is_operator(self, participant_id: int) -> bool:
+        if participant_id == SYSTEM_ID:
+            return True
+        who = self.participants.get(participant_id)
+        return who is not None and who.role == ROLE.OPERATOR
+
+    def _is_poor(self, participant_id: int) -> bool:
+        who = self.participants.get(participant_id)
+        return who is not None and who.poor_verified
+
+    def _has_role(self, participant_id: int, roles: Iterable[ParticipantRole]) -> bool:
+        who = self.participants.get(participant_id)
+        return who is not None and who.role in roles
+
+    def _credit_payable(self, payee_id: int, kind: SourceKind, ref_id: int, amount_fen: int) -> None:
+        if amount_fen:
+            self.payables.setdefault(payee_id, []).append(PayableSource(kind, ref_id, amount_fen))
+
+    def _take_payable(self, payee_id: int, amount_fen: int) -> list[PayableSource]:
+        """Take ``amount_fen`` off the front of the payee's payable sources (oldest first)."""
+        fifo = self.payables.get(payee_id, [])
+        taken: list[PayableSource] = []
+        while amount_fen:
+            head = fifo[0]
+            part = min(head.amount_fen, amount_fen)
+            taken.append(PayableSource(head.kind, head.ref_id, part))
+            amount_fen -= part
+            head.amount_fen -= part
+            if not head.amount_fen:
+                fifo.pop(0)
+        return taken
+
+    def _participant_event(self, who: Participant, by: int, ts_ns: int) -> ParticipantChanged:
+        return ParticipantChanged(0, ts_ns, who.participant_id, who.role, who.name, who.bank_account[-4:],
+                                  who.bank_verified, who.poor_verified, by)
+
+    # ------------------------------------------------------------------------------ participants
+
+    def _register_participant(self, cmd: RegisterParticipant, out: list) -> None:
+        ref = f"U{cmd.subject_id}"
+        if not self._is_operator(cmd.participant_id):
+            return self._reject(cmd, R.NOT_AUTHORIZED, ref, out)
+        if not _valid_profile(cmd):
+            return self._reject(cmd, R.INVALID_PARTICIPANT, ref, out)
+        existing = self.participants.get(cmd.subject_id)
+        if existing is not None:
+            same = (existing.role, existing.name, existing.id_number_masked) == (cmd.role, cmd.name,
+                                                                                cmd.id_number_masked)
+            if not same:
+                return self._reject(cmd, R.DUPLICATE_REFERENCE, ref, out)
+            out.append(self._participant_event(existing, cmd.participant_id, cmd.ts_ns))
+            return None
+        who = Participant(cmd.subject_id, cmd.role, cmd.name.strip(), cmd.id_number_masked, cmd.bank_account.strip(),
+                          False, cmd.poor_registration_no.strip(), False)
+        self.participants[cmd.subject_id] = who
+        out.append(self._participant_event(who, cmd.participant_id, cmd.ts_ns))
+        return None
+
+    def _update_participant(self, cmd: UpdateParticipant, out: list) -> None:
+        ref = f"U{cmd.subject_id}"
+        who = self.participants.get(cmd.subject_id)
+        if cmd.participant_id != cmd.subject_id and not self._is_operator(cmd.participant_id):
+            return self._reject(cmd, R.NOT_AUTHORIZED, ref, out)
+        if who is None:
+            return self._reject(cmd, R.UNKNOWN_PARTICIPANT, ref, out)
+        if not cmd.name.strip() or len(cmd.name) > 100 or len(cmd.bank_account) > 64:
+            return self._reject(cmd, R.INVALID_PARTICIPANT, ref, out)
+        bank = cmd.bank_account.strip()
+        if bank != who.bank_account:
+            who.bank_account = bank
+            who.bank_verified = False  # a new account must be verified again before money goes there
+        who.name = cmd.name.strip()
+        out.append(self._participant_event(who, cmd.participant_id, cmd.ts_ns))
+        return None
+
+    def _verify_bank_account(self, cmd: VerifyBankAccount, out: list) -> None:
+        ref = f"U{cmd.subject_id}"
+        if not self._is_operator(cmd.participant_id):
+            return self._reject(cmd, R.NOT_AUTHORIZED, ref, out)
+        who = self.participants.get(cmd.subject_id)
+        if who is None:
+            return self._reject(cmd, R.UNKNOWN_PARTICIPANT, ref, out)
+        if not who.bank_account or cmd.bank_account.strip() != who.bank_account:
+            return self._reject(cmd, R.INVALID_PARTICIPANT, ref, out)
+        who.bank_verified = True
+        out.append(self._participant_event(who, cmd.participant_id, cmd.ts_ns))
+        return None
+
+    def _verify_poor_household(self, cmd: VerifyPoorHousehold, out: list) -> None:
+        ref = f"U{cmd.subject_id}"
+        if not self._is_operator(cmd.participant_id):
+            return self._reject(cmd, R.NOT_AUTHORIZED, ref, out)
+        who = self.participants.get(cmd.subject_id)
+        if who is None:
+            return self._reject(cmd, R.UNKNOWN_PARTICIPANT, ref, out)
+        number = cmd.registration_no.strip()
+        if who.role != ROLE.FARMER or (cmd.verified and not number) or len(number) > 32:
+            return self._reject(cmd, R.INVALID_PARTICIPANT, ref, out)
+        if cmd.verified:
+            who.poor_registration_no = number
+        who.poor_verified = cmd.verified
+        out.append(self._participant_event(who, cmd.participant_id, cmd.ts_ns))
+        return None
+
+    def _set_cooperative_members(self, cmd: SetCooperativeMembers, out: list) -> None:
+        ref = f"U{cmd.cooperative_id}"
+        if not self._is_operator(cmd.participant_id):
+            return self._reject(cmd, R.NOT_AUTHORIZED, ref, out)
+        coop = self.participants.get(cmd.cooperative_id)
+        if coop is None:
+            return self._reject(cmd, R.UNKNOWN_PARTICIPANT, ref, out)
+        if coop.role != ROLE.COOPERATIVE or not self._valid_shares(cmd.member_ids, cmd.shares_bps):
+            return self._reject(cmd, R.INVALID_SHARES, ref, out)
+        coop.member_ids = list(cmd.member_ids)
+        coop.shares_bps = list(cmd.shares_bps)
+        out.append(CooperativeMembersSet(0, cmd.ts_ns, cmd.cooperative_id, cmd.member_ids, cmd.shares_bps))
+        return None
+
+    def _valid_shares(self, member_ids: tuple[int, ...], shares_bps: tuple[int, ...]) -> bool:
+        return (
+            len(member_ids) == len(shares_bps)
+            and len(set(member_ids)) == len(member_ids)
+            and all(self._has_role(m, (ROLE.FARMER,)) for m in member_ids)
+            and all(share > 0 for share in shares_bps)
+            and sum(shares_bps) <= rules.BPS
+        )
+
+    def _set_consent(self, cmd: SetConsent, out: list) -> None:
+        ref = f"F{cmd.financier_id}"
+        who = self.participants.get(cmd.participant_id)
+        if who is None or who.role not in TRADING_ROLES:
+            return self._reject(cmd, R.UNKNOWN_PARTICIPANT, ref, out)
+        if not self._has_role(cmd.financier_id, (ROLE.FINANCIER,)):
+            return self._reject(cmd, R.UNKNOWN_PARTICIPANT, ref, out)
+        consents = set(who.consents)
+        if cmd.granted:
+            consents.add(cmd.financier_id)
+        else:
+            consents.discard(cmd.financier_id)
+        who.consents = sorted(consents)
+        out.append(ConsentChanged(0, cmd.ts_ns, cmd.participant_id, cmd.financier_id, cmd.granted))
+        return None
+
+    def has_consented(self, participant_id: int, financier_id: int) -> bool:
+        who = self.participants.get(participant_id)
+        return who is not None and financier_id in who.consents
+
+    # ------------------------------------------------------------------------ deposits, withdrawals
+
+    def _funds_owner_reason(self, account: FundsAccount, owner_id: int) -> R | None:
+        if account == FundsAccount.POVERTY_SUBSIDY_FUND:
+            return None if owner_id == 0 else R.INVALID_PARTICIPANT
+        roles = TRADING_ROLES if account == FundsAccount.TRADING_CASH else (ROLE.FINANCIER,)
+        return None if self._has_role(owner_id, roles) else R.UNKNOWN_PARTICIPANT
+
+    def _funds_account_id(self, account: FundsAccount, owner_id: int, ts_ns: int) -> int:
+        code = FUNDS_CODE[account]
+        return int(code) if code in HOUSE else self._account_id(code, owner_id, 0, ts_ns)
+
+    def _confirm_deposit(self, cmd: ConfirmDeposit, out: list) -> None:
+        ref = cmd.deposit_ref
+        if not self._is_operator(cmd.participant_id):
+            return self._reject(cmd, R.NOT_AUTHORIZED, ref, out)
+        if not 0 < len(ref) <= MAX_REF_LEN or cmd.amount_fen <= 0 or type(cmd.amount_fen) is not int:
+            return self._reject(cmd, R.INVALID_AMOUNT, ref, out)
+        done = self.deposits.get(ref)
+        if done is not None:
+            if (done.owner_id, done.account, done.amount_fen) != (cmd.owner_id, cmd.account, cmd.amount_fen):
+                return self._reject(cmd, R.DUPLICATE_REFERENCE, ref, out)
+            out.append(FundsDeposited(0, done.ts_ns, done.owner_id, done.account, done.amount_fen, ref,
+                                      done.transfer_id))
+            return None
+        reason = self._funds_owner_reason(cmd.account, cmd.owner_id)
+        if reason is not None:
+            return self._reject(cmd, reason, ref, out)
+        account_id = self._funds_account_id(cmd.account, cmd.owner_id, cmd.ts_ns)
+        tid = self._next_tid()
+        self._commit([Transfer(tid, _BANK, account_id, cmd.amount_fen, TC.DEPOSIT, 0)], cmd.ts_ns)
+        self.deposits[ref] = Deposit(ref, cmd.owner_id, cmd.account, cmd.amount_fen, tid, cmd.ts_ns)
+        out.append(FundsDeposited(0, cmd.ts_ns, cmd.owner_id, cmd.account, cmd.amount_fen, ref, tid))
+        return None
+
+    def _request_withdrawal(self, cmd: RequestWithdrawal, out: list) -> None:
+        ref, owner = cmd.withdrawal_ref, cmd.participant_id
+        if not 0 < len(ref) <= MAX_REF_LEN or cmd.amount_fen <= 0 or type(cmd.amount_fen) is not int:
+            return self._reject(cmd, R.INVALID_AMOUNT, ref, out)
+        done = self.withdrawals.get((owner, ref))
+        if done is not None:
+            if (done.account, done.amount_fen) != (cmd.account, cmd.amount_fen):
+                return self._reject(cmd, R.DUPLICATE_REFERENCE, ref, out)
+            out.append(WithdrawalRequested(0, done.ts_ns, owner, done.account, done.amount_fen, ref, done.pending_id))
+            return None
+        if cmd.account == FundsAccount.POVERTY_SUBSIDY_FUND:
+            return self._reject(cmd, R.NOT_AUTHORIZED, ref, out)
+        reason = self._funds_owner_reason(cmd.account, owner)
+        if reason is not None:
+            return self._reject(cmd, reason, ref, out)
+        if not self.participants[owner].bank_verified:
+            return self._reject(cmd, R.BANK_ACCOUNT_NOT_VERIFIED, ref, out)
+        account_id = self._funds_account_id(cmd.account, owner, cmd.ts_ns)
+        if self.ledger.available_fen(account_id) < cmd.amount_fen:
+            return self._reject(cmd, R.INSUFFICIENT_FUNDS, ref, out)
+        tid = self._next_tid()
+        self._commit([Transfer(tid, account_id, _BANK, cmd.amount_fen, TC.WITHDRAWAL, 0, _PENDING)], cmd.ts_ns)
+        self.withdrawals[(owner, ref)] = Withdrawal(owner, ref, cmd.account, cmd.amount_fen, tid, cmd.ts_ns)
+        out.append(WithdrawalRequested(0, cmd.ts_ns, owner, cmd.account, cmd.amount_fen, ref, tid))
+        return None
+
+    def _confirm_withdrawal(self, cmd: ConfirmWithdrawal, out: list) -> None:
+        ref = cmd.withdrawal_ref
+        if not self._is_operator(cmd.participant_id):
+            return self._reject(cmd, R.NOT_AUTHORIZED, ref, out)
+        w = self.withdrawals.get((cmd.owner_id, ref))
+        if w is None:
+            return self._reject(cmd, R.UNKNOWN_REFERENCE, ref, out)
+        outcome = WithdrawalState.PAID if cmd.ok else WithdrawalState.FAILED
+        if w.state != WithdrawalState.PENDING:
+            if (w.state, w.bank_ref) != (outcome, cmd.bank_ref):
+                return self._reject(cmd, R.INVALID_PAYOUT_STATE, ref, out)
+        else:
+            flag, code = (_POST, TC.WITHDRAWAL) if cmd.ok else (_VOID, TC.WITHDRAWAL)
+            self._commit([Transfer(self._next_tid(), 0, 0, 0, code, 0, flag, w.pending_id)], cmd.ts_ns)
+            w.state, w.bank_ref = outcome, cmd.bank_ref
+        out.append(WithdrawalCompleted(0, cmd.ts_ns, w.owner_id, ref, w.amount_fen, cmd.ok, w.bank_ref))
+        return None
+
+    # ------------------------------------------------------------------------- delivery and disputes
+
+    def _trade_for(self, cmd: object, trade_id: int, out: list) -> TradeRecord | None:
+        trade = self.trades.get(trade_id)
+        if trade is None:
+            self._reject(cmd, R.UNKNOWN_TRADE, f"T{trade_id}", out)
+        return trade
+
+    def _record_weigh_in(self, cmd: RecordWeighIn, out: list) -> None:
+        ref = f"T{cmd.trade_id}"
+        trade = self._trade_for(cmd, cmd.trade_id, out)
+        if trade is None:
+            return None
+        if cmd.participant_id != trade.seller_id and not self._is_operator(cmd.participant_id):
+            return self._reject(cmd, R.NOT_AUTHORIZED, ref, out, trade.instrument)
+        if trade.state != TradeState.OPEN:
+            return self._reject(cmd, R.INVALID_TRADE_STATE, ref, out, trade.instrument)
+        if not cmd.quarantine_checked or not cmd.quarantine_cert.strip():
+            return self._reject(cmd, R.QUARANTINE_NOT_CHECKED, ref, out, trade.instrument)
+        if not _valid_delivery(trade.heads, cmd.heads_delivered, cmd.total_weight_g):
+            return self._reject(cmd, R.INVALID_DELIVERY, ref, out, trade.instrument)
+        spec = self.instruments[trade.instrument]
+        terms = rules.delivery_terms(spec, trade.price_fen, trade.obligation_fen, cmd.heads_delivered,
+                                     cmd.total_weight_g)
+        refund = trade.obligation_fen - terms.amount_fen
+        chain = self._Chain(self)
+        receivable = self._account_id(AC.SELLER_RECEIVABLE, trade.seller_id, 0, cmd.ts_ns)
+        chain.add(_ESCROW, receivable, terms.amount_fen, TC.SETTLEMENT, trade.trade_id)
+        chain.add(_ESCROW, trade.source_account_id, refund, TC.DELIVERY_ADJUSTMENT, trade.trade_id)
+        chain.commit(cmd.ts_ns)
+        trade.state = TradeState.DELIVERED
+        trade.heads_delivered, trade.total_weight_g = cmd.heads_delivered, cmd.total_weight_g
+        trade.avg_weight_g, trade.grade = terms.avg_weight_g, terms.grade
+        trade.discount_fen_per_kg = terms.discount_fen_per_kg
+        trade.quarantine_cert = cmd.quarantine_cert.strip()
+        trade.amount_fen, trade.refund_fen = terms.amount_fen, refund
+        trade.delivered_at_ns = cmd.ts_ns
+        trade.dispute_until_ns = cmd.ts_ns + spec.dispute_window_ns
+        heapq.heappush(self._deadlines, (trade.dispute_until_ns, trade.trade_id))
+        out.append(DeliveryRecorded(0, cmd.ts_ns, trade.trade_id, cmd.heads_delivered, cmd.total_weight_g,
+                                    terms.avg_weight_g, terms.grade, terms.discount_fen_per_kg, terms.amount_fen,
+                                    refund, trade.dispute_until_ns))
+        return None
+
+    def _open_dispute(self, cmd: OpenDispute, out: list) -> None:
+        ref = f"T{cmd.trade_id}"
+        trade = self._trade_for(cmd, cmd.trade_id, out)
+        if trade is None:
+            return None
+        if cmd.participant_id not in (trade.buyer_id, trade.seller_id):
+            return self._reject(cmd, R.NOT_AUTHORIZED, ref, out, trade.instrument)
+        if trade.state != TradeState.DELIVERED:
+            return self._reject(cmd, R.INVALID_TRADE_STATE, ref, out, trade.instrument)
+        if cmd.ts_ns >= trade.dispute_until_ns:
+            return self._reject(cmd, R.DISPUTE_WINDOW_CLOSED, ref, out, trade.instrument)
+        trade.state = TradeState.DISPUTED
+        trade.disputed_by, trade.dispute_reason = cmd.participant_id, cmd.reason[:500]
+        out.append(DisputeOpened(0, cmd.ts_ns, trade.trade_id, cmd.participant_id, trade.dispute_reason))
+        return None
+
+    def _resolve_dispute(self, cmd: ResolveDispute, out: list) -> None:
+        ref = f"T{cmd.trade_id}"
+        if not self._is_operator(cmd.participant_id):
+            return self._reject(cmd, R.NOT_AUTHORIZED, ref, out)
+        trade = self._trade_for(cmd, cmd.trade_id, out)
+        if trade is None:
+            return None
+        if trade.state != TradeState.DISPUTED:
+            return self._reject(cmd, R.INVALID_TRADE_STATE, ref, out, trade.instrument)
+        if type(cmd.amount_fen) is not int or not 0 <= cmd.amount_fen <= trade.amount_fen:
+            return self._reject(cmd, R.INVALID_AMOUNT, ref, out, trade.instrument)
+        self._refund_from_receivable(trade, trade.amount_fen - cmd.amount_fen, cmd.ts_ns)
+        out.append(DeliveryResolved(0, cmd.ts_ns, trade.trade_id, trade.amount_fen, trade.refund_fen, False,
+                                    cmd.participant_id))
+        self._settle(trade, cmd.ts_ns, out)
+        return None
+
+    def _reject_delivery(self, cmd: RejectDelivery, out: list) -> None:
+        ref = f"T{cmd.trade_id}"
+        trade = self._trade_for(cmd, cmd.trade_id, out)
+        if trade is None:
+            return None
+        if cmd.participant_id != trade.buyer_id:
+            return self._reject(cmd, R.NOT_AUTHORIZED, ref, out, trade.instrument)
+        if trade.state not in (TradeState.DELIVERED, TradeState.DISPUTED):
+            return self._reject(cmd, R.INVALID_TRADE_STATE, ref, out, trade.instrument)
+        if trade.grade != DeliveryGrade.OUT_OF_GRADE:
+            return self._reject(cmd, R.DELIVERY_NOT_REJECTABLE, ref, out, trade.instrument)
+        if cmd.ts_ns >= trade.dispute_until_ns:
+            return self._reject(cmd, R.DISPUTE_WINDOW_CLOSED, ref, out, trade.instrument)
+        self._refund_from_receivable(trade, trade.amount_fen, cmd.ts_ns)
+        trade.state = TradeState.REJECTED
+        trade.settled_at_ns = cmd.ts_ns
+        out.append(DeliveryResolved(0, cmd.ts_ns, trade.trade_id, 0, trade.refund_fen, True, cmd.participant_id))
+        return None
+
+    def _refund_from_receivable(self, trade: TradeRecord, refund_fen: int, ts_ns: int) -> None:
+        chain = self._Chain(self)
+        receivable = self.accounts[(AC.SELLER_RECEIVABLE, trade.seller_id, 0)]
+        chain.add(receivable, trade.source_account_id, refund_fen, TC.DELIVERY_ADJUSTMENT, trade.trade_id)
+        chain.commit(ts_ns)
+        trade.amount_fen -= refund_fen
+        trade.refund_fen += refund_fen
+
+    # ------------------------------------------------------------------------------------- settlement
+
+    def _settle(self, trade: TradeRecord, ts_ns: int, out: list) -> None:
+        """Pay the trade's amount out of the seller's receivable: fee, advances, payable, split."""
+        seller, amount, tid = trade.seller_id, trade.amount_fen, trade.trade_id
+        poor = self._is_poor(seller)
+        day = rules.cst_day(ts_ns)
+        advances = self._seller_advances(trade)
+        for loan in advances:  # interest up to today's midnight first; a poor household's from the fund
+            self._accrue(loan, day, ts_ns, out)
+            self._collect_subsidised_interest(loan, ts_ns, out, tid)
+        if trade.financier_id and amount:
+            self._draw_credit_line(trade, day, ts_ns, out)
+        receivable = self.accounts[(AC.SELLER_RECEIVABLE, seller, 0)]
+        chain = self._Chain(self)
+        fee = rules.fee_fen(amount, self.fee_bps.get(trade.instrument, 0))
+        if poor:
+            trade.fee_subsidy_fen = min(fee, self._balance(AC.POVERTY_SUBSIDY_FUND))
+            trade.fee_forgone_fen = fee - trade.fee_subsidy_fen
+            chain.add(_SUBSIDY, _FEES, trade.fee_subsidy_fen, TC.FEE_SUBSIDY, tid)
+        else:
+            trade.fee_fen = fee
+            chain.add(receivable, _FEES, fee, TC.FEE, tid)
+        left = amount - trade.fee_fen
+        repaid: list[tuple[Loan, int, int]] = []
+        for loan in advances:
+            interest = 0 if poor else min(loan.interest_due_fen, left)
+            principal = min(loan.principal_fen, left - interest)
+            left -= interest + principal
+            self._repayment_legs(chain, loan, receivable, interest, principal, tid, ts_ns)
+            repaid.append((loan, interest, principal))
+        payable = self._account_id(AC.FARMER_PAYABLE, seller, 0, ts_ns)
+        chain.add(receivable, payable, left, TC.SETTLEMENT, tid)
+        splits = self._split_legs(chain, trade, payable, left, ts_ns)
+        chain.commit(ts_ns)
+        self._after_settlement(trade, left, splits, repaid, ts_ns, out)
+
+    def _seller_advances(self, trade: TradeRecord) -> list[Loan]:
+        """The seller's open advances: the trade's own first, then by loan id."""
+        loans = [self.loans[i] for i in self._loans_by_borrower.get(trade.seller_id, ())]
+        advances = [loan for loan in loans if loan.kind == LoanKind.ADVANCE and loan.is_open]
+        advances.sort(key=lambda loan: (loan.loan_id != trade.advance_loan_id, loan.loan_id))
+        return advances
+
+    def _repayment_legs(
+        self, chain: Clearing._Chain, loan: Loan, payer: int, interest: int, principal: int, ref: int, ts_ns: int
+    ) -> None:
+        """Cash from ``payer`` to the financier's funds, and the claims closed by as much."""
+        fin, borrower = loan.financier_id, loan.borrower_id
+        funds = self._account_id(AC.FINANCIER_FUNDS, fin, 0, ts_ns)
+        if interest:
+            chain.add(payer, funds, interest, TC.INTEREST_PAYMENT, ref)
+            chain.add(self._account_id(AC.INTEREST_INCOME, fin, 0, ts_ns),
+                      self._account_id(AC.INTEREST_RECEIVABLE, fin, borrower, ts_ns),
+                      interest, TC.INTEREST_PAYMENT, loan.loan_id)
+        if principal:
+            chain.add(payer, funds, principal, TC.REPAYMENT, ref)
+            chain.add(self._account_id(AC.LOANS_FUNDED, fin, borrower, ts_ns),
+                      self._account_id(AC.LOANS_RECEIVABLE, fin, borrower, ts_ns),
+                      principal, TC.REPAYMENT, loan.loan_id)
+
+    def _split_legs(
+        self, chain: Clearing._Chain, trade: TradeRecord, payable: int, net_fen: int, ts_ns: int
+    ) -> list[tuple[int, int]]:
+        coop = self.participants.get(trade.seller_id)
+        if coop is None or coop.role != ROLE.COOPERATIVE or not coop.member_ids:
+            return []
+        parts = rules.cooperative_split_fen(net_fen, tuple(coop.shares_bps))
+        splits = list(zip(coop.member_ids, parts, strict=True))
+        for member_id, part in splits:
+            member_payable = self._account_id(AC.FARMER_PAYABLE, member_id, 0, ts_ns)
+            chain.add(payable, member_payable, part, TC.COOP_SPLIT, trade.trade_id)
+        return splits
+
+    def _after_settlement(
+        self, trade: TradeRecord, net_fen: int, splits: list[tuple[int, int]], repaid: list[tuple[Loan, int, int]],
+        ts_ns: int, out: list,
+    ) -> None:
+        tid = trade.trade_id
+        for loan, interest, principal in repaid:
+            self._loan_repaid(loan, interest, principal, LoanPayer.BORROWER, tid, ts_ns, out)
+            trade.interest_paid_fen += interest
+            trade.principal_repaid_fen += principal
+        trade.payable_fen = net_fen
+        trade.state = TradeState.SETTLED
+        trade.settled_at_ns = ts_ns
+        self._credit_payable(trade.seller_id, SourceKind.TRADE, tid, net_fen - sum(part for _, part in splits))
+        out.append(TradeSettled(0, ts_ns, tid, trade.seller_id, trade.amount_fen, trade.fee_fen, trade.fee_subsidy_fen,
+                                trade.fee_forgone_fen, trade.interest_paid_fen, trade.principal_repaid_fen, net_fen))
+        for member_id, part in splits:
+            self._credit_payable(member_id, SourceKind.COOP_SPLIT, tid, part)
+            out.append(CooperativeSplitPaid(0, ts_ns, tid, trade.seller_id, member_id, part))
+
+    def _loan_repaid(
+        self, loan: Loan, interest: int, principal: int, payer: LoanPayer, ref: int, ts_ns: int, out: list
+    ) -> None:
+        if not interest and not principal:
+            return
+        loan.interest_due_fen -= interest
+        loan.principal_fen -= principal
+        loan.principal_repaid_fen += principal
+        if payer == LoanPayer.SUBSIDY_FUND:
+            loan.interest_subsidised_fen += interest
+        else:
+            loan.interest_paid_fen += interest
+        out.append(LoanRepaid(0, ts_ns, loan.loan_id, loan.financier_id, loan.borrower_id, principal, interest,
+                              payer, ref))
+
+    # -------------------------------------------------------------------------------------- financing
+
+    def _accrue(self, loan: Loan, day: int, ts_ns: int, out: list) -> None:
+        """Charge the interest of every midnight since the loan's last accrual, on today's principal
+        (callers accrue before every change of principal, so it is the principal of those midnights)."""
+        days = day - loan.accrued_day
+        if days <= 0:
+            return
+        loan.accrued_day = day
+        interest, loan.carry = rules.accrue_interest(loan.principal_fen, loan.rate_bps, days, loan.carry)
+        if not interest:
+            return
+        fin = loan.financier_id
+        chain = self._Chain(self)
+        chain.add(self._account_id(AC.INTEREST_RECEIVABLE, fin, loan.borrower_id, ts_ns),
+                  self._account_id(AC.INTEREST_INCOME, fin, 0, ts_ns), interest, TC.INTEREST_ACCRUAL, loan.loan_id)
+        chain.commit(ts_ns)
+        loan.interest_due_fen += interest
+        loan.interest_accrued_fen += interest
+        out.append(InterestAccrued(0, ts_ns, loan.loan_id, fin, loan.borrower_id, day, days, interest))
+
+    def _collect_subsidised_interest(self, loan: Loan, ts_ns: int, out: list, ref: int) -> None:
+        """A poor household's accrued interest, paid by the subsidy fund as far as the fund reaches."""
+        if not loan.interest_due_fen or loan.kind != LoanKind.ADVANCE or not self._is_poor(loan.borrower_id):
+            return
+        interest = min(loan.interest_due_fen, self._balance(AC.POVERTY_SUBSIDY_FUND))
+        if not interest:
+            return
+        chain = self._Chain(self)
+        self._repayment_legs(chain, loan, _SUBSIDY, interest, 0, loan.loan_id, ts_ns)
+        chain.commit(ts_ns)
+        self._loan_repaid(loan, interest, 0, LoanPayer.SUBSIDY_FUND, ref, ts_ns, out)
+
+    def _new_loan(self, kind: LoanKind, financier_id: int, borrower_id: int, trade_id: int, rate_bps: int,
+                  ts_ns: int) -> Loan:
+        loan_id = self.counters.next_loan_id
+        self.counters.next_loan_id = loan_id + 1
+        loan = Loan(loan_id, kind, financier_id, borrower_id, trade_id, rate_bps, rules.cst_day(ts_ns))
+        self.loans[loan_id] = loan
+        self._loans_by_borrower.setdefault(borrower_id, []).append(loan_id)
+        return loan
+
+    def _lend_legs(self, chain: Clearing._Chain, loan: Loan, amount_fen: int, code: int, ts_ns: int) -> None:
+        fin, borrower = loan.financier_id, loan.borrower_id
+        chain.add(self._account_id(AC.LOANS_RECEIVABLE, fin, borrower, ts_ns),
+                  self._account_id(AC.LOANS_FUNDED, fin, borrower, ts_ns), amount_fen, code, loan.loan_id)
+
+    def _draw_credit_line(self, trade: TradeRecord, day: int, ts_ns: int, out: list) -> None:
+        """A credit-funded trade settles: the financier's money paid the seller; the buyer owes it."""
+        line = self.credit_lines[(trade.buyer_id, trade.financier_id)]
+        loan = self.loans[line.loan_id]
+        self._accrue(loan, day, ts_ns, out)
+        chain = self._Chain(self)
+        self._lend_legs(chain, loan, trade.amount_fen, TC.CREDIT_LINE_DRAW, ts_ns)
+        chain.commit(ts_ns)
+        loan.principal_fen += trade.amount_fen
+        loan.lent_fen += trade.amount_fen
+        out.append(LoanDrawn(0, ts_ns, loan.loan_id, loan.financier_id, loan.borrower_id, trade.trade_id,
+                             trade.amount_fen))
+
+    def _financier_reason(self, cmd: object, borrower_id: int, amount_fen: int, rate_bps: int | None) -> R | None:
+        financier_id = cmd.participant_id  # type: ignore[attr-defined]
+        if not self._has_role(financier_id, (ROLE.FINANCIER,)):
+            return R.NOT_AUTHORIZED
+        if not self._has_role(borrower_id, TRADING_ROLES):
+            return R.UNKNOWN_PARTICIPANT
+        if not self.has_consented(borrower_id, financier_id):
+            return R.NO_CONSENT
+        if type(amount_fen) is not int or amount_fen <= 0:
+            return R.INVALID_AMOUNT
+        if rate_bps is not None and not 0 <= rate_bps <= MAX_RATE_BPS:
+            return R.INVALID_SETTINGS
+        return None
+
+    def _grant_credit_line(self, cmd: GrantCreditLine, out: list) -> None:
+        ref, fin = f"L{cmd.buyer_id}", cmd.participant_id
+        reason = self._financier_reason(cmd, cmd.buyer_id, cmd.amount_fen, cmd.rate_bps)
+        if reason is None and self._balance(AC.FINANCIER_FUNDS, fin) < cmd.amount_fen:
+            reason = R.INSUFFICIENT_FUNDS
+        if reason is not None:
+            return self._reject(cmd, reason, ref, out)
+        line = self.credit_lines.get((cmd.buyer_id, fin))
+        if line is None:
+            loan = self._new_loan(LoanKind.CREDIT_LINE, fin, cmd.buyer_id, 0, cmd.rate_bps, cmd.ts_ns)
+            account_id = self._account_id(AC.BUYER_CREDIT_LINE, cmd.buyer_id, fin, cmd.ts_ns)
+            line = CreditLine(fin, cmd.buyer_id, account_id, loan.loan_id)
+            self.credit_lines[(cmd.buyer_id, fin)] = line
+            lines = self._lines_by_buyer.setdefault(cmd.buyer_id, [])
+            lines.append(line)
+            lines.sort(key=lambda x: x.financier_id)
+        loan = self.loans[line.loan_id]
+        self._accrue(loan, rules.cst_day(cmd.ts_ns), cmd.ts_ns, out)  # the old rate up to today
+        loan.rate_bps = cmd.rate_bps
+        chain = self._Chain(self)
+        chain.add(self._account_id(AC.FINANCIER_FUNDS, fin, 0, cmd.ts_ns), line.account_id, cmd.amount_fen,
+                  TC.CREDIT_LINE_GRANT, cmd.buyer_id)
+        chain.commit(cmd.ts_ns)
+        line.granted_fen += cmd.amount_fen
+        out.append(CreditLineChanged(0, cmd.ts_ns, fin, cmd.buyer_id, cmd.rate_bps, cmd.amount_fen,
+                                     self.ledger.available_fen(line.account_id)))
+        return None
+
+    def _reduce_credit_line(self, cmd: ReduceCreditLine, out: list) -> None:
+        ref, fin = f"L{cmd.buyer_id}", cmd.participant_id
+        line = self.credit_lines.get((cmd.buyer_id, fin))
+        if not self._has_role(fin, (ROLE.FINANCIER,)):
+            return self._reject(cmd, R.NOT_AUTHORIZED, ref, out)
+        if line is None:
+            return self._reject(cmd, R.UNKNOWN_REFERENCE, ref, out)
+        if type(cmd.amount_fen) is not int or cmd.amount_fen <= 0:
+            return self._reject(cmd, R.INVALID_AMOUNT, ref, out)
+        if self.ledger.available_fen(line.account_id) < cmd.amount_fen:
+            return self._reject(cmd, R.INSUFFICIENT_FUNDS, ref, out)
+        chain = self._Chain(self)
+        chain.add(line.account_id, self.accounts[(AC.FINANCIER_FUNDS, fin, 0)], cmd.amount_fen,
+                  TC.CREDIT_LINE_REDUCE, cmd.buyer_id)
+        chain.commit(cmd.ts_ns)
+        line.reduced_fen += cmd.amount_fen
+        out.append(CreditLineChanged(0, cmd.ts_ns, fin, cmd.buyer_id, self.loans[line.loan_id].rate_bps,
+                                     -cmd.amount_fen, self.ledger.available_fen(line.account_id)))
+        return None
+
+    def advance_limit_fen(self, trade: TradeRecord) -> int:
+        """The most a financier may advance on this trade (policy share of its estimated value)."""
+        spec = self.instruments[trade.instrument]
+        lot = self.lots.get(trade.lot_id)
+        declared_g = lot.avg_weight_g if lot is not None else spec.lot_avg_min_g
+        estimated = rules.estimated_value_fen(spec, trade.price_fen, trade.heads, declared_g)
+        return rules.advance_limit_fen(estimated, self.counters.advance_max_bps)
+
+    def _grant_advance(self, cmd: GrantAdvance, out: list) -> None:
+        ref, fin = f"T{cmd.trade_id}", cmd.participant_id
+        trade = self._trade_for(cmd, cmd.trade_id, out)
+        if trade is None:
+            return None
+        if trade.advance_loan_id:
+            loan = self.loans[trade.advance_loan_id]
+            if (loan.financier_id, loan.lent_fen, loan.rate_bps) != (fin, cmd.amount_fen, cmd.rate_bps):
+                return self._reject(cmd, R.DUPLICATE_REFERENCE, ref, out, trade.instrument)
+            out.append(AdvanceGranted(0, cmd.ts_ns, loan.loan_id, fin, loan.borrower_id, trade.trade_id,
+                                      loan.lent_fen, loan.rate_bps))
+            return None
+        reason = self._financier_reason(cmd, trade.seller_id, cmd.amount_fen, cmd.rate_bps)
+        if reason is None and trade.state != TradeState.OPEN:
+            reason = R.INVALID_TRADE_STATE
+        if reason is None and cmd.amount_fen > self.advance_limit_fen(trade):
+            reason = R.ADVANCE_TOO_LARGE
+        if reason is None and self._balance(AC.FINANCIER_FUNDS, fin) < cmd.amount_fen:
+            reason = R.INSUFFICIENT_FUNDS
+        if reason is not None:
+            return self._reject(cmd, reason, ref, out, trade.instrument)
+        loan = self._new_loan(LoanKind.ADVANCE, fin, trade.seller_id, trade.trade_id, cmd.rate_bps, cmd.ts_ns)
+        chain = self._Chain(self)
+        chain.add(self.accounts[(AC.FINANCIER_FUNDS, fin, 0)],
+                  self._account_id(AC.FARMER_PAYABLE, trade.seller_id, 0, cmd.ts_ns),
+                  cmd.amount_fen, TC.ADVANCE, loan.loan_id)
+        self._lend_legs(chain, loan, cmd.amount_fen, TC.ADVANCE, cmd.ts_ns)
+        chain.commit(cmd.ts_ns)
+        loan.principal_fen = loan.lent_fen = cmd.amount_fen
+        trade.advance_loan_id = loan.loan_id
+        self._credit_payable(trade.seller_id, SourceKind.ADVANCE, loan.loan_id, cmd.amount_fen)
+        out.append(AdvanceGranted(0, cmd.ts_ns, loan.loan_id, fin, trade.seller_id, trade.trade_id, cmd.amount_fen,
+                                  cmd.rate_bps))
+        return None
+
+    def borrower_owes_fen(self, borrower_id: int, financier_id: int) -> int:
+        """What the borrower itself owes this financier: principal, and interest unless the subsidy
+        fund pays it (a poor household's advances)."""
+        total = 0
+        for loan in self._open_loans(borrower_id, financier_id):
+            total += loan.principal_fen + self._borrower_interest(loan)
+        return total
+
+    def _borrower_interest(self, loan: Loan) -> int:
+        subsidised = loan.kind == LoanKind.ADVANCE and self._is_poor(loan.borrower_id)
+        return 0 if subsidised else loan.interest_due_fen
+
+    def _open_loans(self, borrower_id: int, financier_id: int) -> list[Loan]:
+        loans = (self.loans[i] for i in self._loans_by_borrower.get(borrower_id, ()))
+        return [loan for loan in loans if loan.financier_id == financier_id and loan.is_open]
+
+    def _repay_loan(self, cmd: RepayLoan, out: list) -> None:
+        """Borrower: repay ``amount_fen`` to a financier over its loans by loan id, interest first;
+        credit-line loans from the borrower's cash, advances from its payable."""
+        ref, borrower, fin = f"F{cmd.financier_id}", cmd.participant_id, cmd.financier_id
+        if type(cmd.amount_fen) is not int or cmd.amount_fen <= 0:
+            return self._reject(cmd, R.INVALID_AMOUNT, ref, out)
+        day = rules.cst_day(cmd.ts_ns)
+        loans = self._open_loans(borrower, fin)
+        for loan in loans:
+            self._accrue(loan, day, cmd.ts_ns, out)
+        if not loans or cmd.amount_fen > self.borrower_owes_fen(borrower, fin):
+            return self._reject(cmd, R.INVALID_AMOUNT, ref, out)
+        plan, need = self._repayment_plan(loans, cmd.amount_fen)
+        for key, amount in need.items():
+            if self._balance(*key) < amount:
+                return self._reject(cmd, R.INSUFFICIENT_FUNDS, ref, out)
+        chain = self._Chain(self)
+        for loan, interest, principal in plan:
+            payer = self.accounts[_repayment_source(loan)]
+            self._repayment_legs(chain, loan, payer, interest, principal, loan.loan_id, cmd.ts_ns)
+        chain.commit(cmd.ts_ns)
+        for loan, interest, principal in plan:
+            if loan.kind == LoanKind.ADVANCE:
+                self._take_payable(borrower, interest + principal)
+            self._loan_repaid(loan, interest, principal, LoanPayer.BORROWER, 0, cmd.ts_ns, out)
+        return None
+
+    def _repayment_plan(
+        self, loans: list[Loan], amount_fen: int
+    ) -> tuple[list[tuple[Loan, int, int]], dict[tuple[int, int, int], int]]:
+        plan: list[tuple[Loan, int, int]] = []
+        need: dict[tuple[int, int, int], int] = {}
+        for loan in loans:
+            interest = min(self._borrower_interest(loan), amount_fen)
+            principal = min(loan.principal_fen, amount_fen - interest)
+            amount_fen -= interest + principal
+            if interest or principal:
+                plan.append((loan, interest, principal))
+                key = _repayment_source(loan)
+                need[key] = need.get(key, 0) + interest + principal
+        return plan, need
+
+    def _set_financing_policy(self, cmd: SetFinancingPolicy, out: list) -> None:
+        if not self._is_operator(cmd.participant_id):
+            return self._reject(cmd, R.NOT_AUTHORIZED, "", out)
+        if not 0 <= cmd.advance_max_bps <= rules.BPS:
+            return self._reject(cmd, R.INVALID_SETTINGS, "", out)
+        self.counters.advance_max_bps = cmd.advance_max_bps
+        out.append(FinancingPolicySet(0, cmd.ts_ns, cmd.advance_max_bps))
+        return None
+
+    def _set_fee_schedule(self, cmd: SetFeeSchedule, out: list) -> None:
+        if not self._is_operator(cmd.participant_id):
+            return self._reject(cmd, R.NOT_AUTHORIZED, "", out, cmd.instrument)
+        if cmd.instrument not in self.instruments:
+            return self._reject(cmd, R.UNKNOWN_INSTRUMENT, "", out, cmd.instrument)
+        if not 0 <= cmd.seller_fee_bps <= MAX_FEE_BPS:
+            return self._reject(cmd, R.INVALID_SETTINGS, "", out, cmd.instrument)
+        self.fee_bps[cmd.instrument] = cmd.seller_fee_bps
+        out.append(FeeScheduleSet(0, cmd.ts_ns, cmd.instrument, cmd.seller_fee_bps))
+        return None
+
+    # ----------------------------------------------------------------------------------------- payouts
+
+    def _payout_event(self, p: Payout, ts_ns: int) -> PayoutChanged:
+        return PayoutChanged(0, ts_ns, p.payout_id, p.run_id, p.payee_id, p.state, p.attempt, p.amount_fen,
+                             p.priority, p.bank_ref, p.reason, p.trade_ids)
+
+    def _run_payouts(self, cmd: RunPayouts, out: list) -> None:
+        ref = cmd.run_ref
+        if not self._is_operator(cmd.participant_id):
+            return self._reject(cmd, R.NOT_AUTHORIZED, ref, out)
+        if not 0 < len(ref) <= MAX_REF_LEN:
+            return self._reject(cmd, R.INVALID_AMOUNT, ref, out)
+        run = self.runs.get(ref)
+        if run is not None:
+            if run.poor_only != cmd.poor_only:
+                return self._reject(cmd, R.DUPLICATE_REFERENCE, ref, out)
+            out.append(PayoutRunCreated(0, run.ts_ns, run.run_id, ref, tuple(run.payout_ids), run.total_fen,
+                                        tuple(run.skipped_ids)))
+            return None
+        run_id = self.counters.next_run_id
+        self.counters.next_run_id = run_id + 1
+        run = PayoutRun(run_id, ref, cmd.poor_only, cmd.ts_ns, [], [], 0)
+        self.runs[ref] = run
+        for payee_id in self._payees(cmd.poor_only):
+            who = self.participants.get(payee_id)
+            if who is None or not who.bank_verified:
+                run.skipped_ids.append(payee_id)
+                continue
+            payout = self._create_payout(run, who, cmd.ts_ns)
+            out.append(self._payout_event(payout, cmd.ts_ns))
+        out.append(PayoutRunCreated(0, cmd.ts_ns, run_id, ref, tuple(run.payout_ids), run.total_fen,
+                                    tuple(run.skipped_ids)))
+        return None
+
+    def _payees(self, poor_only: bool) -> list[int]:
+        """Payees with money payable: registered poor households first, then by participant id."""
+        payees = []
+        for (code, owner, _), account_id in self.accounts.items():
+            if code == AC.FARMER_PAYABLE and self.ledger.available_fen(account_id) > 0:
+                poor = self._is_poor(owner)
+                if poor or not poor_only:
+                    payees.append((not poor, owner))
+        return [owner for _, owner in sorted(payees)]
+
+    def _create_payout(self, run: PayoutRun, who: Participant, ts_ns: int) -> Payout:
+        payable = self.accounts[(AC.FARMER_PAYABLE, who.participant_id, 0)]
+        amount = self.ledger.available_fen(payable)
+        payout_id = self.counters.next_payout_id
+        self.counters.next_payout_id = payout_id + 1
+        tid = self._next_tid()
+        self._commit([Transfer(tid, payable, _BANK, amount, TC.PAYOUT, payout_id, _PENDING)], ts_ns)
+        priority = PayoutPriority.SAME_DAY if who.poor_verified else PayoutPriority.NORMAL
+        sources = self._take_payable(who.participant_id, amount)
+        payout = Payout(payout_id, run.run_id, who.participant_id, amount, priority, tid, who.bank_account, sources,
+                        ts_ns, updated_at_ns=ts_ns)
+        self.payouts[payout_id] = payout
+        run.payout_ids.append(payout_id)
+        run.total_fen += amount
+        return payout
+
+    def _mark_payouts_sent(self, cmd: MarkPayoutsSent, out: list) -> None:
+        ref = cmd.file_ref
+        if not self._is_operator(cmd.participant_id):
+            return self._reject(cmd, R.NOT_AUTHORIZED, ref, out)
+        pairs = [tuple(p) for p in cmd.payouts]
+        sent = self.sent_files.get(ref)
+        if sent is not None:
+            if sent.payouts != pairs:
+                return self._reject(cmd, R.DUPLICATE_REFERENCE, ref, out)
+            for payout_id, _ in pairs:
+                out.append(self._payout_event(self.payouts[payout_id], cmd.ts_ns))
+            return None
+        if not 0 < len(ref) <= MAX_REF_LEN or not pairs or len(set(pairs)) != len(pairs):
+            return self._reject(cmd, R.INVALID_AMOUNT, ref, out)
+        for payout_id, attempt in pairs:
+            p = self.payouts.get(payout_id)
+            if p is None:
+                return self._reject(cmd, R.UNKNOWN_REFERENCE, f"P{payout_id}", out)
+            if p.state != PayoutState.PENDING or p.attempt != attempt:
+                return self._reject(cmd, R.INVALID_PAYOUT_STATE, f"P{payout_id}", out)
+        self.sent_files[ref] = SentFile(ref, pairs)
+        for payout_id, _ in pairs:
+            p = self.payouts[payout_id]
+            p.state, p.file_ref, p.updated_at_ns = PayoutState.SENT, ref, cmd.ts_ns
+            out.append(self._payout_event(p, cmd.ts_ns))
+        return None
+
+    def _import_bank_confirmations(self, cmd: ImportBankConfirmations, out: list) -> None:
+        ref = cmd.file_ref
+        if not self._is_operator(cmd.participant_id):
+            return self._reject(cmd, R.NOT_AUTHORIZED, ref, out)
+        if not 0 < len(ref) <= MAX_REF_LEN:
+            return self._reject(cmd, R.INVALID_AMOUNT, ref, out)
+        rows_hash = hashlib.blake2b(_ENCODER.encode(cmd.rows), digest_size=16).hexdigest()
+        done = self.bank_imports.get(ref)
+        if done is not None:
+            if done.rows_hash != rows_hash:
+                return self._reject(cmd, R.DUPLICATE_REFERENCE, ref, out)
+            out.append(BankImportApplied(0, cmd.ts_ns, ref, done.applied, done.duplicates, tuple(done.errors)))
+            return None
+        applied = duplicates = 0
+        errors: list[tuple[int, str]] = []
+        for row in cmd.rows:
+            outcome = self._apply_confirmation(row, cmd.ts_ns, out)
+            if outcome == "applied":
+                applied += 1
+            elif outcome == "duplicate":
+                duplicates += 1
+            else:
+                errors.append((row.payout_id, outcome))
+        self.bank_imports[ref] = BankImport(ref, rows_hash, applied, duplicates, errors)
+        out.append(BankImportApplied(0, cmd.ts_ns, ref, applied, duplicates, tuple(errors)))
+        return None
+
+    def _apply_confirmation(self, row: object, ts_ns: int, out: list) -> str:
+        """One bank answer: "applied", "duplicate" or why it was not applied."""
+        p = self.payouts.get(row.payout_id)  # type: ignore[attr-defined]
+        if p is None:
+            return "unknown payout"
+        ok, attempt, bank_ref = row.ok, row.attempt, row.bank_ref  # type: ignore[attr-defined]
+        if attempt != p.attempt:
+            return f"attempt {attempt} is not the current attempt {p.attempt}"
+        if p.state == PayoutState.CONFIRMED and ok and bank_ref == p.bank_ref:
+            return "duplicate"
+        if p.state == PayoutState.FAILED and not ok:
+            return "duplicate"
+        if p.state != PayoutState.SENT:
+            return f"payout is {p.state.name}"
+        if ok:
+            self._commit([Transfer(self._next_tid(), 0, 0, 0, TC.PAYOUT, 0, _POST, p.pending_id)], ts_ns)
+            p.state, p.bank_ref, p.reason = PayoutState.CONFIRMED, bank_ref, ""
+        else:
+            p.state, p.bank_ref, p.reason = PayoutState.FAILED, bank_ref, row.reason[:200]  # type: ignore[attr-defined]
+        p.updated_at_ns = ts_ns
+        out.append(self._payout_event(p, ts_ns))
+        return "applied"
+
+    def _retry_payout(self, cmd: RetryPayout, out: list) -> None:
+        ref = f"P{cmd.payout_id}"
+        p = self._failed_payout(cmd, ref, out, allow_pending=False)
+        if p is None:
+            return None
+        who = self.participants[p.payee_id]
+        if not who.bank_verified:
+            return self._reject(cmd, R.BANK_ACCOUNT_NOT_VERIFIED, ref, out)
+        p.state, p.attempt, p.bank_account = PayoutState.PENDING, p.attempt + 1, who.bank_account
+        p.file_ref = p.bank_ref = p.reason = ""
+        p.updated_at_ns = cmd.ts_ns
+        out.append(self._payout_event(p, cmd.ts_ns))
+        return None
+
+    def _return_payout(self, cmd: ReturnPayout, out: list) -> None:
+        ref = f"P{cmd.payout_id}"
+        p = self._failed_payout(cmd, ref, out, allow_pending=True)
+        if p is None:
+            return None
+        self._commit([Transfer(self._next_tid(), 0, 0, 0, TC.PAYOUT_RETURN, 0, _VOID, p.pending_id)], cmd.ts_ns)
+        # its money is payable again, still traceable to the same trades, ahead of newer proceeds
+        self.payables[p.payee_id] = [msgspec.structs.replace(s) for s in p.sources] + self.payables.get(p.payee_id, [])
+        p.state, p.updated_at_ns = PayoutState.RETURNED, cmd.ts_ns
+        out.append(self._payout_event(p, cmd.ts_ns))
+        return None
+
+    def _failed_payout(
+        self, cmd: RetryPayout | ReturnPayout, ref: str, out: list, allow_pending: bool
+    ) -> Payout | None:
+        if not self._is_operator(cmd.participant_id):
+            self._reject(cmd, R.NOT_AUTHORIZED, ref, out)
+            return None
+        p = self.payouts.get(cmd.payout_id)
+        if p is None:
+            self._reject(cmd, R.UNKNOWN_REFERENCE, ref, out)
+            return None
+        if p.state != PayoutState.FAILED and not (allow_pending and p.state == PayoutState.PENDING):
+            self._reject(cmd, R.INVALID_PAYOUT_STATE, ref, out)
+            return None
+        return p
+
+
+def _account(account_id: int, code: int, owner_id: int, user_data: int) -> Account:
+    return Account(account_id, code, owner_id, flags=CHART[code].limit_flags, user_data=user_data)
+
+
+def _repayment_source(loan: Loan) -> tuple[int, int, int]:
+    """Account key a borrower repays a loan from: its cash (credit lines) or its payable (advances)."""
+    code = AC.BUYER_CASH if loan.kind == LoanKind.CREDIT_LINE else AC.FARMER_PAYABLE
+    return (code, loan.borrower_id, 0)
+
+
+def _valid_profile(cmd: RegisterParticipant) -> bool:
+    """A name, a masked ID number (with ``*``, never a full one), and a poor-household number only
+    for a farmer."""
+    masked = cmd.id_number_masked
+    return (
+        cmd.subject_id > 0
+        and bool(cmd.name.strip())
+        and len(cmd.name) <= 100
+        and "*" in masked
+        and len(masked) <= 32
+        and sum(ch.isdigit() for ch in masked) <= 8
+        and len(cmd.bank_account) <= 64
+        and (not cmd.poor_registration_no or cmd.role == ROLE.FARMER)
+    )
+
+
+def _valid_delivery(heads_traded: int, heads_delivered: int, total_weight_g: int) -> bool:
+    if not 0 <= heads_delivered <= heads_traded or total_weight_g < 0:
+        return False
+    return (heads_delivered == 0) == (total_weight_g == 0)

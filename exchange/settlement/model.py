@@ -1,0 +1,248 @@
+"""The clearing's records: participants, holds, trades, loans, credit lines, payouts and their references.
+
+Plain mutable msgspec structs, so the whole clearing state encodes into one snapshot as it is. Every
+amount is integer fen, every weight integer grams. ``Clearing`` (clearing.py) is the only writer.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import msgspec
+
+from exchange.commands import FundsAccount, ParticipantRole
+from exchange.domain import InstrumentSpec, Lot
+from exchange.events import DeliveryGrade, LoanKind, PayoutPriority, PayoutState
+
+
+class Participant(msgspec.Struct, array_like=True):
+    participant_id: int
+    role: ParticipantRole
+    name: str
+    id_number_masked: str
+    bank_account: str = ""
+    bank_verified: bool = False
+    poor_registration_no: str = ""
+    poor_verified: bool = False
+    member_ids: list[int] = msgspec.field(default_factory=list)  # a cooperative's members
+    shares_bps: list[int] = msgspec.field(default_factory=list)
+    consents: list[int] = msgspec.field(default_factory=list)  # financiers it consented to, sorted
+
+
+class Hold(msgspec.Struct, array_like=True):
+    """The money a buy order reserves: ``remaining_heads x per_head_fen`` as one pending transfer."""
+
+    order_id: int
+    buyer_id: int
+    instrument: str
+    price_fen: int
+    per_head_fen: int
+    remaining_heads: int
+    pending_id: int  # the open ORDER_HOLD transfer
+    source_account_id: int  # BUYER_CASH or a BUYER_CREDIT_LINE
+    financier_id: int  # 0 for cash
+
+    @property
+    def held_fen(self) -> int:
+        return self.remaining_heads * self.per_head_fen
+
+
+class TradeState(IntEnum):
+    OPEN = 1  # obligation in escrow, waiting for the weigh-in
+    DELIVERED = 2  # weighed in: amount in the seller's receivable, dispute window open
+    DISPUTED = 3  # waiting for an operator
+    SETTLED = 4  # final
+    REJECTED = 5  # final: the buyer rejected an out-of-grade delivery and got everything back
+
+
+class TradeRecord(msgspec.Struct, array_like=True):
+    trade_id: int
+    instrument: str
+    buyer_id: int
+    seller_id: int
+    lot_id: int
+    buy_order_id: int
+    heads: int
+    price_fen: int
+    obligation_fen: int  # escrowed at the fill: heads x hold per head at the trade price
+    source_account_id: int  # where refunds go: the buyer's cash or credit line
+    financier_id: int  # 0: paid from cash; else the credit line's financier
+    traded_at_ns: int
+    state: TradeState = TradeState.OPEN
+    heads_delivered: int = 0
+    total_weight_g: int = 0
+    avg_weight_g: int = 0
+    grade: DeliveryGrade = DeliveryGrade.IN_GRADE
+    discount_fen_per_kg: int = 0
+    quarantine_cert: str = ""
+    delivered_at_ns: int = 0
+    dispute_until_ns: int = 0
+    disputed_by: int = 0
+    dispute_reason: str = ""
+    amount_fen: int = 0  # the final amount: the weigh-in's, or the operator's after a dispute
+    refund_fen: int = 0  # total returned to the buyer (obligation - amount)
+    advance_loan_id: int = 0
+    settled_at_ns: int = 0  # settlement or rejection time
+    fee_fen: int = 0
+    fee_subsidy_fen: int = 0
+    fee_forgone_fen: int = 0
+    interest_paid_fen: int = 0
+    principal_repaid_fen: int = 0
+    payable_fen: int = 0
+
+
+class Loan(msgspec.Struct, array_like=True):
+    """One financing: an advance to a seller, or a buyer's credit line (one loan per financier and buyer)."""
+
+    loan_id: int
+    kind: LoanKind
+    financier_id: int
+    borrower_id: int
+    trade_id: int  # the advance's trade; 0 for a credit line
+    rate_bps: int  # yearly
+    accrued_day: int  # interest is accrued through the midnight that began this CST day
+    principal_fen: int = 0  # outstanding
+    interest_due_fen: int = 0  # accrued, not yet paid
+    carry: int = 0  # fraction of a fen not yet charged, in 1/3,650,000 fen
+    lent_fen: int = 0
+    principal_repaid_fen: int = 0
+    interest_accrued_fen: int = 0
+    interest_paid_fen: int = 0  # by the borrower
+    interest_subsidised_fen: int = 0  # by the poverty subsidy fund
+
+    @property
+    def is_open(self) -> bool:
+        return self.principal_fen > 0 or self.interest_due_fen > 0
+
+
+class CreditLine(msgspec.Struct, array_like=True):
+    financier_id: int
+    buyer_id: int
+    account_id: int  # BUYER_CREDIT_LINE (owner buyer, user_data financier)
+    loan_id: int
+    granted_fen: int = 0  # cumulative
+    reduced_fen: int = 0  # cumulative
+
+
+class SourceKind(IntEnum):
+    TRADE = 1  # a settled trade's net proceeds
+    COOP_SPLIT = 2  # a member's share of its cooperative's trade
+    ADVANCE = 3  # an advance (ref: loan id)
+
+
+class PayableSource(msgspec.Struct, array_like=True):
+    """Where part of a payee's payable came from: what makes every payout traceable to its trades."""
+
+    kind: SourceKind
+    ref_id: int
+    amount_fen: int
+
+
+class Payout(msgspec.Struct, array_like=True):
+    payout_id: int
+    run_id: int
+    payee_id: int
+    amount_fen: int
+    priority: PayoutPriority
+    pending_id: int  # PAYOUT transfer held on the payee's payable until confirmed or returned
+    bank_account: str
+    sources: list[PayableSource]
+    created_at_ns: int
+    state: PayoutState = PayoutState.PENDING
+    attempt: int = 1
+    file_ref: str = ""  # the bank file of the current attempt
+    bank_ref: str = ""
+    reason: str = ""  # the bank's reason for a failure
+    updated_at_ns: int = 0
+
+    @property
+    def trade_ids(self) -> tuple[int, ...]:
+        return tuple(sorted({s.ref_id for s in self.sources if s.kind != SourceKind.ADVANCE}))
+
+
+class PayoutRun(msgspec.Struct, array_like=True):
+    run_id: int
+    run_ref: str
+    poor_only: bool
+    ts_ns: int
+    payout_ids: list[int]
+    skipped_ids: list[int]
+    total_fen: int
+
+
+class WithdrawalState(IntEnum):
+    PENDING = 1
+    PAID = 2
+    FAILED = 3
+
+
+class Withdrawal(msgspec.Struct, array_like=True):
+    owner_id: int
+    withdrawal_ref: str
+    account: FundsAccount
+    amount_fen: int
+    pending_id: int
+    ts_ns: int
+    state: WithdrawalState = WithdrawalState.PENDING
+    bank_ref: str = ""
+
+
+class Deposit(msgspec.Struct, array_like=True):
+    deposit_ref: str
+    owner_id: int
+    account: FundsAccount
+    amount_fen: int
+    transfer_id: int
+    ts_ns: int
+
+
+class SentFile(msgspec.Struct, array_like=True):
+    file_ref: str
+    payouts: list[tuple[int, int]]
+
+
+class BankImport(msgspec.Struct, array_like=True):
+    file_ref: str
+    rows_hash: str  # blake2b of the encoded rows: a different file under the same reference is refused
+    applied: int
+    duplicates: int
+    errors: list[tuple[int, str]]
+
+
+class AccountKey(msgspec.Struct, array_like=True):
+    code: int
+    owner_id: int
+    user_data: int
+    account_id: int
+
+
+class Counters(msgspec.Struct, array_like=True):
+    next_transfer_id: int = 1
+    next_account_id: int = 1000  # below 1000: the house accounts, numbered by their code
+    next_loan_id: int = 1
+    next_payout_id: int = 1
+    next_run_id: int = 1
+    last_accrual_day: int = 0
+    advance_max_bps: int = 7000
+
+
+class ClearingSnapshot(msgspec.Struct, array_like=True):
+    version: int
+    counters: Counters
+    ledger: bytes
+    accounts: list[AccountKey]
+    instruments: list[InstrumentSpec]
+    fee_bps: list[tuple[str, int]]
+    lots: list[Lot]
+    participants: list[Participant]
+    holds: list[Hold]
+    trades: list[TradeRecord]
+    loans: list[Loan]
+    credit_lines: list[CreditLine]
+    payables: list[tuple[int, list[PayableSource]]]
+    payouts: list[Payout]
+    runs: list[PayoutRun]
+    withdrawals: list[Withdrawal]
+    deposits: list[Deposit]
+    sent_files: list[SentFile]
+    bank_imports: list[BankImport]

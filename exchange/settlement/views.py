@@ -1,0 +1,235 @@
+"""Read-only views of the clearing: balances, financiers' views (consent only), the daily settlement report.
+
+Pure functions of a ``Clearing``: rows as msgspec structs, which the gateway serves as JSON, and
+``report_csv`` for the CSV download. Nothing here changes state. Statements (every posting of an
+account over a period) come from PostgreSQL instead: ``pgstore.statement``.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+from collections.abc import Sequence
+
+import msgspec
+
+from exchange.events import LoanKind
+from exchange.settlement.clearing import Clearing
+from exchange.settlement.ledger import CHART, AccountCode
+from exchange.settlement.model import Loan, TradeRecord, TradeState
+from exchange.settlement.rules import cst_day
+
+_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
+
+
+def day_to_date(day: int) -> str:
+    """A CST day number as ``YYYY-MM-DD``."""
+    return dt.date.fromordinal(_EPOCH_ORDINAL + day).isoformat()
+
+
+def date_to_day(date: str) -> int:
+    """``YYYY-MM-DD`` (a calendar day in China Standard Time) as a day number."""
+    return dt.date.fromisoformat(date).toordinal() - _EPOCH_ORDINAL
+
+
+class BalanceRow(msgspec.Struct, frozen=True):
+    account_id: int
+    kind: str  # AccountCode name
+    counterparty_id: int  # the financier of a credit line, the borrower of a loan account, else 0
+    balance_fen: int  # posted, in the account's normal direction
+    held_fen: int  # pending debits (order holds, payouts and withdrawals in flight)
+    available_fen: int  # balance - held, for credit-normal accounts
+
+
+def participant_balances(clearing: Clearing, participant_id: int) -> list[BalanceRow]:
+    """Every ledger account the participant owns, by account id."""
+    rows = []
+    for (code, owner, user_data), account_id in sorted(clearing.accounts.items(), key=lambda kv: kv[1]):
+        if owner != participant_id:
+            continue
+        a = clearing.ledger.account(account_id)
+        assert a is not None
+        debit_normal = CHART[code].normal_balance == "debit"
+        balance = a.debits_posted_fen - a.credits_posted_fen
+        if not debit_normal:
+            balance = -balance
+        held = a.debits_pending_fen
+        rows.append(BalanceRow(account_id, AccountCode(code).name, user_data, balance, held,
+                               balance if debit_normal else balance - held))
+    return rows
+
+
+class LoanRow(msgspec.Struct, frozen=True):
+    loan_id: int
+    kind: str
+    borrower_id: int
+    trade_id: int
+    rate_bps: int
+    lent_fen: int
+    principal_outstanding_fen: int
+    interest_due_fen: int
+    principal_repaid_fen: int
+    interest_accrued_fen: int
+    interest_paid_fen: int
+    interest_subsidised_fen: int
+
+
+class FinancedTradeRow(msgspec.Struct, frozen=True):
+    trade_id: int
+    instrument: str
+    side: str  # "buy": paid from the financier's credit line; "sell": the seller took an advance
+    state: str
+    heads: int
+    price_fen: int
+    obligation_fen: int
+    amount_fen: int  # the final amount once weighed in (0 before)
+    principal_repaid_fen: int
+    interest_paid_fen: int
+    settled_day: str  # "" until settled or rejected
+
+
+class FinancierView(msgspec.Struct, frozen=True):
+    """What a financier may see of one participant that consented to it."""
+
+    financier_id: int
+    participant_id: int
+    credit_line_available_fen: int
+    credit_line_held_fen: int
+    credit_line_granted_fen: int
+    credit_line_reduced_fen: int
+    exposure_fen: int  # principal + interest due + credit held for open bids + credit in escrow
+    loans: list[LoanRow]
+    trades: list[FinancedTradeRow]
+
+
+def financier_view(clearing: Clearing, financier_id: int, participant_id: int) -> FinancierView | None:
+    """The financier's view of one participant, or None without that participant's consent."""
+    if not clearing.has_consented(participant_id, financier_id):
+        return None
+    line = clearing.credit_lines.get((participant_id, financier_id))
+    available = held = granted = reduced = 0
+    if line is not None:
+        a = clearing.ledger.account(line.account_id)
+        assert a is not None
+        available = a.credits_posted_fen - a.debits_posted_fen - a.debits_pending_fen
+        held, granted, reduced = a.debits_pending_fen, line.granted_fen, line.reduced_fen
+    loans = [loan for loan in clearing.loans.values()
+             if loan.financier_id == financier_id and loan.borrower_id == participant_id]
+    trades = _financed_trades(clearing, financier_id, participant_id, loans)
+    in_escrow = sum(_unsettled_fen(t) for t in trades if t.side == "buy")
+    exposure = sum(loan.principal_fen + loan.interest_due_fen for loan in loans) + held + in_escrow
+    return FinancierView(financier_id, participant_id, available, held, granted, reduced, exposure,
+                         [_loan_row(loan) for loan in sorted(loans, key=lambda x: x.loan_id)], trades)
+
+
+def financier_portfolio(clearing: Clearing, financier_id: int) -> list[FinancierView]:
+    """The views of every participant that consented to this financier, by participant id."""
+    views = (financier_view(clearing, financier_id, pid) for pid in sorted(clearing.participants))
+    return [v for v in views if v is not None]
+
+
+def _unsettled_fen(row: FinancedTradeRow) -> int:
+    if row.state == TradeState.OPEN.name:
+        return row.obligation_fen
+    if row.state in (TradeState.DELIVERED.name, TradeState.DISPUTED.name):
+        return row.amount_fen
+    return 0
+
+
+def _financed_trades(
+    clearing: Clearing, financier_id: int, participant_id: int, loans: Sequence[Loan]
+) -> list[FinancedTradeRow]:
+    advanced = {loan.trade_id: loan for loan in loans if loan.kind == LoanKind.ADVANCE}
+    rows = []
+    for trade in clearing.trades.values():
+        if trade.buyer_id == participant_id and trade.financier_id == financier_id:
+            rows.append(_trade_row(trade, "buy"))
+        elif trade.seller_id == participant_id and trade.trade_id in advanced:
+            rows.append(_trade_row(trade, "sell"))
+    return sorted(rows, key=lambda r: (r.trade_id, r.side))
+
+
+def _trade_row(t: TradeRecord, side: str) -> FinancedTradeRow:
+    settled = day_to_date(cst_day(t.settled_at_ns)) if t.settled_at_ns else ""
+    return FinancedTradeRow(t.trade_id, t.instrument, side, t.state.name, t.heads, t.price_fen, t.obligation_fen,
+                            t.amount_fen, t.principal_repaid_fen, t.interest_paid_fen, settled)
+
+
+def _loan_row(loan: Loan) -> LoanRow:
+    return LoanRow(loan.loan_id, loan.kind.name, loan.borrower_id, loan.trade_id, loan.rate_bps, loan.lent_fen,
+                   loan.principal_fen, loan.interest_due_fen, loan.principal_repaid_fen, loan.interest_accrued_fen,
+                   loan.interest_paid_fen, loan.interest_subsidised_fen)
+
+
+class SettlementReportRow(msgspec.Struct, frozen=True):
+    """One trade that settled (or was rejected) on the report's day. Amounts in fen."""
+
+    date: str
+    trade_id: int
+    instrument: str
+    state: str
+    buyer_id: int
+    seller_id: int
+    seller_poor_household: bool
+    heads_traded: int
+    heads_delivered: int
+    total_weight_g: int
+    avg_weight_g: int
+    grade: str
+    price_fen: int
+    discount_fen_per_kg: int
+    obligation_fen: int
+    amount_fen: int
+    refund_fen: int
+    fee_fen: int
+    fee_subsidy_fen: int
+    fee_forgone_fen: int
+    interest_paid_fen: int
+    principal_repaid_fen: int
+    payable_fen: int
+    funded_by_financier_id: int
+
+
+REPORT_COLUMNS = tuple(SettlementReportRow.__struct_fields__)
+
+
+def daily_settlement_report(
+    clearing: Clearing, day: int, participant_id: int | None = None
+) -> list[SettlementReportRow]:
+    """Trades settled or rejected on CST ``day``, by trade id; with ``participant_id`` only that
+    participant's trades (as buyer or seller): what every participant may see of its own."""
+    rows = []
+    for t in clearing.trades.values():
+        if t.state not in (TradeState.SETTLED, TradeState.REJECTED) or cst_day(t.settled_at_ns) != day:
+            continue
+        if participant_id is not None and participant_id not in (t.buyer_id, t.seller_id):
+            continue
+        seller = clearing.participants.get(t.seller_id)
+        rows.append(SettlementReportRow(
+            day_to_date(day), t.trade_id, t.instrument, t.state.name, t.buyer_id, t.seller_id,
+            seller is not None and seller.poor_verified, t.heads, t.heads_delivered, t.total_weight_g,
+            t.avg_weight_g, t.grade.name, t.price_fen, t.discount_fen_per_kg, t.obligation_fen, t.amount_fen,
+            t.refund_fen, t.fee_fen, t.fee_subsidy_fen, t.fee_forgone_fen, t.interest_paid_fen,
+            t.principal_repaid_fen, t.payable_fen, t.financier_id,
+        ))  # fmt: skip
+    return sorted(rows, key=lambda r: r.trade_id)
+
+
+def report_csv(rows: Sequence[msgspec.Struct]) -> bytes:
+    """Rows of one struct type as CSV (UTF-8, header = field names, integers as they are)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    if rows:
+        fields = rows[0].__struct_fields__
+        writer.writerow(fields)
+        for row in rows:
+            writer.writerow([_cell(getattr(row, f)) for f in fields])
+    return out.getvalue().encode()
+
+
+def _cell(value: object) -> object:
+    """Text cells that a spreadsheet would run as a formula are quoted with a leading apostrophe."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
