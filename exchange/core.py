@@ -162,29 +162,33 @@ class Core:
             return R.INVALID_ORDER
         if (cmd.participant_id, cid) in self.client_order_ids:
             return R.DUPLICATE_CLIENT_ORDER_ID
-        reason = _shape_reason(cmd)
-        if reason is not None:
-            return reason
-        if state == AUCTION and (
-            cmd.order_type != LIMIT or cmd.time_in_force in (IOC, FOK) or cmd.min_quantity_heads
-        ):
+        limit = cmd.order_type == LIMIT
+        tif = cmd.time_in_force
+        # the guards below only skip calls whose answer is known to be None: keep them in step
+        if not limit or cmd.all_or_none or cmd.post_only or cmd.min_quantity_heads or cmd.lot_id and cmd.side == BUY:
+            reason = _shape_reason(cmd)
+            if reason is not None:
+                return reason
+        if state == AUCTION and (not limit or tif == IOC or tif == FOK or cmd.min_quantity_heads):
             return R.NOT_ALLOWED_IN_AUCTION
-        if (cmd.time_in_force == GTD) != (cmd.expire_at_ns > 0) or (
-            cmd.time_in_force == GTD and cmd.expire_at_ns <= cmd.ts_ns
-        ):
+        if (tif == GTD or cmd.expire_at_ns) and (tif != GTD or cmd.expire_at_ns <= cmd.ts_ns):
             return R.INVALID_EXPIRY
         spec = market.spec
         if not spec.min_order_heads <= cmd.quantity_heads <= spec.max_order_heads:
             return R.QUANTITY_OUT_OF_RANGE
-        if cmd.order_type == LIMIT:
-            reason = market.price_reason(cmd.price_fen)
-            if reason is not None:
-                return reason
+        if limit:
+            price = cmd.price_fen
+            if price <= 0 or price % spec.tick_fen or market.band_high_fen and not (
+                market.band_low_fen <= price <= market.band_high_fen
+            ):
+                return market.price_reason(price)
         if cmd.side == SELL:
             reason = self._lot_reason(cmd.participant_id, cmd.lot_id, cmd.instrument, cmd.quantity_heads)
             if reason is not None:
                 return reason
-        return self._liquidity_reason(market, cmd)
+        if state == AUCTION or cmd.post_only or tif == FOK or cmd.min_quantity_heads:
+            return self._liquidity_reason(market, cmd)
+        return None
 
     def _lot_reason(self, participant_id: int, lot_id: int, instrument: str, heads: int) -> RejectReason | None:
         lot = self.lots.get(lot_id)
@@ -259,7 +263,10 @@ class Core:
         stopped = False
         if market.state == CONTINUOUS:
             limit_key = _limit_key(order.side, order.price_fen)
-            if order.all_or_none:
+            best_key = book.asks.best_key if order.side == BUY else book.bids.best_key
+            if best_key is None or best_key > limit_key:
+                pass  # nothing to meet: a passive order goes straight to the book
+            elif order.all_or_none:
                 book.match_all_or_none(order, limit_key, ts_ns, events)
             else:
                 stopped = book.match(order, limit_key, ts_ns, events)
@@ -340,6 +347,7 @@ class Core:
         if (
             price != order.price_fen
             and market.state == AUCTION
+            and not order.all_or_none  # it sits out the uncross, as when it was placed
             and self._crosses_own(book, order.participant_id, order.side, price)
         ):
             return R.SELF_TRADE_PREVENTED
