@@ -211,5 +211,19 @@ class Exchange:
         return 0 if a is None else a.debits_pending_fen
 
 
+def world() -> Exchange:
+    """Both instruments and one participant of every kind (two poor households: POOR_FARMER, MEMBER_A)."""
+    x = Exchange(dce_spec(), piglet_spec())
+    x.register(BUYER, ParticipantRole.BUYER, "重庆肉联")
+    x.register(BUYER2, ParticipantRole.BUYER)
+    x.register(FARMER, ParticipantRole.FARMER, "李四")
+    x.register(POOR_FARMER, ParticipantRole.FARMER, "张三", poor=True)
+    x.register(COOP, ParticipantRole.COOPERATIVE, "荣昌生猪合作社")
+    x.register(MEMBER_A, ParticipantRole.FARMER, "王五", poor=True)
+    x.register(MEMBER_B, ParticipantRole.FARMER, "赵六")
+    x.register(FINANCIER, ParticipantRole.FINANCIER, "荣昌农商行")
+    return x
+
+
 def accepted_order_id(events: list[Event]) -> int:
     return next(e.order_id for e in events if isinstance(e, OrderAccepted))

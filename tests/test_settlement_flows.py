@@ -80,25 +80,12 @@ from tests.settlement_support import (
     Exchange,
     accepted_order_id,
     dce_spec,
-    piglet_spec,
+    world,
 )
 
 R = RejectReason
 ROLE = ParticipantRole
 WINDOW_NS = 48 * HOUR_NS
-
-
-def world() -> Exchange:
-    x = Exchange(dce_spec(), piglet_spec())
-    x.register(BUYER, ROLE.BUYER, "重庆肉联")
-    x.register(BUYER2, ROLE.BUYER)
-    x.register(FARMER, ROLE.FARMER, "李四")
-    x.register(POOR_FARMER, ROLE.FARMER, "张三", poor=True)
-    x.register(COOP, ROLE.COOPERATIVE, "荣昌生猪合作社")
-    x.register(MEMBER_A, ROLE.FARMER, "王五", poor=True)
-    x.register(MEMBER_B, ROLE.FARMER, "赵六")
-    x.register(FINANCIER, ROLE.FINANCIER, "荣昌农商行")
-    return x
 
 
 def check_books(x: Exchange) -> None:

@@ -748,9 +748,9 @@ class Clearing:
             return self._reject(cmd, reason, ref, out)
         if not self.participants[owner].bank_verified:
             return self._reject(cmd, R.BANK_ACCOUNT_NOT_VERIFIED, ref, out)
-        account_id = self._funds_account_id(cmd.account, owner, cmd.ts_ns)
-        if self.ledger.available_fen(account_id) < cmd.amount_fen:
+        if self._balance(FUNDS_CODE[cmd.account], owner) < cmd.amount_fen:
             return self._reject(cmd, R.INSUFFICIENT_FUNDS, ref, out)
+        account_id = self._funds_account_id(cmd.account, owner, cmd.ts_ns)
         tid = self._next_tid()
         self._commit([Transfer(tid, account_id, _BANK, cmd.amount_fen, TC.WITHDRAWAL, 0, _PENDING)], cmd.ts_ns)
         self.withdrawals[(owner, ref)] = Withdrawal(owner, ref, cmd.account, cmd.amount_fen, tid, cmd.ts_ns)
@@ -1152,17 +1152,18 @@ class Clearing:
                                   cmd.rate_bps))
         return None
 
-    def borrower_owes_fen(self, borrower_id: int, financier_id: int) -> int:
-        """What the borrower itself owes this financier: principal, and interest unless the subsidy
-        fund pays it (a poor household's advances)."""
+    def borrower_owes_fen(self, borrower_id: int, financier_id: int, day: int) -> int:
+        """What the borrower itself owes this financier on CST ``day``: principal, and the interest
+        accrued through that day's midnight unless the subsidy fund pays it (a poor household's advances)."""
         total = 0
         for loan in self._open_loans(borrower_id, financier_id):
-            total += loan.principal_fen + self._borrower_interest(loan)
+            total += loan.principal_fen + self._borrower_interest(loan, day)
         return total
 
-    def _borrower_interest(self, loan: Loan) -> int:
-        subsidised = loan.kind == LoanKind.ADVANCE and self._is_poor(loan.borrower_id)
-        return 0 if subsidised else loan.interest_due_fen
+    def _borrower_interest(self, loan: Loan, day: int) -> int:
+        if loan.kind == LoanKind.ADVANCE and self._is_poor(loan.borrower_id):
+            return 0
+        return loan.interest_due_fen + _interest_since(loan, day)
 
     def _open_loans(self, borrower_id: int, financier_id: int) -> list[Loan]:
         loans = (self.loans[i] for i in self._loans_by_borrower.get(borrower_id, ()))
@@ -1176,14 +1177,16 @@ class Clearing:
             return self._reject(cmd, R.INVALID_AMOUNT, ref, out)
         day = rules.cst_day(cmd.ts_ns)
         loans = self._open_loans(borrower, fin)
-        for loan in loans:
-            self._accrue(loan, day, cmd.ts_ns, out)
-        if not loans or cmd.amount_fen > self.borrower_owes_fen(borrower, fin):
+        # checked against the interest accrued through today, without accruing it yet: a rejected
+        # command changes nothing
+        if not loans or cmd.amount_fen > self.borrower_owes_fen(borrower, fin, day):
             return self._reject(cmd, R.INVALID_AMOUNT, ref, out)
-        plan, need = self._repayment_plan(loans, cmd.amount_fen)
+        plan, need = self._repayment_plan(loans, cmd.amount_fen, day)
         for key, amount in need.items():
             if self._balance(*key) < amount:
                 return self._reject(cmd, R.INSUFFICIENT_FUNDS, ref, out)
+        for loan in loans:
+            self._accrue(loan, day, cmd.ts_ns, out)
         chain = self._Chain(self)
         for loan, interest, principal in plan:
             payer = self.accounts[_repayment_source(loan)]
@@ -1196,12 +1199,14 @@ class Clearing:
         return None
 
     def _repayment_plan(
-        self, loans: list[Loan], amount_fen: int
+        self, loans: list[Loan], amount_fen: int, day: int
     ) -> tuple[list[tuple[Loan, int, int]], dict[tuple[int, int, int], int]]:
+        """(loan, interest, principal) to pay from each loan by loan id, interest first, and the total
+        needed from each source account."""
         plan: list[tuple[Loan, int, int]] = []
         need: dict[tuple[int, int, int], int] = {}
         for loan in loans:
-            interest = min(self._borrower_interest(loan), amount_fen)
+            interest = min(self._borrower_interest(loan, day), amount_fen)
             principal = min(loan.principal_fen, amount_fen - interest)
             amount_fen -= interest + principal
             if interest or principal:
@@ -1411,6 +1416,12 @@ class Clearing:
 
 def _account(account_id: int, code: int, owner_id: int, user_data: int) -> Account:
     return Account(account_id, code, owner_id, flags=CHART[code].limit_flags, user_data=user_data)
+
+
+def _interest_since(loan: Loan, day: int) -> int:
+    """Interest the loan will accrue when brought up to ``day`` (not yet charged)."""
+    days = day - loan.accrued_day
+    return rules.accrue_interest(loan.principal_fen, loan.rate_bps, days, loan.carry)[0] if days > 0 else 0
 
 
 def _repayment_source(loan: Loan) -> tuple[int, int, int]:
