@@ -23,7 +23,8 @@ routes = RouteTable()
 
 class RegisterParticipant(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     role: Role
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    # No control characters: PostgreSQL text cannot hold NUL, and names end up in logs and on screens.
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
 class ParticipantPath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -31,7 +32,7 @@ class ParticipantPath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class KeyPath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    api_key: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    api_key: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")]
 
 
 class KeyRevoked(msgspec.Struct, frozen=True):

@@ -3,11 +3,14 @@
 Start-up and tear-down are paired in `cleanup_ctx`, run in order on start and in reverse on stop:
 
 1. `_database`: the asyncpg pool (bound to the pool metrics) and the bootstrap operator key.
-   (The sequencer and recovery go here next, between the pool and readiness.)
-2. `_readiness`: marks the gateway ready once everything before it is up.
+2. `_exchange`: the shard of this database (`gateway.exchange_port`): sequencer recovery, the read
+   model rebuilt and checked, the market-data and execution-report publishers, the demo market with
+   `--demo`. On stop it drains the sequencer: everything queued is committed and answered.
+3. `_readiness`: marks the gateway ready once everything before it is up.
 
 Shutdown (`on_shutdown`, which aiohttp runs before waiting for in-flight handlers): stop being ready,
-refuse new WebSockets and close open ones with 1001 GOING_AWAY, so the wait for handlers is short.
+stop taking commands (503 `not_ready`), refuse new WebSockets and close open ones with 1001
+GOING_AWAY, so the wait for in-flight handlers is short; then the cleanup contexts unwind in reverse.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import msgspec
 from aiohttp import web
 
 from exchange.store import create_pool
-from gateway import admin, store, system
+from gateway import admin, demo, exchange_port, lots, market, operator, orders, store, system
 from gateway.auth import Authenticator, KeyRecord, wall_clock_ms
 from gateway.config import ConfigError, GatewayConfig
 from gateway.errors import error_middleware
@@ -37,7 +40,8 @@ _log = logging.getLogger(__name__)
 API_VERSION = "0.1.0"
 
 # Every installed route table; a new handler module adds its `routes` here.
-ROUTE_TABLES: tuple[RouteTable, ...] = (system.routes, admin.routes)
+ROUTE_TABLES: tuple[RouteTable, ...] = (system.routes, admin.routes, orders.routes, lots.routes, market.routes,
+                                         operator.routes)
 
 
 def create_app(
@@ -66,6 +70,8 @@ def create_app(
     hub.register_channel_kind("book")
     hub.register_channel_kind("trades")
     hub.register_channel_kind("orders", private=True)
+    orders.wire(hub)
+    market.wire(app, hub)
     app[AUTH], app[LIMITER], app[HUB] = auth, limiter, hub
 
     routes = [route for table in (*ROUTE_TABLES, *extra_routes) for route in table]
@@ -74,6 +80,7 @@ def create_app(
     app[OPENAPI] = msgspec.json.encode(build_openapi(routes, title="hogx exchange API", version=API_VERSION))
 
     app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_exchange)
     app.cleanup_ctx.append(_readiness)
     app.on_shutdown.append(_on_shutdown)
     return app
@@ -95,6 +102,24 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         await pool.close()
 
 
+async def _exchange(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    assert config.database_url is not None
+    shard = await exchange_port.attach(config.database_url, config)
+    port = exchange_port.ExchangePort(shard, app[METRICS], app[READINESS])
+    app[exchange_port.EXCHANGE] = port
+    try:
+        orders.attach(app, port, app[HUB], app[METRICS])
+        market.attach(port, app[HUB])
+        if config.demo:
+            await demo.seed(app[POOL], port)
+        port.start_watching()
+        yield
+    finally:
+        await port.close()
+        await exchange_port.detach(shard)
+
+
 async def _readiness(app: web.Application) -> AsyncIterator[None]:
     app[READINESS].set_ready()
     yield
@@ -103,4 +128,7 @@ async def _readiness(app: web.Application) -> AsyncIterator[None]:
 
 async def _on_shutdown(app: web.Application) -> None:
     app[READINESS].set_not_ready("shutting down")
+    port = app.get(exchange_port.EXCHANGE)
+    if port is not None:
+        port.accepting = False
     await app[HUB].close_all()

@@ -12,6 +12,7 @@ The wall clock is read here (the gateway stamps time; the exchange core never re
 from __future__ import annotations
 
 import hmac
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
@@ -42,7 +43,7 @@ __all__ = [
 KEY_HEADER = "X-Hogx-Key"
 TIMESTAMP_HEADER = "X-Hogx-Timestamp"
 SIGNATURE_HEADER = "X-Hogx-Signature"
-_MAX_KEY_CHARS = 64
+_KEY_RE = re.compile(r"[A-Za-z0-9_\-]{1,64}")  # all keys ever issued: others are unknown, unread
 
 
 class Role(StrEnum):
@@ -188,7 +189,7 @@ class Authenticator:
         if abs(now_ms - ts_ms) > self._window_ms:
             raise self._fail(Code.TIMESTAMP_OUT_OF_WINDOW,
                              f"timestamp {ts_ms} is more than {self._window_ms} ms from server time {now_ms}")
-        record = await self._keys.get(api_key) if len(api_key) <= _MAX_KEY_CHARS else None
+        record = await self._keys.get(api_key) if _KEY_RE.fullmatch(api_key) else None
         if record is None:
             raise self._fail(Code.UNKNOWN_KEY, "unknown API key")
         given = signature_bytes(signature)

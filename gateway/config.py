@@ -23,6 +23,12 @@ HOGX_WS_MAX_CHANNELS           subscriptions per WebSocket                      
 HOGX_WS_MAX_INFLIGHT           concurrent requests per WebSocket (order entry)             1024
 HOGX_WS_HEARTBEAT_S            ping interval that detects dead peers                       30
 HOGX_SHUTDOWN_TIMEOUT_S        grace period for in-flight requests on shutdown             10
+HOGX_SEQUENCER_QUEUE_SIZE      commands the sequencer queues before answering 503 busy     50000
+HOGX_SEQUENCER_MAX_BATCH       most commands journaled in one commit                       2000
+HOGX_SNAPSHOT_EVERY            commands between core snapshots                             100000
+HOGX_CLOCK_TICK_S              exchange clock tick (expires GTD orders); 0 turns it off    1
+HOGX_TRADE_HISTORY             public trades kept per instrument for GET .../trades        10000
+HOGX_CANDLE_HISTORY            candles kept per instrument and interval                    1000
 =============================  ==========================================================  ==========
 
 Rates are floats (requests per second); nothing here is money.
@@ -67,6 +73,12 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
     ws_max_inflight: int = 1024
     ws_heartbeat_s: float = 30.0
     shutdown_timeout_s: float = 10.0
+    sequencer_queue_size: int = 50_000
+    sequencer_max_batch: int = 2_000
+    snapshot_every: int = 100_000
+    clock_tick_s: float = 1.0
+    trade_history: int = 10_000
+    candle_history: int = 1_000
 
     def __post_init__(self) -> None:
         if (self.operator_key is None) != (self.operator_secret is None):
@@ -76,9 +88,13 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
         if self.operator_secret is not None and len(self.operator_secret) < 16:
             raise ConfigError("HOGX_OPERATOR_SECRET must have at least 16 characters")
         for name in ("auth_window_ms", "replay_cache_size", "rate_limit_burst", "max_body_bytes",
-                     "db_pool_max", "ws_queue_size", "ws_max_channels", "ws_max_inflight"):
+                     "db_pool_max", "ws_queue_size", "ws_max_channels", "ws_max_inflight",
+                     "sequencer_queue_size", "sequencer_max_batch", "snapshot_every", "trade_history",
+                     "candle_history"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.clock_tick_s < 0:
+            raise ConfigError("clock_tick_s must be 0 (off) or positive")
         if self.rate_limit_per_s <= 0:
             raise ConfigError("rate_limit_per_s must be positive")
         if not 0 <= self.db_pool_min <= self.db_pool_max:
@@ -120,4 +136,10 @@ _ENV_VARS: dict[str, str] = {
     "ws_max_inflight": "HOGX_WS_MAX_INFLIGHT",
     "ws_heartbeat_s": "HOGX_WS_HEARTBEAT_S",
     "shutdown_timeout_s": "HOGX_SHUTDOWN_TIMEOUT_S",
+    "sequencer_queue_size": "HOGX_SEQUENCER_QUEUE_SIZE",
+    "sequencer_max_batch": "HOGX_SEQUENCER_MAX_BATCH",
+    "snapshot_every": "HOGX_SNAPSHOT_EVERY",
+    "clock_tick_s": "HOGX_CLOCK_TICK_S",
+    "trade_history": "HOGX_TRADE_HISTORY",
+    "candle_history": "HOGX_CANDLE_HISTORY",
 }

@@ -29,6 +29,7 @@ _SECURITY_SCHEMES = {
 _ERROR_TEXT = {
     400: "Malformed request or JSON", 401: "Missing, bad, stale, revoked or replayed credentials",
     403: "The caller's role may not call this route", 404: "No such resource",
+    409: "Conflicts with the current state (e.g. a reused client_order_id, an order no longer open)",
     413: "Body too large", 415: "Body is not application/json", 422: "Invalid fields or values",
     429: "Rate limited; see Retry-After", 503: "Not ready or temporarily unavailable; see Retry-After",
 }
@@ -88,7 +89,7 @@ def _responses(route: Route, by_type: dict[int, Any]) -> dict[str, Any]:
         success["content"] = {route.media_type: {"schema": by_type[id(route.response)]}}
     elif route.status != 204:
         success["content"] = {route.media_type: {}}
-    codes = [400, 503]
+    codes = [400, 422, 503]  # 422 on every route: unknown query parameters are refused everywhere
     if route.roles is not None:
         codes += [401, 403, 429]
     if route.body is not None:
@@ -97,6 +98,7 @@ def _responses(route: Route, by_type: dict[int, Any]) -> dict[str, Any]:
         codes.append(422)
     if route.path_param_names:
         codes.append(404)
+    codes += route.errors
     error = {"application/json": {"schema": by_type[id(ErrorBody)]}}
     responses = {str(route.status): success}
     responses.update({str(c): {"description": _ERROR_TEXT[c], "content": error} for c in sorted(set(codes))})

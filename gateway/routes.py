@@ -106,6 +106,7 @@ class Route:
     summary: str = ""
     media_type: str = _JSON  # of the success response, for the OpenAPI document
     in_schema: bool = True
+    errors: tuple[int, ...] = ()  # statuses beyond those implied by roles, body and path (e.g. 404, 409)
 
     @property
     def path_param_names(self) -> list[str]:
@@ -135,13 +136,14 @@ class RouteTable:
         summary: str | None = None,
         media_type: str = _JSON,
         in_schema: bool = True,
+        errors: tuple[int, ...] = (),
     ) -> Callable[[_F], _F]:
         """Declare a route. `roles` is required: a role set, or `PUBLIC` (None) for no authentication."""
 
         def decorate(handler: _F) -> _F:
             route = Route(method.upper(), path, handler, roles, body, query, params, response, status,
                           summary if summary is not None else _first_line(handler.__doc__), media_type,
-                          in_schema)
+                          in_schema, errors)
             _check(route)
             self._routes.append(route)
             return handler

@@ -247,6 +247,10 @@ class Hub:
     def subscriber_count(self, channel: str) -> int:
         return len(self._subscribers.get(channel, ()))
 
+    def has_private_subscribers(self, kind: str, participant_id: int) -> bool:
+        """Is any connection of `participant_id` subscribed to private channel `kind`?"""
+        return _private_key(kind, participant_id) in self._subscribers
+
     # -- connection life cycle ---------------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:

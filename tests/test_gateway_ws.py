@@ -1,8 +1,16 @@
-"""The WebSocket hub over real sockets: login, channels, snapshots, ops, slow consumers, shutdown."""
+"""The WebSocket API over real sockets, backed by a real sequencer on the test PostgreSQL.
+
+The hub itself (login, channels, snapshots, ops, slow consumers, shutdown), then the exchange on it:
+order entry with request ids, private execution reports, public trades, and the book channel, whose
+snapshot plus chained deltas must rebuild exactly the server's book through a random order flow sent
+over HTTP and the socket at once.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import random
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -11,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import msgspec
+import pytest
 import pytest_asyncio
 from aiohttp import WSMsgType, web
 from prometheus_client.parser import text_string_to_metric_families
@@ -20,8 +29,9 @@ from gateway.auth import OPERATORS, Principal, Role
 from gateway.client import SignedClient
 from gateway.config import GatewayConfig
 from gateway.errors import ApiError
+from gateway.exchange_port import EXCHANGE
 from gateway.state import HUB, METRICS
-from gateway.testing import serve
+from gateway.testing import hog_instrument, serve
 from gateway.ws import CLOSE_SLOW_CONSUMER, Hub, WsConnection, WsRequest
 
 QUEUE_SIZE = 16
@@ -88,7 +98,11 @@ async def gw(database_url: str) -> AsyncIterator[Gateway]:
     hub.register_op(Fail, _fail, roles=None)
     hub.register_op(Halt, _halt, roles=OPERATORS)
     async with serve(app) as url, aiohttp.ClientSession() as session:
-        yield Gateway(app, hub, url, session, SignedClient(url, key, secret, session=session))
+        operator = SignedClient(url, key, secret, session=session)
+        for symbol in ("RC-FH", "SLOW"):  # channels exist for listed instruments only
+            reply = await operator.post("/v1/instruments", json=hog_instrument(symbol))
+            assert reply.status in (201, 409), reply.body  # 409: listed by an earlier run of this module
+        yield Gateway(app, hub, url, session, operator)
 
 
 async def _send(ws: aiohttp.ClientWebSocketResponse, message: dict[str, Any]) -> None:
@@ -198,6 +212,7 @@ async def test_public_channel_subscribe_publish_unsubscribe(gw: Gateway) -> None
     ws = await gw.connect()
     await _send(ws, {"op": "subscribe", "channels": ["trades.RC-FH", "book.RC-FH"]})
     await _recv(ws)
+    assert (await _recv(ws))["type"] == "book_snapshot"
     assert gw.hub.publish("trades.RC-FH", b'{"t":1}') == 1
     assert gw.hub.publish("book.RC-FH", b'{"b":1}') == 1
     assert gw.hub.publish("trades.OTHER", b'{"t":2}') == 0
@@ -329,3 +344,299 @@ async def test_connections_gauge_and_shutdown_closes_with_going_away(database_ur
                                                        "server shutdown")
             await ws.close()
     assert app[METRICS].ws_connections._value.get() == 0
+
+
+# -- the exchange over the socket: order entry, execution reports, book snapshot + deltas ---------------
+
+class Socket:
+    """A logged-in socket that matches replies to request ids and keeps everything else in `inbox`."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.inbox: list[dict[str, Any]] = []
+        self._ids = itertools.count(1)
+
+    async def request(self, op: str, **fields: Any) -> dict[str, Any]:
+        request_id = next(self._ids)
+        await _send(self.ws, {"op": op, "id": request_id, **fields})
+        while True:
+            msg = await _recv(self.ws)
+            if msg.get("type") in ("result", "error") and msg.get("id") == request_id:
+                return msg
+            self.inbox.append(msg)
+
+    async def reports(self, count: int) -> list[dict[str, Any]]:
+        """The next `count` execution reports of the private `orders` channel (the inbox first)."""
+        found = [m for m in self.inbox if m.get("type") == "execution_report"]
+        self.inbox = [m for m in self.inbox if m.get("type") != "execution_report"]
+        while len(found) < count:
+            msg = await _recv(self.ws)
+            if msg.get("type") == "execution_report":
+                found.append(msg)
+        return [m["report"] for m in found]
+
+
+async def _socket(client: SignedClient) -> Socket:
+    return Socket(await client.ws_connect())
+
+
+async def _market(gw: Gateway) -> str:
+    symbol = f"WS-{next(_ws_symbols)}"
+    reply = await gw.operator.post("/v1/instruments", json=hog_instrument(symbol))
+    assert reply.status == 201, reply.body
+    return symbol
+
+
+_ws_symbols = itertools.count(1)
+
+
+async def _lot(gw: Gateway, seller: SignedClient, symbol: str, heads: int) -> int:
+    reply = await seller.post("/v1/lots", json={"instrument": symbol, "heads": heads, "avg_weight_g": 110_000,
+                                                "origin": "荣昌", "quarantine_cert": "渝动检 1"})
+    assert reply.status == 201, reply.body
+    return int(reply.json()["lot_id"])
+
+
+async def test_ws_order_entry_and_private_execution_reports(gw: Gateway) -> None:
+    symbol = await _market(gw)
+    farmer_client, buyer_client = await gw.register(Role.FARMER), await gw.register(Role.BUYER)
+    lot_id = await _lot(gw, farmer_client, symbol, 50)
+    farmer, buyer = await _socket(farmer_client), await _socket(buyer_client)
+    for sock in (farmer, buyer):
+        assert (await sock.request("subscribe", channels=["orders"]))["type"] == "result"
+
+    sell = await farmer.request("place_order", client_order_id="ws-s1", instrument=symbol, side="sell",
+                                price_fen=2810, quantity_heads=30, lot_id=lot_id)
+    assert (sell["type"], sell["op"], sell["data"]["status"], sell["data"]["remaining_heads"]) == (
+        "result", "place_order", "NEW", 30)
+    buy = await buyer.request("place_order", client_order_id="ws-b1", instrument=symbol, side="buy",
+                              price_fen=2820, quantity_heads=12)
+    assert (buy["data"]["status"], buy["data"]["filled_heads"], buy["data"]["fills"][0]["price_fen"]) == (
+        "FILLED", 12, 2810)
+    # The maker hears of its fill on the private channel, and each side only of its own orders.
+    farmer_reports = await farmer.reports(2)
+    assert [(r["client_order_id"], r["status"], r["filled_heads"]) for r in farmer_reports] == [
+        ("ws-s1", "NEW", 0), ("ws-s1", "PARTIALLY_FILLED", 12)]
+    assert farmer_reports[1]["fills"][0]["liquidity"] == "maker"
+    assert [(r["client_order_id"], r["status"]) for r in await buyer.reports(1)] == [("ws-b1", "FILLED")]
+
+    order_id = sell["data"]["order_id"]
+    amended = await farmer.request("amend_order", order_id=order_id, quantity_heads=20)
+    assert (amended["data"]["quantity_heads"], amended["data"]["remaining_heads"]) == (20, 8)
+    stolen = await buyer.request("cancel_order", order_id=order_id)
+    assert (stolen["type"], stolen["code"]) == ("error", "unknown_order")
+    cancelled = await farmer.request("cancel_order", order_id=order_id)
+    assert (cancelled["data"]["status"], cancelled["data"]["filled_heads"]) == ("CANCELED", 12)
+
+    off_tick = await buyer.request("place_order", client_order_id="ws-b2", instrument=symbol, side="buy",
+                                   price_fen=2815, quantity_heads=1)
+    assert (off_tick["type"], off_tick["op"], off_tick["code"]) == ("error", "place_order", "price_off_tick")
+    [rejected] = await buyer.reports(1)
+    assert (rejected["status"], rejected["reject_code"], rejected["order_id"]) == ("REJECTED", "price_off_tick", 0)
+    wrong_side = await buyer.request("place_order", client_order_id="ws-b3", instrument=symbol, side="sell",
+                                     price_fen=2810, quantity_heads=1, lot_id=lot_id)
+    assert wrong_side["code"] == "forbidden"
+    await _send(buyer.ws, {"op": "place_order", "id": 99, "client_order_id": "ws-b4", "instrument": symbol,
+                           "side": "buy", "price_fen": 2810, "quantity_heads": 1, "colour": "pink"})
+    unknown_field = await _recv(buyer.ws)  # refused while decoding, so before its id is known
+    assert (unknown_field["type"], unknown_field["code"], unknown_field["id"]) == ("error", "invalid", None)
+    anonymous = Socket(await gw.connect())
+    refused = await anonymous.request("place_order", client_order_id="x", instrument=symbol, side="buy",
+                                      price_fen=2810, quantity_heads=1)
+    assert refused["code"] == "missing_credentials"
+    for sock in (farmer, buyer, anonymous):
+        await sock.ws.close()
+
+
+class BookFollower:
+    """Rebuilds an L2 book from `book.{instrument}` messages, checking that the deltas chain."""
+
+    def __init__(self) -> None:
+        self.seq = -1
+        self.bids: dict[int, int] = {}
+        self.asks: dict[int, int] = {}
+        self.deltas = 0
+
+    def on(self, msg: dict[str, Any]) -> None:
+        if msg["type"] == "book_snapshot":
+            self.seq = msg["seq"]
+            self.bids, self.asks = dict(map(tuple, msg["bids"])), dict(map(tuple, msg["asks"]))
+        elif msg["type"] == "book_delta":
+            assert msg["first_seq"] == self.seq + 1, (msg["first_seq"], self.seq)
+            assert msg["last_seq"] >= msg["first_seq"]
+            for side, levels in ((self.bids, msg["bids"]), (self.asks, msg["asks"])):
+                for price, heads in levels:
+                    if heads:
+                        side[price] = heads
+                    else:
+                        side.pop(price, None)
+            self.seq = msg["last_seq"]
+            self.deltas += 1
+
+    def book(self) -> tuple[int, list[list[int]], list[list[int]]]:
+        bids = sorted(([p, h] for p, h in self.bids.items()), reverse=True)
+        asks = sorted([p, h] for p, h in self.asks.items())
+        return self.seq, bids, asks
+
+
+async def _follow(ws: aiohttp.ClientWebSocketResponse, follower: BookFollower) -> None:
+    while True:
+        msg = await ws.receive()
+        if msg.type is not WSMsgType.TEXT:
+            return
+        body = msgspec.json.decode(msg.data)
+        if body.get("type") in ("book_snapshot", "book_delta"):
+            follower.on(body)
+
+
+async def _subscribe_book(gw: Gateway, symbol: str) -> tuple[aiohttp.ClientWebSocketResponse, BookFollower,
+                                                             asyncio.Task[None]]:
+    ws = await gw.connect()
+    await _send(ws, {"op": "subscribe", "id": 1, "channels": [f"book.{symbol}"]})
+    assert (await _recv(ws))["type"] == "result"
+    follower = BookFollower()
+    follower.on(await _recv(ws))
+    return ws, follower, asyncio.create_task(_follow(ws, follower))
+
+
+async def _random_flow(gw: Gateway, symbol: str, rng: random.Random, operations: int) -> None:
+    """Buyers and sellers place, amend and cancel at random, half over HTTP, half over the socket."""
+    sellers = [await gw.register(Role.FARMER), await gw.register(Role.COOPERATIVE)]
+    lots = {id(s): await _lot(gw, s, symbol, 100_000) for s in sellers}
+    traders = [*sellers, *[await gw.register(Role.BUYER) for _ in range(3)]]
+    sockets = {id(t): await _socket(t) for t in traders}
+    open_orders: dict[int, list[int]] = {id(t): [] for t in traders}
+
+    async def act(trader: SignedClient, seed: int) -> None:
+        local = random.Random(seed)
+        is_seller = trader in sellers
+        for i in range(operations):
+            kind = local.random()
+            mine = open_orders[id(trader)]
+            if kind < 0.2 and mine:
+                order_id = local.choice(mine)
+                op, body = "cancel_order", {"order_id": order_id}
+            elif kind < 0.3 and mine:
+                order_id = local.choice(mine)
+                op, body = "amend_order", {"order_id": order_id, "price_fen": local.randrange(2700, 2910, 10)}
+            else:
+                op = "place_order"
+                body = {"client_order_id": f"r{seed}-{i}", "instrument": symbol,
+                        "side": "sell" if is_seller else "buy", "quantity_heads": local.randint(1, 20),
+                        "price_fen": local.randrange(2770, 2910, 10) if is_seller else local.randrange(2690, 2830, 10)}
+                if is_seller:
+                    body["lot_id"] = lots[id(trader)]
+                if local.random() < 0.1:
+                    body.pop("price_fen")
+                    body["type"] = "market"
+            report = await _send_op(trader, sockets[id(trader)], op, body, over_ws=local.random() < 0.5)
+            if report is not None:
+                if report["status"] in ("NEW", "PARTIALLY_FILLED"):
+                    if report["order_id"] not in mine:
+                        mine.append(report["order_id"])
+                elif report["order_id"] in mine:
+                    mine.remove(report["order_id"])
+
+    await asyncio.gather(*(act(t, rng.randrange(10**9)) for t in traders))
+    for sock in sockets.values():
+        await sock.ws.close()
+
+
+async def _send_op(trader: SignedClient, sock: Socket, op: str, body: dict[str, Any],
+                   *, over_ws: bool) -> dict[str, Any] | None:
+    if over_ws:
+        reply = await sock.request(op, **body)
+        return reply["data"] if reply["type"] == "result" else None
+    if op == "place_order":
+        http = await trader.post("/v1/orders", json=body)
+    elif op == "cancel_order":
+        http = await trader.request("DELETE", f"/v1/orders/{body['order_id']}")
+    else:
+        http = await trader.request("PATCH", f"/v1/orders/{body['order_id']}", json={"price_fen": body["price_fen"]})
+    assert http.status < 500, http.body
+    return http.json() if http.status in (200, 201) else None
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_book_snapshot_plus_deltas_reproduce_the_server_book(gw: Gateway, seed: int) -> None:
+    symbol = await _market(gw)
+    rng = random.Random(seed)
+    early_ws, early, early_task = await _subscribe_book(gw, symbol)
+    await _random_flow(gw, symbol, rng, operations=25)
+    late_ws, late, late_task = await _subscribe_book(gw, symbol)  # joins a book that has history
+    await _random_flow(gw, symbol, rng, operations=25)
+    server = (await SignedClient(gw.url, session=gw.session).get(f"/v1/markets/{symbol}/book?depth=1000")).json()
+    seq, core_bids, core_asks = gw.app[EXCHANGE].sequencer.core.depth(symbol, 1000)
+    assert seq == server["seq"] and [list(x) for x in core_bids] == server["bids"] and [
+        list(x) for x in core_asks] == server["asks"]
+    for _ in range(500):
+        if early.seq == late.seq == server["seq"]:
+            break
+        await asyncio.sleep(0.01)
+    expected = (server["seq"], server["bids"], server["asks"])
+    assert early.book() == expected
+    assert late.book() == expected
+    assert early.deltas > 10 and server["bids"] and server["asks"]
+    for ws, task in ((early_ws, early_task), (late_ws, late_task)):
+        await ws.close()
+        await task
+
+
+async def test_trades_channel_carries_public_trades(gw: Gateway) -> None:
+    symbol = await _market(gw)
+    farmer, buyer = await gw.register(Role.FARMER), await gw.register(Role.BUYER)
+    lot_id = await _lot(gw, farmer, symbol, 10)
+    watcher = Socket(await gw.connect())
+    assert (await watcher.request("subscribe", channels=[f"trades.{symbol}"]))["type"] == "result"
+    await farmer.post("/v1/orders", json={"client_order_id": "t1", "instrument": symbol, "side": "sell",
+                                          "price_fen": 2800, "quantity_heads": 4, "lot_id": lot_id})
+    await buyer.post("/v1/orders", json={"client_order_id": "t2", "instrument": symbol, "side": "buy",
+                                         "price_fen": 2800, "quantity_heads": 3})
+    msg = await _recv(watcher.ws)
+    assert (msg["type"], msg["channel"]) == ("trades", f"trades.{symbol}")
+    [trade] = msg["trades"]
+    assert {k: trade[k] for k in ("price_fen", "quantity_heads", "taker_side")} == {
+        "price_fen": 2800, "quantity_heads": 3, "taker_side": "buy"}
+    assert set(trade) == {"trade_id", "instrument", "price_fen", "quantity_heads", "taker_side", "time_ms", "seq"}
+    nope = await watcher.request("subscribe", channels=["trades.NOPE", "book.NOPE"])
+    assert nope["code"] == "unknown_instrument"
+    await watcher.ws.close()
+
+
+async def test_slow_book_consumer_is_dropped_while_a_follower_keeps_the_exact_book(gw: Gateway) -> None:
+    """The slow client asks for snapshot after snapshot of a deep book and never reads: dropped with
+    4008, while a follower of the same channel keeps a chained, exact book through the order flow."""
+    symbol = await _market(gw)
+    buyer = await gw.register(Role.BUYER)
+    for i in range(22):  # 22 bid levels: a snapshot of a few hundred bytes
+        await buyer.post("/v1/orders", json={"client_order_id": f"deep-{i}", "instrument": symbol, "side": "buy",
+                                             "price_fen": 2700 + 10 * i, "quantity_heads": 1 + i})
+    drops_before = gw.app[METRICS].ws_slow_consumer_drops._value.get()
+    follower_ws, follower, follower_task = await _subscribe_book(gw, symbol)
+    slow_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(socket_factory=_small_buffer_socket))
+    slow = await slow_session.ws_connect(gw.url + "/v1/ws")
+    channel = f"book.{symbol}"
+    try:
+        flow = asyncio.create_task(_random_flow(gw, symbol, random.Random(7), operations=15))
+        for _ in range(20_000):
+            if gw.app[METRICS].ws_slow_consumer_drops._value.get() > drops_before:
+                break
+            await _send(slow, {"op": "unsubscribe", "channels": [channel]})
+            await _send(slow, {"op": "subscribe", "channels": [channel]})
+            await asyncio.sleep(0)
+        assert gw.app[METRICS].ws_slow_consumer_drops._value.get() == drops_before + 1
+        await flow
+        server = (await SignedClient(gw.url, session=gw.session).get(f"/v1/markets/{symbol}/book?depth=1000")).json()
+        for _ in range(500):
+            if follower.seq == server["seq"]:
+                break
+            await asyncio.sleep(0.01)
+        assert follower.book() == (server["seq"], server["bids"], server["asks"])
+        while (msg := await slow.receive(timeout=5)).type is WSMsgType.TEXT:
+            pass
+        assert (msg.type, msg.data) == (WSMsgType.CLOSE, CLOSE_SLOW_CONSUMER)
+    finally:
+        await slow.close()
+        await slow_session.close()
+        await follower_ws.close()
+        await follower_task

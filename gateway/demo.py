@@ -1,0 +1,112 @@
+"""`hogx serve --demo`: a small market at Rongchang and one participant of each role, so a newcomer can
+place an order with curl at once.
+
+Instruments: `RC-LH-WSY` finishing hogs 外三元 and `RC-LH-NSY` finishing hogs 内三元, quoted in fen per kg
+live weight (reference ¥28.00 and ¥27.00 a kg), and `RC-PG-WSY` piglets 外三元, quoted in fen per head
+(reference ¥821 a head); daily band ±4 %. Participants: a farmer with a lot of 200 finishing hogs,
+a cooperative with a lot of finishing hogs and one of piglets, a buyer, a financier and an operator.
+A few resting orders give the books a spread.
+
+Seeding is idempotent: instruments and lots are created only when missing, participants are found by
+name, and the seed orders carry fixed client order ids (a repeat gets the original answer). The demo
+keys are printed on every start — this is a local demo, not a way to run a real market.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from exchange.commands import ListInstrument, PlaceOrder, RegisterLot
+from exchange.domain import BreedClass, InstrumentSpec, OrderType, ProductClass, Side, TimeInForce
+from gateway import store
+from gateway.auth import Role
+from gateway.errors import ApiError
+from gateway.exchange_port import ExchangePort
+
+__all__ = ["DEMO_INSTRUMENTS", "DemoParticipant", "seed"]
+
+DEMO_INSTRUMENTS = (
+    InstrumentSpec("RC-LH-WSY", ProductClass.FINISHING_HOG, BreedClass.WAI_SAN_YUAN, "Rongchang, Chongqing",
+                   100_000, 120_000, 90_000, 140_000, 10, 1, 500, 400, 2800),
+    InstrumentSpec("RC-LH-NSY", ProductClass.FINISHING_HOG, BreedClass.NEI_SAN_YUAN, "Rongchang, Chongqing",
+                   100_000, 120_000, 90_000, 140_000, 10, 1, 500, 400, 2700),
+    InstrumentSpec("RC-PG-WSY", ProductClass.PIGLET, BreedClass.WAI_SAN_YUAN, "Rongchang, Chongqing",
+                   15_000, 30_000, 10_000, 35_000, 100, 1, 1000, 400, 82_100),
+)
+
+_PARTICIPANTS = (
+    (Role.OPERATOR, "demo operator (Rongchang market)"),
+    (Role.FARMER, "demo farmer 李德明 (荣昌区安富街道)"),
+    (Role.COOPERATIVE, "demo cooperative 荣昌生猪养殖专业合作社"),
+    (Role.BUYER, "demo buyer 重庆肉联厂"),
+    (Role.FINANCIER, "demo financier 荣昌农商行"),
+)
+
+
+class DemoParticipant:
+    __slots__ = ("api_key", "api_secret", "participant_id", "role")
+
+    def __init__(self, role: Role, participant_id: int, api_key: str, api_secret: str) -> None:
+        self.role, self.participant_id, self.api_key, self.api_secret = role, participant_id, api_key, api_secret
+
+
+async def _participant(pool: asyncpg.Pool, role: Role, name: str) -> DemoParticipant:
+    row = await pool.fetchrow(
+        "SELECT p.participant_id, k.api_key, k.secret FROM participants p JOIN api_keys k USING (participant_id)"
+        " WHERE p.name = $1 AND p.role = $2 AND NOT k.revoked ORDER BY k.created_at LIMIT 1", name, role.value)
+    if row is not None:
+        return DemoParticipant(role, row["participant_id"], row["api_key"], row["secret"])
+    issued = await store.register_participant(pool, role, name)
+    return DemoParticipant(role, issued.participant_id, issued.api_key, issued.api_secret)
+
+
+async def _lot(port: ExchangePort, seller: DemoParticipant, instrument: str, heads: int, avg_weight_g: int,
+               cert: str) -> int:
+    """The seller's lot on `instrument`, registered when it has none."""
+    for rec in port.read_model.list_lots(seller.participant_id):
+        if rec.lot.instrument == instrument:
+            return rec.lot.lot_id
+    command = RegisterLot(seller.participant_id, 0, instrument, heads, avg_weight_g, "荣昌区, 重庆", cert,
+                          f"ear tags {seller.participant_id:03d}-00001..{seller.participant_id:03d}-{heads:05d}")
+    await port.submit(command)
+    return port.read_model.list_lots(seller.participant_id)[-1].lot.lot_id
+
+
+async def _order(port: ExchangePort, who: DemoParticipant, cid: str, instrument: str, side: Side, price_fen: int,
+                 heads: int, lot_id: int = 0) -> None:
+    command = PlaceOrder(who.participant_id, 0, cid, instrument, side, OrderType.LIMIT, price_fen, heads,
+                         TimeInForce.GTC, lot_id=lot_id)
+    try:
+        await port.submit(command)
+    except ApiError as exc:  # e.g. the demo database's instrument was halted since: the demo still starts
+        print(f"demo order {cid} not placed: {exc.code}")
+
+
+async def seed(pool: asyncpg.Pool, port: ExchangePort) -> list[DemoParticipant]:
+    """Create what is missing of the demo market and print the participants' keys."""
+    people = [await _participant(pool, role, name) for role, name in _PARTICIPANTS]
+    operator, farmer, coop, buyer, _financier = people
+    for spec in DEMO_INSTRUMENTS:
+        if spec.symbol not in port.read_model.instruments:
+            await port.submit(ListInstrument(operator.participant_id, 0, spec))
+    farm_lot = await _lot(port, farmer, "RC-LH-WSY", 200, 112_000, "渝动检 5001530001")
+    coop_lot = await _lot(port, coop, "RC-LH-WSY", 500, 108_000, "渝动检 5001530002")
+    piglet_lot = await _lot(port, coop, "RC-PG-WSY", 300, 22_000, "渝动检 5001530003")
+    await _order(port, farmer, "demo-farmer-1", "RC-LH-WSY", Side.SELL, 2810, 30, farm_lot)
+    await _order(port, coop, "demo-coop-1", "RC-LH-WSY", Side.SELL, 2830, 50, coop_lot)
+    await _order(port, coop, "demo-coop-2", "RC-PG-WSY", Side.SELL, 82_500, 100, piglet_lot)
+    await _order(port, buyer, "demo-buyer-1", "RC-LH-WSY", Side.BUY, 2780, 20)
+    await _order(port, buyer, "demo-buyer-2", "RC-PG-WSY", Side.BUY, 81_800, 40)
+    _print(people, {farmer.participant_id: farm_lot, coop.participant_id: coop_lot})
+    return people
+
+
+def _print(people: list[DemoParticipant], lots: dict[int, int]) -> None:
+    lines = ["", "hogx demo market at Rongchang: RC-LH-WSY (finishing hogs 外三元, fen/kg), "
+                 "RC-LH-NSY (finishing hogs 内三元, fen/kg), RC-PG-WSY (piglets 外三元, fen/head)",
+             "demo participants (local demo keys; use them with `hogx sign`, see README):"]
+    for p in people:
+        lot = f"  lot_id={lots[p.participant_id]}" if p.participant_id in lots else ""
+        lines.append(f"  {p.role.value:<12} participant_id={p.participant_id:<4} "
+                     f"HOGX_KEY={p.api_key} HOGX_SECRET={p.api_secret}{lot}")
+    print("\n".join(lines) + "\n", flush=True)

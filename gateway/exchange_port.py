@@ -1,0 +1,356 @@
+"""The gateway's one door to the exchange: every call into `exchange.sequencer` is made here.
+
+A `Shard` is one sequencer (the single writer of one database) together with the read model folded
+from its committed batches (`gateway.readmodel`). Shards are shared per database within a process and
+reference counted, so several gateway applications in one process (tests, a second listener) front
+the same writer instead of queueing on its advisory lock.
+
+Start-up (`Shard.start`): the sequencer recovers (snapshot + journal tail, hash checked), the read
+model is rebuilt from the journal's stored events up to the recovered seq, and its books are checked
+against the core's; only then does the gateway report ready. After that, every committed batch is
+folded into the read model synchronously in the sequencer's publish step — before the callers whose
+futures that commit resolved get to run — and then handed to the listeners (market-data publishers,
+metrics).
+
+`ExchangePort` is an application's handle on its shard: it maps the sequencer's answers to API errors
+(`Busy` -> 503 `busy` with Retry-After, `Unavailable` -> 503 `unavailable`, an idempotency conflict
+-> 409 `duplicate_client_order_id`), stops taking commands when the application shuts down, keeps
+readiness in step with the sequencer, and feeds the exchange metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import weakref
+from collections.abc import Callable
+from typing import Final
+
+import asyncpg
+from aiohttp import web
+
+from exchange.commands import Command, decode_command
+from exchange.core import Core
+from exchange.events import Event
+from exchange.sequencer import (
+    Busy,
+    CommittedBatch,
+    IdempotencyConflict,
+    Result,
+    Sequencer,
+    State,
+    Unavailable,
+    decode_events,
+)
+from gateway.config import GatewayConfig
+from gateway.errors import ApiError, Code
+from gateway.metrics import Metrics
+from gateway.readmodel import BatchDigest, ReadModel
+from gateway.state import Readiness
+
+__all__ = ["EXCHANGE", "ExchangePort", "Result", "Shard", "attach", "detach"]
+
+_log = logging.getLogger(__name__)
+
+_REBUILD_PAGE: Final = 20_000
+_READINESS_POLL_S: Final = 0.25
+
+Listener = Callable[[CommittedBatch, BatchDigest], None]
+
+
+def _timed_core_type(observe: Callable[[float], None]) -> type[Core]:
+    """A Core whose `apply` reports its duration (the match-latency histogram).
+
+    Recovery builds the core with `core_type.from_snapshot`, which returns a plain Core, so that is
+    re-classed too. Timing is off while recovery replays (`timing`), so replay speed is untouched.
+    """
+
+    class TimedCore(Core):
+        timing = False
+
+        def apply(self, command: Command) -> list[Event]:
+            if not TimedCore.timing:
+                return Core.apply(self, command)
+            started_s = time.perf_counter()
+            events = Core.apply(self, command)
+            observe(time.perf_counter() - started_s)
+            return events
+
+        @classmethod
+        def from_snapshot(cls, data: bytes) -> Core:
+            core = Core.from_snapshot(data)
+            core.__class__ = cls
+            return core
+
+    return TimedCore
+
+
+class Shard:
+    """One sequencer and its read model; see the module docstring."""
+
+    def __init__(self, dsn: str, config: GatewayConfig) -> None:
+        self.dsn = dsn
+        self.read_model = ReadModel(trade_history=config.trade_history, candle_history=config.candle_history)
+        self._match_observers: list[Callable[[float], None]] = []
+        self._core_type = _timed_core_type(self._observe_match)
+        self.sequencer = Sequencer(
+            dsn,
+            core_type=self._core_type,
+            queue_size=config.sequencer_queue_size,
+            max_batch=config.sequencer_max_batch,
+            snapshot_every=config.snapshot_every,
+            tick_interval_s=config.clock_tick_s or None,
+        )
+        self.listeners: list[Listener] = []
+        self.report_wanted: list[Callable[[int], bool]] = []
+        self.users = 0
+        self._buffer: list[CommittedBatch] | None = []  # batches committed while rebuilding
+
+    # -- life cycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Recover the sequencer, rebuild the read model, check it against the core, go live."""
+        started_s = time.perf_counter()
+        await self.sequencer.start()
+        try:
+            self.sequencer.subscribe(self._on_batch)
+            await self._rebuild(self.sequencer.committed_seq)
+            buffered, self._buffer = self._buffer or [], None
+            for batch in buffered:
+                self._fold(batch)
+            self._check_books()
+        except BaseException:
+            await self.sequencer.stop(snapshot=False)
+            raise
+        self._core_type.timing = True  # type: ignore[attr-defined]
+        _log.info("exchange ready at seq %d: %d instruments, %d orders, read model rebuilt in %.2f s",
+                  self.read_model.applied_seq, len(self.read_model.instruments), len(self.read_model.orders),
+                  time.perf_counter() - started_s)
+
+    async def stop(self) -> None:
+        """Drain: everything queued is committed (and acknowledged) before the writer disconnects."""
+        await self.sequencer.stop()
+
+    async def _rebuild(self, upto_seq: int) -> None:
+        """Fold journal rows 1..upto_seq. Rows journaled without events are re-derived on a shadow core."""
+        if upto_seq == 0:
+            return
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            bare = await conn.fetchval("SELECT count(*) FROM journal WHERE seq <= $1 AND events IS NULL", upto_seq)
+            shadow = Core() if bare else None
+            page = await conn.prepare(
+                "SELECT seq, command, events FROM journal WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3")
+            after_seq = 0
+            while after_seq < upto_seq:
+                rows = await page.fetch(after_seq, upto_seq, _REBUILD_PAGE)
+                if not rows:
+                    raise RuntimeError(f"journal ends at seq {after_seq}, expected {upto_seq}")
+                self.read_model.apply_batch(_decode_rows(rows, shadow))
+                after_seq = rows[-1][0]
+        finally:
+            await conn.close()
+
+    def _check_books(self) -> None:
+        """The rebuilt books must equal the recovered core's wherever both stand at the same seq."""
+        core = self.sequencer.core
+        for symbol, market in core.markets.items():
+            seq, bids, asks = core.depth(symbol, len(market.book.bids.keys) + len(market.book.asks.keys) + 1)
+            record = self.read_model.instruments.get(symbol)
+            if record is None or (record.seq == seq and not self.read_model.book_matches(seq, bids, asks, symbol)):
+                raise RuntimeError(f"read model of {symbol} disagrees with the recovered core at seq {seq}")
+
+    # -- committed batches --------------------------------------------------------------------------
+
+    def _on_batch(self, batch: CommittedBatch) -> None:
+        if self._buffer is not None:
+            self._buffer.append(batch)
+            return
+        self._fold(batch)
+
+    def _fold(self, batch: CommittedBatch) -> None:
+        read_model = self.read_model
+        if batch.last_seq <= read_model.applied_seq:
+            return  # already folded by the rebuild
+        entries = [e for e in batch.entries() if e[0] > read_model.applied_seq]
+        wanted = self.report_wanted
+        wants = None if not wanted else (wanted[0] if len(wanted) == 1 else _any_of(wanted))
+        digest = read_model.apply_batch(entries, wants)
+        for listener in list(self.listeners):
+            try:
+                listener(batch, digest)
+            except Exception:  # a publisher bug must not stop the read model or the other listeners
+                _log.exception("exchange listener %r failed", listener)
+
+    def _observe_match(self, duration_s: float) -> None:
+        for observe in self._match_observers:
+            observe(duration_s)
+
+
+def _any_of(predicates: list[Callable[[int], bool]]) -> Callable[[int], bool]:
+    return lambda participant_id: any(p(participant_id) for p in predicates)
+
+
+def _decode_rows(rows: list[asyncpg.Record], shadow: Core | None) -> list[tuple[int, Command, list[Event]]]:
+    out: list[tuple[int, Command, list[Event]]] = []
+    for seq, command_data, events_data in rows:
+        command = decode_command(command_data)
+        events = shadow.apply(command) if shadow is not None else decode_events(events_data)
+        out.append((seq, command, events))
+    return out
+
+
+# -- the per-process registry of shards -----------------------------------------------------------------
+
+_shards: dict[str, Shard] = {}
+# One lock per event loop: an asyncio.Lock may only ever wait on the loop it first waited on, and a
+# process may run loops one after another (or a test server in a thread).
+_registry_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _lock() -> asyncio.Lock:
+    loop = asyncio.get_running_loop()
+    lock = _registry_locks.get(loop)
+    if lock is None:
+        lock = _registry_locks[loop] = asyncio.Lock()
+    return lock
+
+
+async def attach(dsn: str, config: GatewayConfig) -> Shard:
+    """The running shard of `dsn`, started (recovery and read model) on first use."""
+    async with _lock():
+        shard = _shards.get(dsn)
+        if shard is None:
+            shard = Shard(dsn, config)
+            await shard.start()
+            _shards[dsn] = shard
+        shard.users += 1
+        return shard
+
+
+async def detach(shard: Shard) -> None:
+    """Release a shard; the last user drains and stops it."""
+    async with _lock():
+        shard.users -= 1
+        if shard.users == 0:
+            _shards.pop(shard.dsn, None)
+            await shard.stop()
+
+
+# -- one application's handle ---------------------------------------------------------------------------
+
+
+class ExchangePort:
+    """What handlers use: `submit`, the read model, and the shard's listener hooks."""
+
+    def __init__(self, shard: Shard, metrics: Metrics, readiness: Readiness) -> None:
+        self.shard = shard
+        self.read_model = shard.read_model
+        self.metrics = metrics
+        self.readiness = readiness
+        self.accepting = True
+        self._listeners: list[Listener] = []
+        self._wanted: list[Callable[[int], bool]] = []
+        self._watch: asyncio.Task[None] | None = None
+        shard._match_observers.append(metrics.match_latency.observe)
+        metrics.sequencer_queue_depth.set_function(lambda: shard.sequencer.queue_depth)
+        self.add_listener(self._count)
+        self._bound_instruments: set[str] = set()
+        self._bind_book_gauges()
+
+    @property
+    def sequencer(self) -> Sequencer:
+        return self.shard.sequencer
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+        self.shard.listeners.append(listener)
+
+    def add_report_wanted(self, wants: Callable[[int], bool]) -> None:
+        """Execution reports are built, per order a batch touched, for participants `wants` names."""
+        self._wanted.append(wants)
+        self.shard.report_wanted.append(wants)
+
+    def start_watching(self) -> None:
+        self._watch = asyncio.create_task(self._watch_readiness(), name="exchange-readiness")
+
+    async def close(self) -> None:
+        """Stop taking commands and unhook from the shard (the shard itself is detached by the caller)."""
+        self.accepting = False
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        for listener in self._listeners:
+            with contextlib.suppress(ValueError):
+                self.shard.listeners.remove(listener)
+        for wants in self._wanted:
+            with contextlib.suppress(ValueError):
+                self.shard.report_wanted.remove(wants)
+        with contextlib.suppress(ValueError):
+            self.shard._match_observers.remove(self.metrics.match_latency.observe)
+
+    # -- commands -------------------------------------------------------------------------------------
+
+    async def submit(self, command: Command) -> Result:
+        """Sequence one command and return its durable result, or raise the API error for the outcome."""
+        if not self.accepting:
+            raise ApiError(503, Code.NOT_READY, "shutting down: not taking commands", retry_after_s=1)
+        try:
+            future = self.shard.sequencer.submit_nowait(command)
+        except Busy as exc:
+            raise ApiError(503, "busy", "the exchange is busy; retry",
+                           retry_after_s=max(1, math.ceil(exc.retry_after_s))) from None
+        except Unavailable as exc:
+            raise ApiError(503, Code.UNAVAILABLE, f"the exchange is unavailable: {exc}", retry_after_s=1) from None
+        try:
+            return await future
+        except IdempotencyConflict as exc:
+            raise ApiError(409, "duplicate_client_order_id",
+                           f"client_order_id {exc.client_order_id!r} was already used for a different order"
+                           ) from None
+        except Unavailable:
+            raise ApiError(503, Code.UNAVAILABLE, "outcome unknown: reconcile by client_order_id",
+                           retry_after_s=1) from None
+
+    # -- metrics and readiness ----------------------------------------------------------------------
+
+    def _count(self, batch: CommittedBatch, digest: BatchDigest) -> None:
+        metrics = self.metrics
+        metrics.journal_batch_size.observe(len(batch))
+        for symbol, delta in digest.instruments.items():
+            if delta.trades:
+                metrics.trades.labels(symbol).inc(len(delta.trades))
+                metrics.traded_heads.labels(symbol).inc(sum(t.quantity_heads for t in delta.trades))
+            if symbol not in self._bound_instruments:
+                self._bind_book_gauges()
+
+    def _bind_book_gauges(self) -> None:
+        """Book depth gauges read the read model at scrape time."""
+        for symbol, record in self.read_model.instruments.items():
+            if symbol in self._bound_instruments:
+                continue
+            self._bound_instruments.add(symbol)
+            for side_name, side in (("buy", record.bids), ("sell", record.asks)):
+                self.metrics.book_depth_levels.labels(symbol, side_name).set_function(side.__len__)
+                self.metrics.book_depth_heads.labels(symbol, side_name).set_function(
+                    lambda side=side: sum(side.values()))
+
+    async def _watch_readiness(self) -> None:
+        """Not ready while the sequencer is rebuilding after database trouble; ready again after."""
+        sequencer = self.shard.sequencer
+        while True:
+            await asyncio.sleep(_READINESS_POLL_S)
+            if not self.accepting:
+                return
+            running = sequencer.state is State.RUNNING
+            if running and not self.readiness.ready and self.readiness.reason == "exchange unavailable":
+                self.readiness.set_ready()
+            elif not running and self.readiness.ready:
+                self.readiness.set_not_ready("exchange unavailable")
+
+
+EXCHANGE = web.AppKey("hogx_exchange", ExchangePort)

@@ -1,0 +1,107 @@
+"""Operator routes for markets: list an instrument, halt and resume it, run its call auction, set its
+reference price. Each is a journaled command, so replay rebuilds the market exactly.
+
+(Participants and API keys are in `gateway.admin`.) An unknown instrument in the path is a 404
+`unknown_instrument`; a transition the instrument's state does not allow is a 409
+`invalid_state_transition`.
+"""
+
+from __future__ import annotations
+
+from exchange.commands import Command, Halt, ListInstrument, Resume, SetReferencePrice, StartAuction, Uncross
+from exchange.domain import InstrumentSpec
+from exchange.events import Rejected
+from gateway.auth import OPERATORS
+from gateway.exchange_port import EXCHANGE
+from gateway.market import instrument_view, unknown_instrument
+from gateway.orders import rejection
+from gateway.routes import Call, RouteTable
+from gateway.schemas import (
+    BREED_CLASS,
+    PRODUCT_CLASS,
+    TRADING_STATE,
+    InstrumentPath,
+    InstrumentRequest,
+    InstrumentView,
+    ReferencePriceRequest,
+)
+
+__all__ = ["routes", "spec_from_request"]
+
+routes = RouteTable()
+
+
+def spec_from_request(body: InstrumentRequest) -> InstrumentSpec:
+    return InstrumentSpec(
+        body.symbol, PRODUCT_CLASS[body.product_class], BREED_CLASS[body.breed_class], body.delivery_point,
+        body.lot_avg_min_g, body.lot_avg_max_g, body.animal_min_g, body.animal_max_g, body.tick_fen,
+        body.min_order_heads, body.max_order_heads, body.price_band_bps, body.reference_price_fen,
+        TRADING_STATE[body.initial_state],
+    )  # fmt: skip
+
+
+async def _run(call: Call, symbol: str, command: Command) -> InstrumentView:
+    """Submit an instrument command; answer the instrument as it stands after it, or its rejection."""
+    port = call.app[EXCHANGE]
+    result = await port.submit(command)
+    for event in result.events:
+        if event.__class__ is Rejected:
+            raise rejection(event.reason)
+    record = port.read_model.instruments.get(symbol)
+    if record is None:
+        raise unknown_instrument(symbol)
+    return instrument_view(record)
+
+
+def _known(call: Call, symbol: str) -> None:
+    if symbol not in call.app[EXCHANGE].read_model.instruments:
+        raise unknown_instrument(symbol)
+
+
+@routes.post("/v1/instruments", roles=OPERATORS, body=InstrumentRequest, response=InstrumentView, status=201,
+             errors=(409,))
+async def list_instrument(call: Call, body: InstrumentRequest) -> InstrumentView:
+    """List a new instrument (a standard grade at a delivery point)."""
+    command = ListInstrument(call.principal.participant_id, 0, spec_from_request(body))
+    return await _run(call, body.symbol, command)
+
+
+@routes.post("/v1/instruments/{instrument}/halt", roles=OPERATORS, params=InstrumentPath,
+             response=InstrumentView, errors=(409,))
+async def halt(call: Call, params: InstrumentPath) -> InstrumentView:
+    """Halt trading: no new orders or amendments; cancels still work."""
+    _known(call, params.instrument)
+    return await _run(call, params.instrument, Halt(call.principal.participant_id, 0, params.instrument))
+
+
+@routes.post("/v1/instruments/{instrument}/resume", roles=OPERATORS, params=InstrumentPath,
+             response=InstrumentView, errors=(409,))
+async def resume(call: Call, params: InstrumentPath) -> InstrumentView:
+    """Resume a halted instrument in the state it was halted from."""
+    _known(call, params.instrument)
+    return await _run(call, params.instrument, Resume(call.principal.participant_id, 0, params.instrument))
+
+
+@routes.post("/v1/instruments/{instrument}/auction", roles=OPERATORS, params=InstrumentPath,
+             response=InstrumentView, errors=(409,))
+async def start_auction(call: Call, params: InstrumentPath) -> InstrumentView:
+    """Start a call auction: orders collect without matching until the uncross."""
+    _known(call, params.instrument)
+    return await _run(call, params.instrument, StartAuction(call.principal.participant_id, 0, params.instrument))
+
+
+@routes.post("/v1/instruments/{instrument}/uncross", roles=OPERATORS, params=InstrumentPath,
+             response=InstrumentView, errors=(409,))
+async def uncross(call: Call, params: InstrumentPath) -> InstrumentView:
+    """Uncross the call auction at the volume-maximising price and return to continuous trading."""
+    _known(call, params.instrument)
+    return await _run(call, params.instrument, Uncross(call.principal.participant_id, 0, params.instrument))
+
+
+@routes.post("/v1/instruments/{instrument}/reference-price", roles=OPERATORS, params=InstrumentPath,
+             body=ReferencePriceRequest, response=InstrumentView)
+async def set_reference_price(call: Call, params: InstrumentPath, body: ReferencePriceRequest) -> InstrumentView:
+    """Set the reference price the daily band is computed from."""
+    _known(call, params.instrument)
+    command = SetReferencePrice(call.principal.participant_id, 0, params.instrument, body.price_fen)
+    return await _run(call, params.instrument, command)

@@ -1,0 +1,526 @@
+"""The gateway's read model: what queries and market data are answered from, folded from committed
+batches only.
+
+`ReadModel.apply_batch` takes the sequencer's committed (seq, command, events) entries in journal order
+and keeps: instruments with their state and an L2 book per instrument (absolute heads per level, the
+instrument's last event `seq`), every order with its fills, each participant's orders and fills, lots
+with their reserved and sold heads, a bounded history of public trades and candles. Because nothing
+uncommitted ever reaches it, a book snapshot taken from it is exactly what later deltas chain on, even
+while the core is already applying the next batch.
+
+It also returns a `BatchDigest` per batch for the publishers: per instrument, the seq range the batch
+covered (every event of an instrument takes a seq, so the range includes events that are not book
+changes and the deltas chain without holes), the levels that changed (last value wins) and the trades;
+and, for the participants `wants` names, an execution report per order each command touched.
+
+Pure and synchronous: no I/O, no clock. The order-event fold (`fold_order`) is shared with the order
+handlers, which build a command's execution report from that command's own events.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Final
+
+import msgspec
+from sortedcontainers import SortedDict
+
+from exchange.commands import Command, PlaceOrder
+from exchange.domain import InstrumentSpec, Lot, OrderType, Side, band_fen
+from exchange.events import (
+    AuctionUncrossed,
+    BookChanged,
+    Event,
+    InstrumentListed,
+    LotRegistered,
+    OrderAccepted,
+    OrderAmended,
+    OrderCancelled,
+    OrderExpired,
+    ReferencePriceSet,
+    Rejected,
+    Trade,
+    TradingStateChanged,
+)
+from gateway.schemas import (
+    CANDLE_INTERVAL_MS,
+    ORDER_TYPE_NAME,
+    SIDE_NAME,
+    TIF_NAME,
+    Candle,
+    CandleInterval,
+    ExecutionReport,
+    Fill,
+    Liquidity,
+    OrderStatus,
+    TradeView,
+    reject_code,
+)
+
+__all__ = [
+    "BatchDigest",
+    "InstrumentDelta",
+    "InstrumentRecord",
+    "LotRecord",
+    "OrderRecord",
+    "ReadModel",
+    "fold_order",
+    "order_from_accepted",
+    "to_report",
+]
+
+_NS_PER_MS: Final = 1_000_000
+_BUY, _SELL = Side.BUY, Side.SELL
+_NEW, _PARTIAL, _FILLED = OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED, OrderStatus.FILLED
+_CANCELED, _EXPIRED, _REJECTED = OrderStatus.CANCELED, OrderStatus.EXPIRED, OrderStatus.REJECTED
+_MAKER, _TAKER, _AUCTION = Liquidity.MAKER, Liquidity.TAKER, Liquidity.AUCTION
+OPEN_STATUSES: Final = frozenset({_NEW, _PARTIAL})
+# A filtered listing stops scanning after this many of the participant's orders and hands back a cursor,
+# so one request never walks an unbounded history.
+MAX_SCAN: Final = 20_000
+
+
+class OrderRecord(msgspec.Struct, gc=False):
+    """One accepted order as it stands; `fills` holds every fill in trade order."""
+
+    order_id: int
+    participant_id: int
+    client_order_id: str
+    instrument: str
+    side: int
+    order_type: int
+    time_in_force: int
+    price_fen: int
+    quantity_heads: int
+    remaining_heads: int
+    lot_id: int
+    expire_at_ns: int
+    created_ns: int
+    updated_ns: int
+    filled_heads: int = 0
+    status: OrderStatus = OrderStatus.NEW
+    fills: list[Fill] = []
+
+
+class LotRecord(msgspec.Struct, gc=False):
+    lot: Lot
+    reserved_heads: int = 0
+    sold_heads: int = 0
+
+    @property
+    def available_heads(self) -> int:
+        return self.lot.heads - self.reserved_heads - self.sold_heads
+
+
+class InstrumentRecord:
+    """An instrument's specification, state and L2 book (bids keyed by -price so index 0 is best)."""
+
+    __slots__ = ("asks", "band_high_fen", "band_low_fen", "bids", "reference_price_fen", "seq", "spec", "state",
+                 "trades")
+
+    def __init__(self, spec: InstrumentSpec, seq: int, trade_history: int) -> None:
+        self.spec = spec
+        self.state = spec.initial_state
+        self.seq = seq
+        self.bids: SortedDict = SortedDict()
+        self.asks: SortedDict = SortedDict()
+        self.trades: deque[TradeView] = deque(maxlen=trade_history)
+        self.set_reference(spec.reference_price_fen)
+
+    def set_reference(self, price_fen: int) -> None:
+        self.reference_price_fen = price_fen
+        self.band_low_fen, self.band_high_fen = band_fen(self.spec, price_fen)
+
+    def depth(self, levels: int | None = None) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """(bids, asks) as (price_fen, heads), best first; all levels when `levels` is None."""
+        bids = [(-key, heads) for key, heads in self.bids.items()[:levels]]
+        asks = list(self.asks.items()[:levels])
+        return bids, asks
+
+
+class InstrumentDelta:
+    """What one batch did to one instrument: its seq range, changed levels and trades."""
+
+    __slots__ = ("first_seq", "last_seq", "levels", "trades")
+
+    def __init__(self, seq: int) -> None:
+        self.first_seq = seq
+        self.last_seq = seq
+        self.levels: dict[tuple[int, int], int] = {}  # (side, price_fen) -> absolute heads, 0 = gone
+        self.trades: list[TradeView] = []
+
+    def bids_asks(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        bids = [(price, heads) for (side, price), heads in self.levels.items() if side == _BUY]
+        asks = [(price, heads) for (side, price), heads in self.levels.items() if side == _SELL]
+        return bids, asks
+
+
+class BatchDigest:
+    """The publishers' view of one batch."""
+
+    __slots__ = ("first_seq", "instruments", "last_seq", "reports", "wants")
+
+    def __init__(self, wants: Callable[[int], bool] | None) -> None:
+        self.first_seq = 0
+        self.last_seq = 0
+        self.instruments: dict[str, InstrumentDelta] = {}
+        self.reports: list[tuple[int, ExecutionReport]] = []  # (participant_id, report)
+        self.wants = wants
+
+
+class _Series:
+    """One instrument's candles of one interval: [start_ms, open, high, low, close, volume, trades]."""
+
+    __slots__ = ("candles", "interval_ms", "max_candles")
+
+    def __init__(self, interval_ms: int, max_candles: int) -> None:
+        self.interval_ms = interval_ms
+        self.max_candles = max_candles
+        self.candles: deque[list[int]] = deque(maxlen=max_candles)
+
+    def add(self, time_ms: int, price_fen: int, heads: int) -> None:
+        start_ms = time_ms - time_ms % self.interval_ms
+        candles = self.candles
+        if candles and candles[-1][0] == start_ms:
+            c = candles[-1]
+            if price_fen > c[2]:
+                c[2] = price_fen
+            if price_fen < c[3]:
+                c[3] = price_fen
+            c[4] = price_fen
+            c[5] += heads
+            c[6] += 1
+        else:  # exchange time never goes backwards, so a new bucket is always the newest
+            candles.append([start_ms, price_fen, price_fen, price_fen, price_fen, heads, 1])
+
+    def last(self, limit: int) -> list[Candle]:
+        out = list(self.candles)[-limit:]
+        return [Candle(*c) for c in out]
+
+
+# -- the order fold, shared with the handlers -----------------------------------------------------------
+
+
+def order_from_accepted(command: PlaceOrder, event: OrderAccepted) -> OrderRecord:
+    return OrderRecord(
+        event.order_id, event.participant_id, event.client_order_id, event.instrument, event.side,
+        command.order_type, command.time_in_force, event.price_fen, event.quantity_heads, event.quantity_heads,
+        event.lot_id, command.expire_at_ns, event.ts_ns, event.ts_ns, fills=[],
+    )  # fmt: skip
+
+
+def fold_order(rec: OrderRecord, event: Event) -> int:
+    """Apply one event that concerns `rec`; returns the heads sold out of its lot (fills of a sell).
+
+    Appends a fill to `rec.fills` for a trade. The caller keeps lot reservations right from the
+    change of `remaining_heads`.
+    """
+    cls = event.__class__
+    rec.updated_ns = event.ts_ns
+    if cls is Trade:
+        is_buy = event.buy_order_id == rec.order_id
+        remaining = event.buy_remaining_heads if is_buy else event.sell_remaining_heads
+        heads = event.quantity_heads
+        rec.filled_heads += heads
+        rec.remaining_heads = remaining
+        rec.status = _PARTIAL if remaining else _FILLED
+        taker = event.taker_side
+        liquidity = _AUCTION if taker == 0 else (_TAKER if taker == rec.side else _MAKER)
+        rec.fills.append(Fill(event.trade_id, rec.order_id, rec.instrument, SIDE_NAME[rec.side], event.price_fen,
+                              heads, liquidity, event.ts_ns // _NS_PER_MS, event.lot_id))
+        return 0 if is_buy else heads
+    if cls is OrderCancelled:
+        rec.remaining_heads = 0
+        rec.status = _CANCELED
+    elif cls is OrderExpired:
+        rec.remaining_heads = 0
+        rec.status = _EXPIRED
+    elif cls is OrderAmended:
+        rec.price_fen = event.price_fen
+        rec.quantity_heads = event.quantity_heads
+        rec.remaining_heads = event.remaining_heads
+        rec.filled_heads = event.quantity_heads - event.remaining_heads
+        rec.status = _PARTIAL if rec.filled_heads else _NEW
+    return 0
+
+
+def to_report(rec: OrderRecord, fills: list[Fill]) -> ExecutionReport:
+    return ExecutionReport(
+        rec.order_id, rec.client_order_id, rec.instrument, SIDE_NAME[rec.side], ORDER_TYPE_NAME[rec.order_type],
+        TIF_NAME[rec.time_in_force], rec.status, rec.price_fen, rec.quantity_heads, rec.filled_heads,
+        rec.remaining_heads, fills, rec.lot_id, rec.expire_at_ns // _NS_PER_MS, rec.created_ns // _NS_PER_MS,
+        rec.updated_ns // _NS_PER_MS,
+    )  # fmt: skip
+
+
+def rejected_report(command: PlaceOrder, event: Rejected) -> ExecutionReport:
+    price = command.price_fen if command.order_type == OrderType.LIMIT else 0
+    time_ms = event.ts_ns // _NS_PER_MS
+    return ExecutionReport(
+        0, command.client_order_id, command.instrument, SIDE_NAME[command.side], ORDER_TYPE_NAME[command.order_type],
+        TIF_NAME[command.time_in_force], _REJECTED, price, command.quantity_heads, 0, 0, [], command.lot_id,
+        command.expire_at_ns // _NS_PER_MS, time_ms, time_ms, reject_code(event.reason),
+    )  # fmt: skip
+
+
+def order_event_ids(event: Event) -> tuple[int, ...]:
+    """The order ids an event concerns (a trade concerns two)."""
+    cls = event.__class__
+    if cls is Trade:
+        return (event.buy_order_id, event.sell_order_id)
+    if cls is OrderCancelled or cls is OrderExpired or cls is OrderAmended or cls is OrderAccepted:
+        return (event.order_id,)
+    return ()
+
+
+def event_instrument(event: Event) -> str:
+    cls = event.__class__
+    if cls is InstrumentListed:
+        return event.spec.symbol
+    if cls is LotRegistered:
+        return event.lot.instrument
+    return event.instrument  # every other event with a seq names its instrument
+
+
+# -- the projection -------------------------------------------------------------------------------------
+
+
+class ReadModel:
+    """Everything the gateway answers from, as of journal seq `applied_seq`."""
+
+    def __init__(self, *, trade_history: int = 10_000, candle_history: int = 1_000) -> None:
+        self.applied_seq = 0
+        self.trade_history = trade_history
+        self.candle_history = candle_history
+        self.instruments: dict[str, InstrumentRecord] = {}
+        self.orders: dict[int, OrderRecord] = {}
+        self.orders_by_participant: dict[int, list[int]] = {}
+        self.fills_by_participant: dict[int, list[Fill]] = {}
+        self.lots: dict[int, LotRecord] = {}
+        self.lots_by_participant: dict[int, list[int]] = {}
+        self.candles: dict[tuple[str, CandleInterval], _Series] = {}
+        self.trade_count = 0
+        self.traded_heads = 0
+        self._handlers: dict[type, Callable[..., None]] = {
+            OrderAccepted: self._on_accepted,
+            Trade: self._on_trade,
+            OrderCancelled: self._on_order_event,
+            OrderExpired: self._on_order_event,
+            OrderAmended: self._on_order_event,
+            BookChanged: self._on_book,
+            InstrumentListed: self._on_listed,
+            LotRegistered: self._on_lot,
+            TradingStateChanged: self._on_state,
+            ReferencePriceSet: self._on_reference,
+            AuctionUncrossed: _ignore,
+            Rejected: self._on_rejected,
+        }
+
+    # -- folding --------------------------------------------------------------------------------------
+
+    def apply_batch(self, entries: Iterable[tuple[int, Command, list[Event]]],
+                    wants: Callable[[int], bool] | None = None) -> BatchDigest:
+        """Fold committed entries in seq order; `wants(participant_id)` selects who gets reports."""
+        digest = BatchDigest(wants)
+        for seq, command, events in entries:
+            if seq != self.applied_seq + 1:
+                raise ValueError(f"read model at seq {self.applied_seq} was given seq {seq}")
+            self._apply(command, events, digest)
+            self.applied_seq = seq
+            if not digest.first_seq:
+                digest.first_seq = seq
+            digest.last_seq = seq
+        return digest
+
+    def _apply(self, command: Command, events: list[Event], digest: BatchDigest) -> None:
+        touched: dict[int, int] = {}  # order id -> number of its fills before this command
+        instruments = digest.instruments
+        handlers = self._handlers
+        for event in events:
+            seq = event.seq
+            if seq:
+                symbol = event_instrument(event)
+                delta = instruments.get(symbol)
+                if delta is None:
+                    instruments[symbol] = delta = InstrumentDelta(seq)
+                delta.last_seq = seq
+                record = self.instruments.get(symbol)
+                if record is not None:
+                    record.seq = seq
+            handler = handlers.get(event.__class__)
+            if handler is not None:  # settlement events (seq 0) are not this read model's business
+                handler(event, command, touched, digest)
+        if touched and digest.wants is not None:
+            self._reports(touched, digest)
+
+    def _reports(self, touched: dict[int, int], digest: BatchDigest) -> None:
+        wants = digest.wants
+        assert wants is not None
+        for order_id, fills_before in touched.items():
+            rec = self.orders[order_id]
+            if wants(rec.participant_id):
+                digest.reports.append((rec.participant_id, to_report(rec, rec.fills[fills_before:])))
+
+    def _touch(self, rec: OrderRecord, touched: dict[int, int]) -> None:
+        if rec.order_id not in touched:
+            touched[rec.order_id] = len(rec.fills)
+
+    def _on_accepted(self, event: OrderAccepted, command: Command, touched: dict[int, int],
+                     digest: BatchDigest) -> None:
+        assert isinstance(command, PlaceOrder)
+        rec = order_from_accepted(command, event)
+        self.orders[rec.order_id] = rec
+        self.orders_by_participant.setdefault(rec.participant_id, []).append(rec.order_id)
+        if rec.lot_id:
+            self.lots[rec.lot_id].reserved_heads += rec.remaining_heads
+        touched[rec.order_id] = 0
+
+    def _on_trade(self, event: Trade, command: Command, touched: dict[int, int], digest: BatchDigest) -> None:
+        for order_id in (event.buy_order_id, event.sell_order_id):
+            rec = self.orders[order_id]
+            self._touch(rec, touched)
+            before = rec.remaining_heads
+            sold = fold_order(rec, event)
+            if rec.lot_id:
+                lot = self.lots[rec.lot_id]
+                lot.reserved_heads += rec.remaining_heads - before
+                lot.sold_heads += sold
+            self.fills_by_participant.setdefault(rec.participant_id, []).append(rec.fills[-1])
+        taker = None if event.taker_side == 0 else SIDE_NAME[event.taker_side]
+        time_ms = event.ts_ns // _NS_PER_MS
+        view = TradeView(event.trade_id, event.instrument, event.price_fen, event.quantity_heads, taker, time_ms,
+                         event.seq)
+        self.instruments[event.instrument].trades.append(view)
+        digest.instruments[event.instrument].trades.append(view)
+        for interval in CandleInterval:
+            self._series(event.instrument, interval).add(time_ms, event.price_fen, event.quantity_heads)
+        self.trade_count += 1
+        self.traded_heads += event.quantity_heads
+
+    def _on_order_event(self, event: OrderCancelled | OrderExpired | OrderAmended, command: Command,
+                        touched: dict[int, int], digest: BatchDigest) -> None:
+        rec = self.orders[event.order_id]
+        self._touch(rec, touched)
+        before = rec.remaining_heads
+        fold_order(rec, event)
+        if rec.lot_id:
+            self.lots[rec.lot_id].reserved_heads += rec.remaining_heads - before
+
+    def _on_book(self, event: BookChanged, command: Command, touched: dict[int, int], digest: BatchDigest) -> None:
+        record = self.instruments[event.instrument]
+        if event.side == _BUY:
+            side, key = record.bids, -event.price_fen
+        else:
+            side, key = record.asks, event.price_fen
+        if event.level_heads:
+            side[key] = event.level_heads
+        else:
+            side.pop(key, None)
+        digest.instruments[event.instrument].levels[(event.side, event.price_fen)] = event.level_heads
+
+    def _on_listed(self, event: InstrumentListed, command: Command, touched: dict[int, int],
+                   digest: BatchDigest) -> None:
+        self.instruments[event.spec.symbol] = InstrumentRecord(event.spec, event.seq, self.trade_history)
+
+    def _on_lot(self, event: LotRegistered, command: Command, touched: dict[int, int], digest: BatchDigest) -> None:
+        lot = event.lot
+        self.lots[lot.lot_id] = LotRecord(lot)
+        self.lots_by_participant.setdefault(lot.seller_id, []).append(lot.lot_id)
+
+    def _on_state(self, event: TradingStateChanged, command: Command, touched: dict[int, int],
+                  digest: BatchDigest) -> None:
+        self.instruments[event.instrument].state = event.state
+
+    def _on_reference(self, event: ReferencePriceSet, command: Command, touched: dict[int, int],
+                      digest: BatchDigest) -> None:
+        self.instruments[event.instrument].set_reference(event.price_fen)
+
+    def _on_rejected(self, event: Rejected, command: Command, touched: dict[int, int], digest: BatchDigest) -> None:
+        wants = digest.wants
+        if command.__class__ is PlaceOrder and wants is not None and wants(event.participant_id):
+            digest.reports.append((event.participant_id, rejected_report(command, event)))  # type: ignore[arg-type]
+
+    def _series(self, instrument: str, interval: CandleInterval) -> _Series:
+        key = (instrument, interval)
+        series = self.candles.get(key)
+        if series is None:
+            series = self.candles[key] = _Series(CANDLE_INTERVAL_MS[interval], self.candle_history)
+        return series
+
+    # -- queries --------------------------------------------------------------------------------------
+
+    def order_of(self, participant_id: int, order_id: int) -> OrderRecord | None:
+        """The participant's own order; another participant's is None, exactly like a missing one."""
+        rec = self.orders.get(order_id)
+        return rec if rec is not None and rec.participant_id == participant_id else None
+
+    def lot_of(self, participant_id: int, lot_id: int) -> LotRecord | None:
+        rec = self.lots.get(lot_id)
+        return rec if rec is not None and rec.lot.seller_id == participant_id else None
+
+    def list_orders(self, participant_id: int, *, status: OrderStatus | None, instrument: str | None,
+                    before_id: int | None, limit: int) -> tuple[list[OrderRecord], int | None]:
+        """Newest first, order ids below `before_id`; returns the page and the next cursor (or None)."""
+        ids = self.orders_by_participant.get(participant_id, [])
+        end = len(ids) if before_id is None else bisect.bisect_left(ids, before_id)
+        page: list[OrderRecord] = []
+        orders = self.orders
+        index = end - 1
+        stop = max(-1, end - 1 - MAX_SCAN)
+        while index > stop and len(page) < limit:
+            rec = orders[ids[index]]
+            if (status is None or rec.status == status) and (instrument is None or rec.instrument == instrument):
+                page.append(rec)
+            index -= 1
+        more = index > -1
+        return page, (ids[index + 1] if more else None)
+
+    def list_fills(self, participant_id: int, *, instrument: str | None, before_trade_id: int | None,
+                   limit: int) -> tuple[list[Fill], int | None]:
+        fills = self.fills_by_participant.get(participant_id, [])
+        end = len(fills) if before_trade_id is None else bisect.bisect_left(
+            fills, before_trade_id, key=lambda f: f.trade_id)
+        page: list[Fill] = []
+        index = end - 1
+        stop = max(-1, end - 1 - MAX_SCAN)
+        while index > stop and len(page) < limit:
+            fill = fills[index]
+            if instrument is None or fill.instrument == instrument:
+                page.append(fill)
+            index -= 1
+        more = index > -1
+        return page, (fills[index + 1].trade_id if more else None)
+
+    def list_lots(self, participant_id: int) -> list[LotRecord]:
+        return [self.lots[lot_id] for lot_id in self.lots_by_participant.get(participant_id, [])]
+
+    def trades(self, instrument: str, *, before_trade_id: int | None, limit: int) -> tuple[list[TradeView], int | None]:
+        record = self.instruments[instrument]
+        page: list[TradeView] = []
+        history = record.trades
+        for trade in reversed(history):
+            if before_trade_id is not None and trade.trade_id >= before_trade_id:
+                continue
+            if len(page) == limit:
+                return page, page[-1].trade_id
+            page.append(trade)
+        return page, None
+
+    def candles_of(self, instrument: str, interval: CandleInterval, limit: int) -> list[Candle]:
+        series = self.candles.get((instrument, interval))
+        return [] if series is None else series.last(limit)
+
+    def book_matches(self, seq: int, bids: list[tuple[int, int]], asks: list[tuple[int, int]],
+                     instrument: str) -> bool:
+        """Does this projection's book equal an L2 picture (e.g. the core's after recovery)?"""
+        record = self.instruments.get(instrument)
+        if record is None:
+            return False
+        return (record.seq, *record.depth()) == (seq, list(bids), list(asks))
+
+
+def _ignore(*_: object) -> None:
+    """Events with no read-model effect beyond taking a seq (already counted by the caller)."""
+

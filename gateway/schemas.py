@@ -1,0 +1,458 @@
+"""The JSON shapes of the exchange API: request and response structs, their enums, and the mappings
+between API names and the core's integer enums.
+
+Every request struct sets `forbid_unknown_fields=True` (an unknown field is a 422) and bounds every
+number and string, so a well-formed body can never overflow the core's 64-bit fields. Money is integer
+fen, quantities integer heads, weights integer grams, times integer milliseconds since the epoch
+(`*_ms`, what JavaScript clients can hold exactly; the core's nanoseconds are divided down).
+
+Core rejection reasons become stable snake_case codes (`RejectReason.PRICE_OFF_TICK` ->
+`price_off_tick`) with the HTTP status of `REJECT_STATUS`: 422 for business rules, 404 where the
+resource is unknown or someone else's, 409 for conflicts with existing state.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Final
+
+import msgspec
+
+from exchange.domain import (
+    BreedClass,
+    OrderType,
+    ProductClass,
+    RejectReason,
+    SelfTradePrevention,
+    Side,
+    TimeInForce,
+    TradingState,
+)
+
+__all__ = [
+    "BOOK_DEPTH_MAX",
+    "PAGE_LIMIT_MAX",
+    "REJECT_STATUS",
+    "AmendOrderRequest",
+    "BookView",
+    "Candle",
+    "CandleInterval",
+    "CandlePage",
+    "CandleQuery",
+    "ExecutionReport",
+    "Fill",
+    "FillPage",
+    "FillQuery",
+    "InstrumentPath",
+    "InstrumentRequest",
+    "InstrumentView",
+    "Liquidity",
+    "LotPath",
+    "LotView",
+    "OrderPage",
+    "OrderPath",
+    "OrderQuery",
+    "OrderStatus",
+    "OrderTypeName",
+    "PlaceOrderRequest",
+    "ProductClassName",
+    "ReferencePriceRequest",
+    "RegisterLotRequest",
+    "SideName",
+    "StpName",
+    "TimeInForceName",
+    "TradePage",
+    "TradeQuery",
+    "TradeView",
+    "TradingStateName",
+    "reject_code",
+]
+
+PAGE_LIMIT_MAX: Final = 1000
+BOOK_DEPTH_MAX: Final = 1000
+
+# -- bounded scalars -----------------------------------------------------------------------------------
+
+Id = Annotated[int, msgspec.Meta(ge=1, le=2**53 - 1, description="a positive identifier")]
+PriceFen = Annotated[int, msgspec.Meta(ge=1, le=10**10, description="integer fen (per kg or per head)")]
+Heads = Annotated[int, msgspec.Meta(ge=1, le=1_000_000, description="whole animals")]
+WeightG = Annotated[int, msgspec.Meta(ge=1, le=10_000_000, description="integer grams")]
+TimeMs = Annotated[int, msgspec.Meta(ge=1, le=9_000_000_000_000, description="milliseconds since the epoch")]
+ClientOrderId = Annotated[str, msgspec.Meta(min_length=1, max_length=36, pattern=r"^[!-~]+$",
+                                            description="1-36 printable ASCII characters, unique per "
+                                                        "participant forever (the idempotency key)")]
+Symbol = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_\-]+$",
+                                     description="instrument symbol, e.g. RC-LH-WSY")]
+ShortText = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Cursor = Annotated[str, msgspec.Meta(min_length=1, max_length=19, pattern=r"^[0-9]+$",
+                                     description="opaque cursor from a previous page's next_cursor")]
+Limit = Annotated[int, msgspec.Meta(ge=1, le=PAGE_LIMIT_MAX)]
+
+# -- enums as the API spells them ----------------------------------------------------------------------
+
+
+class SideName(StrEnum):
+    BUY = "buy"
+    SELL = "sell"
+
+
+class OrderTypeName(StrEnum):
+    LIMIT = "limit"
+    MARKET = "market"
+
+
+class TimeInForceName(StrEnum):
+    GTC = "GTC"
+    IOC = "IOC"
+    FOK = "FOK"
+    GTD = "GTD"
+
+
+class StpName(StrEnum):
+    EXPIRE_TAKER = "expire_taker"
+    EXPIRE_MAKER = "expire_maker"
+    EXPIRE_BOTH = "expire_both"
+
+
+class OrderStatus(StrEnum):
+    NEW = "NEW"
+    PARTIALLY_FILLED = "PARTIALLY_FILLED"
+    FILLED = "FILLED"
+    CANCELED = "CANCELED"
+    REJECTED = "REJECTED"
+    EXPIRED = "EXPIRED"
+
+
+class Liquidity(StrEnum):
+    MAKER = "maker"
+    TAKER = "taker"
+    AUCTION = "auction"  # filled in a call-auction uncross: neither side took
+
+
+class ProductClassName(StrEnum):
+    FINISHING_HOG = "finishing_hog"  # quoted in fen per kg live weight
+    PIGLET = "piglet"  # quoted in fen per head
+
+
+class BreedClassName(StrEnum):
+    WAI_SAN_YUAN = "wai_san_yuan"  # 外三元
+    NEI_SAN_YUAN = "nei_san_yuan"  # 内三元
+    TU_ZA = "tu_za"  # 土杂
+
+
+class TradingStateName(StrEnum):
+    CONTINUOUS = "continuous"
+    AUCTION = "auction"
+    HALTED = "halted"
+
+
+class CandleInterval(StrEnum):
+    M1 = "1m"
+    M5 = "5m"
+    M15 = "15m"
+    H1 = "1h"
+    D1 = "1d"
+
+
+CANDLE_INTERVAL_MS: Final = {
+    CandleInterval.M1: 60_000,
+    CandleInterval.M5: 300_000,
+    CandleInterval.M15: 900_000,
+    CandleInterval.H1: 3_600_000,
+    CandleInterval.D1: 86_400_000,
+}
+
+# API name <-> core enum. Tuples indexed by the core's IntEnum value are the fast way back.
+SIDE: Final = {SideName.BUY: Side.BUY, SideName.SELL: Side.SELL}
+SIDE_NAME: Final = (None, SideName.BUY, SideName.SELL)
+ORDER_TYPE: Final = {OrderTypeName.LIMIT: OrderType.LIMIT, OrderTypeName.MARKET: OrderType.MARKET}
+ORDER_TYPE_NAME: Final = (None, OrderTypeName.LIMIT, OrderTypeName.MARKET)
+TIF: Final = {TimeInForceName[t.name]: t for t in TimeInForce}
+TIF_NAME: Final = (None, *(TimeInForceName[t.name] for t in TimeInForce))
+STP: Final = {StpName[s.name]: s for s in SelfTradePrevention}
+PRODUCT_CLASS: Final = {ProductClassName[p.name]: p for p in ProductClass}
+PRODUCT_CLASS_NAME: Final = {p: ProductClassName[p.name] for p in ProductClass}
+BREED_CLASS: Final = {BreedClassName[b.name]: b for b in BreedClass}
+BREED_CLASS_NAME: Final = {b: BreedClassName[b.name] for b in BreedClass}
+TRADING_STATE: Final = {TradingStateName[s.name]: s for s in TradingState}
+TRADING_STATE_NAME: Final = {s: TradingStateName[s.name] for s in TradingState}
+QUOTE_UNIT: Final = {ProductClass.FINISHING_HOG: "fen_per_kg", ProductClass.PIGLET: "fen_per_head"}
+
+
+# -- core rejections -> HTTP ----------------------------------------------------------------------------
+
+R = RejectReason
+# Business rules the request broke are 422; these are not.
+_NOT_422: Final = {
+    R.LOT_NOT_FOUND: 404,  # also another seller's lot: never revealed
+    R.UNKNOWN_ORDER: 404,  # also another participant's order
+    R.UNKNOWN_PARTICIPANT: 404,
+    R.UNKNOWN_TRADE: 404,
+    R.UNKNOWN_REFERENCE: 404,
+    R.NOT_AUTHORIZED: 403,
+    R.DUPLICATE_CLIENT_ORDER_ID: 409,
+    R.DUPLICATE_REFERENCE: 409,
+    R.INSTRUMENT_EXISTS: 409,
+    R.INVALID_STATE_TRANSITION: 409,
+    R.INVALID_TRADE_STATE: 409,
+    R.INVALID_PAYOUT_STATE: 409,
+}
+# An unknown instrument named in a body is a 422 (a path naming one answers 404 `unknown_instrument`).
+REJECT_STATUS: Final[dict[RejectReason, int]] = {reason: _NOT_422.get(reason, 422) for reason in RejectReason}
+
+_REJECT_CODE: Final = {reason: reason.name.lower() for reason in RejectReason}
+
+
+def reject_code(reason: RejectReason) -> str:
+    """The stable API code of a core rejection: the enum name in snake_case."""
+    return _REJECT_CODE[reason]
+
+
+# -- requests -------------------------------------------------------------------------------------------
+
+
+class PlaceOrderRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """A new order. Sells name the seller's `lot_id`; buys have none.
+
+    `price_fen` is required on limit orders and not allowed on market orders. `time_in_force`
+    defaults to GTC for limit and IOC for market orders; GTD needs `expire_at_ms`.
+    """
+
+    client_order_id: ClientOrderId
+    instrument: Symbol
+    side: SideName
+    quantity_heads: Heads
+    type: OrderTypeName = OrderTypeName.LIMIT
+    price_fen: PriceFen | None = None
+    time_in_force: TimeInForceName | None = None
+    expire_at_ms: TimeMs | None = None
+    post_only: bool = False
+    min_quantity_heads: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 0
+    all_or_none: bool = False
+    stp: StpName = StpName.EXPIRE_TAKER
+    lot_id: Id | None = None
+
+
+class AmendOrderRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """New limit price and/or new total quantity (filled + remaining); omitted fields stay.
+
+    Reducing the quantity at the same price keeps time priority; anything else re-queues the order.
+    """
+
+    price_fen: PriceFen | None = None
+    quantity_heads: Heads | None = None
+
+
+class RegisterLotRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """A seller's lot: what its sell orders refer to. The declared average weight must lie in the
+    instrument's lot band."""
+
+    instrument: Symbol
+    heads: Heads
+    avg_weight_g: WeightG
+    origin: ShortText
+    quarantine_cert: ShortText
+    ear_tags: Annotated[str, msgspec.Meta(max_length=200)] = ""
+
+
+class InstrumentRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """A standard grade at one delivery point. `price_band_bps` 400 is ±4 % of the reference price
+    (0: no band); the reference price must lie on the tick."""
+
+    symbol: Symbol
+    product_class: ProductClassName
+    breed_class: BreedClassName
+    delivery_point: ShortText
+    lot_avg_min_g: WeightG
+    lot_avg_max_g: WeightG
+    animal_min_g: WeightG
+    animal_max_g: WeightG
+    tick_fen: PriceFen
+    min_order_heads: Heads
+    max_order_heads: Heads
+    price_band_bps: Annotated[int, msgspec.Meta(ge=0, le=9_999)]
+    reference_price_fen: Annotated[int, msgspec.Meta(ge=0, le=10**10)]
+    initial_state: TradingStateName = TradingStateName.CONTINUOUS
+
+
+class ReferencePriceRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    price_fen: PriceFen
+
+
+# -- path and query parameters --------------------------------------------------------------------------
+
+
+class OrderPath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    order_id: Id
+
+
+class LotPath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    lot_id: Id
+
+
+class InstrumentPath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    instrument: Symbol
+
+
+class OrderQuery(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    status: OrderStatus | None = None
+    instrument: Symbol | None = None
+    cursor: Cursor | None = None
+    limit: Limit = 100
+
+
+class FillQuery(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    instrument: Symbol | None = None
+    cursor: Cursor | None = None
+    limit: Limit = 100
+
+
+class TradeQuery(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    cursor: Cursor | None = None
+    limit: Limit = 100
+
+
+class BookQuery(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    depth: Annotated[int, msgspec.Meta(ge=1, le=BOOK_DEPTH_MAX)] = 10
+
+
+class CandleQuery(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    interval: CandleInterval = CandleInterval.M1
+    limit: Limit = 100
+
+
+# -- responses ------------------------------------------------------------------------------------------
+
+
+class Fill(msgspec.Struct, frozen=True, gc=False):
+    """One side of one trade, as its participant sees it."""
+
+    trade_id: int
+    order_id: int
+    instrument: str
+    side: SideName
+    price_fen: int
+    quantity_heads: int
+    liquidity: Liquidity
+    time_ms: int
+    lot_id: int
+
+
+class ExecutionReport(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    """An order's state after a command, sent only once that command is durable.
+
+    `fills` are the fills this command produced (for `GET /v1/orders/{order_id}`: all of the order's
+    fills). `quantity_heads` = `filled_heads` + `remaining_heads` while the order is open; once it is
+    CANCELED or EXPIRED, `remaining_heads` is 0 and the rest was taken off. A REJECTED report (only on
+    the `orders` WebSocket channel) has `order_id` 0 and the reason in `reject_code`.
+    """
+
+    order_id: int
+    client_order_id: str
+    instrument: str
+    side: SideName
+    type: OrderTypeName
+    time_in_force: TimeInForceName
+    status: OrderStatus
+    price_fen: int
+    quantity_heads: int
+    filled_heads: int
+    remaining_heads: int
+    fills: list[Fill]
+    lot_id: int
+    expire_at_ms: int
+    created_ms: int
+    updated_ms: int
+    reject_code: str | None = None
+
+
+class OrderPage(msgspec.Struct, frozen=True):
+    """Newest first; pass `next_cursor` back as `cursor` for the next page (null: no more)."""
+
+    orders: list[ExecutionReport]
+    next_cursor: str | None
+
+
+class FillPage(msgspec.Struct, frozen=True):
+    fills: list[Fill]
+    next_cursor: str | None
+
+
+class TradeView(msgspec.Struct, frozen=True, gc=False):
+    """A public trade: no participant, order or lot ids. `taker_side` is null for an auction fill."""
+
+    trade_id: int
+    instrument: str
+    price_fen: int
+    quantity_heads: int
+    taker_side: SideName | None
+    time_ms: int
+    seq: int
+
+
+class TradePage(msgspec.Struct, frozen=True):
+    trades: list[TradeView]
+    next_cursor: str | None
+
+
+class BookView(msgspec.Struct, frozen=True):
+    """An L2 picture: `[price_fen, heads]` levels, best first, as of the instrument's sequence `seq`."""
+
+    instrument: str
+    seq: int
+    bids: list[tuple[int, int]]
+    asks: list[tuple[int, int]]
+
+
+class Candle(msgspec.Struct, frozen=True):
+    start_ms: int
+    open_fen: int
+    high_fen: int
+    low_fen: int
+    close_fen: int
+    volume_heads: int
+    trades: int
+
+
+class CandlePage(msgspec.Struct, frozen=True):
+    """Oldest first; only intervals with trades are present."""
+
+    instrument: str
+    interval: CandleInterval
+    candles: list[Candle]
+
+
+class InstrumentView(msgspec.Struct, frozen=True):
+    symbol: str
+    product_class: ProductClassName
+    quote_unit: str  # fen_per_kg (finishing hogs) or fen_per_head (piglets)
+    breed_class: BreedClassName
+    delivery_point: str
+    lot_avg_min_g: int
+    lot_avg_max_g: int
+    animal_min_g: int
+    animal_max_g: int
+    tick_fen: int
+    min_order_heads: int
+    max_order_heads: int
+    price_band_bps: int
+    reference_price_fen: int
+    band_low_fen: int  # 0 and 0: no band
+    band_high_fen: int
+    state: TradingStateName
+    seq: int
+
+
+class LotView(msgspec.Struct, frozen=True):
+    """A lot and how many of its heads are on offer (`reserved_heads`), sold, and still free."""
+
+    lot_id: int
+    instrument: str
+    heads: int
+    avg_weight_g: int
+    origin: str
+    quarantine_cert: str
+    ear_tags: str
+    reserved_heads: int
+    sold_heads: int
+    available_heads: int
