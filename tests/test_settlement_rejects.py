@@ -1,0 +1,207 @@
+"""Every settlement reject reason is produced by some command, and a rejected command changes nothing:
+not the clearing's state hash (ledger included), not the postings waiting to be written."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from exchange.commands import (
+    Command,
+    ConfirmDeposit,
+    ConfirmWithdrawal,
+    FundsAccount,
+    GrantAdvance,
+    GrantCreditLine,
+    OpenDispute,
+    ParticipantRole,
+    PlaceOrder,
+    RecordWeighIn,
+    RegisterParticipant,
+    RejectDelivery,
+    RepayLoan,
+    RequestWithdrawal,
+    RetryPayout,
+    RunPayouts,
+    SetCooperativeMembers,
+    SetFinancingPolicy,
+    UpdateParticipant,
+)
+from exchange.domain import OrderType, RejectReason, Side, TimeInForce
+from exchange.events import PayoutRunCreated, Rejected
+from tests.factories import order
+from tests.settlement_support import (
+    BUYER,
+    BUYER2,
+    COOP,
+    FARMER,
+    FINANCIER,
+    HOUR_NS,
+    MEMBER_A,
+    OPERATOR,
+    PIGLETS,
+    Exchange,
+    world,
+)
+
+R = RejectReason
+Case = Callable[[], tuple[Exchange, Command]]
+FIRST_SETTLEMENT_REASON = R.INSUFFICIENT_FUNDS
+
+
+def traded() -> tuple[Exchange, int]:
+    x = world()
+    x.deposit(BUYER, 10_000_000)
+    return x, x.trade(BUYER, FARMER, 2800, 10).trade_id
+
+
+def delivered(weight_g: int = 1_150_000) -> tuple[Exchange, int]:
+    x, tid = traded()
+    x.weigh_in(tid, 10, weight_g)
+    return x, tid
+
+
+def buy(participant: int, price_fen: int = 2800, **kwargs: object) -> PlaceOrder:
+    return order(participant, Side.BUY, price_fen, 1, **kwargs)  # type: ignore[arg-type]
+
+
+def case_insufficient_funds() -> tuple[Exchange, Command]:
+    return world(), buy(BUYER)
+
+
+def case_unknown_participant() -> tuple[Exchange, Command]:
+    return world(), buy(99)
+
+
+def case_not_authorized() -> tuple[Exchange, Command]:
+    return world(), RegisterParticipant(FARMER, 0, 77, ParticipantRole.OPERATOR, "me", "5001**********001X")
+
+
+def case_invalid_participant() -> tuple[Exchange, Command]:
+    # a full ID number must never be stored
+    return world(), RegisterParticipant(OPERATOR, 0, 77, ParticipantRole.FARMER, "李", "500226199001011234")
+
+
+def case_unknown_trade() -> tuple[Exchange, Command]:
+    return world(), RecordWeighIn(OPERATOR, 0, 999, 1, 110_000, "CQ-1", True)
+
+
+def case_invalid_delivery() -> tuple[Exchange, Command]:
+    x, tid = traded()
+    return x, RecordWeighIn(FARMER, 0, tid, 11, 1_210_000, "CQ-1", True)
+
+
+def case_quarantine_not_checked() -> tuple[Exchange, Command]:
+    x, tid = traded()
+    return x, RecordWeighIn(FARMER, 0, tid, 10, 1_100_000, "", True)
+
+
+def case_invalid_trade_state() -> tuple[Exchange, Command]:
+    x, tid = traded()
+    return x, OpenDispute(BUYER, 0, tid, "not weighed yet")
+
+
+def case_dispute_window_closed() -> tuple[Exchange, Command]:
+    x, tid = delivered()
+    x.advance(48 * HOUR_NS)
+    return x, OpenDispute(BUYER, 0, tid, "too late")
+
+
+def case_delivery_not_rejectable() -> tuple[Exchange, Command]:
+    x, tid = delivered()
+    return x, RejectDelivery(BUYER, 0, tid)
+
+
+def case_no_consent() -> tuple[Exchange, Command]:
+    x = world()
+    x.deposit(FINANCIER, 1_000_000, FundsAccount.FINANCIER_FUNDS)
+    return x, GrantCreditLine(FINANCIER, 0, BUYER, 1_000_000, 500)
+
+
+def case_advance_too_large() -> tuple[Exchange, Command]:
+    x, tid = traded()
+    x.deposit(FINANCIER, 10_000_000, FundsAccount.FINANCIER_FUNDS)
+    x.consent(FARMER, FINANCIER)
+    return x, GrantAdvance(FINANCIER, 0, tid, 2_156_001, 500)  # 70 % of 3,080,000 is 2,156,000
+
+
+def case_duplicate_reference() -> tuple[Exchange, Command]:
+    x = world()
+    x.deposit(BUYER, 100, ref="B-1")
+    return x, ConfirmDeposit(OPERATOR, 0, "B-1", BUYER, FundsAccount.TRADING_CASH, 200)
+
+
+def case_unknown_reference() -> tuple[Exchange, Command]:
+    return world(), ConfirmWithdrawal(OPERATOR, 0, BUYER, "W-404", True, "X")
+
+
+def case_invalid_payout_state() -> tuple[Exchange, Command]:
+    x, _ = delivered()
+    x.tick(48 * HOUR_NS)
+    run = x.ok(RunPayouts(OPERATOR, 0, "R1"))
+    (payout_id,) = x.of(PayoutRunCreated, run)[0].payout_ids
+    return x, RetryPayout(OPERATOR, 0, payout_id)  # pending, not failed
+
+
+def case_invalid_amount() -> tuple[Exchange, Command]:
+    x = world()
+    x.deposit(FINANCIER, 1_000_000, FundsAccount.FINANCIER_FUNDS)
+    return x, RepayLoan(BUYER, 0, FINANCIER, 1)  # owes nothing
+
+
+def case_invalid_shares() -> tuple[Exchange, Command]:
+    return world(), SetCooperativeMembers(OPERATOR, 0, COOP, (MEMBER_A, BUYER), (5000, 5000))  # a buyer
+
+
+def case_unbounded_hold() -> tuple[Exchange, Command]:
+    x = world()
+    x.deposit(BUYER, 10_000_000)
+    return x, buy(BUYER, 0, order_type=OrderType.MARKET, tif=TimeInForce.IOC, instrument=PIGLETS)
+
+
+def case_bank_account_not_verified() -> tuple[Exchange, Command]:
+    x = world()
+    x.deposit(BUYER2, 1_000)
+    x.ok(UpdateParticipant(BUYER2, 0, BUYER2, "new name", "6222000011112222"))
+    return x, RequestWithdrawal(BUYER2, 0, "W-1", FundsAccount.TRADING_CASH, 1_000)
+
+
+def case_invalid_settings() -> tuple[Exchange, Command]:
+    return world(), SetFinancingPolicy(OPERATOR, 0, 10_001)
+
+
+CASES: dict[RejectReason, Case] = {
+    R.INSUFFICIENT_FUNDS: case_insufficient_funds,
+    R.UNKNOWN_PARTICIPANT: case_unknown_participant,
+    R.NOT_AUTHORIZED: case_not_authorized,
+    R.INVALID_PARTICIPANT: case_invalid_participant,
+    R.UNKNOWN_TRADE: case_unknown_trade,
+    R.INVALID_DELIVERY: case_invalid_delivery,
+    R.QUARANTINE_NOT_CHECKED: case_quarantine_not_checked,
+    R.INVALID_TRADE_STATE: case_invalid_trade_state,
+    R.DISPUTE_WINDOW_CLOSED: case_dispute_window_closed,
+    R.DELIVERY_NOT_REJECTABLE: case_delivery_not_rejectable,
+    R.NO_CONSENT: case_no_consent,
+    R.ADVANCE_TOO_LARGE: case_advance_too_large,
+    R.DUPLICATE_REFERENCE: case_duplicate_reference,
+    R.UNKNOWN_REFERENCE: case_unknown_reference,
+    R.INVALID_PAYOUT_STATE: case_invalid_payout_state,
+    R.INVALID_AMOUNT: case_invalid_amount,
+    R.INVALID_SHARES: case_invalid_shares,
+    R.UNBOUNDED_HOLD: case_unbounded_hold,
+    R.BANK_ACCOUNT_NOT_VERIFIED: case_bank_account_not_verified,
+    R.INVALID_SETTINGS: case_invalid_settings,
+}
+
+
+@pytest.mark.parametrize("reason", [r for r in RejectReason if r >= FIRST_SETTLEMENT_REASON], ids=lambda r: r.name)
+def test_every_settlement_reject_reason_is_produced_and_changes_nothing(reason: RejectReason) -> None:
+    x, command = CASES[reason]()  # a new settlement reason without a case fails here
+    x.clearing.drain_postings()
+    x.clearing.drain_new_accounts()
+    before = x.clearing.state_hash()
+    rejected = x.reject(command, reason)
+    assert isinstance(rejected, Rejected) and rejected.seq == 0 and rejected.ts_ns == x.ts_ns
+    assert x.clearing.state_hash() == before
+    assert x.clearing.drain_postings() == [] and x.clearing.drain_new_accounts() == []
