@@ -16,14 +16,30 @@ import random
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import asyncpg
+import msgspec
+from hypothesis import strategies as st
 
-from exchange.commands import CancelOrder, Command, PlaceOrder, decode_command
-from exchange.domain import Side
+from exchange.commands import (
+    AmendOrder,
+    CancelOrder,
+    ClockTick,
+    Command,
+    Halt,
+    PlaceOrder,
+    Resume,
+    SetReferencePrice,
+    StartAuction,
+    Uncross,
+    decode_command,
+)
+from exchange.core import Core
+from exchange.domain import OrderType, Side, TimeInForce
 from exchange.events import Event, LotRegistered
 from exchange.sequencer import Result, Sequencer, SequencerError, decode_events, recover
-from tests.factories import SYMBOL, list_instrument, order, register_lot
+from tests.factories import OPERATOR, SYMBOL, list_instrument, order, register_lot
 
 DSN_ENV = "HOGX_TEST_DSN"
 ROUND_ENV = "HOGX_TEST_ROUND"
@@ -130,6 +146,79 @@ async def _stream(sequencer: Sequencer, lots: dict[int, int], round_id: str, tas
                 await asyncio.gather(sequencer.submit(cancel), return_exceptions=True)
 
     await asyncio.gather(*(submitter() for _ in range(tasks)))
+
+
+# -- random command sequences (hypothesis) ---------------------------------------------------------
+
+PRICE_STEPS = st.integers(-6, 6)
+REUSED_IDS = ("r1", "r2", "r3")
+
+
+def action_strategy() -> st.SearchStrategy[tuple[Any, ...]]:
+    """Mostly orders (sells only by sellers, who sometimes buy too: self-trade prevention), some
+    cancels and amendments of recent order ids, and now and then a tick, a session change or a new
+    reference price. The kind is drawn first from a weighted list."""
+    tif = st.sampled_from([TimeInForce.GTC, TimeInForce.GTC, TimeInForce.IOC, TimeInForce.GTD])
+    cid = st.sampled_from([None] * 6 + list(REUSED_IDS))
+    expire_steps = st.integers(1, 60)
+    order_id = st.integers(1, 15)
+    own = st.sampled_from([True, True, True, False])  # by the order's owner, if it rests (else as drawn)
+    builders: dict[str, st.SearchStrategy[tuple[Any, ...]]] = {
+        "buy": st.tuples(st.just("buy"), st.sampled_from(BUYERS * 3 + SELLERS), PRICE_STEPS, st.integers(1, 12),
+                         tif, expire_steps, cid, st.booleans()),
+        "sell": st.tuples(st.just("sell"), st.sampled_from(SELLERS), PRICE_STEPS, st.integers(1, 12),
+                          tif, expire_steps, cid, st.booleans()),
+        "cancel": st.tuples(st.just("cancel"), st.sampled_from(BUYERS + SELLERS), order_id, own),
+        "amend": st.tuples(st.just("amend"), st.sampled_from(BUYERS + SELLERS), order_id, PRICE_STEPS,
+                           st.integers(0, 15), own),
+        "tick": st.just(("tick",)),
+        "session": st.sampled_from([("halt",), ("resume",), ("auction",), ("uncross",)]),
+        "reference": st.tuples(st.just("reference"), PRICE_STEPS),
+    }  # fmt: skip
+    weighted = ["buy"] * 8 + ["sell"] * 8 + ["cancel"] * 3 + ["amend"] * 2 + ["tick", "session", "reference"]
+    return st.sampled_from(weighted).flatmap(builders.__getitem__)
+
+
+def build_commands(actions: list[tuple[Any, ...]], lots: dict[int, int]) -> list[Command]:
+    """Commands for drawn actions. A scratch core (on an approximate clock) tells who owns which
+    resting order, so most cancels and amendments are their owner's and take effect."""
+    fresh = itertools.count()
+    commands: list[Command] = []
+    scratch = Core()
+    clock = StepClock(step_ns=3_000_000)
+    scratch.apply(msgspec.structs.replace(list_instrument(), ts_ns=clock()))
+    for seller in SELLERS:
+        scratch.apply(msgspec.structs.replace(register_lot(seller), ts_ns=clock()))
+    for action in actions:
+        if commands:
+            scratch.apply(msgspec.structs.replace(commands[-1], ts_ns=clock()))
+        kind = action[0]
+        if kind in ("buy", "sell"):
+            _, participant, step, heads, tif, expire_steps, reused, market = action
+            side = Side.BUY if kind == "buy" else Side.SELL
+            cid = reused or f"h{next(fresh)}"
+            order_type = OrderType.MARKET if market and tif == TimeInForce.IOC else OrderType.LIMIT
+            commands.append(order(
+                participant, side, 2800 + 10 * step, heads, cid=cid, ts_ns=0, order_type=order_type, tif=tif,
+                expire_at_ns=START_NS + expire_steps * 1_000_000 if tif == TimeInForce.GTD else 0,
+                lot_id=lots.get(participant, 0) if side == Side.SELL else 0,
+            ))  # fmt: skip
+        elif kind in ("cancel", "amend"):
+            participant, order_id = action[1], action[2]
+            if action[-1] and scratch.orders:  # one of the resting orders, by its owner
+                order_id = sorted(scratch.orders)[order_id % len(scratch.orders)]
+                participant = scratch.orders[order_id].participant_id
+            if kind == "cancel":
+                commands.append(CancelOrder(participant, 0, order_id))
+            else:
+                commands.append(AmendOrder(participant, 0, order_id, 2800 + 10 * action[3], action[4]))
+        elif kind == "reference":
+            commands.append(SetReferencePrice(OPERATOR, 0, SYMBOL, 2800 + 10 * action[1]))
+        else:
+            simple = {"tick": ClockTick, "halt": Halt, "resume": Resume, "auction": StartAuction, "uncross": Uncross}
+            cls = simple[kind]
+            commands.append(cls(OPERATOR, 0) if cls is ClockTick else cls(OPERATOR, 0, SYMBOL))
+    return commands
 
 
 async def child_main() -> None:

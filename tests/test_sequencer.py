@@ -20,20 +20,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exchange.commands import (
-    AmendOrder,
-    CancelOrder,
     ClockTick,
-    Command,
-    Halt,
     PlaceOrder,
-    Resume,
-    SetReferencePrice,
-    StartAuction,
-    Uncross,
     decode_command,
 )
 from exchange.core import Core
-from exchange.domain import OrderType, RejectReason, Side, TimeInForce
+from exchange.domain import RejectReason, Side, TimeInForce
 from exchange.events import OrderAccepted, OrderExpired, Rejected, Trade
 from exchange.sequencer import (
     Busy,
@@ -47,10 +39,11 @@ from exchange.sequencer import (
 )
 from tests.factories import OPERATOR, SYMBOL, list_instrument, order, register_lot
 from tests.sequencer_harness import (
-    BUYERS,
     SELLERS,
     START_NS,
     StepClock,
+    action_strategy,
+    build_commands,
     client_ids,
     journal,
     replay_hash,
@@ -283,62 +276,6 @@ async def test_a_clock_tick_expires_gtd_orders_without_traffic(dsn: str) -> None
 
 # -- replay equivalence -----------------------------------------------------------------------------------
 
-PRICE_STEPS = st.integers(-6, 6)
-REUSED_IDS = ("r1", "r2", "r3")
-
-
-def _action() -> st.SearchStrategy[tuple[Any, ...]]:
-    """Mostly orders (sells only by sellers, who sometimes buy too: self-trade prevention), some
-    cancels and amendments of recent order ids, and now and then a tick, a session change or a new
-    reference price. The kind is drawn first from a weighted list."""
-    tif = st.sampled_from([TimeInForce.GTC, TimeInForce.GTC, TimeInForce.IOC, TimeInForce.GTD])
-    cid = st.sampled_from([None] * 6 + list(REUSED_IDS))
-    expire_steps = st.integers(1, 60)
-    order_id = st.integers(1, 15)
-    builders: dict[str, st.SearchStrategy[tuple[Any, ...]]] = {
-        "buy": st.tuples(st.just("buy"), st.sampled_from(BUYERS * 3 + SELLERS), PRICE_STEPS, st.integers(1, 12),
-                         tif, expire_steps, cid, st.booleans()),
-        "sell": st.tuples(st.just("sell"), st.sampled_from(SELLERS), PRICE_STEPS, st.integers(1, 12),
-                          tif, expire_steps, cid, st.booleans()),
-        "cancel": st.tuples(st.just("cancel"), st.sampled_from(BUYERS + SELLERS), order_id),
-        "amend": st.tuples(st.just("amend"), st.sampled_from(BUYERS + SELLERS), order_id, PRICE_STEPS,
-                           st.integers(0, 15)),
-        "tick": st.just(("tick",)),
-        "session": st.sampled_from([("halt",), ("resume",), ("auction",), ("uncross",)]),
-        "reference": st.tuples(st.just("reference"), PRICE_STEPS),
-    }  # fmt: skip
-    weighted = ["buy"] * 8 + ["sell"] * 8 + ["cancel"] * 3 + ["amend"] * 2 + ["tick", "session", "reference"]
-    return st.sampled_from(weighted).flatmap(builders.__getitem__)
-
-
-def _commands(actions: list[tuple[Any, ...]], lots: dict[int, int]) -> list[Command]:
-    fresh = itertools.count()
-    commands: list[Command] = []
-    for action in actions:
-        kind = action[0]
-        if kind in ("buy", "sell"):
-            _, participant, step, heads, tif, expire_steps, reused, market = action
-            side = Side.BUY if kind == "buy" else Side.SELL
-            cid = reused or f"h{next(fresh)}"
-            order_type = OrderType.MARKET if market and tif == TimeInForce.IOC else OrderType.LIMIT
-            commands.append(order(
-                participant, side, 2800 + 10 * step, heads, cid=cid, ts_ns=0, order_type=order_type, tif=tif,
-                expire_at_ns=START_NS + expire_steps * 1_000_000 if tif == TimeInForce.GTD else 0,
-                lot_id=lots.get(participant, 0) if side == Side.SELL else 0,
-            ))  # fmt: skip
-        elif kind == "cancel":
-            commands.append(CancelOrder(action[1], 0, action[2]))
-        elif kind == "amend":
-            commands.append(AmendOrder(action[1], 0, action[2], 2800 + 10 * action[3], action[4]))
-        elif kind == "reference":
-            commands.append(SetReferencePrice(OPERATOR, 0, SYMBOL, 2800 + 10 * action[1]))
-        else:
-            simple = {"tick": ClockTick, "halt": Halt, "resume": Resume, "auction": StartAuction, "uncross": Uncross}
-            cls = simple[kind]
-            commands.append(cls(OPERATOR, 0) if cls is ClockTick else cls(OPERATOR, 0, SYMBOL))
-    return commands
-
-
 async def _check_replay_equivalence(
     dsn: str, actions: list[tuple[Any, ...]], groups: list[int], max_batch: int, snapshot_every: int
 ) -> None:
@@ -352,7 +289,7 @@ async def _check_replay_equivalence(
         lots = {}
         for seller in SELLERS:
             lots[seller] = (await sequencer.submit(register_lot(seller))).events[0].lot.lot_id  # type: ignore[union-attr]
-        commands = _commands(actions, lots)
+        commands = build_commands(actions, lots)
         outcomes: list[Result | BaseException] = []
         position = 0
         for size in itertools.cycle(groups):  # groups of varying size make batches of varying size
@@ -389,7 +326,7 @@ async def _check_replay_equivalence(
 
 
 _REPLAY_ARGS = {
-    "actions": st.lists(_action(), min_size=5, max_size=60),
+    "actions": st.lists(action_strategy(), min_size=5, max_size=60),
     "groups": st.lists(st.integers(1, 9), min_size=1, max_size=5),
     "max_batch": st.sampled_from([1, 3, 64]),
     "snapshot_every": st.sampled_from([1, 4, 9, 1_000]),
@@ -407,7 +344,7 @@ async def test_live_state_equals_replay_from_zero_and_from_snapshot_plus_tail(
 
 @pytest.mark.soak
 @settings(max_examples=400, deadline=None, suppress_health_check=_HEALTH)
-@given(**_REPLAY_ARGS | {"actions": st.lists(_action(), min_size=1, max_size=200)})
+@given(**_REPLAY_ARGS | {"actions": st.lists(action_strategy(), min_size=5, max_size=200)})
 async def test_live_state_equals_replay_soak(
     dsn: str, actions: list[tuple[Any, ...]], groups: list[int], max_batch: int, snapshot_every: int
 ) -> None:
