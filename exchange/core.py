@@ -165,11 +165,11 @@ class Core:
         limit = cmd.order_type == LIMIT
         tif = cmd.time_in_force
         # the guards below only skip calls whose answer is known to be None: keep them in step
-        if not limit or cmd.all_or_none or cmd.post_only or cmd.min_quantity_heads or cmd.lot_id and cmd.side == BUY:
+        if not limit or cmd.all_or_none or cmd.post_only or cmd.min_quantity_heads or (cmd.lot_id and cmd.side == BUY):
             reason = _shape_reason(cmd)
             if reason is not None:
                 return reason
-        if state == AUCTION and (not limit or tif == IOC or tif == FOK or cmd.min_quantity_heads):
+        if state == AUCTION and (not limit or tif in (IOC, FOK) or cmd.min_quantity_heads):
             return R.NOT_ALLOWED_IN_AUCTION
         if (tif == GTD or cmd.expire_at_ns) and (tif != GTD or cmd.expire_at_ns <= cmd.ts_ns):
             return R.INVALID_EXPIRY
@@ -178,9 +178,9 @@ class Core:
             return R.QUANTITY_OUT_OF_RANGE
         if limit:
             price = cmd.price_fen
-            if price <= 0 or price % spec.tick_fen or market.band_high_fen and not (
+            if price <= 0 or price % spec.tick_fen or (market.band_high_fen and not (
                 market.band_low_fen <= price <= market.band_high_fen
-            ):
+            )):
                 return market.price_reason(price)
         if cmd.side == SELL:
             reason = self._lot_reason(cmd.participant_id, cmd.lot_id, cmd.instrument, cmd.quantity_heads)
@@ -255,6 +255,13 @@ class Core:
                 cmd.side, order.price_fen, cmd.quantity_heads, cmd.lot_id,
             )
         )  # fmt: skip
+        tif = order.time_in_force
+        if market.state == CONTINUOUS and (tif in (GTC, GTD)) and not book.crosses(order.side, order.price_fen):
+            # the common passive order: nothing to meet, straight to the back of its level
+            book.rest(order, cmd.ts_ns, events)
+            if tif == GTD:
+                heapq.heappush(self.expiries, (order.expire_at_ns, order_id))
+            return
         self._execute(market, order, cmd.ts_ns, events)
 
     def _execute(self, market: Market, order: Order, ts_ns: int, events: list) -> None:

@@ -190,9 +190,7 @@ class OrderBook:
         book_side = self.bids if order.side == BUY else self.asks
         level = book_side.append(order)
         self.seq += 1
-        events.append(
-            BookChanged(self.seq, ts_ns, self.instrument, order.side, order.price_fen, level.heads)
-        )
+        events.append(BookChanged(self.seq, ts_ns, self.instrument, order.side, order.price_fen, level.heads))
 
     def remove(self, order: Order) -> BookSide:
         """Take a resting order off the book; the caller emits its events and the level change."""
