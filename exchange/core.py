@@ -64,6 +64,7 @@ from exchange.events import (
 )
 from exchange.matching.auction import uncross
 from exchange.matching.book import NO_LIMIT, Counters, LotState, Order, OrderBook
+from exchange.settlement.clearing import Clearing
 
 BUY = Side.BUY
 SELL = Side.SELL
@@ -101,9 +102,16 @@ class Market:
 
 
 class Core:
-    """All markets, lots and resting orders of one shard, and the rules that change them."""
+    """All markets, lots and resting orders of one shard, and the rules that change them.
 
-    def __init__(self) -> None:
+    ``clearing`` is the settlement stage (``exchange.settlement.Clearing``): funds held for buys,
+    obligations, deliveries, fees, financing and payouts. The exchange always runs with it
+    (``new_exchange()``); without it the core is the bare matching engine, which the matching tests
+    and the matching benchmark drive, and it rejects settlement commands as UNSUPPORTED_COMMAND.
+    """
+
+    def __init__(self, clearing: Clearing | None = None) -> None:
+        self.clearing = clearing
         self.counters = Counters()
         self.markets: dict[str, Market] = {}
         self.lots: dict[int, LotState] = {}
@@ -124,6 +132,8 @@ class Core:
             SetReferencePrice: self._set_reference_price,
             ClockTick: self._clock_tick,
         }
+        if clearing is not None:
+            self._handlers.update(clearing.handlers())
 
     # -- entry point -------------------------------------------------------------------------------
 
@@ -132,7 +142,17 @@ class Core:
         expiries = self.expiries
         if expiries and expiries[0][0] <= command.ts_ns:
             self._expire_due(command.ts_ns, events)
-        self._handlers[command.__class__](command, events)
+        handler = self._handlers.get(command.__class__)
+        if handler is None:
+            self._reject(command, R.UNSUPPORTED_COMMAND, events)
+            return events
+        handler(command, events)
+        clearing = self.clearing
+        if clearing is not None:
+            # settlement follows what matching did: holds, escrow, releases (it appends its own events)
+            clearing.on_events(events, command.ts_ns)
+            if command.__class__ is ClockTick:
+                clearing.on_clock(command.ts_ns, events)
         return events
 
     # -- orders --------------------------------------------------------------------------------------
@@ -186,9 +206,21 @@ class Core:
             reason = self._lot_reason(cmd.participant_id, cmd.lot_id, cmd.instrument, cmd.quantity_heads)
             if reason is not None:
                 return reason
+        if self.clearing is not None:
+            reason = self._funds_reason(market, cmd)
+            if reason is not None:
+                return reason
         if state == AUCTION or cmd.post_only or tif == FOK or cmd.min_quantity_heads:
             return self._liquidity_reason(market, cmd)
         return None
+
+    def _funds_reason(self, market: Market, cmd: PlaceOrder) -> RejectReason | None:
+        """A buy must be covered by its worst-case hold; a seller must be a registered seller."""
+        clearing = self.clearing
+        if cmd.side == SELL:
+            return clearing.check_sell(cmd.participant_id)
+        price = cmd.price_fen if cmd.order_type == LIMIT else market.band_high_fen
+        return clearing.check_buy(cmd.participant_id, market.spec, price, cmd.quantity_heads)
 
     def _lot_reason(self, participant_id: int, lot_id: int, instrument: str, heads: int) -> RejectReason | None:
         lot = self.lots.get(lot_id)
@@ -350,6 +382,10 @@ class Core:
         added = quantity - order.quantity_heads
         if order.lot is not None and added > order.lot.available_heads:
             return R.LOT_EXHAUSTED
+        if self.clearing is not None and order.side == BUY:
+            reason = self.clearing.check_amend_buy(order.order_id, price, order.remaining_heads + added)
+            if reason is not None:
+                return reason
         book = market.book
         if (
             price != order.price_fen
@@ -521,6 +557,11 @@ class Core:
     def state_hash(self) -> str:
         """A digest of the whole state: equal hashes mean equal books, lots, ids and sequences."""
         return hashlib.blake2b(self.snapshot(), digest_size=32).hexdigest()
+
+
+def new_exchange() -> Core:
+    """The exchange as it runs: matching with settlement."""
+    return Core(Clearing())
 
 
 def _limit_key(side: int, price_fen: int) -> int:

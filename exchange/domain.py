@@ -155,6 +155,7 @@ class RejectReason(IntEnum):
     UNBOUNDED_HOLD = 42  # a market buy with no price band has no worst case to hold
     BANK_ACCOUNT_NOT_VERIFIED = 43
     INVALID_SETTINGS = 44  # fee or policy out of range
+    UNSUPPORTED_COMMAND = 45  # a settlement command sent to a matching-only core
 
 
 class ExpireReason(IntEnum):

@@ -61,6 +61,7 @@ class CoreRecord(msgspec.Struct, frozen=True, array_like=True):
     markets: list[MarketRecord]
     lots: list[LotRecord]
     client_order_ids: list[tuple[int, str, int]]
+    clearing: bytes = b""  # the settlement stage's own snapshot; empty for a matching-only core
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -86,17 +87,20 @@ def encode_core(core: Core) -> bytes:
     markets = [_market_record(m) for m in core.markets.values()]
     lots = [LotRecord(core.lot_records[i], s.reserved_heads, s.sold_heads) for i, s in core.lots.items()]
     ids = [(p, cid, oid) for (p, cid), oid in core.client_order_ids.items()]
+    clearing = b"" if core.clearing is None else core.clearing.snapshot()
     record = CoreRecord(
-        SNAPSHOT_VERSION, (c.next_order_id, c.next_trade_id, c.next_priority, c.next_lot_id), markets, lots, ids
+        SNAPSHOT_VERSION, (c.next_order_id, c.next_trade_id, c.next_priority, c.next_lot_id), markets, lots, ids,
+        clearing,
     )
     return _encoder.encode(record)
 
 
 def decode_core(data: bytes) -> Core:
     from exchange.core import Core, Market
+    from exchange.settlement.clearing import Clearing
 
     record = _decoder.decode(data)
-    core = Core()
+    core = Core(Clearing.restore(record.clearing) if record.clearing else None)
     core.counters = Counters(*record.counters)
     for lot_record in record.lots:
         lot = lot_record.lot
