@@ -9,7 +9,14 @@ durability settings (fsync, synchronous_commit) apply.
 1. Sequencer: the matching benchmark's seeded mix (passive limits, cancels, crossing limits, market
    orders) submitted by `--submitters` concurrent tasks, each awaiting its ack before sending its next
    command, so batches fill from many callers as they would behind the gateway. Throughput counts
-   commands durably committed; ack latency is submit -> result for every command.
+   commands durably committed; ack latency is submit -> result for every command. CPU time of this
+   process and of the writer's PostgreSQL backend (from /proc, same machine) is reported per command:
+   on a loaded machine it says more than the wall clock.
+   `--pipeline K` (default 0: off) also measures pipelining clients: each task submits K commands at
+   once (`submit_many`) and awaits only the last future (results resolve in seq order).
+   `--readmodel` adds the orders/trades read model: `transaction` writes it in the journal's
+   transaction (`extra_writes=project_batch`), `projector` follows the journal asynchronously
+   (then `readmodel_lag_s` is how long after the last ack the read model had caught up).
 2. Raw COPY ceiling: the very rows the sequencer journaled, copied again with binary COPY into a
    table of the same shape in chunks of the sequencer's mean batch size, one commit per chunk.
 3. Replay: `recover(..., use_snapshot=False)` rebuilds a fresh core from the whole journal.
@@ -27,12 +34,14 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 import asyncpg
 
 from benchmarks.matching import MixGenerator, setup_commands
 from exchange import store
 from exchange.commands import Command
+from exchange.readmodel import Projector, project_batch
 from exchange.sequencer import CommittedBatch, Sequencer, recover
 
 
@@ -60,9 +69,15 @@ async def scratch_database() -> AsyncIterator[str]:
 
 async def run_sequencer(dsn: str, commands: Sequence[Command], args: argparse.Namespace) -> dict[str, float]:
     sequencer = Sequencer(
-        dsn, queue_size=max(args.submitters * 2, 10_000), max_batch=args.max_batch, snapshot_every=10**12
-    )
+        dsn, queue_size=max(args.submitters * 2, 10_000), max_batch=args.max_batch, snapshot_every=10**12,
+        extra_writes=project_batch if args.readmodel == "transaction" else None,
+    )  # fmt: skip
     await sequencer.start()
+    projector = None
+    if args.readmodel == "projector":
+        projector = Projector(dsn)
+        projector.attach(sequencer)
+        await projector.start()
     for command in setup_commands():
         await sequencer.submit(command)
     batch_sizes: list[int] = []
@@ -85,11 +100,31 @@ async def run_sequencer(dsn: str, commands: Sequence[Command], args: argparse.Na
             await submit(commands[index])
             latencies_ns[index] = clock() - start_ns
 
+    async def pipeliner(depth: int) -> None:
+        nonlocal position
+        while position < len(commands):
+            first = position
+            position = min(position + depth, len(commands))
+            start_ns = clock()
+            await sequencer.submit_many(commands[first:position])[-1]
+            latencies_ns[first:position] = [clock() - start_ns] * (position - first)
+
+    backend_pid = sequencer.writer_backend_pid
     gc.collect()
-    gc.freeze()  # as a long-running gateway does after start-up: old objects leave the collector's scans
+    gc.freeze()  # as the sequencer does after recovery: old objects leave the collector's scans
+    cpu_start = (time.process_time(), _backend_cpu_s(backend_pid))
     start_s = time.perf_counter()
-    await asyncio.gather(*(submitter() for _ in range(args.submitters)))
+    if args.pipeline:
+        await asyncio.gather(*(pipeliner(args.pipeline) for _ in range(max(1, args.submitters // args.pipeline))))
+    else:
+        await asyncio.gather(*(submitter() for _ in range(args.submitters)))
     elapsed_s = time.perf_counter() - start_s
+    py_cpu_s, pg_cpu_s = time.process_time() - cpu_start[0], _backend_cpu_s(backend_pid) - cpu_start[1]
+    lag_s = 0.0
+    if projector is not None:
+        await projector.wait_for(sequencer.committed_seq, timeout_s=600)
+        lag_s = time.perf_counter() - start_s - elapsed_s
+        await projector.stop()
     gc.unfreeze()
     await sequencer.stop(snapshot=False)
     latencies_ns.sort()
@@ -99,7 +134,19 @@ async def run_sequencer(dsn: str, commands: Sequence[Command], args: argparse.Na
         "ack_p99_ms": latencies_ns[min(len(latencies_ns) - 1, int(len(latencies_ns) * 0.99))] / 1e6,
         "batches": len(batch_sizes),
         "mean_batch": sum(batch_sizes) / max(1, len(batch_sizes)),
+        "py_cpu_us_per_command": py_cpu_s / len(commands) * 1e6,
+        "pg_cpu_us_per_command": pg_cpu_s / len(commands) * 1e6,
+        "readmodel_lag_s": lag_s,
     }
+
+
+def _backend_cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) of a local PostgreSQL backend; 0.0 when it cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def run_raw_copy(dsn: str, chunk: int) -> float:
@@ -137,11 +184,16 @@ async def run(args: argparse.Namespace) -> dict[str, float | int]:
     return {
         "commands": len(commands),
         "submitters": args.submitters,
+        "pipeline": args.pipeline,
         "max_batch": args.max_batch,
         "commands_per_s": round(live["commands_per_s"]),
         "ack_p50_ms": round(live["ack_p50_ms"], 2),
         "ack_p99_ms": round(live["ack_p99_ms"], 2),
         "mean_batch": round(live["mean_batch"], 1),
+        "py_cpu_us_per_command": round(live["py_cpu_us_per_command"], 2),
+        "pg_cpu_us_per_command": round(live["pg_cpu_us_per_command"], 2),
+        "readmodel": args.readmodel,
+        "readmodel_lag_s": round(live["readmodel_lag_s"], 2),
         "copy_rows_per_s": round(copy_rows_per_s),
         "ratio_vs_copy": round(live["commands_per_s"] / copy_rows_per_s, 2),
         "replayed_commands": replayed,
@@ -155,6 +207,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--commands", type=int, default=200_000)
     parser.add_argument("--submitters", type=int, default=1_000, help="concurrent submitting tasks")
     parser.add_argument("--max-batch", type=int, default=2_000)
+    parser.add_argument("--pipeline", type=int, default=0, help="commands per submit_many group (0: one each)")
+    parser.add_argument("--readmodel", choices=["off", "projector", "transaction"], default="off")
     parser.add_argument("--seed", type=int, default=20261129)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)

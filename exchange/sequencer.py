@@ -52,6 +52,9 @@ Flow of a command::
   collector's full passes never rescan it and cannot stall the writer.
 - **Time.** With `tick_interval_s` set, a `ClockTick` is submitted periodically (participant
   `SYSTEM_PARTICIPANT`), so GTD orders expire without traffic. Off by default.
+- **What `core` shows.** While a batch is being committed, `core` already includes the next batch's
+  commands (`applied_seq` > `committed_seq`). Read market data from committed batches (subscribers)
+  or from `settled_depth()`, which answers only when nothing uncommitted is applied.
 - **Subscribers.** `subscribe(callback)` calls `callback(CommittedBatch)` synchronously after every
   commit, in seq order; a callback must not block (queue and return). `feed()` wraps one in a bounded
   async iterator.
@@ -457,6 +460,7 @@ class Sequencer:
         except BaseException:
             if self._own_pool and self._pool is not None:
                 await self._pool.close()
+                self._pool = None  # a later start() makes a new one
             raise
         self.state = State.RUNNING
         self._writer_task = asyncio.create_task(self._writer(), name="sequencer-writer")
@@ -470,6 +474,7 @@ class Sequencer:
             self.state = State.STOPPED
             return
         self._stopping = True
+        recovering = self.state is State.RECOVERING
         if self.state is State.RUNNING:
             self.state = State.STOPPING
         if self._tick_task is not None:
@@ -478,7 +483,11 @@ class Sequencer:
                 await self._tick_task
         self._wake()
         if self._writer_task is not None:
-            await self._writer_task
+            if recovering:  # nothing to drain; do not wait out back-off or a lock held elsewhere
+                self._writer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer_task
+        self._fail_pending()  # normally nothing is left; after a cancelled recovery, say so
         if self._snapshot_task is not None:
             with contextlib.suppress(Exception):
                 await self._snapshot_task
@@ -516,6 +525,22 @@ class Sequencer:
         return self._committed_seq
 
     @property
+    def applied_seq(self) -> int:
+        """Highest seq applied to `core`. Above `committed_seq` while a batch is in flight: `core` then
+        shows state that is not durable yet (and is thrown away if the commit fails)."""
+        return self._next_seq - 1
+
+    def settled_depth(self, instrument: str, levels: int = 10) -> tuple[int, list, list] | None:
+        """`core.depth(...)` (book seq, bids, asks) if the core holds only committed state, else None.
+
+        For market-data snapshots: never show a book an uncommitted batch changed. Between batches (and
+        always when idle) the core is settled; a caller that gets None tries again after the next commit.
+        """
+        if self.applied_seq != self._committed_seq:
+            return None
+        return self.core.depth(instrument, levels)
+
+    @property
     def writer_backend_pid(self) -> int | None:
         """PostgreSQL backend pid of the writer connection (for operators and tests)."""
         conn = self._conn
@@ -536,7 +561,7 @@ class Sequencer:
         queue = self._queue
         if self.state is not State.RUNNING or len(queue) >= self.queue_size:
             self._check_open(1)
-        future: asyncio.Future[Result] = self._loop.create_future()
+        future: asyncio.Future[Result] = self._loop.create_future()  # type: ignore[union-attr]
         queue.append((command, future))
         if len(queue) >= self._wake_at:
             waiter = self._wakeup
@@ -548,7 +573,7 @@ class Sequencer:
         """Enqueue all of `commands` (in order) or, if they do not all fit, none: raises `Busy`."""
         commands = list(commands)
         self._check_open(len(commands))
-        create_future = self._loop.create_future
+        create_future = self._loop.create_future  # type: ignore[union-attr]
         futures = [create_future() for _ in commands]
         self._queue.extend(zip(commands, futures, strict=True))
         if len(self._queue) >= self._wake_at:
@@ -896,7 +921,8 @@ class Sequencer:
         self._snapshot_task = asyncio.create_task(self._write_snapshot(due), name="sequencer-snapshot")
 
     async def _write_snapshot(self, due: _SnapshotDue) -> None:
-        index = _index_encoder.encode([(p, cid, seq) for (p, cid), seq in due.client_orders.items()])
+        # Millions of entries take a while to encode: in a thread, so the writer keeps its turns.
+        index = await asyncio.to_thread(_encode_index, due.client_orders)
         try:
             assert self._pool is not None
             async with self._pool.acquire() as conn:
@@ -909,7 +935,7 @@ class Sequencer:
         if self._committed_seq <= self._snapshot_seq or self._next_seq != self._committed_seq + 1:
             return
         assert self._conn is not None
-        index = _index_encoder.encode([(p, cid, seq) for (p, cid), seq in self._client_orders.items()])
+        index = _encode_index(self._client_orders)
         await store.save_snapshot(
             self._conn, self._committed_seq, self.core.state_hash(), self.core.snapshot(), index
         )
@@ -925,6 +951,10 @@ class Sequencer:
                     self._check_open(1)
                     self._queue.append((ClockTick(SYSTEM_PARTICIPANT, 0), None))
                     self._wake()
+
+
+def _encode_index(client_orders: dict[ClientKey, int]) -> bytes:
+    return _index_encoder.encode([(p, cid, seq) for (p, cid), seq in client_orders.items()])
 
 
 def _same_order(a: Command, b: Command) -> bool:

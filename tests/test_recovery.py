@@ -221,6 +221,25 @@ async def test_backend_terminated_at_random_moments_under_load(dsn: str) -> None
     await _check_journal(dsn, traffic, live_hash)
 
 
+async def test_stop_while_the_database_is_unreachable_returns_promptly(dsn: str) -> None:
+    sequencer = Sequencer(dsn, clock_ns=StepClock(), backoff_max_s=0.05)
+    await sequencer.start()
+    await _setup(sequencer)
+    async with _connections_blocked(dsn):
+        admin = await _admin(dsn.rsplit("/", 1)[0] + "/postgres")
+        try:
+            await admin.fetchval("SELECT pg_terminate_backend($1)", sequencer.writer_backend_pid)
+        finally:
+            await admin.close()
+        with pytest.raises(Unavailable):  # the batch that finds the connection dead
+            await sequencer.submit(order(10, Side.BUY, 2800, 1, cid="into-the-void"))
+        assert sequencer.state is State.RECOVERING
+        await asyncio.wait_for(sequencer.stop(), 5)
+    assert sequencer.state is State.STOPPED
+    with pytest.raises(Unavailable):
+        sequencer.submit_nowait(order(10, Side.BUY, 2800, 1, cid="after-stop"))
+
+
 # -- failed batches ---------------------------------------------------------------------------------------
 
 

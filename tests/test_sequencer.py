@@ -363,3 +363,29 @@ async def test_journal_commands_decode_to_what_was_submitted(dsn: str) -> None:
         await conn.close()
     assert decode_command(row["command"]) == msgspec.structs.replace(sent, ts_ns=row["ts_ns"])
     assert decode_events(row["events"]) == result.events
+
+
+async def test_settled_depth_never_shows_an_uncommitted_batch(dsn: str) -> None:
+    release = asyncio.Event()
+    paused = asyncio.Event()
+
+    async def extra_writes(conn: asyncpg.Connection, batch: CommittedBatch) -> None:
+        if any(getattr(c, "client_order_id", "") == "slow" for c in batch.commands):
+            paused.set()
+            await release.wait()
+
+    # max_batch 8: with a commit in flight the writer absorbs as soon as one command (8 // 8) waits
+    async with running(dsn, extra_writes=extra_writes, max_batch=8) as sequencer:
+        await setup_market(sequencer)
+        assert sequencer.settled_depth(SYMBOL) == (2, [], [])  # the listing and the lot: two book events
+        slow = sequencer.submit_nowait(order(10, Side.BUY, 2800, 3, cid="slow"))
+        await paused.wait()
+        behind = sequencer.submit_nowait(order(11, Side.BUY, 2790, 2, cid="behind"))
+        while sequencer.applied_seq == sequencer.committed_seq + 1:  # until "behind" is applied too
+            await asyncio.sleep(0.001)
+        assert (sequencer.committed_seq, sequencer.applied_seq) == (2, 4)
+        assert sequencer.settled_depth(SYMBOL) is None
+        release.set()
+        await asyncio.gather(slow, behind)
+        assert sequencer.settled_depth(SYMBOL) == sequencer.core.depth(SYMBOL)
+        assert sequencer.settled_depth(SYMBOL)[1] == [(2800, 3), (2790, 2)]  # type: ignore[index]
