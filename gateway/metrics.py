@@ -97,11 +97,19 @@ class Metrics:
             buckets=_ACK_BUCKETS_S, registry=r)
         self.sequencer_queue_depth = Gauge(
             "hogx_sequencer_queue_depth", "Commands waiting in the sequencer queue.", registry=r)
+        self._http_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def observe_http(self, route: str, method: str, status: int, duration_s: float, *, is_stream: bool) -> None:
-        self.http_requests.labels(route, method, str(status)).inc()
+        # Label lookups cost more than the increments; the label sets are bounded (route templates), so
+        # their children are cached.
+        key = (route, method, status)
+        children = self._http_children.get(key)
+        if children is None:
+            children = self._http_children[key] = (self.http_requests.labels(route, method, str(status)),
+                                                   self.http_request_duration.labels(route, method))
+        children[0].inc()
         if not is_stream:  # a WebSocket's "duration" is its whole life; it would drown the histogram
-            self.http_request_duration.labels(route, method).observe(duration_s)
+            children[1].observe(duration_s)
 
     def bind_pool(self, pool: _Pool) -> None:
         """Read the pool's figures at scrape time instead of updating them on every acquire."""

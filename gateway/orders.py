@@ -174,17 +174,15 @@ def order_outcome(base: OrderRecord, events: list[Event]) -> ExecutionReport:
 
 async def place(port: ExchangePort, principal: Principal, body: Any, transport: str) -> ExecutionReport:
     started_s = time.perf_counter()
-    metrics = port.metrics
-    instrument = body.instrument if body.instrument in port.read_model.instruments else "unknown"
-    metrics.orders_received.labels(instrument).inc()
+    port.count_received(body.instrument)
     try:
         command = place_command(principal, body)
         result = await port.submit(command)
         report = place_outcome(command, result.events)
     except ApiError as exc:
-        metrics.orders_rejected.labels(exc.code).inc()
+        port.count_rejected(exc.code)
         raise
-    metrics.ack_latency.labels(transport).observe(time.perf_counter() - started_s)
+    port.ack_latency[transport].observe(time.perf_counter() - started_s)
     return report
 
 
@@ -211,7 +209,7 @@ async def _change(port: ExchangePort, principal: Principal, order_id: int, comma
             # It filled, expired or was cancelled in the meantime: say so rather than "unknown".
             raise ApiError(409, "order_not_open", f"the order is {rec.status.value}") from None
         raise
-    port.metrics.ack_latency.labels(transport).observe(time.perf_counter() - started_s)
+    port.ack_latency[transport].observe(time.perf_counter() - started_s)
     return report
 
 

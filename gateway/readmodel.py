@@ -117,8 +117,8 @@ class LotRecord(msgspec.Struct, gc=False):
 class InstrumentRecord:
     """An instrument's specification, state and L2 book (bids keyed by -price so index 0 is best)."""
 
-    __slots__ = ("asks", "band_high_fen", "band_low_fen", "bids", "reference_price_fen", "seq", "spec", "state",
-                 "trades")
+    __slots__ = ("asks", "band_high_fen", "band_low_fen", "bids", "reference_price_fen", "seq", "series", "spec",
+                 "state", "trades")
 
     def __init__(self, spec: InstrumentSpec, seq: int, trade_history: int) -> None:
         self.spec = spec
@@ -127,6 +127,7 @@ class InstrumentRecord:
         self.bids: SortedDict = SortedDict()
         self.asks: SortedDict = SortedDict()
         self.trades: deque[TradeView] = deque(maxlen=trade_history)
+        self.series: list[_Series] = []  # candles of every interval, filled on the first trade
         self.set_reference(spec.reference_price_fen)
 
     def set_reference(self, price_fen: int) -> None:
@@ -392,10 +393,13 @@ class ReadModel:
         time_ms = event.ts_ns // _NS_PER_MS
         view = TradeView(event.trade_id, event.instrument, event.price_fen, event.quantity_heads, taker, time_ms,
                          event.seq)
-        self.instruments[event.instrument].trades.append(view)
+        record = self.instruments[event.instrument]
+        record.trades.append(view)
         digest.instruments[event.instrument].trades.append(view)
-        for interval in CandleInterval:
-            self._series(event.instrument, interval).add(time_ms, event.price_fen, event.quantity_heads)
+        if not record.series:
+            record.series = [self._series(event.instrument, interval) for interval in CandleInterval]
+        for series in record.series:
+            series.add(time_ms, event.price_fen, event.quantity_heads)
         self.trade_count += 1
         self.traded_heads += event.quantity_heads
 

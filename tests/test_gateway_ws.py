@@ -566,7 +566,9 @@ async def test_book_snapshot_plus_deltas_reproduce_the_server_book(gw: Gateway, 
     late_ws, late, late_task = await _subscribe_book(gw, symbol)  # joins a book that has history
     await _random_flow(gw, symbol, rng, operations=25)
     server = (await SignedClient(gw.url, session=gw.session).get(f"/v1/markets/{symbol}/book?depth=1000")).json()
-    seq, core_bids, core_asks = gw.app[EXCHANGE].sequencer.core.depth(symbol, 1000)
+    settled = gw.app[EXCHANGE].sequencer.settled_depth(symbol, 1000)
+    assert settled is not None  # nothing in flight: the core holds committed state only
+    seq, core_bids, core_asks = settled
     assert seq == server["seq"] and [list(x) for x in core_bids] == server["bids"] and [
         list(x) for x in core_asks] == server["asks"]
     for _ in range(500):
