@@ -439,6 +439,7 @@ class Sequencer:
         self._tick_task: asyncio.Task[None] | None = None
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._snapshot_task: asyncio.Task[None] | None = None
+        self._snapshot_due: _SnapshotDue | None = None
         self._subscribers: list[Subscriber] = []
         self._stopping = False
         self._rate_cps = 10_000.0  # EWMA of commit throughput, for Busy's retry_after_s
@@ -915,10 +916,18 @@ class Sequencer:
     # -- snapshots ------------------------------------------------------------------------------------
 
     def _start_snapshot_write(self, due: _SnapshotDue) -> None:
-        if self._snapshot_task is not None and not self._snapshot_task.done():
-            _log.warning("snapshot at seq %d skipped: the previous one is still being written", due.seq)
-            return
-        self._snapshot_task = asyncio.create_task(self._write_snapshot(due), name="sequencer-snapshot")
+        """Write `due` after the snapshot being written, if any. One waits at most: a newer one
+        replaces it (snapshots only shorten recovery, the newest shortens it most)."""
+        if self._snapshot_due is not None:
+            _log.warning("snapshot at seq %d dropped for the newer one at %d", self._snapshot_due.seq, due.seq)
+        self._snapshot_due = due
+        if self._snapshot_task is None or self._snapshot_task.done():
+            self._snapshot_task = asyncio.create_task(self._snapshot_writer(), name="sequencer-snapshot")
+
+    async def _snapshot_writer(self) -> None:
+        while self._snapshot_due is not None:
+            due, self._snapshot_due = self._snapshot_due, None
+            await self._write_snapshot(due)
 
     async def _write_snapshot(self, due: _SnapshotDue) -> None:
         # Millions of entries take a while to encode: in a thread, so the writer keeps its turns.
