@@ -77,7 +77,7 @@ class Metrics:
         self.traded_heads = Counter(
             "hogx_traded_heads_total", "Heads traded, by instrument.", ["instrument"], registry=r)
         self.match_latency = Histogram(
-            "hogx_match_latency_seconds", "Time the core spends applying one command.",
+            "hogx_match_latency_seconds", "Time the core spends applying one command (one command in 16 is timed).",
             buckets=_MATCH_BUCKETS_S, registry=r)
         self.ack_latency = Histogram(
             "hogx_ack_latency_seconds",

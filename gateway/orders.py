@@ -16,6 +16,7 @@ error `{"code": <reason>, ...}` with the status of `schemas.REJECT_STATUS`; a re
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, Final
 
@@ -58,7 +59,7 @@ from gateway.schemas import (
     TimeInForceName,
     reject_code,
 )
-from gateway.ws import Hub, WsConnection, WsRequest
+from gateway.ws import Deferred, Hub, WsConnection, WsRequest
 
 __all__ = ["TRADERS", "AmendOrderMessage", "CancelOrderMessage", "PlaceOrderMessage", "routes", "wire"]
 
@@ -299,9 +300,29 @@ class CancelOrderMessage(WsRequest, tag="cancel_order", frozen=True):
     order_id: Id
 
 
-async def _ws_place(conn: WsConnection, msg: Any) -> ExecutionReport:
+def _ws_place(conn: WsConnection, msg: Any) -> Deferred:
+    """`place` without a task per message: the reply is built in the commit's callback."""
     assert conn.principal is not None
-    return await place(conn.request.app[EXCHANGE], conn.principal, msg, "ws")
+    port = conn.request.app[EXCHANGE]
+    started_s = time.perf_counter()
+    port.count_received(msg.instrument)
+    try:
+        command = place_command(conn.principal, msg)
+        future = port.submit_nowait(command)
+    except ApiError as exc:
+        port.count_rejected(exc.code)
+        raise
+
+    def finish(done: asyncio.Future[Any]) -> ExecutionReport:
+        try:
+            report = place_outcome(command, port.result_of(done).events)
+        except ApiError as exc:
+            port.count_rejected(exc.code)
+            raise
+        port.ack_latency["ws"].observe(time.perf_counter() - started_s)
+        return report
+
+    return Deferred(future, finish)
 
 
 async def _ws_cancel(conn: WsConnection, msg: CancelOrderMessage) -> ExecutionReport:

@@ -9,7 +9,8 @@ echoed in the reply):
 - `{"op": "subscribe", "channels": ["book.RC-FH", "orders"]}`, `{"op": "unsubscribe", ...}`,
   `{"op": "ping"}`.
 - ops registered later with `Hub.register_op` (order entry), run concurrently up to a per-connection
-  in-flight bound.
+  in-flight bound. A coroutine handler runs as its own task; a plain function runs at once and may
+  return a `Deferred` (a future and how to turn it into the reply), which costs no task per message.
 
 Replies are `{"type": "result", "op": ..., "id": ..., "data": ...}` or
 `{"type": "error", "op": ..., "id": ..., "code": ..., "message": ...}`; channel messages are whatever
@@ -26,6 +27,8 @@ reader never delays the others or the publisher (the sequencer).
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import itertools
 import logging
 import re
@@ -44,6 +47,7 @@ __all__ = [
     "CLOSE_AUTH_FAILED",
     "CLOSE_SLOW_CONSUMER",
     "AuthMessage",
+    "Deferred",
     "Hub",
     "SnapshotProvider",
     "WsConnection",
@@ -108,7 +112,18 @@ class _Close(msgspec.Struct, frozen=True):
     message: bytes
 
 
-OpHandler = Callable[["WsConnection", Any], Awaitable[Any]]
+OpHandler = Callable[["WsConnection", Any], Any]  # a coroutine function, or a function (value or Deferred)
+
+
+class Deferred:
+    """A synchronous op handler's answer that is not ready yet: the reply's data is `finish(future)`
+    once `future` is done (`finish` raises `ApiError` for an error reply)."""
+
+    __slots__ = ("finish", "future")
+
+    def __init__(self, future: asyncio.Future[Any], finish: Callable[[asyncio.Future[Any]], Any]) -> None:
+        self.future = future
+        self.finish = finish
 # (channel, principal or None) -> the snapshot to send before any delta, or None; raise ApiError to refuse.
 SnapshotProvider = Callable[[str, "Principal | None"], "bytes | None"]
 
@@ -117,6 +132,7 @@ class _Op(msgspec.Struct, frozen=True):
     message_type: type[WsRequest]
     handler: OpHandler
     roles: frozenset[Role] | None
+    is_async: bool
 
 
 class _ChannelKind(msgspec.Struct, frozen=True):
@@ -195,7 +211,8 @@ class Hub:
         op = message_type.__struct_config__.tag
         if not isinstance(op, str) or op in self._ops or op in _BUILTIN_OPS:
             raise ValueError(f"op {op!r} is not a new string tag")
-        self._ops[op] = _Op(message_type, handler, None if roles is None else frozenset(roles))
+        self._ops[op] = _Op(message_type, handler, None if roles is None else frozenset(roles),
+                            inspect.iscoroutinefunction(handler))
         self._decoder = self._build_decoder()
 
     def _build_decoder(self) -> msgspec.json.Decoder[Any]:
@@ -453,7 +470,45 @@ class Hub:
                               f"at most {self._max_inflight} requests in flight per connection")
             return
         conn.inflight += 1
-        self._spawn(self._run_op(conn, op_name, op, msg))
+        if op.is_async:
+            self._spawn(self._run_op(conn, op_name, op, msg))
+        else:
+            self._run_sync_op(conn, op_name, op, msg)
+
+    def _run_sync_op(self, conn: WsConnection, op_name: str, op: _Op, msg: WsRequest) -> None:
+        try:
+            outcome = op.handler(conn, msg)
+        except ApiError as exc:
+            conn.inflight -= 1
+            self._reply_error(conn, op_name, msg.id, exc.code, exc.message)
+            return
+        except Exception:
+            conn.inflight -= 1
+            _log.exception("unhandled error in WebSocket op %s", op_name)
+            self._reply_error(conn, op_name, msg.id, Code.INTERNAL_ERROR, "internal error")
+            return
+        if isinstance(outcome, Deferred):
+            outcome.future.add_done_callback(
+                functools.partial(self._finish_deferred, conn, op_name, msg.id, outcome.finish))
+        else:
+            conn.inflight -= 1
+            self._reply(conn, WsResult(op_name, msg.id, outcome))
+
+    def _finish_deferred(self, conn: WsConnection, op_name: str, request_id: int | str | None,
+                         finish: Callable[[asyncio.Future[Any]], Any], future: asyncio.Future[Any]) -> None:
+        conn.inflight -= 1
+        if future.cancelled():
+            self._reply_error(conn, op_name, request_id, Code.UNAVAILABLE, "cancelled: outcome unknown")
+            return
+        try:
+            data = finish(future)
+        except ApiError as exc:
+            self._reply_error(conn, op_name, request_id, exc.code, exc.message)
+        except Exception:
+            _log.exception("unhandled error in WebSocket op %s", op_name)
+            self._reply_error(conn, op_name, request_id, Code.INTERNAL_ERROR, "internal error")
+        else:
+            self._reply(conn, WsResult(op_name, request_id, data))
 
     async def _run_op(self, conn: WsConnection, op_name: str, op: _Op, msg: WsRequest) -> None:
         try:
