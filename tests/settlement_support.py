@@ -1,10 +1,5 @@
-"""Settlement test support: a real matching ``Core`` and a real ``Clearing`` wired by the same calls the
-core makes once its clearing hooks land, plus participants and instruments for the examples.
-
-``Exchange.apply`` mirrors the core's wiring: the core's own order checks first, then
-``check_buy`` / ``check_amend_buy``; the settlement commands go to ``clearing.handlers()``; every
-command's events go through ``clearing.on_events``; a ``ClockTick`` also calls ``clearing.on_clock``.
-"""
+"""Settlement test support: the exchange as it runs (``new_exchange()``: the matching core with its
+clearing) at a controllable exchange time, plus participants and instruments for the examples."""
 
 from __future__ import annotations
 
@@ -13,13 +8,11 @@ from typing import Any
 import msgspec
 
 from exchange.commands import (
-    AmendOrder,
     ClockTick,
     Command,
     ConfirmDeposit,
     FundsAccount,
     ParticipantRole,
-    PlaceOrder,
     RecordWeighIn,
     RegisterParticipant,
     SetConsent,
@@ -27,8 +20,8 @@ from exchange.commands import (
     VerifyPoorHousehold,
     stamp,
 )
-from exchange.core import Core
-from exchange.domain import InstrumentSpec, OrderType, ProductClass, RejectReason, Side
+from exchange.core import Core, new_exchange
+from exchange.domain import InstrumentSpec, ProductClass, RejectReason, Side
 from exchange.events import Event, LotRegistered, OrderAccepted, Rejected, Trade
 from exchange.settlement.clearing import Clearing
 from tests.factories import hog_spec, list_instrument, order, register_lot
@@ -65,14 +58,21 @@ class Exchange:
     """A core and its clearing at a controllable exchange time."""
 
     def __init__(self, *specs: InstrumentSpec, ts_ns: int = T0) -> None:
-        self.core = Core()
-        self.clearing = Clearing()
-        self.handlers = self.clearing.handlers()
+        self.core = new_exchange()
         self.ts_ns = ts_ns
         self.events: list[Event] = []  # everything ever emitted, in order
         self.ok(RegisterParticipant(0, 0, OPERATOR, ParticipantRole.OPERATOR, "Market operator", "5001**********001X"))
         for spec in specs:
             self.ok(list_instrument(spec))
+
+    @property
+    def clearing(self) -> Clearing:
+        assert self.core.clearing is not None
+        return self.core.clearing
+
+    def restore_from_snapshot(self) -> None:
+        """Carry on with the core (and its clearing) rebuilt from a snapshot of this one."""
+        self.core = Core.from_snapshot(self.core.snapshot())
 
     # -- time ----------------------------------------------------------------------------------------
 
@@ -92,41 +92,7 @@ class Exchange:
         return events
 
     def _apply(self, command: Command) -> list[Event]:
-        handler = self.handlers.get(command.__class__)
-        if handler is not None:
-            events: list = []
-            handler(command, events)
-            return events
-        reason = self._clearing_reason(command)
-        if reason is not None:
-            return [Rejected(0, command.ts_ns, command.participant_id, reason,
-                             getattr(command, "client_order_id", ""), getattr(command, "order_id", 0),
-                             getattr(command, "instrument", ""))]
-        events = self.core.apply(command)
-        self.clearing.on_events(events, command.ts_ns)
-        if command.__class__ is ClockTick:
-            self.clearing.on_clock(command.ts_ns, events)
-        return events
-
-    def _clearing_reason(self, command: Command) -> RejectReason | None:
-        """The clearing's checks, where the core will make them: after its own checks passed."""
-        core = self.core
-        if isinstance(command, PlaceOrder) and command.side == Side.BUY:
-            market = core.markets.get(command.instrument)
-            if market is None or core._check_order(market, command) is not None:
-                return None  # the core rejects it itself
-            price = command.price_fen if command.order_type == OrderType.LIMIT else market.band_high_fen
-            return self.clearing.check_buy(command.participant_id, market.spec, price, command.quantity_heads)
-        if isinstance(command, AmendOrder):
-            o = core.orders.get(command.order_id)
-            if o is None or o.participant_id != command.participant_id or o.side != Side.BUY:
-                return None
-            price = command.price_fen or o.price_fen
-            quantity = command.quantity_heads or o.quantity_heads
-            if core._amend_reason(core.markets[o.instrument], o, price, quantity) is not None:
-                return None
-            return self.clearing.check_amend_buy(o.order_id, price, quantity - o.filled_heads)
-        return None
+        return self.core.apply(command)
 
     def ok(self, command: Command) -> list[Event]:
         events = self.apply(command)

@@ -1,10 +1,16 @@
 """PostgreSQL side of the ledger (asyncpg): writing drained rows in the batch's transaction, and reading
 balances and statements back. The only module of ``exchange/settlement`` that does I/O.
 
-The sequencer's ``extra_writes(conn, batch)`` hook calls ``write_ledger_rows`` with what the core's
-clearing drained for the batch (``drain_new_accounts``, ``drain_postings``) inside the transaction that
-also COPYs the journal rows, so money rows and the commands that made them commit together. The
-database re-checks that every (seq, entry) group balances (migration 0002's deferred trigger).
+The sequencer's ``extra_writes(conn, batch)`` hook calls ``write_batch_rows`` (or ``write_ledger_rows``)
+with what the core's clearing drained for the batch's commands (``drain_new_accounts``,
+``drain_postings`` after each command) inside the transaction that also COPYs the journal rows, so
+money rows and the commands that made them commit together. The database re-checks that every
+(seq, entry) group balances (migration 0002's deferred trigger).
+
+Drain per command, not per batch: the sequencer applies the next batch's commands while the previous
+one commits, so rows drained when ``extra_writes`` runs would include commands that are not in the
+batch (and are lost with it if its commit fails). Keep each command's rows in a FIFO as the command is
+applied and let ``extra_writes`` take ``len(batch)`` entries (benchmarks/ledger.py does this).
 """
 
 from __future__ import annotations
@@ -40,6 +46,37 @@ async def write_ledger_rows(
     if postings:
         await conn.copy_records_to_table("ledger_postings", records=posting_records(seq, postings),
                                          columns=POSTING_COLUMNS)
+
+
+def batch_records(
+    first_seq: int, per_command: Sequence[tuple[Sequence[Account], Sequence[Posting]]]
+) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
+    """(account rows, posting rows) of a journal batch whose command with seq ``first_seq + i`` made
+    ``per_command[i]`` (new accounts, postings): every posting carries the seq of its command."""
+    accounts: list[tuple[int, ...]] = []
+    postings: list[tuple[int, ...]] = []
+    for i, (new_accounts, command_postings) in enumerate(per_command):
+        if new_accounts:
+            accounts.extend(account_records(new_accounts))
+        if command_postings:
+            postings.extend(posting_records(first_seq + i, command_postings))
+    return accounts, postings
+
+
+async def copy_rows(conn: asyncpg.Connection, accounts: Sequence[tuple[int, ...]],
+                    postings: Sequence[tuple[int, ...]]) -> None:
+    """COPY ready-made account and posting rows (``batch_records``)."""
+    if accounts:
+        await conn.copy_records_to_table("ledger_accounts", records=accounts, columns=ACCOUNT_COLUMNS)
+    if postings:
+        await conn.copy_records_to_table("ledger_postings", records=postings, columns=POSTING_COLUMNS)
+
+
+async def write_batch_rows(
+    conn: asyncpg.Connection, first_seq: int, per_command: Sequence[tuple[Sequence[Account], Sequence[Posting]]]
+) -> None:
+    """COPY the ledger rows of a journal batch (see ``batch_records``); call inside its transaction."""
+    await copy_rows(conn, *batch_records(first_seq, per_command))
 
 
 async def balances(conn: asyncpg.Connection) -> dict[int, tuple[int, int, int, int]]:
