@@ -61,6 +61,7 @@ class Exchange:
         self.core = new_exchange()
         self.ts_ns = ts_ns
         self.events: list[Event] = []  # everything ever emitted, in order
+        self.commands: list[Command] = []  # everything ever applied, stamped, in order
         self.ok(RegisterParticipant(0, 0, OPERATOR, ParticipantRole.OPERATOR, "Market operator", "5001**********001X"))
         for spec in specs:
             self.ok(list_instrument(spec))
@@ -87,6 +88,7 @@ class Exchange:
 
     def apply(self, command: Command) -> list[Event]:
         command = stamp(command, self.ts_ns)
+        self.commands.append(command)
         events = self._apply(command)
         self.events.extend(events)
         return events

@@ -7,8 +7,12 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from exchange.commands import FundsAccount, GrantAdvance, RunPayouts
+from exchange.commands import Command, FundsAccount, GrantAdvance, RunPayouts
+from exchange.core import Core
+from exchange.events import Rejected
+from exchange.sequencer import Sequencer
 from exchange.settlement import pgstore
+from exchange.settlement.clearing import Clearing
 from exchange.settlement.ledger import Entry, PostingSide, TransferCode
 from tests.conftest import FreshDatabase
 from tests.settlement_support import BUYER, FARMER, FINANCIER, HOUR_NS, OPERATOR, Exchange, world
@@ -85,5 +89,62 @@ async def test_rows_balanced_across_statements_of_one_transaction_commit(fresh_d
             await conn.execute("DELETE FROM ledger_postings")
         with pytest.raises(asyncpg.CheckViolationError):
             await conn.execute(POSTING_INSERT, 10, 4, Entry.POSTED, PostingSide.DEBIT, 100, 0)
+    finally:
+        await conn.close()
+
+
+class ExchangeCore(Core):
+    """The core as the exchange runs it (with its clearing), constructible without arguments."""
+
+    def __init__(self) -> None:
+        super().__init__(Clearing())
+
+
+async def run_through_sequencer(dsn: str, commands: list[Command], *, snapshot: bool) -> Core:
+    """Start a sequencer (recovering), submit stamped commands one by one, each at its own time, and
+    stop it (with a snapshot or not); return its core."""
+    now_ns = [0]
+    writer = pgstore.LedgerWriter()
+    sequencer = Sequencer(dsn, core_type=ExchangeCore, extra_writes=writer, clock_ns=lambda: now_ns[0],
+                          snapshot_every=10**9, freeze_gc=False)
+    writer.attach(sequencer)
+    await sequencer.start()
+    try:
+        for command in commands:
+            now_ns[0] = max(now_ns[0], command.ts_ns)
+            result = await sequencer.submit(command)
+            assert not [e for e in result.events if isinstance(e, Rejected)], (command, result.events)
+        return sequencer.core
+    finally:
+        await sequencer.stop(snapshot=snapshot)
+
+
+async def assert_database_equals(conn: asyncpg.Connection, core: Core) -> None:
+    assert core.clearing is not None
+    expected = {a.account_id: (a.debits_pending_fen, a.debits_posted_fen, a.credits_pending_fen,
+                               a.credits_posted_fen) for a in core.clearing.ledger.accounts()}
+    assert await pgstore.balances(conn) == expected
+
+
+async def test_sequencer_commits_each_commands_ledger_rows_with_it_and_recovery_writes_none_twice(
+    fresh_database_url: FreshDatabase,
+) -> None:
+    x = busy_world()
+    commands = x.commands
+    cut = len(commands) * 2 // 3
+    dsn = await fresh_database_url()
+    conn = await asyncpg.connect(dsn)
+    try:
+        core = await run_through_sequencer(dsn, commands[:cut], snapshot=False)
+        await assert_database_equals(conn, core)
+        # restart: recovery replays every command (their rows are durable: none may be written again)
+        core = await run_through_sequencer(dsn, commands[cut:-3], snapshot=True)
+        await assert_database_equals(conn, core)
+        core = await run_through_sequencer(dsn, commands[-3:], snapshot=False)  # from the snapshot
+        await assert_database_equals(conn, core)
+        assert core.state_hash() == x.core.state_hash()  # the same exchange as applied in memory
+        seqs = await conn.fetch("SELECT DISTINCT p.seq, j.seq AS journal_seq FROM ledger_postings p "
+                                "LEFT JOIN journal j ON j.seq = p.seq")
+        assert seqs and all(r["journal_seq"] is not None for r in seqs)  # every posting names its command
     finally:
         await conn.close()

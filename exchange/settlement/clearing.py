@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
@@ -276,13 +277,16 @@ class Clearing:
         return R.INSUFFICIENT_FUNDS
 
     def on_events(self, events: list, ts_ns: int) -> None:
-        """Follow one command's events; appends the clearing's own events to ``events``."""
+        """Follow one command's events; appends the clearing's own events to ``events``. The core calls
+        this exactly once at the end of every command: it also closes the command's ledger rows."""
         handlers = self._event_handlers
         for i in range(len(events)):  # not the events appended below
             event = events[i]
             handler = handlers.get(event.__class__)
             if handler is not None:
                 handler(event, ts_ns, events)
+        ledger = self.ledger
+        self.command_rows.append((ledger.drain_new_accounts(), ledger.drain_postings()))
 
     def handlers(self) -> dict[type, Handler]:
         """The settlement commands' handlers: ``handler(command, events)``."""
@@ -304,14 +308,56 @@ class Clearing:
             trade = self.trades[trade_id]
             if trade.state == TradeState.DELIVERED:  # disputed, rejected or settled meanwhile: stale
                 self._settle(trade, ts_ns, events)
+        # the tick's rows belong to the tick, whose on_events already closed its entry
+        accounts, postings = self.command_rows[-1] if self.command_rows else ([], [])
+        if not self.command_rows:
+            self.command_rows.append((accounts, postings))
+        accounts.extend(self.ledger.drain_new_accounts())
+        postings.extend(self.ledger.drain_postings())
 
     # ------------------------------------------------------------------------------- persistence
+    # Ledger rows leave the clearing per command: ``on_events`` (and ``on_clock`` for a tick) moves
+    # what the ledger drained into ``command_rows``, one (new accounts, postings) entry per command in
+    # the order applied. The sequencer's ``extra_writes`` takes a batch's entries with
+    # ``take_command_rows`` (pgstore.LedgerWriter); tools and tests may use ``drain_*`` instead. The
+    # queue is not state: it is not in the snapshot, and rows of commands replayed during recovery
+    # (durable already) must be dropped (``discard_command_rows``; LedgerWriter aligns by seq).
+
+    def take_command_rows(self, n: int) -> list[tuple[list[Account], list[Posting]]]:
+        """The oldest ``n`` commands' (new accounts, postings), removed from the queue."""
+        rows = self.command_rows
+        if n > len(rows):
+            raise ClearingInvariantError(f"{n} commands' ledger rows asked for, {len(rows)} queued")
+        return [rows.popleft() for _ in range(n)]
+
+    def discard_command_rows(self) -> None:
+        """Forget queued rows (after a recovery replay: they are in the database already)."""
+        self.command_rows.clear()
+        self.ledger.drain_postings()
+        self.ledger.drain_new_accounts()
 
     def drain_postings(self) -> list[Posting]:
-        return self.ledger.drain_postings()
+        """Every posting not yet taken, in order (for callers that do not write per command)."""
+        postings = [p for _, command_postings in self.command_rows for p in command_postings]
+        postings.extend(self.ledger.drain_postings())
+        for _, command_postings in self.command_rows:
+            command_postings.clear()
+        self._drop_empty_rows()
+        return postings
 
     def drain_new_accounts(self) -> list[Account]:
-        return self.ledger.drain_new_accounts()
+        """Every new account not yet taken, in order (see ``drain_postings``)."""
+        accounts = [a for command_accounts, _ in self.command_rows for a in command_accounts]
+        accounts.extend(self.ledger.drain_new_accounts())
+        for command_accounts, _ in self.command_rows:
+            command_accounts.clear()
+        self._drop_empty_rows()
+        return accounts
+
+    def _drop_empty_rows(self) -> None:
+        rows = self.command_rows
+        while rows and not rows[0][0] and not rows[0][1]:
+            rows.popleft()
 
     def snapshot(self) -> bytes:
         """The whole state, canonically ordered (everything sorted by its key)."""
@@ -363,6 +409,7 @@ class Clearing:
 
     def _rebuild_indexes(self) -> None:
         """Derived lookups, rebuilt from the records after a restore (never snapshotted)."""
+        self.command_rows: deque[tuple[list[Account], list[Posting]]] = deque()
         self._deadlines = sorted(
             (t.dispute_until_ns, t.trade_id) for t in self.trades.values() if t.state == TradeState.DELIVERED
         )

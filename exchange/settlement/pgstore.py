@@ -1,16 +1,17 @@
 """PostgreSQL side of the ledger (asyncpg): writing drained rows in the batch's transaction, and reading
 balances and statements back. The only module of ``exchange/settlement`` that does I/O.
 
-The sequencer's ``extra_writes(conn, batch)`` hook calls ``write_batch_rows`` (or ``write_ledger_rows``)
-with what the core's clearing drained for the batch's commands (``drain_new_accounts``,
-``drain_postings`` after each command) inside the transaction that also COPYs the journal rows, so
-money rows and the commands that made them commit together. The database re-checks that every
-(seq, entry) group balances (migration 0002's deferred trigger).
+``LedgerWriter`` is the sequencer's ``extra_writes(conn, batch)`` hook: inside the transaction that
+also COPYs the journal rows it writes the new accounts and postings of exactly the batch's commands,
+so money rows and the commands that made them commit together, each posting stamped with the seq of
+its command. The database re-checks that every (seq, entry) group balances (migration 0002's deferred
+trigger).
 
-Drain per command, not per batch: the sequencer applies the next batch's commands while the previous
-one commits, so rows drained when ``extra_writes`` runs would include commands that are not in the
-batch (and are lost with it if its commit fails). Keep each command's rows in a FIFO as the command is
-applied and let ``extra_writes`` take ``len(batch)`` entries (benchmarks/ledger.py does this).
+Rows are kept per command, not drained per batch: the sequencer applies the next batch's commands
+while the previous one commits, so rows drained when ``extra_writes`` runs would include commands that
+are not in the batch (and would be lost with it if its commit failed). The clearing queues each
+command's rows as it is applied (``Clearing.command_rows``); the writer takes ``len(batch)`` entries,
+after dropping entries of commands that recovery replayed (they are durable already).
 """
 
 from __future__ import annotations
@@ -77,6 +78,36 @@ async def write_batch_rows(
 ) -> None:
     """COPY the ledger rows of a journal batch (see ``batch_records``); call inside its transaction."""
     await copy_rows(conn, *batch_records(first_seq, per_command))
+
+
+class LedgerWriter:
+    """``extra_writes`` for a sequencer whose core has a clearing: ``Sequencer(dsn,
+    extra_writes=writer)`` then ``writer.attach(sequencer)`` (the sequencer replaces its core on
+    recovery, so the writer looks it up on every batch)."""
+
+    def __init__(self) -> None:
+        self._sequencer: object | None = None
+        self.rows_written = 0
+
+    def attach(self, sequencer: object) -> None:
+        """Any object with ``core.clearing`` and ``applied_seq`` (``exchange.sequencer.Sequencer``)."""
+        self._sequencer = sequencer
+
+    async def __call__(self, conn: asyncpg.Connection, batch: object) -> None:
+        sequencer = self._sequencer
+        if sequencer is None:
+            raise RuntimeError("LedgerWriter.attach(sequencer) was not called")
+        clearing = sequencer.core.clearing  # type: ignore[attr-defined]
+        first_seq, n = batch.first_seq, len(batch)  # type: ignore[attr-defined, arg-type]
+        # command_rows holds the rows of seqs applied_seq - len + 1 .. applied_seq (read before any await)
+        queued_from = sequencer.applied_seq - len(clearing.command_rows) + 1  # type: ignore[attr-defined]
+        if queued_from > first_seq:
+            raise RuntimeError(f"ledger rows of seq {first_seq} are gone (queue starts at {queued_from})")
+        if queued_from < first_seq:
+            clearing.take_command_rows(first_seq - queued_from)  # replayed by recovery: durable already
+        accounts, postings = batch_records(first_seq, clearing.take_command_rows(n))
+        await copy_rows(conn, accounts, postings)
+        self.rows_written += len(postings)
 
 
 async def balances(conn: asyncpg.Connection) -> dict[int, tuple[int, int, int, int]]:
