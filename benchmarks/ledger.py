@@ -1,0 +1,388 @@
+"""Ledger benchmark: transfers per second in the core, and committed to PostgreSQL through the sequencer.
+
+    python -m benchmarks.ledger --transfers 1000000 --json
+
+1. Core, ledger alone: a seeded mix of transfers among 10,000 accounts, applied in batches of 1,000
+   with ``Ledger.create_transfers`` (about 60 % single-phase, 20 % pending holds, 10 % posts of them,
+   full or partial, 10 % voids; every limit checked), postings drained after each batch.
+   -> ``transfers_per_s_core``.
+2. Core, settlement flows: a seeded market day through the matching core with its clearing (buys
+   holding funds, fills posting into escrow, weigh-ins, settlement at clock ticks with fees, poor
+   households' subsidies and cooperative splits, payout runs sent and confirmed by the bank), counting
+   the ledger transfers the clearing made. -> ``clearing_transfers_per_s_core`` (and commands/s).
+3. Committed: the same command stream submitted to the durable sequencer, whose ``extra_writes``
+   hook COPYs each batch's posting rows (and new accounts) in the journal batch's transaction, where
+   the deferred balance trigger checks them. -> ``transfers_per_s_committed``. Then the very posting
+   rows are COPYed again, in chunks of the sequencer's mean batch, into a table of the same shape
+   without triggers, one commit per chunk: the raw ceiling (``raw_copy_rows_per_s``). Finally the
+   database's balances (rebuilt from all postings) must equal the core's ledger, account by account.
+
+Uses ``DATABASE_URL`` or the embedded server, in a scratch database dropped afterwards. Prints
+figures, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import random
+import time
+from collections import deque
+from collections.abc import Sequence
+
+import asyncpg
+import msgspec
+
+from benchmarks.journal import scratch_database
+from exchange.commands import (
+    BankConfirmation,
+    CancelOrder,
+    ClockTick,
+    Command,
+    ConfirmDeposit,
+    FundsAccount,
+    ImportBankConfirmations,
+    ListInstrument,
+    MarkPayoutsSent,
+    ParticipantRole,
+    PlaceOrder,
+    RecordWeighIn,
+    RegisterLot,
+    RegisterParticipant,
+    ReturnPayout,
+    RunPayouts,
+    SetCooperativeMembers,
+    VerifyBankAccount,
+    VerifyPoorHousehold,
+)
+from exchange.core import Core
+from exchange.domain import BreedClass, InstrumentSpec, ProductClass, Side
+from exchange.events import Event, OrderAccepted, PayoutChanged, PayoutState, Rejected, Trade
+from exchange.sequencer import Sequencer
+from exchange.settlement import pgstore
+from exchange.settlement.clearing import Clearing
+from exchange.settlement.ledger import (
+    CHART,
+    Account,
+    AccountCode,
+    CreateTransferResult,
+    Ledger,
+    Transfer,
+    TransferCode,
+    TransferFlags,
+)
+
+SYMBOL = "RC-LH-WSY"
+OPERATOR = 1
+BUYERS = range(1000, 1050)
+FARMERS = range(2000, 2400)  # every fifth a registered poor household
+COOPS = range(3000, 3010)  # each with four members among the farmers
+LEDGER_BATCH = 1000
+
+
+# -- 1. the ledger alone --------------------------------------------------------------------------------------
+
+
+def ledger_mix(n: int, seed: int, accounts: int = 10_000) -> tuple[Ledger, list[list[Transfer]]]:
+    """A funded ledger and ``n`` transfers in batches; pending ids refer to earlier batches' holds."""
+    rng = random.Random(seed)
+    ledger = Ledger()
+    cash = [Account(i, AccountCode.BUYER_CASH, owner_id=i, flags=CHART[AccountCode.BUYER_CASH].limit_flags)
+            for i in range(1, accounts + 1)]
+    source = Account(accounts + 1, AccountCode.INTEREST_INCOME, owner_id=1)  # no limit: funds the rest
+    ledger.create_accounts([*cash, source], 1)
+    ledger.create_transfers([Transfer(10**12 + i, source.account_id, i, 10**12, TransferCode.DEPOSIT)
+                             for i in range(1, accounts + 1)], 1)
+    ledger.drain_postings()
+    ledger.drain_new_accounts()
+    batches: list[list[Transfer]] = []
+    open_holds: list[int] = []
+    next_id = 1
+    while next_id <= n:
+        batch = []
+        for _ in range(min(LEDGER_BATCH, n - next_id + 1)):
+            batch.append(_one_transfer(rng, next_id, accounts, open_holds))
+            next_id += 1
+        batches.append(batch)
+    return ledger, batches
+
+
+def _one_transfer(rng: random.Random, tid: int, accounts: int, open_holds: list[int]) -> Transfer:
+    roll = rng.random()
+    if roll < 0.2 and open_holds:
+        pending_id = open_holds.pop(rng.randrange(len(open_holds)))
+        if roll < 0.1:
+            return Transfer(tid, 0, 0, rng.choice((0, 1)), 0, 0, TransferFlags.POST_PENDING, pending_id)
+        return Transfer(tid, 0, 0, 0, 0, 0, TransferFlags.VOID_PENDING, pending_id)
+    dr = rng.randint(1, accounts)
+    cr = rng.randint(1, accounts - 1)
+    cr += cr >= dr  # never the same account
+    amount = rng.randint(1, 100_000)
+    if roll < 0.4:
+        open_holds.append(tid)
+        return Transfer(tid, dr, cr, amount, TransferCode.ORDER_HOLD, 0, TransferFlags.PENDING)
+    return Transfer(tid, dr, cr, amount, TransferCode.SETTLEMENT)
+
+
+def bench_ledger(n: int, seed: int) -> dict[str, float]:
+    ledger, batches = ledger_mix(n, seed)
+    ok = CreateTransferResult.OK
+    gc.collect()
+    start_s = time.perf_counter()
+    failed = 0
+    for batch in batches:
+        results = ledger.create_transfers(batch, 2)
+        failed += sum(r is not ok for r in results)
+        ledger.drain_postings()
+    elapsed_s = time.perf_counter() - start_s
+    ledger.validate()
+    return {"transfers_per_s_core": n / elapsed_s, "ledger_refused": failed}
+
+
+# -- 2. settlement flows in the core ------------------------------------------------------------------------------
+
+
+class ExchangeCore(Core):
+    """The core as the exchange runs it (``new_exchange()``), constructible without arguments as the
+    sequencer's ``core_type`` must be."""
+
+    def __init__(self) -> None:
+        super().__init__(Clearing())
+
+    @property
+    def ledger_clearing(self) -> Clearing:
+        assert self.clearing is not None
+        return self.clearing
+
+
+def _spec() -> InstrumentSpec:
+    return InstrumentSpec(
+        SYMBOL, ProductClass.FINISHING_HOG, BreedClass.WAI_SAN_YUAN, "Rongchang", 100_000, 120_000, 90_000,
+        140_000, 10, 1, 500, 400, 2800, seller_fee_bps=50, overweight_limit_g=10_000,
+        overweight_discount_fen_per_kg=60, dispute_window_ns=0,  # settle at the next tick: time-independent
+    )  # fmt: skip
+
+
+def setup_commands() -> list[Command]:
+    """Instrument, participants with verified bank accounts, poor households, cooperatives, money."""
+    out: list[Command] = [
+        RegisterParticipant(0, 0, OPERATOR, ParticipantRole.OPERATOR, "operator", "5001**********001X"),
+        ListInstrument(OPERATOR, 0, _spec()),
+        ConfirmDeposit(OPERATOR, 0, "subsidy", 0, FundsAccount.POVERTY_SUBSIDY_FUND, 10**11),
+    ]
+    people = [(b, ParticipantRole.BUYER) for b in BUYERS] + [(f, ParticipantRole.FARMER) for f in FARMERS]
+    people += [(c, ParticipantRole.COOPERATIVE) for c in COOPS]
+    for pid, role in people:
+        account = f"6217{pid:012d}"
+        out.append(RegisterParticipant(OPERATOR, 0, pid, role, f"p{pid}", "5001**********123X", account))
+        out.append(VerifyBankAccount(OPERATOR, 0, pid, account))
+    out += [VerifyPoorHousehold(OPERATOR, 0, f, f"500226{f}") for f in FARMERS if f % 5 == 0]
+    for i, coop in enumerate(COOPS):
+        members = tuple(FARMERS[4 * i: 4 * i + 4])
+        out.append(SetCooperativeMembers(OPERATOR, 0, coop, members, (3000, 3000, 2000, 1500)))
+    out += [ConfirmDeposit(OPERATOR, 0, f"cash-{b}", b, FundsAccount.TRADING_CASH, 10**13) for b in BUYERS]
+    return out
+
+
+class MarketDay:
+    """Builds the command stream of a market day while a scratch core tells what happened (trade ids,
+    payout ids), so every command of the stream is valid when replayed in the same order."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.core = ExchangeCore()
+        self.commands: list[Command] = []
+        self.ts_ns = 1_767_225_600 * 10**9
+        self.delivered: list[int] = []  # trade ids weighed in since the last tick
+        self.resting_buys: list[tuple[int, int]] = []
+        self.refs = 0
+        for command in setup_commands():
+            self.add(command)
+
+    def add(self, command: Command) -> list[Event]:
+        self.ts_ns += 1000
+        command = msgspec.structs.replace(command, ts_ns=self.ts_ns)
+        events = self.core.apply(command)
+        self.core.ledger_clearing.discard_command_rows()
+        if any(e.__class__ is Rejected for e in events):
+            raise AssertionError(f"the workload made an invalid command: {command} -> {events}")
+        self.commands.append(command)
+        return events
+
+    @property
+    def transfers(self) -> int:
+        return self.core.ledger_clearing.counters.next_transfer_id - 1
+
+    def generate(self, transfers: int) -> list[Command]:
+        rng = self.rng
+        while self.transfers < transfers:
+            self.cross(rng.choice((*FARMERS, *COOPS)), rng.choice(BUYERS))
+            if rng.random() < 0.2:
+                self.rest_and_cancel(rng.choice(BUYERS))
+            if len(self.delivered) >= 200:
+                self.add(ClockTick(0, 0))  # settles every delivered trade: fees, subsidies, splits
+                self.delivered.clear()
+            if rng.random() < 0.004:
+                self.payout_cycle()
+        return self.commands
+
+    def cross(self, seller: int, buyer: int) -> None:
+        rng = self.rng
+        heads = rng.randint(1, 20)
+        price = 2800 + 10 * rng.randint(-5, 5)
+        lot = self.add(RegisterLot(seller, 0, SYMBOL, heads, rng.randint(100, 120) * 1000, "Rongchang", "CQ-1"))
+        lot_id = lot[0].lot.lot_id  # type: ignore[union-attr]
+        self.refs += 1
+        self.add(PlaceOrder(seller, 0, f"s{self.refs}", SYMBOL, Side.SELL, 1, price, heads, lot_id=lot_id))
+        events = self.add(PlaceOrder(buyer, 0, f"b{self.refs}", SYMBOL, Side.BUY, 1, price + 10 * rng.randint(0, 3),
+                                     heads))
+        for trade in (e for e in events if e.__class__ is Trade):
+            delivered = max(trade.quantity_heads - rng.choice((0, 0, 0, 1)), 1)  # type: ignore[union-attr]
+            weight = delivered * rng.choice((105_000, 112_000, 118_000, 124_000)) + rng.randint(0, 999)
+            self.add(RecordWeighIn(OPERATOR, 0, trade.trade_id, delivered, weight, "CQ-1", True))  # type: ignore[union-attr]
+            self.delivered.append(trade.trade_id)  # type: ignore[union-attr]
+
+    def rest_and_cancel(self, buyer: int) -> None:
+        self.refs += 1
+        events = self.add(PlaceOrder(buyer, 0, f"r{self.refs}", SYMBOL, Side.BUY, 1, 2700, 5))
+        order_id = next(e.order_id for e in events if e.__class__ is OrderAccepted)  # type: ignore[union-attr]
+        self.add(CancelOrder(buyer, 0, order_id))
+
+    def payout_cycle(self) -> None:
+        """A payout run, its bank file sent, and the bank's answers (about 2 % failed, then retried)."""
+        self.refs += 1
+        events = self.add(RunPayouts(OPERATOR, 0, f"run{self.refs}"))
+        pairs = tuple((e.payout_id, e.attempt) for e in events if e.__class__ is PayoutChanged)  # type: ignore[union-attr]
+        if not pairs:
+            return
+        self.add(MarkPayoutsSent(OPERATOR, 0, f"file{self.refs}", pairs))
+        rows = tuple(BankConfirmation(pid, attempt, self.rng.random() > 0.02, f"bank{pid}") for pid, attempt in pairs)
+        self.add(ImportBankConfirmations(OPERATOR, 0, f"conf{self.refs}", rows))
+        payouts = self.core.ledger_clearing.payouts
+        for pid, _ in pairs:
+            if payouts[pid].state == PayoutState.FAILED:
+                self.add(ReturnPayout(OPERATOR, 0, pid))
+
+
+def bench_clearing(commands: Sequence[Command]) -> dict[str, float]:
+    core = ExchangeCore()
+    clearing = core.ledger_clearing
+    gc.collect()
+    start_s = time.perf_counter()
+    for i, command in enumerate(commands):
+        core.apply(command)
+        if not i % 1000:
+            clearing.discard_command_rows()  # as the sequencer's writer takes them
+    elapsed_s = time.perf_counter() - start_s
+    clearing.ledger.validate()
+    transfers = clearing.counters.next_transfer_id - 1
+    return {
+        "clearing_transfers": transfers,
+        "clearing_commands": len(commands),
+        "clearing_transfers_per_s_core": transfers / elapsed_s,
+        "clearing_commands_per_s_core": len(commands) / elapsed_s,
+    }
+
+
+# -- 3. committed through the sequencer ------------------------------------------------------------------------------
+
+
+async def bench_committed(dsn: str, commands: Sequence[Command], max_batch: int, window: int) -> dict[str, float]:
+    batch_sizes: list[int] = []
+    writer = pgstore.LedgerWriter()
+    sequencer = Sequencer(dsn, core_type=ExchangeCore, queue_size=window * 2, max_batch=max_batch,
+                          snapshot_every=10**12, extra_writes=writer)
+    writer.attach(sequencer)
+    sequencer.subscribe(lambda batch: batch_sizes.append(len(batch)))
+    await sequencer.start()
+    gc.collect()
+    gc.freeze()
+    start_s = time.perf_counter()
+    in_flight: deque[asyncio.Future] = deque()
+    chunk = max(1, window // 4)
+    for first in range(0, len(commands), chunk):
+        in_flight.extend(sequencer.submit_many(commands[first:first + chunk]))
+        while len(in_flight) > window:
+            await in_flight.popleft()
+    results = [await f for f in in_flight]
+    elapsed_s = time.perf_counter() - start_s
+    gc.unfreeze()
+    rejected = sum(e.__class__ is Rejected for r in results for e in r.events)
+    core: ExchangeCore = sequencer.core  # type: ignore[assignment]
+    await sequencer.stop(snapshot=False)
+    transfers = core.ledger_clearing.counters.next_transfer_id - 1
+    mean_batch = sum(batch_sizes) / max(1, len(batch_sizes))
+    figures = {
+        "transfers_per_s_committed": transfers / elapsed_s,
+        "posting_rows_per_s_committed": writer.rows_written / elapsed_s,
+        "committed_commands_per_s": len(commands) / elapsed_s,
+        "committed_transfers": transfers,
+        "posting_rows": writer.rows_written,
+        "mean_batch": mean_batch,
+        "rejected_in_tail": rejected,
+    }
+    conn = await asyncpg.connect(dsn)
+    try:
+        figures["raw_copy_rows_per_s"] = await _raw_copy(conn, writer.rows_written / max(1, len(batch_sizes)))
+        stored = await pgstore.balances(conn)
+        expected = {a.account_id: (a.debits_pending_fen, a.debits_posted_fen, a.credits_pending_fen,
+                                   a.credits_posted_fen) for a in core.ledger_clearing.ledger.accounts()}
+        figures["database_matches_core"] = stored == expected
+    finally:
+        await conn.close()
+    return figures
+
+
+async def _raw_copy(conn: asyncpg.Connection, rows_per_batch: float) -> float:
+    """The committed posting rows again, in chunks of the mean batch's rows, one commit each, into a
+    twin of ``ledger_postings`` with its indexes but without the balance trigger."""
+    rows = [tuple(r) for r in await conn.fetch(f"SELECT {', '.join(pgstore.POSTING_COLUMNS)} FROM ledger_postings")]
+    await conn.execute("CREATE TABLE bench_postings (LIKE ledger_postings INCLUDING DEFAULTS INCLUDING INDEXES)")
+    chunk = max(1, round(rows_per_batch))
+    start_s = time.perf_counter()
+    for first in range(0, len(rows), chunk):
+        await conn.copy_records_to_table("bench_postings", records=rows[first:first + chunk],
+                                         columns=pgstore.POSTING_COLUMNS)
+    return len(rows) / (time.perf_counter() - start_s)
+
+
+# -- main --------------------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--transfers", type=int, default=200_000, help="ledger transfers per phase")
+    parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--max-batch", type=int, default=2_000, help="sequencer: most commands per commit")
+    parser.add_argument("--window", type=int, default=20_000, help="sequencer: commands in flight")
+    parser.add_argument("--no-db", action="store_true", help="core figures only")
+    parser.add_argument("--json", action="store_true", help="also print one JSON object as the last line")
+    args = parser.parse_args()
+
+    figures: dict[str, float] = {"transfers": args.transfers, "seed": args.seed}
+    figures.update(bench_ledger(args.transfers, args.seed))
+    print(f"ledger alone:   {figures['transfers_per_s_core']:>12,.0f} transfers/s in the core")
+    commands = MarketDay(args.seed).generate(args.transfers)
+    figures.update(bench_clearing(commands))
+    print(f"clearing flows: {figures['clearing_transfers_per_s_core']:>12,.0f} transfers/s in the core "
+          f"({figures['clearing_commands_per_s_core']:,.0f} commands/s, {len(commands):,} commands)")
+    if not args.no_db:
+        figures.update(asyncio.run(_committed(commands, args)))
+        print(f"committed:      {figures['transfers_per_s_committed']:>12,.0f} transfers/s "
+              f"({figures['posting_rows_per_s_committed']:,.0f} posting rows/s, "
+              f"{figures['committed_commands_per_s']:,.0f} commands/s, mean batch {figures['mean_batch']:,.0f})")
+        print(f"raw COPY:       {figures['raw_copy_rows_per_s']:>12,.0f} posting rows/s, same batches, no triggers")
+        print(f"database balances equal the core's ledger: {figures['database_matches_core']}")
+    if args.json:
+        print(json.dumps(figures))
+
+
+async def _committed(commands: Sequence[Command], args: argparse.Namespace) -> dict[str, float]:
+    async with scratch_database() as dsn:
+        return await bench_committed(dsn, commands, args.max_batch, args.window)
+
+
+if __name__ == "__main__":
+    main()
