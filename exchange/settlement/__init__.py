@@ -1,5 +1,15 @@
-"""Settlement: the double-entry ledger and the money flows built on it (issue 5)."""
+"""Settlement: the double-entry ledger and the money flows built on it (issue 5).
 
+- ``ledger``: TigerBeetle-style accounts and transfers, the chart of accounts, posting rows.
+- ``clearing``: ``Clearing``, the core's settlement stage: participants, holds, obligations,
+  deliveries and disputes, the settlement waterfall, financing, payouts (its docstring lists the flows).
+- ``rules``: every computation from weights, prices, shares and rates to fen, one rounding rule each.
+- ``model``: the clearing's records; ``views``: balances, financiers' views, the daily report;
+  ``bankfiles``: payout file export and confirmation import; ``pgstore``: the PostgreSQL side
+  (``LedgerWriter`` for the sequencer's ``extra_writes``, balances, statements).
+"""
+
+from exchange.settlement.clearing import Clearing, ClearingInvariantError
 from exchange.settlement.ledger import (
     ACCOUNT_COLUMNS,
     CHART,
@@ -34,6 +44,8 @@ __all__ = [
     "AccountCode",
     "AccountFlags",
     "ChartEntry",
+    "Clearing",
+    "ClearingInvariantError",
     "CreateAccountResult",
     "CreateTransferResult",
     "Entry",
