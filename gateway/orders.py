@@ -157,7 +157,7 @@ def order_outcome(base: OrderRecord, events: list[Event]) -> ExecutionReport:
     The record may already show later commands of the same batch; the command's own events reset
     everything a cancel or amend changes, so the report is exact as of the command.
     """
-    rec = msgspec.structs.replace(base, fills=[])
+    rec = msgspec.structs.replace(base, fills=())
     touched = False
     for event in events:
         if event.__class__ is Rejected and event.order_id == base.order_id:
