@@ -114,6 +114,7 @@ class Shard:
         self.listeners: list[Listener] = []
         self.report_wanted: list[Callable[[int], bool]] = []
         self.users = 0
+        self.failure: str | None = None  # set when a batch could not be folded: the read model is stale
         self._buffer: list[CommittedBatch] | None = []  # batches committed while rebuilding
 
     # -- life cycle ---------------------------------------------------------------------------------
@@ -179,7 +180,15 @@ class Shard:
         if self._buffer is not None:
             self._buffer.append(batch)
             return
-        self._fold(batch)
+        if self.failure is not None:
+            return
+        try:
+            self._fold(batch)
+        except Exception as exc:
+            # A bug: answers would now come from a read model that misses a batch. Stop taking commands
+            # and report not ready rather than serve stale books; a restart rebuilds from the journal.
+            self.failure = f"read model failed at seq {batch.first_seq}: {exc!r}"
+            _log.critical("%s; the gateway stops taking commands", self.failure, exc_info=True)
 
     def _fold(self, batch: CommittedBatch) -> None:
         read_model = self.read_model
@@ -324,6 +333,8 @@ class ExchangePort:
         """Enqueue one command; its future resolves once it is durable. Pass it to `result_of`."""
         if not self.accepting:
             raise ApiError(503, Code.NOT_READY, "shutting down: not taking commands", retry_after_s=1)
+        if self.shard.failure is not None:
+            raise ApiError(503, Code.UNAVAILABLE, "the gateway's read model failed; restart it", retry_after_s=5)
         try:
             return self.shard.sequencer.submit_nowait(command)
         except Busy as exc:
@@ -390,7 +401,7 @@ class ExchangePort:
             await asyncio.sleep(_READINESS_POLL_S)
             if not self.accepting:
                 return
-            running = sequencer.state is State.RUNNING
+            running = sequencer.state is State.RUNNING and self.shard.failure is None
             if running and not self.readiness.ready and self.readiness.reason == "exchange unavailable":
                 self.readiness.set_ready()
             elif not running and self.readiness.ready:
