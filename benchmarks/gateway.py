@@ -77,8 +77,19 @@ def trivial_app() -> web.Application:
     return app
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc); 0.0 where unavailable."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.asynccontextmanager
-async def subprocess_server(args: list[str], env: dict[str, str], ready_url: str) -> AsyncIterator[None]:
+async def subprocess_server(args: list[str], env: dict[str, str],
+                            ready_url: str) -> AsyncIterator[asyncio.subprocess.Process]:
     """Run a server process until the block ends; wait until `ready_url` answers 200."""
     proc = await asyncio.create_subprocess_exec(sys.executable, *args, env=env)
     try:
@@ -93,7 +104,7 @@ async def subprocess_server(args: list[str], env: dict[str, str], ready_url: str
                 await asyncio.sleep(0.05)
             else:
                 raise RuntimeError("server did not become ready in 60 s")
-        yield
+        yield proc
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
@@ -277,9 +288,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     trivial_port = _free_port()
     trivial_url = f"http://127.0.0.1:{trivial_port}"
     async with subprocess_server(["-m", "benchmarks.gateway", "--trivial-server", str(trivial_port)], env,
-                                 trivial_url + "/ready"):
+                                 trivial_url + "/ready") as trivial_proc:
         fake = [Trader("hk_" + secrets.token_hex(12), secrets.token_hex(32), side) for side in ("buy", "sell")]
+        cpu_s = cpu_seconds(trivial_proc.pid)
         trivial = await drive_http(trivial_url, fake, args.http_concurrency, args.seconds, args.warmup_s, "t", 200)
+        trivial_cpu_s = cpu_seconds(trivial_proc.pid) - cpu_s
     async with scratch_database() as dsn:
         port = _free_port()
         base = f"http://127.0.0.1:{port}"
@@ -290,10 +303,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "HOGX_WS_MAX_INFLIGHT": str(max(1024, args.ws_window)), "HOGX_DB_POOL_MAX": "4",
         }
         async with subprocess_server(["-m", "gateway", "serve", "--port", str(port), "--log-level", "WARNING"],
-                                     server_env, base + "/readyz"):
+                                     server_env, base + "/readyz") as server:
             traders = await prepare_market(base, operator, args.pairs)
+            cpu_s = cpu_seconds(server.pid)
             http = await drive_http(base, traders, args.http_concurrency, args.seconds, args.warmup_s, "h", 201)
+            http_cpu_s, cpu_s = cpu_seconds(server.pid) - cpu_s, cpu_seconds(server.pid)
             ws = await drive_ws(base, traders, args.ws_connections, args.ws_window, args.seconds, args.warmup_s)
+            ws_cpu_s = cpu_seconds(server.pid) - cpu_s
     trivial_rps = trivial.acks / args.seconds
     http_rate, http_p50, http_p99 = http.figures(args.seconds)
     ws_rate, ws_p50, ws_p99 = ws.figures(args.seconds)
@@ -306,6 +322,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "http_errors": dict(http.errors),
         "ws_errors": dict(ws.errors),
         "trivial_p99_ms": round(trivial.figures(args.seconds)[2], 2),
+        # Server CPU per answer (warm-up included in both counts): robust to other load on the machine.
+        "trivial_server_cpu_us_per_request": _per(trivial_cpu_s, trivial, args),
+        "http_server_cpu_us_per_order": _per(http_cpu_s, http, args),
+        "ws_server_cpu_us_per_order": _per(ws_cpu_s, ws, args),
+        "cpu_count": os.cpu_count(),
         "http_orders_per_s": round(http_rate),
         "http_p50_ms": round(http_p50, 2),
         "http_p99_ms": round(http_p99, 2),
@@ -315,6 +336,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "trivial_requests_per_s": round(trivial_rps),
         "ratio_http_vs_trivial": round(http_rate / trivial_rps, 3) if trivial_rps else 0.0,
     }
+
+
+def _per(cpu_s: float, load: Load, args: argparse.Namespace) -> float:
+    """CPU microseconds per acknowledged request, counting warm-up answers at the timed rate."""
+    answered = load.acks * (args.seconds + args.warmup_s) / args.seconds
+    return round(1e6 * cpu_s / answered, 1) if answered else 0.0
 
 
 def _serve_trivial(port: int) -> None:
