@@ -6,12 +6,14 @@ and deterministic like the core that owns it: time is the ``ts_ns`` of the comma
 
 Hooks the core calls (see ``Clearing`` for signatures)
 ------------------------------------------------------
-``check_buy`` before accepting a buy; ``on_buy_accepted`` to place its hold; ``check_amend_buy``
-before an amendment that could raise the hold; ``on_events`` with every command's events (it reads
-``InstrumentListed``, ``LotRegistered``, ``OrderAccepted``, ``Trade``, ``OrderCancelled``,
-``OrderExpired``, ``OrderAmended`` and appends its own events); ``handlers()`` for the settlement
-commands; ``on_clock`` on every ``ClockTick``; ``snapshot``/``restore``/``state_hash``;
-``drain_postings``/``drain_new_accounts`` for the rows the sequencer writes in the batch transaction.
+``check_buy`` before accepting a buy and ``check_sell`` before a sell (a seller must be a registered
+farmer or cooperative); ``check_amend_buy`` before an amendment that could raise the hold;
+``on_events`` exactly once at the end of every command (it reads ``InstrumentListed``,
+``LotRegistered``, ``OrderAccepted`` — which places a buy's hold unless ``on_buy_accepted`` already
+did — ``Trade``, ``OrderCancelled``, ``OrderExpired``, ``OrderAmended``, appends its own events and
+queues the command's ledger rows); ``handlers()`` for the settlement commands; ``on_clock`` on every
+``ClockTick``, after ``on_events``; ``snapshot``/``restore``/``state_hash``; ``command_rows`` /
+``take_command_rows`` for the rows the sequencer writes in the batch transaction (pgstore.LedgerWriter).
 
 Money flows (accounts: the chart in ledger.py; rounding: rules.py)
 ------------------------------------------------------------------
@@ -34,8 +36,10 @@ Money flows (accounts: the chart in ledger.py; rounding: rules.py)
    FEE_INCOME (as far as the fund reaches; the rest is forgone, never charged to the farmer); then the
    seller's advances, the trade's own first, then by loan id, interest before principal:
    SELLER_RECEIVABLE -> FINANCIER_FUNDS (a poor household's interest is paid by the subsidy fund);
-   the rest -> FARMER_PAYABLE; a cooperative's payable is split to its members (rules.py). A credit-
-   funded trade's amount becomes the buyer's loan principal now (the financier paid the seller).
+   the rest -> FARMER_PAYABLE; a cooperative's payable is split to its members (rules.py). A
+   cooperative is the seller: it pays the fee and repays its own advances before the split (a poor
+   member's share is paid first at payout, but the cooperative's fee is not waived). A credit-funded
+   trade's amount becomes the buyer's loan principal now (the financier paid the seller).
 6. Payouts: a run creates one PAYOUT instruction per payee with money payable and a verified bank
    account, poor households first (SAME_DAY), then by participant id, each a pending transfer
    FARMER_PAYABLE -> BANK: PENDING -> SENT -> CONFIRMED (posted), or FAILED -> retried (PENDING,
