@@ -467,13 +467,10 @@ class Clearing:
         return tid
 
     def _commit(self, transfers: Sequence[Transfer], ts_ns: int) -> None:
-        """Apply transfers as one linked chain (all or nothing); any refusal is a bug."""
+        """Apply transfers (several: a chain, every one but the last flagged LINKED by the caller); any
+        refusal is a bug."""
         if not transfers:
             return
-        if len(transfers) > 1:
-            transfers = [msgspec.structs.replace(t, flags=t.flags | _LINKED) for t in transfers[:-1]] + [
-                transfers[-1]
-            ]
         results = self.ledger.create_transfers(transfers, ts_ns)
         for t, result in zip(transfers, results, strict=True):
             if result is not _OK:
@@ -500,7 +497,7 @@ class Clearing:
         return 0 if account_id is None else self.ledger.available_fen(account_id)
 
     class _Chain:
-        """Transfers collected for one linked commit; zero amounts are left out."""
+        """Transfers collected for one linked commit (all or nothing); zero amounts are left out."""
 
         __slots__ = ("clearing", "transfers")
 
@@ -513,10 +510,13 @@ class Clearing:
                 raise ClearingInvariantError(f"negative amount {amount_fen} from {dr} to {cr}")
             if amount_fen:
                 tid = self.clearing._next_tid()
-                self.transfers.append(Transfer(tid, dr, cr, amount_fen, code, user_data))
+                self.transfers.append(Transfer(tid, dr, cr, amount_fen, code, user_data, _LINKED))
 
         def commit(self, ts_ns: int) -> None:
-            self.clearing._commit(self.transfers, ts_ns)
+            transfers = self.transfers
+            if transfers:  # the last one closes the chain
+                transfers[-1] = msgspec.structs.replace(transfers[-1], flags=transfers[-1].flags & ~_LINKED)
+            self.clearing._commit(transfers, ts_ns)
 
     # ------------------------------------------------------------------------------ core's events
 
@@ -545,7 +545,8 @@ class Clearing:
         released = heads * hold.per_head_fen - obligation
         if obligation <= 0 or released < 0:
             raise ClearingInvariantError(f"trade {e.trade_id} at {e.price_fen} above the limit {hold.price_fen}")
-        post = Transfer(self._next_tid(), 0, 0, obligation, TC.TRADE, e.trade_id, _POST, hold.pending_id)
+        post = Transfer(self._next_tid(), 0, 0, obligation, TC.TRADE, e.trade_id, _POST | (_LINKED if remaining else 0),
+                        hold.pending_id)
         if remaining:
             rehold = Transfer(self._next_tid(), hold.source_account_id, _ESCROW, remaining * hold.per_head_fen,
                               TC.ORDER_HOLD, hold.order_id, _PENDING)
@@ -576,7 +577,7 @@ class Clearing:
         hold.price_fen = e.price_fen
         if per_head == hold.per_head_fen and e.remaining_heads == hold.remaining_heads:
             return
-        void = Transfer(self._next_tid(), 0, 0, 0, TC.ORDER_RELEASE, 0, _VOID, hold.pending_id)
+        void = Transfer(self._next_tid(), 0, 0, 0, TC.ORDER_RELEASE, 0, _VOID | _LINKED, hold.pending_id)
         rehold = Transfer(self._next_tid(), hold.source_account_id, _ESCROW, e.remaining_heads * per_head,
                           TC.ORDER_HOLD, hold.order_id, _PENDING)
         self._commit([void, rehold], ts_ns)  # a failure here means the core skipped check_amend_buy
