@@ -150,7 +150,7 @@ class RejectReason(IntEnum):
     DUPLICATE_REFERENCE = 37  # a client-chosen reference reused with different content
     UNKNOWN_REFERENCE = 38  # no withdrawal, payout or run with that reference
     INVALID_PAYOUT_STATE = 39
-    INVALID_AMOUNT = 40
+    INVALID_AMOUNT = 40  # not a positive whole number of fen, beyond what is owed, or a malformed reference
     INVALID_SHARES = 41  # cooperative shares: unknown member, not positive, over 100 %
     UNBOUNDED_HOLD = 42  # a market buy with no price band has no worst case to hold
     BANK_ACCOUNT_NOT_VERIFIED = 43
