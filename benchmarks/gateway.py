@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> N
     parser.add_argument("--warmup-s", type=float, default=1.0, help="untimed warm-up per phase")
     parser.add_argument("--http-concurrency", type=int, default=32, help="client tasks posting orders")
     parser.add_argument("--ws-connections", type=int, default=8)
-    parser.add_argument("--ws-window", type=int, default=64, help="place_order messages in flight per socket")
+    parser.add_argument("--ws-window", type=int, default=32, help="place_order messages in flight per socket")
     parser.add_argument("--pairs", type=int, default=8, help="buyers and as many farmers")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--trivial-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
