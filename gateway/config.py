@@ -29,6 +29,7 @@ HOGX_SNAPSHOT_EVERY            commands between core snapshots                  
 HOGX_CLOCK_TICK_S              exchange clock tick (expires GTD orders); 0 turns it off    1
 HOGX_TRADE_HISTORY             public trades kept per instrument for GET .../trades        10000
 HOGX_CANDLE_HISTORY            candles kept per instrument and interval                    1000
+HOGX_PROJECT_READ_MODELS       keep the PostgreSQL `orders`/`trades` tables up to date     true
 =============================  ==========================================================  ==========
 
 Rates are floats (requests per second); nothing here is money.
@@ -79,6 +80,7 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
     clock_tick_s: float = 1.0
     trade_history: int = 10_000
     candle_history: int = 1_000
+    project_read_models: bool = True
 
     def __post_init__(self) -> None:
         if (self.operator_key is None) != (self.operator_secret is None):
@@ -142,4 +144,5 @@ _ENV_VARS: dict[str, str] = {
     "clock_tick_s": "HOGX_CLOCK_TICK_S",
     "trade_history": "HOGX_TRADE_HISTORY",
     "candle_history": "HOGX_CANDLE_HISTORY",
+    "project_read_models": "HOGX_PROJECT_READ_MODELS",
 }

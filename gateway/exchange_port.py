@@ -12,6 +12,12 @@ folded into the read model synchronously in the sequencer's publish step — bef
 futures that commit resolved get to run — and then handed to the listeners (market-data publishers,
 metrics).
 
+With `project_read_models` (the default) the shard also runs `exchange.readmodel.Projector`, which
+keeps the PostgreSQL `orders` and `trades` tables in step with the journal for other readers of the
+database (reconciliation, reporting, future stateless gateways); it follows the journal on its own
+connection, so acknowledgements never wait for it. The API itself answers from the in-memory read
+model, which is exact as of the last commit and costs no query.
+
 `ExchangePort` is an application's handle on its shard: it maps the sequencer's answers to API errors
 (`Busy` -> 503 `busy` with Retry-After, `Unavailable` -> 503 `unavailable`, an idempotency conflict
 -> 409 `duplicate_client_order_id`), stops taking commands when the application shuts down, keeps
@@ -32,6 +38,7 @@ from typing import Any, Final
 import asyncpg
 from aiohttp import web
 
+from exchange import readmodel
 from exchange.commands import Command, decode_command
 from exchange.core import Core
 from exchange.events import Event
@@ -112,6 +119,9 @@ class Shard:
             tick_interval_s=config.clock_tick_s or None,
         )
         self.listeners: list[Listener] = []
+        # The PostgreSQL read models (orders, trades) for reconciliation and other readers of the
+        # database; followed asynchronously, so acknowledgements never wait for them.
+        self.projector = readmodel.Projector(dsn) if config.project_read_models else None
         self.report_wanted: list[Callable[[int], bool]] = []
         self.users = 0
         self.failure: str | None = None  # set when a batch could not be folded: the read model is stale
@@ -134,6 +144,9 @@ class Shard:
             await self.sequencer.stop(snapshot=False)
             raise
         self._core_type.timing = True  # type: ignore[attr-defined]
+        if self.projector is not None:
+            self.projector.attach(self.sequencer)
+            await self.projector.start()
         _log.info("exchange ready at seq %d: %d instruments, %d orders, read model rebuilt in %.2f s",
                   self.read_model.applied_seq, len(self.read_model.instruments), len(self.read_model.orders),
                   time.perf_counter() - started_s)
@@ -141,6 +154,8 @@ class Shard:
     async def stop(self) -> None:
         """Drain: everything queued is committed (and acknowledged) before the writer disconnects."""
         await self.sequencer.stop()
+        if self.projector is not None:
+            await self.projector.stop()
 
     async def _rebuild(self, upto_seq: int) -> None:
         """Fold journal rows 1..upto_seq. Rows journaled without events are re-derived on a shadow core."""

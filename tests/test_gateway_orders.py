@@ -17,8 +17,11 @@ import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
+from exchange import readmodel
 from gateway.auth import Role
 from gateway.client import Reply
+from gateway.exchange_port import EXCHANGE
+from gateway.state import POOL
 from gateway.testing import Exchange, Trader, running_exchange
 
 _symbols = itertools.count(1)
@@ -403,3 +406,28 @@ async def test_shutdown_drains_every_acknowledged_order(_test_databases: Any) ->
                 assert (seen["client_order_id"], seen["status"]) == (report["client_order_id"], "NEW")
     finally:
         await _test_databases.drop(dsn)
+
+
+async def test_postgres_read_models_agree_with_the_gateway(ex: Exchange, market: str) -> None:
+    """The projector keeps exchange.readmodel's tables; they must say what the gateway says."""
+    farmer, lot_id = await _seller(ex, market)
+    buyer = await ex.register(Role.BUYER)
+    reports = [await _place(farmer, _order(market, "sell", 2810 + 10 * i, 4, lot_id=lot_id)) for i in range(3)]
+    for price, heads in ((2830, 6), (2700, 2)):
+        reports.append(await _place(buyer, _order(market, "buy", price, heads)))
+    await buyer.request("DELETE", f"/v1/orders/{reports[-1]['order_id']}")
+    port = ex.app[EXCHANGE]
+    assert port.shard.projector is not None
+    await port.shard.projector.wait_for(port.sequencer.committed_seq)
+    pool = ex.app[POOL]
+    for report in reports:
+        owner = buyer if report["side"] == "buy" else farmer
+        ours = (await owner.get(f"/v1/orders/{report['order_id']}")).json()
+        theirs = await readmodel.get_order(pool, report["order_id"])
+        assert theirs is not None
+        fields = ("status", "filled_heads", "remaining_heads", "price_fen", "quantity_heads")
+        assert tuple(getattr(theirs, f) for f in fields) == tuple(ours[f] for f in fields)
+    fills = (await buyer.get(f"/v1/fills?instrument={market}")).json()["fills"]
+    page = await readmodel.list_fills(pool, buyer.participant_id, instrument=market)
+    assert [(f.trade_id, f.price_fen, f.quantity_heads) for f in page.items] == [
+        (f["trade_id"], f["price_fen"], f["quantity_heads"]) for f in fills]
