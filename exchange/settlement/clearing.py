@@ -48,7 +48,11 @@ Money flows (accounts: the chart in ledger.py; rounding: rules.py)
    pay FINANCIER_FUNDS -> FARMER_PAYABLE at once; principal is tracked as LOANS_RECEIVABLE against
    LOANS_FUNDED, interest as INTEREST_RECEIVABLE against INTEREST_INCOME; it accrues one day for each
    midnight (CST) a loan is outstanding across, on the principal at that midnight, on the first clock
-   tick after it (and before any change of the loan's principal).
+   tick after it (and before any change of the loan's principal). ``RepayLoan`` repays interest
+   first, by loan id: credit-line loans from the buyer's cash, advances from the seller's payable.
+   Credit lines do not revolve: repaid principal returns to the financier's funds, to grant again.
+   Advance and credit line need the borrower's consent to that financier (SetConsent), which is also
+   what lets the financier see the borrower (views.py).
 
 Authorisation: "operator" commands come from a registered operator or from participant 0 (the
 system); other commands name who may send them in their docstring. Every rejection is a ``Rejected``
