@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--commands", type=int, default=200_000)
     parser.add_argument("--submitters", type=int, default=1_000, help="concurrent submitting tasks")
-    parser.add_argument("--max-batch", type=int, default=2_000)
+    parser.add_argument("--max-batch", type=int, default=500)
     parser.add_argument("--pipeline", type=int, default=0, help="commands per submit_many group (0: one each)")
     parser.add_argument("--readmodel", choices=["off", "projector", "transaction"], default="off")
     parser.add_argument("--seed", type=int, default=20261129)

@@ -14,9 +14,18 @@ orders, one `UPDATE ... FROM unnest(...)` for the patches, one COPY of the trade
   a `Projector` task follows the journal on its own connection, woken by the sequencer's commits
   (`projector.attach(sequencer)`) and polling as a fallback. Acknowledgements never wait for the
   read model, and a burst is absorbed by larger projection batches. Read-your-writes where needed:
-  `await projector.wait_for(result.seq)`.
+  `await projector.wait_for(result.seq)`. Only one projector should run; a second one notices the
+  moved watermark (`FOR UPDATE`) and skips ahead instead of applying anything twice.
 - in the journal's transaction: `Sequencer(..., extra_writes=project_batch)`. Always consistent with
-  the journal, but every acknowledgement then also pays for the read model's indexes.
+  the journal, but every acknowledgement then also pays for the read model's indexes. Never combine
+  it with a running `Projector`.
+
+Measured (2 shared cores, 100k commands of the matching mix): keeping orders and trades costs
+PostgreSQL about 11 us of CPU per command (new orders by COPY ~100k rows/s, patches ~44k rows/s,
+trades ~96k rows/s, all with their indexes) against 2.8 us for the journal alone, and this process
+about 5.6 us (decode, fold). In the journal's transaction the writer's backend used 13.7 us per
+command instead of 2.8 and durable commands/s fell about fourfold in back-to-back runs (87.8k ->
+21.7k); with the projector the acks did not wait for it, and it was 0.07 s behind at the end.
 
 Queries take a pool or a connection and return msgspec structs (JSON-ready): `get_order`,
 `get_order_by_client_id`, `list_orders`, `list_fills`, `list_trades`, `projected_seq`. Lists are

@@ -397,7 +397,7 @@ class Sequencer:
         core_type: type[Core] = Core,
         pool: asyncpg.Pool | None = None,
         queue_size: int = 50_000,
-        max_batch: int = 2_000,
+        max_batch: int = 1_000,
         snapshot_every: int = 100_000,
         clock_ns: Callable[[], int] = time.time_ns,
         tick_interval_s: float | None = None,
