@@ -35,7 +35,7 @@ from collections.abc import Sequence
 import asyncpg
 import msgspec
 
-from benchmarks.journal import scratch_database
+from benchmarks.journal import _backend_cpu_s, scratch_database
 from exchange.commands import (
     BankConfirmation,
     CancelOrder,
@@ -303,6 +303,8 @@ async def bench_committed(dsn: str, commands: Sequence[Command], max_batch: int,
     await sequencer.start()
     gc.collect()
     gc.freeze()
+    backend_pid = sequencer.writer_backend_pid
+    cpu_start = (time.process_time(), _backend_cpu_s(backend_pid))
     start_s = time.perf_counter()
     in_flight: deque[asyncio.Future] = deque()
     chunk = max(1, window // 4)
@@ -312,6 +314,7 @@ async def bench_committed(dsn: str, commands: Sequence[Command], max_batch: int,
             await in_flight.popleft()
     results = [await f for f in in_flight]
     elapsed_s = time.perf_counter() - start_s
+    py_cpu_s, pg_cpu_s = time.process_time() - cpu_start[0], _backend_cpu_s(backend_pid) - cpu_start[1]
     gc.unfreeze()
     rejected = sum(e.__class__ is Rejected for r in results for e in r.events)
     core: ExchangeCore = sequencer.core  # type: ignore[assignment]
@@ -326,6 +329,9 @@ async def bench_committed(dsn: str, commands: Sequence[Command], max_batch: int,
         "posting_rows": writer.rows_written,
         "mean_batch": mean_batch,
         "rejected_in_tail": rejected,
+        # where the time goes: this process (core, encoding) and the writer's PostgreSQL backend
+        "py_cpu_us_per_command": py_cpu_s / len(commands) * 1e6,
+        "pg_cpu_us_per_command": pg_cpu_s / len(commands) * 1e6,
     }
     conn = await asyncpg.connect(dsn)
     try:
@@ -377,6 +383,8 @@ def main() -> None:
         print(f"committed:      {figures['transfers_per_s_committed']:>12,.0f} transfers/s "
               f"({figures['posting_rows_per_s_committed']:,.0f} posting rows/s, "
               f"{figures['committed_commands_per_s']:,.0f} commands/s, mean batch {figures['mean_batch']:,.0f})")
+        print(f"                CPU per command: {figures['py_cpu_us_per_command']:.1f} us here, "
+              f"{figures['pg_cpu_us_per_command']:.1f} us in the writer's PostgreSQL backend")
         print(f"raw COPY:       {figures['raw_copy_rows_per_s']:>12,.0f} posting rows/s, same batches, no triggers")
         print(f"database balances equal the core's ledger: {figures['database_matches_core']}")
     if args.json:
