@@ -24,7 +24,7 @@ HOGX_WS_MAX_INFLIGHT           concurrent requests per WebSocket (order entry)  
 HOGX_WS_HEARTBEAT_S            ping interval that detects dead peers                       30
 HOGX_SHUTDOWN_TIMEOUT_S        grace period for in-flight requests on shutdown             10
 HOGX_SEQUENCER_QUEUE_SIZE      commands the sequencer queues before answering 503 busy     50000
-HOGX_SEQUENCER_MAX_BATCH       most commands journaled in one commit                       2000
+HOGX_SEQUENCER_MAX_BATCH       most commands journaled in one commit                       1000
 HOGX_SNAPSHOT_EVERY            commands between core snapshots                             100000
 HOGX_CLOCK_TICK_S              exchange clock tick (expires GTD orders); 0 turns it off    1
 HOGX_TRADE_HISTORY             public trades kept per instrument for GET .../trades        10000
@@ -75,7 +75,7 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
     ws_heartbeat_s: float = 30.0
     shutdown_timeout_s: float = 10.0
     sequencer_queue_size: int = 50_000
-    sequencer_max_batch: int = 2_000
+    sequencer_max_batch: int = 1_000  # the sequencer's measured default
     snapshot_every: int = 100_000
     clock_tick_s: float = 1.0
     trade_history: int = 10_000
