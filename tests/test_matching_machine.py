@@ -287,6 +287,9 @@ class MatchingMachine(RuleBasedStateMachine):
         quantity = self.draw_quantity(data, symbol)
         if side == Side.SELL and resting and rarely(data, 2):
             quantity = data.draw(st.integers(1, 6))  # small enough for one bid to take whole, if all-or-none
+        lot = self.reference.lots.get(lot_id)
+        if side == Side.SELL and lot is not None and rarely(data, 8):
+            quantity = lot.available_heads() + data.draw(st.integers(0, 1))  # all the lot has left, or one more
         min_quantity = 0
         if rarely(data, 6):
             odd = rarely(data, 6)
@@ -371,8 +374,10 @@ class MatchingMachine(RuleBasedStateMachine):
         self.run(data.draw(st.sampled_from(kinds))(OPERATOR, self.now_ns, symbol))
 
     def set_reference_price(self, data: st.DataObject) -> None:
-        symbol = self.draw_symbol(data)
+        symbol = UNKNOWN_SYMBOL if rarely(data, 10) else self.draw_symbol(data)
         price = self.draw_price(data, symbol)
+        if rarely(data, 6):
+            price = data.draw(st.sampled_from([0, -10, price + 1]))
         self.run(SetReferencePrice(OPERATOR, self.now_ns, symbol, price))
 
     def clock_tick(self, data: st.DataObject) -> None:
@@ -491,7 +496,7 @@ ACTIONS = (
 )
 
 _QUIET = [HealthCheck.too_slow, HealthCheck.large_base_example]
-FAST = settings(max_examples=120, stateful_step_count=50, deadline=None, suppress_health_check=_QUIET)
+FAST = settings(max_examples=60, stateful_step_count=100, deadline=None, suppress_health_check=_QUIET)
 SOAK = settings(max_examples=1000, stateful_step_count=100, deadline=None, suppress_health_check=_QUIET)
 
 
