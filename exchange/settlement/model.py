@@ -15,7 +15,7 @@ from exchange.domain import InstrumentSpec, Lot
 from exchange.events import DeliveryGrade, LoanKind, PayoutPriority, PayoutState
 
 
-class Participant(msgspec.Struct, array_like=True):
+class Participant(msgspec.Struct, array_like=True, gc=False):
     participant_id: int
     role: ParticipantRole
     name: str
@@ -29,7 +29,7 @@ class Participant(msgspec.Struct, array_like=True):
     consents: list[int] = msgspec.field(default_factory=list)  # financiers it consented to, sorted
 
 
-class Hold(msgspec.Struct, array_like=True):
+class Hold(msgspec.Struct, array_like=True, gc=False):
     """The money a buy order reserves: ``remaining_heads x per_head_fen`` as one pending transfer."""
 
     order_id: int
@@ -55,7 +55,7 @@ class TradeState(IntEnum):
     REJECTED = 5  # final: the buyer rejected an out-of-grade delivery and got everything back
 
 
-class TradeRecord(msgspec.Struct, array_like=True):
+class TradeRecord(msgspec.Struct, array_like=True, gc=False):
     trade_id: int
     instrument: str
     buyer_id: int
@@ -91,7 +91,7 @@ class TradeRecord(msgspec.Struct, array_like=True):
     payable_fen: int = 0
 
 
-class Loan(msgspec.Struct, array_like=True):
+class Loan(msgspec.Struct, array_like=True, gc=False):
     """One financing: an advance to a seller, or a buyer's credit line (one loan per financier and buyer)."""
 
     loan_id: int
@@ -115,7 +115,7 @@ class Loan(msgspec.Struct, array_like=True):
         return self.principal_fen > 0 or self.interest_due_fen > 0
 
 
-class CreditLine(msgspec.Struct, array_like=True):
+class CreditLine(msgspec.Struct, array_like=True, gc=False):
     financier_id: int
     buyer_id: int
     account_id: int  # BUYER_CREDIT_LINE (owner buyer, user_data financier)
@@ -130,7 +130,7 @@ class SourceKind(IntEnum):
     ADVANCE = 3  # an advance (ref: loan id)
 
 
-class PayableSource(msgspec.Struct, array_like=True):
+class PayableSource(msgspec.Struct, array_like=True, gc=False):
     """Where part of a payee's payable came from: what makes every payout traceable to its trades."""
 
     kind: SourceKind
@@ -138,7 +138,7 @@ class PayableSource(msgspec.Struct, array_like=True):
     amount_fen: int
 
 
-class Payout(msgspec.Struct, array_like=True):
+class Payout(msgspec.Struct, array_like=True, gc=False):
     payout_id: int
     run_id: int
     payee_id: int
@@ -160,7 +160,7 @@ class Payout(msgspec.Struct, array_like=True):
         return tuple(sorted({s.ref_id for s in self.sources if s.kind != SourceKind.ADVANCE}))
 
 
-class PayoutRun(msgspec.Struct, array_like=True):
+class PayoutRun(msgspec.Struct, array_like=True, gc=False):
     run_id: int
     run_ref: str
     poor_only: bool
@@ -176,7 +176,7 @@ class WithdrawalState(IntEnum):
     FAILED = 3
 
 
-class Withdrawal(msgspec.Struct, array_like=True):
+class Withdrawal(msgspec.Struct, array_like=True, gc=False):
     owner_id: int
     withdrawal_ref: str
     account: FundsAccount
@@ -187,7 +187,7 @@ class Withdrawal(msgspec.Struct, array_like=True):
     bank_ref: str = ""
 
 
-class Deposit(msgspec.Struct, array_like=True):
+class Deposit(msgspec.Struct, array_like=True, gc=False):
     deposit_ref: str
     owner_id: int
     account: FundsAccount
@@ -196,12 +196,12 @@ class Deposit(msgspec.Struct, array_like=True):
     ts_ns: int
 
 
-class SentFile(msgspec.Struct, array_like=True):
+class SentFile(msgspec.Struct, array_like=True, gc=False):
     file_ref: str
     payouts: list[tuple[int, int]]
 
 
-class BankImport(msgspec.Struct, array_like=True):
+class BankImport(msgspec.Struct, array_like=True, gc=False):
     file_ref: str
     rows_hash: str  # blake2b of the encoded rows: a different file under the same reference is refused
     applied: int
@@ -209,14 +209,14 @@ class BankImport(msgspec.Struct, array_like=True):
     errors: list[tuple[int, str]]
 
 
-class AccountKey(msgspec.Struct, array_like=True):
+class AccountKey(msgspec.Struct, array_like=True, gc=False):
     code: int
     owner_id: int
     user_data: int
     account_id: int
 
 
-class Counters(msgspec.Struct, array_like=True):
+class Counters(msgspec.Struct, array_like=True, gc=False):
     next_transfer_id: int = 1
     next_account_id: int = 1000  # below 1000: the house accounts, numbered by their code
     next_loan_id: int = 1
@@ -226,7 +226,7 @@ class Counters(msgspec.Struct, array_like=True):
     advance_max_bps: int = 7000
 
 
-class ClearingSnapshot(msgspec.Struct, array_like=True):
+class ClearingSnapshot(msgspec.Struct, array_like=True, gc=False):
     version: int
     counters: Counters
     ledger: bytes
