@@ -56,8 +56,11 @@ Flow of a command::
   commands (`applied_seq` > `committed_seq`). Read market data from committed batches (subscribers)
   or from `settled_depth()`, which answers only when nothing uncommitted is applied.
 - **Subscribers.** `subscribe(callback)` calls `callback(CommittedBatch)` synchronously after every
-  commit, in seq order; a callback must not block (queue and return). `feed()` wraps one in a bounded
-  async iterator.
+  commit, in seq order; a callback must not block (queue and return). The batch's futures are
+  resolved in the same step, so every subscriber has seen a batch before any caller awaiting one of
+  its results runs again. `feed()` wraps one in a bounded async iterator.
+- **Results in order.** A batch's futures are resolved in seq order in one step, so a client that
+  pipelines (`submit_many`) may await only its last future: the others are done by then.
 
 Results and errors (the gateway maps them): `Result(seq, ts_ns, events, replay)`; `Busy` ("busy",
 429/503 with Retry-After), `Unavailable` ("unavailable", 503: status unknown),
