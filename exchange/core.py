@@ -11,7 +11,8 @@ no sense (INVALID_ORDER: market order that is post-only, all-or-none or not IOC/
 IOC/FOK all-or-none; min quantity below 0 or above the quantity; a lot on a buy); order types a call
 auction does not take; expiry; quantity range; price (positive, on the tick, inside the band); the
 sell's lot (it must be the seller's own, of this instrument, with enough heads left); post-only that
-would take; in an auction, a price that crosses the participant's own opposite order; FOK and
+would meet a resting order (``OrderBook.would_take``: an all-or-none sell it could not take whole does
+not count); in an auction, a price that crosses the participant's own opposite order; FOK and
 min-quantity that cannot be met at once.
 
 Every event is numbered by its instrument (``seq``). GTD orders expire at the first command whose
@@ -240,7 +241,9 @@ class Core:
             if not cmd.all_or_none and self._crosses_own(book, cmd.participant_id, cmd.side, cmd.price_fen):
                 return R.SELF_TRADE_PREVENTED
             return None
-        if cmd.post_only and book.crosses(cmd.side, cmd.price_fen):
+        if cmd.post_only and book.would_take(
+            cmd.side, cmd.price_fen, cmd.quantity_heads, cmd.participant_id, cmd.all_or_none
+        ):
             return R.POST_ONLY_WOULD_TAKE
         needed = cmd.quantity_heads if cmd.time_in_force == FOK else cmd.min_quantity_heads
         if needed:
@@ -395,7 +398,14 @@ class Core:
         ):
             return R.SELF_TRADE_PREVENTED
         keeps_priority = price == order.price_fen and added < 0
-        if order.post_only and not keeps_priority and market.state == CONTINUOUS and book.crosses(order.side, price):
+        if (
+            order.post_only
+            and not keeps_priority
+            and market.state == CONTINUOUS
+            and book.would_take(
+                order.side, price, order.remaining_heads + added, order.participant_id, order.all_or_none
+            )
+        ):
             return R.POST_ONLY_WOULD_TAKE
         return None
 

@@ -343,6 +343,37 @@ class OrderBook:
         best = self.bids.best_key
         return best is not None and -best >= price_fen
 
+    def would_take(self, side: int, price_fen: int, heads: int, participant_id: int, all_or_none: bool) -> bool:
+        """Would a limit order arriving now meet a resting order (trade with it, or hit its owner's own)?
+
+        The post-only test. A crossing all-or-none sell too big for the order is passed over by
+        matching, so it does not count: a buyer may rest a post-only bid above a whole-truck offer it
+        cannot take. An all-or-none sell would take only a bid of another participant able to take it.
+        """
+        if not self.crosses(side, price_fen):
+            return False
+        if side == SELL:
+            if not all_or_none:
+                return True
+            for key in self.bids.keys:
+                bid = self.bids.levels[key].head
+                if bid.price_fen < price_fen:
+                    return False
+                while bid is not None:
+                    if bid.remaining_heads >= heads and bid.participant_id != participant_id:
+                        return True
+                    bid = bid.next
+            return False
+        for key in self.asks.keys:
+            ask = self.asks.levels[key].head
+            if ask.price_fen > price_fen:
+                return False
+            while ask is not None:
+                if not (ask.all_or_none and ask.remaining_heads > heads):
+                    return True
+                ask = ask.next
+        return False
+
     def match_all_or_none(self, taker: Order, limit_key: int, ts_ns: int, events: list) -> None:
         """An incoming all-or-none sell: one fill with the first bid able to take it all, or none.
 
