@@ -342,6 +342,19 @@ class ReferenceCore:
         else:
             self._rest(market, order, ts_ns, events)
 
+    def _would_take(self, market: RefMarket, order: RefOrder) -> bool:
+        """Would this order, arriving now, meet anything? Match it on a throw-away copy and see."""
+        trial = copy.deepcopy(self)
+        trial_market = trial.markets[market.spec.symbol]
+        probe = copy.deepcopy(order)
+        trial_market.resting = [o for o in trial_market.resting if o.order_id != order.order_id]
+        events: list[Event] = []
+        if probe.all_or_none:
+            trial._take_whole(trial_market, probe, 0, events)
+            return bool(events)
+        stopped = trial._match(trial_market, probe, 0, events)
+        return stopped or bool(events)
+
     def _fillable_now(self, cmd: PlaceOrder) -> int:
         """Heads this order would fill at once: run the real matching on a throw-away copy."""
         trial = copy.deepcopy(self)
@@ -430,9 +443,7 @@ class ReferenceCore:
             if not cmd.all_or_none and self._crosses_own(market, cmd.participant_id, cmd.side, cmd.price_fen):
                 return R.SELF_TRADE_PREVENTED
             return None
-        if cmd.post_only and any(
-            _reaches(cmd.side, cmd.price_fen, o.price_fen) for o in market.side(_opposite(cmd.side))
-        ):
+        if cmd.post_only and self._would_take(market, self._new_order(market, cmd, order_id=0)):
             return R.POST_ONLY_WOULD_TAKE
         if tif == TimeInForce.FOK and self._fillable_now(cmd) < cmd.quantity_heads:
             return R.FOK_NOT_FILLABLE
@@ -511,13 +522,11 @@ class ReferenceCore:
         ):
             return R.SELF_TRADE_PREVENTED
         loses_priority = price != order.price_fen or extra > 0
-        if (
-            order.post_only
-            and loses_priority
-            and market.state == CONTINUOUS
-            and any(_reaches(order.side, price, o.price_fen) for o in market.side(_opposite(order.side)))
-        ):
-            return R.POST_ONLY_WOULD_TAKE
+        if order.post_only and loses_priority and market.state == CONTINUOUS:
+            probe = copy.copy(order)
+            probe.price_fen, probe.remaining_heads = price, quantity - order.filled_heads
+            if self._would_take(market, probe):
+                return R.POST_ONLY_WOULD_TAKE
         return None
 
     def _on_AmendOrder(self, cmd: AmendOrder, events: list) -> None:

@@ -42,6 +42,7 @@ from exchange.domain import (
     InstrumentSpec,
     OrderType,
     ProductClass,
+    RejectReason,
     SelfTradePrevention,
     Side,
     TimeInForce,
@@ -534,3 +535,50 @@ def test_core_matches_reference_on_long_runs_soak(seed: int) -> None:
 @pytest.mark.timeout(3600)
 def test_core_matches_reference_soak() -> None:
     run_state_machine_as_test(MatchingMachine, settings=SOAK)
+
+
+# -- rare paths, pinned: both cores must agree and give exactly this outcome ----------------------
+
+
+def both(*commands: Command) -> list[Event]:
+    """Apply the commands to a fresh core and a fresh reference; the last command's events."""
+    core, reference = Core(), ReferenceCore()
+    events: list[Event] = []
+    for command in commands:
+        events = core.apply(command)
+        assert events == reference.apply(command), command
+    return events
+
+
+def _setup() -> list[Command]:
+    return [
+        ListInstrument(OPERATOR, 1, HOG),
+        RegisterLot(20, 1, HOG.symbol, 200, 110_000, "Rongchang", "CQ-20"),  # lot 1
+        PlaceOrder(20, 1, "truck", HOG.symbol, Side.SELL, OrderType.LIMIT, 2790, 10, all_or_none=True, lot_id=1),
+    ]
+
+
+def _post_only(participant: int, cid: str, side: Side, price_fen: int, heads: int, **kw) -> PlaceOrder:
+    return PlaceOrder(participant, 2, cid, HOG.symbol, side, OrderType.LIMIT, price_fen, heads, post_only=True, **kw)
+
+
+def test_post_only_bid_may_rest_above_a_whole_truck_it_cannot_take() -> None:
+    events = both(*_setup(), _post_only(10, "b", Side.BUY, 2800, 5))
+    assert [type(e).__name__ for e in events] == ["OrderAccepted", "BookChanged"]
+
+
+def test_post_only_bid_that_could_take_the_whole_truck_is_rejected() -> None:
+    [rejected] = both(*_setup(), _post_only(10, "b", Side.BUY, 2800, 10))
+    assert isinstance(rejected, Rejected) and rejected.reason == RejectReason.POST_ONLY_WOULD_TAKE
+
+
+def test_post_only_all_or_none_sell_ignores_its_own_bids_and_bids_too_small() -> None:
+    own_bid = PlaceOrder(21, 1, "own", HOG.symbol, Side.BUY, OrderType.LIMIT, 2800, 20)
+    small_bid = PlaceOrder(10, 1, "small", HOG.symbol, Side.BUY, OrderType.LIMIT, 2800, 4)
+    lot = RegisterLot(21, 1, HOG.symbol, 50, 110_000, "Rongchang", "CQ-21")  # lot 2
+    sell = _post_only(21, "s", Side.SELL, 2790, 5, all_or_none=True, lot_id=2)
+    events = both(*_setup(), own_bid, small_bid, lot, sell)
+    assert [type(e).__name__ for e in events] == ["OrderAccepted", "BookChanged"]
+    big_bid = PlaceOrder(11, 1, "big", HOG.symbol, Side.BUY, OrderType.LIMIT, 2790, 5)
+    [rejected] = both(*_setup(), own_bid, small_bid, big_bid, lot, sell)
+    assert isinstance(rejected, Rejected) and rejected.reason == RejectReason.POST_ONLY_WOULD_TAKE
