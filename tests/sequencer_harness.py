@@ -38,7 +38,7 @@ from exchange.commands import (
 from exchange.core import Core
 from exchange.domain import OrderType, Side, TimeInForce
 from exchange.events import Event, LotRegistered
-from exchange.sequencer import Result, Sequencer, SequencerError, decode_events, recover
+from exchange.sequencer import Sequencer, SequencerError, decode_events, recover
 from tests.factories import OPERATOR, SYMBOL, list_instrument, order, register_lot
 
 DSN_ENV = "HOGX_TEST_DSN"
@@ -230,11 +230,6 @@ async def child_main() -> None:
     sys.stdout.flush()
     lots = await ensure_market(sequencer)
     await _stream(sequencer, lots, round_id, tasks=20)
-
-
-def result_of(value: Result | BaseException) -> Result:
-    assert isinstance(value, Result), value
-    return value
 
 
 if __name__ == "__main__":

@@ -19,11 +19,7 @@ import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exchange.commands import (
-    ClockTick,
-    PlaceOrder,
-    decode_command,
-)
+from exchange.commands import ClockTick, PlaceOrder, decode_command
 from exchange.core import Core
 from exchange.domain import RejectReason, Side, TimeInForce
 from exchange.events import OrderAccepted, OrderExpired, Rejected, Trade
