@@ -291,7 +291,13 @@ class Core:
             )
         )  # fmt: skip
         tif = order.time_in_force
-        if market.state == CONTINUOUS and (tif in (GTC, GTD)) and not book.crosses(order.side, order.price_fen):
+        if order.side == BUY:
+            best_key = book.asks.best_key
+            passive = best_key is None or best_key > order.price_fen
+        else:
+            best_key = book.bids.best_key
+            passive = best_key is None or -best_key < order.price_fen
+        if passive and market.state == CONTINUOUS and tif in (GTC, GTD):
             # the common passive order: nothing to meet, straight to the back of its level
             book.rest(order, cmd.ts_ns, events)
             if tif == GTD:

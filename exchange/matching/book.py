@@ -188,7 +188,15 @@ class OrderBook:
         counters.next_priority += 1
         self.live_orders[order.order_id] = order
         book_side = self.bids if order.side == BUY else self.asks
-        level = book_side.append(order)
+        level = book_side.levels.get(book_side.sign * order.price_fen)
+        if level is None or level.tail is None:
+            level = book_side.append(order)  # a new level: let append keep the sorted keys
+        else:  # the common case, inlined: the back of an existing level
+            tail = level.tail
+            tail.next = order
+            order.prev = tail
+            level.tail = order
+            level.heads += order.remaining_heads
         self.seq += 1
         events.append(BookChanged(self.seq, ts_ns, self.instrument, order.side, order.price_fen, level.heads))
 
