@@ -1,7 +1,8 @@
 """Operator routes: register participants, issue and revoke API keys.
 
-The storage calls go through `gateway.store` only, so that registration can later become a journaled
-command without changing these handlers.
+Storage calls go through `gateway.store` only. A registration is written to the database (which
+assigns the participant id and keeps the key) and then, with that id, journaled as the core's
+`RegisterParticipant` (`gateway.participants`), so settlement knows the participant before it trades.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from typing import Annotated
 
 import msgspec
 
-from gateway import store
+from gateway import participants, store
 from gateway.auth import OPERATORS, KeyRecord, Role
 from gateway.errors import ApiError, Code
+from gateway.exchange_port import EXCHANGE
 from gateway.routes import Call, RouteTable
 from gateway.state import AUTH
 
@@ -22,9 +24,15 @@ routes = RouteTable()
 
 
 class RegisterParticipant(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A participant's role and real name; for settlement also its masked ID number, bank account (to be
+    verified) and, for a farmer, its poor-household registration number (to be verified)."""
+
     role: Role
     # No control characters: PostgreSQL text cannot hold NUL, and names end up in logs and on screens.
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
+    id_number_masked: participants.MaskedIdNumber = participants.NO_ID_NUMBER
+    bank_account: participants.BankAccount = ""
+    poor_registration_no: participants.PoorRegistrationNo = ""
 
 
 class ParticipantPath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -44,7 +52,11 @@ class KeyRevoked(msgspec.Struct, frozen=True):
              response=store.IssuedKey, status=201)
 async def register_participant(call: Call, body: RegisterParticipant) -> store.IssuedKey:
     """Register a participant with its role; its API key and secret are returned this once."""
+    profile = participants.Profile(role=body.role, name=body.name, id_number_masked=body.id_number_masked,
+                                   bank_account=body.bank_account, poor_registration_no=body.poor_registration_no)
+    participants.check_profile(profile)
     issued = await store.register_participant(call.pool, body.role, body.name)
+    await participants.register(call.app[EXCHANGE], call.principal.participant_id, issued.participant_id, profile)
     _remember(call, issued)
     return issued
 

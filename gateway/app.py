@@ -4,8 +4,9 @@ Start-up and tear-down are paired in `cleanup_ctx`, run in order on start and in
 
 1. `_database`: the asyncpg pool (bound to the pool metrics) and the bootstrap operator key.
 2. `_exchange`: the shard of this database (`gateway.exchange_port`): sequencer recovery, the read
-   model rebuilt and checked, the market-data and execution-report publishers, the demo market with
-   `--demo`. On stop it drains the sequencer: everything queued is committed and answered.
+   model rebuilt and checked, the market-data and execution-report publishers, the database's
+   participants registered in the core (`gateway.participants`), the demo market with `--demo`. On
+   stop it drains the sequencer: everything queued is committed and answered.
 3. `_readiness`: marks the gateway ready once everything before it is up.
 
 Shutdown (`on_shutdown`, which aiohttp runs before waiting for in-flight handlers): stop being ready,
@@ -22,7 +23,19 @@ import msgspec
 from aiohttp import web
 
 from exchange.store import create_pool
-from gateway import admin, demo, exchange_port, lots, market, operator, orders, store, system
+from gateway import (
+    admin,
+    demo,
+    exchange_port,
+    lots,
+    market,
+    operator,
+    orders,
+    participants,
+    settlement,
+    store,
+    system,
+)
 from gateway.auth import Authenticator, KeyRecord, wall_clock_ms
 from gateway.config import ConfigError, GatewayConfig
 from gateway.errors import error_middleware
@@ -41,7 +54,7 @@ API_VERSION = "0.1.0"
 
 # Every installed route table; a new handler module adds its `routes` here.
 ROUTE_TABLES: tuple[RouteTable, ...] = (system.routes, admin.routes, orders.routes, lots.routes, market.routes,
-                                         operator.routes)
+                                         operator.routes, participants.routes, settlement.routes)
 
 
 def create_app(
@@ -111,6 +124,9 @@ async def _exchange(app: web.Application) -> AsyncIterator[None]:
     try:
         orders.attach(app, port, app[HUB], app[METRICS])
         market.attach(port, app[HUB])
+        # Participants the core does not know yet (the bootstrap operator, registrations cut short by a
+        # crash) are registered before anyone can trade.
+        await participants.sync_from_database(app[POOL], port)
         if config.demo:
             await demo.seed(app[POOL], port)
         port.start_watching()

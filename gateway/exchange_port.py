@@ -1,9 +1,12 @@
 """The gateway's one door to the exchange: every call into `exchange.sequencer` is made here.
 
 A `Shard` is one sequencer (the single writer of one database) together with the read model folded
-from its committed batches (`gateway.readmodel`). Shards are shared per database within a process and
-reference counted, so several gateway applications in one process (tests, a second listener) front
-the same writer instead of queueing on its advisory lock.
+from its committed batches (`gateway.readmodel`). Its core is the exchange as it runs, matching with
+settlement (`exchange.core.new_exchange`), and the clearing's ledger rows are written in each batch's
+own transaction (`exchange.settlement.pgstore.LedgerWriter` as the sequencer's `extra_writes`).
+Shards are shared per database within a process and reference counted, so several gateway
+applications in one process (tests, a second listener) front the same writer instead of queueing on
+its advisory lock.
 
 Start-up (`Shard.start`): the sequencer recovers (snapshot + journal tail, hash checked), the read
 model is rebuilt from the journal's stored events up to the recovered seq, and its books are checked
@@ -40,7 +43,7 @@ from aiohttp import web
 
 from exchange import readmodel
 from exchange.commands import Command, decode_command
-from exchange.core import Core
+from exchange.core import Core, new_exchange
 from exchange.events import Event
 from exchange.sequencer import (
     Busy,
@@ -52,6 +55,8 @@ from exchange.sequencer import (
     Unavailable,
     decode_events,
 )
+from exchange.settlement import Clearing
+from exchange.settlement.pgstore import LedgerWriter
 from gateway.config import GatewayConfig
 from gateway.errors import ApiError, Code
 from gateway.metrics import Metrics
@@ -83,6 +88,11 @@ def _timed_core_type(observe: Callable[[float], None]) -> type[Core]:
     class TimedCore(Core):
         timing = False
 
+        def __init__(self, clearing: Clearing | None = None) -> None:
+            # The exchange as it runs: matching with settlement (`new_exchange`), also when the
+            # sequencer builds a fresh core (`core_type()`) for an empty journal.
+            super().__init__(clearing if clearing is not None else Clearing())
+
         def apply(self, command: Command) -> list[Event]:
             countdown[0] -= 1
             if countdown[0] or not TimedCore.timing:
@@ -110,6 +120,8 @@ class Shard:
         self.read_model = ReadModel(trade_history=config.trade_history, candle_history=config.candle_history)
         self._match_observers: list[Callable[[float], None]] = []
         self._core_type = _timed_core_type(self._observe_match)
+        # The clearing's ledger rows commit in the same transaction as their journal batch.
+        self.ledger_writer = LedgerWriter()
         self.sequencer = Sequencer(
             dsn,
             core_type=self._core_type,
@@ -117,7 +129,9 @@ class Shard:
             max_batch=config.sequencer_max_batch,
             snapshot_every=config.snapshot_every,
             tick_interval_s=config.clock_tick_s or None,
+            extra_writes=self.ledger_writer,
         )
+        self.ledger_writer.attach(self.sequencer)
         self.listeners: list[Listener] = []
         # The PostgreSQL read models (orders, trades) for reconciliation and other readers of the
         # database; followed asynchronously, so acknowledgements never wait for them.
@@ -164,7 +178,7 @@ class Shard:
         conn = await asyncpg.connect(self.dsn)
         try:
             bare = await conn.fetchval("SELECT count(*) FROM journal WHERE seq <= $1 AND events IS NULL", upto_seq)
-            shadow = Core() if bare else None
+            shadow = new_exchange() if bare else None
             page = await conn.prepare(
                 "SELECT seq, command, events FROM journal WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3")
             after_seq = 0

@@ -3,8 +3,9 @@
 - `async with serve(app) as url`: any application on a free port.
 - `async with running_exchange(database_url) as ex`: the whole exchange (sequencer, read model,
   routes) with a bootstrap operator; `await ex.register(Role.BUYER)` gives a signed client of a new
-  participant, `await ex.list_instrument("RC-LH-WSY")` lists a finishing-hog instrument
-  (reference ¥28.00/kg, tick 10 fen, ±4 %).
+  participant (a buyer with `BUYER_DEPOSIT_FEN` of confirmed cash, so its bids are covered),
+  `await ex.list_instrument("RC-LH-WSY")` lists a finishing-hog instrument (reference ¥28.00/kg,
+  tick 10 fen, ±4 %).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from gateway.auth import Role
 from gateway.client import SignedClient
 from gateway.config import GatewayConfig
 
-__all__ = ["Exchange", "Trader", "hog_instrument", "running_exchange", "serve"]
+__all__ = ["BUYER_DEPOSIT_FEN", "Exchange", "Trader", "hog_instrument", "running_exchange", "serve"]
+
+BUYER_DEPOSIT_FEN = 10**12  # ¥10bn: covers any bid a test makes, yet a bid beyond it is refused
 
 
 @contextlib.asynccontextmanager
@@ -70,15 +73,33 @@ class Exchange:
     def client(self, key: str | None = None, secret: str | None = None) -> SignedClient:
         return SignedClient(self.url, key, secret, session=self.session)
 
-    async def register(self, role: Role, name: str = "test participant") -> Trader:
-        reply = await self.operator.post("/v1/admin/participants", json={"role": role.value, "name": name})
+    async def register(self, role: Role, name: str = "test participant", *, deposit_fen: int | None = None,
+                       **profile: Any) -> Trader:
+        """A new participant (settlement `profile` fields as the admin route takes them); buyers get
+        `BUYER_DEPOSIT_FEN` of cash unless `deposit_fen` says otherwise (0: none)."""
+        reply = await self.operator.post("/v1/admin/participants",
+                                         json={"role": role.value, "name": name, **profile})
         if reply.status != 201:
             raise RuntimeError(f"registration failed: {reply.status} {reply.body!r}")
         issued = reply.json()
         trader = Trader(self.url, issued["api_key"], issued["api_secret"], session=self.session)
         trader.participant_id, trader.role = issued["participant_id"], role
         self.traders.append(trader)
+        if deposit_fen is None and role == Role.BUYER:
+            deposit_fen = BUYER_DEPOSIT_FEN
+        if deposit_fen:
+            await self.deposit(trader.participant_id, deposit_fen)
         return trader
+
+    async def deposit(self, owner_id: int, amount_fen: int, account: str = "trading_cash",
+                      deposit_ref: str | None = None) -> dict[str, Any]:
+        """Confirm a deposit as the operator (owner 0 with account poverty_subsidy_fund: the subsidy fund)."""
+        body = {"deposit_ref": deposit_ref or f"test-deposit-{secrets.token_hex(8)}", "owner_id": owner_id,
+                "account": account, "amount_fen": amount_fen}
+        reply = await self.operator.post("/v1/deposits", json=body)
+        if reply.status != 201:
+            raise RuntimeError(f"deposit failed: {reply.status} {reply.body!r}")
+        return reply.json()
 
     async def list_instrument(self, symbol: str, **overrides: Any) -> dict[str, Any]:
         reply = await self.operator.post("/v1/instruments", json=hog_instrument(symbol, **overrides))

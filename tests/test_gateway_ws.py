@@ -31,7 +31,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import ApiError
 from gateway.exchange_port import EXCHANGE
 from gateway.state import HUB, METRICS
-from gateway.testing import hog_instrument, serve
+from gateway.testing import BUYER_DEPOSIT_FEN, hog_instrument, serve
 from gateway.ws import CLOSE_SLOW_CONSUMER, Hub, WsConnection, WsRequest
 
 QUEUE_SIZE = 16
@@ -80,6 +80,10 @@ class Gateway:
     async def register(self, role: Role) -> SignedClient:
         reply = await self.operator.post("/v1/admin/participants", json={"role": role, "name": "ws test"})
         issued = reply.json()
+        if role == Role.BUYER:  # settlement: a bid must be covered by cash
+            await self.operator.post("/v1/deposits", json={
+                "deposit_ref": f"ws-{issued['participant_id']}", "owner_id": issued["participant_id"],
+                "account": "trading_cash", "amount_fen": BUYER_DEPOSIT_FEN})
         return SignedClient(self.url, issued["api_key"], issued["api_secret"], session=self.session)
 
     async def connect(self) -> aiohttp.ClientWebSocketResponse:

@@ -1,0 +1,1130 @@
+"""Settlement over HTTP: money in and out, deliveries and disputes, payouts and bank files, financing,
+balances, statements and the daily settlement report (issue 5's API).
+
+Routes (roles in brackets; "party" = the trade's buyer or seller):
+
+- Money in and out: `POST /v1/deposits` and `POST /v1/deposit-imports` (operator; the bank's deposit
+  file as CSV), `POST /v1/withdrawals` (a participant, from its own cash or funds),
+  `POST /v1/withdrawals/confirmations` (operator), `GET /v1/withdrawals`.
+- Deliveries: `POST /v1/trades/{trade_id}/weigh-in` (the seller or an operator),
+  `.../dispute` (a party, inside the dispute window), `.../rejection` (the buyer, of an out-of-grade
+  delivery), `.../resolution` (operator), `GET /v1/trades/{trade_id}/settlement`,
+  `GET /v1/settlement/trades`.
+- Payouts (operator): `POST /v1/payout-runs`; `POST /v1/payout-files` exports the bank file of every
+  pending payout (CSV, `text/csv`) and marks those payouts sent in one journaled command;
+  `GET /v1/payout-files/{file_ref}` downloads a file again; `POST /v1/payout-confirmations` imports
+  the bank's answer (CSV in JSON); `POST /v1/payouts/{payout_id}/retry|return`. `GET /v1/payouts`
+  and `GET /v1/payouts/{payout_id}`: a payee's own, every payout for an operator.
+- Financing: `POST /v1/credit-lines`, `POST /v1/credit-lines/{buyer_id}/reduce`, `POST /v1/advances`
+  (financier), `GET /v1/financing/clients[/{participant_id}]` (financier: exposures, loans
+  outstanding, repayments and the settlement state of every financed trade, only of participants that
+  consented to it), `POST /v1/repayments` and `GET /v1/loans` (the borrower).
+- Every participant: `GET /v1/balances`, `GET /v1/statements`, `GET /v1/reports/settlement` (JSON)
+  and `GET /v1/reports/settlement.csv`.
+- Operator settings: `POST /v1/admin/fee-schedule`, `POST /v1/admin/financing-policy`.
+
+(Participant profiles, verification, cooperative members and consent are in `gateway.participants`.)
+
+Every change is one command through the sequencer, answered once it is durable; a rejection becomes
+`{"code": <reason>, ...}` with the status of `schemas.REJECT_STATUS` (the one table for the core's
+reasons). Reads come from the clearing of the sequencer's core in this process through
+`exchange.settlement.views`; the core may already include commands of the batch being committed (a
+few milliseconds ahead of the journal), which become durable or, if that commit fails, vanish with
+the rebuilt core. Statements are read from the ledger rows in PostgreSQL, which commit with their
+batch. Another participant's trade, payout, account or client is a 404, exactly like a missing one;
+to a financier, a participant that has not consented to it does not exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import time
+from collections.abc import Iterable
+from enum import StrEnum
+from typing import Annotated, Final
+
+import msgspec
+from aiohttp import web
+
+from exchange.commands import (
+    Command,
+    ConfirmDeposit,
+    ConfirmWithdrawal,
+    FundsAccount,
+    GrantAdvance,
+    GrantCreditLine,
+    ImportBankConfirmations,
+    MarkPayoutsSent,
+    OpenDispute,
+    RecordWeighIn,
+    ReduceCreditLine,
+    RejectDelivery,
+    RepayLoan,
+    RequestWithdrawal,
+    ResolveDispute,
+    RetryPayout,
+    ReturnPayout,
+    RunPayouts,
+    SetFeeSchedule,
+    SetFinancingPolicy,
+)
+from exchange.domain import RejectReason
+from exchange.events import Event, PayoutState, Rejected
+from exchange.settlement import CHART, AccountCode, Clearing, Entry, PostingSide, TransferCode
+from exchange.settlement.bankfiles import (
+    bank_file_csv,
+    parse_confirmations_csv,
+    payout_reference,
+    payouts_to_send,
+    sent_pairs,
+)
+from exchange.settlement.clearing import HOUSE
+from exchange.settlement.model import Payout, TradeRecord, TradeState, Withdrawal, WithdrawalState
+from exchange.settlement.rules import cst_day
+from exchange.settlement.views import (
+    REPORT_COLUMNS,
+    BalanceRow,
+    FinancierView,
+    LoanRow,
+    SettlementReportRow,
+    daily_settlement_report,
+    date_to_day,
+    day_to_date,
+    financier_portfolio,
+    financier_view,
+    participant_balances,
+    report_csv,
+)
+from gateway.auth import ANY_ROLE, BUYERS, FINANCIERS, OPERATORS, SELLERS, Principal, Role
+from gateway.errors import ApiError, Code
+from gateway.exchange_port import EXCHANGE
+from gateway.routes import Call, RouteTable
+from gateway.schemas import REJECT_STATUS, Id, Limit, Symbol, reject_code
+
+__all__ = ["BORROWERS", "clearing_of", "rejection", "routes", "submit"]
+
+routes = RouteTable()
+R = RejectReason
+BORROWERS: Final = SELLERS | BUYERS  # the roles that trade, consent, borrow and repay
+OWNERS: Final = BORROWERS | FINANCIERS  # the roles that hold cash of their own
+_NS_PER_MS: Final = 1_000_000
+_CSV: Final = "text/csv"
+MAX_IMPORT_ROWS: Final = 10_000
+
+# -- bounded request scalars ----------------------------------------------------------------------------
+
+AmountFen = Annotated[int, msgspec.Meta(ge=1, le=10**14, description="integer fen, positive")]
+AmountOrZeroFen = Annotated[int, msgspec.Meta(ge=0, le=10**14, description="integer fen")]
+RateBps = Annotated[int, msgspec.Meta(ge=0, le=10_000, description="yearly interest in basis points")]
+Bps = Annotated[int, msgspec.Meta(ge=0, le=10_000, description="basis points (10,000 = 100 %)")]
+OwnerId = Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1, description="participant id; 0 for the subsidy fund")]
+Ref = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$",
+                                  description="a client-chosen reference: the idempotency key")]
+BankRef = Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$")]
+Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=500, pattern=r"^[^\x00-\x08\x0b-\x1f\x7f]+$")]
+CsvText = Annotated[str, msgspec.Meta(min_length=1, max_length=1_000_000, description="the file's text (UTF-8)")]
+Date = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+                                   description="a calendar day in China Standard Time, YYYY-MM-DD")]
+TimeMs = Annotated[int, msgspec.Meta(ge=0, le=9_000_000_000_000, description="milliseconds since the epoch")]
+Cursor = Annotated[str, msgspec.Meta(min_length=1, max_length=19, pattern=r"^[0-9]+$")]
+
+
+class FundsAccountName(StrEnum):
+    TRADING_CASH = "trading_cash"  # a trader's cash for bids
+    FINANCIER_FUNDS = "financier_funds"  # a financier's money to lend
+    POVERTY_SUBSIDY_FUND = "poverty_subsidy_fund"  # the exchange's fund (owner 0)
+
+
+class WithdrawableAccount(StrEnum):
+    TRADING_CASH = "trading_cash"
+    FINANCIER_FUNDS = "financier_funds"
+
+
+FUNDS: Final = {name: FundsAccount[name.name] for name in FundsAccountName}
+FUNDS_NAME: Final = {account: FundsAccountName[account.name] for account in FundsAccount}
+
+
+class TradeStateName(StrEnum):
+    OPEN = "OPEN"  # obligation in escrow, waiting for the weigh-in
+    DELIVERED = "DELIVERED"  # weighed in; the dispute window is open
+    DISPUTED = "DISPUTED"  # waiting for an operator
+    SETTLED = "SETTLED"
+    REJECTED = "REJECTED"  # the buyer rejected an out-of-grade delivery
+
+
+class PayoutStateName(StrEnum):
+    PENDING = "PENDING"
+    SENT = "SENT"
+    CONFIRMED = "CONFIRMED"
+    FAILED = "FAILED"
+    RETURNED = "RETURNED"
+
+
+class WithdrawalStateName(StrEnum):
+    PENDING = "PENDING"
+    PAID = "PAID"
+    FAILED = "FAILED"
+
+
+# -- rejections -----------------------------------------------------------------------------------------
+
+_MESSAGE: Final[dict[RejectReason, str]] = {
+    R.INSUFFICIENT_FUNDS: "not enough available funds",
+    R.UNKNOWN_PARTICIPANT: "no such participant",
+    R.NOT_AUTHORIZED: "you may not do this to this resource",
+    R.INVALID_PARTICIPANT: "the participant's profile does not allow this",
+    R.UNKNOWN_TRADE: "no such trade",
+    R.INVALID_DELIVERY: "heads_delivered must be 0..the heads traded, with a weight exactly when heads were "
+                        "delivered",
+    R.QUARANTINE_NOT_CHECKED: "the quarantine certificate must be named and checked",
+    R.INVALID_TRADE_STATE: "the trade's settlement state does not allow this",
+    R.DISPUTE_WINDOW_CLOSED: "the dispute window has closed",
+    R.DELIVERY_NOT_REJECTABLE: "the delivery is within the instrument's tolerance: it cannot be rejected",
+    R.NO_CONSENT: "the participant has not consented to this financier",
+    R.ADVANCE_TOO_LARGE: "the advance exceeds the policy share of the trade's estimated value",
+    R.DUPLICATE_REFERENCE: "this reference was already used with different content",
+    R.UNKNOWN_REFERENCE: "no such reference",
+    R.INVALID_PAYOUT_STATE: "the payout's state does not allow this",
+    R.INVALID_AMOUNT: "the amount or reference is not valid here (e.g. more than is owed)",
+    R.INVALID_SHARES: "member shares must name farmers, be positive and sum to at most 10,000 bps",
+    R.BANK_ACCOUNT_NOT_VERIFIED: "the bank account has not been verified by an operator",
+    R.INVALID_SETTINGS: "the setting is out of range",
+    R.UNKNOWN_INSTRUMENT: "no such instrument",
+}
+
+
+def rejection(reason: RejectReason) -> ApiError:
+    """The API error of a core rejection of a settlement command."""
+    message = _MESSAGE.get(reason) or reason.name.lower().replace("_", " ")
+    return ApiError(REJECT_STATUS[reason], reject_code(reason), message)
+
+
+def clearing_of(call: Call) -> Clearing:
+    """The live clearing (looked up each time: the sequencer replaces its core when it recovers)."""
+    clearing = call.app[EXCHANGE].sequencer.core.clearing
+    if clearing is None:
+        raise ApiError(503, Code.UNAVAILABLE, "settlement is not enabled on this exchange's journal")
+    return clearing
+
+
+async def submit(call: Call, command: Command) -> list[Event]:
+    """Sequence one settlement command; its events once durable, or its rejection raised."""
+    result = await call.app[EXCHANGE].submit(command)
+    for event in result.events:
+        if event.__class__ is Rejected:
+            raise rejection(event.reason)
+    return result.events
+
+
+def _ms(ts_ns: int) -> int:
+    return ts_ns // _NS_PER_MS
+
+
+def _masked(bank_account: str) -> str:
+    return "****" + bank_account[-4:] if bank_account else ""
+
+
+def _is_operator(principal: Principal) -> bool:
+    return principal.role == Role.OPERATOR
+
+
+def _csv_response(data: bytes, filename: str) -> web.Response:
+    return web.Response(body=data, content_type=_CSV, charset="utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+# -- deposits and withdrawals ---------------------------------------------------------------------------
+
+
+class DepositRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Money that arrived at the bank; `deposit_ref` (the bank's reference) makes it idempotent."""
+
+    deposit_ref: Ref
+    owner_id: OwnerId
+    account: FundsAccountName
+    amount_fen: AmountFen
+
+
+class DepositView(msgspec.Struct, frozen=True):
+    deposit_ref: str
+    owner_id: int
+    account: FundsAccountName
+    amount_fen: int
+    transfer_id: int
+    time_ms: int
+
+
+class DepositImportRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """The bank's deposit file: header `deposit_ref,owner_id,account,amount_fen`, one deposit a row
+    (`account`: trading_cash, financier_funds or poverty_subsidy_fund)."""
+
+    csv: CsvText
+
+
+class DepositImportRow(msgspec.Struct, frozen=True):
+    deposit_ref: str
+    code: str  # "ok", or the rejection code of that row
+
+
+class DepositImportView(msgspec.Struct, frozen=True):
+    """Every row is its own idempotent deposit: importing the same file again changes nothing."""
+
+    confirmed: int
+    rejected: int
+    rows: list[DepositImportRow]
+
+
+class WithdrawalRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Money back to your verified bank account; held until an operator confirms the bank paid it."""
+
+    withdrawal_ref: Ref
+    account: WithdrawableAccount
+    amount_fen: AmountFen
+
+
+class WithdrawalConfirmation(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """The bank paid the withdrawal (`ok`), or it failed and the money returns to the owner."""
+
+    owner_id: Id
+    withdrawal_ref: Ref
+    ok: bool
+    bank_ref: BankRef = ""
+
+
+class WithdrawalView(msgspec.Struct, frozen=True):
+    owner_id: int
+    withdrawal_ref: str
+    account: FundsAccountName
+    amount_fen: int
+    state: WithdrawalStateName
+    bank_ref: str
+    requested_ms: int
+
+
+class WithdrawalQuery(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    state: WithdrawalStateName | None = None
+    limit: Limit = 100
+
+
+class WithdrawalPage(msgspec.Struct, frozen=True):
+    """Oldest first (the order an operator works through pending ones)."""
+
+    withdrawals: list[WithdrawalView]
+
+
+def _deposit_view(clearing: Clearing, ref: str) -> DepositView:
+    d = clearing.deposits[ref]
+    return DepositView(d.deposit_ref, d.owner_id, FUNDS_NAME[d.account], d.amount_fen, d.transfer_id, _ms(d.ts_ns))
+
+
+def _withdrawal_view(w: Withdrawal) -> WithdrawalView:
+    return WithdrawalView(w.owner_id, w.withdrawal_ref, FUNDS_NAME[w.account], w.amount_fen,
+                          WithdrawalStateName[w.state.name], w.bank_ref, _ms(w.ts_ns))
+
+
+@routes.post("/v1/deposits", roles=OPERATORS, body=DepositRequest, response=DepositView, status=201,
+             errors=(404, 409))
+async def confirm_deposit(call: Call, body: DepositRequest) -> DepositView:
+    """Confirm money that arrived at the bank for a participant (or the subsidy fund, owner 0)."""
+    await submit(call, ConfirmDeposit(call.principal.participant_id, 0, body.deposit_ref, body.owner_id,
+                                      FUNDS[body.account], body.amount_fen))
+    return _deposit_view(clearing_of(call), body.deposit_ref)
+
+
+_DEPOSIT_COLUMNS: Final = ("deposit_ref", "owner_id", "account", "amount_fen")
+
+
+def parse_deposits_csv(text: str) -> list[DepositRequest]:
+    """The rows of a deposit file; `ValueError` names the first bad line (a file is taken whole or not
+    at all, never guessed at)."""
+    reader = csv.reader(io.StringIO(text.lstrip("\ufeff")))
+    header = next(reader, None)
+    if header is None or tuple(h.strip() for h in header) != _DEPOSIT_COLUMNS:
+        raise ValueError(f"line 1: header must be {','.join(_DEPOSIT_COLUMNS)}")
+    rows: list[DepositRequest] = []
+    for line_no, fields in enumerate(reader, start=2):
+        if not fields:
+            continue
+        if len(rows) >= MAX_IMPORT_ROWS:
+            raise ValueError(f"more than {MAX_IMPORT_ROWS} rows")
+        if len(fields) != len(_DEPOSIT_COLUMNS):
+            raise ValueError(f"line {line_no}: expected {len(_DEPOSIT_COLUMNS)} fields, got {len(fields)}")
+        ref, owner, account, amount = (f.strip() for f in fields)
+        if not (owner.isascii() and owner.isdigit() and amount.isascii() and amount.isdigit()):
+            raise ValueError(f"line {line_no}: owner_id and amount_fen must be whole numbers")
+        try:
+            # the request's own bounds and patterns, row by row
+            rows.append(msgspec.convert({"deposit_ref": ref, "owner_id": int(owner), "account": account,
+                                      "amount_fen": int(amount)}, DepositRequest))
+        except msgspec.ValidationError as exc:
+            raise ValueError(f"line {line_no}: {exc}") from None
+    if not rows:
+        raise ValueError("the file has no deposits")
+    return rows
+
+
+@routes.post("/v1/deposit-imports", roles=OPERATORS, body=DepositImportRequest, response=DepositImportView)
+async def import_deposits(call: Call, body: DepositImportRequest) -> DepositImportView:
+    """Confirm every deposit of the bank's deposit file (CSV); each row is idempotent by its reference."""
+    try:
+        rows = parse_deposits_csv(body.csv)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_bank_file", str(exc)) from None
+    sender = call.principal.participant_id
+    commands = [ConfirmDeposit(sender, 0, r.deposit_ref, r.owner_id, FUNDS[r.account], r.amount_fen) for r in rows]
+    outcomes = await asyncio.gather(*(_row_outcome(call, c) for c in commands))
+    results = [DepositImportRow(c.deposit_ref, code) for c, code in zip(commands, outcomes, strict=True)]
+    confirmed = sum(code == "ok" for code in outcomes)
+    return DepositImportView(confirmed, len(results) - confirmed, results)
+
+
+async def _row_outcome(call: Call, command: Command) -> str:
+    try:
+        await submit(call, command)
+    except ApiError as exc:
+        if exc.status >= 500:
+            raise
+        return exc.code
+    return "ok"
+
+
+@routes.post("/v1/withdrawals", roles=OWNERS, body=WithdrawalRequest, response=WithdrawalView, status=201,
+             errors=(404, 409))
+async def request_withdrawal(call: Call, body: WithdrawalRequest) -> WithdrawalView:
+    """Ask for money back to your verified bank account; it is held until the bank confirms."""
+    owner = call.principal.participant_id
+    await submit(call, RequestWithdrawal(owner, 0, body.withdrawal_ref, FundsAccount[body.account.name],
+                                         body.amount_fen))
+    return _withdrawal_view(clearing_of(call).withdrawals[(owner, body.withdrawal_ref)])
+
+
+@routes.post("/v1/withdrawals/confirmations", roles=OPERATORS, body=WithdrawalConfirmation,
+             response=WithdrawalView, errors=(404, 409))
+async def confirm_withdrawal(call: Call, body: WithdrawalConfirmation) -> WithdrawalView:
+    """Record the bank's answer to a withdrawal: paid, or failed (the money returns)."""
+    await submit(call, ConfirmWithdrawal(call.principal.participant_id, 0, body.owner_id, body.withdrawal_ref,
+                                         body.ok, body.bank_ref))
+    return _withdrawal_view(clearing_of(call).withdrawals[(body.owner_id, body.withdrawal_ref)])
+
+
+@routes.get("/v1/withdrawals", roles=ANY_ROLE, query=WithdrawalQuery, response=WithdrawalPage)
+async def list_withdrawals(call: Call, query: WithdrawalQuery) -> WithdrawalPage:
+    """Your withdrawals (an operator: everyone's), oldest first, optionally by state."""
+    principal = call.principal
+    found = []
+    for w in clearing_of(call).withdrawals.values():
+        if not _is_operator(principal) and w.owner_id != principal.participant_id:
+            continue
+        if query.state is not None and w.state != WithdrawalState[query.state.name]:
+            continue
+        found.append(w)
+    found.sort(key=lambda w: (w.ts_ns, w.owner_id, w.withdrawal_ref))
+    return WithdrawalPage([_withdrawal_view(w) for w in found[:query.limit]])
+
+
+# -- deliveries and disputes ----------------------------------------------------------------------------
+
+
+class TradePath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    trade_id: Id
+
+
+class WeighInRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """What was delivered against a trade: heads and their total live weight in grams, and the animal
+    quarantine certificate checked against the load. Opens the dispute window."""
+
+    heads_delivered: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
+    total_weight_g: Annotated[int, msgspec.Meta(ge=0, le=10**12)]
+    quarantine_cert: Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+    quarantine_checked: bool
+
+
+class DisputeRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    reason: Reason
+
+
+class ResolutionRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """The disputed trade settles at `amount_fen` (0 .. the weigh-in amount); the rest returns to the buyer."""
+
+    amount_fen: AmountOrZeroFen
+
+
+class TradeSettlementView(msgspec.Struct, frozen=True):
+    """A trade's way from obligation to payout. Amounts in fen, weights in grams, times in ms."""
+
+    trade_id: int
+    instrument: str
+    state: TradeStateName
+    buyer_id: int
+    seller_id: int
+    heads: int
+    price_fen: int
+    obligation_fen: int  # escrowed at the fill
+    funded_by_financier_id: int  # 0: the buyer's cash
+    advance_loan_id: int
+    traded_ms: int
+    heads_delivered: int
+    total_weight_g: int
+    avg_weight_g: int
+    grade: str  # IN_GRADE, SUBSTITUTE or OUT_OF_GRADE
+    discount_fen_per_kg: int
+    quarantine_cert: str
+    delivered_ms: int
+    dispute_until_ms: int
+    disputed_by: int
+    dispute_reason: str
+    amount_fen: int  # the final amount
+    refund_fen: int  # returned to the buyer
+    fee_fen: int
+    fee_subsidy_fen: int  # a registered poor farmer's fee, paid by the subsidy fund
+    fee_forgone_fen: int
+    interest_paid_fen: int
+    principal_repaid_fen: int
+    payable_fen: int  # what went to the seller's payable (and its cooperative's members)
+    settled_ms: int
+
+
+class TradeQuery(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    state: TradeStateName | None = None
+    cursor: Cursor | None = None
+    limit: Limit = 100
+
+
+class TradeSettlementPage(msgspec.Struct, frozen=True):
+    """Newest first; pass `next_cursor` back as `cursor` for the next page (null: no more)."""
+
+    trades: list[TradeSettlementView]
+    next_cursor: str | None
+
+
+def _trade_view(t: TradeRecord) -> TradeSettlementView:
+    return TradeSettlementView(
+        t.trade_id, t.instrument, TradeStateName[t.state.name], t.buyer_id, t.seller_id, t.heads, t.price_fen,
+        t.obligation_fen, t.financier_id, t.advance_loan_id, _ms(t.traded_at_ns), t.heads_delivered,
+        t.total_weight_g, t.avg_weight_g, t.grade.name, t.discount_fen_per_kg, t.quarantine_cert,
+        _ms(t.delivered_at_ns), _ms(t.dispute_until_ns), t.disputed_by, t.dispute_reason, t.amount_fen,
+        t.refund_fen, t.fee_fen, t.fee_subsidy_fen, t.fee_forgone_fen, t.interest_paid_fen,
+        t.principal_repaid_fen, t.payable_fen, _ms(t.settled_at_ns),
+    )  # fmt: skip
+
+
+def finances(clearing: Clearing, financier_id: int, trade: TradeRecord) -> bool:
+    """Whether the financier finances the trade for a participant that consented to it."""
+    if trade.financier_id == financier_id and clearing.has_consented(trade.buyer_id, financier_id):
+        return True
+    loan = clearing.loans.get(trade.advance_loan_id)
+    return loan is not None and loan.financier_id == financier_id and \
+        clearing.has_consented(trade.seller_id, financier_id)
+
+
+def _may_see(clearing: Clearing, principal: Principal, trade: TradeRecord) -> bool:
+    pid = principal.participant_id
+    if _is_operator(principal) or pid in (trade.buyer_id, trade.seller_id):
+        return True
+    return principal.role == Role.FINANCIER and finances(clearing, pid, trade)
+
+
+def _visible_trade(call: Call, trade_id: int) -> TradeRecord:
+    """The trade if the caller may see it; anyone else's is `unknown_trade`, like a missing one."""
+    clearing = clearing_of(call)
+    trade = clearing.trades.get(trade_id)
+    if trade is None or not _may_see(clearing, call.principal, trade):
+        raise rejection(R.UNKNOWN_TRADE)
+    return trade
+
+
+def _party_trade(call: Call, trade_id: int) -> TradeRecord:
+    """The trade if the caller is a party to it or an operator (financiers act on trades elsewhere)."""
+    trade = _visible_trade(call, trade_id)
+    if not _is_operator(call.principal) and call.principal.participant_id not in (trade.buyer_id, trade.seller_id):
+        raise rejection(R.UNKNOWN_TRADE)
+    return trade
+
+
+async def _trade_command(call: Call, trade_id: int, command: Command) -> TradeSettlementView:
+    _party_trade(call, trade_id)
+    await submit(call, command)
+    return _trade_view(clearing_of(call).trades[trade_id])
+
+
+@routes.post("/v1/trades/{trade_id}/weigh-in", roles=SELLERS | OPERATORS, params=TradePath, body=WeighInRequest,
+             response=TradeSettlementView, errors=(404, 409))
+async def record_weigh_in(call: Call, params: TradePath, body: WeighInRequest) -> TradeSettlementView:
+    """Record the weigh-in of a delivery (the seller or an operator); fixes the final amount."""
+    command = RecordWeighIn(call.principal.participant_id, 0, params.trade_id, body.heads_delivered,
+                            body.total_weight_g, body.quarantine_cert, body.quarantine_checked)
+    return await _trade_command(call, params.trade_id, command)
+
+
+@routes.post("/v1/trades/{trade_id}/dispute", roles=BORROWERS, params=TradePath, body=DisputeRequest,
+             response=TradeSettlementView, errors=(404, 409))
+async def open_dispute(call: Call, params: TradePath, body: DisputeRequest) -> TradeSettlementView:
+    """Dispute a delivery inside its dispute window (a party); the trade waits for an operator."""
+    command = OpenDispute(call.principal.participant_id, 0, params.trade_id, body.reason)
+    return await _trade_command(call, params.trade_id, command)
+
+
+@routes.post("/v1/trades/{trade_id}/rejection", roles=BUYERS, params=TradePath, response=TradeSettlementView,
+             errors=(404, 409))
+async def reject_delivery(call: Call, params: TradePath) -> TradeSettlementView:
+    """Reject an out-of-grade delivery inside the dispute window (the buyer): everything is refunded."""
+    command = RejectDelivery(call.principal.participant_id, 0, params.trade_id)
+    return await _trade_command(call, params.trade_id, command)
+
+
+@routes.post("/v1/trades/{trade_id}/resolution", roles=OPERATORS, params=TradePath, body=ResolutionRequest,
+             response=TradeSettlementView, errors=(404, 409))
+async def resolve_dispute(call: Call, params: TradePath, body: ResolutionRequest) -> TradeSettlementView:
+    """Resolve a dispute: the trade settles at once at the amount decided."""
+    command = ResolveDispute(call.principal.participant_id, 0, params.trade_id, body.amount_fen)
+    return await _trade_command(call, params.trade_id, command)
+
+
+@routes.get("/v1/trades/{trade_id}/settlement", roles=ANY_ROLE, params=TradePath, response=TradeSettlementView)
+async def get_trade_settlement(call: Call, params: TradePath) -> TradeSettlementView:
+    """A trade's delivery and settlement (its parties, its consented financier, operators)."""
+    return _trade_view(_visible_trade(call, params.trade_id))
+
+
+@routes.get("/v1/settlement/trades", roles=ANY_ROLE, query=TradeQuery, response=TradeSettlementPage)
+async def list_trade_settlements(call: Call, query: TradeQuery) -> TradeSettlementPage:
+    """The settlement of the trades you may see, newest first (at most 1000 a page)."""
+    clearing, principal = clearing_of(call), call.principal
+    before = None if query.cursor is None else int(query.cursor)
+    state = None if query.state is None else TradeState[query.state.name]
+    page: list[TradeSettlementView] = []
+    for trade_id in sorted(clearing.trades, reverse=True):
+        if before is not None and trade_id >= before:
+            continue
+        trade = clearing.trades[trade_id]
+        if (state is None or trade.state == state) and _may_see(clearing, principal, trade):
+            if len(page) == query.limit:
+                return TradeSettlementPage(page, str(page[-1].trade_id))
+            page.append(_trade_view(trade))
+    return TradeSettlementPage(page, None)
+
+
+# -- payouts and bank files -----------------------------------------------------------------------------
+
+
+class PayoutRunRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """One payout per payee with money payable and a verified bank account, registered poor households
+    first; `run_ref` makes it idempotent, `poor_only` pays only them (a same-day run)."""
+
+    run_ref: Ref
+    poor_only: bool = False
+
+
+class PayoutView(msgspec.Struct, frozen=True):
+    payout_id: int
+    run_id: int
+    payee_id: int
+    amount_fen: int
+    priority: str  # SAME_DAY (registered poor households) or NORMAL
+    state: PayoutStateName
+    attempt: int
+    reference: str  # the bank's idempotency key of this attempt
+    bank_account: str  # masked: the last four digits
+    file_ref: str
+    bank_ref: str
+    reason: str
+    trade_ids: list[int]
+    created_ms: int
+    updated_ms: int
+
+
+class PayoutRunView(msgspec.Struct, frozen=True):
+    run_id: int
+    run_ref: str
+    poor_only: bool
+    total_fen: int
+    payouts: list[PayoutView]  # in payment order: same-day first
+    skipped_payee_ids: list[int]  # money payable, but no verified bank account
+    created_ms: int
+
+
+class PayoutFileRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Export every pending payout as the bank file `file_ref` and mark them sent."""
+
+    file_ref: Ref
+
+
+class PayoutFilePath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    file_ref: Ref
+
+
+class ConfirmationImportRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """The bank's confirmation file: header `payout_id,attempt,status,bank_ref,reason`, status OK or
+    FAILED. `file_ref` makes the import idempotent."""
+
+    file_ref: Ref
+    csv: CsvText
+
+
+class ImportErrorRow(msgspec.Struct, frozen=True):
+    payout_id: int
+    reason: str
+
+
+class ConfirmationImportView(msgspec.Struct, frozen=True):
+    file_ref: str
+    applied: int
+    duplicates: int
+    errors: list[ImportErrorRow]
+
+
+class PayoutPath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    payout_id: Id
+
+
+class PayoutQuery(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    state: PayoutStateName | None = None
+    cursor: Cursor | None = None
+    limit: Limit = 100
+
+
+class PayoutPage(msgspec.Struct, frozen=True):
+    """Newest first; pass `next_cursor` back as `cursor` for the next page (null: no more)."""
+
+    payouts: list[PayoutView]
+    next_cursor: str | None
+
+
+def _payout_view(p: Payout) -> PayoutView:
+    return PayoutView(p.payout_id, p.run_id, p.payee_id, p.amount_fen, p.priority.name,
+                      PayoutStateName[p.state.name], p.attempt, payout_reference(p.payout_id, p.attempt),
+                      _masked(p.bank_account), p.file_ref, p.bank_ref, p.reason, list(p.trade_ids),
+                      _ms(p.created_at_ns), _ms(p.updated_at_ns))
+
+
+@routes.post("/v1/payout-runs", roles=OPERATORS, body=PayoutRunRequest, response=PayoutRunView, status=201,
+             errors=(409,))
+async def run_payouts(call: Call, body: PayoutRunRequest) -> PayoutRunView:
+    """Create a payout run: one instruction per payee, registered poor households first."""
+    await submit(call, RunPayouts(call.principal.participant_id, 0, body.run_ref, body.poor_only))
+    clearing = clearing_of(call)
+    run = clearing.runs[body.run_ref]
+    payouts = sorted((clearing.payouts[i] for i in run.payout_ids), key=lambda p: (p.priority, p.payout_id))
+    return PayoutRunView(run.run_id, run.run_ref, run.poor_only, run.total_fen, [_payout_view(p) for p in payouts],
+                         list(run.skipped_ids), _ms(run.ts_ns))
+
+
+def _bank_file(clearing: Clearing, file_ref: str) -> web.Response:
+    """The file as sent: each payout under the attempt the file carried (a later retry is a new file)."""
+    sent = clearing.sent_files[file_ref]
+    payouts = [msgspec.structs.replace(clearing.payouts[pid], attempt=attempt) for pid, attempt in sent.payouts]
+    return _csv_response(bank_file_csv(clearing, payouts), f"{file_ref}.csv")
+
+
+@routes.post("/v1/payout-files", roles=OPERATORS, body=PayoutFileRequest, response=None, media_type=_CSV,
+             status=201, errors=(409,))
+async def export_payout_file(call: Call, body: PayoutFileRequest) -> web.Response:
+    """Export the bank file of every pending payout (CSV) and mark them sent; a repeat returns the file."""
+    clearing = clearing_of(call)
+    if body.file_ref not in clearing.sent_files:
+        pending = payouts_to_send(clearing)
+        if not pending:
+            raise ApiError(409, "no_pending_payouts", "there is no pending payout to send")
+        await submit(call, MarkPayoutsSent(call.principal.participant_id, 0, body.file_ref, sent_pairs(pending)))
+    response = _bank_file(clearing_of(call), body.file_ref)
+    response.set_status(201)
+    return response
+
+
+@routes.get("/v1/payout-files/{file_ref}", roles=OPERATORS, params=PayoutFilePath, response=None,
+            media_type=_CSV)
+async def get_payout_file(call: Call, params: PayoutFilePath) -> web.Response:
+    """Download an exported bank file again (CSV)."""
+    clearing = clearing_of(call)
+    if params.file_ref not in clearing.sent_files:
+        raise rejection(R.UNKNOWN_REFERENCE)
+    return _bank_file(clearing, params.file_ref)
+
+
+@routes.post("/v1/payout-confirmations", roles=OPERATORS, body=ConfirmationImportRequest,
+             response=ConfirmationImportView, errors=(409,))
+async def import_confirmations(call: Call, body: ConfirmationImportRequest) -> ConfirmationImportView:
+    """Import the bank's confirmation file: confirmed payouts are final, failed ones wait for a retry."""
+    try:
+        rows = parse_confirmations_csv(body.csv.encode())
+    except ValueError as exc:
+        raise ApiError(422, "invalid_bank_file", str(exc)) from None
+    await submit(call, ImportBankConfirmations(call.principal.participant_id, 0, body.file_ref, rows))
+    done = clearing_of(call).bank_imports[body.file_ref]
+    return ConfirmationImportView(done.file_ref, done.applied, done.duplicates,
+                                  [ImportErrorRow(pid, reason) for pid, reason in done.errors])
+
+
+def _visible_payout(call: Call, payout_id: int) -> Payout:
+    payout = clearing_of(call).payouts.get(payout_id)
+    if payout is None or not (_is_operator(call.principal) or payout.payee_id == call.principal.participant_id):
+        raise rejection(R.UNKNOWN_REFERENCE)
+    return payout
+
+
+@routes.post("/v1/payouts/{payout_id}/retry", roles=OPERATORS, params=PayoutPath, response=PayoutView,
+             errors=(404, 409))
+async def retry_payout(call: Call, params: PayoutPath) -> PayoutView:
+    """Send a failed payout again, as a new attempt to the payee's current verified account."""
+    await submit(call, RetryPayout(call.principal.participant_id, 0, params.payout_id))
+    return _payout_view(_visible_payout(call, params.payout_id))
+
+
+@routes.post("/v1/payouts/{payout_id}/return", roles=OPERATORS, params=PayoutPath, response=PayoutView,
+             errors=(404, 409))
+async def return_payout(call: Call, params: PayoutPath) -> PayoutView:
+    """Give a failed (or unsent) payout up: its money is payable to the payee again."""
+    await submit(call, ReturnPayout(call.principal.participant_id, 0, params.payout_id))
+    return _payout_view(_visible_payout(call, params.payout_id))
+
+
+@routes.get("/v1/payouts/{payout_id}", roles=ANY_ROLE, params=PayoutPath, response=PayoutView)
+async def get_payout(call: Call, params: PayoutPath) -> PayoutView:
+    """One of your payouts (an operator: any payout)."""
+    return _payout_view(_visible_payout(call, params.payout_id))
+
+
+@routes.get("/v1/payouts", roles=ANY_ROLE, query=PayoutQuery, response=PayoutPage)
+async def list_payouts(call: Call, query: PayoutQuery) -> PayoutPage:
+    """Your payouts (an operator: every payout), newest first, optionally by state."""
+    clearing, principal = clearing_of(call), call.principal
+    before = None if query.cursor is None else int(query.cursor)
+    state = None if query.state is None else PayoutState[query.state.name]
+    page: list[PayoutView] = []
+    for payout_id in sorted(clearing.payouts, reverse=True):
+        p = clearing.payouts[payout_id]
+        if (before is not None and payout_id >= before) or (state is not None and p.state != state):
+            continue
+        if _is_operator(principal) or p.payee_id == principal.participant_id:
+            if len(page) == query.limit:
+                return PayoutPage(page, str(page[-1].payout_id))
+            page.append(_payout_view(p))
+    return PayoutPage(page, None)
+
+
+# -- financing ------------------------------------------------------------------------------------------
+
+
+class CreditLineRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Earmark `amount_fen` more of your funds for a consenting buyer's bids, at a yearly rate."""
+
+    buyer_id: Id
+    amount_fen: AmountFen
+    rate_bps: RateBps
+
+
+class BuyerPath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    buyer_id: Id
+
+
+class ReduceRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    amount_fen: AmountFen
+
+
+class AdvanceRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Advance a consenting seller part of a matched trade's estimated value (up to the policy share),
+    paid to its payable at once and repaid first, with interest, when the trade settles."""
+
+    trade_id: Id
+    amount_fen: AmountFen
+    rate_bps: RateBps
+
+
+class RepaymentRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Repay a financier (interest first), from your cash (credit lines) or payable (advances)."""
+
+    financier_id: Id
+    amount_fen: AmountFen
+
+
+class ClientPath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    participant_id: Id
+
+
+class FinancierPortfolio(msgspec.Struct, frozen=True):
+    """Everything a financier may see: one view per participant that consented to it."""
+
+    financier_id: int
+    exposure_fen: int
+    clients: list[FinancierView]
+
+
+class LoanPage(msgspec.Struct, frozen=True):
+    loans: list[LoanRow]
+
+
+def _client_view(call: Call, participant_id: int) -> FinancierView:
+    """The calling financier's view of a client; without consent the client does not exist for it."""
+    view = financier_view(clearing_of(call), call.principal.participant_id, participant_id)
+    if view is None:
+        raise rejection(R.UNKNOWN_PARTICIPANT)
+    return view
+
+
+@routes.post("/v1/credit-lines", roles=FINANCIERS, body=CreditLineRequest, response=FinancierView,
+             errors=(404,))
+async def grant_credit_line(call: Call, body: CreditLineRequest) -> FinancierView:
+    """Grant (or raise) a consenting buyer's credit line; its bids may then hold against it."""
+    _client_view(call, body.buyer_id)
+    await submit(call, GrantCreditLine(call.principal.participant_id, 0, body.buyer_id, body.amount_fen,
+                                       body.rate_bps))
+    return _client_view(call, body.buyer_id)
+
+
+@routes.post("/v1/credit-lines/{buyer_id}/reduce", roles=FINANCIERS, params=BuyerPath, body=ReduceRequest,
+             response=FinancierView, errors=(404,))
+async def reduce_credit_line(call: Call, params: BuyerPath, body: ReduceRequest) -> FinancierView:
+    """Return undrawn credit of a buyer's line to your funds."""
+    _client_view(call, params.buyer_id)
+    await submit(call, ReduceCreditLine(call.principal.participant_id, 0, params.buyer_id, body.amount_fen))
+    return _client_view(call, params.buyer_id)
+
+
+@routes.post("/v1/advances", roles=FINANCIERS, body=AdvanceRequest, response=FinancierView, status=201,
+             errors=(404, 409))
+async def grant_advance(call: Call, body: AdvanceRequest) -> FinancierView:
+    """Advance money to a consenting seller against one of its matched trades."""
+    clearing, financier = clearing_of(call), call.principal.participant_id
+    trade = clearing.trades.get(body.trade_id)
+    if trade is None or not clearing.has_consented(trade.seller_id, financier):
+        raise rejection(R.UNKNOWN_TRADE)
+    await submit(call, GrantAdvance(financier, 0, body.trade_id, body.amount_fen, body.rate_bps))
+    return _client_view(call, trade.seller_id)
+
+
+@routes.get("/v1/financing/clients", roles=FINANCIERS, response=FinancierPortfolio)
+async def list_clients(call: Call) -> FinancierPortfolio:
+    """Exposures, loans, repayments and financed trades of every participant that consented to you."""
+    financier = call.principal.participant_id
+    views = financier_portfolio(clearing_of(call), financier)
+    return FinancierPortfolio(financier, sum(v.exposure_fen for v in views), views)
+
+
+@routes.get("/v1/financing/clients/{participant_id}", roles=FINANCIERS, params=ClientPath,
+            response=FinancierView)
+async def get_client(call: Call, params: ClientPath) -> FinancierView:
+    """One consenting client's exposure, loans, repayments and financed trades."""
+    return _client_view(call, params.participant_id)
+
+
+def _own_loans(clearing: Clearing, borrower_id: int, financier_id: int | None = None) -> LoanPage:
+    loans = [loan for _, loan in sorted(clearing.loans.items())
+             if loan.borrower_id == borrower_id and financier_id in (None, loan.financier_id)]
+    return LoanPage([LoanRow(loan.loan_id, loan.kind.name, loan.borrower_id, loan.trade_id, loan.rate_bps,
+                             loan.lent_fen, loan.principal_fen, loan.interest_due_fen, loan.principal_repaid_fen,
+                             loan.interest_accrued_fen, loan.interest_paid_fen, loan.interest_subsidised_fen)
+                     for loan in loans])
+
+
+@routes.post("/v1/repayments", roles=BORROWERS, body=RepaymentRequest, response=LoanPage)
+async def repay(call: Call, body: RepaymentRequest) -> LoanPage:
+    """Repay a financier; the answer is your loans from it after the repayment."""
+    borrower = call.principal.participant_id
+    await submit(call, RepayLoan(borrower, 0, body.financier_id, body.amount_fen))
+    return _own_loans(clearing_of(call), borrower, body.financier_id)
+
+
+@routes.get("/v1/loans", roles=BORROWERS, response=LoanPage)
+async def list_loans(call: Call) -> LoanPage:
+    """Your loans: advances against your trades and what your credit-funded trades drew."""
+    return _own_loans(clearing_of(call), call.principal.participant_id)
+
+
+# -- balances, statements, reports ----------------------------------------------------------------------
+
+
+class BalanceQuery(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    participant_id: OwnerId | None = None  # operators: anyone's (0: the house accounts)
+
+
+class BalancesView(msgspec.Struct, frozen=True):
+    participant_id: int  # 0: the exchange's own (house) accounts
+    accounts: list[BalanceRow]
+
+
+class StatementQuery(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    account_id: Id
+    from_ms: TimeMs = 0
+    until_ms: TimeMs = 9_000_000_000_000
+    cursor: Cursor | None = None
+    limit: Limit = 100
+
+
+class StatementLine(msgspec.Struct, frozen=True):
+    """One change of the account. `entry`: POSTED moves the balance, PENDING holds money, RELEASE ends a
+    hold (posted or voided). The changes are in the account's own direction (a deposit into cash is +)."""
+
+    seq: int  # the journal command that made it
+    transfer_id: int
+    entry: str
+    side: str  # DEBIT or CREDIT
+    amount_fen: int
+    balance_change_fen: int
+    held_change_fen: int
+    code: str  # why the money moved (TransferCode)
+    ref: int  # order, trade, payout, loan ... id, by code
+    pending_id: int
+    time_ms: int
+
+
+class StatementPage(msgspec.Struct, frozen=True):
+    """Oldest first; pass `next_cursor` back as `cursor` for the next page (null: no more)."""
+
+    account_id: int
+    kind: str
+    lines: list[StatementLine]
+    next_cursor: str | None
+
+
+class ReportQuery(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    date: Date | None = None  # default: today in China Standard Time
+
+
+class SettlementReport(msgspec.Struct, frozen=True):
+    """Trades settled or rejected that day that you may see (operators: all), by trade id."""
+
+    date: str
+    rows: list[SettlementReportRow]
+
+
+def _house_balances(clearing: Clearing) -> list[BalanceRow]:
+    rows = []
+    for code in HOUSE:
+        a = clearing.ledger.account(int(code))
+        assert a is not None  # created with the clearing
+        debit_normal = CHART[code].normal_balance == "debit"
+        balance = a.debits_posted_fen - a.credits_posted_fen
+        balance = balance if debit_normal else -balance
+        held = a.debits_pending_fen
+        rows.append(BalanceRow(a.account_id, AccountCode(code).name, 0, balance, held,
+                               balance if debit_normal else balance - held))
+    return rows
+
+
+@routes.get("/v1/balances", roles=ANY_ROLE, query=BalanceQuery, response=BalancesView, errors=(404,))
+async def get_balances(call: Call, query: BalanceQuery) -> BalancesView:
+    """Your ledger accounts and balances (an operator: anyone's, or the house accounts with 0)."""
+    principal, clearing = call.principal, clearing_of(call)
+    who = principal.participant_id if query.participant_id is None else query.participant_id
+    if who != principal.participant_id and not _is_operator(principal):
+        raise rejection(R.UNKNOWN_PARTICIPANT)
+    if who == 0:
+        return BalancesView(0, _house_balances(clearing))
+    if who not in clearing.participants:
+        raise rejection(R.UNKNOWN_PARTICIPANT)
+    return BalancesView(who, participant_balances(clearing, who))
+
+
+_STATEMENT_SQL: Final = (
+    "SELECT seq, transfer_id, entry, side, amount_fen, code, user_data, pending_id, ts_ns FROM ledger_postings "
+    "WHERE account_id = $1 AND ts_ns >= $2 AND ts_ns < $3 AND (transfer_id, entry) > ($4, $5) "
+    "ORDER BY transfer_id, entry LIMIT $6"
+)
+
+
+@routes.get("/v1/statements", roles=ANY_ROLE, query=StatementQuery, response=StatementPage, errors=(404,))
+async def get_statement(call: Call, query: StatementQuery) -> StatementPage:
+    """Every change of one of your accounts over a period, from the committed ledger, oldest first."""
+    account = clearing_of(call).ledger.account(query.account_id)
+    if account is None or not (_is_operator(call.principal) or account.owner_id == call.principal.participant_id):
+        raise ApiError(404, Code.NOT_FOUND, "no such account")
+    # An account is on one side of a transfer, so (transfer_id, entry) orders and pages its lines; transfer
+    # ids grow with the journal, so this is also the order in which the money moved.
+    after = 0 if query.cursor is None else int(query.cursor)
+    rows = await call.pool.fetch(_STATEMENT_SQL, query.account_id, query.from_ms * _NS_PER_MS,
+                                 query.until_ms * _NS_PER_MS, after // 4, after % 4, query.limit + 1)
+    debit_normal = CHART[account.code].normal_balance == "debit"
+    lines = [_statement_line(row, debit_normal) for row in rows[:query.limit]]
+    more = len(rows) > query.limit
+    cursor = str(lines[-1].transfer_id * 4 + Entry[lines[-1].entry]) if more else None
+    return StatementPage(account.account_id, AccountCode(account.code).name, lines, cursor)
+
+
+def _statement_line(row: Iterable[int], debit_normal: bool) -> StatementLine:
+    seq, transfer_id, entry, side, amount, code, ref, pending_id, ts_ns = row
+    debit = side == PostingSide.DEBIT
+    balance_change = held_change = 0
+    if entry == Entry.POSTED:
+        balance_change = amount if debit == debit_normal else -amount
+    elif debit:  # a pending debit holds money; its release frees it
+        held_change = amount if entry == Entry.PENDING else -amount
+    code_name = TransferCode(code).name if code in TransferCode._value2member_map_ else str(code)
+    return StatementLine(seq, transfer_id, Entry(entry).name, PostingSide(side).name, amount, balance_change,
+                         held_change, code_name, ref, pending_id, _ms(ts_ns))
+
+
+def _report_day(query: ReportQuery) -> int:
+    if query.date is None:
+        return cst_day(time.time_ns())  # the gateway may read the clock; the core never does
+    try:
+        return date_to_day(query.date)
+    except ValueError:
+        raise ApiError(422, Code.INVALID, f"no such date: {query.date}") from None
+
+
+def _report_rows(call: Call, day: int) -> list[SettlementReportRow]:
+    clearing, principal = clearing_of(call), call.principal
+    if _is_operator(principal):
+        return daily_settlement_report(clearing, day)
+    if principal.role == Role.FINANCIER:
+        return [row for row in daily_settlement_report(clearing, day)
+                if finances(clearing, principal.participant_id, clearing.trades[row.trade_id])]
+    return daily_settlement_report(clearing, day, principal.participant_id)
+
+
+@routes.get("/v1/reports/settlement", roles=ANY_ROLE, query=ReportQuery, response=SettlementReport)
+async def settlement_report(call: Call, query: ReportQuery) -> SettlementReport:
+    """The daily settlement report: every trade settled or rejected that day that you may see."""
+    day = _report_day(query)
+    return SettlementReport(day_to_date(day), _report_rows(call, day))
+
+
+@routes.get("/v1/reports/settlement.csv", roles=ANY_ROLE, query=ReportQuery, response=None, media_type=_CSV)
+async def settlement_report_csv(call: Call, query: ReportQuery) -> web.Response:
+    """The daily settlement report as CSV (a header row, then one row per trade)."""
+    day = _report_day(query)
+    rows = _report_rows(call, day)
+    data = report_csv(rows) if rows else (",".join(REPORT_COLUMNS) + "\r\n").encode()
+    return _csv_response(data, f"settlement-{day_to_date(day)}.csv")
+
+
+# -- operator settings ----------------------------------------------------------------------------------
+
+
+class FeeScheduleRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """The seller fee of an instrument in basis points of the final amount (at most 1,000)."""
+
+    instrument: Symbol
+    seller_fee_bps: Bps
+
+
+class FeeScheduleView(msgspec.Struct, frozen=True):
+    instrument: str
+    seller_fee_bps: int
+
+
+class FinancingPolicyRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """An advance may be at most this share of a trade's estimated value."""
+
+    advance_max_bps: Bps
+
+
+class FinancingPolicyView(msgspec.Struct, frozen=True):
+    advance_max_bps: int
+
+
+@routes.post("/v1/admin/fee-schedule", roles=OPERATORS, body=FeeScheduleRequest, response=FeeScheduleView)
+async def set_fee_schedule(call: Call, body: FeeScheduleRequest) -> FeeScheduleView:
+    """Set an instrument's seller fee (waived for registered poor farmers: the subsidy fund pays it)."""
+    await submit(call, SetFeeSchedule(call.principal.participant_id, 0, body.instrument, body.seller_fee_bps))
+    return FeeScheduleView(body.instrument, clearing_of(call).fee_bps[body.instrument])
+
+
+@routes.post("/v1/admin/financing-policy", roles=OPERATORS, body=FinancingPolicyRequest,
+             response=FinancingPolicyView)
+async def set_financing_policy(call: Call, body: FinancingPolicyRequest) -> FinancingPolicyView:
+    """Set the largest share of a trade's estimated value a financier may advance."""
+    await submit(call, SetFinancingPolicy(call.principal.participant_id, 0, body.advance_max_bps))
+    return FinancingPolicyView(clearing_of(call).counters.advance_max_bps)
