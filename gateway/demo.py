@@ -1,6 +1,12 @@
 """`hogx serve --demo`: a small market at Rongchang and one participant of each role, so a newcomer can
 place an order with curl at once.
 
+Settlement: every demo participant is registered in the core with a masked ID number and a verified
+bank account; the farmer is a verified registered poor household and a member (40 %) of the
+cooperative; the farmer and the buyer consent to the financier; the buyer has ¥1,000,000 of cash, the
+financier ¥5,000,000 of funds to lend and the poverty subsidy fund ¥100,000 (so a demo buy is covered
+and a poor farmer's fee can be waived). Deposits carry fixed references, so a restart adds nothing.
+
 Instruments: `RC-LH-WSY` finishing hogs 外三元 and `RC-LH-NSY` finishing hogs 内三元, quoted in fen per kg
 live weight (reference ¥28.00 and ¥27.00 a kg), and `RC-PG-WSY` piglets 外三元, quoted in fen per head
 (reference ¥821 a head); daily band ±4 %. Participants: a farmer with a lot of 200 finishing hogs,
@@ -16,9 +22,22 @@ from __future__ import annotations
 
 import asyncpg
 
-from exchange.commands import ListInstrument, PlaceOrder, RegisterLot
+from exchange.commands import (
+    Command,
+    ConfirmDeposit,
+    FundsAccount,
+    ListInstrument,
+    PlaceOrder,
+    RegisterLot,
+    SetConsent,
+    SetCooperativeMembers,
+    VerifyBankAccount,
+    VerifyPoorHousehold,
+)
 from exchange.domain import BreedClass, InstrumentSpec, OrderType, ProductClass, Side, TimeInForce
-from gateway import store
+from exchange.events import Rejected
+from exchange.settlement.clearing import SYSTEM_ID
+from gateway import participants, store
 from gateway.auth import Role
 from gateway.errors import ApiError
 from gateway.exchange_port import ExchangePort
@@ -60,6 +79,47 @@ async def _participant(pool: asyncpg.Pool, role: Role, name: str) -> DemoPartici
     return DemoParticipant(role, issued.participant_id, issued.api_key, issued.api_secret)
 
 
+def _bank_account(p: DemoParticipant) -> str:
+    return f"62170000{p.participant_id:08d}"
+
+
+async def _system(port: ExchangePort, command: Command) -> None:
+    result = await port.submit(command)
+    for event in result.events:
+        if event.__class__ is Rejected:
+            print(f"demo settlement step {type(command).__name__} refused: {event.reason.name.lower()}")
+
+
+async def _settlement(port: ExchangePort, people: list[DemoParticipant]) -> None:
+    """Profiles, verified bank accounts, the poor household, the cooperative, consents and money."""
+    _operator, farmer, coop, buyer, financier = people
+    clearing = port.sequencer.core.clearing
+    if clearing is None:
+        return
+    for p, name in zip(people, (name for _, name in _PARTICIPANTS), strict=True):
+        if p.participant_id not in clearing.participants:
+            profile = participants.Profile(role=p.role, name=name, id_number_masked="5002**********0000",
+                                           bank_account=_bank_account(p))
+            await participants.register(port, SYSTEM_ID, p.participant_id, profile)
+        who = clearing.participants[p.participant_id]
+        if who.bank_account and not who.bank_verified:
+            await _system(port, VerifyBankAccount(SYSTEM_ID, 0, p.participant_id, who.bank_account))
+    if not clearing.participants[farmer.participant_id].poor_verified:
+        await _system(port, VerifyPoorHousehold(SYSTEM_ID, 0, farmer.participant_id, "500226-2016-0001"))
+    if not clearing.participants[coop.participant_id].member_ids:
+        await _system(port, SetCooperativeMembers(SYSTEM_ID, 0, coop.participant_id, (farmer.participant_id,),
+                                                  (4000,)))
+    for borrower in (farmer, buyer):
+        if not clearing.has_consented(borrower.participant_id, financier.participant_id):
+            await _system(port, SetConsent(borrower.participant_id, 0, financier.participant_id))
+    for ref, owner, account, amount_fen in (
+        ("demo-buyer-cash-1", buyer.participant_id, FundsAccount.TRADING_CASH, 100_000_000),
+        ("demo-financier-funds-1", financier.participant_id, FundsAccount.FINANCIER_FUNDS, 500_000_000),
+        ("demo-subsidy-fund-1", 0, FundsAccount.POVERTY_SUBSIDY_FUND, 10_000_000),
+    ):
+        await _system(port, ConfirmDeposit(SYSTEM_ID, 0, ref, owner, account, amount_fen))
+
+
 async def _lot(port: ExchangePort, seller: DemoParticipant, instrument: str, heads: int, avg_weight_g: int,
                cert: str) -> int:
     """The seller's lot on `instrument`, registered when it has none."""
@@ -86,6 +146,7 @@ async def seed(pool: asyncpg.Pool, port: ExchangePort) -> list[DemoParticipant]:
     """Create what is missing of the demo market and print the participants' keys."""
     people = [await _participant(pool, role, name) for role, name in _PARTICIPANTS]
     operator, farmer, coop, buyer, _financier = people
+    await _settlement(port, people)
     for spec in DEMO_INSTRUMENTS:
         if spec.symbol not in port.read_model.instruments:
             await port.submit(ListInstrument(operator.participant_id, 0, spec))
