@@ -10,13 +10,19 @@ database created and dropped by the run, with the server's own durability settin
    answers a constant JSON. The same client as in step 2 (same concurrency, same signed bodies and
    headers) drives it for `--seconds`.
 2. HTTP order entry: `hogx serve` in a separate process on the scratch database, an instrument listed,
-   buyers and sellers (with lots) registered. `--http-concurrency` client tasks on keep-alive
+   buyers (each with confirmed cash: the exchange runs with settlement, so a bid must be covered) and
+   farmers (with lots) registered. `--http-concurrency` client tasks on keep-alive
    connections each POST a signed limit order, wait for the execution report (sent only once the
    order is journaled), and go again. Buys and sells overlap, so most trade at once and the book stays thin.
    Counted: 201 answers; latency: request to response, measured by the client.
 3. WebSocket order entry: `--ws-connections` logged-in sockets each keep `--ws-window` `place_order`
    messages in flight. Counted: `result` replies (durable acks) received within the run; latency:
    send to reply per request id.
+
+Every answer is tallied by order status (NEW, PARTIALLY_FILLED, FILLED, ...) or rejection code
+(`http_statuses`, `ws_statuses`). All the orders are valid and covered, so a phase with fewer than 99 %
+accepted is a broken set-up, not a measurement: the run prints its figures with `invalid` set and
+exits with an error.
 
 Each phase has a short untimed warm-up. The client is one process of this script; on a 2-core machine
 the server, PostgreSQL and the client share the cores, so figures are for the whole system.
@@ -149,22 +155,38 @@ async def _signed_post(session: aiohttp.ClientSession, base: str, key: str, secr
         return _decode(payload)
 
 
+# Every bench buyer's confirmed cash. A bid holds heads x animal_max_g x price (140 kg x 28.20 ¥/kg
+# = 394,800 fen a head at the top bid), so this covers about 2.5 million one-head bids per buyer: far
+# more than a run places, so no order is ever refused for want of cash.
+BUYER_CASH_FEN = 10**12
+HOG_INSTRUMENT: dict[str, Any] = {
+    "symbol": SYMBOL, "product_class": "finishing_hog", "breed_class": "wai_san_yuan",
+    "delivery_point": "Rongchang, Chongqing", "lot_avg_min_g": 100_000, "lot_avg_max_g": 120_000,
+    "animal_min_g": 90_000, "animal_max_g": 140_000, "tick_fen": 10, "min_order_heads": 1,
+    "max_order_heads": 500, "price_band_bps": 400, "reference_price_fen": 2800,
+}
+
+
 async def prepare_market(base: str, operator: tuple[str, str], pairs: int) -> list[Trader]:
-    """List the instrument and register `pairs` buyers and `pairs` farmers with lots of 1,000,000 heads."""
+    """List the instrument; register `pairs` buyers, each with `BUYER_CASH_FEN` of confirmed cash (the
+    exchange runs with settlement: a bid must be covered), and `pairs` farmers with lots of 1,000,000
+    heads. Participants carry a settlement profile (masked ID number, bank account) like real ones."""
     key, secret = operator
     async with aiohttp.ClientSession() as session:
-        await _signed_post(session, base, key, secret, "/v1/instruments", {
-            "symbol": SYMBOL, "product_class": "finishing_hog", "breed_class": "wai_san_yuan",
-            "delivery_point": "Rongchang, Chongqing", "lot_avg_min_g": 100_000, "lot_avg_max_g": 120_000,
-            "animal_min_g": 90_000, "animal_max_g": 140_000, "tick_fen": 10, "min_order_heads": 1,
-            "max_order_heads": 500, "price_band_bps": 400, "reference_price_fen": 2800})
+        await _signed_post(session, base, key, secret, "/v1/instruments", HOG_INSTRUMENT)
         traders: list[Trader] = []
         for i in range(pairs):
             for role, side in (("buyer", "buy"), ("farmer", "sell")):
-                issued = await _signed_post(session, base, key, secret, "/v1/admin/participants",
-                                            {"role": role, "name": f"bench {role} {i}"})
+                issued = await _signed_post(session, base, key, secret, "/v1/admin/participants", {
+                    "role": role, "name": f"bench {role} {i}", "id_number_masked": "5002**********1234",
+                    "bank_account": f"6222 0200 0000 {i:04d}"})
                 trader = Trader(issued["api_key"], issued["api_secret"], side)
-                if side == "sell":
+                if side == "buy":
+                    await _signed_post(session, base, key, secret, "/v1/deposits", {
+                        "deposit_ref": f"bench-cash-{issued['participant_id']}",
+                        "owner_id": issued["participant_id"], "account": "trading_cash",
+                        "amount_fen": BUYER_CASH_FEN})
+                else:
                     lot = await _signed_post(session, base, trader.api_key, trader.api_secret, "/v1/lots", {
                         "instrument": SYMBOL, "heads": 1_000_000, "avg_weight_g": 110_000,
                         "origin": "荣昌区", "quarantine_cert": f"渝动检 {i:06d}"})
@@ -176,11 +198,20 @@ async def prepare_market(base: str, operator: tuple[str, str], pairs: int) -> li
 # -- load -----------------------------------------------------------------------------------------------
 
 
+# A phase fails unless at least this share of its answers were execution reports: the benchmark's
+# orders are all valid and covered, so a rejection means the set-up is wrong (as when settlement made
+# every unfunded bid `insufficient_funds`), and a rate of rejections is not a rate of orders.
+MIN_ACCEPTED_SHARE = 0.99
+
+
 @dataclass
 class Load:
     acks: int = 0
     latencies_s: list[float] = field(default_factory=list)
-    errors: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)  # error codes of answers in the timed window
+    # Every answer of the phase (warm-up and drain included): the order's status (NEW, FILLED, ...) for an
+    # execution report, "rejected:<code>" for an error.
+    statuses: Counter[str] = field(default_factory=Counter)
 
     def figures(self, seconds: float) -> tuple[float, float, float]:
         lat = sorted(self.latencies_s)
@@ -188,10 +219,26 @@ class Load:
             return 0.0, 0.0, 0.0
         return (self.acks / seconds, 1000 * lat[len(lat) // 2], 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))])
 
+    def rejections(self) -> dict[str, int]:
+        return {k.removeprefix("rejected:"): n for k, n in self.statuses.most_common() if k.startswith("rejected:")}
+
+    def check_accepted(self, phase: str) -> None:
+        """Raise unless the phase's orders were accepted (see `MIN_ACCEPTED_SHARE`)."""
+        answers = sum(self.statuses.values())
+        rejected = sum(self.rejections().values())
+        if self.acks == 0 or answers == 0 or rejected > (1 - MIN_ACCEPTED_SHARE) * answers:
+            raise BenchmarkInvalid(f"{phase}: {answers - rejected} of {answers} orders accepted "
+                                   f"({self.acks} acks timed); rejections: {self.rejections()}")
+
+
+class BenchmarkInvalid(RuntimeError):
+    """The run measured something other than accepted orders."""
+
 
 async def drive_http(url: str, traders: list[Trader], concurrency: int, seconds: float, warmup_s: float,
-                     tag: str, ok_status: int) -> Load:
-    """`concurrency` tasks POST signed orders back to back; only answers inside the timed window count."""
+                     tag: str, ok_status: int, reports: bool = True) -> Load:
+    """`concurrency` tasks POST signed orders back to back; only answers inside the timed window count.
+    With `reports`, every answer is decoded into `Load.statuses` (the trivial server's are not)."""
     load = Load()
     path = "/v1/orders"
     start = time.perf_counter() + warmup_s
@@ -208,9 +255,11 @@ async def drive_http(url: str, traders: list[Trader], concurrency: int, seconds:
                                          path, data)
                 headers["Content-Type"] = "application/json"
                 async with session.post(url + path, data=data, headers=headers) as reply:
-                    await reply.read()
+                    payload = await reply.read()
                     status = reply.status
                 done = time.perf_counter()
+                if reports:
+                    load.statuses[_answer_status(status == ok_status, payload)] += 1
                 if start <= now and done <= end:
                     if status == ok_status:
                         load.acks += 1
@@ -255,7 +304,9 @@ async def drive_ws(url: str, traders: list[Trader], connections: int, window: in
                         continue
                     slots.release()
                     done = time.perf_counter()
-                    if reply.get("type") != "result":
+                    accepted = reply.get("type") == "result"
+                    load.statuses[reply["data"]["status"] if accepted else f"rejected:{reply.get('code', '?')}"] += 1
+                    if not accepted:
                         load.errors[reply.get("code", "?")] += 1
                     elif start <= began and done <= end:
                         load.acks += 1
@@ -280,6 +331,17 @@ async def drive_ws(url: str, traders: list[Trader], connections: int, window: in
     return load
 
 
+def _answer_status(ok: bool, payload: bytes) -> str:
+    """An HTTP answer's entry in `Load.statuses`."""
+    try:
+        body = _decode(payload)
+    except msgspec.DecodeError:
+        return "rejected:not_json"
+    if ok:
+        return str(body.get("status", "?"))
+    return f"rejected:{body.get('code', '?')}"
+
+
 # -- the run --------------------------------------------------------------------------------------------
 
 
@@ -291,7 +353,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                  trivial_url + "/ready") as trivial_proc:
         fake = [Trader("hk_" + secrets.token_hex(12), secrets.token_hex(32), side) for side in ("buy", "sell")]
         cpu_s = cpu_seconds(trivial_proc.pid)
-        trivial = await drive_http(trivial_url, fake, args.http_concurrency, args.seconds, args.warmup_s, "t", 200)
+        trivial = await drive_http(trivial_url, fake, args.http_concurrency, args.seconds, args.warmup_s, "t", 200,
+                                   reports=False)
         trivial_cpu_s = cpu_seconds(trivial_proc.pid) - cpu_s
     async with scratch_database() as dsn:
         port = _free_port()
@@ -323,6 +386,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "read_models": not args.no_read_models,
         "http_errors": dict(http.errors),
         "ws_errors": dict(ws.errors),
+        # Every answer by order status, rejections as "rejected:<code>" (see `Load.statuses`).
+        "http_statuses": dict(http.statuses.most_common()),
+        "ws_statuses": dict(ws.statuses.most_common()),
+        "invalid": _invalid(http, ws),
         "trivial_p99_ms": round(trivial.figures(args.seconds)[2], 2),
         # Server CPU per answer (warm-up included in both counts): robust to other load on the machine.
         "trivial_server_cpu_us_per_request": _per(trivial_cpu_s, trivial, args),
@@ -338,6 +405,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "trivial_requests_per_s": round(trivial_rps),
         "ratio_http_vs_trivial": round(http_rate / trivial_rps, 3) if trivial_rps else 0.0,
     }
+
+
+def _invalid(http: Load, ws: Load) -> str | None:
+    """Why the run does not measure accepted orders, or None."""
+    problems: list[str] = []
+    for phase, load in (("HTTP", http), ("WebSocket", ws)):
+        try:
+            load.check_accepted(phase)
+        except BenchmarkInvalid as exc:
+            problems.append(str(exc))
+    return "; ".join(problems) or None
 
 
 def _per(cpu_s: float, load: Load, args: argparse.Namespace) -> float:
@@ -377,6 +455,8 @@ def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> N
         out(f"{key:>24}: {value}")
     if args.json:
         out(json.dumps(result))
+    if result["invalid"]:
+        raise SystemExit(f"INVALID RUN: {result['invalid']}")
 
 
 if __name__ == "__main__":
