@@ -14,6 +14,8 @@ trades of each batch.
 
 from __future__ import annotations
 
+from typing import Final
+
 import msgspec
 from aiohttp import web
 
@@ -42,6 +44,7 @@ from gateway.ws import Hub
 __all__ = ["BookDelta", "BookSnapshot", "TradesMessage", "attach", "instrument_view", "routes", "wire"]
 
 routes = RouteTable()
+_NS_PER_MS: Final = 1_000_000
 
 
 class BookSnapshot(msgspec.Struct, frozen=True, tag="book_snapshot", tag_field="type"):
@@ -85,7 +88,9 @@ def instrument_view(record: InstrumentRecord) -> InstrumentView:
         BREED_CLASS_NAME[spec.breed_class], spec.delivery_point, spec.lot_avg_min_g, spec.lot_avg_max_g,
         spec.animal_min_g, spec.animal_max_g, spec.tick_fen, spec.min_order_heads, spec.max_order_heads,
         spec.price_band_bps, record.reference_price_fen, record.band_low_fen, record.band_high_fen,
-        TRADING_STATE_NAME[record.state], record.seq,
+        TRADING_STATE_NAME[record.state], record.seq, record.seller_fee_bps, spec.overweight_limit_g,
+        spec.overweight_discount_fen_per_kg, spec.underweight_limit_g, spec.underweight_discount_fen_per_kg,
+        spec.dispute_window_ns // _NS_PER_MS,
     )  # fmt: skip
 
 

@@ -4,14 +4,22 @@ reference price. Each is a journaled command, so replay rebuilds the market exac
 (Participants and API keys are in `gateway.admin`.) An unknown instrument in the path is a 404
 `unknown_instrument`; a transition the instrument's state does not allow is a 409
 `invalid_state_transition`.
+
+A listing's settlement terms are checked here as well as by their bounds in `InstrumentRequest`: the
+core lists any spec whose trading fields are consistent, so a term that could only be a mistake (a
+discount on piglets, which are priced per head; a discount that makes the pigs free; an underweight
+tolerance reaching down to nothing) is refused as `invalid_instrument` before it is journaled.
 """
 
 from __future__ import annotations
 
+from typing import Final
+
 from exchange.commands import Command, Halt, ListInstrument, Resume, SetReferencePrice, StartAuction, Uncross
-from exchange.domain import InstrumentSpec
+from exchange.domain import InstrumentSpec, ProductClass
 from exchange.events import Rejected
 from gateway.auth import OPERATORS
+from gateway.errors import ApiError
 from gateway.exchange_port import EXCHANGE
 from gateway.market import instrument_view, unknown_instrument
 from gateway.orders import rejection
@@ -29,15 +37,37 @@ from gateway.schemas import (
 __all__ = ["routes", "spec_from_request"]
 
 routes = RouteTable()
+_NS_PER_MS: Final = 1_000_000
 
 
 def spec_from_request(body: InstrumentRequest) -> InstrumentSpec:
+    """The core's spec of a listing request; raises 422 `invalid_instrument` for impossible settlement terms."""
+    product_class = PRODUCT_CLASS[body.product_class]
+    _check_settlement_terms(body, product_class)
     return InstrumentSpec(
-        body.symbol, PRODUCT_CLASS[body.product_class], BREED_CLASS[body.breed_class], body.delivery_point,
+        body.symbol, product_class, BREED_CLASS[body.breed_class], body.delivery_point,
         body.lot_avg_min_g, body.lot_avg_max_g, body.animal_min_g, body.animal_max_g, body.tick_fen,
         body.min_order_heads, body.max_order_heads, body.price_band_bps, body.reference_price_fen,
-        TRADING_STATE[body.initial_state],
+        TRADING_STATE[body.initial_state], seller_fee_bps=body.seller_fee_bps,
+        overweight_limit_g=body.overweight_limit_g, overweight_discount_fen_per_kg=body.overweight_discount_fen_per_kg,
+        underweight_limit_g=body.underweight_limit_g,
+        underweight_discount_fen_per_kg=body.underweight_discount_fen_per_kg,
+        dispute_window_ns=body.dispute_window_ms * _NS_PER_MS,
     )  # fmt: skip
+
+
+def _check_settlement_terms(body: InstrumentRequest, product_class: ProductClass) -> None:
+    discounts = (body.overweight_discount_fen_per_kg, body.underweight_discount_fen_per_kg)
+    if product_class == ProductClass.PIGLET and any(discounts):
+        raise _invalid_terms("piglets are priced per head and take no weight discount")
+    if body.reference_price_fen and max(discounts) >= body.reference_price_fen:
+        raise _invalid_terms("a weight discount must be below the reference price (fen per kg)")
+    if body.underweight_limit_g >= body.lot_avg_min_g:
+        raise _invalid_terms("underweight_limit_g must be below lot_avg_min_g")
+
+
+def _invalid_terms(message: str) -> ApiError:
+    return ApiError(422, "invalid_instrument", message)
 
 
 async def _run(call: Call, symbol: str, command: Command) -> InstrumentView:

@@ -2,11 +2,11 @@
 batches only.
 
 `ReadModel.apply_batch` takes the sequencer's committed (seq, command, events) entries in journal order
-and keeps: instruments with their state and an L2 book per instrument (absolute heads per level, the
-instrument's last event `seq`), every order with its fills, each participant's orders and fills, lots
-with their reserved and sold heads, a bounded history of public trades and candles. Because nothing
-uncommitted ever reaches it, a book snapshot taken from it is exactly what later deltas chain on, even
-while the core is already applying the next batch.
+and keeps: instruments with their state, current seller fee and an L2 book per instrument (absolute
+heads per level, the instrument's last event `seq`), every order with its fills, each participant's
+orders and fills, lots with their reserved and sold heads, a bounded history of public trades and
+candles. Because nothing uncommitted ever reaches it, a book snapshot taken from it is exactly what
+later deltas chain on, even while the core is already applying the next batch.
 
 It also returns a `BatchDigest` per batch for the publishers: per instrument, the seq range the batch
 covered (every event of an instrument takes a seq, so the range includes events that are not book
@@ -33,6 +33,7 @@ from exchange.events import (
     AuctionUncrossed,
     BookChanged,
     Event,
+    FeeScheduleSet,
     InstrumentListed,
     LotRegistered,
     OrderAccepted,
@@ -121,8 +122,8 @@ class LotRecord(msgspec.Struct, gc=False):
 class InstrumentRecord:
     """An instrument's specification, state and L2 book (bids keyed by -price so index 0 is best)."""
 
-    __slots__ = ("asks", "band_high_fen", "band_low_fen", "bids", "reference_price_fen", "seq", "series", "spec",
-                 "state", "trades")
+    __slots__ = ("asks", "band_high_fen", "band_low_fen", "bids", "reference_price_fen", "seller_fee_bps", "seq",
+                 "series", "spec", "state", "trades")
 
     def __init__(self, spec: InstrumentSpec, seq: int, trade_history: int) -> None:
         self.spec = spec
@@ -132,6 +133,7 @@ class InstrumentRecord:
         self.asks: SortedDict = SortedDict()
         self.trades: deque[TradeView] = deque(maxlen=trade_history)
         self.series: list[_Series] = []  # candles of every interval, filled on the first trade
+        self.seller_fee_bps = spec.seller_fee_bps  # the listing's, until a fee schedule changes it
         self.set_reference(spec.reference_price_fen)
 
     def set_reference(self, price_fen: int) -> None:
@@ -321,6 +323,7 @@ class ReadModel:
             ReferencePriceSet: self._on_reference,
             AuctionUncrossed: _ignore,
             Rejected: self._on_rejected,
+            FeeScheduleSet: self._on_fee_schedule,
         }
 
     # -- folding --------------------------------------------------------------------------------------
@@ -355,7 +358,7 @@ class ReadModel:
                 if record is not None:
                     record.seq = seq
             handler = handlers.get(event.__class__)
-            if handler is not None:  # settlement events (seq 0) are not this read model's business
+            if handler is not None:  # of settlement events (seq 0) only a fee schedule concerns this model
                 handler(event, command, touched, digest)
         if touched and digest.wants is not None:
             self._reports(touched, digest)
@@ -444,6 +447,12 @@ class ReadModel:
     def _on_reference(self, event: ReferencePriceSet, command: Command, touched: dict[int, int],
                       digest: BatchDigest) -> None:
         self.instruments[event.instrument].set_reference(event.price_fen)
+
+    def _on_fee_schedule(self, event: FeeScheduleSet, command: Command, touched: dict[int, int],
+                         digest: BatchDigest) -> None:
+        record = self.instruments.get(event.instrument)
+        if record is not None:  # the clearing sets fees only of listed instruments; never fail a fold on it
+            record.seller_fee_bps = event.seller_fee_bps
 
     def _on_rejected(self, event: Rejected, command: Command, touched: dict[int, int], digest: BatchDigest) -> None:
         wants = digest.wants

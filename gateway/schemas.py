@@ -20,6 +20,7 @@ import msgspec
 
 from exchange.domain import (
     BreedClass,
+    InstrumentSpec,
     OrderType,
     ProductClass,
     RejectReason,
@@ -28,6 +29,7 @@ from exchange.domain import (
     TimeInForce,
     TradingState,
 )
+from exchange.settlement.clearing import MAX_FEE_BPS
 
 __all__ = [
     "BOOK_DEPTH_MAX",
@@ -87,6 +89,14 @@ ShortText = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Cursor = Annotated[str, msgspec.Meta(min_length=1, max_length=19, pattern=r"^[0-9]+$",
                                      description="opaque cursor from a previous page's next_cursor")]
 Limit = Annotated[int, msgspec.Meta(ge=1, le=PAGE_LIMIT_MAX)]
+ToleranceG = Annotated[int, msgspec.Meta(ge=0, le=10_000_000, description="integer grams; 0: no tolerance")]
+DiscountFenPerKg = Annotated[int, msgspec.Meta(ge=0, le=10**10, description="integer fen per kg live weight")]
+_NS_PER_MS: Final = 1_000_000
+MAX_DISPUTE_WINDOW_MS: Final = 90 * 86_400_000
+# The settlement terms' defaults are InstrumentSpec's, so a listing that omits them means what the core
+# would assume.
+_SPEC_DEFAULT: Final = {f.name: f.default for f in msgspec.structs.fields(InstrumentSpec) if not f.required}
+DEFAULT_DISPUTE_WINDOW_MS: Final = _SPEC_DEFAULT["dispute_window_ns"] // _NS_PER_MS
 
 # -- enums as the API spells them ----------------------------------------------------------------------
 
@@ -257,7 +267,15 @@ class RegisterLotRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unkno
 
 class InstrumentRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """A standard grade at one delivery point. `price_band_bps` 400 is ±4 % of the reference price
-    (0: no band); the reference price must lie on the tick."""
+    (0: no band); the reference price must lie on the tick.
+
+    Settlement terms (all optional): `seller_fee_bps` of the final amount (at most 1,000; the fee
+    schedule can change it later). A delivery whose average weight lies above `lot_avg_max_g` by at
+    most `overweight_limit_g` (below `lot_avg_min_g` by at most `underweight_limit_g`) is a substitute,
+    paid at the price less `overweight_discount_fen_per_kg` (`underweight_...`) per kg; further out the
+    buyer may also reject it. Piglets are priced per head and take no discount. Parties may dispute a
+    weigh-in for `dispute_window_ms` (default 48 h; 0: settle at the next clock tick).
+    """
 
     symbol: Symbol
     product_class: ProductClassName
@@ -273,6 +291,14 @@ class InstrumentRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknow
     price_band_bps: Annotated[int, msgspec.Meta(ge=0, le=9_999)]
     reference_price_fen: Annotated[int, msgspec.Meta(ge=0, le=10**10)]
     initial_state: TradingStateName = TradingStateName.CONTINUOUS
+    seller_fee_bps: Annotated[int, msgspec.Meta(ge=0, le=MAX_FEE_BPS)] = _SPEC_DEFAULT["seller_fee_bps"]
+    overweight_limit_g: ToleranceG = _SPEC_DEFAULT["overweight_limit_g"]
+    overweight_discount_fen_per_kg: DiscountFenPerKg = _SPEC_DEFAULT["overweight_discount_fen_per_kg"]
+    underweight_limit_g: ToleranceG = _SPEC_DEFAULT["underweight_limit_g"]
+    underweight_discount_fen_per_kg: DiscountFenPerKg = _SPEC_DEFAULT["underweight_discount_fen_per_kg"]
+    dispute_window_ms: Annotated[int, msgspec.Meta(
+        ge=0, le=MAX_DISPUTE_WINDOW_MS, description="milliseconds after the weigh-in (at most 90 days)",
+    )] = DEFAULT_DISPUTE_WINDOW_MS
 
 
 class ReferencePriceRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -441,6 +467,12 @@ class InstrumentView(msgspec.Struct, frozen=True):
     band_high_fen: int
     state: TradingStateName
     seq: int
+    seller_fee_bps: int  # as of now: the listing's, or the fee schedule's since
+    overweight_limit_g: int
+    overweight_discount_fen_per_kg: int
+    underweight_limit_g: int
+    underweight_discount_fen_per_kg: int
+    dispute_window_ms: int
 
 
 class LotView(msgspec.Struct, frozen=True):

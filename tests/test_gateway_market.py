@@ -29,8 +29,9 @@ from exchange.core import Core
 from exchange.domain import BreedClass, InstrumentSpec, OrderType, ProductClass, Side, TimeInForce
 from gateway.auth import Role
 from gateway.client import SignedClient
+from gateway.exchange_port import EXCHANGE
 from gateway.readmodel import ReadModel
-from gateway.testing import Exchange, running_exchange
+from gateway.testing import Exchange, hog_instrument, running_exchange
 
 _symbols = itertools.count(1)
 
@@ -71,11 +72,59 @@ async def test_instruments_are_public_and_say_how_they_are_quoted(ex: Exchange) 
         "delivery_point": "Rongchang, Chongqing", "lot_avg_min_g": 15_000, "lot_avg_max_g": 30_000,
         "animal_min_g": 10_000, "animal_max_g": 35_000, "tick_fen": 100, "min_order_heads": 1,
         "max_order_heads": 500, "price_band_bps": 400, "reference_price_fen": 82_100,
-        "band_low_fen": 78_900, "band_high_fen": 85_300, "state": "continuous", "seq": 1}
+        "band_low_fen": 78_900, "band_high_fen": 85_300, "state": "continuous", "seq": 1,
+        # Settlement terms as InstrumentSpec's defaults: no fee, no weight tolerance, a 48 h dispute window.
+        "seller_fee_bps": 0, "overweight_limit_g": 0, "overweight_discount_fen_per_kg": 0, "underweight_limit_g": 0,
+        "underweight_discount_fen_per_kg": 0, "dispute_window_ms": 172_800_000}
     listed = (await public.get("/v1/instruments")).json()
     assert view in listed
     missing = await public.get("/v1/instruments/NOPE")
     assert (missing.status, missing.json()["code"]) == (404, "unknown_instrument")
+
+
+_TERMS: dict[str, Any] = {
+    "seller_fee_bps": 50, "overweight_limit_g": 10_000, "overweight_discount_fen_per_kg": 60,
+    "underweight_limit_g": 5_000, "underweight_discount_fen_per_kg": 80, "dispute_window_ms": 86_400_000}
+
+
+async def test_an_operator_lists_an_instrument_with_its_settlement_terms(ex: Exchange) -> None:
+    view = await ex.list_instrument("T-TERMS", **_TERMS)
+    assert {name: view[name] for name in _TERMS} == _TERMS
+    spec = ex.app[EXCHANGE].sequencer.core.markets["T-TERMS"].spec
+    assert (spec.seller_fee_bps, spec.overweight_limit_g, spec.overweight_discount_fen_per_kg, spec.underweight_limit_g,
+            spec.underweight_discount_fen_per_kg, spec.dispute_window_ns) == (
+        50, 10_000, 60, 5_000, 80, 86_400 * 10**9)
+    # The fee schedule overrides the listing's fee; the instrument shows the fee in force.
+    reply = await ex.operator.post("/v1/admin/fee-schedule", json={"instrument": "T-TERMS", "seller_fee_bps": 30})
+    assert reply.status == 200, reply.body
+    assert (await ex.client().get("/v1/instruments/T-TERMS")).json()["seller_fee_bps"] == 30
+
+
+async def test_impossible_settlement_terms_are_refused(ex: Exchange) -> None:
+    piglet = {"product_class": "piglet", "lot_avg_min_g": 15_000, "lot_avg_max_g": 30_000, "animal_min_g": 10_000,
+              "animal_max_g": 35_000, "tick_fen": 100, "reference_price_fen": 82_100}
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"seller_fee_bps": 1_001}, "invalid"),  # more than 10 %
+        ({"seller_fee_bps": -1}, "invalid"),
+        ({"overweight_limit_g": -1}, "invalid"),
+        ({"underweight_discount_fen_per_kg": 10**10 + 1}, "invalid"),
+        ({"dispute_window_ms": 90 * 86_400_000 + 1}, "invalid"),
+        ({"dispute_window_ms": 1.5}, "invalid"),  # whole milliseconds only
+        ({"overweight_discount_fen_per_kg": 2_800}, "invalid_instrument"),  # the pigs would be free
+        ({"underweight_limit_g": 100_000}, "invalid_instrument"),  # down to a zero-gram pig
+        ({**piglet, "overweight_discount_fen_per_kg": 100}, "invalid_instrument"),  # piglets are per head
+    ]
+    for i, (terms, code) in enumerate(cases):
+        body = hog_instrument(f"T-BADTERMS-{i}", **terms)
+        reply = await ex.operator.post("/v1/instruments", json=body)
+        assert (reply.status, reply.json()["code"]) == (422, code), terms
+        assert f"T-BADTERMS-{i}" not in ex.app[EXCHANGE].read_model.instruments
+    # At the edges everything is accepted: a 10 % fee, a discount just below the price, no window.
+    view = await ex.list_instrument("T-EDGES", seller_fee_bps=1_000, overweight_discount_fen_per_kg=2_799,
+                                    underweight_limit_g=99_999, dispute_window_ms=0)
+    assert (view["seller_fee_bps"], view["overweight_discount_fen_per_kg"], view["dispute_window_ms"]) == (
+        1_000, 2_799, 0)
+    assert (await ex.list_instrument("T-PIGLET-0", **piglet))["overweight_discount_fen_per_kg"] == 0
 
 
 async def test_book_by_depth(ex: Exchange) -> None:

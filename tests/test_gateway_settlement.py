@@ -3,9 +3,9 @@ buyer's deposit to the farmer's bank, with exact figures, and who may see and do
 
 The instrument: finishing hogs at 2800 fen/kg reference (tick 10, band ±4 %), lots averaging
 100-120 kg, animals 90-140 kg, so a bid holds ceil(140 kg x price) a head; 10 kg over the band is a
-substitute at 60 fen/kg off, further out is out of grade. It is listed with a dispute window of
-`WINDOW_S` (the API lists instruments with the default 48 h), and the exchange clock ticks every
-50 ms, so a window closes by a real clock tick within the test.
+substitute at 60 fen/kg off, further out is out of grade. The operator lists it through the API with
+these settlement terms and a dispute window of `WINDOW_S` (the default is 48 h), and the exchange clock
+ticks every 50 ms, so a window closes by a real clock tick within the test.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ from typing import Any
 import asyncpg
 import pytest_asyncio
 
-from exchange.commands import ListInstrument
-from exchange.domain import BreedClass, InstrumentSpec, ProductClass
 from exchange.settlement import pgstore
 from exchange.settlement.views import REPORT_COLUMNS
 from gateway.auth import Role
@@ -50,13 +48,12 @@ async def ex(_test_databases: Any) -> AsyncIterator[Exchange]:
 
 
 async def _market(ex: Exchange) -> str:
-    """A listed instrument with a short dispute window (sent through the sequencer like any command)."""
+    """An instrument listed by the operator with settlement terms and a short dispute window."""
     symbol = f"T-SET-{next(_symbols)}"
-    spec = InstrumentSpec(symbol, ProductClass.FINISHING_HOG, BreedClass.WAI_SAN_YUAN, "Rongchang, Chongqing",
-                          100_000, 120_000, 90_000, 140_000, 10, 1, 500, 400, 2800,
-                          overweight_limit_g=10_000, overweight_discount_fen_per_kg=60,
-                          dispute_window_ns=int(WINDOW_S * 1e9))
-    await ex.app[EXCHANGE].submit(ListInstrument(0, 0, spec))
+    view = await ex.list_instrument(symbol, overweight_limit_g=10_000, overweight_discount_fen_per_kg=60,
+                                    dispute_window_ms=int(WINDOW_S * 1000))
+    assert (view["overweight_limit_g"], view["overweight_discount_fen_per_kg"], view["dispute_window_ms"]) == (
+        10_000, 60, WINDOW_S * 1000)
     return symbol
 
 
