@@ -10,7 +10,8 @@ unknown instrument; halted market; malformed or duplicate client order id; a com
 no sense (INVALID_ORDER: market order that is post-only, all-or-none or not IOC/FOK; all-or-none buy or
 IOC/FOK all-or-none; min quantity below 0 or above the quantity; a lot on a buy); order types a call
 auction does not take; expiry; quantity range; price (positive, on the tick, inside the band); the
-sell's lot (it must be the seller's own, of this instrument, with enough heads left); post-only that
+sell's lot (it must be the seller's own, of this instrument, with enough heads left); with the clearing
+stage, funds (a buy's worst-case hold must be covered, a seller must be a registered seller); post-only that
 would meet a resting order (``OrderBook.would_take``: an all-or-none sell it could not take whole does
 not count); in an auction, a price that crosses the participant's own opposite order; FOK and
 min-quantity that cannot be met at once.
