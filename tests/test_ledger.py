@@ -67,10 +67,11 @@ def counters(ledger: Ledger, account_id: int) -> tuple[int, int, int, int]:
     return (a.debits_pending_fen, a.debits_posted_fen, a.credits_pending_fen, a.credits_posted_fen)
 
 
-def rows(postings: list[Posting]) -> list[tuple[int, str, str, int, int]]:
-    """Postings as (transfer_id, entry, side, account_id, amount_fen) for compact exact assertions."""
-    return [(p.transfer_id, Entry(p.entry).name, "D" if p.side == 1 else "C", p.account_id, p.amount_fen)
-            for p in postings]
+def rows(postings: list[Posting]) -> list[tuple[int, str, int, int, int, int]]:
+    """Postings as (transfer_id, entry, debit account, credit account, amount_fen, released_fen) for
+    compact exact assertions."""
+    return [(p.transfer_id, Entry(p.entry).name, p.debit_account_id, p.credit_account_id, p.amount_fen,
+             p.released_fen) for p in postings]
 
 
 def hold(transfer_id: int, amount_fen: int, timeout_ns: int = 0, debit: int = BUYER_A) -> Transfer:
@@ -81,15 +82,14 @@ def hold(transfer_id: int, amount_fen: int, timeout_ns: int = 0, debit: int = BU
 # ------------------------------------------------------------------------------------- transfer kinds
 
 
-def test_single_phase_transfer_moves_posted_counters_and_writes_a_balanced_pair() -> None:
+def test_single_phase_transfer_moves_posted_counters_and_writes_one_row() -> None:
     ledger = fresh_ledger()
     assert ledger.create_transfers([Transfer(2, BUYER_A, BANK, 250_000, TransferCode.WITHDRAWAL, 42)],
                                    NOW_NS) == [R.OK]
     assert counters(ledger, BUYER_A) == (0, 250_000, 0, 1_000_000)
     assert counters(ledger, BANK) == (0, 1_000_000, 0, 250_000)
     assert ledger.drain_postings() == [
-        Posting(2, Entry.POSTED, 1, BUYER_A, 250_000, TransferCode.WITHDRAWAL, 42, 0, NOW_NS),
-        Posting(2, Entry.POSTED, -1, BANK, 250_000, TransferCode.WITHDRAWAL, 42, 0, NOW_NS),
+        Posting(2, Entry.POSTED, BUYER_A, BANK, 250_000, 0, TransferCode.WITHDRAWAL, 42, 0, NOW_NS),
     ]
     assert ledger.drain_postings() == []
     ledger.validate()
@@ -101,8 +101,7 @@ def test_pending_hold_counts_against_the_limit() -> None:
     assert counters(ledger, BUYER_A) == (600_000, 0, 0, 1_000_000)
     assert counters(ledger, ESCROW) == (0, 0, 600_000, 0)
     assert ledger.pending_status(2) is PendingStatus.PENDING
-    assert rows(ledger.drain_postings()) == [(2, "PENDING", "D", BUYER_A, 600_000),
-                                             (2, "PENDING", "C", ESCROW, 600_000)]
+    assert rows(ledger.drain_postings()) == [(2, "PENDING", BUYER_A, ESCROW, 600_000, 0)]
     # 400,000 is left: a second hold of 400,001 would spend held money twice.
     assert ledger.create_transfers([hold(3, 400_001), hold(4, 400_000)], NOW_NS) == [R.EXCEEDS_CREDITS, R.OK]
     assert counters(ledger, BUYER_A) == (1_000_000, 0, 0, 1_000_000)
@@ -120,11 +119,9 @@ def test_post_of_the_full_pending_amount() -> None:
     assert ledger.pending_status(2) is PendingStatus.POSTED
     # The stored record has the pending transfer's accounts and amount filled in.
     assert ledger.transfer(3) == Transfer(3, BUYER_A, ESCROW, 600_000, TransferCode.TRADE, 8001, POST, 2)
+    # One row: 600,000 off both pending counters, 600,000 onto both posted counters.
     assert ledger.drain_postings() == [
-        Posting(3, Entry.RELEASE, 1, BUYER_A, 600_000, TransferCode.TRADE, 8001, 2, NOW_NS),
-        Posting(3, Entry.RELEASE, -1, ESCROW, 600_000, TransferCode.TRADE, 8001, 2, NOW_NS),
-        Posting(3, Entry.POSTED, 1, BUYER_A, 600_000, TransferCode.TRADE, 8001, 2, NOW_NS),
-        Posting(3, Entry.POSTED, -1, ESCROW, 600_000, TransferCode.TRADE, 8001, 2, NOW_NS),
+        Posting(3, Entry.POST_PENDING, BUYER_A, ESCROW, 600_000, 600_000, TransferCode.TRADE, 8001, 2, NOW_NS),
     ]
     ledger.validate()
 
@@ -136,10 +133,7 @@ def test_partial_post_releases_the_rest() -> None:
     assert ledger.create_transfers([Transfer(3, amount_fen=450_000, flags=POST, pending_id=2)], NOW_NS) == [R.OK]
     assert counters(ledger, BUYER_A) == (0, 450_000, 0, 1_000_000)
     assert counters(ledger, ESCROW) == (0, 0, 0, 450_000)
-    assert rows(ledger.drain_postings()) == [
-        (3, "RELEASE", "D", BUYER_A, 600_000), (3, "RELEASE", "C", ESCROW, 600_000),
-        (3, "POSTED", "D", BUYER_A, 450_000), (3, "POSTED", "C", ESCROW, 450_000),
-    ]
+    assert rows(ledger.drain_postings()) == [(3, "POST_PENDING", BUYER_A, ESCROW, 450_000, 600_000)]
     # Code and user data 0 on the post mean "as the pending transfer".
     assert ledger.transfer(3) == Transfer(3, BUYER_A, ESCROW, 450_000, TransferCode.ORDER_HOLD, 7001, POST, 2)
     ledger.validate()
@@ -154,8 +148,7 @@ def test_void_releases_the_whole_hold() -> None:
     assert counters(ledger, BUYER_A) == (0, 0, 0, 1_000_000)
     assert counters(ledger, ESCROW) == (0, 0, 0, 0)
     assert ledger.pending_status(2) is PendingStatus.VOIDED
-    assert rows(ledger.drain_postings()) == [(3, "RELEASE", "D", BUYER_A, 600_000),
-                                             (3, "RELEASE", "C", ESCROW, 600_000)]
+    assert rows(ledger.drain_postings()) == [(3, "RELEASE", BUYER_A, ESCROW, 0, 600_000)]
     assert ledger.create_transfers([Transfer(4, flags=POST, pending_id=2)], NOW_NS) == [
         R.PENDING_TRANSFER_ALREADY_VOIDED]
     ledger.validate()
@@ -181,10 +174,9 @@ def test_expiry_releases_in_deadline_then_id_order_exactly_at_the_deadline() -> 
     assert ledger.expire_pending(NOW_NS + HOUR_NS - 1) == []
     assert ledger.expire_pending(NOW_NS + HOUR_NS) == [3, 4]
     assert counters(ledger, BUYER_A) == (150_000, 0, 0, 1_000_000)
-    assert rows(ledger.drain_postings()) == [
-        (3, "RELEASE", "D", BUYER_A, 200_000), (3, "RELEASE", "C", ESCROW, 200_000),
-        (4, "RELEASE", "D", BUYER_A, 300_000), (4, "RELEASE", "C", ESCROW, 300_000),
-    ]
+    expired = ledger.drain_postings()
+    assert rows(expired) == [(3, "RELEASE", BUYER_A, ESCROW, 0, 200_000), (4, "RELEASE", BUYER_A, ESCROW, 0, 300_000)]
+    assert [p.pending_id for p in expired] == [3, 4]  # an expiry row names its pending transfer twice
     assert ledger.pending_status(3) is PendingStatus.EXPIRED
     assert ledger.create_transfers([Transfer(7, flags=POST, pending_id=3)], NOW_NS + HOUR_NS) == [
         R.PENDING_TRANSFER_EXPIRED]

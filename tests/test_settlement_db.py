@@ -1,6 +1,6 @@
 """The ledger in PostgreSQL: the clearing's drained rows rebuild the same balances, and the database
-refuses money out of thin air (an unbalanced batch written behind the core's back), non-positive
-amounts and edits of posted rows."""
+refuses money out of thin air (an unbalanced batch written behind the core's back: half a transfer, a
+post of more than was held), non-positive amounts and edits of posted rows."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from exchange.events import Rejected
 from exchange.sequencer import Sequencer
 from exchange.settlement import pgstore
 from exchange.settlement.clearing import Clearing
-from exchange.settlement.ledger import Entry, PostingSide, TransferCode
+from exchange.settlement.ledger import Entry, TransferCode
 from tests.conftest import FreshDatabase
 from tests.settlement_support import BUYER, FARMER, FINANCIER, HOUR_NS, OPERATOR, Exchange, world
 
-POSTING_INSERT = (
-    "INSERT INTO ledger_postings (seq, transfer_id, entry, side, account_id, amount_fen, code, user_data, "
-    "pending_id, ts_ns) VALUES ($1, $2, $3, $4, $5, $6, 1, 0, 0, 0)"
+TRANSFER_INSERT = (
+    "INSERT INTO ledger_transfers (seq, transfer_id, entry, debit_account_id, credit_account_id, amount_fen, "
+    "released_fen, pending_id, code, user_data, ts_ns) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, 0, 0)"
 )
 
 
@@ -57,38 +57,47 @@ async def test_drained_rows_rebuild_the_ledgers_balances_in_the_database(fresh_d
         await conn.close()
 
 
-async def test_an_unbalanced_batch_written_behind_the_cores_back_is_refused_at_commit(
+async def test_an_unbalanced_batch_written_behind_the_cores_back_is_refused(
     fresh_database_url: FreshDatabase,
 ) -> None:
+    """A row of ledger_transfers is a whole transfer: money cannot appear on one side only."""
     conn = await asyncpg.connect(await fresh_database_url())
     try:
-        with pytest.raises(asyncpg.CheckViolationError, match="ledger batch 7 does not balance"):
+        with pytest.raises(asyncpg.NotNullViolationError, match="credit_account_id"):
             async with conn.transaction():
-                # one credit of 500 fen to account 1000 with no debit: money from nowhere
-                await conn.execute(POSTING_INSERT, 7, 1, Entry.POSTED, PostingSide.CREDIT, 1000, 500)
-        assert await conn.fetchval("SELECT count(*) FROM ledger_postings") == 0
-        with pytest.raises(asyncpg.CheckViolationError, match="does not balance"):
-            async with conn.transaction():  # balanced in sum, but not within one entry kind
-                await conn.execute(POSTING_INSERT, 8, 2, Entry.POSTED, PostingSide.DEBIT, 100, 500)
-                await conn.execute(POSTING_INSERT, 8, 2, Entry.PENDING, PostingSide.CREDIT, 1000, 500)
-        assert await conn.fetchval("SELECT count(*) FROM ledger_postings") == 0
+                # one debit of 500 fen from account 100 with nothing credited: money into nowhere
+                await conn.execute(TRANSFER_INSERT, 7, 1, Entry.POSTED, 100, None, 500, 0, 0)
+        with pytest.raises(asyncpg.CheckViolationError, match="ledger_transfers_entry_shape"):
+            async with conn.transaction():  # released from pending 400 but posted 500: 100 from nowhere
+                await conn.execute(TRANSFER_INSERT, 8, 2, Entry.POST_PENDING, 100, 1000, 500, 400, 1)
+        with pytest.raises(asyncpg.CheckViolationError, match="ledger_transfers_entry_shape"):
+            async with conn.transaction():  # a release that also posts
+                await conn.execute(TRANSFER_INSERT, 8, 2, Entry.RELEASE, 100, 1000, 500, 500, 1)
+        with pytest.raises(asyncpg.ObjectNotInPrerequisiteStateError):
+            async with conn.transaction():  # one side alone through the statement view
+                await conn.execute("INSERT INTO ledger_postings (seq, transfer_id, entry, side, account_id, amount_fen,"
+                                   " code, user_data, pending_id, ts_ns) VALUES (9, 3, 1, -1, 1000, 500, 1, 0, 0, 0)")
+        assert await conn.fetchval("SELECT count(*) FROM ledger_transfers") == 0
     finally:
         await conn.close()
 
 
-async def test_rows_balanced_across_statements_of_one_transaction_commit(fresh_database_url: FreshDatabase) -> None:
+async def test_written_rows_are_append_only_and_balance_by_construction(fresh_database_url: FreshDatabase) -> None:
     conn = await asyncpg.connect(await fresh_database_url())
     try:
         async with conn.transaction():
-            await conn.execute(POSTING_INSERT, 9, 3, Entry.POSTED, PostingSide.DEBIT, 100, 500)
-            await conn.execute(POSTING_INSERT, 9, 3, Entry.POSTED, PostingSide.CREDIT, 1000, 500)
-        assert await conn.fetchval("SELECT count(*) FROM ledger_postings") == 2
+            await conn.execute(TRANSFER_INSERT, 9, 3, Entry.POSTED, 100, 1000, 500, 0, 0)
+            await conn.execute(TRANSFER_INSERT, 9, 4, Entry.PENDING, 1000, 200, 300, 0, 0)
+            await conn.execute(TRANSFER_INSERT, 10, 5, Entry.POST_PENDING, 1000, 200, 100, 300, 4)
+        lines = await conn.fetch("SELECT entry, side, sum(amount_fen) FROM ledger_postings GROUP BY entry, side")
+        by_line = {(r[0], r[1]): r[2] for r in lines}
+        assert by_line == {(1, 1): 600, (1, -1): 600, (2, 1): 300, (2, -1): 300, (3, 1): 300, (3, -1): 300}
         with pytest.raises(asyncpg.RestrictViolationError, match="append-only"):
-            await conn.execute("UPDATE ledger_postings SET amount_fen = 1")
+            await conn.execute("UPDATE ledger_transfers SET amount_fen = 1")
         with pytest.raises(asyncpg.RestrictViolationError, match="append-only"):
-            await conn.execute("DELETE FROM ledger_postings")
+            await conn.execute("DELETE FROM ledger_transfers")
         with pytest.raises(asyncpg.CheckViolationError):
-            await conn.execute(POSTING_INSERT, 10, 4, Entry.POSTED, PostingSide.DEBIT, 100, 0)
+            await conn.execute(TRANSFER_INSERT, 10, 6, Entry.POSTED, 100, 1000, 0, 0, 0)
     finally:
         await conn.close()
 
@@ -143,7 +152,7 @@ async def test_sequencer_commits_each_commands_ledger_rows_with_it_and_recovery_
         core = await run_through_sequencer(dsn, commands[-3:], snapshot=False)  # from the snapshot
         await assert_database_equals(conn, core)
         assert core.state_hash() == x.core.state_hash()  # the same exchange as applied in memory
-        seqs = await conn.fetch("SELECT DISTINCT p.seq, j.seq AS journal_seq FROM ledger_postings p "
+        seqs = await conn.fetch("SELECT DISTINCT p.seq, j.seq AS journal_seq FROM ledger_transfers p "
                                 "LEFT JOIN journal j ON j.seq = p.seq")
         assert seqs and all(r["journal_seq"] is not None for r in seqs)  # every posting names its command
     finally:

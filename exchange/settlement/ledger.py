@@ -26,24 +26,26 @@ in ``Ledger.create_transfers``); state is changed only after the last check pass
 
 Postings (what PostgreSQL stores)
 ---------------------------------
-Every applied effect becomes ``Posting`` rows, one per account touched, drained by the sequencer with
-``drain_postings()`` and written in the journal batch's transaction (table ``ledger_postings``,
-``exchange/migrations/0002_ledger.sql``). A row moves one counter of one account:
+Every applied transfer, and every expiry, becomes ONE ``Posting`` row naming both of its accounts,
+drained by the sequencer with ``drain_postings()`` and written in the journal batch's transaction
+(table ``ledger_transfers``, ``exchange/migrations/0006_ledger_transfers.sql``). Its ``entry`` says
+which counters of the debit account and, by the same amounts, of the credit account it changes:
 
-==========  =====  =================================  ==========================================
-entry       side   counter changed                    emitted by
-==========  =====  =================================  ==========================================
-POSTED      DEBIT  debits_posted_fen  += amount_fen   single-phase transfer, post of a pending one
-POSTED      CREDIT credits_posted_fen += amount_fen
-PENDING     DEBIT  debits_pending_fen += amount_fen   pending transfer
-PENDING     CREDIT credits_pending_fen += amount_fen
-RELEASE     DEBIT  debits_pending_fen -= amount_fen   post, void or expiry of a pending transfer
-RELEASE     CREDIT credits_pending_fen -= amount_fen
-==========  =====  =================================  ==========================================
+==================  ============================================  ======================================
+entry               debit account (credit account alike)          emitted by
+==================  ============================================  ======================================
+POSTED (1)          debits_posted_fen += amount_fen               single-phase transfer
+PENDING (2)         debits_pending_fen += amount_fen              pending transfer
+RELEASE (3)         debits_pending_fen -= released_fen            void or expiry of a pending transfer
+POST_PENDING (4)    debits_pending_fen -= released_fen,           post (all or part) of a pending one
+                    debits_posted_fen += amount_fen
+==================  ============================================  ======================================
 
-Rows always come in debit/credit pairs of equal ``amount_fen > 0``, so for every entry kind the signed
-sum ``side * amount_fen`` (side: +1 debit, -1 credit) of any batch is zero; the database re-checks it.
-Expiry rows carry the pending transfer's own id as both ``transfer_id`` and ``pending_id``.
+Because one row moves the same amount on both sides of the same counter pair, any set of rows
+balances by construction: there is no half of a transfer that could be written alone. ``amount_fen``
+is > 0 except for RELEASE (0); ``released_fen`` is the pending transfer's whole amount for RELEASE and
+POST_PENDING (so >= ``amount_fen``), else 0. Expiry rows carry the pending transfer's own id as both
+``transfer_id`` and ``pending_id``; rows are unique by (transfer_id, entry).
 
 Fields stored in PostgreSQL ``bigint`` must fit it: ids, amounts and counters are at most ``MAX_INT64``.
 """
@@ -203,14 +205,18 @@ class PendingStatus(IntEnum):
 
 
 class Entry(IntEnum):
-    """Which pair of account counters a posting row changes (see the module docstring)."""
+    """Which counters a posting row changes (see the module docstring). A statement line (the
+    ``ledger_postings`` view) shows POSTED, PENDING or RELEASE: a POST_PENDING row is two lines there."""
 
     POSTED = 1
     PENDING = 2
     RELEASE = 3
+    POST_PENDING = 4
 
 
 class PostingSide(IntEnum):
+    """An account's side in a statement line (the ``ledger_postings`` view splits every row in two)."""
+
     DEBIT = 1
     CREDIT = -1
 
@@ -326,16 +332,18 @@ class Transfer(msgspec.Struct, frozen=True, gc=False, array_like=True):
 
 
 class Posting(msgspec.Struct, frozen=True, gc=False, array_like=True):
-    """One row of ``ledger_postings`` (without the batch ``seq``, which the sequencer adds)."""
+    """One row of ``ledger_transfers`` (without the batch ``seq``, which the sequencer adds): both
+    accounts of one transfer or expiry. The module docstring gives what each ``entry`` changes."""
 
     transfer_id: int
     entry: int  # Entry
-    side: int  # PostingSide: +1 debit, -1 credit
-    account_id: int
-    amount_fen: int  # > 0
+    debit_account_id: int
+    credit_account_id: int
+    amount_fen: int  # posted (POSTED, POST_PENDING) or pended (PENDING); 0 for RELEASE
+    released_fen: int  # taken off the pending counters (RELEASE, POST_PENDING); else 0
     code: int
     user_data: int
-    pending_id: int
+    pending_id: int  # the pending transfer released (RELEASE, POST_PENDING); else 0
     ts_ns: int
 
 
@@ -347,17 +355,18 @@ class LedgerSnapshot(msgspec.Struct, array_like=True):
     expires_at_ns: dict[int, int]
 
 
-# Column order of the tables in exchange/migrations/0002_ledger.sql, for COPY (asyncpg
-# ``copy_records_to_table(table, records=..., columns=...)``).
-POSTING_COLUMNS: Final = ("seq", "transfer_id", "entry", "side", "account_id", "amount_fen", "code",
-                          "user_data", "pending_id", "ts_ns")
+# Columns of ``ledger_transfers`` (exchange/migrations/0006_ledger_transfers.sql) and ``ledger_accounts``
+# (0002_ledger.sql) in the order of ``posting_records`` / ``account_records``, for COPY (asyncpg
+# ``copy_records_to_table(table, records=..., columns=...)``; the sequencer's writer uses pgstore's
+# binary encoding of the same rows).
+POSTING_COLUMNS: Final = ("seq", "transfer_id", "entry", "debit_account_id", "credit_account_id", "amount_fen",
+                          "released_fen", "code", "user_data", "pending_id", "ts_ns")
 ACCOUNT_COLUMNS: Final = ("account_id", "code", "owner_id", "ledger", "flags", "user_data", "ts_ns")
 
 
 def posting_records(seq: int, postings: Iterable[Posting]) -> list[tuple[int, ...]]:
-    """Rows for ``ledger_postings`` in ``POSTING_COLUMNS`` order, all tagged with the batch ``seq``."""
-    return [(seq, p.transfer_id, p.entry, p.side, p.account_id, p.amount_fen, p.code, p.user_data,
-             p.pending_id, p.ts_ns) for p in postings]
+    """Rows for ``ledger_transfers`` in ``POSTING_COLUMNS`` order, all tagged with the batch ``seq``."""
+    return [(seq, *msgspec.structs.astuple(p)) for p in postings]
 
 
 def account_records(accounts: Iterable[Account]) -> list[tuple[int, ...]]:
@@ -376,13 +385,14 @@ _POST = TransferFlags.POST_PENDING
 _VOID = TransferFlags.VOID_PENDING
 _KNOWN_TRANSFER_FLAGS = _LINKED | _PENDING | _POST | _VOID
 _KNOWN_ACCOUNT_FLAGS = AccountFlags.LINKED | _DR_LIMIT | _CR_LIMIT
-_POSTED_E, _PENDING_E, _RELEASE_E = int(Entry.POSTED), int(Entry.PENDING), int(Entry.RELEASE)
+_POSTED_E, _PENDING_E, _RELEASE_E, _POST_E = (int(e) for e in Entry)
 _ST_PENDING, _ST_POSTED, _ST_VOIDED, _ST_EXPIRED = (int(s) for s in PendingStatus)
 _RESOLVED_STATUS_RESULT = {
     _ST_POSTED: _R.PENDING_TRANSFER_ALREADY_POSTED,
     _ST_VOIDED: _R.PENDING_TRANSFER_ALREADY_VOIDED,
     _ST_EXPIRED: _R.PENDING_TRANSFER_EXPIRED,
 }
+NO_ROWS: Final[tuple[tuple[()], tuple[()]]] = ((), ())  # drain_rows() when nothing was added
 _SNAPSHOT_ENCODER = msgspec.msgpack.Encoder()
 _SNAPSHOT_DECODER = msgspec.msgpack.Decoder(LedgerSnapshot)
 
@@ -545,6 +555,15 @@ class Ledger:
             i = j + 1
         return results
 
+    def create_transfer(self, t: Transfer, now_ns: int) -> CreateTransferResult:
+        """``create_transfers([t], now_ns)[0]`` without the lists: the clearing's path for one transfer."""
+        if now_ns < self._now_ns:
+            self._advance_clock(now_ns)  # raises
+        self._now_ns = now_ns
+        if t.flags & _LINKED:  # a batch of one that opens a chain
+            return _R.LINKED_EVENT_CHAIN_OPEN
+        return self._create_transfer(t, now_ns)
+
     def _create_transfer_chain(self, chain: Sequence[Transfer], now_ns: int) -> list[CreateTransferResult]:
         undo: list[_Undo] = []
         self._undo = undo
@@ -579,7 +598,8 @@ class Ledger:
         flags = t.flags
         if flags & ~_KNOWN_TRANSFER_FLAGS:
             return _R.RESERVED_FLAG
-        if not 0 < t.transfer_id <= MAX_INT64:
+        tid = t.transfer_id
+        if not 0 < tid <= MAX_INT64:
             return _R.ID_OUT_OF_RANGE
         phase = flags & (_PENDING | _POST | _VOID)
         if phase & (phase - 1):  # more than one bit set
@@ -597,9 +617,11 @@ class Ledger:
         cr_id = t.credit_account_id
         if dr_id == cr_id:
             return _R.ACCOUNTS_MUST_BE_DIFFERENT
-        if not 0 < t.code <= MAX_CODE:
+        code = t.code
+        if not 0 < code <= MAX_CODE:
             return _R.CODE_OUT_OF_RANGE
-        if not 0 <= t.user_data <= MAX_INT64:
+        user_data = t.user_data
+        if not 0 <= user_data <= MAX_INT64:
             return _R.USER_DATA_OUT_OF_RANGE
         amount = t.amount_fen
         if type(amount) is not int:  # a float or a bool must never become money
@@ -615,52 +637,49 @@ class Ledger:
             return _R.CREDIT_ACCOUNT_NOT_FOUND
         # One asset ledger (CNY) exists, so accounts always share it; a second currency would add
         # an ACCOUNTS_MUST_HAVE_THE_SAME_LEDGER check here.
-        e = self._transfers.get(t.transfer_id)
+        transfers = self._transfers
+        e = transfers.get(tid)
         if e is not None:
             return _transfer_exists(t, e)
-        if dr.debits_pending_fen + dr.debits_posted_fen + amount > MAX_INT64:
+        dr_pending, dr_posted = dr.debits_pending_fen, dr.debits_posted_fen
+        cr_pending, cr_posted = cr.credits_pending_fen, cr.credits_posted_fen
+        if dr_pending + dr_posted + amount > MAX_INT64:
             return _R.OVERFLOWS_DEBITS
-        if cr.credits_pending_fen + cr.credits_posted_fen + amount > MAX_INT64:
+        if cr_pending + cr_posted + amount > MAX_INT64:
             return _R.OVERFLOWS_CREDITS
         if timeout_ns and now_ns + timeout_ns > MAX_INT64:
             return _R.OVERFLOWS_TIMEOUT
-        if dr.flags & _DR_LIMIT and (
-            dr.debits_pending_fen + dr.debits_posted_fen + amount > dr.credits_posted_fen
-        ):
+        if dr.flags & _DR_LIMIT and dr_pending + dr_posted + amount > dr.credits_posted_fen:
             return _R.EXCEEDS_CREDITS
-        if cr.flags & _CR_LIMIT and (
-            cr.credits_pending_fen + cr.credits_posted_fen + amount > cr.debits_posted_fen
-        ):
+        if cr.flags & _CR_LIMIT and cr_pending + cr_posted + amount > cr.debits_posted_fen:
             return _R.EXCEEDS_DEBITS
         # After this point the transfer must succeed.
         if self._undo is not None:
-            self._undo.append((t.transfer_id, dr, _counters(dr), cr, _counters(cr), 0, 0))
-        self._transfers[t.transfer_id] = t
-        tid, code, user_data = t.transfer_id, t.code, t.user_data
+            self._undo.append((tid, dr, _counters(dr), cr, _counters(cr), 0, 0))
+        transfers[tid] = t
         if phase:
-            dr.debits_pending_fen += amount
-            cr.credits_pending_fen += amount
+            dr.debits_pending_fen = dr_pending + amount
+            cr.credits_pending_fen = cr_pending + amount
             self._pending_status[tid] = _ST_PENDING
             if timeout_ns:
                 expires_at_ns = now_ns + timeout_ns
                 self._expires_at_ns[tid] = expires_at_ns
                 heapq.heappush(self._expiry_heap, (expires_at_ns, tid))
-            entry = _PENDING_E
+            self._postings.append(Posting(tid, _PENDING_E, dr_id, cr_id, amount, 0, code, user_data, 0, now_ns))
         else:
-            dr.debits_posted_fen += amount
-            cr.credits_posted_fen += amount
-            entry = _POSTED_E
-        self._postings.append(Posting(tid, entry, 1, dr_id, amount, code, user_data, 0, now_ns))
-        self._postings.append(Posting(tid, entry, -1, cr_id, amount, code, user_data, 0, now_ns))
+            dr.debits_posted_fen = dr_posted + amount
+            cr.credits_posted_fen = cr_posted + amount
+            self._postings.append(Posting(tid, _POSTED_E, dr_id, cr_id, amount, 0, code, user_data, 0, now_ns))
         return _OK
 
     def _resolve_pending(self, t: Transfer, now_ns: int) -> CreateTransferResult:
         """Post or void the pending transfer ``t.pending_id`` (checks of step 3, then apply)."""
         flags = t.flags
         pending_id = t.pending_id
+        tid = t.transfer_id
         if not 0 < pending_id <= MAX_INT64:
             return _R.PENDING_ID_OUT_OF_RANGE
-        if pending_id == t.transfer_id:
+        if pending_id == tid:
             return _R.PENDING_ID_MUST_BE_DIFFERENT
         if t.timeout_ns:
             return _R.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER
@@ -673,67 +692,56 @@ class Ledger:
             return _R.AMOUNT_MUST_BE_INTEGER
         if amount < 0:
             return _R.AMOUNT_MUST_NOT_BE_NEGATIVE
-        p = self._transfers.get(pending_id)
+        transfers = self._transfers
+        p = transfers.get(pending_id)
         if p is None:
             return _R.PENDING_TRANSFER_NOT_FOUND
         if not p.flags & _PENDING:
             return _R.PENDING_TRANSFER_NOT_PENDING
-        if t.debit_account_id and t.debit_account_id != p.debit_account_id:
+        dr_id, cr_id, held = p.debit_account_id, p.credit_account_id, p.amount_fen
+        if t.debit_account_id and t.debit_account_id != dr_id:
             return _R.PENDING_TRANSFER_HAS_DIFFERENT_DEBIT_ACCOUNT_ID
-        if t.credit_account_id and t.credit_account_id != p.credit_account_id:
+        if t.credit_account_id and t.credit_account_id != cr_id:
             return _R.PENDING_TRANSFER_HAS_DIFFERENT_CREDIT_ACCOUNT_ID
-        if flags & _POST:
-            if amount > p.amount_fen:
+        post = flags & _POST
+        if post:
+            if amount > held:
                 return _R.EXCEEDS_PENDING_TRANSFER_AMOUNT
-        elif amount and amount != p.amount_fen:
+        elif amount and amount != held:
             return _R.PENDING_TRANSFER_HAS_DIFFERENT_AMOUNT
-        resolved = Transfer(
-            t.transfer_id, p.debit_account_id, p.credit_account_id,
-            (amount or p.amount_fen) if flags & _POST else p.amount_fen,
-            t.code or p.code, t.user_data or p.user_data, flags, pending_id, 0,
-        )
-        e = self._transfers.get(t.transfer_id)
+        code, user_data = t.code or p.code, t.user_data or p.user_data
+        resolved = Transfer(tid, dr_id, cr_id, (amount or held) if post else held, code, user_data, flags,
+                            pending_id, 0)
+        e = transfers.get(tid)
         if e is not None:
             return _transfer_exists(resolved, e)
         status = self._pending_status[pending_id]
         if status != _ST_PENDING:
             return _RESOLVED_STATUS_RESULT[status]
-        expires_at_ns = self._expires_at_ns.get(pending_id)
-        if expires_at_ns is not None and now_ns >= expires_at_ns:
-            return _R.PENDING_TRANSFER_EXPIRED
+        if self._expires_at_ns:  # empty unless some transfer ever had a timeout
+            expires_at_ns = self._expires_at_ns.get(pending_id)
+            if expires_at_ns is not None and now_ns >= expires_at_ns:
+                return _R.PENDING_TRANSFER_EXPIRED
         # After this point the transfer must succeed.
-        dr = self._accounts[p.debit_account_id]
-        cr = self._accounts[p.credit_account_id]
+        dr = self._accounts[dr_id]
+        cr = self._accounts[cr_id]
         if self._undo is not None:
-            self._undo.append((t.transfer_id, dr, _counters(dr), cr, _counters(cr), pending_id, status))
-        self._transfers[t.transfer_id] = resolved
-        self._release(p, resolved.transfer_id, resolved.code, resolved.user_data, now_ns)
-        if flags & _POST:
-            self._pending_status[pending_id] = _ST_POSTED
+            self._undo.append((tid, dr, _counters(dr), cr, _counters(cr), pending_id, status))
+        transfers[tid] = resolved
+        dr.debits_pending_fen -= held
+        cr.credits_pending_fen -= held
+        if post:
             posted = resolved.amount_fen
             dr.debits_posted_fen += posted
             cr.credits_posted_fen += posted
-            tid, code, user_data = resolved.transfer_id, resolved.code, resolved.user_data
+            self._pending_status[pending_id] = _ST_POSTED
             self._postings.append(
-                Posting(tid, _POSTED_E, 1, dr.account_id, posted, code, user_data, pending_id, now_ns))
-            self._postings.append(
-                Posting(tid, _POSTED_E, -1, cr.account_id, posted, code, user_data, pending_id, now_ns))
+                Posting(tid, _POST_E, dr_id, cr_id, posted, held, code, user_data, pending_id, now_ns))
         else:
             self._pending_status[pending_id] = _ST_VOIDED
+            self._postings.append(
+                Posting(tid, _RELEASE_E, dr_id, cr_id, 0, held, code, user_data, pending_id, now_ns))
         return _OK
-
-    def _release(self, p: Transfer, transfer_id: int, code: int, user_data: int, now_ns: int) -> None:
-        """Take pending transfer ``p`` off its accounts' pending counters and record the RELEASE rows."""
-        amount = p.amount_fen
-        dr = self._accounts[p.debit_account_id]
-        cr = self._accounts[p.credit_account_id]
-        dr.debits_pending_fen -= amount
-        cr.credits_pending_fen -= amount
-        pid = p.transfer_id
-        self._postings.append(
-            Posting(transfer_id, _RELEASE_E, 1, dr.account_id, amount, code, user_data, pid, now_ns))
-        self._postings.append(
-            Posting(transfer_id, _RELEASE_E, -1, cr.account_id, amount, code, user_data, pid, now_ns))
 
     def expire_pending(self, now_ns: int) -> list[int]:
         """Release every pending transfer whose deadline is at or before ``now_ns``.
@@ -751,7 +759,11 @@ class Ledger:
             if self._pending_status.get(pid) != _ST_PENDING or self._expires_at_ns.get(pid) != expires_at_ns:
                 continue
             p = self._transfers[pid]
-            self._release(p, pid, p.code, p.user_data, now_ns)
+            held = p.amount_fen
+            self._accounts[p.debit_account_id].debits_pending_fen -= held
+            self._accounts[p.credit_account_id].credits_pending_fen -= held
+            self._postings.append(Posting(pid, _RELEASE_E, p.debit_account_id, p.credit_account_id, 0, held, p.code,
+                                          p.user_data, pid, now_ns))
             self._pending_status[pid] = _ST_EXPIRED
             expired.append(pid)
         return expired
@@ -764,10 +776,21 @@ class Ledger:
     # ------------------------------------------------------------------------------------- persistence
 
     def drain_postings(self) -> list[Posting]:
-        """Posting rows produced since the last drain, in order; every debit/credit pair is complete."""
+        """Posting rows produced since the last drain, in order."""
         postings = self._postings
         self._postings = []
         return postings
+
+    def drain_rows(self) -> tuple[Sequence[Account], Sequence[Posting]]:
+        """``(drain_new_accounts(), drain_postings())``, but ``NO_ROWS`` (empty tuples, no allocation)
+        when there is nothing: the clearing drains after every command, and most add no account."""
+        if self._new_accounts:
+            return self.drain_new_accounts(), self.drain_postings()
+        if not self._postings:
+            return NO_ROWS
+        postings = self._postings
+        self._postings = []
+        return (), postings
 
     def drain_new_accounts(self) -> list[Account]:
         """Accounts created since the last drain (copies; counters as created: zero)."""

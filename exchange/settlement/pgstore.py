@@ -4,80 +4,96 @@ balances and statements back. The only module of ``exchange/settlement`` that do
 ``LedgerWriter`` is the sequencer's ``extra_writes(conn, batch)`` hook: inside the transaction that
 also COPYs the journal rows it writes the new accounts and postings of exactly the batch's commands,
 so money rows and the commands that made them commit together, each posting stamped with the seq of
-its command. The database re-checks that every (seq, entry) group balances (migration 0002's deferred
-trigger).
+its command. Postings go to ``ledger_transfers`` (migration 0006), one row per transfer naming both
+accounts, so every batch balances by construction; the table's CHECK constraints verify each row.
 
 Rows are kept per command, not drained per batch: the sequencer applies the next batch's commands
 while the previous one commits, so rows drained when ``extra_writes`` runs would include commands that
 are not in the batch (and would be lost with it if its commit failed). The clearing queues each
 command's rows as it is applied (``Clearing.command_rows``); the writer takes ``len(batch)`` entries,
 after dropping entries of commands that recovery replayed (they are durable already).
+
+Postings are sent as one binary ``COPY`` per batch, encoded here with one ``struct`` call per row
+(``encode_postings``): about a third of the Python time of ``copy_records_to_table``, which converts
+every value through a codec.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import struct
+from collections.abc import Iterable, Sequence
+from typing import Final
 
 import asyncpg
 
-from exchange.settlement.ledger import Account, Posting
+from exchange.settlement.ledger import ACCOUNT_COLUMNS, POSTING_COLUMNS, Account, Posting, account_records
 
-ACCOUNT_COLUMNS = ("account_id", "code", "owner_id", "ledger", "flags", "user_data", "ts_ns")
-POSTING_COLUMNS = ("seq", "transfer_id", "entry", "side", "account_id", "amount_fen", "code", "user_data",
-                   "pending_id", "ts_ns")
+__all__ = [
+    "ACCOUNT_COLUMNS",
+    "POSTING_COLUMNS",
+    "LedgerWriter",
+    "balances",
+    "copy_rows",
+    "encode_postings",
+    "statement",
+    "write_batch_rows",
+    "write_ledger_rows",
+]
 
-
-def account_records(accounts: Sequence[Account]) -> list[tuple[int, ...]]:
-    return [(a.account_id, a.code, a.owner_id, a.ledger, a.flags, a.user_data, a.ts_ns) for a in accounts]
-
-
-def posting_records(seq: int, postings: Sequence[Posting]) -> list[tuple[int, ...]]:
-    """Rows for ``ledger_postings``, all stamped with the journal ``seq`` of the batch that made them."""
-    return [(seq, p.transfer_id, p.entry, p.side, p.account_id, p.amount_fen, p.code, p.user_data, p.pending_id,
-             p.ts_ns) for p in postings]
-
-
-async def write_ledger_rows(
-    conn: asyncpg.Connection, seq: int, accounts: Sequence[Account], postings: Sequence[Posting]
-) -> None:
-    """COPY new accounts and postings; call inside the journal batch's transaction."""
-    if accounts:
-        await conn.copy_records_to_table("ledger_accounts", records=account_records(accounts),
-                                         columns=ACCOUNT_COLUMNS)
-    if postings:
-        await conn.copy_records_to_table("ledger_postings", records=posting_records(seq, postings),
-                                         columns=POSTING_COLUMNS)
+# PostgreSQL binary COPY: a header, then per row a field count and (byte length, big-endian value)
+# per field, then a trailer. The row layout follows POSTING_COLUMNS: seq, transfer_id (bigint),
+# entry (smallint), debit_account_id, credit_account_id, amount_fen, released_fen (bigint), code
+# (integer), user_data, pending_id, ts_ns (bigint).
+_COPY_HEADER: Final = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_COPY_TRAILER: Final = struct.pack(">h", -1)
+_POSTING_ROW: Final = struct.Struct(">h" + "iq" * 2 + "ih" + "iq" * 4 + "ii" + "iq" * 3)
+assert len(POSTING_COLUMNS) == 11
 
 
-def batch_records(
-    first_seq: int, per_command: Sequence[tuple[Sequence[Account], Sequence[Posting]]]
-) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
-    """(account rows, posting rows) of a journal batch whose command with seq ``first_seq + i`` made
-    ``per_command[i]`` (new accounts, postings): every posting carries the seq of its command."""
-    accounts: list[tuple[int, ...]] = []
-    postings: list[tuple[int, ...]] = []
-    for i, (new_accounts, command_postings) in enumerate(per_command):
-        if new_accounts:
-            accounts.extend(account_records(new_accounts))
-        if command_postings:
-            postings.extend(posting_records(first_seq + i, command_postings))
-    return accounts, postings
+def encode_postings(first_seq: int, per_command: Iterable[tuple[Sequence[Account], Sequence[Posting]]]) -> bytes:
+    """Binary COPY data for ``ledger_transfers`` (columns ``POSTING_COLUMNS``): the postings of a journal
+    batch whose command with seq ``first_seq + i`` made ``per_command[i]``; b"" when there are none.
+
+    A value out of range for its column (the ledger never produces one) raises ``struct.error``."""
+    pack = _POSTING_ROW.pack
+    parts = [_COPY_HEADER]
+    seq = first_seq
+    for _, postings in per_command:
+        for p in postings:
+            parts.append(pack(
+                11, 8, seq, 8, p.transfer_id, 2, p.entry, 8, p.debit_account_id, 8, p.credit_account_id,
+                8, p.amount_fen, 8, p.released_fen, 4, p.code, 8, p.user_data, 8, p.pending_id, 8, p.ts_ns,
+            ))  # fmt: skip
+        seq += 1
+    if len(parts) == 1:
+        return b""
+    parts.append(_COPY_TRAILER)
+    return b"".join(parts)
 
 
-async def copy_rows(conn: asyncpg.Connection, accounts: Sequence[tuple[int, ...]],
-                    postings: Sequence[tuple[int, ...]]) -> None:
-    """COPY ready-made account and posting rows (``batch_records``)."""
+async def copy_rows(conn: asyncpg.Connection, accounts: Sequence[tuple[int, ...]], postings: bytes) -> None:
+    """COPY ready-made account rows (``account_records``) and encoded postings (``encode_postings``)."""
     if accounts:
         await conn.copy_records_to_table("ledger_accounts", records=accounts, columns=ACCOUNT_COLUMNS)
     if postings:
-        await conn.copy_records_to_table("ledger_postings", records=postings, columns=POSTING_COLUMNS)
+        # a memoryview, not bytes: asyncpg takes bytes for a file name
+        await conn.copy_to_table("ledger_transfers", source=memoryview(postings), columns=POSTING_COLUMNS,
+                                 format="binary")
 
 
 async def write_batch_rows(
     conn: asyncpg.Connection, first_seq: int, per_command: Sequence[tuple[Sequence[Account], Sequence[Posting]]]
 ) -> None:
-    """COPY the ledger rows of a journal batch (see ``batch_records``); call inside its transaction."""
-    await copy_rows(conn, *batch_records(first_seq, per_command))
+    """COPY the ledger rows of a journal batch (see ``encode_postings``); call inside its transaction."""
+    accounts = [row for new_accounts, _ in per_command for row in account_records(new_accounts)]
+    await copy_rows(conn, accounts, encode_postings(first_seq, per_command))
+
+
+async def write_ledger_rows(
+    conn: asyncpg.Connection, seq: int, accounts: Sequence[Account], postings: Sequence[Posting]
+) -> None:
+    """COPY new accounts and postings, all stamped with ``seq``; call inside the journal batch's transaction."""
+    await write_batch_rows(conn, seq, [(accounts, postings)])
 
 
 class LedgerWriter:
@@ -105,9 +121,11 @@ class LedgerWriter:
             raise RuntimeError(f"ledger rows of seq {first_seq} are gone (queue starts at {queued_from})")
         if queued_from < first_seq:
             clearing.take_command_rows(first_seq - queued_from)  # replayed by recovery: durable already
-        accounts, postings = batch_records(first_seq, clearing.take_command_rows(n))
+        per_command = clearing.take_command_rows(n)
+        accounts = [row for new_accounts, _ in per_command if new_accounts for row in account_records(new_accounts)]
+        postings = encode_postings(first_seq, per_command)
         await copy_rows(conn, accounts, postings)
-        self.rows_written += len(postings)
+        self.rows_written += sum(len(command_postings) for _, command_postings in per_command)
 
 
 async def balances(conn: asyncpg.Connection) -> dict[int, tuple[int, int, int, int]]:
@@ -122,8 +140,9 @@ async def balances(conn: asyncpg.Connection) -> dict[int, tuple[int, int, int, i
 async def statement(
     conn: asyncpg.Connection, account_id: int, from_ts_ns: int = 0, until_ts_ns: int = 2**63 - 1, limit: int = 1000
 ) -> list[asyncpg.Record]:
-    """An account's posting rows in ``[from_ts_ns, until_ts_ns)``, oldest first (at most ``limit``):
-    seq, transfer_id, entry, side, amount_fen, code, user_data, pending_id, ts_ns."""
+    """An account's statement lines in ``[from_ts_ns, until_ts_ns)``, oldest first (at most ``limit``):
+    seq, transfer_id, entry, side, amount_fen, code, user_data, pending_id, ts_ns (the ``ledger_postings``
+    view: one line per account side, a post of a pending transfer as a RELEASE and a POSTED line)."""
     return await conn.fetch(
         "SELECT seq, transfer_id, entry, side, amount_fen, code, user_data, pending_id, ts_ns "
         "FROM ledger_postings WHERE account_id = $1 AND ts_ns >= $2 AND ts_ns < $3 "
