@@ -139,6 +139,7 @@ from exchange.events import (
 from exchange.settlement import rules
 from exchange.settlement.ledger import (
     CHART,
+    NO_ROWS,
     Account,
     AccountCode,
     CreateAccountResult,
@@ -268,7 +269,7 @@ class Clearing:
             raise ClearingInvariantError(f"buy {order_id} accepted without funds for its hold of {amount} fen")
         account_id, financier_id = source
         tid = self._next_tid()
-        self._commit([Transfer(tid, account_id, _ESCROW, amount, TC.ORDER_HOLD, order_id, _PENDING)], ts_ns)
+        self._commit_one(Transfer(tid, account_id, _ESCROW, amount, TC.ORDER_HOLD, order_id, _PENDING), ts_ns)
         self.holds[order_id] = Hold(order_id, participant_id, spec.symbol, limit_price_fen, per_head, heads, tid,
                                     account_id, financier_id)
 
@@ -293,8 +294,7 @@ class Clearing:
             handler = handlers.get(event.__class__)
             if handler is not None:
                 handler(event, ts_ns, events)
-        ledger = self.ledger
-        self.command_rows.append((ledger.drain_new_accounts(), ledger.drain_postings()))
+        self.command_rows.append(self.ledger.drain_rows())
 
     def handlers(self) -> dict[type, Handler]:
         """The settlement commands' handlers: ``handler(command, events)``."""
@@ -317,11 +317,13 @@ class Clearing:
             if trade.state == TradeState.DELIVERED:  # disputed, rejected or settled meanwhile: stale
                 self._settle(trade, ts_ns, events)
         # the tick's rows belong to the tick, whose on_events already closed its entry
-        accounts, postings = self.command_rows[-1] if self.command_rows else ([], [])
-        if not self.command_rows:
-            self.command_rows.append((accounts, postings))
-        accounts.extend(self.ledger.drain_new_accounts())
-        postings.extend(self.ledger.drain_postings())
+        more = self.ledger.drain_rows()
+        if more is not NO_ROWS:
+            rows = self.command_rows
+            if rows:
+                accounts, postings = rows.pop()
+                more = ([*accounts, *more[0]], [*postings, *more[1]])
+            rows.append(more)
 
     # ------------------------------------------------------------------------------- persistence
     # Ledger rows leave the clearing per command: ``on_events`` (and ``on_clock`` for a tick) moves
@@ -331,41 +333,43 @@ class Clearing:
     # queue is not state: it is not in the snapshot, and rows of commands replayed during recovery
     # (durable already) must be dropped (``discard_command_rows``; LedgerWriter aligns by seq).
 
-    def take_command_rows(self, n: int) -> list[tuple[list[Account], list[Posting]]]:
+    def take_command_rows(self, n: int) -> list[tuple[Sequence[Account], Sequence[Posting]]]:
         """The oldest ``n`` commands' (new accounts, postings), removed from the queue."""
         rows = self.command_rows
         if n > len(rows):
             raise ClearingInvariantError(f"{n} commands' ledger rows asked for, {len(rows)} queued")
+        if n == len(rows):
+            taken = list(rows)
+            rows.clear()
+            return taken
         return [rows.popleft() for _ in range(n)]
 
     def discard_command_rows(self) -> None:
         """Forget queued rows (after a recovery replay: they are in the database already)."""
         self.command_rows.clear()
-        self.ledger.drain_postings()
-        self.ledger.drain_new_accounts()
+        self.ledger.drain_rows()
 
     def drain_postings(self) -> list[Posting]:
         """Every posting not yet taken, in order (for callers that do not write per command)."""
         postings = [p for _, command_postings in self.command_rows for p in command_postings]
         postings.extend(self.ledger.drain_postings())
-        for _, command_postings in self.command_rows:
-            command_postings.clear()
-        self._drop_empty_rows()
+        self._keep_queued(accounts=True, postings=False)
         return postings
 
     def drain_new_accounts(self) -> list[Account]:
         """Every new account not yet taken, in order (see ``drain_postings``)."""
         accounts = [a for command_accounts, _ in self.command_rows for a in command_accounts]
         accounts.extend(self.ledger.drain_new_accounts())
-        for command_accounts, _ in self.command_rows:
-            command_accounts.clear()
-        self._drop_empty_rows()
+        self._keep_queued(accounts=False, postings=True)
         return accounts
 
-    def _drop_empty_rows(self) -> None:
-        rows = self.command_rows
-        while rows and not rows[0][0] and not rows[0][1]:
-            rows.popleft()
+    def _keep_queued(self, *, accounts: bool, postings: bool) -> None:
+        """Keep only one kind of the queued rows (the other was drained), dropping emptied entries at
+        the front so the queue still starts at the first command with rows left."""
+        kept = deque((a if accounts else (), p if postings else ()) for a, p in self.command_rows)
+        while kept and not kept[0][0] and not kept[0][1]:
+            kept.popleft()
+        self.command_rows = kept
 
     def snapshot(self) -> bytes:
         """The whole state, canonically ordered (everything sorted by its key)."""
@@ -417,7 +421,7 @@ class Clearing:
 
     def _rebuild_indexes(self) -> None:
         """Derived lookups, rebuilt from the records after a restore (never snapshotted)."""
-        self.command_rows: deque[tuple[list[Account], list[Posting]]] = deque()
+        self.command_rows: deque[tuple[Sequence[Account], Sequence[Posting]]] = deque()
         self._deadlines = sorted(
             (t.dispute_until_ns, t.trade_id) for t in self.trades.values() if t.state == TradeState.DELIVERED
         )
@@ -470,10 +474,18 @@ class Clearing:
         self.counters.next_transfer_id = tid + 1
         return tid
 
+    def _commit_one(self, transfer: Transfer, ts_ns: int) -> None:
+        """Apply one transfer (not LINKED); a refusal is a bug."""
+        result = self.ledger.create_transfer(transfer, ts_ns)
+        if result is not _OK:
+            raise ClearingInvariantError(f"ledger refused transfer {transfer}: {result.name}")
+
     def _commit(self, transfers: Sequence[Transfer], ts_ns: int) -> None:
         """Apply transfers (several: a chain, every one but the last flagged LINKED by the caller); any
         refusal is a bug."""
-        if not transfers:
+        if len(transfers) < 2:
+            if transfers:
+                self._commit_one(transfers[0], ts_ns)
             return
         results = self.ledger.create_transfers(transfers, ts_ns)
         for t, result in zip(transfers, results, strict=True):
@@ -501,26 +513,28 @@ class Clearing:
         return 0 if account_id is None else self.ledger.available_fen(account_id)
 
     class _Chain:
-        """Transfers collected for one linked commit (all or nothing); zero amounts are left out."""
+        """Transfers collected for one linked commit (all or nothing); zero amounts are left out. Ids are
+        taken as legs are added, so they follow the order of the legs."""
 
-        __slots__ = ("clearing", "transfers")
+        __slots__ = ("clearing", "legs")
 
         def __init__(self, clearing: Clearing) -> None:
             self.clearing = clearing
-            self.transfers: list[Transfer] = []
+            self.legs: list[tuple[int, int, int, int, int, int]] = []  # (id, dr, cr, amount, code, user data)
 
         def add(self, dr: int, cr: int, amount_fen: int, code: int, user_data: int) -> None:
             if amount_fen < 0:
                 raise ClearingInvariantError(f"negative amount {amount_fen} from {dr} to {cr}")
             if amount_fen:
-                tid = self.clearing._next_tid()
-                self.transfers.append(Transfer(tid, dr, cr, amount_fen, code, user_data, _LINKED))
+                self.legs.append((self.clearing._next_tid(), dr, cr, amount_fen, code, user_data))
 
         def commit(self, ts_ns: int) -> None:
-            transfers = self.transfers
-            if transfers:  # the last one closes the chain
-                transfers[-1] = msgspec.structs.replace(transfers[-1], flags=transfers[-1].flags & ~_LINKED)
-            self.clearing._commit(transfers, ts_ns)
+            legs = self.legs
+            if not legs:
+                return
+            last = len(legs) - 1  # every leg but the last is LINKED: the last one closes the chain
+            self.clearing._commit([Transfer(tid, dr, cr, amount, code, user_data, _LINKED if i < last else 0)
+                                   for i, (tid, dr, cr, amount, code, user_data) in enumerate(legs)], ts_ns)
 
     # ------------------------------------------------------------------------------ core's events
 
@@ -558,7 +572,7 @@ class Clearing:
             hold.pending_id = rehold.transfer_id
             hold.remaining_heads = remaining
         else:
-            self._commit([post], ts_ns)
+            self._commit_one(post, ts_ns)
             del self.holds[hold.order_id]
         self.trades[e.trade_id] = TradeRecord(
             e.trade_id, e.instrument, e.buyer_id, e.seller_id, e.lot_id, e.buy_order_id, heads, e.price_fen,
@@ -571,7 +585,7 @@ class Clearing:
         hold = self.holds.pop(e.order_id, None)
         if hold is None:
             return  # a sell: nothing held
-        self._commit([Transfer(self._next_tid(), 0, 0, 0, TC.ORDER_RELEASE, 0, _VOID, hold.pending_id)], ts_ns)
+        self._commit_one(Transfer(self._next_tid(), 0, 0, 0, TC.ORDER_RELEASE, 0, _VOID, hold.pending_id), ts_ns)
 
     def _on_amended(self, e: OrderAmended, ts_ns: int, out: list) -> None:
         hold = self.holds.get(e.order_id)
@@ -782,7 +796,7 @@ class Clearing:
             return self._reject(cmd, reason, ref, out)
         account_id = self._funds_account_id(cmd.account, cmd.owner_id, cmd.ts_ns)
         tid = self._next_tid()
-        self._commit([Transfer(tid, _BANK, account_id, cmd.amount_fen, TC.DEPOSIT, 0)], cmd.ts_ns)
+        self._commit_one(Transfer(tid, _BANK, account_id, cmd.amount_fen, TC.DEPOSIT, 0), cmd.ts_ns)
         self.deposits[ref] = Deposit(ref, cmd.owner_id, cmd.account, cmd.amount_fen, tid, cmd.ts_ns)
         out.append(FundsDeposited(0, cmd.ts_ns, cmd.owner_id, cmd.account, cmd.amount_fen, ref, tid))
         return None
@@ -808,7 +822,7 @@ class Clearing:
             return self._reject(cmd, R.INSUFFICIENT_FUNDS, ref, out)
         account_id = self._funds_account_id(cmd.account, owner, cmd.ts_ns)
         tid = self._next_tid()
-        self._commit([Transfer(tid, account_id, _BANK, cmd.amount_fen, TC.WITHDRAWAL, 0, _PENDING)], cmd.ts_ns)
+        self._commit_one(Transfer(tid, account_id, _BANK, cmd.amount_fen, TC.WITHDRAWAL, 0, _PENDING), cmd.ts_ns)
         self.withdrawals[(owner, ref)] = Withdrawal(owner, ref, cmd.account, cmd.amount_fen, tid, cmd.ts_ns)
         out.append(WithdrawalRequested(0, cmd.ts_ns, owner, cmd.account, cmd.amount_fen, ref, tid))
         return None
@@ -826,7 +840,7 @@ class Clearing:
                 return self._reject(cmd, R.INVALID_PAYOUT_STATE, ref, out)
         else:
             flag, code = (_POST, TC.WITHDRAWAL) if cmd.ok else (_VOID, TC.WITHDRAWAL)
-            self._commit([Transfer(self._next_tid(), 0, 0, 0, code, 0, flag, w.pending_id)], cmd.ts_ns)
+            self._commit_one(Transfer(self._next_tid(), 0, 0, 0, code, 0, flag, w.pending_id), cmd.ts_ns)
             w.state, w.bank_ref = outcome, cmd.bank_ref
         out.append(WithdrawalCompleted(0, cmd.ts_ns, w.owner_id, ref, w.amount_fen, cmd.ok, w.bank_ref))
         return None
@@ -1341,7 +1355,7 @@ class Clearing:
         payout_id = self.counters.next_payout_id
         self.counters.next_payout_id = payout_id + 1
         tid = self._next_tid()
-        self._commit([Transfer(tid, payable, _BANK, amount, TC.PAYOUT, payout_id, _PENDING)], ts_ns)
+        self._commit_one(Transfer(tid, payable, _BANK, amount, TC.PAYOUT, payout_id, _PENDING), ts_ns)
         priority = PayoutPriority.SAME_DAY if who.poor_verified else PayoutPriority.NORMAL
         sources = self._take_payable(who.participant_id, amount)
         payout = Payout(payout_id, run.run_id, who.participant_id, amount, priority, tid, who.bank_account, sources,
@@ -1420,7 +1434,7 @@ class Clearing:
         if p.state != PayoutState.SENT:
             return f"payout is {p.state.name}"
         if ok:
-            self._commit([Transfer(self._next_tid(), 0, 0, 0, TC.PAYOUT, 0, _POST, p.pending_id)], ts_ns)
+            self._commit_one(Transfer(self._next_tid(), 0, 0, 0, TC.PAYOUT, 0, _POST, p.pending_id), ts_ns)
             p.state, p.bank_ref, p.reason = PayoutState.CONFIRMED, bank_ref, ""
         else:
             p.state, p.bank_ref, p.reason = PayoutState.FAILED, bank_ref, row.reason[:200]  # type: ignore[attr-defined]
@@ -1447,7 +1461,7 @@ class Clearing:
         p = self._failed_payout(cmd, ref, out, allow_pending=True)
         if p is None:
             return None
-        self._commit([Transfer(self._next_tid(), 0, 0, 0, TC.PAYOUT_RETURN, 0, _VOID, p.pending_id)], cmd.ts_ns)
+        self._commit_one(Transfer(self._next_tid(), 0, 0, 0, TC.PAYOUT_RETURN, 0, _VOID, p.pending_id), cmd.ts_ns)
         # its money is payable again, still traceable to the same trades, ahead of newer proceeds
         self.payables[p.payee_id] = [msgspec.structs.replace(s) for s in p.sources] + self.payables.get(p.payee_id, [])
         p.state, p.updated_at_ns = PayoutState.RETURNED, cmd.ts_ns
