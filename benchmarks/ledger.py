@@ -11,11 +11,14 @@
    households' subsidies and cooperative splits, payout runs sent and confirmed by the bank), counting
    the ledger transfers the clearing made. -> ``clearing_transfers_per_s_core`` (and commands/s).
 3. Committed: the same command stream submitted to the durable sequencer, whose ``extra_writes``
-   hook COPYs each batch's posting rows (and new accounts) in the journal batch's transaction, where
-   the deferred balance trigger checks them. -> ``transfers_per_s_committed``. Then the very posting
-   rows are COPYed again, in chunks of the sequencer's mean batch, into a table of the same shape
-   without triggers, one commit per chunk: the raw ceiling (``raw_copy_rows_per_s``). Finally the
-   database's balances (rebuilt from all postings) must equal the core's ledger, account by account.
+   hook (``pgstore.LedgerWriter``) COPYs each batch's posting rows (one per transfer, binary) and new
+   accounts in the journal batch's transaction, where their CHECK constraints verify them.
+   -> ``transfers_per_s_committed``, and the CPU per command and per transfer of this process and of
+   the writer's PostgreSQL backend (other load on the machine stretches the elapsed time, not those).
+   Then the very posting rows are COPYed again, in as many chunks as the sequencer committed batches,
+   one commit each, into a twin of ``ledger_transfers`` (``raw_copy_rows_per_s``: what the rows alone
+   cost) and into a bare table without key, checks or indexes (``raw_copy_bare_rows_per_s``). Finally
+   the database's balances (rebuilt from all postings) must equal the core's ledger, account by account.
 
 Uses ``DATABASE_URL`` or the embedded server, in a scratch database dropped afterwards. Prints
 figures, then one JSON line.
@@ -69,6 +72,7 @@ from exchange.settlement.ledger import (
     AccountCode,
     CreateTransferResult,
     Ledger,
+    Posting,
     Transfer,
     TransferCode,
     TransferFlags,
@@ -329,13 +333,16 @@ async def bench_committed(dsn: str, commands: Sequence[Command], max_batch: int,
         "posting_rows": writer.rows_written,
         "mean_batch": mean_batch,
         "rejected_in_tail": rejected,
-        # where the time goes: this process (core, encoding) and the writer's PostgreSQL backend
+        # where the time goes: this process (core, encoding) and the writer's PostgreSQL backend; per
+        # transfer too, which other load on the machine does not change (elapsed time it does)
         "py_cpu_us_per_command": py_cpu_s / len(commands) * 1e6,
         "pg_cpu_us_per_command": pg_cpu_s / len(commands) * 1e6,
+        "py_cpu_us_per_transfer": py_cpu_s / transfers * 1e6,
+        "pg_cpu_us_per_transfer": pg_cpu_s / transfers * 1e6,
     }
     conn = await asyncpg.connect(dsn)
     try:
-        figures["raw_copy_rows_per_s"] = await _raw_copy(conn, writer.rows_written / max(1, len(batch_sizes)))
+        figures.update(await _raw_copy(conn, len(batch_sizes)))
         stored = await pgstore.balances(conn)
         expected = {a.account_id: (a.debits_pending_fen, a.debits_posted_fen, a.credits_pending_fen,
                                    a.credits_posted_fen) for a in core.ledger_clearing.ledger.accounts()}
@@ -345,17 +352,35 @@ async def bench_committed(dsn: str, commands: Sequence[Command], max_batch: int,
     return figures
 
 
-async def _raw_copy(conn: asyncpg.Connection, rows_per_batch: float) -> float:
-    """The committed posting rows again, in chunks of the mean batch's rows, one commit each, into a
-    twin of ``ledger_postings`` with its indexes but without the balance trigger."""
-    rows = [tuple(r) for r in await conn.fetch(f"SELECT {', '.join(pgstore.POSTING_COLUMNS)} FROM ledger_postings")]
-    await conn.execute("CREATE TABLE bench_postings (LIKE ledger_postings INCLUDING DEFAULTS INCLUDING INDEXES)")
-    chunk = max(1, round(rows_per_batch))
-    start_s = time.perf_counter()
-    for first in range(0, len(rows), chunk):
-        await conn.copy_records_to_table("bench_postings", records=rows[first:first + chunk],
-                                         columns=pgstore.POSTING_COLUMNS)
-    return len(rows) / (time.perf_counter() - start_s)
+async def _raw_copy(conn: asyncpg.Connection, batches: int) -> dict[str, float]:
+    """The committed posting rows again, binary-encoded as the writer does, in as many chunks as the
+    sequencer committed batches, one commit each: into a twin of ``ledger_transfers`` (its checks,
+    key and indexes: what the rows cost) and into a bare table (no constraint, no index: the ceiling)."""
+    rows = await conn.fetch(f"SELECT {', '.join(pgstore.POSTING_COLUMNS)} FROM ledger_transfers ORDER BY seq")
+    chunk = max(1, -(-len(rows) // max(1, batches)))
+    data = [pgstore.encode_postings(*_per_command(rows[i:i + chunk])) for i in range(0, len(rows), chunk)]
+    figures = {}
+    backend_pid = conn.get_server_pid()
+    for name, like in (("raw_copy_rows_per_s", "INCLUDING ALL"), ("raw_copy_bare_rows_per_s", "")):
+        table = f"bench_{name}"
+        await conn.execute(f"CREATE TABLE {table} (LIKE ledger_transfers {like})")
+        cpu_start_s, start_s = _backend_cpu_s(backend_pid), time.perf_counter()
+        for part in data:
+            await conn.copy_to_table(table, source=memoryview(part), columns=pgstore.POSTING_COLUMNS, format="binary")
+        figures[name] = len(rows) / (time.perf_counter() - start_s)
+        figures[name.replace("rows_per_s", "pg_cpu_us_per_row")] = (
+            (_backend_cpu_s(backend_pid) - cpu_start_s) / max(1, len(rows)) * 1e6)
+    return figures
+
+
+def _per_command(rows: Sequence[asyncpg.Record]) -> tuple[int, list[tuple[tuple[()], list[Posting]]]]:
+    """(first seq, each seq's postings from the first to the last seq of ``rows``): rows sorted by seq as
+    ``pgstore.encode_postings`` takes them."""
+    first_seq = rows[0][0]
+    per_command: list[tuple[tuple[()], list[Posting]]] = [((), []) for _ in range(rows[-1][0] - first_seq + 1)]
+    for r in rows:
+        per_command[r[0] - first_seq][1].append(Posting(*r[1:]))
+    return first_seq, per_command
 
 
 # -- main --------------------------------------------------------------------------------------------------------
@@ -384,8 +409,12 @@ def main() -> None:
               f"({figures['posting_rows_per_s_committed']:,.0f} posting rows/s, "
               f"{figures['committed_commands_per_s']:,.0f} commands/s, mean batch {figures['mean_batch']:,.0f})")
         print(f"                CPU per command: {figures['py_cpu_us_per_command']:.1f} us here, "
-              f"{figures['pg_cpu_us_per_command']:.1f} us in the writer's PostgreSQL backend")
-        print(f"raw COPY:       {figures['raw_copy_rows_per_s']:>12,.0f} posting rows/s, same batches, no triggers")
+              f"{figures['pg_cpu_us_per_command']:.1f} us in the writer's PostgreSQL backend; per transfer "
+              f"{figures['py_cpu_us_per_transfer']:.1f} us and {figures['pg_cpu_us_per_transfer']:.1f} us")
+        print(f"raw COPY:       {figures['raw_copy_rows_per_s']:>12,.0f} posting rows/s into a twin of ledger_transfers "
+              f"({figures['raw_copy_pg_cpu_us_per_row']:.2f} us backend CPU a row), "
+              f"{figures['raw_copy_bare_rows_per_s']:,.0f}/s without key, checks or indexes "
+              f"({figures['raw_copy_bare_pg_cpu_us_per_row']:.2f} us)")
         print(f"database balances equal the core's ledger: {figures['database_matches_core']}")
     if args.json:
         print(json.dumps(figures))
