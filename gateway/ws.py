@@ -11,6 +11,10 @@ echoed in the reply):
 - ops registered later with `Hub.register_op` (order entry), run concurrently up to a per-connection
   in-flight bound. A coroutine handler runs as its own task; a plain function runs at once and may
   return a `Deferred` (a future and how to turn it into the reply), which costs no task per message.
+  A connection's deferred replies are sent in the order of their requests. Only the oldest pending
+  future of a connection carries a done-callback: the sequencer resolves a whole batch's futures in
+  one step, so when that callback runs it finds the later ones of the batch done too and answers them
+  all, one callback per connection and batch rather than one per order.
 
 Replies are `{"type": "result", "op": ..., "id": ..., "data": ...}` or
 `{"type": "error", "op": ..., "id": ..., "code": ..., "message": ...}`; channel messages are whatever
@@ -19,19 +23,26 @@ bytes the publisher passed to `Hub.publish`.
 Public channels are `<kind>.<name>` for registered public kinds (`book`, `trades`); private kinds
 (`orders`) are subscribed by their bare name after auth and delivered only to that participant.
 
-Each connection owns a bounded queue drained by its own writer task. `publish` never awaits: a
-connection whose queue is full is a slow consumer and is closed with 4008 "slow consumer", so one slow
+Each connection owns a bounded outbox drained by its own writer task. `publish` never awaits: a
+connection whose outbox is full is a slow consumer and is closed with 4008 "slow consumer", so one slow
 reader never delays the others or the publisher (the sequencer).
+
+The writer takes everything queued since it last ran and writes it as consecutive frames in ONE
+transport write (one system call for a whole batch of replies rather than one per message), then
+waits while the socket's send buffer is above `_WRITE_HIGH_WATER_BYTES`: a reader that stops reading
+stalls its writer, its outbox fills, and it is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import inspect
 import itertools
 import logging
 import re
+import struct
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, Union
 
@@ -61,6 +72,10 @@ _log = logging.getLogger(__name__)
 CLOSE_SLOW_CONSUMER: Final = 4008
 CLOSE_AUTH_FAILED: Final = 4001
 _CLOSE_TIMEOUT_S: Final = 5.0
+# A writer waits while more than this is buffered in the transport (asyncio's own default high-water
+# mark), polling every `_DRAIN_POLL_S`: only a reader that stopped reading ever gets there.
+_WRITE_HIGH_WATER_BYTES: Final = 64 * 1024
+_DRAIN_POLL_S: Final = 0.005
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9_\-]{1,40}")
 
 
@@ -124,11 +139,16 @@ class Deferred:
     def __init__(self, future: asyncio.Future[Any], finish: Callable[[asyncio.Future[Any]], Any]) -> None:
         self.future = future
         self.finish = finish
+
+
+# A deferred reply waiting for its future: (future, op name, request id, finish).
+_Pending = tuple[asyncio.Future[Any], str, "int | str | None", Callable[[asyncio.Future[Any]], Any]]
 # (channel, principal or None) -> the snapshot to send before any delta, or None; raise ApiError to refuse.
 SnapshotProvider = Callable[[str, "Principal | None"], "bytes | None"]
 
 
 class _Op(msgspec.Struct, frozen=True):
+    name: str
     message_type: type[WsRequest]
     handler: OpHandler
     roles: frozenset[Role] | None
@@ -144,22 +164,43 @@ _encode = msgspec.json.Encoder().encode
 
 
 class WsConnection:
-    """One open socket: its queue, its writer task, who it is, and what it subscribed to."""
+    """One open socket: its outbox, its writer task, who it is, and what it subscribed to."""
 
-    __slots__ = ("channels", "closing", "conn_id", "inflight", "messages_in", "principal", "queue",
-                 "request", "writer", "ws")
+    __slots__ = ("armed", "channels", "closing", "conn_id", "deferred", "inflight", "messages_in", "outbox",
+                 "principal", "request", "settle", "wake", "writer", "ws")
 
-    def __init__(self, conn_id: int, ws: web.WebSocketResponse, request: web.Request, queue_size: int) -> None:
+    def __init__(self, conn_id: int, ws: web.WebSocketResponse, request: web.Request) -> None:
         self.conn_id = conn_id
         self.ws = ws
         self.request = request
-        self.queue: asyncio.Queue[bytes | _Close] = asyncio.Queue(queue_size)
+        # Messages not yet taken by the writer (bounded by the hub's queue_size), and the future the
+        # idle writer waits on: set by the first message queued after the writer emptied the outbox.
+        self.outbox: list[bytes | _Close] = []
+        self.wake: asyncio.Future[None] | None = None
         self.principal: Principal | None = None
         self.channels: set[str] = set()  # internal subscription keys
         self.closing = False
         self.inflight = 0
         self.messages_in = 0
         self.writer: asyncio.Task[None] | None = None
+        # Deferred replies in request order: (future, op, request id, finish). `armed`: the first one's
+        # future carries the done-callback `settle` (set by the hub).
+        self.deferred: collections.deque[_Pending] = collections.deque()
+        self.armed = False
+        self.settle: Callable[[asyncio.Future[Any]], None] | None = None
+
+    def put(self, item: bytes | _Close, limit: int) -> bool:
+        """Queue one item for the writer; False if `limit` items are already waiting."""
+        outbox = self.outbox
+        if len(outbox) >= limit:
+            return False
+        outbox.append(item)
+        wake = self.wake
+        if wake is not None:
+            self.wake = None
+            if not wake.done():
+                wake.set_result(None)
+        return True
 
 
 class Hub:
@@ -186,8 +227,11 @@ class Hub:
         self._ids = itertools.count(1)
         self._connections: set[WsConnection] = set()
         self._subscribers: dict[str, set[WsConnection]] = {}
+        # Per private kind, the participants with at least one subscribed connection (a live set).
+        self._private_ids: dict[str, set[int]] = {}
         self._kinds: dict[str, _ChannelKind] = {}
         self._ops: dict[str, _Op] = {}
+        self._op_of_type: dict[type, _Op] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._decoder = self._build_decoder()
         self.accepting = True
@@ -211,8 +255,9 @@ class Hub:
         op = message_type.__struct_config__.tag
         if not isinstance(op, str) or op in self._ops or op in _BUILTIN_OPS:
             raise ValueError(f"op {op!r} is not a new string tag")
-        self._ops[op] = _Op(message_type, handler, None if roles is None else frozenset(roles),
+        self._ops[op] = _Op(op, message_type, handler, None if roles is None else frozenset(roles),
                             inspect.iscoroutinefunction(handler))
+        self._op_of_type[message_type] = self._ops[op]
         self._decoder = self._build_decoder()
 
     def _build_decoder(self) -> msgspec.json.Decoder[Any]:
@@ -234,28 +279,20 @@ class Hub:
         """Queue one message to one connection; False (and the connection dropped) if it is full."""
         if conn.closing:
             return False
-        try:
-            conn.queue.put_nowait(payload)
-        except asyncio.QueueFull:
+        if not conn.put(payload, self._queue_size):
             self._drop_slow(conn)
             return False
-        self._metrics.ws_messages_sent.inc()
         return True
 
     def _deliver(self, subscribers: set[WsConnection] | None, payload: bytes) -> int:
+        """Queue the same bytes (encoded once) to every subscriber."""
         if not subscribers:
             return 0
-        slow: list[WsConnection] = []
-        for conn in subscribers:
-            try:
-                conn.queue.put_nowait(payload)
-            except asyncio.QueueFull:
-                slow.append(conn)
-        delivered = len(subscribers) - len(slow)
+        limit = self._queue_size
+        slow = [conn for conn in subscribers if not conn.put(payload, limit)]
         for conn in slow:  # outside the loop: dropping edits the set being iterated
             self._drop_slow(conn)
-        self._metrics.ws_messages_sent.inc(delivered)
-        return delivered
+        return len(subscribers) - len(slow)
 
     @property
     def connection_count(self) -> int:
@@ -266,7 +303,15 @@ class Hub:
 
     def has_private_subscribers(self, kind: str, participant_id: int) -> bool:
         """Is any connection of `participant_id` subscribed to private channel `kind`?"""
-        return _private_key(kind, participant_id) in self._subscribers
+        return participant_id in self.private_subscribers(kind)
+
+    def private_subscribers(self, kind: str) -> set[int]:
+        """The participants with a connection subscribed to private channel `kind`: a live set, kept
+        up to date by the hub (read it, never change it)."""
+        ids = self._private_ids.get(kind)
+        if ids is None:
+            ids = self._private_ids[kind] = set()
+        return ids
 
     # -- connection life cycle ---------------------------------------------------------------------
 
@@ -277,14 +322,16 @@ class Hub:
         ws = web.WebSocketResponse(heartbeat=self._heartbeat_s, compress=False, decode_text=False,
                                    max_msg_size=self._max_message_bytes, timeout=_CLOSE_TIMEOUT_S)
         await ws.prepare(request)
-        conn = WsConnection(next(self._ids), ws, request, self._queue_size)
+        conn = WsConnection(next(self._ids), ws, request)
         self._connections.add(conn)
         self._metrics.ws_connections.inc()
         conn.writer = asyncio.create_task(self._write_loop(conn))
         try:
             async for msg in ws:
                 if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
-                    await self._on_message(conn, msg.data)
+                    auth = self._on_message(conn, msg.data)
+                    if auth is not None:  # the only message that awaits: nothing is read until it is done
+                        await self._on_auth(conn, auth)
         finally:
             self._forget(conn)
             if conn.writer is not None:
@@ -306,12 +353,29 @@ class Hub:
 
     def _unsubscribe_all(self, conn: WsConnection) -> None:
         for key in conn.channels:
-            subscribers = self._subscribers.get(key)
-            if subscribers is not None:
-                subscribers.discard(conn)
-                if not subscribers:
-                    del self._subscribers[key]
+            self._remove_subscriber(key, conn)
         conn.channels.clear()
+
+    def _add_subscriber(self, key: str, conn: WsConnection) -> None:
+        conn.channels.add(key)
+        subscribers = self._subscribers.get(key)
+        if subscribers is None:
+            subscribers = self._subscribers[key] = set()
+            kind, at, participant_id = key.partition("@")
+            if at:
+                self.private_subscribers(kind).add(int(participant_id))
+        subscribers.add(conn)
+
+    def _remove_subscriber(self, key: str, conn: WsConnection) -> None:
+        subscribers = self._subscribers.get(key)
+        if subscribers is None:
+            return
+        subscribers.discard(conn)
+        if not subscribers:
+            del self._subscribers[key]
+            kind, at, participant_id = key.partition("@")
+            if at:
+                self.private_subscribers(kind).discard(int(participant_id))
 
     def _drop_slow(self, conn: WsConnection) -> None:
         if conn.closing:
@@ -338,16 +402,30 @@ class Hub:
                 transport.abort()
 
     async def _write_loop(self, conn: WsConnection) -> None:
-        ws, queue = conn.ws, conn.queue
+        ws = conn.ws
+        transport = conn.request.transport
+        loop = asyncio.get_running_loop()
+        sent = self._metrics.ws_messages_sent
         try:
             while True:
-                item = await queue.get()
-                if isinstance(item, _Close):
+                if not conn.outbox:
+                    conn.wake = loop.create_future()
+                    await conn.wake
+                    continue
+                items, conn.outbox = conn.outbox, []
+                frames, count, close = _text_frames(items)
+                if count and transport is not None and not transport.is_closing() and not ws.closed:
+                    # Written whole, before any await: cancelling the writer never cuts a frame.
+                    transport.write(frames)
+                    sent.inc(count)
+                if close is not None:
                     conn.closing = True
                     self._unsubscribe_all(conn)
-                    await ws.close(code=item.code, message=item.message)
+                    await ws.close(code=close.code, message=close.message)
                     return
-                await ws.send_frame(item, WSMsgType.TEXT)
+                while transport is not None and transport.get_write_buffer_size() > _WRITE_HIGH_WATER_BYTES \
+                        and not transport.is_closing():
+                    await asyncio.sleep(_DRAIN_POLL_S)
         except ConnectionError:
             pass  # the peer went away; the reading side notices and cleans up
 
@@ -358,35 +436,49 @@ class Hub:
 
     # -- inbound messages ------------------------------------------------------------------------
 
-    async def _on_message(self, conn: WsConnection, data: bytes) -> None:
+    def _on_message(self, conn: WsConnection, data: bytes) -> AuthMessage | None:
+        """Handle one inbound message at once, without a coroutine; an auth message is returned for the
+        caller to await (`_on_auth`)."""
         conn.messages_in += 1
         if conn.closing:
-            return
+            return None
         try:
             msg = self._decoder.decode(data)
         except msgspec.ValidationError as exc:
             self._reply_error(conn, None, None, Code.INVALID, f"invalid message: {exc}")
-            return
+            return None
         except msgspec.DecodeError as exc:
             self._reply_error(conn, None, None, Code.BAD_JSON, f"malformed JSON: {exc}")
-            return
+            return None
+        cls = msg.__class__
         try:
-            if isinstance(msg, AuthMessage):
-                await self._on_auth(conn, msg)
-            elif isinstance(msg, SubscribeMessage):
+            op = self._op_of_type.get(cls)
+            if op is not None:
+                self._on_op(conn, op, msg)
+            elif cls is AuthMessage:
+                return msg  # type: ignore[no-any-return]
+            elif cls is SubscribeMessage:
                 self._on_subscribe(conn, msg)
-            elif isinstance(msg, UnsubscribeMessage):
+            elif cls is UnsubscribeMessage:
                 self._on_unsubscribe(conn, msg)
-            elif isinstance(msg, PingMessage):
+            elif cls is PingMessage:
                 self._reply(conn, WsResult("ping", msg.id))
-            else:
-                self._on_op(conn, msg)
-        except Exception:  # a bug or the database down: answer and keep the socket, never kill the hub
-            op = str(msg.__struct_config__.tag)
-            _log.exception("unhandled error in WebSocket %s", op)
-            self._reply_error(conn, op, msg.id, Code.INTERNAL_ERROR, "internal error")
+        except Exception:  # a bug: answer and keep the socket, never kill the hub
+            self._internal_error(conn, msg)
+        return None
+
+    def _internal_error(self, conn: WsConnection, msg: WsRequest) -> None:
+        op = str(msg.__struct_config__.tag)
+        _log.exception("unhandled error in WebSocket %s", op)
+        self._reply_error(conn, op, msg.id, Code.INTERNAL_ERROR, "internal error")
 
     async def _on_auth(self, conn: WsConnection, msg: AuthMessage) -> None:
+        try:
+            await self._auth_connection(conn, msg)
+        except Exception:  # a bug or the database down: answer and keep the socket
+            self._internal_error(conn, msg)
+
+    async def _auth_connection(self, conn: WsConnection, msg: AuthMessage) -> None:
         if conn.messages_in != 1:
             self._reply_error(conn, "auth", msg.id, "auth_must_be_first",
                               "auth is accepted only as the first message")
@@ -418,19 +510,14 @@ class Hub:
         for (_, key), snapshot in zip(new, snapshots, strict=True):
             if snapshot is not None and not self.send(conn, snapshot):
                 return
-            conn.channels.add(key)
-            self._subscribers.setdefault(key, set()).add(conn)
+            self._add_subscriber(key, conn)
 
     def _on_unsubscribe(self, conn: WsConnection, msg: UnsubscribeMessage) -> None:
         for channel in msg.channels:
             key = self._private_or_public_key(conn, channel)
             if key is not None and key in conn.channels:
                 conn.channels.discard(key)
-                subscribers = self._subscribers.get(key)
-                if subscribers is not None:
-                    subscribers.discard(conn)
-                    if not subscribers:
-                        del self._subscribers[key]
+                self._remove_subscriber(key, conn)
         self._reply(conn, WsResult("unsubscribe", msg.id, {"channels": msg.channels}))
 
     def _subscription_key(self, conn: WsConnection, channel: str) -> str:
@@ -454,16 +541,16 @@ class Hub:
         kind = self._kinds[channel.partition(".")[0]]
         return None if kind.snapshot is None else kind.snapshot(channel, conn.principal)
 
-    def _on_op(self, conn: WsConnection, msg: WsRequest) -> None:
-        op_name = str(msg.__struct_config__.tag)
-        op = self._ops[op_name]
+    def _on_op(self, conn: WsConnection, op: _Op, msg: WsRequest) -> None:
+        op_name = op.name
         if op.roles is not None:
-            if conn.principal is None:
+            principal = conn.principal
+            if principal is None:
                 self._reply_error(conn, op_name, msg.id, Code.MISSING_CREDENTIALS, "auth first")
                 return
-            if conn.principal.role not in op.roles:
+            if principal.role not in op.roles:
                 self._reply_error(conn, op_name, msg.id, Code.FORBIDDEN,
-                                  f"role {conn.principal.role.value} may not {op_name}")
+                                  f"role {principal.role.value} may not {op_name}")
                 return
         if conn.inflight >= self._max_inflight:
             self._reply_error(conn, op_name, msg.id, Code.RATE_LIMITED,
@@ -487,12 +574,31 @@ class Hub:
             _log.exception("unhandled error in WebSocket op %s", op_name)
             self._reply_error(conn, op_name, msg.id, Code.INTERNAL_ERROR, "internal error")
             return
-        if isinstance(outcome, Deferred):
-            outcome.future.add_done_callback(
-                functools.partial(self._finish_deferred, conn, op_name, msg.id, outcome.finish))
+        if outcome.__class__ is Deferred:
+            conn.deferred.append((outcome.future, op_name, msg.id, outcome.finish))
+            if not conn.armed:
+                self._arm(conn)
         else:
             conn.inflight -= 1
             self._reply(conn, WsResult(op_name, msg.id, outcome))
+
+    def _arm(self, conn: WsConnection) -> None:
+        """Put the done-callback on the oldest pending future (see the module docstring)."""
+        settle = conn.settle
+        if settle is None:
+            settle = conn.settle = functools.partial(self._settle, conn)
+        conn.armed = True
+        conn.deferred[0][0].add_done_callback(settle)
+
+    def _settle(self, conn: WsConnection, _done: asyncio.Future[Any]) -> None:
+        """Answer every deferred request whose future is done, oldest first, up to the first pending one."""
+        conn.armed = False
+        deferred = conn.deferred
+        while deferred and deferred[0][0].done():
+            future, op_name, request_id, finish = deferred.popleft()
+            self._finish_deferred(conn, op_name, request_id, finish, future)
+        if deferred:
+            self._arm(conn)
 
     def _finish_deferred(self, conn: WsConnection, op_name: str, request_id: int | str | None,
                          finish: Callable[[asyncio.Future[Any]], Any], future: asyncio.Future[Any]) -> None:
@@ -533,13 +639,34 @@ class Hub:
         self.send(conn, _encode(WsError(str(code), message, op, request_id)))
 
     def _enqueue(self, conn: WsConnection, item: _Close) -> None:
-        try:
-            conn.queue.put_nowait(item)
-        except asyncio.QueueFull:
+        if not conn.put(item, self._queue_size):
             self._drop_slow(conn)
 
 
 _BUILTIN_OPS: Final = frozenset({"auth", "subscribe", "unsubscribe", "ping"})
+_FIN_TEXT: Final = 0x81  # FIN bit + opcode 1 (text); server frames are never masked (RFC 6455 5.1)
+_HEADER_SHORT = struct.Struct("!BB").pack
+_HEADER_16 = struct.Struct("!BBH").pack
+_HEADER_64 = struct.Struct("!BBQ").pack
+
+
+def _text_frames(items: list[bytes | _Close]) -> tuple[bytes, int, _Close | None]:
+    """The messages before the first `_Close` (if any) as consecutive unmasked text frames, their
+    number, and that close."""
+    parts: list[bytes] = []
+    append = parts.append
+    for item in items:
+        if item.__class__ is _Close:
+            return b"".join(parts), len(parts) // 2, item  # type: ignore[return-value]
+        length = len(item)
+        if length < 126:
+            append(_HEADER_SHORT(_FIN_TEXT, length))
+        elif length < 65_536:
+            append(_HEADER_16(_FIN_TEXT, 126, length))
+        else:
+            append(_HEADER_64(_FIN_TEXT, 127, length))
+        append(item)  # type: ignore[arg-type]
+    return b"".join(parts), len(parts) // 2, None
 
 
 def _private_key(kind: str, participant_id: int) -> str:

@@ -262,6 +262,23 @@ async def test_registered_ops_reply_with_their_request_id(gw: Gateway) -> None:
     await anonymous.close()
 
 
+async def test_messages_queued_together_arrive_as_exact_frames_in_order(gw: Gateway) -> None:
+    """The writer sends what was queued at once in one write: every frame-length encoding (7-bit,
+    16-bit, 64-bit) at its edges must come out byte for byte, in order."""
+    channel = "trades.RC-FH"
+    ws = await gw.connect()
+    await _send(ws, {"op": "subscribe", "channels": [channel]})
+    await _recv(ws)
+    lengths = [2, 125, 126, 127, 65_535, 65_536, 200_000]
+    payloads = [b'"' + bytes([ord("a") + i]) * (n - 2) + b'"' for i, n in enumerate(lengths)]
+    for payload in payloads:  # no await in between: one batch for the writer
+        assert gw.hub.publish(channel, payload) == 1
+    for payload in payloads:
+        msg = await ws.receive(timeout=5)
+        assert (msg.type, msg.data.encode()) == (WSMsgType.TEXT, payload)
+    await ws.close()
+
+
 async def test_slow_consumer_is_dropped_while_a_fast_one_gets_everything(gw: Gateway) -> None:
     channel = "trades.SLOW"
     drops_before = gw.app[METRICS].ws_slow_consumer_drops._value.get()
