@@ -306,7 +306,8 @@ class ExchangePort:
         self._listeners: list[Listener] = []
         self._wanted: list[Callable[[int], bool]] = []
         self._watch: asyncio.Task[None] | None = None
-        shard._match_observers.append(metrics.match_latency.observe)
+        self._observe_match = metrics.match_latency.labels().observe
+        shard._match_observers.append(self._observe_match)
         metrics.sequencer_queue_depth.set_function(lambda: shard.sequencer.queue_depth)
         self.add_listener(self._count)
         # Metric children by label, resolved once: prometheus_client's label lookup costs more than an
@@ -347,7 +348,7 @@ class ExchangePort:
             with contextlib.suppress(ValueError):
                 self.shard.report_wanted.remove(wants)
         with contextlib.suppress(ValueError):
-            self.shard._match_observers.remove(self.metrics.match_latency.observe)
+            self.shard._match_observers.remove(self._observe_match)
 
     # -- commands -------------------------------------------------------------------------------------
 

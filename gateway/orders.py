@@ -355,13 +355,11 @@ def wire(hub: Hub) -> None:
 def attach(app: web.Application, port: ExchangePort, hub: Hub, metrics: Metrics) -> None:
     """Publish every participant's execution reports to its `orders` subscribers."""
 
-    def wants(participant_id: int) -> bool:
-        return hub.has_private_subscribers("orders", participant_id)
-
     def publish(_batch: object, digest: BatchDigest) -> None:
         for participant_id, report in digest.reports:
             hub.publish_private("orders", participant_id, _encode(OrderUpdate("orders", report)))
 
-    port.add_report_wanted(wants)
+    # Reports are built only for participants listening: a set lookup per order a batch touched.
+    port.add_report_wanted(hub.private_subscribers("orders").__contains__)
     port.add_listener(publish)
 

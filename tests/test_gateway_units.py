@@ -1,4 +1,5 @@
-"""Gateway parts without a server: signing, replay guard, token buckets, config, route registry, OpenAPI."""
+"""Gateway parts without a server: signing, replay guard, token buckets, config, route registry, OpenAPI,
+plain metrics."""
 
 from __future__ import annotations
 
@@ -6,9 +7,14 @@ from typing import Annotated
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.auth import OPERATORS, PUBLIC, SELLERS
 from gateway.config import ConfigError, GatewayConfig
+from gateway.metrics import PlainCounter, PlainHistogram
 from gateway.openapi import build_openapi
 from gateway.ratelimit import TokenBuckets
 from gateway.routes import Call, RouteTable
@@ -158,3 +164,33 @@ def test_client_moves_only_exact_repeats_to_the_next_millisecond() -> None:
     other = client._unique_signature("s" * 32, "GET", "/v1/me?x=1", b"")
     assert (first[0], repeat[0], other[0]) == (1_000, 1_001, 1_000)
     assert repeat[1] == sign("s" * 32, 1_001, "GET", "/v1/me")
+
+
+# -- plain metrics --------------------------------------------------------------------------------------
+
+
+def _exposed(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = generate_latest(registry).decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples
+            if not s.name.endswith("_created")}
+
+
+@given(st.lists(st.tuples(st.sampled_from(["http", "ws"]),
+                          st.one_of(st.sampled_from([0.0, 0.0005, 0.001, 5.0]),
+                                    st.floats(0, 10, allow_nan=False))), max_size=50))
+@settings(max_examples=50, deadline=None)
+def test_plain_metrics_expose_what_prometheus_client_would(observations: list[tuple[str, float]]) -> None:
+    """Same names, labels, cumulative buckets (a value on a bound counts in it), counts and sums."""
+    buckets = (0.0005, 0.001, 0.0025, 5.0)
+    plain_registry, reference_registry = CollectorRegistry(), CollectorRegistry()
+    plain = PlainHistogram("t_latency_seconds", "doc", ["transport"], buckets, plain_registry)
+    reference = Histogram("t_latency_seconds", "doc", ["transport"], buckets=buckets, registry=reference_registry)
+    plain_count = PlainCounter("t_orders_total", "doc", ["transport"], plain_registry)
+    reference_count = Counter("t_orders_total", "doc", ["transport"], registry=reference_registry)
+    for transport, value in observations:
+        plain.labels(transport).observe(value)
+        reference.labels(transport).observe(value)
+        plain_count.labels(transport).inc()
+        reference_count.labels(transport).inc()
+    assert _exposed(plain_registry) == pytest.approx(_exposed(reference_registry))
