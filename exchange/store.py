@@ -21,7 +21,7 @@ import contextlib
 import hashlib
 import os
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -41,6 +41,7 @@ __all__ = [
     "MigrationError",
     "Snapshot",
     "append_journal",
+    "copy_journal",
     "create_pool",
     "dsn_with_database",
     "ensure_database",
@@ -237,6 +238,15 @@ async def append_journal(
     if rows:
         columns = _JOURNAL_COLUMNS if len(rows[0]) == 3 else _JOURNAL_COLUMNS_WITH_EVENTS
         await conn.copy_records_to_table("journal", records=rows, columns=columns, timeout=timeout_s)
+
+
+async def copy_journal(
+    conn: asyncpg.Connection, records: Iterable[tuple[int, int, bytes, bytes]], *, timeout_s: float | None = None
+) -> None:
+    """Append (seq, ts_ns, command, events) rows with binary COPY; `records` may be a lazy iterator
+    (the sequencer encodes each row as COPY consumes it). Like `append_journal` otherwise."""
+    await conn.copy_records_to_table("journal", records=records, columns=_JOURNAL_COLUMNS_WITH_EVENTS,
+                                     timeout=timeout_s)
 
 
 async def read_journal(
