@@ -36,6 +36,7 @@ import math
 import time
 import weakref
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from typing import Any, Final
 
 import asyncpg
@@ -136,7 +137,8 @@ class Shard:
         # The PostgreSQL read models (orders, trades) for reconciliation and other readers of the
         # database; followed asynchronously, so acknowledgements never wait for them.
         self.projector = readmodel.Projector(dsn) if config.project_read_models else None
-        self.report_wanted: list[Callable[[int], bool]] = []
+        # Live sets of the participants who want execution reports (e.g. subscribed to `orders`).
+        self.report_wanted: list[AbstractSet[int]] = []
         self.users = 0
         self.failure: str | None = None  # set when a batch could not be folded: the read model is stale
         self._buffer: list[CommittedBatch] | None = []  # batches committed while rebuilding
@@ -227,8 +229,8 @@ class Shard:
         entries = batch.entries()
         if batch.first_seq <= applied_seq:  # partly folded by the rebuild
             entries = (e for e in batch.entries() if e[0] > applied_seq)
-        wanted = self.report_wanted
-        wants = None if not wanted else (wanted[0] if len(wanted) == 1 else _any_of(wanted))
+        wanted = [ids for ids in self.report_wanted if ids]  # nobody listening: no reports built at all
+        wants = None if not wanted else (wanted[0].__contains__ if len(wanted) == 1 else _any_of(wanted))
         digest = read_model.apply_batch(entries, wants)
         for listener in list(self.listeners):
             try:
@@ -241,8 +243,8 @@ class Shard:
             observe(duration_s)
 
 
-def _any_of(predicates: list[Callable[[int], bool]]) -> Callable[[int], bool]:
-    return lambda participant_id: any(p(participant_id) for p in predicates)
+def _any_of(sets: list[AbstractSet[int]]) -> Callable[[int], bool]:
+    return lambda participant_id: any(participant_id in ids for ids in sets)
 
 
 def _decode_rows(rows: list[asyncpg.Record], shadow: Core | None) -> list[tuple[int, Command, list[Event]]]:
@@ -304,7 +306,7 @@ class ExchangePort:
         self.readiness = readiness
         self.accepting = True
         self._listeners: list[Listener] = []
-        self._wanted: list[Callable[[int], bool]] = []
+        self._wanted: list[AbstractSet[int]] = []
         self._watch: asyncio.Task[None] | None = None
         self._observe_match = metrics.match_latency.labels().observe
         shard._match_observers.append(self._observe_match)
@@ -326,10 +328,10 @@ class ExchangePort:
         self._listeners.append(listener)
         self.shard.listeners.append(listener)
 
-    def add_report_wanted(self, wants: Callable[[int], bool]) -> None:
-        """Execution reports are built, per order a batch touched, for participants `wants` names."""
-        self._wanted.append(wants)
-        self.shard.report_wanted.append(wants)
+    def add_report_wanted(self, participant_ids: AbstractSet[int]) -> None:
+        """Execution reports are built, per order a batch touched, for the participants in this live set."""
+        self._wanted.append(participant_ids)
+        self.shard.report_wanted.append(participant_ids)
 
     def start_watching(self) -> None:
         self._watch = asyncio.create_task(self._watch_readiness(), name="exchange-readiness")
@@ -344,9 +346,8 @@ class ExchangePort:
         for listener in self._listeners:
             with contextlib.suppress(ValueError):
                 self.shard.listeners.remove(listener)
-        for wants in self._wanted:
-            with contextlib.suppress(ValueError):
-                self.shard.report_wanted.remove(wants)
+        mine = {id(ids) for ids in self._wanted}  # by identity: two empty sets are equal
+        self.shard.report_wanted[:] = [ids for ids in self.shard.report_wanted if id(ids) not in mine]
         with contextlib.suppress(ValueError):
             self.shard._match_observers.remove(self._observe_match)
 

@@ -359,7 +359,6 @@ def attach(app: web.Application, port: ExchangePort, hub: Hub, metrics: Metrics)
         for participant_id, report in digest.reports:
             hub.publish_private("orders", participant_id, _encode(OrderUpdate("orders", report)))
 
-    # Reports are built only for participants listening: a set lookup per order a batch touched.
-    port.add_report_wanted(hub.private_subscribers("orders").__contains__)
+    port.add_report_wanted(hub.private_subscribers("orders"))
     port.add_listener(publish)
 

@@ -282,6 +282,9 @@ def order_event_ids(event: Event) -> tuple[int, ...]:
     return ()
 
 
+_SYMBOL_ELSEWHERE: Final = frozenset({InstrumentListed, LotRegistered})  # events without an `instrument`
+
+
 def event_instrument(event: Event) -> str:
     cls = event.__class__
     if cls is InstrumentListed:
@@ -340,6 +343,12 @@ class ReadModel:
             if not digest.first_seq:
                 digest.first_seq = seq
             digest.last_seq = seq
+        # Each instrument's seq once per batch, not per event: nothing reads it inside a batch.
+        records = self.instruments
+        for symbol, delta in digest.instruments.items():
+            record = records.get(symbol)
+            if record is not None:
+                record.seq = delta.last_seq
         return digest
 
     def _apply(self, command: Command, events: list[Event], digest: BatchDigest) -> None:
@@ -347,17 +356,15 @@ class ReadModel:
         instruments = digest.instruments
         handlers = self._handlers
         for event in events:
+            cls = event.__class__
             seq = event.seq
             if seq:
-                symbol = event_instrument(event)
+                symbol = event_instrument(event) if cls in _SYMBOL_ELSEWHERE else event.instrument
                 delta = instruments.get(symbol)
                 if delta is None:
                     instruments[symbol] = delta = InstrumentDelta(seq)
                 delta.last_seq = seq
-                record = self.instruments.get(symbol)
-                if record is not None:
-                    record.seq = seq
-            handler = handlers.get(event.__class__)
+            handler = handlers.get(cls)
             if handler is not None:  # of settlement events (seq 0) only a fee schedule concerns this model
                 handler(event, command, touched, digest)
         if touched and digest.wants is not None:
@@ -388,7 +395,8 @@ class ReadModel:
     def _on_trade(self, event: Trade, command: Command, touched: dict[int, int], digest: BatchDigest) -> None:
         for order_id in (event.buy_order_id, event.sell_order_id):
             rec = self.orders[order_id]
-            self._touch(rec, touched)
+            if order_id not in touched:
+                touched[order_id] = len(rec.fills)
             before = rec.remaining_heads
             sold = fold_order(rec, event)
             if rec.lot_id:
