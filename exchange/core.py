@@ -407,7 +407,7 @@ class Core:
         keeps_priority = price == order.price_fen and added < 0
         if (
             order.post_only
-            and not keeps_priority
+            and (not keeps_priority or order.all_or_none)  # a smaller whole-truck offer may now be taken
             and market.state == CONTINUOUS
             and book.would_take(
                 order.side, price, order.remaining_heads + added, order.participant_id, order.all_or_none

@@ -322,6 +322,8 @@ class ReferenceCore:
                 continue
             bid = takers[0]
             maker, taker = (bid, sell) if bid.priority < sell.priority else (sell, bid)
+            if taker.post_only and not maker.post_only:  # a post-only order never takes
+                maker, taker = taker, maker
             self._trade(market, bid, sell, maker.price_fen, sell.remaining_heads, taker.side, ts_ns, events)
             self._book_changed(market, Side.BUY, bid.price_fen, ts_ns, events)
             self._book_changed(market, Side.SELL, sell.price_fen, ts_ns, events)
@@ -522,7 +524,7 @@ class ReferenceCore:
         ):
             return R.SELF_TRADE_PREVENTED
         loses_priority = price != order.price_fen or extra > 0
-        if order.post_only and loses_priority and market.state == CONTINUOUS:
+        if order.post_only and (loses_priority or order.all_or_none) and market.state == CONTINUOUS:
             probe = copy.copy(order)
             probe.price_fen, probe.remaining_heads = price, quantity - order.filled_heads
             if self._would_take(market, probe):

@@ -437,6 +437,29 @@ def test_reducing_a_resting_all_or_none_sell_lets_a_waiting_bid_take_it_at_the_e
 
 
 
+def test_reducing_a_post_only_all_or_none_sell_into_a_bid_able_to_take_it_is_rejected() -> None:
+    s = Scenario()
+    lot1 = s.lot(S1)
+    s.rest(B1, BUY, 2800, 5)
+    aon = s.rest(S1, SELL, 2790, 10, lot_id=lot1, all_or_none=True, post_only=True)  # too big for the bid
+    s.reject(amend_cmd(S1, aon, heads=5), R.POST_ONLY_WOULD_TAKE)
+    s.expect(amend_cmd(S1, aon, heads=6), [amended(aon, S1, 2790, 6, 6, True), level(SELL, 2790, 6)])
+
+
+def test_a_post_only_bid_is_the_maker_when_a_reduced_all_or_none_sell_meets_it() -> None:
+    s = Scenario()
+    lot1 = s.lot(S1)
+    aon = s.rest(S1, SELL, 2790, 10, lot_id=lot1, all_or_none=True)
+    b = s.rest(B1, BUY, 2800, 6, post_only=True)  # may rest: it cannot take the whole truck
+    s.expect(amend_cmd(S1, aon, heads=6), [
+        amended(aon, S1, 2790, 6, 6, True),
+        level(SELL, 2790, 6),
+        trade(1, 2800, 6, buy=(b, B1, 0), sell=(aon, S1, 0), lot_id=lot1, taker=SELL),
+        level(BUY, 2800, 0),
+        level(SELL, 2790, 0),
+    ])  # fmt: skip
+
+
 # -- self-trade prevention ------------------------------------------------------------------------------
 
 

@@ -402,7 +402,8 @@ class OrderBook:
         """Trade every resting all-or-none sell that a resting bid can now take whole.
 
         Needed after an auction uncross or after an all-or-none sell was reduced, the two ways such
-        a sell can come to rest opposite a bid able to take it. The earlier order is the maker.
+        a sell can come to rest opposite a bid able to take it. The earlier order is the maker, unless
+        only the later one is post-only: a post-only order never takes, so it is the maker then.
         """
         aon_sells = [order for order in self.asks.iter_orders() if order.all_or_none]
         for sell in aon_sells:
@@ -410,6 +411,8 @@ class OrderBook:
             if bid is None:
                 continue
             maker, taker = (bid, sell) if bid.priority < sell.priority else (sell, bid)
+            if taker.post_only and not maker.post_only:
+                maker, taker = taker, maker
             self._fill_whole(bid, sell, maker.price_fen, taker.side, ts_ns, events, sell_resting=True)
 
     def _first_bid_taking_whole(self, sell: Order) -> Order | None:
