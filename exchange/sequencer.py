@@ -77,6 +77,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import logging
 import operator
 import time
@@ -91,13 +92,14 @@ import msgspec
 
 from exchange import store
 from exchange.commands import ClockTick, Command, PlaceOrder, decode_command
-from exchange.core import MAX_CLIENT_ORDER_ID_LEN, Core
+from exchange.core import MAX_CLIENT_ORDER_ID_LEN, Core, new_exchange
 from exchange.events import Event
 
 __all__ = [
     "SYSTEM_PARTICIPANT",
     "Busy",
     "CommittedBatch",
+    "CoreFactory",
     "ExtraWrites",
     "IdempotencyConflict",
     "Recovery",
@@ -119,6 +121,7 @@ SYSTEM_PARTICIPANT: Final = 0  # participant id of commands the sequencer itself
 # pg_advisory_lock key held by the writer connection for as long as it writes: "hogx_seq" as int64.
 _WRITER_LOCK_KEY: Final = int.from_bytes(b"hogx_seq", "big") - (1 << 63)
 _REPLAY_PAGE: Final = 50_000
+_REPLAY_SLICE: Final = 5_000  # commands applied between turns of the event loop during replay
 _BACKOFF_START_S: Final = 0.05
 _BACKOFF_MAX_S: Final = 2.0
 
@@ -237,6 +240,7 @@ class CommittedBatch:
 
 
 ExtraWrites = Callable[[asyncpg.Connection, CommittedBatch], Awaitable[None]]
+CoreFactory = Callable[[], Core]
 Subscriber = Callable[[CommittedBatch], None]
 
 
@@ -300,13 +304,16 @@ def _indexable(command: PlaceOrder) -> bool:
 
 async def recover(
     conn: asyncpg.Connection,
-    core_type: type[Core] = Core,
+    core_type: CoreFactory = new_exchange,
     *,
     use_snapshot: bool = True,
     until_seq: int | None = None,
 ) -> Recovery:
     """Rebuild the core and the idempotency index from the database (latest snapshot + journal tail).
 
+    `core_type` makes the empty core (default: the exchange with settlement, `new_exchange`); a
+    snapshot is restored by its `from_snapshot` when it has one (a `Core` subclass), else by
+    `Core.from_snapshot`.
     With `use_snapshot=False` everything is replayed from seq 1 (tests compare the two); with
     `until_seq` the state after that seq is rebuilt (from the latest snapshot at or before it). Raises
     `RecoveryError` if the snapshot's state hash does not match its state or the journal has a hole.
@@ -315,7 +322,7 @@ async def recover(
     if snapshot is None:
         core, client_orders, after_seq = core_type(), {}, 0
     else:
-        core = core_type.from_snapshot(snapshot.state)
+        core = getattr(core_type, "from_snapshot", Core.from_snapshot)(snapshot.state)
         restored_hash = core.state_hash()
         if restored_hash != snapshot.state_hash:
             raise RecoveryError(
@@ -341,8 +348,11 @@ async def _replay(
 ) -> int:
     """Apply journal rows `after_seq < seq <= upto_seq` to `core`; return the last command's ts_ns.
 
-    The next page is fetched while the current one is applied. The collector is paused meanwhile: the
-    core builds no reference cycles, and scanning millions of young objects would double replay time.
+    The next page is fetched while the current one is applied: the page is applied in slices with a
+    turn of the event loop between them, so the next page's query goes out at once and its bytes are
+    read as they arrive (without the turns it would be sent only after the page, and nothing would
+    overlap). The collector is paused meanwhile: the core builds no reference cycles, and scanning
+    millions of young objects would double replay time.
     """
     last_ts_ns = 0
     if after_seq >= upto_seq:
@@ -363,7 +373,10 @@ async def _replay(
                 page_end = min(after_seq + _REPLAY_PAGE, upto_seq)
                 pending = asyncio.ensure_future(store.read_command_page(conn, after_seq, page_end))
             commands = _decode_page(count, data, page_start, after_seq)
-            last_ts_ns = _apply_page(core, client_orders, commands, page_start + 1)
+            for start in range(0, len(commands), _REPLAY_SLICE):
+                if pending is not None:
+                    await asyncio.sleep(0)
+                last_ts_ns = _apply_page(core, client_orders, commands, start, page_start + 1)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -379,15 +392,20 @@ def _decode_page(count: int, data: bytes, after_seq: int, upto_seq: int) -> list
     return commands
 
 
-def _apply_page(core: Core, client_orders: dict[ClientKey, int], commands: list[Command], first_seq: int) -> int:
+def _apply_page(
+    core: Core, client_orders: dict[ClientKey, int], commands: list[Command], start: int, first_seq: int
+) -> int:
+    """Apply one slice of a page, `commands[start:start + _REPLAY_SLICE]` (`commands[0]` has seq
+    `first_seq`); return the last one's ts_ns."""
     apply = core.apply
-    seq = first_seq
-    for command in commands:
+    seq = first_seq + start
+    end = min(start + _REPLAY_SLICE, len(commands))
+    for command in itertools.islice(commands, start, end):
         if command.__class__ is PlaceOrder and _indexable(command):  # type: ignore[arg-type]
             client_orders[(command.participant_id, command.client_order_id)] = seq  # type: ignore[union-attr]
         apply(command)
         seq += 1
-    return commands[-1].ts_ns if commands else 0
+    return commands[end - 1].ts_ns
 
 
 # -- the sequencer --------------------------------------------------------------------------------------
@@ -397,6 +415,10 @@ class Sequencer:
     """One shard's single writer. See the module docstring for the guarantees.
 
     `dsn` is the database; the writer opens its own connection on it (holding the writer lock).
+    `core_type` makes the core: by default the exchange as it runs, matching with settlement
+    (`exchange.core.new_exchange`; pair it with `exchange.settlement.pgstore.LedgerWriter` as
+    `extra_writes` so the ledger's rows commit with their batch); `Core` is the bare matching engine.
+    Any callable returning a fresh `Core` will do (see `recover` for snapshots).
     `pool` serves side work (snapshots, answers to retries of committed orders); one of two
     connections is created when not given.
     """
@@ -405,7 +427,7 @@ class Sequencer:
         self,
         dsn: str,
         *,
-        core_type: type[Core] = Core,
+        core_type: CoreFactory = new_exchange,
         pool: asyncpg.Pool | None = None,
         queue_size: int = 50_000,
         max_batch: int = 1_000,

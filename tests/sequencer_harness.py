@@ -95,7 +95,7 @@ def client_ids(rows: Sequence[JournalRow]) -> list[tuple[int, str]]:
 
 
 async def replay_hash(conn: asyncpg.Connection, *, use_snapshot: bool, until_seq: int | None = None) -> str:
-    recovery = await recover(conn, use_snapshot=use_snapshot, until_seq=until_seq)
+    recovery = await recover(conn, Core, use_snapshot=use_snapshot, until_seq=until_seq)
     return recovery.core.state_hash()
 
 
@@ -224,7 +224,7 @@ def build_commands(actions: list[tuple[Any, ...]], lots: dict[int, int]) -> list
 async def child_main() -> None:
     dsn = os.environ[DSN_ENV]
     round_id = os.environ.get(ROUND_ENV, "r0")
-    sequencer = Sequencer(dsn, snapshot_every=300, max_batch=64)
+    sequencer = Sequencer(dsn, core_type=Core, snapshot_every=300, max_batch=64)
     recovery = await sequencer.start()
     sys.stdout.write(f"RECOVERED {recovery.last_seq} {sequencer.core.state_hash()}\n")
     sys.stdout.flush()

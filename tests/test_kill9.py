@@ -20,6 +20,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
+from exchange.core import Core
 from exchange.sequencer import Sequencer
 from tests.sequencer_harness import DSN_ENV, ROUND_ENV, client_ids, journal, replay_hash
 
@@ -109,7 +110,7 @@ async def test_sigkill_loses_no_acknowledged_order_and_replay_is_exact(
             expected_hash = await _check_after_kill(conn, acked)
     finally:
         await conn.close()
-    sequencer = Sequencer(dsn)
+    sequencer = Sequencer(dsn, core_type=Core)
     await sequencer.start()
     try:
         assert sequencer.core.state_hash() == expected_hash

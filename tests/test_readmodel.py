@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from exchange import readmodel
 from exchange.commands import AmendOrder, CancelOrder, ClockTick
+from exchange.core import Core
 from exchange.domain import Side, TimeInForce
 from exchange.events import OrderAccepted
 from exchange.readmodel import OrderView, Page, Projector, fold, project_batch
@@ -46,7 +47,7 @@ class Exchange:
 
     def __init__(self, dsn: str, mode: str, clock: Any = None, **options: Any) -> None:
         extra = project_batch if mode == "in-transaction" else None
-        self.sequencer = Sequencer(dsn, clock_ns=clock or StepClock(), extra_writes=extra, **options)
+        self.sequencer = Sequencer(dsn, core_type=Core, clock_ns=clock or StepClock(), extra_writes=extra, **options)
         self.projector = Projector(dsn, poll_interval_s=0.05) if mode == "projector" else None
         self.pool: asyncpg.Pool | None = None
         self.dsn = dsn
@@ -204,7 +205,7 @@ async def _check_against_core(dsn: str, actions: list[tuple[Any, ...]], groups: 
     try:
         await conn.execute("TRUNCATE journal, snapshots, orders, trades")
         await conn.execute("UPDATE projections SET seq = 0")
-        sequencer = Sequencer(dsn, clock_ns=StepClock(step_ns=3_000_000), extra_writes=project_batch)
+        sequencer = Sequencer(dsn, core_type=Core, clock_ns=StepClock(step_ns=3_000_000), extra_writes=project_batch)
         await sequencer.start()
         await sequencer.submit(list_instrument())
         lots = {s: (await sequencer.submit(register_lot(s))).events[0].lot.lot_id for s in SELLERS}  # type: ignore[union-attr]

@@ -138,7 +138,9 @@ async def test_backend_terminated_inside_a_batch_loses_nothing_and_commits_nothi
             await terminated.wait()
         await conn.execute("SELECT 1")
 
-    sequencer = Sequencer(dsn, clock_ns=StepClock(), max_batch=16, extra_writes=extra_writes, backoff_max_s=0.1)
+    sequencer = Sequencer(
+        dsn, core_type=Core, clock_ns=StepClock(), max_batch=16, extra_writes=extra_writes, backoff_max_s=0.1
+    )
     await sequencer.start()
     lot_id = await _setup(sequencer)
     traffic = Traffic(sequencer, lot_id)
@@ -180,7 +182,7 @@ async def test_backend_terminated_inside_a_batch_loses_nothing_and_commits_nothi
 
 async def test_backend_terminated_at_random_moments_under_load(dsn: str) -> None:
     """Plain COPY commits (no extra writes), killed whenever: ambiguous commits are settled by recovery."""
-    sequencer = Sequencer(dsn, clock_ns=StepClock(), max_batch=32, backoff_max_s=0.1)
+    sequencer = Sequencer(dsn, core_type=Core, clock_ns=StepClock(), max_batch=32, backoff_max_s=0.1)
     await sequencer.start()
     lot_id = await _setup(sequencer)
     traffic = Traffic(sequencer, lot_id)
@@ -222,7 +224,7 @@ async def test_backend_terminated_at_random_moments_under_load(dsn: str) -> None
 
 
 async def test_stop_while_the_database_is_unreachable_returns_promptly(dsn: str) -> None:
-    sequencer = Sequencer(dsn, clock_ns=StepClock(), backoff_max_s=0.05)
+    sequencer = Sequencer(dsn, core_type=Core, clock_ns=StepClock(), backoff_max_s=0.05)
     await sequencer.start()
     await _setup(sequencer)
     async with _connections_blocked(dsn):
@@ -258,7 +260,7 @@ async def test_a_failing_extra_write_rolls_back_the_whole_batch(dsn: str) -> Non
         if calls == 3:
             raise RuntimeError("ledger does not balance")
 
-    sequencer = Sequencer(dsn, clock_ns=StepClock(), extra_writes=extra_writes, backoff_max_s=0.05)
+    sequencer = Sequencer(dsn, core_type=Core, clock_ns=StepClock(), extra_writes=extra_writes, backoff_max_s=0.05)
     await sequencer.start()
     await _setup(sequencer)  # calls 1 and 2
     failed = await asyncio.gather(
@@ -320,7 +322,7 @@ async def test_a_core_exception_fails_the_batch_and_rebuilds_the_core(dsn: str) 
 
 
 async def _journal_something(dsn: str, **options: Any) -> None:
-    sequencer = Sequencer(dsn, clock_ns=StepClock(), **options)
+    sequencer = Sequencer(dsn, core_type=Core, clock_ns=StepClock(), **options)
     await sequencer.start()
     await _setup(sequencer)
     for i in range(3):
@@ -335,7 +337,7 @@ async def test_start_refuses_a_snapshot_whose_hash_does_not_match(dsn: str) -> N
         await conn.execute("UPDATE snapshots SET state_hash = 'not-the-hash'")
     finally:
         await conn.close()
-    sequencer = Sequencer(dsn)
+    sequencer = Sequencer(dsn, core_type=Core)
     with pytest.raises(RecoveryError, match="state hash"):
         await sequencer.start()
     assert not sequencer.available
@@ -350,14 +352,14 @@ async def test_start_refuses_a_journal_with_a_hole(dsn: str) -> None:
     finally:
         await conn.close()
     with pytest.raises(RecoveryError, match="hole"):
-        await Sequencer(dsn).start()
+        await Sequencer(dsn, core_type=Core).start()
 
 
 async def test_a_second_writer_waits_until_the_first_is_gone(dsn: str) -> None:
-    first = Sequencer(dsn, clock_ns=StepClock())
+    first = Sequencer(dsn, core_type=Core, clock_ns=StepClock())
     await first.start()
     await _setup(first)
-    second = Sequencer(dsn)
+    second = Sequencer(dsn, core_type=Core)
     starting = asyncio.ensure_future(second.start())
     await asyncio.sleep(0.3)
     assert not starting.done()

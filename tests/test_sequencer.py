@@ -56,7 +56,7 @@ async def dsn(fresh_database_url: FreshDatabase) -> str:
 @contextlib.asynccontextmanager
 async def running(dsn: str, **options: Any) -> AsyncIterator[Sequencer]:
     options.setdefault("clock_ns", StepClock())
-    sequencer = Sequencer(dsn, **options)
+    sequencer = Sequencer(dsn, core_type=Core, **options)
     await sequencer.start()
     try:
         yield sequencer
@@ -99,6 +99,25 @@ async def test_results_are_stamped_journaled_and_equal_the_cores_answer(dsn: str
     assert rows[2].events == buy.events and rows[3].events == sell.events
 
 
+async def test_the_default_core_is_the_exchange_with_settlement_also_after_a_restart(dsn: str) -> None:
+    # The other tests pass core_type=Core (the bare matching engine) to test the sequencer itself.
+    first = Sequencer(dsn, clock_ns=StepClock())
+    await first.start()
+    assert first.core.clearing is not None
+    await first.submit(list_instrument())
+    refused = await first.submit(order(10, Side.BUY, 2800, 5, cid="b1"))  # participant 10 is not registered
+    assert [(e.__class__, e.reason) for e in refused.events] == [(Rejected, RejectReason.UNKNOWN_PARTICIPANT)]
+    await first.stop()  # snapshots the state at seq 2
+    second = Sequencer(dsn, clock_ns=StepClock())
+    recovery = await second.start()
+    try:
+        assert (recovery.snapshot_seq, second.core.clearing is not None) == (2, True)
+        assert second.core.state_hash() == first.core.state_hash()
+        again = await second.submit(order(10, Side.BUY, 2800, 5, cid="b1"))  # the retry gets the first answer
+        assert (again.seq, again.replay, again.events) == (2, True, refused.events)
+    finally:
+        await second.stop()
+
 async def test_time_never_goes_backwards(dsn: str) -> None:
     readings = iter([START_NS + 50, START_NS + 10, START_NS + 10, START_NS + 70])
     async with running(dsn, clock_ns=lambda: next(readings)) as sequencer:
@@ -107,7 +126,7 @@ async def test_time_never_goes_backwards(dsn: str) -> None:
 
 
 async def test_submit_is_unavailable_before_start_and_after_stop(dsn: str) -> None:
-    sequencer = Sequencer(dsn)
+    sequencer = Sequencer(dsn, core_type=Core)
     with pytest.raises(Unavailable) as refused:
         await sequencer.submit(ClockTick(OPERATOR, 0))
     assert refused.value.code == "unavailable"
@@ -174,7 +193,7 @@ async def test_retries_in_the_same_batch_share_the_original_answer(dsn: str) -> 
 
 @pytest.mark.parametrize("snapshot_on_stop", [True, False], ids=["index-from-snapshot", "index-from-replay"])
 async def test_a_retry_after_restart_returns_the_original_answer(dsn: str, snapshot_on_stop: bool) -> None:
-    sequencer = Sequencer(dsn, clock_ns=StepClock())
+    sequencer = Sequencer(dsn, core_type=Core, clock_ns=StepClock())
     await sequencer.start()
     await setup_market(sequencer)
     placed = await sequencer.submit(order(10, Side.BUY, 2800, 4, cid="keep"))
@@ -279,7 +298,7 @@ async def _check_replay_equivalence(
     try:
         await conn.execute("TRUNCATE journal, snapshots")
         clock = StepClock(step_ns=3_000_000)  # GTD expiries (1-60 ms out) fall inside the run
-        sequencer = Sequencer(dsn, clock_ns=clock, max_batch=max_batch, snapshot_every=snapshot_every)
+        sequencer = Sequencer(dsn, core_type=Core, clock_ns=clock, max_batch=max_batch, snapshot_every=snapshot_every)
         await sequencer.start()
         await sequencer.submit(list_instrument())
         lots = {}
