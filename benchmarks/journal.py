@@ -42,12 +42,25 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import asyncpg
+import msgspec
 
-from benchmarks.matching import MixGenerator, setup_commands
+from benchmarks.matching import BUYERS, SELLERS, MixGenerator, setup_commands
 from exchange import store
-from exchange.commands import Command
+from exchange.commands import (
+    Command,
+    ConfirmDeposit,
+    FundsAccount,
+    ParticipantRole,
+    RegisterParticipant,
+    VerifyBankAccount,
+)
+from exchange.core import Core, new_exchange
+from exchange.events import Rejected
 from exchange.readmodel import Projector, project_batch
-from exchange.sequencer import CommittedBatch, Sequencer, recover
+from exchange.sequencer import CommittedBatch, CoreFactory, ExtraWrites, Sequencer, recover
+from exchange.settlement.pgstore import POSTING_COLUMNS, LedgerWriter
+
+OPERATOR = 1  # the matching mix lists its instrument as participant 1
 
 
 @contextlib.asynccontextmanager
@@ -72,19 +85,50 @@ async def scratch_database() -> AsyncIterator[str]:
             await asyncio.to_thread(server.stop)
 
 
+def exchange_setup_commands() -> list[Command]:
+    """The matching mix's set-up for the core with settlement: an operator, the sellers registered as
+    farmers and the buyers as buyers (verified bank accounts), every buyer funded far beyond what the
+    mix can hold, so settlement accepts exactly the orders the bare core accepts."""
+    out: list[Command] = [
+        RegisterParticipant(0, 0, OPERATOR, ParticipantRole.OPERATOR, "operator", "5001**********001X")
+    ]
+    people = [(p, ParticipantRole.FARMER) for p in SELLERS] + [(p, ParticipantRole.BUYER) for p in BUYERS]
+    for pid, role in people:
+        account = f"6217{pid:012d}"
+        out.append(RegisterParticipant(OPERATOR, 0, pid, role, f"p{pid}", "5001**********123X", account))
+        out.append(VerifyBankAccount(OPERATOR, 0, pid, account))
+    out += [ConfirmDeposit(OPERATOR, 0, f"cash-{b}", b, FundsAccount.TRADING_CASH, 10**15) for b in BUYERS]
+    return out + setup_commands()
+
+
+def fresh_commands(commands: Sequence[Command]) -> list[Command]:
+    """The commands as a gateway hands them over: new objects, not yet stamped (`ts_ns` 0)."""
+    replace = msgspec.structs.replace
+    return [replace(command, ts_ns=0) for command in commands]
+
+
 async def run_sequencer(dsn: str, commands: Sequence[Command], args: argparse.Namespace) -> dict[str, float]:
+    settlement = args.core == "exchange"
+    ledger_writer = LedgerWriter() if settlement else None
+    extra_writes: ExtraWrites | None = ledger_writer
+    if args.readmodel == "transaction":
+        extra_writes = _both(ledger_writer, project_batch) if ledger_writer is not None else project_batch
     sequencer = Sequencer(
-        dsn, queue_size=max(args.submitters * 2, 10_000), max_batch=args.max_batch, snapshot_every=10**12,
-        extra_writes=project_batch if args.readmodel == "transaction" else None,
+        dsn, core_type=new_exchange if settlement else Core, queue_size=max(args.clients * args.pipeline * 2, 10_000),
+        max_batch=args.max_batch, snapshot_every=10**12, extra_writes=extra_writes,
     )  # fmt: skip
+    if ledger_writer is not None:
+        ledger_writer.attach(sequencer)
     await sequencer.start()
     projector = None
     if args.readmodel == "projector":
         projector = Projector(dsn)
         projector.attach(sequencer)
         await projector.start()
-    for command in setup_commands():
-        await sequencer.submit(command)
+    for command in exchange_setup_commands() if settlement else setup_commands():
+        result = await sequencer.submit(command)
+        if any(event.__class__ is Rejected for event in result.events):
+            raise RuntimeError(f"set-up command rejected: {command!r} -> {result.events!r}")
     batch_sizes: list[int] = []
 
     def count(batch: CommittedBatch) -> None:
@@ -95,8 +139,9 @@ async def run_sequencer(dsn: str, commands: Sequence[Command], args: argparse.Na
     position = 0
     clock = time.perf_counter_ns
     submit = sequencer.submit_nowait
+    submit_many = sequencer.submit_many
 
-    async def submitter() -> None:
+    async def one_at_a_time() -> None:
         nonlocal position
         while position < len(commands):
             index = position
@@ -105,26 +150,27 @@ async def run_sequencer(dsn: str, commands: Sequence[Command], args: argparse.Na
             await submit(commands[index])
             latencies_ns[index] = clock() - start_ns
 
-    async def pipeliner(depth: int) -> None:
+    async def pipelined(depth: int) -> None:
         nonlocal position
         while position < len(commands):
             first = position
             position = min(position + depth, len(commands))
             start_ns = clock()
-            await sequencer.submit_many(commands[first:position])[-1]
+            await submit_many(commands[first:position])[-1]  # results resolve in seq order
             latencies_ns[first:position] = [clock() - start_ns] * (position - first)
 
     backend_pid = sequencer.writer_backend_pid
     gc.collect()
     gc.freeze()  # as the sequencer does after recovery: old objects leave the collector's scans
-    cpu_start = (time.process_time(), _backend_cpu_s(backend_pid))
+    cpu_start = (time.process_time(), _backend_cpu_s(backend_pid), os.times().system)
     start_s = time.perf_counter()
-    if args.pipeline:
-        await asyncio.gather(*(pipeliner(args.pipeline) for _ in range(max(1, args.submitters // args.pipeline))))
+    if args.pipeline > 1:
+        await asyncio.gather(*(pipelined(args.pipeline) for _ in range(args.clients)))
     else:
-        await asyncio.gather(*(submitter() for _ in range(args.submitters)))
+        await asyncio.gather(*(one_at_a_time() for _ in range(args.clients)))
     elapsed_s = time.perf_counter() - start_s
     py_cpu_s, pg_cpu_s = time.process_time() - cpu_start[0], _backend_cpu_s(backend_pid) - cpu_start[1]
+    py_sys_s = os.times().system - cpu_start[2]
     lag_s = 0.0
     if projector is not None:
         await projector.wait_for(sequencer.committed_seq, timeout_s=600)
@@ -141,8 +187,17 @@ async def run_sequencer(dsn: str, commands: Sequence[Command], args: argparse.Na
         "mean_batch": sum(batch_sizes) / max(1, len(batch_sizes)),
         "py_cpu_us_per_command": py_cpu_s / len(commands) * 1e6,
         "pg_cpu_us_per_command": pg_cpu_s / len(commands) * 1e6,
+        "py_sys_us_per_command": py_sys_s / len(commands) * 1e6,
         "readmodel_lag_s": lag_s,
     }
+
+
+def _both(first: ExtraWrites, second: ExtraWrites) -> ExtraWrites:
+    async def both(conn: asyncpg.Connection, batch: CommittedBatch) -> None:
+        await first(conn, batch)
+        await second(conn, batch)
+
+    return both
 
 
 def _backend_cpu_s(pid: int | None) -> float:
@@ -154,42 +209,73 @@ def _backend_cpu_s(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def run_raw_copy(dsn: str, chunk: int) -> float:
-    """Rows per second of a plain binary COPY of the journal's rows, one commit per `chunk` rows."""
+async def run_raw_copy(dsn: str, chunk: int) -> dict[str, float]:
+    """A plain binary COPY of the very rows the sequencer wrote, into tables of the same shape (columns,
+    primary key and indexes; no triggers), one transaction per `chunk` journal rows as the sequencer's
+    mean batch, which also holds the ledger rows of those commands when the run had settlement on.
+
+    Returns journal rows per second and this process's and the backend's CPU per journal row."""
     conn = await asyncpg.connect(dsn)
     try:
-        rows = [tuple(r) for r in await conn.fetch("SELECT seq, ts_ns, command, events FROM journal ORDER BY seq")]
-        await conn.execute("CREATE TABLE journal_copy (LIKE journal INCLUDING ALL)")
         columns = ("seq", "ts_ns", "command", "events")
+        rows = [tuple(r) for r in await conn.fetch("SELECT seq, ts_ns, command, events FROM journal ORDER BY seq")]
+        postings = [tuple(r) for r in await conn.fetch(
+            f"SELECT {', '.join(POSTING_COLUMNS)} FROM ledger_transfers ORDER BY seq, transfer_id")]
+        await conn.execute("CREATE TABLE journal_copy (LIKE journal INCLUDING ALL)")
+        await conn.execute("CREATE TABLE ledger_transfers_copy (LIKE ledger_transfers INCLUDING ALL)")
+        gc.collect()
+        backend_pid = conn.get_server_pid()
+        cpu_start = (time.process_time(), _backend_cpu_s(backend_pid))
         start_s = time.perf_counter()
+        posted = 0
         for i in range(0, len(rows), chunk):
-            await conn.copy_records_to_table("journal_copy", records=rows[i : i + chunk], columns=columns)
-        return len(rows) / (time.perf_counter() - start_s)
+            part = rows[i : i + chunk]
+            last_seq = part[-1][0]
+            end = posted
+            while end < len(postings) and postings[end][0] <= last_seq:
+                end += 1
+            if end == posted:
+                await conn.copy_records_to_table("journal_copy", records=part, columns=columns)
+                continue
+            async with conn.transaction():
+                await conn.copy_records_to_table("journal_copy", records=part, columns=columns)
+                await conn.copy_records_to_table("ledger_transfers_copy", records=postings[posted:end],
+                                                 columns=POSTING_COLUMNS)
+            posted = end
+        elapsed_s = time.perf_counter() - start_s
+        py_cpu_s, pg_cpu_s = time.process_time() - cpu_start[0], _backend_cpu_s(backend_pid) - cpu_start[1]
+        return {
+            "copy_rows_per_s": len(rows) / elapsed_s,
+            "copy_py_cpu_us_per_row": py_cpu_s / len(rows) * 1e6,
+            "copy_pg_cpu_us_per_row": pg_cpu_s / len(rows) * 1e6,
+            "copy_ledger_rows": len(postings),
+        }
     finally:
         await conn.close()
 
 
-async def run_replay(dsn: str) -> tuple[int, float, float]:
+async def run_replay(dsn: str, core_type: CoreFactory) -> tuple[int, float, float]:
     """(commands replayed, wall seconds, CPU seconds of this process)."""
     conn = await asyncpg.connect(dsn)
     try:
         gc.collect()
         start_s, start_cpu_s = time.perf_counter(), time.process_time()
-        recovery = await recover(conn, use_snapshot=False)
+        recovery = await recover(conn, core_type, use_snapshot=False)
         return recovery.last_seq, time.perf_counter() - start_s, time.process_time() - start_cpu_s
     finally:
         await conn.close()
 
 
-async def run(args: argparse.Namespace) -> dict[str, float | int]:
-    commands = MixGenerator(args.seed).generate(args.commands)
+async def run(args: argparse.Namespace) -> dict[str, float | int | str]:
+    commands = fresh_commands(MixGenerator(args.seed).generate(args.commands))
     async with scratch_database() as dsn:
         live = await run_sequencer(dsn, commands, args)
-        copy_rows_per_s = await run_raw_copy(dsn, max(1, round(live["mean_batch"])))
-        replayed, replay_s, replay_cpu_s = await run_replay(dsn)
+        copy = await run_raw_copy(dsn, max(1, round(live["mean_batch"])))
+        replayed, replay_s, replay_cpu_s = await run_replay(dsn, new_exchange if args.core == "exchange" else Core)
     return {
         "commands": len(commands),
-        "submitters": args.submitters,
+        "core": args.core,
+        "clients": args.clients,
         "pipeline": args.pipeline,
         "max_batch": args.max_batch,
         "commands_per_s": round(live["commands_per_s"]),
@@ -200,8 +286,11 @@ async def run(args: argparse.Namespace) -> dict[str, float | int]:
         "pg_cpu_us_per_command": round(live["pg_cpu_us_per_command"], 2),
         "readmodel": args.readmodel,
         "readmodel_lag_s": round(live["readmodel_lag_s"], 2),
-        "copy_rows_per_s": round(copy_rows_per_s),
-        "ratio_vs_copy": round(live["commands_per_s"] / copy_rows_per_s, 2),
+        "copy_rows_per_s": round(copy["copy_rows_per_s"]),
+        "copy_py_cpu_us_per_row": round(copy["copy_py_cpu_us_per_row"], 2),
+        "copy_pg_cpu_us_per_row": round(copy["copy_pg_cpu_us_per_row"], 2),
+        "copy_ledger_rows": int(copy["copy_ledger_rows"]),
+        "ratio_vs_copy": round(live["commands_per_s"] / copy["copy_rows_per_s"], 2),
         "replayed_commands": replayed,
         "replay_s": round(replay_s, 2),
         "replay_cpu_s": round(replay_cpu_s, 2),
@@ -212,9 +301,12 @@ async def run(args: argparse.Namespace) -> dict[str, float | int]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--commands", type=int, default=200_000)
-    parser.add_argument("--submitters", type=int, default=1_000, help="concurrent submitting tasks")
-    parser.add_argument("--max-batch", type=int, default=500)
-    parser.add_argument("--pipeline", type=int, default=0, help="commands per submit_many group (0: one each)")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent submitting tasks")
+    parser.add_argument("--pipeline", type=int, default=32,
+                        help="commands each client submits at once (submit_many); 1: one command, await its ack")
+    parser.add_argument("--max-batch", type=int, default=1_000)
+    parser.add_argument("--core", choices=["matching", "exchange"], default="matching",
+                        help="exchange: the core with settlement (funded buyers), ledger rows in each batch")
     parser.add_argument("--readmodel", choices=["off", "projector", "transaction"], default="off")
     parser.add_argument("--seed", type=int, default=20261129)
     parser.add_argument("--json", action="store_true")
