@@ -195,6 +195,22 @@ _PENDING = TransferFlags.PENDING
 _POST = TransferFlags.POST_PENDING
 _VOID = TransferFlags.VOID_PENDING
 _BANK, _ESCROW, _FEES, _SUBSIDY = (int(c) for c in HOUSE)  # house account ids are their codes
+# Enum members the hot paths name, as module globals (the same member objects): on Python 3.11 an
+# attribute of an enum class costs ~100 ns (the enum metaclass defines ``__getattr__``, which takes
+# every class attribute lookup off the fast path), a global ~10 ns.
+_BUY = Side.BUY
+_OPERATOR, _COOPERATIVE = ROLE.OPERATOR, ROLE.COOPERATIVE
+_CASH, _RECEIVABLE, _PAYABLE = AC.BUYER_CASH, AC.SELLER_RECEIVABLE, AC.FARMER_PAYABLE
+_TC_HOLD, _TC_RELEASE, _TC_TRADE, _TC_PAYOUT = TC.ORDER_HOLD, TC.ORDER_RELEASE, TC.TRADE, TC.PAYOUT
+_TC_ADJUSTMENT, _TC_SETTLEMENT, _TC_FEE, _TC_FEE_SUBSIDY = (
+    TC.DELIVERY_ADJUSTMENT, TC.SETTLEMENT, TC.FEE, TC.FEE_SUBSIDY)
+_TC_SPLIT = TC.COOP_SPLIT
+_OPEN, _DELIVERED, _SETTLED = TradeState.OPEN, TradeState.DELIVERED, TradeState.SETTLED
+_ADVANCE = LoanKind.ADVANCE
+_FROM_TRADE, _FROM_SPLIT = SourceKind.TRADE, SourceKind.COOP_SPLIT
+_P_PENDING, _P_SENT, _P_CONFIRMED, _P_FAILED = (
+    PayoutState.PENDING, PayoutState.SENT, PayoutState.CONFIRMED, PayoutState.FAILED)
+_SAME_DAY, _NORMAL = PayoutPriority.SAME_DAY, PayoutPriority.NORMAL
 _ENCODER = msgspec.msgpack.Encoder()
 _SNAPSHOT_DECODER = msgspec.msgpack.Decoder(ClearingSnapshot)
 
@@ -244,7 +260,7 @@ class Clearing:
             return R.NOT_AUTHORIZED
         if limit_price_fen <= 0:
             return R.UNBOUNDED_HOLD
-        if self._hold_source(participant_id, rules.hold_fen(spec, limit_price_fen, heads)) is None:
+        if self._hold_source(participant_id, heads * rules.hold_per_head_fen(spec, limit_price_fen)) is None:
             return R.INSUFFICIENT_FUNDS
         return None
 
@@ -260,8 +276,12 @@ class Clearing:
     ) -> None:
         """Place the hold of an accepted buy (``check_buy`` passed in the same command). Idempotent: the
         ``OrderAccepted`` event places it too if the core did not call this."""
-        if order_id in self.holds:
-            return
+        if order_id not in self.holds:
+            self._place_hold(order_id, participant_id, spec, limit_price_fen, heads, ts_ns)
+
+    def _place_hold(
+        self, order_id: int, participant_id: int, spec: InstrumentSpec, limit_price_fen: int, heads: int, ts_ns: int
+    ) -> None:
         per_head = rules.hold_per_head_fen(spec, limit_price_fen)
         amount = heads * per_head
         source = self._hold_source(participant_id, amount)
@@ -269,7 +289,7 @@ class Clearing:
             raise ClearingInvariantError(f"buy {order_id} accepted without funds for its hold of {amount} fen")
         account_id, financier_id = source
         tid = self._next_tid()
-        self._commit_one(Transfer(tid, account_id, _ESCROW, amount, TC.ORDER_HOLD, order_id, _PENDING), ts_ns)
+        self._commit_one(Transfer(tid, account_id, _ESCROW, amount, _TC_HOLD, order_id, _PENDING), ts_ns)
         self.holds[order_id] = Hold(order_id, participant_id, spec.symbol, limit_price_fen, per_head, heads, tid,
                                     account_id, financier_id)
 
@@ -314,7 +334,7 @@ class Clearing:
         while deadlines and deadlines[0][0] <= ts_ns:
             _, trade_id = heapq.heappop(deadlines)
             trade = self.trades[trade_id]
-            if trade.state == TradeState.DELIVERED:  # disputed, rejected or settled meanwhile: stale
+            if trade.state == _DELIVERED:  # disputed, rejected or settled meanwhile: stale
                 self._settle(trade, ts_ns, events)
         # the tick's rows belong to the tick, whose on_events already closed its entry
         more = self.ledger.drain_rows()
@@ -546,9 +566,9 @@ class Clearing:
         self.lots[e.lot.lot_id] = e.lot
 
     def _on_accepted(self, e: OrderAccepted, ts_ns: int, out: list) -> None:
-        if e.side == Side.BUY and e.order_id not in self.holds:
+        if e.side == _BUY and e.order_id not in self.holds:
             spec = self.instruments[e.instrument]
-            self.on_buy_accepted(e.order_id, e.participant_id, spec, e.price_fen, e.quantity_heads, ts_ns)
+            self._place_hold(e.order_id, e.participant_id, spec, e.price_fen, e.quantity_heads, ts_ns)
 
     def _on_trade(self, e: Trade, ts_ns: int, out: list) -> None:
         hold = self.holds.get(e.buy_order_id)
@@ -563,11 +583,11 @@ class Clearing:
         released = heads * hold.per_head_fen - obligation
         if obligation <= 0 or released < 0:
             raise ClearingInvariantError(f"trade {e.trade_id} at {e.price_fen} above the limit {hold.price_fen}")
-        post = Transfer(self._next_tid(), 0, 0, obligation, TC.TRADE, e.trade_id, _POST | (_LINKED if remaining else 0),
-                        hold.pending_id)
+        post = Transfer(self._next_tid(), 0, 0, obligation, _TC_TRADE, e.trade_id,
+                        _POST | (_LINKED if remaining else 0), hold.pending_id)
         if remaining:
             rehold = Transfer(self._next_tid(), hold.source_account_id, _ESCROW, remaining * hold.per_head_fen,
-                              TC.ORDER_HOLD, hold.order_id, _PENDING)
+                              _TC_HOLD, hold.order_id, _PENDING)
             self._commit([post, rehold], ts_ns)
             hold.pending_id = rehold.transfer_id
             hold.remaining_heads = remaining
@@ -585,7 +605,7 @@ class Clearing:
         hold = self.holds.pop(e.order_id, None)
         if hold is None:
             return  # a sell: nothing held
-        self._commit_one(Transfer(self._next_tid(), 0, 0, 0, TC.ORDER_RELEASE, 0, _VOID, hold.pending_id), ts_ns)
+        self._commit_one(Transfer(self._next_tid(), 0, 0, 0, _TC_RELEASE, 0, _VOID, hold.pending_id), ts_ns)
 
     def _on_amended(self, e: OrderAmended, ts_ns: int, out: list) -> None:
         hold = self.holds.get(e.order_id)
@@ -606,7 +626,7 @@ class Clearing:
     def _hold_source(self, buyer_id: int, amount_fen: int) -> tuple[int, int] | None:
         """(account id, financier id or 0) that covers ``amount_fen`` whole: cash first, then the credit
         lines by financier id."""
-        cash = self.accounts.get((AC.BUYER_CASH, buyer_id, 0))
+        cash = self.accounts.get((_CASH, buyer_id, 0))
         if cash is not None and self.ledger.available_fen(cash) >= amount_fen:
             return cash, 0
         for line in self._lines_by_buyer.get(buyer_id, ()):
@@ -623,7 +643,7 @@ class Clearing:
         if participant_id == SYSTEM_ID:
             return True
         who = self.participants.get(participant_id)
-        return who is not None and who.role == ROLE.OPERATOR
+        return who is not None and who.role == _OPERATOR
 
     def _is_poor(self, participant_id: int) -> bool:
         who = self.participants.get(participant_id)
@@ -854,39 +874,45 @@ class Clearing:
         return trade
 
     def _record_weigh_in(self, cmd: RecordWeighIn, out: list) -> None:
-        ref = f"T{cmd.trade_id}"
-        trade = self._trade_for(cmd, cmd.trade_id, out)
+        trade = self.trades.get(cmd.trade_id)
         if trade is None:
-            return None
-        if cmd.participant_id != trade.seller_id and not self._is_operator(cmd.participant_id):
-            return self._reject(cmd, R.NOT_AUTHORIZED, ref, out, trade.instrument)
-        if trade.state != TradeState.OPEN:
-            return self._reject(cmd, R.INVALID_TRADE_STATE, ref, out, trade.instrument)
-        if not cmd.quarantine_checked or not cmd.quarantine_cert.strip():
-            return self._reject(cmd, R.QUARANTINE_NOT_CHECKED, ref, out, trade.instrument)
-        if not _valid_delivery(trade.heads, cmd.heads_delivered, cmd.total_weight_g):
-            return self._reject(cmd, R.INVALID_DELIVERY, ref, out, trade.instrument)
+            return self._reject(cmd, R.UNKNOWN_TRADE, f"T{cmd.trade_id}", out)
+        reason = self._weigh_in_reason(cmd, trade)
+        if reason is not None:
+            return self._reject(cmd, reason, f"T{cmd.trade_id}", out, trade.instrument)
+        ts_ns, trade_id = cmd.ts_ns, trade.trade_id
         spec = self.instruments[trade.instrument]
         terms = rules.delivery_terms(spec, trade.price_fen, trade.obligation_fen, cmd.heads_delivered,
                                      cmd.total_weight_g)
-        refund = trade.obligation_fen - terms.amount_fen
+        amount = terms.amount_fen
+        refund = trade.obligation_fen - amount
         chain = self._Chain(self)
-        receivable = self._account_id(AC.SELLER_RECEIVABLE, trade.seller_id, 0, cmd.ts_ns)
-        chain.add(_ESCROW, receivable, terms.amount_fen, TC.SETTLEMENT, trade.trade_id)
-        chain.add(_ESCROW, trade.source_account_id, refund, TC.DELIVERY_ADJUSTMENT, trade.trade_id)
-        chain.commit(cmd.ts_ns)
-        trade.state = TradeState.DELIVERED
+        chain.add(_ESCROW, self._account_id(_RECEIVABLE, trade.seller_id, 0, ts_ns), amount, _TC_SETTLEMENT, trade_id)
+        chain.add(_ESCROW, trade.source_account_id, refund, _TC_ADJUSTMENT, trade_id)
+        chain.commit(ts_ns)
+        trade.state = _DELIVERED
         trade.heads_delivered, trade.total_weight_g = cmd.heads_delivered, cmd.total_weight_g
         trade.avg_weight_g, trade.grade = terms.avg_weight_g, terms.grade
         trade.discount_fen_per_kg = terms.discount_fen_per_kg
         trade.quarantine_cert = cmd.quarantine_cert.strip()
-        trade.amount_fen, trade.refund_fen = terms.amount_fen, refund
-        trade.delivered_at_ns = cmd.ts_ns
-        trade.dispute_until_ns = cmd.ts_ns + spec.dispute_window_ns
-        heapq.heappush(self._deadlines, (trade.dispute_until_ns, trade.trade_id))
-        out.append(DeliveryRecorded(0, cmd.ts_ns, trade.trade_id, cmd.heads_delivered, cmd.total_weight_g,
-                                    terms.avg_weight_g, terms.grade, terms.discount_fen_per_kg, terms.amount_fen,
-                                    refund, trade.dispute_until_ns))
+        trade.amount_fen, trade.refund_fen = amount, refund
+        trade.delivered_at_ns = ts_ns
+        trade.dispute_until_ns = until_ns = ts_ns + spec.dispute_window_ns
+        heapq.heappush(self._deadlines, (until_ns, trade_id))
+        out.append(DeliveryRecorded(0, ts_ns, trade_id, cmd.heads_delivered, cmd.total_weight_g, terms.avg_weight_g,
+                                    terms.grade, terms.discount_fen_per_kg, amount, refund, until_ns))
+        return None
+
+    def _weigh_in_reason(self, cmd: RecordWeighIn, trade: TradeRecord) -> R | None:
+        """Why this weigh-in of a known trade must be rejected, in the order checked, or None."""
+        if cmd.participant_id != trade.seller_id and not self._is_operator(cmd.participant_id):
+            return R.NOT_AUTHORIZED
+        if trade.state != _OPEN:
+            return R.INVALID_TRADE_STATE
+        if not cmd.quarantine_checked or not cmd.quarantine_cert.strip():
+            return R.QUARANTINE_NOT_CHECKED
+        if not _valid_delivery(trade.heads, cmd.heads_delivered, cmd.total_weight_g):
+            return R.INVALID_DELIVERY
         return None
 
     def _open_dispute(self, cmd: OpenDispute, out: list) -> None:
@@ -955,23 +981,24 @@ class Clearing:
         """Pay the trade's amount out of the seller's receivable: fee, advances, payable, split."""
         seller, amount, tid = trade.seller_id, trade.amount_fen, trade.trade_id
         poor = self._is_poor(seller)
-        day = rules.cst_day(ts_ns)
         advances = self._seller_advances(trade)
-        for loan in advances:  # interest up to today's midnight first; a poor household's from the fund
-            self._accrue(loan, day, ts_ns, out)
-            self._collect_subsidised_interest(loan, ts_ns, out, tid)
-        if trade.financier_id and amount:
-            self._draw_credit_line(trade, day, ts_ns, out)
-        receivable = self.accounts[(AC.SELLER_RECEIVABLE, seller, 0)]
+        if advances or (trade.financier_id and amount):
+            day = rules.cst_day(ts_ns)
+            for loan in advances:  # interest up to today's midnight first; a poor household's from the fund
+                self._accrue(loan, day, ts_ns, out)
+                self._collect_subsidised_interest(loan, ts_ns, out, tid)
+            if trade.financier_id and amount:
+                self._draw_credit_line(trade, day, ts_ns, out)
+        receivable = self.accounts[(_RECEIVABLE, seller, 0)]
         chain = self._Chain(self)
         fee = rules.fee_fen(amount, self.fee_bps.get(trade.instrument, 0))
         if poor:
-            trade.fee_subsidy_fen = min(fee, self._balance(AC.POVERTY_SUBSIDY_FUND))
+            trade.fee_subsidy_fen = min(fee, self.ledger.available_fen(_SUBSIDY))
             trade.fee_forgone_fen = fee - trade.fee_subsidy_fen
-            chain.add(_SUBSIDY, _FEES, trade.fee_subsidy_fen, TC.FEE_SUBSIDY, tid)
+            chain.add(_SUBSIDY, _FEES, trade.fee_subsidy_fen, _TC_FEE_SUBSIDY, tid)
         else:
             trade.fee_fen = fee
-            chain.add(receivable, _FEES, fee, TC.FEE, tid)
+            chain.add(receivable, _FEES, fee, _TC_FEE, tid)
         left = amount - trade.fee_fen
         repaid: list[tuple[Loan, int, int]] = []
         for loan in advances:
@@ -980,16 +1007,19 @@ class Clearing:
             left -= interest + principal
             self._repayment_legs(chain, loan, receivable, interest, principal, tid, ts_ns)
             repaid.append((loan, interest, principal))
-        payable = self._account_id(AC.FARMER_PAYABLE, seller, 0, ts_ns)
-        chain.add(receivable, payable, left, TC.SETTLEMENT, tid)
+        payable = self._account_id(_PAYABLE, seller, 0, ts_ns)
+        chain.add(receivable, payable, left, _TC_SETTLEMENT, tid)
         splits = self._split_legs(chain, trade, payable, left, ts_ns)
         chain.commit(ts_ns)
         self._after_settlement(trade, left, splits, repaid, ts_ns, out)
 
     def _seller_advances(self, trade: TradeRecord) -> list[Loan]:
         """The seller's open advances: the trade's own first, then by loan id."""
-        loans = [self.loans[i] for i in self._loans_by_borrower.get(trade.seller_id, ())]
-        advances = [loan for loan in loans if loan.kind == LoanKind.ADVANCE and loan.is_open]
+        loan_ids = self._loans_by_borrower.get(trade.seller_id)
+        if not loan_ids:
+            return []
+        loans = [self.loans[i] for i in loan_ids]
+        advances = [loan for loan in loans if loan.kind == _ADVANCE and loan.is_open]
         advances.sort(key=lambda loan: (loan.loan_id != trade.advance_loan_id, loan.loan_id))
         return advances
 
@@ -1014,13 +1044,13 @@ class Clearing:
         self, chain: Clearing._Chain, trade: TradeRecord, payable: int, net_fen: int, ts_ns: int
     ) -> list[tuple[int, int]]:
         coop = self.participants.get(trade.seller_id)
-        if coop is None or coop.role != ROLE.COOPERATIVE or not coop.member_ids:
+        if coop is None or coop.role != _COOPERATIVE or not coop.member_ids:
             return []
         parts = rules.cooperative_split_fen(net_fen, tuple(coop.shares_bps))
         splits = list(zip(coop.member_ids, parts, strict=True))
         for member_id, part in splits:
-            member_payable = self._account_id(AC.FARMER_PAYABLE, member_id, 0, ts_ns)
-            chain.add(payable, member_payable, part, TC.COOP_SPLIT, trade.trade_id)
+            member_payable = self._account_id(_PAYABLE, member_id, 0, ts_ns)
+            chain.add(payable, member_payable, part, _TC_SPLIT, trade.trade_id)
         return splits
 
     def _after_settlement(
@@ -1033,13 +1063,14 @@ class Clearing:
             trade.interest_paid_fen += interest
             trade.principal_repaid_fen += principal
         trade.payable_fen = net_fen
-        trade.state = TradeState.SETTLED
+        trade.state = _SETTLED
         trade.settled_at_ns = ts_ns
-        self._credit_payable(trade.seller_id, SourceKind.TRADE, tid, net_fen - sum(part for _, part in splits))
+        split_fen = sum(part for _, part in splits) if splits else 0
+        self._credit_payable(trade.seller_id, _FROM_TRADE, tid, net_fen - split_fen)
         out.append(TradeSettled(0, ts_ns, tid, trade.seller_id, trade.amount_fen, trade.fee_fen, trade.fee_subsidy_fen,
                                 trade.fee_forgone_fen, trade.interest_paid_fen, trade.principal_repaid_fen, net_fen))
         for member_id, part in splits:
-            self._credit_payable(member_id, SourceKind.COOP_SPLIT, tid, part)
+            self._credit_payable(member_id, _FROM_SPLIT, tid, part)
             out.append(CooperativeSplitPaid(0, ts_ns, tid, trade.seller_id, member_id, part))
 
     def _loan_repaid(
@@ -1342,21 +1373,22 @@ class Clearing:
     def _payees(self, poor_only: bool) -> list[int]:
         """Payees with money payable: registered poor households first, then by participant id."""
         payees = []
+        available_fen = self.ledger.available_fen
         for (code, owner, _), account_id in self.accounts.items():
-            if code == AC.FARMER_PAYABLE and self.ledger.available_fen(account_id) > 0:
+            if code == _PAYABLE and available_fen(account_id) > 0:
                 poor = self._is_poor(owner)
                 if poor or not poor_only:
                     payees.append((not poor, owner))
         return [owner for _, owner in sorted(payees)]
 
     def _create_payout(self, run: PayoutRun, who: Participant, ts_ns: int) -> Payout:
-        payable = self.accounts[(AC.FARMER_PAYABLE, who.participant_id, 0)]
+        payable = self.accounts[(_PAYABLE, who.participant_id, 0)]
         amount = self.ledger.available_fen(payable)
         payout_id = self.counters.next_payout_id
         self.counters.next_payout_id = payout_id + 1
         tid = self._next_tid()
-        self._commit_one(Transfer(tid, payable, _BANK, amount, TC.PAYOUT, payout_id, _PENDING), ts_ns)
-        priority = PayoutPriority.SAME_DAY if who.poor_verified else PayoutPriority.NORMAL
+        self._commit_one(Transfer(tid, payable, _BANK, amount, _TC_PAYOUT, payout_id, _PENDING), ts_ns)
+        priority = _SAME_DAY if who.poor_verified else _NORMAL
         sources = self._take_payable(who.participant_id, amount)
         payout = Payout(payout_id, run.run_id, who.participant_id, amount, priority, tid, who.bank_account, sources,
                         ts_ns, updated_at_ns=ts_ns)
@@ -1383,12 +1415,12 @@ class Clearing:
             p = self.payouts.get(payout_id)
             if p is None:
                 return self._reject(cmd, R.UNKNOWN_REFERENCE, f"P{payout_id}", out)
-            if p.state != PayoutState.PENDING or p.attempt != attempt:
+            if p.state != _P_PENDING or p.attempt != attempt:
                 return self._reject(cmd, R.INVALID_PAYOUT_STATE, f"P{payout_id}", out)
         self.sent_files[ref] = SentFile(ref, pairs)
         for payout_id, _ in pairs:
             p = self.payouts[payout_id]
-            p.state, p.file_ref, p.updated_at_ns = PayoutState.SENT, ref, cmd.ts_ns
+            p.state, p.file_ref, p.updated_at_ns = _P_SENT, ref, cmd.ts_ns
             out.append(self._payout_event(p, cmd.ts_ns))
         return None
 
@@ -1427,17 +1459,18 @@ class Clearing:
         ok, attempt, bank_ref = row.ok, row.attempt, row.bank_ref  # type: ignore[attr-defined]
         if attempt != p.attempt:
             return f"attempt {attempt} is not the current attempt {p.attempt}"
-        if p.state == PayoutState.CONFIRMED and ok and bank_ref == p.bank_ref:
+        state = p.state
+        if state == _P_CONFIRMED and ok and bank_ref == p.bank_ref:
             return "duplicate"
-        if p.state == PayoutState.FAILED and not ok:
+        if state == _P_FAILED and not ok:
             return "duplicate"
-        if p.state != PayoutState.SENT:
-            return f"payout is {p.state.name}"
+        if state != _P_SENT:
+            return f"payout is {state.name}"
         if ok:
-            self._commit_one(Transfer(self._next_tid(), 0, 0, 0, TC.PAYOUT, 0, _POST, p.pending_id), ts_ns)
-            p.state, p.bank_ref, p.reason = PayoutState.CONFIRMED, bank_ref, ""
+            self._commit_one(Transfer(self._next_tid(), 0, 0, 0, _TC_PAYOUT, 0, _POST, p.pending_id), ts_ns)
+            p.state, p.bank_ref, p.reason = _P_CONFIRMED, bank_ref, ""
         else:
-            p.state, p.bank_ref, p.reason = PayoutState.FAILED, bank_ref, row.reason[:200]  # type: ignore[attr-defined]
+            p.state, p.bank_ref, p.reason = _P_FAILED, bank_ref, row.reason[:200]  # type: ignore[attr-defined]
         p.updated_at_ns = ts_ns
         out.append(self._payout_event(p, ts_ns))
         return "applied"

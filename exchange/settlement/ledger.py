@@ -534,9 +534,11 @@ class Ledger:
         chain, its last transfer gets ``LINKED_EVENT_CHAIN_OPEN`` and the others ``LINKED_EVENT_FAILED``.
         """
         self._advance_clock(now_ns)
+        n = len(transfers)
+        if n > 1 and not transfers[-1].flags & _LINKED and all(t.flags & _LINKED for t in transfers[:-1]):
+            return self._create_transfer_chain(transfers, now_ns)  # the whole batch is one chain
         results: list[CreateTransferResult] = []
         create = self._create_transfer
-        n = len(transfers)
         i = 0
         while i < n:
             t = transfers[i]
@@ -655,7 +657,8 @@ class Ledger:
             return _R.EXCEEDS_DEBITS
         # After this point the transfer must succeed.
         if self._undo is not None:
-            self._undo.append((tid, dr, _counters(dr), cr, _counters(cr), 0, 0))
+            self._undo.append((tid, dr, (dr_pending, dr_posted, dr.credits_pending_fen, dr.credits_posted_fen),
+                               cr, (cr.debits_pending_fen, cr.debits_posted_fen, cr_pending, cr_posted), 0, 0))
         transfers[tid] = t
         if phase:
             dr.debits_pending_fen = dr_pending + amount

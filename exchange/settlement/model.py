@@ -157,7 +157,8 @@ class Payout(msgspec.Struct, array_like=True, gc=False):
 
     @property
     def trade_ids(self) -> tuple[int, ...]:
-        return tuple(sorted({s.ref_id for s in self.sources if s.kind != SourceKind.ADVANCE}))
+        advance = SourceKind.ADVANCE  # once: an enum class attribute is a slow lookup (clearing.py)
+        return tuple(sorted({s.ref_id for s in self.sources if s.kind != advance}))
 
 
 class PayoutRun(msgspec.Struct, array_like=True, gc=False):
