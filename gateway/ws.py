@@ -346,6 +346,9 @@ class Hub:
             await asyncio.wait(list(self._tasks), timeout=_CLOSE_TIMEOUT_S)
 
     def _forget(self, conn: WsConnection) -> None:
+        # Replies still due (orders in flight when the peer left) are dropped quietly, not counted as a
+        # slow consumer once the outbox fills.
+        conn.closing = True
         if conn in self._connections:
             self._connections.discard(conn)
             self._metrics.ws_connections.dec()
