@@ -781,8 +781,11 @@ class Sequencer:
         """Absorb, seal and commit batches until stopped (returns) or something fails (raises).
 
         Loop: absorb what is queued into the open batch; when no commit is in flight, seal the open
-        batch and start its commit; otherwise sleep until the commit finishes or a chunk of new work
-        (an eighth of a batch) has queued up, so a busy writer is not woken once per submission.
+        batch and start its commit (after absorbing only half of what waits, so the other half is
+        absorbed while it commits); while a commit is in flight, absorb a chunk (an eighth of a batch)
+        at a time with a turn of the event loop between chunks, so its end is seen promptly, and with
+        nothing queued sleep until the commit finishes or a chunk of new work has queued up, so a busy
+        writer is not woken once per submission.
         """
         loop = asyncio.get_running_loop()
         commit: asyncio.Task[None] | None = None
@@ -795,12 +798,11 @@ class Sequencer:
                     commit = None
                 batch = self._open
                 if self._queue and len(batch) < self.max_batch:
-                    room = self.max_batch - len(batch)
-                    if commit is None:
-                        # Nothing is being committed: commit half of what waits (at least a chunk) at
-                        # once and absorb the rest while PostgreSQL works, so the two overlap.
-                        room = min(room, max(chunk, (len(self._queue) + 1) // 2))
-                    self._absorb(batch, room)
+                    # Nothing being committed: commit half of what waits (at least a chunk) at once
+                    # and absorb the rest while PostgreSQL works, so the two overlap. A commit in
+                    # flight: absorb a chunk at a time, looking at the commit between chunks.
+                    take = chunk if commit is not None else max(chunk, (len(self._queue) + 1) // 2)
+                    self._absorb(batch, min(self.max_batch - len(batch), take))
                 if commit is None:
                     if len(batch):
                         self._seal(batch)
@@ -814,6 +816,11 @@ class Sequencer:
                     if self._stopping:
                         return
                     self._wake_at = 1
+                elif self._queue and len(self._open) < self.max_batch:
+                    # A turn of the loop between slices: a commit that finished meanwhile is seen
+                    # now, not after everything queued was absorbed, and the next one starts sooner.
+                    await asyncio.sleep(0)
+                    continue
                 else:
                     self._wake_at = chunk if len(self._open) < self.max_batch else self.queue_size + 1
                 self._wakeup = waiter = loop.create_future()
