@@ -7,24 +7,32 @@ in a scratch database `hogx_bench_<pid>` created and dropped by the run, and the
 durability settings (fsync, synchronous_commit) apply.
 
 1. Sequencer: the matching benchmark's seeded mix (passive limits, cancels, crossing limits, market
-   orders) submitted by `--submitters` concurrent tasks, each awaiting its ack before sending its next
-   command, so batches fill from many callers as they would behind the gateway. Throughput counts
-   commands durably committed; ack latency is submit -> result for every command. CPU time of this
-   process and of the writer's PostgreSQL backend (from /proc, same machine) is reported per command:
-   on a loaded machine it says more than the wall clock.
-   `--pipeline K` (default 0: off) also measures pipelining clients: each task submits K commands at
-   once (`submit_many`) and awaits only the last future (results resolve in seq order).
+   orders) as fresh commands (`ts_ns` 0, as the gateway hands them over), submitted by `--clients`
+   concurrent tasks. Each submits `--pipeline` commands at once (`submit_many`) and awaits only the
+   last future (results resolve in seq order), then sends the next group: the load generator costs
+   little, so the figures are the sequencer's. `--pipeline 1`: one command per task, each awaiting
+   its ack before the next (the per-caller path of the gateway; then use hundreds of clients).
+   Throughput counts commands durably committed; ack latency is submit -> result for every command
+   (a group's commands all count the group's time). CPU time of this process (user + system, and
+   system alone) and of the writer's PostgreSQL backend (from /proc, same machine) is reported per
+   command: on a loaded machine it says more than the wall clock.
+   `--core exchange` runs the exchange as it runs behind the gateway: the core with settlement
+   (`new_exchange`), an operator, the sellers registered as farmers and the buyers funded, and the
+   ledger's rows written in each batch's transaction (`LedgerWriter` as `extra_writes`).
    `--readmodel` adds the orders/trades read model: `transaction` writes it in the journal's
    transaction (`extra_writes=project_batch`), `projector` follows the journal asynchronously
    (then `readmodel_lag_s` is how long after the last ack the read model had caught up).
-2. Raw COPY ceiling: the very rows the sequencer journaled, copied again with binary COPY into a
-   table of the same shape in chunks of the sequencer's mean batch size, one commit per chunk.
+2. Raw COPY ceiling: the very rows the sequencer wrote, copied again with binary COPY into tables of
+   the same shape (columns, primary key, indexes; `LIKE ... INCLUDING ALL`, so no triggers) in
+   transactions of the sequencer's mean batch size: the journal rows, and with `--core exchange` the
+   ledger rows of those commands in the same transaction. `ratio_vs_copy` is commands per second
+   over journal rows per second; `copy_*_cpu_us_per_row` is its CPU, per journal row.
 3. Replay: `recover(..., use_snapshot=False)` rebuilds a fresh core from the whole journal
    (`replay_s` wall, `replay_cpu_s` this process's CPU).
 
-Defaults (1000 submitters, batches of at most 500) keep two batches in flight, so applying one batch
-overlaps committing the previous one; with as many submitters as `--max-batch` every command in
-flight sits in the same batch and nothing overlaps.
+Defaults (16 clients x 32 commands in flight, batches of at most 1000): the writer commits half of
+what waits while applying the other half, so the two halves alternate and applying one overlaps
+committing the other. More in flight makes batches bigger and acks slower (Little's law).
 
 Prints figures, then as its last line one JSON object.
 """

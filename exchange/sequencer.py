@@ -1,26 +1,34 @@
 """The durable sequencer: one writer per shard between callers and the pure core.
 
-Owns, for one shard (today the whole exchange): the core, the journal writer connection, the
-submission queue, the idempotency index of client order ids, snapshots, and recovery.
+Owns, for one shard (today the whole exchange): the core (by default the exchange with settlement,
+`exchange.core.new_exchange`), the journal writer connection, the submission queue, the idempotency
+index of client order ids, snapshots, and recovery.
 
 Flow of a command::
 
-    submit -> bounded queue -> writer: stamp ts_ns, apply to the core, encode the journal row
-           -> one COPY (or one transaction with `extra_writes`) -> resolve futures -> publish
+    submit -> bounded queue -> writer: stamp ts_ns, apply to the core
+           -> one COPY, encoding each journal row as it is copied (or one transaction with
+              `extra_writes`) -> resolve futures -> publish
 
-- **Queue.** A deque bounded by `queue_size`. A full queue raises `Busy(retry_after_s)` at once and
-  nothing is enqueued; while the database is unavailable (or the sequencer is not running) `submit`
-  raises `Unavailable` at once.
+- **Queue.** Bounded by `queue_size` (two deques in step, commands and futures: no tuple per
+  command). A full queue raises `Busy(retry_after_s)` at once and nothing is enqueued; while the
+  database is unavailable (or the sequencer is not running) `submit` raises `Unavailable` at once.
 - **Stamping.** Sequence numbers are consecutive from 1; `ts_ns` comes from `clock_ns`, read once per
-  absorbed chunk and never allowed to go backwards, so replay sees exactly the live time.
+  absorbed chunk and never allowed to go backwards, so replay sees exactly the live time. A submitted
+  command whose `ts_ns` is 0 (a fresh one, as the gateway builds them) is handed over and stamped in
+  place (`msgspec.structs.force_setattr`: no copy); one already stamped (an object submitted again)
+  is stamped as a copy, so an object in a batch never changes after it was applied.
 - **Pipelining.** At most one batch is being committed while the writer already applies the next
-  commands to the core and encodes their rows: Python work overlaps PostgreSQL's. A batch is sealed
-  when the previous commit finished (or it holds `max_batch` commands), so batches grow with load
-  and stay at one command when idle.
+  commands to the core: Python work overlaps PostgreSQL's. A batch is sealed when the previous
+  commit finished (or it holds `max_batch` commands), so batches grow with load and stay at one
+  command when idle; when nothing is being committed only half of what waits is sealed at once, so
+  the other half is applied while that half commits (see `_serve`).
 - **Commit.** Without `extra_writes` the batch is ONE binary `COPY` into `journal` (a single statement
   is its own transaction: all rows or none, one round trip). With `extra_writes(conn, batch)` (the
-  settlement ledger's postings, later) it is BEGIN, COPY, extra writes, COMMIT. Futures are resolved,
-  and subscribers called, only after the commit returned.
+  settlement ledger's rows, `exchange.settlement.pgstore.LedgerWriter`) it is BEGIN, COPY, extra
+  writes, COMMIT. The rows are encoded lazily, command and events by msgspec, as COPY consumes them
+  (a `zip` of `map`s: no Python loop, no list of rows). Futures are resolved, and subscribers
+  called, only after the commit returned.
 - **Failure.** If a commit fails (connection lost, backend terminated, timeout, anything) the core has
   already applied commands that may not be durable, so it is thrown away: the batch being committed,
   the batch being built and everything queued fail with `Unavailable` (status unknown: a client
@@ -46,7 +54,8 @@ Flow of a command::
   the hash recorded with it (else `RecoveryError`: the sequencer refuses to start), then the journal
   tail is replayed. The tail is fetched in pages that the server concatenates (`string_agg`), so a
   page of commands is decoded with one msgspec call; each page's row count proves the range has no
-  hole.
+  hole; the next page is fetched while one is applied. Measured: 1,000,000 commands of the matching
+  benchmark's mix replayed in 3.7 s (wall = CPU), the bare core's apply being 2.8-3 µs of that.
 - **Memory.** After every recovery the rebuilt state (possibly millions of resting orders) is moved
   to the collector's permanent generation (`gc.freeze()`, unless `freeze_gc=False`), so the
   collector's full passes never rescan it and cannot stall the writer. The young generation's
