@@ -76,6 +76,7 @@ from exchange.settlement import CHART, AccountCode, Clearing, Entry, PostingSide
 from exchange.settlement.bankfiles import (
     bank_file_csv,
     parse_confirmations_csv,
+    parse_whole_number,
     payout_reference,
     payouts_to_send,
     sent_pairs,
@@ -98,6 +99,7 @@ from exchange.settlement.views import (
     report_csv,
 )
 from gateway.auth import ANY_ROLE, BUYERS, FINANCIERS, OPERATORS, SELLERS, Principal, Role
+from gateway.config import GatewayConfig
 from gateway.errors import ApiError, Code
 from gateway.exchange_port import EXCHANGE
 from gateway.routes import Call, RouteTable
@@ -124,7 +126,11 @@ Ref = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-
                                   description="a client-chosen reference: the idempotency key")]
 BankRef = Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$")]
 Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=500, pattern=r"^[^\x00-\x08\x0b-\x1f\x7f]+$")]
-CsvText = Annotated[str, msgspec.Meta(min_length=1, max_length=1_000_000, description="the file's text (UTF-8)")]
+# A file travels in one request body, so it can be no longer than the body limit (HOGX_MAX_BODY_BYTES,
+# 64 KiB by default); a bigger file is imported in parts (each deposit row is idempotent by itself).
+MAX_CSV_CHARS: Final = GatewayConfig().max_body_bytes
+CsvText = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CSV_CHARS,
+                                      description="the file's text (UTF-8), at most the request body limit")]
 Date = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
                                    description="a calendar day in China Standard Time, YYYY-MM-DD")]
 TimeMs = Annotated[int, msgspec.Meta(ge=0, le=9_000_000_000_000, description="milliseconds since the epoch")]
@@ -340,29 +346,37 @@ def parse_deposits_csv(text: str) -> list[DepositRequest]:
     """The rows of a deposit file; `ValueError` names the first bad line (a file is taken whole or not
     at all, never guessed at)."""
     reader = csv.reader(io.StringIO(text.lstrip("\ufeff")))
-    header = next(reader, None)
-    if header is None or tuple(h.strip() for h in header) != _DEPOSIT_COLUMNS:
-        raise ValueError(f"line 1: header must be {','.join(_DEPOSIT_COLUMNS)}")
     rows: list[DepositRequest] = []
-    for line_no, fields in enumerate(reader, start=2):
-        if not fields:
-            continue
-        if len(rows) >= MAX_IMPORT_ROWS:
-            raise ValueError(f"more than {MAX_IMPORT_ROWS} rows")
-        if len(fields) != len(_DEPOSIT_COLUMNS):
-            raise ValueError(f"line {line_no}: expected {len(_DEPOSIT_COLUMNS)} fields, got {len(fields)}")
-        ref, owner, account, amount = (f.strip() for f in fields)
-        if not (owner.isascii() and owner.isdigit() and amount.isascii() and amount.isdigit()):
-            raise ValueError(f"line {line_no}: owner_id and amount_fen must be whole numbers")
-        try:
-            # the request's own bounds and patterns, row by row
-            rows.append(msgspec.convert({"deposit_ref": ref, "owner_id": int(owner), "account": account,
-                                      "amount_fen": int(amount)}, DepositRequest))
-        except msgspec.ValidationError as exc:
-            raise ValueError(f"line {line_no}: {exc}") from None
+    try:
+        header = next(reader, None)
+        if header is None or tuple(h.strip() for h in header) != _DEPOSIT_COLUMNS:
+            raise ValueError(f"line 1: header must be {','.join(_DEPOSIT_COLUMNS)}")
+        for line_no, fields in enumerate(reader, start=2):
+            if not fields:
+                continue
+            if len(rows) >= MAX_IMPORT_ROWS:
+                raise ValueError(f"more than {MAX_IMPORT_ROWS} rows")
+            rows.append(_deposit_row(line_no, fields))
+    except csv.Error as exc:  # e.g. a field longer than the csv module's limit: a bad file, not a crash
+        raise ValueError(f"line {reader.line_num}: {exc}") from None
     if not rows:
         raise ValueError("the file has no deposits")
     return rows
+
+
+def _deposit_row(line_no: int, fields: list[str]) -> DepositRequest:
+    if len(fields) != len(_DEPOSIT_COLUMNS):
+        raise ValueError(f"line {line_no}: expected {len(_DEPOSIT_COLUMNS)} fields, got {len(fields)}")
+    ref, owner, account, amount = (f.strip() for f in fields)
+    # bounded before int(): a thousand-digit number is a bad file, not a conversion to attempt
+    owner_id = parse_whole_number(owner, "owner_id", line_no, minimum=0)
+    amount_fen = parse_whole_number(amount, "amount_fen", line_no)
+    try:
+        # the request's own bounds and patterns
+        return msgspec.convert({"deposit_ref": ref, "owner_id": owner_id, "account": account,
+                                "amount_fen": amount_fen}, DepositRequest)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"line {line_no}: {exc}") from None
 
 
 @routes.post("/v1/deposit-imports", roles=OPERATORS, body=DepositImportRequest, response=DepositImportView)

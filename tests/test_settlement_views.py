@@ -138,7 +138,7 @@ def test_bank_file_puts_same_day_payouts_first_and_quotes_formula_like_names() -
     [
         ("payout_id,attempt,status\n", "line 1: header"),
         ("payout_id,attempt,status,bank_ref,reason\n1,1,MAYBE,x,\n", "line 2: status must be OK or FAILED"),
-        ("payout_id,attempt,status,bank_ref,reason\n1,x,OK,x,\n", "line 2: payout_id and attempt"),
+        ("payout_id,attempt,status,bank_ref,reason\n1,x,OK,x,\n", "line 2: attempt must be a whole number"),
         ("payout_id,attempt,status,bank_ref,reason\n1,1,OK\n", "line 2: expected 5 fields"),
     ],
 )

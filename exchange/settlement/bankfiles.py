@@ -33,6 +33,7 @@ PAYOUT_COLUMNS = ("payout_id", "attempt", "priority", "payee_id", "payee_name", 
                   "amount_yuan", "reference", "trade_ids")
 CONFIRMATION_COLUMNS = ("payout_id", "attempt", "status", "bank_ref", "reason")
 MAX_CONFIRMATION_ROWS = 100_000
+MAX_FILE_INT = 2**53 - 1  # ids and attempts in files: what a JSON client reads exactly (and far inside int64)
 
 
 def payout_reference(payout_id: int, attempt: int) -> str:
@@ -69,28 +70,41 @@ def parse_confirmations_csv(data: bytes) -> tuple[BankConfirmation, ...]:
     is applied whole or not at all, never guessed at."""
     text = data.decode("utf-8-sig")
     reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    if header is None or tuple(h.strip() for h in header) != CONFIRMATION_COLUMNS:
-        raise ValueError(f"line 1: header must be {','.join(CONFIRMATION_COLUMNS)}")
-    rows = []
-    for line_no, fields in enumerate(reader, start=2):
-        if not fields:
-            continue
-        if len(rows) >= MAX_CONFIRMATION_ROWS:
-            raise ValueError(f"more than {MAX_CONFIRMATION_ROWS} rows")
-        rows.append(_confirmation(line_no, fields))
+    rows: list[BankConfirmation] = []
+    try:
+        header = next(reader, None)
+        if header is None or tuple(h.strip() for h in header) != CONFIRMATION_COLUMNS:
+            raise ValueError(f"line 1: header must be {','.join(CONFIRMATION_COLUMNS)}")
+        for line_no, fields in enumerate(reader, start=2):
+            if not fields:
+                continue
+            if len(rows) >= MAX_CONFIRMATION_ROWS:
+                raise ValueError(f"more than {MAX_CONFIRMATION_ROWS} rows")
+            rows.append(_confirmation(line_no, fields))
+    except csv.Error as exc:  # e.g. a field longer than the csv module's limit: a bad file, not a crash
+        raise ValueError(f"line {reader.line_num}: {exc}") from None
     return tuple(rows)
+
+
+def parse_whole_number(text: str, what: str, line_no: int, minimum: int = 1, maximum: int = MAX_FILE_INT) -> int:
+    """A whole number ``minimum..maximum`` in ASCII digits, or ``ValueError`` naming the line: a bank
+    file's numbers must fit the journal's integers (msgpack, PostgreSQL ``bigint``), never crash it."""
+    if (not (text.isascii() and text.isdigit()) or len(text) > len(str(maximum))
+            or not minimum <= int(text) <= maximum):
+        raise ValueError(f"line {line_no}: {what} must be a whole number from {minimum} to {maximum}, "
+                         f"not {text[:30]!r}")
+    return int(text)
 
 
 def _confirmation(line_no: int, fields: list[str]) -> BankConfirmation:
     if len(fields) != len(CONFIRMATION_COLUMNS):
         raise ValueError(f"line {line_no}: expected {len(CONFIRMATION_COLUMNS)} fields, got {len(fields)}")
     payout_id, attempt, status, bank_ref, reason = (f.strip() for f in fields)
-    if not payout_id.isdigit() or not attempt.isdigit():
-        raise ValueError(f"line {line_no}: payout_id and attempt must be whole numbers")
+    payout = parse_whole_number(payout_id, "payout_id", line_no)
+    attempt_no = parse_whole_number(attempt, "attempt", line_no)
     if status not in ("OK", "FAILED"):
-        raise ValueError(f"line {line_no}: status must be OK or FAILED, not {status!r}")
-    return BankConfirmation(int(payout_id), int(attempt), status == "OK", bank_ref, reason)
+        raise ValueError(f"line {line_no}: status must be OK or FAILED, not {status[:30]!r}")
+    return BankConfirmation(payout, attempt_no, status == "OK", bank_ref, reason)
 
 
 def _text(value: str) -> str:

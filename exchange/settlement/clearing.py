@@ -139,6 +139,7 @@ from exchange.events import (
 from exchange.settlement import rules
 from exchange.settlement.ledger import (
     CHART,
+    MAX_INT64,
     NO_ROWS,
     Account,
     AccountCode,
@@ -802,7 +803,7 @@ class Clearing:
         ref = cmd.deposit_ref
         if not self._is_operator(cmd.participant_id):
             return self._reject(cmd, R.NOT_AUTHORIZED, ref, out)
-        if not 0 < len(ref) <= MAX_REF_LEN or cmd.amount_fen <= 0 or type(cmd.amount_fen) is not int:
+        if not 0 < len(ref) <= MAX_REF_LEN or type(cmd.amount_fen) is not int or not 0 < cmd.amount_fen <= MAX_INT64:
             return self._reject(cmd, R.INVALID_AMOUNT, ref, out)
         done = self.deposits.get(ref)
         if done is not None:
@@ -1402,6 +1403,8 @@ class Clearing:
         if not self._is_operator(cmd.participant_id):
             return self._reject(cmd, R.NOT_AUTHORIZED, ref, out)
         pairs = [tuple(p) for p in cmd.payouts]
+        if not all(_id_range(p) for p in pairs):
+            return self._reject(cmd, R.INVALID_AMOUNT, ref, out)
         sent = self.sent_files.get(ref)
         if sent is not None:
             if sent.payouts != pairs:
@@ -1428,7 +1431,8 @@ class Clearing:
         ref = cmd.file_ref
         if not self._is_operator(cmd.participant_id):
             return self._reject(cmd, R.NOT_AUTHORIZED, ref, out)
-        if not 0 < len(ref) <= MAX_REF_LEN:
+        # ids out of the journal's integer range are refused before anything is encoded (they would not encode)
+        if not 0 < len(ref) <= MAX_REF_LEN or not all(_id_range((r.payout_id, r.attempt)) for r in cmd.rows):
             return self._reject(cmd, R.INVALID_AMOUNT, ref, out)
         rows_hash = hashlib.blake2b(_ENCODER.encode(cmd.rows), digest_size=16).hexdigest()
         done = self.bank_imports.get(ref)
@@ -1549,7 +1553,13 @@ def _valid_profile(cmd: RegisterParticipant) -> bool:
     )
 
 
+def _id_range(values: tuple) -> bool:
+    """Whether every value is a whole number 1..MAX_INT64 (ids, attempts): what the journal, the ledger and
+    PostgreSQL can hold."""
+    return all(type(v) is int and 0 < v <= MAX_INT64 for v in values)
+
+
 def _valid_delivery(heads_traded: int, heads_delivered: int, total_weight_g: int) -> bool:
-    if not 0 <= heads_delivered <= heads_traded or total_weight_g < 0:
+    if not 0 <= heads_delivered <= heads_traded or not 0 <= total_weight_g <= MAX_INT64:
         return False
     return (heads_delivered == 0) == (total_weight_g == 0)

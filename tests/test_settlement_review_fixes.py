@@ -1,0 +1,141 @@
+"""Review findings on settlement, each pinned by a test that failed before its fix.
+
+1. Bank files: every number parsed from a file is bounded (a 25-digit payout id crashed the core when
+   the clearing encoded it), csv module errors are bad files (422), and the clearing refuses ids out of
+   the journal's integer range itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import pytest
+import pytest_asyncio
+
+from exchange.commands import (
+    BankConfirmation,
+    ConfirmDeposit,
+    FundsAccount,
+    ImportBankConfirmations,
+    MarkPayoutsSent,
+    RecordWeighIn,
+)
+from exchange.domain import RejectReason
+from exchange.settlement.bankfiles import MAX_FILE_INT, parse_confirmations_csv
+from exchange.settlement.ledger import MAX_INT64
+from gateway.auth import Role
+from gateway.client import Reply
+from gateway.config import GatewayConfig
+from gateway.exchange_port import EXCHANGE
+from gateway.settlement import MAX_CSV_CHARS, DepositImportRequest, parse_deposits_csv
+from gateway.testing import Exchange, running_exchange
+from tests.settlement_support import BUYER, FARMER, OPERATOR, world
+
+R = RejectReason
+_CONFIRMATIONS = "payout_id,attempt,status,bank_ref,reason\n"
+_DEPOSITS = "deposit_ref,owner_id,account,amount_fen\n"
+
+
+@pytest_asyncio.fixture(scope="module")
+async def ex(_test_databases: Any) -> AsyncIterator[Exchange]:
+    dsn = await _test_databases.create(migrated=True)
+    try:
+        async with running_exchange(dsn, clock_tick_s=0.05) as exchange:
+            yield exchange
+    finally:
+        await _test_databases.drop(dsn)
+
+
+def _ok(reply: Reply, status: int = 200) -> Any:
+    assert reply.status == status, (reply.status, reply.body)
+    return reply.json()
+
+
+def _error(reply: Reply) -> tuple[int, str, str]:
+    body = reply.json()
+    return reply.status, body["code"], body["message"]
+
+
+# -- 1. bank files and integer bounds -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("row", "error"),
+    [
+        ("9" * 25 + ",1,OK,B1,", "line 2: payout_id must be a whole number from 1 to 9007199254740991"),
+        (f"{MAX_FILE_INT + 1},1,OK,B1,", "line 2: payout_id must be a whole number"),
+        ("0,1,OK,B1,", "line 2: payout_id must be a whole number"),
+        ("7," + "9" * 5000 + ",OK,B1,", "line 2: attempt must be a whole number"),
+        ("\u0661,1,OK,B1,", "line 2: payout_id must be a whole number"),  # an Arabic-Indic one: not ASCII
+        ("7,-1,OK,B1,", "line 2: attempt must be a whole number"),
+    ],
+)
+def test_confirmation_numbers_out_of_range_are_a_bad_file(row: str, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        parse_confirmations_csv((_CONFIRMATIONS + row + "\n").encode())
+
+
+def test_the_largest_file_number_is_taken_exactly() -> None:
+    [row] = parse_confirmations_csv(f"{_CONFIRMATIONS}{MAX_FILE_INT},{MAX_FILE_INT},OK,B1,\n".encode())
+    assert (row.payout_id, row.attempt, row.ok) == (MAX_FILE_INT, MAX_FILE_INT, True)
+
+
+def test_csv_module_errors_are_bad_files_not_crashes() -> None:
+    """A field over the csv module's 131,072 characters raises `_csv.Error`, not `ValueError`."""
+    big = "x" * 200_000
+    with pytest.raises(ValueError, match="line 2: field larger than field limit"):
+        parse_confirmations_csv(f"{_CONFIRMATIONS}1,1,OK,{big},\n".encode())
+    with pytest.raises(ValueError, match="line 2: field larger than field limit"):
+        parse_deposits_csv(f"{_DEPOSITS}{big},1,trading_cash,1\n")
+    with pytest.raises(ValueError, match="line 2: amount_fen must be a whole number"):
+        parse_deposits_csv(f"{_DEPOSITS}d1,1,trading_cash,{'9' * 5000}\n")
+    with pytest.raises(ValueError, match="line 2: owner_id must be a whole number from 0"):
+        parse_deposits_csv(f"{_DEPOSITS}d1,{'9' * 30},trading_cash,1\n")
+    [deposit] = parse_deposits_csv(f"{_DEPOSITS}d1,0,poverty_subsidy_fund,5\n")
+    assert (deposit.owner_id, deposit.amount_fen) == (0, 5)
+
+
+@pytest.mark.parametrize("bad", [10**25, 2**64 + 5, MAX_INT64 + 1, 0, -1])
+def test_clearing_refuses_ids_beyond_the_journal_range_before_encoding(bad: int) -> None:
+    x = world()
+    for command in (ImportBankConfirmations(OPERATOR, 0, "C1", (BankConfirmation(bad, 1, True, "B1"),)),
+                    ImportBankConfirmations(OPERATOR, 0, "C2", (BankConfirmation(1, bad, False, "B1"),)),
+                    MarkPayoutsSent(OPERATOR, 0, "F1", ((bad, 1),)),
+                    MarkPayoutsSent(OPERATOR, 0, "F2", ((1, bad),))):
+        rejected = x.reject(command, R.INVALID_AMOUNT)
+        msgspec.msgpack.encode(rejected)  # what the journal stores of it encodes
+    assert x.clearing.bank_imports == {} and x.clearing.sent_files == {}
+
+
+def test_clearing_refuses_amounts_and_weights_beyond_int64() -> None:
+    x = world()
+    x.deposit(BUYER, 10**10)
+    x.reject(ConfirmDeposit(OPERATOR, 0, "D-BIG", BUYER, FundsAccount.TRADING_CASH, MAX_INT64 + 1),
+             R.INVALID_AMOUNT)  # was a ClearingInvariantError: the ledger refused the transfer
+    trade = x.trade(BUYER, FARMER, 2800, 5)
+    x.reject(RecordWeighIn(FARMER, 0, trade.trade_id, 5, 2**64 + 5, "CQ-1", True), R.INVALID_DELIVERY)
+    x.reject(RecordWeighIn(FARMER, 0, trade.trade_id, 5, MAX_INT64 + 1, "CQ-1", True), R.INVALID_DELIVERY)
+    assert x.clearing.deposits.keys() == {"BANK-1"}
+
+
+async def test_bank_files_with_huge_numbers_are_422_and_the_exchange_carries_on(ex: Exchange) -> None:
+    op = ex.operator
+    status, code, message = _error(await op.post("/v1/payout-confirmations", json={
+        "file_ref": "C-HUGE", "csv": f"{_CONFIRMATIONS}{'9' * 25},1,OK,B1,\n"}))
+    assert (status, code) == (422, "invalid_bank_file") and "payout_id must be a whole number" in message
+    status, code, message = _error(await op.post("/v1/deposit-imports", json={
+        "csv": f"{_DEPOSITS}d-huge,1,trading_cash,{'9' * 25}\n"}))
+    assert (status, code) == (422, "invalid_bank_file") and "amount_fen must be a whole number" in message
+    assert ex.app[EXCHANGE].sequencer.recoveries == 0  # no batch failed
+    buyer = await ex.register(Role.BUYER)
+    assert _ok(await buyer.get("/v1/balances"))["participant_id"] == buyer.participant_id
+
+
+def test_a_file_is_at_most_as_long_as_a_request_body() -> None:
+    """The text was documented as up to 1,000,000 characters, which no request body could carry."""
+    assert GatewayConfig().max_body_bytes == MAX_CSV_CHARS
+    msgspec.convert({"csv": "x" * MAX_CSV_CHARS}, DepositImportRequest)
+    with pytest.raises(msgspec.ValidationError, match="length <= 65536"):
+        msgspec.convert({"csv": "x" * (MAX_CSV_CHARS + 1)}, DepositImportRequest)
