@@ -51,8 +51,9 @@ Money flows (accounts: the chart in ledger.py; rounding: rules.py)
    tick after it (and before any change of the loan's principal). ``RepayLoan`` repays interest
    first, by loan id: credit-line loans from the buyer's cash, advances from the seller's payable.
    Credit lines do not revolve: repaid principal returns to the financier's funds, to grant again.
-   Advance and credit line need the borrower's consent to that financier (SetConsent), which is also
-   what lets the financier see the borrower (views.py).
+   Advance, credit line and every new hold on a line need the borrower's consent to that financier
+   (SetConsent); a financier always sees its own lines and loans, consent lets it see the rest of the
+   borrower's settlement (views.py).
 
 Authorisation: "operator" commands come from a registered operator or from participant 0 (the
 system); other commands name who may send them in their docstring. Every rejection is a ``Rejected``
@@ -302,7 +303,11 @@ class Clearing:
             return None
         spec = self.instruments[hold.instrument]
         need = new_remaining_heads * rules.hold_per_head_fen(spec, new_price_fen)
-        if need <= hold.held_fen or need <= hold.held_fen + self.ledger.available_fen(hold.source_account_id):
+        if need <= hold.held_fen:
+            return None
+        if hold.financier_id and not self.has_consented(hold.buyer_id, hold.financier_id):
+            return R.INSUFFICIENT_FUNDS  # the line may hold no more than it did once consent is withdrawn
+        if need <= hold.held_fen + self.ledger.available_fen(hold.source_account_id):
             return None
         return R.INSUFFICIENT_FUNDS
 

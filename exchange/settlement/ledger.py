@@ -384,6 +384,9 @@ _PENDING = TransferFlags.PENDING
 _POST = TransferFlags.POST_PENDING
 _VOID = TransferFlags.VOID_PENDING
 _KNOWN_TRANSFER_FLAGS = _LINKED | _PENDING | _POST | _VOID
+_RESERVED_TRANSFER_FLAGS = ~_KNOWN_TRANSFER_FLAGS
+_PHASE_FLAGS = _PENDING | _POST | _VOID
+_RESOLVE_FLAGS = _POST | _VOID
 _KNOWN_ACCOUNT_FLAGS = AccountFlags.LINKED | _DR_LIMIT | _CR_LIMIT
 _POSTED_E, _PENDING_E, _RELEASE_E, _POST_E = (int(e) for e in Entry)
 _ST_PENDING, _ST_POSTED, _ST_VOIDED, _ST_EXPIRED = (int(s) for s in PendingStatus)
@@ -533,12 +536,12 @@ class Ledger:
         ``LINKED_EVENT_FAILED``, and the members before it are rolled back. If the batch ends inside a
         chain, its last transfer gets ``LINKED_EVENT_CHAIN_OPEN`` and the others ``LINKED_EVENT_FAILED``.
         """
-        self._advance_clock(now_ns)
-        n = len(transfers)
-        if n > 1 and not transfers[-1].flags & _LINKED and all(t.flags & _LINKED for t in transfers[:-1]):
-            return self._create_transfer_chain(transfers, now_ns)  # the whole batch is one chain
+        if now_ns < self._now_ns:
+            self._advance_clock(now_ns)  # raises
+        self._now_ns = now_ns
         results: list[CreateTransferResult] = []
         create = self._create_transfer
+        n = len(transfers)
         i = 0
         while i < n:
             t = transfers[i]
@@ -553,6 +556,8 @@ class Ledger:
                 results.extend([_R.LINKED_EVENT_FAILED] * (n - 1 - i))
                 results.append(_R.LINKED_EVENT_CHAIN_OPEN)
                 break
+            if j == n - 1 and i == 0:
+                return self._create_transfer_chain(transfers, now_ns)  # the whole batch is one chain
             results.extend(self._create_transfer_chain(transfers[i:j + 1], now_ns))
             i = j + 1
         return results
@@ -598,15 +603,15 @@ class Ledger:
 
     def _create_transfer(self, t: Transfer, now_ns: int) -> CreateTransferResult:
         flags = t.flags
-        if flags & ~_KNOWN_TRANSFER_FLAGS:
+        if flags & _RESERVED_TRANSFER_FLAGS:
             return _R.RESERVED_FLAG
         tid = t.transfer_id
         if not 0 < tid <= MAX_INT64:
             return _R.ID_OUT_OF_RANGE
-        phase = flags & (_PENDING | _POST | _VOID)
+        phase = flags & _PHASE_FLAGS
         if phase & (phase - 1):  # more than one bit set
             return _R.FLAGS_ARE_MUTUALLY_EXCLUSIVE
-        if phase & (_POST | _VOID):
+        if phase & _RESOLVE_FLAGS:
             return self._resolve_pending(t, now_ns)
         if t.pending_id:
             return _R.PENDING_ID_MUST_BE_ZERO
