@@ -514,9 +514,9 @@ class Clearing:
                 self._commit_one(transfers[0], ts_ns)
             return
         results = self.ledger.create_transfers(transfers, ts_ns)
-        for t, result in zip(transfers, results, strict=True):
-            if result is not _OK:
-                raise ClearingInvariantError(f"ledger refused transfer {t}: {result.name}")
+        if results.count(_OK) != len(transfers):
+            t, result = next((t, r) for t, r in zip(transfers, results, strict=True) if r is not _OK)
+            raise ClearingInvariantError(f"ledger refused transfer {t}: {result.name}")
 
     def _account_id(self, code: int, owner_id: int, user_data: int, ts_ns: int) -> int:
         """The account of this kind, owner and counterparty, created on first use."""
@@ -542,25 +542,27 @@ class Clearing:
         """Transfers collected for one linked commit (all or nothing); zero amounts are left out. Ids are
         taken as legs are added, so they follow the order of the legs."""
 
-        __slots__ = ("clearing", "legs")
+        __slots__ = ("clearing", "counters", "transfers")
 
         def __init__(self, clearing: Clearing) -> None:
             self.clearing = clearing
-            self.legs: list[tuple[int, int, int, int, int, int]] = []  # (id, dr, cr, amount, code, user data)
+            self.counters = clearing.counters
+            self.transfers: list[Transfer] = []
 
         def add(self, dr: int, cr: int, amount_fen: int, code: int, user_data: int) -> None:
-            if amount_fen < 0:
-                raise ClearingInvariantError(f"negative amount {amount_fen} from {dr} to {cr}")
             if amount_fen:
-                self.legs.append((self.clearing._next_tid(), dr, cr, amount_fen, code, user_data))
+                if amount_fen < 0:
+                    raise ClearingInvariantError(f"negative amount {amount_fen} from {dr} to {cr}")
+                counters = self.counters
+                tid = counters.next_transfer_id
+                counters.next_transfer_id = tid + 1
+                self.transfers.append(Transfer(tid, dr, cr, amount_fen, code, user_data, _LINKED))
 
         def commit(self, ts_ns: int) -> None:
-            legs = self.legs
-            if not legs:
-                return
-            last = len(legs) - 1  # every leg but the last is LINKED: the last one closes the chain
-            self.clearing._commit([Transfer(tid, dr, cr, amount, code, user_data, _LINKED if i < last else 0)
-                                   for i, (tid, dr, cr, amount, code, user_data) in enumerate(legs)], ts_ns)
+            transfers = self.transfers
+            if transfers:  # the last one closes the chain
+                transfers[-1] = msgspec.structs.replace(transfers[-1], flags=0)
+                self.clearing._commit(transfers, ts_ns)
 
     # ------------------------------------------------------------------------------ core's events
 
