@@ -15,9 +15,11 @@ registration) before it takes their bids, lots, deposits or payouts. Both are ke
 
 Routes: `GET /v1/profile` and `PATCH /v1/profile` (your name and bank account; a new account must be
 verified again), `GET /v1/consents` and `POST /v1/consents` (a trader lets a financier finance it
-and see its exposures, or withdraws that), and for operators `GET /v1/admin/participants/{id}/profile`,
-`POST .../bank-account/verify`, `POST .../poor-household` (verify or revoke a registered poor
-household) and `POST /v1/admin/cooperatives/{id}/members` (members and their shares in basis points).
+and see its exposures, or withdraws that: no new credit, no new holds on the financier's line, and the
+financier sees only its own lines and loans: it may still reduce a line, and loans are still repaid), and for operators
+`GET /v1/admin/participants/{id}/profile`, `POST .../bank-account/verify`, `POST .../poor-household`
+(verify or revoke a registered poor household) and `POST /v1/admin/cooperatives/{id}/members`
+(members and their shares in basis points).
 
 The clearing refuses full ID numbers: `id_number_masked` must contain `*` and at most 8 digits
 (`PROFILE_RULES`). A participant registered without one gets `NO_ID_NUMBER` ("*"), which says "none
@@ -202,7 +204,8 @@ class CooperativeMembers(msgspec.Struct, kw_only=True, frozen=True, forbid_unkno
 
 
 class ConsentRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """Let a financier finance you and see your exposures and financed trades (or withdraw that)."""
+    """Let a financier finance you and see your exposures and financed trades, or withdraw that: your bids
+    then hold no more on its credit line, and it sees only its own lines and loans to you."""
 
     financier_id: Id
     granted: bool = True
@@ -289,7 +292,8 @@ async def get_consents(call: Call) -> ConsentView:
 
 @routes.post("/v1/consents", roles=BORROWERS, body=ConsentRequest, response=ConsentView, errors=(404,))
 async def set_consent(call: Call, body: ConsentRequest) -> ConsentView:
-    """Grant or withdraw a financier's consent to finance you and read your financing."""
+    """Grant or withdraw a financier's consent to finance you and read your financing (withdrawn: no new
+    holds on its credit line; what it already lent stays visible to it and owed)."""
     me = call.principal.participant_id
     await submit(call, SetConsent(me, 0, body.financier_id, body.granted))
     return ConsentView(me, list(_participant(call, me).consents))

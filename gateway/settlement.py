@@ -17,8 +17,9 @@ Routes (roles in brackets; "party" = the trade's buyer or seller):
   and `GET /v1/payouts/{payout_id}`: a payee's own, every payout for an operator.
 - Financing: `POST /v1/credit-lines`, `POST /v1/credit-lines/{buyer_id}/reduce`, `POST /v1/advances`
   (financier), `GET /v1/financing/clients[/{participant_id}]` (financier: exposures, loans
-  outstanding, repayments and the settlement state of every financed trade, only of participants that
-  consented to it), `POST /v1/repayments` and `GET /v1/loans` (the borrower).
+  outstanding, repayments and the settlement state of every financed trade, of participants that consent
+  to it or owe it: a financier always sees and may reduce its own credit lines and loans, also after
+  the borrower withdrew consent), `POST /v1/repayments` and `GET /v1/loans` (the borrower).
 - Every participant: `GET /v1/balances`, `GET /v1/statements`, `GET /v1/reports/settlement` (JSON)
   and `GET /v1/reports/settlement.csv`.
 - Operator settings: `POST /v1/admin/fee-schedule`, `POST /v1/admin/financing-policy`.
@@ -32,7 +33,7 @@ reasons). Reads come from the clearing of the sequencer's core in this process t
 few milliseconds ahead of the journal), which become durable or, if that commit fails, vanish with
 the rebuilt core. Statements are read from the ledger rows in PostgreSQL, which commit with their
 batch. Another participant's trade, payout, account or client is a 404, exactly like a missing one;
-to a financier, a participant that has not consented to it does not exist.
+to a financier, a participant that neither consents to it nor owes it anything does not exist.
 """
 
 from __future__ import annotations
@@ -858,7 +859,7 @@ class ClientPath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class FinancierPortfolio(msgspec.Struct, frozen=True):
-    """Everything a financier may see: one view per participant that consented to it."""
+    """Everything a financier may see: one view per participant that consents to it or owes it."""
 
     financier_id: int
     exposure_fen: int
@@ -870,7 +871,8 @@ class LoanPage(msgspec.Struct, frozen=True):
 
 
 def _client_view(call: Call, participant_id: int) -> FinancierView:
-    """The calling financier's view of a client; without consent the client does not exist for it."""
+    """The calling financier's view of a client; a participant that neither consents to it nor has a
+    line or loan from it does not exist for it."""
     view = financier_view(clearing_of(call), call.principal.participant_id, participant_id)
     if view is None:
         raise rejection(R.UNKNOWN_PARTICIPANT)
@@ -890,7 +892,7 @@ async def grant_credit_line(call: Call, body: CreditLineRequest) -> FinancierVie
 @routes.post("/v1/credit-lines/{buyer_id}/reduce", roles=FINANCIERS, params=BuyerPath, body=ReduceRequest,
              response=FinancierView, errors=(404,))
 async def reduce_credit_line(call: Call, params: BuyerPath, body: ReduceRequest) -> FinancierView:
-    """Return undrawn credit of a buyer's line to your funds."""
+    """Return undrawn credit of a buyer's line to your funds (also after the buyer withdrew consent)."""
     _client_view(call, params.buyer_id)
     await submit(call, ReduceCreditLine(call.principal.participant_id, 0, params.buyer_id, body.amount_fen))
     return _client_view(call, params.buyer_id)
@@ -910,7 +912,8 @@ async def grant_advance(call: Call, body: AdvanceRequest) -> FinancierView:
 
 @routes.get("/v1/financing/clients", roles=FINANCIERS, response=FinancierPortfolio)
 async def list_clients(call: Call) -> FinancierPortfolio:
-    """Exposures, loans, repayments and financed trades of every participant that consented to you."""
+    """Exposures, loans, repayments and financed trades of every participant that consents to you or owes
+    you (`consented` false: consent withdrawn, its line takes no new holds)."""
     financier = call.principal.participant_id
     views = financier_portfolio(clearing_of(call), financier)
     return FinancierPortfolio(financier, sum(v.exposure_fen for v in views), views)
@@ -919,7 +922,7 @@ async def list_clients(call: Call) -> FinancierPortfolio:
 @routes.get("/v1/financing/clients/{participant_id}", roles=FINANCIERS, params=ClientPath,
             response=FinancierView)
 async def get_client(call: Call, params: ClientPath) -> FinancierView:
-    """One consenting client's exposure, loans, repayments and financed trades."""
+    """One client's exposure, loans, repayments and financed trades."""
     return _client_view(call, params.participant_id)
 
 

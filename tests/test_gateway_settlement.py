@@ -425,11 +425,14 @@ async def test_a_financier_sees_only_participants_that_consented(ex: Exchange) -
     date = _cst_date(settled["settled_ms"])
     assert [r["trade_id"] for r in _ok(await fin.get(f"/v1/reports/settlement?date={date}"))["rows"]] == [trade_id]
 
-    # Withdrawn consent: the buyer disappears from the financier's views.
+    # Withdrawn consent: the financier still sees what the buyer owes it, marked as no longer consented.
     _ok(await buyer.post("/v1/consents", json={"financier_id": fin.participant_id, "granted": False}))
-    assert _error(await fin.get(f"/v1/financing/clients/{buyer.participant_id}")) == (404, "unknown_participant")
-    assert [c["participant_id"] for c in _ok(await fin.get("/v1/financing/clients"))["clients"]] == [
-        seller.participant_id]
+    view = _ok(await fin.get(f"/v1/financing/clients/{buyer.participant_id}"))
+    assert (view["consented"], view["loans"][0]["principal_outstanding_fen"]) == (False, 616_000)
+    assert [(c["participant_id"], c["consented"]) for c in _ok(await fin.get("/v1/financing/clients"))["clients"]] \
+        == [(buyer.participant_id, False), (seller.participant_id, True)]
+    assert _error(await fin.get(f"/v1/financing/clients/{other_buyer.participant_id}")) == (
+        404, "unknown_participant")
 
 
 # -- roles and other participants' ids ------------------------------------------------------------------

@@ -3,6 +3,8 @@
 1. Bank files: every number parsed from a file is bounded (a 25-digit payout id crashed the core when
    the clearing encoded it), csv module errors are bad files (422), and the clearing refuses ids out of
    the journal's integer range itself.
+2. A withdrawn consent ends new holds on that financier's credit line (the buyer kept bidding on it),
+   and the financier still sees and may reduce its own line and loans (it got 404).
 """
 
 from __future__ import annotations
@@ -15,23 +17,30 @@ import pytest
 import pytest_asyncio
 
 from exchange.commands import (
+    AmendOrder,
     BankConfirmation,
     ConfirmDeposit,
     FundsAccount,
+    GrantCreditLine,
     ImportBankConfirmations,
     MarkPayoutsSent,
     RecordWeighIn,
+    ReduceCreditLine,
+    SetConsent,
 )
-from exchange.domain import RejectReason
+from exchange.domain import RejectReason, Side
+from exchange.events import Trade
 from exchange.settlement.bankfiles import MAX_FILE_INT, parse_confirmations_csv
-from exchange.settlement.ledger import MAX_INT64
+from exchange.settlement.ledger import MAX_INT64, AccountCode
+from exchange.settlement.views import financier_portfolio, financier_view
 from gateway.auth import Role
 from gateway.client import Reply
 from gateway.config import GatewayConfig
 from gateway.exchange_port import EXCHANGE
 from gateway.settlement import MAX_CSV_CHARS, DepositImportRequest, parse_deposits_csv
 from gateway.testing import Exchange, running_exchange
-from tests.settlement_support import BUYER, FARMER, OPERATOR, world
+from tests.factories import order
+from tests.settlement_support import BUYER, FARMER, FINANCIER, OPERATOR, accepted_order_id, world
 
 R = RejectReason
 _CONFIRMATIONS = "payout_id,attempt,status,bank_ref,reason\n"
@@ -139,3 +148,75 @@ def test_a_file_is_at_most_as_long_as_a_request_body() -> None:
     msgspec.convert({"csv": "x" * MAX_CSV_CHARS}, DepositImportRequest)
     with pytest.raises(msgspec.ValidationError, match="length <= 65536"):
         msgspec.convert({"csv": "x" * (MAX_CSV_CHARS + 1)}, DepositImportRequest)
+
+
+# -- 2. consent and credit lines ------------------------------------------------------------------------
+
+HOLD_2800 = 392_000  # a head at 2800 fen/kg holds ceil(140 kg x 2800)
+
+
+def _buyer_on_a_line() -> tuple[Any, int]:
+    """BUYER without cash, FINANCIER's line of 10 heads' holds, a resting bid of 2 heads on it."""
+    x = world()
+    x.deposit(FINANCIER, 10**9, FundsAccount.FINANCIER_FUNDS)
+    x.consent(BUYER, FINANCIER)
+    x.ok(GrantCreditLine(FINANCIER, 0, BUYER, 10 * HOLD_2800, 500))
+    bid = accepted_order_id(x.buy(BUYER, 2800, 2))
+    return x, bid
+
+
+def test_withdrawn_consent_ends_new_holds_on_the_line() -> None:
+    x, bid = _buyer_on_a_line()
+    line = x.clearing.credit_lines[(BUYER, FINANCIER)].account_id
+    assert x.clearing.holds[bid].source_account_id == line
+    x.ok(SetConsent(BUYER, 0, FINANCIER, False))
+    x.reject(order(BUYER, Side.BUY, 2800, 1, cid="after"), R.INSUFFICIENT_FUNDS)  # was accepted on the line
+    x.reject(AmendOrder(BUYER, 0, bid, 0, 3), R.INSUFFICIENT_FUNDS)  # no more on the line by amending
+    x.ok(AmendOrder(BUYER, 0, bid, 2790, 0))  # holding less is fine
+    # what it already holds still trades: the financier's money pays for it
+    lot = x.lot(FARMER, 2)
+    trades = x.of(Trade, x.sell(FARMER, 2790, 2, lot))
+    assert [(t.quantity_heads, x.clearing.trades[t.trade_id].financier_id) for t in trades] == [(2, FINANCIER)]
+    assert x.held(AccountCode.BUYER_CREDIT_LINE, BUYER, FINANCIER) == 0
+    x.consent(BUYER, FINANCIER)  # consent again: the line covers bids again
+    x.buy(BUYER, 2800, 1, cid="again")
+    assert x.held(AccountCode.BUYER_CREDIT_LINE, BUYER, FINANCIER) == HOLD_2800
+
+
+def test_financier_sees_and_reduces_its_line_after_consent_is_withdrawn() -> None:
+    x, _ = _buyer_on_a_line()
+    x.ok(SetConsent(BUYER, 0, FINANCIER, False))
+    view = financier_view(x.clearing, FINANCIER, BUYER)
+    assert view is not None and not view.consented
+    assert (view.credit_line_available_fen, view.credit_line_held_fen, view.exposure_fen) == (
+        8 * HOLD_2800, 2 * HOLD_2800, 2 * HOLD_2800)
+    assert [v.participant_id for v in financier_portfolio(x.clearing, FINANCIER)] == [BUYER]
+    x.ok(ReduceCreditLine(FINANCIER, 0, BUYER, 8 * HOLD_2800))
+    view = financier_view(x.clearing, FINANCIER, BUYER)
+    assert view is not None and (view.credit_line_available_fen, view.credit_line_reduced_fen) == (0, 8 * HOLD_2800)
+    x.reject(GrantCreditLine(FINANCIER, 0, BUYER, 1, 500), R.NO_CONSENT)  # but no new credit
+
+
+async def test_withdrawn_consent_over_http(ex: Exchange) -> None:
+    await ex.list_instrument("RC-CONSENT")
+    fin = await ex.register(Role.FINANCIER, "农商行")
+    await ex.deposit(fin.participant_id, 10**9, "financier_funds")
+    buyer = await ex.register(Role.BUYER, deposit_fen=0)
+    stranger = await ex.register(Role.BUYER, deposit_fen=0)
+    _ok(await buyer.post("/v1/consents", json={"financier_id": fin.participant_id}))
+    _ok(await fin.post("/v1/credit-lines", json={"buyer_id": buyer.participant_id, "amount_fen": 50_000_000,
+                                                 "rate_bps": 500}))
+    bid = {"instrument": "RC-CONSENT", "side": "buy", "price_fen": 2800, "quantity_heads": 100}
+    _ok(await buyer.post("/v1/orders", json={"client_order_id": "b1", **bid}), 201)
+    _ok(await buyer.post("/v1/consents", json={"financier_id": fin.participant_id, "granted": False}))
+    status, code, _ = _error(await buyer.post("/v1/orders", json={"client_order_id": "b2", **bid}))
+    assert (status, code) == (422, "insufficient_funds")
+    view = _ok(await fin.post(f"/v1/credit-lines/{buyer.participant_id}/reduce", json={"amount_fen": 1_000_000}))
+    assert (view["consented"], view["credit_line_held_fen"], view["credit_line_available_fen"],
+            view["credit_line_reduced_fen"]) == (False, 100 * HOLD_2800, 50_000_000 - 100 * HOLD_2800 - 1_000_000,
+                                                 1_000_000)
+    portfolio = _ok(await fin.get("/v1/financing/clients"))
+    assert (portfolio["exposure_fen"], [c["participant_id"] for c in portfolio["clients"]]) == (
+        100 * HOLD_2800, [buyer.participant_id])
+    status, code, _ = _error(await fin.get(f"/v1/financing/clients/{stranger.participant_id}"))
+    assert (status, code) == (404, "unknown_participant")

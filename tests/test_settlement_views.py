@@ -77,8 +77,11 @@ def test_financier_sees_only_consenting_participants_and_their_financed_trades()
     assert [(loan.kind, loan.lent_fen, loan.principal_outstanding_fen) for loan in farmer_view.loans] == [
         ("ADVANCE", 1_000_000, 1_000_000)]
     assert [v.participant_id for v in financier_portfolio(x.clearing, FINANCIER)] == [BUYER2, FARMER]
-    x.ok(SetConsent(FARMER, 0, FINANCIER, False))  # consent withdrawn: the view closes
-    assert financier_view(x.clearing, FINANCIER, FARMER) is None
+    assert (buyer_view.consented, farmer_view.consented) == (True, True)
+    x.ok(SetConsent(FARMER, 0, FINANCIER, False))  # consent withdrawn: the financier still sees its advance
+    farmer_view = financier_view(x.clearing, FINANCIER, FARMER)
+    assert farmer_view is not None and not farmer_view.consented
+    assert [(loan.kind, loan.principal_outstanding_fen) for loan in farmer_view.loans] == [("ADVANCE", 1_000_000)]
 
 
 def test_after_settlement_the_buyers_exposure_is_its_loan() -> None:

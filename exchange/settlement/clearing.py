@@ -21,8 +21,8 @@ Money flows (accounts: the chart in ledger.py; rounding: rules.py)
    Withdrawal: pending cash -> BANK, posted on the bank's confirmation, voided on failure. There is
    no timeout: money that may have left the bank is only ever resolved by a confirmation.
 2. Hold: a buy holds ``hold_fen`` (pending cash -> ESCROW), against cash when it covers the hold,
-   else against the first credit line (by financier id) that does; never split. Cancel and expiry
-   void the rest.
+   else against the first credit line (by financier id) of a financier the buyer consents to at that
+   moment that does; never split. Cancel and expiry void the rest.
 3. Trade: the fill posts heads x hold-per-head at the *trade* price into ESCROW (the trade's
    obligation) and re-holds the unfilled rest at the limit, in one linked chain; a fill below the
    limit thereby returns the difference.
@@ -633,12 +633,14 @@ class Clearing:
 
     def _hold_source(self, buyer_id: int, amount_fen: int) -> tuple[int, int] | None:
         """(account id, financier id or 0) that covers ``amount_fen`` whole: cash first, then the credit
-        lines by financier id."""
+        lines by financier id, only those of financiers the buyer consents to now (a withdrawn consent
+        ends new holds on that line; what it already holds stays until filled or cancelled)."""
         cash = self.accounts.get((_CASH, buyer_id, 0))
         if cash is not None and self.ledger.available_fen(cash) >= amount_fen:
             return cash, 0
         for line in self._lines_by_buyer.get(buyer_id, ()):
-            if self.ledger.available_fen(line.account_id) >= amount_fen:
+            if self.ledger.available_fen(line.account_id) >= amount_fen and \
+                    self.has_consented(buyer_id, line.financier_id):
                 return line.account_id, line.financier_id
         return None
 

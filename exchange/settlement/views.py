@@ -1,4 +1,5 @@
-"""Read-only views of the clearing: balances, financiers' views (consent only), the daily settlement report.
+"""Read-only views of the clearing: balances, financiers' views (own lending; the rest by consent), the daily
+settlement report.
 
 Pure functions of a ``Clearing``: rows as msgspec structs, which the gateway serves as JSON, and
 ``report_csv`` for the CSV download. Nothing here changes state. Statements (every posting of an
@@ -90,10 +91,14 @@ class FinancedTradeRow(msgspec.Struct, frozen=True):
 
 
 class FinancierView(msgspec.Struct, frozen=True):
-    """What a financier may see of one participant that consented to it."""
+    """What a financier may see of one participant: its own credit line, loans and the trades they
+    financed, always (they are the financier's own money). Without them the view exists only while the
+    participant consents; consent is also what shows the financier the rest of a financed trade's
+    settlement."""
 
     financier_id: int
     participant_id: int
+    consented: bool  # False: consent withdrawn; the line takes no new holds, what it lent is still owed
     credit_line_available_fen: int
     credit_line_held_fen: int
     credit_line_granted_fen: int
@@ -104,9 +109,9 @@ class FinancierView(msgspec.Struct, frozen=True):
 
 
 def financier_view(clearing: Clearing, financier_id: int, participant_id: int) -> FinancierView | None:
-    """The financier's view of one participant, or None without that participant's consent."""
-    if not clearing.has_consented(participant_id, financier_id):
-        return None
+    """The financier's view of one participant, or None when that participant neither consents to it
+    nor has a credit line or loan from it (withdrawing consent does not hide what the financier lent)."""
+    consented = clearing.has_consented(participant_id, financier_id)
     line = clearing.credit_lines.get((participant_id, financier_id))
     available = held = granted = reduced = 0
     if line is not None:
@@ -116,15 +121,18 @@ def financier_view(clearing: Clearing, financier_id: int, participant_id: int) -
         held, granted, reduced = a.debits_pending_fen, line.granted_fen, line.reduced_fen
     loans = [loan for loan in clearing.loans.values()
              if loan.financier_id == financier_id and loan.borrower_id == participant_id]
+    if not consented and line is None and not loans:
+        return None
     trades = _financed_trades(clearing, financier_id, participant_id, loans)
     in_escrow = sum(_unsettled_fen(t) for t in trades if t.side == "buy")
     exposure = sum(loan.principal_fen + loan.interest_due_fen for loan in loans) + held + in_escrow
-    return FinancierView(financier_id, participant_id, available, held, granted, reduced, exposure,
+    return FinancierView(financier_id, participant_id, consented, available, held, granted, reduced, exposure,
                          [_loan_row(loan) for loan in sorted(loans, key=lambda x: x.loan_id)], trades)
 
 
 def financier_portfolio(clearing: Clearing, financier_id: int) -> list[FinancierView]:
-    """The views of every participant that consented to this financier, by participant id."""
+    """The views of every participant that consents to this financier or owes it (a credit line or a
+    loan), by participant id."""
     views = (financier_view(clearing, financier_id, pid) for pid in sorted(clearing.participants))
     return [v for v in views if v is not None]
 
