@@ -31,9 +31,11 @@ Every change is one command through the sequencer, answered once it is durable; 
 reasons). Reads come from the clearing of the sequencer's core in this process through
 `exchange.settlement.views`; the core may already include commands of the batch being committed (a
 few milliseconds ahead of the journal), which become durable or, if that commit fails, vanish with
-the rebuilt core. Statements are read from the ledger rows in PostgreSQL, which commit with their
-batch. Another participant's trade, payout, account or client is a 404, exactly like a missing one;
-to a financier, a participant that neither consents to it nor owes it anything does not exist.
+the rebuilt core. Bank payout files are the exception: money leaves on them, so a file is handed out
+(also again) only once the command that made it is durable. Statements are read from the ledger rows
+in PostgreSQL, which commit with their batch. Another participant's trade, payout, account or client
+is a 404, exactly like a missing one; to a financier, a participant that neither consents to it nor
+owes it anything does not exist.
 """
 
 from __future__ import annotations
@@ -115,6 +117,8 @@ OWNERS: Final = BORROWERS | FINANCIERS  # the roles that hold cash of their own
 _NS_PER_MS: Final = 1_000_000
 _CSV: Final = "text/csv"
 MAX_IMPORT_ROWS: Final = 10_000
+_COMMIT_WAIT_S: Final = 10.0  # how long a read waits for the batch it saw to commit before a 503
+_COMMIT_POLL_S: Final = 0.002
 
 # -- bounded request scalars ----------------------------------------------------------------------------
 
@@ -736,13 +740,20 @@ def _bank_file(clearing: Clearing, file_ref: str) -> web.Response:
 @routes.post("/v1/payout-files", roles=OPERATORS, body=PayoutFileRequest, response=None, media_type=_CSV,
              status=201, errors=(409,))
 async def export_payout_file(call: Call, body: PayoutFileRequest) -> web.Response:
-    """Export the bank file of every pending payout (CSV) and mark them sent; a repeat returns the file."""
+    """Export the bank file of every pending payout (CSV) and mark them sent; a repeat returns the file.
+    Either way the file is handed out only once the command marking its payouts sent is durable."""
     clearing = clearing_of(call)
-    if body.file_ref not in clearing.sent_files:
+    sent = clearing.sent_files.get(body.file_ref)
+    if sent is None:
         pending = payouts_to_send(clearing)
         if not pending:
             raise ApiError(409, "no_pending_payouts", "there is no pending payout to send")
-        await submit(call, MarkPayoutsSent(call.principal.participant_id, 0, body.file_ref, sent_pairs(pending)))
+        pairs = sent_pairs(pending)
+    else:
+        # The live core may show a file whose command is still being committed (a client's retry after a
+        # timeout): the same command again is idempotent, and its durable answer implies the first's.
+        pairs = tuple((payout_id, attempt) for payout_id, attempt in sent.payouts)
+    await submit(call, MarkPayoutsSent(call.principal.participant_id, 0, body.file_ref, pairs))
     response = _bank_file(clearing_of(call), body.file_ref)
     response.set_status(201)
     return response
@@ -751,11 +762,30 @@ async def export_payout_file(call: Call, body: PayoutFileRequest) -> web.Respons
 @routes.get("/v1/payout-files/{file_ref}", roles=OPERATORS, params=PayoutFilePath, response=None,
             media_type=_CSV)
 async def get_payout_file(call: Call, params: PayoutFilePath) -> web.Response:
-    """Download an exported bank file again (CSV)."""
-    clearing = clearing_of(call)
-    if params.file_ref not in clearing.sent_files:
-        raise rejection(R.UNKNOWN_REFERENCE)
-    return _bank_file(clearing, params.file_ref)
+    """Download an exported bank file again (CSV): only once the command that made it is durable."""
+    while True:
+        clearing = clearing_of(call)
+        if params.file_ref not in clearing.sent_files:
+            raise rejection(R.UNKNOWN_REFERENCE)
+        if await _committed(call):
+            return _bank_file(clearing, params.file_ref)
+
+
+async def _committed(call: Call) -> bool:
+    """Wait until everything the live core shows at this moment is durable: True; False if the core was
+    rebuilt meanwhile (a commit failed: what it showed may be gone, so look again). Raises 503 after
+    `_COMMIT_WAIT_S`.
+
+    The core shows commands up to `applied_seq`; once `committed_seq` reaches that seq with the same core
+    object (a rebuild replaces it, and reuses the seqs of a lost batch), all of them are in the journal."""
+    sequencer = call.app[EXCHANGE].sequencer
+    core, shown_seq = sequencer.core, sequencer.applied_seq
+    deadline = time.monotonic() + _COMMIT_WAIT_S
+    while sequencer.committed_seq < shown_seq and sequencer.core is core:
+        if time.monotonic() > deadline:
+            raise ApiError(503, Code.UNAVAILABLE, "the file is not committed yet: try again")
+        await asyncio.sleep(_COMMIT_POLL_S)
+    return sequencer.core is core
 
 
 @routes.post("/v1/payout-confirmations", roles=OPERATORS, body=ConfirmationImportRequest,

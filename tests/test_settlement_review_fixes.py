@@ -5,13 +5,19 @@
    the journal's integer range itself.
 2. A withdrawn consent ends new holds on that financier's credit line (the buyer kept bidding on it),
    and the financier still sees and may reduce its own line and loans (it got 404).
+3. A payout bank file is handed out only once the command marking its payouts sent is durable (a
+   retried export and a download answered from the live core before the commit).
 """
 
 from __future__ import annotations
 
+import asyncio
+import csv
+import io
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import msgspec
 import pytest
 import pytest_asyncio
@@ -220,3 +226,96 @@ async def test_withdrawn_consent_over_http(ex: Exchange) -> None:
         100 * HOLD_2800, [buyer.participant_id])
     status, code, _ = _error(await fin.get(f"/v1/financing/clients/{stranger.participant_id}"))
     assert (status, code) == (404, "unknown_participant")
+
+
+# -- 3. bank files only once durable --------------------------------------------------------------------
+
+
+async def _pending_payout(ex: Exchange) -> int:
+    """A settled trade of a farmer with a verified account and a payout run: one PENDING payout."""
+    op = ex.operator
+    await ex.list_instrument("RC-FILE", dispute_window_ms=0)
+    buyer = await ex.register(Role.BUYER)
+    farmer = await ex.register(Role.FARMER, "李四", id_number_masked="5002**********1234",
+                               bank_account="6217000011112222")
+    _ok(await op.post(f"/v1/admin/participants/{farmer.participant_id}/bank-account/verify",
+                      json={"bank_account": "6217000011112222"}))
+    lot = await ex.register_lot(farmer, "RC-FILE", heads=10)
+    order_body = {"instrument": "RC-FILE", "price_fen": 2800, "quantity_heads": 10}
+    _ok(await farmer.post("/v1/orders", json={"client_order_id": "s1", "side": "sell", "lot_id": lot, **order_body}),
+        201)
+    trade_id = _ok(await buyer.post("/v1/orders", json={"client_order_id": "b1", "side": "buy", **order_body}),
+                   201)["fills"][0]["trade_id"]
+    _ok(await farmer.post(f"/v1/trades/{trade_id}/weigh-in", json={
+        "heads_delivered": 10, "total_weight_g": 1_100_000, "quarantine_cert": "Q1", "quarantine_checked": True}))
+    for _ in range(200):
+        if _ok(await farmer.get(f"/v1/trades/{trade_id}/settlement"))["state"] == "SETTLED":
+            break
+        await asyncio.sleep(0.05)
+    [payout] = _ok(await op.post("/v1/payout-runs", json={"run_ref": "run1"}), 201)["payouts"]
+    return int(payout["payout_id"])
+
+
+def _file_rows(reply: Reply) -> list[tuple[str, str, str]]:
+    return [(r["payout_id"], r["attempt"], r["reference"]) for r in csv.DictReader(io.StringIO(reply.body.decode()))]
+
+
+async def _until(check: Any, timeout_s: float = 10.0) -> None:
+    for _ in range(int(timeout_s / 0.01)):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("not reached")
+
+
+async def test_a_bank_file_is_handed_out_only_once_durable(_test_databases: Any) -> None:
+    dsn = await _test_databases.create(migrated=True)
+    try:
+        async with running_exchange(dsn, clock_tick_s=0.05) as fresh:
+            await _bank_files_wait_for_their_commit(fresh)
+    finally:
+        await _test_databases.drop(dsn)
+
+
+async def _bank_files_wait_for_their_commit(ex: Exchange) -> None:
+    op, sequencer = ex.operator, ex.app[EXCHANGE].sequencer
+    payout_id = await _pending_payout(ex)
+    expected = [(str(payout_id), "1", f"HOGX-P{payout_id}-A1")]
+    blocker = await asyncpg.connect(dsn := sequencer.dsn)
+    try:
+        # A slow commit: the file shows in the live core, but neither a retry nor a download answers yet.
+        async with blocker.transaction():
+            await blocker.execute("LOCK TABLE journal IN ACCESS EXCLUSIVE MODE")  # the writer's COPY waits
+            first = asyncio.create_task(op.post("/v1/payout-files", json={"file_ref": "F1"}))
+            await _until(lambda: "F1" in sequencer.core.clearing.sent_files)
+            retry = asyncio.create_task(op.post("/v1/payout-files", json={"file_ref": "F1"}))
+            download = asyncio.create_task(op.get("/v1/payout-files/F1"))
+            await asyncio.sleep(0.3)
+            assert not (first.done() or retry.done() or download.done())  # retry and download answered at once
+        assert _file_rows(await first) == _file_rows(await retry) == _file_rows(await download) == expected
+        assert ((await first).status, (await retry).status, (await download).status) == (201, 201, 200)
+
+        # A commit that fails: no file was handed out, and the payout goes out in the next file.
+        _ok(await op.post("/v1/payout-confirmations", json={
+            "file_ref": "C1", "csv": f"{_CONFIRMATIONS}{payout_id},1,FAILED,B1,account frozen\n"}))
+        _ok(await op.post(f"/v1/payouts/{payout_id}/retry"))  # attempt 2, PENDING
+        async with blocker.transaction():
+            await blocker.execute("LOCK TABLE journal IN ACCESS EXCLUSIVE MODE")
+            first = asyncio.create_task(op.post("/v1/payout-files", json={"file_ref": "F2"}))
+            await _until(lambda: "F2" in sequencer.core.clearing.sent_files)
+            retry = asyncio.create_task(op.post("/v1/payout-files", json={"file_ref": "F2"}))
+            download = asyncio.create_task(op.get("/v1/payout-files/F2"))
+            await asyncio.sleep(0.3)
+            assert not (first.done() or retry.done() or download.done())
+            killer = await asyncpg.connect(dsn)
+            await killer.execute("SELECT pg_terminate_backend($1)", sequencer.writer_backend_pid)
+            await killer.close()
+        assert ((await first).status, (await retry).status, (await download).status) == (503, 503, 404)
+    finally:
+        await blocker.close()
+    await _until(lambda: sequencer.state.value == "running")
+    assert (await op.get("/v1/payout-files/F2")).status == 404
+    assert [(p["payout_id"], p["attempt"]) for p in _ok(await op.get("/v1/payouts?state=PENDING"))["payouts"]] == [
+        (payout_id, 2)]
+    reply = await op.post("/v1/payout-files", json={"file_ref": "F3"})
+    assert (reply.status, _file_rows(reply)) == (201, [(str(payout_id), "2", f"HOGX-P{payout_id}-A2")])
