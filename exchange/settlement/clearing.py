@@ -454,6 +454,8 @@ class Clearing:
         self._loans_by_borrower: dict[int, list[int]] = {}
         for loan_id in sorted(self.loans):
             self._loans_by_borrower.setdefault(self.loans[loan_id].borrower_id, []).append(loan_id)
+        self._payable_accounts = {owner: account_id for (code, owner, _), account_id in self.accounts.items()
+                                  if code == _PAYABLE}  # payee -> its FARMER_PAYABLE account, for payout runs
         self._lines_by_buyer: dict[int, list[CreditLine]] = {}
         for key in sorted(self.credit_lines):
             self._lines_by_buyer.setdefault(key[0], []).append(self.credit_lines[key])
@@ -529,6 +531,8 @@ class Clearing:
             if result is not CreateAccountResult.OK:
                 raise ClearingInvariantError(f"ledger refused account {key}: {result.name}")
             self.accounts[key] = account_id
+            if code == _PAYABLE:
+                self._payable_accounts[owner_id] = account_id
         return account_id
 
     def _balance(self, code: int, owner_id: int = 0, user_data: int = 0) -> int:
@@ -670,6 +674,9 @@ class Clearing:
     def _take_payable(self, payee_id: int, amount_fen: int) -> list[PayableSource]:
         """Take ``amount_fen`` off the front of the payee's payable sources (oldest first)."""
         fifo = self.payables.get(payee_id, [])
+        if fifo and sum(s.amount_fen for s in fifo) == amount_fen:  # all of it (a payout run): the list itself
+            self.payables[payee_id] = []
+            return fifo
         taken: list[PayableSource] = []
         while amount_fen:
             head = fifo[0]
@@ -1384,8 +1391,8 @@ class Clearing:
         """Payees with money payable: registered poor households first, then by participant id."""
         payees = []
         available_fen = self.ledger.available_fen
-        for (code, owner, _), account_id in self.accounts.items():
-            if code == _PAYABLE and available_fen(account_id) > 0:
+        for owner, account_id in self._payable_accounts.items():
+            if available_fen(account_id) > 0:
                 poor = self._is_poor(owner)
                 if poor or not poor_only:
                     payees.append((not poor, owner))

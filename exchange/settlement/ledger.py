@@ -650,15 +650,17 @@ class Ledger:
             return _transfer_exists(t, e)
         dr_pending, dr_posted = dr.debits_pending_fen, dr.debits_posted_fen
         cr_pending, cr_posted = cr.credits_pending_fen, cr.credits_posted_fen
-        if dr_pending + dr_posted + amount > MAX_INT64:
+        dr_debits = dr_pending + dr_posted + amount  # the debit account's debits after the transfer
+        if dr_debits > MAX_INT64:
             return _R.OVERFLOWS_DEBITS
-        if cr_pending + cr_posted + amount > MAX_INT64:
+        cr_credits = cr_pending + cr_posted + amount
+        if cr_credits > MAX_INT64:
             return _R.OVERFLOWS_CREDITS
         if timeout_ns and now_ns + timeout_ns > MAX_INT64:
             return _R.OVERFLOWS_TIMEOUT
-        if dr.flags & _DR_LIMIT and dr_pending + dr_posted + amount > dr.credits_posted_fen:
+        if dr.flags & _DR_LIMIT and dr_debits > dr.credits_posted_fen:
             return _R.EXCEEDS_CREDITS
-        if cr.flags & _CR_LIMIT and cr_pending + cr_posted + amount > cr.debits_posted_fen:
+        if cr.flags & _CR_LIMIT and cr_credits > cr.debits_posted_fen:
             return _R.EXCEEDS_DEBITS
         # After this point the transfer must succeed.
         if self._undo is not None:
