@@ -45,6 +45,7 @@ from exchange.domain import (
     InstrumentSpec,
     Lot,
     OrderType,
+    ProductClass,
     RejectReason,
     Side,
     TimeInForce,
@@ -603,9 +604,15 @@ def _shape_reason(cmd: PlaceOrder) -> RejectReason | None:
     return None
 
 
+MAX_SPEC_INT = 2**53  # every number in a specification stays far inside int64, so it always encodes
+
+
 def _spec_is_valid(spec: InstrumentSpec) -> bool:
+    numbers = [getattr(spec, name) for name in spec.__struct_fields__ if type(getattr(spec, name)) is int]
     return (
-        bool(spec.symbol.strip())
+        all(0 <= n <= MAX_SPEC_INT for n in numbers)
+        and _settlement_terms_are_valid(spec)
+        and bool(spec.symbol.strip())
         and len(spec.symbol) <= 32
         and spec.tick_fen > 0
         and 0 < spec.min_order_heads <= spec.max_order_heads
@@ -617,3 +624,16 @@ def _spec_is_valid(spec: InstrumentSpec) -> bool:
         and spec.initial_state in (CONTINUOUS, AUCTION)
     )
 
+
+def _settlement_terms_are_valid(spec: InstrumentSpec) -> bool:
+    """Fees within 0-100 %, and weight discounts only for what is priced by weight."""
+    per_head = spec.product_class == ProductClass.PIGLET
+    discounts = spec.overweight_discount_fen_per_kg or spec.underweight_discount_fen_per_kg
+    return (
+        spec.seller_fee_bps <= 10_000
+        and spec.underweight_limit_g < spec.lot_avg_min_g
+        and not (per_head and discounts)
+        and (spec.reference_price_fen == 0 or max(
+            spec.overweight_discount_fen_per_kg, spec.underweight_discount_fen_per_kg
+        ) < spec.reference_price_fen)
+    )

@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from exchange.commands import Command, ConfirmDeposit, FundsAccount, ListInstrument
-from exchange.domain import OrderType, RejectReason, TimeInForce, TradingState
+from exchange.domain import OrderType, ProductClass, RejectReason, TimeInForce, TradingState
 from tests.factories import OPERATOR, hog_spec, list_instrument, order, register_lot
 from tests.scenarios import (
     BUY,
@@ -456,3 +456,20 @@ def test_invalid_expiries() -> None:
     s.reject(order(B1, BUY, 2800, 1, tif=TimeInForce.GTD, expire_at_ns=now + 1), R.INVALID_EXPIRY, at_ns=now + 1)
     s.reject(order(B1, BUY, 2800, 1, tif=TimeInForce.GTC, expire_at_ns=now + 100), R.INVALID_EXPIRY)
     s.rest(B1, BUY, 2800, 1, tif=TimeInForce.GTD, expire_at_ns=s.now_ns + 2)
+
+
+@pytest.mark.parametrize(
+    "terms",
+    [
+        {"seller_fee_bps": 10_001},
+        {"overweight_limit_g": -1},
+        {"underweight_limit_g": 100_000},  # as large as the lot band's lower edge
+        {"overweight_discount_fen_per_kg": 2800},  # the whole reference price
+        {"dispute_window_ns": 2**63},  # would not fit the journal's integers
+        {"product_class": ProductClass.PIGLET, "overweight_discount_fen_per_kg": 10},  # piglets go per head
+    ],
+    ids=lambda terms: next(iter(terms)) if len(terms) == 1 else "piglet_discount",
+)
+def test_listing_with_impossible_settlement_terms_is_rejected(terms: dict) -> None:
+    spec = msgspec.structs.replace(hog_spec(symbol="RC-LH-TZ"), **terms)
+    market().reject(list_instrument(spec), R.INVALID_INSTRUMENT)
