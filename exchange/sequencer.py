@@ -55,7 +55,8 @@ Flow of a command::
   tail is replayed. The tail is fetched in pages that the server concatenates (`string_agg`), so a
   page of commands is decoded with one msgspec call; each page's row count proves the range has no
   hole; the next page is fetched while one is applied. Measured: 1,000,000 commands of the matching
-  benchmark's mix replayed in 3.7 s (wall = CPU), the bare core's apply being 2.8-3 µs of that.
+  benchmark's mix replayed in 3.7 s on an otherwise idle core (wall = CPU), the bare core's apply
+  being 2.8-3 µs a command of that.
 - **Memory.** After every recovery the rebuilt state (possibly millions of resting orders) is moved
   to the collector's permanent generation (`gc.freeze()`, unless `freeze_gc=False`), so the
   collector's full passes never rescan it and cannot stall the writer. The young generation's

@@ -5,7 +5,8 @@ With `exchange/sequencer.py`, the only module of `exchange/` that does I/O. It o
 - the migration runner: `exchange/migrations/NNNN_name.sql` applied in order, each in its own
   transaction, recorded in `schema_migrations`, serialised across processes by an advisory lock;
 - the journal (`seq`, `ts_ns`, msgspec-encoded `command`, and since migration 0004 the msgspec-encoded
-  list of the command's `events`), appended with binary COPY and read back in `seq` order in keyset
+  list of the command's `events`), appended with binary COPY (`copy_journal` takes the rows as a lazy
+  iterator, so the sequencer encodes each row as COPY consumes it) and read back in `seq` order in keyset
   pages, or for replay as server-concatenated pages of commands (`read_command_page`);
 - snapshots: encoded core state at a sequence number with the state hash replay must reproduce, and
   the sequencer's idempotency index at that sequence number (`client_orders`, migration 0004).
