@@ -290,7 +290,9 @@ class Clearing:
         if source is None:
             raise ClearingInvariantError(f"buy {order_id} accepted without funds for its hold of {amount} fen")
         account_id, financier_id = source
-        tid = self._next_tid()
+        counters = self.counters
+        tid = counters.next_transfer_id
+        counters.next_transfer_id = tid + 1
         self._commit_one(Transfer(tid, account_id, _ESCROW, amount, _TC_HOLD, order_id, _PENDING), ts_ns)
         self.holds[order_id] = Hold(order_id, participant_id, spec.symbol, limit_price_fen, per_head, heads, tid,
                                     account_id, financier_id)
@@ -314,10 +316,9 @@ class Clearing:
     def on_events(self, events: list, ts_ns: int) -> None:
         """Follow one command's events; appends the clearing's own events to ``events``. The core calls
         this exactly once at the end of every command: it also closes the command's ledger rows."""
-        handlers = self._event_handlers
-        for i in range(len(events)):  # not the events appended below
-            event = events[i]
-            handler = handlers.get(event.__class__)
+        handler_of = self._event_handlers.get
+        for event in events[:]:  # a copy: not the events the handlers append
+            handler = handler_of(event.__class__)
             if handler is not None:
                 handler(event, ts_ns, events)
         self.command_rows.append(self.ledger.drain_rows())
