@@ -8,6 +8,7 @@ import pytest
 from exchange.settlement import (
     CHART,
     MAX_INT64,
+    NO_ROWS,
     Account,
     AccountCode,
     AccountFlags,
@@ -202,6 +203,35 @@ def test_time_must_not_go_backwards() -> None:
     ledger = fresh_ledger()
     with pytest.raises(ValueError, match="backwards"):
         ledger.create_transfers([], T0_NS - 1)
+    with pytest.raises(ValueError, match="backwards"):
+        ledger.create_transfer(Transfer(2, BUYER_A, BUYER_B, 1, TransferCode.TRADE), T0_NS - 1)
+    assert ledger.transfer(2) is None
+
+
+def test_one_transfer_entry_point_answers_as_a_batch_of_one() -> None:
+    ledger = fresh_ledger()
+    assert ledger.create_transfer(hold(2, 600_000), NOW_NS) is R.OK
+    assert ledger.create_transfer(hold(2, 600_000), NOW_NS) is R.EXISTS
+    assert ledger.create_transfer(hold(3, 400_001), NOW_NS) is R.EXCEEDS_CREDITS
+    linked = Transfer(4, BUYER_A, BUYER_B, 1, TransferCode.TRADE, flags=LINKED)
+    assert ledger.create_transfer(linked, NOW_NS) is R.LINKED_EVENT_CHAIN_OPEN  # a chain never closed
+    assert ledger.create_transfers([linked], NOW_NS) == [R.LINKED_EVENT_CHAIN_OPEN]
+    assert ledger.transfer(4) is None
+    assert counters(ledger, BUYER_A) == (600_000, 0, 0, 1_000_000)
+
+
+def test_drain_rows_allocates_nothing_when_nothing_happened() -> None:
+    ledger = fresh_ledger()
+    assert ledger.drain_rows() is NO_ROWS == ((), ())
+    assert ledger.create_accounts([account(50, AccountCode.BUYER_CASH, owner_id=503)], NOW_NS) == [A.OK]
+    ledger.create_transfer(hold(2, 1_000), NOW_NS)
+    accounts, postings = ledger.drain_rows()
+    assert [a.account_id for a in accounts] == [50] and rows(list(postings)) == [(2, "PENDING", BUYER_A, ESCROW,
+                                                                                   1_000, 0)]
+    ledger.create_transfer(Transfer(3, flags=VOID, pending_id=2), NOW_NS)
+    assert ledger.drain_rows() == ((), [Posting(3, Entry.RELEASE, BUYER_A, ESCROW, 0, 1_000, TransferCode.ORDER_HOLD,
+                                                7001, 2, NOW_NS)])
+    assert ledger.drain_rows() is NO_ROWS
 
 
 # ---------------------------------------------------------------------------------------- idempotency

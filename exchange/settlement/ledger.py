@@ -23,11 +23,16 @@ Model
 
 Validation happens in a fixed order (``CreateTransferResult`` lists the codes; the order is spelled out
 in ``Ledger.create_transfers``); state is changed only after the last check passes.
+``create_transfer(t, now_ns)`` answers exactly as ``create_transfers([t], now_ns)[0]`` without the
+lists: the clearing's path for a lone transfer (most of its transfers), chains go through
+``create_transfers``. Every check runs on both paths; the hot paths avoid only Python overhead (enum
+attribute lookups, repeated sums, calls), which the ledger benchmark measures.
 
 Postings (what PostgreSQL stores)
 ---------------------------------
 Every applied transfer, and every expiry, becomes ONE ``Posting`` row naming both of its accounts,
-drained by the sequencer with ``drain_postings()`` and written in the journal batch's transaction
+drained with ``drain_postings()`` (or ``drain_rows()``, with the new accounts, after every command of
+the clearing) and written in the journal batch's transaction
 (table ``ledger_transfers``, ``exchange/migrations/0006_ledger_transfers.sql``). Its ``entry`` says
 which counters of the debit account and, by the same amounts, of the credit account it changes:
 
