@@ -574,7 +574,16 @@ class Core:
 
     def state_hash(self) -> str:
         """A digest of the whole state: equal hashes mean equal books, lots, ids and sequences."""
-        return hashlib.blake2b(self.snapshot(), digest_size=32).hexdigest()
+        return hash_snapshot(self.snapshot())
+
+    def snapshot_with_hash(self) -> tuple[bytes, str]:
+        """The snapshot and its state hash from one encoding (the state can be large)."""
+        data = self.snapshot()
+        return data, hash_snapshot(data)
+
+
+def hash_snapshot(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=32).hexdigest()
 
 
 def new_exchange() -> Core:

@@ -101,7 +101,7 @@ import asyncpg
 import msgspec
 
 from exchange import store
-from exchange.commands import ClockTick, Command, PlaceOrder, decode_command
+from exchange.commands import AmendOrder, CancelOrder, ClockTick, Command, PlaceOrder, decode_command, encode_command
 from exchange.core import MAX_CLIENT_ORDER_ID_LEN, Core, new_exchange
 from exchange.events import Event
 
@@ -184,6 +184,25 @@ class Busy(SequencerError):
     def __init__(self, retry_after_s: float) -> None:
         super().__init__(f"sequencer queue is full, retry after {retry_after_s:.3f} s")
         self.retry_after_s = retry_after_s
+
+
+class InvalidCommand(SequencerError):
+    """The command cannot be journaled (e.g. an integer beyond 64 bits); nothing was enqueued."""
+
+    code = "invalid_command"
+
+
+# Commands whose every number the gateway bounds (request schemas) and the core range-checks: the hot
+# path skips the encodability check for them. Any other command is trial-encoded at submit, so one that
+# could not be journaled is refused alone instead of failing the COPY of a whole batch.
+_BOUNDED_COMMANDS: Final = frozenset({PlaceOrder, CancelOrder, AmendOrder, ClockTick})
+
+
+def _check_encodable(command: Command) -> None:
+    try:
+        encode_command(command)
+    except (OverflowError, msgspec.EncodeError, TypeError) as error:
+        raise InvalidCommand(f"{type(command).__name__} cannot be journaled: {error}") from None
 
 
 class Unavailable(SequencerError):
@@ -468,6 +487,13 @@ class Sequencer:
         self._own_pool = pool is None
         self.state = State.NEW
         self.core: Core = core_type()
+        if extra_writes is None and self.core.clearing is not None:
+            # the clearing's ledger rows must commit with their batch: never leave them to pile up
+            from exchange.settlement.pgstore import LedgerWriter
+
+            writer = LedgerWriter()
+            writer.attach(self)
+            self._extra_writes = writer
         self._client_orders: dict[ClientKey, int] = {}
         # The submission queue as two deques in step (no tuple per command): commands and their futures.
         self._queue: deque[Command] = deque()
@@ -606,6 +632,8 @@ class Sequencer:
         The future fails with `Unavailable` (status unknown) or `IdempotencyConflict`.
         """
         # The hot path of every caller: checks inlined, no helper calls unless refusing.
+        if command.__class__ not in _BOUNDED_COMMANDS:
+            _check_encodable(command)
         queue = self._queue
         if self.state is not State.RUNNING or len(queue) >= self.queue_size:
             self._check_open(1)
@@ -621,6 +649,9 @@ class Sequencer:
     def submit_many(self, commands: Iterable[Command]) -> list[asyncio.Future[Result]]:
         """Enqueue all of `commands` (in order) or, if they do not all fit, none: raises `Busy`."""
         commands = list(commands)
+        for command in commands:
+            if command.__class__ not in _BOUNDED_COMMANDS:
+                _check_encodable(command)
         self._check_open(len(commands))
         create_future = self._loop.create_future  # type: ignore[union-attr]
         futures = [create_future() for _ in commands]
@@ -936,9 +967,8 @@ class Sequencer:
         last_seq = batch.last_seq
         if last_seq - self._snapshot_seq >= self.snapshot_every:
             self._snapshot_seq = last_seq
-            batch.snapshot = _SnapshotDue(
-                last_seq, self.core.state_hash(), self.core.snapshot(), dict(self._client_orders)
-            )
+            state, state_hash = self.core.snapshot_with_hash()
+            batch.snapshot = _SnapshotDue(last_seq, state_hash, state, dict(self._client_orders))
 
     async def _commit(self, batch: _Batch) -> None:
         conn = self._conn
@@ -1012,9 +1042,8 @@ class Sequencer:
             return
         assert self._conn is not None
         index = _encode_index(self._client_orders)
-        await store.save_snapshot(
-            self._conn, self._committed_seq, self.core.state_hash(), self.core.snapshot(), index
-        )
+        state, state_hash = self.core.snapshot_with_hash()
+        await store.save_snapshot(self._conn, self._committed_seq, state_hash, state, index)
         self._snapshot_seq = self._committed_seq
 
     # -- time -----------------------------------------------------------------------------------------

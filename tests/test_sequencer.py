@@ -19,7 +19,7 @@ import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exchange.commands import ClockTick, PlaceOrder, decode_command
+from exchange.commands import ClockTick, ConfirmDeposit, FundsAccount, PlaceOrder, decode_command
 from exchange.core import Core
 from exchange.domain import RejectReason, Side, TimeInForce
 from exchange.events import OrderAccepted, OrderExpired, Rejected, Trade
@@ -27,6 +27,7 @@ from exchange.sequencer import (
     Busy,
     CommittedBatch,
     IdempotencyConflict,
+    InvalidCommand,
     Result,
     Sequencer,
     State,
@@ -117,6 +118,37 @@ async def test_the_default_core_is_the_exchange_with_settlement_also_after_a_res
         assert (again.seq, again.replay, again.events) == (2, True, refused.events)
     finally:
         await second.stop()
+
+async def test_the_default_sequencer_commits_the_ledger_rows_with_their_batch(dsn: str) -> None:
+    # no extra_writes given: a core with clearing must still write its ledger rows in the batch
+    sequencer = Sequencer(dsn, clock_ns=StepClock())
+    await sequencer.start()
+    try:
+        deposit = ConfirmDeposit(0, 0, deposit_ref="D-1", owner_id=0,
+                                 account=FundsAccount.POVERTY_SUBSIDY_FUND, amount_fen=12_345)
+        result = await sequencer.submit(deposit)
+        assert [e.__class__.__name__ for e in result.events] == ["FundsDeposited"]
+    finally:
+        await sequencer.stop()
+    conn = await asyncpg.connect(dsn)
+    try:
+        amounts = await conn.fetch("SELECT * FROM ledger_balances")
+        assert amounts, "the deposit's ledger rows were not written"
+    finally:
+        await conn.close()
+
+
+async def test_a_command_that_cannot_be_journaled_is_refused_alone(dsn: str) -> None:
+    async with running(dsn) as sequencer:
+        lot_id = await setup_market(sequencer)
+        orders = [sequencer.submit_nowait(order(20, Side.SELL, 2800, 1, cid=f"s{i}", lot_id=lot_id)) for i in range(5)]
+        too_big = ConfirmDeposit(0, 0, deposit_ref="D-2", owner_id=1, account=FundsAccount.TRADING_CASH,
+                                 amount_fen=2**70)
+        with pytest.raises(InvalidCommand):
+            sequencer.submit_nowait(too_big)
+        results = await asyncio.gather(*orders)  # the others are journaled as usual
+        assert all(isinstance(r.events[0], OrderAccepted) for r in results)
+
 
 async def test_time_never_goes_backwards(dsn: str) -> None:
     readings = iter([START_NS + 50, START_NS + 10, START_NS + 10, START_NS + 70])
