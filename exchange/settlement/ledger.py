@@ -621,10 +621,11 @@ class Ledger:
         if t.pending_id:
             return _R.PENDING_ID_MUST_BE_ZERO
         timeout_ns = t.timeout_ns
-        if timeout_ns and not phase:
-            return _R.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER
-        if timeout_ns < 0:
-            return _R.TIMEOUT_OUT_OF_RANGE
+        if timeout_ns:  # the two timeout checks, in order, only when there is one
+            if not phase:
+                return _R.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER
+            if timeout_ns < 0:
+                return _R.TIMEOUT_OUT_OF_RANGE
         dr_id = t.debit_account_id
         cr_id = t.credit_account_id
         if dr_id == cr_id:
