@@ -88,18 +88,22 @@ from exchange.settlement.clearing import HOUSE
 from exchange.settlement.model import Payout, TradeRecord, TradeState, Withdrawal, WithdrawalState
 from exchange.settlement.rules import cst_day
 from exchange.settlement.views import (
+    ALL_SIDES,
     REPORT_COLUMNS,
     BalanceRow,
     FinancierView,
     LoanRow,
     SettlementReportRow,
+    TradeSides,
     daily_settlement_report,
     date_to_day,
     day_to_date,
     financier_portfolio,
     financier_view,
     participant_balances,
+    redact,
     report_csv,
+    trade_sides,
 )
 from gateway.auth import ANY_ROLE, BUYERS, FINANCIERS, OPERATORS, SELLERS, Principal, Role
 from gateway.config import GatewayConfig
@@ -471,7 +475,11 @@ class ResolutionRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknow
 
 
 class TradeSettlementView(msgspec.Struct, frozen=True):
-    """A trade's way from obligation to payout. Amounts in fen, weights in grams, times in ms."""
+    """A trade's way from obligation to payout. Amounts in fen, weights in grams, times in ms.
+
+    A side's private fields are null to whoever may not see that side (`views.trade_sides`): the
+    buyer's financier to the seller and the seller's financier; the seller's fee, subsidy, advance,
+    repayments and payable to the buyer and the buyer's financier."""
 
     trade_id: int
     instrument: str
@@ -481,8 +489,8 @@ class TradeSettlementView(msgspec.Struct, frozen=True):
     heads: int
     price_fen: int
     obligation_fen: int  # escrowed at the fill
-    funded_by_financier_id: int  # 0: the buyer's cash
-    advance_loan_id: int
+    funded_by_financier_id: int | None  # 0: the buyer's cash
+    advance_loan_id: int | None
     traded_ms: int
     heads_delivered: int
     total_weight_g: int
@@ -496,12 +504,12 @@ class TradeSettlementView(msgspec.Struct, frozen=True):
     dispute_reason: str
     amount_fen: int  # the final amount
     refund_fen: int  # returned to the buyer
-    fee_fen: int
-    fee_subsidy_fen: int  # a registered poor farmer's fee, paid by the subsidy fund
-    fee_forgone_fen: int
-    interest_paid_fen: int
-    principal_repaid_fen: int
-    payable_fen: int  # what went to the seller's payable (and its cooperative's members)
+    fee_fen: int | None
+    fee_subsidy_fen: int | None  # a registered poor farmer's fee, paid by the subsidy fund
+    fee_forgone_fen: int | None
+    interest_paid_fen: int | None
+    principal_repaid_fen: int | None
+    payable_fen: int | None  # what went to the seller's payable (and its cooperative's members)
     settled_ms: int
 
 
@@ -518,24 +526,25 @@ class TradeSettlementPage(msgspec.Struct, frozen=True):
     next_cursor: str | None
 
 
-def _trade_view(t: TradeRecord) -> TradeSettlementView:
-    return TradeSettlementView(
+def _trade_view(t: TradeRecord, sides: TradeSides) -> TradeSettlementView:
+    return redact(TradeSettlementView(
         t.trade_id, t.instrument, TradeStateName[t.state.name], t.buyer_id, t.seller_id, t.heads, t.price_fen,
         t.obligation_fen, t.financier_id, t.advance_loan_id, _ms(t.traded_at_ns), t.heads_delivered,
         t.total_weight_g, t.avg_weight_g, t.grade.name, t.discount_fen_per_kg, t.quarantine_cert,
         _ms(t.delivered_at_ns), _ms(t.dispute_until_ns), t.disputed_by, t.dispute_reason, t.amount_fen,
         t.refund_fen, t.fee_fen, t.fee_subsidy_fen, t.fee_forgone_fen, t.interest_paid_fen,
         t.principal_repaid_fen, t.payable_fen, _ms(t.settled_at_ns),
-    )  # fmt: skip
+    ), sides)  # fmt: skip
 
 
 def finances(clearing: Clearing, financier_id: int, trade: TradeRecord) -> bool:
-    """Whether the financier finances the trade for a participant that consented to it."""
-    if trade.financier_id == financier_id and clearing.has_consented(trade.buyer_id, financier_id):
-        return True
-    loan = clearing.loans.get(trade.advance_loan_id)
-    return loan is not None and loan.financier_id == financier_id and \
-        clearing.has_consented(trade.seller_id, financier_id)
+    """Whether the financier finances the trade for a side that consents to it (it then sees the trade,
+    with that side's private fields only)."""
+    return any(trade_sides(clearing, financier_id, trade))
+
+
+def _sides(clearing: Clearing, principal: Principal, trade: TradeRecord) -> TradeSides:
+    return ALL_SIDES if _is_operator(principal) else trade_sides(clearing, principal.participant_id, trade)
 
 
 def _may_see(clearing: Clearing, principal: Principal, trade: TradeRecord) -> bool:
@@ -565,7 +574,9 @@ def _party_trade(call: Call, trade_id: int) -> TradeRecord:
 async def _trade_command(call: Call, trade_id: int, command: Command) -> TradeSettlementView:
     _party_trade(call, trade_id)
     await submit(call, command)
-    return _trade_view(clearing_of(call).trades[trade_id])
+    clearing = clearing_of(call)
+    trade = clearing.trades[trade_id]
+    return _trade_view(trade, _sides(clearing, call.principal, trade))
 
 
 @routes.post("/v1/trades/{trade_id}/weigh-in", roles=SELLERS | OPERATORS, params=TradePath, body=WeighInRequest,
@@ -604,7 +615,8 @@ async def resolve_dispute(call: Call, params: TradePath, body: ResolutionRequest
 @routes.get("/v1/trades/{trade_id}/settlement", roles=ANY_ROLE, params=TradePath, response=TradeSettlementView)
 async def get_trade_settlement(call: Call, params: TradePath) -> TradeSettlementView:
     """A trade's delivery and settlement (its parties, its consented financier, operators)."""
-    return _trade_view(_visible_trade(call, params.trade_id))
+    trade = _visible_trade(call, params.trade_id)
+    return _trade_view(trade, _sides(clearing_of(call), call.principal, trade))
 
 
 @routes.get("/v1/settlement/trades", roles=ANY_ROLE, query=TradeQuery, response=TradeSettlementPage)
@@ -621,7 +633,7 @@ async def list_trade_settlements(call: Call, query: TradeQuery) -> TradeSettleme
         if (state is None or trade.state == state) and _may_see(clearing, principal, trade):
             if len(page) == query.limit:
                 return TradeSettlementPage(page, str(page[-1].trade_id))
-            page.append(_trade_view(trade))
+            page.append(_trade_view(trade, _sides(clearing, principal, trade)))
     return TradeSettlementPage(page, None)
 
 
@@ -1112,12 +1124,11 @@ def _report_day(query: ReportQuery) -> int:
 
 
 def _report_rows(call: Call, day: int) -> list[SettlementReportRow]:
+    """An operator's report is whole; anyone else's has the trades it is a party to or finances, each
+    without the other side's private fields."""
     clearing, principal = clearing_of(call), call.principal
     if _is_operator(principal):
         return daily_settlement_report(clearing, day)
-    if principal.role == Role.FINANCIER:
-        return [row for row in daily_settlement_report(clearing, day)
-                if finances(clearing, principal.participant_id, clearing.trades[row.trade_id])]
     return daily_settlement_report(clearing, day, principal.participant_id)
 
 

@@ -254,12 +254,14 @@ async def test_money_flow_from_deposit_to_bank_with_exact_figures(ex: Exchange) 
     assert [(r["trade_id"], r["amount_fen"], r["fee_fen"], r["payable_fen"]) for r in mine["rows"]] == [
         (farmer_trade, 3_094_000, 15_470, 3_078_530)]
     both = _ok(await buyer.get(f"/v1/reports/settlement?date={date}"))["rows"]
-    assert [(r["trade_id"], r["seller_poor_household"], r["fee_subsidy_fen"]) for r in both] == [
-        (poor_trade, True, 7_840), (farmer_trade, False, 0)]
+    # the buyer sees neither seller's poverty status, fee or payable (null), only its own side
+    assert [(r["trade_id"], r["seller_poor_household"], r["fee_subsidy_fen"], r["payable_fen"],
+             r["funded_by_financier_id"]) for r in both] == [
+        (poor_trade, None, None, None, 0), (farmer_trade, None, None, None, 0)]
     reply = await buyer.get(f"/v1/reports/settlement.csv?date={date}")
     table = _csv_rows(reply)
     assert tuple(table[0]) == REPORT_COLUMNS
-    assert [{k: str(v) for k, v in r.items()} for r in both] == table
+    assert [{k: "" if v is None else str(v) for k, v in r.items()} for r in both] == table
     assert 'filename="settlement-' in reply.headers["Content-Disposition"]
     operator_rows = _ok(await op.get(f"/v1/reports/settlement?date={date}"))["rows"]
     assert {poor_trade, farmer_trade} <= {r["trade_id"] for r in operator_rows}

@@ -7,6 +7,9 @@
    and the financier still sees and may reduce its own line and loans (it got 404).
 3. A payout bank file is handed out only once the command marking its payouts sent is durable (a
    retried export and a download answered from the live core before the commit).
+4. Nobody sees the other side's financing or poor-household status: not the counterparty, not the other
+   side's financier (the buyer's financier saw the seller's subsidy and advance, the seller's financier
+   who financed the buyer).
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ from exchange.commands import (
     BankConfirmation,
     ConfirmDeposit,
     FundsAccount,
+    GrantAdvance,
     GrantCreditLine,
     ImportBankConfirmations,
     MarkPayoutsSent,
+    ParticipantRole,
     RecordWeighIn,
     ReduceCreditLine,
     SetConsent,
@@ -38,7 +43,15 @@ from exchange.domain import RejectReason, Side
 from exchange.events import Trade
 from exchange.settlement.bankfiles import MAX_FILE_INT, parse_confirmations_csv
 from exchange.settlement.ledger import MAX_INT64, AccountCode
-from exchange.settlement.views import financier_portfolio, financier_view
+from exchange.settlement.rules import cst_day
+from exchange.settlement.views import (
+    BUYER_PRIVATE,
+    SELLER_PRIVATE,
+    SettlementReportRow,
+    daily_settlement_report,
+    financier_portfolio,
+    financier_view,
+)
 from gateway.auth import Role
 from gateway.client import Reply
 from gateway.config import GatewayConfig
@@ -46,7 +59,16 @@ from gateway.exchange_port import EXCHANGE
 from gateway.settlement import MAX_CSV_CHARS, DepositImportRequest, parse_deposits_csv
 from gateway.testing import Exchange, running_exchange
 from tests.factories import order
-from tests.settlement_support import BUYER, FARMER, FINANCIER, OPERATOR, accepted_order_id, world
+from tests.settlement_support import (
+    BUYER,
+    DAY_NS,
+    FARMER,
+    FINANCIER,
+    OPERATOR,
+    POOR_FARMER,
+    accepted_order_id,
+    world,
+)
 
 R = RejectReason
 _CONFIRMATIONS = "payout_id,attempt,status,bank_ref,reason\n"
@@ -319,3 +341,110 @@ async def _bank_files_wait_for_their_commit(ex: Exchange) -> None:
         (payout_id, 2)]
     reply = await op.post("/v1/payout-files", json={"file_ref": "F3"})
     assert (reply.status, _file_rows(reply)) == (201, [(str(payout_id), "2", f"HOGX-P{payout_id}-A2")])
+
+
+# -- 4. each side's financing and poverty only to that side ---------------------------------------------
+
+F2 = 41  # the poor farmer's financier
+
+
+def _financed_both_sides() -> tuple[Any, int, int]:
+    """BUYER bids on FINANCIER's line (consenting to it only); POOR_FARMER took an advance from F2
+    (consenting to it only); the trade settled: 5 heads, 560 kg at 2800 = 1,568,000, fee 0.5 % = 7,840
+    paid by the subsidy fund, the advance of 500,000 repaid first."""
+    x = world()
+    x.register(F2, ParticipantRole.FINANCIER, "另一家银行")
+    x.deposit(0, 10**8, FundsAccount.POVERTY_SUBSIDY_FUND)
+    x.deposit(FINANCIER, 10**9, FundsAccount.FINANCIER_FUNDS)
+    x.deposit(F2, 10**9, FundsAccount.FINANCIER_FUNDS)
+    x.consent(BUYER, FINANCIER)
+    x.consent(POOR_FARMER, F2)
+    x.ok(GrantCreditLine(FINANCIER, 0, BUYER, 10**8, 500))
+    trade = x.trade(BUYER, POOR_FARMER, 2800, 5)
+    advance = [e.loan_id for e in x.ok(GrantAdvance(F2, 0, trade.trade_id, 500_000, 600)) if hasattr(e, "loan_id")]
+    x.weigh_in(trade.trade_id, 5, 560_000)
+    x.tick(3 * DAY_NS)
+    return x, trade.trade_id, advance[0]
+
+
+def _private(row: SettlementReportRow) -> tuple[Any, ...]:
+    return tuple(getattr(row, name) for name in BUYER_PRIVATE + SELLER_PRIVATE if name in row.__struct_fields__)
+
+
+def test_report_rows_show_each_viewer_only_its_own_side() -> None:
+    x, trade_id, _ = _financed_both_sides()
+    day = cst_day(x.clearing.trades[trade_id].settled_at_ns)
+    # poor household, (no advance_loan_id field in the report), fee 0 (waived), subsidy, forgone, interest,
+    # principal repaid, payable: 1,568,000 - 500,000
+    seller_side = (True, 0, 7_840, 0, 0, 500_000, 1_068_000)
+    hidden_seller = (None,) * len(seller_side)
+    [full] = daily_settlement_report(x.clearing, day)  # the operator's
+    assert _private(full) == (FINANCIER, *seller_side)
+    for viewer, expected in ((FINANCIER, (FINANCIER, *hidden_seller)), (BUYER, (FINANCIER, *hidden_seller)),
+                             (F2, (None, *seller_side)), (POOR_FARMER, (None, *seller_side))):
+        [row] = daily_settlement_report(x.clearing, day, participant_id=viewer)
+        assert _private(row) == expected, viewer
+        assert (row.amount_fen, row.refund_fen) == (1_568_000, full.refund_fen)  # the delivery is shared
+    assert daily_settlement_report(x.clearing, day, participant_id=FARMER) == []
+
+
+def test_a_financiers_trade_rows_hide_the_other_sides_repayments() -> None:
+    x, trade_id, _ = _financed_both_sides()
+    buyer_view = financier_view(x.clearing, FINANCIER, BUYER)
+    seller_view = financier_view(x.clearing, F2, POOR_FARMER)
+    assert buyer_view is not None and seller_view is not None
+    assert [(t.trade_id, t.side, t.principal_repaid_fen, t.interest_paid_fen) for t in buyer_view.trades] == [
+        (trade_id, "buy", None, None)]  # the seller's advance from F2: not FINANCIER's business
+    assert [(t.trade_id, t.side, t.principal_repaid_fen, t.interest_paid_fen) for t in seller_view.trades] == [
+        (trade_id, "sell", 500_000, 0)]
+
+
+async def test_trade_views_over_http_show_each_viewer_only_its_own_side(ex: Exchange) -> None:
+    op = ex.operator
+    await ex.list_instrument("RC-SIDES", seller_fee_bps=50, dispute_window_ms=0)
+    await ex.deposit(0, 10**8, "poverty_subsidy_fund")
+    fin_a, fin_b = await ex.register(Role.FINANCIER, "甲银行"), await ex.register(Role.FINANCIER, "乙银行")
+    for fin in (fin_a, fin_b):
+        await ex.deposit(fin.participant_id, 10**9, "financier_funds")
+    buyer = await ex.register(Role.BUYER, deposit_fen=0)
+    farmer = await ex.register(Role.FARMER, "张三", id_number_masked="5002**********1234",
+                               bank_account="6217000011110042", poor_registration_no="500226000042")
+    _ok(await op.post(f"/v1/admin/participants/{farmer.participant_id}/bank-account/verify",
+                      json={"bank_account": "6217000011110042"}))
+    _ok(await op.post(f"/v1/admin/participants/{farmer.participant_id}/poor-household",
+                      json={"registration_no": "500226000042"}))
+    _ok(await buyer.post("/v1/consents", json={"financier_id": fin_a.participant_id}))
+    _ok(await farmer.post("/v1/consents", json={"financier_id": fin_b.participant_id}))
+    _ok(await fin_a.post("/v1/credit-lines", json={"buyer_id": buyer.participant_id, "amount_fen": 10**8,
+                                                   "rate_bps": 500}))
+    lot = await ex.register_lot(farmer, "RC-SIDES", heads=5)
+    body = {"instrument": "RC-SIDES", "price_fen": 2800, "quantity_heads": 5}
+    _ok(await farmer.post("/v1/orders", json={"client_order_id": "s", "side": "sell", "lot_id": lot, **body}), 201)
+    trade_id = _ok(await buyer.post("/v1/orders", json={"client_order_id": "b", "side": "buy", **body}),
+                   201)["fills"][0]["trade_id"]
+    loan_id = _ok(await fin_b.post("/v1/advances", json={"trade_id": trade_id, "amount_fen": 500_000,
+                                                         "rate_bps": 600}), 201)["loans"][0]["loan_id"]
+    _ok(await farmer.post(f"/v1/trades/{trade_id}/weigh-in", json={
+        "heads_delivered": 5, "total_weight_g": 560_000, "quarantine_cert": "Q1", "quarantine_checked": True}))
+    for _ in range(200):
+        if _ok(await op.get(f"/v1/trades/{trade_id}/settlement"))["state"] == "SETTLED":
+            break
+        await asyncio.sleep(0.05)
+    fields = ("funded_by_financier_id", "advance_loan_id", "fee_fen", "fee_subsidy_fen", "principal_repaid_fen",
+              "payable_fen")
+    seller_side = (loan_id, 0, 7_840, 500_000, 1_068_000)
+    expected = {op: (fin_a.participant_id, *seller_side), buyer: (fin_a.participant_id, None, None, None, None, None),
+                fin_a: (fin_a.participant_id, None, None, None, None, None), farmer: (None, *seller_side),
+                fin_b: (None, *seller_side)}
+    for viewer, seen in expected.items():
+        view = _ok(await viewer.get(f"/v1/trades/{trade_id}/settlement"))
+        assert tuple(view[f] for f in fields) == seen, fields
+        [listed] = [t for t in _ok(await viewer.get("/v1/settlement/trades"))["trades"] if t["trade_id"] == trade_id]
+        assert listed == view
+    date = _ok(await op.get("/v1/reports/settlement"))["date"]
+    [row] = _ok(await fin_a.get(f"/v1/reports/settlement?date={date}"))["rows"]
+    assert (row["seller_poor_household"], row["fee_subsidy_fen"], row["funded_by_financier_id"]) == (
+        None, None, fin_a.participant_id)
+    [row] = _ok(await fin_b.get(f"/v1/reports/settlement?date={date}"))["rows"]
+    assert (row["seller_poor_household"], row["fee_subsidy_fen"], row["funded_by_financier_id"]) == (
+        True, 7_840, None)

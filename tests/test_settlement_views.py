@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from exchange.commands import (
@@ -110,7 +111,9 @@ def test_daily_settlement_report_rows_and_csv() -> None:
     # 990 kg x 2800 = 2,772,000; fee 13,860; interest 2 days on 1,000,000 at 6 %: 328.76 -> 328
     assert (ordinary.amount_fen, ordinary.fee_fen, ordinary.interest_paid_fen, ordinary.principal_repaid_fen,
             ordinary.payable_fen) == (2_772_000, 13_860, 328, 1_000_000, 1_757_812)
-    assert daily_settlement_report(x.clearing, day, participant_id=FARMER) == [ordinary]
+    # the seller's own report: not who financed the buyer (the operator's shows FARMER's buyer paid cash)
+    assert daily_settlement_report(x.clearing, day, participant_id=FARMER) == [
+        msgspec.structs.replace(ordinary, funded_by_financier_id=None)]
     assert daily_settlement_report(x.clearing, day - 1) == []
     lines = report_csv(rows).decode().split("\r\n")
     assert lines[0] == ",".join(REPORT_COLUMNS)

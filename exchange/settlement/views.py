@@ -12,6 +12,7 @@ import csv
 import datetime as dt
 import io
 from collections.abc import Sequence
+from typing import Final, NamedTuple, TypeVar
 
 import msgspec
 
@@ -22,6 +23,47 @@ from exchange.settlement.model import Loan, TradeRecord, TradeState
 from exchange.settlement.rules import cst_day
 
 _EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
+_Row = TypeVar("_Row", bound=msgspec.Struct)
+
+# Each side's private fields of a trade (in any row type that has them): the buyer's financing; the
+# seller's fee (0 for a registered poor household), poverty status, advances and what it was paid.
+BUYER_PRIVATE: Final = ("funded_by_financier_id",)
+SELLER_PRIVATE: Final = ("seller_poor_household", "advance_loan_id", "fee_fen", "fee_subsidy_fen",
+                         "fee_forgone_fen", "interest_paid_fen", "principal_repaid_fen", "payable_fen")
+
+
+class TradeSides(NamedTuple):
+    """Whose private fields of a trade a viewer may see."""
+
+    buyer: bool
+    seller: bool
+
+
+ALL_SIDES: Final = TradeSides(True, True)
+
+
+def trade_sides(clearing: Clearing, viewer_id: int | None, trade: TradeRecord) -> TradeSides:
+    """The sides of ``trade`` whose private fields ``viewer_id`` may see (None: an operator, both): a
+    party its own side; a financier the side it finances in this trade (the buyer's credit line, the
+    seller's advance on it) while that side consents to it. Never the other side's: a counterparty or
+    the other side's financier learns nothing of who finances whom or who is a poor household."""
+    if viewer_id is None:
+        return ALL_SIDES
+    buyer = viewer_id == trade.buyer_id or (
+        trade.financier_id == viewer_id and clearing.has_consented(trade.buyer_id, viewer_id))
+    advance = clearing.loans.get(trade.advance_loan_id)
+    advanced = advance is not None and advance.financier_id == viewer_id
+    seller = viewer_id == trade.seller_id or (advanced and clearing.has_consented(trade.seller_id, viewer_id))
+    return TradeSides(buyer, seller)
+
+
+def redact(row: _Row, sides: TradeSides) -> _Row:
+    """``row`` with the private fields of each side the viewer may not see set to None (whatever their
+    value: a None that depended on it would tell)."""
+    hidden = (() if sides.buyer else BUYER_PRIVATE) + (() if sides.seller else SELLER_PRIVATE)
+    fields = row.__struct_fields__
+    changes = {name: None for name in hidden if name in fields}
+    return msgspec.structs.replace(row, **changes) if changes else row
 
 
 def day_to_date(day: int) -> str:
@@ -85,8 +127,8 @@ class FinancedTradeRow(msgspec.Struct, frozen=True):
     price_fen: int
     obligation_fen: int
     amount_fen: int  # the final amount once weighed in (0 before)
-    principal_repaid_fen: int
-    interest_paid_fen: int
+    principal_repaid_fen: int | None  # the seller's advances repaid at settlement: None without its side
+    interest_paid_fen: int | None
     settled_day: str  # "" until settled or rejected
 
 
@@ -152,16 +194,17 @@ def _financed_trades(
     rows = []
     for trade in clearing.trades.values():
         if trade.buyer_id == participant_id and trade.financier_id == financier_id:
-            rows.append(_trade_row(trade, "buy"))
+            rows.append(_trade_row(clearing, financier_id, trade, "buy"))
         elif trade.seller_id == participant_id and trade.trade_id in advanced:
-            rows.append(_trade_row(trade, "sell"))
+            rows.append(_trade_row(clearing, financier_id, trade, "sell"))
     return sorted(rows, key=lambda r: (r.trade_id, r.side))
 
 
-def _trade_row(t: TradeRecord, side: str) -> FinancedTradeRow:
+def _trade_row(clearing: Clearing, financier_id: int, t: TradeRecord, side: str) -> FinancedTradeRow:
     settled = day_to_date(cst_day(t.settled_at_ns)) if t.settled_at_ns else ""
-    return FinancedTradeRow(t.trade_id, t.instrument, side, t.state.name, t.heads, t.price_fen, t.obligation_fen,
-                            t.amount_fen, t.principal_repaid_fen, t.interest_paid_fen, settled)
+    row = FinancedTradeRow(t.trade_id, t.instrument, side, t.state.name, t.heads, t.price_fen, t.obligation_fen,
+                           t.amount_fen, t.principal_repaid_fen, t.interest_paid_fen, settled)
+    return redact(row, trade_sides(clearing, financier_id, t))
 
 
 def _loan_row(loan: Loan) -> LoanRow:
@@ -171,7 +214,8 @@ def _loan_row(loan: Loan) -> LoanRow:
 
 
 class SettlementReportRow(msgspec.Struct, frozen=True):
-    """One trade that settled (or was rejected) on the report's day. Amounts in fen."""
+    """One trade that settled (or was rejected) on the report's day. Amounts in fen. A side's private
+    fields (``BUYER_PRIVATE``, ``SELLER_PRIVATE``) are None to a viewer that may not see that side."""
 
     date: str
     trade_id: int
@@ -179,7 +223,7 @@ class SettlementReportRow(msgspec.Struct, frozen=True):
     state: str
     buyer_id: int
     seller_id: int
-    seller_poor_household: bool
+    seller_poor_household: bool | None
     heads_traded: int
     heads_delivered: int
     total_weight_g: int
@@ -190,13 +234,13 @@ class SettlementReportRow(msgspec.Struct, frozen=True):
     obligation_fen: int
     amount_fen: int
     refund_fen: int
-    fee_fen: int
-    fee_subsidy_fen: int
-    fee_forgone_fen: int
-    interest_paid_fen: int
-    principal_repaid_fen: int
-    payable_fen: int
-    funded_by_financier_id: int
+    fee_fen: int | None
+    fee_subsidy_fen: int | None
+    fee_forgone_fen: int | None
+    interest_paid_fen: int | None
+    principal_repaid_fen: int | None
+    payable_fen: int | None
+    funded_by_financier_id: int | None
 
 
 REPORT_COLUMNS = tuple(SettlementReportRow.__struct_fields__)
@@ -205,22 +249,24 @@ REPORT_COLUMNS = tuple(SettlementReportRow.__struct_fields__)
 def daily_settlement_report(
     clearing: Clearing, day: int, participant_id: int | None = None
 ) -> list[SettlementReportRow]:
-    """Trades settled or rejected on CST ``day``, by trade id; with ``participant_id`` only that
-    participant's trades (as buyer or seller): what every participant may see of its own."""
+    """Trades settled or rejected on CST ``day``, by trade id. With ``participant_id`` what that
+    participant may see: the trades it is a party to or finances (``trade_sides``), each with the other
+    side's private fields redacted; without it every trade in full (an operator's report)."""
     rows = []
     for t in clearing.trades.values():
         if t.state not in (TradeState.SETTLED, TradeState.REJECTED) or cst_day(t.settled_at_ns) != day:
             continue
-        if participant_id is not None and participant_id not in (t.buyer_id, t.seller_id):
+        sides = trade_sides(clearing, participant_id, t)
+        if not (sides.buyer or sides.seller):
             continue
         seller = clearing.participants.get(t.seller_id)
-        rows.append(SettlementReportRow(
+        rows.append(redact(SettlementReportRow(
             day_to_date(day), t.trade_id, t.instrument, t.state.name, t.buyer_id, t.seller_id,
             seller is not None and seller.poor_verified, t.heads, t.heads_delivered, t.total_weight_g,
             t.avg_weight_g, t.grade.name, t.price_fen, t.discount_fen_per_kg, t.obligation_fen, t.amount_fen,
             t.refund_fen, t.fee_fen, t.fee_subsidy_fen, t.fee_forgone_fen, t.interest_paid_fen,
             t.principal_repaid_fen, t.payable_fen, t.financier_id,
-        ))  # fmt: skip
+        ), sides))  # fmt: skip
     return sorted(rows, key=lambda r: r.trade_id)
 
 
