@@ -74,10 +74,13 @@ async def issue_key(call: Call, params: ParticipantPath) -> store.IssuedKey:
 
 @routes.post("/v1/admin/keys/{api_key}/revoke", roles=OPERATORS, params=KeyPath, response=KeyRevoked)
 async def revoke_key(call: Call, params: KeyPath) -> KeyRevoked:
-    """Revoke an API key; requests signed with it fail with `revoked_key` from now on."""
+    """Revoke an API key; requests signed with it fail with `revoked_key` from now on, and its
+    WebSockets are closed with 4003 "key revoked"."""
     if not await store.revoke_key(call.pool, params.api_key):
         raise ApiError(404, Code.NOT_FOUND, "no such API key")
     call.app[AUTH].revoke(params.api_key)
+    # Other gateways' sockets with this key close at their next message once their key cache expires.
+    call.hub.close_key(params.api_key)
     return KeyRevoked(params.api_key, True)
 
 

@@ -115,6 +115,9 @@ class _KeyCache:
         self._negative_capacity = negative_capacity
         self._known: dict[str, tuple[KeyRecord, float]] = {}
         self._unknown: OrderedDict[str, float] = OrderedDict()
+        # Keys this process revoked: a load that read the row before the revocation must not bring the
+        # key back. Revocation is final, and this holds one string per revocation.
+        self._revoked_here: set[str] = set()
 
     async def get(self, api_key: str) -> KeyRecord | None:
         now_s = self._clock_s()
@@ -125,6 +128,8 @@ class _KeyCache:
         if until_s is not None and now_s < until_s:
             return None
         record = await self._load(api_key)
+        if record is not None and api_key in self._revoked_here:
+            record = msgspec.structs.replace(record, revoked=True)
         if record is None:
             self._remember_unknown(api_key, now_s)
             self._known.pop(api_key, None)
@@ -137,7 +142,15 @@ class _KeyCache:
         self._unknown.pop(record.api_key, None)
         self._known[record.api_key] = (record, self._clock_s())
 
+    def fresh(self, api_key: str) -> KeyRecord | None:
+        """The cached record while it is trusted, without loading; None when it must be re-read."""
+        hit = self._known.get(api_key)
+        if hit is not None and self._clock_s() - hit[1] < self._ttl_s:
+            return hit[0]
+        return None
+
     def revoke(self, api_key: str) -> None:
+        self._revoked_here.add(api_key)
         hit = self._known.get(api_key)
         if hit is not None:
             self._known[api_key] = (msgspec.structs.replace(hit[0], revoked=True), hit[1])
@@ -210,6 +223,17 @@ class Authenticator:
         return await self.verify(headers.get(KEY_HEADER), headers.get(TIMESTAMP_HEADER),
                                  headers.get(SIGNATURE_HEADER), method, raw_path, body)
 
+    def key_usable(self, principal: Principal) -> bool | None:
+        """Without I/O: is the key of an authenticated session still good? True or False from a trusted
+        cache entry, None when the entry is stale or gone (then await `recheck_key`)."""
+        record = self._keys.fresh(principal.api_key)
+        return None if record is None else _usable(record, principal)
+
+    async def recheck_key(self, principal: Principal) -> bool:
+        """Re-read the key of an authenticated session through the cache (from the database when stale)."""
+        record = await self._keys.get(principal.api_key)
+        return record is not None and _usable(record, principal)
+
     def remember(self, record: KeyRecord) -> None:
         """Cache a key just created by this gateway."""
         self._keys.put(record)
@@ -221,3 +245,8 @@ class Authenticator:
     def _fail(self, code: Code, message: str) -> ApiError:
         self._metrics.auth_failures.labels(code.value).inc()
         return ApiError(401, code, message)
+
+
+def _usable(record: KeyRecord, principal: Principal) -> bool:
+    return not record.revoked and record.participant_id == principal.participant_id \
+        and record.role == principal.role

@@ -5,7 +5,10 @@ echoed in the reply):
 
 - `{"op": "auth", "key": ..., "timestamp_ms": ..., "signature": ...}` — optional, and only as the
   first message; `signature` = hex HMAC-SHA256 over `timestamp_ms + "GET/v1/ws"` (see `signing`).
-  Failure answers an error and closes with 4001.
+  Failure answers an error and closes with 4001. Revoking the key closes its sockets with 4003
+  "key revoked" (`Hub.close_key`), and every later message re-checks the key against the key cache
+  (a dict look-up while the entry is trusted; re-read after `key_cache_ttl_s`, so a revocation made by
+  another gateway closes the socket at the first message after that), before it is handled.
 - `{"op": "subscribe", "channels": ["book.RC-FH", "orders"]}`, `{"op": "unsubscribe", ...}`,
   `{"op": "ping"}`.
 - ops registered later with `Hub.register_op` (order entry), run concurrently up to a per-connection
@@ -56,6 +59,7 @@ from gateway.signing import WS_SIGNED_PATH
 
 __all__ = [
     "CLOSE_AUTH_FAILED",
+    "CLOSE_KEY_REVOKED",
     "CLOSE_SLOW_CONSUMER",
     "AuthMessage",
     "Deferred",
@@ -71,6 +75,7 @@ _log = logging.getLogger(__name__)
 
 CLOSE_SLOW_CONSUMER: Final = 4008
 CLOSE_AUTH_FAILED: Final = 4001
+CLOSE_KEY_REVOKED: Final = 4003
 _CLOSE_TIMEOUT_S: Final = 5.0
 # A writer waits while more than this is buffered in the transport (asyncio's own default high-water
 # mark), polling every `_DRAIN_POLL_S`: only a reader that stopped reading ever gets there.
@@ -118,6 +123,16 @@ class WsError(msgspec.Struct, tag="error", tag_field="type", frozen=True):
     message: str
     op: str | None = None
     id: int | str | None = None
+
+
+class _Envelope(msgspec.Struct, frozen=True):
+    """Just the op and id of an inbound message, to answer one that is refused before it is decoded."""
+
+    op: str | None = None
+    id: int | str | None = None
+
+
+_envelope_decoder = msgspec.json.Decoder(_Envelope)
 
 
 class _Close(msgspec.Struct, frozen=True):
@@ -329,14 +344,53 @@ class Hub:
         try:
             async for msg in ws:
                 if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
+                    principal = conn.principal
+                    # Awaits only when the cached key is stale: nothing is read until the re-check is done.
+                    if principal is not None and self._auth.key_usable(principal) is not True \
+                            and not await self._recheck_key(conn, principal, msg.data):
+                        continue
                     auth = self._on_message(conn, msg.data)
-                    if auth is not None:  # the only message that awaits: nothing is read until it is done
+                    if auth is not None:  # awaited too: nothing is read until it is done
                         await self._on_auth(conn, auth)
         finally:
             self._forget(conn)
             if conn.writer is not None:
                 conn.writer.cancel()
         return ws
+
+    def close_key(self, api_key: str) -> int:
+        """Close every connection logged in with `api_key` (just revoked) with 4003; returns how many."""
+        doomed = [conn for conn in self._connections if not conn.closing and conn.principal is not None
+                  and conn.principal.api_key == api_key]
+        for conn in doomed:
+            self._close_revoked(conn)
+        return len(doomed)
+
+    def _close_revoked(self, conn: WsConnection) -> None:
+        _log.info("closing WebSocket %d: its API key was revoked", conn.conn_id)
+        self._stop_delivery(conn)  # at once: no later message is handled, no reply or publish is sent
+        self._spawn(self._close(conn, CLOSE_KEY_REVOKED, b"key revoked"))
+
+    async def _recheck_key(self, conn: WsConnection, principal: Principal, data: bytes) -> bool:
+        """May a message of this logged-in connection be handled? Closes it with 4003 if its key was
+        revoked; a failed re-read (database down) refuses just this message."""
+        if conn.closing:
+            return False
+        usable = self._auth.key_usable(principal)
+        if usable is None:
+            try:
+                usable = await self._auth.recheck_key(principal)
+            except Exception:
+                _log.exception("could not re-check the API key of WebSocket %d", conn.conn_id)
+                envelope = _envelope(data)
+                self._reply_error(conn, envelope.op, envelope.id, Code.UNAVAILABLE,
+                                  "could not re-check the API key; the message was not handled, retry")
+                return False
+        if not usable:
+            if not conn.closing:
+                self._close_revoked(conn)
+            return False
+        return True
 
     async def close_all(self, code: int = WSCloseCode.GOING_AWAY, message: bytes = b"server shutdown") -> None:
         """Graceful shutdown: refuse new sockets and close every open one with `code`."""
@@ -670,6 +724,13 @@ def _text_frames(items: list[bytes | _Close]) -> tuple[bytes, int, _Close | None
             append(_HEADER_64(_FIN_TEXT, 127, length))
         append(item)  # type: ignore[arg-type]
     return b"".join(parts), len(parts) // 2, None
+
+
+def _envelope(data: bytes) -> _Envelope:
+    try:
+        return _envelope_decoder.decode(data)
+    except msgspec.DecodeError:  # ValidationError included: it is a subclass
+        return _Envelope()
 
 
 def _private_key(kind: str, participant_id: int) -> str:
