@@ -411,8 +411,8 @@ def main() -> None:
         print(f"                CPU per command: {figures['py_cpu_us_per_command']:.1f} us here, "
               f"{figures['pg_cpu_us_per_command']:.1f} us in the writer's PostgreSQL backend; per transfer "
               f"{figures['py_cpu_us_per_transfer']:.1f} us and {figures['pg_cpu_us_per_transfer']:.1f} us")
-        print(f"raw COPY:       {figures['raw_copy_rows_per_s']:>12,.0f} posting rows/s into a twin of ledger_transfers "
-              f"({figures['raw_copy_pg_cpu_us_per_row']:.2f} us backend CPU a row), "
+        print(f"raw COPY:       {figures['raw_copy_rows_per_s']:>12,.0f} posting rows/s into a twin of "
+              f"ledger_transfers ({figures['raw_copy_pg_cpu_us_per_row']:.2f} us backend CPU a row), "
               f"{figures['raw_copy_bare_rows_per_s']:,.0f}/s without key, checks or indexes "
               f"({figures['raw_copy_bare_pg_cpu_us_per_row']:.2f} us)")
         print(f"database balances equal the core's ledger: {figures['database_matches_core']}")
