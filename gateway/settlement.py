@@ -191,7 +191,9 @@ _MESSAGE: Final[dict[RejectReason, str]] = {
     R.INVALID_PARTICIPANT: "the participant's profile does not allow this",
     R.UNKNOWN_TRADE: "no such trade",
     R.INVALID_DELIVERY: "heads_delivered must be 0..the heads traded, with a weight exactly when heads were "
-                        "delivered",
+                        "delivered, and the instrument's weight discount at that average weight must be below "
+                        "the trade price (else the delivery cannot be priced: an operator records it as not "
+                        "delivered, 0 heads, and it is settled outside the exchange)",
     R.QUARANTINE_NOT_CHECKED: "the quarantine certificate must be named and checked",
     R.INVALID_TRADE_STATE: "the trade's settlement state does not allow this",
     R.DISPUTE_WINDOW_CLOSED: "the dispute window has closed",

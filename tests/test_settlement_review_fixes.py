@@ -10,6 +10,9 @@
 4. Nobody sees the other side's financing or poor-household status: not the counterparty, not the other
    side's financier (the buyer's financier saw the seller's subsidy and advance, the seller's financier
    who financed the buyer).
+5. A weight discount at or above the trade price is never clamped to a payment of nothing: the weigh-in
+   is refused, and `rules.band_clears_discounts` tells listing and reference-price validation whether a
+   band allows such prices.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from exchange.commands import (
 )
 from exchange.domain import RejectReason, Side
 from exchange.events import Trade
+from exchange.settlement import rules
 from exchange.settlement.bankfiles import MAX_FILE_INT, parse_confirmations_csv
 from exchange.settlement.ledger import MAX_INT64, AccountCode
 from exchange.settlement.rules import cst_day
@@ -58,7 +62,7 @@ from gateway.config import GatewayConfig
 from gateway.exchange_port import EXCHANGE
 from gateway.settlement import MAX_CSV_CHARS, DepositImportRequest, parse_deposits_csv
 from gateway.testing import Exchange, running_exchange
-from tests.factories import order
+from tests.factories import list_instrument, order
 from tests.settlement_support import (
     BUYER,
     DAY_NS,
@@ -67,6 +71,8 @@ from tests.settlement_support import (
     OPERATOR,
     POOR_FARMER,
     accepted_order_id,
+    dce_spec,
+    piglet_spec,
     world,
 )
 
@@ -448,3 +454,57 @@ async def test_trade_views_over_http_show_each_viewer_only_its_own_side(ex: Exch
     [row] = _ok(await fin_b.get(f"/v1/reports/settlement?date={date}"))["rows"]
     assert (row["seller_poor_household"], row["fee_subsidy_fen"], row["funded_by_financier_id"]) == (
         True, 7_840, None)
+
+
+# -- 5. no weight discount swallows the price -----------------------------------------------------------
+
+UNBANDED = "RC-NOBAND"
+
+
+def _unbanded_world() -> Any:
+    """An unbanded finishing-hog instrument (any price on the tick) with the DCE discounts: 60 fen/kg off
+    up to 10 kg over the 120 kg lot maximum."""
+    x = world()
+    x.ok(list_instrument(msgspec.structs.replace(dce_spec(UNBANDED), price_band_bps=0, reference_price_fen=0)))
+    x.deposit(BUYER, 10**10)
+    return x
+
+
+def test_a_discount_that_takes_the_whole_price_refuses_the_weigh_in() -> None:
+    x = _unbanded_world()
+    trade = x.trade(BUYER, FARMER, 60, 10, instrument=UNBANDED)
+    # 125 kg average: a substitute at 60 fen/kg off a price of 60 fen/kg (was: accepted, amount 0)
+    x.reject(RecordWeighIn(FARMER, 0, trade.trade_id, 10, 1_250_000, "CQ-1", True), R.INVALID_DELIVERY)
+    x.reject(RecordWeighIn(OPERATOR, 0, trade.trade_id, 10, 1_250_000, "CQ-1", True), R.INVALID_DELIVERY)
+    assert x.clearing.trades[trade.trade_id].state.name == "OPEN"
+    # in band it is priced as usual; and the way out of an unpriceable one is a non-delivery (all back)
+    x.ok(RecordWeighIn(OPERATOR, 0, trade.trade_id, 0, 0, "CQ-1", True))
+    assert (x.clearing.trades[trade.trade_id].amount_fen, x.clearing.trades[trade.trade_id].refund_fen) == (
+        0, 10 * 8_400)
+    priced = x.trade(BUYER, FARMER, 70, 10, instrument=UNBANDED)  # 10 fen/kg left after the discount
+    x.weigh_in(priced.trade_id, 10, 1_250_000)
+    t = x.clearing.trades[priced.trade_id]
+    assert (t.grade.name, t.discount_fen_per_kg, t.amount_fen) == ("SUBSTITUTE", 60, 12_500)
+
+
+def test_delivery_terms_never_clamp_and_say_when_a_delivery_cannot_be_priced() -> None:
+    spec = dce_spec()
+    assert rules.discount_leaves_price(spec, 61, 10, 1_250_000)
+    assert not rules.discount_leaves_price(spec, 60, 10, 1_250_000)
+    assert not rules.discount_leaves_price(spec, 40, 10, 950_000)  # underweight: 40 fen/kg off
+    assert rules.discount_leaves_price(spec, 60, 10, 1_100_000)  # in band: no discount
+    assert rules.discount_leaves_price(spec, 60, 0, 0)  # nothing delivered
+    assert rules.discount_leaves_price(piglet_spec(), 1, 10, 1_250_000)  # per head: no discount
+    assert rules.delivery_terms(spec, 61, 10**9, 10, 1_250_000).amount_fen == 1_250
+    with pytest.raises(ValueError, match="a discount of 60 fen/kg leaves nothing of the price 60 fen/kg"):
+        rules.delivery_terms(spec, 60, 10**9, 10, 1_250_000)
+
+
+def test_a_band_whose_lowest_price_is_not_above_the_discount_is_flagged() -> None:
+    spec = dce_spec()  # +-4 % band on a 10 fen tick, 60 fen/kg the largest discount
+    assert rules.band_clears_discounts(spec, 2800)
+    assert not rules.band_clears_discounts(spec, 60)  # 57.6 rounds inwards to 60: a price of 60 is allowed
+    assert rules.band_clears_discounts(spec, 70)  # lowest 67.2 -> 70
+    assert rules.band_clears_discounts(msgspec.structs.replace(spec, price_band_bps=0), 60)  # nothing known
+    assert rules.band_clears_discounts(spec, 0)
+    assert rules.band_clears_discounts(piglet_spec(), 100)

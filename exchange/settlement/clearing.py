@@ -931,6 +931,9 @@ class Clearing:
             return R.QUARANTINE_NOT_CHECKED
         if not _valid_delivery(trade.heads, cmd.heads_delivered, cmd.total_weight_g):
             return R.INVALID_DELIVERY
+        spec = self.instruments[trade.instrument]
+        if not rules.discount_leaves_price(spec, trade.price_fen, cmd.heads_delivered, cmd.total_weight_g):
+            return R.INVALID_DELIVERY  # its discount would take the whole price: refused, never paid as 0
         return None
 
     def _open_dispute(self, cmd: OpenDispute, out: list) -> None:

@@ -12,6 +12,7 @@ computation                 rule                                                
 hold per head (hogs)        ceil(animal_max_g x price_fen_per_kg / 1000)        held from the buyer,
                                                                                 returned at settlement
 delivery amount (hogs)      floor(total_weight_g x (price - discount) / 1000)   the buyer
+                            (a discount at or above the price: refused)
 seller fee                  floor(amount x fee_bps / 10,000)                    the seller
 cooperative member share    floor(net x share_bps / 10,000) each                the cooperative
 advance limit               floor(estimated value x advance_max_bps / 10,000)   the financier (lends less)
@@ -27,7 +28,7 @@ from typing import Final
 
 import msgspec
 
-from exchange.domain import InstrumentSpec, ProductClass
+from exchange.domain import InstrumentSpec, ProductClass, band_fen
 from exchange.events import DeliveryGrade
 
 GRAMS_PER_KG: Final = 1000
@@ -103,18 +104,43 @@ def delivery_terms(
     - A short delivery is thereby paid pro rata (only what was delivered is paid). The amount never
       exceeds the escrowed obligation: weight beyond what the hold covered (animals above the band's
       per-animal maximum) is not paid.
+    - The discounted price must stay positive: a discount at or above the price raises ``ValueError``
+      (never paid as nothing); callers refuse such a weigh-in first (``discount_leaves_price``).
     """
     if heads_delivered == 0:
         return DeliveryTerms(0, _IN_GRADE, 0, 0)
     avg_g = total_weight_g // heads_delivered
     grade, discount = _grade(spec, avg_g)
     if spec.product_class == FINISHING_HOG:
-        unit_price = max(price_fen - discount, 0)
+        unit_price = price_fen - discount
+        if unit_price <= 0:
+            raise ValueError(f"a discount of {discount} fen/kg leaves nothing of the price {price_fen} fen/kg")
         amount = total_weight_g * unit_price // GRAMS_PER_KG
     else:
         discount = 0
         amount = heads_delivered * price_fen
     return DeliveryTerms(avg_g, grade, discount, min(amount, obligation_fen))
+
+
+def discount_leaves_price(spec: InstrumentSpec, price_fen: int, heads_delivered: int, total_weight_g: int) -> bool:
+    """Whether the delivery can be priced by the instrument's terms: the weight discount for its average
+    weight (finishing hogs) is below the trade price. Where it is not, the weigh-in is refused: animals
+    delivered for nothing is not a price, and a clamp to 0 would pay the farmer nothing without a word."""
+    if heads_delivered == 0 or spec.product_class != FINISHING_HOG:
+        return True
+    return _grade(spec, total_weight_g // heads_delivered)[1] < price_fen
+
+
+def band_clears_discounts(spec: InstrumentSpec, reference_price_fen: int) -> bool:
+    """Whether every price the band allows around ``reference_price_fen`` lies above the instrument's
+    largest weight discount, so that every delivery it can trade can be priced. True where nothing is
+    known (no band or no reference price) and where nothing is discounted. For validating a listing and
+    a new reference price."""
+    discount = max(spec.overweight_discount_fen_per_kg, spec.underweight_discount_fen_per_kg)
+    if spec.product_class != FINISHING_HOG or not discount:
+        return True
+    low_fen, _ = band_fen(spec, reference_price_fen)
+    return low_fen == 0 or low_fen > discount
 
 
 def _grade(spec: InstrumentSpec, avg_g: int) -> tuple[DeliveryGrade, int]:
