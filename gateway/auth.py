@@ -2,9 +2,13 @@
 
 Checks run in a fixed order, each failure a 401 with its own code:
 `missing_credentials` -> `timestamp_out_of_window` -> `unknown_key` -> `bad_signature` ->
-`revoked_key` -> `replayed_request`. Revocation is reported only after the signature verified, so a
-stranger learns nothing about a key; replay is checked last so a replayed copy of a genuine request
-cannot be used to probe, and before rate limiting so it cannot drain the victim's bucket.
+`revoked_key` -> `replayed_request`, then the caller's admission (an HTTP route's role check and
+per-key rate limit, 403/429), and only then is the signature remembered. Revocation is reported only
+after the signature verified, so a stranger learns nothing about a key; replay is checked after it so a
+replayed copy of a genuine request cannot be used to probe, and before rate limiting so it cannot drain
+the victim's bucket. Signatures are remembered per API key, each key in its own bounded share, and
+only once the rate limiter admitted the request: one key's flood fills its own share and gets 429s,
+and never costs another key anything.
 
 The wall clock is read here (the gateway stamps time; the exchange core never reads a clock).
 """
@@ -12,9 +16,10 @@ The wall clock is read here (the gateway stamps time; the exchange core never re
 from __future__ import annotations
 
 import hmac
+import math
 import re
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
 from enum import StrEnum
 from typing import Final, Protocol
@@ -23,7 +28,7 @@ import msgspec
 
 from gateway.errors import ApiError, Code
 from gateway.metrics import Metrics
-from gateway.signing import ReplayGuard, digest, signature_bytes
+from gateway.signing import digest, signature_bytes
 
 __all__ = [
     "ANY_ROLE",
@@ -97,6 +102,8 @@ class _Headers(Protocol):
 
 
 KeyLoader = Callable[[str], Awaitable[KeyRecord | None]]
+# Called by `verify` between the replay check and remembering the signature; raises `ApiError` to refuse.
+Admit = Callable[[Principal], None]
 
 
 class _KeyCache:
@@ -162,6 +169,55 @@ class _KeyCache:
             self._unknown.popitem(last=False)
 
 
+class _ReplayMemory:
+    """Accepted signatures per API key, each until its timestamp leaves the window; at most `per_key`
+    live ones for any key.
+
+    A signature needs remembering only while a copy could still pass the timestamp check, i.e. until
+    `ts_ms + window_ms`. Entries expire from the front of one arrival-ordered queue (expiries are nearly
+    sorted, skewed only by client clocks), O(1) amortised per request, and a key with nothing left is
+    dropped. Whatever is held arrived within the last two windows (timestamps may be a window ahead),
+    so a key the rate limiter admits at most `per_key` times in two windows never fills its share.
+    A full share is refused, never forgotten early, which would reopen the replay hole.
+    """
+
+    def __init__(self, window_ms: int, per_key: int) -> None:
+        self._window_ms = window_ms
+        self._per_key = per_key
+        self._by_key: dict[str, dict[bytes, int]] = {}  # api key -> signature -> expiry (ms)
+        self._order: deque[tuple[int, str, bytes]] = deque()
+
+    def __len__(self) -> int:
+        return sum(len(signatures) for signatures in self._by_key.values())
+
+    def seen(self, api_key: str, signature: bytes, now_ms: int) -> bool:
+        self._expire(now_ms)
+        signatures = self._by_key.get(api_key)
+        return signatures is not None and signatures.get(signature, -1) >= now_ms
+
+    def remember(self, api_key: str, signature: bytes, ts_ms: int) -> bool:
+        """Remember an admitted signature; False (nothing remembered) when the key's share is full."""
+        signatures = self._by_key.get(api_key)
+        if signatures is None:
+            signatures = self._by_key[api_key] = {}
+        elif len(signatures) >= self._per_key:
+            return False
+        expiry_ms = ts_ms + self._window_ms
+        signatures[signature] = expiry_ms
+        self._order.append((expiry_ms, api_key, signature))
+        return True
+
+    def _expire(self, now_ms: int) -> None:
+        order, by_key = self._order, self._by_key
+        while order and order[0][0] < now_ms:
+            expiry_ms, api_key, signature = order.popleft()
+            signatures = by_key.get(api_key)
+            if signatures is not None and signatures.get(signature) == expiry_ms:
+                del signatures[signature]
+                if not signatures:
+                    del by_key[api_key]
+
+
 class Authenticator:
     """Verifies signed HTTP requests and WebSocket logins; one per application."""
 
@@ -177,7 +233,8 @@ class Authenticator:
         clock_s: Callable[[], float] = time.monotonic,
     ) -> None:
         self._keys = _KeyCache(load_key, key_ttl_s, clock_s)
-        self._replay = ReplayGuard(window_ms, replay_capacity)
+        # `replay_capacity` is each API key's share (config `replay_cache_size`).
+        self._replay = _ReplayMemory(window_ms, replay_capacity)
         self._metrics = metrics
         self._window_ms = window_ms
         self._clock_ms = clock_ms
@@ -190,8 +247,14 @@ class Authenticator:
         method: str,
         path: str,
         body: bytes = b"",
+        admit: Admit | None = None,
     ) -> Principal:
-        """Check one signed message; raise `ApiError(401, code)` or return who signed it."""
+        """Check one signed message; raise `ApiError(401, code)` or return who signed it.
+
+        `admit(principal)` (an HTTP route's role check and rate limit) runs after the replay check and
+        before the signature is remembered, so a refused request takes no replay memory; it must not
+        await, so no copy of the same signature can slip in between.
+        """
         if not api_key or not timestamp or not signature:
             raise self._fail(Code.MISSING_CREDENTIALS, "X-Hogx-Key, X-Hogx-Timestamp and X-Hogx-Signature "
                                                        "are required")
@@ -211,17 +274,21 @@ class Authenticator:
             raise self._fail(Code.BAD_SIGNATURE, "signature does not match timestamp + METHOD + path + body")
         if record.revoked:
             raise self._fail(Code.REVOKED_KEY, "API key has been revoked")
-        fresh = self._replay.check_and_remember(expected, ts_ms, now_ms)
-        if fresh is None:
-            raise ApiError(503, Code.UNAVAILABLE, "too many requests in flight to check replays",
-                           retry_after_s=1)
-        if not fresh:
+        if self._replay.seen(api_key, expected, now_ms):
             raise self._fail(Code.REPLAYED_REQUEST, "this signature was already used")
-        return Principal(record.participant_id, record.role, record.api_key)
+        principal = Principal(record.participant_id, record.role, record.api_key)
+        if admit is not None:
+            admit(principal)
+        if not self._replay.remember(api_key, expected, ts_ms):
+            # Only this key's own signed requests fill its share (WebSocket logins are not rate limited).
+            raise ApiError(429, Code.RATE_LIMITED, "too many signed requests with this key in the replay "
+                           "window", retry_after_s=max(1, math.ceil(self._window_ms / 1000)))
+        return principal
 
-    async def authenticate(self, method: str, raw_path: str, headers: _Headers, body: bytes) -> Principal:
+    async def authenticate(self, method: str, raw_path: str, headers: _Headers, body: bytes,
+                           admit: Admit | None = None) -> Principal:
         return await self.verify(headers.get(KEY_HEADER), headers.get(TIMESTAMP_HEADER),
-                                 headers.get(SIGNATURE_HEADER), method, raw_path, body)
+                                 headers.get(SIGNATURE_HEADER), method, raw_path, body, admit)
 
     def key_usable(self, principal: Principal) -> bool | None:
         """Without I/O: is the key of an authenticated session still good? True or False from a trusted

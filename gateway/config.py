@@ -11,7 +11,8 @@ HOGX_HOST / HOGX_PORT          address the HTTP server binds                    
 HOGX_OPERATOR_KEY              operator API key created on first start when missing        (unset)
 HOGX_OPERATOR_SECRET           its secret (both or neither)                                (unset)
 HOGX_AUTH_WINDOW_MS            accepted clock skew of X-Hogx-Timestamp, both directions    5000
-HOGX_REPLAY_CACHE_SIZE         signatures remembered for replay protection (bounded)       200000
+HOGX_REPLAY_CACHE_SIZE         signatures remembered for replay protection, per API key    200000
+                               (see below)
 HOGX_KEY_CACHE_TTL_S           how long a cached key is trusted before re-reading it       10
 HOGX_RATE_LIMIT_PER_S          sustained requests per second per API key                   200
 HOGX_RATE_LIMIT_BURST          token bucket size per API key                               400
@@ -32,7 +33,11 @@ HOGX_CANDLE_HISTORY            candles kept per instrument and interval         
 HOGX_PROJECT_READ_MODELS       keep the PostgreSQL `orders`/`trades` tables up to date     true
 =============================  ==========================================================  ==========
 
-Rates are floats (requests per second); nothing here is money.
+Rates are floats (requests per second); nothing here is money. A signature is remembered for up to two
+auth windows (a timestamp may be a window ahead) and only once the rate limiter admitted its request, so
+a key's share holding `rate_limit_burst + rate_limit_per_s * 2 * auth_window_ms / 1000` signatures
+(2,400 with the defaults) is never full for a key within its rate limit. A key whose share is full gets
+429 `rate_limited`; one key's flood never touches another key's share.
 """
 
 from __future__ import annotations
@@ -62,7 +67,7 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
     operator_secret: str | None = None
     demo: bool = False
     auth_window_ms: int = 5_000
-    replay_cache_size: int = 200_000
+    replay_cache_size: int = 200_000  # per API key
     key_cache_ttl_s: float = 10.0
     rate_limit_per_s: float = 200.0
     rate_limit_burst: int = 400

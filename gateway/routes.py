@@ -196,18 +196,22 @@ def _endpoint(route: Route, auth: Authenticator, limiter: TokenBuckets,
     query_type, params_type, handler = route.query, route.params, route.handler
     roles, status = route.roles, route.status
 
+    def admit(principal: Principal) -> None:
+        """Role, then the key's rate limit: run by `verify` before it remembers the signature, so a
+        refused request takes none of the key's replay memory."""
+        if roles is not None and principal.role not in roles:
+            raise ApiError(403, Code.FORBIDDEN, f"role {principal.role.value} may not call this route")
+        wait_s = limiter.take(principal.api_key)
+        if wait_s:
+            metrics.rate_limited.inc()
+            raise ApiError(429, Code.RATE_LIMITED, f"rate limit exceeded, retry in {wait_s:.3f} s",
+                           retry_after_s=TokenBuckets.retry_after_s(wait_s))
+
     async def endpoint(request: web.Request) -> web.StreamResponse:
         raw = await request.read() if request.body_exists else b""
         principal = None
         if roles is not None:
-            principal = await auth.authenticate(request.method, request.raw_path, request.headers, raw)
-            if principal.role not in roles:
-                raise ApiError(403, Code.FORBIDDEN, f"role {principal.role.value} may not call this route")
-            wait_s = limiter.take(principal.api_key)
-            if wait_s:
-                metrics.rate_limited.inc()
-                raise ApiError(429, Code.RATE_LIMITED, f"rate limit exceeded, retry in {wait_s:.3f} s",
-                               retry_after_s=TokenBuckets.retry_after_s(wait_s))
+            principal = await auth.authenticate(request.method, request.raw_path, request.headers, raw, admit)
         kwargs: dict[str, Any] = {}
         if body_decoder is not None:
             kwargs["body"] = _decode_body(body_decoder, request, raw)

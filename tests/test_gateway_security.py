@@ -3,11 +3,14 @@
 - A revoked API key stops trading over the WebSocket: revoking it here closes its sockets with 4003,
   and a revocation written by another gateway (straight to the database) closes the socket at its first
   message once the key cache entry expired, before that message is handled.
+- The replay memory is per key and filled only by requests the rate limiter admitted: one key's flood
+  of signed requests gets 429s and never costs another key a request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import secrets
 from collections.abc import AsyncIterator
@@ -26,7 +29,7 @@ from gateway.metrics import Metrics
 from gateway.signing import sign
 from gateway.state import POOL
 from gateway.testing import Exchange, Trader, running_exchange
-from gateway.ws import CLOSE_KEY_REVOKED
+from gateway.ws import CLOSE_AUTH_FAILED, CLOSE_KEY_REVOKED
 
 KEY_TTL_S = 0.3  # short, so a revocation by "another gateway" is seen quickly
 _symbols = itertools.count(1)
@@ -149,3 +152,75 @@ async def test_a_key_revoked_while_its_load_is_in_flight_stays_revoked() -> None
     with pytest.raises(ApiError) as refused:
         await verifying
     assert (refused.value.status, refused.value.code) == (401, "revoked_key")
+
+
+# -- the replay memory is per key and behind the rate limiter -------------------------------------------
+
+async def test_one_keys_flood_gets_429s_and_never_costs_another_key(_test_databases: Any) -> None:
+    dsn = await _test_databases.create(migrated=True)
+    try:
+        # Each key's share: burst 5 + 1/s x two 5 s windows = 15 signatures, the least a key within its
+        # rate limit needs.
+        async with running_exchange(dsn, replay_cache_size=15, rate_limit_per_s=1.0,
+                                    rate_limit_burst=5) as small:
+            attacker = await small.register(Role.BUYER, deposit_fen=0)
+            victim = await small.register(Role.BUYER, deposit_fen=0)
+            future_ms = wall_clock_ms() + 4_000  # the longest-lived signatures
+            replies = await asyncio.gather(*(attacker.get(f"/v1/orders?limit={1 + i}", ts_ms=future_ms)
+                                             for i in range(200)))
+            assert collections.Counter(r.status for r in replies) == {200: 5, 429: 195}
+            assert {r.json()["code"] for r in replies if r.status == 429} == {"rate_limited"}
+            for _ in range(3):
+                reply = await victim.get("/v1/orders")
+                assert (reply.status, reply.json()) == (200, {"orders": [], "next_cursor": None})
+            # The victim can still log in over the WebSocket too.
+            ws = await victim.ws_connect()
+            await ws.close()
+    finally:
+        await _test_databases.drop(dsn)
+
+
+async def test_a_refused_request_takes_no_replay_memory_and_a_replay_no_token(_test_databases: Any) -> None:
+    dsn = await _test_databases.create(migrated=True)
+    try:
+        async with running_exchange(dsn, rate_limit_per_s=20.0, rate_limit_burst=2) as small:
+            buyer = await small.register(Role.BUYER, deposit_fen=0)
+            ts_ms = wall_clock_ms()
+            assert (await buyer.get("/v1/me", ts_ms=ts_ms)).status == 200
+            # Replayed copies are refused as replays without spending the key's tokens...
+            for _ in range(5):
+                reply = await buyer.get("/v1/me", ts_ms=ts_ms)
+                assert (reply.status, reply.json()["code"]) == (401, "replayed_request")
+            assert (await buyer.get("/v1/me", ts_ms=ts_ms + 1)).status == 200  # the burst's second token
+            refused = await buyer.get("/v1/me", ts_ms=ts_ms + 2)
+            assert (refused.status, refused.json()["code"]) == (429, "rate_limited")
+            # ...and the request refused with 429 was not remembered: once a token is back, it passes.
+            await asyncio.sleep(0.1)  # 20/s: one token after 50 ms
+            assert (await buyer.get("/v1/me", ts_ms=ts_ms + 2)).status == 200
+            replay = await buyer.get("/v1/me", ts_ms=ts_ms + 2)
+            assert (replay.status, replay.json()["code"]) == (401, "replayed_request")
+    finally:
+        await _test_databases.drop(dsn)
+
+
+async def test_a_full_share_refuses_only_its_own_key(_test_databases: Any) -> None:
+    """WebSocket logins are not rate limited, so they can fill a key's share: that key alone gets 429."""
+    dsn = await _test_databases.create(migrated=True)
+    try:
+        async with running_exchange(dsn, replay_cache_size=15, rate_limit_per_s=1.0,
+                                    rate_limit_burst=5) as small:
+            flooder = await small.register(Role.BUYER, deposit_fen=0)
+            other = await small.register(Role.BUYER, deposit_fen=0)
+            sockets = [await flooder.ws_connect() for _ in range(15)]
+            ws = await small.session.ws_connect(small.url + "/v1/ws")
+            await ws.send_str(msgspec.json.encode(flooder.ws_auth_message(request_id=1)).decode())
+            reply = msgspec.json.decode((await _recv(ws)).data)
+            assert (reply["type"], reply["code"]) == ("error", "rate_limited")
+            assert (await _recv(ws)).data == CLOSE_AUTH_FAILED
+            sockets.append(await other.ws_connect())
+            assert (await other.get("/v1/me")).status == 200
+            for socket in (*sockets, ws):
+                await socket.close()
+    finally:
+        await _test_databases.drop(dsn)
+
