@@ -159,9 +159,9 @@ async def test_a_key_revoked_while_its_load_is_in_flight_stays_revoked() -> None
 async def test_one_keys_flood_gets_429s_and_never_costs_another_key(_test_databases: Any) -> None:
     dsn = await _test_databases.create(migrated=True)
     try:
-        # Each key's share: burst 5 + 1/s x two 5 s windows = 15 signatures, the least a key within its
-        # rate limit needs.
-        async with running_exchange(dsn, replay_cache_size=15, rate_limit_per_s=1.0,
+        # Each key's share: burst 5 + 0.1/s x two 5 s windows = 6 signatures, the least a key within its
+        # rate limit needs (and slow enough that no token comes back during the test).
+        async with running_exchange(dsn, replay_cache_size=6, rate_limit_per_s=0.1,
                                     rate_limit_burst=5) as small:
             attacker = await small.register(Role.BUYER, deposit_fen=0)
             victim = await small.register(Role.BUYER, deposit_fen=0)
@@ -183,7 +183,8 @@ async def test_one_keys_flood_gets_429s_and_never_costs_another_key(_test_databa
 async def test_a_refused_request_takes_no_replay_memory_and_a_replay_no_token(_test_databases: Any) -> None:
     dsn = await _test_databases.create(migrated=True)
     try:
-        async with running_exchange(dsn, rate_limit_per_s=20.0, rate_limit_burst=2) as small:
+        # 2/s: no token comes back before the sleep below, however slow the machine.
+        async with running_exchange(dsn, rate_limit_per_s=2.0, rate_limit_burst=2) as small:
             buyer = await small.register(Role.BUYER, deposit_fen=0)
             ts_ms = wall_clock_ms()
             assert (await buyer.get("/v1/me", ts_ms=ts_ms)).status == 200
@@ -195,7 +196,7 @@ async def test_a_refused_request_takes_no_replay_memory_and_a_replay_no_token(_t
             refused = await buyer.get("/v1/me", ts_ms=ts_ms + 2)
             assert (refused.status, refused.json()["code"]) == (429, "rate_limited")
             # ...and the request refused with 429 was not remembered: once a token is back, it passes.
-            await asyncio.sleep(0.1)  # 20/s: one token after 50 ms
+            await asyncio.sleep(0.6)  # one token after 0.5 s
             assert (await buyer.get("/v1/me", ts_ms=ts_ms + 2)).status == 200
             replay = await buyer.get("/v1/me", ts_ms=ts_ms + 2)
             assert (replay.status, replay.json()["code"]) == (401, "replayed_request")
@@ -207,11 +208,11 @@ async def test_a_full_share_refuses_only_its_own_key(_test_databases: Any) -> No
     """WebSocket logins are not rate limited, so they can fill a key's share: that key alone gets 429."""
     dsn = await _test_databases.create(migrated=True)
     try:
-        async with running_exchange(dsn, replay_cache_size=15, rate_limit_per_s=1.0,
+        async with running_exchange(dsn, replay_cache_size=6, rate_limit_per_s=0.1,
                                     rate_limit_burst=5) as small:
             flooder = await small.register(Role.BUYER, deposit_fen=0)
             other = await small.register(Role.BUYER, deposit_fen=0)
-            sockets = [await flooder.ws_connect() for _ in range(15)]
+            sockets = [await flooder.ws_connect() for _ in range(6)]
             ws = await small.session.ws_connect(small.url + "/v1/ws")
             await ws.send_str(msgspec.json.encode(flooder.ws_auth_message(request_id=1)).decode())
             reply = msgspec.json.decode((await _recv(ws)).data)
