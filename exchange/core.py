@@ -67,6 +67,7 @@ from exchange.events import (
 )
 from exchange.matching.auction import uncross
 from exchange.matching.book import NO_LIMIT, Counters, LotState, Order, OrderBook
+from exchange.settlement import rules
 from exchange.settlement.clearing import Clearing
 
 BUY = Side.BUY
@@ -547,6 +548,8 @@ class Core:
             return self._reject(cmd, R.INVALID_PRICE, events, cmd.instrument)
         if cmd.price_fen % market.spec.tick_fen:
             return self._reject(cmd, R.PRICE_OFF_TICK, events, cmd.instrument)
+        if not rules.band_clears_discounts(market.spec, cmd.price_fen):
+            return self._reject(cmd, R.INVALID_PRICE, events, cmd.instrument)  # a price the discount would eat
         market.set_reference(cmd.price_fen)
         events.append(ReferencePriceSet(market.book.next_seq(), cmd.ts_ns, cmd.instrument, cmd.price_fen))
         return None
@@ -645,4 +648,5 @@ def _settlement_terms_are_valid(spec: InstrumentSpec) -> bool:
         and (spec.reference_price_fen == 0 or max(
             spec.overweight_discount_fen_per_kg, spec.underweight_discount_fen_per_kg
         ) < spec.reference_price_fen)
+        and rules.band_clears_discounts(spec, spec.reference_price_fen)  # every tradable price stays above it
     )

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import msgspec
 import pytest
 
-from exchange.commands import Command, ConfirmDeposit, FundsAccount, ListInstrument
+from exchange.commands import Command, ConfirmDeposit, FundsAccount, ListInstrument, SetReferencePrice
 from exchange.domain import OrderType, ProductClass, RejectReason, TimeInForce, TradingState
 from tests.factories import OPERATOR, hog_spec, list_instrument, order, register_lot
 from tests.scenarios import (
@@ -465,6 +465,7 @@ def test_invalid_expiries() -> None:
         {"overweight_limit_g": -1},
         {"underweight_limit_g": 100_000},  # as large as the lot band's lower edge
         {"overweight_discount_fen_per_kg": 2800},  # the whole reference price
+        {"overweight_discount_fen_per_kg": 2700},  # below the reference, but the band's low edge is 2690
         {"dispute_window_ns": 2**63},  # would not fit the journal's integers
         {"product_class": ProductClass.PIGLET, "overweight_discount_fen_per_kg": 10},  # piglets go per head
     ],
@@ -473,3 +474,9 @@ def test_invalid_expiries() -> None:
 def test_listing_with_impossible_settlement_terms_is_rejected(terms: dict) -> None:
     spec = msgspec.structs.replace(hog_spec(symbol="RC-LH-TZ"), **terms)
     market().reject(list_instrument(spec), R.INVALID_INSTRUMENT)
+
+
+def test_a_reference_price_whose_band_reaches_the_weight_discount_is_rejected() -> None:
+    spec = msgspec.structs.replace(hog_spec(symbol="RC-LH-TZ"), overweight_discount_fen_per_kg=60)
+    s = Scenario(spec)
+    s.reject(SetReferencePrice(OPERATOR, 1, instrument="RC-LH-TZ", price_fen=60), R.INVALID_PRICE)
