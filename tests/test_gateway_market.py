@@ -111,6 +111,7 @@ async def test_impossible_settlement_terms_are_refused(ex: Exchange) -> None:
         ({"dispute_window_ms": 90 * 86_400_000 + 1}, "invalid"),
         ({"dispute_window_ms": 1.5}, "invalid"),  # whole milliseconds only
         ({"overweight_discount_fen_per_kg": 2_800}, "invalid_instrument"),  # the pigs would be free
+        ({"overweight_discount_fen_per_kg": 2_690}, "invalid_instrument"),  # free at the band's low edge
         ({"underweight_limit_g": 100_000}, "invalid_instrument"),  # down to a zero-gram pig
         ({**piglet, "overweight_discount_fen_per_kg": 100}, "invalid_instrument"),  # piglets are per head
     ]
@@ -119,11 +120,11 @@ async def test_impossible_settlement_terms_are_refused(ex: Exchange) -> None:
         reply = await ex.operator.post("/v1/instruments", json=body)
         assert (reply.status, reply.json()["code"]) == (422, code), terms
         assert f"T-BADTERMS-{i}" not in ex.app[EXCHANGE].read_model.instruments
-    # At the edges everything is accepted: a 10 % fee, a discount just below the price, no window.
-    view = await ex.list_instrument("T-EDGES", seller_fee_bps=1_000, overweight_discount_fen_per_kg=2_799,
+    # At the edges everything is accepted: a 10 % fee, a discount just below the band's low edge (2690), no window.
+    view = await ex.list_instrument("T-EDGES", seller_fee_bps=1_000, overweight_discount_fen_per_kg=2_689,
                                     underweight_limit_g=99_999, dispute_window_ms=0)
     assert (view["seller_fee_bps"], view["overweight_discount_fen_per_kg"], view["dispute_window_ms"]) == (
-        1_000, 2_799, 0)
+        1_000, 2_689, 0)
     assert (await ex.list_instrument("T-PIGLET-0", **piglet))["overweight_discount_fen_per_kg"] == 0
 
 
