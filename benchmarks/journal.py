@@ -242,11 +242,14 @@ async def run_raw_copy(dsn: str, chunk: int) -> dict[str, float]:
             end = posted
             while end < len(postings) and postings[end][0] <= last_seq:
                 end += 1
+            # the same pre-encoded binary COPY the sequencer sends: the ceiling is the best raw path
+            data = memoryview(store.encode_journal_rows(
+                part[0][0], [r[1] for r in part], [r[2] for r in part], [r[3] for r in part]))
             if end == posted:
-                await conn.copy_records_to_table("journal_copy", records=part, columns=columns)
+                await conn.copy_to_table("journal_copy", source=data, columns=columns, format="binary")
                 continue
             async with conn.transaction():
-                await conn.copy_records_to_table("journal_copy", records=part, columns=columns)
+                await conn.copy_to_table("journal_copy", source=data, columns=columns, format="binary")
                 await conn.copy_records_to_table("ledger_transfers_copy", records=postings[posted:end],
                                                  columns=POSTING_COLUMNS)
             posted = end

@@ -27,6 +27,7 @@ from typing import Final
 import asyncpg
 
 from exchange.settlement.ledger import ACCOUNT_COLUMNS, POSTING_COLUMNS, Account, Posting, account_records
+from exchange.store import COPY_BINARY_HEADER, COPY_BINARY_TRAILER
 
 __all__ = [
     "ACCOUNT_COLUMNS",
@@ -44,8 +45,6 @@ __all__ = [
 # per field, then a trailer. The row layout follows POSTING_COLUMNS: seq, transfer_id (bigint),
 # entry (smallint), debit_account_id, credit_account_id, amount_fen, released_fen (bigint), code
 # (integer), user_data, pending_id, ts_ns (bigint).
-_COPY_HEADER: Final = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
-_COPY_TRAILER: Final = struct.pack(">h", -1)
 _POSTING_ROW: Final = struct.Struct(">h" + "iq" * 2 + "ih" + "iq" * 4 + "ii" + "iq" * 3)
 assert len(POSTING_COLUMNS) == 11
 
@@ -56,7 +55,7 @@ def encode_postings(first_seq: int, per_command: Iterable[tuple[Sequence[Account
 
     A value out of range for its column (the ledger never produces one) raises ``struct.error``."""
     pack = _POSTING_ROW.pack
-    parts = [_COPY_HEADER]
+    parts = [COPY_BINARY_HEADER]
     seq = first_seq
     for _, postings in per_command:
         for p in postings:
@@ -67,7 +66,7 @@ def encode_postings(first_seq: int, per_command: Iterable[tuple[Sequence[Account
         seq += 1
     if len(parts) == 1:
         return b""
-    parts.append(_COPY_TRAILER)
+    parts.append(COPY_BINARY_TRAILER)
     return b"".join(parts)
 
 
