@@ -381,7 +381,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "DATABASE_URL": dsn, "HOGX_OPERATOR_KEY": operator[0], "HOGX_OPERATOR_SECRET": operator[1],
             "HOGX_RATE_LIMIT_PER_S": "1000000000", "HOGX_RATE_LIMIT_BURST": "1000000000",
             "HOGX_WS_MAX_INFLIGHT": str(max(1024, args.ws_window)), "HOGX_DB_POOL_MAX": "4",
-            "HOGX_PROJECT_READ_MODELS": "false" if args.no_read_models else "true",
+            "HOGX_PROJECT_READ_MODELS": "true" if args.read_models else "false",
         }
         async with subprocess_server(["-m", "gateway", "serve", "--port", str(port), "--log-level", "WARNING"],
                                      server_env, base + "/readyz") as server:
@@ -400,7 +400,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "ws_connections": args.ws_connections,
         "ws_window": args.ws_window,
         "database": "DATABASE_URL" if os.environ.get("DATABASE_URL") else "embedded",
-        "read_models": not args.no_read_models,
+        "read_models": args.read_models,
         "http_errors": dict(http.errors),
         "ws_errors": dict(ws.errors),
         # Every answer by order status, rejections as "rejected:<code>" (see `Load.statuses`).
@@ -459,8 +459,8 @@ def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> N
     parser.add_argument("--ws-connections", type=int, default=8)
     parser.add_argument("--ws-window", type=int, default=32, help="place_order messages in flight per socket")
     parser.add_argument("--pairs", type=int, default=8, help="buyers and as many farmers")
-    parser.add_argument("--no-read-models", action="store_true",
-                        help="run the gateway without the PostgreSQL read-model projector")
+    parser.add_argument("--read-models", action="store_true",
+                        help="also run the PostgreSQL read-model projector (off by default, as in the gateway)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--trivial-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -15,11 +15,12 @@ folded into the read model synchronously in the sequencer's publish step — bef
 futures that commit resolved get to run — and then handed to the listeners (market-data publishers,
 metrics).
 
-With `project_read_models` (the default) the shard also runs `exchange.readmodel.Projector`, which
-keeps the PostgreSQL `orders` and `trades` tables in step with the journal for other readers of the
-database (reconciliation, reporting, future stateless gateways); it follows the journal on its own
-connection, so acknowledgements never wait for it. The API itself answers from the in-memory read
-model, which is exact as of the last commit and costs no query.
+With `project_read_models` (opt-in: `HOGX_PROJECT_READ_MODELS=true`) the shard also runs
+`exchange.readmodel.Projector`, which keeps the PostgreSQL `orders` and `trades` tables in step with
+the journal for other readers of the database (reconciliation, reporting, future stateless
+gateways); it follows the journal on its own connection, so acknowledgements never wait for it. The
+API itself answers from the in-memory read model, which is exact as of the last commit and costs no
+query.
 
 `ExchangePort` is an application's handle on its shard: it maps the sequencer's answers to API errors
 (`Busy` -> 503 `busy` with Retry-After, `Unavailable` -> 503 `unavailable`, an idempotency conflict

@@ -32,7 +32,8 @@ _cids = itertools.count(1)
 async def ex(_test_databases: Any) -> AsyncIterator[Exchange]:
     dsn = await _test_databases.create(migrated=True)
     try:
-        async with running_exchange(dsn) as exchange:
+        # with the opt-in PostgreSQL projector, so the tests also hold its tables to the gateway's answers
+        async with running_exchange(dsn, project_read_models=True) as exchange:
             yield exchange
     finally:
         await _test_databases.drop(dsn)
