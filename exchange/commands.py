@@ -26,7 +26,10 @@ class ListInstrument(_Command, frozen=True):
 
 
 class RegisterLot(_Command, frozen=True):
-    """A seller's lot of pigs. The seller is ``participant_id``; the core assigns the lot id."""
+    """A seller's lot of pigs. The seller is ``participant_id``; the core assigns the lot id.
+
+    ``client_lot_ref`` (optional, at most 36 characters) makes it idempotent: unique per seller forever,
+    a retry with the same content gets the original lot back, one with other content is rejected."""
 
     instrument: str
     heads: int
@@ -34,6 +37,7 @@ class RegisterLot(_Command, frozen=True):
     origin: str
     quarantine_cert: str
     ear_tags: str = ""
+    client_lot_ref: str = ""
 
 
 class PlaceOrder(_Command, frozen=True):
@@ -250,10 +254,14 @@ class GrantAdvance(_Command, frozen=True):
 
 
 class RepayLoan(_Command, frozen=True):
-    """A borrower repays a financier (interest first) from its cash (buyers) or payable (farmers)."""
+    """A borrower repays a financier (interest first) from its cash (buyers) or payable (farmers).
+
+    ``repayment_ref`` (optional) makes it idempotent: unique per borrower, a retry with the same content
+    changes nothing and answers like the original, one with other content is rejected."""
 
     financier_id: int
     amount_fen: int
+    repayment_ref: str = ""
 
 
 class RunPayouts(_Command, frozen=True):

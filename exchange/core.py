@@ -16,6 +16,10 @@ would meet a resting order (``OrderBook.would_take``: an all-or-none sell it cou
 not count); in an auction, a price that crosses the participant's own opposite order; FOK and
 min-quantity that cannot be met at once.
 
+A lot registration with a ``client_lot_ref`` the seller already used is a retry: the same content
+yields the original ``LotRegistered`` again with ``seq`` 0 and changes nothing; other content is
+rejected DUPLICATE_REFERENCE.
+
 Every event is numbered by its instrument (``seq``). GTD orders expire at the first command whose
 time has reached their expiry, before that command takes effect, so an expired order never trades.
 """
@@ -122,6 +126,7 @@ class Core:
         self.lot_records: dict[int, Lot] = {}
         self.orders: dict[int, Order] = {}  # resting orders only
         self.client_order_ids: dict[tuple[int, str], int] = {}  # (participant, client id) -> order id
+        self.lot_refs: dict[tuple[int, str], int] = {}  # (seller, client lot ref) -> lot id, forever
         self.expiries: list[tuple[int, int]] = []  # heap of (expire_at_ns, order_id) for resting GTD
         self._handlers: dict[type, Callable[[Command, list], None]] = {
             PlaceOrder: self._place_order,
@@ -479,6 +484,11 @@ class Core:
         return None
 
     def _register_lot(self, cmd: RegisterLot, events: list) -> None:
+        ref = cmd.client_lot_ref
+        if len(ref) > MAX_CLIENT_ORDER_ID_LEN:
+            return self._reject(cmd, R.INVALID_LOT, events, cmd.instrument)
+        if ref and (cmd.participant_id, ref) in self.lot_refs:
+            return self._retried_lot(cmd, self.lot_records[self.lot_refs[(cmd.participant_id, ref)]], events)
         market = self.markets.get(cmd.instrument)
         if market is None:
             return self._reject(cmd, R.UNKNOWN_INSTRUMENT, events, cmd.instrument)
@@ -495,7 +505,18 @@ class Core:
         )  # fmt: skip
         self.lot_records[lot_id] = lot
         self.lots[lot_id] = LotState(lot_id, cmd.participant_id, cmd.instrument, cmd.heads)
+        if ref:
+            self.lot_refs[(cmd.participant_id, ref)] = lot_id
         events.append(LotRegistered(market.book.next_seq(), cmd.ts_ns, lot))
+        return None
+
+    def _retried_lot(self, cmd: RegisterLot, lot: Lot, events: list) -> None:
+        """A retry of a registration that took effect: the original lot again, changing nothing — so
+        the event carries seq 0 (no book sequence is used) — or DUPLICATE_REFERENCE if it differs."""
+        content = (cmd.instrument, cmd.heads, cmd.avg_weight_g, cmd.origin, cmd.quarantine_cert, cmd.ear_tags)
+        if content != (lot.instrument, lot.heads, lot.avg_weight_g, lot.origin, lot.quarantine_cert, lot.ear_tags):
+            return self._reject(cmd, R.DUPLICATE_REFERENCE, events, cmd.instrument)
+        events.append(LotRegistered(0, cmd.ts_ns, lot))
         return None
 
     def _transition(

@@ -1,8 +1,9 @@
 """Snapshots of the core: one canonical encoding of the whole state, used both to restore a core and,
 hashed, as its state hash.
 
-The encoding lists markets, lots and client order ids in the order they were created and each book's
-orders in priority order, so two cores that saw the same commands encode to the same bytes.
+The encoding lists markets, lots, client order ids and client lot refs in the order they were created
+and each book's orders in priority order, so two cores that saw the same commands encode to the same
+bytes.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class CoreRecord(msgspec.Struct, frozen=True, array_like=True):
     lots: list[LotRecord]
     client_order_ids: list[tuple[int, str, int]]
     clearing: bytes = b""  # the settlement stage's own snapshot; empty for a matching-only core
+    lot_refs: list[tuple[int, str, int]] = []  # (seller, client lot ref, lot id), in registration order
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -88,11 +90,16 @@ def encode_core(core: Core) -> bytes:
     lots = [LotRecord(core.lot_records[i], s.reserved_heads, s.sold_heads) for i, s in core.lots.items()]
     ids = [(p, cid, oid) for (p, cid), oid in core.client_order_ids.items()]
     clearing = b"" if core.clearing is None else core.clearing.snapshot()
+    lot_refs = [(p, ref, lot_id) for (p, ref), lot_id in core.lot_refs.items()]
     record = CoreRecord(
         SNAPSHOT_VERSION, (c.next_order_id, c.next_trade_id, c.next_priority, c.next_lot_id), markets, lots, ids,
-        clearing,
+        clearing, lot_refs,
     )
-    return _encoder.encode(record)
+    fields = msgspec.structs.astuple(record)
+    # An array-like struct encodes as the tuple of its fields. Without lot refs the trailing field is
+    # left out, so a state without them encodes to exactly the bytes earlier versions wrote: their
+    # snapshots still restore to their recorded hashes (the version stays 1: the field is optional).
+    return _encoder.encode(fields if lot_refs else fields[:-1])
 
 
 def decode_core(data: bytes) -> Core:
@@ -118,6 +125,7 @@ def decode_core(data: bytes) -> Core:
         for r in [*m.bids, *m.asks]:
             _restore_order(core, book, m.spec.symbol, r)
     core.client_order_ids = {(p, cid): oid for p, cid, oid in record.client_order_ids}
+    core.lot_refs = {(p, ref): lot_id for p, ref, lot_id in record.lot_refs}
     heapq.heapify(core.expiries)
     return core
 

@@ -28,13 +28,14 @@ def lot_view(rec: LotRecord) -> LotView:
                    lot.ear_tags, rec.reserved_heads, rec.sold_heads, rec.available_heads)
 
 
-@routes.post("/v1/lots", roles=SELLERS, body=RegisterLotRequest, response=LotView, status=201)
+@routes.post("/v1/lots", roles=SELLERS, body=RegisterLotRequest, response=LotView, status=201, errors=(409,))
 async def register_lot(call: Call, body: RegisterLotRequest) -> LotView:
-    """Register a lot of pigs to sell; the answer carries its `lot_id`."""
+    """Register a lot of pigs to sell; the answer carries its `lot_id`. With `client_lot_ref` a retry
+    (after a timeout or a 503) gets the same lot back; the same ref with other content is a 409."""
     port = call.app[EXCHANGE]
     principal = call.principal
     command = RegisterLot(principal.participant_id, 0, body.instrument, body.heads, body.avg_weight_g,
-                          body.origin, body.quarantine_cert, body.ear_tags)
+                          body.origin, body.quarantine_cert, body.ear_tags, body.client_lot_ref or "")
     result = await port.submit(command)
     for event in result.events:
         if event.__class__ is LotRegistered and event.lot.seller_id == principal.participant_id:

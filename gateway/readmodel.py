@@ -445,6 +445,8 @@ class ReadModel:
 
     def _on_lot(self, event: LotRegistered, command: Command, touched: dict[int, int], digest: BatchDigest) -> None:
         lot = event.lot
+        if lot.lot_id in self.lots:
+            return  # a retried registration (seq 0) announces its lot again: keep its heads and listing
         self.lots[lot.lot_id] = LotRecord(lot)
         self.lots_by_participant.setdefault(lot.seller_id, []).append(lot.lot_id)
 

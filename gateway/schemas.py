@@ -83,6 +83,9 @@ TimeMs = Annotated[int, msgspec.Meta(ge=1, le=9_000_000_000_000, description="mi
 ClientOrderId = Annotated[str, msgspec.Meta(min_length=1, max_length=36, pattern=r"^[!-~]+$",
                                             description="1-36 printable ASCII characters, unique per "
                                                         "participant forever (the idempotency key)")]
+ClientLotRef = Annotated[str, msgspec.Meta(min_length=1, max_length=36, pattern=r"^[!-~]+$",
+                                           description="1-36 printable ASCII characters, unique per seller "
+                                                       "forever: a retry gets the original lot back")]
 Symbol = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_\-]+$",
                                      description="instrument symbol, e.g. RC-LH-WSY")]
 ShortText = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
@@ -263,6 +266,7 @@ class RegisterLotRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unkno
     origin: ShortText
     quarantine_cert: ShortText
     ear_tags: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    client_lot_ref: ClientLotRef | None = None
 
 
 class InstrumentRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):

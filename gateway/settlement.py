@@ -895,6 +895,7 @@ class RepaymentRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown
 
     financier_id: Id
     amount_fen: AmountFen
+    repayment_ref: Ref | None = None  # a retry with the same ref repays nothing twice
 
 
 class ClientPath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -978,11 +979,12 @@ def _own_loans(clearing: Clearing, borrower_id: int, financier_id: int | None = 
                      for loan in loans])
 
 
-@routes.post("/v1/repayments", roles=BORROWERS, body=RepaymentRequest, response=LoanPage)
+@routes.post("/v1/repayments", roles=BORROWERS, body=RepaymentRequest, response=LoanPage, errors=(409,))
 async def repay(call: Call, body: RepaymentRequest) -> LoanPage:
-    """Repay a financier; the answer is your loans from it after the repayment."""
+    """Repay a financier; the answer is your loans from it after the repayment. With `repayment_ref` a
+    retry repays nothing twice (same ref, other content: 409)."""
     borrower = call.principal.participant_id
-    await submit(call, RepayLoan(borrower, 0, body.financier_id, body.amount_fen))
+    await submit(call, RepayLoan(borrower, 0, body.financier_id, body.amount_fen, body.repayment_ref or ""))
     return _own_loans(clearing_of(call), borrower, body.financier_id)
 
 

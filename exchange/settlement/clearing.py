@@ -49,7 +49,8 @@ Money flows (accounts: the chart in ledger.py; rounding: rules.py)
    LOANS_FUNDED, interest as INTEREST_RECEIVABLE against INTEREST_INCOME; it accrues one day for each
    midnight (CST) a loan is outstanding across, on the principal at that midnight, on the first clock
    tick after it (and before any change of the loan's principal). ``RepayLoan`` repays interest
-   first, by loan id: credit-line loans from the buyer's cash, advances from the seller's payable.
+   first, by loan id: credit-line loans from the buyer's cash, advances from the seller's payable;
+   once per ``repayment_ref`` of the borrower when it names one (a retry gets the same answer).
    Credit lines do not revolve: repaid principal returns to the financier's funds, to grant again.
    Advance, credit line and every new hold on a line need the borrower's consent to that financier
    (SetConsent); a financier always sees its own lines and loans, consent lets it see the rest of the
@@ -165,6 +166,7 @@ from exchange.settlement.model import (
     PayableSource,
     Payout,
     PayoutRun,
+    Repayment,
     SentFile,
     SourceKind,
     TradeRecord,
@@ -246,6 +248,7 @@ class Clearing:
         self.deposits: dict[str, Deposit] = {}
         self.sent_files: dict[str, SentFile] = {}
         self.bank_imports: dict[str, BankImport] = {}
+        self.repayments: dict[tuple[int, str], Repayment] = {}  # (borrower, repayment ref)
         self._rebuild_indexes()
         self.ledger.create_accounts([_account(int(code), int(code), 0, 0) for code in HOUSE], 0)
 
@@ -400,7 +403,11 @@ class Clearing:
 
     def snapshot(self) -> bytes:
         """The whole state, canonically ordered (everything sorted by its key)."""
-        return _ENCODER.encode(self._snapshot_struct())
+        snap = self._snapshot_struct()
+        fields = msgspec.structs.astuple(snap)
+        # An array-like struct encodes as the tuple of its fields; leaving out an empty trailing
+        # ``repayments`` keeps a state without them at exactly the bytes (and hash) earlier versions wrote.
+        return _ENCODER.encode(fields if snap.repayments else fields[:-1])
 
     def state_hash(self) -> str:
         return hashlib.blake2b(self.snapshot(), digest_size=32).hexdigest()
@@ -429,6 +436,7 @@ class Clearing:
         c.deposits = {d.deposit_ref: d for d in snap.deposits}
         c.sent_files = {f.file_ref: f for f in snap.sent_files}
         c.bank_imports = {b.file_ref: b for b in snap.bank_imports}
+        c.repayments = {(r.borrower_id, r.repayment_ref): r for r in snap.repayments}
         c._rebuild_indexes()
         return c
 
@@ -443,7 +451,7 @@ class Clearing:
             by_key(self.holds), by_key(self.trades), by_key(self.loans), by_key(self.credit_lines),
             [(k, self.payables[k]) for k in sorted(self.payables) if self.payables[k]], by_key(self.payouts),
             by_key(self.runs), by_key(self.withdrawals), by_key(self.deposits), by_key(self.sent_files),
-            by_key(self.bank_imports),
+            by_key(self.bank_imports), by_key(self.repayments),
         )  # fmt: skip
 
     def _rebuild_indexes(self) -> None:
@@ -1294,9 +1302,12 @@ class Clearing:
     def _repay_loan(self, cmd: RepayLoan, out: list) -> None:
         """Borrower: repay ``amount_fen`` to a financier over its loans by loan id, interest first;
         credit-line loans from the borrower's cash, advances from its payable."""
-        ref, borrower, fin = f"F{cmd.financier_id}", cmd.participant_id, cmd.financier_id
-        if type(cmd.amount_fen) is not int or cmd.amount_fen <= 0:
+        ref, borrower, fin = cmd.repayment_ref or f"F{cmd.financier_id}", cmd.participant_id, cmd.financier_id
+        if type(cmd.amount_fen) is not int or cmd.amount_fen <= 0 or len(cmd.repayment_ref) > MAX_REF_LEN:
             return self._reject(cmd, R.INVALID_AMOUNT, ref, out)
+        done = self.repayments.get((borrower, cmd.repayment_ref)) if cmd.repayment_ref else None
+        if done is not None:
+            return self._retried_repayment(cmd, done, out)
         day = rules.cst_day(cmd.ts_ns)
         loans = self._open_loans(borrower, fin)
         # checked against the interest accrued through today, without accruing it yet: a rejected
@@ -1318,6 +1329,20 @@ class Clearing:
             if loan.kind == LoanKind.ADVANCE:
                 self._take_payable(borrower, interest + principal)
             self._loan_repaid(loan, interest, principal, LoanPayer.BORROWER, 0, cmd.ts_ns, out)
+        if cmd.repayment_ref:
+            legs = [(loan.loan_id, principal, interest) for loan, interest, principal in plan]
+            self.repayments[(borrower, cmd.repayment_ref)] = Repayment(
+                borrower, cmd.repayment_ref, fin, cmd.amount_fen, cmd.ts_ns, legs)
+        return None
+
+    def _retried_repayment(self, cmd: RepayLoan, done: Repayment, out: list) -> None:
+        """A retry of a repayment that took effect: its ``LoanRepaid`` events again, changing nothing
+        (no accrual either), or DUPLICATE_REFERENCE if it is not the same repayment."""
+        if (done.financier_id, done.amount_fen) != (cmd.financier_id, cmd.amount_fen):
+            return self._reject(cmd, R.DUPLICATE_REFERENCE, cmd.repayment_ref, out)
+        for loan_id, principal, interest in done.legs:
+            out.append(LoanRepaid(0, done.ts_ns, loan_id, done.financier_id, done.borrower_id, principal, interest,
+                                  LoanPayer.BORROWER, 0))
         return None
 
     def _repayment_plan(

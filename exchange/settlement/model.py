@@ -197,6 +197,17 @@ class Deposit(msgspec.Struct, array_like=True, gc=False):
     ts_ns: int
 
 
+class Repayment(msgspec.Struct, array_like=True, gc=False):
+    """A RepayLoan with a ``repayment_ref``: what a retry must match and the answer it gets again."""
+
+    borrower_id: int
+    repayment_ref: str
+    financier_id: int
+    amount_fen: int
+    ts_ns: int
+    legs: list[tuple[int, int, int]]  # (loan_id, principal_fen, interest_fen), in the order repaid
+
+
 class SentFile(msgspec.Struct, array_like=True, gc=False):
     file_ref: str
     payouts: list[tuple[int, int]]
@@ -247,3 +258,4 @@ class ClearingSnapshot(msgspec.Struct, array_like=True, gc=False):
     deposits: list[Deposit]
     sent_files: list[SentFile]
     bank_imports: list[BankImport]
+    repayments: list[Repayment] = []  # optional and last: snapshots without it decode (see Clearing.snapshot)
