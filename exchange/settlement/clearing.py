@@ -740,13 +740,21 @@ class Clearing:
         out.append(self._participant_event(who, cmd.participant_id, cmd.ts_ns))
         return None
 
-    def _verify_bank_account(self, cmd: VerifyBankAccount, out: list) -> None:
-        ref = f"U{cmd.subject_id}"
+    def _verified_subject(self, cmd: VerifyBankAccount | VerifyPoorHousehold, out: list) -> Participant | None:
+        """The participant an operator's verification names, or None after rejecting the command."""
         if not self._is_operator(cmd.participant_id):
-            return self._reject(cmd, R.NOT_AUTHORIZED, ref, out)
+            self._reject(cmd, R.NOT_AUTHORIZED, f"U{cmd.subject_id}", out)
+            return None
         who = self.participants.get(cmd.subject_id)
         if who is None:
-            return self._reject(cmd, R.UNKNOWN_PARTICIPANT, ref, out)
+            self._reject(cmd, R.UNKNOWN_PARTICIPANT, f"U{cmd.subject_id}", out)
+        return who
+
+    def _verify_bank_account(self, cmd: VerifyBankAccount, out: list) -> None:
+        ref = f"U{cmd.subject_id}"
+        who = self._verified_subject(cmd, out)
+        if who is None:
+            return None
         if not who.bank_account or cmd.bank_account.strip() != who.bank_account:
             return self._reject(cmd, R.INVALID_PARTICIPANT, ref, out)
         who.bank_verified = True
@@ -755,11 +763,9 @@ class Clearing:
 
     def _verify_poor_household(self, cmd: VerifyPoorHousehold, out: list) -> None:
         ref = f"U{cmd.subject_id}"
-        if not self._is_operator(cmd.participant_id):
-            return self._reject(cmd, R.NOT_AUTHORIZED, ref, out)
-        who = self.participants.get(cmd.subject_id)
+        who = self._verified_subject(cmd, out)
         if who is None:
-            return self._reject(cmd, R.UNKNOWN_PARTICIPANT, ref, out)
+            return None
         number = cmd.registration_no.strip()
         if who.role != ROLE.FARMER or (cmd.verified and not number) or len(number) > 32:
             return self._reject(cmd, R.INVALID_PARTICIPANT, ref, out)
