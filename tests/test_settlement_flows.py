@@ -400,19 +400,53 @@ def test_cooperative_proceeds_are_split_to_members_and_the_cooperative_keeps_the
     x = world()
     x.reject(SetCooperativeMembers(OPERATOR, 0, COOP, (MEMBER_A, MEMBER_B), (6000, 4001)), R.INVALID_SHARES)
     x.ok(SetCooperativeMembers(OPERATOR, 0, COOP, (MEMBER_A, MEMBER_B), (6000, 3500)))
+    x.deposit(0, 100_000, FundsAccount.POVERTY_SUBSIDY_FUND)
     tid = settle_one(x, COOP, 10, 1_150_003)
     events = x.tick(WINDOW_NS)
     settled = x.of(TradeSettled, events)[0]
-    assert settled.payable_fen == 3_203_908  # 3,220,008 - 16,100
+    # fee 16,100; MEMBER_A is a registered poor household: the fund pays its 60 %, 9,660, the cooperative
+    # the rest, 6,440; the payable is 3,220,008 - 6,440
+    assert (settled.fee_fen, settled.fee_subsidy_fen, settled.fee_forgone_fen) == (6_440, 9_660, 0)
+    assert settled.payable_fen == 3_213_568
     splits = [(e.member_id, e.amount_fen) for e in x.of(CooperativeSplitPaid, events)]
-    # 60 % of 3,203,908 = 1,922,344.8 -> 1,922,344; 35 % = 1,121,367.8 -> 1,121,367; the cooperative keeps
-    # 3,203,908 - 1,922,344 - 1,121,367 = 160,197 (its 5 % share, 160,195.4, and the 1.6 odd fen)
-    assert splits == [(MEMBER_A, 1_922_344), (MEMBER_B, 1_121_367)]
+    # shares of the net after the whole fee, 3,203,908: 60 % = 1,922,344.8 -> 1,922,344, plus MEMBER_A's
+    # waiver 9,660 = 1,932,004 (its gross share); 35 % = 1,121,367.8 -> 1,121,367; the cooperative keeps
+    # 3,213,568 - 1,932,004 - 1,121,367 = 160,197 (its 5 % share, 160,195.4, and the 1.6 odd fen)
+    assert splits == [(MEMBER_A, 1_932_004), (MEMBER_B, 1_121_367)]
     assert x.balance(AC.FARMER_PAYABLE, COOP) == 160_197
+    assert x.balance(AC.FEE_INCOME) == 16_100 and x.balance(AC.POVERTY_SUBSIDY_FUND) == 100_000 - 9_660
     run = x.of(PayoutChanged, x.ok(RunPayouts(OPERATOR, 0, "R1")))
     # MEMBER_A is a registered poor household: first; then by participant id
     assert [(p.payee_id, p.amount_fen, p.trade_ids) for p in run] == [
-        (MEMBER_A, 1_922_344, (tid,)), (COOP, 160_197, (tid,)), (MEMBER_B, 1_121_367, (tid,))]
+        (MEMBER_A, 1_932_004, (tid,)), (COOP, 160_197, (tid,)), (MEMBER_B, 1_121_367, (tid,))]
+    check_books(x)
+
+
+def test_cooperative_poor_members_fee_waiver_odd_fen_short_fund_and_the_cooperatives_advance() -> None:
+    x = world()
+    x.ok(SetCooperativeMembers(OPERATOR, 0, COOP, (MEMBER_A, MEMBER_B), (6001, 3500)))
+    x.deposit(0, 5_000, FundsAccount.POVERTY_SUBSIDY_FUND)
+    x.deposit(FINANCIER, 5_000_000, FundsAccount.FINANCIER_FUNDS)
+    x.deposit(BUYER, 10_000_000)
+    trade = x.trade(BUYER, COOP, 2800, 10)
+    x.consent(COOP, FINANCIER)
+    x.ok(GrantAdvance(FINANCIER, 0, trade.trade_id, 1_000_000, 0))  # interest-free
+    x.weigh_in(trade.trade_id, 10, 1_150_000)  # 3,220,000; fee 16,100
+    events = x.tick(WINDOW_NS)
+    settled = x.of(TradeSettled, events)[0]
+    # MEMBER_A's waiver: 16,100 x 60.01 % = 9,661.61 -> 9,661 (the cooperative pays the odd fen: 6,439);
+    # the fund holds only 5,000: the other 4,661 is forgone, never taken from MEMBER_A
+    assert (settled.fee_fen, settled.fee_subsidy_fen, settled.fee_forgone_fen) == (6_439, 5_000, 4_661)
+    # the advance is repaid from the proceeds after the whole fee (3,203,900), never from the waiver:
+    # 2,203,900 left, + 9,661 waived = 2,213,561 to the cooperative's payable
+    assert (settled.principal_repaid_fen, settled.payable_fen) == (1_000_000, 2_213_561)
+    splits = [(e.member_id, e.amount_fen) for e in x.of(CooperativeSplitPaid, events)]
+    # 60.01 % of 2,203,900 = 1,322,560.39 -> 1,322,560 + 9,661; 35 % = 771,365; the cooperative keeps
+    # 2,213,561 - 1,332,221 - 771,365 = 109,975 (its 4.99 %, 109,974.61, and the 0.39 odd fen)
+    assert splits == [(MEMBER_A, 1_332_221), (MEMBER_B, 771_365)]
+    assert x.balance(AC.FARMER_PAYABLE, COOP) == 1_000_000 + 109_975  # the advance, paid at once, and its rest
+    assert x.balance(AC.FEE_INCOME) == 6_439 + 5_000 and x.balance(AC.POVERTY_SUBSIDY_FUND) == 0
+    assert x.balance(AC.LOANS_RECEIVABLE, FINANCIER, COOP) == 0
     check_books(x)
 
 

@@ -272,6 +272,9 @@ class Auditor:
             self.accrue(line_loan, day)
             line_loan.principal += amount
         fee = amount * FEE_BPS // 10_000
+        # a cooperative's poor members: the fee on each one's share is waived, paid by the fund, and
+        # added to its part of the split
+        waived = {m: fee * share // 10_000 for m, share in SHARES.items() if m in POOR} if seller == COOP else {}
         left = amount
         if poor:
             subsidised = min(fee, self.subsidy)
@@ -279,8 +282,11 @@ class Auditor:
             self.fees += subsidised
         else:
             left -= fee
-            self.fees += fee
-            self.fee_paid[seller] += fee
+            paid_fee = fee - sum(waived.values())
+            subsidised = min(sum(waived.values()), self.subsidy)
+            self.subsidy -= subsidised
+            self.fees += paid_fee + subsidised
+            self.fee_paid[seller] += paid_fee
         for _, lid in advances:
             loan = self.loans[lid]
             interest = 0 if poor else min(loan.due, left)
@@ -292,10 +298,10 @@ class Auditor:
             self.repaid[seller] += interest + principal
         self.receivable[seller] -= amount
         self.earned[seller] += amount
-        self.payable[seller] += left
+        self.payable[seller] += left + sum(waived.values())
         if seller == COOP:
             for member, share in SHARES.items():
-                part = left * share // 10_000
+                part = left * share // 10_000 + waived.get(member, 0)
                 self.payable[COOP] -= part
                 self.payable[member] += part
                 self.split_out[COOP] += part

@@ -37,8 +37,10 @@ Money flows (accounts: the chart in ledger.py; rounding: rules.py)
    seller's advances, the trade's own first, then by loan id, interest before principal:
    SELLER_RECEIVABLE -> FINANCIER_FUNDS (a poor household's interest is paid by the subsidy fund);
    the rest -> FARMER_PAYABLE; a cooperative's payable is split to its members (rules.py). A
-   cooperative is the seller: it pays the fee and repays its own advances before the split (a poor
-   member's share is paid first at payout, but the cooperative's fee is not waived). A credit-funded
+   cooperative is the seller: it pays the fee and repays its own advances before the split, except
+   the part of the fee on its verified poor members' shares, which the subsidy fund pays as for a poor
+   household (as far as it reaches, the rest forgone) and which is added to those members' parts
+   (their gross share); a poor member's share is also paid first at payout. A credit-funded
    trade's amount becomes the buyer's loan principal now (the financier paid the seller).
 6. Payouts: a run creates one PAYOUT instruction per payee with money payable and a verified bank
    account, poor households first (SAME_DAY), then by participant id, each a pending transfer
@@ -1027,14 +1029,18 @@ class Clearing:
         receivable = self.accounts[(_RECEIVABLE, seller, 0)]
         chain = self._Chain(self)
         fee = rules.fee_fen(amount, self.fee_bps.get(trade.instrument, 0))
-        if poor:
-            trade.fee_subsidy_fen = min(fee, self.ledger.available_fen(_SUBSIDY))
-            trade.fee_forgone_fen = fee - trade.fee_subsidy_fen
+        coop = self._split_cooperative(seller)
+        waivers = self._poor_member_waivers(coop, fee) if coop is not None and fee else ()
+        waived = fee if poor else sum(waivers)
+        if waived:
+            trade.fee_subsidy_fen = min(waived, self.ledger.available_fen(_SUBSIDY))
+            trade.fee_forgone_fen = waived - trade.fee_subsidy_fen
             chain.add(_SUBSIDY, _FEES, trade.fee_subsidy_fen, _TC_FEE_SUBSIDY, tid)
-        else:
-            trade.fee_fen = fee
-            chain.add(receivable, _FEES, fee, _TC_FEE, tid)
-        left = amount - trade.fee_fen
+        trade.fee_fen = fee - waived
+        chain.add(receivable, _FEES, trade.fee_fen, _TC_FEE, tid)
+        # a poor household keeps its whole amount; a cooperative's poor members' waivers are kept apart
+        # from its advances and reach those members in the split
+        left = amount if poor else amount - fee
         repaid: list[tuple[Loan, int, int]] = []
         for loan in advances:
             interest = 0 if poor else min(loan.interest_due_fen, left)
@@ -1043,10 +1049,11 @@ class Clearing:
             self._repayment_legs(chain, loan, receivable, interest, principal, tid, ts_ns)
             repaid.append((loan, interest, principal))
         payable = self._account_id(_PAYABLE, seller, 0, ts_ns)
-        chain.add(receivable, payable, left, _TC_SETTLEMENT, tid)
-        splits = self._split_legs(chain, trade, payable, left, ts_ns)
+        net = left + (0 if poor else waived)
+        chain.add(receivable, payable, net, _TC_SETTLEMENT, tid)
+        splits = self._split_legs(chain, trade, coop, payable, left, waivers, ts_ns) if coop is not None else []
         chain.commit(ts_ns)
-        self._after_settlement(trade, left, splits, repaid, ts_ns, out)
+        self._after_settlement(trade, net, splits, repaid, ts_ns, out)
 
     def _seller_advances(self, trade: TradeRecord) -> list[Loan]:
         """The seller's open advances: the trade's own first, then by loan id."""
@@ -1075,13 +1082,27 @@ class Clearing:
                       self._account_id(AC.LOANS_RECEIVABLE, fin, borrower, ts_ns),
                       principal, TC.REPAYMENT, loan.loan_id)
 
-    def _split_legs(
-        self, chain: Clearing._Chain, trade: TradeRecord, payable: int, net_fen: int, ts_ns: int
-    ) -> list[tuple[int, int]]:
-        coop = self.participants.get(trade.seller_id)
+    def _split_cooperative(self, seller_id: int) -> Participant | None:
+        """The seller if it is a cooperative with members to split its proceeds to, else None."""
+        coop = self.participants.get(seller_id)
         if coop is None or coop.role != _COOPERATIVE or not coop.member_ids:
-            return []
+            return None
+        return coop
+
+    def _poor_member_waivers(self, coop: Participant, fee_fen: int) -> tuple[int, ...]:
+        """The fee waived for each member of ``coop`` (rules.poor_member_fee_waivers_fen), in member order."""
+        poor = tuple(self._is_poor(m) for m in coop.member_ids)
+        return rules.poor_member_fee_waivers_fen(fee_fen, tuple(coop.shares_bps), poor) if any(poor) else ()
+
+    def _split_legs(
+        self, chain: Clearing._Chain, trade: TradeRecord, coop: Participant, payable: int, net_fen: int,
+        waivers: tuple[int, ...], ts_ns: int,
+    ) -> list[tuple[int, int]]:
+        """Each member's part of ``net_fen`` (after the whole fee and the advances), plus the fee waived
+        for it, from the cooperative's payable."""
         parts = rules.cooperative_split_fen(net_fen, tuple(coop.shares_bps))
+        if waivers:
+            parts = tuple(part + waiver for part, waiver in zip(parts, waivers, strict=True))
         splits = list(zip(coop.member_ids, parts, strict=True))
         for member_id, part in splits:
             member_payable = self._account_id(_PAYABLE, member_id, 0, ts_ns)

@@ -14,6 +14,9 @@ hold per head (hogs)        ceil(animal_max_g x price_fen_per_kg / 1000)        
 delivery amount (hogs)      floor(total_weight_g x (price - discount) / 1000)   the buyer
                             (a discount at or above the price: refused)
 seller fee                  floor(amount x fee_bps / 10,000)                    the seller
+poor member's fee waiver    floor(fee x share_bps / 10,000) per verified poor   the cooperative pays
+                            member of a selling cooperative, paid by the        it (the fee's rest)
+                            subsidy fund, added to that member's part
 cooperative member share    floor(net x share_bps / 10,000) each                the cooperative
 advance limit               floor(estimated value x advance_max_bps / 10,000)   the financier (lends less)
 estimated value (hogs)      floor(heads x declared avg g x price / 1000)        the financier
@@ -158,6 +161,14 @@ def _grade(spec: InstrumentSpec, avg_g: int) -> tuple[DeliveryGrade, int]:
 def fee_fen(amount_fen: int, fee_bps: int) -> int:
     """The seller fee: floor(amount x fee_bps / 10,000); the seller keeps the odd fen."""
     return amount_fen * fee_bps // BPS
+
+
+def poor_member_fee_waivers_fen(fee_fen: int, shares_bps: tuple[int, ...], poor: tuple[bool, ...]) -> tuple[int, ...]:
+    """The part of a cooperative's seller fee waived for each member: floor(fee x share / 10,000) for a
+    verified poor member, 0 for any other. The subsidy fund pays the waivers and each is added to its
+    member's part of the split; the cooperative pays the rest of the fee, its own and its other members'
+    shares and every odd fen."""
+    return tuple(fee_fen * share // BPS if is_poor else 0 for share, is_poor in zip(shares_bps, poor, strict=True))
 
 
 def cooperative_split_fen(net_fen: int, shares_bps: tuple[int, ...]) -> tuple[int, ...]:
