@@ -26,7 +26,8 @@ _EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 _Row = TypeVar("_Row", bound=msgspec.Struct)
 
 # Each side's private fields of a trade (in any row type that has them): the buyer's financing; the
-# seller's fee (0 for a registered poor household), poverty status, advances and what it was paid.
+# seller's fee (0 for a registered poor household; a cooperative's is less its poor members' waivers),
+# poverty status, advances and what it was paid.
 BUYER_PRIVATE: Final = ("funded_by_financier_id",)
 SELLER_PRIVATE: Final = ("seller_poor_household", "advance_loan_id", "fee_fen", "fee_subsidy_fen",
                          "fee_forgone_fen", "interest_paid_fen", "principal_repaid_fen", "payable_fen")
