@@ -41,8 +41,6 @@ owes it anything does not exist.
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 import time
 from collections.abc import Iterable
 from enum import StrEnum
@@ -82,6 +80,7 @@ from exchange.settlement.bankfiles import (
     parse_whole_number,
     payout_reference,
     payouts_to_send,
+    read_csv_rows,
     sent_pairs,
 )
 from exchange.settlement.clearing import HOUSE
@@ -355,20 +354,7 @@ _DEPOSIT_COLUMNS: Final = ("deposit_ref", "owner_id", "account", "amount_fen")
 def parse_deposits_csv(text: str) -> list[DepositRequest]:
     """The rows of a deposit file; `ValueError` names the first bad line (a file is taken whole or not
     at all, never guessed at)."""
-    reader = csv.reader(io.StringIO(text.lstrip("\ufeff")))
-    rows: list[DepositRequest] = []
-    try:
-        header = next(reader, None)
-        if header is None or tuple(h.strip() for h in header) != _DEPOSIT_COLUMNS:
-            raise ValueError(f"line 1: header must be {','.join(_DEPOSIT_COLUMNS)}")
-        for line_no, fields in enumerate(reader, start=2):
-            if not fields:
-                continue
-            if len(rows) >= MAX_IMPORT_ROWS:
-                raise ValueError(f"more than {MAX_IMPORT_ROWS} rows")
-            rows.append(_deposit_row(line_no, fields))
-    except csv.Error as exc:  # e.g. a field longer than the csv module's limit: a bad file, not a crash
-        raise ValueError(f"line {reader.line_num}: {exc}") from None
+    rows = read_csv_rows(text, _DEPOSIT_COLUMNS, MAX_IMPORT_ROWS, _deposit_row)
     if not rows:
         raise ValueError("the file has no deposits")
     return rows

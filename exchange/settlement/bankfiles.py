@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from exchange.commands import BankConfirmation
 from exchange.events import PayoutState
@@ -65,25 +66,37 @@ def sent_pairs(payouts: Iterable[Payout]) -> tuple[tuple[int, int], ...]:
     return tuple(sorted((p.payout_id, p.attempt) for p in payouts))
 
 
+_Row = TypeVar("_Row")
+
+
+def read_csv_rows(
+    text: str, columns: tuple[str, ...], max_rows: int, parse_row: Callable[[int, list[str]], _Row]
+) -> list[_Row]:
+    """The rows of a CSV file with exactly ``columns`` as its header, each parsed by ``parse_row(line_no,
+    fields)``; blank lines are skipped. Raises ``ValueError`` naming the first bad line: a file is taken
+    whole or not at all, never guessed at."""
+    reader = csv.reader(io.StringIO(text.lstrip("\ufeff")))
+    rows: list[_Row] = []
+    try:
+        header = next(reader, None)
+        if header is None or tuple(h.strip() for h in header) != columns:
+            raise ValueError(f"line 1: header must be {','.join(columns)}")
+        for line_no, fields in enumerate(reader, start=2):
+            if not fields:
+                continue
+            if len(rows) >= max_rows:
+                raise ValueError(f"more than {max_rows} rows")
+            rows.append(parse_row(line_no, fields))
+    except csv.Error as exc:  # e.g. a field longer than the csv module's limit: a bad file, not a crash
+        raise ValueError(f"line {reader.line_num}: {exc}") from None
+    return rows
+
+
 def parse_confirmations_csv(data: bytes) -> tuple[BankConfirmation, ...]:
     """The rows of a bank confirmation file. Raises ``ValueError`` naming the first bad line: a file
     is applied whole or not at all, never guessed at."""
     text = data.decode("utf-8-sig")
-    reader = csv.reader(io.StringIO(text))
-    rows: list[BankConfirmation] = []
-    try:
-        header = next(reader, None)
-        if header is None or tuple(h.strip() for h in header) != CONFIRMATION_COLUMNS:
-            raise ValueError(f"line 1: header must be {','.join(CONFIRMATION_COLUMNS)}")
-        for line_no, fields in enumerate(reader, start=2):
-            if not fields:
-                continue
-            if len(rows) >= MAX_CONFIRMATION_ROWS:
-                raise ValueError(f"more than {MAX_CONFIRMATION_ROWS} rows")
-            rows.append(_confirmation(line_no, fields))
-    except csv.Error as exc:  # e.g. a field longer than the csv module's limit: a bad file, not a crash
-        raise ValueError(f"line {reader.line_num}: {exc}") from None
-    return tuple(rows)
+    return tuple(read_csv_rows(text, CONFIRMATION_COLUMNS, MAX_CONFIRMATION_ROWS, _confirmation))
 
 
 def parse_whole_number(text: str, what: str, line_no: int, minimum: int = 1, maximum: int = MAX_FILE_INT) -> int:
