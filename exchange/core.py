@@ -64,13 +64,12 @@ from exchange.events import (
     OrderAccepted,
     OrderAmended,
     OrderCancelled,
-    OrderExpired,
     ReferencePriceSet,
     Rejected,
     TradingStateChanged,
 )
 from exchange.matching.auction import uncross
-from exchange.matching.book import NO_LIMIT, Counters, LotState, Order, OrderBook
+from exchange.matching.book import NO_LIMIT, Counters, LotState, Order, OrderBook, release_remaining
 from exchange.settlement import rules
 from exchange.settlement.clearing import Clearing
 
@@ -329,22 +328,11 @@ class Core:
         if not order.remaining_heads:
             return
         if stopped or order.time_in_force == IOC or order.time_in_force == FOK:
-            self._retire(book, order, ExpireReason.SELF_TRADE if stopped else ExpireReason.IOC, ts_ns, events)
+            book.retire(order, ExpireReason.SELF_TRADE if stopped else ExpireReason.IOC, ts_ns, events)
             return
         book.rest(order, ts_ns, events)
         if order.time_in_force == GTD:
             heapq.heappush(self.expiries, (order.expire_at_ns, order.order_id))
-
-    def _retire(self, book: OrderBook, order: Order, reason: ExpireReason, ts_ns: int, events: list) -> None:
-        """Expire what is left of an order that is not (or no longer) resting."""
-        expired = order.remaining_heads
-        order.remaining_heads = 0
-        if order.lot is not None:
-            order.lot.reserved_heads -= expired
-        book.seq += 1
-        events.append(
-            OrderExpired(book.seq, ts_ns, order.order_id, order.participant_id, order.instrument, expired, reason)
-        )
 
     def _own_resting(self, cmd: CancelOrder | AmendOrder, events: list) -> Order | None:
         order = self.orders.get(cmd.order_id)
@@ -360,10 +348,7 @@ class Core:
             return
         book = self.markets[order.instrument].book
         book_side = book.remove(order)
-        cancelled = order.remaining_heads
-        order.remaining_heads = 0
-        if order.lot is not None:
-            order.lot.reserved_heads -= cancelled
+        cancelled = release_remaining(order)
         book.seq += 1
         events.append(
             OrderCancelled(book.seq, cmd.ts_ns, order.order_id, order.participant_id, order.instrument, cancelled)
@@ -463,7 +448,7 @@ class Core:
                 continue  # it filled or was cancelled before it could expire
             book = self.markets[order.instrument].book
             book_side = book.remove(order)
-            self._retire(book, order, ExpireReason.GTD, ts_ns, events)
+            book.retire(order, ExpireReason.GTD, ts_ns, events)
             book.level_changed(book_side, order.price_fen, ts_ns, events)
             book_side.drop_level_if_empty(book_side.levels[book_side.sign * order.price_fen])
 

@@ -152,6 +152,15 @@ class BookSide:
         return out
 
 
+def release_remaining(order: Order) -> int:
+    """End what is left of an order: its remaining heads go to zero and leave its lot's reservation."""
+    heads = order.remaining_heads
+    order.remaining_heads = 0
+    if order.lot is not None:
+        order.lot.reserved_heads -= heads
+    return heads
+
+
 class Counters(msgspec.Struct, gc=False):
     """Identifiers shared by all books of one core, so they are unique exchange-wide."""
 
@@ -283,13 +292,14 @@ class OrderBook:
         book_side.unlink(level, order)
         level.heads -= order.remaining_heads
         del self.live_orders[order.order_id]
-        expired = order.remaining_heads
-        order.remaining_heads = 0
-        if order.lot is not None:
-            order.lot.reserved_heads -= expired
+        self.retire(order, _SELF_TRADE, ts_ns, events)
+
+    def retire(self, order: Order, reason: ExpireReason, ts_ns: int, events: list) -> None:
+        """Expire what is left of an order that is not (or no longer) resting."""
+        expired = release_remaining(order)
         self.seq += 1
         events.append(
-            OrderExpired(self.seq, ts_ns, order.order_id, order.participant_id, self.instrument, expired, _SELF_TRADE)
+            OrderExpired(self.seq, ts_ns, order.order_id, order.participant_id, self.instrument, expired, reason)
         )
 
     def _fill(self, taker: Order, maker: Order, quantity: int, ts_ns: int, events: list) -> None:
