@@ -12,10 +12,9 @@ from exchange.events import LotRegistered, Rejected
 from gateway.auth import SELLERS
 from gateway.errors import ApiError
 from gateway.exchange_port import EXCHANGE
-from gateway.orders import rejection
 from gateway.readmodel import LotRecord
 from gateway.routes import Call, RouteTable
-from gateway.schemas import LotPath, LotView, RegisterLotRequest
+from gateway.schemas import LotPath, LotView, RegisterLotRequest, rejection
 
 __all__ = ["lot_view", "routes"]
 

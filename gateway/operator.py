@@ -22,7 +22,6 @@ from gateway.auth import OPERATORS
 from gateway.errors import ApiError
 from gateway.exchange_port import EXCHANGE
 from gateway.market import instrument_view, unknown_instrument
-from gateway.orders import rejection
 from gateway.routes import Call, RouteTable
 from gateway.schemas import (
     BREED_CLASS,
@@ -32,6 +31,7 @@ from gateway.schemas import (
     InstrumentRequest,
     InstrumentView,
     ReferencePriceRequest,
+    rejection,
 )
 
 __all__ = ["routes", "spec_from_request"]

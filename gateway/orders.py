@@ -42,7 +42,6 @@ from gateway.readmodel import (
 from gateway.routes import Call, RouteTable
 from gateway.schemas import (
     ORDER_TYPE,
-    REJECT_STATUS,
     SIDE,
     STP,
     TIF,
@@ -57,7 +56,7 @@ from gateway.schemas import (
     OrderTypeName,
     PlaceOrderRequest,
     TimeInForceName,
-    reject_code,
+    rejection,
 )
 from gateway.ws import Deferred, Hub, WsConnection, WsRequest
 
@@ -67,38 +66,8 @@ routes = RouteTable()
 TRADERS: Final = SELLERS | BUYERS
 _NS_PER_MS: Final = 1_000_000
 
-_REJECT_MESSAGE: Final[dict[RejectReason, str]] = {
-    RejectReason.UNKNOWN_INSTRUMENT: "no such instrument",
-    RejectReason.MARKET_HALTED: "the market is halted",
-    RejectReason.PRICE_OFF_TICK: "price_fen is not a multiple of the instrument's tick",
-    RejectReason.PRICE_OUTSIDE_BAND: "price_fen is outside today's price band",
-    RejectReason.QUANTITY_OUT_OF_RANGE: "quantity_heads is outside the instrument's order size range",
-    RejectReason.LOT_NOT_FOUND: "no such lot",
-    RejectReason.LOT_EXHAUSTED: "the lot has fewer free heads than the order",
-    RejectReason.DUPLICATE_CLIENT_ORDER_ID: "client_order_id was already used",
-    RejectReason.POST_ONLY_WOULD_TAKE: "a post-only order would trade at once",
-    RejectReason.FOK_NOT_FILLABLE: "a fill-or-kill order cannot be filled completely now",
-    RejectReason.MIN_QUANTITY_NOT_MET: "min_quantity_heads cannot be filled now",
-    RejectReason.UNKNOWN_ORDER: "no such open order",
-    RejectReason.INVALID_ORDER: "this combination of order fields is not allowed",
-    RejectReason.INVALID_EXPIRY: "GTD needs expire_at_ms in the future, and only GTD takes it",
-    RejectReason.NOT_ALLOWED_IN_AUCTION: "during a call auction only plain limit orders are taken",
-    RejectReason.SELF_TRADE_PREVENTED: "the order would cross your own order",
-    RejectReason.INSTRUMENT_EXISTS: "an instrument with this symbol exists",
-    RejectReason.INVALID_INSTRUMENT: "the instrument specification is inconsistent",
-    RejectReason.INVALID_STATE_TRANSITION: "the instrument's trading state does not allow this",
-    RejectReason.LOT_OUT_OF_GRADE: "the lot's average weight is outside the instrument's grade",
-    RejectReason.INVALID_LOT: "the lot needs heads, an origin and a quarantine certificate",
-    RejectReason.NOTHING_TO_AMEND: "the amendment changes nothing",
-    RejectReason.INVALID_PRICE: "price_fen must be positive",
-    RejectReason.LOT_WRONG_INSTRUMENT: "the lot belongs to another instrument",
-}
 
 
-def rejection(reason: RejectReason) -> ApiError:
-    """The API error of a core rejection."""
-    message = _REJECT_MESSAGE.get(reason) or reason.name.lower().replace("_", " ")
-    return ApiError(REJECT_STATUS[reason], reject_code(reason), message)
 
 
 # -- commands from requests -----------------------------------------------------------------------------

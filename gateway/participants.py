@@ -51,8 +51,8 @@ from gateway.auth import ANY_ROLE, OPERATORS, Role
 from gateway.errors import ApiError, Code
 from gateway.exchange_port import ExchangePort
 from gateway.routes import Call, RouteTable
-from gateway.schemas import Id
-from gateway.settlement import BORROWERS, clearing_of, rejection, submit
+from gateway.schemas import Id, rejection
+from gateway.settlement import BORROWERS, clearing_of, submit
 
 __all__ = [
     "CORE_ROLE",

@@ -30,6 +30,7 @@ from exchange.domain import (
     TradingState,
 )
 from exchange.settlement.clearing import MAX_FEE_BPS
+from gateway.errors import ApiError
 
 __all__ = [
     "BOOK_DEPTH_MAX",
@@ -219,6 +220,65 @@ _REJECT_CODE: Final = {reason: reason.name.lower() for reason in RejectReason}
 def reject_code(reason: RejectReason) -> str:
     """The stable API code of a core rejection: the enum name in snake_case."""
     return _REJECT_CODE[reason]
+
+
+# What the API says for each rejection of the core (trading and settlement alike).
+_REJECT_MESSAGE: Final[dict[RejectReason, str]] = {
+    RejectReason.UNKNOWN_INSTRUMENT: "no such instrument",
+    RejectReason.MARKET_HALTED: "the market is halted",
+    RejectReason.PRICE_OFF_TICK: "price_fen is not a multiple of the instrument's tick",
+    RejectReason.PRICE_OUTSIDE_BAND: "price_fen is outside today's price band",
+    RejectReason.QUANTITY_OUT_OF_RANGE: "quantity_heads is outside the instrument's order size range",
+    RejectReason.LOT_NOT_FOUND: "no such lot",
+    RejectReason.LOT_EXHAUSTED: "the lot has fewer free heads than the order",
+    RejectReason.DUPLICATE_CLIENT_ORDER_ID: "client_order_id was already used",
+    RejectReason.POST_ONLY_WOULD_TAKE: "a post-only order would trade at once",
+    RejectReason.FOK_NOT_FILLABLE: "a fill-or-kill order cannot be filled completely now",
+    RejectReason.MIN_QUANTITY_NOT_MET: "min_quantity_heads cannot be filled now",
+    RejectReason.UNKNOWN_ORDER: "no such open order",
+    RejectReason.INVALID_ORDER: "this combination of order fields is not allowed",
+    RejectReason.INVALID_EXPIRY: "GTD needs expire_at_ms in the future, and only GTD takes it",
+    RejectReason.NOT_ALLOWED_IN_AUCTION: "during a call auction only plain limit orders are taken",
+    RejectReason.SELF_TRADE_PREVENTED: "the order would cross your own order",
+    RejectReason.INSTRUMENT_EXISTS: "an instrument with this symbol exists",
+    RejectReason.INVALID_INSTRUMENT: "the instrument specification is inconsistent",
+    RejectReason.INVALID_STATE_TRANSITION: "the instrument's trading state does not allow this",
+    RejectReason.LOT_OUT_OF_GRADE: "the lot's average weight is outside the instrument's grade",
+    RejectReason.INVALID_LOT: "the lot needs heads, an origin and a quarantine certificate",
+    RejectReason.NOTHING_TO_AMEND: "the amendment changes nothing",
+    RejectReason.INVALID_PRICE: "price_fen must be positive",
+    RejectReason.LOT_WRONG_INSTRUMENT: "the lot belongs to another instrument",
+    RejectReason.INSUFFICIENT_FUNDS: "not enough available funds",
+    RejectReason.UNKNOWN_PARTICIPANT: "no such participant",
+    RejectReason.NOT_AUTHORIZED: "you may not do this to this resource",
+    RejectReason.INVALID_PARTICIPANT: "the participant's profile does not allow this",
+    RejectReason.UNKNOWN_TRADE: "no such trade",
+    RejectReason.INVALID_DELIVERY: (
+        "heads_delivered must be 0..the heads traded, with a weight exactly when heads were delivered, and the "
+        "instrument's weight discount at that average weight must be below the trade price (else the delivery "
+        "cannot be priced: an operator records it as not delivered, 0 heads, and it is settled outside the "
+        "exchange)"
+    ),
+    RejectReason.QUARANTINE_NOT_CHECKED: "the quarantine certificate must be named and checked",
+    RejectReason.INVALID_TRADE_STATE: "the trade's settlement state does not allow this",
+    RejectReason.DISPUTE_WINDOW_CLOSED: "the dispute window has closed",
+    RejectReason.DELIVERY_NOT_REJECTABLE: "the delivery is within the instrument's tolerance: it cannot be rejected",
+    RejectReason.NO_CONSENT: "the participant has not consented to this financier",
+    RejectReason.ADVANCE_TOO_LARGE: "the advance exceeds the policy share of the trade's estimated value",
+    RejectReason.DUPLICATE_REFERENCE: "this reference was already used with different content",
+    RejectReason.UNKNOWN_REFERENCE: "no such reference",
+    RejectReason.INVALID_PAYOUT_STATE: "the payout's state does not allow this",
+    RejectReason.INVALID_AMOUNT: "the amount or reference is not valid here (e.g. more than is owed)",
+    RejectReason.INVALID_SHARES: "member shares must name farmers, be positive and sum to at most 10,000 bps",
+    RejectReason.BANK_ACCOUNT_NOT_VERIFIED: "the bank account has not been verified by an operator",
+    RejectReason.INVALID_SETTINGS: "the setting is out of range",
+}
+
+
+def rejection(reason: RejectReason) -> ApiError:
+    """The API error of a core rejection."""
+    message = _REJECT_MESSAGE.get(reason) or reason.name.lower().replace("_", " ")
+    return ApiError(REJECT_STATUS[reason], reject_code(reason), message)
 
 
 # -- requests -------------------------------------------------------------------------------------------

@@ -108,7 +108,7 @@ from gateway.auth import ANY_ROLE, BUYERS, FINANCIERS, OPERATORS, SELLERS, Princ
 from gateway.errors import ApiError, Code
 from gateway.exchange_port import EXCHANGE
 from gateway.routes import Call, RouteTable
-from gateway.schemas import REJECT_STATUS, Id, Limit, Symbol, reject_code
+from gateway.schemas import Id, Limit, Symbol, rejection
 
 __all__ = ["BORROWERS", "clearing_of", "rejection", "routes", "submit"]
 
@@ -183,37 +183,8 @@ class WithdrawalStateName(StrEnum):
 
 # -- rejections -----------------------------------------------------------------------------------------
 
-_MESSAGE: Final[dict[RejectReason, str]] = {
-    R.INSUFFICIENT_FUNDS: "not enough available funds",
-    R.UNKNOWN_PARTICIPANT: "no such participant",
-    R.NOT_AUTHORIZED: "you may not do this to this resource",
-    R.INVALID_PARTICIPANT: "the participant's profile does not allow this",
-    R.UNKNOWN_TRADE: "no such trade",
-    R.INVALID_DELIVERY: "heads_delivered must be 0..the heads traded, with a weight exactly when heads were "
-                        "delivered, and the instrument's weight discount at that average weight must be below "
-                        "the trade price (else the delivery cannot be priced: an operator records it as not "
-                        "delivered, 0 heads, and it is settled outside the exchange)",
-    R.QUARANTINE_NOT_CHECKED: "the quarantine certificate must be named and checked",
-    R.INVALID_TRADE_STATE: "the trade's settlement state does not allow this",
-    R.DISPUTE_WINDOW_CLOSED: "the dispute window has closed",
-    R.DELIVERY_NOT_REJECTABLE: "the delivery is within the instrument's tolerance: it cannot be rejected",
-    R.NO_CONSENT: "the participant has not consented to this financier",
-    R.ADVANCE_TOO_LARGE: "the advance exceeds the policy share of the trade's estimated value",
-    R.DUPLICATE_REFERENCE: "this reference was already used with different content",
-    R.UNKNOWN_REFERENCE: "no such reference",
-    R.INVALID_PAYOUT_STATE: "the payout's state does not allow this",
-    R.INVALID_AMOUNT: "the amount or reference is not valid here (e.g. more than is owed)",
-    R.INVALID_SHARES: "member shares must name farmers, be positive and sum to at most 10,000 bps",
-    R.BANK_ACCOUNT_NOT_VERIFIED: "the bank account has not been verified by an operator",
-    R.INVALID_SETTINGS: "the setting is out of range",
-    R.UNKNOWN_INSTRUMENT: "no such instrument",
-}
 
 
-def rejection(reason: RejectReason) -> ApiError:
-    """The API error of a core rejection of a settlement command."""
-    message = _MESSAGE.get(reason) or reason.name.lower().replace("_", " ")
-    return ApiError(REJECT_STATUS[reason], reject_code(reason), message)
 
 
 def clearing_of(call: Call) -> Clearing:
