@@ -3,10 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# The modules setup.py compiles with mypyc: an edit to one rebuilds it (exchange/__init__.py refuses a stale build).
+COMPILED := $(shell sed -n 's/^    "\(exchange\/.*\.py\)",$$/\1/p' setup.py)
 
 .PHONY: run test lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py $(COMPILED)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
@@ -26,4 +28,5 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.matching --ops 1000000 --json
 
 clean:
-	rm -rf $(VENV) .hogx .pytest_cache .hypothesis
+	rm -rf $(VENV) .hogx .pytest_cache .hypothesis build
+	find . -path ./.venv -prune -o -name '*.so' -print -delete

@@ -154,8 +154,8 @@ class ExchangeCore(Core):
     """The core as the exchange runs it (``new_exchange()``), constructible without arguments as the
     sequencer's ``core_type`` must be."""
 
-    def __init__(self) -> None:
-        super().__init__(Clearing())
+    def __init__(self, clearing: Clearing | None = None) -> None:
+        super().__init__(Clearing() if clearing is None else clearing)
 
     @property
     def ledger_clearing(self) -> Clearing:

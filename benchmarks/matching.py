@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+import exchange.core as core_module
 from exchange.commands import CancelOrder, Command, ListInstrument, PlaceOrder, RegisterLot
 from exchange.core import Core
 from exchange.domain import (
@@ -205,6 +206,7 @@ def main(argv: list[str] | None = None) -> None:
         "p99_us": _percentile_us(latencies, 0.99),
         "p999_us": _percentile_us(latencies, 0.999),
         "resting_at_end": resting,
+        "compiled": not core_module.__file__.endswith(".py"),  # the mypyc build (setup.py) or plain Python
     }
     reference_ops = args.reference_ops or min(args.ops, 20_000)  # the oracle is slow on purpose
     try:

@@ -29,6 +29,9 @@ from __future__ import annotations
 import hashlib
 import heapq
 from collections.abc import Callable
+from typing import Any
+
+from mypy_extensions import mypyc_attr
 
 from exchange.commands import (
     AmendOrder,
@@ -108,6 +111,7 @@ class Market:
         return None
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # tests, benchmarks and the gateway's timing wrap it
 class Core:
     """All markets, lots and resting orders of one shard, and the rules that change them.
 
@@ -127,7 +131,7 @@ class Core:
         self.client_order_ids: dict[tuple[int, str], int] = {}  # (participant, client id) -> order id
         self.lot_refs: dict[tuple[int, str], int] = {}  # (seller, client lot ref) -> lot id, forever
         self.expiries: list[tuple[int, int]] = []  # heap of (expire_at_ns, order_id) for resting GTD
-        self._handlers: dict[type, Callable[[Command, list], None]] = {
+        self._handlers: dict[type, Callable[[Any, list], None]] = {
             PlaceOrder: self._place_order,
             CancelOrder: self._cancel_order,
             AmendOrder: self._amend_order,
@@ -225,6 +229,7 @@ class Core:
     def _funds_reason(self, market: Market, cmd: PlaceOrder) -> RejectReason | None:
         """A buy must be covered by its worst-case hold; a seller must be a registered seller."""
         clearing = self.clearing
+        assert clearing is not None
         if cmd.side == SELL:
             return clearing.check_sell(cmd.participant_id)
         price = cmd.price_fen if cmd.order_type == LIMIT else market.band_high_fen
@@ -579,7 +584,7 @@ class Core:
     def from_snapshot(cls, data: bytes) -> Core:
         from exchange.snapshot import decode_core
 
-        return decode_core(data)
+        return decode_core(data, cls)
 
     def state_hash(self) -> str:
         """A digest of the whole state: equal hashes mean equal books, lots, ids and sequences."""

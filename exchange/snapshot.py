@@ -17,7 +17,10 @@ from exchange.domain import InstrumentSpec, Lot, SelfTradePrevention, Side, Time
 from exchange.matching.book import Counters, LotState, Order, OrderBook
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from exchange.core import Core, Market
+    from exchange.settlement.clearing import Clearing
 
 SNAPSHOT_VERSION = 1
 
@@ -72,9 +75,9 @@ _decoder = msgspec.msgpack.Decoder(CoreRecord)
 
 def _order_record(o: Order) -> OrderRecord:
     return OrderRecord(
-        o.order_id, o.participant_id, o.client_order_id, o.side, o.price_fen, o.quantity_heads,
-        o.remaining_heads, o.filled_heads, o.time_in_force, o.expire_at_ns, o.post_only, o.all_or_none,
-        o.stp, 0 if o.lot is None else o.lot.lot_id, o.priority,
+        o.order_id, o.participant_id, o.client_order_id, Side(o.side), o.price_fen, o.quantity_heads,
+        o.remaining_heads, o.filled_heads, TimeInForce(o.time_in_force), o.expire_at_ns, o.post_only, o.all_or_none,
+        SelfTradePrevention(o.stp), 0 if o.lot is None else o.lot.lot_id, o.priority,
     )  # fmt: skip
 
 
@@ -102,12 +105,13 @@ def encode_core(core: Core) -> bytes:
     return _encoder.encode(fields if lot_refs else fields[:-1])
 
 
-def decode_core(data: bytes) -> Core:
+def decode_core(data: bytes, core_type: Callable[[Clearing | None], Core] | None = None) -> Core:
+    """The core a snapshot holds, built by ``core_type`` (``Core`` or a subclass) from its clearing."""
     from exchange.core import Core, Market
     from exchange.settlement.clearing import Clearing
 
     record = _decoder.decode(data)
-    core = Core(Clearing.restore(record.clearing) if record.clearing else None)
+    core = (core_type or Core)(Clearing.restore(record.clearing) if record.clearing else None)
     core.counters = Counters(*record.counters)
     for lot_record in record.lots:
         lot = lot_record.lot

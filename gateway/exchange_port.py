@@ -82,8 +82,8 @@ def _timed_core_type(observe: Callable[[float], None]) -> type[Core]:
     """A Core whose `apply` reports its duration (the match-latency histogram), for one command in
     `_MATCH_SAMPLE` — a sample keeps the distribution and spares the hot path.
 
-    Recovery builds the core with `core_type.from_snapshot`, which returns a plain Core, so that is
-    re-classed too. Timing is off while recovery replays (`timing`), so replay speed is untouched.
+    Recovery builds the core with `core_type.from_snapshot`, which builds this class from the snapshot's
+    clearing. Timing is off while recovery replays (`timing`), so replay speed is untouched.
     """
     countdown = [_MATCH_SAMPLE]
 
@@ -104,12 +104,6 @@ def _timed_core_type(observe: Callable[[float], None]) -> type[Core]:
             events = Core.apply(self, command)
             observe(time.perf_counter() - started_s)
             return events
-
-        @classmethod
-        def from_snapshot(cls, data: bytes) -> Core:
-            core = Core.from_snapshot(data)
-            core.__class__ = cls
-            return core
 
     return TimedCore
 

@@ -105,8 +105,8 @@ async def test_written_rows_are_append_only_and_balance_by_construction(fresh_da
 class ExchangeCore(Core):
     """The core as the exchange runs it (with its clearing), constructible without arguments."""
 
-    def __init__(self) -> None:
-        super().__init__(Clearing())
+    def __init__(self, clearing: Clearing | None = None) -> None:
+        super().__init__(Clearing() if clearing is None else clearing)
 
 
 async def run_through_sequencer(dsn: str, commands: list[Command], *, snapshot: bool) -> Core:

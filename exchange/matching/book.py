@@ -20,7 +20,6 @@ Matching rules (the naive reference book in ``tests/reference_book.py`` states t
 
 from __future__ import annotations
 
-import msgspec
 from sortedcontainers import SortedList
 
 from exchange.domain import ExpireReason, SelfTradePrevention, Side
@@ -34,47 +33,66 @@ _SELF_TRADE = ExpireReason.SELF_TRADE
 NO_LIMIT = 1 << 62  # a limit key beyond every real price: a market order without a band
 
 
-class LotState(msgspec.Struct, gc=False):
+class LotState:
     """A registered lot and how many of its heads are reserved by open sells or already sold."""
 
-    lot_id: int
-    seller_id: int
-    instrument: str
-    heads: int
-    reserved_heads: int = 0
-    sold_heads: int = 0
+    __slots__ = ("heads", "instrument", "lot_id", "reserved_heads", "seller_id", "sold_heads")
+
+    def __init__(
+        self, lot_id: int, seller_id: int, instrument: str, heads: int, reserved_heads: int = 0, sold_heads: int = 0
+    ) -> None:
+        self.lot_id = lot_id
+        self.seller_id = seller_id
+        self.instrument = instrument
+        self.heads = heads
+        self.reserved_heads = reserved_heads
+        self.sold_heads = sold_heads
 
     @property
     def available_heads(self) -> int:
         return self.heads - self.reserved_heads - self.sold_heads
 
 
-class Order(msgspec.Struct, gc=False):
-    order_id: int
-    participant_id: int
-    client_order_id: str
-    instrument: str
-    side: int
-    price_fen: int
-    quantity_heads: int  # total: filled + remaining + cancelled/expired
-    remaining_heads: int
-    time_in_force: int
-    expire_at_ns: int
-    post_only: bool
-    all_or_none: bool
-    stp: int
-    lot: LotState | None
-    priority: int = 0  # lower trades first among equal prices; renewed when priority is lost
-    filled_heads: int = 0
-    prev: Order | None = None
-    next: Order | None = None
+class Order:
+    __slots__ = (
+        "all_or_none", "client_order_id", "expire_at_ns", "filled_heads", "instrument", "lot", "next",
+        "order_id", "participant_id", "post_only", "prev", "price_fen", "priority", "quantity_heads",
+        "remaining_heads", "side", "stp", "time_in_force",
+    )  # fmt: skip
+
+    def __init__(
+        self, order_id: int, participant_id: int, client_order_id: str, instrument: str, side: int, price_fen: int,
+        quantity_heads: int, remaining_heads: int, time_in_force: int, expire_at_ns: int, post_only: bool,
+        all_or_none: bool, stp: int, lot: LotState | None, priority: int = 0, filled_heads: int = 0,
+    ) -> None:  # fmt: skip
+        self.order_id = order_id
+        self.participant_id = participant_id
+        self.client_order_id = client_order_id
+        self.instrument = instrument
+        self.side = side
+        self.price_fen = price_fen
+        self.quantity_heads = quantity_heads  # total: filled + remaining + cancelled/expired
+        self.remaining_heads = remaining_heads
+        self.time_in_force = time_in_force
+        self.expire_at_ns = expire_at_ns
+        self.post_only = post_only
+        self.all_or_none = all_or_none
+        self.stp = stp
+        self.lot = lot
+        self.priority = priority  # lower trades first among equal prices; renewed when priority is lost
+        self.filled_heads = filled_heads
+        self.prev: Order | None = None
+        self.next: Order | None = None
 
 
-class Level(msgspec.Struct, gc=False):
-    price_fen: int
-    heads: int = 0
-    head: Order | None = None
-    tail: Order | None = None
+class Level:
+    __slots__ = ("head", "heads", "price_fen", "tail")
+
+    def __init__(self, price_fen: int) -> None:
+        self.price_fen = price_fen
+        self.heads = 0
+        self.head: Order | None = None
+        self.tail: Order | None = None
 
 
 class BookSide:
@@ -161,13 +179,18 @@ def release_remaining(order: Order) -> int:
     return heads
 
 
-class Counters(msgspec.Struct, gc=False):
+class Counters:
     """Identifiers shared by all books of one core, so they are unique exchange-wide."""
 
-    next_order_id: int = 1
-    next_trade_id: int = 1
-    next_priority: int = 1
-    next_lot_id: int = 1
+    __slots__ = ("next_lot_id", "next_order_id", "next_priority", "next_trade_id")
+
+    def __init__(
+        self, next_order_id: int = 1, next_trade_id: int = 1, next_priority: int = 1, next_lot_id: int = 1
+    ) -> None:
+        self.next_order_id = next_order_id
+        self.next_trade_id = next_trade_id
+        self.next_priority = next_priority
+        self.next_lot_id = next_lot_id
 
 
 class OrderBook:
@@ -207,7 +230,7 @@ class OrderBook:
             level.tail = order
             level.heads += order.remaining_heads
         self.seq += 1
-        events.append(BookChanged(self.seq, ts_ns, self.instrument, order.side, order.price_fen, level.heads))
+        events.append(BookChanged(self.seq, ts_ns, self.instrument, order.side, order.price_fen, level.heads))  # type: ignore[arg-type]
 
     def remove(self, order: Order) -> BookSide:
         """Take a resting order off the book; the caller emits its events and the level change."""
@@ -222,7 +245,7 @@ class OrderBook:
         level = book_side.levels.get(book_side.sign * price_fen)
         heads = 0 if level is None else level.heads
         self.seq += 1
-        events.append(BookChanged(self.seq, ts_ns, self.instrument, book_side.side, price_fen, heads))
+        events.append(BookChanged(self.seq, ts_ns, self.instrument, book_side.side, price_fen, heads))  # type: ignore[arg-type]
 
     def match(self, taker: Order, limit_key: int, ts_ns: int, events: list) -> bool:
         """Trade ``taker`` against the opposite side up to ``limit_key``; True if STP stopped it.
@@ -316,6 +339,7 @@ class OrderBook:
     ) -> None:
         """Record a trade whose order quantities are already updated; book the lot's sale."""
         lot = sell.lot
+        assert lot is not None
         lot.reserved_heads -= quantity
         lot.sold_heads += quantity
         counters = self.counters
@@ -375,6 +399,7 @@ class OrderBook:
                 return True
             for key in self.bids.keys:
                 bid = self.bids.levels[key].head
+                assert bid is not None
                 if bid.price_fen < price_fen:
                     return False
                 while bid is not None:
@@ -384,6 +409,7 @@ class OrderBook:
             return False
         for key in self.asks.keys:
             ask = self.asks.levels[key].head
+            assert ask is not None
             if ask.price_fen > price_fen:
                 return False
             while ask is not None:

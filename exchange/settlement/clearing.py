@@ -70,7 +70,7 @@ import hashlib
 import heapq
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -220,7 +220,7 @@ _SAME_DAY, _NORMAL = PayoutPriority.SAME_DAY, PayoutPriority.NORMAL
 _ENCODER = msgspec.msgpack.Encoder()
 _SNAPSHOT_DECODER = msgspec.msgpack.Decoder(ClearingSnapshot)
 
-Handler = Callable[[object, list], None]
+Handler = Callable[[Any, list], None]
 
 
 class ClearingInvariantError(AssertionError):
@@ -230,6 +230,8 @@ class ClearingInvariantError(AssertionError):
 
 class Clearing:
     """All settlement state of one shard. See the module docstring for the flows."""
+
+    command_rows: deque[tuple[Sequence[Account], Sequence[Posting]]]
 
     def __init__(self) -> None:
         self.ledger = Ledger()
@@ -458,7 +460,7 @@ class Clearing:
 
     def _rebuild_indexes(self) -> None:
         """Derived lookups, rebuilt from the records after a restore (never snapshotted)."""
-        self.command_rows: deque[tuple[Sequence[Account], Sequence[Posting]]] = deque()
+        self.command_rows = deque()
         self._deadlines = sorted(
             (t.dispute_until_ns, t.trade_id) for t in self.trades.values() if t.state == TradeState.DELIVERED
         )
@@ -470,7 +472,7 @@ class Clearing:
         self._lines_by_buyer: dict[int, list[CreditLine]] = {}
         for key in sorted(self.credit_lines):
             self._lines_by_buyer.setdefault(key[0], []).append(self.credit_lines[key])
-        self._event_handlers: dict[type, Callable[[object, int, list], None]] = {
+        self._event_handlers: dict[type, Callable[[Any, int, list], None]] = {
             InstrumentListed: self._on_listed,
             LotRegistered: self._on_lot,
             OrderAccepted: self._on_accepted,
@@ -1474,7 +1476,7 @@ class Clearing:
         ref = cmd.file_ref
         if not self._is_operator(cmd.participant_id):
             return self._reject(cmd, R.NOT_AUTHORIZED, ref, out)
-        pairs = [tuple(p) for p in cmd.payouts]
+        pairs = [(p[0], p[1]) for p in cmd.payouts]
         if not all(_id_range(p) for p in pairs):
             return self._reject(cmd, R.INVALID_AMOUNT, ref, out)
         sent = self.sent_files.get(ref)
