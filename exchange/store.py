@@ -5,9 +5,10 @@ With `exchange/sequencer.py`, the only module of `exchange/` that does I/O. It o
 - the migration runner: `exchange/migrations/NNNN_name.sql` applied in order, each in its own
   transaction, recorded in `schema_migrations`, serialised across processes by an advisory lock;
 - the journal (`seq`, `ts_ns`, msgspec-encoded `command`, and since migration 0004 the msgspec-encoded
-  list of the command's `events`), appended with binary COPY (`copy_journal` takes the rows as a lazy
-  iterator, so the sequencer encodes each row as COPY consumes it) and read back in `seq` order in keyset
-  pages, or for replay as server-concatenated pages of commands (`read_command_page`);
+  list of the command's `events`), appended with binary COPY of pre-encoded rows (`encode_journal_body`
+  encodes a run of rows, so the sequencer encodes a batch in parts as it builds it, and
+  `copy_binary_data` frames the parts) and read back in `seq` order in keyset pages, or for replay as
+  server-concatenated pages of commands (`read_command_page`);
 - snapshots: encoded core state at a sequence number with the state hash replay must reproduce, and
   the sequencer's idempotency index at that sequence number (`client_orders`, migration 0004).
 
@@ -26,6 +27,7 @@ import struct
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from itertools import chain, count, repeat
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
@@ -43,9 +45,11 @@ __all__ = [
     "MigrationError",
     "Snapshot",
     "append_journal",
+    "copy_binary_data",
     "copy_journal_binary",
     "create_pool",
     "dsn_with_database",
+    "encode_journal_body",
     "encode_journal_rows",
     "ensure_database",
     "journal_entry",
@@ -87,18 +91,23 @@ def encode_journal_rows(
     first_seq: int, ts_ns: Iterable[int], commands: Iterable[bytes], events: Iterable[bytes]
 ) -> bytes:
     """Binary COPY data of journal rows ``first_seq, first_seq + 1, ...`` (columns seq, ts_ns, command, events)."""
-    head, length = _JOURNAL_ROW_HEAD.pack, _FIELD_LENGTH.pack
-    parts = [COPY_BINARY_HEADER]
-    append = parts.append
-    seq = first_seq
-    for ts, command, command_events in zip(ts_ns, commands, events, strict=True):
-        append(head(4, 8, seq, 8, ts, len(command)))
-        append(command)
-        append(length(len(command_events)))
-        append(command_events)
-        seq += 1
-    append(COPY_BINARY_TRAILER)
-    return b"".join(parts)
+    return copy_binary_data([encode_journal_body(first_seq, ts_ns, list(commands), list(events))])
+
+
+def encode_journal_body(
+    first_seq: int, ts_ns: Iterable[int], commands: Sequence[bytes], events: Sequence[bytes]
+) -> bytes:
+    """The journal rows of ``encode_journal_rows`` without the COPY header and trailer, so a batch can
+    be encoded in parts as it is built (``copy_binary_data`` joins them)."""
+    # maps and zips, no bytecode per row: each row is (head, command, events' length, events)
+    heads = map(_JOURNAL_ROW_HEAD.pack, repeat(4), repeat(8), count(first_seq), repeat(8), ts_ns, map(len, commands))
+    lengths = map(_FIELD_LENGTH.pack, map(len, events))
+    return b"".join(chain.from_iterable(zip(heads, commands, lengths, events, strict=True)))
+
+
+def copy_binary_data(bodies: Iterable[bytes]) -> bytes:
+    """Binary COPY data of rows encoded in parts (``encode_journal_body``): header, the parts, trailer."""
+    return b"".join((COPY_BINARY_HEADER, *bodies, COPY_BINARY_TRAILER))
 
 
 async def copy_journal_binary(conn: asyncpg.Connection, data: bytes, *, timeout_s: float | None = None) -> None:

@@ -10,8 +10,9 @@ accounts, so every batch balances by construction; the table's CHECK constraints
 Rows are kept per command, not drained per batch: the sequencer applies the next batch's commands
 while the previous one commits, so rows drained when ``extra_writes`` runs would include commands that
 are not in the batch (and would be lost with it if its commit failed). The clearing queues each
-command's rows as it is applied (``Clearing.command_rows``); the writer takes ``len(batch)`` entries,
-after dropping entries of commands that recovery replayed (they are durable already).
+command's rows as it is applied (``Clearing.command_rows``); the writer takes the batch's entries
+(slice by slice as the sequencer applies them, see ``LedgerWriter.prepare``), after dropping entries of
+commands that recovery replayed (they are durable already).
 
 Postings are sent as one binary ``COPY`` per batch, encoded here with one ``struct`` call per row
 (``encode_postings``): about a third of the Python time of ``copy_records_to_table``, which converts
@@ -21,13 +22,13 @@ every value through a codec.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import Final
 
 import asyncpg
 
 from exchange.settlement.ledger import ACCOUNT_COLUMNS, POSTING_COLUMNS, Account, Posting, account_records
-from exchange.store import COPY_BINARY_HEADER, COPY_BINARY_TRAILER
+from exchange.store import copy_binary_data
 
 __all__ = [
     "ACCOUNT_COLUMNS",
@@ -36,6 +37,7 @@ __all__ = [
     "balances",
     "copy_rows",
     "encode_postings",
+    "encode_postings_body",
     "statement",
     "write_batch_rows",
     "write_ledger_rows",
@@ -54,20 +56,27 @@ def encode_postings(first_seq: int, per_command: Iterable[tuple[Sequence[Account
     batch whose command with seq ``first_seq + i`` made ``per_command[i]``; b"" when there are none.
 
     A value out of range for its column (the ledger never produces one) raises ``struct.error``."""
+    body, rows = encode_postings_body(first_seq, per_command)
+    return copy_binary_data([body]) if rows else b""
+
+
+def encode_postings_body(
+    first_seq: int, per_command: Iterable[tuple[Sequence[Account], Sequence[Posting]]]
+) -> tuple[bytes, int]:
+    """(the rows of ``encode_postings`` without COPY header and trailer, how many): a batch's postings
+    can be encoded in parts as its commands are applied, and joined by ``store.copy_binary_data``."""
     pack = _POSTING_ROW.pack
-    parts = [COPY_BINARY_HEADER]
+    parts: list[bytes] = []
+    append = parts.append
     seq = first_seq
     for _, postings in per_command:
         for p in postings:
-            parts.append(pack(
+            append(pack(
                 11, 8, seq, 8, p.transfer_id, 2, p.entry, 8, p.debit_account_id, 8, p.credit_account_id,
                 8, p.amount_fen, 8, p.released_fen, 4, p.code, 8, p.user_data, 8, p.pending_id, 8, p.ts_ns,
             ))  # fmt: skip
         seq += 1
-    if len(parts) == 1:
-        return b""
-    parts.append(COPY_BINARY_TRAILER)
-    return b"".join(parts)
+    return b"".join(parts), len(parts)
 
 
 async def copy_rows(conn: asyncpg.Connection, accounts: Sequence[tuple[int, ...]], postings: bytes) -> None:
@@ -98,33 +107,74 @@ async def write_ledger_rows(
 class LedgerWriter:
     """``extra_writes`` for a sequencer whose core has a clearing: ``Sequencer(dsn,
     extra_writes=writer)`` then ``writer.attach(sequencer)`` (the sequencer replaces its core on
-    recovery, so the writer looks it up on every batch)."""
+    recovery, so the writer looks it up on every batch).
+
+    Calling it (``writer(conn, batch)``) takes and encodes the batch's rows at once and returns the
+    awaitable that COPYs them; the sequencer calls it when it seals the batch, before the transaction
+    begins, so no encoding happens while PostgreSQL waits inside the transaction. ``prepare(batch)``,
+    which the sequencer calls after each slice of commands it applies to the open batch, takes and
+    encodes the rows of the commands applied since: most of the work is done while the previous batch
+    commits, off the commit's path. Rows taken early are kept for the batch (its first seq, on the
+    same clearing object: a recovery's new core starts afresh) and sent only with it.
+    """
 
     def __init__(self) -> None:
         self._sequencer: object | None = None
         self.rows_written = 0
+        # rows of the open batch taken so far: its clearing and first seq, commands taken, encoded parts
+        self._clearing: object | None = None
+        self._first_seq = 0
+        self._taken = 0
+        self._parts: list[bytes] = []
+        self._rows = 0
+        self._accounts: list[tuple[int, ...]] = []
 
     def attach(self, sequencer: object) -> None:
         """Any object with ``core.clearing`` and ``applied_seq`` (``exchange.sequencer.Sequencer``)."""
         self._sequencer = sequencer
 
-    async def __call__(self, conn: asyncpg.Connection, batch: object) -> None:
+    def prepare(self, batch: object) -> None:
+        """Take and encode the rows of ``batch``'s commands not taken yet (all applied by now)."""
         sequencer = self._sequencer
         if sequencer is None:
             raise RuntimeError("LedgerWriter.attach(sequencer) was not called")
         clearing = sequencer.core.clearing  # type: ignore[attr-defined]
         first_seq, n = batch.first_seq, len(batch)  # type: ignore[attr-defined, arg-type]
+        if clearing is not self._clearing or first_seq != self._first_seq:
+            # another batch (or a rebuilt core): what an abandoned batch had taken goes with it
+            self._clearing, self._first_seq, self._taken = clearing, first_seq, 0
+            self._parts, self._rows, self._accounts = [], 0, []
+        from_seq = first_seq + self._taken
+        if n == self._taken:
+            return
         # command_rows holds the rows of seqs applied_seq - len + 1 .. applied_seq (read before any await)
         queued_from = sequencer.applied_seq - len(clearing.command_rows) + 1  # type: ignore[attr-defined]
-        if queued_from > first_seq:
-            raise RuntimeError(f"ledger rows of seq {first_seq} are gone (queue starts at {queued_from})")
-        if queued_from < first_seq:
-            clearing.take_command_rows(first_seq - queued_from)  # replayed by recovery: durable already
-        per_command = clearing.take_command_rows(n)
-        accounts = [row for new_accounts, _ in per_command if new_accounts for row in account_records(new_accounts)]
-        postings = encode_postings(first_seq, per_command)
+        if queued_from > from_seq:
+            raise RuntimeError(f"ledger rows of seq {from_seq} are gone (queue starts at {queued_from})")
+        if queued_from < from_seq:
+            clearing.take_command_rows(from_seq - queued_from)  # replayed by recovery: durable already
+        per_command = clearing.take_command_rows(n - self._taken)
+        self._taken = n
+        body, rows = encode_postings_body(from_seq, per_command)
+        if rows:
+            self._parts.append(body)
+            self._rows += rows
+        for new_accounts, _ in per_command:
+            if new_accounts:
+                self._accounts.extend(account_records(new_accounts))
+
+    def __call__(self, conn: asyncpg.Connection, batch: object) -> Awaitable[None]:
+        self.prepare(batch)
+        postings = copy_binary_data(self._parts) if self._rows else b""
+        accounts, rows = self._accounts, self._rows
+        self._clearing, self._first_seq, self._taken = None, 0, 0
+        self._parts, self._rows, self._accounts = [], 0, []
+        return self._write(conn, accounts, postings, rows)
+
+    async def _write(self, conn: asyncpg.Connection, accounts: list[tuple[int, ...]], postings: bytes,
+                     rows: int) -> None:
         await copy_rows(conn, accounts, postings)
-        self.rows_written += sum(len(command_postings) for _, command_postings in per_command)
+        self.rows_written += rows
 
 
 async def balances(conn: asyncpg.Connection) -> dict[int, tuple[int, int, int, int]]:
