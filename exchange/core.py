@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from mypy_extensions import mypyc_attr
 
@@ -72,15 +72,21 @@ from exchange.events import (
     TradingStateChanged,
 )
 from exchange.matching.auction import uncross
-from exchange.matching.book import NO_LIMIT, Counters, LotState, Order, OrderBook, release_remaining
+from exchange.matching.book import NO_LIMIT, SIDES, Counters, LotState, Order, OrderBook, release_remaining
 from exchange.settlement import rules
 from exchange.settlement.clearing import Clearing
 
-BUY = Side.BUY
-SELL = Side.SELL
-LIMIT = OrderType.LIMIT
-GTC, IOC, FOK, GTD = TimeInForce.GTC, TimeInForce.IOC, TimeInForce.FOK, TimeInForce.GTD
-CONTINUOUS, AUCTION, HALTED = TradingState.CONTINUOUS, TradingState.AUCTION, TradingState.HALTED
+# The enums' values as plain ints: the compiled core compares native ints, not enum objects.
+BUY: Final = int(Side.BUY)
+SELL: Final = int(Side.SELL)
+LIMIT: Final = int(OrderType.LIMIT)
+GTC: Final = int(TimeInForce.GTC)
+IOC: Final = int(TimeInForce.IOC)
+FOK: Final = int(TimeInForce.FOK)
+GTD: Final = int(TimeInForce.GTD)
+CONTINUOUS: Final = int(TradingState.CONTINUOUS)
+AUCTION: Final = int(TradingState.AUCTION)
+HALTED: Final = int(TradingState.HALTED)
 R = RejectReason
 MAX_CLIENT_ORDER_ID_LEN = 36
 
@@ -88,13 +94,20 @@ MAX_CLIENT_ORDER_ID_LEN = 36
 class Market:
     """An instrument's specification, trading state, reference price and book."""
 
-    __slots__ = ("band_high_fen", "band_low_fen", "book", "reference_price_fen", "resume_state", "spec", "state")
+    __slots__ = (
+        "band_high_fen", "band_low_fen", "book", "max_order_heads", "min_order_heads", "reference_price_fen",
+        "resume_state", "spec", "state", "tick_fen",
+    )  # fmt: skip
 
     def __init__(self, spec: InstrumentSpec, book: OrderBook) -> None:
         self.spec = spec
+        # the fields every order checks, copied out of the (msgspec) specification for the compiled core
+        self.tick_fen: int = spec.tick_fen
+        self.min_order_heads: int = spec.min_order_heads
+        self.max_order_heads: int = spec.max_order_heads
         self.book = book
-        self.state = spec.initial_state
-        self.resume_state = spec.initial_state
+        self.state: int = spec.initial_state  # a TradingState's value: the compiled core compares ints
+        self.resume_state: int = spec.initial_state
         self.set_reference(spec.reference_price_fen)
 
     def set_reference(self, price_fen: int) -> None:
@@ -151,20 +164,27 @@ class Core:
 
     def apply(self, command: Command) -> list[Event]:
         events: list = []
+        ts_ns: int = command.ts_ns
         expiries = self.expiries
-        if expiries and expiries[0][0] <= command.ts_ns:
-            self._expire_due(command.ts_ns, events)
-        handler = self._handlers.get(command.__class__)
-        if handler is None:
-            self._reject(command, R.UNSUPPORTED_COMMAND, events)
-            return events
-        handler(command, events)
+        if expiries and expiries[0][0] <= ts_ns:
+            self._expire_due(ts_ns, events)
+        # nearly all traffic: called directly (a native call when compiled), the rest through the table
+        if isinstance(command, PlaceOrder):
+            self._place_order(command, events)
+        elif isinstance(command, CancelOrder):
+            self._cancel_order(command, events)
+        else:
+            handler = self._handlers.get(command.__class__)
+            if handler is None:
+                self._reject(command, R.UNSUPPORTED_COMMAND, events)
+                return events
+            handler(command, events)
         clearing = self.clearing
         if clearing is not None:
             # settlement follows what matching did: holds, escrow, releases (it appends its own events)
-            clearing.on_events(events, command.ts_ns)
-            if command.__class__ is ClockTick:
-                clearing.on_clock(command.ts_ns, events)
+            clearing.on_events(events, ts_ns)
+            if isinstance(command, ClockTick):
+                clearing.on_clock(ts_ns, events)
         return events
 
     # -- orders --------------------------------------------------------------------------------------
@@ -176,64 +196,65 @@ class Core:
                 Rejected(0, cmd.ts_ns, cmd.participant_id, R.UNKNOWN_INSTRUMENT, cmd.client_order_id, 0, cmd.instrument)
             )
             return
-        reason = self._check_order(market, cmd)
+        # The command's fields are read once, into the order (id 0 until accepted): in the compiled core
+        # a field of a native Order is a load, a field of a msgspec command a dictionary-backed lookup.
+        order = self._new_order(market, cmd)
+        ts_ns = cmd.ts_ns
+        reason = self._check_order(market, order, cmd, ts_ns)
         if reason is not None:
             events.append(
-                Rejected(0, cmd.ts_ns, cmd.participant_id, reason, cmd.client_order_id, 0, cmd.instrument)
+                Rejected(0, ts_ns, order.participant_id, reason, order.client_order_id, 0, order.instrument)
             )
             return
-        self._accept(market, cmd, events)
+        self._accept(market, order, cmd.lot_id, ts_ns, events)
 
-    def _check_order(self, market: Market, cmd: PlaceOrder) -> RejectReason | None:
+    def _check_order(self, market: Market, order: Order, cmd: PlaceOrder, ts_ns: int) -> RejectReason | None:
         """The first reason this order must be rejected, in the documented order, or None."""
-        state = market.state
+        state: int = market.state
         if state == HALTED:
             return R.MARKET_HALTED
-        cid = cmd.client_order_id
+        cid = order.client_order_id
         if not 0 < len(cid) <= MAX_CLIENT_ORDER_ID_LEN:
             return R.INVALID_ORDER
-        if (cmd.participant_id, cid) in self.client_order_ids:
+        if (order.participant_id, cid) in self.client_order_ids:
             return R.DUPLICATE_CLIENT_ORDER_ID
-        limit = cmd.order_type == LIMIT
-        tif = cmd.time_in_force
+        limit = order.is_limit
+        tif = order.time_in_force
+        side = order.side
+        min_quantity = order.min_quantity_heads
         # the guards below only skip calls whose answer is known to be None: keep them in step
-        if not limit or cmd.all_or_none or cmd.post_only or cmd.min_quantity_heads or (cmd.lot_id and cmd.side == BUY):
+        if not limit or order.all_or_none or order.post_only or min_quantity or (side == BUY and cmd.lot_id):
             reason = _shape_reason(cmd)
             if reason is not None:
                 return reason
-        if state == AUCTION and (not limit or tif in (IOC, FOK) or cmd.min_quantity_heads):
+        if state == AUCTION and (not limit or tif in (IOC, FOK) or min_quantity):
             return R.NOT_ALLOWED_IN_AUCTION
-        if (tif == GTD or cmd.expire_at_ns) and (tif != GTD or cmd.expire_at_ns <= cmd.ts_ns):
+        expire_at_ns = order.expire_at_ns
+        if (tif == GTD or expire_at_ns) and (tif != GTD or expire_at_ns <= ts_ns):
             return R.INVALID_EXPIRY
-        spec = market.spec
-        if not spec.min_order_heads <= cmd.quantity_heads <= spec.max_order_heads:
+        if not market.min_order_heads <= order.quantity_heads <= market.max_order_heads:
             return R.QUANTITY_OUT_OF_RANGE
         if limit:
-            price = cmd.price_fen
-            if price <= 0 or price % spec.tick_fen or (market.band_high_fen and not (
+            price = order.price_fen
+            if price <= 0 or price % market.tick_fen or (market.band_high_fen and not (
                 market.band_low_fen <= price <= market.band_high_fen
             )):
                 return market.price_reason(price)
-        if cmd.side == SELL:
-            reason = self._lot_reason(cmd.participant_id, cmd.lot_id, cmd.instrument, cmd.quantity_heads)
+        if side == SELL:
+            reason = self._lot_reason(order.participant_id, cmd.lot_id, order.instrument, order.quantity_heads)
             if reason is not None:
                 return reason
-        if self.clearing is not None:
-            reason = self._funds_reason(market, cmd)
-            if reason is not None:
-                return reason
-        if state == AUCTION or cmd.post_only or tif == FOK or cmd.min_quantity_heads:
-            return self._liquidity_reason(market, cmd)
-        return None
-
-    def _funds_reason(self, market: Market, cmd: PlaceOrder) -> RejectReason | None:
-        """A buy must be covered by its worst-case hold; a seller must be a registered seller."""
         clearing = self.clearing
-        assert clearing is not None
-        if cmd.side == SELL:
-            return clearing.check_sell(cmd.participant_id)
-        price = cmd.price_fen if cmd.order_type == LIMIT else market.band_high_fen
-        return clearing.check_buy(cmd.participant_id, market.spec, price, cmd.quantity_heads)
+        if clearing is not None:
+            if side == SELL:
+                reason = clearing.check_sell(order.participant_id)
+            else:  # a market buy holds at the top of the band, where _new_order priced it
+                reason = clearing.check_buy(order.participant_id, market.spec, order.price_fen, order.quantity_heads)
+            if reason is not None:
+                return reason
+        if state == AUCTION or order.post_only or tif == FOK or min_quantity:
+            return self._liquidity_reason(market, order)
+        return None
 
     def _lot_reason(self, participant_id: int, lot_id: int, instrument: str, heads: int) -> RejectReason | None:
         lot = self.lots.get(lot_id)
@@ -245,23 +266,22 @@ class Core:
             return R.LOT_EXHAUSTED
         return None
 
-    def _liquidity_reason(self, market: Market, cmd: PlaceOrder) -> RejectReason | None:
+    def _liquidity_reason(self, market: Market, order: Order) -> RejectReason | None:
         """Checks that depend on what rests in the book right now."""
         book = market.book
         if market.state == AUCTION:
             # an all-or-none sell sits out the uncross, so it cannot meet its owner's bid there
-            if not cmd.all_or_none and self._crosses_own(book, cmd.participant_id, cmd.side, cmd.price_fen):
+            if not order.all_or_none and self._crosses_own(book, order.participant_id, order.side, order.price_fen):
                 return R.SELF_TRADE_PREVENTED
             return None
-        if cmd.post_only and book.would_take(
-            cmd.side, cmd.price_fen, cmd.quantity_heads, cmd.participant_id, cmd.all_or_none
+        if order.post_only and book.would_take(
+            order.side, order.price_fen, order.quantity_heads, order.participant_id, order.all_or_none
         ):
             return R.POST_ONLY_WOULD_TAKE
-        needed = cmd.quantity_heads if cmd.time_in_force == FOK else cmd.min_quantity_heads
-        if needed:
-            probe = self._new_order(market, cmd, 0)
-            if book.fillable(probe, _limit_key(probe.side, probe.price_fen)) < needed:
-                return R.FOK_NOT_FILLABLE if cmd.time_in_force == FOK else R.MIN_QUANTITY_NOT_MET
+        fok = order.time_in_force == FOK
+        needed = order.quantity_heads if fok else order.min_quantity_heads
+        if needed and book.fillable(order, _limit_key(order.side, order.price_fen)) < needed:
+            return R.FOK_NOT_FILLABLE if fok else R.MIN_QUANTITY_NOT_MET
         return None
 
     @staticmethod
@@ -276,30 +296,39 @@ class Core:
                 return False
         return False
 
-    def _new_order(self, market: Market, cmd: PlaceOrder, order_id: int) -> Order:
-        price = cmd.price_fen
-        if cmd.order_type != LIMIT:
-            price = market.band_high_fen if cmd.side == BUY else market.band_low_fen
-        return Order(
-            order_id, cmd.participant_id, cmd.client_order_id, cmd.instrument, cmd.side, price,
-            cmd.quantity_heads, cmd.quantity_heads, cmd.time_in_force, cmd.expire_at_ns, cmd.post_only,
-            cmd.all_or_none, cmd.stp, self.lots.get(cmd.lot_id) if cmd.side == SELL else None,
+    def _new_order(self, market: Market, cmd: PlaceOrder) -> Order:
+        """The order a command asks for, with id 0; a market order is priced at its side's band edge."""
+        side: int = cmd.side
+        order_type: int = cmd.order_type
+        is_limit = order_type == LIMIT
+        if is_limit:
+            price: int = cmd.price_fen
+        else:
+            price = market.band_high_fen if side == BUY else market.band_low_fen
+        quantity: int = cmd.quantity_heads
+        order = Order(
+            0, cmd.participant_id, cmd.client_order_id, cmd.instrument, side, price, quantity, quantity,
+            cmd.time_in_force, cmd.expire_at_ns, cmd.post_only, cmd.all_or_none, cmd.stp,
+            self.lots.get(cmd.lot_id) if side == SELL else None,
         )  # fmt: skip
+        order.is_limit = is_limit
+        order.min_quantity_heads = cmd.min_quantity_heads
+        return order
 
-    def _accept(self, market: Market, cmd: PlaceOrder, events: list) -> None:
+    def _accept(self, market: Market, order: Order, lot_id: int, ts_ns: int, events: list) -> None:
         counters = self.counters
         order_id = counters.next_order_id
         counters.next_order_id = order_id + 1
-        order = self._new_order(market, cmd, order_id)
-        self.client_order_ids[(cmd.participant_id, cmd.client_order_id)] = order_id
+        order.order_id = order_id
+        self.client_order_ids[(order.participant_id, order.client_order_id)] = order_id
         if order.lot is not None:
             order.lot.reserved_heads += order.quantity_heads
         book = market.book
         book.seq += 1
         events.append(
             OrderAccepted(
-                book.seq, cmd.ts_ns, order_id, cmd.participant_id, cmd.client_order_id, cmd.instrument,
-                cmd.side, order.price_fen, cmd.quantity_heads, cmd.lot_id,
+                book.seq, ts_ns, order_id, order.participant_id, order.client_order_id, order.instrument,
+                SIDES[order.side], order.price_fen, order.quantity_heads, lot_id,
             )
         )  # fmt: skip
         tif = order.time_in_force
@@ -311,11 +340,11 @@ class Core:
             passive = best_key is None or -best_key < order.price_fen
         if passive and market.state == CONTINUOUS and tif in (GTC, GTD):
             # the common passive order: nothing to meet, straight to the back of its level
-            book.rest(order, cmd.ts_ns, events)
+            book.rest(order, ts_ns, events)
             if tif == GTD:
                 heapq.heappush(self.expiries, (order.expire_at_ns, order_id))
             return
-        self._execute(market, order, cmd.ts_ns, events)
+        self._execute(market, order, ts_ns, events)
 
     def _execute(self, market: Market, order: Order, ts_ns: int, events: list) -> None:
         """Match an accepted (or re-priced) order, then rest it or expire what is left."""
@@ -510,7 +539,7 @@ class Core:
         return None
 
     def _transition(
-        self, cmd: Halt | Resume | StartAuction | Uncross, allowed: tuple[TradingState, ...], events: list
+        self, cmd: Halt | Resume | StartAuction | Uncross, allowed: tuple[int, ...], events: list
     ) -> Market | None:
         market = self.markets.get(cmd.instrument)
         if market is None:
@@ -521,9 +550,9 @@ class Core:
             return None
         return market
 
-    def _set_state(self, market: Market, state: TradingState, ts_ns: int, events: list) -> None:
+    def _set_state(self, market: Market, state: int, ts_ns: int, events: list) -> None:
         market.state = state
-        events.append(TradingStateChanged(market.book.next_seq(), ts_ns, market.spec.symbol, state))
+        events.append(TradingStateChanged(market.book.next_seq(), ts_ns, market.spec.symbol, TradingState(state)))
 
     def _halt(self, cmd: Halt, events: list) -> None:
         market = self._transition(cmd, (CONTINUOUS, AUCTION), events)

@@ -84,7 +84,9 @@ def _order_record(o: Order) -> OrderRecord:
 def _market_record(m: Market) -> MarketRecord:
     bids = [_order_record(o) for o in m.book.bids.iter_orders()]
     asks = [_order_record(o) for o in m.book.asks.iter_orders()]
-    return MarketRecord(m.spec, m.state, m.resume_state, m.reference_price_fen, m.book.seq, bids, asks)
+    return MarketRecord(
+        m.spec, TradingState(m.state), TradingState(m.resume_state), m.reference_price_fen, m.book.seq, bids, asks
+    )
 
 
 def encode_core(core: Core) -> bytes:

@@ -20,6 +20,8 @@ Matching rules (the naive reference book in ``tests/reference_book.py`` states t
 
 from __future__ import annotations
 
+from typing import Final
+
 from sortedcontainers import SortedList
 
 from exchange.domain import ExpireReason, SelfTradePrevention, Side
@@ -30,6 +32,7 @@ SELL = Side.SELL
 _EXPIRE_TAKER = SelfTradePrevention.EXPIRE_TAKER
 _EXPIRE_MAKER = SelfTradePrevention.EXPIRE_MAKER
 _SELF_TRADE = ExpireReason.SELF_TRADE
+SIDES: Final = (Side.BUY, Side.BUY, Side.SELL)  # a side's int value -> the enum, for events
 NO_LIMIT = 1 << 62  # a limit key beyond every real price: a market order without a band
 
 
@@ -55,9 +58,9 @@ class LotState:
 
 class Order:
     __slots__ = (
-        "all_or_none", "client_order_id", "expire_at_ns", "filled_heads", "instrument", "lot", "next",
-        "order_id", "participant_id", "post_only", "prev", "price_fen", "priority", "quantity_heads",
-        "remaining_heads", "side", "stp", "time_in_force",
+        "all_or_none", "client_order_id", "expire_at_ns", "filled_heads", "instrument", "is_limit", "lot",
+        "min_quantity_heads", "next", "order_id", "participant_id", "post_only", "prev", "price_fen", "priority",
+        "quantity_heads", "remaining_heads", "side", "stp", "time_in_force",
     )  # fmt: skip
 
     def __init__(
@@ -83,6 +86,9 @@ class Order:
         self.filled_heads = filled_heads
         self.prev: Order | None = None
         self.next: Order | None = None
+        # what only the checks of a new order read (a resting order is a limit; its minimum is spent)
+        self.is_limit = True
+        self.min_quantity_heads = 0
 
 
 class Level:
@@ -230,7 +236,7 @@ class OrderBook:
             level.tail = order
             level.heads += order.remaining_heads
         self.seq += 1
-        events.append(BookChanged(self.seq, ts_ns, self.instrument, order.side, order.price_fen, level.heads))  # type: ignore[arg-type]
+        events.append(BookChanged(self.seq, ts_ns, self.instrument, SIDES[order.side], order.price_fen, level.heads))
 
     def remove(self, order: Order) -> BookSide:
         """Take a resting order off the book; the caller emits its events and the level change."""
@@ -245,7 +251,7 @@ class OrderBook:
         level = book_side.levels.get(book_side.sign * price_fen)
         heads = 0 if level is None else level.heads
         self.seq += 1
-        events.append(BookChanged(self.seq, ts_ns, self.instrument, book_side.side, price_fen, heads))  # type: ignore[arg-type]
+        events.append(BookChanged(self.seq, ts_ns, self.instrument, book_side.side, price_fen, heads))
 
     def match(self, taker: Order, limit_key: int, ts_ns: int, events: list) -> bool:
         """Trade ``taker`` against the opposite side up to ``limit_key``; True if STP stopped it.
