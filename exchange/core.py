@@ -31,8 +31,10 @@ import heapq
 from collections.abc import Callable
 from typing import Any, Final
 
+from msgspec.structs import astuple
 from mypy_extensions import mypyc_attr
 
+from exchange import events as event_types
 from exchange.commands import (
     AmendOrder,
     CancelOrder,
@@ -64,17 +66,42 @@ from exchange.events import (
     Event,
     InstrumentListed,
     LotRegistered,
-    OrderAccepted,
     OrderAmended,
-    OrderCancelled,
     ReferencePriceSet,
-    Rejected,
     TradingStateChanged,
 )
 from exchange.matching.auction import uncross
 from exchange.matching.book import NO_LIMIT, SIDES, Counters, LotState, Order, OrderBook, release_remaining
 from exchange.settlement import rules
 from exchange.settlement.clearing import Clearing
+
+# A PlaceOrder's fields by position (``msgspec.structs.astuple``): from compiled code one tuple of all
+# fields costs less than two attribute reads of a msgspec struct. Checked against the struct at import.
+_PLACE_ORDER_FIELDS: Final = (
+    "participant_id", "ts_ns", "client_order_id", "instrument", "side", "order_type", "price_fen",
+    "quantity_heads", "time_in_force", "expire_at_ns", "post_only", "min_quantity_heads", "all_or_none", "stp",
+    "lot_id",
+)  # fmt: skip
+if PlaceOrder.__struct_fields__ != _PLACE_ORDER_FIELDS or CancelOrder.__struct_fields__ != (
+    "participant_id", "ts_ns", "order_id"
+):
+    raise ImportError("PlaceOrder's or CancelOrder's fields changed: update how core.py unpacks them")
+# literal indexes (Final): compiled, each is a constant
+_PARTICIPANT_ID: Final = 0
+_TS_NS: Final = 1
+_CLIENT_ORDER_ID: Final = 2
+_INSTRUMENT: Final = 3
+_SIDE: Final = 4
+_ORDER_TYPE: Final = 5
+_PRICE_FEN: Final = 6
+_QUANTITY_HEADS: Final = 7
+_TIME_IN_FORCE: Final = 8
+_EXPIRE_AT_NS: Final = 9
+_POST_ONLY: Final = 10
+_MIN_QUANTITY_HEADS: Final = 11
+_ALL_OR_NONE: Final = 12
+_STP: Final = 13
+_LOT_ID: Final = 14
 
 # The enums' values as plain ints: the compiled core compares native ints, not enum objects.
 BUY: Final = int(Side.BUY)
@@ -87,8 +114,17 @@ GTD: Final = int(TimeInForce.GTD)
 CONTINUOUS: Final = int(TradingState.CONTINUOUS)
 AUCTION: Final = int(TradingState.AUCTION)
 HALTED: Final = int(TradingState.HALTED)
-R = RejectReason
-MAX_CLIENT_ORDER_ID_LEN = 36
+R: Final = RejectReason
+MAX_CLIENT_ORDER_ID_LEN: Final = 36
+# Compiled, a module-level name is read from the module's dictionary at every use unless it is Final,
+# which makes it a C static: the hot path's classes are Final aliases (see also matching/book.py).
+OrderAccepted: Final = event_types.OrderAccepted
+OrderCancelled: Final = event_types.OrderCancelled
+Rejected: Final = event_types.Rejected
+_PLACE_ORDER: Final = PlaceOrder
+_CANCEL_ORDER: Final = CancelOrder
+_CLOCK_TICK: Final = ClockTick
+_astuple: Final = astuple
 
 
 class Market:
@@ -169,9 +205,9 @@ class Core:
         if expiries and expiries[0][0] <= ts_ns:
             self._expire_due(ts_ns, events)
         # nearly all traffic: called directly (a native call when compiled), the rest through the table
-        if isinstance(command, PlaceOrder):
+        if isinstance(command, _PLACE_ORDER):
             self._place_order(command, events)
-        elif isinstance(command, CancelOrder):
+        elif isinstance(command, _CANCEL_ORDER):
             self._cancel_order(command, events)
         else:
             handler = self._handlers.get(command.__class__)
@@ -183,7 +219,7 @@ class Core:
         if clearing is not None:
             # settlement follows what matching did: holds, escrow, releases (it appends its own events)
             clearing.on_events(events, ts_ns)
-            if isinstance(command, ClockTick):
+            if isinstance(command, _CLOCK_TICK):
                 clearing.on_clock(ts_ns, events)
         return events
 
@@ -198,17 +234,19 @@ class Core:
             return
         # The command's fields are read once, into the order (id 0 until accepted): in the compiled core
         # a field of a native Order is a load, a field of a msgspec command a dictionary-backed lookup.
-        order = self._new_order(market, cmd)
-        ts_ns = cmd.ts_ns
-        reason = self._check_order(market, order, cmd, ts_ns)
+        fields = _astuple(cmd)
+        order = self._new_order(market, fields)
+        ts_ns: int = fields[_TS_NS]
+        lot_id: int = fields[_LOT_ID]
+        reason = self._check_order(market, order, lot_id, ts_ns)
         if reason is not None:
             events.append(
                 Rejected(0, ts_ns, order.participant_id, reason, order.client_order_id, 0, order.instrument)
             )
             return
-        self._accept(market, order, cmd.lot_id, ts_ns, events)
+        self._accept(market, order, lot_id, ts_ns, events)
 
-    def _check_order(self, market: Market, order: Order, cmd: PlaceOrder, ts_ns: int) -> RejectReason | None:
+    def _check_order(self, market: Market, order: Order, lot_id: int, ts_ns: int) -> RejectReason | None:
         """The first reason this order must be rejected, in the documented order, or None."""
         state: int = market.state
         if state == HALTED:
@@ -223,8 +261,8 @@ class Core:
         side = order.side
         min_quantity = order.min_quantity_heads
         # the guards below only skip calls whose answer is known to be None: keep them in step
-        if not limit or order.all_or_none or order.post_only or min_quantity or (side == BUY and cmd.lot_id):
-            reason = _shape_reason(cmd)
+        if not limit or order.all_or_none or order.post_only or min_quantity or (side == BUY and lot_id):
+            reason = _shape_reason(order, lot_id)
             if reason is not None:
                 return reason
         if state == AUCTION and (not limit or tif in (IOC, FOK) or min_quantity):
@@ -241,7 +279,7 @@ class Core:
             )):
                 return market.price_reason(price)
         if side == SELL:
-            reason = self._lot_reason(order.participant_id, cmd.lot_id, order.instrument, order.quantity_heads)
+            reason = self._lot_reason(order.participant_id, lot_id, order.instrument, order.quantity_heads)
             if reason is not None:
                 return reason
         clearing = self.clearing
@@ -296,23 +334,23 @@ class Core:
                 return False
         return False
 
-    def _new_order(self, market: Market, cmd: PlaceOrder) -> Order:
-        """The order a command asks for, with id 0; a market order is priced at its side's band edge."""
-        side: int = cmd.side
-        order_type: int = cmd.order_type
+    def _new_order(self, market: Market, fields: tuple[Any, ...]) -> Order:
+        """The order a PlaceOrder's fields ask for, with id 0; a market order is priced at its side's band edge."""
+        side: int = fields[_SIDE]
+        order_type: int = fields[_ORDER_TYPE]
         is_limit = order_type == LIMIT
         if is_limit:
-            price: int = cmd.price_fen
+            price: int = fields[_PRICE_FEN]
         else:
             price = market.band_high_fen if side == BUY else market.band_low_fen
-        quantity: int = cmd.quantity_heads
+        quantity: int = fields[_QUANTITY_HEADS]
         order = Order(
-            0, cmd.participant_id, cmd.client_order_id, cmd.instrument, side, price, quantity, quantity,
-            cmd.time_in_force, cmd.expire_at_ns, cmd.post_only, cmd.all_or_none, cmd.stp,
-            self.lots.get(cmd.lot_id) if side == SELL else None,
+            0, fields[_PARTICIPANT_ID], fields[_CLIENT_ORDER_ID], fields[_INSTRUMENT], side, price, quantity,
+            quantity, fields[_TIME_IN_FORCE], fields[_EXPIRE_AT_NS], fields[_POST_ONLY], fields[_ALL_OR_NONE],
+            fields[_STP], self.lots.get(fields[_LOT_ID]) if side == SELL else None,
         )  # fmt: skip
         order.is_limit = is_limit
-        order.min_quantity_heads = cmd.min_quantity_heads
+        order.min_quantity_heads = fields[_MIN_QUANTITY_HEADS]
         return order
 
     def _accept(self, market: Market, order: Order, lot_id: int, ts_ns: int, events: list) -> None:
@@ -368,30 +406,29 @@ class Core:
         if order.time_in_force == GTD:
             heapq.heappush(self.expiries, (order.expire_at_ns, order.order_id))
 
-    def _own_resting(self, cmd: CancelOrder | AmendOrder, events: list) -> Order | None:
-        order = self.orders.get(cmd.order_id)
-        if order is None or order.participant_id != cmd.participant_id:
+    def _own_resting(self, order_id: int, participant_id: int, ts_ns: int, events: list) -> Order | None:
+        order = self.orders.get(order_id)
+        if order is None or order.participant_id != participant_id:
             # another participant's order is reported exactly like a missing one
-            events.append(Rejected(0, cmd.ts_ns, cmd.participant_id, R.UNKNOWN_ORDER, "", cmd.order_id))
+            events.append(Rejected(0, ts_ns, participant_id, R.UNKNOWN_ORDER, "", order_id))
             return None
         return order
 
     def _cancel_order(self, cmd: CancelOrder, events: list) -> None:
-        order = self._own_resting(cmd, events)
+        participant_id, ts_ns, order_id = _astuple(cmd)  # one read of the command, as for PlaceOrder
+        order = self._own_resting(order_id, participant_id, ts_ns, events)
         if order is None:
             return
         book = self.markets[order.instrument].book
         book_side = book.remove(order)
         cancelled = release_remaining(order)
         book.seq += 1
-        events.append(
-            OrderCancelled(book.seq, cmd.ts_ns, order.order_id, order.participant_id, order.instrument, cancelled)
-        )
-        book.level_changed(book_side, order.price_fen, cmd.ts_ns, events)
+        events.append(OrderCancelled(book.seq, ts_ns, order_id, participant_id, order.instrument, cancelled))
+        book.level_changed(book_side, order.price_fen, ts_ns, events)
         book_side.drop_level_if_empty(book_side.levels[book_side.sign * order.price_fen])
 
     def _amend_order(self, cmd: AmendOrder, events: list) -> None:
-        order = self._own_resting(cmd, events)
+        order = self._own_resting(cmd.order_id, cmd.participant_id, cmd.ts_ns, events)
         if order is None:
             return
         market = self.markets[order.instrument]
@@ -641,17 +678,18 @@ def _limit_key(side: int, price_fen: int) -> int:
     return price_fen if side == BUY else -price_fen
 
 
-def _shape_reason(cmd: PlaceOrder) -> RejectReason | None:
+def _shape_reason(order: Order, lot_id: int) -> RejectReason | None:
     """Combinations of fields that make no sense whatever the market's state."""
-    if cmd.order_type != LIMIT and (cmd.post_only or cmd.all_or_none or cmd.time_in_force in (GTC, GTD)):
+    tif = order.time_in_force
+    if not order.is_limit and (order.post_only or order.all_or_none or tif in (GTC, GTD)):
         return R.INVALID_ORDER
-    if cmd.all_or_none and (cmd.side == BUY or cmd.time_in_force in (IOC, FOK) or cmd.min_quantity_heads):
+    if order.all_or_none and (order.side == BUY or tif in (IOC, FOK) or order.min_quantity_heads):
         return R.INVALID_ORDER
-    if cmd.post_only and cmd.time_in_force in (IOC, FOK):
+    if order.post_only and tif in (IOC, FOK):
         return R.INVALID_ORDER
-    if not 0 <= cmd.min_quantity_heads <= cmd.quantity_heads:
+    if not 0 <= order.min_quantity_heads <= order.quantity_heads:
         return R.INVALID_ORDER
-    if cmd.side == BUY and cmd.lot_id:
+    if order.side == BUY and lot_id:
         return R.INVALID_ORDER
     return None
 

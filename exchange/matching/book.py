@@ -24,16 +24,21 @@ from typing import Final
 
 from sortedcontainers import SortedList
 
+from exchange import events
 from exchange.domain import ExpireReason, SelfTradePrevention, Side
-from exchange.events import BookChanged, OrderExpired, Trade
 
-BUY = Side.BUY
-SELL = Side.SELL
-_EXPIRE_TAKER = SelfTradePrevention.EXPIRE_TAKER
-_EXPIRE_MAKER = SelfTradePrevention.EXPIRE_MAKER
-_SELF_TRADE = ExpireReason.SELF_TRADE
+# Compiled, a module-level name is read from the module's dictionary at every use unless it is Final,
+# which makes it a C static: the hot path's classes and constants are Final (enums as their int values).
+BookChanged: Final = events.BookChanged
+OrderExpired: Final = events.OrderExpired
+Trade: Final = events.Trade
+BUY: Final = int(Side.BUY)
+SELL: Final = int(Side.SELL)
+_EXPIRE_TAKER: Final = int(SelfTradePrevention.EXPIRE_TAKER)
+_EXPIRE_MAKER: Final = int(SelfTradePrevention.EXPIRE_MAKER)
+_SELF_TRADE: Final = ExpireReason.SELF_TRADE
 SIDES: Final = (Side.BUY, Side.BUY, Side.SELL)  # a side's int value -> the enum, for events
-NO_LIMIT = 1 << 62  # a limit key beyond every real price: a market order without a band
+NO_LIMIT: Final = 1 << 62  # a limit key beyond every real price: a market order without a band
 
 
 class LotState:
@@ -106,7 +111,7 @@ class BookSide:
 
     __slots__ = ("best_key", "keys", "levels", "side", "sign")
 
-    def __init__(self, side: Side) -> None:
+    def __init__(self, side: int) -> None:
         self.side = side
         self.sign = -1 if side == BUY else 1  # key = sign * price, so index 0 is always the best
         self.keys: SortedList = SortedList()
@@ -251,7 +256,7 @@ class OrderBook:
         level = book_side.levels.get(book_side.sign * price_fen)
         heads = 0 if level is None else level.heads
         self.seq += 1
-        events.append(BookChanged(self.seq, ts_ns, self.instrument, book_side.side, price_fen, heads))
+        events.append(BookChanged(self.seq, ts_ns, self.instrument, SIDES[book_side.side], price_fen, heads))
 
     def match(self, taker: Order, limit_key: int, ts_ns: int, events: list) -> bool:
         """Trade ``taker`` against the opposite side up to ``limit_key``; True if STP stopped it.
@@ -280,7 +285,7 @@ class OrderBook:
             if level.heads != before_heads:
                 self.seq += 1
                 events.append(
-                    BookChanged(self.seq, ts_ns, self.instrument, opp.side, level.price_fen, level.heads)
+                    BookChanged(self.seq, ts_ns, self.instrument, SIDES[opp.side], level.price_fen, level.heads)
                 )
             if not opp.drop_level_if_empty(level):
                 index += 1
