@@ -71,7 +71,7 @@ from exchange.events import (
     TradingStateChanged,
 )
 from exchange.matching.auction import uncross
-from exchange.matching.book import NO_LIMIT, SIDES, Counters, LotState, Order, OrderBook, release_remaining
+from exchange.matching.book import NO_LIMIT, Counters, LotState, Order, OrderBook, release_remaining
 from exchange.settlement import rules
 from exchange.settlement.clearing import Clearing
 
@@ -244,7 +244,7 @@ class Core:
                 Rejected(0, ts_ns, order.participant_id, reason, order.client_order_id, 0, order.instrument)
             )
             return
-        self._accept(market, order, lot_id, ts_ns, events)
+        self._accept(market, order, fields, events)
 
     def _check_order(self, market: Market, order: Order, lot_id: int, ts_ns: int) -> RejectReason | None:
         """The first reason this order must be rejected, in the documented order, or None."""
@@ -353,7 +353,8 @@ class Core:
         order.min_quantity_heads = fields[_MIN_QUANTITY_HEADS]
         return order
 
-    def _accept(self, market: Market, order: Order, lot_id: int, ts_ns: int, events: list) -> None:
+    def _accept(self, market: Market, order: Order, fields: tuple[Any, ...], events: list) -> None:
+        ts_ns: int = fields[_TS_NS]
         counters = self.counters
         order_id = counters.next_order_id
         counters.next_order_id = order_id + 1
@@ -363,10 +364,13 @@ class Core:
             order.lot.reserved_heads += order.quantity_heads
         book = market.book
         book.seq += 1
+        # the event echoes the command's own values, which are objects already (compiled, a native int is
+        # boxed anew at every use); a market order's price is its band edge
+        price_fen = fields[_PRICE_FEN] if order.is_limit else order.price_fen
         events.append(
             OrderAccepted(
-                book.seq, ts_ns, order_id, order.participant_id, order.client_order_id, order.instrument,
-                SIDES[order.side], order.price_fen, order.quantity_heads, lot_id,
+                book.seq, fields[_TS_NS], order_id, fields[_PARTICIPANT_ID], fields[_CLIENT_ORDER_ID],
+                fields[_INSTRUMENT], fields[_SIDE], price_fen, fields[_QUANTITY_HEADS], fields[_LOT_ID],
             )
         )  # fmt: skip
         tif = order.time_in_force
