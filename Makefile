@@ -11,6 +11,7 @@ COMPILED := $(shell sed -n 's/^    "\(exchange\/.*\.py\)",$$/\1/p' setup.py)
 $(STAMP): pyproject.toml setup.py $(COMPILED)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	rm -f hogx_core__mypyc.*.so $$(find exchange -name '*.so')  # builds of modules no longer compiled go too
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
