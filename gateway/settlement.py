@@ -73,7 +73,7 @@ from exchange.commands import (
 )
 from exchange.domain import RejectReason
 from exchange.events import Event, PayoutState, Rejected
-from exchange.settlement import CHART, AccountCode, Clearing, Entry, PostingSide, TransferCode
+from exchange.settlement import CHART, AccountCode, Clearing, Entry, PostingSide, TransferCode, pgstore
 from exchange.settlement.bankfiles import (
     bank_file_csv,
     parse_confirmations_csv,
@@ -1036,24 +1036,15 @@ async def get_balances(call: Call, query: BalanceQuery) -> BalancesView:
     return BalancesView(who, participant_balances(clearing, who))
 
 
-_STATEMENT_SQL: Final = (
-    "SELECT seq, transfer_id, entry, side, amount_fen, code, user_data, pending_id, ts_ns FROM ledger_postings "
-    "WHERE account_id = $1 AND ts_ns >= $2 AND ts_ns < $3 AND (transfer_id, entry) > ($4, $5) "
-    "ORDER BY transfer_id, entry LIMIT $6"
-)
-
-
 @routes.get("/v1/statements", roles=ANY_ROLE, query=StatementQuery, response=StatementPage, errors=(404,))
 async def get_statement(call: Call, query: StatementQuery) -> StatementPage:
     """Every change of one of your accounts over a period, from the committed ledger, oldest first."""
     account = clearing_of(call).ledger.account(query.account_id)
     if account is None or not (_is_operator(call.principal) or account.owner_id == call.principal.participant_id):
         raise ApiError(404, Code.NOT_FOUND, "no such account")
-    # An account is on one side of a transfer, so (transfer_id, entry) orders and pages its lines; transfer
-    # ids grow with the journal, so this is also the order in which the money moved.
-    after = 0 if query.cursor is None else int(query.cursor)
-    rows = await call.pool.fetch(_STATEMENT_SQL, query.account_id, query.from_ms * _NS_PER_MS,
-                                 query.until_ms * _NS_PER_MS, after // 4, after % 4, query.limit + 1)
+    after = 0 if query.cursor is None else int(query.cursor)  # a line's transfer_id * 4 + entry
+    rows = await pgstore.statement(call.pool, query.account_id, query.from_ms * _NS_PER_MS,
+                                   query.until_ms * _NS_PER_MS, (after // 4, after % 4), query.limit + 1)
     debit_normal = CHART[account.code].normal_balance == "debit"
     lines = [_statement_line(row, debit_normal) for row in rows[:query.limit]]
     more = len(rows) > query.limit

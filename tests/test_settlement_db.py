@@ -13,7 +13,7 @@ from exchange.events import Rejected
 from exchange.sequencer import Sequencer
 from exchange.settlement import pgstore
 from exchange.settlement.clearing import Clearing
-from exchange.settlement.ledger import Entry, TransferCode
+from exchange.settlement.ledger import AccountCode, Entry, Posting, TransferCode
 from tests.conftest import FreshDatabase
 from tests.settlement_support import BUYER, FARMER, FINANCIER, HOUR_NS, OPERATOR, Exchange, world
 
@@ -53,6 +53,59 @@ async def test_drained_rows_rebuild_the_ledgers_balances_in_the_database(fresh_d
         rows = await pgstore.statement(conn, cash)
         assert [(r["code"], r["entry"]) for r in rows][:2] == [(TransferCode.DEPOSIT, Entry.POSTED),
                                                                  (TransferCode.ORDER_HOLD, Entry.PENDING)]
+    finally:
+        await conn.close()
+
+
+def _lines_of(postings: list[Posting], account_id: int) -> list[tuple[int, int, int, int]]:
+    """(transfer_id, entry, side, amount) of an account from the core's postings, as the statement view
+    shows them: a post of a pending transfer is a RELEASE line and a POSTED line."""
+    lines = []
+    for p in postings:
+        for side, account in ((1, p.debit_account_id), (-1, p.credit_account_id)):
+            if account != account_id:
+                continue
+            if p.entry != Entry.RELEASE:
+                lines.append((p.transfer_id, Entry.PENDING if p.entry == Entry.PENDING else Entry.POSTED, side,
+                              p.amount_fen))
+            if p.entry >= Entry.RELEASE:
+                lines.append((p.transfer_id, Entry.RELEASE, side, p.released_fen))
+    return sorted(lines)
+
+
+async def test_statements_page_house_and_participant_accounts_exactly(fresh_database_url: FreshDatabase) -> None:
+    """Migration 0007 leaves the house accounts out of the statement indexes; their statements walk the
+    primary key. Both kinds page to exactly the lines of the core's postings."""
+    x = busy_world()
+    new_accounts, postings = x.clearing.drain_new_accounts(), x.clearing.drain_postings()
+    conn = await asyncpg.connect(await fresh_database_url())
+    try:
+        async with conn.transaction():
+            await pgstore.write_ledger_rows(conn, 1, new_accounts, postings)
+        cash = x.clearing.accounts[(AccountCode.BUYER_CASH, BUYER, 0)]
+        for account_id in (AccountCode.ESCROW, AccountCode.BANK_SETTLEMENT, cash):
+            expected = _lines_of(postings, account_id)
+            assert len(expected) >= 3
+            got: list[tuple[int, int, int, int]] = []
+            after = (0, 0)
+            while page := await pgstore.statement(conn, account_id, after=after, limit=2):
+                got += [(r["transfer_id"], r["entry"], r["side"], r["amount_fen"]) for r in page]
+                after = (page[-1]["transfer_id"], page[-1]["entry"])
+            assert got == expected, account_id
+    finally:
+        await conn.close()
+
+
+async def test_a_participants_statement_can_use_the_partial_indexes(fresh_database_url: FreshDatabase) -> None:
+    """The participant query names the indexes' condition, so even its generic plan may use them (a query
+    without it could only scan the whole table)."""
+    conn = await asyncpg.connect(await fresh_database_url())
+    try:
+        await conn.execute("SET enable_seqscan = off")
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        await conn.execute(f"PREPARE statement_page AS {pgstore._PARTICIPANT_STATEMENT_SQL}")
+        plan = await conn.fetchval("EXPLAIN (FORMAT JSON) EXECUTE statement_page(1000, 0, 1, 0, 0, 10)")
+        assert "ledger_transfers_by_debit" in str(plan) and "ledger_transfers_by_credit" in str(plan)
     finally:
         await conn.close()
 

@@ -7,12 +7,17 @@ amount is integer fen, every weight integer grams. ``Clearing`` (clearing.py) is
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Final
 
 import msgspec
 
 from exchange.commands import FundsAccount, ParticipantRole
 from exchange.domain import InstrumentSpec, Lot
 from exchange.events import DeliveryGrade, LoanKind, PayoutPriority, PayoutState
+
+# Account ids below this are the house accounts, numbered by their codes; participants' accounts follow.
+# Migration 0007 indexes only participants' accounts for statements (pgstore.statement).
+FIRST_PARTICIPANT_ACCOUNT_ID: Final = 1000
 
 
 class Participant(msgspec.Struct, array_like=True, gc=False):
@@ -230,7 +235,7 @@ class AccountKey(msgspec.Struct, array_like=True, gc=False):
 
 class Counters(msgspec.Struct, array_like=True, gc=False):
     next_transfer_id: int = 1
-    next_account_id: int = 1000  # below 1000: the house accounts, numbered by their code
+    next_account_id: int = FIRST_PARTICIPANT_ACCOUNT_ID
     next_loan_id: int = 1
     next_payout_id: int = 1
     next_run_id: int = 1

@@ -28,6 +28,7 @@ from typing import Final
 import asyncpg
 
 from exchange.settlement.ledger import ACCOUNT_COLUMNS, POSTING_COLUMNS, Account, Posting, account_records
+from exchange.settlement.model import FIRST_PARTICIPANT_ACCOUNT_ID
 from exchange.store import copy_binary_data
 
 __all__ = [
@@ -186,15 +187,27 @@ async def balances(conn: asyncpg.Connection) -> dict[int, tuple[int, int, int, i
     return {r[0]: (int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows}
 
 
+_STATEMENT_SQL: Final = (
+    "SELECT seq, transfer_id, entry, side, amount_fen, code, user_data, pending_id, ts_ns FROM ledger_postings "
+    "WHERE account_id = $1 {participant}AND ts_ns >= $2 AND ts_ns < $3 "
+    "AND transfer_id >= $4 AND (transfer_id, entry) > ($4, $5) ORDER BY transfer_id, entry LIMIT $6"
+)
+# A participant's query names the partial indexes' condition (migration 0007), so that even a generic
+# plan of the prepared statement may use them; a house account's walks the primary key.
+_PARTICIPANT_STATEMENT_SQL: Final = _STATEMENT_SQL.format(
+    participant=f"AND account_id >= {FIRST_PARTICIPANT_ACCOUNT_ID} "
+)
+_HOUSE_STATEMENT_SQL: Final = _STATEMENT_SQL.format(participant="")
+
+
 async def statement(
-    conn: asyncpg.Connection, account_id: int, from_ts_ns: int = 0, until_ts_ns: int = 2**63 - 1, limit: int = 1000
+    conn: asyncpg.Connection | asyncpg.Pool, account_id: int, from_ts_ns: int = 0, until_ts_ns: int = 2**63 - 1,
+    after: tuple[int, int] = (0, 0), limit: int = 1000,
 ) -> list[asyncpg.Record]:
-    """An account's statement lines in ``[from_ts_ns, until_ts_ns)``, oldest first (at most ``limit``):
-    seq, transfer_id, entry, side, amount_fen, code, user_data, pending_id, ts_ns (the ``ledger_postings``
-    view: one line per account side, a post of a pending transfer as a RELEASE and a POSTED line)."""
-    return await conn.fetch(
-        "SELECT seq, transfer_id, entry, side, amount_fen, code, user_data, pending_id, ts_ns "
-        "FROM ledger_postings WHERE account_id = $1 AND ts_ns >= $2 AND ts_ns < $3 "
-        "ORDER BY seq, transfer_id, entry LIMIT $4",
-        account_id, from_ts_ns, until_ts_ns, limit,
-    )  # fmt: skip
+    """An account's statement lines in ``[from_ts_ns, until_ts_ns)`` after ``after`` (a line's
+    ``(transfer_id, entry)``, the paging cursor), oldest first, at most ``limit``: seq, transfer_id,
+    entry, side, amount_fen, code, user_data, pending_id, ts_ns (the ``ledger_postings`` view: one line
+    per account side, a post of a pending transfer as a RELEASE and a POSTED line). An account is on one
+    side of a transfer, and transfer ids grow with the journal, so this is the order the money moved in."""
+    sql = _PARTICIPANT_STATEMENT_SQL if account_id >= FIRST_PARTICIPANT_ACCOUNT_ID else _HOUSE_STATEMENT_SQL
+    return await conn.fetch(sql, account_id, from_ts_ns, until_ts_ns, after[0], after[1], limit)
