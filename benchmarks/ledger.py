@@ -63,7 +63,7 @@ from exchange.commands import (
 from exchange.core import Core
 from exchange.domain import BreedClass, InstrumentSpec, ProductClass, Side
 from exchange.events import Event, OrderAccepted, PayoutChanged, PayoutState, Rejected, Trade
-from exchange.sequencer import Sequencer
+from exchange.sequencer import Result, Sequencer
 from exchange.settlement import pgstore
 from exchange.settlement.clearing import Clearing
 from exchange.settlement.ledger import (
@@ -310,13 +310,15 @@ async def bench_committed(dsn: str, commands: Sequence[Command], max_batch: int,
     backend_pid = sequencer.writer_backend_pid
     cpu_start = (time.process_time(), _backend_cpu_s(backend_pid))
     start_s = time.perf_counter()
-    in_flight: deque[asyncio.Future] = deque()
+    in_flight: deque[list[asyncio.Future]] = deque()  # the futures of each submitted chunk
     chunk = max(1, window // 4)
+    results: list[Result] = []
     for first in range(0, len(commands), chunk):
-        in_flight.extend(sequencer.submit_many(commands[first:first + chunk]))
-        while len(in_flight) > window:
-            await in_flight.popleft()
-    results = [await f for f in in_flight]
+        in_flight.append(sequencer.submit_many(commands[first:first + chunk]))
+        while len(in_flight) * chunk > window:
+            results += await _acked(in_flight.popleft())
+    while in_flight:
+        results += await _acked(in_flight.popleft())
     elapsed_s = time.perf_counter() - start_s
     py_cpu_s, pg_cpu_s = time.process_time() - cpu_start[0], _backend_cpu_s(backend_pid) - cpu_start[1]
     gc.unfreeze()
@@ -350,6 +352,13 @@ async def bench_committed(dsn: str, commands: Sequence[Command], max_batch: int,
     finally:
         await conn.close()
     return figures
+
+
+async def _acked(futures: list[asyncio.Future]) -> list[Result]:
+    """A chunk's results. The sequencer acknowledges in journal order, so once the chunk's last command
+    is acknowledged every one is (``result()`` raises if one is not): one wait a chunk, not one a command."""
+    await futures[-1]
+    return [f.result() for f in futures]
 
 
 async def _raw_copy(conn: asyncpg.Connection, batches: int) -> dict[str, float]:
