@@ -177,7 +177,8 @@ class Core:
         self.lots: dict[int, LotState] = {}
         self.lot_records: dict[int, Lot] = {}
         self.orders: dict[int, Order] = {}  # resting orders only
-        self.client_order_ids: dict[tuple[int, str], int] = {}  # (participant, client id) -> order id
+        # participant -> client order id -> order id, forever (by participant: no key tuple to build per order)
+        self.client_order_ids: dict[int, dict[str, int]] = {}
         self.lot_refs: dict[tuple[int, str], int] = {}  # (seller, client lot ref) -> lot id, forever
         self.expiries: list[tuple[int, int]] = []  # heap of (expire_at_ns, order_id) for resting GTD
         self._handlers: dict[type, Callable[[Any, list], None]] = {
@@ -226,15 +227,15 @@ class Core:
     # -- orders --------------------------------------------------------------------------------------
 
     def _place_order(self, cmd: PlaceOrder, events: list) -> None:
-        market = self.markets.get(cmd.instrument)
+        # The command's fields are read once, into the order (id 0 until accepted): in the compiled core
+        # a field of a native Order is a load, a field of a msgspec command a dictionary-backed lookup.
+        fields = _astuple(cmd)
+        market = self.markets.get(fields[_INSTRUMENT])
         if market is None:
             events.append(
                 Rejected(0, cmd.ts_ns, cmd.participant_id, R.UNKNOWN_INSTRUMENT, cmd.client_order_id, 0, cmd.instrument)
             )
             return
-        # The command's fields are read once, into the order (id 0 until accepted): in the compiled core
-        # a field of a native Order is a load, a field of a msgspec command a dictionary-backed lookup.
-        fields = _astuple(cmd)
         order = self._new_order(market, fields)
         ts_ns: int = fields[_TS_NS]
         lot_id: int = fields[_LOT_ID]
@@ -254,7 +255,8 @@ class Core:
         cid = order.client_order_id
         if not 0 < len(cid) <= MAX_CLIENT_ORDER_ID_LEN:
             return R.INVALID_ORDER
-        if (order.participant_id, cid) in self.client_order_ids:
+        used = self.client_order_ids.get(order.participant_id)
+        if used is not None and cid in used:
             return R.DUPLICATE_CLIENT_ORDER_ID
         limit = order.is_limit
         tif = order.time_in_force
@@ -359,7 +361,10 @@ class Core:
         order_id = counters.next_order_id
         counters.next_order_id = order_id + 1
         order.order_id = order_id
-        self.client_order_ids[(order.participant_id, order.client_order_id)] = order_id
+        used = self.client_order_ids.get(order.participant_id)
+        if used is None:
+            used = self.client_order_ids[order.participant_id] = {}
+        used[order.client_order_id] = order_id
         if order.lot is not None:
             order.lot.reserved_heads += order.quantity_heads
         book = market.book

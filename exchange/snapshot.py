@@ -93,7 +93,9 @@ def encode_core(core: Core) -> bytes:
     c = core.counters
     markets = [_market_record(m) for m in core.markets.values()]
     lots = [LotRecord(core.lot_records[i], s.reserved_heads, s.sold_heads) for i, s in core.lots.items()]
-    ids = [(p, cid, oid) for (p, cid), oid in core.client_order_ids.items()]
+    # in order id order, which is the order they were used in (and the order earlier versions wrote)
+    ids = sorted(((p, cid, oid) for p, used in core.client_order_ids.items() for cid, oid in used.items()),
+                 key=lambda entry: entry[2])
     clearing = b"" if core.clearing is None else core.clearing.snapshot()
     lot_refs = [(p, ref, lot_id) for (p, ref), lot_id in core.lot_refs.items()]
     record = CoreRecord(
@@ -130,7 +132,8 @@ def decode_core(data: bytes, core_type: Callable[[Clearing | None], Core] | None
         core.markets[m.spec.symbol] = market
         for r in [*m.bids, *m.asks]:
             _restore_order(core, book, m.spec.symbol, r)
-    core.client_order_ids = {(p, cid): oid for p, cid, oid in record.client_order_ids}
+    for p, cid, oid in record.client_order_ids:
+        core.client_order_ids.setdefault(p, {})[cid] = oid
     core.lot_refs = {(p, ref): lot_id for p, ref, lot_id in record.lot_refs}
     heapq.heapify(core.expiries)
     return core

@@ -37,7 +37,8 @@ SELL: Final = int(Side.SELL)
 _EXPIRE_TAKER: Final = int(SelfTradePrevention.EXPIRE_TAKER)
 _EXPIRE_MAKER: Final = int(SelfTradePrevention.EXPIRE_MAKER)
 _SELF_TRADE: Final = ExpireReason.SELF_TRADE
-SIDES: Final = (Side.BUY, Side.BUY, Side.SELL)  # a side's int value -> the enum, for events
+# a side's int value -> the enum, for events (a variable-length tuple: compiled, a fixed one is boxed anew at every use)
+SIDES: Final[tuple[Side, ...]] = (Side.BUY, Side.BUY, Side.SELL)
 NO_LIMIT: Final = 1 << 62  # a limit key beyond every real price: a market order without a band
 
 
