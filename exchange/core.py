@@ -71,7 +71,7 @@ from exchange.events import (
     TradingStateChanged,
 )
 from exchange.matching.auction import uncross
-from exchange.matching.book import NO_LIMIT, Counters, LotState, Order, OrderBook, release_remaining
+from exchange.matching.book import NO_LIMIT, Counters, LotState, Order, OrderBook, level_of, release_remaining
 from exchange.settlement import rules
 from exchange.settlement.clearing import Clearing
 
@@ -429,12 +429,13 @@ class Core:
         if order is None:
             return
         book = self.markets[order.instrument].book
+        level = level_of(order)  # before remove() unlinks the order from it
         book_side = book.remove(order)
         cancelled = release_remaining(order)
         book.seq += 1
         events.append(OrderCancelled(book.seq, ts_ns, order_id, participant_id, order.instrument, cancelled))
-        book.level_changed(book_side, order.price_fen, ts_ns, events)
-        book_side.drop_level_if_empty(book_side.levels[book_side.sign * order.price_fen])
+        book.level_size_changed(book_side, level, ts_ns, events)
+        book_side.drop_level_if_empty(level)
 
     def _amend_order(self, cmd: AmendOrder, events: list) -> None:
         order = self._own_resting(cmd.order_id, cmd.participant_id, cmd.ts_ns, events)
@@ -496,7 +497,7 @@ class Core:
         book_side = book.side_of(order.side)
         old_price = order.price_fen
         if keep:
-            book_side.level_of(order).heads += added
+            level_of(order).heads += added
         else:
             book.remove(order)
         if order.lot is not None:

@@ -12,7 +12,7 @@ part (they cannot be allocated pro rata); the caller sweeps them afterwards agai
 
 from __future__ import annotations
 
-from exchange.matching.book import BookSide, Order, OrderBook
+from exchange.matching.book import BookSide, Order, OrderBook, level_of
 
 
 def equilibrium(bids: list[Order], asks: list[Order], reference_price_fen: int) -> tuple[int, int]:
@@ -68,7 +68,7 @@ def _take(book: OrderBook, side: BookSide, order: Order, quantity: int, touched:
     """Fill part of a resting order in place; a fully filled one leaves its level at once."""
     order.remaining_heads -= quantity
     order.filled_heads += quantity
-    level = side.level_of(order)
+    level = level_of(order)
     level.heads -= quantity
     touched.add(order.price_fen)
     if order.remaining_heads == 0:

@@ -2,11 +2,11 @@
 
 Layout: each side keeps its price levels in a ``SortedList`` of keys (the price for asks, minus the
 price for bids, so the best level is always key index 0) and a dict key -> ``Level``. A level is a
-FIFO of orders as an intrusive doubly linked list, so adding at the tail, filling at the head and
-cancelling anywhere are all O(1). ``Order`` and ``Level`` are msgspec structs with ``gc=False``: the
-collector never scans resting orders, which keeps its pauses out of the latency tail. They hold
-references to each other only through ``prev``/``next``/``head``/``tail``, and every removal clears
-those, so reference counting alone frees them.
+FIFO of orders as an intrusive doubly linked list, and a resting order points at its level, so adding
+at the tail, filling at the head and cancelling anywhere are all O(1) without a lookup. ``Order``,
+``Level``, ``LotState`` and ``Counters`` are plain slotted classes: compiled with mypyc (setup.py) their
+fields are C struct members. They refer to each other only through ``prev``/``next``/``level`` and
+``head``/``tail``, and every removal clears those, so reference counting alone frees them.
 
 Matching rules (the naive reference book in ``tests/reference_book.py`` states the same rules):
 - A taker walks the opposite side best price first, FIFO within a level, trading at the maker's price.
@@ -64,7 +64,7 @@ class LotState:
 
 class Order:
     __slots__ = (
-        "all_or_none", "client_order_id", "expire_at_ns", "filled_heads", "instrument", "is_limit", "lot",
+        "all_or_none", "client_order_id", "expire_at_ns", "filled_heads", "instrument", "is_limit", "level", "lot",
         "min_quantity_heads", "next", "order_id", "participant_id", "post_only", "prev", "price_fen", "priority",
         "quantity_heads", "remaining_heads", "side", "stp", "time_in_force",
     )  # fmt: skip
@@ -92,6 +92,7 @@ class Order:
         self.filled_heads = filled_heads
         self.prev: Order | None = None
         self.next: Order | None = None
+        self.level: Level | None = None  # the level it rests in (cancels and fills need no lookup)
         # what only the checks of a new order read (a resting order is a limit; its minimum is spent)
         self.is_limit = True
         self.min_quantity_heads = 0
@@ -137,6 +138,7 @@ class BookSide:
             order.prev = tail
         level.tail = order
         level.heads += order.remaining_heads
+        order.level = level
         return level
 
     def unlink(self, level: Level, order: Order) -> None:
@@ -153,6 +155,7 @@ class BookSide:
             nxt.prev = prev
         order.prev = None
         order.next = None
+        order.level = None
 
     def drop_level_if_empty(self, level: Level) -> bool:
         if level.head is not None:
@@ -163,9 +166,6 @@ class BookSide:
         if key == self.best_key:
             self.best_key = self.keys[0] if self.keys else None
         return True
-
-    def level_of(self, order: Order) -> Level:
-        return self.levels[self.sign * order.price_fen]
 
     def iter_orders(self):
         for key in self.keys:
@@ -180,6 +180,14 @@ class BookSide:
             level = self.levels[key]
             out.append((level.price_fen, level.heads))
         return out
+
+
+def level_of(order: Order) -> Level:
+    """The level a resting order is in."""
+    level = order.level
+    if level is None:
+        raise ValueError(f"order {order.order_id} is not resting")
+    return level
 
 
 def release_remaining(order: Order) -> int:
@@ -241,23 +249,32 @@ class OrderBook:
             order.prev = tail
             level.tail = order
             level.heads += order.remaining_heads
+            order.level = level
         self.seq += 1
         events.append(BookChanged(self.seq, ts_ns, self.instrument, SIDES[order.side], order.price_fen, level.heads))
 
     def remove(self, order: Order) -> BookSide:
         """Take a resting order off the book; the caller emits its events and the level change."""
         book_side = self.bids if order.side == BUY else self.asks
-        level = book_side.level_of(order)
+        level = level_of(order)
         book_side.unlink(level, order)
         level.heads -= order.remaining_heads
         del self.live_orders[order.order_id]
         return book_side
 
     def level_changed(self, book_side: BookSide, price_fen: int, ts_ns: int, events: list) -> None:
+        """Emit the new size of the level at ``price_fen``: 0 if it is gone."""
         level = book_side.levels.get(book_side.sign * price_fen)
         heads = 0 if level is None else level.heads
         self.seq += 1
         events.append(BookChanged(self.seq, ts_ns, self.instrument, SIDES[book_side.side], price_fen, heads))
+
+    def level_size_changed(self, book_side: BookSide, level: Level, ts_ns: int, events: list) -> None:
+        """Emit the new size of a level in hand (0 while an emptied one waits to be dropped)."""
+        self.seq += 1
+        events.append(
+            BookChanged(self.seq, ts_ns, self.instrument, SIDES[book_side.side], level.price_fen, level.heads)
+        )
 
     def match(self, taker: Order, limit_key: int, ts_ns: int, events: list) -> bool:
         """Trade ``taker`` against the opposite side up to ``limit_key``; True if STP stopped it.
@@ -481,8 +498,8 @@ class OrderBook:
     ) -> None:
         """Fill an all-or-none sell completely against one resting bid."""
         quantity = sell.remaining_heads
-        bid_level = self.bids.level_of(bid)
-        sell_level = self.asks.level_of(sell) if sell_resting else None
+        bid_level = level_of(bid)
+        sell_level = level_of(sell) if sell_resting else None
         bid.remaining_heads -= quantity
         bid.filled_heads += quantity
         sell.remaining_heads = 0
