@@ -71,7 +71,7 @@ from exchange.events import (
     TradingStateChanged,
 )
 from exchange.matching.auction import uncross
-from exchange.matching.book import NO_LIMIT, Counters, LotState, Order, OrderBook, level_of, release_remaining
+from exchange.matching.book import NO_LIMIT, Counters, LotState, Order, OrderBook, TimeNs, level_of, release_remaining
 from exchange.settlement import rules
 from exchange.settlement.clearing import Clearing
 
@@ -205,7 +205,7 @@ class Core:
         kind = type(command)
         if kind is _PLACE_ORDER:
             fields = _astuple(command)
-            ts_ns: int = fields[_TS_NS]
+            ts_ns: TimeNs = fields[_TS_NS]
             self._expire_due(ts_ns, events)
             self._place_order(fields, events)
         elif kind is _CANCEL_ORDER:
@@ -239,7 +239,7 @@ class Core:
                                    fields[_CLIENT_ORDER_ID], 0, fields[_INSTRUMENT]))
             return
         order = self._new_order(market, fields)
-        ts_ns: int = fields[_TS_NS]
+        ts_ns: TimeNs = fields[_TS_NS]
         lot_id: int = fields[_LOT_ID]
         reason = self._check_order(market, order, lot_id, ts_ns)
         if reason is not None:
@@ -358,7 +358,7 @@ class Core:
         return order
 
     def _accept(self, market: Market, order: Order, fields: tuple[Any, ...], events: list) -> None:
-        ts_ns: int = fields[_TS_NS]
+        ts_ns: TimeNs = fields[_TS_NS]
         counters = self.counters
         order_id = counters.next_order_id
         counters.next_order_id = order_id + 1
@@ -395,7 +395,7 @@ class Core:
             return
         self._execute(market, order, ts_ns, events)
 
-    def _execute(self, market: Market, order: Order, ts_ns: int, events: list) -> None:
+    def _execute(self, market: Market, order: Order, ts_ns: TimeNs, events: list) -> None:
         """Match an accepted (or re-priced) order, then rest it or expire what is left."""
         book = market.book
         stopped = False
@@ -417,7 +417,7 @@ class Core:
         if order.time_in_force == GTD:
             heapq.heappush(self.expiries, (order.expire_at_ns, order.order_id))
 
-    def _own_resting(self, order_id: int, participant_id: int, ts_ns: int, events: list) -> Order | None:
+    def _own_resting(self, order_id: int, participant_id: int, ts_ns: TimeNs, events: list) -> Order | None:
         order = self.orders.get(order_id)
         if order is None or order.participant_id != participant_id:
             # another participant's order is reported exactly like a missing one
@@ -425,7 +425,7 @@ class Core:
             return None
         return order
 
-    def _cancel_order(self, participant_id: int, ts_ns: int, order_id: int, events: list) -> None:
+    def _cancel_order(self, participant_id: int, ts_ns: TimeNs, order_id: int, events: list) -> None:
         order = self._own_resting(order_id, participant_id, ts_ns, events)
         if order is None:
             return
