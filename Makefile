@@ -2,7 +2,10 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-stamp
+# HOGX_COMPILE=0: the core modules run as plain Python (setup.py); each choice has its own stamp
+HOGX_COMPILE ?= 1
+export HOGX_COMPILE
+STAMP := $(VENV)/.installed-stamp-compile$(HOGX_COMPILE)
 # The modules setup.py compiles with mypyc: an edit to one rebuilds it (exchange/__init__.py refuses a stale build).
 COMPILED := $(shell sed -n 's/^    "\(exchange\/.*\.py\)",$$/\1/p' setup.py)
 
@@ -12,6 +15,7 @@ $(STAMP): pyproject.toml setup.py $(COMPILED)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	rm -f hogx_core__mypyc.*.so $$(find exchange -name '*.so')  # builds of modules no longer compiled go too
+	rm -f $(VENV)/.installed-stamp-compile*
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 

@@ -1,20 +1,33 @@
 """Builds the hot core modules into C extensions with mypyc (the rest of the project is plain Python).
 
-The compiled modules are ordinary typed Python: without a C compiler, or with ``HOGX_COMPILE=0``, they
-run as they are, only slower. ``exchange/__init__.py`` refuses a compiled module older than its source,
-so an edit is never shadowed by a stale build: ``make`` rebuilds it.
+The compiled modules are ordinary typed Python: with ``HOGX_COMPILE=0``, or where they cannot be built
+(no C compiler), they run as they are, only slower. ``exchange/__init__.py`` refuses a compiled module
+older than its source, so an edit is never shadowed by a stale build: ``make`` rebuilds it.
 """
 
 import os
+import sys
 
 from setuptools import setup
+from setuptools.command.build_ext import build_ext
 
-# The modules every command passes through: matching and the settlement stage.
+# The modules every order passes through: the core's dispatch and checks, the book, the auction.
 COMPILED = [
     "exchange/matching/book.py",
     "exchange/matching/auction.py",
     "exchange/core.py",
 ]
+
+
+class OptionalBuildExt(build_ext):
+    """A failed build leaves the modules as plain Python instead of failing the install."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # a missing or broken C toolchain: setuptools raises several kinds
+            print(f"hogx: the compiled core was not built ({exc}); it runs as plain Python", file=sys.stderr)
+
 
 ext_modules = []
 if os.environ.get("HOGX_COMPILE", "1") != "0":
@@ -22,4 +35,4 @@ if os.environ.get("HOGX_COMPILE", "1") != "0":
 
     ext_modules = mypycify(COMPILED, opt_level="3", group_name="hogx_core")
 
-setup(ext_modules=ext_modules)
+setup(ext_modules=ext_modules, cmdclass={"build_ext": OptionalBuildExt})

@@ -10,8 +10,8 @@ import sysconfig
 from pathlib import Path
 
 
-def _refuse_stale_builds() -> None:
-    package = Path(__file__).parent
+def refuse_stale_builds(package: Path) -> None:
+    """Raise ImportError if a compiled module of ``package`` (a source checkout's) is older than its source."""
     if not (package.parent / "setup.py").exists():
         return  # an installed package: its build and sources came together from one wheel
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
@@ -20,8 +20,8 @@ def _refuse_stale_builds() -> None:
         if source.exists() and source.stat().st_mtime > built.stat().st_mtime:
             raise ImportError(
                 f"{source} changed after it was compiled: run `make` (or `pip install -e .`) to rebuild it, "
-                f"or delete {built} to run it uncompiled"
+                "or `HOGX_COMPILE=0 make` to run the core uncompiled"
             )
 
 
-_refuse_stale_builds()
+refuse_stale_builds(Path(__file__).parent)
