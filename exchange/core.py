@@ -71,7 +71,17 @@ from exchange.events import (
     TradingStateChanged,
 )
 from exchange.matching.auction import uncross
-from exchange.matching.book import NO_LIMIT, Counters, LotState, Order, OrderBook, TimeNs, level_of, release_remaining
+from exchange.matching.book import (
+    NO_LIMIT,
+    Counters,
+    LotState,
+    Order,
+    OrderBook,
+    OrderId,
+    TimeNs,
+    level_of,
+    release_remaining,
+)
 from exchange.settlement import rules
 from exchange.settlement.clearing import Clearing
 
@@ -176,7 +186,7 @@ class Core:
         self.markets: dict[str, Market] = {}
         self.lots: dict[int, LotState] = {}
         self.lot_records: dict[int, Lot] = {}
-        self.orders: dict[int, Order] = {}  # resting orders only
+        self.orders: dict[OrderId, Order] = {}  # resting orders only
         # participant -> client order id -> order id, forever (by participant: no key tuple to build per order)
         self.client_order_ids: dict[int, dict[str, int]] = {}
         self.lot_refs: dict[tuple[int, str], int] = {}  # (seller, client lot ref) -> lot id, forever
@@ -360,8 +370,9 @@ class Core:
     def _accept(self, market: Market, order: Order, fields: tuple[Any, ...], events: list) -> None:
         ts_ns: TimeNs = fields[_TS_NS]
         counters = self.counters
-        order_id = counters.next_order_id
-        counters.next_order_id = order_id + 1
+        next_order_id = counters.next_order_id
+        counters.next_order_id = next_order_id + 1
+        order_id: OrderId = next_order_id  # boxed once, here
         order.order_id = order_id
         used = self.client_order_ids.get(order.participant_id)
         if used is None:
@@ -417,7 +428,7 @@ class Core:
         if order.time_in_force == GTD:
             heapq.heappush(self.expiries, (order.expire_at_ns, order.order_id))
 
-    def _own_resting(self, order_id: int, participant_id: int, ts_ns: TimeNs, events: list) -> Order | None:
+    def _own_resting(self, order_id: OrderId, participant_id: int, ts_ns: TimeNs, events: list) -> Order | None:
         order = self.orders.get(order_id)
         if order is None or order.participant_id != participant_id:
             # another participant's order is reported exactly like a missing one
@@ -425,7 +436,7 @@ class Core:
             return None
         return order
 
-    def _cancel_order(self, participant_id: int, ts_ns: TimeNs, order_id: int, events: list) -> None:
+    def _cancel_order(self, participant_id: int, ts_ns: TimeNs, order_id: OrderId, events: list) -> None:
         order = self._own_resting(order_id, participant_id, ts_ns, events)
         if order is None:
             return

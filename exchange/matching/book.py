@@ -30,6 +30,9 @@ from exchange.domain import ExpireReason, SelfTradePrevention, Side
 # A command's time, carried as the int object it arrived in: compiled, a parameter typed int is unboxed
 # and every event would box it anew (an allocation each); typed Any it passes through untouched.
 TimeNs: TypeAlias = Any
+# An order id, likewise kept as one int object from acceptance on: it keys the resting-order map and is
+# in every event of the order, where a native int would be boxed anew each time.
+OrderId: TypeAlias = Any
 
 # Compiled, a module-level name is read from the module's dictionary at every use unless it is Final,
 # which makes it a C static: the hot path's classes and constants are Final (enums as their int values).
@@ -74,7 +77,7 @@ class Order:
     )  # fmt: skip
 
     def __init__(
-        self, order_id: int, participant_id: int, client_order_id: str, instrument: str, side: int, price_fen: int,
+        self, order_id: OrderId, participant_id: int, client_order_id: str, instrument: str, side: int, price_fen: int,
         quantity_heads: int, remaining_heads: int, time_in_force: int, expire_at_ns: int, post_only: bool,
         all_or_none: bool, stp: int, lot: LotState | None, priority: int = 0, filled_heads: int = 0,
     ) -> None:  # fmt: skip
@@ -222,7 +225,7 @@ class OrderBook:
 
     __slots__ = ("asks", "bids", "counters", "instrument", "live_orders", "seq")
 
-    def __init__(self, instrument: str, counters: Counters, live_orders: dict[int, Order]) -> None:
+    def __init__(self, instrument: str, counters: Counters, live_orders: dict[OrderId, Order]) -> None:
         self.instrument = instrument
         self.counters = counters
         self.live_orders = live_orders  # the core's order_id -> resting Order map, shared
