@@ -507,9 +507,9 @@ class Core:
         added = quantity - order.quantity_heads
         keep = price == order.price_fen and added < 0
         book_side = book.side_of(order.side)
-        old_price = order.price_fen
+        level = level_of(order)  # the order's level until now (remove() unlinks the order from it)
         if keep:
-            level_of(order).heads += added
+            level.heads += added
         else:
             book.remove(order)
         if order.lot is not None:
@@ -524,12 +524,12 @@ class Core:
                 order.remaining_heads, keep,
             )
         )  # fmt: skip
-        book.level_changed(book_side, old_price, ts_ns, events)
+        book.level_size_changed(book_side, level, ts_ns, events)
         if keep:
             if order.all_or_none and market.state == CONTINUOUS:
                 book.sweep_all_or_none(ts_ns, events)
             return
-        book_side.drop_level_if_empty(book_side.levels[book_side.sign * old_price])
+        book_side.drop_level_if_empty(level)
         self._execute(market, order, ts_ns, events)
 
     def _expire_due(self, ts_ns: int, events: list) -> None:
@@ -540,10 +540,11 @@ class Core:
             if order is None:
                 continue  # it filled or was cancelled before it could expire
             book = self.markets[order.instrument].book
+            level = level_of(order)  # before remove() unlinks the order from it
             book_side = book.remove(order)
             book.retire(order, ExpireReason.GTD, ts_ns, events)
-            book.level_changed(book_side, order.price_fen, ts_ns, events)
-            book_side.drop_level_if_empty(book_side.levels[book_side.sign * order.price_fen])
+            book.level_size_changed(book_side, level, ts_ns, events)
+            book_side.drop_level_if_empty(level)
 
     # -- instruments, lots and sessions -------------------------------------------------------------
 

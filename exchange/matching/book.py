@@ -516,11 +516,11 @@ class OrderBook:
         if bid.remaining_heads == 0:
             self.bids.unlink(bid_level, bid)
             del self.live_orders[bid.order_id]
-        self.level_changed(self.bids, bid_level.price_fen, ts_ns, events)
+        self.level_size_changed(self.bids, bid_level, ts_ns, events)
         self.bids.drop_level_if_empty(bid_level)
         if sell_level is not None:
             sell_level.heads -= quantity
             self.asks.unlink(sell_level, sell)
             del self.live_orders[sell.order_id]
-            self.level_changed(self.asks, sell_level.price_fen, ts_ns, events)
+            self.level_size_changed(self.asks, sell_level, ts_ns, events)
             self.asks.drop_level_if_empty(sell_level)
