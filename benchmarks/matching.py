@@ -31,6 +31,7 @@ from exchange.domain import (
     Side,
     TimeInForce,
 )
+from exchange.sequencer import GC_YOUNG_THRESHOLD
 
 SYMBOL = "RC-LH-WSY"
 REFERENCE_FEN = 2800
@@ -146,16 +147,14 @@ def _fresh(factory: Callable[[], object]) -> object:
 
 class SequencerGC:
     """The collector as the sequencer runs it (``Sequencer``, ``gc_young_threshold``): after recovery old
-    objects are frozen out of the collector's scans, and a young collection runs every 50,000
-    allocations instead of every 700."""
-
-    YOUNG_THRESHOLD = 50_000
+    objects are frozen out of the collector's scans, and a young collection runs every
+    ``GC_YOUNG_THRESHOLD`` allocations instead of every 700."""
 
     def __enter__(self) -> None:
         gc.collect()
         gc.freeze()
         self.thresholds = gc.get_threshold()
-        gc.set_threshold(self.YOUNG_THRESHOLD, *self.thresholds[1:])
+        gc.set_threshold(GC_YOUNG_THRESHOLD, *self.thresholds[1:])
 
     def __exit__(self, *exc: object) -> None:
         gc.set_threshold(*self.thresholds)

@@ -136,6 +136,8 @@ SYSTEM_PARTICIPANT: Final = 0  # participant id of commands the sequencer itself
 # pg_advisory_lock key held by the writer connection for as long as it writes: "hogx_seq" as int64.
 _WRITER_LOCK_KEY: Final = int.from_bytes(b"hogx_seq", "big") - (1 << 63)
 _REPLAY_PAGE: Final = 50_000
+# the collector's young-generation threshold while running (the interpreter's default is 700)
+GC_YOUNG_THRESHOLD: Final = 50_000
 _REPLAY_SLICE: Final = 5_000  # commands applied between turns of the event loop during replay
 # While a batch commits, the writer applies the next one in chunks of max_batch / this, turning the event
 # loop between chunks: each of the commit's round trips waits for the chunk in progress, and PostgreSQL
@@ -479,7 +481,7 @@ class Sequencer:
         commit_timeout_s: float = 10.0,
         backoff_max_s: float = _BACKOFF_MAX_S,
         freeze_gc: bool = True,
-        gc_young_threshold: int | None = 50_000,
+        gc_young_threshold: int | None = GC_YOUNG_THRESHOLD,
     ) -> None:
         if queue_size < 1 or max_batch < 1 or snapshot_every < 1:
             raise ValueError("queue_size, max_batch and snapshot_every must be positive")
