@@ -6,12 +6,14 @@ PY := $(VENV)/bin/python
 HOGX_COMPILE ?= 1
 export HOGX_COMPILE
 STAMP := $(VENV)/.installed-stamp-compile$(HOGX_COMPILE)
-# The modules setup.py compiles with mypyc: an edit to one rebuilds it (exchange/__init__.py refuses a stale build).
-COMPILED := $(shell sed -n 's/^    "\(exchange\/.*\.py\)",$$/\1/p' setup.py)
+# The compiled modules (setup.py) are rebuilt when any module of the package changes, not only their own
+# sources: mypyc builds in the types and Final constants of what they import (exchange/__init__.py refuses,
+# at import, a build older than its own source).
+COMPILE_INPUTS := $(shell find exchange -name '*.py')
 
 .PHONY: run test lint bench clean
 
-$(STAMP): pyproject.toml setup.py $(COMPILED)
+$(STAMP): pyproject.toml setup.py $(COMPILE_INPUTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	rm -f hogx_core__mypyc.*.so $$(find exchange -name '*.so')  # builds of modules no longer compiled go too

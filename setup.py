@@ -11,11 +11,13 @@ import sys
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
-# The modules every order passes through: the core's dispatch and checks, the book, the auction.
+# The modules every order passes through: the core's dispatch and checks, the book, the auction, and the
+# ledger every money movement goes through.
 COMPILED = [
     "exchange/matching/book.py",
     "exchange/matching/auction.py",
     "exchange/core.py",
+    "exchange/settlement/ledger.py",
 ]
 
 

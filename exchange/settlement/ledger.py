@@ -25,8 +25,17 @@ Validation happens in a fixed order (``CreateTransferResult`` lists the codes; t
 in ``Ledger.create_transfers``); state is changed only after the last check passes.
 ``create_transfer(t, now_ns)`` answers exactly as ``create_transfers([t], now_ns)[0]`` without the
 lists: the clearing's path for a lone transfer (most of its transfers), chains go through
-``create_transfers``. Every check runs on both paths; the hot paths avoid only Python overhead (enum
-attribute lookups, repeated sums, calls), which the ledger benchmark measures.
+``create_transfers``. Every check runs on both paths.
+
+Compiled
+--------
+This module is compiled with mypyc (``setup.py``; it runs as plain Python where no build exists). Its
+records and codes (``Account``, ``Transfer``, ``Posting``, the enums, ``CHART``) are msgspec structs and
+enums, which stay ordinary classes: they live in ``ledger_records.py`` and are re-exported here. The
+ledger keeps its accounts as native records (``_Account``: compiled, its counters are C fields, where
+a msgspec struct's fields would be read through the generic attribute protocol), reads a ``Transfer``
+once as a tuple (``msgspec.structs.astuple``), and passes ids, codes and times on as the int objects
+they arrived as (``Boxed``), so no posting boxes them anew. The ledger benchmark measures it.
 
 Postings (what PostgreSQL stores)
 ---------------------------------
@@ -60,374 +69,168 @@ from __future__ import annotations
 import hashlib
 import heapq
 from collections.abc import Iterable, Sequence
-from enum import IntEnum
-from typing import Final, NamedTuple
+from typing import Any, Final, TypeAlias
 
 import msgspec
+from msgspec.structs import astuple
 
-MAX_INT64: Final = 2**63 - 1  # PostgreSQL bigint: every id, amount, counter and deadline must fit
-MAX_CODE: Final = 2**31 - 1  # PostgreSQL integer
+from exchange.settlement.ledger_records import (
+    ACCOUNT_COLUMNS,
+    CHART,
+    LEDGER_CNY,
+    LEDGERS,
+    MAX_CODE,
+    MAX_INT64,
+    NO_ROWS,
+    POSTING_COLUMNS,
+    Account,
+    AccountCode,
+    AccountFlags,
+    ChartEntry,
+    CreateAccountResult,
+    CreateTransferResult,
+    Entry,
+    LedgerSnapshot,
+    PendingStatus,
+    Posting,
+    PostingSide,
+    Transfer,
+    TransferCode,
+    TransferFlags,
+    account_records,
+    posting_records,
+)
 
-LEDGER_CNY: Final = 1  # the one asset ledger: Chinese yuan, counted in fen
-LEDGERS: Final = frozenset({LEDGER_CNY})
+__all__ = [
+    "ACCOUNT_COLUMNS", "CHART", "LEDGERS", "LEDGER_CNY", "MAX_CODE", "MAX_INT64", "NO_ROWS", "POSTING_COLUMNS",
+    "Account", "AccountCode", "AccountFlags", "ChartEntry", "CreateAccountResult", "CreateTransferResult", "Entry",
+    "Ledger", "LedgerSnapshot", "PendingStatus", "Posting", "PostingSide", "Transfer", "TransferCode",
+    "TransferFlags", "account_records", "posting_records",
+]  # fmt: skip
 
+# A value the ledger passes on unchanged (ids, codes, user data, time): typed Any, so that compiled it
+# stays the int object it arrived as, instead of being unboxed and boxed anew into every Posting.
+Boxed: TypeAlias = Any
 
-class AccountFlags:
-    """Bit flags of ``Account.flags``.
+# A Transfer's fields by position (``msgspec.structs.astuple``): compiled, one tuple of all fields costs
+# less than two attribute reads of a msgspec struct. Checked against the struct at import.
+if Transfer.__struct_fields__ != (
+    "transfer_id", "debit_account_id", "credit_account_id", "amount_fen", "code", "user_data", "flags",
+    "pending_id", "timeout_ns",
+):  # fmt: skip
+    raise ImportError("Transfer's fields changed: update how ledger.py unpacks them")
 
-    Plain ``int`` constants rather than ``IntFlag``: ``IntFlag.__and__`` runs Python code, and the
-    flags are tested on every transfer.
-    """
-
-    NONE: Final = 0
-    LINKED: Final = 1  # this account and the next one in the batch are created together or not at all
-    DEBITS_MUST_NOT_EXCEED_CREDITS: Final = 2  # debits_pending + debits_posted <= credits_posted
-    CREDITS_MUST_NOT_EXCEED_DEBITS: Final = 4  # credits_pending + credits_posted <= debits_posted
-
-
-class TransferFlags:
-    """Bit flags of ``Transfer.flags`` (plain ``int`` constants, see ``AccountFlags``)."""
-
-    NONE: Final = 0
-    LINKED: Final = 1  # this transfer and the next one succeed or fail together
-    PENDING: Final = 2  # reserve the amount; resolve later by post, void or timeout
-    POST_PENDING: Final = 4  # post (all or part of) the pending transfer ``pending_id``
-    VOID_PENDING: Final = 8  # release the pending transfer ``pending_id``
-
-
-class AccountCode(IntEnum):
-    """The chart of accounts: the kind of every account. ``CHART`` documents each one."""
-
-    BANK_SETTLEMENT = 100
-    ESCROW = 200
-    FEE_INCOME = 300
-    POVERTY_SUBSIDY_FUND = 310
-    BUYER_CASH = 400
-    BUYER_CREDIT_LINE = 410
-    SELLER_RECEIVABLE = 500
-    FARMER_PAYABLE = 510
-    FINANCIER_FUNDS = 600
-    LOANS_RECEIVABLE = 610
-    LOANS_FUNDED = 615
-    INTEREST_RECEIVABLE = 620
-    INTEREST_INCOME = 630
-
-
-class ChartEntry(NamedTuple):
-    normal_balance: str  # "debit": the balance is debits - credits (assets); "credit": credits - debits
-    limit_flags: int  # the AccountFlags limit an account of this kind must carry
-    house: bool  # True: one per exchange, owner_id 0; False: one per participant, owner_id > 0
-    description: str
-
-
+# Module-level constants are Final: compiled, each is a C static instead of a module-dict lookup.
+_R: Final = CreateTransferResult
+_A: Final = CreateAccountResult
+_OK: Final = CreateTransferResult.OK
+_EXISTS: Final = CreateTransferResult.EXISTS
+_A_OK: Final = CreateAccountResult.OK
+_A_EXISTS: Final = CreateAccountResult.EXISTS
 _DR_LIMIT: Final = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
 _CR_LIMIT: Final = AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS
-
-CHART: Final[dict[int, ChartEntry]] = {  # keyed by AccountCode
-    AccountCode.BANK_SETTLEMENT: ChartEntry(
-        "debit", _CR_LIMIT, True,
-        "External: the exchange's client-money account at the bank. Debited by confirmed deposits, "
-        "credited by payouts and withdrawals; cannot pay out more than came in."),
-    AccountCode.ESCROW: ChartEntry(
-        "credit", _DR_LIMIT, True,
-        "Trade obligations between the trade and its settlement: credited when a buyer's hold is "
-        "posted at a fill, debited when the trade settles or the buyer is refunded."),
-    AccountCode.FEE_INCOME: ChartEntry(
-        "credit", _DR_LIMIT, True,
-        "The exchange's fee revenue. Credited by fees charged at settlement."),
-    AccountCode.POVERTY_SUBSIDY_FUND: ChartEntry(
-        "credit", _DR_LIMIT, True,
-        "Fund that pays the waived fees and the advance interest of registered poor households; "
-        "credited when sponsors fund it, cannot spend more than it holds."),
-    AccountCode.BUYER_CASH: ChartEntry(
-        "credit", _DR_LIMIT, False,
-        "A buyer's money held by the exchange. Credited by deposits; order holds are pending debits "
-        "(there is no separate hold account); must never go negative."),
-    AccountCode.BUYER_CREDIT_LINE: ChartEntry(
-        "credit", _DR_LIMIT, False,
-        "Undrawn credit a financier extends to a buyer (user_data: the financier). Credited by the "
-        "grant, debited by holds and draws; cannot be overdrawn."),
-    AccountCode.SELLER_RECEIVABLE: ChartEntry(
-        "credit", _DR_LIMIT, False,
-        "What a seller is due for delivered trades during the dispute window, before settlement."),
-    AccountCode.FARMER_PAYABLE: ChartEntry(
-        "credit", _DR_LIMIT, False,
-        "Settled proceeds owed to a farmer or cooperative, waiting for a payout run; debited by "
-        "payouts and cooperative splits, credited back by returned payouts."),
-    AccountCode.FINANCIER_FUNDS: ChartEntry(
-        "credit", _DR_LIMIT, False,
-        "Money a financial partner placed with the exchange to lend; cannot go negative."),
-    AccountCode.LOANS_RECEIVABLE: ChartEntry(
-        "debit", _CR_LIMIT, False,
-        "Principal a borrower owes a financier (owner: financier, user_data: borrower): debited by "
-        "advances and credit-line draws, credited by repayments; cannot be repaid beyond what is owed."),
-    AccountCode.LOANS_FUNDED: ChartEntry(
-        "credit", _DR_LIMIT, False,
-        "Contra of LOANS_RECEIVABLE (owner: financier, user_data: borrower): the financier's principal "
-        "out on loan. Credited together with every debit of LOANS_RECEIVABLE, debited with every "
-        "credit, so both always show the same outstanding principal. The cash itself moves between "
-        "FINANCIER_FUNDS and the borrower's accounts."),
-    AccountCode.INTEREST_RECEIVABLE: ChartEntry(
-        "debit", _CR_LIMIT, False,
-        "Interest accrued and not yet paid (owner: financier, user_data: borrower): debited by daily "
-        "accrual, credited when the borrower or the subsidy fund pays it."),
-    AccountCode.INTEREST_INCOME: ChartEntry(
-        "credit", AccountFlags.NONE, False,
-        "Interest a financier has earned (owner: financier): credited by daily accrual, debited when "
-        "the interest is collected into FINANCIER_FUNDS, so its balance is earned and not yet collected."),
+_LINKED: Final = TransferFlags.LINKED
+_PENDING: Final = TransferFlags.PENDING
+_POST: Final = TransferFlags.POST_PENDING
+_VOID: Final = TransferFlags.VOID_PENDING
+_KNOWN_TRANSFER_FLAGS: Final = _LINKED | _PENDING | _POST | _VOID
+_RESERVED_TRANSFER_FLAGS: Final = ~_KNOWN_TRANSFER_FLAGS
+_PHASE_FLAGS: Final = _PENDING | _POST | _VOID
+_RESOLVE_FLAGS: Final = _POST | _VOID
+_KNOWN_ACCOUNT_FLAGS: Final = AccountFlags.LINKED | _DR_LIMIT | _CR_LIMIT
+_POSTED_E: Final = int(Entry.POSTED)
+_PENDING_E: Final = int(Entry.PENDING)
+_RELEASE_E: Final = int(Entry.RELEASE)
+_POST_E: Final = int(Entry.POST_PENDING)
+_ST_PENDING: Final = int(PendingStatus.PENDING)
+_ST_POSTED: Final = int(PendingStatus.POSTED)
+_ST_VOIDED: Final = int(PendingStatus.VOIDED)
+_ST_EXPIRED: Final = int(PendingStatus.EXPIRED)
+_RESOLVED_STATUS_RESULT: Final = {
+    _ST_POSTED: CreateTransferResult.PENDING_TRANSFER_ALREADY_POSTED,
+    _ST_VOIDED: CreateTransferResult.PENDING_TRANSFER_ALREADY_VOIDED,
+    _ST_EXPIRED: CreateTransferResult.PENDING_TRANSFER_EXPIRED,
 }
+# Compiled, an int up to this is held unboxed ("short"); comparing one with MAX_INT64, which is not,
+# would box it first. ``_fits_int64`` compares with this bound first, so the usual case stays unboxed.
+_SHORT_MAX: Final = 2**62 - 1
+# What drain_rows() returns: (new accounts, postings). Typed Any, not as the tuple it is: compiled, a
+# fixed-length tuple is passed unboxed and boxed anew where it leaves, and ``NO_ROWS`` (drain_rows()
+# when nothing was added) must stay the one object, which callers test with ``is`` and never allocate.
+CommandRows: TypeAlias = Any
+_NO_ROWS: Final[CommandRows] = NO_ROWS
+_SNAPSHOT_ENCODER: Final = msgspec.msgpack.Encoder()
+_SNAPSHOT_DECODER: Final = msgspec.msgpack.Decoder(LedgerSnapshot)
+_astuple: Final = astuple
+_Posting: Final = Posting
+_Transfer: Final = Transfer
 
 
-class TransferCode(IntEnum):
-    """Why money moved. The ledger only requires a code in 1..MAX_CODE; these are the known reasons."""
-
-    DEPOSIT = 1  # bank -> buyer cash / financier funds / subsidy fund
-    WITHDRAWAL = 2  # cash -> bank
-    ORDER_HOLD = 10  # pending: buyer cash or credit line -> escrow; user_data: order id
-    ORDER_RELEASE = 11  # void of an order hold (cancel, expiry, unfilled rest); user_data: order id
-    TRADE = 12  # post of the filled part of a hold into escrow; user_data: trade id
-    DELIVERY_ADJUSTMENT = 20  # escrow <-> buyer after the weigh-in fixes the final amount
-    SETTLEMENT = 21  # escrow -> seller receivable / payable
-    FEE = 22  # payable -> fee income
-    FEE_SUBSIDY = 23  # subsidy fund -> fee income, for a registered poor farmer's waived fee
-    ADVANCE = 30  # a financier's advance to a farmer
-    REPAYMENT = 31  # principal back to the financier at settlement
-    INTEREST_ACCRUAL = 32
-    INTEREST_PAYMENT = 33
-    CREDIT_LINE_GRANT = 34
-    CREDIT_LINE_DRAW = 35  # at settlement of a credit-funded trade: the buyer's loan principal starts
-    CREDIT_LINE_REDUCE = 36  # undrawn credit back to the financier's funds
-    COOP_SPLIT = 40  # a cooperative's payable -> its members' payables
-    PAYOUT = 41  # farmer payable -> bank
-    PAYOUT_RETURN = 42  # bank -> farmer payable for a failed payout
+def _fits_int64(value: int) -> bool:
+    """``value <= MAX_INT64`` (PostgreSQL bigint), without boxing ``value`` when compiled."""
+    return value <= _SHORT_MAX or value <= MAX_INT64
 
 
-class PendingStatus(IntEnum):
-    PENDING = 1
-    POSTED = 2
-    VOIDED = 3
-    EXPIRED = 4
+class _Account:
+    """The ledger's own record of an account: its counters are native fields when compiled (reading and
+    writing a msgspec struct's fields from compiled code costs more than from the interpreter). The
+    msgspec ``Account`` is what enters (``create_accounts``) and leaves (copies, snapshots)."""
 
+    __slots__ = (
+        "account_id", "code", "credits_pending_fen", "credits_posted_fen", "debits_pending_fen", "debits_posted_fen",
+        "flags", "ledger", "owner_id", "ts_ns", "user_data",
+    )  # fmt: skip
 
-class Entry(IntEnum):
-    """Which counters a posting row changes (see the module docstring). A statement line (the
-    ``ledger_postings`` view) shows POSTED, PENDING or RELEASE: a POST_PENDING row is two lines there."""
+    def __init__(self, account_id: int, code: int, owner_id: int, ledger: int, flags: int, user_data: int,
+                 ts_ns: int) -> None:  # fmt: skip
+        self.account_id = account_id
+        self.code = code
+        self.owner_id = owner_id
+        self.ledger = ledger
+        self.flags = flags
+        self.user_data = user_data
+        self.ts_ns = ts_ns
+        self.debits_pending_fen = 0
+        self.debits_posted_fen = 0
+        self.credits_pending_fen = 0
+        self.credits_posted_fen = 0
 
-    POSTED = 1
-    PENDING = 2
-    RELEASE = 3
-    POST_PENDING = 4
+    @staticmethod
+    def of(a: Account) -> _Account:
+        """From a snapshot's record, counters included."""
+        stored = _Account(a.account_id, a.code, a.owner_id, a.ledger, a.flags, a.user_data, a.ts_ns)
+        stored.set_counters((a.debits_pending_fen, a.debits_posted_fen, a.credits_pending_fen, a.credits_posted_fen))
+        return stored
 
+    def record(self, with_counters: bool = True) -> Account:
+        """A msgspec copy (counters zero, as created, unless ``with_counters``)."""
+        c = self.counters() if with_counters else (0, 0, 0, 0)
+        return Account(self.account_id, self.code, self.owner_id, self.ledger, self.flags, self.user_data,
+                       c[0], c[1], c[2], c[3], self.ts_ns)  # fmt: skip
 
-class PostingSide(IntEnum):
-    """An account's side in a statement line (the ``ledger_postings`` view splits every row in two)."""
+    def counters(self) -> tuple[int, int, int, int]:
+        return (self.debits_pending_fen, self.debits_posted_fen, self.credits_pending_fen, self.credits_posted_fen)
 
-    DEBIT = 1
-    CREDIT = -1
+    def set_counters(self, c: tuple[int, int, int, int]) -> None:
+        self.debits_pending_fen, self.debits_posted_fen, self.credits_pending_fen, self.credits_posted_fen = c
 
-
-class CreateAccountResult(IntEnum):
-    """Result of one account in ``create_accounts``; checks run in this order (after the chain codes)."""
-
-    OK = 0
-    LINKED_EVENT_FAILED = 1  # another member of its chain failed; nothing of the chain was applied
-    LINKED_EVENT_CHAIN_OPEN = 2  # the batch ended inside a chain (last account flagged LINKED)
-    RESERVED_FLAG = 3
-    ID_OUT_OF_RANGE = 4  # account_id must be 1..MAX_INT64
-    FLAGS_ARE_MUTUALLY_EXCLUSIVE = 5  # both limit flags
-    DEBITS_PENDING_MUST_BE_ZERO = 6
-    DEBITS_POSTED_MUST_BE_ZERO = 7
-    CREDITS_PENDING_MUST_BE_ZERO = 8
-    CREDITS_POSTED_MUST_BE_ZERO = 9
-    TIMESTAMP_MUST_BE_ZERO = 10  # ts_ns is set by the ledger
-    LEDGER_UNKNOWN = 11
-    CODE_NOT_IN_CHART = 12
-    FLAGS_MUST_MATCH_CHART = 13  # the limit flag must be the one CHART gives the account's code
-    OWNER_ID_OUT_OF_RANGE = 14  # 0..MAX_INT64
-    OWNER_ID_MUST_BE_ZERO = 15  # house accounts belong to nobody
-    OWNER_ID_MUST_NOT_BE_ZERO = 16  # participant accounts belong to someone
-    USER_DATA_OUT_OF_RANGE = 17  # 0..MAX_INT64
-    EXISTS_WITH_DIFFERENT_FLAGS = 18
-    EXISTS_WITH_DIFFERENT_CODE = 19
-    EXISTS_WITH_DIFFERENT_OWNER_ID = 20
-    EXISTS_WITH_DIFFERENT_USER_DATA = 21
-    EXISTS = 22  # an identical account exists: success-equivalent
-
-
-class CreateTransferResult(IntEnum):
-    """Result of one transfer in ``create_transfers``. The check order is in ``create_transfers``."""
-
-    OK = 0
-    LINKED_EVENT_FAILED = 1
-    LINKED_EVENT_CHAIN_OPEN = 2
-    RESERVED_FLAG = 3
-    ID_OUT_OF_RANGE = 4
-    FLAGS_ARE_MUTUALLY_EXCLUSIVE = 5
-    PENDING_ID_MUST_BE_ZERO = 6
-    PENDING_ID_OUT_OF_RANGE = 7
-    PENDING_ID_MUST_BE_DIFFERENT = 8
-    TIMEOUT_RESERVED_FOR_PENDING_TRANSFER = 9
-    TIMEOUT_OUT_OF_RANGE = 10
-    ACCOUNTS_MUST_BE_DIFFERENT = 11
-    CODE_OUT_OF_RANGE = 12
-    USER_DATA_OUT_OF_RANGE = 13
-    AMOUNT_MUST_BE_INTEGER = 14
-    AMOUNT_MUST_BE_POSITIVE = 15
-    AMOUNT_MUST_NOT_BE_NEGATIVE = 16
-    DEBIT_ACCOUNT_NOT_FOUND = 17
-    CREDIT_ACCOUNT_NOT_FOUND = 18
-    PENDING_TRANSFER_NOT_FOUND = 19
-    PENDING_TRANSFER_NOT_PENDING = 20
-    PENDING_TRANSFER_HAS_DIFFERENT_DEBIT_ACCOUNT_ID = 21
-    PENDING_TRANSFER_HAS_DIFFERENT_CREDIT_ACCOUNT_ID = 22
-    EXCEEDS_PENDING_TRANSFER_AMOUNT = 23
-    PENDING_TRANSFER_HAS_DIFFERENT_AMOUNT = 24
-    EXISTS_WITH_DIFFERENT_FLAGS = 25
-    EXISTS_WITH_DIFFERENT_PENDING_ID = 26
-    EXISTS_WITH_DIFFERENT_DEBIT_ACCOUNT_ID = 27
-    EXISTS_WITH_DIFFERENT_CREDIT_ACCOUNT_ID = 28
-    EXISTS_WITH_DIFFERENT_AMOUNT = 29
-    EXISTS_WITH_DIFFERENT_TIMEOUT = 30
-    EXISTS_WITH_DIFFERENT_CODE = 31
-    EXISTS_WITH_DIFFERENT_USER_DATA = 32
-    EXISTS = 33  # an identical transfer exists: success-equivalent, nothing changes
-    PENDING_TRANSFER_ALREADY_POSTED = 34
-    PENDING_TRANSFER_ALREADY_VOIDED = 35
-    PENDING_TRANSFER_EXPIRED = 36
-    OVERFLOWS_DEBITS = 37
-    OVERFLOWS_CREDITS = 38
-    OVERFLOWS_TIMEOUT = 39
-    EXCEEDS_CREDITS = 40  # the debit account's DEBITS_MUST_NOT_EXCEED_CREDITS limit
-    EXCEEDS_DEBITS = 41  # the credit account's CREDITS_MUST_NOT_EXCEED_DEBITS limit
-
-
-class Account(msgspec.Struct, gc=False):
-    """An account. Create it with zero counters and ``ts_ns=0``; the ledger owns the stored copy."""
-
-    account_id: int
-    code: int  # AccountCode
-    owner_id: int = 0  # participant id; 0 for house accounts
-    ledger: int = LEDGER_CNY
-    flags: int = AccountFlags.NONE  # must carry CHART[code].limit_flags
-    user_data: int = 0  # e.g. the counterparty of a loan account
-    debits_pending_fen: int = 0
-    debits_posted_fen: int = 0
-    credits_pending_fen: int = 0
-    credits_posted_fen: int = 0
-    ts_ns: int = 0  # creation time, set by the ledger
-
-
-class Transfer(msgspec.Struct, frozen=True, gc=False, array_like=True):
-    """An immutable transfer request and, once stored, record.
-
-    For ``POST_PENDING`` / ``VOID_PENDING``: ``amount_fen`` 0 means the pending amount, and
-    ``debit_account_id``, ``credit_account_id``, ``code``, ``user_data`` 0 mean "as the pending transfer";
-    the stored record has them filled in.
-    """
-
-    transfer_id: int
-    debit_account_id: int = 0
-    credit_account_id: int = 0
-    amount_fen: int = 0
-    code: int = 0  # TransferCode
-    user_data: int = 0  # order id, trade id, payout id ... for traceability
-    flags: int = TransferFlags.NONE
-    pending_id: int = 0  # the pending transfer a post or void resolves
-    timeout_ns: int = 0  # pending only: expires at creation time + timeout_ns; 0 = never
-
-
-class Posting(msgspec.Struct, frozen=True, gc=False, array_like=True):
-    """One row of ``ledger_transfers`` (without the batch ``seq``, which the sequencer adds): both
-    accounts of one transfer or expiry. The module docstring gives what each ``entry`` changes."""
-
-    transfer_id: int
-    entry: int  # Entry
-    debit_account_id: int
-    credit_account_id: int
-    amount_fen: int  # posted (POSTED, POST_PENDING) or pended (PENDING); 0 for RELEASE
-    released_fen: int  # taken off the pending counters (RELEASE, POST_PENDING); else 0
-    code: int
-    user_data: int
-    pending_id: int  # the pending transfer released (RELEASE, POST_PENDING); else 0
-    ts_ns: int
-
-
-class LedgerSnapshot(msgspec.Struct, array_like=True):
-    now_ns: int
-    accounts: list[Account]
-    transfers: list[Transfer]
-    pending_status: dict[int, int]
-    expires_at_ns: dict[int, int]
-
-
-# Columns of ``ledger_transfers`` (exchange/migrations/0006_ledger_transfers.sql) and ``ledger_accounts``
-# (0002_ledger.sql) in the order of ``posting_records`` / ``account_records``, for COPY (asyncpg
-# ``copy_records_to_table(table, records=..., columns=...)``; the sequencer's writer uses pgstore's
-# binary encoding of the same rows).
-POSTING_COLUMNS: Final = ("seq", "transfer_id", "entry", "debit_account_id", "credit_account_id", "amount_fen",
-                          "released_fen", "code", "user_data", "pending_id", "ts_ns")
-ACCOUNT_COLUMNS: Final = ("account_id", "code", "owner_id", "ledger", "flags", "user_data", "ts_ns")
-
-
-def posting_records(seq: int, postings: Iterable[Posting]) -> list[tuple[int, ...]]:
-    """Rows for ``ledger_transfers`` in ``POSTING_COLUMNS`` order, all tagged with the batch ``seq``."""
-    return [(seq, *msgspec.structs.astuple(p)) for p in postings]
-
-
-def account_records(accounts: Iterable[Account]) -> list[tuple[int, ...]]:
-    """Rows for ``ledger_accounts`` in ``ACCOUNT_COLUMNS`` order (balances live in the postings)."""
-    return [(a.account_id, a.code, a.owner_id, a.ledger, a.flags, a.user_data, a.ts_ns) for a in accounts]
-
-
-# Module-level aliases: a global lookup is cheaper than an enum attribute on the hot path.
-_R = CreateTransferResult
-_A = CreateAccountResult
-_OK = _R.OK
-_EXISTS = _R.EXISTS
-_LINKED = TransferFlags.LINKED
-_PENDING = TransferFlags.PENDING
-_POST = TransferFlags.POST_PENDING
-_VOID = TransferFlags.VOID_PENDING
-_KNOWN_TRANSFER_FLAGS = _LINKED | _PENDING | _POST | _VOID
-_RESERVED_TRANSFER_FLAGS = ~_KNOWN_TRANSFER_FLAGS
-_PHASE_FLAGS = _PENDING | _POST | _VOID
-_RESOLVE_FLAGS = _POST | _VOID
-_KNOWN_ACCOUNT_FLAGS = AccountFlags.LINKED | _DR_LIMIT | _CR_LIMIT
-_POSTED_E, _PENDING_E, _RELEASE_E, _POST_E = (int(e) for e in Entry)
-_ST_PENDING, _ST_POSTED, _ST_VOIDED, _ST_EXPIRED = (int(s) for s in PendingStatus)
-_RESOLVED_STATUS_RESULT = {
-    _ST_POSTED: _R.PENDING_TRANSFER_ALREADY_POSTED,
-    _ST_VOIDED: _R.PENDING_TRANSFER_ALREADY_VOIDED,
-    _ST_EXPIRED: _R.PENDING_TRANSFER_EXPIRED,
-}
-NO_ROWS: Final[tuple[tuple[()], tuple[()]]] = ((), ())  # drain_rows() when nothing was added
-_SNAPSHOT_ENCODER = msgspec.msgpack.Encoder()
-_SNAPSHOT_DECODER = msgspec.msgpack.Decoder(LedgerSnapshot)
 
 # Undo record of one applied chain member: (transfer_id, debit account, its 4 counters before,
 # credit account, its 4 counters before, pending id whose status changed or 0, its status before).
-_Undo = tuple[int, Account, tuple[int, int, int, int], Account, tuple[int, int, int, int], int, int]
-
-
-def _counters(a: Account) -> tuple[int, int, int, int]:
-    return (a.debits_pending_fen, a.debits_posted_fen, a.credits_pending_fen, a.credits_posted_fen)
-
-
-def _set_counters(a: Account, c: tuple[int, int, int, int]) -> None:
-    a.debits_pending_fen, a.debits_posted_fen, a.credits_pending_fen, a.credits_posted_fen = c
+_Undo: TypeAlias = tuple[Boxed, _Account, tuple[int, int, int, int], _Account, tuple[int, int, int, int], Boxed, int]
 
 
 class Ledger:
     """Accounts, transfers and the posting rows not yet drained. One instance per core (shard)."""
 
     def __init__(self) -> None:
-        self._accounts: dict[int, Account] = {}
+        self._accounts: dict[int, _Account] = {}
         self._transfers: dict[int, Transfer] = {}
         self._pending_status: dict[int, int] = {}  # pending transfer id -> PendingStatus
         self._expires_at_ns: dict[int, int] = {}  # pending transfer id -> deadline (timeout > 0 only)
         self._expiry_heap: list[tuple[int, int]] = []  # (expires_at_ns, id); stale entries skipped
         self._postings: list[Posting] = []
-        self._new_accounts: list[Account] = []
+        self._new_accounts: list[_Account] = []
         self._undo: list[_Undo] | None = None  # set while a linked chain runs
         self._now_ns = 0
 
@@ -448,10 +251,10 @@ class Ledger:
             mark = len(self._new_accounts)
             chain_results = [self._create_account(a, now_ns) for a in chain[:1]]
             for a in chain[1:]:
-                if chain_results[-1] not in (_A.OK, _A.EXISTS):
+                if chain_results[-1] not in (_A_OK, _A_EXISTS):
                     break
                 chain_results.append(self._create_account(a, now_ns))
-            if len(chain) > 1 and chain_results[-1] not in (_A.OK, _A.EXISTS):
+            if len(chain) > 1 and chain_results[-1] not in (_A_OK, _A_EXISTS):
                 for created in self._new_accounts[mark:]:
                     del self._accounts[created.account_id]
                 del self._new_accounts[mark:]
@@ -498,15 +301,15 @@ class Ledger:
         if e is not None:
             return _account_exists(a, e)
         # After this point the account must be created.
-        stored = Account(a.account_id, a.code, a.owner_id, a.ledger, flags & ~AccountFlags.LINKED,
-                         a.user_data, ts_ns=now_ns)
+        stored = _Account(a.account_id, a.code, a.owner_id, a.ledger, flags & ~AccountFlags.LINKED, a.user_data,
+                          now_ns)  # fmt: skip
         self._accounts[a.account_id] = stored
         self._new_accounts.append(stored)
-        return _A.OK
+        return _A_OK
 
     # ---------------------------------------------------------------------------------------- transfers
 
-    def create_transfers(self, transfers: Sequence[Transfer], now_ns: int) -> list[CreateTransferResult]:
+    def create_transfers(self, transfers: Sequence[Transfer], now_ns: Boxed) -> list[CreateTransferResult]:
         """Apply transfers in order; one result per transfer (``OK`` or ``EXISTS`` mean success).
 
         Checks, in this order (the first failing one is the result):
@@ -545,13 +348,12 @@ class Ledger:
             self._advance_clock(now_ns)  # raises
         self._now_ns = now_ns
         results: list[CreateTransferResult] = []
-        create = self._create_transfer
         n = len(transfers)
         i = 0
         while i < n:
             t = transfers[i]
             if not t.flags & _LINKED:
-                results.append(create(t, now_ns))
+                results.append(self._create_transfer(t, now_ns))
                 i += 1
                 continue
             j = i  # the chain is transfers[i:j + 1]: the LINKED run plus the one that closes it
@@ -567,7 +369,7 @@ class Ledger:
             i = j + 1
         return results
 
-    def create_transfer(self, t: Transfer, now_ns: int) -> CreateTransferResult:
+    def create_transfer(self, t: Transfer, now_ns: Boxed) -> CreateTransferResult:
         """``create_transfers([t], now_ns)[0]`` without the lists: the clearing's path for one transfer."""
         if now_ns < self._now_ns:
             self._advance_clock(now_ns)  # raises
@@ -576,7 +378,7 @@ class Ledger:
             return _R.LINKED_EVENT_CHAIN_OPEN
         return self._create_transfer(t, now_ns)
 
-    def _create_transfer_chain(self, chain: Sequence[Transfer], now_ns: int) -> list[CreateTransferResult]:
+    def _create_transfer_chain(self, chain: Sequence[Transfer], now_ns: Boxed) -> list[CreateTransferResult]:
         undo: list[_Undo] = []
         self._undo = undo
         mark = len(self._postings)
@@ -596,8 +398,8 @@ class Ledger:
 
     def _rollback_transfers(self, undo: list[_Undo], posting_mark: int) -> None:
         for transfer_id, dr, dr_before, cr, cr_before, pending_id, status_before in reversed(undo):
-            _set_counters(dr, dr_before)
-            _set_counters(cr, cr_before)
+            dr.set_counters(dr_before)
+            cr.set_counters(cr_before)
             t = self._transfers.pop(transfer_id)
             if t.flags & _PENDING:
                 del self._pending_status[transfer_id]
@@ -606,39 +408,42 @@ class Ledger:
                 self._pending_status[pending_id] = status_before
         del self._postings[posting_mark:]
 
-    def _create_transfer(self, t: Transfer, now_ns: int) -> CreateTransferResult:
-        flags = t.flags
+
+    def _create_transfer(self, t: Transfer, now_ns: Boxed) -> CreateTransferResult:
+        fields = _astuple(t)
+        flags: int = fields[6]
         if flags & _RESERVED_TRANSFER_FLAGS:
             return _R.RESERVED_FLAG
-        tid = t.transfer_id
+        tid: Boxed = fields[0]
         if not 0 < tid <= MAX_INT64:
             return _R.ID_OUT_OF_RANGE
         phase = flags & _PHASE_FLAGS
         if phase & (phase - 1):  # more than one bit set
             return _R.FLAGS_ARE_MUTUALLY_EXCLUSIVE
         if phase & _RESOLVE_FLAGS:
-            return self._resolve_pending(t, now_ns)
-        if t.pending_id:
+            return self._resolve_pending(t, fields, now_ns)
+        if fields[7]:
             return _R.PENDING_ID_MUST_BE_ZERO
-        timeout_ns = t.timeout_ns
+        timeout_ns: int = fields[8]
         if timeout_ns:  # the two timeout checks, in order, only when there is one
             if not phase:
                 return _R.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER
             if timeout_ns < 0:
                 return _R.TIMEOUT_OUT_OF_RANGE
-        dr_id = t.debit_account_id
-        cr_id = t.credit_account_id
+        dr_id: Boxed = fields[1]
+        cr_id: Boxed = fields[2]
         if dr_id == cr_id:
             return _R.ACCOUNTS_MUST_BE_DIFFERENT
-        code = t.code
+        code: Boxed = fields[4]
         if not 0 < code <= MAX_CODE:
             return _R.CODE_OUT_OF_RANGE
-        user_data = t.user_data
+        user_data: Boxed = fields[5]
         if not 0 <= user_data <= MAX_INT64:
             return _R.USER_DATA_OUT_OF_RANGE
-        amount = t.amount_fen
-        if type(amount) is not int:  # a float or a bool must never become money
+        amount_value: Boxed = fields[3]  # the object itself goes into the posting
+        if type(amount_value) is not int:  # a float or a bool must never become money
             return _R.AMOUNT_MUST_BE_INTEGER
+        amount: int = amount_value
         if amount <= 0:
             return _R.AMOUNT_MUST_BE_POSITIVE
         accounts = self._accounts
@@ -653,16 +458,16 @@ class Ledger:
         transfers = self._transfers
         e = transfers.get(tid)
         if e is not None:
-            return _transfer_exists(t, e)
+            return _transfer_exists(fields, e)
         dr_pending, dr_posted = dr.debits_pending_fen, dr.debits_posted_fen
         cr_pending, cr_posted = cr.credits_pending_fen, cr.credits_posted_fen
         dr_debits = dr_pending + dr_posted + amount  # the debit account's debits after the transfer
-        if dr_debits > MAX_INT64:
+        if not _fits_int64(dr_debits):
             return _R.OVERFLOWS_DEBITS
         cr_credits = cr_pending + cr_posted + amount
-        if cr_credits > MAX_INT64:
+        if not _fits_int64(cr_credits):
             return _R.OVERFLOWS_CREDITS
-        if timeout_ns and now_ns + timeout_ns > MAX_INT64:
+        if timeout_ns and not _fits_int64(now_ns + timeout_ns):
             return _R.OVERFLOWS_TIMEOUT
         if dr.flags & _DR_LIMIT and dr_debits > dr.credits_posted_fen:
             return _R.EXCEEDS_CREDITS
@@ -678,46 +483,52 @@ class Ledger:
             cr.credits_pending_fen = cr_pending + amount
             self._pending_status[tid] = _ST_PENDING
             if timeout_ns:
-                expires_at_ns = now_ns + timeout_ns
+                expires_at_ns: int = now_ns + timeout_ns
                 self._expires_at_ns[tid] = expires_at_ns
                 heapq.heappush(self._expiry_heap, (expires_at_ns, tid))
-            self._postings.append(Posting(tid, _PENDING_E, dr_id, cr_id, amount, 0, code, user_data, 0, now_ns))
+            self._postings.append(_Posting(tid, _PENDING_E, dr_id, cr_id, amount_value, 0, code, user_data, 0, now_ns))
         else:
             dr.debits_posted_fen = dr_posted + amount
             cr.credits_posted_fen = cr_posted + amount
-            self._postings.append(Posting(tid, _POSTED_E, dr_id, cr_id, amount, 0, code, user_data, 0, now_ns))
+            self._postings.append(_Posting(tid, _POSTED_E, dr_id, cr_id, amount_value, 0, code, user_data, 0, now_ns))
         return _OK
 
-    def _resolve_pending(self, t: Transfer, now_ns: int) -> CreateTransferResult:
-        """Post or void the pending transfer ``t.pending_id`` (checks of step 3, then apply)."""
-        flags = t.flags
-        pending_id = t.pending_id
-        tid = t.transfer_id
+    def _resolve_pending(self, t: Transfer, fields: tuple[Any, ...], now_ns: Boxed) -> CreateTransferResult:
+        """Post or void the pending transfer ``t.pending_id`` (checks of step 3, then apply); ``fields``
+        is ``t`` as a tuple."""
+        flags: int = fields[6]
+        pending_id: Boxed = fields[7]
+        tid: Boxed = fields[0]
         if not 0 < pending_id <= MAX_INT64:
             return _R.PENDING_ID_OUT_OF_RANGE
         if pending_id == tid:
             return _R.PENDING_ID_MUST_BE_DIFFERENT
-        if t.timeout_ns:
+        if fields[8]:
             return _R.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER
-        if not 0 <= t.code <= MAX_CODE:
+        if not 0 <= fields[4] <= MAX_CODE:
             return _R.CODE_OUT_OF_RANGE
-        if not 0 <= t.user_data <= MAX_INT64:
+        if not 0 <= fields[5] <= MAX_INT64:
             return _R.USER_DATA_OUT_OF_RANGE
-        amount = t.amount_fen
-        if type(amount) is not int:
+        amount_value: Boxed = fields[3]
+        if type(amount_value) is not int:
             return _R.AMOUNT_MUST_BE_INTEGER
+        amount: int = amount_value
         if amount < 0:
             return _R.AMOUNT_MUST_NOT_BE_NEGATIVE
         transfers = self._transfers
         p = transfers.get(pending_id)
         if p is None:
             return _R.PENDING_TRANSFER_NOT_FOUND
-        if not p.flags & _PENDING:
+        held_fields = _astuple(p)
+        if not held_fields[6] & _PENDING:
             return _R.PENDING_TRANSFER_NOT_PENDING
-        dr_id, cr_id, held = p.debit_account_id, p.credit_account_id, p.amount_fen
-        if t.debit_account_id and t.debit_account_id != dr_id:
+        dr_id: Boxed = held_fields[1]
+        cr_id: Boxed = held_fields[2]
+        held_value: Boxed = held_fields[3]
+        held: int = held_value
+        if fields[1] and fields[1] != dr_id:
             return _R.PENDING_TRANSFER_HAS_DIFFERENT_DEBIT_ACCOUNT_ID
-        if t.credit_account_id and t.credit_account_id != cr_id:
+        if fields[2] and fields[2] != cr_id:
             return _R.PENDING_TRANSFER_HAS_DIFFERENT_CREDIT_ACCOUNT_ID
         post = flags & _POST
         if post:
@@ -725,12 +536,13 @@ class Ledger:
                 return _R.EXCEEDS_PENDING_TRANSFER_AMOUNT
         elif amount and amount != held:
             return _R.PENDING_TRANSFER_HAS_DIFFERENT_AMOUNT
-        code, user_data = t.code or p.code, t.user_data or p.user_data
-        resolved = Transfer(tid, dr_id, cr_id, (amount or held) if post else held, code, user_data, flags,
-                            pending_id, 0)
+        code: Boxed = fields[4] or held_fields[4]
+        user_data: Boxed = fields[5] or held_fields[5]
+        posted_value: Boxed = (amount_value or held_value) if post else held_value
+        resolved = _Transfer(tid, dr_id, cr_id, posted_value, code, user_data, flags, pending_id, 0)
         e = transfers.get(tid)
         if e is not None:
-            return _transfer_exists(resolved, e)
+            return _transfer_exists(_astuple(resolved), e)
         status = self._pending_status[pending_id]
         if status != _ST_PENDING:
             return _RESOLVED_STATUS_RESULT[status]
@@ -742,21 +554,21 @@ class Ledger:
         dr = self._accounts[dr_id]
         cr = self._accounts[cr_id]
         if self._undo is not None:
-            self._undo.append((tid, dr, _counters(dr), cr, _counters(cr), pending_id, status))
+            self._undo.append((tid, dr, dr.counters(), cr, cr.counters(), pending_id, status))
         transfers[tid] = resolved
         dr.debits_pending_fen -= held
         cr.credits_pending_fen -= held
         if post:
-            posted = resolved.amount_fen
+            posted: int = posted_value
             dr.debits_posted_fen += posted
             cr.credits_posted_fen += posted
             self._pending_status[pending_id] = _ST_POSTED
             self._postings.append(
-                Posting(tid, _POST_E, dr_id, cr_id, posted, held, code, user_data, pending_id, now_ns))
+                _Posting(tid, _POST_E, dr_id, cr_id, posted_value, held_value, code, user_data, pending_id, now_ns))
         else:
             self._pending_status[pending_id] = _ST_VOIDED
             self._postings.append(
-                Posting(tid, _RELEASE_E, dr_id, cr_id, 0, held, code, user_data, pending_id, now_ns))
+                _Posting(tid, _RELEASE_E, dr_id, cr_id, 0, held_value, code, user_data, pending_id, now_ns))
         return _OK
 
     def expire_pending(self, now_ns: int) -> list[int]:
@@ -797,22 +609,20 @@ class Ledger:
         self._postings = []
         return postings
 
-    def drain_rows(self) -> tuple[Sequence[Account], Sequence[Posting]]:
+    def drain_rows(self) -> CommandRows:
         """``(drain_new_accounts(), drain_postings())``, but ``NO_ROWS`` (empty tuples, no allocation)
         when there is nothing: the clearing drains after every command, and most add no account."""
         if self._new_accounts:
             return self.drain_new_accounts(), self.drain_postings()
         if not self._postings:
-            return NO_ROWS
+            return _NO_ROWS
         postings = self._postings
         self._postings = []
         return (), postings
 
     def drain_new_accounts(self) -> list[Account]:
         """Accounts created since the last drain (copies; counters as created: zero)."""
-        new = [msgspec.structs.replace(a, debits_pending_fen=0, debits_posted_fen=0,
-                                       credits_pending_fen=0, credits_posted_fen=0)
-               for a in self._new_accounts]
+        new = [a.record(with_counters=False) for a in self._new_accounts]
         self._new_accounts = []
         return new
 
@@ -832,7 +642,7 @@ class Ledger:
         snap = _SNAPSHOT_DECODER.decode(data)
         ledger = cls()
         ledger._now_ns = snap.now_ns
-        ledger._accounts = {a.account_id: a for a in snap.accounts}
+        ledger._accounts = {a.account_id: _Account.of(a) for a in snap.accounts}
         ledger._transfers = {t.transfer_id: t for t in snap.transfers}
         ledger._pending_status = dict(snap.pending_status)
         ledger._expires_at_ns = dict(snap.expires_at_ns)
@@ -849,7 +659,7 @@ class Ledger:
     def _snapshot_struct(self) -> LedgerSnapshot:
         return LedgerSnapshot(
             now_ns=self._now_ns,
-            accounts=[self._accounts[k] for k in sorted(self._accounts)],
+            accounts=[self._accounts[k].record() for k in sorted(self._accounts)],
             transfers=[self._transfers[k] for k in sorted(self._transfers)],
             pending_status={k: self._pending_status[k] for k in sorted(self._pending_status)},
             expires_at_ns={k: self._expires_at_ns[k] for k in sorted(self._expires_at_ns)},
@@ -864,11 +674,11 @@ class Ledger:
     def account(self, account_id: int) -> Account | None:
         """A copy of the account, or None."""
         a = self._accounts.get(account_id)
-        return None if a is None else msgspec.structs.replace(a)
+        return None if a is None else a.record()
 
     def accounts(self) -> list[Account]:
         """Copies of all accounts, by id."""
-        return [msgspec.structs.replace(self._accounts[k]) for k in sorted(self._accounts)]
+        return [self._accounts[k].record() for k in sorted(self._accounts)]
 
     def available_fen(self, account_id: int) -> int:
         """credits_posted - debits_posted - debits_pending: what a DEBITS_MUST_NOT_EXCEED_CREDITS account
@@ -890,7 +700,7 @@ class Ledger:
         """Check internal invariants; raise AssertionError naming the first one broken."""
         totals = [0, 0, 0, 0]
         for a in self._accounts.values():
-            c = _counters(a)
+            c = a.counters()
             if min(c) < 0:
                 raise AssertionError(f"account {a.account_id} has a negative counter {c}")
             if a.flags & _DR_LIMIT and c[0] + c[1] > c[3]:
@@ -906,7 +716,7 @@ class Ledger:
             raise AssertionError(f"pending counters {totals[0]} != open pending transfers {held}")
 
 
-def _account_exists(a: Account, e: Account) -> CreateAccountResult:
+def _account_exists(a: Account, e: _Account) -> CreateAccountResult:
     if (a.flags & ~AccountFlags.LINKED) != e.flags:
         return _A.EXISTS_WITH_DIFFERENT_FLAGS
     if a.code != e.code:
@@ -915,28 +725,29 @@ def _account_exists(a: Account, e: Account) -> CreateAccountResult:
         return _A.EXISTS_WITH_DIFFERENT_OWNER_ID
     if a.user_data != e.user_data:
         return _A.EXISTS_WITH_DIFFERENT_USER_DATA
-    return _A.EXISTS
+    return _A_EXISTS
 
 
-def _transfer_exists(t: Transfer, e: Transfer) -> CreateTransferResult:
-    """Compare a request (for post/void: already resolved against its pending transfer) with the record."""
-    if (t.flags ^ e.flags) & ~_LINKED:
+def _transfer_exists(t: tuple[Any, ...], e: Transfer) -> CreateTransferResult:
+    """Compare a request's fields (for post/void: already resolved against its pending transfer) with
+    the record."""
+    if (t[6] ^ e.flags) & ~_LINKED:
         return _R.EXISTS_WITH_DIFFERENT_FLAGS
-    if t.pending_id != e.pending_id:
+    if t[7] != e.pending_id:
         return _R.EXISTS_WITH_DIFFERENT_PENDING_ID
-    if t.debit_account_id != e.debit_account_id:
+    if t[1] != e.debit_account_id:
         return _R.EXISTS_WITH_DIFFERENT_DEBIT_ACCOUNT_ID
-    if t.credit_account_id != e.credit_account_id:
+    if t[2] != e.credit_account_id:
         return _R.EXISTS_WITH_DIFFERENT_CREDIT_ACCOUNT_ID
-    if t.amount_fen != e.amount_fen:
+    if t[3] != e.amount_fen:
         return _R.EXISTS_WITH_DIFFERENT_AMOUNT
-    if t.timeout_ns != e.timeout_ns:
+    if t[8] != e.timeout_ns:
         return _R.EXISTS_WITH_DIFFERENT_TIMEOUT
-    if t.code != e.code:
+    if t[4] != e.code:
         return _R.EXISTS_WITH_DIFFERENT_CODE
-    if t.user_data != e.user_data:
+    if t[5] != e.user_data:
         return _R.EXISTS_WITH_DIFFERENT_USER_DATA
-    return _R.EXISTS
+    return _EXISTS
 
 
 def _chains(items: Sequence[Account], linked_flag: int) -> Iterable[Sequence[Account]]:
