@@ -171,6 +171,21 @@ def _fits_int64(value: int) -> bool:
     return value <= _SHORT_MAX or value <= MAX_INT64
 
 
+# Range checks of the ids, codes and user data a transfer passes on as objects (``Boxed``): compiled,
+# the call unboxes the value once (a TypeError for what is no int at all) and compares native ints,
+# where comparing the objects would take two generic rich comparisons.
+def _is_id(value: int) -> bool:
+    return value > 0 and _fits_int64(value)
+
+
+def _is_user_data(value: int) -> bool:
+    return value >= 0 and _fits_int64(value)
+
+
+def _is_code(value: int, low: int) -> bool:
+    return low <= value <= MAX_CODE
+
+
 class _Account:
     """The ledger's own record of an account: its counters are native fields when compiled (reading and
     writing a msgspec struct's fields from compiled code costs more than from the interpreter). The
@@ -415,7 +430,7 @@ class Ledger:
         if flags & _RESERVED_TRANSFER_FLAGS:
             return _R.RESERVED_FLAG
         tid: Boxed = fields[0]
-        if not 0 < tid <= MAX_INT64:
+        if not _is_id(tid):
             return _R.ID_OUT_OF_RANGE
         phase = flags & _PHASE_FLAGS
         if phase & (phase - 1):  # more than one bit set
@@ -435,10 +450,10 @@ class Ledger:
         if dr_id == cr_id:
             return _R.ACCOUNTS_MUST_BE_DIFFERENT
         code: Boxed = fields[4]
-        if not 0 < code <= MAX_CODE:
+        if not _is_code(code, 1):
             return _R.CODE_OUT_OF_RANGE
         user_data: Boxed = fields[5]
-        if not 0 <= user_data <= MAX_INT64:
+        if not _is_user_data(user_data):
             return _R.USER_DATA_OUT_OF_RANGE
         amount_value: Boxed = fields[3]  # the object itself goes into the posting
         if type(amount_value) is not int:  # a float or a bool must never become money
@@ -499,15 +514,15 @@ class Ledger:
         flags: int = fields[6]
         pending_id: Boxed = fields[7]
         tid: Boxed = fields[0]
-        if not 0 < pending_id <= MAX_INT64:
+        if not _is_id(pending_id):
             return _R.PENDING_ID_OUT_OF_RANGE
         if pending_id == tid:
             return _R.PENDING_ID_MUST_BE_DIFFERENT
         if fields[8]:
             return _R.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER
-        if not 0 <= fields[4] <= MAX_CODE:
+        if not _is_code(fields[4], 0):
             return _R.CODE_OUT_OF_RANGE
-        if not 0 <= fields[5] <= MAX_INT64:
+        if not _is_user_data(fields[5]):
             return _R.USER_DATA_OUT_OF_RANGE
         amount_value: Boxed = fields[3]
         if type(amount_value) is not int:
