@@ -70,7 +70,7 @@ import hashlib
 import heapq
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import msgspec
 
@@ -217,6 +217,8 @@ _FROM_TRADE, _FROM_SPLIT = SourceKind.TRADE, SourceKind.COOP_SPLIT
 _P_PENDING, _P_SENT, _P_CONFIRMED, _P_FAILED = (
     PayoutState.PENDING, PayoutState.SENT, PayoutState.CONFIRMED, PayoutState.FAILED)
 _SAME_DAY, _NORMAL = PayoutPriority.SAME_DAY, PayoutPriority.NORMAL
+# rules the hot paths call, as module globals: one lookup less a call
+_hold_per_head_fen = rules.hold_per_head_fen
 _ENCODER = msgspec.msgpack.Encoder()
 _SNAPSHOT_DECODER = msgspec.msgpack.Decoder(ClearingSnapshot)
 
@@ -269,7 +271,7 @@ class Clearing:
             return R.NOT_AUTHORIZED
         if limit_price_fen <= 0:
             return R.UNBOUNDED_HOLD
-        if self._hold_source(participant_id, heads * rules.hold_per_head_fen(spec, limit_price_fen)) is None:
+        if self._hold_source(participant_id, heads * _hold_per_head_fen(spec, limit_price_fen)) is None:
             return R.INSUFFICIENT_FUNDS
         return None
 
@@ -291,7 +293,7 @@ class Clearing:
     def _place_hold(
         self, order_id: int, participant_id: int, spec: InstrumentSpec, limit_price_fen: int, heads: int, ts_ns: int
     ) -> None:
-        per_head = rules.hold_per_head_fen(spec, limit_price_fen)
+        per_head = _hold_per_head_fen(spec, limit_price_fen)
         amount = heads * per_head
         source = self._hold_source(participant_id, amount)
         if source is None:
@@ -300,7 +302,10 @@ class Clearing:
         counters = self.counters
         tid = counters.next_transfer_id
         counters.next_transfer_id = tid + 1
-        self._commit_one(Transfer(tid, account_id, _ESCROW, amount, _TC_HOLD, order_id, _PENDING), ts_ns)
+        transfer = Transfer(tid, account_id, _ESCROW, amount, _TC_HOLD, order_id, _PENDING)
+        result = self.ledger.create_transfer(transfer, ts_ns)  # _commit_one, inline: once per buy
+        if result is not _OK:
+            _refused(transfer, result)
         self.holds[order_id] = Hold(order_id, participant_id, spec.symbol, limit_price_fen, per_head, heads, tid,
                                     account_id, financier_id)
 
@@ -469,6 +474,10 @@ class Clearing:
             self._loans_by_borrower.setdefault(self.loans[loan_id].borrower_id, []).append(loan_id)
         self._payable_accounts = {owner: account_id for (code, owner, _), account_id in self.accounts.items()
                                   if code == _PAYABLE}  # payee -> its FARMER_PAYABLE account, for payout runs
+        # buyer -> its BUYER_CASH account: every buy looks it up twice (check_buy, the hold), by an int
+        # instead of a (code, owner, 0) tuple
+        self._cash_accounts = {owner: account_id for (code, owner, _), account_id in self.accounts.items()
+                               if code == _CASH}
         self._lines_by_buyer: dict[int, list[CreditLine]] = {}
         for key in sorted(self.credit_lines):
             self._lines_by_buyer.setdefault(key[0], []).append(self.credit_lines[key])
@@ -519,7 +528,7 @@ class Clearing:
         """Apply one transfer (not LINKED); a refusal is a bug."""
         result = self.ledger.create_transfer(transfer, ts_ns)
         if result is not _OK:
-            raise ClearingInvariantError(f"ledger refused transfer {transfer}: {result.name}")
+            _refused(transfer, result)
 
     def _commit(self, transfers: Sequence[Transfer], ts_ns: int) -> None:
         """Apply transfers (several: a chain, every one but the last flagged LINKED by the caller); any
@@ -530,8 +539,7 @@ class Clearing:
             return
         results = self.ledger.create_transfers(transfers, ts_ns)
         if results.count(_OK) != len(transfers):
-            t, result = next((t, r) for t, r in zip(transfers, results, strict=True) if r is not _OK)
-            raise ClearingInvariantError(f"ledger refused transfer {t}: {result.name}")
+            _refused_chain(transfers, results)
 
     def _account_id(self, code: int, owner_id: int, user_data: int, ts_ns: int) -> int:
         """The account of this kind, owner and counterparty, created on first use."""
@@ -546,6 +554,8 @@ class Clearing:
             self.accounts[key] = account_id
             if code == _PAYABLE:
                 self._payable_accounts[owner_id] = account_id
+            elif code == _CASH:
+                self._cash_accounts[owner_id] = account_id
         return account_id
 
     def _balance(self, code: int, owner_id: int = 0, user_data: int = 0) -> int:
@@ -557,14 +567,17 @@ class Clearing:
 
     class _Chain:
         """Transfers collected for one linked commit (all or nothing); zero amounts are left out. Ids are
-        taken as legs are added, so they follow the order of the legs."""
+        taken as legs are added, so they follow the order of the legs. The latest leg is kept as its
+        fields until another follows it (then it is a LINKED transfer) or the chain is committed (then it
+        closes the chain, unflagged): each leg is made once, with its flags."""
 
-        __slots__ = ("clearing", "counters", "transfers")
+        __slots__ = ("counters", "last", "ledger", "transfers")
 
         def __init__(self, clearing: Clearing) -> None:
-            self.clearing = clearing
+            self.ledger = clearing.ledger
             self.counters = clearing.counters
             self.transfers: list[Transfer] = []
+            self.last: tuple[int, int, int, int, int, int] | None = None  # (id, dr, cr, amount, code, user data)
 
         def add(self, dr: int, cr: int, amount_fen: int, code: int, user_data: int) -> None:
             if amount_fen:
@@ -573,13 +586,27 @@ class Clearing:
                 counters = self.counters
                 tid = counters.next_transfer_id
                 counters.next_transfer_id = tid + 1
-                self.transfers.append(Transfer(tid, dr, cr, amount_fen, code, user_data, _LINKED))
+                last = self.last
+                if last is not None:
+                    self.transfers.append(Transfer(*last, _LINKED))
+                self.last = (tid, dr, cr, amount_fen, code, user_data)
 
         def commit(self, ts_ns: int) -> None:
+            """Apply the chain (``Clearing._commit``: one transfer alone, several linked); a refusal is a bug."""
+            last = self.last
+            if last is None:
+                return
+            closing = Transfer(*last, 0)
             transfers = self.transfers
-            if transfers:  # the last one closes the chain
-                transfers[-1] = msgspec.structs.replace(transfers[-1], flags=0)
-                self.clearing._commit(transfers, ts_ns)
+            if transfers:
+                transfers.append(closing)
+                results = self.ledger.create_transfers(transfers, ts_ns)
+                if results.count(_OK) != len(transfers):
+                    _refused_chain(transfers, results)
+            else:
+                result = self.ledger.create_transfer(closing, ts_ns)
+                if result is not _OK:
+                    _refused(closing, result)
 
     # ------------------------------------------------------------------------------ core's events
 
@@ -603,28 +630,39 @@ class Clearing:
         remaining = hold.remaining_heads - heads
         if remaining != e.buy_remaining_heads or remaining < 0:
             raise ClearingInvariantError(f"trade {e.trade_id}: hold has {hold.remaining_heads} heads")
-        spec = self.instruments[e.instrument]
-        obligation = heads * rules.hold_per_head_fen(spec, e.price_fen)
-        released = heads * hold.per_head_fen - obligation
+        trade_id, instrument, price = e.trade_id, e.instrument, e.price_fen
+        per_head = hold.per_head_fen
+        obligation = heads * _hold_per_head_fen(self.instruments[instrument], price)
+        released = heads * per_head - obligation
         if obligation <= 0 or released < 0:
-            raise ClearingInvariantError(f"trade {e.trade_id} at {e.price_fen} above the limit {hold.price_fen}")
-        post = Transfer(self._next_tid(), 0, 0, obligation, _TC_TRADE, e.trade_id,
-                        _POST | (_LINKED if remaining else 0), hold.pending_id)
+            raise ClearingInvariantError(f"trade {trade_id} at {price} above the limit {hold.price_fen}")
+        counters = self.counters
+        tid = counters.next_transfer_id
+        # the ledger calls of _commit and _commit_one, inline: once per fill
         if remaining:
-            rehold = Transfer(self._next_tid(), hold.source_account_id, _ESCROW, remaining * hold.per_head_fen,
-                              _TC_HOLD, hold.order_id, _PENDING)
-            self._commit([post, rehold], ts_ns)
-            hold.pending_id = rehold.transfer_id
+            counters.next_transfer_id = tid + 2
+            chain = [Transfer(tid, 0, 0, obligation, _TC_TRADE, trade_id, _POST | _LINKED, hold.pending_id),
+                     Transfer(tid + 1, hold.source_account_id, _ESCROW, remaining * per_head, _TC_HOLD,
+                              hold.order_id, _PENDING)]
+            results = self.ledger.create_transfers(chain, ts_ns)
+            if results.count(_OK) != 2:
+                _refused_chain(chain, results)
+            hold.pending_id = tid + 1
             hold.remaining_heads = remaining
         else:
-            self._commit_one(post, ts_ns)
+            counters.next_transfer_id = tid + 1
+            post = Transfer(tid, 0, 0, obligation, _TC_TRADE, trade_id, _POST, hold.pending_id)
+            result = self.ledger.create_transfer(post, ts_ns)
+            if result is not _OK:
+                _refused(post, result)
             del self.holds[hold.order_id]
-        self.trades[e.trade_id] = TradeRecord(
-            e.trade_id, e.instrument, e.buyer_id, e.seller_id, e.lot_id, e.buy_order_id, heads, e.price_fen,
-            obligation, hold.source_account_id, hold.financier_id, ts_ns,
+        buyer_id, seller_id, financier_id = e.buyer_id, e.seller_id, hold.financier_id
+        self.trades[trade_id] = TradeRecord(
+            trade_id, instrument, buyer_id, seller_id, e.lot_id, e.buy_order_id, heads, price,
+            obligation, hold.source_account_id, financier_id, ts_ns,
         )  # fmt: skip
-        out.append(ObligationRecorded(0, ts_ns, e.trade_id, e.buyer_id, e.seller_id, e.instrument, heads,
-                                      e.price_fen, obligation, released, hold.financier_id))
+        out.append(ObligationRecorded(0, ts_ns, trade_id, buyer_id, seller_id, instrument, heads, price, obligation,
+                                      released, financier_id))
 
     def _on_order_gone(self, e: OrderCancelled | OrderExpired, ts_ns: int, out: list) -> None:
         hold = self.holds.pop(e.order_id, None)
@@ -652,7 +690,7 @@ class Clearing:
         """(account id, financier id or 0) that covers ``amount_fen`` whole: cash first, then the credit
         lines by financier id, only those of financiers the buyer consents to now (a withdrawn consent
         ends new holds on that line; what it already holds stays until filled or cancelled)."""
-        cash = self.accounts.get((_CASH, buyer_id, 0))
+        cash = self._cash_accounts.get(buyer_id)
         if cash is not None and self.ledger.available_fen(cash) >= amount_fen:
             return cash, 0
         for line in self._lines_by_buyer.get(buyer_id, ()):
@@ -1593,6 +1631,16 @@ class Clearing:
             self._reject(cmd, R.INVALID_PAYOUT_STATE, ref, out)
             return None
         return p
+
+
+def _refused(transfer: Transfer, result: CreateTransferResult) -> NoReturn:
+    raise ClearingInvariantError(f"ledger refused transfer {transfer}: {result.name}")
+
+
+def _refused_chain(transfers: Sequence[Transfer], results: Sequence[CreateTransferResult]) -> NoReturn:
+    """Raise for the first transfer of a chain the ledger did not apply."""
+    t, result = next((t, r) for t, r in zip(transfers, results, strict=True) if r is not _OK)
+    _refused(t, result)
 
 
 def _account(account_id: int, code: int, owner_id: int, user_data: int) -> Account:
