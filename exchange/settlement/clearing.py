@@ -349,10 +349,16 @@ class Clearing:
                 if loan.is_open:
                     self._accrue(loan, day, ts_ns, events)
                     self._collect_subsidised_interest(loan, ts_ns, events, 0)
-        deadlines = self._deadlines
-        while deadlines and deadlines[0][0] <= ts_ns:
-            _, trade_id = heapq.heappop(deadlines)
-            trade = self.trades[trade_id]
+        # every due (deadline, trade id) in order: the smaller head of the two sorted queues each time
+        deadlines, late, trades = self._deadlines, self._late_deadlines, self.trades
+        while True:
+            if deadlines and deadlines[0][0] <= ts_ns:
+                _, trade_id = heapq.heappop(late) if late and late[0] < deadlines[0] else deadlines.popleft()
+            elif late and late[0][0] <= ts_ns:
+                _, trade_id = heapq.heappop(late)
+            else:
+                break
+            trade = trades[trade_id]
             if trade.state == _DELIVERED:  # disputed, rejected or settled meanwhile: stale
                 self._settle(trade, ts_ns, events)
         # the tick's rows belong to the tick, whose on_events already closed its entry
@@ -466,9 +472,11 @@ class Clearing:
     def _rebuild_indexes(self) -> None:
         """Derived lookups, rebuilt from the records after a restore (never snapshotted)."""
         self.command_rows = deque()
-        self._deadlines = sorted(
+        # Dispute deadlines, (deadline, trade id), as two sorted queues (see _add_deadline).
+        self._deadlines: deque[tuple[int, int]] = deque(sorted(
             (t.dispute_until_ns, t.trade_id) for t in self.trades.values() if t.state == TradeState.DELIVERED
-        )
+        ))
+        self._late_deadlines: list[tuple[int, int]] = []  # a heap
         self._loans_by_borrower: dict[int, list[int]] = {}
         for loan_id in sorted(self.loans):
             self._loans_by_borrower.setdefault(self.loans[loan_id].borrower_id, []).append(loan_id)
@@ -700,6 +708,17 @@ class Clearing:
         return None
 
     # ------------------------------------------------------------------------------- helpers
+
+    def _add_deadline(self, until_ns: int, trade_id: int) -> None:
+        """Queue a trade's settlement. Deadlines nearly always come in order (one dispute window, time
+        moving forward): those go at the end of a deque, whose pops cost less than a heap's; one that
+        sorts before the deque's last goes into the heap ``_late_deadlines``. ``on_clock`` merges both."""
+        item = (until_ns, trade_id)
+        deadlines = self._deadlines
+        if not deadlines or deadlines[-1] < item:
+            deadlines.append(item)
+        else:
+            heapq.heappush(self._late_deadlines, item)
 
     def _reject(self, cmd: object, reason: R, ref: str, out: list, instrument: str = "") -> None:
         out.append(Rejected(0, cmd.ts_ns, cmd.participant_id, reason, ref, 0, instrument))  # type: ignore[attr-defined]
@@ -972,7 +991,7 @@ class Clearing:
         trade.amount_fen, trade.refund_fen = amount, refund
         trade.delivered_at_ns = ts_ns
         trade.dispute_until_ns = until_ns = ts_ns + spec.dispute_window_ns
-        heapq.heappush(self._deadlines, (until_ns, trade_id))
+        self._add_deadline(until_ns, trade_id)
         out.append(DeliveryRecorded(0, ts_ns, trade_id, cmd.heads_delivered, cmd.total_weight_g, terms.avg_weight_g,
                                     terms.grade, terms.discount_fen_per_kg, amount, refund, until_ns))
         return None
