@@ -176,6 +176,7 @@ from exchange.settlement.model import (
     Withdrawal,
     WithdrawalState,
 )
+from exchange.settlement.rules import DeliveryTerms
 
 R = RejectReason
 AC = AccountCode
@@ -219,6 +220,7 @@ _P_PENDING, _P_SENT, _P_CONFIRMED, _P_FAILED = (
 _SAME_DAY, _NORMAL = PayoutPriority.SAME_DAY, PayoutPriority.NORMAL
 # rules the hot paths call, as module globals: one lookup less a call
 _hold_per_head_fen = rules.hold_per_head_fen
+_priced_delivery_terms = rules.priced_delivery_terms
 _ENCODER = msgspec.msgpack.Encoder()
 _SNAPSHOT_DECODER = msgspec.msgpack.Decoder(ClearingSnapshot)
 
@@ -970,46 +972,68 @@ class Clearing:
         trade = self.trades.get(cmd.trade_id)
         if trade is None:
             return self._reject(cmd, R.UNKNOWN_TRADE, f"T{cmd.trade_id}", out)
-        reason = self._weigh_in_reason(cmd, trade)
-        if reason is not None:
-            return self._reject(cmd, reason, f"T{cmd.trade_id}", out, trade.instrument)
-        ts_ns, trade_id = cmd.ts_ns, trade.trade_id
         spec = self.instruments[trade.instrument]
-        terms = rules.delivery_terms(spec, trade.price_fen, trade.obligation_fen, cmd.heads_delivered,
-                                     cmd.total_weight_g)
+        terms = self._weigh_in_terms(cmd, trade, spec)
+        if not isinstance(terms, DeliveryTerms):
+            return self._reject(cmd, terms, f"T{cmd.trade_id}", out, trade.instrument)
+        ts_ns, trade_id = cmd.ts_ns, trade.trade_id
+        heads, weight_g = cmd.heads_delivered, cmd.total_weight_g
         amount = terms.amount_fen
         refund = trade.obligation_fen - amount
-        chain = self._Chain(self)
-        chain.add(_ESCROW, self._account_id(_RECEIVABLE, trade.seller_id, 0, ts_ns), amount, _TC_SETTLEMENT, trade_id)
-        chain.add(_ESCROW, trade.source_account_id, refund, _TC_ADJUSTMENT, trade_id)
-        chain.commit(ts_ns)
+        seller_id = trade.seller_id
+        receivable = self.accounts.get((_RECEIVABLE, seller_id, 0))
+        if receivable is None:
+            receivable = self._account_id(_RECEIVABLE, seller_id, 0, ts_ns)
+        # The chain of two legs, written out (as _Chain would make it, without its calls): the amount to the
+        # seller's receivable, the rest back to the buyer's source, a leg of 0 left out. Both are >= 0 and
+        # not both 0: the amount is at most the obligation, which is positive (_on_trade).
+        counters = self.counters
+        tid = counters.next_transfer_id
+        if amount and refund:
+            counters.next_transfer_id = tid + 2
+            chain = [Transfer(tid, _ESCROW, receivable, amount, _TC_SETTLEMENT, trade_id, _LINKED),
+                     Transfer(tid + 1, _ESCROW, trade.source_account_id, refund, _TC_ADJUSTMENT, trade_id, 0)]
+            results = self.ledger.create_transfers(chain, ts_ns)
+            if results.count(_OK) != 2:
+                _refused_chain(chain, results)
+        else:
+            counters.next_transfer_id = tid + 1
+            leg = Transfer(tid, _ESCROW, receivable, amount, _TC_SETTLEMENT, trade_id, 0) if amount else \
+                Transfer(tid, _ESCROW, trade.source_account_id, refund, _TC_ADJUSTMENT, trade_id, 0)
+            result = self.ledger.create_transfer(leg, ts_ns)
+            if result is not _OK:
+                _refused(leg, result)
+        avg_g, grade, discount = terms.avg_weight_g, terms.grade, terms.discount_fen_per_kg
         trade.state = _DELIVERED
-        trade.heads_delivered, trade.total_weight_g = cmd.heads_delivered, cmd.total_weight_g
-        trade.avg_weight_g, trade.grade = terms.avg_weight_g, terms.grade
-        trade.discount_fen_per_kg = terms.discount_fen_per_kg
+        trade.heads_delivered, trade.total_weight_g = heads, weight_g
+        trade.avg_weight_g, trade.grade = avg_g, grade
+        trade.discount_fen_per_kg = discount
         trade.quarantine_cert = cmd.quarantine_cert.strip()
         trade.amount_fen, trade.refund_fen = amount, refund
         trade.delivered_at_ns = ts_ns
         trade.dispute_until_ns = until_ns = ts_ns + spec.dispute_window_ns
         self._add_deadline(until_ns, trade_id)
-        out.append(DeliveryRecorded(0, ts_ns, trade_id, cmd.heads_delivered, cmd.total_weight_g, terms.avg_weight_g,
-                                    terms.grade, terms.discount_fen_per_kg, amount, refund, until_ns))
+        out.append(DeliveryRecorded(0, ts_ns, trade_id, heads, weight_g, avg_g, grade, discount, amount, refund,
+                                    until_ns))
         return None
 
-    def _weigh_in_reason(self, cmd: RecordWeighIn, trade: TradeRecord) -> R | None:
-        """Why this weigh-in of a known trade must be rejected, in the order checked, or None."""
-        if cmd.participant_id != trade.seller_id and not self._is_operator(cmd.participant_id):
+    def _weigh_in_terms(self, cmd: RecordWeighIn, trade: TradeRecord, spec: InstrumentSpec) -> DeliveryTerms | R:
+        """The terms of this weigh-in of a known trade, or why it must be rejected (checked in this order;
+        the terms are computed once, for the last check and the amount)."""
+        participant_id = cmd.participant_id
+        if participant_id != trade.seller_id and not self._is_operator(participant_id):
             return R.NOT_AUTHORIZED
         if trade.state != _OPEN:
             return R.INVALID_TRADE_STATE
         if not cmd.quarantine_checked or not cmd.quarantine_cert.strip():
             return R.QUARANTINE_NOT_CHECKED
-        if not _valid_delivery(trade.heads, cmd.heads_delivered, cmd.total_weight_g):
+        heads, weight_g = cmd.heads_delivered, cmd.total_weight_g
+        if not _valid_delivery(trade.heads, heads, weight_g):
             return R.INVALID_DELIVERY
-        spec = self.instruments[trade.instrument]
-        if not rules.discount_leaves_price(spec, trade.price_fen, cmd.heads_delivered, cmd.total_weight_g):
+        terms = _priced_delivery_terms(spec, trade.price_fen, trade.obligation_fen, heads, weight_g)
+        if terms is None:
             return R.INVALID_DELIVERY  # its discount would take the whole price: refused, never paid as 0
-        return None
+        return terms
 
     def _open_dispute(self, cmd: OpenDispute, out: list) -> None:
         ref = f"T{cmd.trade_id}"

@@ -108,8 +108,21 @@ def delivery_terms(
       exceeds the escrowed obligation: weight beyond what the hold covered (animals above the band's
       per-animal maximum) is not paid.
     - The discounted price must stay positive: a discount at or above the price raises ``ValueError``
-      (never paid as nothing); callers refuse such a weigh-in first (``discount_leaves_price``).
+      (never paid as nothing); callers refuse such a weigh-in first (``discount_leaves_price``), or
+      call ``priced_delivery_terms``, which answers None instead.
     """
+    terms = priced_delivery_terms(spec, price_fen, obligation_fen, heads_delivered, total_weight_g)
+    if terms is None:
+        discount = _grade(spec, total_weight_g // heads_delivered)[1]
+        raise ValueError(f"a discount of {discount} fen/kg leaves nothing of the price {price_fen} fen/kg")
+    return terms
+
+
+def priced_delivery_terms(
+    spec: InstrumentSpec, price_fen: int, obligation_fen: int, heads_delivered: int, total_weight_g: int
+) -> DeliveryTerms | None:
+    """``delivery_terms``, or None where ``discount_leaves_price`` is False (the discount takes the whole
+    price): one grading for the weigh-in's check and its amount."""
     if heads_delivered == 0:
         return DeliveryTerms(0, _IN_GRADE, 0, 0)
     avg_g = total_weight_g // heads_delivered
@@ -117,7 +130,7 @@ def delivery_terms(
     if spec.product_class == FINISHING_HOG:
         unit_price = price_fen - discount
         if unit_price <= 0:
-            raise ValueError(f"a discount of {discount} fen/kg leaves nothing of the price {price_fen} fen/kg")
+            return None
         amount = total_weight_g * unit_price // GRAMS_PER_KG
     else:
         discount = 0
