@@ -221,6 +221,7 @@ _SAME_DAY, _NORMAL = PayoutPriority.SAME_DAY, PayoutPriority.NORMAL
 # rules the hot paths call, as module globals: one lookup less a call
 _hold_per_head_fen = rules.hold_per_head_fen
 _priced_delivery_terms = rules.priced_delivery_terms
+_fee_fen = rules.fee_fen
 _ENCODER = msgspec.msgpack.Encoder()
 _SNAPSHOT_DECODER = msgspec.msgpack.Decoder(ClearingSnapshot)
 
@@ -746,7 +747,10 @@ class Clearing:
     def _take_payable(self, payee_id: int, amount_fen: int) -> list[PayableSource]:
         """Take ``amount_fen`` off the front of the payee's payable sources (oldest first)."""
         fifo = self.payables.get(payee_id, [])
-        if fifo and sum(s.amount_fen for s in fifo) == amount_fen:  # all of it (a payout run): the list itself
+        total = 0
+        for s in fifo:  # a loop: summing a generator costs more for the one or two sources a payee has
+            total += s.amount_fen
+        if fifo and total == amount_fen:  # all of it (a payout run): the list itself
             self.payables[payee_id] = []
             return fifo
         taken: list[PayableSource] = []
@@ -1100,8 +1104,11 @@ class Clearing:
     def _settle(self, trade: TradeRecord, ts_ns: int, out: list) -> None:
         """Pay the trade's amount out of the seller's receivable: fee, advances, payable, split."""
         seller, amount, tid = trade.seller_id, trade.amount_fen, trade.trade_id
-        poor = self._is_poor(seller)
-        advances = self._seller_advances(trade)
+        who = self.participants.get(seller)
+        poor = who is not None and who.poor_verified  # _is_poor, with the participant in hand
+        # a cooperative with members to split its proceeds to, else None
+        coop = who if who is not None and who.role == _COOPERATIVE and who.member_ids else None
+        advances = self._seller_advances(trade) if seller in self._loans_by_borrower else ()
         if advances or (trade.financier_id and amount):
             day = rules.cst_day(ts_ns)
             for loan in advances:  # interest up to today's midnight first; a poor household's from the fund
@@ -1111,16 +1118,15 @@ class Clearing:
                 self._draw_credit_line(trade, day, ts_ns, out)
         receivable = self.accounts[(_RECEIVABLE, seller, 0)]
         chain = self._Chain(self)
-        fee = rules.fee_fen(amount, self.fee_bps.get(trade.instrument, 0))
-        coop = self._split_cooperative(seller)
+        fee = _fee_fen(amount, self.fee_bps.get(trade.instrument, 0))
         waivers = self._poor_member_waivers(coop, fee) if coop is not None and fee else ()
-        waived = fee if poor else sum(waivers)
+        waived = fee if poor else sum(waivers) if waivers else 0
         if waived:
-            trade.fee_subsidy_fen = min(waived, self.ledger.available_fen(_SUBSIDY))
-            trade.fee_forgone_fen = waived - trade.fee_subsidy_fen
-            chain.add(_SUBSIDY, _FEES, trade.fee_subsidy_fen, _TC_FEE_SUBSIDY, tid)
-        trade.fee_fen = fee - waived
-        chain.add(receivable, _FEES, trade.fee_fen, _TC_FEE, tid)
+            trade.fee_subsidy_fen = subsidy = min(waived, self.ledger.available_fen(_SUBSIDY))
+            trade.fee_forgone_fen = waived - subsidy
+            chain.add(_SUBSIDY, _FEES, subsidy, _TC_FEE_SUBSIDY, tid)
+        trade.fee_fen = charged = fee - waived
+        chain.add(receivable, _FEES, charged, _TC_FEE, tid)
         # a poor household keeps its whole amount; a cooperative's poor members' waivers are kept apart
         # from its advances and reach those members in the split
         left = amount if poor else amount - fee
@@ -1131,7 +1137,9 @@ class Clearing:
             left -= interest + principal
             self._repayment_legs(chain, loan, receivable, interest, principal, tid, ts_ns)
             repaid.append((loan, interest, principal))
-        payable = self._account_id(_PAYABLE, seller, 0, ts_ns)
+        payable = self._payable_accounts.get(seller)
+        if payable is None:
+            payable = self._account_id(_PAYABLE, seller, 0, ts_ns)
         net = left + (0 if poor else waived)
         chain.add(receivable, payable, net, _TC_SETTLEMENT, tid)
         splits = self._split_legs(chain, trade, coop, payable, left, waivers, ts_ns) if coop is not None else []
@@ -1165,13 +1173,6 @@ class Clearing:
                       self._account_id(AC.LOANS_RECEIVABLE, fin, borrower, ts_ns),
                       principal, TC.REPAYMENT, loan.loan_id)
 
-    def _split_cooperative(self, seller_id: int) -> Participant | None:
-        """The seller if it is a cooperative with members to split its proceeds to, else None."""
-        coop = self.participants.get(seller_id)
-        if coop is None or coop.role != _COOPERATIVE or not coop.member_ids:
-            return None
-        return coop
-
     def _poor_member_waivers(self, coop: Participant, fee_fen: int) -> tuple[int, ...]:
         """The fee waived for each member of ``coop`` (rules.poor_member_fee_waivers_fen), in member order."""
         poor = tuple(self._is_poor(m) for m in coop.member_ids)
@@ -1204,9 +1205,14 @@ class Clearing:
         trade.payable_fen = net_fen
         trade.state = _SETTLED
         trade.settled_at_ns = ts_ns
-        split_fen = sum(part for _, part in splits) if splits else 0
-        self._credit_payable(trade.seller_id, _FROM_TRADE, tid, net_fen - split_fen)
-        out.append(TradeSettled(0, ts_ns, tid, trade.seller_id, trade.amount_fen, trade.fee_fen, trade.fee_subsidy_fen,
+        seller = trade.seller_id
+        kept_fen = net_fen - sum(part for _, part in splits) if splits else net_fen
+        if kept_fen:  # _credit_payable, inline: once per settlement
+            fifo = self.payables.get(seller)
+            if fifo is None:
+                self.payables[seller] = fifo = []
+            fifo.append(PayableSource(_FROM_TRADE, tid, kept_fen))
+        out.append(TradeSettled(0, ts_ns, tid, seller, trade.amount_fen, trade.fee_fen, trade.fee_subsidy_fen,
                                 trade.fee_forgone_fen, trade.interest_paid_fen, trade.principal_repaid_fen, net_fen))
         for member_id, part in splits:
             self._credit_payable(member_id, _FROM_SPLIT, tid, part)
@@ -1538,15 +1544,18 @@ class Clearing:
         return [owner for _, owner in sorted(payees)]
 
     def _create_payout(self, run: PayoutRun, who: Participant, ts_ns: int) -> Payout:
-        payable = self.accounts[(_PAYABLE, who.participant_id, 0)]
+        payee_id = who.participant_id
+        payable = self._payable_accounts[payee_id]  # accounts[(_PAYABLE, payee_id, 0)]
         amount = self.ledger.available_fen(payable)
-        payout_id = self.counters.next_payout_id
-        self.counters.next_payout_id = payout_id + 1
-        tid = self._next_tid()
+        counters = self.counters
+        payout_id = counters.next_payout_id
+        counters.next_payout_id = payout_id + 1
+        tid = counters.next_transfer_id
+        counters.next_transfer_id = tid + 1
         self._commit_one(Transfer(tid, payable, _BANK, amount, _TC_PAYOUT, payout_id, _PENDING), ts_ns)
         priority = _SAME_DAY if who.poor_verified else _NORMAL
-        sources = self._take_payable(who.participant_id, amount)
-        payout = Payout(payout_id, run.run_id, who.participant_id, amount, priority, tid, who.bank_account, sources,
+        sources = self._take_payable(payee_id, amount)
+        payout = Payout(payout_id, run.run_id, payee_id, amount, priority, tid, who.bank_account, sources,
                         ts_ns, updated_at_ns=ts_ns)
         self.payouts[payout_id] = payout
         run.payout_ids.append(payout_id)
