@@ -162,8 +162,14 @@ class Payout(msgspec.Struct, array_like=True, gc=False):
 
     @property
     def trade_ids(self) -> tuple[int, ...]:
-        advance = SourceKind.ADVANCE  # once: an enum class attribute is a slow lookup (clearing.py)
-        return tuple(sorted({s.ref_id for s in self.sources if s.kind != advance}))
+        sources = self.sources
+        if len(sources) == 1:  # most payouts pay one trade's proceeds: no set, no sort
+            s = sources[0]
+            return () if s.kind == _ADVANCE else (s.ref_id,)
+        return tuple(sorted({s.ref_id for s in sources if s.kind != _ADVANCE}))
+
+
+_ADVANCE: Final = SourceKind.ADVANCE  # a module global: an enum class attribute is a slow lookup (clearing.py)
 
 
 class PayoutRun(msgspec.Struct, array_like=True, gc=False):
