@@ -6,8 +6,10 @@ statement view shows one line per account side. Migration 0006 converts 0002's r
 from __future__ import annotations
 
 import itertools
+import struct
 
 import asyncpg
+import msgspec
 import pytest
 
 from exchange import store
@@ -21,6 +23,7 @@ from exchange.settlement import (
     CreateTransferResult,
     Entry,
     Ledger,
+    Posting,
     Transfer,
     TransferCode,
     TransferFlags,
@@ -173,6 +176,32 @@ async def test_the_binary_copy_of_the_writer_stores_exactly_the_drained_rows(poo
     expected = posting_records(base, postings[:3]) + posting_records(base + 1, postings[3:])
     assert [tuple(r) for r in stored] == sorted(expected, key=lambda r: (r[1], r[2]))
     assert pgstore.encode_postings(base, [((), ()), ((), ())]) == b""
+
+
+def _reference_row(seq: int, p: Posting) -> bytes:
+    """One binary COPY row of ledger_transfers spelt out field by field: count, then (length, value)."""
+    values = (seq, *msgspec.structs.astuple(p))
+    sizes = (8, 8, 2, 8, 8, 8, 8, 4, 8, 8, 8)  # POSTING_COLUMNS: smallint entry, integer code, bigint else
+    fields = (struct.pack(">i", size) + value.to_bytes(size, "big", signed=True)
+              for size, value in zip(sizes, values, strict=True))
+    return struct.pack(">h", 11) + b"".join(fields)
+
+
+def test_the_posting_encoding_is_the_binary_copy_row_of_every_field_at_its_limits() -> None:
+    top, bottom = 2**63 - 1, -(2**63)
+    postings = [Posting(top, 2**15 - 1, top, top, top, top, 2**31 - 1, top, top, top),
+                Posting(bottom, -(2**15), bottom, bottom, bottom, bottom, -(2**31), bottom, bottom, bottom),
+                Posting(1, 2, 3, 4, 5, 6, 7, 8, 9, 10)]
+    per_command = [((), postings[:2]), ((), ()), ((), postings[2:])]
+    body, rows = pgstore.encode_postings_body(top - 2, per_command)
+    assert rows == 3
+    assert body == _reference_row(top - 2, postings[0]) + _reference_row(top - 2, postings[1]) + _reference_row(
+        top, postings[2])
+    assert pgstore.encode_postings_body(5, [((), ()), ((), ())]) == (b"", 0)
+    for bad in (Posting(2**63, 1, 1, 1, 1, 0, 1, 0, 0, 1), Posting(1, 2**15, 1, 1, 1, 0, 1, 0, 0, 1),
+                Posting(1, 1, 1, 1, 1, 0, 2**31, 0, 0, 1)):
+        with pytest.raises(struct.error):
+            pgstore.encode_postings_body(1, [((), [bad])])
 
 
 async def test_migration_0006_converts_the_rows_of_0002_exactly(fresh_database_url: FreshDatabase) -> None:

@@ -50,6 +50,16 @@ __all__ = [
 # (integer), user_data, pending_id, ts_ns (bigint).
 _POSTING_ROW: Final = struct.Struct(">h" + "iq" * 2 + "ih" + "iq" * 4 + "ii" + "iq" * 3)
 assert len(POSTING_COLUMNS) == 11
+# The same row with pad bytes where the constants go (field count, field lengths): a row is packed from
+# its 11 values alone, and the constants are written into all rows of a run at once, one strided slice
+# assignment per non-zero constant byte (``_POSTING_CONSTANTS``: offset in the row, byte). Half the
+# codes per row: packing a constant costs about as much as packing a value (callgrind: a quarter
+# fewer instructions per posting than packing the full row).
+_POSTING_VALUES: Final = struct.Struct(">2x" + "4xq" * 2 + "4xh" + "4xq" * 4 + "4xi" + "4xq" * 3)
+_POSTING_ROW_SIZE: Final = _POSTING_ROW.size
+assert _POSTING_VALUES.size == _POSTING_ROW_SIZE
+_ROW_OF_ZEROS: Final = _POSTING_ROW.pack(11, 8, 0, 8, 0, 2, 0, 8, 0, 8, 0, 8, 0, 8, 0, 4, 0, 8, 0, 8, 0, 8, 0)
+_POSTING_CONSTANTS: Final = tuple((offset, bytes((byte,))) for offset, byte in enumerate(_ROW_OF_ZEROS) if byte)
 
 
 def encode_postings(first_seq: int, per_command: Iterable[tuple[Sequence[Account], Sequence[Posting]]]) -> bytes:
@@ -66,18 +76,24 @@ def encode_postings_body(
 ) -> tuple[bytes, int]:
     """(the rows of ``encode_postings`` without COPY header and trailer, how many): a batch's postings
     can be encoded in parts as its commands are applied, and joined by ``store.copy_binary_data``."""
-    pack = _POSTING_ROW.pack
+    pack = _POSTING_VALUES.pack
     parts: list[bytes] = []
     append = parts.append
     seq = first_seq
     for _, postings in per_command:
         for p in postings:
             append(pack(
-                11, 8, seq, 8, p.transfer_id, 2, p.entry, 8, p.debit_account_id, 8, p.credit_account_id,
-                8, p.amount_fen, 8, p.released_fen, 4, p.code, 8, p.user_data, 8, p.pending_id, 8, p.ts_ns,
+                seq, p.transfer_id, p.entry, p.debit_account_id, p.credit_account_id, p.amount_fen, p.released_fen,
+                p.code, p.user_data, p.pending_id, p.ts_ns,
             ))  # fmt: skip
         seq += 1
-    return b"".join(parts), len(parts)
+    rows = len(parts)
+    if not rows:
+        return b"", 0
+    body = bytearray().join(parts)
+    for offset, byte in _POSTING_CONSTANTS:
+        body[offset::_POSTING_ROW_SIZE] = byte * rows
+    return bytes(body), rows
 
 
 async def copy_rows(conn: asyncpg.Connection, accounts: Sequence[tuple[int, ...]], postings: bytes) -> None:
