@@ -11,12 +11,14 @@ import sys
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
-# The modules every order passes through: the core's dispatch and checks, the book, the auction, and the
-# ledger every money movement goes through.
+# The modules every command passes through: the core's dispatch and checks, the book, the auction, the
+# clearing with its rules, and the ledger every money movement goes through.
 COMPILED = [
     "exchange/matching/book.py",
     "exchange/matching/auction.py",
     "exchange/core.py",
+    "exchange/settlement/clearing.py",
+    "exchange/settlement/rules.py",
     "exchange/settlement/ledger.py",
 ]
 

@@ -16,7 +16,9 @@ import exchange
 import exchange.core
 import exchange.matching.auction
 import exchange.matching.book
+import exchange.settlement.clearing
 import exchange.settlement.ledger
+import exchange.settlement.rules
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,7 +68,8 @@ def _digest(prelude: str) -> tuple[bool, str]:
 
 @pytest.mark.skipif(os.environ.get("HOGX_COMPILE") == "0", reason="HOGX_COMPILE=0: the core runs uncompiled")
 def test_the_core_runs_compiled() -> None:
-    for module in (exchange.core, exchange.matching.book, exchange.matching.auction, exchange.settlement.ledger):
+    for module in (exchange.core, exchange.matching.book, exchange.matching.auction, exchange.settlement.clearing,
+                   exchange.settlement.rules, exchange.settlement.ledger):
         assert module.__file__ is not None and not module.__file__.endswith(".py"), (
             f"{module.__name__} is not compiled: the build failed (see `make`'s output) or is missing; "
             "HOGX_COMPILE=0 runs the tests on the plain-Python core on purpose"

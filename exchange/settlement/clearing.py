@@ -58,6 +58,11 @@ Money flows (accounts: the chart in ledger.py; rounding: rules.py)
    (SetConsent); a financier always sees its own lines and loans, consent lets it see the rest of the
    borrower's settlement (views.py).
 
+Compiled (mypyc, ``setup.py``): the records it keeps (``model.py``), the events and the commands are
+msgspec structs defined in plain modules; the clearing dispatches the core's events by exact type and
+keeps derived lookups that save recomputing (``_payout_trade_ids``). A msgspec field read from compiled
+code is a generic attribute lookup: on a hot path, read a field once into a local.
+
 Authorisation: "operator" commands come from a registered operator or from participant 0 (the
 system); other commands name who may send them in their docstring. Every rejection is a ``Rejected``
 event with ``seq`` 0 and the command's reference in ``client_order_id``; a rejected command changes
@@ -73,6 +78,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final, NoReturn
 
 import msgspec
+from mypy_extensions import mypyc_attr
 
 from exchange.commands import (
     ConfirmDeposit,
@@ -222,12 +228,21 @@ _SAME_DAY, _NORMAL = PayoutPriority.SAME_DAY, PayoutPriority.NORMAL
 _hold_per_head_fen = rules.hold_per_head_fen
 _priced_delivery_terms = rules.priced_delivery_terms
 _fee_fen = rules.fee_fen
+# The core's events the clearing follows (on_events), Final: compiled, C statics.
+_TRADE: Final = Trade
+_ORDER_ACCEPTED: Final = OrderAccepted
+_ORDER_CANCELLED: Final = OrderCancelled
+_ORDER_EXPIRED: Final = OrderExpired
+_ORDER_AMENDED: Final = OrderAmended
+_LOT_REGISTERED: Final = LotRegistered
+_INSTRUMENT_LISTED: Final = InstrumentListed
 _ENCODER = msgspec.msgpack.Encoder()
 _SNAPSHOT_DECODER = msgspec.msgpack.Decoder(ClearingSnapshot)
 
 Handler = Callable[[Any, list], None]
 
 
+@mypyc_attr(native_class=False)  # compiled: a native class cannot derive from AssertionError
 class ClearingInvariantError(AssertionError):
     """The ledger refused a transfer the clearing computed, or an event contradicts the clearing's
     records: a bug. The core must be rebuilt from the journal."""
@@ -331,14 +346,24 @@ class Clearing:
     def on_events(self, events: list, ts_ns: int) -> None:
         """Follow one command's events; appends the clearing's own events to ``events``. The core calls
         this exactly once at the end of every command: it also closes the command's ledger rows."""
-        handler_of = self._event_handlers.get
         # No copy of the list: the events the handlers append are the clearing's own, none of which has
         # a handler, so visiting them at the end of the loop changes nothing (and costs less than a copy
-        # of every command's events).
+        # of every command's events). Dispatch by exact type: compiled, a direct call (a bound method
+        # taken from a dict would be a generic Python call).
         for event in events:
-            handler = handler_of(event.__class__)
-            if handler is not None:
-                handler(event, ts_ns, events)
+            kind = event.__class__
+            if kind is _TRADE:
+                self._on_trade(event, ts_ns, events)
+            elif kind is _ORDER_ACCEPTED:
+                self._on_accepted(event, ts_ns, events)
+            elif kind is _ORDER_CANCELLED or kind is _ORDER_EXPIRED:
+                self._on_order_gone(event, ts_ns, events)
+            elif kind is _ORDER_AMENDED:
+                self._on_amended(event, ts_ns, events)
+            elif kind is _LOT_REGISTERED:
+                self._on_lot(event, ts_ns, events)
+            elif kind is _INSTRUMENT_LISTED:
+                self._on_listed(event, ts_ns, events)
         self.command_rows.append(self.ledger.drain_rows())
 
     def handlers(self) -> dict[type, Handler]:
@@ -438,7 +463,7 @@ class Clearing:
         snap = _SNAPSHOT_DECODER.decode(data)
         if snap.version != SNAPSHOT_VERSION:
             raise ValueError(f"clearing snapshot version {snap.version} is not {SNAPSHOT_VERSION}")
-        c = cls.__new__(cls)
+        c = cls()  # compiled: a native class has no bare __new__; every field is replaced below
         c.ledger = Ledger.restore(snap.ledger)
         c.counters = snap.counters
         c.accounts = {(k.code, k.owner_id, k.user_data): k.account_id for k in snap.accounts}
@@ -478,6 +503,7 @@ class Clearing:
     def _rebuild_indexes(self) -> None:
         """Derived lookups, rebuilt from the records after a restore (never snapshotted)."""
         self.command_rows = deque()
+        self._payout_trade_ids: dict[int, tuple[int, ...]] = {}  # see _payout_event
         # Dispute deadlines, (deadline, trade id), as two sorted queues (see _add_deadline).
         self._deadlines: deque[tuple[int, int]] = deque(sorted(
             (t.dispute_until_ns, t.trade_id) for t in self.trades.values() if t.state == TradeState.DELIVERED
@@ -495,15 +521,6 @@ class Clearing:
         self._lines_by_buyer: dict[int, list[CreditLine]] = {}
         for key in sorted(self.credit_lines):
             self._lines_by_buyer.setdefault(key[0], []).append(self.credit_lines[key])
-        self._event_handlers: dict[type, Callable[[Any, int, list], None]] = {
-            InstrumentListed: self._on_listed,
-            LotRegistered: self._on_lot,
-            OrderAccepted: self._on_accepted,
-            Trade: self._on_trade,
-            OrderCancelled: self._on_order_gone,
-            OrderExpired: self._on_order_gone,
-            OrderAmended: self._on_amended,
-        }
         self._command_handlers: dict[type, Handler] = {
             RegisterParticipant: self._register_participant,
             UpdateParticipant: self._update_participant,
@@ -578,49 +595,6 @@ class Clearing:
         if code in HOUSE:
             account_id = code
         return 0 if account_id is None else self.ledger.available_fen(account_id)
-
-    class _Chain:
-        """Transfers collected for one linked commit (all or nothing); zero amounts are left out. Ids are
-        taken as legs are added, so they follow the order of the legs. The latest leg is kept as its
-        fields until another follows it (then it is a LINKED transfer) or the chain is committed (then it
-        closes the chain, unflagged): each leg is made once, with its flags."""
-
-        __slots__ = ("counters", "last", "ledger", "transfers")
-
-        def __init__(self, clearing: Clearing) -> None:
-            self.ledger = clearing.ledger
-            self.counters = clearing.counters
-            self.transfers: list[Transfer] = []
-            self.last: tuple[int, int, int, int, int, int] | None = None  # (id, dr, cr, amount, code, user data)
-
-        def add(self, dr: int, cr: int, amount_fen: int, code: int, user_data: int) -> None:
-            if amount_fen:
-                if amount_fen < 0:
-                    raise ClearingInvariantError(f"negative amount {amount_fen} from {dr} to {cr}")
-                counters = self.counters
-                tid = counters.next_transfer_id
-                counters.next_transfer_id = tid + 1
-                last = self.last
-                if last is not None:
-                    self.transfers.append(Transfer(*last, _LINKED))
-                self.last = (tid, dr, cr, amount_fen, code, user_data)
-
-        def commit(self, ts_ns: int) -> None:
-            """Apply the chain (``Clearing._commit``: one transfer alone, several linked); a refusal is a bug."""
-            last = self.last
-            if last is None:
-                return
-            closing = Transfer(*last, 0)
-            transfers = self.transfers
-            if transfers:
-                transfers.append(closing)
-                results = self.ledger.create_transfers(transfers, ts_ns)
-                if results.count(_OK) != len(transfers):
-                    _refused_chain(transfers, results)
-            else:
-                result = self.ledger.create_transfer(closing, ts_ns)
-                if result is not _OK:
-                    _refused(closing, result)
 
     # ------------------------------------------------------------------------------ core's events
 
@@ -1095,7 +1069,7 @@ class Clearing:
         return None
 
     def _refund_from_receivable(self, trade: TradeRecord, refund_fen: int, ts_ns: int) -> None:
-        chain = self._Chain(self)
+        chain = _Chain(self)
         receivable = self.accounts[(AC.SELLER_RECEIVABLE, trade.seller_id, 0)]
         chain.add(receivable, trade.source_account_id, refund_fen, TC.DELIVERY_ADJUSTMENT, trade.trade_id)
         chain.commit(ts_ns)
@@ -1120,7 +1094,7 @@ class Clearing:
             if trade.financier_id and amount:
                 self._draw_credit_line(trade, day, ts_ns, out)
         receivable = self.accounts[(_RECEIVABLE, seller, 0)]
-        chain = self._Chain(self)
+        chain = _Chain(self)
         fee = _fee_fen(amount, self.fee_bps.get(trade.instrument, 0))
         waivers = self._poor_member_waivers(coop, fee) if coop is not None and fee else ()
         waived = fee if poor else sum(waivers) if waivers else 0
@@ -1160,7 +1134,7 @@ class Clearing:
         return advances
 
     def _repayment_legs(
-        self, chain: Clearing._Chain, loan: Loan, payer: int, interest: int, principal: int, ref: int, ts_ns: int
+        self, chain: _Chain, loan: Loan, payer: int, interest: int, principal: int, ref: int, ts_ns: int
     ) -> None:
         """Cash from ``payer`` to the financier's funds, and the claims closed by as much."""
         fin, borrower = loan.financier_id, loan.borrower_id
@@ -1182,7 +1156,7 @@ class Clearing:
         return rules.poor_member_fee_waivers_fen(fee_fen, tuple(coop.shares_bps), poor) if any(poor) else ()
 
     def _split_legs(
-        self, chain: Clearing._Chain, trade: TradeRecord, coop: Participant, payable: int, net_fen: int,
+        self, chain: _Chain, trade: TradeRecord, coop: Participant, payable: int, net_fen: int,
         waivers: tuple[int, ...], ts_ns: int,
     ) -> list[tuple[int, int]]:
         """Each member's part of ``net_fen`` (after the whole fee and the advances), plus the fee waived
@@ -1249,7 +1223,7 @@ class Clearing:
         if not interest:
             return
         fin = loan.financier_id
-        chain = self._Chain(self)
+        chain = _Chain(self)
         chain.add(self._account_id(AC.INTEREST_RECEIVABLE, fin, loan.borrower_id, ts_ns),
                   self._account_id(AC.INTEREST_INCOME, fin, 0, ts_ns), interest, TC.INTEREST_ACCRUAL, loan.loan_id)
         chain.commit(ts_ns)
@@ -1264,7 +1238,7 @@ class Clearing:
         interest = min(loan.interest_due_fen, self._balance(AC.POVERTY_SUBSIDY_FUND))
         if not interest:
             return
-        chain = self._Chain(self)
+        chain = _Chain(self)
         self._repayment_legs(chain, loan, _SUBSIDY, interest, 0, loan.loan_id, ts_ns)
         chain.commit(ts_ns)
         self._loan_repaid(loan, interest, 0, LoanPayer.SUBSIDY_FUND, ref, ts_ns, out)
@@ -1278,7 +1252,7 @@ class Clearing:
         self._loans_by_borrower.setdefault(borrower_id, []).append(loan_id)
         return loan
 
-    def _lend_legs(self, chain: Clearing._Chain, loan: Loan, amount_fen: int, code: int, ts_ns: int) -> None:
+    def _lend_legs(self, chain: _Chain, loan: Loan, amount_fen: int, code: int, ts_ns: int) -> None:
         fin, borrower = loan.financier_id, loan.borrower_id
         chain.add(self._account_id(AC.LOANS_RECEIVABLE, fin, borrower, ts_ns),
                   self._account_id(AC.LOANS_FUNDED, fin, borrower, ts_ns), amount_fen, code, loan.loan_id)
@@ -1288,7 +1262,7 @@ class Clearing:
         line = self.credit_lines[(trade.buyer_id, trade.financier_id)]
         loan = self.loans[line.loan_id]
         self._accrue(loan, day, ts_ns, out)
-        chain = self._Chain(self)
+        chain = _Chain(self)
         self._lend_legs(chain, loan, trade.amount_fen, TC.CREDIT_LINE_DRAW, ts_ns)
         chain.commit(ts_ns)
         loan.principal_fen += trade.amount_fen
@@ -1329,7 +1303,7 @@ class Clearing:
         loan = self.loans[line.loan_id]
         self._accrue(loan, rules.cst_day(cmd.ts_ns), cmd.ts_ns, out)  # the old rate up to today
         loan.rate_bps = cmd.rate_bps
-        chain = self._Chain(self)
+        chain = _Chain(self)
         chain.add(self._account_id(AC.FINANCIER_FUNDS, fin, 0, cmd.ts_ns), line.account_id, cmd.amount_fen,
                   TC.CREDIT_LINE_GRANT, cmd.buyer_id)
         chain.commit(cmd.ts_ns)
@@ -1349,7 +1323,7 @@ class Clearing:
             return self._reject(cmd, R.INVALID_AMOUNT, ref, out)
         if self.ledger.available_fen(line.account_id) < cmd.amount_fen:
             return self._reject(cmd, R.INSUFFICIENT_FUNDS, ref, out)
-        chain = self._Chain(self)
+        chain = _Chain(self)
         chain.add(line.account_id, self.accounts[(AC.FINANCIER_FUNDS, fin, 0)], cmd.amount_fen,
                   TC.CREDIT_LINE_REDUCE, cmd.buyer_id)
         chain.commit(cmd.ts_ns)
@@ -1388,7 +1362,7 @@ class Clearing:
         if reason is not None:
             return self._reject(cmd, reason, ref, out, trade.instrument)
         loan = self._new_loan(LoanKind.ADVANCE, fin, trade.seller_id, trade.trade_id, cmd.rate_bps, cmd.ts_ns)
-        chain = self._Chain(self)
+        chain = _Chain(self)
         chain.add(self.accounts[(AC.FINANCIER_FUNDS, fin, 0)],
                   self._account_id(AC.FARMER_PAYABLE, trade.seller_id, 0, cmd.ts_ns),
                   cmd.amount_fen, TC.ADVANCE, loan.loan_id)
@@ -1439,7 +1413,7 @@ class Clearing:
                 return self._reject(cmd, R.INSUFFICIENT_FUNDS, ref, out)
         for loan in loans:
             self._accrue(loan, day, cmd.ts_ns, out)
-        chain = self._Chain(self)
+        chain = _Chain(self)
         for loan, interest, principal in plan:
             payer = self.accounts[_repayment_source(loan)]
             self._repayment_legs(chain, loan, payer, interest, principal, loan.loan_id, cmd.ts_ns)
@@ -1504,8 +1478,14 @@ class Clearing:
     # ----------------------------------------------------------------------------------------- payouts
 
     def _payout_event(self, p: Payout, ts_ns: int) -> PayoutChanged:
-        return PayoutChanged(0, ts_ns, p.payout_id, p.run_id, p.payee_id, p.state, p.attempt, p.amount_fen,
-                             p.priority, p.bank_ref, p.reason, p.trade_ids)
+        # A payout's sources never change once it is made, so its trade ids are worked out once (a
+        # derived lookup, not state: rebuilt empty on restore).
+        payout_id = p.payout_id
+        trade_ids = self._payout_trade_ids.get(payout_id)
+        if trade_ids is None:
+            trade_ids = self._payout_trade_ids[payout_id] = p.trade_ids
+        return PayoutChanged(0, ts_ns, payout_id, p.run_id, p.payee_id, p.state, p.attempt, p.amount_fen,
+                             p.priority, p.bank_ref, p.reason, trade_ids)
 
     def _run_payouts(self, cmd: RunPayouts, out: list) -> None:
         ref = cmd.run_ref
@@ -1696,6 +1676,50 @@ def _refused_chain(transfers: Sequence[Transfer], results: Sequence[CreateTransf
     """Raise for the first transfer of a chain the ledger did not apply."""
     t, result = next((t, r) for t, r in zip(transfers, results, strict=True) if r is not _OK)
     _refused(t, result)
+
+
+class _Chain:
+    """Transfers collected for one linked commit (all or nothing); zero amounts are left out. Ids are
+    taken as legs are added, so they follow the order of the legs. The latest leg is kept as its
+    fields until another follows it (then it is a LINKED transfer) or the chain is committed (then it
+    closes the chain, unflagged): each leg is made once, with its flags."""
+
+    __slots__ = ("counters", "last", "ledger", "transfers")
+
+    def __init__(self, clearing: Clearing) -> None:
+        self.ledger = clearing.ledger
+        self.counters = clearing.counters
+        self.transfers: list[Transfer] = []
+        self.last: tuple[int, int, int, int, int, int] | None = None  # (id, dr, cr, amount, code, user data)
+
+    def add(self, dr: int, cr: int, amount_fen: int, code: int, user_data: int) -> None:
+        if amount_fen:
+            if amount_fen < 0:
+                raise ClearingInvariantError(f"negative amount {amount_fen} from {dr} to {cr}")
+            counters = self.counters
+            tid = counters.next_transfer_id
+            counters.next_transfer_id = tid + 1
+            last = self.last
+            if last is not None:
+                self.transfers.append(Transfer(*last, _LINKED))
+            self.last = (tid, dr, cr, amount_fen, code, user_data)
+
+    def commit(self, ts_ns: int) -> None:
+        """Apply the chain (``Clearing._commit``: one transfer alone, several linked); a refusal is a bug."""
+        last = self.last
+        if last is None:
+            return
+        closing = Transfer(*last, 0)
+        transfers = self.transfers
+        if transfers:
+            transfers.append(closing)
+            results = self.ledger.create_transfers(transfers, ts_ns)
+            if results.count(_OK) != len(transfers):
+                _refused_chain(transfers, results)
+        else:
+            result = self.ledger.create_transfer(closing, ts_ns)
+            if result is not _OK:
+                _refused(closing, result)
 
 
 def _account(account_id: int, code: int, owner_id: int, user_data: int) -> Account:

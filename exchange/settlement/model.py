@@ -20,6 +20,14 @@ from exchange.events import DeliveryGrade, LoanKind, PayoutPriority, PayoutState
 FIRST_PARTICIPANT_ACCOUNT_ID: Final = 1000
 
 
+class DeliveryTerms(msgspec.Struct, frozen=True, gc=False):
+    """The outcome of a weigh-in (a struct, not a NamedTuple: one is made per weigh-in, at a quarter of the cost)."""
+
+    avg_weight_g: int  # floor(total grams / heads delivered); 0 when nothing was delivered
+    grade: DeliveryGrade
+    discount_fen_per_kg: int
+    amount_fen: int  # what the buyer pays for the delivery, at most the escrowed obligation
+
 class Participant(msgspec.Struct, array_like=True, gc=False):
     participant_id: int
     role: ParticipantRole

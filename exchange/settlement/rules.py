@@ -29,10 +29,11 @@ from __future__ import annotations
 
 from typing import Final
 
-import msgspec
-
 from exchange.domain import InstrumentSpec, ProductClass, band_fen
 from exchange.events import DeliveryGrade
+
+# A msgspec struct, so defined in a module that is not compiled (see setup.py); re-exported here.
+from exchange.settlement.model import DeliveryTerms as DeliveryTerms
 
 GRAMS_PER_KG: Final = 1000
 BPS: Final = 10_000  # basis points in a whole
@@ -81,15 +82,6 @@ def estimated_value_fen(spec: InstrumentSpec, price_fen: int, heads: int, declar
 def advance_limit_fen(estimated_fen: int, advance_max_bps: int) -> int:
     """The largest advance on a trade: floor(estimated value x policy share); the financier lends less."""
     return estimated_fen * advance_max_bps // BPS
-
-
-class DeliveryTerms(msgspec.Struct, frozen=True, gc=False):
-    """The outcome of a weigh-in (a struct, not a NamedTuple: one is made per weigh-in, at a quarter of the cost)."""
-
-    avg_weight_g: int  # floor(total grams / heads delivered); 0 when nothing was delivered
-    grade: DeliveryGrade
-    discount_fen_per_kg: int
-    amount_fen: int  # what the buyer pays for the delivery, at most the escrowed obligation
 
 
 def delivery_terms(
