@@ -75,7 +75,7 @@ import hashlib
 import heapq
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, TypeAlias
 
 import msgspec
 from mypy_extensions import mypyc_attr
@@ -202,32 +202,65 @@ FUNDS_CODE: Final = {
     FundsAccount.POVERTY_SUBSIDY_FUND: AC.POVERTY_SUBSIDY_FUND,
 }
 
-_OK = CreateTransferResult.OK
-_LINKED = TransferFlags.LINKED
-_PENDING = TransferFlags.PENDING
-_POST = TransferFlags.POST_PENDING
-_VOID = TransferFlags.VOID_PENDING
-_BANK, _ESCROW, _FEES, _SUBSIDY = (int(c) for c in HOUSE)  # house account ids are their codes
+# A value the clearing passes on unchanged (ids, amounts, times read from an event, a command or a
+# record): typed Any, so that compiled it stays the int object it arrived as instead of being unboxed
+# and boxed anew (an allocation above 256) into every transfer, record and event (ledger.Boxed).
+Boxed: TypeAlias = Any
+# Module-level constants the hot paths name are Final: compiled, each is a C static instead of a
+# module-dict lookup; the objects (ints, enum members) are typed Final[Boxed] so that no use boxes them.
+_OK: Final[Boxed] = CreateTransferResult.OK
+_LINKED: Final[Boxed] = TransferFlags.LINKED
+_PENDING: Final[Boxed] = TransferFlags.PENDING
+_POST: Final[Boxed] = TransferFlags.POST_PENDING
+_VOID: Final[Boxed] = TransferFlags.VOID_PENDING
+_POST_LINKED: Final[Boxed] = TransferFlags.POST_PENDING | TransferFlags.LINKED
+# house account ids are their codes
+_BANK: Final[Boxed] = int(AC.BANK_SETTLEMENT)
+_ESCROW: Final[Boxed] = int(AC.ESCROW)
+_FEES: Final[Boxed] = int(AC.FEE_INCOME)
+_SUBSIDY: Final[Boxed] = int(AC.POVERTY_SUBSIDY_FUND)
+_ZERO: Final[Boxed] = 0  # the 0s that go into transfers and events, as one object
 # Enum members the hot paths name, as module globals (the same member objects): on Python 3.11 an
 # attribute of an enum class costs ~100 ns (the enum metaclass defines ``__getattr__``, which takes
 # every class attribute lookup off the fast path), a global ~10 ns.
 _BUY = Side.BUY
 _OPERATOR, _COOPERATIVE = ROLE.OPERATOR, ROLE.COOPERATIVE
 _CASH, _RECEIVABLE, _PAYABLE = AC.BUYER_CASH, AC.SELLER_RECEIVABLE, AC.FARMER_PAYABLE
-_TC_HOLD, _TC_RELEASE, _TC_TRADE, _TC_PAYOUT = TC.ORDER_HOLD, TC.ORDER_RELEASE, TC.TRADE, TC.PAYOUT
-_TC_ADJUSTMENT, _TC_SETTLEMENT, _TC_FEE, _TC_FEE_SUBSIDY = (
-    TC.DELIVERY_ADJUSTMENT, TC.SETTLEMENT, TC.FEE, TC.FEE_SUBSIDY)
-_TC_SPLIT = TC.COOP_SPLIT
-_OPEN, _DELIVERED, _SETTLED = TradeState.OPEN, TradeState.DELIVERED, TradeState.SETTLED
+_TC_HOLD: Final[Boxed] = TC.ORDER_HOLD
+_TC_RELEASE: Final[Boxed] = TC.ORDER_RELEASE
+_TC_TRADE: Final[Boxed] = TC.TRADE
+_TC_PAYOUT: Final[Boxed] = TC.PAYOUT
+_TC_ADJUSTMENT: Final[Boxed] = TC.DELIVERY_ADJUSTMENT
+_TC_SETTLEMENT: Final[Boxed] = TC.SETTLEMENT
+_TC_FEE: Final[Boxed] = TC.FEE
+_TC_FEE_SUBSIDY: Final[Boxed] = TC.FEE_SUBSIDY
+_TC_SPLIT: Final[Boxed] = TC.COOP_SPLIT
+_OPEN: Final[Boxed] = TradeState.OPEN
+_DELIVERED: Final[Boxed] = TradeState.DELIVERED
+_SETTLED: Final[Boxed] = TradeState.SETTLED
 _ADVANCE = LoanKind.ADVANCE
-_FROM_TRADE, _FROM_SPLIT = SourceKind.TRADE, SourceKind.COOP_SPLIT
+_FROM_TRADE: Final[Boxed] = SourceKind.TRADE
+_FROM_SPLIT: Final[Boxed] = SourceKind.COOP_SPLIT
 _P_PENDING, _P_SENT, _P_CONFIRMED, _P_FAILED = (
     PayoutState.PENDING, PayoutState.SENT, PayoutState.CONFIRMED, PayoutState.FAILED)
-_SAME_DAY, _NORMAL = PayoutPriority.SAME_DAY, PayoutPriority.NORMAL
-# rules the hot paths call, as module globals: one lookup less a call
-_hold_per_head_fen = rules.hold_per_head_fen
-_priced_delivery_terms = rules.priced_delivery_terms
-_fee_fen = rules.fee_fen
+_SAME_DAY: Final[Boxed] = PayoutPriority.SAME_DAY
+_NORMAL: Final[Boxed] = PayoutPriority.NORMAL
+# The hot paths call rules.* by the module's name: compiled (rules is compiled with the clearing), that
+# is a direct native call, where a module-global alias of the function would be a Python call.
+# msgspec.structs.astuple, Final: compiled, a record or an event read as one tuple when several of its
+# fields are needed (each attribute read of a msgspec struct is a generic lookup); the field order is
+# checked against the structs at import.
+_astuple: Final = msgspec.structs.astuple
+# The records and events the hot paths make, Final: compiled, C statics instead of module-dict lookups.
+_TRANSFER: Final = Transfer
+_HOLD: Final = Hold
+_TRADE_RECORD: Final = TradeRecord
+_PAYOUT: Final = Payout
+_PAYABLE_SOURCE: Final = PayableSource
+_OBLIGATION_RECORDED: Final = ObligationRecorded
+_DELIVERY_RECORDED: Final = DeliveryRecorded
+_TRADE_SETTLED: Final = TradeSettled
+_PAYOUT_CHANGED: Final = PayoutChanged
 # The core's events the clearing follows (on_events), Final: compiled, C statics.
 _TRADE: Final = Trade
 _ORDER_ACCEPTED: Final = OrderAccepted
@@ -236,6 +269,38 @@ _ORDER_EXPIRED: Final = OrderExpired
 _ORDER_AMENDED: Final = OrderAmended
 _LOT_REGISTERED: Final = LotRegistered
 _INSTRUMENT_LISTED: Final = InstrumentListed
+if (
+    Trade.__struct_fields__ != (
+        "seq", "ts_ns", "instrument", "trade_id", "price_fen", "quantity_heads", "buy_order_id", "sell_order_id",
+        "buyer_id", "seller_id", "lot_id", "taker_side", "buy_remaining_heads", "sell_remaining_heads",
+    )
+    or OrderAccepted.__struct_fields__ != (
+        "seq", "ts_ns", "order_id", "participant_id", "client_order_id", "instrument", "side", "price_fen",
+        "quantity_heads", "lot_id",
+    )
+    or Hold.__struct_fields__ != (
+        "order_id", "buyer_id", "instrument", "price_fen", "per_head_fen", "remaining_heads", "pending_id",
+        "source_account_id", "financier_id",
+    )
+    or RecordWeighIn.__struct_fields__ != (
+        "participant_id", "ts_ns", "trade_id", "heads_delivered", "total_weight_g", "quarantine_cert",
+        "quarantine_checked",
+    )
+    or DeliveryTerms.__struct_fields__ != ("avg_weight_g", "grade", "discount_fen_per_kg", "amount_fen")
+    or TradeRecord.__struct_fields__ != (
+        "trade_id", "instrument", "buyer_id", "seller_id", "lot_id", "buy_order_id", "heads", "price_fen",
+        "obligation_fen", "source_account_id", "financier_id", "traded_at_ns", "state", "heads_delivered",
+        "total_weight_g", "avg_weight_g", "grade", "discount_fen_per_kg", "quarantine_cert", "delivered_at_ns",
+        "dispute_until_ns", "disputed_by", "dispute_reason", "amount_fen", "refund_fen", "advance_loan_id",
+        "settled_at_ns", "fee_fen", "fee_subsidy_fen", "fee_forgone_fen", "interest_paid_fen",
+        "principal_repaid_fen", "payable_fen",
+    )
+    or Payout.__struct_fields__ != (
+        "payout_id", "run_id", "payee_id", "amount_fen", "priority", "pending_id", "bank_account", "sources",
+        "created_at_ns", "state", "attempt", "file_ref", "bank_ref", "reason", "updated_at_ns",
+    )
+):  # fmt: skip
+    raise ImportError("a struct the clearing reads by position changed: update how clearing.py unpacks it")
 _ENCODER = msgspec.msgpack.Encoder()
 _SNAPSHOT_DECODER = msgspec.msgpack.Decoder(ClearingSnapshot)
 
@@ -289,7 +354,7 @@ class Clearing:
             return R.NOT_AUTHORIZED
         if limit_price_fen <= 0:
             return R.UNBOUNDED_HOLD
-        if self._hold_source(participant_id, heads * _hold_per_head_fen(spec, limit_price_fen)) is None:
+        if self._hold_source(participant_id, heads * rules.hold_per_head_fen(spec, limit_price_fen)) is None:
             return R.INSUFFICIENT_FUNDS
         return None
 
@@ -306,26 +371,30 @@ class Clearing:
         """Place the hold of an accepted buy (``check_buy`` passed in the same command). Idempotent: the
         ``OrderAccepted`` event places it too if the core did not call this."""
         if order_id not in self.holds:
-            self._place_hold(order_id, participant_id, spec, limit_price_fen, heads, ts_ns)
+            self._place_hold(order_id, participant_id, spec, limit_price_fen, heads, ts_ns, spec.symbol)
 
     def _place_hold(
-        self, order_id: int, participant_id: int, spec: InstrumentSpec, limit_price_fen: int, heads: int, ts_ns: int
+        self, order_id: Boxed, participant_id: Boxed, spec: InstrumentSpec, limit_price_fen: Boxed, heads: Boxed,
+        ts_ns: Boxed, instrument: Boxed,
     ) -> None:
-        per_head = _hold_per_head_fen(spec, limit_price_fen)
-        amount = heads * per_head
+        # ids, price, heads and time pass on as the objects they came as (Boxed); the sums are ints
+        per_head: int = rules.hold_per_head_fen(spec, limit_price_fen)
+        heads_n: int = heads
+        amount: Boxed = heads_n * per_head  # boxed once: the hold's transfer
         source = self._hold_source(participant_id, amount)
         if source is None:
             raise ClearingInvariantError(f"buy {order_id} accepted without funds for its hold of {amount} fen")
-        account_id, financier_id = source
+        account_id: Boxed = source[0]
+        financier_id: Boxed = source[1]
         counters = self.counters
-        tid = counters.next_transfer_id
+        tid: Boxed = counters.next_transfer_id
         counters.next_transfer_id = tid + 1
-        transfer = Transfer(tid, account_id, _ESCROW, amount, _TC_HOLD, order_id, _PENDING)
+        transfer = _TRANSFER(tid, account_id, _ESCROW, amount, _TC_HOLD, order_id, _PENDING)
         result = self.ledger.create_transfer(transfer, ts_ns)  # _commit_one, inline: once per buy
         if result is not _OK:
             _refused(transfer, result)
-        self.holds[order_id] = Hold(order_id, participant_id, spec.symbol, limit_price_fen, per_head, heads, tid,
-                                    account_id, financier_id)
+        self.holds[order_id] = _HOLD(order_id, participant_id, instrument, limit_price_fen, per_head, heads, tid,
+                                     account_id, financier_id)
 
     def check_amend_buy(self, order_id: int, new_price_fen: int, new_remaining_heads: int) -> R | None:
         """Why amending a buy to this price and remaining quantity cannot be covered, or None (also for
@@ -343,7 +412,7 @@ class Clearing:
             return None
         return R.INSUFFICIENT_FUNDS
 
-    def on_events(self, events: list, ts_ns: int) -> None:
+    def on_events(self, events: list, ts_ns: Boxed) -> None:
         """Follow one command's events; appends the clearing's own events to ``events``. The core calls
         this exactly once at the end of every command: it also closes the command's ledger rows."""
         # No copy of the list: the events the handlers append are the clearing's own, none of which has
@@ -370,7 +439,7 @@ class Clearing:
         """The settlement commands' handlers: ``handler(command, events)``."""
         return dict(self._command_handlers)
 
-    def on_clock(self, ts_ns: int, events: list) -> None:
+    def on_clock(self, ts_ns: Boxed, events: list) -> None:
         """A clock tick: accrue a day's interest if a midnight passed, then settle every trade whose
         dispute window has closed."""
         day = rules.cst_day(ts_ns)
@@ -382,10 +451,11 @@ class Clearing:
                     self._collect_subsidised_interest(loan, ts_ns, events, 0)
         # every due (deadline, trade id) in order: the smaller head of the two sorted queues each time
         deadlines, late, trades = self._deadlines, self._late_deadlines, self.trades
+        now: int = ts_ns  # compared as an int; ts_ns passes on as the object it came as
         while True:
-            if deadlines and deadlines[0][0] <= ts_ns:
+            if deadlines and deadlines[0][0] <= now:
                 _, trade_id = heapq.heappop(late) if late and late[0] < deadlines[0] else deadlines.popleft()
-            elif late and late[0][0] <= ts_ns:
+            elif late and late[0][0] <= now:
                 _, trade_id = heapq.heappop(late)
             else:
                 break
@@ -550,18 +620,19 @@ class Clearing:
 
     # ---------------------------------------------------------------------------------- ledger plumbing
 
-    def _next_tid(self) -> int:
-        tid = self.counters.next_transfer_id
-        self.counters.next_transfer_id = tid + 1
+    def _next_tid(self) -> Boxed:
+        counters = self.counters
+        tid: Boxed = counters.next_transfer_id  # the object itself goes into the transfer
+        counters.next_transfer_id = tid + 1
         return tid
 
-    def _commit_one(self, transfer: Transfer, ts_ns: int) -> None:
+    def _commit_one(self, transfer: Transfer, ts_ns: Boxed) -> None:
         """Apply one transfer (not LINKED); a refusal is a bug."""
         result = self.ledger.create_transfer(transfer, ts_ns)
         if result is not _OK:
             _refused(transfer, result)
 
-    def _commit(self, transfers: Sequence[Transfer], ts_ns: int) -> None:
+    def _commit(self, transfers: Sequence[Transfer], ts_ns: Boxed) -> None:
         """Apply transfers (several: a chain, every one but the last flagged LINKED by the caller); any
         refusal is a bug."""
         if len(transfers) < 2:
@@ -598,67 +669,90 @@ class Clearing:
 
     # ------------------------------------------------------------------------------ core's events
 
-    def _on_listed(self, e: InstrumentListed, ts_ns: int, out: list) -> None:
+    def _on_listed(self, e: InstrumentListed, ts_ns: Boxed, out: list) -> None:
         self.instruments[e.spec.symbol] = e.spec
         self.fee_bps[e.spec.symbol] = e.spec.seller_fee_bps
 
-    def _on_lot(self, e: LotRegistered, ts_ns: int, out: list) -> None:
+    def _on_lot(self, e: LotRegistered, ts_ns: Boxed, out: list) -> None:
         self.lots[e.lot.lot_id] = e.lot
 
-    def _on_accepted(self, e: OrderAccepted, ts_ns: int, out: list) -> None:
-        if e.side == _BUY and e.order_id not in self.holds:
-            spec = self.instruments[e.instrument]
-            self._place_hold(e.order_id, e.participant_id, spec, e.price_fen, e.quantity_heads, ts_ns)
+    def _on_accepted(self, e: OrderAccepted, ts_ns: Boxed, out: list) -> None:
+        # (seq, ts_ns, order_id, participant_id, client_order_id, instrument, side, price_fen, quantity_heads,
+        # lot_id): one tuple instead of six attribute reads
+        f = _astuple(e)
+        order_id: Boxed = f[2]
+        if f[6] == _BUY and order_id not in self.holds:
+            instrument: Boxed = f[5]
+            self._place_hold(order_id, f[3], self.instruments[instrument], f[7], f[8], ts_ns, instrument)
 
-    def _on_trade(self, e: Trade, ts_ns: int, out: list) -> None:
-        hold = self.holds.get(e.buy_order_id)
+    def _on_trade(self, e: Trade, ts_ns: Boxed, out: list) -> None:
+        # The trade and the hold read as one tuple each (field order checked at import); ids, price and
+        # heads pass on as the objects they came as (Boxed), the sums are ints boxed once each.
+        # (seq, ts_ns, instrument, trade_id, price_fen, quantity_heads, buy_order_id, sell_order_id, buyer_id,
+        # seller_id, lot_id, taker_side, buy_remaining_heads, sell_remaining_heads)
+        f = _astuple(e)
+        trade_id: Boxed = f[3]
+        buy_order_id: Boxed = f[6]
+        hold = self.holds.get(buy_order_id)
         if hold is None:
-            raise ClearingInvariantError(f"trade {e.trade_id}: buy order {e.buy_order_id} holds no funds")
-        heads = e.quantity_heads
-        remaining = hold.remaining_heads - heads
-        if remaining != e.buy_remaining_heads or remaining < 0:
-            raise ClearingInvariantError(f"trade {e.trade_id}: hold has {hold.remaining_heads} heads")
-        trade_id, instrument, price = e.trade_id, e.instrument, e.price_fen
-        per_head = hold.per_head_fen
-        obligation = heads * _hold_per_head_fen(self.instruments[instrument], price)
-        released = heads * per_head - obligation
-        if obligation <= 0 or released < 0:
-            raise ClearingInvariantError(f"trade {trade_id} at {price} above the limit {hold.price_fen}")
+            raise ClearingInvariantError(f"trade {trade_id}: buy order {buy_order_id} holds no funds")
+        # (order_id, buyer_id, instrument, price_fen, per_head_fen, remaining_heads, pending_id,
+        # source_account_id, financier_id)
+        h = _astuple(hold)
+        heads: Boxed = f[5]
+        heads_n: int = heads
+        remaining: int = h[5] - heads_n
+        buy_remaining: int = f[12]
+        if remaining != buy_remaining or remaining < 0:
+            raise ClearingInvariantError(f"trade {trade_id}: hold has {h[5]} heads")
+        instrument: Boxed = f[2]
+        price: Boxed = f[4]
+        per_head: int = h[4]
+        obligation_n: int = heads_n * rules.hold_per_head_fen(self.instruments[instrument], price)
+        released: int = heads_n * per_head - obligation_n
+        if obligation_n <= 0 or released < 0:
+            raise ClearingInvariantError(f"trade {trade_id} at {price} above the limit {h[3]}")
+        obligation: Boxed = obligation_n  # boxed once: the transfer, the record and the event
+        source_account_id: Boxed = h[7]
         counters = self.counters
-        tid = counters.next_transfer_id
+        tid: Boxed = counters.next_transfer_id
         # the ledger calls of _commit and _commit_one, inline: once per fill
         if remaining:
-            counters.next_transfer_id = tid + 2
-            chain = [Transfer(tid, 0, 0, obligation, _TC_TRADE, trade_id, _POST | _LINKED, hold.pending_id),
-                     Transfer(tid + 1, hold.source_account_id, _ESCROW, remaining * per_head, _TC_HOLD,
-                              hold.order_id, _PENDING)]
+            rehold_id: Boxed = tid + 1
+            counters.next_transfer_id = rehold_id + 1
+            chain = [_TRANSFER(tid, _ZERO, _ZERO, obligation, _TC_TRADE, trade_id, _POST_LINKED, h[6]),
+                     _TRANSFER(rehold_id, source_account_id, _ESCROW, remaining * per_head, _TC_HOLD,
+                               h[0], _PENDING)]
             results = self.ledger.create_transfers(chain, ts_ns)
             if results.count(_OK) != 2:
                 _refused_chain(chain, results)
-            hold.pending_id = tid + 1
+            hold.pending_id = rehold_id
             hold.remaining_heads = remaining
         else:
             counters.next_transfer_id = tid + 1
-            post = Transfer(tid, 0, 0, obligation, _TC_TRADE, trade_id, _POST, hold.pending_id)
+            post = _TRANSFER(tid, _ZERO, _ZERO, obligation, _TC_TRADE, trade_id, _POST, h[6])
             result = self.ledger.create_transfer(post, ts_ns)
             if result is not _OK:
                 _refused(post, result)
-            del self.holds[hold.order_id]
-        buyer_id, seller_id, financier_id = e.buyer_id, e.seller_id, hold.financier_id
-        self.trades[trade_id] = TradeRecord(
-            trade_id, instrument, buyer_id, seller_id, e.lot_id, e.buy_order_id, heads, price,
-            obligation, hold.source_account_id, financier_id, ts_ns,
+            del self.holds[h[0]]
+        buyer_id: Boxed = f[8]
+        seller_id: Boxed = f[9]
+        financier_id: Boxed = h[8]
+        self.trades[trade_id] = _TRADE_RECORD(
+            trade_id, instrument, buyer_id, seller_id, f[10], buy_order_id, heads, price,
+            obligation, source_account_id, financier_id, ts_ns,
         )  # fmt: skip
-        out.append(ObligationRecorded(0, ts_ns, trade_id, buyer_id, seller_id, instrument, heads, price, obligation,
-                                      released, financier_id))
+        out.append(_OBLIGATION_RECORDED(_ZERO, ts_ns, trade_id, buyer_id, seller_id, instrument, heads, price,
+                                        obligation, released, financier_id))
 
-    def _on_order_gone(self, e: OrderCancelled | OrderExpired, ts_ns: int, out: list) -> None:
+    def _on_order_gone(self, e: OrderCancelled | OrderExpired, ts_ns: Boxed, out: list) -> None:
         hold = self.holds.pop(e.order_id, None)
         if hold is None:
             return  # a sell: nothing held
-        self._commit_one(Transfer(self._next_tid(), 0, 0, 0, _TC_RELEASE, 0, _VOID, hold.pending_id), ts_ns)
+        self._commit_one(_TRANSFER(self._next_tid(), _ZERO, _ZERO, _ZERO, _TC_RELEASE, _ZERO, _VOID, hold.pending_id),
+                         ts_ns)
 
-    def _on_amended(self, e: OrderAmended, ts_ns: int, out: list) -> None:
+    def _on_amended(self, e: OrderAmended, ts_ns: Boxed, out: list) -> None:
         hold = self.holds.get(e.order_id)
         if hold is None:
             return
@@ -674,7 +768,7 @@ class Clearing:
         hold.remaining_heads = e.remaining_heads
         hold.pending_id = rehold.transfer_id
 
-    def _hold_source(self, buyer_id: int, amount_fen: int) -> tuple[int, int] | None:
+    def _hold_source(self, buyer_id: int, amount_fen: int) -> tuple[Boxed, Boxed] | None:
         """(account id, financier id or 0) that covers ``amount_fen`` whole: cash first, then the credit
         lines by financier id, only those of financiers the buyer consents to now (a withdrawn consent
         ends new holds on that line; what it already holds stays until filled or cancelled)."""
@@ -689,11 +783,11 @@ class Clearing:
 
     # ------------------------------------------------------------------------------- helpers
 
-    def _add_deadline(self, until_ns: int, trade_id: int) -> None:
+    def _add_deadline(self, until_ns: Boxed, trade_id: Boxed) -> None:
         """Queue a trade's settlement. Deadlines nearly always come in order (one dispute window, time
         moving forward): those go at the end of a deque, whose pops cost less than a heap's; one that
         sorts before the deque's last goes into the heap ``_late_deadlines``. ``on_clock`` merges both."""
-        item = (until_ns, trade_id)
+        item = (until_ns, trade_id)  # the objects as they came: compiled, no boxing
         deadlines = self._deadlines
         if not deadlines or deadlines[-1] < item:
             deadlines.append(item)
@@ -950,68 +1044,83 @@ class Clearing:
         return trade
 
     def _record_weigh_in(self, cmd: RecordWeighIn, out: list) -> None:
-        trade = self.trades.get(cmd.trade_id)
+        # The command, the trade and the terms read as one tuple each (field order checked at import); ids,
+        # weights and amounts pass on as the objects they came as (Boxed), each new sum boxed once.
+        # (participant_id, ts_ns, trade_id, heads_delivered, total_weight_g, quarantine_cert, quarantine_checked)
+        c = _astuple(cmd)
+        trade = self.trades.get(c[2])
         if trade is None:
-            return self._reject(cmd, R.UNKNOWN_TRADE, f"T{cmd.trade_id}", out)
-        spec = self.instruments[trade.instrument]
-        terms = self._weigh_in_terms(cmd, trade, spec)
+            return self._reject(cmd, R.UNKNOWN_TRADE, f"T{c[2]}", out)
+        # (trade_id, instrument, buyer_id, seller_id, lot_id, buy_order_id, heads, price_fen, obligation_fen,
+        # source_account_id, financier_id, traded_at_ns, state, ...)
+        t = _astuple(trade)
+        instrument: Boxed = t[1]
+        spec = self.instruments[instrument]
+        terms = self._weigh_in_terms(c, t, spec)
         if not isinstance(terms, DeliveryTerms):
-            return self._reject(cmd, terms, f"T{cmd.trade_id}", out, trade.instrument)
-        ts_ns, trade_id = cmd.ts_ns, trade.trade_id
-        heads, weight_g = cmd.heads_delivered, cmd.total_weight_g
-        amount = terms.amount_fen
-        refund = trade.obligation_fen - amount
-        seller_id = trade.seller_id
-        receivable = self.accounts.get((_RECEIVABLE, seller_id, 0))
+            return self._reject(cmd, terms, f"T{c[2]}", out, instrument)
+        ts_ns: Boxed = c[1]
+        trade_id: Boxed = t[0]
+        heads: Boxed = c[3]
+        weight_g: Boxed = c[4]
+        avg_g, grade, discount, amount = _astuple(terms)  # (avg_weight_g, grade, discount_fen_per_kg, amount_fen)
+        amount_n: int = amount
+        obligation_n: int = t[8]
+        refund: Boxed = obligation_n - amount_n  # boxed once: the transfer, the record and the event
+        seller_id: Boxed = t[3]
+        receivable: Boxed = self.accounts.get((_RECEIVABLE, seller_id, 0))
         if receivable is None:
             receivable = self._account_id(_RECEIVABLE, seller_id, 0, ts_ns)
         # The chain of two legs, written out (as _Chain would make it, without its calls): the amount to the
         # seller's receivable, the rest back to the buyer's source, a leg of 0 left out. Both are >= 0 and
         # not both 0: the amount is at most the obligation, which is positive (_on_trade).
         counters = self.counters
-        tid = counters.next_transfer_id
-        if amount and refund:
-            counters.next_transfer_id = tid + 2
-            chain = [Transfer(tid, _ESCROW, receivable, amount, _TC_SETTLEMENT, trade_id, _LINKED),
-                     Transfer(tid + 1, _ESCROW, trade.source_account_id, refund, _TC_ADJUSTMENT, trade_id, 0)]
+        tid: Boxed = counters.next_transfer_id
+        if amount_n and refund:
+            refund_id: Boxed = tid + 1
+            counters.next_transfer_id = refund_id + 1
+            chain = [_TRANSFER(tid, _ESCROW, receivable, amount, _TC_SETTLEMENT, trade_id, _LINKED),
+                     _TRANSFER(refund_id, _ESCROW, t[9], refund, _TC_ADJUSTMENT, trade_id, _ZERO)]
             results = self.ledger.create_transfers(chain, ts_ns)
             if results.count(_OK) != 2:
                 _refused_chain(chain, results)
         else:
             counters.next_transfer_id = tid + 1
-            leg = Transfer(tid, _ESCROW, receivable, amount, _TC_SETTLEMENT, trade_id, 0) if amount else \
-                Transfer(tid, _ESCROW, trade.source_account_id, refund, _TC_ADJUSTMENT, trade_id, 0)
+            leg = _TRANSFER(tid, _ESCROW, receivable, amount, _TC_SETTLEMENT, trade_id, _ZERO) if amount_n else \
+                _TRANSFER(tid, _ESCROW, t[9], refund, _TC_ADJUSTMENT, trade_id, _ZERO)
             result = self.ledger.create_transfer(leg, ts_ns)
             if result is not _OK:
                 _refused(leg, result)
-        avg_g, grade, discount = terms.avg_weight_g, terms.grade, terms.discount_fen_per_kg
+        until_ns: Boxed = ts_ns + spec.dispute_window_ns  # boxed once: the record, the deadline, the event
         trade.state = _DELIVERED
         trade.heads_delivered, trade.total_weight_g = heads, weight_g
         trade.avg_weight_g, trade.grade = avg_g, grade
         trade.discount_fen_per_kg = discount
-        trade.quarantine_cert = cmd.quarantine_cert.strip()
+        trade.quarantine_cert = c[5].strip()
         trade.amount_fen, trade.refund_fen = amount, refund
         trade.delivered_at_ns = ts_ns
-        trade.dispute_until_ns = until_ns = ts_ns + spec.dispute_window_ns
+        trade.dispute_until_ns = until_ns
         self._add_deadline(until_ns, trade_id)
-        out.append(DeliveryRecorded(0, ts_ns, trade_id, heads, weight_g, avg_g, grade, discount, amount, refund,
-                                    until_ns))
+        out.append(_DELIVERY_RECORDED(_ZERO, ts_ns, trade_id, heads, weight_g, avg_g, grade, discount, amount,
+                                      refund, until_ns))
         return None
 
-    def _weigh_in_terms(self, cmd: RecordWeighIn, trade: TradeRecord, spec: InstrumentSpec) -> DeliveryTerms | R:
-        """The terms of this weigh-in of a known trade, or why it must be rejected (checked in this order;
-        the terms are computed once, for the last check and the amount)."""
-        participant_id = cmd.participant_id
-        if participant_id != trade.seller_id and not self._is_operator(participant_id):
+    def _weigh_in_terms(self, c: tuple, t: tuple, spec: InstrumentSpec) -> DeliveryTerms | R:
+        """The terms of this weigh-in (``c``: the RecordWeighIn's fields) of a known trade (``t``: its
+        record's fields), or why it must be rejected (checked in this order; the terms are computed once,
+        for the last check and the amount)."""
+        participant_id: Boxed = c[0]
+        if participant_id != t[3] and not self._is_operator(participant_id):
             return R.NOT_AUTHORIZED
-        if trade.state != _OPEN:
+        if t[12] != _OPEN:
             return R.INVALID_TRADE_STATE
-        if not cmd.quarantine_checked or not cmd.quarantine_cert.strip():
+        if not c[6] or not c[5].strip():
             return R.QUARANTINE_NOT_CHECKED
-        heads, weight_g = cmd.heads_delivered, cmd.total_weight_g
-        if not _valid_delivery(trade.heads, heads, weight_g):
+        heads: Boxed = c[3]
+        weight_g: Boxed = c[4]
+        if not _valid_delivery(t[6], heads, weight_g):
             return R.INVALID_DELIVERY
-        terms = _priced_delivery_terms(spec, trade.price_fen, trade.obligation_fen, heads, weight_g)
+        terms = rules.priced_delivery_terms(spec, t[7], t[8], heads, weight_g)
         if terms is None:
             return R.INVALID_DELIVERY  # its discount would take the whole price: refused, never paid as 0
         return terms
@@ -1078,31 +1187,36 @@ class Clearing:
 
     # ------------------------------------------------------------------------------------- settlement
 
-    def _settle(self, trade: TradeRecord, ts_ns: int, out: list) -> None:
+    def _settle(self, trade: TradeRecord, ts_ns: Boxed, out: list) -> None:
         """Pay the trade's amount out of the seller's receivable: fee, advances, payable, split."""
-        seller, amount, tid = trade.seller_id, trade.amount_fen, trade.trade_id
+        t = _astuple(trade)  # the fields read before anything changes the record (positions checked at import)
+        seller: Boxed = t[3]
+        amount: int = t[23]
+        tid: Boxed = t[0]
+        financier_id: Boxed = t[10]
         who = self.participants.get(seller)
         poor = who is not None and who.poor_verified  # _is_poor, with the participant in hand
         # a cooperative with members to split its proceeds to, else None
         coop = who if who is not None and who.role == _COOPERATIVE and who.member_ids else None
         advances = self._seller_advances(trade) if seller in self._loans_by_borrower else ()
-        if advances or (trade.financier_id and amount):
+        if advances or (financier_id and amount):
             day = rules.cst_day(ts_ns)
             for loan in advances:  # interest up to today's midnight first; a poor household's from the fund
                 self._accrue(loan, day, ts_ns, out)
                 self._collect_subsidised_interest(loan, ts_ns, out, tid)
-            if trade.financier_id and amount:
+            if financier_id and amount:
                 self._draw_credit_line(trade, day, ts_ns, out)
-        receivable = self.accounts[(_RECEIVABLE, seller, 0)]
+        receivable: Boxed = self.accounts[(_RECEIVABLE, seller, 0)]
         chain = _Chain(self)
-        fee = _fee_fen(amount, self.fee_bps.get(trade.instrument, 0))
+        fee = rules.fee_fen(amount, self.fee_bps.get(t[1], 0))
         waivers = self._poor_member_waivers(coop, fee) if coop is not None and fee else ()
         waived = fee if poor else sum(waivers) if waivers else 0
         if waived:
             trade.fee_subsidy_fen = subsidy = min(waived, self.ledger.available_fen(_SUBSIDY))
             trade.fee_forgone_fen = waived - subsidy
             chain.add(_SUBSIDY, _FEES, subsidy, _TC_FEE_SUBSIDY, tid)
-        trade.fee_fen = charged = fee - waived
+        charged: Boxed = fee - waived  # boxed once: the record and the leg
+        trade.fee_fen = charged
         chain.add(receivable, _FEES, charged, _TC_FEE, tid)
         # a poor household keeps its whole amount; a cooperative's poor members' waivers are kept apart
         # from its advances and reach those members in the split
@@ -1114,10 +1228,10 @@ class Clearing:
             left -= interest + principal
             self._repayment_legs(chain, loan, receivable, interest, principal, tid, ts_ns)
             repaid.append((loan, interest, principal))
-        payable = self._payable_accounts.get(seller)
+        payable: Boxed = self._payable_accounts.get(seller)
         if payable is None:
             payable = self._account_id(_PAYABLE, seller, 0, ts_ns)
-        net = left + (0 if poor else waived)
+        net: Boxed = left + (0 if poor else waived)  # boxed once: the leg, the record, the event
         chain.add(receivable, payable, net, _TC_SETTLEMENT, tid)
         splits = self._split_legs(chain, trade, coop, payable, left, waivers, ts_ns) if coop is not None else []
         chain.commit(ts_ns)
@@ -1171,29 +1285,30 @@ class Clearing:
         return splits
 
     def _after_settlement(
-        self, trade: TradeRecord, net_fen: int, splits: list[tuple[int, int]], repaid: list[tuple[Loan, int, int]],
-        ts_ns: int, out: list,
+        self, trade: TradeRecord, net_fen: Boxed, splits: list[tuple[int, int]], repaid: list[tuple[Loan, int, int]],
+        ts_ns: Boxed, out: list,
     ) -> None:
-        tid = trade.trade_id
         for loan, interest, principal in repaid:
-            self._loan_repaid(loan, interest, principal, LoanPayer.BORROWER, tid, ts_ns, out)
+            self._loan_repaid(loan, interest, principal, LoanPayer.BORROWER, trade.trade_id, ts_ns, out)
             trade.interest_paid_fen += interest
             trade.principal_repaid_fen += principal
+        t = _astuple(trade)  # the fields the event reads, as one tuple (positions checked at import)
+        tid: Boxed = t[0]
+        seller: Boxed = t[3]
         trade.payable_fen = net_fen
         trade.state = _SETTLED
         trade.settled_at_ns = ts_ns
-        seller = trade.seller_id
-        kept_fen = net_fen - sum(part for _, part in splits) if splits else net_fen
+        kept_fen: Boxed = net_fen - sum(part for _, part in splits) if splits else net_fen
         if kept_fen:  # _credit_payable, inline: once per settlement
             fifo = self.payables.get(seller)
             if fifo is None:
                 self.payables[seller] = fifo = []
-            fifo.append(PayableSource(_FROM_TRADE, tid, kept_fen))
-        out.append(TradeSettled(0, ts_ns, tid, seller, trade.amount_fen, trade.fee_fen, trade.fee_subsidy_fen,
-                                trade.fee_forgone_fen, trade.interest_paid_fen, trade.principal_repaid_fen, net_fen))
+            fifo.append(_PAYABLE_SOURCE(_FROM_TRADE, tid, kept_fen))
+        # (amount, fee, fee subsidy, fee forgone, interest paid, principal repaid)
+        out.append(_TRADE_SETTLED(_ZERO, ts_ns, tid, seller, t[23], t[27], t[28], t[29], t[30], t[31], net_fen))
         for member_id, part in splits:
             self._credit_payable(member_id, _FROM_SPLIT, tid, part)
-            out.append(CooperativeSplitPaid(0, ts_ns, tid, trade.seller_id, member_id, part))
+            out.append(CooperativeSplitPaid(0, ts_ns, tid, seller, member_id, part))
 
     def _loan_repaid(
         self, loan: Loan, interest: int, principal: int, payer: LoanPayer, ref: int, ts_ns: int, out: list
@@ -1477,15 +1592,17 @@ class Clearing:
 
     # ----------------------------------------------------------------------------------------- payouts
 
-    def _payout_event(self, p: Payout, ts_ns: int) -> PayoutChanged:
+    def _payout_event(self, p: Payout, ts_ns: Boxed) -> PayoutChanged:
         # A payout's sources never change once it is made, so its trade ids are worked out once (a
-        # derived lookup, not state: rebuilt empty on restore).
-        payout_id = p.payout_id
+        # derived lookup, not state: rebuilt empty on restore). The payout is read as one tuple (positions
+        # checked at import): (payout_id, run_id, payee_id, amount_fen, priority, pending_id, bank_account,
+        # sources, created_at_ns, state, attempt, file_ref, bank_ref, reason, updated_at_ns)
+        f = _astuple(p)
+        payout_id: Boxed = f[0]
         trade_ids = self._payout_trade_ids.get(payout_id)
         if trade_ids is None:
             trade_ids = self._payout_trade_ids[payout_id] = p.trade_ids
-        return PayoutChanged(0, ts_ns, payout_id, p.run_id, p.payee_id, p.state, p.attempt, p.amount_fen,
-                             p.priority, p.bank_ref, p.reason, trade_ids)
+        return _PAYOUT_CHANGED(_ZERO, ts_ns, payout_id, f[1], f[2], f[9], f[10], f[3], f[4], f[12], f[13], trade_ids)
 
     def _run_payouts(self, cmd: RunPayouts, out: list) -> None:
         ref = cmd.run_ref
@@ -1526,20 +1643,23 @@ class Clearing:
                     payees.append((not poor, owner))
         return [owner for _, owner in sorted(payees)]
 
-    def _create_payout(self, run: PayoutRun, who: Participant, ts_ns: int) -> Payout:
-        payee_id = who.participant_id
-        payable = self._payable_accounts[payee_id]  # accounts[(_PAYABLE, payee_id, 0)]
-        amount = self.ledger.available_fen(payable)
+    def _create_payout(self, run: PayoutRun, who: Participant, ts_ns: Boxed) -> Payout:
+        # ids, amount and time pass on as objects (Boxed): compiled, each is boxed once at most
+        payee_id: Boxed = who.participant_id
+        payable: Boxed = self._payable_accounts[payee_id]  # accounts[(_PAYABLE, payee_id, 0)]
+        amount: Boxed = self.ledger.available_fen(payable)
         counters = self.counters
-        payout_id = counters.next_payout_id
+        payout_id: Boxed = counters.next_payout_id
         counters.next_payout_id = payout_id + 1
-        tid = counters.next_transfer_id
+        tid: Boxed = counters.next_transfer_id
         counters.next_transfer_id = tid + 1
-        self._commit_one(Transfer(tid, payable, _BANK, amount, _TC_PAYOUT, payout_id, _PENDING), ts_ns)
+        self._commit_one(_TRANSFER(tid, payable, _BANK, amount, _TC_PAYOUT, payout_id, _PENDING), ts_ns)
         priority = _SAME_DAY if who.poor_verified else _NORMAL
         sources = self._take_payable(payee_id, amount)
-        payout = Payout(payout_id, run.run_id, payee_id, amount, priority, tid, who.bank_account, sources,
-                        ts_ns, updated_at_ns=ts_ns)
+        # every field by position (a keyword call costs more): the defaults of state, attempt, file_ref,
+        # bank_ref and reason, then updated_at_ns
+        payout = _PAYOUT(payout_id, run.run_id, payee_id, amount, priority, tid, who.bank_account, sources,
+                         ts_ns, _P_PENDING, 1, "", "", "", ts_ns)
         self.payouts[payout_id] = payout
         run.payout_ids.append(payout_id)
         run.total_fen += amount
@@ -1690,26 +1810,28 @@ class _Chain:
         self.ledger = clearing.ledger
         self.counters = clearing.counters
         self.transfers: list[Transfer] = []
-        self.last: tuple[int, int, int, int, int, int] | None = None  # (id, dr, cr, amount, code, user data)
+        # (id, dr, cr, amount, code, user data): the objects as they came (Boxed), so that compiled no leg
+        # boxes its ids and amount anew
+        self.last: tuple[Boxed, Boxed, Boxed, Boxed, Boxed, Boxed] | None = None
 
-    def add(self, dr: int, cr: int, amount_fen: int, code: int, user_data: int) -> None:
+    def add(self, dr: Boxed, cr: Boxed, amount_fen: Boxed, code: Boxed, user_data: Boxed) -> None:
         if amount_fen:
             if amount_fen < 0:
                 raise ClearingInvariantError(f"negative amount {amount_fen} from {dr} to {cr}")
             counters = self.counters
-            tid = counters.next_transfer_id
+            tid: Boxed = counters.next_transfer_id
             counters.next_transfer_id = tid + 1
             last = self.last
             if last is not None:
-                self.transfers.append(Transfer(*last, _LINKED))
+                self.transfers.append(_TRANSFER(last[0], last[1], last[2], last[3], last[4], last[5], _LINKED))
             self.last = (tid, dr, cr, amount_fen, code, user_data)
 
-    def commit(self, ts_ns: int) -> None:
+    def commit(self, ts_ns: Boxed) -> None:
         """Apply the chain (``Clearing._commit``: one transfer alone, several linked); a refusal is a bug."""
         last = self.last
         if last is None:
             return
-        closing = Transfer(*last, 0)
+        closing = _TRANSFER(last[0], last[1], last[2], last[3], last[4], last[5], _ZERO)
         transfers = self.transfers
         if transfers:
             transfers.append(closing)
