@@ -61,7 +61,11 @@ Money flows (accounts: the chart in ledger.py; rounding: rules.py)
 Compiled (mypyc, ``setup.py``): the records it keeps (``model.py``), the events and the commands are
 msgspec structs defined in plain modules; the clearing dispatches the core's events by exact type and
 keeps derived lookups that save recomputing (``_payout_trade_ids``). A msgspec field read from compiled
-code is a generic attribute lookup: on a hot path, read a field once into a local.
+code is a generic attribute lookup: on a hot path, read a field once into a local, or read the whole
+record or event once as a tuple (``msgspec.structs.astuple``; the field orders it relies on are checked at
+import). An int typed ``int`` is unboxed, and boxed anew (an allocation above 256) into every struct, dict
+key, list or tuple it goes into: ids, amounts and times that only pass through are typed ``Boxed`` (Any),
+so they stay the objects they came as (the core's ``ts_ns`` included), and a new sum is boxed once.
 
 Authorisation: "operator" commands come from a registered operator or from participant 0 (the
 system); other commands name who may send them in their docstring. Every rejection is a ``Rejected``
@@ -223,9 +227,12 @@ _ZERO: Final[Boxed] = 0  # the 0s that go into transfers and events, as one obje
 # Enum members the hot paths name, as module globals (the same member objects): on Python 3.11 an
 # attribute of an enum class costs ~100 ns (the enum metaclass defines ``__getattr__``, which takes
 # every class attribute lookup off the fast path), a global ~10 ns.
-_BUY = Side.BUY
-_OPERATOR, _COOPERATIVE = ROLE.OPERATOR, ROLE.COOPERATIVE
-_CASH, _RECEIVABLE, _PAYABLE = AC.BUYER_CASH, AC.SELLER_RECEIVABLE, AC.FARMER_PAYABLE
+_BUY: Final[Boxed] = Side.BUY
+_OPERATOR: Final[Boxed] = ROLE.OPERATOR
+_COOPERATIVE: Final[Boxed] = ROLE.COOPERATIVE
+_CASH: Final[Boxed] = AC.BUYER_CASH
+_RECEIVABLE: Final[Boxed] = AC.SELLER_RECEIVABLE
+_PAYABLE: Final[Boxed] = AC.FARMER_PAYABLE
 _TC_HOLD: Final[Boxed] = TC.ORDER_HOLD
 _TC_RELEASE: Final[Boxed] = TC.ORDER_RELEASE
 _TC_TRADE: Final[Boxed] = TC.TRADE
@@ -238,11 +245,13 @@ _TC_SPLIT: Final[Boxed] = TC.COOP_SPLIT
 _OPEN: Final[Boxed] = TradeState.OPEN
 _DELIVERED: Final[Boxed] = TradeState.DELIVERED
 _SETTLED: Final[Boxed] = TradeState.SETTLED
-_ADVANCE = LoanKind.ADVANCE
+_ADVANCE: Final[Boxed] = LoanKind.ADVANCE
 _FROM_TRADE: Final[Boxed] = SourceKind.TRADE
 _FROM_SPLIT: Final[Boxed] = SourceKind.COOP_SPLIT
-_P_PENDING, _P_SENT, _P_CONFIRMED, _P_FAILED = (
-    PayoutState.PENDING, PayoutState.SENT, PayoutState.CONFIRMED, PayoutState.FAILED)
+_P_PENDING: Final[Boxed] = PayoutState.PENDING
+_P_SENT: Final[Boxed] = PayoutState.SENT
+_P_CONFIRMED: Final[Boxed] = PayoutState.CONFIRMED
+_P_FAILED: Final[Boxed] = PayoutState.FAILED
 _SAME_DAY: Final[Boxed] = PayoutPriority.SAME_DAY
 _NORMAL: Final[Boxed] = PayoutPriority.NORMAL
 # The hot paths call rules.* by the module's name: compiled (rules is compiled with the clearing), that
@@ -420,7 +429,7 @@ class Clearing:
         # of every command's events). Dispatch by exact type: compiled, a direct call (a bound method
         # taken from a dict would be a generic Python call).
         for event in events:
-            kind = event.__class__
+            kind = type(event)  # compiled, Py_TYPE: ``event.__class__`` would be a generic attribute lookup
             if kind is _TRADE:
                 self._on_trade(event, ts_ns, events)
             elif kind is _ORDER_ACCEPTED:
@@ -643,13 +652,16 @@ class Clearing:
         if results.count(_OK) != len(transfers):
             _refused_chain(transfers, results)
 
-    def _account_id(self, code: int, owner_id: int, user_data: int, ts_ns: int) -> int:
+    def _account_id(self, code: int, owner_id: Boxed, user_data: Boxed, ts_ns: Boxed) -> Boxed:
         """The account of this kind, owner and counterparty, created on first use."""
+        # owner, counterparty and the id pass as objects (Boxed): compiled, the key and the legs box none
+        # of them anew; the code is an int, so that the key holds a plain int for an AccountCode
         key = (code, owner_id, user_data)
         account_id = self.accounts.get(key)
         if account_id is None:
-            account_id = self.counters.next_account_id
-            self.counters.next_account_id = account_id + 1
+            counters = self.counters
+            account_id = counters.next_account_id
+            counters.next_account_id = account_id + 1
             result = self.ledger.create_accounts([_account(account_id, code, owner_id, user_data)], ts_ns)[0]
             if result is not CreateAccountResult.OK:
                 raise ClearingInvariantError(f"ledger refused account {key}: {result.name}")
@@ -674,7 +686,8 @@ class Clearing:
         self.fee_bps[e.spec.symbol] = e.spec.seller_fee_bps
 
     def _on_lot(self, e: LotRegistered, ts_ns: Boxed, out: list) -> None:
-        self.lots[e.lot.lot_id] = e.lot
+        lot = e.lot
+        self.lots[lot.lot_id] = lot
 
     def _on_accepted(self, e: OrderAccepted, ts_ns: Boxed, out: list) -> None:
         # (seq, ts_ns, order_id, participant_id, client_order_id, instrument, side, price_fen, quantity_heads,
@@ -768,7 +781,7 @@ class Clearing:
         hold.remaining_heads = e.remaining_heads
         hold.pending_id = rehold.transfer_id
 
-    def _hold_source(self, buyer_id: int, amount_fen: int) -> tuple[Boxed, Boxed] | None:
+    def _hold_source(self, buyer_id: Boxed, amount_fen: int) -> tuple[Boxed, Boxed] | None:
         """(account id, financier id or 0) that covers ``amount_fen`` whole: cash first, then the credit
         lines by financier id, only those of financiers the buyer consents to now (a withdrawn consent
         ends new holds on that line; what it already holds stays until filled or cancelled)."""
@@ -1669,7 +1682,9 @@ class Clearing:
         ref = cmd.file_ref
         if not self._is_operator(cmd.participant_id):
             return self._reject(cmd, R.NOT_AUTHORIZED, ref, out)
-        pairs = [(p[0], p[1]) for p in cmd.payouts]
+        # (payout id, attempt) pairs of the objects as they came (Boxed): compiled, none is boxed anew
+        payouts: Boxed = cmd.payouts
+        pairs = [(p[0], p[1]) for p in payouts]
         if not all(_id_range(p) for p in pairs):
             return self._reject(cmd, R.INVALID_AMOUNT, ref, out)
         sent = self.sent_files.get(ref)
@@ -1688,10 +1703,11 @@ class Clearing:
             if p.state != _P_PENDING or p.attempt != attempt:
                 return self._reject(cmd, R.INVALID_PAYOUT_STATE, f"P{payout_id}", out)
         self.sent_files[ref] = SentFile(ref, pairs)
+        ts_ns: Boxed = cmd.ts_ns
         for payout_id, _ in pairs:
             p = self.payouts[payout_id]
-            p.state, p.file_ref, p.updated_at_ns = _P_SENT, ref, cmd.ts_ns
-            out.append(self._payout_event(p, cmd.ts_ns))
+            p.state, p.file_ref, p.updated_at_ns = _P_SENT, ref, ts_ns
+            out.append(self._payout_event(p, ts_ns))
         return None
 
     def _import_bank_confirmations(self, cmd: ImportBankConfirmations, out: list) -> None:
@@ -1710,8 +1726,9 @@ class Clearing:
             return None
         applied = duplicates = 0
         errors: list[tuple[int, str]] = []
+        ts_ns: Boxed = cmd.ts_ns
         for row in cmd.rows:
-            outcome = self._apply_confirmation(row, cmd.ts_ns, out)
+            outcome = self._apply_confirmation(row, ts_ns, out)
             if outcome == "applied":
                 applied += 1
             elif outcome == "duplicate":
@@ -1722,7 +1739,7 @@ class Clearing:
         out.append(BankImportApplied(0, cmd.ts_ns, ref, applied, duplicates, tuple(errors)))
         return None
 
-    def _apply_confirmation(self, row: object, ts_ns: int, out: list) -> str:
+    def _apply_confirmation(self, row: object, ts_ns: Boxed, out: list) -> str:
         """One bank answer: "applied", "duplicate" or why it was not applied."""
         p = self.payouts.get(row.payout_id)  # type: ignore[attr-defined]
         if p is None:
@@ -1738,7 +1755,8 @@ class Clearing:
         if state != _P_SENT:
             return f"payout is {state.name}"
         if ok:
-            self._commit_one(Transfer(self._next_tid(), 0, 0, 0, _TC_PAYOUT, 0, _POST, p.pending_id), ts_ns)
+            self._commit_one(_TRANSFER(self._next_tid(), _ZERO, _ZERO, _ZERO, _TC_PAYOUT, _ZERO, _POST, p.pending_id),
+                             ts_ns)
             p.state, p.bank_ref, p.reason = _P_CONFIRMED, bank_ref, ""
         else:
             p.state, p.bank_ref, p.reason = _P_FAILED, bank_ref, row.reason[:200]  # type: ignore[attr-defined]
