@@ -459,12 +459,15 @@ class Clearing:
                     self._accrue(loan, day, ts_ns, events)
                     self._collect_subsidised_interest(loan, ts_ns, events, 0)
         # every due (deadline, trade id) in order: the smaller head of the two sorted queues each time
-        deadlines, late, trades = self._deadlines, self._late_deadlines, self.trades
-        now: int = ts_ns  # compared as an int; ts_ns passes on as the object it came as
+        # both queues as objects (Any): compiled, their (deadline, trade id) tuples are compared and
+        # unpacked as they are, with no unboxing into C tuples and boxing into new ones
+        deadlines: Any = self._deadlines
+        late: Any = self._late_deadlines
+        trades = self.trades
         while True:
-            if deadlines and deadlines[0][0] <= now:
+            if deadlines and deadlines[0][0] <= ts_ns:
                 _, trade_id = heapq.heappop(late) if late and late[0] < deadlines[0] else deadlines.popleft()
-            elif late and late[0][0] <= now:
+            elif late and late[0][0] <= ts_ns:
                 _, trade_id = heapq.heappop(late)
             else:
                 break
@@ -785,13 +788,16 @@ class Clearing:
         """(account id, financier id or 0) that covers ``amount_fen`` whole: cash first, then the credit
         lines by financier id, only those of financiers the buyer consents to now (a withdrawn consent
         ends new holds on that line; what it already holds stays until filled or cancelled)."""
-        cash = self._cash_accounts.get(buyer_id)
+        # ids as the objects they are (Boxed): compiled, none is unboxed and boxed anew
+        cash: Boxed = self._cash_accounts.get(buyer_id)
         if cash is not None and self.ledger.available_fen(cash) >= amount_fen:
-            return cash, 0
+            return cash, _ZERO
         for line in self._lines_by_buyer.get(buyer_id, ()):
-            if self.ledger.available_fen(line.account_id) >= amount_fen and \
-                    self.has_consented(buyer_id, line.financier_id):
-                return line.account_id, line.financier_id
+            account_id: Boxed = line.account_id
+            if self.ledger.available_fen(account_id) >= amount_fen:
+                financier_id: Boxed = line.financier_id
+                if self.has_consented(buyer_id, financier_id):
+                    return account_id, financier_id
         return None
 
     # ------------------------------------------------------------------------------- helpers
@@ -801,7 +807,9 @@ class Clearing:
         moving forward): those go at the end of a deque, whose pops cost less than a heap's; one that
         sorts before the deque's last goes into the heap ``_late_deadlines``. ``on_clock`` merges both."""
         item = (until_ns, trade_id)  # the objects as they came: compiled, no boxing
-        deadlines = self._deadlines
+        # the queue as an object (Any): compiled, its (int, int) entries are compared as the tuples they
+        # are, where a typed deque's would be unboxed and boxed into new tuples for the comparison
+        deadlines: Any = self._deadlines
         if not deadlines or deadlines[-1] < item:
             deadlines.append(item)
         else:
@@ -1109,7 +1117,8 @@ class Clearing:
         trade.heads_delivered, trade.total_weight_g = heads, weight_g
         trade.avg_weight_g, trade.grade = avg_g, grade
         trade.discount_fen_per_kg = discount
-        trade.quarantine_cert = c[5].strip()
+        cert: str = c[5]  # a str: compiled, strip is a native call
+        trade.quarantine_cert = cert.strip()
         trade.amount_fen, trade.refund_fen = amount, refund
         trade.delivered_at_ns = ts_ns
         trade.dispute_until_ns = until_ns
@@ -1127,7 +1136,8 @@ class Clearing:
             return R.NOT_AUTHORIZED
         if t[12] != _OPEN:
             return R.INVALID_TRADE_STATE
-        if not c[6] or not c[5].strip():
+        cert: str = c[5]  # a str: compiled, strip is a native call
+        if not c[6] or not cert.strip():
             return R.QUARANTINE_NOT_CHECKED
         heads: Boxed = c[3]
         weight_g: Boxed = c[4]
