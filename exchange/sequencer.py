@@ -90,6 +90,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import inspect
 import itertools
@@ -100,6 +101,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
+from itertools import repeat, starmap
 from typing import Final
 
 import asyncpg
@@ -155,6 +157,8 @@ _events_decoder = msgspec.msgpack.Decoder(list[Event])
 _commands_decoder = msgspec.msgpack.Decoder(list[Command])
 _index_encoder = msgspec.msgpack.Encoder()
 _ts_of = operator.attrgetter("ts_ns")
+_set_result = asyncio.Future.set_result
+_drain = deque(maxlen=0).extend  # runs an iterator to its end, keeping nothing
 _index_decoder = msgspec.msgpack.Decoder(list[tuple[int, str, int]])
 
 
@@ -524,6 +528,7 @@ class Sequencer:
         self._wakeup: asyncio.Future[None] | None = None
         self._wake_at = 1  # queue length at which a submission wakes the writer
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._new_future: Callable[[], asyncio.Future[Result]] = _not_started
         self._writer_task: asyncio.Task[None] | None = None
         self._tick_task: asyncio.Task[None] | None = None
         self._side_tasks: set[asyncio.Task[None]] = set()
@@ -543,6 +548,7 @@ class Sequencer:
         if self.state is not State.NEW:
             raise RuntimeError(f"cannot start a sequencer in state {self.state.value}")
         self._loop = asyncio.get_running_loop()
+        self._new_future = _future_factory(self._loop)
         if self._pool is None:
             self._pool = await store.create_pool(self.dsn, min_size=1, max_size=2)
         try:
@@ -653,7 +659,7 @@ class Sequencer:
         queue = self._queue
         if self.state is not State.RUNNING or len(queue) >= self.queue_size:
             self._check_open(1)
-        future: asyncio.Future[Result] = self._loop.create_future()  # type: ignore[union-attr]
+        future = self._new_future()
         queue.append(command)
         self._sinks.append(future)
         if len(queue) >= self._wake_at:
@@ -675,8 +681,7 @@ class Sequencer:
                     _check_encodable(command)
                 raise
         self._check_open(len(commands))
-        create_future = self._loop.create_future  # type: ignore[union-attr]
-        futures = [create_future() for _ in commands]
+        futures = list(starmap(self._new_future, repeat((), len(commands))))
         self._queue.extend(commands)
         self._sinks.extend(futures)
         if len(self._queue) >= self._wake_at:
@@ -916,17 +921,19 @@ class Sequencer:
         replace, force_setattr = msgspec.structs.replace, msgspec.structs.force_setattr
         client_orders = self._client_orders
         commands, events_out, futures = batch.commands, batch.events, batch.futures
-        seq = first_seq = self._next_seq
+        seq = first_seq = moved = self._next_seq
+        # The futures of absorbed commands stay at the head of `sinks` and are moved to the batch in
+        # runs (seqs `moved` to `seq`), not one by one: only a retry or a core failure needs its own.
         for _ in range(min(limit, len(queue))):
             command = pop_command()
-            future = pop_sink()
-            if command.__class__ is PlaceOrder and 0 < len(command.client_order_id) <= MAX_CLIENT_ORDER_ID_LEN:  # type: ignore[union-attr]
-                key = (command.participant_id, command.client_order_id)  # type: ignore[union-attr]
-                original_seq = client_orders.get(key)
-                if original_seq is not None:
-                    self._retry(command, future, original_seq)  # type: ignore[arg-type]
+            if type(command) is PlaceOrder and 0 < len(command.client_order_id) <= MAX_CLIENT_ORDER_ID_LEN:
+                # one lookup: the seq this (participant, client id) has now, set to this one if new
+                original_seq = client_orders.setdefault((command.participant_id, command.client_order_id), seq)
+                if original_seq != seq:
+                    futures.extend(starmap(pop_sink, repeat((), seq - moved)))
+                    moved = seq
+                    self._retry(command, pop_sink(), original_seq)
                     continue
-                client_orders[key] = seq
             if command.ts_ns:  # already stamped once (a resubmitted object): stamp a copy
                 command = replace(command, ts_ns=ts_ns)
             else:  # a fresh command, handed over: stamp it in place
@@ -934,6 +941,8 @@ class Sequencer:
             try:
                 events = apply(command)
             except Exception as exc:
+                futures.extend(starmap(pop_sink, repeat((), seq - moved)))
+                future = pop_sink()
                 self._next_seq = seq
                 self._mark_trouble()
                 if future is not None and not future.done():
@@ -941,8 +950,8 @@ class Sequencer:
                 raise _CoreFailed(f"core.apply raised on seq {seq}: {exc!r}") from exc
             commands.append(command)
             events_out.append(events)
-            futures.append(future)
             seq += 1
+        futures.extend(starmap(pop_sink, repeat((), seq - moved)))
         self._next_seq = seq
         absorbed = seq - first_seq
         if absorbed:
@@ -1049,12 +1058,21 @@ class Sequencer:
         elapsed_s = max(now_s - self._last_commit_s, 1e-4)
         self._last_commit_s = now_s
         self._rate_cps = 0.8 * self._rate_cps + 0.2 * (len(batch) / elapsed_s)
-        first_seq, commands, events = batch.first_seq, batch.commands, batch.events
-        # the Results are built by a map (no bytecode per field); zip(strict) checks the lengths agree
+        first_seq, commands, events, futures = batch.first_seq, batch.commands, batch.events, batch.futures
+        if not len(futures) == len(commands) == len(events):
+            raise RuntimeError(f"batch at seq {first_seq}: {len(futures)} futures for {len(commands)} commands")
+        # The Results are built by a map (no bytecode per field), and resolve their futures by a map too
+        # when every future is pending and asyncio's (the rule): no bytecode per command. Otherwise (the
+        # ticker's None, a future a caller cancelled, another kind of future) one by one, skipping those
+        # done, which include the ones the map resolved before it stopped.
         results = map(Result, itertools.count(first_seq), map(_ts_of, commands), events)
-        for future, result in zip(batch.futures, results, strict=True):
-            if future is not None and not future.done():
-                future.set_result(result)
+        try:
+            _drain(map(_set_result, futures, results))
+        except (TypeError, AttributeError, asyncio.InvalidStateError):
+            results = map(Result, itertools.count(first_seq), map(_ts_of, commands), events)
+            for future, result in zip(futures, results, strict=True):
+                if future is not None and not future.done():
+                    future.set_result(result)
         for future, index in batch.followers:
             if not future.done():
                 future.set_result(batch.result(index, replay=True))
@@ -1119,6 +1137,19 @@ def _journal_body(first_seq: int, commands: list[Command], events: list[list[Eve
         first_seq, list(map(_ts_of, commands)), list(map(_command_encoder.encode, commands)),
         list(map(_events_encoder.encode, events[start:])),
     )  # fmt: skip
+
+
+def _future_factory(loop: asyncio.AbstractEventLoop) -> Callable[[], asyncio.Future[Result]]:
+    """`loop.create_future`, called without its Python frame when it is asyncio's own (which makes an
+    `asyncio.Future(loop=loop)`): submissions make a future per command, and the frame was a fifth of
+    each one's cost (callgrind). Another loop's own kind of future is left to that loop."""
+    if type(loop).create_future is asyncio.BaseEventLoop.create_future:
+        return functools.partial(asyncio.Future, loop=loop)
+    return loop.create_future
+
+
+def _not_started() -> asyncio.Future[Result]:
+    raise RuntimeError("the sequencer has not been started")
 
 
 def _encode_index(client_orders: dict[ClientKey, int]) -> bytes:

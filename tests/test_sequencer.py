@@ -198,6 +198,24 @@ async def test_a_full_queue_answers_busy_at_once_and_enqueues_nothing(dsn: str) 
     assert ids == ["q0", "q1", "q2", "m1", "m2"]
 
 
+async def test_a_future_its_caller_cancelled_leaves_the_others_of_its_batch_their_results(dsn: str) -> None:
+    async with running(dsn) as sequencer:
+        await setup_market(sequencer)
+        futures = sequencer.submit_many([order(10, Side.BUY, 2800 - 10 * i, 1, cid=f"c{i}") for i in range(4)])
+        futures[1].cancel()  # the caller went away: its command is journaled all the same
+        results = [await futures[i] for i in (0, 2, 3)]
+        assert [r.seq for r in results] == [3, 5, 6]
+        assert futures[1].cancelled()
+        # the futures resolved before and after the cancelled one carry their own answers
+        assert all(next(e for e in r.events if isinstance(e, OrderAccepted)).price_fen == 2800 - 10 * i
+                   for r, i in zip(results, (0, 2, 3), strict=True))
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert [cid for _, cid in client_ids(await journal(conn))] == ["c0", "c1", "c2", "c3"]
+    finally:
+        await conn.close()
+
+
 # -- idempotency ------------------------------------------------------------------------------------------
 
 
