@@ -60,7 +60,7 @@ from exchange.commands import (
     VerifyBankAccount,
     VerifyPoorHousehold,
 )
-from exchange.core import Core
+from exchange.core import Core, new_exchange
 from exchange.domain import BreedClass, InstrumentSpec, ProductClass, Side
 from exchange.events import Event, OrderAccepted, PayoutChanged, PayoutState, Rejected, Trade
 from exchange.sequencer import Result, Sequencer
@@ -150,17 +150,12 @@ def bench_ledger(n: int, seed: int) -> dict[str, float]:
 # -- 2. settlement flows in the core ------------------------------------------------------------------------------
 
 
-class ExchangeCore(Core):
-    """The core as the exchange runs it (``new_exchange()``), constructible without arguments as the
-    sequencer's ``core_type`` must be."""
-
-    def __init__(self, clearing: Clearing | None = None) -> None:
-        super().__init__(Clearing() if clearing is None else clearing)
-
-    @property
-    def ledger_clearing(self) -> Clearing:
-        assert self.clearing is not None
-        return self.clearing
+def clearing_of(core: Core) -> Clearing:
+    """The clearing of an exchange core (``new_exchange()``: the core as the sequencer runs it, the
+    compiled class itself; a subclass defined here would run every call of the core on itself through
+    Python-level dispatch, which the exchange does not pay)."""
+    assert core.clearing is not None
+    return core.clearing
 
 
 def _spec() -> InstrumentSpec:
@@ -198,7 +193,7 @@ class MarketDay:
 
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
-        self.core = ExchangeCore()
+        self.core = new_exchange()
         self.commands: list[Command] = []
         self.ts_ns = 1_767_225_600 * 10**9
         self.delivered: list[int] = []  # trade ids weighed in since the last tick
@@ -211,7 +206,7 @@ class MarketDay:
         self.ts_ns += 1000
         command = msgspec.structs.replace(command, ts_ns=self.ts_ns)
         events = self.core.apply(command)
-        self.core.ledger_clearing.discard_command_rows()
+        clearing_of(self.core).discard_command_rows()
         if any(e.__class__ is Rejected for e in events):
             raise AssertionError(f"the workload made an invalid command: {command} -> {events}")
         self.commands.append(command)
@@ -219,7 +214,7 @@ class MarketDay:
 
     @property
     def transfers(self) -> int:
-        return self.core.ledger_clearing.counters.next_transfer_id - 1
+        return clearing_of(self.core).counters.next_transfer_id - 1
 
     def generate(self, transfers: int) -> list[Command]:
         rng = self.rng
@@ -266,15 +261,15 @@ class MarketDay:
         self.add(MarkPayoutsSent(OPERATOR, 0, f"file{self.refs}", pairs))
         rows = tuple(BankConfirmation(pid, attempt, self.rng.random() > 0.02, f"bank{pid}") for pid, attempt in pairs)
         self.add(ImportBankConfirmations(OPERATOR, 0, f"conf{self.refs}", rows))
-        payouts = self.core.ledger_clearing.payouts
+        payouts = clearing_of(self.core).payouts
         for pid, _ in pairs:
             if payouts[pid].state == PayoutState.FAILED:
                 self.add(ReturnPayout(OPERATOR, 0, pid))
 
 
 def bench_clearing(commands: Sequence[Command]) -> dict[str, float]:
-    core = ExchangeCore()
-    clearing = core.ledger_clearing
+    core = new_exchange()
+    clearing = clearing_of(core)
     gc.collect()
     gc.freeze()
     start_s = time.perf_counter()
@@ -300,7 +295,7 @@ def bench_clearing(commands: Sequence[Command]) -> dict[str, float]:
 async def bench_committed(dsn: str, commands: Sequence[Command], max_batch: int, window: int) -> dict[str, float]:
     batch_sizes: list[int] = []
     writer = pgstore.LedgerWriter()
-    sequencer = Sequencer(dsn, core_type=ExchangeCore, queue_size=window * 2, max_batch=max_batch,
+    sequencer = Sequencer(dsn, core_type=new_exchange, queue_size=window * 2, max_batch=max_batch,
                           snapshot_every=10**12, extra_writes=writer)
     writer.attach(sequencer)
     sequencer.subscribe(lambda batch: batch_sizes.append(len(batch)))
@@ -326,9 +321,9 @@ async def bench_committed(dsn: str, commands: Sequence[Command], max_batch: int,
     py_cpu_s, pg_cpu_s = time.process_time() - cpu_start[0], _backend_cpu_s(backend_pid) - cpu_start[1]
     gc.unfreeze()
     rejected = sum(e.__class__ is Rejected for r in results for e in r.events)
-    core: ExchangeCore = sequencer.core  # type: ignore[assignment]
+    core = sequencer.core
     await sequencer.stop(snapshot=False)
-    transfers = core.ledger_clearing.counters.next_transfer_id - 1
+    transfers = clearing_of(core).counters.next_transfer_id - 1
     mean_batch = sum(batch_sizes) / max(1, len(batch_sizes))
     figures = {
         "transfers_per_s_committed": transfers / elapsed_s,
@@ -350,7 +345,7 @@ async def bench_committed(dsn: str, commands: Sequence[Command], max_batch: int,
         figures.update(await _raw_copy(conn, len(batch_sizes)))
         stored = await pgstore.balances(conn)
         expected = {a.account_id: (a.debits_pending_fen, a.debits_posted_fen, a.credits_pending_fen,
-                                   a.credits_posted_fen) for a in core.ledger_clearing.ledger.accounts()}
+                                   a.credits_posted_fen) for a in clearing_of(core).ledger.accounts()}
         figures["database_matches_core"] = stored == expected
     finally:
         await conn.close()

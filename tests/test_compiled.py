@@ -28,12 +28,12 @@ ROOT = Path(__file__).resolve().parent.parent
 DIGEST_SCRIPT = textwrap.dedent('''
     import exchange.core
     from benchmarks.matching import MixGenerator, setup_commands
-    from benchmarks.ledger import MarketDay, ExchangeCore
-    from exchange.core import Core
+    from benchmarks.ledger import MarketDay
+    from exchange.core import Core, new_exchange
     encode = msgspec.msgpack.Encoder().encode
     digest = hashlib.blake2b(digest_size=16)
     for core, commands in ((Core(), setup_commands() + MixGenerator(7).generate(20_000)),
-                           (ExchangeCore(), MarketDay(3).generate(3_000))):
+                           (new_exchange(), MarketDay(3).generate(3_000))):
         for command in commands:
             digest.update(encode(core.apply(command)))
         digest.update(core.state_hash().encode())
