@@ -395,13 +395,8 @@ class Clearing:
             raise ClearingInvariantError(f"buy {order_id} accepted without funds for its hold of {amount} fen")
         account_id: Boxed = source[0]
         financier_id: Boxed = source[1]
-        counters = self.counters
-        tid: Boxed = counters.next_transfer_id
-        counters.next_transfer_id = tid + 1
-        transfer = _TRANSFER(tid, account_id, _ESCROW, amount, _TC_HOLD, order_id, _PENDING)
-        result = self.ledger.create_transfer(transfer, ts_ns)  # _commit_one, inline: once per buy
-        if result is not _OK:
-            _refused(transfer, result)
+        tid = self._next_tid()
+        self._commit_one(_TRANSFER(tid, account_id, _ESCROW, amount, _TC_HOLD, order_id, _PENDING), ts_ns)
         self.holds[order_id] = _HOLD(order_id, participant_id, instrument, limit_price_fen, per_head, heads, tid,
                                      account_id, financier_id)
 
@@ -1674,8 +1669,7 @@ class Clearing:
         counters = self.counters
         payout_id: Boxed = counters.next_payout_id
         counters.next_payout_id = payout_id + 1
-        tid: Boxed = counters.next_transfer_id
-        counters.next_transfer_id = tid + 1
+        tid = self._next_tid()
         self._commit_one(_TRANSFER(tid, payable, _BANK, amount, _TC_PAYOUT, payout_id, _PENDING), ts_ns)
         priority = _SAME_DAY if who.poor_verified else _NORMAL
         sources = self._take_payable(payee_id, amount)
@@ -1832,10 +1826,10 @@ class _Chain:
     fields until another follows it (then it is a LINKED transfer) or the chain is committed (then it
     closes the chain, unflagged): each leg is made once, with its flags."""
 
-    __slots__ = ("counters", "last", "ledger", "transfers")
+    __slots__ = ("clearing", "counters", "last", "transfers")
 
     def __init__(self, clearing: Clearing) -> None:
-        self.ledger = clearing.ledger
+        self.clearing = clearing
         self.counters = clearing.counters
         self.transfers: list[Transfer] = []
         # (id, dr, cr, amount, code, user data): the objects as they came (Boxed), so that compiled no leg
@@ -1859,17 +1853,8 @@ class _Chain:
         last = self.last
         if last is None:
             return
-        closing = _TRANSFER(last[0], last[1], last[2], last[3], last[4], last[5], _ZERO)
-        transfers = self.transfers
-        if transfers:
-            transfers.append(closing)
-            results = self.ledger.create_transfers(transfers, ts_ns)
-            if results.count(_OK) != len(transfers):
-                _refused_chain(transfers, results)
-        else:
-            result = self.ledger.create_transfer(closing, ts_ns)
-            if result is not _OK:
-                _refused(closing, result)
+        self.transfers.append(_TRANSFER(last[0], last[1], last[2], last[3], last[4], last[5], _ZERO))
+        self.clearing._commit(self.transfers, ts_ns)
 
 
 def _account(account_id: int, code: int, owner_id: int, user_data: int) -> Account:
