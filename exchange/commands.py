@@ -264,6 +264,14 @@ class RepayLoan(_Command, frozen=True):
     repayment_ref: str = ""
 
 
+class WriteOffLoan(_Command, frozen=True):
+    """Financier: give up what a borrower still owes on one of its loans (principal and interest
+    accrued through today). The loan stops accruing; nothing is paid to anyone."""
+
+    loan_id: int
+    reason: str
+
+
 class RunPayouts(_Command, frozen=True):
     """Operator: one payout instruction per payee with money payable, poor households first."""
 
@@ -349,6 +357,7 @@ Command = Union[  # noqa: UP007 - msgspec needs a real Union object to build a t
     ReduceCreditLine,
     GrantAdvance,
     RepayLoan,
+    WriteOffLoan,
     RunPayouts,
     MarkPayoutsSent,
     ImportBankConfirmations,

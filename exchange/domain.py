@@ -156,6 +156,8 @@ class RejectReason(IntEnum):
     BANK_ACCOUNT_NOT_VERIFIED = 43
     INVALID_SETTINGS = 44  # fee or policy out of range
     UNSUPPORTED_COMMAND = 45  # a settlement command sent to a matching-only core
+    UNKNOWN_LOAN = 46  # also another financier's loan: never revealed
+    LOAN_CLOSED = 47  # nothing is owed on the loan (repaid or written off)
 
 
 class ExpireReason(IntEnum):

@@ -320,6 +320,17 @@ class LoanRepaid(_Event, frozen=True):
     trade_id: int  # the settlement that repaid it, 0 for a RepayLoan or an accrual tick
 
 
+class LoanWrittenOff(_Event, frozen=True):
+    """The financier gave up the rest of a loan: what was still owed when it did."""
+
+    loan_id: int
+    financier_id: int
+    borrower_id: int
+    principal_fen: int
+    interest_fen: int
+    reason: str
+
+
 class PayoutRunCreated(_Event, frozen=True):
     run_id: int
     run_ref: str
@@ -387,6 +398,7 @@ Event = Union[  # noqa: UP007 - msgspec needs a real Union object to build a tag
     LoanDrawn,
     InterestAccrued,
     LoanRepaid,
+    LoanWrittenOff,
     PayoutRunCreated,
     PayoutChanged,
     BankImportApplied,

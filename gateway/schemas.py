@@ -203,6 +203,7 @@ _NOT_422: Final = {
     R.UNKNOWN_PARTICIPANT: 404,
     R.UNKNOWN_TRADE: 404,
     R.UNKNOWN_REFERENCE: 404,
+    R.UNKNOWN_LOAN: 404,
     R.NOT_AUTHORIZED: 403,
     R.DUPLICATE_CLIENT_ORDER_ID: 409,
     R.DUPLICATE_REFERENCE: 409,
@@ -210,6 +211,7 @@ _NOT_422: Final = {
     R.INVALID_STATE_TRANSITION: 409,
     R.INVALID_TRADE_STATE: 409,
     R.INVALID_PAYOUT_STATE: 409,
+    R.LOAN_CLOSED: 409,
 }
 # An unknown instrument named in a body is a 422 (a path naming one answers 404 `unknown_instrument`).
 REJECT_STATUS: Final[dict[RejectReason, int]] = {reason: _NOT_422.get(reason, 422) for reason in RejectReason}
@@ -272,6 +274,8 @@ _REJECT_MESSAGE: Final[dict[RejectReason, str]] = {
     RejectReason.INVALID_SHARES: "member shares must name farmers, be positive and sum to at most 10,000 bps",
     RejectReason.BANK_ACCOUNT_NOT_VERIFIED: "the bank account has not been verified by an operator",
     RejectReason.INVALID_SETTINGS: "the setting is out of range",
+    RejectReason.UNKNOWN_LOAN: "no such loan of yours",
+    RejectReason.LOAN_CLOSED: "nothing is owed on this loan",
 }
 
 

@@ -19,7 +19,8 @@ Routes (roles in brackets; "party" = the trade's buyer or seller):
   (financier), `GET /v1/financing/clients[/{participant_id}]` (financier: exposures, loans
   outstanding, repayments and the settlement state of every financed trade, of participants that consent
   to it or owe it: a financier always sees and may reduce its own credit lines and loans, also after
-  the borrower withdrew consent), `POST /v1/repayments` and `GET /v1/loans` (the borrower).
+  the borrower withdrew consent), `POST /v1/loans/{loan_id}/write-off` (financier, its own loan),
+  `POST /v1/repayments` and `GET /v1/loans` (the borrower).
 - Every participant: `GET /v1/balances`, `GET /v1/statements`, `GET /v1/reports/settlement` (JSON)
   and `GET /v1/reports/settlement.csv`.
 - Operator settings: `POST /v1/admin/fee-schedule`, `POST /v1/admin/financing-policy`.
@@ -70,6 +71,7 @@ from exchange.commands import (
     RunPayouts,
     SetFeeSchedule,
     SetFinancingPolicy,
+    WriteOffLoan,
 )
 from exchange.domain import RejectReason
 from exchange.events import Event, PayoutState, Rejected
@@ -99,6 +101,7 @@ from exchange.settlement.views import (
     day_to_date,
     financier_portfolio,
     financier_view,
+    loan_row,
     participant_balances,
     redact,
     report_csv,
@@ -859,6 +862,16 @@ class ClientPath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     participant_id: Id
 
 
+class LoanPath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    loan_id: Id
+
+
+class WriteOffRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Why the claim is given up (a default, a court order, a settlement with the borrower ...)."""
+
+    reason: Reason
+
+
 class FinancierPortfolio(msgspec.Struct, frozen=True):
     """Everything a financier may see: one view per participant that consents to it or owes it."""
 
@@ -927,13 +940,24 @@ async def get_client(call: Call, params: ClientPath) -> FinancierView:
     return _client_view(call, params.participant_id)
 
 
+@routes.post("/v1/loans/{loan_id}/write-off", roles=FINANCIERS, params=LoanPath, body=WriteOffRequest,
+             response=LoanRow, errors=(404, 409))
+async def write_off_loan(call: Call, params: LoanPath, body: WriteOffRequest) -> LoanRow:
+    """Give up what is still owed on one of your loans: its principal and the interest accrued through
+    today. The loan stops accruing; a credit line stays as it is (reduce it to stop new holds). A loan
+    with nothing owed: 409 `loan_closed`; another financier's loan: 404 like a missing one."""
+    clearing, financier = clearing_of(call), call.principal.participant_id
+    loan = clearing.loans.get(params.loan_id)
+    if loan is None or loan.financier_id != financier:
+        raise rejection(R.UNKNOWN_LOAN)
+    await submit(call, WriteOffLoan(financier, 0, params.loan_id, body.reason))
+    return loan_row(clearing_of(call).loans[params.loan_id])
+
+
 def _own_loans(clearing: Clearing, borrower_id: int, financier_id: int | None = None) -> LoanPage:
     loans = [loan for _, loan in sorted(clearing.loans.items())
              if loan.borrower_id == borrower_id and financier_id in (None, loan.financier_id)]
-    return LoanPage([LoanRow(loan.loan_id, loan.kind.name, loan.borrower_id, loan.trade_id, loan.rate_bps,
-                             loan.lent_fen, loan.principal_fen, loan.interest_due_fen, loan.principal_repaid_fen,
-                             loan.interest_accrued_fen, loan.interest_paid_fen, loan.interest_subsidised_fen)
-                     for loan in loans])
+    return LoanPage([loan_row(loan) for loan in loans])
 
 
 @routes.post("/v1/repayments", roles=BORROWERS, body=RepaymentRequest, response=LoanPage, errors=(409,))

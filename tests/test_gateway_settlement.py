@@ -436,6 +436,25 @@ async def test_a_financier_sees_only_participants_that_consented(ex: Exchange) -
     assert _error(await fin.get(f"/v1/financing/clients/{other_buyer.participant_id}")) == (
         404, "unknown_participant")
 
+    # The buyer defaults and the financier writes the loan off. Another financier's try is a 404 like a
+    # missing loan, the borrower may not, a reason is required, and a second write-off is a 409.
+    loan_id = view["loans"][0]["loan_id"]
+    other_fin = await ex.register(Role.FINANCIER)
+    assert _error(await other_fin.post(f"/v1/loans/{loan_id}/write-off", json={"reason": "x"})) == (
+        404, "unknown_loan")
+    assert _error(await fin.post("/v1/loans/999999/write-off", json={"reason": "x"})) == (404, "unknown_loan")
+    assert _error(await buyer.post(f"/v1/loans/{loan_id}/write-off", json={"reason": "x"})) == (403, "forbidden")
+    assert _error(await fin.post(f"/v1/loans/{loan_id}/write-off", json={"reason": ""}))[0] == 422
+    row = _ok(await fin.post(f"/v1/loans/{loan_id}/write-off", json={"reason": "买家破产"}))
+    assert (row["principal_outstanding_fen"], row["interest_due_fen"], row["principal_written_off_fen"]) == (
+        0, 0, 616_000)
+    assert row["interest_written_off_fen"] == row["interest_accrued_fen"] - row["interest_paid_fen"]
+    assert _error(await fin.post(f"/v1/loans/{loan_id}/write-off", json={"reason": "x"})) == (409, "loan_closed")
+    [mine] = _ok(await buyer.get("/v1/loans"))["loans"]
+    assert (mine["principal_outstanding_fen"], mine["principal_written_off_fen"]) == (0, 616_000)
+    view = _ok(await fin.get(f"/v1/financing/clients/{buyer.participant_id}"))
+    assert view["loans"][0]["principal_written_off_fen"] == 616_000
+
 
 # -- roles and other participants' ids ------------------------------------------------------------------
 

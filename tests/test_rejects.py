@@ -175,7 +175,7 @@ def case_unsupported_command() -> tuple[Scenario, Command]:
 
 
 # Settlement reasons come from the clearing stage and have their cases in tests/test_settlement_*.py.
-SETTLEMENT_REASONS = frozenset(r for r in RejectReason if R.INSUFFICIENT_FUNDS <= r <= R.INVALID_SETTINGS)
+SETTLEMENT_REASONS = frozenset(r for r in RejectReason if r >= R.INSUFFICIENT_FUNDS and r is not R.UNSUPPORTED_COMMAND)
 
 CASES: dict[RejectReason, Case] = {
     R.UNSUPPORTED_COMMAND: case_unsupported_command,

@@ -37,6 +37,7 @@ from exchange.commands import (
     SetFeeSchedule,
     UpdateParticipant,
     VerifyBankAccount,
+    WriteOffLoan,
 )
 from exchange.domain import OrderType, RejectReason, Side, TimeInForce
 from exchange.events import (
@@ -51,6 +52,7 @@ from exchange.events import (
     LoanDrawn,
     LoanPayer,
     LoanRepaid,
+    LoanWrittenOff,
     ObligationRecorded,
     PayoutChanged,
     PayoutPriority,
@@ -544,6 +546,52 @@ def test_credit_line_funds_a_bid_the_financier_pays_at_settlement_and_the_buyer_
     x.ok(ReduceCreditLine(FINANCIER, 0, BUYER2, 780_000))
     assert x.balance(AC.BUYER_CREDIT_LINE, BUYER2, FINANCIER) == 0
     x.reject(ReduceCreditLine(FINANCIER, 0, BUYER2, 1), R.INSUFFICIENT_FUNDS)
+    check_books(x)
+
+
+def test_defaulted_credit_line_loan_is_written_off_with_interest_through_today_and_stops_accruing() -> None:
+    x = world()
+    x.deposit(FINANCIER, 5_000_000, FundsAccount.FINANCIER_FUNDS)
+    x.consent(BUYER2, FINANCIER)
+    x.ok(GrantCreditLine(FINANCIER, 0, BUYER2, 4_000_000, 730))  # 2 fen a day per 10,000 fen
+    trade = x.trade(BUYER2, FARMER, 2800, 10)
+    x.weigh_in(trade.trade_id, 10, 1_150_000)
+    loan_id = x.of(LoanDrawn, x.tick(WINDOW_NS))[0].loan_id  # 3,220,000 drawn
+    assert x.of(InterestAccrued, x.tick(DAY_NS))[0].interest_fen == 644
+    x.advance(DAY_NS)  # another midnight, no tick yet: the write-off accrues it first
+    x.reject(WriteOffLoan(BUYER2, 0, loan_id, "mine"), R.UNKNOWN_LOAN)  # the borrower cannot forgive itself
+    events = x.ok(WriteOffLoan(FINANCIER, 0, loan_id, "buyer insolvent"))
+    assert x.of(InterestAccrued, events)[0].interest_fen == 644
+    written = x.of(LoanWrittenOff, events)[0]
+    assert (written.principal_fen, written.interest_fen, written.reason) == (3_220_000, 1_288, "buyer insolvent")
+    # the claims are closed; the lent cash stays lost: funds are what was never lent
+    assert x.balance(AC.LOANS_RECEIVABLE, FINANCIER, BUYER2) == x.balance(AC.LOANS_FUNDED, FINANCIER, BUYER2) == 0
+    assert x.balance(AC.INTEREST_RECEIVABLE, FINANCIER, BUYER2) == x.balance(AC.INTEREST_INCOME, FINANCIER) == 0
+    assert x.balance(AC.FINANCIER_FUNDS, FINANCIER) == 1_000_000
+    loan = x.clearing.loans[loan_id]
+    assert (loan.principal_written_off_fen, loan.interest_written_off_fen, loan.is_open) == (3_220_000, 1_288, False)
+    assert not x.of(InterestAccrued, x.tick(3 * DAY_NS))  # nothing accrues any more
+    x.reject(RepayLoan(BUYER2, 0, FINANCIER, 1), R.INVALID_AMOUNT)  # nothing is owed
+    x.reject(WriteOffLoan(FINANCIER, 0, loan_id, "again"), R.LOAN_CLOSED)
+    # the line is untouched: its undrawn rest is the financier's to reduce
+    assert x.balance(AC.BUYER_CREDIT_LINE, BUYER2, FINANCIER) == 780_000
+    check_books(x)
+
+
+def test_written_off_advance_is_not_repaid_at_settlement_and_the_farmer_keeps_the_proceeds() -> None:
+    x = world()
+    x.deposit(FINANCIER, 5_000_000, FundsAccount.FINANCIER_FUNDS)
+    x.deposit(BUYER, 10_000_000)
+    trade = x.trade(BUYER, FARMER, 2800, 10)
+    x.consent(FARMER, FINANCIER)
+    loan_id = x.of(AdvanceGranted, x.ok(GrantAdvance(FINANCIER, 0, trade.trade_id, 2_000_000, 600)))[0].loan_id
+    written = x.of(LoanWrittenOff, x.ok(WriteOffLoan(FINANCIER, 0, loan_id, "flood relief")))[0]
+    assert (written.principal_fen, written.interest_fen) == (2_000_000, 0)  # same day: no interest yet
+    x.weigh_in(trade.trade_id, 10, 1_150_000)
+    settled = x.of(TradeSettled, x.tick(WINDOW_NS))[0]
+    assert (settled.interest_paid_fen, settled.principal_repaid_fen, settled.payable_fen) == (0, 0, 3_203_900)
+    assert x.balance(AC.FARMER_PAYABLE, FARMER) == 2_000_000 + 3_203_900
+    assert x.balance(AC.FINANCIER_FUNDS, FINANCIER) == 3_000_000
     check_books(x)
 
 

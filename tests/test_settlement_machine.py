@@ -1,5 +1,5 @@
 """Stateful property test of settlement: random deposits, orders and fills, weigh-ins, disputes, advances,
-credit lines, repayments, withdrawals, clock ticks and payouts, through a real core and clearing,
+credit lines, repayments, write-offs, withdrawals, clock ticks and payouts, through a real core and clearing,
 checked after every step against an independent auditor.
 
 The auditor re-states every rule in the simplest way it can, with plain integers and no ledger: which
@@ -51,6 +51,7 @@ from exchange.commands import (
     RunPayouts,
     SetConsent,
     SetCooperativeMembers,
+    WriteOffLoan,
 )
 from exchange.domain import RejectReason, Side, TimeInForce
 from exchange.events import (
@@ -603,6 +604,24 @@ class SettlementMachine(RuleBasedStateMachine):
             else:
                 a.payable[borrower] -= i + p
                 a.repaid[borrower] += i + p
+
+    @precondition(lambda self: self.a.loans)
+    @rule(data=st.data(), by_borrower=st.booleans())
+    def write_off(self, data: st.DataObject, by_borrower: bool) -> None:
+        a, day = self.a, cst_day(self.x.ts_ns)
+        open_ids = sorted(lid for lid, x in a.loans.items() if x.principal or x.due)
+        lid = data.draw(st.sampled_from(open_ids or sorted(a.loans)))  # a closed one once all are
+        loan = a.loans[lid]
+        if by_borrower:  # only the financier may: anyone else is told no such loan
+            self.expect_reject(WriteOffLoan(loan.borrower, 0, lid, "forgive me"), R.UNKNOWN_LOAN)
+            return
+        if not (loan.principal or loan.due):
+            self.expect_reject(WriteOffLoan(FINANCIER, 0, lid, "closed"), R.LOAN_CLOSED)
+            return
+        self.expect_ok(WriteOffLoan(FINANCIER, 0, lid, "default"))
+        a.accrue(loan, day)
+        a.subsidise(loan)
+        loan.principal = loan.due = loan.carry = 0
 
     # -- time ------------------------------------------------------------------------------------------------
 

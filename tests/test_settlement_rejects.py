@@ -28,6 +28,7 @@ from exchange.commands import (
     SetCooperativeMembers,
     SetFinancingPolicy,
     UpdateParticipant,
+    WriteOffLoan,
 )
 from exchange.domain import OrderType, RejectReason, Side, TimeInForce
 from exchange.events import PayoutRunCreated, Rejected
@@ -48,7 +49,7 @@ from tests.settlement_support import (
 
 R = RejectReason
 Case = Callable[[], tuple[Exchange, Command]]
-SETTLEMENT_REASONS = [r for r in RejectReason if R.INSUFFICIENT_FUNDS <= r <= R.INVALID_SETTINGS]
+SETTLEMENT_REASONS = [r for r in RejectReason if r >= R.INSUFFICIENT_FUNDS and r is not R.UNSUPPORTED_COMMAND]
 
 
 def traded() -> tuple[Exchange, int]:
@@ -172,6 +173,25 @@ def case_invalid_settings() -> tuple[Exchange, Command]:
     return world(), SetFinancingPolicy(OPERATOR, 0, 10_001)
 
 
+def advanced() -> tuple[Exchange, int]:
+    x, tid = traded()
+    x.deposit(FINANCIER, 1_000_000, FundsAccount.FINANCIER_FUNDS)
+    x.consent(FARMER, FINANCIER)
+    x.ok(GrantAdvance(FINANCIER, 0, tid, 500_000, 500))
+    return x, next(iter(x.clearing.loans))
+
+
+def case_unknown_loan() -> tuple[Exchange, Command]:
+    x, loan_id = advanced()
+    return x, WriteOffLoan(FARMER, 0, loan_id, "forgive me")  # only its financier may write it off
+
+
+def case_loan_closed() -> tuple[Exchange, Command]:
+    x, loan_id = advanced()
+    x.ok(RepayLoan(FARMER, 0, FINANCIER, 500_000))
+    return x, WriteOffLoan(FINANCIER, 0, loan_id, "repaid already")
+
+
 CASES: dict[RejectReason, Case] = {
     R.INSUFFICIENT_FUNDS: case_insufficient_funds,
     R.UNKNOWN_PARTICIPANT: case_unknown_participant,
@@ -193,6 +213,8 @@ CASES: dict[RejectReason, Case] = {
     R.UNBOUNDED_HOLD: case_unbounded_hold,
     R.BANK_ACCOUNT_NOT_VERIFIED: case_bank_account_not_verified,
     R.INVALID_SETTINGS: case_invalid_settings,
+    R.UNKNOWN_LOAN: case_unknown_loan,
+    R.LOAN_CLOSED: case_loan_closed,
 }
 
 

@@ -54,6 +54,8 @@ Money flows (accounts: the chart in ledger.py; rounding: rules.py)
    first, by loan id: credit-line loans from the buyer's cash, advances from the seller's payable;
    once per ``repayment_ref`` of the borrower when it names one (a retry gets the same answer).
    Credit lines do not revolve: repaid principal returns to the financier's funds, to grant again.
+   ``WriteOffLoan``: the financier gives up a loan's principal and interest due (accrued through
+   today); the claims close against their contras and the loan stops accruing.
    Advance, credit line and every new hold on a line need the borrower's consent to that financier
    (SetConsent); a financier always sees its own lines and loans, consent lets it see the rest of the
    borrower's settlement (views.py).
@@ -111,6 +113,7 @@ from exchange.commands import (
     UpdateParticipant,
     VerifyBankAccount,
     VerifyPoorHousehold,
+    WriteOffLoan,
 )
 from exchange.domain import InstrumentSpec, RejectReason, Side
 from exchange.events import (
@@ -133,6 +136,7 @@ from exchange.events import (
     LoanKind,
     LoanPayer,
     LoanRepaid,
+    LoanWrittenOff,
     LotRegistered,
     ObligationRecorded,
     OrderAccepted,
@@ -616,6 +620,7 @@ class Clearing:
             ReduceCreditLine: self._reduce_credit_line,
             GrantAdvance: self._grant_advance,
             RepayLoan: self._repay_loan,
+            WriteOffLoan: self._write_off_loan,
             RunPayouts: self._run_payouts,
             MarkPayoutsSent: self._mark_payouts_sent,
             ImportBankConfirmations: self._import_bank_confirmations,
@@ -1587,6 +1592,39 @@ class Clearing:
                 key = _repayment_source(loan)
                 need[key] = need.get(key, 0) + interest + principal
         return plan, need
+
+    def _write_off_loan(self, cmd: WriteOffLoan, out: list) -> None:
+        """Financier: give up what is still owed on a loan of its own. Interest is accrued through today
+        first (and a poor household's paid by the subsidy fund as far as it reaches, as on every tick),
+        so the write-off is exactly the claim the financier held. Each claim closes against its contra
+        (LOANS_FUNDED, INTEREST_INCOME): no cash moves, the loss is the lent cash that never returns to
+        FINANCIER_FUNDS. A credit line itself is untouched: a later draw opens its loan again, so a
+        financier that stops lending reduces the line too."""
+        ref = f"L{cmd.loan_id}"
+        loan = self.loans.get(cmd.loan_id) if type(cmd.loan_id) is int else None
+        if loan is None or loan.financier_id != cmd.participant_id:
+            return self._reject(cmd, R.UNKNOWN_LOAN, ref, out)
+        if not loan.is_open:
+            return self._reject(cmd, R.LOAN_CLOSED, ref, out)
+        self._accrue(loan, rules.cst_day(cmd.ts_ns), cmd.ts_ns, out)
+        self._collect_subsidised_interest(loan, cmd.ts_ns, out, 0)
+        principal, interest = loan.principal_fen, loan.interest_due_fen
+        fin, borrower = loan.financier_id, loan.borrower_id
+        chain = _Chain(self)
+        if principal:
+            chain.add(self._account_id(AC.LOANS_FUNDED, fin, borrower, cmd.ts_ns),
+                      self._account_id(AC.LOANS_RECEIVABLE, fin, borrower, cmd.ts_ns),
+                      principal, TC.LOAN_WRITE_OFF, loan.loan_id)
+        if interest:
+            chain.add(self._account_id(AC.INTEREST_INCOME, fin, 0, cmd.ts_ns),
+                      self._account_id(AC.INTEREST_RECEIVABLE, fin, borrower, cmd.ts_ns),
+                      interest, TC.LOAN_WRITE_OFF, loan.loan_id)
+        chain.commit(cmd.ts_ns)
+        loan.principal_fen = loan.interest_due_fen = loan.carry = 0
+        loan.principal_written_off_fen += principal
+        loan.interest_written_off_fen += interest
+        out.append(LoanWrittenOff(0, cmd.ts_ns, loan.loan_id, fin, borrower, principal, interest, cmd.reason[:500]))
+        return None
 
     def _set_financing_policy(self, cmd: SetFinancingPolicy, out: list) -> None:
         if not self._is_operator(cmd.participant_id):

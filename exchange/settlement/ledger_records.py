@@ -110,7 +110,8 @@ CHART: Final[dict[int, ChartEntry]] = {  # keyed by AccountCode
     AccountCode.LOANS_RECEIVABLE: ChartEntry(
         "debit", _CR_LIMIT, False,
         "Principal a borrower owes a financier (owner: financier, user_data: borrower): debited by "
-        "advances and credit-line draws, credited by repayments; cannot be repaid beyond what is owed."),
+        "advances and credit-line draws, credited by repayments and write-offs; cannot be repaid beyond "
+        "what is owed."),
     AccountCode.LOANS_FUNDED: ChartEntry(
         "credit", _DR_LIMIT, False,
         "Contra of LOANS_RECEIVABLE (owner: financier, user_data: borrower): the financier's principal "
@@ -120,11 +121,12 @@ CHART: Final[dict[int, ChartEntry]] = {  # keyed by AccountCode
     AccountCode.INTEREST_RECEIVABLE: ChartEntry(
         "debit", _CR_LIMIT, False,
         "Interest accrued and not yet paid (owner: financier, user_data: borrower): debited by daily "
-        "accrual, credited when the borrower or the subsidy fund pays it."),
+        "accrual, credited when the borrower or the subsidy fund pays it or the financier writes it off."),
     AccountCode.INTEREST_INCOME: ChartEntry(
         "credit", AccountFlags.NONE, False,
         "Interest a financier has earned (owner: financier): credited by daily accrual, debited when "
-        "the interest is collected into FINANCIER_FUNDS, so its balance is earned and not yet collected."),
+        "the interest is collected into FINANCIER_FUNDS or written off, so its balance is earned and not "
+        "yet collected."),
 }
 
 
@@ -147,6 +149,7 @@ class TransferCode(IntEnum):
     CREDIT_LINE_GRANT = 34
     CREDIT_LINE_DRAW = 35  # at settlement of a credit-funded trade: the buyer's loan principal starts
     CREDIT_LINE_REDUCE = 36  # undrawn credit back to the financier's funds
+    LOAN_WRITE_OFF = 37  # a financier gives up a claim: the loan's principal and interest due are closed
     COOP_SPLIT = 40  # a cooperative's payable -> its members' payables
     PAYOUT = 41  # farmer payable -> bank
     PAYOUT_RETURN = 42  # bank -> farmer payable for a failed payout

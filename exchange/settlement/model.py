@@ -122,6 +122,8 @@ class Loan(msgspec.Struct, array_like=True, gc=False):
     interest_accrued_fen: int = 0
     interest_paid_fen: int = 0  # by the borrower
     interest_subsidised_fen: int = 0  # by the poverty subsidy fund
+    principal_written_off_fen: int = 0  # given up by the financier (WriteOffLoan)
+    interest_written_off_fen: int = 0
 
     @property
     def is_open(self) -> bool:

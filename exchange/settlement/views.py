@@ -117,6 +117,8 @@ class LoanRow(msgspec.Struct, frozen=True):
     interest_accrued_fen: int
     interest_paid_fen: int
     interest_subsidised_fen: int
+    principal_written_off_fen: int
+    interest_written_off_fen: int
 
 
 class FinancedTradeRow(msgspec.Struct, frozen=True):
@@ -170,7 +172,7 @@ def financier_view(clearing: Clearing, financier_id: int, participant_id: int) -
     in_escrow = sum(_unsettled_fen(t) for t in trades if t.side == "buy")
     exposure = sum(loan.principal_fen + loan.interest_due_fen for loan in loans) + held + in_escrow
     return FinancierView(financier_id, participant_id, consented, available, held, granted, reduced, exposure,
-                         [_loan_row(loan) for loan in sorted(loans, key=lambda x: x.loan_id)], trades)
+                         [loan_row(loan) for loan in sorted(loans, key=lambda x: x.loan_id)], trades)
 
 
 def financier_portfolio(clearing: Clearing, financier_id: int) -> list[FinancierView]:
@@ -208,10 +210,12 @@ def _trade_row(clearing: Clearing, financier_id: int, t: TradeRecord, side: str)
     return redact(row, trade_sides(clearing, financier_id, t))
 
 
-def _loan_row(loan: Loan) -> LoanRow:
+def loan_row(loan: Loan) -> LoanRow:
+    """A loan as its financier and its borrower see it."""
     return LoanRow(loan.loan_id, loan.kind.name, loan.borrower_id, loan.trade_id, loan.rate_bps, loan.lent_fen,
                    loan.principal_fen, loan.interest_due_fen, loan.principal_repaid_fen, loan.interest_accrued_fen,
-                   loan.interest_paid_fen, loan.interest_subsidised_fen)
+                   loan.interest_paid_fen, loan.interest_subsidised_fen, loan.principal_written_off_fen,
+                   loan.interest_written_off_fen)
 
 
 class SettlementReportRow(msgspec.Struct, frozen=True):
