@@ -4,6 +4,8 @@ post of more than was held), non-positive amounts and edits of posted rows."""
 
 from __future__ import annotations
 
+import itertools
+
 import asyncpg
 import pytest
 
@@ -13,7 +15,19 @@ from exchange.events import Rejected
 from exchange.sequencer import Sequencer
 from exchange.settlement import pgstore
 from exchange.settlement.clearing import Clearing
-from exchange.settlement.ledger import AccountCode, Entry, Posting, TransferCode
+from exchange.settlement.ledger import (
+    CHART,
+    Account,
+    AccountCode,
+    CreateAccountResult,
+    CreateTransferResult,
+    Entry,
+    Ledger,
+    Posting,
+    Transfer,
+    TransferCode,
+    TransferFlags,
+)
 from tests.conftest import FreshDatabase
 from tests.settlement_support import BUYER, FARMER, FINANCIER, HOUR_NS, OPERATOR, Exchange, world
 
@@ -92,6 +106,70 @@ async def test_statements_page_house_and_participant_accounts_exactly(fresh_data
                 got += [(r["transfer_id"], r["entry"], r["side"], r["amount_fen"]) for r in page]
                 after = (page[-1]["transfer_id"], page[-1]["entry"])
             assert got == expected, account_id
+    finally:
+        await conn.close()
+
+
+def _ledger_over_time() -> tuple[Ledger, int]:
+    """A house account's busy life at growing times: deposits, holds into escrow posted, voided or timed
+    out (an expiry keeps its pending transfer's older id), several per time. Returns the ledger and the
+    last time."""
+    bank, escrow, cash = AccountCode.BANK_SETTLEMENT, AccountCode.ESCROW, 1000
+    ledger = Ledger()
+    accounts = [Account(bank, bank, flags=CHART[bank].limit_flags),
+                Account(escrow, escrow, flags=CHART[escrow].limit_flags),
+                Account(cash, AccountCode.BUYER_CASH, 77, flags=CHART[AccountCode.BUYER_CASH].limit_flags)]
+    assert ledger.create_accounts(accounts, 10) == [CreateAccountResult.OK] * 3
+    ids = itertools.count(1)
+    assert ledger.create_transfers([Transfer(next(ids), bank, cash, 10**9, TransferCode.DEPOSIT)], 10) == [
+        CreateTransferResult.OK]
+    now = 10
+    for step in range(40):
+        now += 10
+        hold = next(ids)
+        batch = [Transfer(hold, cash, escrow, 1000 + step, TransferCode.ORDER_HOLD, step, TransferFlags.PENDING,
+                          timeout_ns=(35 + 10 * (step % 4)) if step % 3 == 0 else 0)]
+        if step % 3 == 1:  # posted at once in part, the rest released
+            batch.append(Transfer(next(ids), amount_fen=500, pending_id=hold, flags=TransferFlags.POST_PENDING,
+                                  code=TransferCode.TRADE))
+        elif step % 3 == 2:
+            batch.append(Transfer(next(ids), pending_id=hold, flags=TransferFlags.VOID_PENDING,
+                                  code=TransferCode.ORDER_RELEASE))
+        if step % 5 == 0:
+            batch.append(Transfer(next(ids), bank, cash, 7, TransferCode.DEPOSIT))
+        assert set(ledger.create_transfers(batch, now)) == {CreateTransferResult.OK}
+        ledger.expire_pending(now)
+    return ledger, now
+
+
+async def test_a_house_accounts_statement_over_any_window_and_page_size_is_the_views(
+    fresh_database_url: FreshDatabase,
+) -> None:
+    """A house account's query walks the window's range of transfer ids (binary search over time,
+    migration 0009) and adds expiries of older pending transfers. For every window, page size and
+    account it pages to exactly the lines of the ledger_postings view, in its order."""
+    ledger, last_ns = _ledger_over_time()
+    conn = await asyncpg.connect(await fresh_database_url())
+    try:
+        async with conn.transaction():
+            await pgstore.write_ledger_rows(conn, 1, ledger.drain_new_accounts(), ledger.drain_postings())
+        expiries = await conn.fetchval(
+            "SELECT count(*) FROM ledger_transfers WHERE entry = 3 AND transfer_id = pending_id")
+        assert expiries >= 10
+        bounds = [0, 1, 25, 60, 75, 150, 205, 300, last_ns, last_ns + 1, 2**63 - 1]
+        windows = [(a, b) for a in bounds for b in bounds if a < b]
+        for account_id, (from_ns, until_ns), limit in itertools.product((100, 200), windows, (1, 3, 1000)):
+            expected = [tuple(r) for r in await conn.fetch(
+                "SELECT seq, transfer_id, entry, side, amount_fen, code, user_data, pending_id, ts_ns"
+                " FROM ledger_postings WHERE account_id = $1 AND ts_ns >= $2 AND ts_ns < $3"
+                " ORDER BY transfer_id, entry", account_id, from_ns, until_ns)]
+            got: list[tuple[int, ...]] = []
+            after = (0, 0)
+            while page := await pgstore.statement(conn, account_id, from_ns, until_ns, after, limit):
+                assert len(page) <= limit
+                got += [tuple(r) for r in page]
+                after = (page[-1]["transfer_id"], page[-1]["entry"])
+            assert got == expected, (account_id, from_ns, until_ns, limit)
     finally:
         await conn.close()
 

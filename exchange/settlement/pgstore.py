@@ -205,15 +205,52 @@ async def balances(conn: asyncpg.Connection) -> dict[int, tuple[int, int, int, i
 
 _STATEMENT_SQL: Final = (
     "SELECT seq, transfer_id, entry, side, amount_fen, code, user_data, pending_id, ts_ns FROM ledger_postings "
-    "WHERE account_id = $1 {participant}AND ts_ns >= $2 AND ts_ns < $3 "
+    "WHERE account_id = $1 AND account_id >= {first} AND ts_ns >= $2 AND ts_ns < $3 "
     "AND transfer_id >= $4 AND (transfer_id, entry) > ($4, $5) ORDER BY transfer_id, entry LIMIT $6"
 )
 # A participant's query names the partial indexes' condition (migration 0007), so that even a generic
-# plan of the prepared statement may use them; a house account's walks the primary key.
-_PARTICIPANT_STATEMENT_SQL: Final = _STATEMENT_SQL.format(
-    participant=f"AND account_id >= {FIRST_PARTICIPANT_ACCOUNT_ID} "
+# plan of the prepared statement may use them.
+_PARTICIPANT_STATEMENT_SQL: Final = _STATEMENT_SQL.format(first=FIRST_PARTICIPANT_ACCOUNT_ID)
+# A house account is on most rows and has no index: its query walks the primary key over the window's
+# range of transfer ids (``house_window``: ledger_first_transfer_at, migration 0009) in statement order,
+# so a page reads about its own rows; expiries of older pending transfers come from their partial
+# index. The two parts are planned apart (each its own ORDER BY and LIMIT), with the range as values:
+# a planner that cannot see the range sorts the whole window. Each row gives the lines of
+# ledger_postings (a post of a pending transfer: a POSTED (1) and a RELEASE (3) line); within one
+# transfer id, rows in entry order give their lines in line-entry order.
+_HOUSE_LINES: Final = """
+SELECT t.seq, t.transfer_id, l.entry, (CASE WHEN t.debit_account_id = $1 THEN 1 ELSE -1 END)::smallint AS side,
+       l.amount_fen, t.code, t.user_data, t.pending_id, t.ts_ns, t.entry AS row_entry
+FROM ledger_transfers t
+CROSS JOIN LATERAL (
+    SELECT (CASE t.entry WHEN 2 THEN 2 ELSE 1 END)::smallint AS entry, t.amount_fen WHERE t.entry <> 3
+    UNION ALL
+    SELECT 3::smallint, t.released_fen WHERE t.entry >= 3
+) l
+WHERE {transfers} AND (t.debit_account_id = $1 OR t.credit_account_id = $1) AND t.ts_ns >= $2 AND t.ts_ns < $3
+  AND (t.transfer_id, l.entry) > ($4, $5::smallint)
+ORDER BY t.transfer_id, t.entry, l.entry
+LIMIT $6
+"""
+_HOUSE_STATEMENT_SQL: Final = (
+    "SELECT seq, transfer_id, entry, side, amount_fen, code, user_data, pending_id, ts_ns FROM (("
+    + _HOUSE_LINES.format(transfers="t.entry = 3 AND t.transfer_id = t.pending_id "
+                          "AND t.transfer_id >= $4 AND t.transfer_id < $7::bigint")
+    + ") UNION ALL ("
+    + _HOUSE_LINES.format(transfers="t.transfer_id >= $9::bigint AND t.transfer_id < $8::bigint")
+    + ")) page ORDER BY transfer_id, row_entry, entry LIMIT $6"
 )
-_HOUSE_STATEMENT_SQL: Final = _STATEMENT_SQL.format(participant="")
+_HOUSE_WINDOW_SQL: Final = "SELECT ledger_first_transfer_at($1), ledger_first_transfer_at($2)"
+_NO_END: Final = 2**63 - 1
+
+
+async def house_window(conn: asyncpg.Connection, from_ts_ns: int, until_ts_ns: int) -> tuple[int, int]:
+    """The range of transfer ids ``[start, end)`` that holds every row in ``[from_ts_ns, until_ts_ns)``
+    except expiries of pending transfers older than ``start``."""
+    if from_ts_ns <= 0 and until_ts_ns >= _NO_END:
+        return 0, _NO_END
+    start, end = await conn.fetchrow(_HOUSE_WINDOW_SQL, from_ts_ns, until_ts_ns)
+    return start, end
 
 
 async def statement(
@@ -225,5 +262,19 @@ async def statement(
     entry, side, amount_fen, code, user_data, pending_id, ts_ns (the ``ledger_postings`` view: one line
     per account side, a post of a pending transfer as a RELEASE and a POSTED line). An account is on one
     side of a transfer, and transfer ids grow with the journal, so this is the order the money moved in."""
-    sql = _PARTICIPANT_STATEMENT_SQL if account_id >= FIRST_PARTICIPANT_ACCOUNT_ID else _HOUSE_STATEMENT_SQL
-    return await conn.fetch(sql, account_id, from_ts_ns, until_ts_ns, after[0], after[1], limit)
+    args = (account_id, from_ts_ns, until_ts_ns, after[0], after[1], limit)
+    if account_id >= FIRST_PARTICIPANT_ACCOUNT_ID:
+        return await conn.fetch(_PARTICIPANT_STATEMENT_SQL, *args)
+    if isinstance(conn, asyncpg.Pool):
+        async with conn.acquire() as one:
+            return await _house_statement(one, args)
+    return await _house_statement(conn, args)
+
+
+async def _house_statement(conn: asyncpg.Connection, args: tuple[int, ...]) -> list[asyncpg.Record]:
+    # One snapshot for the window and the page. Custom plans only: a generic plan cannot see how narrow
+    # the range is and sorts all of it (measured: 0.8 s instead of 1 ms a page at 2M rows).
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        start, end = await house_window(conn, args[1], args[2])
+        return await conn.fetch(_HOUSE_STATEMENT_SQL, *args, start, end, max(start, args[3]))
