@@ -170,6 +170,10 @@ async def test_a_house_accounts_statement_over_any_window_and_page_size_is_the_v
                 got += [tuple(r) for r in page]
                 after = (page[-1]["transfer_id"], page[-1]["entry"])
             assert got == expected, (account_id, from_ns, until_ns, limit)
+        alone = [tuple(r) for r in await pgstore.statement(conn, 200, 60, 205, (0, 0), 1000)]
+        assert len(alone) >= 10
+        async with conn.transaction():  # inside a caller's (read committed) transaction: the same lines
+            assert [tuple(r) for r in await pgstore.statement(conn, 200, 60, 205, (0, 0), 1000)] == alone
     finally:
         await conn.close()
 

@@ -595,6 +595,38 @@ def test_written_off_advance_is_not_repaid_at_settlement_and_the_farmer_keeps_th
     check_books(x)
 
 
+def _poor_farmers_settled_advance_with_interest_unpaid() -> tuple[Exchange, int]:
+    """A poor household's advance repaid at settlement, its interest (2,000 fen a day, two midnights)
+    left due because the subsidy fund was empty."""
+    x = world()
+    x.deposit(FINANCIER, 5_000_000, FundsAccount.FINANCIER_FUNDS)
+    x.deposit(BUYER, 10_000_000)
+    trade = x.trade(BUYER, POOR_FARMER, 2800, 10)
+    x.consent(POOR_FARMER, FINANCIER)
+    loan_id = x.of(AdvanceGranted, x.ok(GrantAdvance(FINANCIER, 0, trade.trade_id, 2_000_000, 3650)))[0].loan_id
+    x.weigh_in(trade.trade_id, 10, 1_150_000)
+    x.tick(WINDOW_NS)
+    loan = x.clearing.loans[loan_id]
+    assert (loan.principal_fen, loan.interest_due_fen, x.balance(AC.POVERTY_SUBSIDY_FUND)) == (0, 4_000, 0)
+    return x, loan_id
+
+
+def test_a_poor_households_interest_is_written_off_only_where_the_subsidy_fund_cannot_pay_it() -> None:
+    x, loan_id = _poor_farmers_settled_advance_with_interest_unpaid()
+    x.deposit(0, 1_000, FundsAccount.POVERTY_SUBSIDY_FUND)
+    events = x.ok(WriteOffLoan(FINANCIER, 0, loan_id, "the fund is short"))
+    paid = x.of(LoanRepaid, events)[0]
+    assert (paid.interest_fen, paid.payer) == (1_000, LoanPayer.SUBSIDY_FUND)
+    assert (x.of(LoanWrittenOff, events)[0].interest_fen, x.balance(AC.POVERTY_SUBSIDY_FUND)) == (3_000, 0)
+    # the fund can pay it all: the borrower owes nothing, so there is nothing to write off
+    x, loan_id = _poor_farmers_settled_advance_with_interest_unpaid()
+    x.deposit(0, 4_000, FundsAccount.POVERTY_SUBSIDY_FUND)
+    x.reject(WriteOffLoan(FINANCIER, 0, loan_id, "nothing left"), R.LOAN_CLOSED)
+    paid = x.of(LoanRepaid, x.tick(DAY_NS))[0]  # the fund pays on the first tick after the next midnight
+    assert (paid.interest_fen, paid.payer, x.clearing.loans[loan_id].is_open) == (4_000, LoanPayer.SUBSIDY_FUND, False)
+    check_books(x)
+
+
 def test_fee_schedule_applies_to_later_settlements() -> None:
     x = world()
     x.reject(SetFeeSchedule(OPERATOR, 0, "RC-LH-WSY", 1001), R.INVALID_SETTINGS)

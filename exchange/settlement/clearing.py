@@ -1526,6 +1526,14 @@ class Clearing:
             return 0
         return loan.interest_due_fen + _interest_since(loan, day)
 
+    def _interest_left_after_subsidy(self, loan: Loan, day: int) -> int:
+        """The interest due once accrued through ``day`` and, for a poor household's advance, paid by the
+        subsidy fund as far as it reaches (``_accrue``, ``_collect_subsidised_interest``), without doing either."""
+        interest = loan.interest_due_fen + _interest_since(loan, day)
+        if loan.kind == LoanKind.ADVANCE and self._is_poor(loan.borrower_id):
+            interest -= min(interest, self._balance(AC.POVERTY_SUBSIDY_FUND))
+        return interest
+
     def _open_loans(self, borrower_id: int, financier_id: int) -> list[Loan]:
         loans = (self.loans[i] for i in self._loans_by_borrower.get(borrower_id, ()))
         return [loan for loan in loans if loan.financier_id == financier_id and loan.is_open]
@@ -1604,9 +1612,10 @@ class Clearing:
         loan = self.loans.get(cmd.loan_id) if type(cmd.loan_id) is int else None
         if loan is None or loan.financier_id != cmd.participant_id:
             return self._reject(cmd, R.UNKNOWN_LOAN, ref, out)
-        if not loan.is_open:
+        day = rules.cst_day(cmd.ts_ns)
+        if not loan.principal_fen and not self._interest_left_after_subsidy(loan, day):
             return self._reject(cmd, R.LOAN_CLOSED, ref, out)
-        self._accrue(loan, rules.cst_day(cmd.ts_ns), cmd.ts_ns, out)
+        self._accrue(loan, day, cmd.ts_ns, out)
         self._collect_subsidised_interest(loan, cmd.ts_ns, out, 0)
         principal, interest = loan.principal_fen, loan.interest_due_fen
         fin, borrower = loan.financier_id, loan.borrower_id

@@ -272,9 +272,17 @@ async def statement(
 
 
 async def _house_statement(conn: asyncpg.Connection, args: tuple[int, ...]) -> list[asyncpg.Record]:
-    # One snapshot for the window and the page. Custom plans only: a generic plan cannot see how narrow
-    # the range is and sorts all of it (measured: 0.8 s instead of 1 ms a page at 2M rows).
+    """One snapshot for the window and the page: the caller's transaction if it is in one (which then
+    keeps custom plans to its end), else a read-only repeatable-read one."""
+    if conn.is_in_transaction():
+        return await _house_page(conn, args)
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-        start, end = await house_window(conn, args[1], args[2])
-        return await conn.fetch(_HOUSE_STATEMENT_SQL, *args, start, end, max(start, args[3]))
+        return await _house_page(conn, args)
+
+
+async def _house_page(conn: asyncpg.Connection, args: tuple[int, ...]) -> list[asyncpg.Record]:
+    # Custom plans only: a generic plan cannot see how narrow the range is and sorts all of it
+    # (measured: 0.8 s instead of 1 ms a page at 2M rows).
+    await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+    start, end = await house_window(conn, args[1], args[2])
+    return await conn.fetch(_HOUSE_STATEMENT_SQL, *args, start, end, max(start, args[3]))
