@@ -571,9 +571,12 @@ class SettlementMachine(RuleBasedStateMachine):
         self.a.funds += amount
 
     @precondition(lambda self: any(loan.principal or loan.due for loan in self.a.loans.values()))
-    @rule(borrower=st.sampled_from([BUYER2, FARMER, POOR_FARMER, COOP]), percent=st.integers(1, 110))
-    def repay(self, borrower: int, percent: int) -> None:
+    @rule(data=st.data(), anyone=st.integers(0, 3), percent=st.integers(1, 110))
+    def repay(self, data: st.DataObject, anyone: int, percent: int) -> None:
         a, day = self.a, cst_day(self.x.ts_ns)
+        owing = sorted({loan.borrower for loan in a.loans.values() if loan.principal or loan.due})
+        # mostly a borrower that owes something (else nearly every repayment is refused), now and then anyone
+        borrower = data.draw(st.sampled_from([BUYER2, FARMER, POOR_FARMER, COOP] if not anyone else owing))
         owed = a.owes(borrower, day)
         total = sum(loan.principal + interest for loan, interest in owed)
         amount = max(total * percent // 100, 1)
@@ -605,12 +608,13 @@ class SettlementMachine(RuleBasedStateMachine):
                 a.payable[borrower] -= i + p
                 a.repaid[borrower] += i + p
 
-    @precondition(lambda self: self.a.loans)
-    @rule(data=st.data(), by_borrower=st.booleans())
-    def write_off(self, data: st.DataObject, by_borrower: bool) -> None:
+    @precondition(lambda self: any(loan.principal or loan.due for loan in self.a.loans.values()))
+    @rule(data=st.data(), by_borrower=st.booleans(), closed=st.integers(0, 4))
+    def write_off(self, data: st.DataObject, by_borrower: bool, closed: int) -> None:
         a, day = self.a, cst_day(self.x.ts_ns)
         open_ids = sorted(lid for lid, x in a.loans.items() if x.principal or x.due)
-        lid = data.draw(st.sampled_from(open_ids or sorted(a.loans)))  # a closed one once all are
+        closed_ids = sorted(set(a.loans) - set(open_ids))
+        lid = data.draw(st.sampled_from(closed_ids if closed_ids and not closed else open_ids))
         loan = a.loans[lid]
         if by_borrower:  # only the financier may: anyone else is told no such loan
             self.expect_reject(WriteOffLoan(loan.borrower, 0, lid, "forgive me"), R.UNKNOWN_LOAN)
