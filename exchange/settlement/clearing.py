@@ -217,6 +217,7 @@ Boxed: TypeAlias = Any
 # Module-level constants the hot paths name are Final: compiled, each is a C static instead of a
 # module-dict lookup; the objects (ints, enum members) are typed Final[Boxed] so that no use boxes them.
 _OK: Final[Boxed] = CreateTransferResult.OK
+_ACCOUNT_OK: Final[Boxed] = CreateAccountResult.OK
 _LINKED: Final[Boxed] = TransferFlags.LINKED
 _PENDING: Final[Boxed] = TransferFlags.PENDING
 _POST: Final[Boxed] = TransferFlags.POST_PENDING
@@ -228,6 +229,7 @@ _ESCROW: Final[Boxed] = int(AC.ESCROW)
 _FEES: Final[Boxed] = int(AC.FEE_INCOME)
 _SUBSIDY: Final[Boxed] = int(AC.POVERTY_SUBSIDY_FUND)
 _ZERO: Final[Boxed] = 0  # the 0s that go into transfers and events, as one object
+_SHORT_MAX: Final = 2**62 - 1  # the largest int compiled code holds unboxed (see _valid_delivery)
 # Enum members the hot paths name, as module globals (the same member objects): on Python 3.11 an
 # attribute of an enum class costs ~100 ns (the enum metaclass defines ``__getattr__``, which takes
 # every class attribute lookup off the fast path), a global ~10 ns.
@@ -252,6 +254,7 @@ _SETTLED: Final[Boxed] = TradeState.SETTLED
 _ADVANCE: Final[Boxed] = LoanKind.ADVANCE
 _FROM_TRADE: Final[Boxed] = SourceKind.TRADE
 _FROM_SPLIT: Final[Boxed] = SourceKind.COOP_SPLIT
+_FROM_ADVANCE: Final[Boxed] = SourceKind.ADVANCE
 _P_PENDING: Final[Boxed] = PayoutState.PENDING
 _P_SENT: Final[Boxed] = PayoutState.SENT
 _P_CONFIRMED: Final[Boxed] = PayoutState.CONFIRMED
@@ -308,6 +311,7 @@ if (
         "settled_at_ns", "fee_fen", "fee_subsidy_fen", "fee_forgone_fen", "interest_paid_fen",
         "principal_repaid_fen", "payable_fen",
     )
+    or PayableSource.__struct_fields__ != ("kind", "ref_id", "amount_fen")
     or Payout.__struct_fields__ != (
         "payout_id", "run_id", "payee_id", "amount_fen", "priority", "pending_id", "bank_account", "sources",
         "created_at_ns", "state", "attempt", "file_ref", "bank_ref", "reason", "updated_at_ns",
@@ -599,6 +603,9 @@ class Clearing:
         # instead of a (code, owner, 0) tuple
         self._cash_accounts = {owner: account_id for (code, owner, _), account_id in self.accounts.items()
                                if code == _CASH}
+        # seller -> its SELLER_RECEIVABLE account: every weigh-in and settlement looks it up
+        self._receivable_accounts = {owner: account_id for (code, owner, _), account_id in self.accounts.items()
+                                     if code == _RECEIVABLE}
         self._lines_by_buyer: dict[int, list[CreditLine]] = {}
         for key in sorted(self.credit_lines):
             self._lines_by_buyer.setdefault(key[0], []).append(self.credit_lines[key])
@@ -666,13 +673,15 @@ class Clearing:
             account_id = counters.next_account_id
             counters.next_account_id = account_id + 1
             result = self.ledger.create_accounts([_account(account_id, code, owner_id, user_data)], ts_ns)[0]
-            if result is not CreateAccountResult.OK:
+            if result is not _ACCOUNT_OK:
                 raise ClearingInvariantError(f"ledger refused account {key}: {result.name}")
             self.accounts[key] = account_id
             if code == _PAYABLE:
                 self._payable_accounts[owner_id] = account_id
             elif code == _CASH:
                 self._cash_accounts[owner_id] = account_id
+            elif code == _RECEIVABLE:
+                self._receivable_accounts[owner_id] = account_id
         return account_id
 
     def _balance(self, code: int, owner_id: int = 0, user_data: int = 0) -> int:
@@ -806,7 +815,7 @@ class Clearing:
         """Queue a trade's settlement. Deadlines nearly always come in order (one dispute window, time
         moving forward): those go at the end of a deque, whose pops cost less than a heap's; one that
         sorts before the deque's last goes into the heap ``_late_deadlines``. ``on_clock`` merges both."""
-        item = (until_ns, trade_id)  # the objects as they came: compiled, no boxing
+        item: Any = (until_ns, trade_id)  # the objects as they came, in one tuple object: compiled, made once
         # the queue as an object (Any): compiled, its (int, int) entries are compared as the tuples they
         # are, where a typed deque's would be unboxed and boxed into new tuples for the comparison
         deadlines: Any = self._deadlines
@@ -1089,7 +1098,7 @@ class Clearing:
         obligation_n: int = t[8]
         refund: Boxed = obligation_n - amount_n  # boxed once: the transfer, the record and the event
         seller_id: Boxed = t[3]
-        receivable: Boxed = self.accounts.get((_RECEIVABLE, seller_id, 0))
+        receivable: Boxed = self._receivable_accounts.get(seller_id)  # accounts[(_RECEIVABLE, seller_id, 0)]
         if receivable is None:
             receivable = self._account_id(_RECEIVABLE, seller_id, 0, ts_ns)
         # The chain of two legs, written out (as _Chain would make it, without its calls): the amount to the
@@ -1229,7 +1238,7 @@ class Clearing:
                 self._collect_subsidised_interest(loan, ts_ns, out, tid)
             if financier_id and amount:
                 self._draw_credit_line(trade, day, ts_ns, out)
-        receivable: Boxed = self.accounts[(_RECEIVABLE, seller, 0)]
+        receivable: Boxed = self._receivable_accounts[seller]  # accounts[(_RECEIVABLE, seller, 0)]
         chain = _Chain(self)
         fee = rules.fee_fen(amount, self.fee_bps.get(t[1], 0))
         waivers = self._poor_member_waivers(coop, fee) if coop is not None and fee else ()
@@ -1666,7 +1675,7 @@ class Clearing:
         payout_id: Boxed = f[0]
         trade_ids = self._payout_trade_ids.get(payout_id)
         if trade_ids is None:
-            trade_ids = self._payout_trade_ids[payout_id] = p.trade_ids
+            trade_ids = self._payout_trade_ids[payout_id] = _trade_ids(f[7])
         return _PAYOUT_CHANGED(_ZERO, ts_ns, payout_id, f[1], f[2], f[9], f[10], f[3], f[4], f[12], f[13], trade_ids)
 
     def _run_payouts(self, cmd: RunPayouts, out: list) -> None:
@@ -1699,14 +1708,21 @@ class Clearing:
 
     def _payees(self, poor_only: bool) -> list[int]:
         """Payees with money payable: registered poor households first, then by participant id."""
-        payees = []
-        available_fen = self.ledger.available_fen
+        # Two lists of ids, each sorted: ints sort on list.sort's fast path, (not poor, id) pairs would not.
+        # The ledger's method is called on the ledger (compiled: a native call; a bound method taken
+        # once would be a generic Python call on every payee).
+        poor: list[int] = []
+        others: list[int] = []
+        ledger = self.ledger
         for owner, account_id in self._payable_accounts.items():
-            if available_fen(account_id) > 0:
-                poor = self._is_poor(owner)
-                if poor or not poor_only:
-                    payees.append((not poor, owner))
-        return [owner for _, owner in sorted(payees)]
+            if ledger.available_fen(account_id) > 0:
+                if self._is_poor(owner):
+                    poor.append(owner)
+                elif not poor_only:
+                    others.append(owner)
+        poor.sort()
+        others.sort()
+        return poor + others
 
     def _create_payout(self, run: PayoutRun, who: Participant, ts_ns: Boxed) -> Payout:
         # ids, amount and time pass on as objects (Boxed): compiled, each is boxed once at most
@@ -1904,6 +1920,22 @@ class _Chain:
         self.clearing._commit(self.transfers, ts_ns)
 
 
+def _trade_ids(sources: list[PayableSource]) -> tuple[int, ...]:
+    """``Payout.trade_ids`` of a payout with these sources, compiled: the property runs interpreted (model.py
+    is not compiled), which costs several times this. Most payouts pay one trade's proceeds: no set, no sort."""
+    if len(sources) == 1:
+        kind, ref_id, _ = _astuple(sources[0])  # (kind, ref_id, amount_fen)
+        return () if kind == _FROM_ADVANCE else (ref_id,)
+    # a few sources: a list with no repeats, sorted, costs less than a set; the ids stay the objects (Boxed)
+    ids: list[Boxed] = []
+    for source in sources:
+        kind, ref_id, _ = _astuple(source)
+        if kind != _FROM_ADVANCE and ref_id not in ids:
+            ids.append(ref_id)
+    ids.sort()
+    return tuple(ids)
+
+
 def _account(account_id: int, code: int, owner_id: int, user_data: int) -> Account:
     return Account(account_id, code, owner_id, flags=CHART[code].limit_flags, user_data=user_data)
 
@@ -1943,6 +1975,9 @@ def _id_range(values: tuple) -> bool:
 
 
 def _valid_delivery(heads_traded: int, heads_delivered: int, total_weight_g: int) -> bool:
-    if not 0 <= heads_delivered <= heads_traded or not 0 <= total_weight_g <= MAX_INT64:
+    if not 0 <= heads_delivered <= heads_traded or total_weight_g < 0:
+        return False
+    # compiled, an int up to _SHORT_MAX is held unboxed; comparing one with MAX_INT64 (not short) would box it
+    if not (total_weight_g <= _SHORT_MAX or total_weight_g <= MAX_INT64):
         return False
     return (heads_delivered == 0) == (total_weight_g == 0)

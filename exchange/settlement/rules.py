@@ -43,7 +43,11 @@ NS_PER_DAY: Final = 86_400 * 1_000_000_000
 CST_OFFSET_NS: Final = 8 * 3600 * 1_000_000_000  # days change at midnight China Standard Time (UTC+8)
 FINISHING_HOG: Final = ProductClass.FINISHING_HOG
 # Module globals for enum members: an enum class attribute is a slow lookup on Python 3.11 (clearing.py).
-_IN_GRADE, _SUBSTITUTE, _OUT_OF_GRADE = DeliveryGrade.IN_GRADE, DeliveryGrade.SUBSTITUTE, DeliveryGrade.OUT_OF_GRADE
+# Final, like the struct every weigh-in makes: compiled, C statics instead of module-dict lookups.
+_IN_GRADE: Final = DeliveryGrade.IN_GRADE
+_SUBSTITUTE: Final = DeliveryGrade.SUBSTITUTE
+_OUT_OF_GRADE: Final = DeliveryGrade.OUT_OF_GRADE
+_DELIVERY_TERMS: Final = DeliveryTerms
 
 
 def cst_day(ts_ns: int) -> int:
@@ -116,7 +120,7 @@ def priced_delivery_terms(
     """``delivery_terms``, or None where ``discount_leaves_price`` is False (the discount takes the whole
     price): one grading for the weigh-in's check and its amount."""
     if heads_delivered == 0:
-        return DeliveryTerms(0, _IN_GRADE, 0, 0)
+        return _DELIVERY_TERMS(0, _IN_GRADE, 0, 0)
     avg_g = total_weight_g // heads_delivered
     grade, discount = _grade(spec, avg_g)
     if spec.product_class == FINISHING_HOG:
@@ -127,7 +131,7 @@ def priced_delivery_terms(
     else:
         discount = 0
         amount = heads_delivered * price_fen
-    return DeliveryTerms(avg_g, grade, discount, min(amount, obligation_fen))
+    return _DELIVERY_TERMS(avg_g, grade, discount, min(amount, obligation_fen))
 
 
 def discount_leaves_price(spec: InstrumentSpec, price_fen: int, heads_delivered: int, total_weight_g: int) -> bool:
