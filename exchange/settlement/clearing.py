@@ -1675,7 +1675,7 @@ class Clearing:
         payout_id: Boxed = f[0]
         trade_ids = self._payout_trade_ids.get(payout_id)
         if trade_ids is None:
-            trade_ids = self._payout_trade_ids[payout_id] = _trade_ids(f[7])
+            trade_ids = self._payout_trade_ids[payout_id] = payout_trade_ids(f[7])
         return _PAYOUT_CHANGED(_ZERO, ts_ns, payout_id, f[1], f[2], f[9], f[10], f[3], f[4], f[12], f[13], trade_ids)
 
     def _run_payouts(self, cmd: RunPayouts, out: list) -> None:
@@ -1920,9 +1920,10 @@ class _Chain:
         self.clearing._commit(self.transfers, ts_ns)
 
 
-def _trade_ids(sources: list[PayableSource]) -> tuple[int, ...]:
-    """``Payout.trade_ids`` of a payout with these sources, compiled: the property runs interpreted (model.py
-    is not compiled), which costs several times this. Most payouts pay one trade's proceeds: no set, no sort."""
+def payout_trade_ids(sources: list[PayableSource]) -> tuple[int, ...]:
+    """The trades a payout with these sources pays (``Payout.trade_ids``), sorted, without repeats. Here,
+    not in model.py, to run compiled: interpreted it costs several times this. Most payouts pay one
+    trade's proceeds: no set, no sort."""
     if len(sources) == 1:
         kind, ref_id, _ = _astuple(sources[0])  # (kind, ref_id, amount_fen)
         return () if kind == _FROM_ADVANCE else (ref_id,)
