@@ -376,14 +376,21 @@ def test_ordinary_farmer_repays_advance_interest_and_principal_from_the_proceeds
     assert x.balance(AC.INTEREST_INCOME, FINANCIER) == 0  # all earned interest collected
 
 
-def test_short_proceeds_leave_the_rest_of_the_advance_outstanding_until_the_farmer_repays() -> None:
+def advanced(seller: int, rate_bps: int) -> tuple[Exchange, int, int]:
+    """A funded financier's advance of 2,000,000 fen to a consenting ``seller`` against its trade of 10 heads
+    at 28.00: the exchange, the trade id and the loan id."""
     x = world()
     x.deposit(FINANCIER, 5_000_000, FundsAccount.FINANCIER_FUNDS)
     x.deposit(BUYER, 10_000_000)
-    trade = x.trade(BUYER, FARMER, 2800, 10)
-    x.consent(FARMER, FINANCIER)
-    x.ok(GrantAdvance(FINANCIER, 0, trade.trade_id, 2_000_000, 0))  # interest-free
-    x.weigh_in(trade.trade_id, 5, 550_000)  # 1,540,000; fee 7,700; 1,532,300 repays principal
+    trade = x.trade(BUYER, seller, 2800, 10)
+    x.consent(seller, FINANCIER)
+    granted = x.of(AdvanceGranted, x.ok(GrantAdvance(FINANCIER, 0, trade.trade_id, 2_000_000, rate_bps)))[0]
+    return x, trade.trade_id, granted.loan_id
+
+
+def test_short_proceeds_leave_the_rest_of_the_advance_outstanding_until_the_farmer_repays() -> None:
+    x, trade_id, _ = advanced(FARMER, 0)  # interest-free
+    x.weigh_in(trade_id, 5, 550_000)  # 1,540,000; fee 7,700; 1,532,300 repays principal
     settled = x.of(TradeSettled, x.tick(WINDOW_NS))[0]
     assert (settled.principal_repaid_fen, settled.payable_fen) == (1_532_300, 0)
     assert x.balance(AC.LOANS_RECEIVABLE, FINANCIER, FARMER) == 467_700
@@ -579,15 +586,10 @@ def test_defaulted_credit_line_loan_is_written_off_with_interest_through_today_a
 
 
 def test_written_off_advance_is_not_repaid_at_settlement_and_the_farmer_keeps_the_proceeds() -> None:
-    x = world()
-    x.deposit(FINANCIER, 5_000_000, FundsAccount.FINANCIER_FUNDS)
-    x.deposit(BUYER, 10_000_000)
-    trade = x.trade(BUYER, FARMER, 2800, 10)
-    x.consent(FARMER, FINANCIER)
-    loan_id = x.of(AdvanceGranted, x.ok(GrantAdvance(FINANCIER, 0, trade.trade_id, 2_000_000, 600)))[0].loan_id
+    x, trade_id, loan_id = advanced(FARMER, 600)
     written = x.of(LoanWrittenOff, x.ok(WriteOffLoan(FINANCIER, 0, loan_id, "flood relief")))[0]
     assert (written.principal_fen, written.interest_fen) == (2_000_000, 0)  # same day: no interest yet
-    x.weigh_in(trade.trade_id, 10, 1_150_000)
+    x.weigh_in(trade_id, 10, 1_150_000)
     settled = x.of(TradeSettled, x.tick(WINDOW_NS))[0]
     assert (settled.interest_paid_fen, settled.principal_repaid_fen, settled.payable_fen) == (0, 0, 3_203_900)
     assert x.balance(AC.FARMER_PAYABLE, FARMER) == 2_000_000 + 3_203_900
@@ -598,13 +600,8 @@ def test_written_off_advance_is_not_repaid_at_settlement_and_the_farmer_keeps_th
 def _poor_farmers_settled_advance_with_interest_unpaid() -> tuple[Exchange, int]:
     """A poor household's advance repaid at settlement, its interest (2,000 fen a day, two midnights)
     left due because the subsidy fund was empty."""
-    x = world()
-    x.deposit(FINANCIER, 5_000_000, FundsAccount.FINANCIER_FUNDS)
-    x.deposit(BUYER, 10_000_000)
-    trade = x.trade(BUYER, POOR_FARMER, 2800, 10)
-    x.consent(POOR_FARMER, FINANCIER)
-    loan_id = x.of(AdvanceGranted, x.ok(GrantAdvance(FINANCIER, 0, trade.trade_id, 2_000_000, 3650)))[0].loan_id
-    x.weigh_in(trade.trade_id, 10, 1_150_000)
+    x, trade_id, loan_id = advanced(POOR_FARMER, 3650)
+    x.weigh_in(trade_id, 10, 1_150_000)
     x.tick(WINDOW_NS)
     loan = x.clearing.loans[loan_id]
     assert (loan.principal_fen, loan.interest_due_fen, x.balance(AC.POVERTY_SUBSIDY_FUND)) == (0, 4_000, 0)
