@@ -4,12 +4,13 @@
 
 Uses `DATABASE_URL` when set, otherwise the embedded server, in a scratch database created and
 dropped by the run. Fills `ledger_transfers` with `--rows` synthetic posted transfers one millisecond
-apart (escrow, a house account, on every row; 1,000 buyer cash accounts taking turns on the other
-side), then times `pgstore.statement` pages of `--limit` lines, the median of `--repeat` runs each:
+apart: escrow, a house account, on every row; on the other side one big buyer's cash on every fifth
+row and 999 other buyers' taking turns on the rest. Then times `pgstore.statement` pages of `--limit`
+lines, the median of `--repeat` runs each, over the whole ledger (`_all`), its last 1 % (`_last_pct`),
+one minute in the middle (`_minute_in_middle`, 60,000 rows) and a window after the last row (`_after_end`):
 
-- `house_*`: escrow, which has no account index (migration 0007): the whole ledger, its last 1 %, one
-  hour in the middle, and a window after the last row;
-- `participant_last_pct`: one buyer's cash account over the last 1 %.
+- `house_*`: escrow, which has no account index (migration 0007);
+- `big_buyer_*`: the big buyer (a fifth of all rows); `small_buyer_last_pct`: another buyer.
 
 Prints figures, then as its last line one JSON object of milliseconds per page.
 """
@@ -31,11 +32,12 @@ from exchange.settlement.ledger import AccountCode, Entry, TransferCode
 MS_NS = 1_000_000
 ESCROW = int(AccountCode.ESCROW)
 FIRST_BUYER = 1000
-BUYERS = 1000
+BIG_BUYER = 1999
 _FILL_SQL = f"""
 INSERT INTO ledger_transfers (seq, transfer_id, entry, debit_account_id, credit_account_id, amount_fen,
                               released_fen, pending_id, user_data, ts_ns, code)
-SELECT g, g, {int(Entry.POSTED)}, {FIRST_BUYER} + g % {BUYERS}, {ESCROW}, 100, 0, 0, 0, g * {MS_NS},
+SELECT g, g, {int(Entry.POSTED)}, CASE WHEN g % 5 = 0 THEN {BIG_BUYER} ELSE {FIRST_BUYER} + g % 999 END,
+       {ESCROW}, 100, 0, 0, 0, g * {MS_NS},
        {int(TransferCode.TRADE)}
 FROM generate_series($1::bigint, $2::bigint) g
 """
@@ -60,13 +62,11 @@ async def _page_ms(conn: asyncpg.Connection, account_id: int, window: tuple[int,
 
 async def run(rows: int, limit: int, repeat: int) -> dict[str, float]:
     last_ns, no_end = rows * MS_NS, 2**63 - 1
-    windows = {
-        "house_all": (ESCROW, (0, no_end)),
-        "house_last_pct": (ESCROW, (last_ns * 99 // 100, no_end)),
-        "house_hour_in_middle": (ESCROW, (last_ns // 2, last_ns // 2 + 3_600_000 * MS_NS)),
-        "house_after_end": (ESCROW, (last_ns + 1, no_end)),
-        "participant_last_pct": (FIRST_BUYER + 7, (last_ns * 99 // 100, no_end)),
-    }
+    spans = {"all": (0, no_end), "last_pct": (last_ns * 99 // 100, no_end),
+             "minute_in_middle": (last_ns // 2, last_ns // 2 + 60_000 * MS_NS), "after_end": (last_ns + 1, no_end)}
+    windows = {f"{who}_{span}": (account_id, spans[span])
+               for who, account_id in (("house", ESCROW), ("big_buyer", BIG_BUYER)) for span in spans}
+    windows["small_buyer_last_pct"] = (FIRST_BUYER + 7, spans["last_pct"])
     async with scratch_database() as dsn:
         conn = await asyncpg.connect(dsn)
         try:

@@ -142,12 +142,13 @@ def _ledger_over_time() -> tuple[Ledger, int]:
     return ledger, now
 
 
-async def test_a_house_accounts_statement_over_any_window_and_page_size_is_the_views(
+async def test_a_statement_over_any_window_and_page_size_is_the_views(
     fresh_database_url: FreshDatabase,
 ) -> None:
-    """A house account's query walks the window's range of transfer ids (binary search over time,
-    migration 0009) and adds expiries of older pending transfers. For every window, page size and
-    account it pages to exactly the lines of the ledger_postings view, in its order."""
+    """A statement page reads the window's range of transfer ids (binary search over time, migration
+    0009) and adds expiries of older pending transfers: a house account's walks the primary key, a
+    participant's its account indexes. For every window, page size and account (two house accounts, a
+    buyer's cash) it pages to exactly the lines of the ledger_postings view, in its order."""
     ledger, last_ns = _ledger_over_time()
     conn = await asyncpg.connect(await fresh_database_url())
     try:
@@ -158,7 +159,7 @@ async def test_a_house_accounts_statement_over_any_window_and_page_size_is_the_v
         assert expiries >= 10
         bounds = [0, 1, 25, 60, 75, 150, 205, 300, last_ns, last_ns + 1, 2**63 - 1]
         windows = [(a, b) for a in bounds for b in bounds if a < b]
-        for account_id, (from_ns, until_ns), limit in itertools.product((100, 200), windows, (1, 3, 1000)):
+        for account_id, (from_ns, until_ns), limit in itertools.product((100, 200, 1000), windows, (1, 3, 1000)):
             expected = [tuple(r) for r in await conn.fetch(
                 "SELECT seq, transfer_id, entry, side, amount_fen, code, user_data, pending_id, ts_ns"
                 " FROM ledger_postings WHERE account_id = $1 AND ts_ns >= $2 AND ts_ns < $3"
@@ -186,7 +187,7 @@ async def test_a_participants_statement_can_use_the_partial_indexes(fresh_databa
         await conn.execute("SET enable_seqscan = off")
         await conn.execute("SET plan_cache_mode = force_generic_plan")
         await conn.execute(f"PREPARE statement_page AS {pgstore._PARTICIPANT_STATEMENT_SQL}")
-        plan = await conn.fetchval("EXPLAIN (FORMAT JSON) EXECUTE statement_page(1000, 0, 1, 0, 0, 10)")
+        plan = await conn.fetchval("EXPLAIN (FORMAT JSON) EXECUTE statement_page(1000, 0, 1, 0, 0, 10, 0, 5, 0)")
         assert "ledger_transfers_by_debit" in str(plan) and "ledger_transfers_by_credit" in str(plan)
     finally:
         await conn.close()
