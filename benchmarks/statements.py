@@ -10,7 +10,7 @@ lines, the median of `--repeat` runs each, over the whole ledger (`_all`), its l
 one minute in the middle (`_minute_in_middle`, 60,000 rows) and a window after the last row (`_after_end`):
 
 - `house_*`: escrow, which has no account index (migration 0007);
-- `big_buyer_*`: the big buyer (a fifth of all rows); `small_buyer_last_pct`: another buyer.
+- `big_buyer_*`: the big buyer (a fifth of all rows); `small_buyer_*`: another (one row in 999).
 
 Prints figures, then as its last line one JSON object of milliseconds per page.
 """
@@ -66,6 +66,7 @@ async def run(rows: int, limit: int, repeat: int) -> dict[str, float]:
              "minute_in_middle": (last_ns // 2, last_ns // 2 + 60_000 * MS_NS), "after_end": (last_ns + 1, no_end)}
     windows = {f"{who}_{span}": (account_id, spans[span])
                for who, account_id in (("house", ESCROW), ("big_buyer", BIG_BUYER)) for span in spans}
+    windows["small_buyer_all"] = (FIRST_BUYER + 7, spans["all"])
     windows["small_buyer_last_pct"] = (FIRST_BUYER + 7, spans["last_pct"])
     async with scratch_database() as dsn:
         conn = await asyncpg.connect(dsn)

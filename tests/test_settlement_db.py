@@ -143,12 +143,13 @@ def _ledger_over_time() -> tuple[Ledger, int]:
 
 
 async def test_a_statement_over_any_window_and_page_size_is_the_views(
-    fresh_database_url: FreshDatabase,
+    fresh_database_url: FreshDatabase, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest,
 ) -> None:
     """A statement page reads the window's range of transfer ids (binary search over time, migration
     0009) and adds expiries of older pending transfers: a house account's walks the primary key, a
-    participant's its account indexes. For every window, page size and account (two house accounts, a
-    buyer's cash) it pages to exactly the lines of the ledger_postings view, in its order."""
+    participant's its account indexes over a span of it that grows until the page is full. For every
+    window (more with --soak), page size, first span and account (two house accounts, a buyer's cash)
+    it pages to exactly the lines of the ledger_postings view, in its order."""
     ledger, last_ns = _ledger_over_time()
     conn = await asyncpg.connect(await fresh_database_url())
     try:
@@ -157,9 +158,14 @@ async def test_a_statement_over_any_window_and_page_size_is_the_views(
         expiries = await conn.fetchval(
             "SELECT count(*) FROM ledger_transfers WHERE entry = 3 AND transfer_id = pending_id")
         assert expiries >= 10
-        bounds = [0, 1, 25, 60, 75, 150, 205, 300, last_ns, last_ns + 1, 2**63 - 1]
+        bounds = [0, 25, 75, 205, last_ns, last_ns + 1, 2**63 - 1]
+        if request.config.getoption("--soak"):
+            bounds += [1, 60, 150, 300]
         windows = [(a, b) for a in bounds for b in bounds if a < b]
-        for account_id, (from_ns, until_ns), limit in itertools.product((100, 200, 1000), windows, (1, 3, 1000)):
+        cases = [*itertools.product((100, 200), windows, (1, 3, 1000), (pgstore._FIRST_SPAN,)),
+                 *itertools.product((1000,), windows, (1, 3, 1000), (pgstore._FIRST_SPAN, 1, 5))]
+        for account_id, (from_ns, until_ns), limit, first_span in cases:
+            monkeypatch.setattr(pgstore, "_FIRST_SPAN", first_span)  # the ledger has a few hundred ids
             expected = [tuple(r) for r in await conn.fetch(
                 "SELECT seq, transfer_id, entry, side, amount_fen, code, user_data, pending_id, ts_ns"
                 " FROM ledger_postings WHERE account_id = $1 AND ts_ns >= $2 AND ts_ns < $3"
@@ -170,7 +176,7 @@ async def test_a_statement_over_any_window_and_page_size_is_the_views(
                 assert len(page) <= limit
                 got += [tuple(r) for r in page]
                 after = (page[-1]["transfer_id"], page[-1]["entry"])
-            assert got == expected, (account_id, from_ns, until_ns, limit)
+            assert got == expected, (account_id, from_ns, until_ns, limit, first_span)
         alone = [tuple(r) for r in await pgstore.statement(conn, 200, 60, 205, (0, 0), 1000)]
         assert len(alone) >= 10
         async with conn.transaction():  # inside a caller's (read committed) transaction: the same lines
