@@ -4,12 +4,14 @@
 
 Uses `DATABASE_URL` when set, otherwise the embedded server, in a scratch database created and
 dropped by the run. Fills `ledger_transfers` with `--rows` synthetic posted transfers one millisecond
-apart: escrow, a house account, on every row; on the other side one big buyer's cash on every fifth
-row and 999 other buyers' taking turns on the rest. Then times `pgstore.statement` pages of `--limit`
-lines, the median of `--repeat` runs each, over the whole ledger (`_all`), its last 1 % (`_last_pct`),
-one minute in the middle (`_minute_in_middle`, 60,000 rows) and a window after the last row (`_after_end`):
+apart: escrow, a house account, on every row but every thousandth, which has the bank settlement
+account instead; on the other side one big buyer's cash on every fifth row and 999 other buyers' taking
+turns on the rest. Then times `pgstore.statement` pages of `--limit` lines, the median of `--repeat`
+runs each, over the whole ledger (`_all`), its last 1 % (`_last_pct`), one minute in the middle
+(`_minute_in_middle`, 60,000 rows) and a window after the last row (`_after_end`):
 
-- `house_*`: escrow, which has no account index (migration 0007);
+- `house_*`: escrow and `bank_*`: the bank settlement account, house accounts without an account
+  index (migration 0007) whose pages walk the primary key;
 - `big_buyer_*`: the big buyer (a fifth of all rows); `small_buyer_*`: another (one row in 999).
 
 Prints figures, then as its last line one JSON object of milliseconds per page.
@@ -31,13 +33,14 @@ from exchange.settlement.ledger import AccountCode, Entry, TransferCode
 
 MS_NS = 1_000_000
 ESCROW = int(AccountCode.ESCROW)
+BANK = int(AccountCode.BANK_SETTLEMENT)
 FIRST_BUYER = 1000
 BIG_BUYER = 1999
 _FILL_SQL = f"""
 INSERT INTO ledger_transfers (seq, transfer_id, entry, debit_account_id, credit_account_id, amount_fen,
                               released_fen, pending_id, user_data, ts_ns, code)
 SELECT g, g, {int(Entry.POSTED)}, CASE WHEN g % 5 = 0 THEN {BIG_BUYER} ELSE {FIRST_BUYER} + g % 999 END,
-       {ESCROW}, 100, 0, 0, 0, g * {MS_NS},
+       CASE WHEN g % 1000 = 0 THEN {BANK} ELSE {ESCROW} END, 100, 0, 0, 0, g * {MS_NS},
        {int(TransferCode.TRADE)}
 FROM generate_series($1::bigint, $2::bigint) g
 """
@@ -66,6 +69,8 @@ async def run(rows: int, limit: int, repeat: int) -> dict[str, float]:
              "minute_in_middle": (last_ns // 2, last_ns // 2 + 60_000 * MS_NS), "after_end": (last_ns + 1, no_end)}
     windows = {f"{who}_{span}": (account_id, spans[span])
                for who, account_id in (("house", ESCROW), ("big_buyer", BIG_BUYER)) for span in spans}
+    windows["bank_all"] = (BANK, spans["all"])
+    windows["bank_last_pct"] = (BANK, spans["last_pct"])
     windows["small_buyer_all"] = (FIRST_BUYER + 7, spans["all"])
     windows["small_buyer_last_pct"] = (FIRST_BUYER + 7, spans["last_pct"])
     async with scratch_database() as dsn:
