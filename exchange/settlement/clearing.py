@@ -459,8 +459,7 @@ class Clearing:
             self.counters.last_accrual_day = day
             for loan in list(self.loans.values()):
                 if loan.is_open:
-                    self._accrue(loan, day, ts_ns, events)
-                    self._collect_subsidised_interest(loan, ts_ns, events, 0)
+                    self._bring_interest_up_to(loan, day, ts_ns, events, 0)
         # every due (deadline, trade id) in order: the smaller head of the two sorted queues each time
         # both queues as objects (Any): compiled, their (deadline, trade id) tuples are compared and
         # unpacked as they are, with no unboxing into C tuples and boxing into new ones
@@ -1234,8 +1233,7 @@ class Clearing:
         if advances or (financier_id and amount):
             day = rules.cst_day(ts_ns)
             for loan in advances:  # interest up to today's midnight first; a poor household's from the fund
-                self._accrue(loan, day, ts_ns, out)
-                self._collect_subsidised_interest(loan, ts_ns, out, tid)
+                self._bring_interest_up_to(loan, day, ts_ns, out, tid)
             if financier_id and amount:
                 self._draw_credit_line(trade, day, ts_ns, out)
         receivable: Boxed = self._receivable_accounts[seller]  # accounts[(_RECEIVABLE, seller, 0)]
@@ -1283,18 +1281,27 @@ class Clearing:
         self, chain: _Chain, loan: Loan, payer: int, interest: int, principal: int, ref: int, ts_ns: int
     ) -> None:
         """Cash from ``payer`` to the financier's funds, and the claims closed by as much."""
-        fin, borrower = loan.financier_id, loan.borrower_id
-        funds = self._account_id(AC.FINANCIER_FUNDS, fin, 0, ts_ns)
+        funds = self._account_id(AC.FINANCIER_FUNDS, loan.financier_id, 0, ts_ns)
         if interest:
             chain.add(payer, funds, interest, TC.INTEREST_PAYMENT, ref)
-            chain.add(self._account_id(AC.INTEREST_INCOME, fin, 0, ts_ns),
-                      self._account_id(AC.INTEREST_RECEIVABLE, fin, borrower, ts_ns),
-                      interest, TC.INTEREST_PAYMENT, loan.loan_id)
+            self._close_interest_claim(chain, loan, interest, TC.INTEREST_PAYMENT, ts_ns)
         if principal:
             chain.add(payer, funds, principal, TC.REPAYMENT, ref)
-            chain.add(self._account_id(AC.LOANS_FUNDED, fin, borrower, ts_ns),
-                      self._account_id(AC.LOANS_RECEIVABLE, fin, borrower, ts_ns),
-                      principal, TC.REPAYMENT, loan.loan_id)
+            self._close_principal_claim(chain, loan, principal, TC.REPAYMENT, ts_ns)
+
+    def _close_interest_claim(self, chain: _Chain, loan: Loan, amount_fen: int, code: int, ts_ns: int) -> None:
+        """The financier's claim to ``amount_fen`` of the loan's interest ends (paid or written off)."""
+        fin = loan.financier_id
+        chain.add(self._account_id(AC.INTEREST_INCOME, fin, 0, ts_ns),
+                  self._account_id(AC.INTEREST_RECEIVABLE, fin, loan.borrower_id, ts_ns),
+                  amount_fen, code, loan.loan_id)
+
+    def _close_principal_claim(self, chain: _Chain, loan: Loan, amount_fen: int, code: int, ts_ns: int) -> None:
+        """The financier's claim to ``amount_fen`` of the loan's principal ends (repaid or written off)."""
+        fin, borrower = loan.financier_id, loan.borrower_id
+        chain.add(self._account_id(AC.LOANS_FUNDED, fin, borrower, ts_ns),
+                  self._account_id(AC.LOANS_RECEIVABLE, fin, borrower, ts_ns),
+                  amount_fen, code, loan.loan_id)
 
     def _poor_member_waivers(self, coop: Participant, fee_fen: int) -> tuple[int, ...]:
         """The fee waived for each member of ``coop`` (rules.poor_member_fee_waivers_fen), in member order."""
@@ -1377,6 +1384,12 @@ class Clearing:
         loan.interest_due_fen += interest
         loan.interest_accrued_fen += interest
         out.append(InterestAccrued(0, ts_ns, loan.loan_id, fin, loan.borrower_id, day, days, interest))
+
+    def _bring_interest_up_to(self, loan: Loan, day: int, ts_ns: int, out: list, ref: int) -> None:
+        """Interest accrued through ``day``, and a poor household's paid by the subsidy fund as far as it
+        reaches (``_interest_left_after_subsidy`` says what this leaves, without doing it)."""
+        self._accrue(loan, day, ts_ns, out)
+        self._collect_subsidised_interest(loan, ts_ns, out, ref)
 
     def _collect_subsidised_interest(self, loan: Loan, ts_ns: int, out: list, ref: int) -> None:
         """A poor household's accrued interest, paid by the subsidy fund as far as the fund reaches."""
@@ -1537,7 +1550,7 @@ class Clearing:
 
     def _interest_left_after_subsidy(self, loan: Loan, day: int) -> int:
         """The interest due once accrued through ``day`` and, for a poor household's advance, paid by the
-        subsidy fund as far as it reaches (``_accrue``, ``_collect_subsidised_interest``), without doing either."""
+        subsidy fund as far as it reaches, as ``_bring_interest_up_to`` would leave it, without doing it."""
         interest = loan.interest_due_fen + _interest_since(loan, day)
         if loan.kind == LoanKind.ADVANCE and self._is_poor(loan.borrower_id):
             interest -= min(interest, self._balance(AC.POVERTY_SUBSIDY_FUND))
@@ -1624,24 +1637,19 @@ class Clearing:
         day = rules.cst_day(cmd.ts_ns)
         if not loan.principal_fen and not self._interest_left_after_subsidy(loan, day):
             return self._reject(cmd, R.LOAN_CLOSED, ref, out)
-        self._accrue(loan, day, cmd.ts_ns, out)
-        self._collect_subsidised_interest(loan, cmd.ts_ns, out, 0)
+        self._bring_interest_up_to(loan, day, cmd.ts_ns, out, 0)
         principal, interest = loan.principal_fen, loan.interest_due_fen
-        fin, borrower = loan.financier_id, loan.borrower_id
         chain = _Chain(self)
         if principal:
-            chain.add(self._account_id(AC.LOANS_FUNDED, fin, borrower, cmd.ts_ns),
-                      self._account_id(AC.LOANS_RECEIVABLE, fin, borrower, cmd.ts_ns),
-                      principal, TC.LOAN_WRITE_OFF, loan.loan_id)
+            self._close_principal_claim(chain, loan, principal, TC.LOAN_WRITE_OFF, cmd.ts_ns)
         if interest:
-            chain.add(self._account_id(AC.INTEREST_INCOME, fin, 0, cmd.ts_ns),
-                      self._account_id(AC.INTEREST_RECEIVABLE, fin, borrower, cmd.ts_ns),
-                      interest, TC.LOAN_WRITE_OFF, loan.loan_id)
+            self._close_interest_claim(chain, loan, interest, TC.LOAN_WRITE_OFF, cmd.ts_ns)
         chain.commit(cmd.ts_ns)
         loan.principal_fen = loan.interest_due_fen = loan.carry = 0
         loan.principal_written_off_fen += principal
         loan.interest_written_off_fen += interest
-        out.append(LoanWrittenOff(0, cmd.ts_ns, loan.loan_id, fin, borrower, principal, interest, cmd.reason[:500]))
+        out.append(LoanWrittenOff(0, cmd.ts_ns, loan.loan_id, loan.financier_id, loan.borrower_id, principal, interest,
+                                  cmd.reason[:500]))
         return None
 
     def _set_financing_policy(self, cmd: SetFinancingPolicy, out: list) -> None:
