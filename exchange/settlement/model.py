@@ -28,6 +28,7 @@ class DeliveryTerms(msgspec.Struct, frozen=True, gc=False):
     discount_fen_per_kg: int
     amount_fen: int  # what the buyer pays for the delivery, at most the escrowed obligation
 
+
 class Participant(msgspec.Struct, array_like=True, gc=False):
     participant_id: int
     role: ParticipantRole
