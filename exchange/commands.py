@@ -133,7 +133,8 @@ class RegisterParticipant(_Command, frozen=True):
 
 
 class UpdateParticipant(_Command, frozen=True):
-    """Operator or the participant itself: new name and bank account (a new account is unverified)."""
+    """Operator or the participant itself: new name and bank account (a changed account or name leaves the
+    account unverified: the bank checks the account against its holder's name)."""
 
     subject_id: int
     name: str

@@ -13,12 +13,13 @@ registration) before it takes their bids, lots, deposits or payouts. Both are ke
   accepts for operator commands. So the database is the truth about who exists; a registration never
   stays half-done past a restart.
 
-Routes: `GET /v1/profile` and `PATCH /v1/profile` (your name and bank account; a new account must be
-verified again), `GET /v1/consents` and `POST /v1/consents` (a trader lets a financier finance it
-and see its exposures, or withdraws that: no new credit, no new holds on the financier's line, and the
-financier sees only its own lines and loans: it may still reduce a line, and loans are still repaid), and for operators
-`GET /v1/admin/participants/{id}/profile`, `POST .../bank-account/verify`, `POST .../poor-household`
-(verify or revoke a registered poor household) and `POST /v1/admin/cooperatives/{id}/members`
+Routes: `GET /v1/profile` and `PATCH /v1/profile` (your name and bank account; a changed account or name must
+be verified again before the next payout), `GET /v1/consents` and `POST /v1/consents` (a trader lets a
+financier finance it and see its exposures, or withdraws that: no new credit, no new holds on the financier's
+line, and the financier sees only its own lines and loans: it may still reduce a line, and loans are still
+repaid), and for operators `GET /v1/admin/participants/{id}/profile`, `POST .../bank-account/verify`, `POST
+.../poor-household` (verify or revoke a registered poor household) and `POST
+/v1/admin/cooperatives/{id}/members`
 (members and their shares in basis points).
 
 The clearing refuses full ID numbers: `id_number_masked` must contain `*` and at most 8 digits
@@ -168,7 +169,7 @@ class ProfileView(msgspec.Struct, frozen=True):
 
 
 class ProfileUpdate(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """Your name and the bank account payouts go to; a changed account must be verified again."""
+    """Your name and the bank account payouts go to; a changed account or name must be verified again."""
 
     name: Name
     bank_account: BankAccount
@@ -241,7 +242,7 @@ async def get_profile(call: Call) -> ProfileView:
 
 @routes.patch("/v1/profile", roles=ANY_ROLE, body=ProfileUpdate, response=ProfileView, errors=(404,))
 async def update_profile(call: Call, body: ProfileUpdate) -> ProfileView:
-    """Change your name or bank account (a new account waits for an operator's verification)."""
+    """Change your name or bank account (either change waits for an operator's verification again)."""
     me = call.principal.participant_id
     await submit(call, UpdateParticipant(me, 0, me, body.name, body.bank_account))
     return _profile_view(_participant(call, me))

@@ -544,7 +544,16 @@ async def test_registration_profiles_and_the_demo_market(fresh_database_url: Any
         assert _error(await ex.operator.post(f"/v1/admin/cooperatives/{coop.participant_id}/members",
                                              json={"members": [{"farmer_id": coop.participant_id,
                                                                 "share_bps": 6000}]})) == (422, "invalid_shares")
-        mine = _ok(await member.request("PATCH", "/v1/profile", json={"name": "社员", "bank_account": "62170000"}))
+        assert _ok(await member.get("/v1/profile"))["bank_verified"] is True
+        same = _ok(await member.request("PATCH", "/v1/profile", json={"name": "社员",
+                                                                        "bank_account": "6217000011117777"}))
+        assert same["bank_verified"] is True  # nothing changed
+        renamed = _ok(await member.request("PATCH", "/v1/profile", json={"name": "社员乙",
+                                                                           "bank_account": "6217000011117777"}))
+        assert (renamed["name"], renamed["bank_verified"]) == ("社员乙", False)  # another holder: verify again
+        _ok(await ex.operator.post(f"/v1/admin/participants/{member.participant_id}/bank-account/verify",
+                                   json={"bank_account": "6217000011117777"}))
+        mine = _ok(await member.request("PATCH", "/v1/profile", json={"name": "社员乙", "bank_account": "62170000"}))
         assert (mine["bank_account"], mine["bank_verified"]) == ("****0000", False)  # a new account: unverified
 
         # The demo buyer's bids are covered by its demo cash and rest on the book: 20 hogs at 2780 hold

@@ -525,6 +525,21 @@ def test_unverified_payees_are_skipped_and_their_money_waits() -> None:
     assert x.of(PayoutRunCreated, x.ok(RunPayouts(OPERATOR, 0, "R2", poor_only=True)))[0].skipped_ids == ()
 
 
+def test_a_changed_account_holder_name_needs_verification_again_before_a_payout() -> None:
+    x = world()
+    settle_one(x, FARMER, 10, 1_150_000)
+    x.tick(WINDOW_NS)
+    x.ok(UpdateParticipant(FARMER, 0, FARMER, "李四", "6217000000000020"))  # nothing changed: still verified
+    assert x.clearing.participants[FARMER].bank_verified
+    x.ok(UpdateParticipant(FARMER, 0, FARMER, "李四四", "6217000000000020"))  # the same account, another holder
+    assert not x.clearing.participants[FARMER].bank_verified
+    run = x.of(PayoutRunCreated, x.ok(RunPayouts(OPERATOR, 0, "R1")))[0]
+    assert (run.payout_ids, run.skipped_ids) == ((), (FARMER,))
+    x.ok(VerifyBankAccount(OPERATOR, 0, FARMER, "6217000000000020"))
+    run = x.of(PayoutRunCreated, x.ok(RunPayouts(OPERATOR, 0, "R2")))[0]
+    assert (len(run.payout_ids), run.skipped_ids, run.total_fen) == (1, (), 3_203_900)
+
+
 # -- credit lines --------------------------------------------------------------------------------------------------
 
 

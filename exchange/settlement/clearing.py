@@ -899,11 +899,12 @@ class Clearing:
             return self._reject(cmd, R.UNKNOWN_PARTICIPANT, ref, out)
         if not cmd.name.strip() or len(cmd.name) > 100 or len(cmd.bank_account) > 64:
             return self._reject(cmd, R.INVALID_PARTICIPANT, ref, out)
-        bank = cmd.bank_account.strip()
-        if bank != who.bank_account:
-            who.bank_account = bank
-            who.bank_verified = False  # a new account must be verified again before money goes there
-        who.name = cmd.name.strip()
+        bank, name = cmd.bank_account.strip(), cmd.name.strip()
+        if bank != who.bank_account or name != who.name:
+            # The bank checks the account against its holder's name: a new account, or a new name on the
+            # old one, must be verified again before money goes there.
+            who.bank_verified = False
+        who.bank_account, who.name = bank, name
         out.append(self._participant_event(who, cmd.participant_id, cmd.ts_ns))
         return None
 
