@@ -298,10 +298,15 @@ class BankConfirmation(msgspec.Struct, frozen=True, array_like=True, gc=False):
 
 
 class ImportBankConfirmations(_Command, frozen=True):
-    """Operator: the bank's answers for sent payouts; ``file_ref`` makes the import idempotent."""
+    """Operator: the bank's answers for sent payouts; ``file_ref`` makes the import idempotent.
+
+    ``whole_file`` (the gateway always sets it): a file with any row the clearing cannot apply is refused
+    whole (``Clearing.confirmation_problems``): nothing applied, ``file_ref`` not used. Without it (journals
+    written before it existed) the good rows are applied and the others listed as errors."""
 
     file_ref: str
     rows: tuple[BankConfirmation, ...]
+    whole_file: bool = False
 
 
 class RetryPayout(_Command, frozen=True):

@@ -77,11 +77,13 @@ from exchange.domain import RejectReason
 from exchange.events import Event, PayoutState, Rejected
 from exchange.settlement import CHART, AccountCode, Clearing, Entry, PostingSide, TransferCode, pgstore
 from exchange.settlement.bankfiles import (
+    ConfirmationFile,
+    LineProblem,
     bank_file_csv,
-    parse_confirmations_csv,
     parse_whole_number,
     payout_reference,
     payouts_to_send,
+    read_confirmations,
     read_csv_rows,
     sent_pairs,
 )
@@ -649,7 +651,7 @@ class PayoutFilePath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class ConfirmationImportRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """The bank's confirmation file: header `payout_id,attempt,status,bank_ref,reason`, status OK or
-    FAILED. `file_ref` makes the import idempotent."""
+    FAILED. `file_ref` makes the import idempotent; a refused file leaves it unused."""
 
     file_ref: Ref
     csv: CsvText
@@ -663,8 +665,8 @@ class ImportErrorRow(msgspec.Struct, frozen=True):
 class ConfirmationImportView(msgspec.Struct, frozen=True):
     file_ref: str
     applied: int
-    duplicates: int
-    errors: list[ImportErrorRow]
+    duplicates: int  # rows that repeat a payout's recorded answer
+    errors: list[ImportErrorRow]  # empty: a file with a bad row is refused whole (older imports may list some)
 
 
 class PayoutPath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -761,15 +763,52 @@ async def _committed(call: Call) -> bool:
     return sequencer.core is core
 
 
+class BankFileRefused(ApiError):
+    """422 `invalid_bank_file` with every bad line of the file in `lines` (line number, code, message)."""
+
+    def __init__(self, problems: Iterable[LineProblem]) -> None:
+        self.lines = sorted(problems, key=lambda p: p.line)
+        super().__init__(422, "invalid_bank_file", f"{len(self.lines)} bad line(s), nothing was applied (correct "
+                         f"the file and send it again under the same file_ref); first: {self.lines[0].message}")
+
+    def response(self) -> web.Response:
+        return web.json_response(status=self.status, body=msgspec.json.encode(
+            BankFileErrorBody(self.code, self.message, self.lines)))
+
+
+class BankFileErrorBody(msgspec.Struct, frozen=True):
+    code: str
+    message: str
+    lines: list[LineProblem]
+
+
+def _confirmation_problems(clearing: Clearing, read: ConfirmationFile) -> list[LineProblem]:
+    """The rows the clearing could not apply now, by line (see `Clearing.confirmation_problems`)."""
+    return [LineProblem(read.lines[index], code, f"line {read.lines[index]}: payout {read.rows[index].payout_id}: "
+                        f"{code.replace('_', ' ')}") for index, code in clearing.confirmation_problems(read.rows)]
+
+
 @routes.post("/v1/payout-confirmations", roles=OPERATORS, body=ConfirmationImportRequest,
              response=ConfirmationImportView, errors=(409,))
 async def import_confirmations(call: Call, body: ConfirmationImportRequest) -> ConfirmationImportView:
-    """Import the bank's confirmation file: confirmed payouts are final, failed ones wait for a retry."""
-    try:
-        rows = parse_confirmations_csv(body.csv.encode())
-    except ValueError as exc:
-        raise ApiError(422, "invalid_bank_file", str(exc)) from None
-    await submit(call, ImportBankConfirmations(call.principal.participant_id, 0, body.file_ref, rows))
+    """Import the bank's confirmation file: confirmed payouts are final, failed ones wait for a retry. The
+    file is applied whole or not at all: any bad line (unreadable, an unknown payout, another attempt, a
+    payout not sent, a payout named twice) is a 422 `invalid_bank_file` listing every bad line in
+    `lines`, and leaves `file_ref` unused, so the corrected file is sent under the same reference."""
+    read = read_confirmations(body.csv.encode())
+    if read.problems:
+        raise BankFileRefused(read.problems)
+    if body.file_ref not in clearing_of(call).bank_imports:  # (a repeat is answered as the first time)
+        problems = _confirmation_problems(clearing_of(call), read)
+        if problems:
+            raise BankFileRefused(problems)
+    command = ImportBankConfirmations(call.principal.participant_id, 0, body.file_ref, read.rows, whole_file=True)
+    result = await call.app[EXCHANGE].submit(command)
+    for event in result.events:
+        if event.__class__ is Rejected:
+            moved = event.reason in (R.UNKNOWN_REFERENCE, R.INVALID_PAYOUT_STATE)  # since the check above
+            problems = _confirmation_problems(clearing_of(call), read) if moved else []
+            raise BankFileRefused(problems) if problems else rejection(event.reason)
     done = clearing_of(call).bank_imports[body.file_ref]
     return ConfirmationImportView(done.file_ref, done.applied, done.duplicates,
                                   [ImportErrorRow(pid, reason) for pid, reason in done.errors])

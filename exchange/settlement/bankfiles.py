@@ -24,6 +24,8 @@ import io
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
+import msgspec
+
 from exchange.commands import BankConfirmation
 from exchange.events import PayoutState
 from exchange.settlement.clearing import Clearing
@@ -99,6 +101,61 @@ def parse_confirmations_csv(data: bytes) -> tuple[BankConfirmation, ...]:
     return tuple(read_csv_rows(text, CONFIRMATION_COLUMNS, MAX_CONFIRMATION_ROWS, _confirmation))
 
 
+class LineProblem(msgspec.Struct, frozen=True):
+    """A bad line of a bank file: its number (the header is line 1), a stable code, and why."""
+
+    line: int
+    code: str
+    message: str
+
+
+class ConfirmationFile(msgspec.Struct, frozen=True):
+    """A confirmation file read whole: the rows that parsed, the line of each, every bad line."""
+
+    rows: tuple[BankConfirmation, ...]
+    lines: tuple[int, ...]
+    problems: tuple[LineProblem, ...]
+
+
+def read_confirmations(data: bytes) -> ConfirmationFile:
+    """Every row of a confirmation file and every line that does not parse (codes ``not_utf8``,
+    ``bad_header``, ``bad_csv``, ``too_many_rows``, ``wrong_field_count``, ``invalid_payout_id``,
+    ``invalid_attempt``, ``invalid_status``): a caller refuses the file if there is any problem, and
+    lists them all, so the bank's file is corrected once, not line by line."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return ConfirmationFile((), (), (LineProblem(1, "not_utf8", f"the file is not UTF-8: {exc.reason}"),))
+    reader = csv.reader(io.StringIO(text))
+    rows: list[BankConfirmation] = []
+    lines: list[int] = []
+    problems: list[LineProblem] = []
+    try:
+        header = next(reader, None)
+        if header is None or tuple(h.strip() for h in header) != CONFIRMATION_COLUMNS:
+            problems.append(LineProblem(1, "bad_header", f"the header must be {','.join(CONFIRMATION_COLUMNS)}"))
+        for fields in reader:
+            if not fields:
+                continue
+            if len(rows) + len(problems) >= MAX_CONFIRMATION_ROWS:
+                problems.append(LineProblem(reader.line_num, "too_many_rows", f"more than {MAX_CONFIRMATION_ROWS}"))
+                break
+            try:
+                rows.append(_confirmation(reader.line_num, fields))
+                lines.append(reader.line_num)
+            except _LineError as exc:
+                problems.append(LineProblem(reader.line_num, exc.code, str(exc)))
+    except csv.Error as exc:  # e.g. a field longer than the csv module's limit
+        problems.append(LineProblem(reader.line_num, "bad_csv", f"line {reader.line_num}: {exc}"))
+    return ConfirmationFile(tuple(rows), tuple(lines), tuple(problems))
+
+
+class _LineError(ValueError):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 def parse_whole_number(text: str, what: str, line_no: int, minimum: int = 1, maximum: int = MAX_FILE_INT) -> int:
     """A whole number ``minimum..maximum`` in ASCII digits, or ``ValueError`` naming the line: a bank
     file's numbers must fit the journal's integers (msgpack, PostgreSQL ``bigint``), never crash it."""
@@ -110,13 +167,21 @@ def parse_whole_number(text: str, what: str, line_no: int, minimum: int = 1, max
 
 
 def _confirmation(line_no: int, fields: list[str]) -> BankConfirmation:
+    """One row; ``_LineError`` (a ``ValueError``) with a code naming what is wrong."""
     if len(fields) != len(CONFIRMATION_COLUMNS):
-        raise ValueError(f"line {line_no}: expected {len(CONFIRMATION_COLUMNS)} fields, got {len(fields)}")
+        raise _LineError("wrong_field_count",
+                         f"line {line_no}: expected {len(CONFIRMATION_COLUMNS)} fields, got {len(fields)}")
     payout_id, attempt, status, bank_ref, reason = (f.strip() for f in fields)
-    payout = parse_whole_number(payout_id, "payout_id", line_no)
-    attempt_no = parse_whole_number(attempt, "attempt", line_no)
+    try:
+        payout = parse_whole_number(payout_id, "payout_id", line_no)
+    except ValueError as exc:
+        raise _LineError("invalid_payout_id", str(exc)) from None
+    try:
+        attempt_no = parse_whole_number(attempt, "attempt", line_no)
+    except ValueError as exc:
+        raise _LineError("invalid_attempt", str(exc)) from None
     if status not in ("OK", "FAILED"):
-        raise ValueError(f"line {line_no}: status must be OK or FAILED, not {status[:30]!r}")
+        raise _LineError("invalid_status", f"line {line_no}: status must be OK or FAILED, not {status[:30]!r}")
     return BankConfirmation(payout, attempt_no, status == "OK", bank_ref, reason)
 
 

@@ -87,6 +87,7 @@ import msgspec
 from mypy_extensions import mypyc_attr
 
 from exchange.commands import (
+    BankConfirmation,
     ConfirmDeposit,
     ConfirmWithdrawal,
     FundsAccount,
@@ -1800,6 +1801,12 @@ class Clearing:
                 return self._reject(cmd, R.DUPLICATE_REFERENCE, ref, out)
             out.append(BankImportApplied(0, cmd.ts_ns, ref, done.applied, done.duplicates, tuple(done.errors)))
             return None
+        if cmd.whole_file:
+            problems = self.confirmation_problems(cmd.rows)
+            if problems:  # the file is refused whole and its reference stays free for the corrected file
+                first = problems[0][1]
+                reason = R.UNKNOWN_REFERENCE if first == "unknown_payout" else R.INVALID_PAYOUT_STATE
+                return self._reject(cmd, reason, ref, out)
         applied = duplicates = 0
         errors: list[tuple[int, str]] = []
         ts_ns: Boxed = cmd.ts_ns
@@ -1814,6 +1821,33 @@ class Clearing:
         self.bank_imports[ref] = BankImport(ref, rows_hash, applied, duplicates, errors)
         out.append(BankImportApplied(0, cmd.ts_ns, ref, applied, duplicates, tuple(errors)))
         return None
+
+    def confirmation_problems(self, rows: Sequence[BankConfirmation]) -> list[tuple[int, str]]:
+        """(index, code) of every row of a confirmation file that cannot be applied now: ``unknown_payout``,
+        ``not_current_attempt`` (an answer for an older or a later attempt), ``invalid_payout_state``
+        (not sent, or already answered otherwise) or ``repeated_payout`` (a second row for a payout). A
+        row that repeats the payout's recorded answer is a harmless duplicate, not a problem."""
+        problems: list[tuple[int, str]] = []
+        seen: set[int] = set()
+        for index, row in enumerate(rows):
+            payout_id = row.payout_id
+            code = self._confirmation_problem(row) or ("repeated_payout" if payout_id in seen else "")
+            seen.add(payout_id)
+            if code:
+                problems.append((index, code))
+        return problems
+
+    def _confirmation_problem(self, row: BankConfirmation) -> str:
+        p = self.payouts.get(row.payout_id)
+        if p is None:
+            return "unknown_payout"
+        if row.attempt != p.attempt:
+            return "not_current_attempt"
+        state = p.state
+        if state == _P_SENT or (state == _P_CONFIRMED and row.ok and row.bank_ref == p.bank_ref) or (
+                state == _P_FAILED and not row.ok):
+            return ""
+        return "invalid_payout_state"
 
     def _apply_confirmation(self, row: object, ts_ns: Boxed, out: list) -> str:
         """One bank answer: "applied", "duplicate" or why it was not applied."""
