@@ -130,6 +130,8 @@ class RegisterParticipant(_Command, frozen=True):
     id_number_masked: str
     bank_account: str = ""
     poor_registration_no: str = ""
+    bank_code: str = ""  # the account's bank (3 digits, CNAPS 行别代码) ...
+    branch_code: str = ""  # ... and branch (12 digits, CNAPS 联行号, starting with the bank code)
 
 
 class UpdateParticipant(_Command, frozen=True):
@@ -139,6 +141,8 @@ class UpdateParticipant(_Command, frozen=True):
     subject_id: int
     name: str
     bank_account: str
+    bank_code: str = ""  # as in RegisterParticipant; a change is a change of account
+    branch_code: str = ""
 
 
 class VerifyBankAccount(_Command, frozen=True):
@@ -281,10 +285,12 @@ class RunPayouts(_Command, frozen=True):
 
 
 class MarkPayoutsSent(_Command, frozen=True):
-    """Operator: these (payout_id, attempt) went to the bank in file ``file_ref``."""
+    """Operator: these (payout_id, attempt) went to the bank in file ``file_ref``, whose bytes (stored
+    outside the core) have the SHA-256 ``sha256`` (hex; empty in journals written before files were stored)."""
 
     file_ref: str
     payouts: tuple[tuple[int, int], ...]
+    sha256: str = ""
 
 
 class BankConfirmation(msgspec.Struct, frozen=True, array_like=True, gc=False):

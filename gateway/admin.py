@@ -33,6 +33,8 @@ class RegisterParticipant(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     id_number_masked: participants.MaskedIdNumber = participants.NO_ID_NUMBER
     bank_account: participants.BankAccount = ""
     poor_registration_no: participants.PoorRegistrationNo = ""
+    bank_code: participants.BankCode = ""  # the account's bank and branch, for the bank payout file
+    branch_code: participants.BranchCode = ""
 
 
 class ParticipantPath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -53,7 +55,8 @@ class KeyRevoked(msgspec.Struct, frozen=True):
 async def register_participant(call: Call, body: RegisterParticipant) -> store.IssuedKey:
     """Register a participant with its role; its API key and secret are returned this once."""
     profile = participants.Profile(role=body.role, name=body.name, id_number_masked=body.id_number_masked,
-                                   bank_account=body.bank_account, poor_registration_no=body.poor_registration_no)
+                                   bank_account=body.bank_account, poor_registration_no=body.poor_registration_no,
+                                   bank_code=body.bank_code, branch_code=body.branch_code)
     participants.check_profile(profile)
     issued = await store.register_participant(call.pool, body.role, body.name)
     await participants.register(call.app[EXCHANGE], call.principal.participant_id, issued.participant_id, profile)

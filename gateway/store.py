@@ -1,4 +1,5 @@
-"""Participants and API keys in PostgreSQL (tables from `exchange/migrations/0003_gateway.sql`).
+"""Participants and API keys in PostgreSQL (tables from `exchange/migrations/0003_gateway.sql`), and the
+payout files as sent (`0010_payout_files.sql`: `store_payout_file`, `load_payout_file`).
 
 Every write goes through one function here (`register_participant`, `issue_key`, `revoke_key`,
 `ensure_operator_key`) so that registration can later be rerouted through the sequencer as a journaled
@@ -19,9 +20,11 @@ __all__ = [
     "ensure_operator_key",
     "issue_key",
     "load_key",
+    "load_payout_file",
     "new_key_pair",
     "register_participant",
     "revoke_key",
+    "store_payout_file",
 ]
 
 
@@ -100,3 +103,16 @@ async def ensure_operator_key(pool: asyncpg.Pool, api_key: str, api_secret: str)
             "INSERT INTO api_keys (api_key, participant_id, secret) VALUES ($1, $2, $3)",
             api_key, participant_id, api_secret)
     return True
+
+
+async def store_payout_file(pool: asyncpg.Pool, file_ref: str, sha256: str, content: bytes) -> None:
+    """Keep a rendered payout file before the command that sends it is journaled (idempotent)."""
+    await pool.execute("INSERT INTO payout_files (file_ref, sha256, content) VALUES ($1, $2, $3) "
+                       "ON CONFLICT (file_ref, sha256) DO NOTHING", file_ref, sha256, content)
+
+
+async def load_payout_file(pool: asyncpg.Pool, file_ref: str, sha256: str) -> bytes | None:
+    """The bytes of a payout file as sent, by the digest the clearing recorded for it."""
+    content: bytes | None = await pool.fetchval(
+        "SELECT content FROM payout_files WHERE file_ref = $1 AND sha256 = $2", file_ref, sha256)
+    return content

@@ -1,18 +1,25 @@
-"""The bank's files: payout instructions out (CSV bytes), confirmations in (parsed into a command's rows).
+"""The bank's files: payout instructions out (bytes), confirmations in (parsed into a command's rows).
 
-Pure functions. The export does not change state: after handing the file to the bank an operator sends
-``MarkPayoutsSent`` with the file's (payout_id, attempt) pairs, and the bank's answer comes back as an
-``ImportBankConfirmations`` command built by ``parse_confirmations_csv``.
+Pure functions. The export does not change state: the gateway renders the file, stores its bytes and
+SHA-256, then sends ``MarkPayoutsSent`` with the file's (payout_id, attempt) pairs and the digest; the
+bank's answer comes back as an ``ImportBankConfirmations`` command built from ``read_confirmations``.
 
-Payout file (UTF-8, CRLF, one header row), ordered same-day (registered poor households) first, then by
-payout id::
+Payout file, format ``HOGXPAY1`` (the README's "The bank payout file" has the table of every field):
+UTF-8 without BOM, CRLF after every record, comma-separated, a field quoted (``"``, doubled inside)
+only when it holds a comma, a quote or a line break. The first field of a record is its type: one
+``H`` header (the file, the value date, the payer), one ``D`` detail per payout (same-day payouts of
+registered poor households first, then by payout id), one ``T`` trailer (count and total of the
+details)::
 
-    payout_id,attempt,priority,payee_id,payee_name,bank_account,amount_fen,amount_yuan,reference,trade_ids
-    7,1,SAME_DAY,21,张三,6217000000000021,1203243,12032.43,HOGX-P7-A1,12;15
+    H,HOGXPAY1,F-20260105,20260105,CNY,重庆荣昌生猪交易市场,3100000000000000001,102,102653000019
+    D,1,7,1,SAME_DAY,21,张三,6217000000000021,102,102653000123,1203243,12032.43,HOGX-P7-A1,12;15
+    T,1,1203243,12032.43
 
 ``reference`` (``HOGX-P<payout>-A<attempt>``) is the bank's idempotency key: the bank pays one
 reference at most once, so resending a file is harmless, and a retry is a new attempt with a new
-reference. ``trade_ids`` traces the money to its trades.
+reference. ``trade_ids`` traces the money to its trades. The payee's name and bank and branch codes are
+those of its profile when the file is rendered, the account the one the payout was made (or retried)
+to. The format never changes under its name: a new layout gets a new format name.
 
 Confirmation file: ``payout_id,attempt,status,bank_ref,reason`` with ``status`` ``OK`` or ``FAILED``.
 """
@@ -20,6 +27,7 @@ Confirmation file: ``payout_id,attempt,status,bank_ref,reason`` with ``status`` 
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 from collections.abc import Callable, Iterable
 from typing import TypeVar
@@ -32,11 +40,33 @@ from exchange.settlement.clearing import Clearing
 from exchange.settlement.model import Payout
 from exchange.settlement.rules import yuan
 
-PAYOUT_COLUMNS = ("payout_id", "attempt", "priority", "payee_id", "payee_name", "bank_account", "amount_fen",
-                  "amount_yuan", "reference", "trade_ids")
+PAYOUT_FORMAT = "HOGXPAY1"
+HEADER_FIELDS = ("record_type", "format", "file_ref", "value_date", "currency", "payer_name", "payer_account",
+                 "payer_bank_code", "payer_branch_code")
+DETAIL_FIELDS = ("record_type", "line_no", "payout_id", "attempt", "priority", "payee_id", "payee_name",
+                 "payee_account", "payee_bank_code", "payee_branch_code", "amount_fen", "amount_yuan", "reference",
+                 "trade_ids")
+TRAILER_FIELDS = ("record_type", "record_count", "total_fen", "total_yuan")
 CONFIRMATION_COLUMNS = ("payout_id", "attempt", "status", "bank_ref", "reason")
 MAX_CONFIRMATION_ROWS = 100_000
 MAX_FILE_INT = 2**53 - 1  # ids and attempts in files: what a JSON client reads exactly (and far inside int64)
+
+
+class Payer(msgspec.Struct, frozen=True, kw_only=True):
+    """The exchange's own settlement account, which the bank debits for every payout of a file."""
+
+    name: str
+    account: str
+    bank_code: str  # 3 digits
+    branch_code: str  # 12 digits
+
+
+class PayoutFile(msgspec.Struct, frozen=True):
+    """A payout file read back (``read_payout_file``): its records as field-name -> text mappings."""
+
+    header: dict[str, str]
+    details: list[dict[str, str]]
+    trailer: dict[str, str]
 
 
 def payout_reference(payout_id: int, attempt: int) -> str:
@@ -49,18 +79,49 @@ def payouts_to_send(clearing: Clearing) -> list[Payout]:
     return sorted(pending, key=lambda p: (p.priority, p.payout_id))
 
 
-def bank_file_csv(clearing: Clearing, payouts: Iterable[Payout]) -> bytes:
-    """The payout instruction file for ``payouts`` (e.g. ``payouts_to_send(clearing)``)."""
+def value_date(day: int) -> str:
+    """A CST day number (``rules.cst_day``) as the file's ``YYYYMMDD``."""
+    return (dt.date(1970, 1, 1) + dt.timedelta(days=day)).strftime("%Y%m%d")
+
+
+def bank_file_csv(clearing: Clearing, payouts: Iterable[Payout], *, file_ref: str, value_day: int,
+                  payer: Payer) -> bytes:
+    """The payout file ``file_ref`` for ``payouts`` (e.g. ``payouts_to_send(clearing)``), to be paid on the
+    CST day ``value_day``, from ``payer``'s account."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(PAYOUT_COLUMNS)
+    writer.writerow(["H", PAYOUT_FORMAT, file_ref, value_date(value_day), "CNY", _text(payer.name), payer.account,
+                     payer.bank_code, payer.branch_code])
+    total = count = 0
     for p in sorted(payouts, key=lambda p: (p.priority, p.payout_id)):
         who = clearing.participants[p.payee_id]
+        bank_code, branch_code = clearing.bank_codes.get(p.payee_id, ("", ""))
+        count += 1
+        total += p.amount_fen
         writer.writerow([
-            p.payout_id, p.attempt, p.priority.name, p.payee_id, _text(who.name), p.bank_account, p.amount_fen,
-            yuan(p.amount_fen), payout_reference(p.payout_id, p.attempt), ";".join(map(str, p.trade_ids)),
+            "D", count, p.payout_id, p.attempt, p.priority.name, p.payee_id, _text(who.name), p.bank_account,
+            bank_code, branch_code, p.amount_fen, yuan(p.amount_fen), payout_reference(p.payout_id, p.attempt),
+            ";".join(map(str, p.trade_ids)),
         ])  # fmt: skip
+    writer.writerow(["T", count, total, yuan(total)])
     return out.getvalue().encode()
+
+
+def read_payout_file(data: bytes) -> PayoutFile:
+    """A payout file's records by field name; ``ValueError`` if it is not a well-formed ``HOGXPAY1`` file
+    (record types, field counts, the trailer's count and total)."""
+    records = list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
+    if len(records) < 2 or records[0][:1] != ["H"] or records[-1][:1] != ["T"]:
+        raise ValueError("a payout file is one H record, D records, one T record")
+    header, trailer = dict(zip(HEADER_FIELDS, records[0], strict=True)), dict(zip(TRAILER_FIELDS, records[-1],
+                                                                                  strict=True))
+    details = [dict(zip(DETAIL_FIELDS, r, strict=True)) for r in records[1:-1]]
+    if any(d["record_type"] != "D" for d in details) or header["format"] != PAYOUT_FORMAT:
+        raise ValueError("not a HOGXPAY1 payout file")
+    if (int(trailer["record_count"]), int(trailer["total_fen"])) != (
+            len(details), sum(int(d["amount_fen"]) for d in details)):
+        raise ValueError("the trailer does not match the details")
+    return PayoutFile(header, details, trailer)
 
 
 def sent_pairs(payouts: Iterable[Payout]) -> tuple[tuple[int, int], ...]:

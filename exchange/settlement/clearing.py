@@ -321,6 +321,8 @@ if (
     raise ImportError("a struct the clearing reads by position changed: update how clearing.py unpacks it")
 _ENCODER = msgspec.msgpack.Encoder()
 _SNAPSHOT_DECODER = msgspec.msgpack.Decoder(ClearingSnapshot)
+# ClearingSnapshot's fields through bank_imports; the optional ones after them are left out when empty
+_SNAPSHOT_REQUIRED_FIELDS: Final = ClearingSnapshot.__struct_fields__.index("bank_imports") + 1
 
 Handler = Callable[[Any, list], None]
 
@@ -356,6 +358,8 @@ class Clearing:
         self.sent_files: dict[str, SentFile] = {}
         self.bank_imports: dict[str, BankImport] = {}
         self.repayments: dict[tuple[int, str], Repayment] = {}  # (borrower, repayment ref)
+        self.bank_codes: dict[int, tuple[str, str]] = {}  # participant -> (bank code, branch code), when given
+        self.file_digests: dict[str, str] = {}  # payout file ref -> SHA-256 of the bytes sent (when recorded)
         self._rebuild_indexes()
         self.ledger.create_accounts([_account(int(code), int(code), 0, 0) for code in HOUSE], 0)
 
@@ -536,9 +540,12 @@ class Clearing:
         """The whole state, canonically ordered (everything sorted by its key)."""
         snap = self._snapshot_struct()
         fields = msgspec.structs.astuple(snap)
-        # An array-like struct encodes as the tuple of its fields; leaving out an empty trailing
-        # ``repayments`` keeps a state without them at exactly the bytes (and hash) earlier versions wrote.
-        return _ENCODER.encode(fields if snap.repayments else fields[:-1])
+        # An array-like struct encodes as the tuple of its fields; leaving out the empty optional fields at
+        # its end keeps a state without them at exactly the bytes (and hash) earlier versions wrote.
+        end = len(fields)
+        while end > _SNAPSHOT_REQUIRED_FIELDS and not fields[end - 1]:
+            end -= 1
+        return _ENCODER.encode(fields[:end])
 
     def state_hash(self) -> str:
         return hashlib.blake2b(self.snapshot(), digest_size=32).hexdigest()
@@ -568,6 +575,8 @@ class Clearing:
         c.sent_files = {f.file_ref: f for f in snap.sent_files}
         c.bank_imports = {b.file_ref: b for b in snap.bank_imports}
         c.repayments = {(r.borrower_id, r.repayment_ref): r for r in snap.repayments}
+        c.bank_codes = {pid: (bank, branch) for pid, bank, branch in snap.bank_codes}
+        c.file_digests = dict(snap.file_digests)
         c._rebuild_indexes()
         return c
 
@@ -583,6 +592,8 @@ class Clearing:
             [(k, self.payables[k]) for k in sorted(self.payables) if self.payables[k]], by_key(self.payouts),
             by_key(self.runs), by_key(self.withdrawals), by_key(self.deposits), by_key(self.sent_files),
             by_key(self.bank_imports), by_key(self.repayments),
+            [(pid, codes[0], codes[1]) for pid, codes in sorted(self.bank_codes.items())],
+            sorted(self.file_digests.items()),
         )  # fmt: skip
 
     def _rebuild_indexes(self) -> None:
@@ -888,6 +899,8 @@ class Clearing:
         who = Participant(cmd.subject_id, cmd.role, cmd.name.strip(), cmd.id_number_masked, cmd.bank_account.strip(),
                           False, cmd.poor_registration_no.strip(), False)
         self.participants[cmd.subject_id] = who
+        if cmd.bank_code or cmd.branch_code:
+            self.bank_codes[cmd.subject_id] = (cmd.bank_code, cmd.branch_code)
         out.append(self._participant_event(who, cmd.participant_id, cmd.ts_ns))
         return None
 
@@ -898,14 +911,19 @@ class Clearing:
             return self._reject(cmd, R.NOT_AUTHORIZED, ref, out)
         if who is None:
             return self._reject(cmd, R.UNKNOWN_PARTICIPANT, ref, out)
-        if not cmd.name.strip() or len(cmd.name) > 100 or len(cmd.bank_account) > 64:
+        if (not cmd.name.strip() or len(cmd.name) > 100 or len(cmd.bank_account) > 64
+                or not _valid_bank_codes(cmd.bank_code, cmd.branch_code)):
             return self._reject(cmd, R.INVALID_PARTICIPANT, ref, out)
-        bank, name = cmd.bank_account.strip(), cmd.name.strip()
-        if bank != who.bank_account or name != who.name:
-            # The bank checks the account against its holder's name: a new account, or a new name on the
-            # old one, must be verified again before money goes there.
+        bank, name, codes = cmd.bank_account.strip(), cmd.name.strip(), (cmd.bank_code, cmd.branch_code)
+        if bank != who.bank_account or name != who.name or codes != self.bank_codes.get(who.participant_id, ("", "")):
+            # The bank checks the account against its holder's name: a new account (or bank, or branch),
+            # or a new name on the old one, must be verified again before money goes there.
             who.bank_verified = False
         who.bank_account, who.name = bank, name
+        if codes[0] or codes[1]:
+            self.bank_codes[who.participant_id] = codes
+        else:
+            self.bank_codes.pop(who.participant_id, None)
         out.append(self._participant_event(who, cmd.participant_id, cmd.ts_ns))
         return None
 
@@ -1771,7 +1789,7 @@ class Clearing:
             for payout_id, _ in pairs:
                 out.append(self._payout_event(self.payouts[payout_id], cmd.ts_ns))
             return None
-        if not 0 < len(ref) <= MAX_REF_LEN or not pairs or len(set(pairs)) != len(pairs):
+        if not 0 < len(ref) <= MAX_REF_LEN or not pairs or len(set(pairs)) != len(pairs) or len(cmd.sha256) > 64:
             return self._reject(cmd, R.INVALID_AMOUNT, ref, out)
         for payout_id, attempt in pairs:
             p = self.payouts.get(payout_id)
@@ -1780,6 +1798,8 @@ class Clearing:
             if p.state != _P_PENDING or p.attempt != attempt:
                 return self._reject(cmd, R.INVALID_PAYOUT_STATE, f"P{payout_id}", out)
         self.sent_files[ref] = SentFile(ref, pairs)
+        if cmd.sha256:
+            self.file_digests[ref] = cmd.sha256
         ts_ns: Boxed = cmd.ts_ns
         for payout_id, _ in pairs:
             p = self.payouts[payout_id]
@@ -2009,7 +2029,18 @@ def _valid_profile(cmd: RegisterParticipant) -> bool:
         and sum(ch.isdigit() for ch in masked) <= 8
         and len(cmd.bank_account) <= 64
         and (not cmd.poor_registration_no or cmd.role == ROLE.FARMER)
+        and _valid_bank_codes(cmd.bank_code, cmd.branch_code)
     )
+
+
+def _valid_bank_codes(bank_code: str, branch_code: str) -> bool:
+    """A bank code of 3 ASCII digits and a branch code of 12 that starts with it; either may be left empty,
+    but not the bank of a given branch."""
+    if bank_code and not (len(bank_code) == 3 and bank_code.isascii() and bank_code.isdigit()):
+        return False
+    if branch_code and not (len(branch_code) == 12 and branch_code.isascii() and branch_code.isdigit()):
+        return False
+    return not branch_code or branch_code[:3] == bank_code
 
 
 def _id_range(values: tuple) -> bool:

@@ -276,4 +276,8 @@ class ClearingSnapshot(msgspec.Struct, array_like=True, gc=False):
     deposits: list[Deposit]
     sent_files: list[SentFile]
     bank_imports: list[BankImport]
-    repayments: list[Repayment] = []  # optional and last: snapshots without it decode (see Clearing.snapshot)
+    # Optional and last: a snapshot without them decodes, and a state without them encodes to exactly the
+    # bytes (and hash) earlier versions wrote (see Clearing.snapshot).
+    repayments: list[Repayment] = []
+    bank_codes: list[tuple[int, str, str]] = []  # (participant, bank code, branch code)
+    file_digests: list[tuple[str, str]] = []  # (payout file ref, SHA-256 of the bytes sent)
