@@ -500,8 +500,8 @@ def _trade_view(t: TradeRecord, sides: TradeSides) -> TradeSettlementView:
 
 
 def finances(clearing: Clearing, financier_id: int, trade: TradeRecord) -> bool:
-    """Whether the financier finances the trade for a side that consents to it (it then sees the trade,
-    with that side's private fields only)."""
+    """Whether the financier financed the trade (it then sees the trade: with the private fields of a side
+    that consents to it, else its own loan on it only; see `views.trade_sides`)."""
     return any(trade_sides(clearing, financier_id, trade))
 
 
