@@ -117,7 +117,8 @@ class FundsAccount(IntEnum):
 
 
 class RegisterParticipant(_Command, frozen=True):
-    """Operator: a participant's settlement profile. ``subject_id`` is the id the gateway assigned.
+    """Operator: a participant's settlement profile. ``subject_id`` is the id the gateway assigned (from
+    the ``participants`` table's identity, so that ids never collide with those the database assigns).
 
     ``id_number_masked`` must be masked (contain ``*``): the exchange never stores a full ID number.
     A bank account given here still needs ``VerifyBankAccount``; a poor-household registration
@@ -132,6 +133,14 @@ class RegisterParticipant(_Command, frozen=True):
     poor_registration_no: str = ""
     bank_code: str = ""  # the account's bank (3 digits, CNAPS 行别代码) ...
     branch_code: str = ""  # ... and branch (12 digits, CNAPS 联行号, starting with the bank code)
+    # A registration through the API (gateway.admin): its idempotency reference and the first API key
+    # (the gateway writes the key's row in the batch's transaction, gateway.store.RegistrationWriter). A
+    # repeat of the reference with the same profile answers the registration it made; with another, it
+    # is refused (DUPLICATE_REFERENCE). The secret is in the journal, as it is in the api_keys table:
+    # HMAC needs the secret itself.
+    registration_ref: str = ""
+    api_key: str = ""
+    api_secret: str = ""
 
 
 class UpdateParticipant(_Command, frozen=True):

@@ -4,14 +4,14 @@ The gateway's database (`gateway.store`) assigns participant ids and holds API k
 clearing must know the same participants (role, real name, masked ID number, bank account, poor-household
 registration) before it takes their bids, lots, deposits or payouts. Both are kept in step here:
 
-- `register(port, sender_id, participant_id, profile)`: the journaled `RegisterParticipant` that
-  follows a database registration (`gateway.admin`), sent by the registering operator, answered once
-  it is durable.
+- `register(port, sender_id, participant_id, profile, registration_ref=..., api_key=..., api_secret=...)`:
+  the journaled `RegisterParticipant`, answered once it is durable. An API registration
+  (`gateway.admin`) carries its reference and first key, and the participant's and key's rows commit
+  with the command (`gateway.store.RegistrationWriter`): one durable step, nothing half-done.
 - `sync_from_database(pool, port)`: at start-up, every database participant the core does not know
-  (the bootstrap operator created from the environment, a registration whose core command was lost to
-  a crash between the two writes) is registered from participant 0, the system, which the clearing
-  accepts for operator commands. So the database is the truth about who exists; a registration never
-  stays half-done past a restart.
+  (the bootstrap operator created from the environment, the demo's participants, a registration made
+  before registrations were one step) is registered from participant 0, the system, which the clearing
+  accepts for operator commands.
 
 Routes: `GET /v1/profile` and `PATCH /v1/profile` (your name and bank account; a changed account or name must
 be verified again before the next payout), `GET /v1/consents` and `POST /v1/consents` (a trader lets a
@@ -122,17 +122,24 @@ def check_bank_codes(bank_code: str, branch_code: str) -> None:
         raise ApiError(422, "invalid_participant", "branch_code must start with bank_code (both given)")
 
 
-def _command(sender_id: int, participant_id: int, profile: Profile) -> RegisterParticipant:
+def _command(sender_id: int, participant_id: int, profile: Profile, registration_ref: str = "", api_key: str = "",
+             api_secret: str = "") -> RegisterParticipant:
     return RegisterParticipant(sender_id, 0, participant_id, CORE_ROLE[profile.role], profile.name,
                                profile.id_number_masked, profile.bank_account.strip(),
-                               profile.poor_registration_no.strip(), profile.bank_code, profile.branch_code)
+                               profile.poor_registration_no.strip(), profile.bank_code, profile.branch_code,
+                               registration_ref, api_key, api_secret)
 
 
-async def register(port: ExchangePort, sender_id: int, participant_id: int, profile: Profile) -> None:
-    """Register the participant the database just created in the core; returns once it is durable."""
-    result = await port.submit(_command(sender_id, participant_id, profile))
+async def register(port: ExchangePort, sender_id: int, participant_id: int, profile: Profile, *,
+                   registration_ref: str = "", api_key: str = "", api_secret: str = "") -> None:
+    """Register a participant in the core; returns once it is durable. With `registration_ref` (the API's
+    registrations) the command also carries the first key, whose rows commit with it; without, the
+    participant is one the database already has (the demo's, the start-up sync)."""
+    result = await port.submit(_command(sender_id, participant_id, profile, registration_ref, api_key, api_secret))
     for event in result.events:
         if event.__class__ is Rejected:
+            if registration_ref:  # nothing was written: the client may correct the request or retry it
+                raise rejection(event.reason)
             # check_profile ran first, so this is a disagreement with the core (e.g. the sender is not an
             # operator there yet); the start-up sync registers the participant from the database.
             raise ApiError(503, Code.UNAVAILABLE, f"participant {participant_id} was created but the exchange "

@@ -188,6 +188,7 @@ from exchange.settlement.model import (
     PayableSource,
     Payout,
     PayoutRun,
+    Registration,
     Repayment,
     SentFile,
     SourceKind,
@@ -365,6 +366,7 @@ class Clearing:
         self.repayments: dict[tuple[int, str], Repayment] = {}  # (borrower, repayment ref)
         self.bank_codes: dict[int, tuple[str, str]] = {}  # participant -> (bank code, branch code), when given
         self.file_digests: dict[str, str] = {}  # payout file ref -> SHA-256 of the bytes sent (when recorded)
+        self.registrations: dict[str, Registration] = {}  # registration ref -> what it made
         self._rebuild_indexes()
         self.ledger.create_accounts([_account(int(code), int(code), 0, 0) for code in HOUSE], 0)
 
@@ -582,6 +584,7 @@ class Clearing:
         c.repayments = {(r.borrower_id, r.repayment_ref): r for r in snap.repayments}
         c.bank_codes = {pid: (bank, branch) for pid, bank, branch in snap.bank_codes}
         c.file_digests = dict(snap.file_digests)
+        c.registrations = {r.registration_ref: r for r in snap.registrations}
         c._rebuild_indexes()
         return c
 
@@ -598,7 +601,7 @@ class Clearing:
             by_key(self.runs), by_key(self.withdrawals), by_key(self.deposits), by_key(self.sent_files),
             by_key(self.bank_imports), by_key(self.repayments),
             [(pid, codes[0], codes[1]) for pid, codes in sorted(self.bank_codes.items())],
-            sorted(self.file_digests.items()),
+            sorted(self.file_digests.items()), by_key(self.registrations),
         )  # fmt: skip
 
     def _rebuild_indexes(self) -> None:
@@ -893,6 +896,8 @@ class Clearing:
             return self._reject(cmd, R.NOT_AUTHORIZED, ref, out)
         if not _valid_profile(cmd):
             return self._reject(cmd, R.INVALID_PARTICIPANT, ref, out)
+        if cmd.registration_ref:
+            return self._register_with_reference(cmd, out)
         existing = self.participants.get(cmd.subject_id)
         if existing is not None:
             same = (existing.role, existing.name, existing.id_number_masked) == (cmd.role, cmd.name,
@@ -906,6 +911,30 @@ class Clearing:
         self.participants[cmd.subject_id] = who
         if cmd.bank_code or cmd.branch_code:
             self.bank_codes[cmd.subject_id] = (cmd.bank_code, cmd.branch_code)
+        out.append(self._participant_event(who, cmd.participant_id, cmd.ts_ns))
+        return None
+
+    def _register_with_reference(self, cmd: RegisterParticipant, out: list) -> None:
+        """A registration through the API: once per reference; a repeat with the same profile answers the
+        participant the first one made (whatever id and key the repeat carries), another profile is refused."""
+        ref = cmd.registration_ref
+        digest = _profile_digest(cmd)
+        done = self.registrations.get(ref)
+        if done is not None:
+            if done.profile_digest != digest:
+                return self._reject(cmd, R.DUPLICATE_REFERENCE, ref, out)
+            out.append(self._participant_event(self.participants[done.participant_id], cmd.participant_id, cmd.ts_ns))
+            return None
+        # the key's row is written with the batch (the api_keys table's CHECKs): refused here, never there
+        if (len(ref) > MAX_REF_LEN or not 8 <= len(cmd.api_key) <= 64 or len(cmd.api_secret) < 16
+                or cmd.subject_id in self.participants):
+            return self._reject(cmd, R.INVALID_PARTICIPANT, ref, out)
+        who = Participant(cmd.subject_id, cmd.role, cmd.name.strip(), cmd.id_number_masked, cmd.bank_account.strip(),
+                          False, cmd.poor_registration_no.strip(), False)
+        self.participants[cmd.subject_id] = who
+        if cmd.bank_code or cmd.branch_code:
+            self.bank_codes[cmd.subject_id] = (cmd.bank_code, cmd.branch_code)
+        self.registrations[ref] = Registration(ref, cmd.subject_id, digest, cmd.api_key, cmd.ts_ns)
         out.append(self._participant_event(who, cmd.participant_id, cmd.ts_ns))
         return None
 
@@ -2040,6 +2069,13 @@ def _valid_profile(cmd: RegisterParticipant) -> bool:
         and (not cmd.poor_registration_no or cmd.role == ROLE.FARMER)
         and _valid_bank_codes(cmd.bank_code, cmd.branch_code)
     )
+
+
+def _profile_digest(cmd: RegisterParticipant) -> str:
+    """What a repeat of a registration must have in common with it: the profile, not the id or key."""
+    profile = (int(cmd.role), cmd.name, cmd.id_number_masked, cmd.bank_account, cmd.poor_registration_no,
+               cmd.bank_code, cmd.branch_code)
+    return hashlib.blake2b(_ENCODER.encode(profile), digest_size=16).hexdigest()
 
 
 def _valid_bank_codes(bank_code: str, branch_code: str) -> bool:
