@@ -67,7 +67,7 @@ class KeyRevoked(msgspec.Struct, frozen=True):
 
 
 @routes.post("/v1/admin/participants", roles=OPERATORS, body=RegisterParticipant,
-             response=store.IssuedKey, status=201)
+             response=store.IssuedKey, status=201, errors=(409,))
 async def register_participant(call: Call, body: RegisterParticipant) -> store.IssuedKey:
     """Register a participant with its role and profile, in one durable step; its API key and secret are
     returned. The same `registration_ref` again (after a 503 or a timeout) returns the same participant
