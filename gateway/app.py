@@ -34,6 +34,7 @@ from gateway import (
     opsmetrics,
     orders,
     participants,
+    requestlog,
     settlement,
     store,
     system,
@@ -67,7 +68,9 @@ def create_app(
 ) -> web.Application:
     """A ready-to-run application; nothing touches the network until it is started."""
     metrics = Metrics()
-    app = web.Application(middlewares=[error_middleware(metrics)], client_max_size=config.max_body_bytes)
+    # requestlog outermost: it logs the final answer, errors included, with its request id
+    app = web.Application(middlewares=[requestlog.middleware, error_middleware(metrics)],
+                          client_max_size=config.max_body_bytes)
     app[CONFIG] = config
     app[METRICS] = metrics
     app[READINESS] = Readiness()

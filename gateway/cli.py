@@ -38,7 +38,7 @@ import msgspec
 from aiohttp import web
 
 from exchange import store
-from gateway import simulate
+from gateway import requestlog, simulate
 from gateway.app import create_app
 from gateway.auth import wall_clock_ms
 from gateway.client import signed_headers
@@ -87,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "simulate":
         return _simulate(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    requestlog.configure()
     try:
         config = GatewayConfig.from_env(host=args.host, port=args.port, demo=args.demo or None)
     except ConfigError as exc:

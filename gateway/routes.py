@@ -32,6 +32,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import ApiError, Code
 from gateway.metrics import Metrics
 from gateway.ratelimit import TokenBuckets
+from gateway.requestlog import PRINCIPAL
 from gateway.state import CONFIG, HUB, METRICS, POOL, READINESS, Readiness
 from gateway.ws import Hub
 
@@ -212,6 +213,7 @@ def _endpoint(route: Route, auth: Authenticator, limiter: TokenBuckets,
         principal = None
         if roles is not None:
             principal = await auth.authenticate(request.method, request.raw_path, request.headers, raw, admit)
+            request[PRINCIPAL] = principal  # for the request log (gateway.requestlog)
         kwargs: dict[str, Any] = {}
         if body_decoder is not None:
             kwargs["body"] = _decode_body(body_decoder, request, raw)
