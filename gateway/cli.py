@@ -1,6 +1,6 @@
 """The `hogx` command line (also `python -m gateway`).
 
-    hogx serve [--host 127.0.0.1] [--port 8080] [--demo [--simulate]]
+    hogx serve [--host 127.0.0.1] [--port 8080] [--demo [--simulate]] [--request-log -|FILE]
     hogx sign [--key K] [--secret S] METHOD PATH [BODY]
     hogx simulate [--url http://127.0.0.1:8080] [--farmers N] [--buyers M] [--minutes T] [--speed X] [--seed S]
 
@@ -59,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--simulate", action="store_true",
                        help="with --demo: also simulate traders against this server until it stops")
     serve.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    serve.add_argument("--request-log", default="-",
+                       help="where the JSON request log goes: - for stderr (default) or a file to append to")
     sim = commands.add_parser("simulate", help="drive a running exchange with simulated traders")
     sim.add_argument("--url", default=os.environ.get("HOGX_URL", "http://127.0.0.1:8080"),
                           help="the exchange (default $HOGX_URL or http://127.0.0.1:8080); nothing else is called")
@@ -87,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "simulate":
         return _simulate(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    requestlog.configure()
+    requestlog.configure(args.request_log)
     try:
         config = GatewayConfig.from_env(host=args.host, port=args.port, demo=args.demo or None)
     except ConfigError as exc:

@@ -13,7 +13,7 @@ metrics), `participant_id` is the authenticated participant (null when the reque
 authentication or the route is public), `code` the error code of a 4xx/5xx answer (null otherwise). Nothing
 else of the request is logged: no headers (keys, signatures), no body (ID numbers, bank accounts, amounts),
 no query string. WebSocket messages are not requests and are not logged here. `hogx serve` writes these
-lines to stderr as they are (the other logs keep their plain format).
+lines as they are to stderr, or to the file `--request-log` names (the other logs keep their plain format).
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ import datetime as dt
 import logging
 import os
 import re
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Final
 
 import msgspec
@@ -97,9 +99,14 @@ async def middleware(request: web.Request, handler: _Handler) -> web.StreamRespo
     return response
 
 
-def configure(stream: object = None) -> None:
-    """Write the request log's lines as they are (JSON), to stderr, apart from the other logs' format."""
-    handler = logging.StreamHandler(stream)  # type: ignore[arg-type]
+def configure(target: str = "-") -> None:
+    """Write the request log's lines as they are (JSON), apart from the other logs' format: to stderr
+    (`-`) or appended to the file `target`."""
+    if target == "-":
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+    else:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(target, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(message)s"))
     _log.addHandler(handler)
     _log.setLevel(logging.INFO)
