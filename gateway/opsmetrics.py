@@ -216,31 +216,42 @@ def _gather(index: _Index) -> _Figures:
     return figures
 
 
+# Account codes as plain ints: the walk below compares every account's code, and an enum member's
+# class-attribute lookup costs more than the comparison.
+_ESCROW: Final = int(AccountCode.ESCROW)
+_SUBSIDY: Final = int(AccountCode.POVERTY_SUBSIDY_FUND)
+_PAYABLE: Final = int(AccountCode.FARMER_PAYABLE)
+_DEBIT_NORMAL: Final = frozenset(int(c) for c in (AccountCode.LOANS_RECEIVABLE, AccountCode.INTEREST_RECEIVABLE,
+                                                  AccountCode.BANK_SETTLEMENT))
+
+
 def _gather_accounts(ledger: Any, poor: set[int], figures: _Figures, poor_payees: list[int]) -> None:
     """One pass over the ledger's accounts (a few per participant): balances by kind, the payout queue,
     and the ledger's debits minus credits. The ledger's own records are read, not copies: read only."""
-    accounts = ledger._accounts.values()
     by_code = figures.by_code_fen
-    for a in accounts:
+    posted = pending = 0
+    for a in ledger._accounts.values():
         code = a.code
         dp, dpost, cp, cpost = a.debits_pending_fen, a.debits_posted_fen, a.credits_pending_fen, a.credits_posted_fen
-        figures.imbalance_posted_fen += dpost - cpost
-        figures.imbalance_pending_fen += dp - cp
-        balance = dpost - cpost if code in (AccountCode.LOANS_RECEIVABLE, AccountCode.INTEREST_RECEIVABLE,
-                                             AccountCode.BANK_SETTLEMENT) else cpost - dpost
-        by_code[code] = by_code.get(code, 0) + balance
-        if code == AccountCode.ESCROW:
-            figures.escrow_holds_fen += cp
-        elif code == AccountCode.POVERTY_SUBSIDY_FUND:
-            figures.subsidy_available_fen += cpost - dpost - dp
-        elif code == AccountCode.FARMER_PAYABLE:
+        posted += dpost - cpost
+        pending += dp - cp
+        by_code[code] = by_code.get(code, 0) + (dpost - cpost if code in _DEBIT_NORMAL else cpost - dpost)
+        if code == _PAYABLE:
             available = cpost - dpost - dp  # what is not already in a payout
             if available > 0:
-                priority = "poor_household" if a.owner_id in poor else "other"
-                figures.queue_payees[priority] += 1
-                figures.queue_fen[priority] += available
-                if priority == "poor_household":
-                    poor_payees.append(a.owner_id)
+                owner = a.owner_id
+                if owner in poor:
+                    figures.queue_payees["poor_household"] += 1
+                    figures.queue_fen["poor_household"] += available
+                    poor_payees.append(owner)
+                else:
+                    figures.queue_payees["other"] += 1
+                    figures.queue_fen["other"] += available
+        elif code == _ESCROW:
+            figures.escrow_holds_fen += cp
+        elif code == _SUBSIDY:
+            figures.subsidy_available_fen += cpost - dpost - dp
+    figures.imbalance_posted_fen, figures.imbalance_pending_fen = posted, pending
 
 
 _Gauge = Callable[..., None]
