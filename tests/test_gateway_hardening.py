@@ -21,7 +21,7 @@ from aiohttp import WSMsgType
 
 from gateway.auth import Role
 from gateway.inputs import has_duplicate_keys
-from gateway.testing import Exchange, Trader, running_exchange
+from gateway.testing import Exchange, running_exchange
 
 _symbols = itertools.count(1)
 
