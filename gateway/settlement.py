@@ -883,6 +883,8 @@ class FinancierPortfolio(msgspec.Struct, frozen=True):
     financier_id: int
     exposure_fen: int
     clients: list[FinancierView]
+    interest_earned_fen: int  # over every client: the financier's interest income, and what it collected
+    interest_collected_fen: int
 
 
 class LoanPage(msgspec.Struct, frozen=True):
@@ -935,7 +937,8 @@ async def list_clients(call: Call) -> FinancierPortfolio:
     you (`consented` false: consent withdrawn, its line takes no new holds)."""
     financier = call.principal.participant_id
     views = financier_portfolio(clearing_of(call), financier)
-    return FinancierPortfolio(financier, sum(v.exposure_fen for v in views), views)
+    return FinancierPortfolio(financier, sum(v.exposure_fen for v in views), views,
+                              sum(v.interest_earned_fen for v in views), sum(v.interest_collected_fen for v in views))
 
 
 @routes.get("/v1/financing/clients/{participant_id}", roles=FINANCIERS, params=ClientPath,
