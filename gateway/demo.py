@@ -34,7 +34,7 @@ from exchange.commands import (
     VerifyBankAccount,
     VerifyPoorHousehold,
 )
-from exchange.domain import BreedClass, InstrumentSpec, OrderType, ProductClass, Side, TimeInForce
+from exchange.domain import BreedClass, InstrumentSpec, OrderType, ProductClass, QuarantineRegion, Side, TimeInForce
 from exchange.events import Rejected
 from exchange.settlement.clearing import SYSTEM_ID
 from gateway import participants, store
@@ -44,13 +44,17 @@ from gateway.exchange_port import ExchangePort
 
 __all__ = ["DEMO_INSTRUMENTS", "DemoParticipant", "seed"]
 
+# Chinese quarantine certificates (checked at lot registration and matched at the weigh-in); unfasted
+# finishing hogs lose 2 % of their live weight.
 DEMO_INSTRUMENTS = (
     InstrumentSpec("RC-LH-WSY", ProductClass.FINISHING_HOG, BreedClass.WAI_SAN_YUAN, "Rongchang, Chongqing",
-                   100_000, 120_000, 90_000, 140_000, 10, 1, 500, 400, 2800),
+                   100_000, 120_000, 90_000, 140_000, 10, 1, 500, 400, 2800,
+                   quarantine_region=QuarantineRegion.CN, shrink_bps=200),
     InstrumentSpec("RC-LH-NSY", ProductClass.FINISHING_HOG, BreedClass.NEI_SAN_YUAN, "Rongchang, Chongqing",
-                   100_000, 120_000, 90_000, 140_000, 10, 1, 500, 400, 2700),
+                   100_000, 120_000, 90_000, 140_000, 10, 1, 500, 400, 2700,
+                   quarantine_region=QuarantineRegion.CN, shrink_bps=200),
     InstrumentSpec("RC-PG-WSY", ProductClass.PIGLET, BreedClass.WAI_SAN_YUAN, "Rongchang, Chongqing",
-                   15_000, 30_000, 10_000, 35_000, 100, 1, 1000, 400, 82_100),
+                   15_000, 30_000, 10_000, 35_000, 100, 1, 1000, 400, 82_100, quarantine_region=QuarantineRegion.CN),
 )
 
 _PARTICIPANTS = (
@@ -150,9 +154,9 @@ async def seed(pool: asyncpg.Pool, port: ExchangePort) -> list[DemoParticipant]:
     for spec in DEMO_INSTRUMENTS:
         if spec.symbol not in port.read_model.instruments:
             await port.submit(ListInstrument(operator.participant_id, 0, spec))
-    farm_lot = await _lot(port, farmer, "RC-LH-WSY", 200, 112_000, "渝动检 5001530001")
-    coop_lot = await _lot(port, coop, "RC-LH-WSY", 500, 108_000, "渝动检 5001530002")
-    piglet_lot = await _lot(port, coop, "RC-PG-WSY", 300, 22_000, "渝动检 5001530003")
+    farm_lot = await _lot(port, farmer, "RC-LH-WSY", 200, 112_000, "5001530001")
+    coop_lot = await _lot(port, coop, "RC-LH-WSY", 500, 108_000, "5001530002")
+    piglet_lot = await _lot(port, coop, "RC-PG-WSY", 300, 22_000, "5001530003")
     await _order(port, farmer, "demo-farmer-1", "RC-LH-WSY", Side.SELL, 2810, 30, farm_lot)
     await _order(port, coop, "demo-coop-1", "RC-LH-WSY", Side.SELL, 2830, 50, coop_lot)
     await _order(port, coop, "demo-coop-2", "RC-PG-WSY", Side.SELL, 82_500, 100, piglet_lot)
