@@ -116,6 +116,13 @@ def _yuan(fen: int) -> str:
     return f"¥{fen // 100:,}.{fen % 100:02d}"
 
 
+def _cert(seller_id: int) -> str:
+    """The quarantine certificate of every load of a simulated seller: a Chinese certificate number (10
+    digits under Chongqing's province code 50), as the demo market's instruments require of lots and
+    weigh-ins (exchange/settlement/rules.py)."""
+    return f"50015{seller_id % 100_000:05d}"
+
+
 @dataclass
 class _Market:
     symbol: str
@@ -293,7 +300,7 @@ class Simulation:
             heads = rng.randint(50, 300)
             reply = await self._call(seller.client, "POST", "/v1/lots", {
                 "instrument": market.symbol, "heads": heads, "avg_weight_g": avg_g, "origin": "荣昌区, 重庆",
-                "quarantine_cert": f"渝动检 {rng.randint(5001530000, 5001539999)}"})
+                "quarantine_cert": _cert(seller.participant_id)})
             if reply is None:
                 return
             lot = seller.lots[market.symbol] = [int(reply.json()["lot_id"]), heads]
@@ -375,9 +382,10 @@ class Simulation:
                     else market.lot_min_g - rng.randint(1_000, 5_000)
             outside = not market.lot_min_g <= avg_g <= market.lot_max_g
             who = seen.seller or self.operator_trader
+            seller_id = seen.seller.participant_id if seen.seller else await self._seller_of(trade_id)
             reply = await self._call(who.client, "POST", f"/v1/trades/{trade_id}/weigh-in", {
                 "heads_delivered": seen.heads, "total_weight_g": seen.heads * avg_g,
-                "quarantine_cert": "渝动检 5001530001", "quarantine_checked": True})
+                "quarantine_cert": _cert(seller_id), "quarantine_checked": True})
             if reply is None:
                 continue
             view = reply.json()
@@ -396,6 +404,11 @@ class Simulation:
                                                           {"reason": "体重与单据不符"}) is not None:
                 self.summary.disputes += 1
                 self.disputed.append(trade_id)
+
+    async def _seller_of(self, trade_id: int) -> int:
+        """The trade's seller, as an operator sees it (the seller's own order report did not name the trade)."""
+        reply = await self._call(self.operator, "GET", f"/v1/trades/{trade_id}/settlement")
+        return int(reply.json()["seller_id"]) if reply is not None else 0
 
     @property
     def operator_trader(self) -> _Trader:
