@@ -500,8 +500,8 @@ def _trade_view(t: TradeRecord, sides: TradeSides) -> TradeSettlementView:
 
 
 def finances(clearing: Clearing, financier_id: int, trade: TradeRecord) -> bool:
-    """Whether the financier finances the trade for a side that consents to it (it then sees the trade,
-    with that side's private fields only)."""
+    """Whether the financier financed the trade (it then sees the trade: with the private fields of a side
+    that consents to it, else its own loan on it only; see `views.trade_sides`)."""
     return any(trade_sides(clearing, financier_id, trade))
 
 
@@ -879,6 +879,8 @@ class FinancierPortfolio(msgspec.Struct, frozen=True):
     financier_id: int
     exposure_fen: int
     clients: list[FinancierView]
+    interest_earned_fen: int  # over every client: the financier's interest income, and what it collected
+    interest_collected_fen: int
 
 
 class LoanPage(msgspec.Struct, frozen=True):
@@ -931,7 +933,8 @@ async def list_clients(call: Call) -> FinancierPortfolio:
     you (`consented` false: consent withdrawn, its line takes no new holds)."""
     financier = call.principal.participant_id
     views = financier_portfolio(clearing_of(call), financier)
-    return FinancierPortfolio(financier, sum(v.exposure_fen for v in views), views)
+    return FinancierPortfolio(financier, sum(v.exposure_fen for v in views), views,
+                              sum(v.interest_earned_fen for v in views), sum(v.interest_collected_fen for v in views))
 
 
 @routes.get("/v1/financing/clients/{participant_id}", roles=FINANCIERS, params=ClientPath,
