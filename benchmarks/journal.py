@@ -211,7 +211,8 @@ async def run_raw_copy(dsn: str, chunk: int) -> dict[str, float]:
         postings = [tuple(r) for r in await conn.fetch(
             f"SELECT {', '.join(POSTING_COLUMNS)} FROM ledger_transfers ORDER BY seq, transfer_id")]
         # partitioned like the journal (by day, migration 0013), the rows in one partition keyed on seq
-        await conn.execute("CREATE TABLE journal_copy (LIKE journal INCLUDING ALL) PARTITION BY RANGE (ts_ns)")
+        await conn.execute("CREATE TABLE journal_copy (LIKE journal INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
+                           "INCLUDING STORAGE INCLUDING COMPRESSION) PARTITION BY RANGE (ts_ns)")
         await conn.execute("CREATE TABLE journal_copy_day PARTITION OF journal_copy (PRIMARY KEY (seq) "
                            "WITH (fillfactor = 100)) FOR VALUES FROM (MINVALUE) TO (MAXVALUE)")
         await conn.execute("CREATE TABLE ledger_transfers_copy (LIKE ledger_transfers INCLUDING ALL)")
