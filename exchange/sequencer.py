@@ -393,7 +393,7 @@ async def recover(
 
 def restore_snapshot(snapshot: store.Snapshot, core_type: CoreFactory = new_exchange) -> Core:
     """The core of `snapshot`; `RecoveryError` if it does not restore to the state hash recorded with it.
-    (`store.archive_journal` takes `lambda s: restore_snapshot(s)` to check the snapshot it relies on.)"""
+    (`hogx archive` hands it to `store.archive_journal` to check the snapshot archival relies on.)"""
     core = getattr(core_type, "from_snapshot", Core.from_snapshot)(snapshot.state)
     restored_hash = core.state_hash()
     if restored_hash != snapshot.state_hash:
