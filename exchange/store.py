@@ -481,6 +481,8 @@ async def archive_journal(
         raise ArchiveRefused("there is no snapshot: recovery needs the whole journal")
     if verify_snapshot is not None:
         verify_snapshot(snapshot)
+    # in time order: a day after the snapshot's is never reached, the snapshot's own day (it holds the
+    # snapshot's row) is refused first, so no day that may still get rows is ever archived
     chosen = [p for p in await journal_partitions(conn) if p.to_ns <= before_ns]
     spans = []
     for partition in chosen:
