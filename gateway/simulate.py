@@ -11,13 +11,14 @@ exchange rejects), some resting bids are cancelled; trades are weighed in a few 
 realistic weight spread (about one in ten lots outside the grade's band), a few are disputed (an operator
 resolves them at 2 % less) or rejected when out of grade, the financier advances part of some trades, the
 operator confirms buyers' top-up deposits, runs payouts, sends the bank file and imports the bank's
-confirmations (about one payout in ten fails and is retried at the next run). Auctions are not simulated.
+confirmations (about one payout in ten fails and is retried at the next run); now and then an operator
+runs a call auction on one market (orders collect for a few rounds, then it is uncrossed).
 
 Every request is signed (`gateway.client.SignedClient`) and goes to `--url` only. The run is bounded: it
 stops after `--minutes` of wall time or `--max-requests` requests, whichever comes first (and when
 cancelled, e.g. with the server it runs beside: `hogx serve --demo --simulate`). It prints a progress
 line while it runs and a summary at the end: orders, trades, heads, value, weigh-ins, disputes,
-advances, deposits, payouts, and rejects by reason. `--seed` makes the choices repeatable (the
+advances, deposits, call auctions, payouts, and rejects by reason. `--seed` makes the choices repeatable (the
 exchange's answers still depend on timing).
 
 Settlement needs the instrument's dispute window to pass (48 h by default): on such instruments the
@@ -81,6 +82,8 @@ class Summary:
     delivery_rejections: int = 0
     advances: int = 0
     deposits: int = 0
+    auctions: int = 0  # call auctions started and uncrossed
+    auction_trades: int = 0
     payout_runs: int = 0
     payouts_sent: int = 0
     payouts_confirmed: int = 0
@@ -104,7 +107,8 @@ class Summary:
             f"  trades {self.trades}, heads {self.heads}, value {_yuan(self.value_fen)} (weighed in)",
             f"  weigh-ins {self.weigh_ins} ({self.weigh_ins_outside_band} outside the band), disputes {self.disputes} "
             f"(resolved {self.disputes_resolved}), deliveries rejected {self.delivery_rejections}",
-            f"  advances {self.advances}, deposits {self.deposits}",
+            f"  advances {self.advances}, deposits {self.deposits}, call auctions {self.auctions} "
+            f"({self.auction_trades} trades at the uncross)",
             f"  payout runs {self.payout_runs}, payouts sent {self.payouts_sent}: confirmed {self.payouts_confirmed} "
             f"({_yuan(self.payouts_confirmed_fen)}), failed {self.payouts_failed}",
             f"  rejects by reason: {rejects}",
@@ -184,6 +188,7 @@ class Simulation:
         self.trades: dict[int, _TradeSeen] = {}
         self.disputed: list[int] = []
         self.failed_payouts: list[int] = []
+        self.auction: tuple[_Market, int] | None = None  # the market in a call auction, since which round
         self._refs = 0
         self.round_no = 0
 
@@ -288,6 +293,8 @@ class Simulation:
             actions.append(lambda: self._deposit(rng.choice(self.buyers).participant_id, "trading_cash", 20_000_000))
         if self.round_no % 30 == 0:
             actions.append(self._payouts)
+        if self.round_no % 60 == 20 or (self.auction is not None and self.round_no - self.auction[1] >= 8):
+            actions.append(self._call_auction)
         for action in actions:
             if self._budget_left():
                 await action()
@@ -409,6 +416,39 @@ class Simulation:
         """The trade's seller, as an operator sees it (the seller's own order report did not name the trade)."""
         reply = await self._call(self.operator, "GET", f"/v1/trades/{trade_id}/settlement")
         return int(reply.json()["seller_id"]) if reply is not None else 0
+
+    async def _call_auction(self) -> None:
+        """Now and then a call auction on one market: orders collect for 8 rounds, then the operator uncrosses
+        it; its trades (no taker side) are read back from the market's public trades."""
+        if self.auction is None:
+            market = self.rng.choice(self.markets)
+            if await self._call(self.operator, "POST", f"/v1/instruments/{market.symbol}/auction") is not None:
+                self.auction = (market, self.round_no)
+            return
+        market, self.auction = self.auction[0], None
+        if await self._call(self.operator, "POST", f"/v1/instruments/{market.symbol}/uncross") is None:
+            return
+        self.summary.auctions += 1
+        cursor = ""
+        for _ in range(20):  # newest first, back to the first trade already seen
+            reply = await self._call(self.operator, "GET", f"/v1/markets/{market.symbol}/trades?limit=100{cursor}")
+            if reply is None:
+                return
+            page = reply.json()
+            for trade in page["trades"]:
+                trade_id = int(trade["trade_id"])
+                if trade_id in self.trades:
+                    return
+                if trade["taker_side"] is not None:  # a continuous trade someone else made since
+                    continue
+                self.trades[trade_id] = _TradeSeen(market.symbol, int(trade["quantity_heads"]),
+                                                   int(trade["price_fen"]), self.round_no)
+                self.summary.trades += 1
+                self.summary.auction_trades += 1
+                self.summary.heads += int(trade["quantity_heads"])
+            if page["next_cursor"] is None:
+                return
+            cursor = f"&cursor={page['next_cursor']}"
 
     @property
     def operator_trader(self) -> _Trader:

@@ -55,6 +55,7 @@ async def test_a_short_simulation_agrees_with_the_exchange(fresh_database_url: A
     assert summary.payouts_failed == sum(p.attempt - 1 for p in payouts) + sum(
         p.state == PayoutState.FAILED for p in payouts)
     assert summary.payout_runs >= 1 and summary.weigh_ins_outside_band <= summary.weigh_ins
+    assert summary.auctions >= 1  # the first started at round 20, uncrossed at round 28
     assert summary.orders == _counter_sum(metrics, "hogx_orders_received_total")
     assert sum(summary.order_rejects.values()) == _counter_sum(metrics, "hogx_orders_rejected_total")
     text = out.getvalue()
