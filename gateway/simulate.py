@@ -120,13 +120,6 @@ def _yuan(fen: int) -> str:
     return f"¥{fen // 100:,}.{fen % 100:02d}"
 
 
-def _cert(seller_id: int) -> str:
-    """The quarantine certificate of every load of a simulated seller: a Chinese certificate number (10
-    digits under Chongqing's province code 50), as the demo market's instruments require of lots and
-    weigh-ins (exchange/settlement/rules.py)."""
-    return f"50015{seller_id % 100_000:05d}"
-
-
 @dataclass
 class _Market:
     symbol: str
@@ -139,6 +132,11 @@ class _Market:
     lot_max_g: int
     max_heads: int
     mid_fen: float = 0.0
+    # The quarantine certificate of every simulated load on this market: a Chinese certificate number (10
+    # digits under Chongqing's province code 50), as the demo market's instruments require of lots and the
+    # lot's at the weigh-in (exchange/settlement/rules.py); one per market, so a weigh-in of a trade whose
+    # seller the simulation did not see (an auction's) still names its lot's.
+    cert: str = "5001530001"
 
     def price(self, ticks: int) -> int:
         price = int(round(self.mid_fen / self.tick_fen) + ticks) * self.tick_fen
@@ -227,6 +225,7 @@ class Simulation:
                              view["tick_fen"], view["band_low_fen"], view["band_high_fen"], view["lot_avg_min_g"],
                              view["lot_avg_max_g"], min(view["max_order_heads"], 50))
             market.mid_fen = float(view["reference_price_fen"])
+            market.cert = f"50015{len(self.markets) + 30001:05d}"
             self.markets.append(market)
         if not self.markets:
             raise RuntimeError("no instrument in continuous trading to simulate on")
@@ -307,7 +306,7 @@ class Simulation:
             heads = rng.randint(50, 300)
             reply = await self._call(seller.client, "POST", "/v1/lots", {
                 "instrument": market.symbol, "heads": heads, "avg_weight_g": avg_g, "origin": "荣昌区, 重庆",
-                "quarantine_cert": _cert(seller.participant_id)})
+                "quarantine_cert": market.cert})
             if reply is None:
                 return
             lot = seller.lots[market.symbol] = [int(reply.json()["lot_id"]), heads]
@@ -389,10 +388,9 @@ class Simulation:
                     else market.lot_min_g - rng.randint(1_000, 5_000)
             outside = not market.lot_min_g <= avg_g <= market.lot_max_g
             who = seen.seller or self.operator_trader
-            seller_id = seen.seller.participant_id if seen.seller else await self._seller_of(trade_id)
             reply = await self._call(who.client, "POST", f"/v1/trades/{trade_id}/weigh-in", {
                 "heads_delivered": seen.heads, "total_weight_g": seen.heads * avg_g,
-                "quarantine_cert": _cert(seller_id), "quarantine_checked": True})
+                "quarantine_cert": market.cert, "quarantine_checked": True})
             if reply is None:
                 continue
             view = reply.json()
@@ -411,11 +409,6 @@ class Simulation:
                                                           {"reason": "体重与单据不符"}) is not None:
                 self.summary.disputes += 1
                 self.disputed.append(trade_id)
-
-    async def _seller_of(self, trade_id: int) -> int:
-        """The trade's seller, as an operator sees it (the seller's own order report did not name the trade)."""
-        reply = await self._call(self.operator, "GET", f"/v1/trades/{trade_id}/settlement")
-        return int(reply.json()["seller_id"]) if reply is not None else 0
 
     async def _call_auction(self) -> None:
         """Now and then a call auction on one market: orders collect for 8 rounds, then the operator uncrosses
