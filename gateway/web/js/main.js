@@ -21,7 +21,7 @@ const PAGES = {
 };
 const HOME = { farmer: "farmer", cooperative: "farmer", buyer: "buyer", financier: "financier", operator: "operator" };
 
-const state = { session: null, current: null };
+const state = { session: null, current: null, generation: 0 };
 
 async function loadSession() {
   try {
@@ -62,6 +62,7 @@ async function signOut() {
 }
 
 export async function route() {
+  const generation = ++state.generation; // a later navigation wins over a page still loading
   const [name, ...rest] = location.hash.replace(/^#\/?/, "").split("/");
   let page = PAGES[name] ? name : "market";
   const entry = PAGES[page];
@@ -78,9 +79,13 @@ export async function route() {
     session: state.session, args: rest, page,
     signedIn: async () => { await loadSession(); location.hash = `#/${HOME[state.session.role]}`; },
   };
+  const module = state.current;
   try {
-    main.replaceChildren(await state.current.render(ctx));
+    const content = await module.render(ctx);
+    if (generation === state.generation) main.replaceChildren(content);
+    else if (module !== state.current && module.stop) module.stop(); // its feed must not outlive it
   } catch (error) {
+    if (generation !== state.generation) return;
     if (error instanceof ApiError && error.status === 401) {
       state.session = null;
       location.hash = "#/signin";

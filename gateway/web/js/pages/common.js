@@ -42,17 +42,29 @@ export function balancesSection() {
   }, "balances");
 }
 
-// Trades with their settlement; `actions(trade, reload)` adds what this role may do with each.
+// Trades with their settlement; `actions(trade, reload)` adds what this role may do with each. A
+// form already on screen for a trade is kept across reloads, so what a person is typing survives a
+// live update.
 export function tradesSection(title, actions, id = "trades") {
+  const kept = new Map();
   return section(title, async (reload) => {
     const page = await get("/v1/settlement/trades?limit=50");
+    const forms = [];
+    const seen = new Set();
+    for (const trade of page.trades) {
+      const key = `${trade.trade_id}:${trade.state}`;
+      seen.add(key);
+      if (!kept.has(key)) kept.set(key, actions(trade, reload) || null);
+      if (kept.get(key)) forms.push(kept.get(key));
+    }
+    for (const key of [...kept.keys()]) if (!seen.has(key)) kept.delete(key);
     return h("div", {}, table([
       { label: t("trades.trade"), value: (r) => r.trade_id },
       { label: t("market.price"), value: (r) => `${yuan(r.price_fen)} × ${r.heads}`, num: true },
       { label: t("trades.state"), value: (r) => h("span", { class: "badge", "data-trade-state": r.state }, r.state) },
       { label: t("common.amount"), value: (r) => (r.amount_fen ? yuan(r.amount_fen) : "—"), num: true },
       { label: t("weigh.weight"), value: (r) => (r.total_weight_g ? kg(r.total_weight_g) : "—"), num: true },
-    ], page.trades), page.trades.map((r) => actions(r, reload)).filter(Boolean));
+    ], page.trades), forms);
   }, id);
 }
 

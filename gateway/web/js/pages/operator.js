@@ -16,7 +16,7 @@ export async function render() {
       { label: t("op.participant_id"), value: (p) => p.participant_id },
       { label: t("op.role"), value: (p) => t(`role.${p.role}`) },
       { label: t("op.name"), value: (p) => p.name },
-      { label: t("common.actions"), value: (p) => h("span", {},
+      { label: t("common.actions"), value: (p) => h("span", { "data-participant": p.participant_id },
         button(t("op.invite"), () => invite(p, invitations)), " ",
         button(t("op.people"), () => people(p, invitations, reload))) },
     ], list);
