@@ -154,7 +154,7 @@ class Driver:
 
     async def browser(self, *, phone: bool) -> Browser:
         """A new Chromium with its own profile, its viewport 360 x 740 (phone) or 1280 x 800."""
-        profile = tempfile.TemporaryDirectory(prefix="hogx-chromium-")
+        profile = tempfile.TemporaryDirectory(prefix="hogx-chromium-", ignore_cleanup_errors=True)
         self._profiles.append(profile)
         options: dict[str, Any] = {
             "binary": CHROMIUM,

@@ -22,6 +22,7 @@ export default {
   "sell.title": "Sell", "sell.lot": "Lot", "sell.heads": "Heads to sell", "sell.price": "Price (¥)",
   "sell.submit": "Offer",
   "orders.title": "My orders", "orders.side": "Side", "orders.price": "Price (¥)", "orders.qty": "Quantity",
+  "side.buy": "buy", "side.sell": "sell",
   "orders.filled": "Filled", "orders.status": "Status",
   "deliveries.title": "Deliveries to weigh in", "weigh.heads": "Heads delivered", "weigh.weight": "Total live weight (kg)",
   "weigh.cert": "Quarantine certificate no.", "weigh.checked": "Certificate and ear tags checked", "weigh.submit": "Record weigh-in",

@@ -22,6 +22,7 @@ export default {
   "sell.title": "挂牌出售", "sell.lot": "批次", "sell.heads": "出售头数", "sell.price": "价格 (元)",
   "sell.submit": "挂牌",
   "orders.title": "我的委托", "orders.side": "方向", "orders.price": "价格 (元)", "orders.qty": "数量",
+  "side.buy": "买", "side.sell": "卖",
   "orders.filled": "成交", "orders.status": "状态",
   "deliveries.title": "待过磅交割", "weigh.heads": "交付头数", "weigh.weight": "总活重 (公斤)",
   "weigh.cert": "检疫证明编号", "weigh.checked": "已核对检疫证明和耳标", "weigh.submit": "记录过磅",

@@ -19,7 +19,7 @@ export function ordersSection() {
     const page = await get("/v1/orders?limit=50");
     return table([
       { label: t("common.id"), value: (o) => o.order_id },
-      { label: t("orders.side"), value: (o) => `${o.side} ${o.instrument}` },
+      { label: t("orders.side"), value: (o) => t(`side.${o.side}`) },
       { label: t("orders.price"), value: (o) => yuan(o.price_fen), num: true },
       { label: t("orders.qty"), value: (o) => heads(o.quantity_heads, t), num: true },
       { label: t("orders.filled"), value: (o) => heads(o.filled_heads, t), num: true },

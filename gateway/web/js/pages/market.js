@@ -63,7 +63,7 @@ async function show(body, instrument) {
     const bids = sorted(levels.bids, true), asks = sorted(levels.asks, false);
     const rows = [];
     for (let i = 0; i < Math.max(bids.length, asks.length); i++) rows.push([bids[i], asks[i]]);
-    bookBox.replaceChildren(depth(bids, asks, t("market.book")), table([
+    bookBox.replaceChildren(bids.length || asks.length ? depth(bids, asks, t("market.book")) : "", table([
       { label: t("market.bids"), value: (r) => (r[0] ? `${yuan(r[0][0])} × ${r[0][1]}` : ""), num: true },
       { label: t("market.asks"), value: (r) => (r[1] ? `${yuan(r[1][0])} × ${r[1][1]}` : ""), num: true },
     ], rows));
