@@ -18,13 +18,14 @@ from typing import Final
 
 from aiohttp import web
 
-__all__ = ["CSP", "WEB_ROOT", "install"]
+__all__ = ["CSP", "ROUTE_NAMES", "WEB_ROOT", "install"]
 
 WEB_ROOT: Final = Path(__file__).with_name("web")
 CSP: Final = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
               "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 _TYPES: Final = {".html": "text/html", ".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml",
                  ".json": "application/json", ".png": "image/png", ".ico": "image/x-icon"}
+ROUTE_NAMES: Final = ("web_index", "web_static")  # pages and files, not part of the JSON API's document
 _SECURITY_HEADERS: Final = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
                             "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
 
