@@ -34,6 +34,7 @@ from aiohttp import web
 from gateway import people_store as db
 from gateway.auth import OPERATORS, PUBLIC, Role
 from gateway.errors import ApiError, Code
+from gateway.inputs import Text
 from gateway.ratelimit import TokenBuckets
 from gateway.routes import Call, RouteTable
 from gateway.schemas import Id
@@ -46,7 +47,7 @@ routes = RouteTable()
 
 Phone = Annotated[str, msgspec.Meta(pattern=r"^\+?[0-9]{6,15}$", description="digits, optional leading +")]
 Password = Annotated[str, msgspec.Meta(min_length=8, max_length=128)]
-DisplayName = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
+DisplayName = Annotated[Text, msgspec.Meta(min_length=1, max_length=100)]
 Token = Annotated[str, msgspec.Meta(min_length=16, max_length=128, pattern=r"^[A-Za-z0-9_\-]+$")]
 
 
