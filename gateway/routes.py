@@ -33,8 +33,8 @@ from gateway.errors import ApiError, Code
 from gateway.inputs import check_integers, duplicate_key_error, has_duplicate_keys, int_fields, validation_error
 from gateway.metrics import Metrics
 from gateway.ratelimit import TokenBuckets
-from gateway.sessions import SESSION_COOKIE, SESSIONS
 from gateway.requestlog import PRINCIPAL
+from gateway.sessions import SESSION_COOKIE, SESSIONS
 from gateway.state import CONFIG, HUB, METRICS, POOL, READINESS, Readiness
 from gateway.ws import Hub
 
