@@ -15,7 +15,8 @@ A few resting orders give the books a spread.
 
 Seeding is idempotent: instruments and lots are created only when missing, participants are found by
 name, and the seed orders carry fixed client order ids (a repeat gets the original answer). The demo
-keys are printed on every start — this is a local demo, not a way to run a real market.
+keys are printed on every start, and so are the web app's sign-ins (one person per participant, phone
+1380000000N, password `DEMO_PASSWORD`) — this is a local demo, not a way to run a real market.
 """
 
 from __future__ import annotations
@@ -38,11 +39,16 @@ from exchange.domain import BreedClass, InstrumentSpec, OrderType, ProductClass,
 from exchange.events import Rejected
 from exchange.settlement.clearing import SYSTEM_ID
 from gateway import participants, store
+from gateway import people_store as people_db
 from gateway.auth import Role
 from gateway.errors import ApiError
 from gateway.exchange_port import ExchangePort
 
-__all__ = ["DEMO_INSTRUMENTS", "DemoParticipant", "operator", "seed"]
+__all__ = ["DEMO_INSTRUMENTS", "DEMO_PASSWORD", "DemoParticipant", "demo_phone", "operator", "seed"]
+
+# The web app's demo sign-ins: one person per demo participant, phone 1380000000N (N in the order below)
+# and this password, printed on start. A local demo only.
+DEMO_PASSWORD = "hogx-demo-2026"
 
 # Chinese quarantine certificates (checked at lot registration and matched at the weigh-in); unfasted
 # finishing hogs lose 2 % of their live weight.
@@ -86,6 +92,16 @@ async def _participant(pool: asyncpg.Pool, role: Role, name: str) -> DemoPartici
 async def operator(pool: asyncpg.Pool) -> DemoParticipant:
     """The demo market's operator and its key (created if missing): what `hogx serve --demo --simulate` uses."""
     return await _participant(pool, *_PARTICIPANTS[0])
+
+
+def demo_phone(index: int) -> str:
+    return f"1380000000{index}"
+
+
+async def _web_people(pool: asyncpg.Pool, people: list[DemoParticipant]) -> None:
+    salt, password_hash = await people_db.hash_password(DEMO_PASSWORD)
+    for index, (p, (_, name)) in enumerate(zip(people, _PARTICIPANTS, strict=True)):
+        await people_db.ensure_person(pool, p.participant_id, demo_phone(index), name, salt, password_hash)
 
 
 def _bank_account(p: DemoParticipant) -> str:
@@ -156,6 +172,7 @@ async def seed(pool: asyncpg.Pool, port: ExchangePort) -> list[DemoParticipant]:
     people = [await _participant(pool, role, name) for role, name in _PARTICIPANTS]
     operator, farmer, coop, buyer, _financier = people
     await _settlement(port, people)
+    await _web_people(pool, people)
     for spec in DEMO_INSTRUMENTS:
         if spec.symbol not in port.read_model.instruments:
             await port.submit(ListInstrument(operator.participant_id, 0, spec))
@@ -179,4 +196,6 @@ def _print(people: list[DemoParticipant], lots: dict[int, int]) -> None:
         lot = f"  lot_id={lots[p.participant_id]}" if p.participant_id in lots else ""
         lines.append(f"  {p.role.value:<12} participant_id={p.participant_id:<4} "
                      f"HOGX_KEY={p.api_key} HOGX_SECRET={p.api_secret}{lot}")
+    lines.append(f"web app sign-ins (open the server's address in a browser), password {DEMO_PASSWORD}:")
+    lines.extend(f"  {p.role.value:<12} phone {demo_phone(i)}" for i, p in enumerate(people))
     print("\n".join(lines) + "\n", flush=True)
