@@ -394,7 +394,9 @@ class ReadModel:
 
     def _on_trade(self, event: Trade, command: Command, touched: dict[int, int], digest: BatchDigest) -> None:
         for order_id in (event.buy_order_id, event.sell_order_id):
-            rec = self.orders[order_id]
+            rec = self.orders.get(order_id)
+            if rec is None:
+                continue  # a lot auction's sale: no order on either side (its hold id, 0 for the seller)
             if order_id not in touched:
                 touched[order_id] = len(rec.fills)
             before = rec.remaining_heads
