@@ -23,7 +23,8 @@ Routes (roles in brackets; "party" = the trade's buyer or seller):
   `POST /v1/repayments` and `GET /v1/loans` (the borrower).
 - Every participant: `GET /v1/balances`, `GET /v1/statements`, `GET /v1/reports/settlement` (JSON)
   and `GET /v1/reports/settlement.csv`.
-- Operator settings: `POST /v1/admin/fee-schedule`, `POST /v1/admin/financing-policy`.
+- Operator settings: `POST /v1/admin/fee-schedule`, `POST /v1/admin/financing-policy` (`GET`: every
+  participant, a rule of the market).
 
 (Participant profiles, verification, cooperative members and consent are in `gateway.participants`.)
 
@@ -499,8 +500,8 @@ def _trade_view(t: TradeRecord, sides: TradeSides) -> TradeSettlementView:
 
 
 def finances(clearing: Clearing, financier_id: int, trade: TradeRecord) -> bool:
-    """Whether the financier finances the trade for a side that consents to it (it then sees the trade,
-    with that side's private fields only)."""
+    """Whether the financier financed the trade (it then sees the trade: with the private fields of a side
+    that consents to it, else its own loan on it only; see `views.trade_sides`)."""
     return any(trade_sides(clearing, financier_id, trade))
 
 
@@ -1160,4 +1161,11 @@ async def set_fee_schedule(call: Call, body: FeeScheduleRequest) -> FeeScheduleV
 async def set_financing_policy(call: Call, body: FinancingPolicyRequest) -> FinancingPolicyView:
     """Set the largest share of a trade's estimated value a financier may advance."""
     await submit(call, SetFinancingPolicy(call.principal.participant_id, 0, body.advance_max_bps))
+    return FinancingPolicyView(clearing_of(call).counters.advance_max_bps)
+
+
+@routes.get("/v1/admin/financing-policy", roles=ANY_ROLE, response=FinancingPolicyView)
+async def get_financing_policy(call: Call) -> FinancingPolicyView:
+    """The financing policy in force: a rule of the market, readable by every participant (financiers
+    grant advances within it, sellers ask for them), set by operators."""
     return FinancingPolicyView(clearing_of(call).counters.advance_max_bps)
