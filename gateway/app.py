@@ -25,6 +25,7 @@ from aiohttp import web
 from exchange.store import create_pool
 from gateway import (
     admin,
+    auctions,
     demo,
     exchange_port,
     lots,
@@ -54,7 +55,7 @@ API_VERSION = "0.1.0"
 
 # Every installed route table; a new handler module adds its `routes` here.
 ROUTE_TABLES: tuple[RouteTable, ...] = (system.routes, admin.routes, orders.routes, lots.routes, market.routes,
-                                         operator.routes, participants.routes, settlement.routes)
+                                         operator.routes, participants.routes, settlement.routes, auctions.routes)
 
 
 def create_app(
@@ -85,6 +86,7 @@ def create_app(
     hub.register_channel_kind("orders", private=True)
     orders.wire(hub)
     market.wire(app, hub)
+    auctions.wire(app, hub)
     app[AUTH], app[LIMITER], app[HUB] = auth, limiter, hub
 
     routes = [route for table in (*ROUTE_TABLES, *extra_routes) for route in table]
@@ -124,6 +126,7 @@ async def _exchange(app: web.Application) -> AsyncIterator[None]:
     try:
         orders.attach(app, port, app[HUB], app[METRICS])
         market.attach(port, app[HUB])
+        auctions.attach(app, port, app[HUB])
         # Participants the core does not know yet (the bootstrap operator, registrations cut short by a
         # crash) are registered before anyone can trade.
         await participants.sync_from_database(app[POOL], port)
