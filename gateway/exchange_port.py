@@ -136,6 +136,7 @@ class Shard:
         self.report_wanted: list[AbstractSet[int]] = []
         self.users = 0
         self.failure: str | None = None  # set when a batch could not be folded: the read model is stale
+        self.recovery_s = 0.0  # how long start() took: recovery and the read model's rebuild (a metric)
         self._buffer: list[CommittedBatch] | None = []  # batches committed while rebuilding
 
     # -- life cycle ---------------------------------------------------------------------------------
@@ -155,6 +156,7 @@ class Shard:
             await self.sequencer.stop(snapshot=False)
             raise
         self._core_type.timing = True  # type: ignore[attr-defined]
+        self.recovery_s = time.perf_counter() - started_s
         if self.projector is not None:
             self.projector.attach(self.sequencer)
             await self.projector.start()

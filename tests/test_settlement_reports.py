@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
-from exchange.commands import FundsAccount, GrantAdvance, GrantCreditLine, SetConsent
-from exchange.settlement.views import TradeSides, financier_view, trade_sides
-from tests.settlement_support import BUYER, BUYER2, FARMER, FINANCIER, HOUR_NS, POOR_FARMER, Exchange, world
+from exchange.commands import FundsAccount, GrantAdvance, GrantCreditLine, RepayLoan, SetConsent, WriteOffLoan
+from exchange.settlement.ledger import AccountCode as AC
+from exchange.settlement.views import (
+    TradeSides,
+    financier_portfolio,
+    financier_view,
+    participant_balances,
+    trade_sides,
+)
+from tests.settlement_support import (
+    BUYER,
+    BUYER2,
+    DAY_NS,
+    FARMER,
+    FINANCIER,
+    HOUR_NS,
+    POOR_FARMER,
+    Exchange,
+    world,
+)
 
 WINDOW_NS = 48 * HOUR_NS
 
@@ -48,3 +65,35 @@ def test_a_lender_keeps_sight_of_the_trades_it_financed_when_consent_is_withdraw
     # Another financier sees neither trade.
     assert not any(trade_sides(x.clearing, FINANCIER + 1, credit)) and not any(
         trade_sides(x.clearing, FINANCIER + 1, advanced))
+
+
+def test_collected_interest_stays_the_financiers_income() -> None:
+    x, credit_tid, advance_tid = financed_world()
+    x.weigh_in(credit_tid, 10, 1_150_000)
+    x.weigh_in(advance_tid, 9, 990_000)
+    x.tick(WINDOW_NS)  # two midnights on the advance: 1,000,000 at 6 % for 2 days = 328.76 -> 328, collected
+    # the credit-funded trade drew 1,150 kg x 2800 = 3,220,000 at 5 %: 441.09 a day -> 441, then 441 (carry)
+    x.tick(DAY_NS)
+    x.tick(DAY_NS)
+    x.deposit(BUYER2, 500)
+    x.ok(RepayLoan(BUYER2, 0, FINANCIER, 500, ""))  # interest first: 500 of the 882 due
+    assert (x.balance(AC.INTEREST_INCOME, FINANCIER), x.balance(AC.INTEREST_COLLECTED, FINANCIER)) == (
+        328 + 882, 328 + 500)
+    assert (x.balance(AC.INTEREST_RECEIVABLE, FINANCIER, FARMER), x.balance(AC.INTEREST_RECEIVABLE, FINANCIER, BUYER2)
+            ) == (0, 382)
+    # funds: 10,000,000 - 5,000,000 earmarked - 1,000,000 advanced + 1,000,328 repaid + 500 of interest
+    assert x.balance(AC.FINANCIER_FUNDS, FINANCIER) == 5_000_828
+    kinds = {row.kind: row.balance_fen for row in participant_balances(x.clearing, FINANCIER)}
+    assert (kinds["INTEREST_INCOME"], kinds["INTEREST_COLLECTED"]) == (1_210, 828)
+    views = {v.participant_id: v for v in financier_portfolio(x.clearing, FINANCIER)}
+    assert (views[FARMER].interest_earned_fen, views[FARMER].interest_collected_fen) == (328, 328)
+    assert (views[BUYER2].interest_earned_fen, views[BUYER2].interest_collected_fen) == (882, 500)
+    # A write-off reverses the income that will never be received: the 382 still due (and 441 more
+    # accrued through today first), never what was collected.
+    loan_id = x.clearing.credit_lines[(BUYER2, FINANCIER)].loan_id
+    x.advance(DAY_NS)
+    x.ok(WriteOffLoan(FINANCIER, 0, loan_id, "buyer insolvent"))
+    assert (x.balance(AC.INTEREST_INCOME, FINANCIER), x.balance(AC.INTEREST_COLLECTED, FINANCIER),
+            x.balance(AC.INTEREST_RECEIVABLE, FINANCIER, BUYER2)) == (828, 828, 0)
+    view = financier_view(x.clearing, FINANCIER, BUYER2)
+    assert view is not None and (view.interest_earned_fen, view.interest_collected_fen) == (500, 500)

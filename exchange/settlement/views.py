@@ -175,6 +175,8 @@ class FinancierView(msgspec.Struct, frozen=True):
     exposure_fen: int  # principal + interest due + credit held for open bids + credit in escrow
     loans: list[LoanRow]
     trades: list[FinancedTradeRow]
+    interest_earned_fen: int  # the financier's income from these loans: accrued, less what it wrote off
+    interest_collected_fen: int  # of which received: paid by the borrower or by the subsidy fund
 
 
 def financier_view(clearing: Clearing, financier_id: int, participant_id: int) -> FinancierView | None:
@@ -195,8 +197,11 @@ def financier_view(clearing: Clearing, financier_id: int, participant_id: int) -
     trades = _financed_trades(clearing, financier_id, participant_id, loans)
     in_escrow = sum(_unsettled_fen(t) for t in trades if t.side == "buy")
     exposure = sum(loan.principal_fen + loan.interest_due_fen for loan in loans) + held + in_escrow
+    earned = sum(loan.interest_accrued_fen - loan.interest_written_off_fen for loan in loans)
+    collected = sum(loan.interest_paid_fen + loan.interest_subsidised_fen for loan in loans)
     return FinancierView(financier_id, participant_id, consented, available, held, granted, reduced, exposure,
-                         [loan_row(loan) for loan in sorted(loans, key=lambda x: x.loan_id)], trades)
+                         [loan_row(loan) for loan in sorted(loans, key=lambda x: x.loan_id)], trades, earned,
+                         collected)
 
 
 def financier_portfolio(clearing: Clearing, financier_id: int) -> list[FinancierView]:
