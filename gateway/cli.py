@@ -2,6 +2,7 @@
 
     hogx serve [--host 127.0.0.1] [--port 8080] [--demo [--simulate]] [--request-log -|FILE]
     hogx sign [--key K] [--secret S] METHOD PATH [BODY]
+    hogx archive --before YYYY-MM-DD --to DIR
     hogx simulate [--url http://127.0.0.1:8080] [--farmers N] [--buyers M] [--minutes T] [--speed X] [--seed S]
 
 `serve`: configuration comes from the environment (see `gateway.config`); flags override it. Without
@@ -21,6 +22,13 @@ progress line and a summary.
 (`-H X-Hogx-Key:... -H X-Hogx-Timestamp:... -H X-Hogx-Signature:...`, no spaces inside, so
 `curl $(hogx sign POST /v1/orders "$BODY") ...` works unquoted). Key and secret default to `$HOGX_KEY`
 and `$HOGX_SECRET`. PATH includes the query string exactly as sent; BODY is the exact body bytes.
+
+`archive`: moves the journal's day partitions (migration 0013) that end on or before the start of
+`--before` (UTC) out of the database into `--to` (`exchange.store.archive_journal`: one binary COPY file
+and one JSON manifest per day), after restoring the latest snapshot and checking its state hash. It
+refuses (exit 1, nothing archived) when a chosen day holds a journal row at or after the latest
+snapshot's seq: recovery (snapshot + tail) needs it. Uses `DATABASE_URL` (or the embedded server), like
+`serve`; safe while the exchange runs (the writer is not blocked). Exit 0 prints one line per day.
 """
 
 from __future__ import annotations
@@ -31,13 +39,17 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import msgspec
 from aiohttp import web
 
 from exchange import store
+from exchange.sequencer import RecoveryError, restore_snapshot
 from gateway import requestlog, simulate
 from gateway.app import create_app
 from gateway.auth import wall_clock_ms
@@ -83,9 +95,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     sign.add_argument("body", nargs="?", default="", help="the exact request body (default: empty)")
     sign.add_argument("--key", default=os.environ.get("HOGX_KEY"), help="API key (default $HOGX_KEY)")
     sign.add_argument("--secret", default=os.environ.get("HOGX_SECRET"), help="API secret (default $HOGX_SECRET)")
+    archive = commands.add_parser("archive", help="archive old journal days that recovery no longer needs")
+    archive.add_argument("--before", required=True, type=date.fromisoformat,
+                         help="archive the days before this UTC date (YYYY-MM-DD)")
+    archive.add_argument("--to", required=True, type=Path, help="directory for the days' files and manifests")
     args = parser.parse_args(argv)
     if args.command == "sign":
         return _sign(args)
+    if args.command == "archive":
+        return asyncio.run(_archive(args.before, args.to))
     if args.command == "simulate":
         return _simulate(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -138,6 +156,28 @@ def _sign(args: argparse.Namespace) -> int:
     headers = signed_headers(args.key, args.secret, wall_clock_ms(), args.method.upper(), args.path,
                              args.body.encode())
     print(" ".join(f"-H {name}:{value}" for name, value in headers.items()))
+    return 0
+
+
+async def _archive(before: date, directory: Path) -> int:
+    url, server = await store.resolve_database_url()
+    try:
+        conn = await asyncpg.connect(url)
+        try:
+            before_ns = int(datetime(before.year, before.month, before.day, tzinfo=UTC).timestamp()) * 10**9
+            archived = await store.archive_journal(conn, before_ns, directory, verify_snapshot=restore_snapshot)
+        finally:
+            await conn.close()
+    except (store.ArchiveRefused, RecoveryError) as exc:
+        print(f"hogx archive: refused: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if server is not None:
+            await asyncio.to_thread(server.stop)
+    for day in archived:
+        print(f"{day.name}: {day.rows} rows (seq {day.first_seq}..{day.last_seq}) -> {day.path}")
+    if not archived:
+        print(f"nothing to archive before {before}")
     return 0
 
 

@@ -11,13 +11,14 @@ exchange rejects), some resting bids are cancelled; trades are weighed in a few 
 realistic weight spread (about one in ten lots outside the grade's band), a few are disputed (an operator
 resolves them at 2 % less) or rejected when out of grade, the financier advances part of some trades, the
 operator confirms buyers' top-up deposits, runs payouts, sends the bank file and imports the bank's
-confirmations (about one payout in ten fails and is retried at the next run). Auctions are not simulated.
+confirmations (about one payout in ten fails and is retried at the next run); now and then an operator
+runs a call auction on one market (orders collect for a few rounds, then it is uncrossed).
 
 Every request is signed (`gateway.client.SignedClient`) and goes to `--url` only. The run is bounded: it
 stops after `--minutes` of wall time or `--max-requests` requests, whichever comes first (and when
 cancelled, e.g. with the server it runs beside: `hogx serve --demo --simulate`). It prints a progress
 line while it runs and a summary at the end: orders, trades, heads, value, weigh-ins, disputes,
-advances, deposits, payouts, and rejects by reason. `--seed` makes the choices repeatable (the
+advances, deposits, call auctions, payouts, and rejects by reason. `--seed` makes the choices repeatable (the
 exchange's answers still depend on timing).
 
 Settlement needs the instrument's dispute window to pass (48 h by default): on such instruments the
@@ -81,6 +82,8 @@ class Summary:
     delivery_rejections: int = 0
     advances: int = 0
     deposits: int = 0
+    auctions: int = 0  # call auctions started and uncrossed
+    auction_trades: int = 0
     payout_runs: int = 0
     payouts_sent: int = 0
     payouts_confirmed: int = 0
@@ -104,7 +107,8 @@ class Summary:
             f"  trades {self.trades}, heads {self.heads}, value {_yuan(self.value_fen)} (weighed in)",
             f"  weigh-ins {self.weigh_ins} ({self.weigh_ins_outside_band} outside the band), disputes {self.disputes} "
             f"(resolved {self.disputes_resolved}), deliveries rejected {self.delivery_rejections}",
-            f"  advances {self.advances}, deposits {self.deposits}",
+            f"  advances {self.advances}, deposits {self.deposits}, call auctions {self.auctions} "
+            f"({self.auction_trades} trades at the uncross)",
             f"  payout runs {self.payout_runs}, payouts sent {self.payouts_sent}: confirmed {self.payouts_confirmed} "
             f"({_yuan(self.payouts_confirmed_fen)}), failed {self.payouts_failed}",
             f"  rejects by reason: {rejects}",
@@ -128,6 +132,11 @@ class _Market:
     lot_max_g: int
     max_heads: int
     mid_fen: float = 0.0
+    # The quarantine certificate of every simulated load on this market: a Chinese certificate number (10
+    # digits under Chongqing's province code 50), as the demo market's instruments require of lots and the
+    # lot's at the weigh-in (exchange/settlement/rules.py); one per market, so a weigh-in of a trade whose
+    # seller the simulation did not see (an auction's) still names its lot's.
+    cert: str = "5001530001"
 
     def price(self, ticks: int) -> int:
         price = int(round(self.mid_fen / self.tick_fen) + ticks) * self.tick_fen
@@ -177,6 +186,7 @@ class Simulation:
         self.trades: dict[int, _TradeSeen] = {}
         self.disputed: list[int] = []
         self.failed_payouts: list[int] = []
+        self.auction: tuple[_Market, int] | None = None  # the market in a call auction, since which round
         self._refs = 0
         self.round_no = 0
 
@@ -215,6 +225,7 @@ class Simulation:
                              view["tick_fen"], view["band_low_fen"], view["band_high_fen"], view["lot_avg_min_g"],
                              view["lot_avg_max_g"], min(view["max_order_heads"], 50))
             market.mid_fen = float(view["reference_price_fen"])
+            market.cert = f"50015{len(self.markets) + 30001:05d}"
             self.markets.append(market)
         if not self.markets:
             raise RuntimeError("no instrument in continuous trading to simulate on")
@@ -281,6 +292,8 @@ class Simulation:
             actions.append(lambda: self._deposit(rng.choice(self.buyers).participant_id, "trading_cash", 20_000_000))
         if self.round_no % 30 == 0:
             actions.append(self._payouts)
+        if self.round_no % 60 == 20 or (self.auction is not None and self.round_no - self.auction[1] >= 8):
+            actions.append(self._call_auction)
         for action in actions:
             if self._budget_left():
                 await action()
@@ -293,7 +306,7 @@ class Simulation:
             heads = rng.randint(50, 300)
             reply = await self._call(seller.client, "POST", "/v1/lots", {
                 "instrument": market.symbol, "heads": heads, "avg_weight_g": avg_g, "origin": "荣昌区, 重庆",
-                "quarantine_cert": f"渝动检 {rng.randint(5001530000, 5001539999)}"})
+                "quarantine_cert": market.cert})
             if reply is None:
                 return
             lot = seller.lots[market.symbol] = [int(reply.json()["lot_id"]), heads]
@@ -377,7 +390,7 @@ class Simulation:
             who = seen.seller or self.operator_trader
             reply = await self._call(who.client, "POST", f"/v1/trades/{trade_id}/weigh-in", {
                 "heads_delivered": seen.heads, "total_weight_g": seen.heads * avg_g,
-                "quarantine_cert": "渝动检 5001530001", "quarantine_checked": True})
+                "quarantine_cert": market.cert, "quarantine_checked": True})
             if reply is None:
                 continue
             view = reply.json()
@@ -396,6 +409,39 @@ class Simulation:
                                                           {"reason": "体重与单据不符"}) is not None:
                 self.summary.disputes += 1
                 self.disputed.append(trade_id)
+
+    async def _call_auction(self) -> None:
+        """Now and then a call auction on one market: orders collect for 8 rounds, then the operator uncrosses
+        it; its trades (no taker side) are read back from the market's public trades."""
+        if self.auction is None:
+            market = self.rng.choice(self.markets)
+            if await self._call(self.operator, "POST", f"/v1/instruments/{market.symbol}/auction") is not None:
+                self.auction = (market, self.round_no)
+            return
+        market, self.auction = self.auction[0], None
+        if await self._call(self.operator, "POST", f"/v1/instruments/{market.symbol}/uncross") is None:
+            return
+        self.summary.auctions += 1
+        cursor = ""
+        for _ in range(20):  # newest first, back to the first trade already seen
+            reply = await self._call(self.operator, "GET", f"/v1/markets/{market.symbol}/trades?limit=100{cursor}")
+            if reply is None:
+                return
+            page = reply.json()
+            for trade in page["trades"]:
+                trade_id = int(trade["trade_id"])
+                if trade_id in self.trades:
+                    return
+                if trade["taker_side"] is not None:  # a continuous trade someone else made since
+                    continue
+                self.trades[trade_id] = _TradeSeen(market.symbol, int(trade["quantity_heads"]),
+                                                   int(trade["price_fen"]), self.round_no)
+                self.summary.trades += 1
+                self.summary.auction_trades += 1
+                self.summary.heads += int(trade["quantity_heads"])
+            if page["next_cursor"] is None:
+                return
+            cursor = f"&cursor={page['next_cursor']}"
 
     @property
     def operator_trader(self) -> _Trader:

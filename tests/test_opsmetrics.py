@@ -4,7 +4,12 @@ core restored from a snapshot, and over HTTP from a running exchange's `/metrics
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
+
+import asyncpg
+import pytest
 
 from exchange.commands import (
     BankConfirmation,
@@ -17,6 +22,7 @@ from exchange.commands import (
     RunPayouts,
 )
 from exchange.events import AdvanceGranted, PayoutChanged
+from gateway import opsmetrics
 from gateway.auth import Role
 from gateway.opsmetrics import CoreGauges
 from gateway.testing import running_exchange
@@ -147,3 +153,30 @@ async def test_metrics_endpoint_has_the_operator_gauges_and_no_created_series(fr
     build = next(k for k in lines if k.startswith("hogx_build_info{"))
     assert 'compiled="' in build and lines[build] == "1.0"
     assert float(lines["hogx_recovery_duration_seconds"]) > 0
+
+
+async def test_the_newest_snapshot_seq_and_size_are_read_from_the_database(
+        fresh_database_url: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(opsmetrics, "_SNAPSHOT_POLL_S", 0.05)  # poll often: the test waits for a snapshot
+    dsn = await fresh_database_url()
+    async with running_exchange(dsn, snapshot_every=5) as ex:
+        assert "hogx_snapshot_seq" not in (await ex.client().get("/metrics")).body.decode()  # none yet
+        for n in range(3):
+            await ex.list_instrument(f"SNAP-{n}")
+        await ex.register(Role.BUYER)
+        deadline = time.monotonic() + 10
+        while True:
+            text = (await ex.client().get("/metrics")).body.decode()
+            lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+            if "hogx_snapshot_seq" in lines:
+                break
+            assert time.monotonic() < deadline, "no snapshot within 10 s"
+            await asyncio.sleep(0.05)
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow("SELECT seq, octet_length(state) + coalesce(octet_length(client_orders), 0) AS size"
+                                  " FROM snapshots WHERE seq = $1", int(float(lines["hogx_snapshot_seq"])))
+    finally:
+        await conn.close()
+    assert row is not None and row["seq"] >= 5
+    assert float(lines["hogx_snapshot_size_bytes"]) == row["size"] > 0
