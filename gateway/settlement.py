@@ -37,9 +37,10 @@ reasons). Reads come from the clearing of the sequencer's core in this process t
 few milliseconds ahead of the journal), which become durable or, if that commit fails, vanish with
 the rebuilt core. Bank payout files are the exception: money leaves on them, so a file is handed out
 (also again) only once the command that made it is durable. Statements are read from the ledger rows
-in PostgreSQL, which commit with their batch. Another participant's trade, payout, account or client
-is a 404, exactly like a missing one; to a financier, a participant that neither consents to it nor
-owes it anything does not exist.
+in PostgreSQL, which commit with their batch; the daily settlement report from the settlement history
+in PostgreSQL (`exchange.history`), once it holds everything the core has applied. Another
+participant's trade, payout, account or client is a 404, exactly like a missing one; to a financier, a
+participant that neither consents to it nor owes it anything does not exist.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from typing import Annotated, Final
 import msgspec
 from aiohttp import web
 
+from exchange import history
 from exchange.commands import (
     Command,
     ConfirmDeposit,
@@ -99,7 +101,6 @@ from exchange.settlement.views import (
     LoanRow,
     SettlementReportRow,
     TradeSides,
-    daily_settlement_report,
     date_to_day,
     day_to_date,
     financier_portfolio,
@@ -109,6 +110,7 @@ from exchange.settlement.views import (
     redact,
     report_csv,
     trade_sides,
+    visible_report,
 )
 from gateway.auth import ANY_ROLE, BUYERS, FINANCIERS, OPERATORS, SELLERS, Principal, Role
 from gateway.errors import ApiError, Code
@@ -1130,27 +1132,34 @@ def _report_day(query: ReportQuery) -> int:
         raise ApiError(422, Code.INVALID, f"no such date: {query.date}") from None
 
 
-def _report_rows(call: Call, day: int) -> list[SettlementReportRow]:
-    """An operator's report is whole; anyone else's has the trades it is a party to or finances, each
-    without the other side's private fields."""
-    clearing, principal = clearing_of(call), call.principal
-    if _is_operator(principal):
-        return daily_settlement_report(clearing, day)
-    return daily_settlement_report(clearing, day, principal.participant_id)
+async def _report_rows(call: Call, day: int) -> list[SettlementReportRow]:
+    """The day's rows from the settlement history in PostgreSQL, once it holds every command the core
+    has applied (what the other settlement reads already show): an operator's whole, anyone else's those
+    it may see (`views.visible_report`: the trades it is a party to or financed, its member shares and
+    loans), without what is not its own."""
+    shard = call.app[EXCHANGE].shard
+    try:
+        await shard.history.wait_for(shard.sequencer.applied_seq, _COMMIT_WAIT_S)
+    except TimeoutError:
+        raise ApiError(503, Code.UNAVAILABLE, "the settlement history is behind: try again",
+                       retry_after_s=1) from None
+    viewer = None if _is_operator(call.principal) else call.principal.participant_id
+    entries = await history.day_entries(call.pool, day, viewer)
+    return visible_report(entries, viewer, clearing_of(call).has_consented)
 
 
 @routes.get("/v1/reports/settlement", roles=ANY_ROLE, query=ReportQuery, response=SettlementReport)
 async def settlement_report(call: Call, query: ReportQuery) -> SettlementReport:
     """The daily settlement report: every trade settled or rejected that day that you may see."""
     day = _report_day(query)
-    return SettlementReport(day_to_date(day), _report_rows(call, day))
+    return SettlementReport(day_to_date(day), await _report_rows(call, day))
 
 
 @routes.get("/v1/reports/settlement.csv", roles=ANY_ROLE, query=ReportQuery, response=None, media_type=_CSV)
 async def settlement_report_csv(call: Call, query: ReportQuery) -> web.Response:
     """The daily settlement report as CSV (a header row, then one row per trade)."""
     day = _report_day(query)
-    rows = _report_rows(call, day)
+    rows = await _report_rows(call, day)
     data = report_csv(rows) if rows else (",".join(REPORT_COLUMNS) + "\r\n").encode()
     return _csv_response(data, f"settlement-{day_to_date(day)}.csv")
 

@@ -425,7 +425,9 @@ async def test_a_financier_sees_only_participants_that_consented(ex: Exchange) -
     [credit] = view["loans"]  # the credit-funded trade drew the line: the buyer owes 616,000
     assert (credit["kind"], credit["principal_outstanding_fen"]) == ("CREDIT_LINE", 616_000)
     date = _cst_date(settled["settled_ms"])
-    assert [r["trade_id"] for r in _ok(await fin.get(f"/v1/reports/settlement?date={date}"))["rows"]] == [trade_id]
+    # the trade, and the repayment of the financier's advance at its settlement
+    assert [(r["trade_id"], r["kind"]) for r in _ok(await fin.get(f"/v1/reports/settlement?date={date}"))["rows"]
+            ] == [(trade_id, "TRADE"), (trade_id, "LOAN_REPAYMENT")]
 
     # Withdrawn consent: the financier still sees what the buyer owes it, marked as no longer consented.
     _ok(await buyer.post("/v1/consents", json={"financier_id": fin.participant_id, "granted": False}))

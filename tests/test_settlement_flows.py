@@ -58,6 +58,7 @@ from exchange.events import (
     PayoutPriority,
     PayoutRunCreated,
     PayoutState,
+    TradeFacts,
     TradeSettled,
     WithdrawalCompleted,
 )
@@ -214,7 +215,10 @@ def test_in_grade_delivery_settles_after_the_window_with_the_fee_and_the_buyer_k
     assert x.of(TradeSettled, x.tick(WINDOW_NS - 1)) == []  # one nanosecond early: still in the window
     settled = x.of(TradeSettled, x.tick(1))
     # fee floor(3,220,008 x 50 / 10,000) = 16,100 (0.04 fen to the seller); payable 3,203,908
-    assert settled == [TradeSettled(0, x.ts_ns, tid, FARMER, 3_220_008, 16_100, 0, 0, 0, 0, 3_203_908)]
+    # and the facts of the trade as it settled, for the report
+    facts = TradeFacts("RC-LH-WSY", BUYER, FARMER, 10, 2800, 3_920_000, 0, 10, 1_150_003, 115_000,
+                       DeliveryGrade.IN_GRADE, 0, 3_920_000 - 3_220_008, 0, 0, False)
+    assert settled == [TradeSettled(0, x.ts_ns, tid, FARMER, 3_220_008, 16_100, 0, 0, 0, 0, 3_203_908, facts)]
     assert x.balance(AC.FEE_INCOME) == 16_100
     assert x.balance(AC.FARMER_PAYABLE, FARMER) == 3_203_908
     assert x.balance(AC.BUYER_CASH, BUYER) == 10_000_000 - 3_220_008

@@ -169,6 +169,7 @@ from exchange.events import (
     PayoutState,
     Rejected,
     Trade,
+    TradeFacts,
     TradeSettled,
     WithdrawalCompleted,
     WithdrawalRequested,
@@ -1283,7 +1284,8 @@ class Clearing:
         self._refund_from_receivable(trade, trade.amount_fen, cmd.ts_ns)
         trade.state = TradeState.REJECTED
         trade.settled_at_ns = cmd.ts_ns
-        out.append(DeliveryResolved(0, cmd.ts_ns, trade.trade_id, 0, trade.refund_fen, True, cmd.participant_id))
+        out.append(DeliveryResolved(0, cmd.ts_ns, trade.trade_id, 0, trade.refund_fen, True, cmd.participant_id, 0,
+                                    self._trade_facts(_astuple(trade))))
         return None
 
     def _refund_from_receivable(self, trade: TradeRecord, refund_fen: int, ts_ns: int) -> None:
@@ -1425,10 +1427,18 @@ class Clearing:
                 self.payables[seller] = fifo = []
             fifo.append(_PAYABLE_SOURCE(_FROM_TRADE, tid, kept_fen))
         # (amount, fee, fee subsidy, fee forgone, interest paid, principal repaid)
-        out.append(_TRADE_SETTLED(_ZERO, ts_ns, tid, seller, t[23], t[27], t[28], t[29], t[30], t[31], net_fen))
+        out.append(_TRADE_SETTLED(_ZERO, ts_ns, tid, seller, t[23], t[27], t[28], t[29], t[30], t[31], net_fen,
+                                  self._trade_facts(t)))
         for member_id, part in splits:
             self._credit_payable(member_id, _FROM_SPLIT, tid, part)
-            out.append(CooperativeSplitPaid(0, ts_ns, tid, seller, member_id, part))
+            out.append(CooperativeSplitPaid(0, ts_ns, tid, seller, member_id, part, self._is_poor(member_id)))
+
+    def _trade_facts(self, t: tuple) -> TradeFacts:
+        """What the report states of a trade (read as one tuple, positions checked at import) as it is now,
+        carried on the event that settles or rejects it."""
+        advance = self.loans.get(t[25]) if t[25] else None
+        return TradeFacts(t[1], t[2], t[3], t[6], t[7], t[8], t[10], t[13], t[14], t[15], t[16], t[17], t[24],
+                          t[25], 0 if advance is None else advance.financier_id, self._is_poor(t[3]))
 
     def _loan_repaid(
         self, loan: Loan, interest: int, principal: int, payer: LoanPayer, ref: int, ts_ns: int, out: list
