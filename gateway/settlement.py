@@ -1060,7 +1060,8 @@ class ReportQuery(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
 
 
 class SettlementReport(msgspec.Struct, frozen=True):
-    """Trades settled or rejected that day that you may see (operators: all), by trade id."""
+    """That day's rows you may see (operators: all), by trade id: the trades settled or rejected, the
+    cooperative members' shares, the loans' repayments and interest (`kind`), as they were then."""
 
     date: str
     rows: list[SettlementReportRow]
@@ -1150,14 +1151,15 @@ async def _report_rows(call: Call, day: int) -> list[SettlementReportRow]:
 
 @routes.get("/v1/reports/settlement", roles=ANY_ROLE, query=ReportQuery, response=SettlementReport)
 async def settlement_report(call: Call, query: ReportQuery) -> SettlementReport:
-    """The daily settlement report: every trade settled or rejected that day that you may see."""
+    """The daily settlement report: the trades settled or rejected that day, members' shares of them and
+    loans' interest and repayments, that you may see; the facts as they were that day, never changed."""
     day = _report_day(query)
     return SettlementReport(day_to_date(day), await _report_rows(call, day))
 
 
 @routes.get("/v1/reports/settlement.csv", roles=ANY_ROLE, query=ReportQuery, response=None, media_type=_CSV)
 async def settlement_report_csv(call: Call, query: ReportQuery) -> web.Response:
-    """The daily settlement report as CSV (a header row, then one row per trade)."""
+    """The daily settlement report as CSV (a header row, then one row per report row)."""
     day = _report_day(query)
     rows = await _report_rows(call, day)
     data = report_csv(rows) if rows else (",".join(REPORT_COLUMNS) + "\r\n").encode()
