@@ -64,12 +64,12 @@ from exchange.sequencer import (
     decode_events,
 )
 from exchange.settlement import Clearing
-from exchange.settlement.pgstore import LedgerWriter
 from gateway.config import GatewayConfig
 from gateway.errors import ApiError, Code
 from gateway.metrics import Metrics
 from gateway.readmodel import BatchDigest, ReadModel
 from gateway.state import Readiness
+from gateway.store import RegistrationWriter
 
 __all__ = ["EXCHANGE", "ExchangePort", "Result", "Shard", "attach", "detach"]
 
@@ -123,7 +123,8 @@ class Shard:
         self._match_observers: list[Callable[[float], None]] = []
         self._core_type = _timed_core_type(self._observe_match)
         # The clearing's ledger rows commit in the same transaction as their journal batch.
-        self.ledger_writer = LedgerWriter()
+        # So do the participant and key rows of a registration (the writer's subclass in gateway.store).
+        self.ledger_writer = RegistrationWriter()
         self.sequencer = Sequencer(
             dsn,
             core_type=self._core_type,

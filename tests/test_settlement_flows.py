@@ -62,7 +62,7 @@ from exchange.events import (
     TradeSettled,
     WithdrawalCompleted,
 )
-from exchange.settlement.bankfiles import bank_file_csv, parse_confirmations_csv, payouts_to_send, sent_pairs
+from exchange.settlement.bankfiles import Payer, bank_file_csv, parse_confirmations_csv, payouts_to_send, sent_pairs
 from exchange.settlement.clearing import Clearing
 from exchange.settlement.ledger import AccountCode as AC
 from exchange.settlement.model import TradeState
@@ -477,9 +477,11 @@ def test_failed_payout_is_retried_as_a_new_attempt_and_confirmed_once() -> None:
     (payout_id,) = run.payout_ids
     assert x.held(AC.FARMER_PAYABLE, FARMER) == 3_203_900
     pending = payouts_to_send(x.clearing)
-    assert bank_file_csv(x.clearing, pending) == (
-        "payout_id,attempt,priority,payee_id,payee_name,bank_account,amount_fen,amount_yuan,reference,trade_ids\r\n"
-        f"{payout_id},1,NORMAL,{FARMER},李四,6217000000000020,3203900,32039.00,HOGX-P{payout_id}-A1,{tid}\r\n"
+    payer = Payer(name="交易所", account="31000001", bank_code="102", branch_code="102653000019")
+    assert bank_file_csv(x.clearing, pending, file_ref="F1", value_day=20_000, payer=payer) == (
+        "H,HOGXPAY1,F1,20241004,CNY,交易所,31000001,102,102653000019\r\n"
+        f"D,1,{payout_id},1,NORMAL,{FARMER},李四,6217000000000020,,,3203900,32039.00,HOGX-P{payout_id}-A1,{tid}\r\n"
+        "T,1,3203900,32039.00\r\n"
     ).encode()
     x.ok(MarkPayoutsSent(OPERATOR, 0, "F1", sent_pairs(pending)))
     failed = parse_confirmations_csv(
@@ -529,6 +531,21 @@ def test_unverified_payees_are_skipped_and_their_money_waits() -> None:
     run = x.of(PayoutRunCreated, x.ok(RunPayouts(OPERATOR, 0, "R1")))[0]
     assert (run.payout_ids, run.skipped_ids) == ((), (FARMER,))
     assert x.of(PayoutRunCreated, x.ok(RunPayouts(OPERATOR, 0, "R2", poor_only=True)))[0].skipped_ids == ()
+
+
+def test_a_changed_account_holder_name_needs_verification_again_before_a_payout() -> None:
+    x = world()
+    settle_one(x, FARMER, 10, 1_150_000)
+    x.tick(WINDOW_NS)
+    x.ok(UpdateParticipant(FARMER, 0, FARMER, "李四", "6217000000000020"))  # nothing changed: still verified
+    assert x.clearing.participants[FARMER].bank_verified
+    x.ok(UpdateParticipant(FARMER, 0, FARMER, "李四四", "6217000000000020"))  # the same account, another holder
+    assert not x.clearing.participants[FARMER].bank_verified
+    run = x.of(PayoutRunCreated, x.ok(RunPayouts(OPERATOR, 0, "R1")))[0]
+    assert (run.payout_ids, run.skipped_ids) == ((), (FARMER,))
+    x.ok(VerifyBankAccount(OPERATOR, 0, FARMER, "6217000000000020"))
+    run = x.of(PayoutRunCreated, x.ok(RunPayouts(OPERATOR, 0, "R2")))[0]
+    assert (len(run.payout_ids), run.skipped_ids, run.total_fen) == (1, (), 3_203_900)
 
 
 # -- credit lines --------------------------------------------------------------------------------------------------

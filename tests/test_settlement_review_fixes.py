@@ -18,8 +18,6 @@
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -45,7 +43,7 @@ from exchange.commands import (
 from exchange.domain import RejectReason, Side
 from exchange.events import Trade
 from exchange.settlement import rules
-from exchange.settlement.bankfiles import MAX_FILE_INT, parse_confirmations_csv
+from exchange.settlement.bankfiles import MAX_FILE_INT, parse_confirmations_csv, read_payout_file
 from exchange.settlement.ledger import MAX_INT64, AccountCode
 from exchange.settlement.rules import cst_day
 from exchange.settlement.views import (
@@ -285,7 +283,7 @@ async def _pending_payout(ex: Exchange) -> int:
 
 
 def _file_rows(reply: Reply) -> list[tuple[str, str, str]]:
-    return [(r["payout_id"], r["attempt"], r["reference"]) for r in csv.DictReader(io.StringIO(reply.body.decode()))]
+    return [(r["payout_id"], r["attempt"], r["reference"]) for r in read_payout_file(reply.body).details]
 
 
 async def _until(check: Any, timeout_s: float = 10.0) -> None:

@@ -13,7 +13,7 @@ from exchange.commands import (
     RunPayouts,
     SetConsent,
 )
-from exchange.settlement.bankfiles import bank_file_csv, parse_confirmations_csv, payouts_to_send
+from exchange.settlement.bankfiles import Payer, bank_file_csv, parse_confirmations_csv, payouts_to_send
 from exchange.settlement.rules import cst_day
 from exchange.settlement.views import (
     REPORT_COLUMNS,
@@ -132,12 +132,15 @@ def test_bank_file_puts_same_day_payouts_first_and_quotes_formula_like_names() -
         x.weigh_in(trade.trade_id, 1, 100_001)  # 280,002.8 -> 280,002
     x.tick(WINDOW_NS)
     x.ok(RunPayouts(OPERATOR, 0, "R1"))
-    text = bank_file_csv(x.clearing, payouts_to_send(x.clearing)).decode()
+    payer = Payer(name="+payer", account="31000001", bank_code="102", branch_code="102653000019")
+    text = bank_file_csv(x.clearing, payouts_to_send(x.clearing), file_ref="F", value_day=0, payer=payer).decode()
     lines = text.split("\r\n")
-    assert lines[1].split(",")[2:5] == ["SAME_DAY", str(POOR_FARMER), "张三"]  # 280,002 - fee 1,400 waived
-    assert lines[1].split(",")[6:8] == ["280002", "2800.02"]
-    assert lines[2].split(",")[2:5] == ["NORMAL", "77", "'=HYPERLINK(1)"]
-    assert lines[2].split(",")[6:8] == ["278602", "2786.02"]  # fee 1,400
+    assert lines[0].split(",")[3:6] == ["19700101", "CNY", "'+payer"]
+    assert lines[1].split(",")[4:7] == ["SAME_DAY", str(POOR_FARMER), "张三"]  # 280,002 - fee 1,400 waived
+    assert lines[1].split(",")[10:12] == ["280002", "2800.02"]
+    assert lines[2].split(",")[4:7] == ["NORMAL", "77", "'=HYPERLINK(1)"]
+    assert lines[2].split(",")[10:12] == ["278602", "2786.02"]  # fee 1,400
+    assert lines[3:] == ["T,2,558604,5586.04", ""]
 
 
 @pytest.mark.parametrize(

@@ -343,6 +343,7 @@ class ReportEntry(NamedTuple):
     row: SettlementReportRow
 
 
+_REPORTED: Final = frozenset({TradeSettled, DeliveryResolved, CooperativeSplitPaid, LoanRepaid, InterestAccrued})
 _NO_FACTS: Final = TradeFacts("", 0, 0, 0, 0, 0, 0, 0, 0, 0, DeliveryGrade.IN_GRADE, 0, 0, 0, 0, False)
 
 
@@ -350,6 +351,11 @@ def report_entries(seq: int, events: Sequence[Event]) -> list[ReportEntry]:
     """The report rows of one journaled command's events (``seq``): pure, from the events alone, so the
     history can always be rebuilt from the journal. A settlement event without facts (journaled before
     they were carried) gives a row with the trade's figures as zeros."""
+    for event in events:  # most commands (orders) report nothing: one set lookup per event for them
+        if event.__class__ in _REPORTED:
+            break
+    else:
+        return []
     entries: list[ReportEntry] = []
     trades: dict[int, SettlementReportRow] = {}  # this command's TRADE rows, for its member shares
     for ord_, event in enumerate(events):
