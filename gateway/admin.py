@@ -48,8 +48,12 @@ class KeyRevoked(msgspec.Struct, frozen=True):
     revoked: bool
 
 
+# Until registrations carry an idempotency reference (a `*_ref` body field, which then names itself).
+_RECONCILE_REGISTRATION = "the participant registration (look the participant up before registering again)"
+
+
 @routes.post("/v1/admin/participants", roles=OPERATORS, body=RegisterParticipant,
-             response=store.IssuedKey, status=201)
+             response=store.IssuedKey, status=201, reconcile_by=_RECONCILE_REGISTRATION)
 async def register_participant(call: Call, body: RegisterParticipant) -> store.IssuedKey:
     """Register a participant with its role; its API key and secret are returned this once."""
     profile = participants.Profile(role=body.role, name=body.name, id_number_masked=body.id_number_masked,

@@ -6,7 +6,9 @@
 `serve`: configuration comes from the environment (see `gateway.config`); flags override it. Without
 `DATABASE_URL` the embedded PostgreSQL is started (data in `./.hogx/pgdata`). Migrations are applied
 before the server opens. `--demo` also creates the demo market (`gateway.demo`) and prints its keys.
-SIGINT/SIGTERM shut down gracefully: stop taking commands, drain the sequencer, close WebSockets.
+SIGINT/SIGTERM shut down gracefully (`gateway.server`): answer new requests 503 `not_ready` for
+`HOGX_DRAIN_S` while the listener stays open, close WebSockets, then close the listener, let requests in
+flight finish and drain the sequencer.
 
 `sign`: prints the three authentication headers for one request as curl arguments
 (`-H X-Hogx-Key:... -H X-Hogx-Timestamp:... -H X-Hogx-Signature:...`, no spaces inside, so
@@ -17,6 +19,7 @@ and `$HOGX_SECRET`. PATH includes the query string exactly as sent; BODY is the 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
@@ -26,6 +29,7 @@ import msgspec
 from aiohttp import web
 
 from exchange import store
+from gateway import server
 from gateway.app import create_app
 from gateway.auth import wall_clock_ms
 from gateway.client import signed_headers
@@ -59,9 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"hogx: {exc}", file=sys.stderr)
         return 2
-    web.run_app(_prepare(config), host=config.host, port=config.port, access_log=None,
-                shutdown_timeout=config.shutdown_timeout_s, print=_log.info)
+    asyncio.run(_serve(config))
     return 0
+
+
+async def _serve(config: GatewayConfig) -> None:
+    app = await _prepare(config)
+    await server.run(app, config)
 
 
 def _sign(args: argparse.Namespace) -> int:
