@@ -32,7 +32,10 @@ _ERROR_TEXT = {
     403: "The caller's role may not call this route", 404: "No such resource",
     409: "Conflicts with the current state (e.g. a reused client_order_id, an order no longer open)",
     413: "Body too large", 415: "Body is not application/json", 422: "Invalid fields or values",
-    429: "Rate limited; see Retry-After", 503: "Not ready or temporarily unavailable; see Retry-After",
+    429: "Rate limited (rate_limited: the key's requests; too_many_auth_failures: this address's failed "
+         "authentications); see Retry-After",
+    503: "Not ready, shutting down, or temporarily unavailable (the message names the reference to reconcile "
+         "by when the outcome is unknown); see Retry-After",
 }
 
 
