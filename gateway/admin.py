@@ -40,7 +40,7 @@ class ParticipantPath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class KeyPath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    api_key: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")]
+    api_key: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"\A[A-Za-z0-9_\-]+\Z")]
 
 
 class KeyRevoked(msgspec.Struct, frozen=True):

@@ -14,7 +14,6 @@ from typing import Any
 import msgspec
 
 from gateway.errors import ErrorBody
-from gateway.inputs import TEXT_PATTERN, TEXT_PATTERN_ECMA
 from gateway.routes import Route
 
 __all__ = ["build_openapi"]
@@ -59,10 +58,12 @@ def build_openapi(routes: Iterable[Route], *, title: str, version: str) -> dict[
 
 
 def _ecma_patterns(node: Any) -> None:
-    """Show free text's Python-only `\\A...\\Z` pattern in ECMA-262 form, as JSON Schema wants it."""
+    """Show the Python-only anchors of our patterns (`\\A...\\Z`: see `gateway.inputs`) in ECMA-262 form
+    (`^...$`, where `$` is the end of the text), as JSON Schema wants them."""
     if isinstance(node, dict):
-        if node.get("pattern") == TEXT_PATTERN:
-            node["pattern"] = TEXT_PATTERN_ECMA
+        pattern = node.get("pattern")
+        if isinstance(pattern, str) and pattern.startswith("\\A") and pattern.endswith("\\Z"):
+            node["pattern"] = f"^{pattern[2:-2]}$"
         for value in node.values():
             _ecma_patterns(value)
     elif isinstance(node, list):

@@ -545,3 +545,36 @@ async def test_an_unknown_key_is_remembered_not_read_again(ex: Exchange) -> None
         reply = await stranger.get("/v1/me")
         assert (reply.status, reply.json()["code"]) == (401, "unknown_key")
     assert await _metric(ex, "hogx_auth_key_lookups_total") == lookups + 1
+
+
+async def test_a_trailing_newline_passes_no_pattern(ex: Exchange, market: str) -> None:
+    """Python's `$` also matches before a final newline: every pattern is anchored with \\A...\\Z."""
+    buyer, farmer = await ex.register(Role.BUYER), await ex.register(Role.FARMER)
+    order = {"client_order_id": "nl-1", "instrument": market, "side": "buy", "price_fen": 2800,
+             "quantity_heads": 1}
+    for field, value in (("client_order_id", "nl-1\n"), ("instrument", f"{market}\n")):
+        reply = await buyer.post("/v1/orders", json={**order, field: value})
+        assert reply.status == 422, (field, reply.body)
+    reply = await farmer.post("/v1/lots", json=_lot(market, client_lot_ref="lot-1\n"))
+    assert reply.status == 422, reply.body
+    reply = await ex.operator.post("/v1/deposits", json={"deposit_ref": "dep-1\n", "owner_id": buyer.participant_id,
+                                                         "account": "trading_cash", "amount_fen": 100})
+    assert reply.status == 422, reply.body
+    reply = await ex.operator.post("/v1/admin/participants", json={"role": "farmer", "name": "Li",
+                                                                   "bank_account": "6222 0001\n"})
+    assert reply.status == 422, reply.body
+    reply = await ex.client().get(f"/v1/markets/{market}%0A/book", signed=False)
+    assert reply.status == 422, reply.body
+    assert (await buyer.get("/v1/orders")).json()["orders"] == []
+    document = (await ex.client().get("/v1/openapi.json", signed=False)).json()
+    patterns = _patterns(document)
+    assert patterns and not [p for p in patterns if "\\A" in p or "\\Z" in p]  # ECMA-262 in the document
+
+
+def _patterns(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["pattern"]] if isinstance(node.get("pattern"), str) else []
+        return own + [p for value in node.values() for p in _patterns(value)]
+    if isinstance(node, list):
+        return [p for value in node for p in _patterns(value)]
+    return []
