@@ -246,6 +246,17 @@ class BankImport(msgspec.Struct, array_like=True, gc=False):
     errors: list[tuple[int, str]]
 
 
+class Registration(msgspec.Struct, array_like=True, gc=False):
+    """A registration made with an idempotency reference: who it created, a digest of the profile it
+    was made with (a repeat must match it), its first API key (not the secret) and when."""
+
+    registration_ref: str
+    participant_id: int
+    profile_digest: str
+    api_key: str
+    ts_ns: int
+
+
 class AccountKey(msgspec.Struct, array_like=True, gc=False):
     code: int
     owner_id: int
@@ -283,4 +294,9 @@ class ClearingSnapshot(msgspec.Struct, array_like=True, gc=False):
     deposits: list[Deposit]
     sent_files: list[SentFile]
     bank_imports: list[BankImport]
-    repayments: list[Repayment] = []  # optional and last: snapshots without it decode (see Clearing.snapshot)
+    # Optional and last: a snapshot without them decodes, and a state without them encodes to exactly the
+    # bytes (and hash) earlier versions wrote (see Clearing.snapshot).
+    repayments: list[Repayment] = []
+    bank_codes: list[tuple[int, str, str]] = []  # (participant, bank code, branch code)
+    file_digests: list[tuple[str, str]] = []  # (payout file ref, SHA-256 of the bytes sent)
+    registrations: list[Registration] = []
