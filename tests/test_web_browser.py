@@ -111,6 +111,7 @@ async def screenshots(browser: Browser, name: str) -> None:
     """The page at phone and desktop size, checked for sideways scrolling and labels on the way."""
     await no_sideways_scroll(browser)
     await every_field_labelled(browser)
+    await browser.run("window.scrollTo(0, 0)")
     await browser.screenshot(ARTIFACTS / f"{name}-phone.png")
     await browser.resize(phone=False)
     await browser.screenshot(ARTIFACTS / f"{name}-desktop.png")
