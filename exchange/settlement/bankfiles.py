@@ -17,9 +17,10 @@ details)::
 
 ``reference`` (``HOGX-P<payout>-A<attempt>``) is the bank's idempotency key: the bank pays one
 reference at most once, so resending a file is harmless, and a retry is a new attempt with a new
-reference. ``trade_ids`` traces the money to its trades. The payee's name and bank and branch codes are
-those of its profile when the file is rendered, the account the one the payout was made (or retried)
-to. The format never changes under its name: a new layout gets a new format name.
+reference. ``trade_ids`` traces the money to its trades. The payee's name is that of its profile when
+the file is rendered; the account and its bank and branch codes are those the payout was made (or
+retried) to, so a profile changed after the payout run never pairs the old account with new codes.
+The format never changes under its name: a new layout gets a new format name.
 
 Confirmation file: ``payout_id,attempt,status,bank_ref,reason`` with ``status`` ``OK`` or ``FAILED``.
 """
@@ -95,7 +96,10 @@ def bank_file_csv(clearing: Clearing, payouts: Iterable[Payout], *, file_ref: st
     total = count = 0
     for p in sorted(payouts, key=lambda p: (p.priority, p.payout_id)):
         who = clearing.participants[p.payee_id]
-        bank_code, branch_code = clearing.bank_codes.get(p.payee_id, ("", ""))
+        # the codes fixed with the account when the payout was made; the profile's only for a payout made
+        # before payouts kept them
+        bank_code, branch_code = ((p.bank_code, p.branch_code) if p.bank_code or p.branch_code
+                                  else clearing.bank_codes.get(p.payee_id, ("", "")))
         count += 1
         total += p.amount_fen
         writer.writerow([

@@ -339,7 +339,8 @@ if (
     or PayableSource.__struct_fields__ != ("kind", "ref_id", "amount_fen")
     or Payout.__struct_fields__ != (
         "payout_id", "run_id", "payee_id", "amount_fen", "priority", "pending_id", "bank_account", "sources",
-        "created_at_ns", "state", "attempt", "file_ref", "bank_ref", "reason", "updated_at_ns",
+        "created_at_ns", "state", "attempt", "file_ref", "bank_ref", "reason", "updated_at_ns", "bank_code",
+        "branch_code",
     )
 ):  # fmt: skip
     raise ImportError("a struct the clearing reads by position changed: update how clearing.py unpacks it")
@@ -1924,9 +1925,10 @@ class Clearing:
         priority = _SAME_DAY if who.poor_verified else _NORMAL
         sources = self._take_payable(payee_id, amount)
         # every field by position (a keyword call costs more): the defaults of state, attempt, file_ref,
-        # bank_ref and reason, then updated_at_ns
+        # bank_ref and reason, then updated_at_ns and the account's bank and branch codes
+        bank_code, branch_code = self.bank_codes.get(payee_id, ("", ""))
         payout = _PAYOUT(payout_id, run.run_id, payee_id, amount, priority, tid, who.bank_account, sources,
-                         ts_ns, _P_PENDING, 1, "", "", "", ts_ns)
+                         ts_ns, _P_PENDING, 1, "", "", "", ts_ns, bank_code, branch_code)
         self.payouts[payout_id] = payout
         run.payout_ids.append(payout_id)
         run.total_fen += amount
@@ -2062,6 +2064,7 @@ class Clearing:
         if not who.bank_verified:
             return self._reject(cmd, R.BANK_ACCOUNT_NOT_VERIFIED, ref, out)
         p.state, p.attempt, p.bank_account = PayoutState.PENDING, p.attempt + 1, who.bank_account
+        p.bank_code, p.branch_code = self.bank_codes.get(who.participant_id, ("", ""))
         p.file_ref = p.bank_ref = p.reason = ""
         p.updated_at_ns = cmd.ts_ns
         out.append(self._payout_event(p, cmd.ts_ns))

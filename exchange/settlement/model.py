@@ -177,6 +177,11 @@ class Payout(msgspec.Struct, array_like=True, gc=False):
     bank_ref: str = ""
     reason: str = ""  # the bank's reason for a failure
     updated_at_ns: int = 0
+    # The payee's bank and branch codes, fixed with bank_account when the payout is made (or retried), so
+    # the file pairs the account with its own codes even if the profile changes before it is sent. Both
+    # empty on a payout made before they were kept (the file then takes the profile's).
+    bank_code: str = ""
+    branch_code: str = ""
 
     @property
     def trade_ids(self) -> tuple[int, ...]:

@@ -1,0 +1,82 @@
+"""Review fixes of the bank payout file: a payout keeps the bank and branch codes of the account it was
+made to; a profile update leaving the codes out keeps them; the payer must be configured for a real
+market; a file sent before storage is not served as the original; archive files are private."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest_asyncio
+
+from exchange.commands import (
+    BankConfirmation,
+    ImportBankConfirmations,
+    MarkPayoutsSent,
+    RetryPayout,
+    RunPayouts,
+    UpdateParticipant,
+    VerifyBankAccount,
+)
+from exchange.events import PayoutRunCreated
+from exchange.settlement.bankfiles import Payer, bank_file_csv, payouts_to_send, read_payout_file
+from gateway.client import Reply
+from gateway.testing import Exchange, running_exchange
+from tests.settlement_support import BUYER, FARMER, HOUR_NS, OPERATOR, world
+
+
+@pytest_asyncio.fixture(scope="module")
+async def ex(_test_databases: Any) -> AsyncIterator[Exchange]:
+    dsn = await _test_databases.create(migrated=True)
+    try:
+        async with running_exchange(dsn, clock_tick_s=0.05) as exchange:
+            yield exchange
+    finally:
+        await _test_databases.drop(dsn)
+
+
+def _ok(reply: Reply, status: int = 200) -> Any:
+    assert reply.status == status, (reply.status, reply.body)
+    return reply.json()
+
+
+WINDOW_NS = 48 * HOUR_NS  # the dispute window of settlement_support's instruments
+PAYER = Payer(name="重庆荣昌生猪交易市场", account="3100000000000000001", bank_code="102",
+              branch_code="102653000019")
+
+
+def _file_detail(x: object) -> dict[str, str]:
+    clearing = x.clearing  # type: ignore[attr-defined]
+    content = bank_file_csv(clearing, payouts_to_send(clearing), file_ref="F", value_day=20_458, payer=PAYER)
+    [detail] = read_payout_file(content).details
+    return detail
+
+
+def test_a_pending_payout_goes_out_with_the_codes_of_the_account_it_was_made_to() -> None:
+    x = world()
+    old_account = x.clearing.participants[FARMER].bank_account
+    x.ok(UpdateParticipant(FARMER, 0, FARMER, "李四", old_account, "102", "102653000123"))
+    x.ok(VerifyBankAccount(OPERATOR, 0, FARMER, old_account))
+    x.deposit(BUYER, 10_000_000)
+    trade = x.trade(BUYER, FARMER, 2800, 10)
+    x.weigh_in(trade.trade_id, 10, 1_150_000)
+    x.tick(WINDOW_NS)
+    (payout_id,) = x.of(PayoutRunCreated, x.ok(RunPayouts(OPERATOR, 0, "R1")))[0].payout_ids
+    # After the run the payee moves to another bank: the pending payout still goes to the old account,
+    # so it must carry the old account's codes, not the new profile's.
+    x.ok(UpdateParticipant(FARMER, 0, FARMER, "李四", "6228480000000001", "103", "103653000001"))
+    detail = _file_detail(x)
+    assert (detail["payee_account"], detail["payee_bank_code"], detail["payee_branch_code"]) == (
+        old_account, "102", "102653000123")
+    x.restore_from_snapshot()  # the codes are state: they survive a snapshot
+    assert (_file_detail(x)["payee_bank_code"], _file_detail(x)["payee_branch_code"]) == ("102", "102653000123")
+
+    # A retry goes to the (verified) current account, with its codes.
+    x.ok(MarkPayoutsSent(OPERATOR, 0, "F1", ((payout_id, 1),)))
+    x.ok(ImportBankConfirmations(OPERATOR, 0, "C1", (BankConfirmation(payout_id, 1, False, "B1", "closed"),)))
+    x.ok(VerifyBankAccount(OPERATOR, 0, FARMER, "6228480000000001"))
+    x.ok(RetryPayout(OPERATOR, 0, payout_id))
+    detail = _file_detail(x)
+    assert (detail["attempt"], detail["payee_account"], detail["payee_bank_code"], detail["payee_branch_code"]) == (
+        "2", "6228480000000001", "103", "103653000001")
+
