@@ -193,13 +193,14 @@ class ProfileView(msgspec.Struct, frozen=True):
 
 
 class ProfileUpdate(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """Your name and the bank account payouts go to (with its bank and branch codes, which the bank file
-    carries; left out, they are cleared); a changed account, code or name must be verified again."""
+    """Your name and the bank account payouts go to, with its bank and branch codes, which the bank file
+    carries: a code left out stays as it is (clients older than the codes send none), `""` clears it.
+    A changed account, code or name must be verified again."""
 
     name: Name
     bank_account: BankAccount
-    bank_code: BankCode = ""
-    branch_code: BranchCode = ""
+    bank_code: BankCode | None = None
+    branch_code: BranchCode | None = None
 
 
 class ParticipantPath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -272,8 +273,11 @@ async def get_profile(call: Call) -> ProfileView:
 async def update_profile(call: Call, body: ProfileUpdate) -> ProfileView:
     """Change your name or bank account (either change waits for an operator's verification again)."""
     me = call.principal.participant_id
-    check_bank_codes(body.bank_code, body.branch_code)
-    await submit(call, UpdateParticipant(me, 0, me, body.name, body.bank_account, body.bank_code, body.branch_code))
+    current_bank, current_branch = clearing_of(call).bank_codes.get(me, ("", ""))
+    bank_code = current_bank if body.bank_code is None else body.bank_code
+    branch_code = current_branch if body.branch_code is None else body.branch_code
+    check_bank_codes(bank_code, branch_code)
+    await submit(call, UpdateParticipant(me, 0, me, body.name, body.bank_account, bank_code, branch_code))
     return _profile_view(call, _participant(call, me))
 
 

@@ -20,6 +20,7 @@ from exchange.commands import (
 )
 from exchange.events import PayoutRunCreated
 from exchange.settlement.bankfiles import Payer, bank_file_csv, payouts_to_send, read_payout_file
+from gateway.auth import Role
 from gateway.client import Reply
 from gateway.testing import Exchange, running_exchange
 from tests.settlement_support import BUYER, FARMER, HOUR_NS, OPERATOR, world
@@ -80,3 +81,27 @@ def test_a_pending_payout_goes_out_with_the_codes_of_the_account_it_was_made_to(
     assert (detail["attempt"], detail["payee_account"], detail["payee_bank_code"], detail["payee_branch_code"]) == (
         "2", "6228480000000001", "103", "103653000001")
 
+
+async def test_a_profile_update_without_the_codes_keeps_them_and_the_verification(ex: Exchange) -> None:
+    account = "6217000011115555"
+    farmer = await ex.register(Role.FARMER, "孙九", bank_account=account, bank_code="102",
+                               branch_code="102653000123")
+    _ok(await ex.operator.post(f"/v1/admin/participants/{farmer.participant_id}/bank-account/verify",
+                               json={"bank_account": account}))
+    # An old client knows only name and account: the codes stay, and nothing changed needs verifying.
+    view = _ok(await farmer.request("PATCH", "/v1/profile", json={"name": "孙九", "bank_account": account}))
+    assert (view["bank_code"], view["branch_code"], view["bank_verified"]) == ("102", "102653000123", True)
+    view = _ok(await farmer.request("PATCH", "/v1/profile", json={"name": "孙九", "bank_account": account,
+                                                                  "bank_code": None, "branch_code": None}))
+    assert (view["bank_code"], view["branch_code"], view["bank_verified"]) == ("102", "102653000123", True)
+    # One code given, the other kept: checked together.
+    reply = await farmer.request("PATCH", "/v1/profile", json={"name": "孙九", "bank_account": account,
+                                                               "bank_code": "103"})
+    assert (reply.status, reply.json()["code"]) == (422, "invalid_participant")
+    view = _ok(await farmer.request("PATCH", "/v1/profile", json={"name": "孙九", "bank_account": account,
+                                                                  "branch_code": ""}))
+    assert (view["bank_code"], view["branch_code"], view["bank_verified"]) == ("102", "", False)
+    # An explicit "" clears.
+    view = _ok(await farmer.request("PATCH", "/v1/profile", json={"name": "孙九", "bank_account": account,
+                                                                  "bank_code": ""}))
+    assert (view["bank_code"], view["branch_code"]) == ("", "")
