@@ -750,21 +750,21 @@ def _render(call: Call, clearing: Clearing, file_ref: str, payouts: Iterable[Pay
 
 
 async def _bank_file(call: Call, file_ref: str) -> web.Response:
-    """The file as sent, byte for byte (stored before it was sent), with its SHA-256 in `X-Hogx-SHA256`."""
+    """The file as sent, byte for byte (stored before it was sent), with its SHA-256 in `X-Hogx-SHA256`.
+    A file sent before files were stored is rendered again: not the original (today's layout and value
+    date, the current names), so it comes without `X-Hogx-SHA256`."""
     clearing = clearing_of(call)
     digest = clearing.file_digests.get(file_ref)
     if digest is None:
         # Sent before files were stored: rendered again, each payout under the attempt the file carried.
         sent = clearing.sent_files[file_ref]
         payouts = [msgspec.structs.replace(clearing.payouts[pid], attempt=attempt) for pid, attempt in sent.payouts]
-        content = _render(call, clearing, file_ref, payouts)
-    else:
-        stored = await store.load_payout_file(call.pool, file_ref, digest)
-        if stored is None:  # stored before its command was journaled: never missing unless the table was edited
-            raise RuntimeError(f"payout file {file_ref} ({digest}) is not in payout_files")
-        content = stored
-    response = _csv_response(content, f"{file_ref}.csv")
-    response.headers[SHA256_HEADER] = hashlib.sha256(content).hexdigest()
+        return _csv_response(_render(call, clearing, file_ref, payouts), f"{file_ref}.csv")
+    stored = await store.load_payout_file(call.pool, file_ref, digest)
+    if stored is None:  # stored before its command was journaled: never missing unless the table was edited
+        raise RuntimeError(f"payout file {file_ref} ({digest}) is not in payout_files")
+    response = _csv_response(stored, f"{file_ref}.csv")
+    response.headers[SHA256_HEADER] = hashlib.sha256(stored).hexdigest()
     return response
 
 
@@ -799,7 +799,8 @@ async def export_payout_file(call: Call, body: PayoutFileRequest) -> web.Respons
             media_type=_CSV)
 async def get_payout_file(call: Call, params: PayoutFilePath) -> web.Response:
     """Download an exported bank file again: the bytes that were sent (`X-Hogx-SHA256` their digest), only
-    once the command that made it is durable."""
+    once the command that made it is durable. A file sent before files were stored is rendered again
+    (today's layout and value date) and comes without `X-Hogx-SHA256`: it is not the original."""
     while True:
         clearing = clearing_of(call)
         if params.file_ref not in clearing.sent_files:

@@ -20,10 +20,14 @@ from exchange.commands import (
 )
 from exchange.events import PayoutRunCreated
 from exchange.settlement.bankfiles import Payer, bank_file_csv, payouts_to_send, read_payout_file
+from exchange.settlement.clearing import SYSTEM_ID
 from gateway.auth import Role
 from gateway.client import Reply
+from gateway.exchange_port import EXCHANGE
+from gateway.settlement import SHA256_HEADER
 from gateway.testing import Exchange, running_exchange
 from tests.settlement_support import BUYER, FARMER, HOUR_NS, OPERATOR, world
+from tests.test_bank_files import _pending_payout
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -31,6 +35,7 @@ async def ex(_test_databases: Any) -> AsyncIterator[Exchange]:
     dsn = await _test_databases.create(migrated=True)
     try:
         async with running_exchange(dsn, clock_tick_s=0.05) as exchange:
+            await exchange.list_instrument("RC-BF", dispute_window_ms=0)  # _pending_payout's
             yield exchange
     finally:
         await _test_databases.drop(dsn)
@@ -105,3 +110,16 @@ async def test_a_profile_update_without_the_codes_keeps_them_and_the_verificatio
     view = _ok(await farmer.request("PATCH", "/v1/profile", json={"name": "孙九", "bank_account": account,
                                                                   "bank_code": ""}))
     assert (view["bank_code"], view["branch_code"]) == ("", "")
+
+
+async def test_a_file_sent_before_storage_is_rendered_again_without_a_digest(ex: Exchange) -> None:
+    _, payout_id = await _pending_payout(ex, "周十", "6217000011116666")
+    # What a gateway older than stored files journaled: the payouts sent, no digest.
+    await ex.app[EXCHANGE].submit(MarkPayoutsSent(SYSTEM_ID, 0, "OLD-1", ((payout_id, 1),)))
+    for reply in (await ex.operator.get("/v1/payout-files/OLD-1"),
+                  await ex.operator.post("/v1/payout-files", json={"file_ref": "OLD-1"})):
+        assert reply.status in (200, 201), (reply.status, reply.body)
+        assert SHA256_HEADER not in reply.headers  # not the bytes that were sent
+        [detail] = read_payout_file(reply.body).details
+        assert (detail["payout_id"], detail["payee_account"]) == (str(payout_id), "6217000011116666")
+
