@@ -39,10 +39,12 @@ HOGX_CLOCK_TICK_S              exchange clock tick (expires GTD orders); 0 turns
 HOGX_TRADE_HISTORY             public trades kept per instrument for GET .../trades        10000
 HOGX_CANDLE_HISTORY            candles kept per instrument and interval                    1000
 HOGX_PROJECT_READ_MODELS       keep the PostgreSQL `orders`/`trades` tables up to date     false
-HOGX_PAYER_NAME                the exchange's settlement account that payout files debit:  (demo)
+HOGX_PAYER_NAME                the exchange's settlement account that payout files debit:  (unset)
 HOGX_PAYER_ACCOUNT             its holder's name, account number (1-32 of 0-9 A-Z a-z),
 HOGX_PAYER_BANK_CODE           bank code (3 digits) and branch code (12 digits, starting
-HOGX_PAYER_BRANCH_CODE         with the bank code); the defaults are a demo account
+HOGX_PAYER_BRANCH_CODE         with the bank code): all four or none. Unset, no payout
+                               file is made (422 payer_not_configured) except with --demo,
+                               which debits a made-up demo account (`DEMO_PAYER`)
 =============================  ==========================================================  ==========
 
 Client addresses are the TCP peer's: behind a reverse proxy every client shares the proxy's address, so
@@ -71,6 +73,10 @@ _PAYER_ACCOUNT_RE = re.compile(r"[0-9A-Za-z]{1,32}")
 
 class ConfigError(ValueError):
     """An environment variable is malformed or inconsistent."""
+
+
+# The demo market's made-up settlement account (`hogx serve --demo` only): never a real market's payer.
+DEMO_PAYER: tuple[str, str, str, str] = ("重庆荣昌生猪交易市场", "3100000000000000001", "102", "102653000019")
 
 
 class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -109,11 +115,12 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
     # Off by default: the API answers from the in-memory read model; the PostgreSQL projection serves
     # SQL readers only and costs ~28 µs of database CPU per order (run it where the database has room).
     project_read_models: bool = False
-    # The payer of payout files (exchange.settlement.bankfiles): the demo's settlement account by default.
-    payer_name: str = "重庆荣昌生猪交易市场"
-    payer_account: str = "3100000000000000001"
-    payer_bank_code: str = "102"
-    payer_branch_code: str = "102653000019"
+    # The payer of payout files (exchange.settlement.bankfiles). No default: a real market that forgot
+    # them must not send files debiting a made-up account; `payer()` falls back to DEMO_PAYER only in a demo.
+    payer_name: str = ""
+    payer_account: str = ""
+    payer_bank_code: str = ""
+    payer_branch_code: str = ""
 
     def __post_init__(self) -> None:
         if (self.operator_key is None) != (self.operator_secret is None):
@@ -137,13 +144,21 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError("rate_limit_per_s must be positive")
         if not 0 <= self.db_pool_min <= self.db_pool_max:
             raise ConfigError("need 0 <= db_pool_min <= db_pool_max")
-        if not (0 < len(self.payer_name) <= 100 and _PAYER_ACCOUNT_RE.fullmatch(self.payer_account)
+        payer = (self.payer_name, self.payer_account, self.payer_bank_code, self.payer_branch_code)
+        if any(payer) and not (0 < len(self.payer_name) <= 100 and _PAYER_ACCOUNT_RE.fullmatch(self.payer_account)
                 and re.fullmatch(r"[0-9]{3}", self.payer_bank_code)
                 and re.fullmatch(r"[0-9]{12}", self.payer_branch_code)
                 and self.payer_branch_code.startswith(self.payer_bank_code)):
             raise ConfigError("HOGX_PAYER_NAME (1-100 characters), HOGX_PAYER_ACCOUNT (1-32 of 0-9 A-Z a-z), "
                               "HOGX_PAYER_BANK_CODE (3 digits), HOGX_PAYER_BRANCH_CODE (12 digits starting "
-                              "with the bank code)")
+                              "with the bank code): all four, or none")
+
+    def payer(self) -> tuple[str, str, str, str] | None:
+        """The payer of payout files (name, account, bank code, branch code): the configured one; with
+        `demo`, `DEMO_PAYER` when none is; else None (no payout file can be made)."""
+        if self.payer_account:
+            return (self.payer_name, self.payer_account, self.payer_bank_code, self.payer_branch_code)
+        return DEMO_PAYER if self.demo else None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> GatewayConfig:

@@ -742,10 +742,14 @@ async def run_payouts(call: Call, body: PayoutRunRequest) -> PayoutRunView:
 
 
 def _render(call: Call, clearing: Clearing, file_ref: str, payouts: Iterable[Payout]) -> bytes:
-    """The payout file of `payouts`, value date today (CST), debiting the configured payer's account."""
-    config = call.app[CONFIG]
-    payer = Payer(name=config.payer_name, account=config.payer_account, bank_code=config.payer_bank_code,
-                  branch_code=config.payer_branch_code)
+    """The payout file of `payouts`, value date today (CST), debiting the configured payer's account;
+    422 `payer_not_configured` if there is none (a real market without HOGX_PAYER_*)."""
+    settings = call.app[CONFIG].payer()
+    if settings is None:
+        raise ApiError(422, "payer_not_configured", "no payout file without the exchange's settlement account: "
+                       "set HOGX_PAYER_NAME, HOGX_PAYER_ACCOUNT, HOGX_PAYER_BANK_CODE and HOGX_PAYER_BRANCH_CODE")
+    name, account, bank_code, branch_code = settings
+    payer = Payer(name=name, account=account, bank_code=bank_code, branch_code=branch_code)
     return bank_file_csv(clearing, payouts, file_ref=file_ref, value_day=cst_day(time.time_ns()), payer=payer)
 
 

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from gateway.auth import Role
 from gateway.client import SignedClient
-from gateway.config import GatewayConfig
+from gateway.config import DEMO_PAYER, GatewayConfig
 from gateway.routes import RouteTable
 from gateway.server import Runner
 
@@ -45,6 +45,8 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 0,
         yield f"http://{bound_host}:{bound_port}"
     finally:
         await runner.cleanup()
+
+_PAYER_FIELDS = ("payer_name", "payer_account", "payer_bank_code", "payer_branch_code")
 
 
 def hog_instrument(symbol: str, **overrides: Any) -> dict[str, Any]:
@@ -131,8 +133,10 @@ async def running_exchange(database_url: str, *, extra_routes: Iterable[RouteTab
     key, secret = f"op_{secrets.token_hex(8)}", secrets.token_hex(16)
     # Every test client shares 127.0.0.1: the per-address limit on failed authentications would let
     # one test's deliberate failures refuse the next test's requests (a test of that limit sets it).
+    # A test market's settlement account for payout files (a real one has no default: config.DEMO_PAYER's
+    # figures, which tests of the file's bytes expect); a test of the refusal sets payer_account="".
     settings: dict[str, Any] = {"db_pool_min": 1, "db_pool_max": 4, "clock_tick_s": 0.0,
-                                "auth_failure_burst": 1_000_000}
+                                "auth_failure_burst": 1_000_000, **dict(zip(_PAYER_FIELDS, DEMO_PAYER, strict=True))}
     session_policy = overrides.pop("session_policy", None)  # the web app's sign-in rules (gateway.sessions)
     settings.update(overrides)
     config = GatewayConfig(database_url=database_url, operator_key=key, operator_secret=secret, **settings)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 import pytest_asyncio
 
 from exchange.commands import (
@@ -23,8 +24,10 @@ from exchange.settlement.bankfiles import Payer, bank_file_csv, payouts_to_send,
 from exchange.settlement.clearing import SYSTEM_ID
 from gateway.auth import Role
 from gateway.client import Reply
+from gateway.config import DEMO_PAYER, ConfigError, GatewayConfig
 from gateway.exchange_port import EXCHANGE
 from gateway.settlement import SHA256_HEADER
+from gateway.state import POOL
 from gateway.testing import Exchange, running_exchange
 from tests.settlement_support import BUYER, FARMER, HOUR_NS, OPERATOR, world
 from tests.test_bank_files import _pending_payout
@@ -122,4 +125,32 @@ async def test_a_file_sent_before_storage_is_rendered_again_without_a_digest(ex:
         assert SHA256_HEADER not in reply.headers  # not the bytes that were sent
         [detail] = read_payout_file(reply.body).details
         assert (detail["payout_id"], detail["payee_account"]) == (str(payout_id), "6217000011116666")
+
+
+def test_a_real_market_has_no_payer_unless_configured_and_the_demo_has_its_own() -> None:
+    assert GatewayConfig().payer() is None
+    assert GatewayConfig(demo=True).payer() == DEMO_PAYER
+    configured = {"HOGX_PAYER_NAME": "荣昌交易所", "HOGX_PAYER_ACCOUNT": "31000001", "HOGX_PAYER_BANK_CODE": "103",
+                  "HOGX_PAYER_BRANCH_CODE": "103653000001"}
+    for demo in (False, True):
+        assert GatewayConfig.from_env(configured, demo=demo).payer() == ("荣昌交易所", "31000001", "103",
+                                                                         "103653000001")
+    with pytest.raises(ConfigError, match="all four, or none"):
+        GatewayConfig.from_env({"HOGX_PAYER_ACCOUNT": "31000001"})
+
+
+async def test_no_payout_file_without_a_configured_payer(_test_databases: Any) -> None:
+    dsn = await _test_databases.create(migrated=True)
+    try:
+        async with running_exchange(dsn, clock_tick_s=0.05, payer_name="", payer_account="", payer_bank_code="",
+                                    payer_branch_code="") as bare:
+            await bare.list_instrument("RC-BF", dispute_window_ms=0)
+            _, payout_id = await _pending_payout(bare, "吴一", "6217000011117777")
+            reply = await bare.operator.post("/v1/payout-files", json={"file_ref": "NO-PAYER"})
+            assert (reply.status, reply.json()["code"]) == (422, "payer_not_configured")
+            payout = _ok(await bare.operator.get(f"/v1/payouts/{payout_id}"))
+            assert payout["state"] == "PENDING"  # nothing marked sent, nothing stored
+            assert await bare.app[POOL].fetchval("SELECT count(*) FROM payout_files") == 0
+    finally:
+        await _test_databases.drop(dsn)
 
