@@ -45,7 +45,7 @@ from datetime import date, timedelta
 from importlib import resources
 from itertools import chain, count, repeat
 from pathlib import Path
-from typing import Any, Final, NamedTuple
+from typing import Any, BinaryIO, Final, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -509,11 +509,15 @@ async def _archive_partition(
     path = directory / f"{name}.copy"
     if not partition.detach_pending:
         part = directory / f"{name}.copy.part"
-        status = await conn.copy_from_query(
-            f"SELECT seq, ts_ns, command, events FROM {name} ORDER BY seq", output=str(part), format="binary")
+        # the rows hold API secrets (CreateApiKey): the file is the owner's alone from its first byte
+        with _private_file(part) as out:
+            status = await conn.copy_from_query(
+                f"SELECT seq, ts_ns, command, events FROM {name} ORDER BY seq", output=out, format="binary")
         if status != f"COPY {rows}":
             raise RuntimeError(f"exporting {name}: {status}, expected {rows} rows; nothing was detached")
         await asyncio.to_thread(_fsync_rename, part, path)
+    else:
+        os.chmod(path, 0o600)  # exported by an interrupted run, perhaps by a version that left it readable
     sha256 = await asyncio.to_thread(_sha256_of, path)
     record = ArchivedPartition(name, partition.from_ns, partition.to_ns, rows, first_seq, last_seq, str(path), sha256)
     manifest = {**record._asdict(), "path": path.name, "snapshot_seq": snapshot_seq,
@@ -572,9 +576,17 @@ def _sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _private_file(path: Path) -> BinaryIO:
+    """``path`` opened for writing (truncated), mode 0600 even if it existed (an interrupted run's)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "wb")
+
+
 def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
     part = path.with_suffix(".json.part")
-    part.write_text(json.dumps(manifest, indent=2) + "\n")
+    with _private_file(part) as out:
+        out.write((json.dumps(manifest, indent=2) + "\n").encode())
     _fsync_rename(part, path)
 
 

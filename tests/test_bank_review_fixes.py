@@ -4,12 +4,18 @@ market; a file sent before storage is not served as the original; archive files 
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import pytest_asyncio
 
+from benchmarks.matching import exchange_setup_commands
+from exchange import store
 from exchange.commands import (
     BankConfirmation,
     ImportBankConfirmations,
@@ -19,7 +25,9 @@ from exchange.commands import (
     UpdateParticipant,
     VerifyBankAccount,
 )
+from exchange.core import new_exchange
 from exchange.events import PayoutRunCreated
+from exchange.sequencer import Sequencer
 from exchange.settlement.bankfiles import Payer, bank_file_csv, payouts_to_send, read_payout_file
 from exchange.settlement.clearing import SYSTEM_ID
 from gateway.auth import Role
@@ -29,8 +37,10 @@ from gateway.exchange_port import EXCHANGE
 from gateway.settlement import SHA256_HEADER
 from gateway.state import POOL
 from gateway.testing import Exchange, running_exchange
+from tests.conftest import FreshDatabase
 from tests.settlement_support import BUYER, FARMER, HOUR_NS, OPERATOR, world
 from tests.test_bank_files import _pending_payout
+from tests.test_journal_partitions import DAY, START_NS, Clock, _submit
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -154,3 +164,29 @@ async def test_no_payout_file_without_a_configured_payer(_test_databases: Any) -
     finally:
         await _test_databases.drop(dsn)
 
+
+async def test_journal_archive_files_are_the_owners_alone(fresh_database_url: FreshDatabase, tmp_path: Path) -> None:
+    dsn = await fresh_database_url()
+    clock = Clock()
+    for day in (0, 1):  # day 0's partition, then a snapshot (the clean stop) on day 1
+        clock.now_ns = max(clock.now_ns, START_NS + day * DAY + 3_600 * 10**9)
+        sequencer = Sequencer(dsn, core_type=new_exchange, clock_ns=clock, snapshot_every=10**9)
+        await sequencer.start()
+        await _submit(sequencer, exchange_setup_commands()[:5] if day == 0 else exchange_setup_commands()[5:6])
+        await sequencer.stop()
+    directory = tmp_path / "archive"
+    # a stale part an interrupted run left readable, and a umask that would leave new files readable
+    directory.mkdir()
+    (directory / "journal_20260101.copy.part").write_bytes(b"stale")
+    (directory / "journal_20260101.copy.part").chmod(0o644)
+    umask = os.umask(0o022)
+    conn = await asyncpg.connect(dsn)
+    try:
+        archived = await store.archive_journal(conn, START_NS + DAY, directory)
+    finally:
+        await conn.close()
+        os.umask(umask)
+    assert [a.name for a in archived] == ["journal_20260101"]
+    files = sorted(p.name for p in directory.iterdir())
+    assert files == ["journal_20260101.copy", "journal_20260101.json"]
+    assert [stat.S_IMODE((directory / f).stat().st_mode) for f in files] == [0o600, 0o600]
