@@ -20,7 +20,7 @@ import pytest_asyncio
 
 from gateway.auth import Role
 from gateway.client import Reply
-from gateway.testing import Exchange, running_exchange
+from gateway.testing import LOT_CERT, Exchange, running_exchange
 from tests.test_gateway_settlement import _farmer, _ok, eventually
 
 WINDOW_S = 1.0
@@ -119,7 +119,7 @@ async def test_list_auction_bid_close_weigh_in_settle_pay_out(ex: Exchange) -> N
 
     # from here on a book trade's path: weigh-in, dispute window, settlement, payout
     weighed = _ok(await farmer.post(f"/v1/trades/{trade_id}/weigh-in", json={
-        "heads_delivered": 10, "total_weight_g": 1_100_000, "quarantine_cert": "渝动检 5001539999",
+        "heads_delivered": 10, "total_weight_g": 1_100_000, "quarantine_cert": LOT_CERT,
         "quarantine_checked": True}))
     assert weighed["amount_fen"] == 1_100 * 2_770  # 1,100 kg x ¥27.70
 
