@@ -12,7 +12,7 @@ from typing import Any
 import pytest_asyncio
 
 from gateway.auth import Role
-from gateway.testing import Exchange, running_exchange
+from gateway.testing import LOT_CERT, Exchange, running_exchange
 from tests.test_gateway_auctions import _error
 from tests.test_gateway_settlement import _farmer, _ok
 
@@ -56,7 +56,7 @@ async def test_an_auction_day_run_by_the_simulated_clock(sim: Exchange) -> None:
     trade_id = sold["trade_id"]
 
     weighed = _ok(await farmer.post(f"/v1/trades/{trade_id}/weigh-in", json={
-        "heads_delivered": 20, "total_weight_g": 2_200_000, "quarantine_cert": "渝动检 5001539999",
+        "heads_delivered": 20, "total_weight_g": 2_200_000, "quarantine_cert": LOT_CERT,
         "quarantine_checked": True}))
     assert weighed["dispute_until_ms"] == now + 2 * HOUR_MS + 48 * HOUR_MS
     _ok(await op.post("/v1/admin/clock", json={"advance_ms": 48 * HOUR_MS - 1}))
