@@ -13,6 +13,8 @@ Start-up and tear-down are paired in `cleanup_ctx`, run in order on start and in
 Shutdown (`on_shutdown`, which aiohttp runs before waiting for in-flight handlers): stop being ready,
 stop taking commands (503 `not_ready`), refuse new WebSockets and close open ones with 1001
 GOING_AWAY, so the wait for in-flight handlers is short; then the cleanup contexts unwind in reverse.
+`hogx serve` runs the same steps first when SIGTERM arrives and keeps the listener open for
+`HOGX_DRAIN_S` answering every request 503 `not_ready` (`gateway.server`), before aiohttp's shutdown.
 """
 
 from __future__ import annotations
