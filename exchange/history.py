@@ -12,7 +12,8 @@ alone, so deleting them and setting the watermark back to 0 rebuilds them from t
 
 - `catch_up(upto_seq)` at start-up, once the sequencer recovered: folds the journal's stored events
   after the watermark up to the recovered seq (page by page; a row already present is skipped, so a
-  crash between a write and the watermark costs nothing);
+  crash between a write and the watermark costs nothing; journal rows missing after the watermark, as
+  archived days, stop it with `exchange.store.JournalGap` instead of being skipped);
 - `feed(batch)` for every committed batch after that, in the publish step (the events are in memory:
   folding them costs a class check per event; a batch without settlement facts writes nothing);
 - a writer task writes what was fed, with the watermark, in one transaction, off the
@@ -37,6 +38,7 @@ import msgspec
 
 from exchange.sequencer import CommittedBatch, decode_events
 from exchange.settlement.views import REPORT_COLUMNS, ReportEntry, SettlementReportRow, report_entries
+from exchange.store import check_journal_contiguous
 
 __all__ = ["COLUMNS", "PROJECTION", "ReportHistory", "day_entries", "fold", "projected_seq", "write_entries"]
 
@@ -120,6 +122,9 @@ class ReportHistory:
                 "ORDER BY seq LIMIT $3")
             while after_seq < upto_seq:
                 rows = await page.fetch(after_seq, upto_seq, _PAGE_ROWS)
+                # rows skipped (archived) would never be folded, and the watermark would pass them
+                await check_journal_contiguous(
+                    conn, after_seq, [r[0] for r in rows] if rows else [upto_seq + 1], "settlement history")
                 if not rows:
                     break  # the rest of the range holds rows journaled without events: nothing to fold
                 entries = fold((seq, None, decode_events(data)) for seq, data in rows)
