@@ -41,6 +41,8 @@ HOGX_CLOCK_START_MS            where a simulated clock starts; 0: the wall clock
 HOGX_TRADE_HISTORY             public trades kept per instrument for GET .../trades        10000
 HOGX_CANDLE_HISTORY            candles kept per instrument and interval                    1000
 HOGX_PROJECT_READ_MODELS       keep the PostgreSQL `orders`/`trades` tables up to date     false
+HOGX_METRICS_TOKEN             when set, GET /metrics needs `Authorization: Bearer` it     (unset)
+                               (16-256 printable characters, no spaces)
 HOGX_PAYER_NAME                the exchange's settlement account that payout files debit:  (demo)
 HOGX_PAYER_ACCOUNT             its holder's name, account number (1-32 of 0-9 A-Z a-z),
 HOGX_PAYER_BANK_CODE           bank code (3 digits) and branch code (12 digits, starting
@@ -69,6 +71,7 @@ __all__ = ["ConfigError", "GatewayConfig"]
 
 _KEY_RE = re.compile(r"[A-Za-z0-9_\-]{8,64}")
 _PAYER_ACCOUNT_RE = re.compile(r"[0-9A-Za-z]{1,32}")
+_TOKEN_RE = re.compile(r"[\x21-\x7e]{16,256}")
 
 
 class ConfigError(ValueError):
@@ -113,6 +116,8 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
     # Off by default: the API answers from the in-memory read model; the PostgreSQL projection serves
     # SQL readers only and costs ~28 µs of database CPU per order (run it where the database has room).
     project_read_models: bool = False
+    # /metrics shows exchange-wide money: when set, a scrape must present it as a bearer token.
+    metrics_token: str | None = None
     # The payer of payout files (exchange.settlement.bankfiles): the demo's settlement account by default.
     payer_name: str = "重庆荣昌生猪交易市场"
     payer_account: str = "3100000000000000001"
@@ -143,6 +148,8 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError("HOGX_CLOCK_START_MS must be milliseconds since the epoch")
         if self.rate_limit_per_s <= 0:
             raise ConfigError("rate_limit_per_s must be positive")
+        if self.metrics_token is not None and not _TOKEN_RE.fullmatch(self.metrics_token):
+            raise ConfigError("HOGX_METRICS_TOKEN must be 16-256 printable characters without spaces")
         if not 0 <= self.db_pool_min <= self.db_pool_max:
             raise ConfigError("need 0 <= db_pool_min <= db_pool_max")
         if not (0 < len(self.payer_name) <= 100 and _PAYER_ACCOUNT_RE.fullmatch(self.payer_account)
@@ -207,4 +214,5 @@ _ENV_VARS: dict[str, str] = {
     "payer_account": "HOGX_PAYER_ACCOUNT",
     "payer_bank_code": "HOGX_PAYER_BANK_CODE",
     "payer_branch_code": "HOGX_PAYER_BRANCH_CODE",
+    "metrics_token": "HOGX_METRICS_TOKEN",
 }
