@@ -38,7 +38,7 @@ import msgspec
 
 from exchange.sequencer import CommittedBatch, decode_events
 from exchange.settlement.views import REPORT_COLUMNS, ReportEntry, SettlementReportRow, report_entries
-from exchange.store import check_journal_contiguous
+from exchange.store import check_journal_contiguous, follow_reconnecting
 
 __all__ = ["COLUMNS", "PROJECTION", "ReportHistory", "day_entries", "fold", "projected_seq", "write_entries"]
 
@@ -186,23 +186,7 @@ class ReportHistory:
             self._waiters -= 1
 
     async def _run(self) -> None:
-        delay_s = 0.05
-        while True:
-            try:
-                conn = await asyncpg.connect(self.dsn)
-            except (OSError, asyncpg.PostgresError) as exc:
-                _log.warning("settlement history cannot connect (%s); retrying in %.2f s", exc, delay_s)
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 2.0)
-                continue
-            delay_s = 0.05
-            try:
-                await self._follow(conn)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
-                # InternalClientError: asyncpg's protocol state after the backend was terminated mid-query
-                _log.warning("settlement history lost its connection (%s); reconnecting", exc)
-            finally:
-                conn.terminate()
+        await follow_reconnecting(self.dsn, self._follow, "settlement history", _log)
 
     async def _follow(self, conn: asyncpg.Connection) -> None:
         while True:

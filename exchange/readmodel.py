@@ -58,7 +58,7 @@ from exchange.events import (
     Trade,
 )
 from exchange.sequencer import CommittedBatch, Sequencer, decode_events
-from exchange.store import JournalGap, check_journal_contiguous
+from exchange.store import JournalGap, check_journal_contiguous, follow_reconnecting
 
 __all__ = [
     "MAX_LIMIT",
@@ -381,26 +381,11 @@ class Projector:
             await self._progress.wait_for(lambda: self.projected_seq >= seq)
 
     async def _run(self) -> None:
-        delay_s = 0.05
-        while True:
-            try:
-                conn = await asyncpg.connect(self.dsn)
-            except (OSError, asyncpg.PostgresError) as exc:
-                _log.warning("projector cannot connect (%s); retrying in %.2f s", exc, delay_s)
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 2.0)
-                continue
-            delay_s = 0.05
-            try:
-                await self._follow(conn)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
-                # InternalClientError: asyncpg's protocol state after the backend was terminated mid-query
-                _log.warning("projector lost its connection (%s); reconnecting", exc)
-            except JournalGap:
-                _log.exception("projector stopped: it cannot project on over missing journal rows")
-                raise
-            finally:
-                conn.terminate()
+        try:
+            await follow_reconnecting(self.dsn, self._follow, "projector", _log)
+        except JournalGap:
+            _log.exception("projector stopped: it cannot project on over missing journal rows")
+            raise
 
     async def _follow(self, conn: asyncpg.Connection) -> None:
         page = await conn.prepare(

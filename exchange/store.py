@@ -39,10 +39,11 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import struct
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from importlib import resources
@@ -80,6 +81,7 @@ __all__ = [
     "encode_journal_rows",
     "ensure_database",
     "ensure_journal_partitions",
+    "follow_reconnecting",
     "journal_entry",
     "journal_partition_name",
     "journal_partitions",
@@ -407,6 +409,32 @@ class ArchiveRefused(RuntimeError):
 class JournalGap(RuntimeError):
     """A projection meets journal rows missing after its watermark (archived days): folding on would skip
     them silently and move its watermark past them. Restore the days (`restore_journal_partition`)."""
+
+
+async def follow_reconnecting(
+    dsn: str, follow: Callable[[asyncpg.Connection], Awaitable[object]], who: str, log: logging.Logger,
+) -> None:
+    """Run `follow(conn)` on its own connection to `dsn` until cancelled, connecting again (backing off
+    from 0.05 s to 2 s) when the database cannot be reached or the connection is lost; any other error
+    ends it. The background followers of the journal (the read-model projector, the settlement history's
+    writer) share this loop; `who` names them in `log`'s warnings."""
+    delay_s = 0.05
+    while True:
+        try:
+            conn = await asyncpg.connect(dsn)
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("%s cannot connect (%s); retrying in %.2f s", who, exc, delay_s)
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, 2.0)
+            continue
+        delay_s = 0.05
+        try:
+            await follow(conn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+            # InternalClientError: asyncpg's protocol state after the backend was terminated mid-query
+            log.warning("%s lost its connection (%s); reconnecting", who, exc)
+        finally:
+            conn.terminate()
 
 
 async def check_journal_contiguous(conn: asyncpg.Connection, after_seq: int, seqs: Sequence[int], who: str) -> None:
