@@ -72,6 +72,7 @@ class AmendOrder(_Command, frozen=True):
 
 class Halt(_Command, frozen=True):
     instrument: str
+    reason: str = ""  # shown with the halted state (at most 200 characters)
 
 
 class Resume(_Command, frozen=True):
@@ -92,7 +93,15 @@ class SetReferencePrice(_Command, frozen=True):
 
 
 class ClockTick(_Command, frozen=True):
-    """Moves exchange time: GTD orders whose expiry has passed expire."""
+    """Moves exchange time: GTD orders whose expiry has passed expire, trading sessions open and close."""
+
+
+class SetNonTradingDay(_Command, frozen=True):
+    """Operator: ``day`` (yyyymmdd, China Standard Time, after today) is a non-trading day for every
+    instrument with a trading session (``closed``), or a trading day again (``closed=False``)."""
+
+    day: int
+    closed: bool = True
 
 
 # -- settlement (exchange/settlement/clearing.py) ---------------------------------------------------------
@@ -365,6 +374,7 @@ Command = Union[  # noqa: UP007 - msgspec needs a real Union object to build a t
     ReturnPayout,
     SetFeeSchedule,
     SetFinancingPolicy,
+    SetNonTradingDay,
 ]
 
 COMMAND_TYPES: tuple[type, ...] = Command.__args__  # type: ignore[attr-defined]

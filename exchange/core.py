@@ -22,6 +22,9 @@ rejected DUPLICATE_REFERENCE.
 
 Every event is numbered by its instrument (``seq``). GTD orders expire at the first command whose
 time has reached their expiry, before that command takes effect, so an expired order never trades.
+Before that, the trading calendar (``exchange/calendar.py``) runs the session transitions due: pre-open,
+opening uncross, break, close (DAY orders expire, the next reference is set). A CLOSED market rejects
+orders and amendments with MARKET_CLOSED; DAY orders are only taken by an instrument with a session.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from msgspec.structs import astuple
 from mypy_extensions import mypyc_attr
 
 from exchange import events as event_types
+from exchange.calendar import NEVER, TradingCalendar
+from exchange.calendar import spec_is_valid as calendar_terms_valid
 from exchange.commands import (
     AmendOrder,
     CancelOrder,
@@ -121,9 +126,11 @@ GTC: Final = int(TimeInForce.GTC)
 IOC: Final = int(TimeInForce.IOC)
 FOK: Final = int(TimeInForce.FOK)
 GTD: Final = int(TimeInForce.GTD)
+DAY: Final = int(TimeInForce.DAY)
 CONTINUOUS: Final = int(TradingState.CONTINUOUS)
 AUCTION: Final = int(TradingState.AUCTION)
 HALTED: Final = int(TradingState.HALTED)
+CLOSED: Final = int(TradingState.CLOSED)
 R: Final = RejectReason
 MAX_CLIENT_ORDER_ID_LEN: Final = 36
 # Compiled, a module-level name is read from the module's dictionary at every use unless it is Final,
@@ -141,8 +148,8 @@ class Market:
     """An instrument's specification, trading state, reference price and book."""
 
     __slots__ = (
-        "band_high_fen", "band_low_fen", "book", "max_order_heads", "min_order_heads", "reference_price_fen",
-        "resume_state", "spec", "state", "tick_fen",
+        "band_high_fen", "band_low_fen", "book", "has_session", "max_order_heads", "min_order_heads",
+        "reference_price_fen", "resume_state", "spec", "state", "tick_fen",
     )  # fmt: skip
 
     def __init__(self, spec: InstrumentSpec, book: OrderBook) -> None:
@@ -154,6 +161,7 @@ class Market:
         self.book = book
         self.state: int = spec.initial_state  # a TradingState's value: the compiled core compares ints
         self.resume_state: int = spec.initial_state
+        self.has_session: bool = spec.session is not None  # runs a trading calendar (exchange/calendar.py)
         self.set_reference(spec.reference_price_fen)
 
     def set_reference(self, price_fen: int) -> None:
@@ -191,6 +199,8 @@ class Core:
         self.client_order_ids: dict[int, dict[str, int]] = {}
         self.lot_refs: dict[tuple[int, str], int] = {}  # (seller, client lot ref) -> lot id, forever
         self.expiries: list[tuple[int, int]] = []  # heap of (expire_at_ns, order_id) for resting GTD
+        self.calendar = TradingCalendar(self)
+        self.calendar_due_ns: int = NEVER  # the calendar's next session transition
         self._handlers: dict[type, Callable[[Any, list], None]] = {
             AmendOrder: self._amend_order,
             ListInstrument: self._list_instrument,
@@ -202,6 +212,7 @@ class Core:
             SetReferencePrice: self._set_reference_price,
             ClockTick: self._clock_tick,
         }
+        self._handlers.update(self.calendar.handlers())  # type: ignore[arg-type]
         if clearing is not None:
             self._handlers.update(clearing.handlers())
 
@@ -230,6 +241,8 @@ class Core:
                 self._reject(command, R.UNSUPPORTED_COMMAND, events)
                 return events
             handler(command, events)
+        if self.calendar.sessions:
+            self.calendar.count_trades(events)  # the day's trades of calendar instruments
         clearing = self.clearing
         if clearing is not None:
             # settlement follows what matching did: holds, escrow, releases (it appends its own events)
@@ -262,8 +275,8 @@ class Core:
     def _check_order(self, market: Market, order: Order, lot_id: int, ts_ns: int) -> RejectReason | None:
         """The first reason this order must be rejected, in the documented order, or None."""
         state: int = market.state
-        if state == HALTED:
-            return R.MARKET_HALTED
+        if state >= HALTED:
+            return R.MARKET_HALTED if state == HALTED else R.MARKET_CLOSED
         cid = order.client_order_id
         if not 0 < len(cid) <= MAX_CLIENT_ORDER_ID_LEN:
             return R.INVALID_ORDER
@@ -284,6 +297,8 @@ class Core:
         expire_at_ns = order.expire_at_ns
         if (tif == GTD or expire_at_ns) and (tif != GTD or expire_at_ns <= ts_ns):
             return R.INVALID_EXPIRY
+        if tif == DAY and not market.has_session:
+            return R.INVALID_EXPIRY  # no close to expire at
         if not market.min_order_heads <= order.quantity_heads <= market.max_order_heads:
             return R.QUANTITY_OUT_OF_RANGE
         if limit:
@@ -463,8 +478,8 @@ class Core:
         self._apply_amend(market, order, price, quantity, cmd.ts_ns, events)
 
     def _amend_reason(self, market: Market, order: Order, price: int, quantity: int) -> RejectReason | None:
-        if market.state == HALTED:
-            return R.MARKET_HALTED
+        if market.state >= HALTED:
+            return R.MARKET_HALTED if market.state == HALTED else R.MARKET_CLOSED
         if price == order.price_fen and quantity == order.quantity_heads:
             return R.NOTHING_TO_AMEND
         spec = market.spec
@@ -533,6 +548,9 @@ class Core:
         self._execute(market, order, ts_ns, events)
 
     def _expire_due(self, ts_ns: int, events: list) -> None:
+        """What is due before a command at ``ts_ns`` takes effect: session transitions, then GTD expiries."""
+        if ts_ns >= self.calendar_due_ns:
+            self.calendar.advance(ts_ns, events)
         expiries = self.expiries
         while expiries and expiries[0][0] <= ts_ns:
             _, order_id = heapq.heappop(expiries)
@@ -558,8 +576,10 @@ class Core:
         if not _spec_is_valid(spec):
             return self._reject(cmd, R.INVALID_INSTRUMENT, events, spec.symbol)
         book = OrderBook(spec.symbol, self.counters, self.orders)
-        self.markets[spec.symbol] = Market(spec, book)
+        market = self.markets[spec.symbol] = Market(spec, book)
         events.append(InstrumentListed(book.next_seq(), cmd.ts_ns, spec))
+        if market.has_session:
+            self.calendar.on_listed(market, cmd.ts_ns, events)
         return None
 
     def _register_lot(self, cmd: RegisterLot, events: list) -> None:
@@ -610,19 +630,25 @@ class Core:
             return None
         return market
 
-    def _set_state(self, market: Market, state: int, ts_ns: int, events: list) -> None:
+    def _set_state(self, market: Market, state: int, ts_ns: int, events: list, reason: str = "") -> None:
         market.state = state
-        events.append(TradingStateChanged(market.book.next_seq(), ts_ns, market.spec.symbol, TradingState(state)))
+        events.append(
+            TradingStateChanged(market.book.next_seq(), ts_ns, market.spec.symbol, TradingState(state), reason)
+        )
 
     def _halt(self, cmd: Halt, events: list) -> None:
-        market = self._transition(cmd, (CONTINUOUS, AUCTION), events)
+        market = self._transition(cmd, (CONTINUOUS, AUCTION, CLOSED), events)
         if market is not None:
             market.resume_state = market.state
-            self._set_state(market, HALTED, cmd.ts_ns, events)
+            self._set_state(market, HALTED, cmd.ts_ns, events, cmd.reason)
 
     def _resume(self, cmd: Resume, events: list) -> None:
         market = self._transition(cmd, (HALTED,), events)
-        if market is not None:
+        if market is None:
+            return
+        if market.has_session:
+            self.calendar.resume(market, cmd.ts_ns, events)  # to where the calendar has moved meanwhile
+        else:
             self._set_state(market, market.resume_state, cmd.ts_ns, events)
 
     def _start_auction(self, cmd: StartAuction, events: list) -> None:
@@ -632,13 +658,16 @@ class Core:
 
     def _uncross(self, cmd: Uncross, events: list) -> None:
         market = self._transition(cmd, (AUCTION,), events)
-        if market is None:
-            return
+        if market is not None:
+            self._run_uncross(market, cmd.ts_ns, events)
+
+    def _run_uncross(self, market: Market, ts_ns: int, events: list, reason: str = "") -> None:
+        """The call auction's uncross, then continuous trading (the operator's or the calendar's open)."""
         book = market.book
-        price, heads = uncross(book, market.reference_price_fen, cmd.ts_ns, events)
-        events.append(AuctionUncrossed(book.next_seq(), cmd.ts_ns, cmd.instrument, price, heads))
-        self._set_state(market, CONTINUOUS, cmd.ts_ns, events)
-        book.sweep_all_or_none(cmd.ts_ns, events)
+        price, heads = uncross(book, market.reference_price_fen, ts_ns, events)
+        events.append(AuctionUncrossed(book.next_seq(), ts_ns, market.spec.symbol, price, heads))
+        self._set_state(market, CONTINUOUS, ts_ns, events, reason)
+        book.sweep_all_or_none(ts_ns, events)
 
     def _set_reference_price(self, cmd: SetReferencePrice, events: list) -> None:
         market = self.markets.get(cmd.instrument)
@@ -704,7 +733,7 @@ def _limit_key(side: int, price_fen: int) -> int:
 def _shape_reason(order: Order, lot_id: int) -> RejectReason | None:
     """Combinations of fields that make no sense whatever the market's state."""
     tif = order.time_in_force
-    if not order.is_limit and (order.post_only or order.all_or_none or tif in (GTC, GTD)):
+    if not order.is_limit and (order.post_only or order.all_or_none or tif in (GTC, GTD, DAY)):
         return R.INVALID_ORDER
     if order.all_or_none and (order.side == BUY or tif in (IOC, FOK) or order.min_quantity_heads):
         return R.INVALID_ORDER
@@ -735,6 +764,7 @@ def _spec_is_valid(spec: InstrumentSpec) -> bool:
         and 0 < spec.lot_avg_min_g <= spec.lot_avg_max_g
         and 0 < spec.animal_min_g <= spec.animal_max_g
         and spec.initial_state in (CONTINUOUS, AUCTION)
+        and calendar_terms_valid(spec)
     )
 
 

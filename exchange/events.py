@@ -113,6 +113,27 @@ class BookChanged(_Event, frozen=True):
 class TradingStateChanged(_Event, frozen=True):
     instrument: str
     state: TradingState
+    reason: str = ""  # a halt's reason; the calendar's phase ("pre_open", "open", "break", "close")
+
+
+class NonTradingDaySet(_Event, frozen=True):
+    """An operator's ``SetNonTradingDay``; ``seq`` 0 (no instrument)."""
+
+    day: int  # yyyymmdd, China Standard Time
+    closed: bool
+
+
+class TradingDayClosed(_Event, frozen=True):
+    """An instrument's close (exchange/calendar.py): the day's trades and the next day's reference.
+
+    ``average_price_fen``: the head-weighted average price of the day's trades, rounded half up to the
+    fen (0 if none); ``reference_price_fen`` the band reference from now on (unchanged if none traded)."""
+
+    instrument: str
+    day: int  # yyyymmdd, China Standard Time
+    heads: int
+    average_price_fen: int
+    reference_price_fen: int
 
 
 class ReferencePriceSet(_Event, frozen=True):
@@ -404,6 +425,8 @@ Event = Union[  # noqa: UP007 - msgspec needs a real Union object to build a tag
     BankImportApplied,
     FeeScheduleSet,
     FinancingPolicySet,
+    NonTradingDaySet,
+    TradingDayClosed,
 ]
 
 _encoder = msgspec.msgpack.Encoder()

@@ -121,6 +121,7 @@ class TimeInForceName(StrEnum):
     IOC = "IOC"
     FOK = "FOK"
     GTD = "GTD"
+    DAY = "DAY"
 
 
 class StpName(StrEnum):
@@ -159,6 +160,7 @@ class TradingStateName(StrEnum):
     CONTINUOUS = "continuous"
     AUCTION = "auction"
     HALTED = "halted"
+    CLOSED = "closed"
 
 
 class CandleInterval(StrEnum):
@@ -277,6 +279,8 @@ _REJECT_MESSAGE: Final[dict[RejectReason, str]] = {
     RejectReason.INVALID_SETTINGS: "the setting is out of range",
     RejectReason.UNKNOWN_LOAN: "no such loan of yours",
     RejectReason.LOAN_CLOSED: "nothing is owed on this loan",
+    RejectReason.MARKET_CLOSED: "the market is closed: outside its trading session",
+    RejectReason.INVALID_CALENDAR_DAY: "the day must be a date after today (China Standard Time)",
 }
 
 
