@@ -26,6 +26,7 @@ from aiohttp import web
 from exchange.store import create_pool
 from gateway import (
     admin,
+    calendar,
     demo,
     exchange_port,
     lots,
@@ -60,7 +61,8 @@ API_VERSION = "0.1.0"
 
 # Every installed route table; a new handler module adds its `routes` here.
 ROUTE_TABLES: tuple[RouteTable, ...] = (system.routes, admin.routes, orders.routes, lots.routes, market.routes,
-                                         operator.routes, participants.routes, settlement.routes, people.routes)
+                                         operator.routes, participants.routes, settlement.routes, people.routes,
+                                         calendar.routes)
 
 
 def create_app(

@@ -36,6 +36,7 @@ from exchange.events import (
     FeeScheduleSet,
     InstrumentListed,
     LotRegistered,
+    NonTradingDaySet,
     OrderAccepted,
     OrderAmended,
     OrderCancelled,
@@ -123,11 +124,12 @@ class InstrumentRecord:
     """An instrument's specification, state and L2 book (bids keyed by -price so index 0 is best)."""
 
     __slots__ = ("asks", "band_high_fen", "band_low_fen", "bids", "reference_price_fen", "seller_fee_bps", "seq",
-                 "series", "spec", "state", "trades")
+                 "series", "spec", "state", "state_reason", "trades")
 
     def __init__(self, spec: InstrumentSpec, seq: int, trade_history: int) -> None:
         self.spec = spec
         self.state = spec.initial_state
+        self.state_reason = ""  # a halt's reason, or the calendar's phase
         self.seq = seq
         self.bids: SortedDict = SortedDict()
         self.asks: SortedDict = SortedDict()
@@ -313,6 +315,7 @@ class ReadModel:
         self.candles: dict[tuple[str, CandleInterval], _Series] = {}
         self.trade_count = 0
         self.traded_heads = 0
+        self.non_trading_days: set[int] = set()  # yyyymmdd, China Standard Time (exchange/calendar.py)
         self._handlers: dict[type, Callable[..., None]] = {
             OrderAccepted: self._on_accepted,
             Trade: self._on_trade,
@@ -327,6 +330,7 @@ class ReadModel:
             AuctionUncrossed: _ignore,
             Rejected: self._on_rejected,
             FeeScheduleSet: self._on_fee_schedule,
+            NonTradingDaySet: self._on_non_trading_day,
         }
 
     # -- folding --------------------------------------------------------------------------------------
@@ -452,7 +456,15 @@ class ReadModel:
 
     def _on_state(self, event: TradingStateChanged, command: Command, touched: dict[int, int],
                   digest: BatchDigest) -> None:
-        self.instruments[event.instrument].state = event.state
+        record = self.instruments[event.instrument]
+        record.state, record.state_reason = event.state, event.reason
+
+    def _on_non_trading_day(self, event: NonTradingDaySet, command: Command, touched: dict[int, int],
+                            digest: BatchDigest) -> None:
+        if event.closed:
+            self.non_trading_days.add(event.day)
+        else:
+            self.non_trading_days.discard(event.day)
 
     def _on_reference(self, event: ReferencePriceSet, command: Command, touched: dict[int, int],
                       digest: BatchDigest) -> None:
