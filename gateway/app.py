@@ -36,6 +36,7 @@ from gateway import (
     orders,
     participants,
     people,
+    priceindex,
     requestlog,
     settlement,
     store,
@@ -62,7 +63,7 @@ API_VERSION = "0.1.0"
 # Every installed route table; a new handler module adds its `routes` here.
 ROUTE_TABLES: tuple[RouteTable, ...] = (system.routes, admin.routes, orders.routes, lots.routes, market.routes,
                                          operator.routes, participants.routes, settlement.routes, people.routes,
-                                         calendar.routes)
+                                         calendar.routes, priceindex.routes)
 
 
 def create_app(
@@ -96,6 +97,7 @@ def create_app(
     hub.register_channel_kind("orders", private=True)
     orders.wire(hub)
     market.wire(app, hub)
+    hub.register_channel_kind("index", bare=True)  # the price index (gateway.priceindex)
     app[AUTH], app[LIMITER], app[HUB] = auth, limiter, hub
     app[SESSIONS] = SessionAuth(session_policy or SessionPolicy())
 
@@ -107,6 +109,7 @@ def create_app(
 
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_exchange)
+    app.cleanup_ctx.append(priceindex.context)  # the price index projection and its `index` channel
     app.cleanup_ctx.append(opsmetrics.context)
     app.cleanup_ctx.append(_readiness)
     app.on_shutdown.append(_on_shutdown)

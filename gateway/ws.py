@@ -23,7 +23,8 @@ Replies are `{"type": "result", "op": ..., "id": ..., "data": ...}` or
 `{"type": "error", "op": ..., "id": ..., "code": ..., "message": ...}`; channel messages are whatever
 bytes the publisher passed to `Hub.publish`.
 
-Public channels are `<kind>.<name>` for registered public kinds (`book`, `trades`); private kinds
+Public channels are `<kind>.<name>` for registered public kinds (`book`, `trades`, `auctions`; a `bare` kind is
+also a public channel by its own name: `auctions`); private kinds
 (`orders`) are subscribed by their bare name after auth and delivered only to that participant.
 
 Each connection owns a bounded outbox drained by its own writer task. `publish` never awaits: a
@@ -174,6 +175,7 @@ class _Op(msgspec.Struct, frozen=True):
 class _ChannelKind(msgspec.Struct, frozen=True):
     private: bool
     snapshot: SnapshotProvider | None
+    bare: bool = False  # a public kind that is also one channel by its bare name (`auctions`)
 
 
 _encode = msgspec.json.Encoder().encode
@@ -255,11 +257,12 @@ class Hub:
     # -- configuration (at app creation) ---------------------------------------------------------
 
     def register_channel_kind(self, kind: str, *, private: bool = False,
-                              snapshot: SnapshotProvider | None = None) -> None:
-        """Allow subscriptions to `kind.<name>` (public) or to the bare `kind` (private, after auth)."""
+                              snapshot: SnapshotProvider | None = None, bare: bool = False) -> None:
+        """Allow subscriptions to `kind.<name>` (public) or to the bare `kind` (private, after auth; or
+        public too with `bare`)."""
         if not _NAME_RE.fullmatch(kind):
             raise ValueError(f"bad channel kind {kind!r}")
-        self._kinds[kind] = _ChannelKind(private, snapshot)
+        self._kinds[kind] = _ChannelKind(private, snapshot, bare and not private)
 
     def register_op(self, message_type: type[WsRequest], handler: OpHandler,
                     *, roles: Iterable[Role] | None) -> None:
@@ -589,6 +592,8 @@ class Hub:
     def _subscription_key(self, conn: WsConnection, channel: str) -> str:
         kind_name, dot, name = channel.partition(".")
         kind = self._kinds.get(kind_name)
+        if kind is not None and kind.bare and not dot:
+            return channel
         if kind is None or (kind.private and dot) or (not kind.private and not _NAME_RE.fullmatch(name)):
             raise ApiError(404, "unknown_channel", f"no channel {channel[:80]!r}")
         if not kind.private:
