@@ -38,7 +38,8 @@ a calendar instrument happened, and for its own commands.
 from __future__ import annotations
 
 import datetime
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
@@ -200,7 +201,7 @@ class TradingCalendar:
         self.sessions: dict[str, SessionRecord] = {}  # in listing order
         self._counted = 0  # events already counted by ``advance`` in the current command
 
-    def handlers(self) -> dict[type, object]:
+    def handlers(self) -> dict[type, Callable[[Any, list], None]]:
         return {SetNonTradingDay: self._set_non_trading_day}
 
     # -- time -------------------------------------------------------------------------------------------

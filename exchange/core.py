@@ -212,7 +212,7 @@ class Core:
             SetReferencePrice: self._set_reference_price,
             ClockTick: self._clock_tick,
         }
-        self._handlers.update(self.calendar.handlers())  # type: ignore[arg-type]
+        self._handlers.update(self.calendar.handlers())
         if clearing is not None:
             self._handlers.update(clearing.handlers())
 
