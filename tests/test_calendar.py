@@ -9,6 +9,7 @@ Friday), reference 2800 fen/kg, band ±4 %, tick 10. Monday 2026-12-07 is the fi
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 import msgspec
 import pytest
@@ -287,3 +288,32 @@ def test_a_snapshot_mid_day_restores_the_calendar_and_replays_the_same() -> None
     assert s.core.apply(ClockTick(0, at(MONDAY, "15:00"))) == restored.apply(ClockTick(0, at(MONDAY, "15:00")))
     assert s.core.state_hash() == restored.state_hash()
     assert restored.calendar.non_trading_days() == [2026_12_08]
+
+
+def test_replaying_the_journal_of_a_day_gives_the_same_events_and_state_hash() -> None:
+    s = Day(day_spec(TradingSession(break_from_min=11 * 60 + 30, break_to_min=13 * 60 + 30)))
+    journal: list = []
+    original_submit = s.submit
+
+    def recording(command: Any, at_ns: int | None = None) -> list[Event]:
+        events = original_submit(command, at_ns)
+        journal.append((msgspec.structs.replace(command, ts_ns=s.now_ns), events))
+        return events
+
+    s.submit = recording  # type: ignore[method-assign]
+    lot1 = s.lot(S1, 100)
+    s.tick(at(MONDAY, "08:50"))
+    s.rest(B1, BUY, 2850, 5, tif=DAY)
+    s.rest(S1, SELL, 2800, 8, lot_id=lot1, tif=DAY)
+    s.halt("check")
+    s.tick(at(MONDAY, "09:10"))
+    s.resume()
+    s.submit(SetNonTradingDay(OPERATOR, 0, 2026_12_08))
+    s.submit(order(B2, BUY, 2800, 2, tif=DAY), at(MONDAY, "12:00"))  # in the break: refused
+    s.tick(at(2026_12_09, "10:00"))  # Monday's close, Tuesday skipped, Wednesday's open
+    replayed = Core()
+    assert [replayed.apply(list_instrument(day_spec(TradingSession(break_from_min=690, break_to_min=810)),
+                                           at(MONDAY, "08:00")))] == [s.listing]
+    for command, events in journal:
+        assert replayed.apply(command) == events
+    assert replayed.state_hash() == s.core.state_hash()
