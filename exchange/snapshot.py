@@ -108,9 +108,8 @@ def encode_core(core: Core) -> bytes:
     # An array-like struct encodes as the tuple of its fields. Trailing optional fields at their
     # defaults are left out, so a state without them encodes to exactly the bytes earlier versions
     # wrote: their snapshots still restore to their recorded hashes (the version stays 1).
-    defaults = [f.default for f in msgspec.structs.fields(CoreRecord)]
     end = len(fields)
-    while end > _REQUIRED_FIELDS and fields[end - 1] == defaults[end - 1]:
+    while end > _REQUIRED_FIELDS and not fields[end - 1]:  # every optional field defaults to empty
         end -= 1
     return _encoder.encode(fields[:end])
 
