@@ -31,6 +31,7 @@ __all__ = [
     "create_invitation",
     "create_session",
     "end_session",
+    "ensure_person",
     "hash_password",
     "list_people",
     "load_session",
@@ -149,6 +150,16 @@ async def accept_invitation(pool: asyncpg.Pool, token: str, phone: str, display_
         row = await conn.fetchrow(f"SELECT {_PERSON_COLUMNS} FROM people p JOIN participants t"
                                   " USING (participant_id) WHERE p.person_id = $1", person_id)
     return _person(row)
+
+
+async def ensure_person(pool: asyncpg.Pool, participant_id: int, phone: str, display_name: str,
+                        salt: bytes, password_hash: bytes) -> bool:
+    """Create a person unless the phone number already signs in; True if created (the demo market)."""
+    status = await pool.execute(
+        "INSERT INTO people (participant_id, phone, display_name, password_salt, password_hash)"
+        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (phone) DO NOTHING",
+        participant_id, phone, display_name, salt, password_hash)
+    return status != "INSERT 0 0"
 
 
 async def person_by_phone(pool: asyncpg.Pool, phone: str) -> tuple[PersonRecord, bytes, bytes] | None:

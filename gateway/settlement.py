@@ -6,15 +6,19 @@ Routes (roles in brackets; "party" = the trade's buyer or seller):
 - Money in and out: `POST /v1/deposits` and `POST /v1/deposit-imports` (operator; the bank's deposit
   file as CSV), `POST /v1/withdrawals` (a participant, from its own cash or funds),
   `POST /v1/withdrawals/confirmations` (operator), `GET /v1/withdrawals`.
-- Deliveries: `POST /v1/trades/{trade_id}/weigh-in` (the seller or an operator),
-  `.../dispute` (a party, inside the dispute window), `.../rejection` (the buyer, of an out-of-grade
-  delivery), `.../resolution` (operator), `GET /v1/trades/{trade_id}/settlement`,
-  `GET /v1/settlement/trades`.
+- Deliveries: `POST /v1/trades/{trade_id}/weigh-in` (the seller or an operator: heads delivered and
+  their live weight, heads refused or dead on arrival, unfasted, the lot's quarantine certificate),
+  `.../dispute` (a party, inside the dispute window; the seller's holds up to 5 % of the amount from the
+  buyer, what a raise may cost), `.../rejection` (the buyer, of an out-of-grade delivery),
+  `.../resolution` (operator: lowers the amount, or raises it within a seller's dispute hold),
+  `GET /v1/trades/{trade_id}/settlement`, `GET /v1/settlement/trades`.
 - Payouts (operator): `POST /v1/payout-runs`; `POST /v1/payout-files` exports the bank file of every
-  pending payout (CSV, `text/csv`) and marks those payouts sent in one journaled command;
-  `GET /v1/payout-files/{file_ref}` downloads a file again; `POST /v1/payout-confirmations` imports
-  the bank's answer (CSV in JSON); `POST /v1/payouts/{payout_id}/retry|return`. `GET /v1/payouts`
-  and `GET /v1/payouts/{payout_id}`: a payee's own, every payout for an operator.
+  pending payout (format `HOGXPAY1`, `text/csv`, see the README), stores its bytes and SHA-256, then
+  marks those payouts sent in one journaled command naming the digest; `GET /v1/payout-files/{file_ref}`
+  downloads the stored bytes again; `POST /v1/payout-confirmations` imports the bank's answer (CSV in
+  JSON; refused whole, every bad line listed, if any line is bad);
+  `POST /v1/payouts/{payout_id}/retry|return`. `GET /v1/payouts` and `GET /v1/payouts/{payout_id}`: a
+  payee's own, every payout for an operator.
 - Financing: `POST /v1/credit-lines`, `POST /v1/credit-lines/{buyer_id}/reduce`, `POST /v1/advances`
   (financier), `GET /v1/financing/clients[/{participant_id}]` (financier: exposures, loans
   outstanding, repayments and the settlement state of every financed trade, of participants that consent
@@ -35,14 +39,17 @@ reasons). Reads come from the clearing of the sequencer's core in this process t
 few milliseconds ahead of the journal), which become durable or, if that commit fails, vanish with
 the rebuilt core. Bank payout files are the exception: money leaves on them, so a file is handed out
 (also again) only once the command that made it is durable. Statements are read from the ledger rows
-in PostgreSQL, which commit with their batch. Another participant's trade, payout, account or client
-is a 404, exactly like a missing one; to a financier, a participant that neither consents to it nor
-owes it anything does not exist.
+in PostgreSQL, which commit with their batch; the daily settlement report from the settlement history
+in PostgreSQL (`exchange.history`), once it holds everything the core has applied. Another
+participant's trade, payout, account or client is a 404, exactly like a missing one; to a financier, a
+participant that neither consents to it nor owes it anything does not exist.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
 import time
 from collections.abc import Iterable
 from enum import StrEnum
@@ -51,6 +58,7 @@ from typing import Annotated, Final
 import msgspec
 from aiohttp import web
 
+from exchange import history
 from exchange.commands import (
     Command,
     ConfirmDeposit,
@@ -78,11 +86,14 @@ from exchange.domain import RejectReason
 from exchange.events import Event, PayoutState, Rejected
 from exchange.settlement import CHART, AccountCode, Clearing, Entry, PostingSide, TransferCode, pgstore
 from exchange.settlement.bankfiles import (
+    ConfirmationFile,
+    LineProblem,
+    Payer,
     bank_file_csv,
-    parse_confirmations_csv,
     parse_whole_number,
     payout_reference,
     payouts_to_send,
+    read_confirmations,
     read_csv_rows,
     sent_pairs,
 )
@@ -97,7 +108,6 @@ from exchange.settlement.views import (
     LoanRow,
     SettlementReportRow,
     TradeSides,
-    daily_settlement_report,
     date_to_day,
     day_to_date,
     financier_portfolio,
@@ -107,18 +117,22 @@ from exchange.settlement.views import (
     redact,
     report_csv,
     trade_sides,
+    visible_report,
 )
+from gateway import store
 from gateway.auth import ANY_ROLE, BUYERS, FINANCIERS, OPERATORS, SELLERS, Principal, Role
 from gateway.errors import ApiError, Code
 from gateway.exchange_port import EXCHANGE
 from gateway.inputs import Text, refuse_control_characters
 from gateway.routes import Call, RouteTable
 from gateway.schemas import Id, Limit, Symbol, rejection
+from gateway.state import CONFIG
 
 __all__ = ["BORROWERS", "clearing_of", "rejection", "routes", "submit"]
 
 routes = RouteTable()
 R = RejectReason
+SHA256_HEADER: Final = "X-Hogx-SHA256"  # the hex SHA-256 of a payout file's bytes
 BORROWERS: Final = SELLERS | BUYERS  # the roles that trade, consent, borrow and repay
 OWNERS: Final = BORROWERS | FINANCIERS  # the roles that hold cash of their own
 _NS_PER_MS: Final = 1_000_000
@@ -418,21 +432,34 @@ class TradePath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class WeighInRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """What was delivered against a trade: heads and their total live weight in grams, and the animal
-    quarantine certificate checked against the load. Opens the dispute window."""
+    """What was delivered against a trade: the heads delivered and their total live weight in grams, the
+    heads dead on arrival or refused at the scale (`heads_refused`: paid nothing, their hold returned to
+    the buyer; delivered + refused at most the heads traded), whether the pigs came unfasted (the
+    instrument's `shrink_bps` of the live weight is deducted before grading and pricing), and the animal
+    quarantine certificate checked against the load: on an instrument whose `quarantine_region` checks
+    certificates it must be the lot's (`quarantine_cert_mismatch`) and of the region's shape
+    (`invalid_quarantine_cert`). Opens the dispute window."""
 
     heads_delivered: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
-    total_weight_g: Annotated[int, msgspec.Meta(ge=0, le=10**12)]
+    total_weight_g: Annotated[int, msgspec.Meta(ge=0, le=10**12, description="live weight of the heads delivered")]
     quarantine_cert: Annotated[Text, msgspec.Meta(min_length=1, max_length=200)]
     quarantine_checked: bool
+    heads_refused: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 0
+    unfasted: bool = False
 
 
 class DisputeRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """A party disputes the weigh-in. A seller's dispute (the scale under-read) holds what a raise may
+    cost the buyer: 5 % of the amount (`raise_held_fen`), as far as the buyer's cash (or the credit line
+    that funded the trade) has it; the dispute opens all the same, with what could be held."""
+
     reason: Reason
 
 
 class ResolutionRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """The disputed trade settles at `amount_fen` (0 .. the weigh-in amount); the rest returns to the buyer."""
+    """The disputed trade settles at `amount_fen`: 0 .. the weigh-in amount (the rest returns to the buyer),
+    or for a seller's dispute up to the amount plus `raise_held_fen` (the raise is paid from the hold,
+    the rest of the hold released). Above that: 422 `invalid_amount`."""
 
     amount_fen: AmountOrZeroFen
 
@@ -474,6 +501,11 @@ class TradeSettlementView(msgspec.Struct, frozen=True):
     principal_repaid_fen: int | None
     payable_fen: int | None  # what went to the seller's payable (and its cooperative's members)
     settled_ms: int
+    heads_refused: int  # dead on arrival or refused at the scale: paid nothing
+    shrink_g: int  # deducted from the live weight of unfasted pigs
+    raise_held_fen: int | None  # a seller's dispute: held from the buyer, the most a resolution may raise
+    # (buyer-private: it tells what the buyer had available)
+    raised_fen: int  # the resolution's raise (amount + refund = obligation + raised)
 
 
 class TradeQuery(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -496,7 +528,8 @@ def _trade_view(t: TradeRecord, sides: TradeSides) -> TradeSettlementView:
         t.total_weight_g, t.avg_weight_g, t.grade.name, t.discount_fen_per_kg, t.quarantine_cert,
         _ms(t.delivered_at_ns), _ms(t.dispute_until_ns), t.disputed_by, t.dispute_reason, t.amount_fen,
         t.refund_fen, t.fee_fen, t.fee_subsidy_fen, t.fee_forgone_fen, t.interest_paid_fen,
-        t.principal_repaid_fen, t.payable_fen, _ms(t.settled_at_ns),
+        t.principal_repaid_fen, t.payable_fen, _ms(t.settled_at_ns), t.heads_refused, t.shrink_g,
+        t.raise_held_fen, t.raised_fen,
     ), sides)  # fmt: skip
 
 
@@ -547,14 +580,16 @@ async def _trade_command(call: Call, trade_id: int, command: Command) -> TradeSe
 async def record_weigh_in(call: Call, params: TradePath, body: WeighInRequest) -> TradeSettlementView:
     """Record the weigh-in of a delivery (the seller or an operator); fixes the final amount."""
     command = RecordWeighIn(call.principal.participant_id, 0, params.trade_id, body.heads_delivered,
-                            body.total_weight_g, body.quarantine_cert, body.quarantine_checked)
+                            body.total_weight_g, body.quarantine_cert, body.quarantine_checked,
+                            body.heads_refused, body.unfasted)
     return await _trade_command(call, params.trade_id, command)
 
 
 @routes.post("/v1/trades/{trade_id}/dispute", roles=BORROWERS, params=TradePath, body=DisputeRequest,
              response=TradeSettlementView, errors=(404, 409))
 async def open_dispute(call: Call, params: TradePath, body: DisputeRequest) -> TradeSettlementView:
-    """Dispute a delivery inside its dispute window (a party); the trade waits for an operator."""
+    """Dispute a delivery inside its dispute window (a party); the trade waits for an operator. The
+    seller's dispute holds up to 5 % of the amount from the buyer (`raise_held_fen`)."""
     command = OpenDispute(call.principal.participant_id, 0, params.trade_id, body.reason)
     return await _trade_command(call, params.trade_id, command)
 
@@ -570,7 +605,8 @@ async def reject_delivery(call: Call, params: TradePath) -> TradeSettlementView:
 @routes.post("/v1/trades/{trade_id}/resolution", roles=OPERATORS, params=TradePath, body=ResolutionRequest,
              response=TradeSettlementView, errors=(404, 409))
 async def resolve_dispute(call: Call, params: TradePath, body: ResolutionRequest) -> TradeSettlementView:
-    """Resolve a dispute: the trade settles at once at the amount decided."""
+    """Resolve a dispute: the trade settles at once at the amount decided (a seller's dispute may raise it
+    by at most `raise_held_fen`)."""
     command = ResolveDispute(call.principal.participant_id, 0, params.trade_id, body.amount_fen)
     return await _trade_command(call, params.trade_id, command)
 
@@ -651,7 +687,7 @@ class PayoutFilePath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class ConfirmationImportRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """The bank's confirmation file: header `payout_id,attempt,status,bank_ref,reason`, status OK or
-    FAILED. `file_ref` makes the import idempotent."""
+    FAILED. `file_ref` makes the import idempotent; a refused file leaves it unused."""
 
     file_ref: Ref
     csv: CsvText
@@ -665,8 +701,8 @@ class ImportErrorRow(msgspec.Struct, frozen=True):
 class ConfirmationImportView(msgspec.Struct, frozen=True):
     file_ref: str
     applied: int
-    duplicates: int
-    errors: list[ImportErrorRow]
+    duplicates: int  # rows that repeat a payout's recorded answer
+    errors: list[ImportErrorRow]  # empty: a file with a bad row is refused whole (older imports may list some)
 
 
 class PayoutPath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -705,18 +741,39 @@ async def run_payouts(call: Call, body: PayoutRunRequest) -> PayoutRunView:
                          list(run.skipped_ids), _ms(run.ts_ns))
 
 
-def _bank_file(clearing: Clearing, file_ref: str) -> web.Response:
-    """The file as sent: each payout under the attempt the file carried (a later retry is a new file)."""
-    sent = clearing.sent_files[file_ref]
-    payouts = [msgspec.structs.replace(clearing.payouts[pid], attempt=attempt) for pid, attempt in sent.payouts]
-    return _csv_response(bank_file_csv(clearing, payouts), f"{file_ref}.csv")
+def _render(call: Call, clearing: Clearing, file_ref: str, payouts: Iterable[Payout]) -> bytes:
+    """The payout file of `payouts`, value date today (CST), debiting the configured payer's account."""
+    config = call.app[CONFIG]
+    payer = Payer(name=config.payer_name, account=config.payer_account, bank_code=config.payer_bank_code,
+                  branch_code=config.payer_branch_code)
+    return bank_file_csv(clearing, payouts, file_ref=file_ref, value_day=cst_day(time.time_ns()), payer=payer)
+
+
+async def _bank_file(call: Call, file_ref: str) -> web.Response:
+    """The file as sent, byte for byte (stored before it was sent), with its SHA-256 in `X-Hogx-SHA256`."""
+    clearing = clearing_of(call)
+    digest = clearing.file_digests.get(file_ref)
+    if digest is None:
+        # Sent before files were stored: rendered again, each payout under the attempt the file carried.
+        sent = clearing.sent_files[file_ref]
+        payouts = [msgspec.structs.replace(clearing.payouts[pid], attempt=attempt) for pid, attempt in sent.payouts]
+        content = _render(call, clearing, file_ref, payouts)
+    else:
+        stored = await store.load_payout_file(call.pool, file_ref, digest)
+        if stored is None:  # stored before its command was journaled: never missing unless the table was edited
+            raise RuntimeError(f"payout file {file_ref} ({digest}) is not in payout_files")
+        content = stored
+    response = _csv_response(content, f"{file_ref}.csv")
+    response.headers[SHA256_HEADER] = hashlib.sha256(content).hexdigest()
+    return response
 
 
 @routes.post("/v1/payout-files", roles=OPERATORS, body=PayoutFileRequest, response=None, media_type=_CSV,
              status=201, errors=(409,))
 async def export_payout_file(call: Call, body: PayoutFileRequest) -> web.Response:
-    """Export the bank file of every pending payout (CSV) and mark them sent; a repeat returns the file.
-    Either way the file is handed out only once the command marking its payouts sent is durable."""
+    """Export the bank file of every pending payout (format `HOGXPAY1`, see the README) and mark them
+    sent; a repeat returns the same bytes. The file is stored (with its SHA-256, sent in `X-Hogx-SHA256`)
+    before the command marking its payouts sent is journaled, and handed out only once that is durable."""
     clearing = clearing_of(call)
     sent = clearing.sent_files.get(body.file_ref)
     if sent is None:
@@ -724,12 +781,16 @@ async def export_payout_file(call: Call, body: PayoutFileRequest) -> web.Respons
         if not pending:
             raise ApiError(409, "no_pending_payouts", "there is no pending payout to send")
         pairs = sent_pairs(pending)
+        content = _render(call, clearing, body.file_ref, pending)
+        digest = hashlib.sha256(content).hexdigest()
+        await store.store_payout_file(call.pool, body.file_ref, digest, content)
     else:
         # The live core may show a file whose command is still being committed (a client's retry after a
         # timeout): the same command again is idempotent, and its durable answer implies the first's.
         pairs = tuple((payout_id, attempt) for payout_id, attempt in sent.payouts)
-    await submit(call, MarkPayoutsSent(call.principal.participant_id, 0, body.file_ref, pairs))
-    response = _bank_file(clearing_of(call), body.file_ref)
+        digest = clearing.file_digests.get(body.file_ref, "")
+    await submit(call, MarkPayoutsSent(call.principal.participant_id, 0, body.file_ref, pairs, digest))
+    response = await _bank_file(call, body.file_ref)
     response.set_status(201)
     return response
 
@@ -737,13 +798,14 @@ async def export_payout_file(call: Call, body: PayoutFileRequest) -> web.Respons
 @routes.get("/v1/payout-files/{file_ref}", roles=OPERATORS, params=PayoutFilePath, response=None,
             media_type=_CSV)
 async def get_payout_file(call: Call, params: PayoutFilePath) -> web.Response:
-    """Download an exported bank file again (CSV): only once the command that made it is durable."""
+    """Download an exported bank file again: the bytes that were sent (`X-Hogx-SHA256` their digest), only
+    once the command that made it is durable."""
     while True:
         clearing = clearing_of(call)
         if params.file_ref not in clearing.sent_files:
             raise rejection(R.UNKNOWN_REFERENCE)
         if await _committed(call):
-            return _bank_file(clearing, params.file_ref)
+            return await _bank_file(call, params.file_ref)
 
 
 async def _committed(call: Call) -> bool:
@@ -763,18 +825,51 @@ async def _committed(call: Call) -> bool:
     return sequencer.core is core
 
 
+class BankFileRefused(ApiError):
+    """422 `invalid_bank_file` whose message lists every bad line of the file, each as
+    `line <number> <code>: <why>`, separated by `; ` (the error body stays `{code, message}`)."""
+
+    def __init__(self, problems: Iterable[LineProblem]) -> None:
+        lines = sorted(problems, key=lambda p: p.line)
+        listed = "; ".join(f"line {p.line} {p.code}: {_LINE_PREFIX.sub('', p.message)}" for p in lines)
+        super().__init__(422, "invalid_bank_file", f"{len(lines)} bad line(s), nothing was applied (correct the file "
+                         f"and send it again under the same file_ref): {listed}")
+
+
+_LINE_PREFIX: Final = re.compile(r"^line \d+: ")
+
+
+def _confirmation_problems(clearing: Clearing, read: ConfirmationFile) -> list[LineProblem]:
+    """The rows the clearing could not apply now, by line (see `Clearing.confirmation_problems`)."""
+    return [LineProblem(read.lines[index], code, f"payout {read.rows[index].payout_id}: {code.replace('_', ' ')}")
+            for index, code in clearing.confirmation_problems(read.rows)]
+
+
 @routes.post("/v1/payout-confirmations", roles=OPERATORS, body=ConfirmationImportRequest,
              response=ConfirmationImportView, errors=(409,))
 async def import_confirmations(call: Call, body: ConfirmationImportRequest) -> ConfirmationImportView:
-    """Import the bank's confirmation file: confirmed payouts are final, failed ones wait for a retry."""
-    try:
-        rows = parse_confirmations_csv(body.csv.encode())
-    except ValueError as exc:
-        raise ApiError(422, "invalid_bank_file", str(exc)) from None
-    for row in rows:  # the file's free text, held to the same rule as every text field
+    """Import the bank's confirmation file: confirmed payouts are final, failed ones wait for a retry. The
+    file is applied whole or not at all: any bad line (unreadable, an unknown payout, another attempt, a
+    payout not sent, a payout named twice) is a 422 `invalid_bank_file` whose message lists every bad
+    line (`line <n> <code>: <why>`), and leaves `file_ref` unused, so the corrected file is sent under the
+    same reference."""
+    read = read_confirmations(body.csv.encode())
+    if read.problems:
+        raise BankFileRefused(read.problems)
+    for row in read.rows:  # the file's free text, held to the same rule as every text field
         refuse_control_characters(row.bank_ref, f"payout {row.payout_id}: bank_ref")
         refuse_control_characters(row.reason, f"payout {row.payout_id}: reason")
-    await submit(call, ImportBankConfirmations(call.principal.participant_id, 0, body.file_ref, rows))
+    if body.file_ref not in clearing_of(call).bank_imports:  # (a repeat is answered as the first time)
+        problems = _confirmation_problems(clearing_of(call), read)
+        if problems:
+            raise BankFileRefused(problems)
+    command = ImportBankConfirmations(call.principal.participant_id, 0, body.file_ref, read.rows, whole_file=True)
+    result = await call.app[EXCHANGE].submit(command)
+    for event in result.events:
+        if event.__class__ is Rejected:
+            moved = event.reason in (R.UNKNOWN_REFERENCE, R.INVALID_PAYOUT_STATE)  # since the check above
+            problems = _confirmation_problems(clearing_of(call), read) if moved else []
+            raise BankFileRefused(problems) if problems else rejection(event.reason)
     done = clearing_of(call).bank_imports[body.file_ref]
     return ConfirmationImportView(done.file_ref, done.applied, done.duplicates,
                                   [ImportErrorRow(pid, reason) for pid, reason in done.errors])
@@ -1106,27 +1201,34 @@ def _report_day(query: ReportQuery) -> int:
         raise ApiError(422, Code.INVALID, f"no such date: {query.date}") from None
 
 
-def _report_rows(call: Call, day: int) -> list[SettlementReportRow]:
-    """An operator's report is whole; anyone else's has the trades it is a party to or finances, each
-    without the other side's private fields."""
-    clearing, principal = clearing_of(call), call.principal
-    if _is_operator(principal):
-        return daily_settlement_report(clearing, day)
-    return daily_settlement_report(clearing, day, principal.participant_id)
+async def _report_rows(call: Call, day: int) -> list[SettlementReportRow]:
+    """The day's rows from the settlement history in PostgreSQL, once it holds every command the core
+    has applied (what the other settlement reads already show): an operator's whole, anyone else's those
+    it may see (`views.visible_report`: the trades it is a party to or financed, its member shares and
+    loans), without what is not its own."""
+    shard = call.app[EXCHANGE].shard
+    try:
+        await shard.history.wait_for(shard.sequencer.applied_seq, _COMMIT_WAIT_S)
+    except TimeoutError:
+        raise ApiError(503, Code.UNAVAILABLE, "the settlement history is behind: try again",
+                       retry_after_s=1) from None
+    viewer = None if _is_operator(call.principal) else call.principal.participant_id
+    entries = await history.day_entries(call.pool, day, viewer)
+    return visible_report(entries, viewer, clearing_of(call).has_consented)
 
 
 @routes.get("/v1/reports/settlement", roles=ANY_ROLE, query=ReportQuery, response=SettlementReport)
 async def settlement_report(call: Call, query: ReportQuery) -> SettlementReport:
     """The daily settlement report: every trade settled or rejected that day that you may see."""
     day = _report_day(query)
-    return SettlementReport(day_to_date(day), _report_rows(call, day))
+    return SettlementReport(day_to_date(day), await _report_rows(call, day))
 
 
 @routes.get("/v1/reports/settlement.csv", roles=ANY_ROLE, query=ReportQuery, response=None, media_type=_CSV)
 async def settlement_report_csv(call: Call, query: ReportQuery) -> web.Response:
     """The daily settlement report as CSV (a header row, then one row per trade)."""
     day = _report_day(query)
-    rows = _report_rows(call, day)
+    rows = await _report_rows(call, day)
     data = report_csv(rows) if rows else (",".join(REPORT_COLUMNS) + "\r\n").encode()
     return _csv_response(data, f"settlement-{day_to_date(day)}.csv")
 

@@ -10,8 +10,10 @@ from typing import Any
 import aiohttp
 import pytest_asyncio
 
+from gateway import demo
 from gateway.auth import Role
 from gateway.sessions import SessionPolicy
+from gateway.state import POOL
 from gateway.testing import Exchange, running_exchange
 
 PASSWORD = "pig-market-2026"
@@ -253,3 +255,18 @@ async def test_the_page_is_served_with_a_strict_content_security_policy(ex: Exch
             assert reply.status == 404
         async with http.get(ex.url + "/static/js/nothing.js") as reply:
             assert (reply.status, (await reply.json())["code"]) == (404, "not_found")
+
+
+async def test_the_demo_market_has_a_sign_in_for_each_participant(fresh_database_url: Any) -> None:
+    dsn = await fresh_database_url()
+    for _ in range(2):  # a restart finds the demo people and creates none twice
+        async with running_exchange(dsn, demo=True) as demo_ex:
+            browser = Browser(demo_ex.url)
+            try:
+                status, session = await browser.sign_in(demo.demo_phone(3), demo.DEMO_PASSWORD)
+                assert (status, session["role"]) == (201, "buyer")
+                assert (await browser.request("GET", "/v1/balances"))[0] == 200
+            finally:
+                await browser.close()
+            phones = await demo_ex.app[POOL].fetch("SELECT phone FROM people ORDER BY phone")
+            assert [r["phone"] for r in phones] == [demo.demo_phone(i) for i in range(5)]

@@ -26,11 +26,25 @@ Money flows (accounts: the chart in ledger.py; rounding: rules.py)
 3. Trade: the fill posts heads x hold-per-head at the *trade* price into ESCROW (the trade's
    obligation) and re-holds the unfilled rest at the limit, in one linked chain; a fill below the
    limit thereby returns the difference.
-4. Weigh-in: ``delivery_terms`` fixes the amount; ESCROW -> SELLER_RECEIVABLE (amount) and
-   ESCROW -> the buyer's source (the rest). The amount stays in the receivable, held in trust,
-   through the dispute window (``dispute_window_ns`` of the instrument after the weigh-in). A
-   dispute waits for an operator, who may lower the amount (the difference returns to the buyer)
-   and so settles the trade; a buyer may reject an OUT_OF_GRADE delivery within the window (all back).
+4. Weigh-in: on an instrument whose ``quarantine_region`` checks certificates, the weigh-in's
+   certificate must have the region's shape (``INVALID_QUARANTINE_CERT``, also at lot registration)
+   and be the lot's (``QUARANTINE_CERT_MISMATCH``). It counts the heads delivered, their live weight,
+   and the heads dead on arrival or refused at the scale, which are paid nothing: their part of the
+   obligation (obligation / heads traded each, ``rules.payable_cap_fen``) is never paid: it returns
+   to the buyer. Unfasted pigs lose the instrument's ``shrink_bps`` of their live weight before grading
+   and pricing (``rules.shrink_g``). ``delivery_terms`` fixes the amount; ESCROW -> SELLER_RECEIVABLE
+   (amount) and ESCROW -> the buyer's source (the rest). The amount stays in the receivable, held in
+   trust, through the dispute window (``dispute_window_ns`` of the instrument after the weigh-in).
+   Either party may dispute within the window; the trade then waits for an operator. A buyer's
+   dispute can only lower the amount (the difference returns to the buyer). A seller's dispute (the
+   scale under-read) holds ``rules.dispute_raise_limit_fen`` of the amount (5 %) from the trade's own
+   source, the buyer's cash or the credit line that funded it (while the buyer consents), as a pending
+   transfer source -> SELLER_RECEIVABLE; what the source lacks is not held and the dispute opens all
+   the same, with what could be held (possibly nothing: then it can only lower). Its resolution may
+   lower the amount (the hold voided) or raise it by at most what was held (that much posted, the rest
+   released); the resolution settles the trade, a raise of a credit-funded trade becoming loan
+   principal with the rest of the amount. A buyer may reject an OUT_OF_GRADE delivery within the
+   window (all back, a seller's dispute hold voided).
 5. Settlement (first clock tick at or after the window's end; trades in (deadline, trade id) order):
    fee: SELLER_RECEIVABLE -> FEE_INCOME, or for a verified poor household POVERTY_SUBSIDY_FUND ->
    FEE_INCOME (as far as the fund reaches; the rest is forgone, never charged to the farmer); then the
@@ -92,6 +106,7 @@ import msgspec
 from mypy_extensions import mypyc_attr
 
 from exchange.commands import (
+    BankConfirmation,
     ConfirmDeposit,
     ConfirmWithdrawal,
     FundsAccount,
@@ -120,7 +135,7 @@ from exchange.commands import (
     VerifyPoorHousehold,
     WriteOffLoan,
 )
-from exchange.domain import InstrumentSpec, RejectReason, Side
+from exchange.domain import InstrumentSpec, QuarantineRegion, RejectReason, Side
 from exchange.events import (
     AdvanceGranted,
     BankImportApplied,
@@ -155,6 +170,7 @@ from exchange.events import (
     PayoutState,
     Rejected,
     Trade,
+    TradeFacts,
     TradeSettled,
     WithdrawalCompleted,
     WithdrawalRequested,
@@ -187,6 +203,7 @@ from exchange.settlement.model import (
     PayableSource,
     Payout,
     PayoutRun,
+    Registration,
     Repayment,
     SentFile,
     SourceKind,
@@ -255,6 +272,8 @@ _TC_FEE_SUBSIDY: Final[Boxed] = TC.FEE_SUBSIDY
 _TC_SPLIT: Final[Boxed] = TC.COOP_SPLIT
 _OPEN: Final[Boxed] = TradeState.OPEN
 _DELIVERED: Final[Boxed] = TradeState.DELIVERED
+_DISPUTED: Final[Boxed] = TradeState.DISPUTED
+_UNCHECKED_CERTS: Final[Boxed] = QuarantineRegion.UNCHECKED
 _SETTLED: Final[Boxed] = TradeState.SETTLED
 _ADVANCE: Final[Boxed] = LoanKind.ADVANCE
 _FROM_TRADE: Final[Boxed] = SourceKind.TRADE
@@ -305,16 +324,17 @@ if (
     )
     or RecordWeighIn.__struct_fields__ != (
         "participant_id", "ts_ns", "trade_id", "heads_delivered", "total_weight_g", "quarantine_cert",
-        "quarantine_checked",
+        "quarantine_checked", "heads_refused", "unfasted",
     )
-    or DeliveryTerms.__struct_fields__ != ("avg_weight_g", "grade", "discount_fen_per_kg", "amount_fen")
+    or DeliveryTerms.__struct_fields__ != ("avg_weight_g", "grade", "discount_fen_per_kg", "amount_fen", "shrink_g")
     or TradeRecord.__struct_fields__ != (
         "trade_id", "instrument", "buyer_id", "seller_id", "lot_id", "buy_order_id", "heads", "price_fen",
         "obligation_fen", "source_account_id", "financier_id", "traded_at_ns", "state", "heads_delivered",
         "total_weight_g", "avg_weight_g", "grade", "discount_fen_per_kg", "quarantine_cert", "delivered_at_ns",
         "dispute_until_ns", "disputed_by", "dispute_reason", "amount_fen", "refund_fen", "advance_loan_id",
         "settled_at_ns", "fee_fen", "fee_subsidy_fen", "fee_forgone_fen", "interest_paid_fen",
-        "principal_repaid_fen", "payable_fen",
+        "principal_repaid_fen", "payable_fen", "heads_refused", "shrink_g", "raise_pending_id", "raise_held_fen",
+        "raised_fen",
     )
     or PayableSource.__struct_fields__ != ("kind", "ref_id", "amount_fen")
     or Payout.__struct_fields__ != (
@@ -325,6 +345,8 @@ if (
     raise ImportError("a struct the clearing reads by position changed: update how clearing.py unpacks it")
 _ENCODER = msgspec.msgpack.Encoder()
 _SNAPSHOT_DECODER = msgspec.msgpack.Decoder(ClearingSnapshot)
+# ClearingSnapshot's fields through bank_imports; the optional ones after them are left out when empty
+_SNAPSHOT_REQUIRED_FIELDS: Final = ClearingSnapshot.__struct_fields__.index("bank_imports") + 1
 
 Handler = Callable[[Any, list], None]
 
@@ -360,6 +382,9 @@ class Clearing:
         self.sent_files: dict[str, SentFile] = {}
         self.bank_imports: dict[str, BankImport] = {}
         self.repayments: dict[tuple[int, str], Repayment] = {}  # (borrower, repayment ref)
+        self.bank_codes: dict[int, tuple[str, str]] = {}  # participant -> (bank code, branch code), when given
+        self.file_digests: dict[str, str] = {}  # payout file ref -> SHA-256 of the bytes sent (when recorded)
+        self.registrations: dict[str, Registration] = {}  # registration ref -> what it made
         self._rebuild_indexes()
         self.ledger.create_accounts([_account(int(code), int(code), 0, 0) for code in HOUSE], 0)
 
@@ -540,9 +565,12 @@ class Clearing:
         """The whole state, canonically ordered (everything sorted by its key)."""
         snap = self._snapshot_struct()
         fields = msgspec.structs.astuple(snap)
-        # An array-like struct encodes as the tuple of its fields; leaving out an empty trailing
-        # ``repayments`` keeps a state without them at exactly the bytes (and hash) earlier versions wrote.
-        return _ENCODER.encode(fields if snap.repayments else fields[:-1])
+        # An array-like struct encodes as the tuple of its fields; leaving out the empty optional fields at
+        # its end keeps a state without them at exactly the bytes (and hash) earlier versions wrote.
+        end = len(fields)
+        while end > _SNAPSHOT_REQUIRED_FIELDS and not fields[end - 1]:
+            end -= 1
+        return _ENCODER.encode(fields[:end])
 
     def state_hash(self) -> str:
         return hashlib.blake2b(self.snapshot(), digest_size=32).hexdigest()
@@ -572,6 +600,9 @@ class Clearing:
         c.sent_files = {f.file_ref: f for f in snap.sent_files}
         c.bank_imports = {b.file_ref: b for b in snap.bank_imports}
         c.repayments = {(r.borrower_id, r.repayment_ref): r for r in snap.repayments}
+        c.bank_codes = {pid: (bank, branch) for pid, bank, branch in snap.bank_codes}
+        c.file_digests = dict(snap.file_digests)
+        c.registrations = {r.registration_ref: r for r in snap.registrations}
         c._rebuild_indexes()
         return c
 
@@ -587,6 +618,8 @@ class Clearing:
             [(k, self.payables[k]) for k in sorted(self.payables) if self.payables[k]], by_key(self.payouts),
             by_key(self.runs), by_key(self.withdrawals), by_key(self.deposits), by_key(self.sent_files),
             by_key(self.bank_imports), by_key(self.repayments),
+            [(pid, codes[0], codes[1]) for pid, codes in sorted(self.bank_codes.items())],
+            sorted(self.file_digests.items()), by_key(self.registrations),
         )  # fmt: skip
 
     def _rebuild_indexes(self) -> None:
@@ -881,6 +914,8 @@ class Clearing:
             return self._reject(cmd, R.NOT_AUTHORIZED, ref, out)
         if not _valid_profile(cmd):
             return self._reject(cmd, R.INVALID_PARTICIPANT, ref, out)
+        if cmd.registration_ref:
+            return self._register_with_reference(cmd, out)
         existing = self.participants.get(cmd.subject_id)
         if existing is not None:
             same = (existing.role, existing.name, existing.id_number_masked) == (cmd.role, cmd.name,
@@ -892,6 +927,32 @@ class Clearing:
         who = Participant(cmd.subject_id, cmd.role, cmd.name.strip(), cmd.id_number_masked, cmd.bank_account.strip(),
                           False, cmd.poor_registration_no.strip(), False)
         self.participants[cmd.subject_id] = who
+        if cmd.bank_code or cmd.branch_code:
+            self.bank_codes[cmd.subject_id] = (cmd.bank_code, cmd.branch_code)
+        out.append(self._participant_event(who, cmd.participant_id, cmd.ts_ns))
+        return None
+
+    def _register_with_reference(self, cmd: RegisterParticipant, out: list) -> None:
+        """A registration through the API: once per reference; a repeat with the same profile answers the
+        participant the first one made (whatever id and key the repeat carries), another profile is refused."""
+        ref = cmd.registration_ref
+        digest = _profile_digest(cmd)
+        done = self.registrations.get(ref)
+        if done is not None:
+            if done.profile_digest != digest:
+                return self._reject(cmd, R.DUPLICATE_REFERENCE, ref, out)
+            out.append(self._participant_event(self.participants[done.participant_id], cmd.participant_id, cmd.ts_ns))
+            return None
+        # the key's row is written with the batch (the api_keys table's CHECKs): refused here, never there
+        if (len(ref) > MAX_REF_LEN or not 8 <= len(cmd.api_key) <= 64 or len(cmd.api_secret) < 16
+                or cmd.subject_id in self.participants):
+            return self._reject(cmd, R.INVALID_PARTICIPANT, ref, out)
+        who = Participant(cmd.subject_id, cmd.role, cmd.name.strip(), cmd.id_number_masked, cmd.bank_account.strip(),
+                          False, cmd.poor_registration_no.strip(), False)
+        self.participants[cmd.subject_id] = who
+        if cmd.bank_code or cmd.branch_code:
+            self.bank_codes[cmd.subject_id] = (cmd.bank_code, cmd.branch_code)
+        self.registrations[ref] = Registration(ref, cmd.subject_id, digest, cmd.api_key, cmd.ts_ns)
         out.append(self._participant_event(who, cmd.participant_id, cmd.ts_ns))
         return None
 
@@ -902,13 +963,19 @@ class Clearing:
             return self._reject(cmd, R.NOT_AUTHORIZED, ref, out)
         if who is None:
             return self._reject(cmd, R.UNKNOWN_PARTICIPANT, ref, out)
-        if not cmd.name.strip() or len(cmd.name) > 100 or len(cmd.bank_account) > 64:
+        if (not cmd.name.strip() or len(cmd.name) > 100 or len(cmd.bank_account) > 64
+                or not _valid_bank_codes(cmd.bank_code, cmd.branch_code)):
             return self._reject(cmd, R.INVALID_PARTICIPANT, ref, out)
-        bank = cmd.bank_account.strip()
-        if bank != who.bank_account:
-            who.bank_account = bank
-            who.bank_verified = False  # a new account must be verified again before money goes there
-        who.name = cmd.name.strip()
+        bank, name, codes = cmd.bank_account.strip(), cmd.name.strip(), (cmd.bank_code, cmd.branch_code)
+        if bank != who.bank_account or name != who.name or codes != self.bank_codes.get(who.participant_id, ("", "")):
+            # The bank checks the account against its holder's name: a new account (or bank, or branch),
+            # or a new name on the old one, must be verified again before money goes there.
+            who.bank_verified = False
+        who.bank_account, who.name = bank, name
+        if codes[0] or codes[1]:
+            self.bank_codes[who.participant_id] = codes
+        else:
+            self.bank_codes.pop(who.participant_id, None)
         out.append(self._participant_event(who, cmd.participant_id, cmd.ts_ns))
         return None
 
@@ -1080,7 +1147,8 @@ class Clearing:
     def _record_weigh_in(self, cmd: RecordWeighIn, out: list) -> None:
         # The command, the trade and the terms read as one tuple each (field order checked at import); ids,
         # weights and amounts pass on as the objects they came as (Boxed), each new sum boxed once.
-        # (participant_id, ts_ns, trade_id, heads_delivered, total_weight_g, quarantine_cert, quarantine_checked)
+        # (participant_id, ts_ns, trade_id, heads_delivered, total_weight_g, quarantine_cert, quarantine_checked,
+        # heads_refused, unfasted)
         c = _astuple(cmd)
         trade = self.trades.get(c[2])
         if trade is None:
@@ -1097,7 +1165,9 @@ class Clearing:
         trade_id: Boxed = t[0]
         heads: Boxed = c[3]
         weight_g: Boxed = c[4]
-        avg_g, grade, discount, amount = _astuple(terms)  # (avg_weight_g, grade, discount_fen_per_kg, amount_fen)
+        refused_heads: Boxed = c[7]
+        # (avg_weight_g, grade, discount_fen_per_kg, amount_fen, shrink_g)
+        avg_g, grade, discount, amount, shrink = _astuple(terms)
         amount_n: int = amount
         obligation_n: int = t[8]
         refund: Boxed = obligation_n - amount_n  # boxed once: the transfer, the record and the event
@@ -1128,6 +1198,7 @@ class Clearing:
         until_ns: Boxed = ts_ns + spec.dispute_window_ns  # boxed once: the record, the deadline, the event
         trade.state = _DELIVERED
         trade.heads_delivered, trade.total_weight_g = heads, weight_g
+        trade.heads_refused, trade.shrink_g = refused_heads, shrink
         trade.avg_weight_g, trade.grade = avg_g, grade
         trade.discount_fen_per_kg = discount
         cert: str = c[5]  # a str: compiled, strip is a native call
@@ -1137,13 +1208,14 @@ class Clearing:
         trade.dispute_until_ns = until_ns
         self._add_deadline(until_ns, trade_id)
         out.append(_DELIVERY_RECORDED(_ZERO, ts_ns, trade_id, heads, weight_g, avg_g, grade, discount, amount,
-                                      refund, until_ns))
+                                      refund, until_ns, refused_heads, shrink))
         return None
 
     def _weigh_in_terms(self, c: tuple, t: tuple, spec: InstrumentSpec) -> DeliveryTerms | R:
         """The terms of this weigh-in (``c``: the RecordWeighIn's fields) of a known trade (``t``: its
         record's fields), or why it must be rejected (checked in this order; the terms are computed once,
-        for the last check and the amount)."""
+        for the last check and the amount). The certificate: checked and named, then (an instrument
+        whose ``quarantine_region`` checks it) of the region's shape and the lot's own."""
         participant_id: Boxed = c[0]
         if participant_id != t[3] and not self._is_operator(participant_id):
             return R.NOT_AUTHORIZED
@@ -1152,11 +1224,21 @@ class Clearing:
         cert: str = c[5]  # a str: compiled, strip is a native call
         if not c[6] or not cert.strip():
             return R.QUARANTINE_NOT_CHECKED
+        region = spec.quarantine_region
+        if region != _UNCHECKED_CERTS:
+            if not rules.quarantine_cert_ok(region, cert):
+                return R.INVALID_QUARANTINE_CERT
+            lot = self.lots.get(t[4])
+            if lot is None or not rules.same_quarantine_cert(lot.quarantine_cert, cert):
+                return R.QUARANTINE_CERT_MISMATCH
         heads: Boxed = c[3]
         weight_g: Boxed = c[4]
-        if not _valid_delivery(t[6], heads, weight_g):
+        refused: Boxed = c[7]
+        heads_traded: Boxed = t[6]
+        if not _valid_delivery(heads_traded, heads, weight_g, refused):
             return R.INVALID_DELIVERY
-        terms = rules.priced_delivery_terms(spec, t[7], t[8], heads, weight_g)
+        cap: Boxed = t[8] if not refused else rules.payable_cap_fen(t[8], heads_traded, refused)
+        terms = rules.priced_delivery_terms(spec, t[7], cap, heads, weight_g, c[8])
         if terms is None:
             return R.INVALID_DELIVERY  # its discount would take the whole price: refused, never paid as 0
         return terms
@@ -1174,10 +1256,46 @@ class Clearing:
             return self._reject(cmd, R.DISPUTE_WINDOW_CLOSED, ref, out, trade.instrument)
         trade.state = TradeState.DISPUTED
         trade.disputed_by, trade.dispute_reason = cmd.participant_id, cmd.reason[:500]
-        out.append(DisputeOpened(0, cmd.ts_ns, trade.trade_id, cmd.participant_id, trade.dispute_reason))
+        if cmd.participant_id == trade.seller_id:
+            self._hold_raise(trade, cmd.ts_ns)
+        out.append(DisputeOpened(0, cmd.ts_ns, trade.trade_id, cmd.participant_id, trade.dispute_reason,
+                                 trade.raise_held_fen))
         return None
 
+    def _hold_raise(self, trade: TradeRecord, ts_ns: int) -> None:
+        """A seller's dispute: hold what a raise may cost the buyer, ``rules.dispute_raise_limit_fen`` of the
+        weigh-in amount, on the trade's own source (its cash, or the credit line that funded it while the
+        buyer still consents to that financier), as far as it has it available: the dispute never waits
+        for the buyer's money, and the resolution may raise by at most what is held (possibly 0). A
+        pending transfer source -> SELLER_RECEIVABLE, posted in part by a raise, else voided."""
+        limit = rules.dispute_raise_limit_fen(trade.amount_fen)
+        source = trade.source_account_id
+        usable = not trade.financier_id or self.has_consented(trade.buyer_id, trade.financier_id)
+        held = min(limit, self.ledger.available_fen(source)) if usable else 0
+        if held <= 0:
+            return
+        tid = self._next_tid()
+        receivable = self._receivable_accounts[trade.seller_id]
+        self._commit_one(Transfer(tid, source, receivable, held, TC.DELIVERY_ADJUSTMENT, trade.trade_id, _PENDING),
+                         ts_ns)
+        trade.raise_pending_id, trade.raise_held_fen = tid, held
+
+    def _end_raise_hold(self, trade: TradeRecord, raise_fen: int, ts_ns: int) -> None:
+        """Post ``raise_fen`` of a seller's dispute hold to the seller's receivable (the rest is released),
+        or void it for 0; nothing if nothing was held."""
+        if not trade.raise_pending_id:
+            return
+        flag = _POST if raise_fen else _VOID
+        self._commit_one(Transfer(self._next_tid(), 0, 0, raise_fen, TC.DELIVERY_ADJUSTMENT, trade.trade_id, flag,
+                                  trade.raise_pending_id), ts_ns)
+        trade.raise_pending_id = 0
+        trade.amount_fen += raise_fen
+        trade.raised_fen = raise_fen
+
     def _resolve_dispute(self, cmd: ResolveDispute, out: list) -> None:
+        """The operator's decision: 0 .. the weigh-in amount, lowered ones returning the difference to the
+        buyer, or for a seller's dispute up to the amount plus what was held, the raise posted from the
+        hold to the seller's receivable (the rest of the hold released). The trade settles at once."""
         ref = f"T{cmd.trade_id}"
         if not self._is_operator(cmd.participant_id):
             return self._reject(cmd, R.NOT_AUTHORIZED, ref, out)
@@ -1186,11 +1304,15 @@ class Clearing:
             return None
         if trade.state != TradeState.DISPUTED:
             return self._reject(cmd, R.INVALID_TRADE_STATE, ref, out, trade.instrument)
-        if type(cmd.amount_fen) is not int or not 0 <= cmd.amount_fen <= trade.amount_fen:
+        weighed = trade.amount_fen
+        if type(cmd.amount_fen) is not int or not 0 <= cmd.amount_fen <= weighed + trade.raise_held_fen:
             return self._reject(cmd, R.INVALID_AMOUNT, ref, out, trade.instrument)
-        self._refund_from_receivable(trade, trade.amount_fen - cmd.amount_fen, cmd.ts_ns)
+        raise_fen = max(cmd.amount_fen - weighed, 0)
+        self._end_raise_hold(trade, raise_fen, cmd.ts_ns)
+        if not raise_fen:
+            self._refund_from_receivable(trade, weighed - cmd.amount_fen, cmd.ts_ns)
         out.append(DeliveryResolved(0, cmd.ts_ns, trade.trade_id, trade.amount_fen, trade.refund_fen, False,
-                                    cmd.participant_id))
+                                    cmd.participant_id, raise_fen))
         self._settle(trade, cmd.ts_ns, out)
         return None
 
@@ -1207,10 +1329,12 @@ class Clearing:
             return self._reject(cmd, R.DELIVERY_NOT_REJECTABLE, ref, out, trade.instrument)
         if cmd.ts_ns >= trade.dispute_until_ns:
             return self._reject(cmd, R.DISPUTE_WINDOW_CLOSED, ref, out, trade.instrument)
+        self._end_raise_hold(trade, 0, cmd.ts_ns)  # a seller's dispute ends with the rejection: released
         self._refund_from_receivable(trade, trade.amount_fen, cmd.ts_ns)
         trade.state = TradeState.REJECTED
         trade.settled_at_ns = cmd.ts_ns
-        out.append(DeliveryResolved(0, cmd.ts_ns, trade.trade_id, 0, trade.refund_fen, True, cmd.participant_id))
+        out.append(DeliveryResolved(0, cmd.ts_ns, trade.trade_id, 0, trade.refund_fen, True, cmd.participant_id, 0,
+                                    self._trade_facts(_astuple(trade))))
         return None
 
     def _refund_from_receivable(self, trade: TradeRecord, refund_fen: int, ts_ns: int) -> None:
@@ -1352,10 +1476,18 @@ class Clearing:
                 self.payables[seller] = fifo = []
             fifo.append(_PAYABLE_SOURCE(_FROM_TRADE, tid, kept_fen))
         # (amount, fee, fee subsidy, fee forgone, interest paid, principal repaid)
-        out.append(_TRADE_SETTLED(_ZERO, ts_ns, tid, seller, t[23], t[27], t[28], t[29], t[30], t[31], net_fen))
+        out.append(_TRADE_SETTLED(_ZERO, ts_ns, tid, seller, t[23], t[27], t[28], t[29], t[30], t[31], net_fen,
+                                  self._trade_facts(t)))
         for member_id, part in splits:
             self._credit_payable(member_id, _FROM_SPLIT, tid, part)
-            out.append(CooperativeSplitPaid(0, ts_ns, tid, seller, member_id, part))
+            out.append(CooperativeSplitPaid(0, ts_ns, tid, seller, member_id, part, self._is_poor(member_id)))
+
+    def _trade_facts(self, t: tuple) -> TradeFacts:
+        """What the report states of a trade (read as one tuple, positions checked at import) as it is now,
+        carried on the event that settles or rejects it."""
+        advance = self.loans.get(t[25]) if t[25] else None
+        return TradeFacts(t[1], t[2], t[3], t[6], t[7], t[8], t[10], t[13], t[14], t[15], t[16], t[17], t[24],
+                          t[25], 0 if advance is None else advance.financier_id, self._is_poor(t[3]))
 
     def _loan_repaid(
         self, loan: Loan, interest: int, principal: int, payer: LoanPayer, ref: int, ts_ns: int, out: list
@@ -1778,7 +1910,7 @@ class Clearing:
             for payout_id, _ in pairs:
                 out.append(self._payout_event(self.payouts[payout_id], cmd.ts_ns))
             return None
-        if not 0 < len(ref) <= MAX_REF_LEN or not pairs or len(set(pairs)) != len(pairs):
+        if not 0 < len(ref) <= MAX_REF_LEN or not pairs or len(set(pairs)) != len(pairs) or len(cmd.sha256) > 64:
             return self._reject(cmd, R.INVALID_AMOUNT, ref, out)
         for payout_id, attempt in pairs:
             p = self.payouts.get(payout_id)
@@ -1787,6 +1919,8 @@ class Clearing:
             if p.state != _P_PENDING or p.attempt != attempt:
                 return self._reject(cmd, R.INVALID_PAYOUT_STATE, f"P{payout_id}", out)
         self.sent_files[ref] = SentFile(ref, pairs)
+        if cmd.sha256:
+            self.file_digests[ref] = cmd.sha256
         ts_ns: Boxed = cmd.ts_ns
         for payout_id, _ in pairs:
             p = self.payouts[payout_id]
@@ -1808,6 +1942,12 @@ class Clearing:
                 return self._reject(cmd, R.DUPLICATE_REFERENCE, ref, out)
             out.append(BankImportApplied(0, cmd.ts_ns, ref, done.applied, done.duplicates, tuple(done.errors)))
             return None
+        if cmd.whole_file:
+            problems = self.confirmation_problems(cmd.rows)
+            if problems:  # the file is refused whole and its reference stays free for the corrected file
+                first = problems[0][1]
+                reason = R.UNKNOWN_REFERENCE if first == "unknown_payout" else R.INVALID_PAYOUT_STATE
+                return self._reject(cmd, reason, ref, out)
         applied = duplicates = 0
         errors: list[tuple[int, str]] = []
         ts_ns: Boxed = cmd.ts_ns
@@ -1822,6 +1962,33 @@ class Clearing:
         self.bank_imports[ref] = BankImport(ref, rows_hash, applied, duplicates, errors)
         out.append(BankImportApplied(0, cmd.ts_ns, ref, applied, duplicates, tuple(errors)))
         return None
+
+    def confirmation_problems(self, rows: Sequence[BankConfirmation]) -> list[tuple[int, str]]:
+        """(index, code) of every row of a confirmation file that cannot be applied now: ``unknown_payout``,
+        ``not_current_attempt`` (an answer for an older or a later attempt), ``invalid_payout_state``
+        (not sent, or already answered otherwise) or ``repeated_payout`` (a second row for a payout). A
+        row that repeats the payout's recorded answer is a harmless duplicate, not a problem."""
+        problems: list[tuple[int, str]] = []
+        seen: set[int] = set()
+        for index, row in enumerate(rows):
+            payout_id = row.payout_id
+            code = self._confirmation_problem(row) or ("repeated_payout" if payout_id in seen else "")
+            seen.add(payout_id)
+            if code:
+                problems.append((index, code))
+        return problems
+
+    def _confirmation_problem(self, row: BankConfirmation) -> str:
+        p = self.payouts.get(row.payout_id)
+        if p is None:
+            return "unknown_payout"
+        if row.attempt != p.attempt:
+            return "not_current_attempt"
+        state = p.state
+        if state == _P_SENT or (state == _P_CONFIRMED and row.ok and row.bank_ref == p.bank_ref) or (
+                state == _P_FAILED and not row.ok):
+            return ""
+        return "invalid_payout_state"
 
     def _apply_confirmation(self, row: object, ts_ns: Boxed, out: list) -> str:
         """One bank answer: "applied", "duplicate" or why it was not applied."""
@@ -1983,7 +2150,25 @@ def _valid_profile(cmd: RegisterParticipant) -> bool:
         and sum(ch.isdigit() for ch in masked) <= 8
         and len(cmd.bank_account) <= 64
         and (not cmd.poor_registration_no or cmd.role == ROLE.FARMER)
+        and _valid_bank_codes(cmd.bank_code, cmd.branch_code)
     )
+
+
+def _profile_digest(cmd: RegisterParticipant) -> str:
+    """What a repeat of a registration must have in common with it: the profile, not the id or key."""
+    profile = (int(cmd.role), cmd.name, cmd.id_number_masked, cmd.bank_account, cmd.poor_registration_no,
+               cmd.bank_code, cmd.branch_code)
+    return hashlib.blake2b(_ENCODER.encode(profile), digest_size=16).hexdigest()
+
+
+def _valid_bank_codes(bank_code: str, branch_code: str) -> bool:
+    """A bank code of 3 ASCII digits and a branch code of 12 that starts with it; either may be left empty,
+    but not the bank of a given branch."""
+    if bank_code and not (len(bank_code) == 3 and bank_code.isascii() and bank_code.isdigit()):
+        return False
+    if branch_code and not (len(branch_code) == 12 and branch_code.isascii() and branch_code.isdigit()):
+        return False
+    return not branch_code or branch_code[:3] == bank_code
 
 
 def _id_range(values: tuple) -> bool:
@@ -1992,8 +2177,10 @@ def _id_range(values: tuple) -> bool:
     return all(type(v) is int and 0 < v <= MAX_INT64 for v in values)
 
 
-def _valid_delivery(heads_traded: int, heads_delivered: int, total_weight_g: int) -> bool:
-    if not 0 <= heads_delivered <= heads_traded or total_weight_g < 0:
+def _valid_delivery(heads_traded: int, heads_delivered: int, total_weight_g: int, heads_refused: int) -> bool:
+    """Heads delivered and refused, each >= 0, together at most the heads traded; a weight exactly when
+    heads were delivered, that PostgreSQL can hold."""
+    if heads_refused < 0 or not 0 <= heads_delivered <= heads_traded - heads_refused or total_weight_g < 0:
         return False
     # compiled, an int up to _SHORT_MAX is held unboxed; comparing one with MAX_INT64 (not short) would box it
     if not (total_weight_g <= _SHORT_MAX or total_weight_g <= MAX_INT64):

@@ -27,6 +27,7 @@ class DeliveryTerms(msgspec.Struct, frozen=True, gc=False):
     grade: DeliveryGrade
     discount_fen_per_kg: int
     amount_fen: int  # what the buyer pays for the delivery, at most the escrowed obligation
+    shrink_g: int = 0  # deducted from the live weight of unfasted pigs before grading and pricing
 
 
 class Participant(msgspec.Struct, array_like=True, gc=False):
@@ -103,6 +104,12 @@ class TradeRecord(msgspec.Struct, array_like=True, gc=False):
     interest_paid_fen: int = 0
     principal_repaid_fen: int = 0
     payable_fen: int = 0
+    # Issue 11 (after every older field, with defaults: old snapshots decode to the old meaning).
+    heads_refused: int = 0  # dead on arrival or refused at the scale: paid nothing, their hold returned
+    shrink_g: int = 0  # deducted from the live weight (unfasted pigs) before grading and pricing
+    raise_pending_id: int = 0  # a seller's dispute: the pending transfer holding the buyer's money
+    raise_held_fen: int = 0  # what that hold holds: the most the resolution may raise the amount by
+    raised_fen: int = 0  # the resolution's raise (posted from the hold): amount + refund = obligation + raised
 
 
 class Loan(msgspec.Struct, array_like=True, gc=False):
@@ -239,6 +246,17 @@ class BankImport(msgspec.Struct, array_like=True, gc=False):
     errors: list[tuple[int, str]]
 
 
+class Registration(msgspec.Struct, array_like=True, gc=False):
+    """A registration made with an idempotency reference: who it created, a digest of the profile it
+    was made with (a repeat must match it), its first API key (not the secret) and when."""
+
+    registration_ref: str
+    participant_id: int
+    profile_digest: str
+    api_key: str
+    ts_ns: int
+
+
 class AccountKey(msgspec.Struct, array_like=True, gc=False):
     code: int
     owner_id: int
@@ -276,4 +294,9 @@ class ClearingSnapshot(msgspec.Struct, array_like=True, gc=False):
     deposits: list[Deposit]
     sent_files: list[SentFile]
     bank_imports: list[BankImport]
-    repayments: list[Repayment] = []  # optional and last: snapshots without it decode (see Clearing.snapshot)
+    # Optional and last: a snapshot without them decodes, and a state without them encodes to exactly the
+    # bytes (and hash) earlier versions wrote (see Clearing.snapshot).
+    repayments: list[Repayment] = []
+    bank_codes: list[tuple[int, str, str]] = []  # (participant, bank code, branch code)
+    file_digests: list[tuple[str, str]] = []  # (payout file ref, SHA-256 of the bytes sent)
+    registrations: list[Registration] = []

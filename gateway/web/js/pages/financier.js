@@ -35,6 +35,13 @@ export async function render() {
     action: (body) => post("/v1/credit-lines", body),
     done: () => clients.reload(),
   });
+  const reduce = form({
+    id: "reduce-form",
+    fields: [{ name: "buyer_id", label: "fin.buyer", type: "int" }, { name: "amount", to: "amount_fen", label: "common.amount", type: "yuan" }],
+    submit: "fin.reduce",
+    action: ({ buyer_id: buyer, ...body }) => post(`/v1/credit-lines/${buyer}/reduce`, body),
+    done: () => clients.reload(),
+  });
   const advance = form({
     id: "advance-form",
     fields: [
@@ -53,7 +60,7 @@ export async function render() {
       { label: t("common.amount"), value: (r) => yuan(r.amount_fen ?? 0), num: true },
     ], view.rows);
   }, "report");
-  const parts = [clients, card(t("fin.credit"), grant), card(t("fin.advance"), advance), report];
+  const parts = [clients, card(t("fin.credit"), grant, reduce), card(t("fin.advance"), advance), report];
   const root = h("div", {}, h("h1", {}, t("fin.title")), h("div", { class: "grid" }, parts));
   await Promise.all([clients.reload(), report.reload()]);
   return root;

@@ -52,9 +52,36 @@ export async function render() {
     { label: t("op.symbol"), value: (i) => i.symbol },
     { label: t("market.state"), value: (i) => i.state },
     { label: t("common.actions"), value: (i) => h("span", {},
-      button(t("op.halt"), async () => { await post(`/v1/instruments/${i.symbol}/halt`); await reload(); }), " ",
-      button(t("op.resume"), async () => { await post(`/v1/instruments/${i.symbol}/resume`); await reload(); })) },
+      ...[["halt", "op.halt"], ["resume", "op.resume"], ["auction", "op.auction"], ["uncross", "op.uncross"]].map(
+        ([action, label]) => button(t(label), async () => { await post(`/v1/instruments/${i.symbol}/${action}`); await reload(); }))) },
   ], await get("/v1/instruments")), "instruments");
+  const listing = form({
+    id: "instrument-form",
+    fields: [
+      { name: "symbol", label: "op.symbol", type: "text" },
+      { name: "product_class", label: "op.product_class", type: "select",
+        options: [["finishing_hog", t("product.finishing_hog")], ["piglet", t("product.piglet")]] },
+      { name: "breed_class", label: "op.breed_class", type: "select",
+        options: ["wai_san_yuan", "nei_san_yuan", "tu_za"].map((b) => [b, t(`breed.${b}`)]) },
+      { name: "delivery_point", label: "op.delivery_point", type: "text", value: "荣昌, 重庆" },
+      { name: "reference", to: "reference_price_fen", label: "market.reference", type: "yuan" },
+      { name: "tick", to: "tick_fen", label: "op.tick", type: "yuan", value: "0.10" },
+      { name: "price_band_bps", label: "op.band_bps", type: "int", value: 400 },
+    ],
+    // The weight bands of the standard grade (DOMAIN.md: lot average 100-120 kg, each 90-140 kg).
+    fixed: () => ({ lot_avg_min_g: 100_000, lot_avg_max_g: 120_000, animal_min_g: 90_000, animal_max_g: 140_000,
+      min_order_heads: 1, max_order_heads: 500 }),
+    submit: "op.list",
+    action: (body) => post("/v1/instruments", body),
+    done: () => instruments.reload(),
+  });
+  const reference = form({
+    id: "reference-form",
+    fields: [{ name: "instrument", label: "op.symbol", type: "text" }, { name: "price", to: "price_fen", label: "market.reference", type: "yuan" }],
+    submit: "op.set_reference",
+    action: ({ instrument, ...body }) => post(`/v1/instruments/${instrument}/reference-price`, body),
+    done: () => instruments.reload(),
+  });
   const deposit = form({
     id: "deposit-form",
     fields: [
@@ -104,6 +131,7 @@ export async function render() {
   });
   const parts = [participants, card(t("op.register"), register), card(t("op.invite_link"), invitations),
     card(t("op.verify_bank"), verifyBank), card(t("op.verify_poor"), verifyPoor), instruments,
+    card(t("op.list"), listing), card(t("op.set_reference"), reference),
     card(t("op.deposit"), deposit), disputes, payouts, card(t("op.payouts"), run, file, download, confirm),
     card(t("op.fees"), fees)];
   const root = h("div", {}, h("h1", {}, t("op.title")), h("div", { class: "grid" }, parts));
