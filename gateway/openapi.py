@@ -8,6 +8,7 @@ Nothing here is written by hand per route: bodies and responses come from
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from typing import Any
 
@@ -71,6 +72,9 @@ def _ecma_patterns(node: Any) -> None:
 def _operation(route: Route, by_type: dict[int, Any], components: dict[str, Any]) -> dict[str, Any]:
     op: dict[str, Any] = {"operationId": route.handler.__name__, "summary": route.summary,
                           "tags": [_tag(route.path)]}
+    doc = inspect.cleandoc(route.handler.__doc__ or "")
+    if "\n" in doc:  # more than the summary: the rules and error codes the handler documents
+        op["description"] = doc
     parameters = _parameters(route.query, "query", by_type, components)
     parameters += _parameters(route.params, "path", by_type, components)
     declared = {p["name"] for p in parameters if p["in"] == "path"}

@@ -146,3 +146,5 @@ async def test_the_openapi_document_describes_the_index_and_calendar_routes(ex: 
     history = paths["/v1/index/history"]["get"]
     assert {p["name"] for p in history["parameters"]} == {"from", "to", "product_class", "breed_class", "region"}
     assert "422" in history["responses"]
+    assert "invalid_date_range" in history["description"]  # the error codes, from the handler's docstring
+    assert "invalid_calendar_day" in paths["/v1/admin/calendar"]["post"]["description"]

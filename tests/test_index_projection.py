@@ -183,3 +183,35 @@ async def test_the_history_filters_and_a_rebuild_gives_the_same_rows(dsn: str) -
         await conn.close()
     finally:
         await projector.stop()
+
+
+async def test_a_close_reaches_the_projection_listeners_with_its_day(dsn: str) -> None:
+    """The gateway publishes a series' final rows at each close: the projector tells its listeners."""
+    from exchange.commands import ClockTick
+    from exchange.domain import TradingSession
+
+    clock = SetClock(at(DAY1, "08:00"))
+    sequencer = Sequencer(dsn, core_type=Core, clock_ns=clock)
+    await sequencer.start()
+    try:
+        await sequencer.submit(list_instrument(msgspec.structs.replace(SPEC_A, session=TradingSession())))
+        registered = (await sequencer.submit(register_lot(SELLER, 100, instrument="A-HOG"))).events[0]
+        clock.now_ns = at(DAY1, "10:00")
+        await sequencer.submit(order(SELLER, SELL, 2800, 5, lot_id=registered.lot.lot_id, instrument="A-HOG"))
+        await sequencer.submit(order(BUYER, BUY, 2800, 5, instrument="A-HOG"))
+        clock.now_ns = at(DAY1, "15:30")
+        await sequencer.submit(ClockTick(0, 0))
+        committed = sequencer.committed_seq
+    finally:
+        await sequencer.stop()
+    seen: list[priceindex.DayChanges] = []
+    projector = IndexProjector(dsn, poll_interval_s=0.05)
+    projector.listeners.append(seen.append)
+    await projector.start()
+    try:
+        await projector.wait_for(committed, timeout_s=30)
+    finally:
+        await projector.stop()
+    assert [close for changes in seen for close in changes.closes] == [(DAY1, "A-HOG")]
+    assert {key: sums for changes in seen for key, sums in changes.sums.items()} == {
+        (DAY1, (int(FINISHING), int(WSY), "Rongchang")): [1, 5, 5 * 2800, 5 * 2800 * 110]}
