@@ -32,7 +32,7 @@ routes = RouteTable()
 REGISTRATION_REPLAY_S: Final = 24 * 3600  # how long a repeated registration_ref answers the key again
 
 
-RegistrationRef = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$",
+RegistrationRef = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"\A[A-Za-z0-9_.:\-]+\Z",
                                               description="the registration's idempotency key")]
 
 
@@ -58,7 +58,7 @@ class ParticipantPath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class KeyPath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    api_key: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")]
+    api_key: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"\A[A-Za-z0-9_\-]+\Z")]
 
 
 class KeyRevoked(msgspec.Struct, frozen=True):

@@ -75,23 +75,27 @@ def create_app(
 ) -> web.Application:
     """A ready-to-run application; nothing touches the network until it is started."""
     metrics = Metrics()
+    readiness = Readiness()
     # requestlog outermost: it logs the final answer, errors included, with its request id
-    app = web.Application(middlewares=[requestlog.middleware, error_middleware(metrics)],
+    app = web.Application(middlewares=[requestlog.middleware, error_middleware(metrics, readiness)],
                           client_max_size=config.max_body_bytes)
     app[CONFIG] = config
     app[METRICS] = metrics
-    app[READINESS] = Readiness()
+    app[READINESS] = readiness
 
     async def load_key(api_key: str) -> KeyRecord | None:
+        metrics.auth_key_lookups.inc()
         return await store.load_key(app[POOL], api_key)
 
     auth = Authenticator(load_key, metrics, window_ms=config.auth_window_ms,
                          replay_capacity=config.replay_cache_size, key_ttl_s=config.key_cache_ttl_s,
-                         clock_ms=clock_ms)
-    limiter = TokenBuckets(config.rate_limit_per_s, config.rate_limit_burst)
-    hub = Hub(auth, metrics, queue_size=config.ws_queue_size, max_channels=config.ws_max_channels,
+                         clock_ms=clock_ms, failures_per_s=config.auth_failures_per_s,
+                         failure_burst=config.auth_failure_burst)
+    limiter = TokenBuckets(config.rate_limit_per_s, config.rate_limit_burst)  # HTTP and WebSocket alike
+    hub = Hub(auth, metrics, limiter, queue_size=config.ws_queue_size, max_channels=config.ws_max_channels,
               max_inflight=config.ws_max_inflight, max_message_bytes=config.max_body_bytes,
-              heartbeat_s=config.ws_heartbeat_s)
+              heartbeat_s=config.ws_heartbeat_s, max_per_key=config.ws_max_per_key,
+              max_per_address=config.ws_max_per_address)
     hub.register_channel_kind("book")
     hub.register_channel_kind("trades")
     hub.register_channel_kind("orders", private=True)

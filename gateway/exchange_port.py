@@ -401,8 +401,9 @@ class ExchangePort:
                            f"client_order_id {exc.client_order_id!r} was already used for a different order"
                            ) from None
         except Unavailable:
-            raise ApiError(503, Code.UNAVAILABLE, "outcome unknown: reconcile by client_order_id",
-                           retry_after_s=1) from None
+            # The route (or WebSocket op) adds which reference to reconcile by.
+            raise ApiError(503, Code.UNAVAILABLE, "the exchange lost its database: the outcome is unknown",
+                           retry_after_s=1, outcome_unknown=True) from None
 
     # -- metrics and readiness ----------------------------------------------------------------------
 

@@ -45,10 +45,10 @@ __all__ = ["routes"]
 routes = RouteTable()
 
 
-Phone = Annotated[str, msgspec.Meta(pattern=r"^\+?[0-9]{6,15}$", description="digits, optional leading +")]
+Phone = Annotated[str, msgspec.Meta(pattern=r"\A\+?[0-9]{6,15}\Z", description="digits, optional leading +")]
 Password = Annotated[str, msgspec.Meta(min_length=8, max_length=128)]
 DisplayName = Annotated[Text, msgspec.Meta(min_length=1, max_length=100)]
-Token = Annotated[str, msgspec.Meta(min_length=16, max_length=128, pattern=r"^[A-Za-z0-9_\-]+$")]
+Token = Annotated[str, msgspec.Meta(min_length=16, max_length=128, pattern=r"\A[A-Za-z0-9_\-]+\Z")]
 
 
 # -- request and response bodies ------------------------------------------------------------------------

@@ -84,16 +84,16 @@ PriceFen = Annotated[int, msgspec.Meta(ge=1, le=10**10, description="integer fen
 Heads = Annotated[int, msgspec.Meta(ge=1, le=1_000_000, description="whole animals")]
 WeightG = Annotated[int, msgspec.Meta(ge=1, le=10_000_000, description="integer grams")]
 TimeMs = Annotated[int, msgspec.Meta(ge=1, le=9_000_000_000_000, description="milliseconds since the epoch")]
-ClientOrderId = Annotated[str, msgspec.Meta(min_length=1, max_length=36, pattern=r"^[!-~]+$",
+ClientOrderId = Annotated[str, msgspec.Meta(min_length=1, max_length=36, pattern=r"\A[!-~]+\Z",
                                             description="1-36 printable ASCII characters, unique per "
                                                         "participant forever (the idempotency key)")]
-ClientLotRef = Annotated[str, msgspec.Meta(min_length=1, max_length=36, pattern=r"^[!-~]+$",
+ClientLotRef = Annotated[str, msgspec.Meta(min_length=1, max_length=36, pattern=r"\A[!-~]+\Z",
                                            description="1-36 printable ASCII characters, unique per seller "
                                                        "forever: a retry gets the original lot back")]
-Symbol = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_\-]+$",
+Symbol = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=r"\A[A-Za-z0-9_\-]+\Z",
                                      description="instrument symbol, e.g. RC-LH-WSY")]
 ShortText = Annotated[Text, msgspec.Meta(min_length=1, max_length=200)]
-Cursor = Annotated[str, msgspec.Meta(min_length=1, max_length=19, pattern=r"^[0-9]+$",
+Cursor = Annotated[str, msgspec.Meta(min_length=1, max_length=19, pattern=r"\A[0-9]+\Z",
                                      description="opaque cursor from a previous page's next_cursor")]
 Limit = Annotated[int, msgspec.Meta(ge=1, le=PAGE_LIMIT_MAX)]
 ToleranceG = Annotated[int, msgspec.Meta(ge=0, le=10_000_000, description="integer grams; 0: no tolerance")]

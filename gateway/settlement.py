@@ -148,7 +148,7 @@ AmountOrZeroFen = Annotated[int, msgspec.Meta(ge=0, le=10**14, description="inte
 RateBps = Annotated[int, msgspec.Meta(ge=0, le=10_000, description="yearly interest in basis points")]
 Bps = Annotated[int, msgspec.Meta(ge=0, le=10_000, description="basis points (10,000 = 100 %)")]
 OwnerId = Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1, description="participant id; 0 for the subsidy fund")]
-Ref = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$",
+Ref = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"\A[A-Za-z0-9_.:\-]+\Z",
                                   description="a client-chosen reference: the idempotency key")]
 BankRef = Annotated[Text, msgspec.Meta(max_length=64)]
 Reason = Annotated[Text, msgspec.Meta(min_length=1, max_length=500)]
@@ -157,10 +157,10 @@ Reason = Annotated[Text, msgspec.Meta(min_length=1, max_length=500)]
 MAX_CSV_CHARS: Final = 64 * 1024  # = GatewayConfig's default max_body_bytes (a test keeps them equal)
 CsvText = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CSV_CHARS,
                                       description="the file's text (UTF-8), at most the request body limit")]
-Date = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+Date = Annotated[str, msgspec.Meta(pattern=r"\A[0-9]{4}-[0-9]{2}-[0-9]{2}\Z",
                                    description="a calendar day in China Standard Time, YYYY-MM-DD")]
 TimeMs = Annotated[int, msgspec.Meta(ge=0, le=9_000_000_000_000, description="milliseconds since the epoch")]
-Cursor = Annotated[str, msgspec.Meta(min_length=1, max_length=19, pattern=r"^[0-9]+$")]
+Cursor = Annotated[str, msgspec.Meta(min_length=1, max_length=19, pattern=r"\A[0-9]+\Z")]
 
 
 class FundsAccountName(StrEnum):
@@ -1129,7 +1129,8 @@ class ReportQuery(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
 
 
 class SettlementReport(msgspec.Struct, frozen=True):
-    """Trades settled or rejected that day that you may see (operators: all), by trade id."""
+    """That day's rows you may see (operators: all), by trade id: the trades settled or rejected, the
+    cooperative members' shares, the loans' repayments and interest (`kind`), as they were then."""
 
     date: str
     rows: list[SettlementReportRow]
@@ -1219,14 +1220,15 @@ async def _report_rows(call: Call, day: int) -> list[SettlementReportRow]:
 
 @routes.get("/v1/reports/settlement", roles=ANY_ROLE, query=ReportQuery, response=SettlementReport)
 async def settlement_report(call: Call, query: ReportQuery) -> SettlementReport:
-    """The daily settlement report: every trade settled or rejected that day that you may see."""
+    """The daily settlement report: the trades settled or rejected that day, members' shares of them and
+    loans' interest and repayments, that you may see; the facts as they were that day, never changed."""
     day = _report_day(query)
     return SettlementReport(day_to_date(day), await _report_rows(call, day))
 
 
 @routes.get("/v1/reports/settlement.csv", roles=ANY_ROLE, query=ReportQuery, response=None, media_type=_CSV)
 async def settlement_report_csv(call: Call, query: ReportQuery) -> web.Response:
-    """The daily settlement report as CSV (a header row, then one row per trade)."""
+    """The daily settlement report as CSV (a header row, then one row per report row)."""
     day = _report_day(query)
     rows = await _report_rows(call, day)
     data = report_csv(rows) if rows else (",".join(REPORT_COLUMNS) + "\r\n").encode()
