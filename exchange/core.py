@@ -87,6 +87,7 @@ from exchange.matching.book import (
     level_of,
     release_remaining,
 )
+from exchange.matching.lot_auction import LotAuctions
 from exchange.settlement import rules
 from exchange.settlement.clearing import Clearing
 
@@ -212,9 +213,11 @@ class Core:
             SetReferencePrice: self._set_reference_price,
             ClockTick: self._clock_tick,
         }
+        self.auctions = LotAuctions(self)  # lot auctions: they need the clearing (holds), as settlement does
         self._handlers.update(self.calendar.handlers())
         if clearing is not None:
             self._handlers.update(clearing.handlers())
+            self._handlers.update(self.auctions.handlers())
 
     # -- entry point -------------------------------------------------------------------------------
 
@@ -686,7 +689,10 @@ class Core:
         return None
 
     def _clock_tick(self, cmd: ClockTick, events: list) -> None:
-        """Nothing beyond what ``apply`` does for every command: expire what is due."""
+        """Beyond what ``apply`` does for every command (expire what is due): open, close and lapse lot
+        auctions."""
+        if self.auctions.live:
+            self.auctions.on_clock(cmd.ts_ns, events)
 
     # -- queries -------------------------------------------------------------------------------------
 

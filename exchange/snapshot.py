@@ -67,12 +67,13 @@ class CoreRecord(msgspec.Struct, frozen=True, array_like=True):
     client_order_ids: list[tuple[int, str, int]]
     clearing: bytes = b""  # the settlement stage's own snapshot; empty for a matching-only core
     lot_refs: list[tuple[int, str, int]] = []  # (seller, client lot ref, lot id), in registration order
+    auctions: bytes = b""  # the live lot auctions (matching/lot_auction.py); empty if none was ever offered
     calendar: bytes = b""  # the trading calendar's own snapshot (exchange/calendar.py); empty if never used
 
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(CoreRecord)
-_REQUIRED_FIELDS = 6  # version .. clearing: always written (clearing as earlier versions wrote it)
+_REQUIRED_FIELDS = 6  # version .. clearing: always written
 
 
 def _order_record(o: Order) -> OrderRecord:
@@ -102,16 +103,15 @@ def encode_core(core: Core) -> bytes:
     lot_refs = [(p, ref, lot_id) for (p, ref), lot_id in core.lot_refs.items()]
     record = CoreRecord(
         SNAPSHOT_VERSION, (c.next_order_id, c.next_trade_id, c.next_priority, c.next_lot_id), markets, lots, ids,
-        clearing, lot_refs, core.calendar.snapshot(),
+        clearing, lot_refs, core.auctions.snapshot(), core.calendar.snapshot(),
     )
     fields = msgspec.structs.astuple(record)
-    # An array-like struct encodes as the tuple of its fields. Trailing optional fields at their
-    # defaults are left out, so a state without them encodes to exactly the bytes earlier versions
+    # An array-like struct encodes as the tuple of its fields. Empty trailing optional fields (lot refs,
+    # auctions, calendar) are left out, so a state without them encodes to exactly the bytes earlier versions
     # wrote: their snapshots still restore to their recorded hashes (the version stays 1).
-    end = len(fields)
-    while end > _REQUIRED_FIELDS and not fields[end - 1]:  # every optional field defaults to empty
-        end -= 1
-    return _encoder.encode(fields[:end])
+    while len(fields) > _REQUIRED_FIELDS and not fields[-1]:
+        fields = fields[:-1]
+    return _encoder.encode(fields)
 
 
 def decode_core(data: bytes, core_type: Callable[[Clearing | None], Core] | None = None) -> Core:
@@ -140,6 +140,7 @@ def decode_core(data: bytes, core_type: Callable[[Clearing | None], Core] | None
     for p, cid, oid in record.client_order_ids:
         core.client_order_ids.setdefault(p, {})[cid] = oid
     core.lot_refs = {(p, ref): lot_id for p, ref, lot_id in record.lot_refs}
+    core.auctions.restore(record.auctions)
     core.calendar.restore(record.calendar)
     heapq.heapify(core.expiries)
     return core

@@ -26,6 +26,7 @@ from aiohttp import web
 from exchange.store import create_pool
 from gateway import (
     admin,
+    auctions,
     calendar,
     demo,
     exchange_port,
@@ -63,7 +64,7 @@ API_VERSION = "0.1.0"
 # Every installed route table; a new handler module adds its `routes` here.
 ROUTE_TABLES: tuple[RouteTable, ...] = (system.routes, admin.routes, orders.routes, lots.routes, market.routes,
                                          operator.routes, participants.routes, settlement.routes, people.routes,
-                                         calendar.routes, priceindex.routes)
+                                         auctions.routes, calendar.routes, priceindex.routes)
 
 
 def create_app(
@@ -101,6 +102,7 @@ def create_app(
     hub.register_channel_kind("orders", private=True)
     orders.wire(hub)
     market.wire(app, hub)
+    auctions.wire(app, hub)
     hub.register_channel_kind("index", bare=True)  # the price index (gateway.priceindex)
     app[AUTH], app[LIMITER], app[HUB] = auth, limiter, hub
     app[SESSIONS] = SessionAuth(session_policy or SessionPolicy())
@@ -145,6 +147,7 @@ async def _exchange(app: web.Application) -> AsyncIterator[None]:
     try:
         orders.attach(app, port, app[HUB], app[METRICS])
         market.attach(port, app[HUB])
+        auctions.attach(app, port, app[HUB])
         # Participants the core does not know yet (the bootstrap operator, registrations cut short by a
         # crash) are registered before anyone can trade.
         await participants.sync_from_database(app[POOL], port)

@@ -28,13 +28,14 @@ import msgspec
 from sortedcontainers import SortedDict
 
 from exchange.commands import Command, PlaceOrder
-from exchange.domain import InstrumentSpec, Lot, OrderType, Side, band_fen
+from exchange.domain import AuctionState, InstrumentSpec, Lot, LotAuction, OrderType, Side, band_fen
 from exchange.events import (
     AuctionUncrossed,
     BookChanged,
     Event,
     FeeScheduleSet,
     InstrumentListed,
+    LotAuctionChanged,
     LotRegistered,
     NonTradingDaySet,
     OrderAccepted,
@@ -169,12 +170,13 @@ class InstrumentDelta:
 class BatchDigest:
     """The publishers' view of one batch."""
 
-    __slots__ = ("first_seq", "instruments", "last_seq", "reports", "wants")
+    __slots__ = ("auctions", "first_seq", "instruments", "last_seq", "reports", "wants")
 
     def __init__(self, wants: Callable[[int], bool] | None) -> None:
         self.first_seq = 0
         self.last_seq = 0
         self.instruments: dict[str, InstrumentDelta] = {}
+        self.auctions: list[LotAuctionChanged] = []  # lot auction changes, in order
         self.reports: list[tuple[int, ExecutionReport]] = []  # (participant_id, report)
         self.wants = wants
 
@@ -296,6 +298,9 @@ def event_instrument(event: Event) -> str:
     return event.instrument  # every other event with a seq names its instrument
 
 
+_ENDED_AUCTION: Final = frozenset({AuctionState.SOLD, AuctionState.UNSOLD, AuctionState.WITHDRAWN})
+
+
 # -- the projection -------------------------------------------------------------------------------------
 
 
@@ -315,8 +320,10 @@ class ReadModel:
         self.candles: dict[tuple[str, CandleInterval], _Series] = {}
         self.trade_count = 0
         self.traded_heads = 0
+        self.auctions: dict[int, LotAuction] = {}  # every lot auction as it is now (gateway/auctions.py)
         self.non_trading_days: set[int] = set()  # yyyymmdd, China Standard Time (exchange/calendar.py)
         self._handlers: dict[type, Callable[..., None]] = {
+            LotAuctionChanged: self._on_lot_auction,
             OrderAccepted: self._on_accepted,
             Trade: self._on_trade,
             OrderCancelled: self._on_order_event,
@@ -396,9 +403,26 @@ class ReadModel:
             self.lots[rec.lot_id].reserved_heads += rec.remaining_heads
         touched[rec.order_id] = 0
 
+    def _on_lot_auction(self, event: LotAuctionChanged, command: Command, touched: dict[int, int],
+                        digest: BatchDigest) -> None:
+        """Keep the auction and its lot's reserved and sold heads (its sale's Trade names no order)."""
+        a = event.auction
+        lot = self.lots.get(a.lot_id)
+        if lot is not None:
+            if event.change == "offered":
+                lot.reserved_heads += a.heads
+            elif a.state in _ENDED_AUCTION:
+                lot.reserved_heads -= a.heads
+                if a.state == AuctionState.SOLD:
+                    lot.sold_heads += a.heads
+        self.auctions[a.auction_id] = a
+        digest.auctions.append(event)
+
     def _on_trade(self, event: Trade, command: Command, touched: dict[int, int], digest: BatchDigest) -> None:
         for order_id in (event.buy_order_id, event.sell_order_id):
-            rec = self.orders[order_id]
+            rec = self.orders.get(order_id)
+            if rec is None:
+                continue  # a lot auction's sale: no order on either side (its hold id, 0 for the seller)
             if order_id not in touched:
                 touched[order_id] = len(rec.fills)
             before = rec.remaining_heads

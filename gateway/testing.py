@@ -25,8 +25,10 @@ from gateway.config import GatewayConfig
 from gateway.routes import RouteTable
 from gateway.server import Runner
 
-__all__ = ["BUYER_DEPOSIT_FEN", "Exchange", "Trader", "hog_instrument", "running_exchange", "serve"]
+__all__ = ["BUYER_DEPOSIT_FEN", "LOT_CERT", "Exchange", "Trader", "hog_instrument", "running_exchange", "serve"]
 
+# The quarantine certificate of every lot `register_lot` makes: a weigh-in must name it (issue 11 item 11).
+LOT_CERT = "渝动检 5001530001"
 BUYER_DEPOSIT_FEN = 10**12  # ¥10bn: covers any bid a test makes, yet a bid beyond it is refused
 
 
@@ -113,7 +115,7 @@ class Exchange:
                            avg_weight_g: int = 110_000) -> int:
         reply = await seller.post("/v1/lots", json={
             "instrument": instrument, "heads": heads, "avg_weight_g": avg_weight_g,
-            "origin": "荣昌区, 重庆", "quarantine_cert": "渝动检 5001539999"})
+            "origin": "荣昌区, 重庆", "quarantine_cert": LOT_CERT})
         if reply.status != 201:
             raise RuntimeError(f"lot registration failed: {reply.status} {reply.body!r}")
         return int(reply.json()["lot_id"])
