@@ -9,6 +9,7 @@ bytes.
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -67,6 +68,10 @@ class CoreRecord(msgspec.Struct, frozen=True, array_like=True):
     client_order_ids: list[tuple[int, str, int]]
     clearing: bytes = b""  # the settlement stage's own snapshot; empty for a matching-only core
     lot_refs: list[tuple[int, str, int]] = []  # (seller, client lot ref, lot id), in registration order
+    # When each client order id held (by its order id) and each lot held was last looked at, in the order
+    # the core looks at them again (Core.forget); empty in snapshots of earlier versions.
+    order_id_times: list[tuple[int, int]] = []  # (accepted or last looked at, order id)
+    lot_times: list[tuple[int, int]] = []  # (registered or last looked at, lot id)
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -98,15 +103,21 @@ def encode_core(core: Core) -> bytes:
                  key=lambda entry: entry[2])
     clearing = b"" if core.clearing is None else core.clearing.snapshot()
     lot_refs = [(p, ref, lot_id) for (p, ref), lot_id in core.lot_refs.items()]
+    used = core.client_order_ids
+    order_id_times = [(at, used[p][cid]) for at, p, cid in core.order_id_times]
+    lot_times = [(at, lot_id) for at, lot_id, _ in core.lot_times]
     record = CoreRecord(
         SNAPSHOT_VERSION, (c.next_order_id, c.next_trade_id, c.next_priority, c.next_lot_id), markets, lots, ids,
-        clearing, lot_refs,
+        clearing, lot_refs, order_id_times, lot_times,
     )
     fields = msgspec.structs.astuple(record)
-    # An array-like struct encodes as the tuple of its fields. Without lot refs the trailing field is
+    # An array-like struct encodes as the tuple of its fields. Trailing optional fields that are empty are
     # left out, so a state without them encodes to exactly the bytes earlier versions wrote: their
-    # snapshots still restore to their recorded hashes (the version stays 1: the field is optional).
-    return _encoder.encode(fields if lot_refs else fields[:-1])
+    # snapshots still restore to their recorded hashes (the version stays 1: the fields are optional).
+    end = len(fields)
+    while end > 6 and not fields[end - 1]:
+        end -= 1
+    return _encoder.encode(fields[:end])
 
 
 def decode_core(data: bytes, core_type: Callable[[Clearing | None], Core] | None = None) -> Core:
@@ -135,6 +146,12 @@ def decode_core(data: bytes, core_type: Callable[[Clearing | None], Core] | None
     for p, cid, oid in record.client_order_ids:
         core.client_order_ids.setdefault(p, {})[cid] = oid
     core.lot_refs = {(p, ref): lot_id for p, ref, lot_id in record.lot_refs}
+    by_order_id = {oid: (p, cid) for p, cid, oid in record.client_order_ids}
+    core.order_id_times = deque((at, *by_order_id[oid]) for at, oid in record.order_id_times)
+    refs = {lot_id: ref for (_, ref), lot_id in core.lot_refs.items()}
+    core.lot_times = deque((at, lot_id, refs.get(lot_id, "")) for at, lot_id in record.lot_times)
+    # a snapshot of an earlier version lists no times: the first tick queues what it holds
+    core.unqueued = not record.order_id_times and not record.lot_times
     heapq.heapify(core.expiries)
     return core
 

@@ -126,6 +126,7 @@ class Shard:
             snapshot_every=config.snapshot_every,
             tick_interval_s=config.clock_tick_s or None,
             extra_writes=self.ledger_writer,
+            retention_ns=config.retention_s * 10**9,
         )
         self.ledger_writer.attach(self.sequencer)
         self.listeners: list[Listener] = []

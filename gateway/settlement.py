@@ -198,6 +198,20 @@ def clearing_of(call: Call) -> Clearing:
     return clearing
 
 
+async def refuse_expired_reference(call: Call, kind: int, owner_id: int, ref: str, held: bool) -> None:
+    """409 `reference_expired` for a reference the core no longer holds (its retention window has passed)
+    that took effect before: a deposit's bank reference, a withdrawal, repayment or client lot reference
+    takes effect once, for ever (`settlement_refs`, migration 0014). A reference the core holds is left to
+    it: a retry gets the original answer."""
+    if held or not ref:
+        return
+    seq = await pgstore.used_reference(call.pool, kind, owner_id, ref)
+    if seq is not None:
+        raise ApiError(409, "reference_expired",
+                       f"reference {ref!r} was used by journal entry {seq}, beyond the retention window: "
+                       "it is not applied again; use a new reference for a new request")
+
+
 async def submit(call: Call, command: Command) -> list[Event]:
     """Sequence one settlement command; its events once durable, or its rejection raised."""
     result = await call.app[EXCHANGE].submit(command)
@@ -317,6 +331,8 @@ def _withdrawal_view(w: Withdrawal) -> WithdrawalView:
              errors=(404, 409))
 async def confirm_deposit(call: Call, body: DepositRequest) -> DepositView:
     """Confirm money that arrived at the bank for a participant (or the subsidy fund, owner 0)."""
+    await refuse_expired_reference(call, pgstore.REF_DEPOSIT, 0, body.deposit_ref,
+                                   body.deposit_ref in clearing_of(call).deposits)
     await submit(call, ConfirmDeposit(call.principal.participant_id, 0, body.deposit_ref, body.owner_id,
                                       FUNDS[body.account], body.amount_fen))
     return _deposit_view(clearing_of(call), body.deposit_ref)
@@ -364,8 +380,10 @@ async def import_deposits(call: Call, body: DepositImportRequest) -> DepositImpo
     return DepositImportView(confirmed, len(results) - confirmed, results)
 
 
-async def _row_outcome(call: Call, command: Command) -> str:
+async def _row_outcome(call: Call, command: ConfirmDeposit) -> str:
     try:
+        await refuse_expired_reference(call, pgstore.REF_DEPOSIT, 0, command.deposit_ref,
+                                       command.deposit_ref in clearing_of(call).deposits)
         await submit(call, command)
     except ApiError as exc:
         if exc.status >= 500:
@@ -379,6 +397,8 @@ async def _row_outcome(call: Call, command: Command) -> str:
 async def request_withdrawal(call: Call, body: WithdrawalRequest) -> WithdrawalView:
     """Ask for money back to your verified bank account; it is held until the bank confirms."""
     owner = call.principal.participant_id
+    await refuse_expired_reference(call, pgstore.REF_WITHDRAWAL, owner, body.withdrawal_ref,
+                                   (owner, body.withdrawal_ref) in clearing_of(call).withdrawals)
     await submit(call, RequestWithdrawal(owner, 0, body.withdrawal_ref, FundsAccount[body.account.name],
                                          body.amount_fen))
     return _withdrawal_view(clearing_of(call).withdrawals[(owner, body.withdrawal_ref)])
@@ -965,6 +985,8 @@ async def repay(call: Call, body: RepaymentRequest) -> LoanPage:
     """Repay a financier; the answer is your loans from it after the repayment. With `repayment_ref` a
     retry repays nothing twice (same ref, other content: 409)."""
     borrower = call.principal.participant_id
+    await refuse_expired_reference(call, pgstore.REF_REPAYMENT, borrower, body.repayment_ref or "",
+                                   (borrower, body.repayment_ref) in clearing_of(call).repayments)
     await submit(call, RepayLoan(borrower, 0, body.financier_id, body.amount_fen, body.repayment_ref or ""))
     return _own_loans(clearing_of(call), borrower, body.financier_id)
 

@@ -60,6 +60,28 @@ Money flows (accounts: the chart in ledger.py; rounding: rules.py)
    (SetConsent); a financier always sees its own lines and loans, consent lets it see the rest of the
    borrower's settlement (views.py).
 
+Memory: only what is open
+-------------------------
+The clearing holds participants, accounts, holds, unsettled trades, loans, credit lines, payables,
+payouts not yet final, and, for idempotency, final records and their references inside the retention
+window. A record that becomes final is queued (``_final_at``): a trade settled or rejected, a payout
+confirmed or returned, a withdrawal paid or failed, and at once a deposit, a repayment, a payout run,
+a bank file sent and a bank file imported. ``forget(before_ns)``, called by the core on every clock
+tick with the tick's time less its window (``ClockTick.retention_ns``, default 24 h), drops what was
+queued before that time, oldest first, then lets the ledger forget its final transfers. Inside the
+window a retried reference gets the original answer (``DUPLICATE_REFERENCE`` if it differs); after it:
+
+* a trade, payout, run, bank file or import is unknown to the clearing (UNKNOWN_TRADE,
+  UNKNOWN_REFERENCE); the API answers history from PostgreSQL;
+* a deposit's bank reference, a withdrawal reference and a repayment reference must never take
+  effect twice: each is written to ``settlement_refs`` (migration 0014) in the transaction of the
+  batch that used it (pgstore.LedgerWriter), whose primary key refuses a second use for ever, and the
+  gateway answers a reference it finds there with 409 ``reference_expired`` before submitting. Inside
+  the window the clearing itself recognises it (the sequencer commits long before the window ends);
+* a payout run reference, a bank file reference or an import reference is free again (another run
+  pays only what is payable; a file or import lists payouts by id and attempt, which a final payout
+  refuses).
+
 Compiled (mypyc, ``setup.py``): the records it keeps (``model.py``), the events and the commands are
 msgspec structs defined in plain modules; the clearing dispatches the core's events by exact type and
 keeps derived lookups that save recomputing (``_payout_trade_ids``). A msgspec field read from compiled
@@ -176,6 +198,7 @@ from exchange.settlement.model import (
     Counters,
     CreditLine,
     Deposit,
+    FinalKind,
     Hold,
     Loan,
     Participant,
@@ -261,6 +284,8 @@ _P_CONFIRMED: Final[Boxed] = PayoutState.CONFIRMED
 _P_FAILED: Final[Boxed] = PayoutState.FAILED
 _SAME_DAY: Final[Boxed] = PayoutPriority.SAME_DAY
 _NORMAL: Final[Boxed] = PayoutPriority.NORMAL
+_FINAL_TRADE: Final[Boxed] = int(FinalKind.TRADE)  # the kinds queued on hot paths, as plain ints
+_FINAL_PAYOUT: Final[Boxed] = int(FinalKind.PAYOUT)
 # The hot paths call rules.* by the module's name: compiled (rules is compiled with the clearing), that
 # is a direct native call, where a module-global alias of the function would be a Python call.
 # msgspec.structs.astuple, Final: compiled, a record or an event read as one tuple when several of its
@@ -355,6 +380,9 @@ class Clearing:
         self.sent_files: dict[str, SentFile] = {}
         self.bank_imports: dict[str, BankImport] = {}
         self.repayments: dict[tuple[int, str], Repayment] = {}  # (borrower, repayment ref)
+        # (final_at_ns, FinalKind, key) of every final record held, oldest first (see "Memory")
+        self.final: deque[tuple[Boxed, int, Boxed]] = deque()
+        self._unqueued_final = False  # restored from a snapshot without ``final``: forget() queues first
         self._rebuild_indexes()
         self.ledger.create_accounts([_account(int(code), int(code), 0, 0) for code in HOUSE], 0)
 
@@ -473,8 +501,8 @@ class Clearing:
                 _, trade_id = heapq.heappop(late)
             else:
                 break
-            trade = trades[trade_id]
-            if trade.state == _DELIVERED:  # disputed, rejected or settled meanwhile: stale
+            trade = trades.get(trade_id)
+            if trade is not None and trade.state == _DELIVERED:  # disputed, rejected, settled (or gone): stale
                 self._settle(trade, ts_ns, events)
         # the tick's rows belong to the tick, whose on_events already closed its entry
         more = self.ledger.drain_rows()
@@ -484,6 +512,89 @@ class Clearing:
                 accounts, postings = rows.pop()
                 more = ([*accounts, *more[0]], [*postings, *more[1]])
             rows.append(more)
+
+    # ------------------------------------------------------------------------------------- memory
+
+    def _final_at(self, ts_ns: Boxed, kind: FinalKind, key: Boxed) -> None:
+        """Queue a record that became final at ``ts_ns`` (see "Memory")."""
+        self.final.append((ts_ns, int(kind), key))
+
+    def _trade_closed(self, lot_id: Boxed) -> None:
+        """A trade of this lot became final: one open trade fewer that may need the lot's record."""
+        open_by_lot = self._open_trades_by_lot
+        left: int = open_by_lot[lot_id] - 1
+        if left:
+            open_by_lot[lot_id] = left
+        else:
+            del open_by_lot[lot_id]
+
+    def lot_in_use(self, lot_id: int) -> bool:
+        """Whether a trade of this lot is still open (its record is needed: ``advance_limit_fen``)."""
+        return lot_id in self._open_trades_by_lot
+
+    def forget_lot(self, lot_id: int) -> None:
+        """The core forgot this lot (sold out, final for the window, no open trade): drop its record."""
+        self.lots.pop(lot_id, None)
+
+    def forget(self, before_ns: int) -> None:
+        """Drop every record queued final before ``before_ns``, then the ledger's final transfers."""
+        if self._unqueued_final:
+            self._queue_unqueued_final()
+        final = self.final
+        while final and final[0][0] < before_ns:
+            _, kind, key = final.popleft()
+            if kind == _FINAL_TRADE:
+                self.trades.pop(key, None)
+            elif kind == _FINAL_PAYOUT:
+                self.payouts.pop(key, None)
+                self._payout_trade_ids.pop(key, None)
+            else:
+                self._records_of(kind).pop(key, None)
+        self.ledger.forget(before_ns)
+
+    def _records_of(self, kind: int) -> dict:
+        """The dict a final record of this kind is held in (trades and payouts: see forget)."""
+        if kind == FinalKind.DEPOSIT:
+            return self.deposits
+        if kind == FinalKind.WITHDRAWAL:
+            return self.withdrawals
+        if kind == FinalKind.REPAYMENT:
+            return self.repayments
+        if kind == FinalKind.RUN:
+            return self.runs
+        if kind == FinalKind.SENT_FILE:
+            return self.sent_files
+        if kind == FinalKind.BANK_IMPORT:
+            return self.bank_imports
+        raise ClearingInvariantError(f"no final records of kind {kind}")
+
+    def _queue_unqueued_final(self) -> None:
+        """Queue the final records a snapshot of an earlier version held (final from now on)."""
+        self._unqueued_final = False
+        now = self.ledger.now_ns
+        held = {(kind, key) for _, kind, key in self.final}
+        final_trades = (TradeState.SETTLED, TradeState.REJECTED)
+        keys: list[tuple[int, Any]] = [(_FINAL_TRADE, k) for k in sorted(self.trades)
+                                       if self.trades[k].state in final_trades]
+        keys += [(_FINAL_PAYOUT, k) for k in sorted(self.payouts)
+                 if self.payouts[k].state in (PayoutState.CONFIRMED, PayoutState.RETURNED)]
+        keys += [(int(FinalKind.WITHDRAWAL), k) for k in sorted(self.withdrawals)
+                 if self.withdrawals[k].state != WithdrawalState.PENDING]
+        for kind in (FinalKind.DEPOSIT, FinalKind.REPAYMENT, FinalKind.RUN, FinalKind.SENT_FILE,
+                     FinalKind.BANK_IMPORT):
+            keys += [(int(kind), k) for k in sorted(self._records_of(kind))]
+        for kind, key in keys:
+            if (kind, key) not in held:
+                self.final.append((now, kind, key))
+
+    def held_counts(self) -> dict[str, int]:
+        """How many records of each kind memory holds (tests and benchmarks count them against what is open)."""
+        return {
+            "trades": len(self.trades), "payouts": len(self.payouts), "deposits": len(self.deposits),
+            "withdrawals": len(self.withdrawals), "repayments": len(self.repayments), "runs": len(self.runs),
+            "sent_files": len(self.sent_files), "bank_imports": len(self.bank_imports),
+            "final_queued": len(self.final), "transfers": self.ledger.held_counts()[0],
+        }
 
     # ------------------------------------------------------------------------------- persistence
     # Ledger rows leave the clearing per command: ``on_events`` (and ``on_clock`` for a tick) moves
@@ -535,9 +646,12 @@ class Clearing:
         """The whole state, canonically ordered (everything sorted by its key)."""
         snap = self._snapshot_struct()
         fields = msgspec.structs.astuple(snap)
-        # An array-like struct encodes as the tuple of its fields; leaving out an empty trailing
+        # An array-like struct encodes as the tuple of its fields; leaving out empty trailing ``final`` and
         # ``repayments`` keeps a state without them at exactly the bytes (and hash) earlier versions wrote.
-        return _ENCODER.encode(fields if snap.repayments else fields[:-1])
+        end = len(fields)
+        while end > len(fields) - 2 and not fields[end - 1]:
+            end -= 1
+        return _ENCODER.encode(fields[:end])
 
     def state_hash(self) -> str:
         return hashlib.blake2b(self.snapshot(), digest_size=32).hexdigest()
@@ -567,6 +681,8 @@ class Clearing:
         c.sent_files = {f.file_ref: f for f in snap.sent_files}
         c.bank_imports = {b.file_ref: b for b in snap.bank_imports}
         c.repayments = {(r.borrower_id, r.repayment_ref): r for r in snap.repayments}
+        c.final = deque((at, kind, tuple(key) if isinstance(key, list) else key) for at, kind, key in snap.final)
+        c._unqueued_final = not snap.final
         c._rebuild_indexes()
         return c
 
@@ -581,13 +697,19 @@ class Clearing:
             by_key(self.holds), by_key(self.trades), by_key(self.loans), by_key(self.credit_lines),
             [(k, self.payables[k]) for k in sorted(self.payables) if self.payables[k]], by_key(self.payouts),
             by_key(self.runs), by_key(self.withdrawals), by_key(self.deposits), by_key(self.sent_files),
-            by_key(self.bank_imports), by_key(self.repayments),
+            by_key(self.bank_imports), by_key(self.repayments), list(self.final),
         )  # fmt: skip
 
     def _rebuild_indexes(self) -> None:
         """Derived lookups, rebuilt from the records after a restore (never snapshotted)."""
         self.command_rows = deque()
         self._payout_trade_ids: dict[int, tuple[int, ...]] = {}  # see _payout_event
+        # lot id -> how many of its trades are open (neither settled nor rejected): the core keeps a lot,
+        # and the clearing its record, while it has one (lot_in_use)
+        self._open_trades_by_lot: dict[Boxed, int] = {}
+        for t in self.trades.values():
+            if t.state != TradeState.SETTLED and t.state != TradeState.REJECTED:
+                self._open_trades_by_lot[t.lot_id] = self._open_trades_by_lot.get(t.lot_id, 0) + 1
         # Dispute deadlines, (deadline, trade id), as two sorted queues (see _add_deadline).
         self._deadlines: deque[tuple[int, int]] = deque(sorted(
             (t.dispute_until_ns, t.trade_id) for t in self.trades.values() if t.state == TradeState.DELIVERED
@@ -762,10 +884,13 @@ class Clearing:
         buyer_id: Boxed = f[8]
         seller_id: Boxed = f[9]
         financier_id: Boxed = h[8]
+        lot_id: Boxed = f[10]
         self.trades[trade_id] = _TRADE_RECORD(
-            trade_id, instrument, buyer_id, seller_id, f[10], buy_order_id, heads, price,
+            trade_id, instrument, buyer_id, seller_id, lot_id, buy_order_id, heads, price,
             obligation, source_account_id, financier_id, ts_ns,
         )  # fmt: skip
+        open_by_lot = self._open_trades_by_lot
+        open_by_lot[lot_id] = open_by_lot.get(lot_id, 0) + 1
         out.append(_OBLIGATION_RECORDED(_ZERO, ts_ns, trade_id, buyer_id, seller_id, instrument, heads, price,
                                         obligation, released, financier_id))
 
@@ -1017,6 +1142,7 @@ class Clearing:
         tid = self._next_tid()
         self._commit_one(Transfer(tid, _BANK, account_id, cmd.amount_fen, TC.DEPOSIT, 0), cmd.ts_ns)
         self.deposits[ref] = Deposit(ref, cmd.owner_id, cmd.account, cmd.amount_fen, tid, cmd.ts_ns)
+        self._final_at(cmd.ts_ns, FinalKind.DEPOSIT, ref)
         out.append(FundsDeposited(0, cmd.ts_ns, cmd.owner_id, cmd.account, cmd.amount_fen, ref, tid))
         return None
 
@@ -1061,6 +1187,7 @@ class Clearing:
             flag, code = (_POST, TC.WITHDRAWAL) if cmd.ok else (_VOID, TC.WITHDRAWAL)
             self._commit_one(Transfer(self._next_tid(), 0, 0, 0, code, 0, flag, w.pending_id), cmd.ts_ns)
             w.state, w.bank_ref = outcome, cmd.bank_ref
+            self._final_at(cmd.ts_ns, FinalKind.WITHDRAWAL, (w.owner_id, ref))
         out.append(WithdrawalCompleted(0, cmd.ts_ns, w.owner_id, ref, w.amount_fen, cmd.ok, w.bank_ref))
         return None
 
@@ -1205,6 +1332,8 @@ class Clearing:
         self._refund_from_receivable(trade, trade.amount_fen, cmd.ts_ns)
         trade.state = TradeState.REJECTED
         trade.settled_at_ns = cmd.ts_ns
+        self._final_at(cmd.ts_ns, FinalKind.TRADE, trade.trade_id)
+        self._trade_closed(trade.lot_id)
         out.append(DeliveryResolved(0, cmd.ts_ns, trade.trade_id, 0, trade.refund_fen, True, cmd.participant_id))
         return None
 
@@ -1337,6 +1466,8 @@ class Clearing:
         trade.payable_fen = net_fen
         trade.state = _SETTLED
         trade.settled_at_ns = ts_ns
+        self.final.append((ts_ns, _FINAL_TRADE, tid))
+        self._trade_closed(t[4])
         kept_fen: Boxed = net_fen - sum(part for _, part in splits) if splits else net_fen
         if kept_fen:  # _credit_payable, inline: once per settlement
             fifo = self.payables.get(seller)
@@ -1594,6 +1725,7 @@ class Clearing:
             legs = [(loan.loan_id, principal, interest) for loan, interest, principal in plan]
             self.repayments[(borrower, cmd.repayment_ref)] = Repayment(
                 borrower, cmd.repayment_ref, fin, cmd.amount_fen, cmd.ts_ns, legs)
+            self._final_at(cmd.ts_ns, FinalKind.REPAYMENT, (borrower, cmd.repayment_ref))
         return None
 
     def _retried_repayment(self, cmd: RepayLoan, done: Repayment, out: list) -> None:
@@ -1703,6 +1835,7 @@ class Clearing:
         self.counters.next_run_id = run_id + 1
         run = PayoutRun(run_id, ref, cmd.poor_only, cmd.ts_ns, [], [], 0)
         self.runs[ref] = run
+        self._final_at(cmd.ts_ns, FinalKind.RUN, ref)
         for payee_id in self._payees(cmd.poor_only):
             who = self.participants.get(payee_id)
             if who is None or not who.bank_verified:
@@ -1778,6 +1911,7 @@ class Clearing:
             if p.state != _P_PENDING or p.attempt != attempt:
                 return self._reject(cmd, R.INVALID_PAYOUT_STATE, f"P{payout_id}", out)
         self.sent_files[ref] = SentFile(ref, pairs)
+        self._final_at(cmd.ts_ns, FinalKind.SENT_FILE, ref)
         ts_ns: Boxed = cmd.ts_ns
         for payout_id, _ in pairs:
             p = self.payouts[payout_id]
@@ -1811,6 +1945,7 @@ class Clearing:
             else:
                 errors.append((row.payout_id, outcome))
         self.bank_imports[ref] = BankImport(ref, rows_hash, applied, duplicates, errors)
+        self._final_at(cmd.ts_ns, FinalKind.BANK_IMPORT, ref)
         out.append(BankImportApplied(0, cmd.ts_ns, ref, applied, duplicates, tuple(errors)))
         return None
 
@@ -1833,6 +1968,7 @@ class Clearing:
             self._commit_one(_TRANSFER(self._next_tid(), _ZERO, _ZERO, _ZERO, _TC_PAYOUT, _ZERO, _POST, p.pending_id),
                              ts_ns)
             p.state, p.bank_ref, p.reason = _P_CONFIRMED, bank_ref, ""
+            self.final.append((ts_ns, _FINAL_PAYOUT, p.payout_id))
         else:
             p.state, p.bank_ref, p.reason = _P_FAILED, bank_ref, row.reason[:200]  # type: ignore[attr-defined]
         p.updated_at_ns = ts_ns
@@ -1862,6 +1998,7 @@ class Clearing:
         # its money is payable again, still traceable to the same trades, ahead of newer proceeds
         self.payables[p.payee_id] = [msgspec.structs.replace(s) for s in p.sources] + self.payables.get(p.payee_id, [])
         p.state, p.updated_at_ns = PayoutState.RETURNED, cmd.ts_ns
+        self._final_at(cmd.ts_ns, FinalKind.PAYOUT, p.payout_id)
         out.append(self._payout_event(p, cmd.ts_ns))
         return None
 

@@ -239,6 +239,19 @@ class BankImport(msgspec.Struct, array_like=True, gc=False):
     errors: list[tuple[int, str]]
 
 
+class FinalKind(IntEnum):
+    """What a queued final record is (Clearing.forget): the dict it is dropped from."""
+
+    TRADE = 1  # trades, by trade id: settled or rejected
+    PAYOUT = 2  # payouts, by payout id: confirmed or returned
+    DEPOSIT = 3  # deposits, by bank reference
+    WITHDRAWAL = 4  # withdrawals, by (owner, withdrawal ref): paid or failed
+    REPAYMENT = 5  # repayments, by (borrower, repayment ref)
+    RUN = 6  # payout runs, by run ref
+    SENT_FILE = 7  # bank files sent, by file ref
+    BANK_IMPORT = 8  # bank confirmation files imported, by file ref
+
+
 class AccountKey(msgspec.Struct, array_like=True, gc=False):
     code: int
     owner_id: int
@@ -276,4 +289,7 @@ class ClearingSnapshot(msgspec.Struct, array_like=True, gc=False):
     deposits: list[Deposit]
     sent_files: list[SentFile]
     bank_imports: list[BankImport]
-    repayments: list[Repayment] = []  # optional and last: snapshots without it decode (see Clearing.snapshot)
+    repayments: list[Repayment] = []  # optional: snapshots without it decode (see Clearing.snapshot)
+    # optional and last: (final_at_ns, FinalKind, key) of every final record held, oldest first
+    # (Clearing.forget); a key is an id, a reference, or (owner, reference)
+    final: list[tuple[int, int, int | str | tuple[int, str]]] = []

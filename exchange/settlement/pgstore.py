@@ -14,6 +14,11 @@ command's rows as it is applied (``Clearing.command_rows``); the writer takes th
 (slice by slice as the sequencer applies them, see ``LedgerWriter.prepare``), after dropping entries of
 commands that recovery replayed (they are durable already).
 
+References that must never take effect twice (a deposit's bank reference, a withdrawal, repayment or
+client lot reference: ``reference_row``) go to ``settlement_refs`` (migration 0014) in the same
+transaction, once, when the command that used them took effect; the core forgets them after its
+retention window, and ``used_reference`` finds them there for ever.
+
 Postings are sent as one binary ``COPY`` per batch, encoded here with one ``struct`` call per row
 (``encode_postings``): about a third of the Python time of ``copy_records_to_table``, which converts
 every value through a codec.
@@ -27,6 +32,8 @@ from typing import Final
 
 import asyncpg
 
+from exchange.commands import Command, ConfirmDeposit, RegisterLot, RepayLoan, RequestWithdrawal
+from exchange.events import Event, LotRegistered
 from exchange.settlement.ledger import ACCOUNT_COLUMNS, POSTING_COLUMNS, Account, Posting, account_records
 from exchange.settlement.model import FIRST_PARTICIPANT_ACCOUNT_ID
 from exchange.store import copy_binary_data
@@ -39,7 +46,9 @@ __all__ = [
     "copy_rows",
     "encode_postings",
     "encode_postings_body",
+    "reference_row",
     "statement",
+    "used_reference",
     "write_batch_rows",
     "write_ledger_rows",
 ]
@@ -96,6 +105,44 @@ def encode_postings_body(
     return bytes(body), rows
 
 
+REFERENCE_COLUMNS: Final = ("kind", "owner_id", "ref", "seq", "ts_ns")
+REF_DEPOSIT: Final = 1
+REF_WITHDRAWAL: Final = 2
+REF_REPAYMENT: Final = 3
+REF_LOT: Final = 4
+
+
+def reference_row(
+    seq: int, command: Command, events: Sequence[Event], moved_money: bool
+) -> tuple[int, int, str, int, int] | None:
+    """The ``settlement_refs`` row of a command that used a reference for the first time, else None (a
+    retry answered with the original moves no money and registers no lot anew; a rejection neither)."""
+    kind = command.__class__
+    if kind is RegisterLot:
+        ref = command.client_lot_ref  # type: ignore[attr-defined]
+        if ref and events and events[0].__class__ is LotRegistered and events[0].seq:
+            return (REF_LOT, command.participant_id, ref, seq, command.ts_ns)
+        return None
+    if not moved_money:
+        return None
+    if kind is ConfirmDeposit:
+        return (REF_DEPOSIT, 0, command.deposit_ref, seq, command.ts_ns)  # type: ignore[attr-defined]
+    if kind is RequestWithdrawal:
+        return (REF_WITHDRAWAL, command.participant_id, command.withdrawal_ref, seq,  # type: ignore[attr-defined]
+                command.ts_ns)
+    if kind is RepayLoan and command.repayment_ref:  # type: ignore[attr-defined]
+        return (REF_REPAYMENT, command.participant_id, command.repayment_ref, seq,  # type: ignore[attr-defined]
+                command.ts_ns)
+    return None
+
+
+async def used_reference(conn: asyncpg.Connection | asyncpg.Pool, kind: int, owner_id: int, ref: str) -> int | None:
+    """The journal seq of the command that used this reference, or None if it never took effect."""
+    seq = await conn.fetchval("SELECT seq FROM settlement_refs WHERE kind = $1 AND owner_id = $2 AND ref = $3",
+                              kind, owner_id, ref)
+    return None if seq is None else int(seq)
+
+
 async def copy_rows(conn: asyncpg.Connection, accounts: Sequence[tuple[int, ...]], postings: bytes) -> None:
     """COPY ready-made account rows (``account_records``) and encoded postings (``encode_postings``)."""
     if accounts:
@@ -145,6 +192,7 @@ class LedgerWriter:
         self._parts: list[bytes] = []
         self._rows = 0
         self._accounts: list[tuple[int, ...]] = []
+        self._refs: list[tuple[int, int, str, int, int]] = []
 
     def attach(self, sequencer: object) -> None:
         """Any object with ``core.clearing`` and ``applied_seq`` (``exchange.sequencer.Sequencer``)."""
@@ -160,7 +208,7 @@ class LedgerWriter:
         if clearing is not self._clearing or first_seq != self._first_seq:
             # another batch (or a rebuilt core): what an abandoned batch had taken goes with it
             self._clearing, self._first_seq, self._taken = clearing, first_seq, 0
-            self._parts, self._rows, self._accounts = [], 0, []
+            self._parts, self._rows, self._accounts, self._refs = [], 0, [], []
         from_seq = first_seq + self._taken
         if n == self._taken:
             return
@@ -171,26 +219,36 @@ class LedgerWriter:
         if queued_from < from_seq:
             clearing.take_command_rows(from_seq - queued_from)  # replayed by recovery: durable already
         per_command = clearing.take_command_rows(n - self._taken)
+        index = self._taken
         self._taken = n
         body, rows = encode_postings_body(from_seq, per_command)
         if rows:
             self._parts.append(body)
             self._rows += rows
-        for new_accounts, _ in per_command:
+        commands, events = batch.commands, batch.events  # type: ignore[attr-defined]
+        for new_accounts, postings in per_command:
             if new_accounts:
                 self._accounts.extend(account_records(new_accounts))
+            command = commands[index]
+            if postings or command.__class__ is RegisterLot:
+                ref = reference_row(first_seq + index, command, events[index], bool(postings))
+                if ref is not None:
+                    self._refs.append(ref)
+            index += 1
 
     def __call__(self, conn: asyncpg.Connection, batch: object) -> Awaitable[None]:
         self.prepare(batch)
         postings = copy_binary_data(self._parts) if self._rows else b""
-        accounts, rows = self._accounts, self._rows
+        accounts, rows, refs = self._accounts, self._rows, self._refs
         self._clearing, self._first_seq, self._taken = None, 0, 0
-        self._parts, self._rows, self._accounts = [], 0, []
-        return self._write(conn, accounts, postings, rows)
+        self._parts, self._rows, self._accounts, self._refs = [], 0, [], []
+        return self._write(conn, accounts, postings, rows, refs)
 
     async def _write(self, conn: asyncpg.Connection, accounts: list[tuple[int, ...]], postings: bytes,
-                     rows: int) -> None:
+                     rows: int, refs: list[tuple[int, int, str, int, int]]) -> None:
         await copy_rows(conn, accounts, postings)
+        if refs:
+            await conn.copy_records_to_table("settlement_refs", records=refs, columns=REFERENCE_COLUMNS)
         self.rows_written += rows
 
 
