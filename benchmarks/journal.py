@@ -1,6 +1,7 @@
 """Journal benchmark: durable commands per second through the sequencer against a raw COPY, and replay.
 
-    python -m benchmarks.journal --commands 200000 --json
+    python -m benchmarks.journal --commands 200000 --json                  # the exchange: settlement on
+    python -m benchmarks.journal --commands 200000 --core matching --json  # matching alone
 
 Uses `DATABASE_URL` when set, otherwise the embedded server (`./.hogx/pgdata`); either way it works
 in a scratch database `hogx_bench_<pid>` created and dropped by the run, and the server's own
@@ -16,9 +17,11 @@ durability settings (fsync, synchronous_commit) apply.
    (a group's commands all count the group's time). CPU time of this process (user + system, and
    system alone) and of the writer's PostgreSQL backend (from /proc, same machine) is reported per
    command: on a loaded machine it says more than the wall clock.
-   `--core exchange` runs the exchange as it runs behind the gateway: the core with settlement
-   (`new_exchange`), an operator, the sellers registered as farmers and the buyers funded, and the
-   ledger's rows written in each batch's transaction (`LedgerWriter` as `extra_writes`).
+   `--core exchange` (the default) runs the exchange as it runs behind the gateway: the core with
+   settlement (`new_exchange`), an operator, the sellers registered as farmers and the buyers funded
+   (`benchmarks.matching.exchange_setup_commands`), and the ledger's rows written in each batch's
+   transaction (`LedgerWriter` as `extra_writes`). `--core matching` is the bare matching core,
+   journal rows only: a figure for the engine, not for the exchange, which never runs without settlement.
    `--readmodel` adds the orders/trades read model: `transaction` writes it in the journal's
    transaction (`extra_writes=project_batch`), `projector` follows the journal asynchronously
    (then `readmodel_lag_s` is how long after the last ack the read model had caught up).
@@ -52,23 +55,16 @@ from pathlib import Path
 import asyncpg
 import msgspec
 
-from benchmarks.matching import BUYERS, SELLERS, MixGenerator, setup_commands
+from benchmarks.matching import MixGenerator, exchange_setup_commands, setup_commands
 from exchange import store
 from exchange.commands import (
     Command,
-    ConfirmDeposit,
-    FundsAccount,
-    ParticipantRole,
-    RegisterParticipant,
-    VerifyBankAccount,
 )
 from exchange.core import Core, new_exchange
 from exchange.events import Rejected
 from exchange.readmodel import Projector, project_batch
 from exchange.sequencer import CommittedBatch, CoreFactory, ExtraWrites, Sequencer, recover
 from exchange.settlement.pgstore import POSTING_COLUMNS, LedgerWriter
-
-OPERATOR = 1  # the matching mix lists its instrument as participant 1
 
 
 @contextlib.asynccontextmanager
@@ -91,22 +87,6 @@ async def scratch_database() -> AsyncIterator[str]:
         await admin.close()
         if server is not None:
             await asyncio.to_thread(server.stop)
-
-
-def exchange_setup_commands() -> list[Command]:
-    """The matching mix's set-up for the core with settlement: an operator, the sellers registered as
-    farmers and the buyers as buyers (verified bank accounts), every buyer funded far beyond what the
-    mix can hold, so settlement accepts exactly the orders the bare core accepts."""
-    out: list[Command] = [
-        RegisterParticipant(0, 0, OPERATOR, ParticipantRole.OPERATOR, "operator", "5001**********001X")
-    ]
-    people = [(p, ParticipantRole.FARMER) for p in SELLERS] + [(p, ParticipantRole.BUYER) for p in BUYERS]
-    for pid, role in people:
-        account = f"6217{pid:012d}"
-        out.append(RegisterParticipant(OPERATOR, 0, pid, role, f"p{pid}", "5001**********123X", account))
-        out.append(VerifyBankAccount(OPERATOR, 0, pid, account))
-    out += [ConfirmDeposit(OPERATOR, 0, f"cash-{b}", b, FundsAccount.TRADING_CASH, 10**15) for b in BUYERS]
-    return out + setup_commands()
 
 
 def fresh_commands(commands: Sequence[Command]) -> list[Command]:
@@ -316,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pipeline", type=int, default=32,
                         help="commands each client submits at once (submit_many); 1: one command, await its ack")
     parser.add_argument("--max-batch", type=int, default=1_000)
-    parser.add_argument("--core", choices=["matching", "exchange"], default="matching",
+    parser.add_argument("--core", choices=["matching", "exchange"], default="exchange",
                         help="exchange: the core with settlement (funded buyers), ledger rows in each batch")
     parser.add_argument("--readmodel", choices=["off", "projector", "transaction"], default="off")
     parser.add_argument("--seed", type=int, default=20261129)

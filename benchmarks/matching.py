@@ -1,13 +1,26 @@
-"""Matching-core benchmark: a fixed, seeded order mix through ``Core.apply``, every validation on.
+"""Core benchmark: a fixed, seeded order mix through ``Core.apply``, every validation on.
 
-    python -m benchmarks.matching --ops 1000000 --json
+    python -m benchmarks.matching --ops 1000000 --json                  # the exchange: settlement on
+    python -m benchmarks.matching --ops 1000000 --core matching --json  # matching alone
+
+`--core exchange` (the default) is the core as the sequencer runs it behind the gateway,
+`new_exchange()`: matching with settlement, so every buy holds funds, every fill posts into escrow and
+every cancel releases its hold. Its set-up registers an operator, the sellers as farmers with lots and
+the buyers as buyers, funded far beyond what the mix can hold, so it accepts exactly the orders the bare
+core accepts (checked: both end with the same resting orders). `--core matching` is the bare matching
+engine, `Core()`.
 
 The mix on one instrument: about 60 % passive limits near the mid, 25 % cancels of resting orders,
 10 % limits crossing the spread, 5 % market orders, with hundreds to thousands of orders resting.
-Commands are generated before timing (a scratch core tells which orders rest, so cancels name live
-orders). Throughput is timed over the whole run without per-command clocks; latency percentiles come
-from a second run on a fresh core that times each command. The naive reference book of the tests
-runs the same commands in the same process for comparison. Prints figures, then one JSON line.
+The stream is decided before timing (a scratch core tells which orders rest, so cancels name live
+orders) and kept as plain tuples of numbers; each command is BUILT INSIDE the timed loop the way the
+gateway builds it (`gateway.orders.place_command`: a `PlaceOrder` with all its fields positional and
+its client order id a new string), so the figures include making the command, not only applying it
+(`built_in_loop` in the JSON). Throughput is timed over the whole run without per-command clocks;
+latency percentiles come from a second run on a fresh core that times each command (build + apply).
+Both run with the collector as the sequencer runs it (`SequencerGC`). The naive reference book of the
+tests runs the same commands (pre-built) in the same process for comparison. Prints figures, then one
+JSON line.
 """
 
 from __future__ import annotations
@@ -21,13 +34,25 @@ import time
 from collections.abc import Callable, Sequence
 
 import exchange.core as core_module
-from exchange.commands import CancelOrder, Command, ListInstrument, PlaceOrder, RegisterLot
-from exchange.core import Core
+from exchange.commands import (
+    CancelOrder,
+    Command,
+    ConfirmDeposit,
+    FundsAccount,
+    ListInstrument,
+    ParticipantRole,
+    PlaceOrder,
+    RegisterLot,
+    RegisterParticipant,
+    VerifyBankAccount,
+)
+from exchange.core import Core, new_exchange
 from exchange.domain import (
     BreedClass,
     InstrumentSpec,
     OrderType,
     ProductClass,
+    SelfTradePrevention,
     Side,
     TimeInForce,
 )
@@ -38,6 +63,7 @@ REFERENCE_FEN = 2800
 TICK_FEN = 10
 SELLERS = range(100, 110)
 BUYERS = range(200, 210)
+OPERATOR = 1  # the mix lists its instrument as participant 1
 
 
 def _spec() -> InstrumentSpec:
@@ -48,10 +74,33 @@ def _spec() -> InstrumentSpec:
 
 
 def setup_commands() -> list[Command]:
-    commands: list[Command] = [ListInstrument(1, 1, _spec())]
+    """The bare matching core's set-up: the instrument and one huge lot per seller."""
+    commands: list[Command] = [ListInstrument(OPERATOR, 1, _spec())]
     for seller in SELLERS:
         commands.append(RegisterLot(seller, 1, SYMBOL, 1_000_000_000, 110_000, "Rongchang", f"CQ-{seller}"))
     return commands
+
+
+def exchange_setup_commands() -> list[Command]:
+    """The set-up for the core with settlement: an operator, the sellers registered as farmers and the
+    buyers as buyers (verified bank accounts), every buyer funded far beyond what the mix can hold, so
+    settlement accepts exactly the orders the bare core accepts; then `setup_commands()`."""
+    out: list[Command] = [
+        RegisterParticipant(0, 0, OPERATOR, ParticipantRole.OPERATOR, "operator", "5001**********001X")
+    ]
+    people = [(p, ParticipantRole.FARMER) for p in SELLERS] + [(p, ParticipantRole.BUYER) for p in BUYERS]
+    for pid, role in people:
+        account = f"6217{pid:012d}"
+        out.append(RegisterParticipant(OPERATOR, 0, pid, role, f"p{pid}", "5001**********123X", account))
+        out.append(VerifyBankAccount(OPERATOR, 0, pid, account))
+    out += [ConfirmDeposit(OPERATOR, 0, f"cash-{b}", b, FundsAccount.TRADING_CASH, 10**15) for b in BUYERS]
+    return out + setup_commands()
+
+
+CORES: dict[str, tuple[Callable[[], Core], Callable[[], list[Command]]]] = {
+    "exchange": (new_exchange, exchange_setup_commands),  # as the sequencer runs it: settlement on
+    "matching": (Core, setup_commands),
+}
 
 
 class MixGenerator:
@@ -138,9 +187,46 @@ class MixGenerator:
         return self._place(side, 0, self.rng.randint(1, 30), OrderType.MARKET, TimeInForce.IOC)
 
 
-def _fresh(factory: Callable[[], object]) -> object:
+Recipe = tuple[int, int, int, int, int, int, int, int, int, int]
+"""One command of the stream as plain values: (0, participant, ts_ns, order id, 0...) for a cancel,
+(1, participant, ts_ns, client order number, side, order type, price, heads, time in force, lot) for
+a place, the side, type and time in force as the enum members the gateway looks up for a request's
+strings. The timed loops build the command from it (`build`), as the gateway does from a request."""
+
+_CANCEL, _PLACE = 0, 1
+_STP = SelfTradePrevention.EXPIRE_TAKER
+
+
+def recipes(commands: Sequence[Command]) -> list[Recipe]:
+    """The stream as numbers; each rebuilds (`build`) to exactly its command (checked)."""
+    out: list[Recipe] = []
+    for command in commands:
+        if isinstance(command, CancelOrder):
+            recipe: Recipe = (_CANCEL, command.participant_id, command.ts_ns, command.order_id, 0, 0, 0, 0, 0, 0)
+        else:
+            assert isinstance(command, PlaceOrder) and command.client_order_id.startswith("b")
+            recipe = (_PLACE, command.participant_id, command.ts_ns, int(command.client_order_id[1:]),
+                      command.side, command.order_type, command.price_fen, command.quantity_heads,
+                      command.time_in_force, command.lot_id)  # fmt: skip
+        if build(recipe) != command:
+            raise AssertionError(f"{recipe} does not rebuild {command!r}")
+        out.append(recipe)
+    return out
+
+
+def build(recipe: Recipe) -> Command:
+    """The command of `recipe`, made as `gateway.orders.place_command` makes it: every field
+    positional, the client order id a new string. (The timed loops inline this body.)"""
+    kind, participant, ts_ns, number, side, order_type, price, heads, tif, lot = recipe
+    if kind == _CANCEL:
+        return CancelOrder(participant, ts_ns, number)
+    return PlaceOrder(participant, ts_ns, f"b{number}", SYMBOL, side, order_type, price, heads, tif, 0, False, 0,
+                      False, _STP, lot)  # type: ignore[arg-type]  # fmt: skip
+
+
+def _fresh(factory: Callable[[], object], setup: Callable[[], list[Command]] = setup_commands) -> object:
     engine = factory()
-    for command in setup_commands():
+    for command in setup():
         engine.apply(command)  # type: ignore[attr-defined]
     return engine
 
@@ -162,6 +248,7 @@ class SequencerGC:
 
 
 def run_throughput(factory: Callable[[], object], commands: Sequence[Command]) -> float:
+    """Commands per second of pre-built `commands` (the reference book's figure)."""
     engine = _fresh(factory)
     apply = engine.apply  # type: ignore[attr-defined]
     with SequencerGC():
@@ -172,15 +259,38 @@ def run_throughput(factory: Callable[[], object], commands: Sequence[Command]) -
     return len(commands) / elapsed
 
 
-def run_latency(commands: Sequence[Command]) -> list[int]:
-    engine = _fresh(Core)
-    apply = engine.apply  # type: ignore[attr-defined]
-    clock = time.perf_counter_ns
-    samples = [0] * len(commands)
+def run_built(core: str, stream: Sequence[Recipe]) -> tuple[float, int]:
+    """(commands per second, orders resting at the end): each command built in the loop, then applied."""
+    factory, setup = CORES[core]
+    engine: Core = _fresh(factory, setup)  # type: ignore[assignment]
+    apply = engine.apply
     with SequencerGC():
-        for i, command in enumerate(commands):
+        start = time.perf_counter()
+        for kind, participant, ts_ns, number, side, order_type, price, heads, tif, lot in stream:
+            if kind:
+                apply(PlaceOrder(participant, ts_ns, f"b{number}", SYMBOL, side, order_type, price, heads, tif, 0,
+                                 False, 0, False, _STP, lot))  # type: ignore[arg-type]  # fmt: skip
+            else:
+                apply(CancelOrder(participant, ts_ns, number))
+        elapsed = time.perf_counter() - start
+    return len(stream) / elapsed, len(engine.orders)
+
+
+def run_latency(core: str, stream: Sequence[Recipe]) -> list[int]:
+    """Nanoseconds per command (build + apply), sorted."""
+    factory, setup = CORES[core]
+    engine: Core = _fresh(factory, setup)  # type: ignore[assignment]
+    apply = engine.apply
+    clock = time.perf_counter_ns
+    samples = [0] * len(stream)
+    with SequencerGC():
+        for i, (kind, participant, ts_ns, number, side, order_type, price, heads, tif, lot) in enumerate(stream):
             t0 = clock()
-            apply(command)
+            if kind:
+                apply(PlaceOrder(participant, ts_ns, f"b{number}", SYMBOL, side, order_type, price, heads, tif, 0,
+                                 False, 0, False, _STP, lot))  # type: ignore[arg-type]  # fmt: skip
+            else:
+                apply(CancelOrder(participant, ts_ns, number))
             samples[i] = clock() - t0
     samples.sort()
     return samples
@@ -194,6 +304,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ops", type=int, default=200_000)
     parser.add_argument("--seed", type=int, default=20261129)
+    parser.add_argument("--core", choices=list(CORES), default="exchange",
+                        help="exchange: matching with settlement, as the sequencer runs it; matching: matching alone")
     parser.add_argument("--reference-ops", type=int, default=0, help="ops through the reference (default: <=20k)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -210,9 +322,15 @@ def main(argv: list[str] | None = None) -> None:
         else:
             kinds["place_limit"] += 1
 
-    ops_per_s = max(run_throughput(Core, commands) for _ in range(3))
-    latencies = run_latency(commands)
+    stream = recipes(commands)
+    runs = [run_built(args.core, stream) for _ in range(3)]
+    if any(rest != resting for _, rest in runs):  # settlement must accept what the bare core accepts
+        raise AssertionError(f"{args.core} core ends with {[r for _, r in runs]} resting orders, expected {resting}")
+    ops_per_s = max(rate for rate, _ in runs)
+    latencies = run_latency(args.core, stream)
     result = {
+        "core": args.core,
+        "built_in_loop": True,
         "ops": len(commands),
         "ops_per_s": round(ops_per_s),
         "p50_us": _percentile_us(latencies, 0.50),

@@ -29,7 +29,7 @@ class RegisterParticipant(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
 
     role: Role
     # No control characters: PostgreSQL text cannot hold NUL, and names end up in logs and on screens.
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
+    name: participants.Name
     id_number_masked: participants.MaskedIdNumber = participants.NO_ID_NUMBER
     bank_account: participants.BankAccount = ""
     poor_registration_no: participants.PoorRegistrationNo = ""

@@ -43,6 +43,8 @@ class Code(StrEnum):
     PAYLOAD_TOO_LARGE = "payload_too_large"  # 413
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"  # 415
     INVALID = "invalid"  # 422 well-formed JSON of the wrong shape or out-of-range values
+    CONTROL_CHARACTERS = "control_characters"  # 422 free text with a control or bidi formatting character
+    DUPLICATE_KEY = "duplicate_key"  # 422 a JSON object names the same key twice
     RATE_LIMITED = "rate_limited"  # 429 with Retry-After
     NOT_READY = "not_ready"  # 503 recovery still running, or shutting down
     UNAVAILABLE = "unavailable"  # 503 database or sequencer cannot take work now, with Retry-After

@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from gateway.errors import ErrorBody
+from gateway.inputs import TEXT_PATTERN, TEXT_PATTERN_ECMA
 from gateway.routes import Route
 
 __all__ = ["build_openapi"]
@@ -41,6 +42,7 @@ def build_openapi(routes: Iterable[Route], *, title: str, version: str) -> dict[
     for route in routes:
         types.extend(t for t in (route.body, route.query, route.params, route.response) if t is not None)
     schemas, components = msgspec.json.schema_components(types, ref_template=_REF)
+    _ecma_patterns(components)
     by_type = dict(zip(map(id, types), schemas, strict=True))
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
@@ -51,6 +53,18 @@ def build_openapi(routes: Iterable[Route], *, title: str, version: str) -> dict[
         "paths": paths,
         "components": {"schemas": components, "securitySchemes": _SECURITY_SCHEMES},
     }
+
+
+def _ecma_patterns(node: Any) -> None:
+    """Show free text's Python-only `\\A...\\Z` pattern in ECMA-262 form, as JSON Schema wants it."""
+    if isinstance(node, dict):
+        if node.get("pattern") == TEXT_PATTERN:
+            node["pattern"] = TEXT_PATTERN_ECMA
+        for value in node.values():
+            _ecma_patterns(value)
+    elif isinstance(node, list):
+        for value in node:
+            _ecma_patterns(value)
 
 
 def _operation(route: Route, by_type: dict[int, Any], components: dict[str, Any]) -> dict[str, Any]:

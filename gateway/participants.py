@@ -50,6 +50,7 @@ from exchange.settlement.model import Participant
 from gateway.auth import ANY_ROLE, OPERATORS, Role
 from gateway.errors import ApiError, Code
 from gateway.exchange_port import ExchangePort
+from gateway.inputs import Text
 from gateway.routes import Call, RouteTable
 from gateway.schemas import Id, rejection
 from gateway.settlement import BORROWERS, clearing_of, submit
@@ -148,7 +149,7 @@ async def sync_from_database(pool: asyncpg.Pool, port: ExchangePort) -> int:
 
 # -- routes ---------------------------------------------------------------------------------------------
 
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_CHARS, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Name = Annotated[Text, msgspec.Meta(min_length=1, max_length=MAX_NAME_CHARS)]
 
 
 class ProfileView(msgspec.Struct, frozen=True):

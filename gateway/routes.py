@@ -30,6 +30,7 @@ from aiohttp import web
 from gateway.auth import Authenticator, Principal, Role
 from gateway.config import GatewayConfig
 from gateway.errors import ApiError, Code
+from gateway.inputs import check_integers, duplicate_key_error, has_duplicate_keys, int_fields, validation_error
 from gateway.metrics import Metrics
 from gateway.ratelimit import TokenBuckets
 from gateway.state import CONFIG, HUB, METRICS, POOL, READINESS, Readiness
@@ -194,6 +195,8 @@ def _endpoint(route: Route, auth: Authenticator, limiter: TokenBuckets,
     """The aiohttp handler for one route; everything per-route (decoders) is built once, here."""
     body_decoder = None if route.body is None else msgspec.json.Decoder(route.body)
     query_type, params_type, handler = route.query, route.params, route.handler
+    query_ints = frozenset() if query_type is None else int_fields(query_type)
+    params_ints = frozenset() if params_type is None else int_fields(params_type)
     roles, status = route.roles, route.status
 
     def admit(principal: Principal) -> None:
@@ -218,11 +221,11 @@ def _endpoint(route: Route, auth: Authenticator, limiter: TokenBuckets,
         elif raw:
             raise ApiError(400, Code.BAD_REQUEST, "this route takes no request body")
         if query_type is not None:
-            kwargs["query"] = _convert(query_type, request.query, "query")
+            kwargs["query"] = _convert(query_type, request.query, "query", query_ints)
         elif request.query:
             raise ApiError(422, Code.INVALID, "this route takes no query parameters")
         if params_type is not None:
-            kwargs["params"] = _convert(params_type, request.match_info, "path")
+            kwargs["params"] = _convert(params_type, request.match_info, "path", params_ints)
         result = await handler(Call(request, route, principal), **kwargs)
         if isinstance(result, web.StreamResponse):
             return result
@@ -237,16 +240,23 @@ def _decode_body(decoder: msgspec.json.Decoder[Any], request: web.Request, raw: 
     if request.content_type != _JSON:
         raise ApiError(415, Code.UNSUPPORTED_MEDIA_TYPE, f"send the body as {_JSON}")
     try:
-        return decoder.decode(raw)
+        body = decoder.decode(raw)
     except msgspec.ValidationError as exc:  # before DecodeError: it is a subclass
-        raise ApiError(422, Code.INVALID, f"invalid body: {exc}") from None
+        raise validation_error(exc, "body") from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, Code.BAD_JSON, f"malformed JSON: {exc}") from None
+    except RecursionError:  # nested deeper than the decoder follows (it stops before the stack does)
+        raise ApiError(400, Code.BAD_JSON, "malformed JSON: nested too deeply") from None
+    if has_duplicate_keys(raw):
+        raise duplicate_key_error("body")
+    return body
 
 
-def _convert(struct: type[msgspec.Struct], values: Any, where: str) -> Any:
+def _convert(struct: type[msgspec.Struct], values: Any, where: str, int_names: frozenset[str]) -> Any:
+    check_integers(values, int_names, where)
     try:
-        # strict=False: query and path values arrive as strings and are converted to the field types.
+        # strict=False: query and path values arrive as strings and are converted to the field types
+        # (integers were checked above: lax conversion alone would take "1.0" and "1e3").
         return msgspec.convert(dict(values), struct, strict=False)
     except msgspec.ValidationError as exc:
-        raise ApiError(422, Code.INVALID, f"invalid {where} parameters: {exc}") from None
+        raise validation_error(exc, f"{where} parameters") from None

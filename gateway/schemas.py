@@ -31,6 +31,7 @@ from exchange.domain import (
 )
 from exchange.settlement.clearing import MAX_FEE_BPS
 from gateway.errors import ApiError
+from gateway.inputs import Text
 
 __all__ = [
     "BOOK_DEPTH_MAX",
@@ -89,7 +90,7 @@ ClientLotRef = Annotated[str, msgspec.Meta(min_length=1, max_length=36, pattern=
                                                        "forever: a retry gets the original lot back")]
 Symbol = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_\-]+$",
                                      description="instrument symbol, e.g. RC-LH-WSY")]
-ShortText = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+ShortText = Annotated[Text, msgspec.Meta(min_length=1, max_length=200)]
 Cursor = Annotated[str, msgspec.Meta(min_length=1, max_length=19, pattern=r"^[0-9]+$",
                                      description="opaque cursor from a previous page's next_cursor")]
 Limit = Annotated[int, msgspec.Meta(ge=1, le=PAGE_LIMIT_MAX)]
@@ -329,7 +330,7 @@ class RegisterLotRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unkno
     avg_weight_g: WeightG
     origin: ShortText
     quarantine_cert: ShortText
-    ear_tags: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    ear_tags: Annotated[Text, msgspec.Meta(max_length=200)] = ""
     client_lot_ref: ClientLotRef | None = None
 
 

@@ -23,7 +23,8 @@ Routes (roles in brackets; "party" = the trade's buyer or seller):
   `POST /v1/repayments` and `GET /v1/loans` (the borrower).
 - Every participant: `GET /v1/balances`, `GET /v1/statements`, `GET /v1/reports/settlement` (JSON)
   and `GET /v1/reports/settlement.csv`.
-- Operator settings: `POST /v1/admin/fee-schedule`, `POST /v1/admin/financing-policy`.
+- Operator settings: `POST /v1/admin/fee-schedule`, `POST /v1/admin/financing-policy` (`GET`: every
+  participant, a rule of the market).
 
 (Participant profiles, verification, cooperative members and consent are in `gateway.participants`.)
 
@@ -110,6 +111,7 @@ from exchange.settlement.views import (
 from gateway.auth import ANY_ROLE, BUYERS, FINANCIERS, OPERATORS, SELLERS, Principal, Role
 from gateway.errors import ApiError, Code
 from gateway.exchange_port import EXCHANGE
+from gateway.inputs import Text, refuse_control_characters
 from gateway.routes import Call, RouteTable
 from gateway.schemas import Id, Limit, Symbol, rejection
 
@@ -134,8 +136,8 @@ Bps = Annotated[int, msgspec.Meta(ge=0, le=10_000, description="basis points (10
 OwnerId = Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1, description="participant id; 0 for the subsidy fund")]
 Ref = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$",
                                   description="a client-chosen reference: the idempotency key")]
-BankRef = Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$")]
-Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=500, pattern=r"^[^\x00-\x08\x0b-\x1f\x7f]+$")]
+BankRef = Annotated[Text, msgspec.Meta(max_length=64)]
+Reason = Annotated[Text, msgspec.Meta(min_length=1, max_length=500)]
 # A file travels in one request body, so it can be no longer than the body limit (HOGX_MAX_BODY_BYTES,
 # 64 KiB by default); a bigger file is imported in parts (each deposit row is idempotent by itself).
 MAX_CSV_CHARS: Final = 64 * 1024  # = GatewayConfig's default max_body_bytes (a test keeps them equal)
@@ -441,7 +443,7 @@ class WeighInRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
 
     heads_delivered: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
     total_weight_g: Annotated[int, msgspec.Meta(ge=0, le=10**12)]
-    quarantine_cert: Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+    quarantine_cert: Annotated[Text, msgspec.Meta(min_length=1, max_length=200)]
     quarantine_checked: bool
 
 
@@ -519,8 +521,8 @@ def _trade_view(t: TradeRecord, sides: TradeSides) -> TradeSettlementView:
 
 
 def finances(clearing: Clearing, financier_id: int, trade: TradeRecord) -> bool:
-    """Whether the financier finances the trade for a side that consents to it (it then sees the trade,
-    with that side's private fields only)."""
+    """Whether the financier financed the trade (it then sees the trade: with the private fields of a side
+    that consents to it, else its own loan on it only; see `views.trade_sides`)."""
     return any(trade_sides(clearing, financier_id, trade))
 
 
@@ -789,6 +791,9 @@ async def import_confirmations(call: Call, body: ConfirmationImportRequest) -> C
         rows = parse_confirmations_csv(body.csv.encode())
     except ValueError as exc:
         raise ApiError(422, "invalid_bank_file", str(exc)) from None
+    for row in rows:  # the file's free text, held to the same rule as every text field
+        refuse_control_characters(row.bank_ref, f"payout {row.payout_id}: bank_ref")
+        refuse_control_characters(row.reason, f"payout {row.payout_id}: reason")
     await submit(call, ImportBankConfirmations(call.principal.participant_id, 0, body.file_ref, rows))
     done = clearing_of(call).bank_imports[body.file_ref]
     return ConfirmationImportView(done.file_ref, done.applied, done.duplicates,
@@ -898,6 +903,8 @@ class FinancierPortfolio(msgspec.Struct, frozen=True):
     financier_id: int
     exposure_fen: int
     clients: list[FinancierView]
+    interest_earned_fen: int  # over every client: the financier's interest income, and what it collected
+    interest_collected_fen: int
 
 
 class LoanPage(msgspec.Struct, frozen=True):
@@ -950,7 +957,8 @@ async def list_clients(call: Call) -> FinancierPortfolio:
     you (`consented` false: consent withdrawn, its line takes no new holds)."""
     financier = call.principal.participant_id
     views = financier_portfolio(clearing_of(call), financier)
-    return FinancierPortfolio(financier, sum(v.exposure_fen for v in views), views)
+    return FinancierPortfolio(financier, sum(v.exposure_fen for v in views), views,
+                              sum(v.interest_earned_fen for v in views), sum(v.interest_collected_fen for v in views))
 
 
 @routes.get("/v1/financing/clients/{participant_id}", roles=FINANCIERS, params=ClientPath,
@@ -1182,4 +1190,11 @@ async def set_fee_schedule(call: Call, body: FeeScheduleRequest) -> FeeScheduleV
 async def set_financing_policy(call: Call, body: FinancingPolicyRequest) -> FinancingPolicyView:
     """Set the largest share of a trade's estimated value a financier may advance."""
     await submit(call, SetFinancingPolicy(call.principal.participant_id, 0, body.advance_max_bps))
+    return FinancingPolicyView(clearing_of(call).counters.advance_max_bps)
+
+
+@routes.get("/v1/admin/financing-policy", roles=ANY_ROLE, response=FinancingPolicyView)
+async def get_financing_policy(call: Call) -> FinancingPolicyView:
+    """The financing policy in force: a rule of the market, readable by every participant (financiers
+    grant advances within it, sellers ask for them), set by operators."""
     return FinancingPolicyView(clearing_of(call).counters.advance_max_bps)

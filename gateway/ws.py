@@ -54,6 +54,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from gateway.auth import Authenticator, Principal, Role
 from gateway.errors import ApiError, Code
+from gateway.inputs import has_duplicate_keys, validation_error
 from gateway.metrics import Metrics
 from gateway.signing import WS_SIGNED_PATH
 
@@ -502,10 +503,18 @@ class Hub:
         try:
             msg = self._decoder.decode(data)
         except msgspec.ValidationError as exc:
-            self._reply_error(conn, None, None, Code.INVALID, f"invalid message: {exc}")
+            error = validation_error(exc, "message")
+            self._reply_error(conn, None, None, error.code, error.message)
             return None
         except msgspec.DecodeError as exc:
             self._reply_error(conn, None, None, Code.BAD_JSON, f"malformed JSON: {exc}")
+            return None
+        except RecursionError:  # nested deeper than the decoder follows (it stops before the stack does)
+            self._reply_error(conn, None, None, Code.BAD_JSON, "malformed JSON: nested too deeply")
+            return None
+        if has_duplicate_keys(data):
+            self._reply_error(conn, str(msg.__struct_config__.tag), msg.id, Code.DUPLICATE_KEY,
+                              "invalid message: an object names the same key twice")
             return None
         cls = msg.__class__
         try:
@@ -729,7 +738,7 @@ def _text_frames(items: list[bytes | _Close]) -> tuple[bytes, int, _Close | None
 def _envelope(data: bytes) -> _Envelope:
     try:
         return _envelope_decoder.decode(data)
-    except msgspec.DecodeError:  # ValidationError included: it is a subclass
+    except (msgspec.DecodeError, RecursionError):  # ValidationError included: it is a subclass
         return _Envelope()
 
 

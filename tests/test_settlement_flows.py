@@ -373,7 +373,9 @@ def test_ordinary_farmer_repays_advance_interest_and_principal_from_the_proceeds
     assert (settled.fee_fen, settled.interest_paid_fen, settled.principal_repaid_fen) == (16_100, 657, 2_000_000)
     assert settled.payable_fen == 3_220_000 - 16_100 - 657 - 2_000_000 == 1_203_243
     assert x.balance(AC.FINANCIER_FUNDS, FINANCIER) == 5_000_657
-    assert x.balance(AC.INTEREST_INCOME, FINANCIER) == 0  # all earned interest collected
+    # the interest earned is the financier's income, and it is all collected
+    assert (x.balance(AC.INTEREST_INCOME, FINANCIER), x.balance(AC.INTEREST_COLLECTED, FINANCIER),
+            x.balance(AC.INTEREST_RECEIVABLE, FINANCIER, FARMER)) == (657, 657, 0)
 
 
 def advanced(seller: int, rate_bps: int) -> tuple[Exchange, int, int]:

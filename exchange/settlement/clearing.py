@@ -48,17 +48,22 @@ Money flows (accounts: the chart in ledger.py; rounding: rules.py)
    attempt + 1) or RETURNED (voided: back on the payable, with its trade sources).
 7. Financing: credit lines earmark financier funds (FINANCIER_FUNDS -> BUYER_CREDIT_LINE); advances
    pay FINANCIER_FUNDS -> FARMER_PAYABLE at once; principal is tracked as LOANS_RECEIVABLE against
-   LOANS_FUNDED, interest as INTEREST_RECEIVABLE against INTEREST_INCOME; it accrues one day for each
-   midnight (CST) a loan is outstanding across, on the principal at that midnight, on the first clock
-   tick after it (and before any change of the loan's principal). ``RepayLoan`` repays interest
-   first, by loan id: credit-line loans from the buyer's cash, advances from the seller's payable;
+   LOANS_FUNDED; interest accrues one day for each midnight (CST) a loan is outstanding across, on the
+   principal at that midnight, on the first clock tick after it (and before any change of the loan's
+   principal), as INTEREST_RECEIVABLE -> INTEREST_INCOME: the financier's income, earned as it accrues.
+   Collecting interest moves the cash payer -> FINANCIER_FUNDS and closes the receivable against
+   INTEREST_COLLECTED (INTEREST_COLLECTED -> INTEREST_RECEIVABLE), never reversing the income, so
+   INTEREST_INCOME = INTEREST_RECEIVABLE + INTEREST_COLLECTED (less what was written off).
+   ``RepayLoan`` repays interest first, by loan id: credit-line loans from the buyer's cash, advances
+   from the seller's payable;
    once per ``repayment_ref`` of the borrower when it names one (a retry gets the same answer).
    Credit lines do not revolve: repaid principal returns to the financier's funds, to grant again.
    ``WriteOffLoan``: the financier gives up a loan's principal and interest due (accrued through
-   today); the claims close against their contras and the loan stops accruing.
+   today); the claims close against their contras (interest against INTEREST_INCOME: income that will
+   never be received is reversed) and the loan stops accruing.
    Advance, credit line and every new hold on a line need the borrower's consent to that financier
-   (SetConsent); a financier always sees its own lines and loans, consent lets it see the rest of the
-   borrower's settlement (views.py).
+   (SetConsent); a financier always sees its own lines and loans and the trades they financed,
+   consent lets it see the rest of the borrower's settlement (views.py).
 
 Memory: only what is open
 -------------------------
@@ -1419,9 +1424,12 @@ class Clearing:
             self._close_principal_claim(chain, loan, principal, TC.REPAYMENT, ts_ns)
 
     def _close_interest_claim(self, chain: _Chain, loan: Loan, amount_fen: int, code: int, ts_ns: int) -> None:
-        """The financier's claim to ``amount_fen`` of the loan's interest ends (paid or written off)."""
+        """The financier's claim to ``amount_fen`` of the loan's interest ends: paid (``code``
+        INTEREST_PAYMENT: the income stays earned, INTEREST_COLLECTED records it received) or written off
+        (the income that will never be received is reversed)."""
         fin = loan.financier_id
-        chain.add(self._account_id(AC.INTEREST_INCOME, fin, 0, ts_ns),
+        contra = AC.INTEREST_COLLECTED if code == TC.INTEREST_PAYMENT else AC.INTEREST_INCOME
+        chain.add(self._account_id(contra, fin, 0, ts_ns),
                   self._account_id(AC.INTEREST_RECEIVABLE, fin, loan.borrower_id, ts_ns),
                   amount_fen, code, loan.loan_id)
 
@@ -1759,9 +1767,10 @@ class Clearing:
         """Financier: give up what is still owed on a loan of its own. Interest is accrued through today
         first (and a poor household's paid by the subsidy fund as far as it reaches, as on every tick),
         so the write-off is exactly the claim the financier held. Each claim closes against its contra
-        (LOANS_FUNDED, INTEREST_INCOME): no cash moves, the loss is the lent cash that never returns to
-        FINANCIER_FUNDS. A credit line itself is untouched: a later draw opens its loan again, so a
-        financier that stops lending reduces the line too."""
+        (LOANS_FUNDED; INTEREST_INCOME, reversing income that will never be received): no cash moves,
+        the loss is the lent cash that never returns to FINANCIER_FUNDS. A credit line itself is
+        untouched: a later draw opens its loan again, so a financier that stops lending reduces the line
+        too."""
         ref = f"L{cmd.loan_id}"
         loan = self.loans.get(cmd.loan_id) if type(cmd.loan_id) is int else None
         if loan is None or loan.financier_id != cmd.participant_id:

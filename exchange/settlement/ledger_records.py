@@ -60,6 +60,7 @@ class AccountCode(IntEnum):
     LOANS_RECEIVABLE = 610
     LOANS_FUNDED = 615
     INTEREST_RECEIVABLE = 620
+    INTEREST_COLLECTED = 625
     INTEREST_INCOME = 630
 
 
@@ -122,11 +123,17 @@ CHART: Final[dict[int, ChartEntry]] = {  # keyed by AccountCode
         "debit", _CR_LIMIT, False,
         "Interest accrued and not yet paid (owner: financier, user_data: borrower): debited by daily "
         "accrual, credited when the borrower or the subsidy fund pays it or the financier writes it off."),
+    AccountCode.INTEREST_COLLECTED: ChartEntry(
+        "debit", _CR_LIMIT, False,
+        "Interest a financier has collected (owner: financier): debited with every payment of interest, "
+        "as INTEREST_RECEIVABLE is credited, while the cash itself moves from the payer to "
+        "FINANCIER_FUNDS; never credited. The part of INTEREST_INCOME received in cash, so INTEREST_INCOME "
+        "= INTEREST_RECEIVABLE + INTEREST_COLLECTED for every financier."),
     AccountCode.INTEREST_INCOME: ChartEntry(
         "credit", AccountFlags.NONE, False,
-        "Interest a financier has earned (owner: financier): credited by daily accrual, debited when "
-        "the interest is collected into FINANCIER_FUNDS or written off, so its balance is earned and not "
-        "yet collected."),
+        "Interest a financier has earned (owner: financier): credited by daily accrual; collecting the "
+        "interest leaves it as it is (the income was earned when it accrued). Debited only when the "
+        "financier writes interest off: income that will never be received is reversed."),
 }
 
 

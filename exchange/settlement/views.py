@@ -31,13 +31,22 @@ _Row = TypeVar("_Row", bound=msgspec.Struct)
 BUYER_PRIVATE: Final = ("funded_by_financier_id",)
 SELLER_PRIVATE: Final = ("seller_poor_household", "advance_loan_id", "fee_fen", "fee_subsidy_fen",
                          "fee_forgone_fen", "interest_paid_fen", "principal_repaid_fen", "payable_fen")
+# What a lender sees of a side it lent to without that side's consent: its own loan on the trade (the
+# credit line that paid for it, the advance against it). How that loan is repaid is in its loan rows.
+BUYER_LENDER: Final = ("funded_by_financier_id",)
+SELLER_LENDER: Final = ("advance_loan_id",)
 
 
 class TradeSides(NamedTuple):
-    """Whose private fields of a trade a viewer may see."""
+    """Whose private fields of a trade a viewer may see: all of a side's (``buyer``, ``seller``), or only
+    its own loan on a side it lent to (``buyer_lender``: its credit line paid for the trade;
+    ``seller_lender``: it advanced the seller against the trade). Any of them lets the viewer see the
+    trade at all."""
 
     buyer: bool
     seller: bool
+    buyer_lender: bool = False
+    seller_lender: bool = False
 
 
 ALL_SIDES: Final = TradeSides(True, True)
@@ -46,24 +55,39 @@ ALL_SIDES: Final = TradeSides(True, True)
 def trade_sides(clearing: Clearing, viewer_id: int | None, trade: TradeRecord) -> TradeSides:
     """The sides of ``trade`` whose private fields ``viewer_id`` may see (None: an operator, both): a
     party its own side; a financier the side it finances in this trade (the buyer's credit line, the
-    seller's advance on it) while that side consents to it. Never the other side's: a counterparty or
-    the other side's financier learns nothing of who finances whom or who is a poor household."""
+    seller's advance on it) while that side consents to it, and its own loan on it always (consent
+    governs new financing and the client's other data, never the lender's sight of what it lent). Never
+    the other side's: a counterparty or the other side's financier learns nothing of who finances whom
+    or who is a poor household."""
     if viewer_id is None:
         return ALL_SIDES
-    buyer = viewer_id == trade.buyer_id or (
-        trade.financier_id == viewer_id and clearing.has_consented(trade.buyer_id, viewer_id))
+    line_lender = trade.financier_id == viewer_id
     advance = clearing.loans.get(trade.advance_loan_id)
-    advanced = advance is not None and advance.financier_id == viewer_id
-    seller = viewer_id == trade.seller_id or (advanced and clearing.has_consented(trade.seller_id, viewer_id))
-    return TradeSides(buyer, seller)
+    advance_lender = advance is not None and advance.financier_id == viewer_id
+    buyer = viewer_id == trade.buyer_id or (line_lender and clearing.has_consented(trade.buyer_id, viewer_id))
+    seller = viewer_id == trade.seller_id or (advance_lender and clearing.has_consented(trade.seller_id, viewer_id))
+    return TradeSides(buyer, seller, line_lender, advance_lender)
+
+
+def hidden_fields(sides: TradeSides) -> tuple[str, ...]:
+    """The private fields a viewer with ``sides`` may not see."""
+    hidden: tuple[str, ...] = ()
+    if not sides.buyer:
+        hidden += _without(BUYER_PRIVATE, BUYER_LENDER) if sides.buyer_lender else BUYER_PRIVATE
+    if not sides.seller:
+        hidden += _without(SELLER_PRIVATE, SELLER_LENDER) if sides.seller_lender else SELLER_PRIVATE
+    return hidden
+
+
+def _without(fields: tuple[str, ...], shown: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f for f in fields if f not in shown)
 
 
 def redact(row: _Row, sides: TradeSides) -> _Row:
     """``row`` with the private fields of each side the viewer may not see set to None (whatever their
     value: a None that depended on it would tell)."""
-    hidden = (() if sides.buyer else BUYER_PRIVATE) + (() if sides.seller else SELLER_PRIVATE)
     fields = row.__struct_fields__
-    changes = {name: None for name in hidden if name in fields}
+    changes = {name: None for name in hidden_fields(sides) if name in fields}
     return msgspec.structs.replace(row, **changes) if changes else row
 
 
@@ -151,6 +175,8 @@ class FinancierView(msgspec.Struct, frozen=True):
     exposure_fen: int  # principal + interest due + credit held for open bids + credit in escrow
     loans: list[LoanRow]
     trades: list[FinancedTradeRow]
+    interest_earned_fen: int  # the financier's income from these loans: accrued, less what it wrote off
+    interest_collected_fen: int  # of which received: paid by the borrower or by the subsidy fund
 
 
 def financier_view(clearing: Clearing, financier_id: int, participant_id: int) -> FinancierView | None:
@@ -171,8 +197,11 @@ def financier_view(clearing: Clearing, financier_id: int, participant_id: int) -
     trades = _financed_trades(clearing, financier_id, participant_id, loans)
     in_escrow = sum(_unsettled_fen(t) for t in trades if t.side == "buy")
     exposure = sum(loan.principal_fen + loan.interest_due_fen for loan in loans) + held + in_escrow
+    earned = sum(loan.interest_accrued_fen - loan.interest_written_off_fen for loan in loans)
+    collected = sum(loan.interest_paid_fen + loan.interest_subsidised_fen for loan in loans)
     return FinancierView(financier_id, participant_id, consented, available, held, granted, reduced, exposure,
-                         [loan_row(loan) for loan in sorted(loans, key=lambda x: x.loan_id)], trades)
+                         [loan_row(loan) for loan in sorted(loans, key=lambda x: x.loan_id)], trades, earned,
+                         collected)
 
 
 def financier_portfolio(clearing: Clearing, financier_id: int) -> list[FinancierView]:
@@ -262,7 +291,7 @@ def daily_settlement_report(
         if t.state not in (TradeState.SETTLED, TradeState.REJECTED) or cst_day(t.settled_at_ns) != day:
             continue
         sides = trade_sides(clearing, participant_id, t)
-        if not (sides.buyer or sides.seller):
+        if not any(sides):
             continue
         seller = clearing.participants.get(t.seller_id)
         rows.append(redact(SettlementReportRow(

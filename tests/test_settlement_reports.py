@@ -1,0 +1,99 @@
+"""Reports and financiers' sight of what they lent (issue 11, items 6 to 9), on the core with its clearing."""
+
+from __future__ import annotations
+
+from exchange.commands import FundsAccount, GrantAdvance, GrantCreditLine, RepayLoan, SetConsent, WriteOffLoan
+from exchange.settlement.ledger import AccountCode as AC
+from exchange.settlement.views import (
+    TradeSides,
+    financier_portfolio,
+    financier_view,
+    participant_balances,
+    trade_sides,
+)
+from tests.settlement_support import (
+    BUYER,
+    BUYER2,
+    DAY_NS,
+    FARMER,
+    FINANCIER,
+    HOUR_NS,
+    POOR_FARMER,
+    Exchange,
+    world,
+)
+
+WINDOW_NS = 48 * HOUR_NS
+
+
+def financed_world() -> tuple[Exchange, int, int]:
+    """BUYER2 bids on FINANCIER's credit line and buys 10 heads from POOR_FARMER; FINANCIER advances
+    1,000,000 to FARMER against its trade of 10 heads with BUYER; both borrowers consent."""
+    x = world()
+    x.deposit(FINANCIER, 10_000_000, FundsAccount.FINANCIER_FUNDS)
+    x.deposit(BUYER, 10_000_000)
+    x.consent(BUYER2, FINANCIER)
+    x.consent(FARMER, FINANCIER)
+    x.ok(GrantCreditLine(FINANCIER, 0, BUYER2, 5_000_000, 500))
+    credit_trade = x.trade(BUYER2, POOR_FARMER, 2800, 10)
+    advanced = x.trade(BUYER, FARMER, 2800, 10)
+    x.ok(GrantAdvance(FINANCIER, 0, advanced.trade_id, 1_000_000, 600))
+    return x, credit_trade.trade_id, advanced.trade_id
+
+
+def test_a_lender_keeps_sight_of_the_trades_it_financed_when_consent_is_withdrawn() -> None:
+    x, credit_tid, advance_tid = financed_world()
+    credit, advanced = x.clearing.trades[credit_tid], x.clearing.trades[advance_tid]
+    assert trade_sides(x.clearing, FINANCIER, credit) == TradeSides(True, False, True, False)
+    assert trade_sides(x.clearing, FINANCIER, advanced) == TradeSides(False, True, False, True)
+    x.ok(SetConsent(BUYER2, 0, FINANCIER, False))
+    x.ok(SetConsent(FARMER, 0, FINANCIER, False))
+    # Without consent the lender still sees each trade, and of the side it lent to only its own loan.
+    assert any(trade_sides(x.clearing, FINANCIER, credit)) and any(trade_sides(x.clearing, FINANCIER, advanced))
+    assert trade_sides(x.clearing, FINANCIER, credit) == TradeSides(False, False, True, False)
+    assert trade_sides(x.clearing, FINANCIER, advanced) == TradeSides(False, False, False, True)
+    x.weigh_in(advance_tid, 9, 990_000)
+    x.tick(WINDOW_NS)
+    view = financier_view(x.clearing, FINANCIER, FARMER)
+    assert view is not None and not view.consented
+    [row] = view.trades
+    # 990 kg x 2800 = 2,772,000; the advance's repayment is in the loan row, not the trade's
+    assert (row.trade_id, row.side, row.state, row.amount_fen, row.principal_repaid_fen, row.interest_paid_fen) == (
+        advance_tid, "sell", "SETTLED", 2_772_000, None, None)
+    [loan] = view.loans
+    assert (loan.trade_id, loan.principal_repaid_fen, loan.interest_paid_fen) == (advance_tid, 1_000_000, 328)
+    # Another financier sees neither trade.
+    assert not any(trade_sides(x.clearing, FINANCIER + 1, credit)) and not any(
+        trade_sides(x.clearing, FINANCIER + 1, advanced))
+
+
+def test_collected_interest_stays_the_financiers_income() -> None:
+    x, credit_tid, advance_tid = financed_world()
+    x.weigh_in(credit_tid, 10, 1_150_000)
+    x.weigh_in(advance_tid, 9, 990_000)
+    x.tick(WINDOW_NS)  # two midnights on the advance: 1,000,000 at 6 % for 2 days = 328.76 -> 328, collected
+    # the credit-funded trade drew 1,150 kg x 2800 = 3,220,000 at 5 %: 441.09 a day -> 441, then 441 (carry)
+    x.tick(DAY_NS)
+    x.tick(DAY_NS)
+    x.deposit(BUYER2, 500)
+    x.ok(RepayLoan(BUYER2, 0, FINANCIER, 500, ""))  # interest first: 500 of the 882 due
+    assert (x.balance(AC.INTEREST_INCOME, FINANCIER), x.balance(AC.INTEREST_COLLECTED, FINANCIER)) == (
+        328 + 882, 328 + 500)
+    assert (x.balance(AC.INTEREST_RECEIVABLE, FINANCIER, FARMER), x.balance(AC.INTEREST_RECEIVABLE, FINANCIER, BUYER2)
+            ) == (0, 382)
+    # funds: 10,000,000 - 5,000,000 earmarked - 1,000,000 advanced + 1,000,328 repaid + 500 of interest
+    assert x.balance(AC.FINANCIER_FUNDS, FINANCIER) == 5_000_828
+    kinds = {row.kind: row.balance_fen for row in participant_balances(x.clearing, FINANCIER)}
+    assert (kinds["INTEREST_INCOME"], kinds["INTEREST_COLLECTED"]) == (1_210, 828)
+    views = {v.participant_id: v for v in financier_portfolio(x.clearing, FINANCIER)}
+    assert (views[FARMER].interest_earned_fen, views[FARMER].interest_collected_fen) == (328, 328)
+    assert (views[BUYER2].interest_earned_fen, views[BUYER2].interest_collected_fen) == (882, 500)
+    # A write-off reverses the income that will never be received: the 382 still due (and 441 more
+    # accrued through today first), never what was collected.
+    loan_id = x.clearing.credit_lines[(BUYER2, FINANCIER)].loan_id
+    x.advance(DAY_NS)
+    x.ok(WriteOffLoan(FINANCIER, 0, loan_id, "buyer insolvent"))
+    assert (x.balance(AC.INTEREST_INCOME, FINANCIER), x.balance(AC.INTEREST_COLLECTED, FINANCIER),
+            x.balance(AC.INTEREST_RECEIVABLE, FINANCIER, BUYER2)) == (828, 828, 0)
+    view = financier_view(x.clearing, FINANCIER, BUYER2)
+    assert view is not None and (view.interest_earned_fen, view.interest_collected_fen) == (500, 500)
