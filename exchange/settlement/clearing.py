@@ -585,9 +585,9 @@ class Clearing:
                  if self.payouts[k].state in (PayoutState.CONFIRMED, PayoutState.RETURNED)]
         keys += [(int(FinalKind.WITHDRAWAL), k) for k in sorted(self.withdrawals)
                  if self.withdrawals[k].state != WithdrawalState.PENDING]
-        for kind in (FinalKind.DEPOSIT, FinalKind.REPAYMENT, FinalKind.RUN, FinalKind.SENT_FILE,
-                     FinalKind.BANK_IMPORT):
-            keys += [(int(kind), k) for k in sorted(self._records_of(kind))]
+        for of_kind in (FinalKind.DEPOSIT, FinalKind.REPAYMENT, FinalKind.RUN, FinalKind.SENT_FILE,
+                        FinalKind.BANK_IMPORT):
+            keys += [(int(of_kind), k) for k in sorted(self._records_of(of_kind))]
         for kind, key in keys:
             if (kind, key) not in held:
                 self.final.append((now, kind, key))
