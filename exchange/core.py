@@ -271,7 +271,7 @@ class Core:
             clearing.on_events(events, ts_ns)
             if kind is _CLOCK_TICK:
                 clearing.on_clock(ts_ns, events)
-                clearing.forget(self.forget_before_ns)
+                clearing.forget(self.forget_before_ns, ts_ns)
         return events
 
     # -- orders --------------------------------------------------------------------------------------

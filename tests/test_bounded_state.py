@@ -65,6 +65,7 @@ from gateway.testing import Exchange as GatewayExchange
 from gateway.testing import running_exchange
 from tests.factories import order
 from tests.settlement_support import BUYER, FARMER, HOUR_NS, OPERATOR, Exchange, world
+from tests.test_gateway_settlement import _buy, _farmer, _sell, _settled, _weigh_in
 from tests.test_idempotent_refs import _advanced_farmer, _lot
 from tests.test_ledger import T0_NS, fresh_ledger
 
@@ -463,3 +464,50 @@ async def test_a_reference_beyond_the_window_is_refused_for_ever_and_an_order_id
     await _until_forgotten(lambda: (buyer.participant_id, "mem-1") not in sequencer._client_orders)
     again = await buyer.post("/v1/orders", json=order)
     assert again.status in (200, 201) and again.json()["order_id"] != placed["order_id"]
+
+
+async def test_the_api_answers_the_same_about_a_trade_and_payout_once_memory_forgot_them(
+    short_memory: GatewayExchange,
+) -> None:
+    """Settled, paid and confirmed, then forgotten: the trade's settlement, the payout, both lists and the
+    bank file read back from settlement_history exactly as they read from memory."""
+    ex = short_memory
+    op = ex.operator
+    symbol = "T-MEM-2"
+    await ex.list_instrument(symbol, overweight_limit_g=10_000, overweight_discount_fen_per_kg=60,
+                             dispute_window_ms=200)
+    buyer = await ex.register(Role.BUYER, "买家")
+    farmer = await _farmer(ex, "李四", "6217000011113333")
+    await _sell(ex, farmer, symbol, 5)
+    report = await _buy(buyer, symbol, 5)
+    trade_id = report["fills"][0]["trade_id"]
+    await _weigh_in(farmer, trade_id, 5, 560_000)
+    settled = await _settled(farmer, trade_id)
+    run = (await op.post("/v1/payout-runs", json={"run_ref": "run-mem"})).json()
+    [payout_id] = [p["payout_id"] for p in run["payouts"] if p["payee_id"] == farmer.participant_id]
+    file_rows = (await op.post("/v1/payout-files", json={"file_ref": "file-mem"})).body
+    confirmations = f"payout_id,attempt,status,bank_ref,reason\n{payout_id},1,OK,ICBC-9,\n"
+    imported = await op.post("/v1/payout-confirmations", json={"file_ref": "conf-mem", "csv": confirmations})
+    assert imported.status == 200
+    reads = {
+        "trade": (farmer, f"/v1/trades/{trade_id}/settlement"),
+        "trades": (farmer, "/v1/settlement/trades"),
+        "trades_by_buyer": (buyer, "/v1/settlement/trades?state=SETTLED"),
+        "payout": (farmer, f"/v1/payouts/{payout_id}"),
+        "payouts": (op, "/v1/payouts?state=CONFIRMED"),
+    }
+    seen = {name: (await client.get(path)).json() for name, (client, path) in reads.items()}
+    assert seen["trade"] == settled | {"state": "SETTLED"} and seen["payout"]["state"] == "CONFIRMED"
+    assert [t["trade_id"] for t in seen["trades"]["trades"]] == [trade_id]
+    sequencer = ex.app[EXCHANGE].sequencer
+
+    def forgotten() -> bool:
+        clearing = sequencer.core.clearing
+        return trade_id not in clearing.trades and payout_id not in clearing.payouts and not clearing.sent_files
+
+    await _until_forgotten(forgotten)
+    await asyncio.sleep(0.3)  # the tick that forgot them is committed by now
+    assert {name: (await client.get(path)).json() for name, (client, path) in reads.items()} == seen
+    assert (await op.get("/v1/payout-files/file-mem")).body == file_rows
+    assert (await buyer.get(f"/v1/payouts/{payout_id}")).status == 404  # still only the payee's
+    assert (await farmer.get("/v1/settlement/trades?state=OPEN")).json()["trades"] == []

@@ -30,3 +30,32 @@ $$;
 CREATE TRIGGER settlement_refs_append_only
     BEFORE UPDATE OR DELETE ON settlement_refs
     FOR EACH ROW EXECUTE FUNCTION settlement_refs_append_only();
+
+-- settlement_history: the clearing's final records once it forgot them (Clearing.forget: a settled or
+-- rejected trade, a confirmed or returned payout, a paid or failed withdrawal, a deposit, a bank file
+-- sent), written by pgstore.LedgerWriter in the transaction of the clock tick that forgot them, so what
+-- memory no longer holds is here from the same commit on. The API reads a record from memory first, then
+-- here (gateway/settlement.py, "history"). A reference that is free again after the window (a bank file's)
+-- may be forgotten twice: rows are unique by the tick's seq too, and a read takes the latest.
+--
+-- kind: model.FinalKind (1 trade, 2 payout, 3 deposit, 4 withdrawal, 7 bank file sent); id: the trade or
+-- payout id (else 0); ref: the deposit, withdrawal or file reference (else ''); party_a / party_b: buyer
+-- and seller, payee, owner (else 0); state: the record's final state (TradeState, PayoutState,
+-- WithdrawalState; else 0); record: the record as the clearing held it (msgpack, exchange/settlement/model.py).
+CREATE TABLE settlement_history (
+    kind smallint NOT NULL,
+    id bigint NOT NULL,
+    ref text NOT NULL,
+    party_a bigint NOT NULL,
+    party_b bigint NOT NULL,
+    state smallint NOT NULL,
+    seq bigint NOT NULL,
+    record bytea NOT NULL,
+    PRIMARY KEY (kind, id, ref, seq)
+);
+CREATE INDEX settlement_history_by_party_a ON settlement_history (kind, party_a, id);
+CREATE INDEX settlement_history_by_party_b ON settlement_history (kind, party_b, id);
+
+CREATE TRIGGER settlement_history_append_only
+    BEFORE UPDATE OR DELETE ON settlement_history
+    FOR EACH ROW EXECUTE FUNCTION settlement_refs_append_only();

@@ -77,7 +77,10 @@ queued before that time, oldest first, then lets the ledger forget its final tra
 window a retried reference gets the original answer (``DUPLICATE_REFERENCE`` if it differs); after it:
 
 * a trade, payout, run, bank file or import is unknown to the clearing (UNKNOWN_TRADE,
-  UNKNOWN_REFERENCE); the API answers history from PostgreSQL;
+  UNKNOWN_REFERENCE). The records the API shows (trades, payouts, withdrawals, deposits, bank files)
+  are kept for ``take_archived`` when forgotten: the sequencer's writer (pgstore.LedgerWriter) writes
+  them to ``settlement_history`` (migration 0014) in the forgetting tick's transaction, and the API
+  reads them from there;
 * a deposit's bank reference, a withdrawal reference and a repayment reference must never take
   effect twice: each is written to ``settlement_refs`` (migration 0014) in the transaction of the
   batch that used it (pgstore.LedgerWriter), whose primary key refuses a second use for ever, and the
@@ -291,6 +294,9 @@ _SAME_DAY: Final[Boxed] = PayoutPriority.SAME_DAY
 _NORMAL: Final[Boxed] = PayoutPriority.NORMAL
 _FINAL_TRADE: Final[Boxed] = int(FinalKind.TRADE)  # the kinds queued on hot paths, as plain ints
 _FINAL_PAYOUT: Final[Boxed] = int(FinalKind.PAYOUT)
+# what the API reads back from settlement_history once forgotten (forget keeps them for take_archived)
+_ARCHIVED_KINDS: Final = frozenset({int(FinalKind.TRADE), int(FinalKind.PAYOUT), int(FinalKind.DEPOSIT),
+                                    int(FinalKind.WITHDRAWAL), int(FinalKind.SENT_FILE)})
 # The hot paths call rules.* by the module's name: compiled (rules is compiled with the clearing), that
 # is a direct native call, where a module-global alias of the function would be a Python call.
 # msgspec.structs.astuple, Final: compiled, a record or an event read as one tuple when several of its
@@ -387,6 +393,9 @@ class Clearing:
         self.repayments: dict[tuple[int, str], Repayment] = {}  # (borrower, repayment ref)
         # (final_at_ns, FinalKind, key) of every final record held, oldest first (see "Memory")
         self.final: deque[tuple[Boxed, int, Boxed]] = deque()
+        # (tick ts_ns, [(FinalKind, record), ...]) of what each tick forgot, until the sequencer's writer
+        # takes it into settlement_history with the tick's batch (take_archived); not state: not in snapshots
+        self.archived: deque[tuple[Boxed, list[tuple[int, Any]]]] = deque()
         self._unqueued_final = False  # restored from a snapshot without ``final``: forget() queues first
         self._rebuild_indexes()
         self.ledger.create_accounts([_account(int(code), int(code), 0, 0) for code in HOUSE], 0)
@@ -541,21 +550,40 @@ class Clearing:
         """The core forgot this lot (sold out, final for the window, no open trade): drop its record."""
         self.lots.pop(lot_id, None)
 
-    def forget(self, before_ns: int) -> None:
-        """Drop every record queued final before ``before_ns``, then the ledger's final transfers."""
+    def forget(self, before_ns: int, now_ns: Boxed = 0) -> None:
+        """Drop every record queued final before ``before_ns``, then the ledger's final transfers. The
+        records the API reads history from (trades, payouts, withdrawals, deposits, bank files sent) are
+        kept for ``take_archived(now_ns)``: the tick at ``now_ns`` writes them to settlement_history."""
         if self._unqueued_final:
             self._queue_unqueued_final()
         final = self.final
+        gone: list[tuple[int, Any]] = []
         while final and final[0][0] < before_ns:
             _, kind, key = final.popleft()
             if kind == _FINAL_TRADE:
-                self.trades.pop(key, None)
+                record: Any = self.trades.pop(key, None)
             elif kind == _FINAL_PAYOUT:
-                self.payouts.pop(key, None)
+                record = self.payouts.pop(key, None)
                 self._payout_trade_ids.pop(key, None)
             else:
-                self._records_of(kind).pop(key, None)
+                record = self._records_of(kind).pop(key, None)
+            if record is not None and kind in _ARCHIVED_KINDS:
+                gone.append((kind, record))
+        if gone:
+            self.archived.append((now_ns, gone))
         self.ledger.forget(before_ns)
+
+    def take_archived(self, ts_ns: int) -> list[tuple[int, Any]]:
+        """What the ticks at ``ts_ns`` forgot that goes to history ([] if nothing); older entries (ticks
+        replayed by recovery: in the database already) are dropped. Ticks stamped alike are taken
+        together (a copy written twice is harmless: history rows are unique by the tick's seq)."""
+        archived = self.archived
+        while archived and archived[0][0] < ts_ns:
+            archived.popleft()
+        taken: list[tuple[int, Any]] = []
+        while archived and archived[0][0] == ts_ns:
+            taken.extend(archived.popleft()[1])
+        return taken
 
     def _records_of(self, kind: int) -> dict:
         """The dict a final record of this kind is held in (trades and payouts: see forget)."""
@@ -623,6 +651,7 @@ class Clearing:
     def discard_command_rows(self) -> None:
         """Forget queued rows (after a recovery replay: they are in the database already)."""
         self.command_rows.clear()
+        self.archived.clear()
         self.ledger.drain_rows()
 
     def drain_postings(self) -> list[Posting]:
