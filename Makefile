@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml setup.py $(COMPILE_INPUTS)
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m gateway serve --demo
+	$(PY) -m gateway serve --demo --simulate --request-log .hogx/requests.log
 
 test: $(STAMP)
 	$(PY) -m ruff check .

@@ -26,7 +26,8 @@ durability settings (fsync, synchronous_commit) apply.
    transaction (`extra_writes=project_batch`), `projector` follows the journal asynchronously
    (then `readmodel_lag_s` is how long after the last ack the read model had caught up).
 2. Raw COPY ceiling: the very rows the sequencer wrote, copied again with binary COPY into tables of
-   the same shape (columns, primary key, indexes; `LIKE ... INCLUDING ALL`, so no triggers) in
+   the same shape (columns, primary key, indexes; `LIKE ... INCLUDING ALL`, so no triggers; the
+   journal's twin partitioned too, its rows in one partition with the day partitions' key) in
    transactions of the sequencer's mean batch size: the journal rows, and with `--core exchange` the
    ledger rows of those commands in the same transaction. `ratio_vs_copy` is commands per second
    over journal rows per second; `copy_*_cpu_us_per_row` is its CPU, per journal row.
@@ -209,7 +210,11 @@ async def run_raw_copy(dsn: str, chunk: int) -> dict[str, float]:
         rows = [tuple(r) for r in await conn.fetch("SELECT seq, ts_ns, command, events FROM journal ORDER BY seq")]
         postings = [tuple(r) for r in await conn.fetch(
             f"SELECT {', '.join(POSTING_COLUMNS)} FROM ledger_transfers ORDER BY seq, transfer_id")]
-        await conn.execute("CREATE TABLE journal_copy (LIKE journal INCLUDING ALL)")
+        # partitioned like the journal (by day, migration 0013), the rows in one partition keyed on seq
+        await conn.execute("CREATE TABLE journal_copy (LIKE journal INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
+                           "INCLUDING STORAGE INCLUDING COMPRESSION) PARTITION BY RANGE (ts_ns)")
+        await conn.execute("CREATE TABLE journal_copy_day PARTITION OF journal_copy (PRIMARY KEY (seq) "
+                           "WITH (fillfactor = 100)) FOR VALUES FROM (MINVALUE) TO (MAXVALUE)")
         await conn.execute("CREATE TABLE ledger_transfers_copy (LIKE ledger_transfers INCLUDING ALL)")
         gc.collect()
         backend_pid = conn.get_server_pid()

@@ -33,6 +33,12 @@ Flow of a command::
   encodes there, an `async def` hook runs when awaited inside the transaction). PostgreSQL then
   never waits inside the transaction for Python to encode. Futures are resolved, and subscribers
   called, only after the commit returned.
+- **Partitions.** The journal is partitioned by day of `ts_ns` (migration 0013). After recovery the
+  writer makes sure of the partitions of today and the next two days (`store.ensure_journal_partitions`),
+  and the first batch stamped in a new day does it again on the writer connection before its COPY (a
+  comparison a batch; a DDL of a few ms once a day), so a day's partition exists a day before its
+  first row, and a clock that jumps days ahead still finds one. Old days are archived by
+  `store.archive_journal` (`python -m gateway archive`), never a row recovery needs.
 - **Failure.** If a commit fails (connection lost, backend terminated, timeout, anything) the core has
   already applied commands that may not be durable, so it is thrown away: the batch being committed,
   the batch being built and everything queued fail with `Unavailable` (status unknown: a client
@@ -133,6 +139,7 @@ __all__ = [
     "decode_events",
     "encode_events",
     "recover",
+    "restore_snapshot",
 ]
 
 _log = logging.getLogger(__name__)
@@ -373,13 +380,7 @@ async def recover(
     if snapshot is None:
         core, client_orders, after_seq = core_type(), {}, 0
     else:
-        core = getattr(core_type, "from_snapshot", Core.from_snapshot)(snapshot.state)
-        restored_hash = core.state_hash()
-        if restored_hash != snapshot.state_hash:
-            raise RecoveryError(
-                f"snapshot at seq {snapshot.seq} restores to state hash {restored_hash}, "
-                f"but {snapshot.state_hash} was recorded"
-            )
+        core = restore_snapshot(snapshot, core_type)
         index_data = await store.snapshot_client_orders(conn, snapshot.seq)
         if index_data is None:
             raise RecoveryError(f"snapshot at seq {snapshot.seq} has no idempotency index")
@@ -392,6 +393,19 @@ async def recover(
         raise RecoveryError(f"the journal ends at seq {upto_seq}, before the snapshot at seq {after_seq}")
     last_ts_ns = await _replay(conn, core, client_orders, after_seq, upto_seq)
     return Recovery(core, client_orders, upto_seq, last_ts_ns, after_seq, upto_seq - after_seq)
+
+
+def restore_snapshot(snapshot: store.Snapshot, core_type: CoreFactory = new_exchange) -> Core:
+    """The core of `snapshot`; `RecoveryError` if it does not restore to the state hash recorded with it.
+    (`hogx archive` hands it to `store.archive_journal` to check the snapshot archival relies on.)"""
+    core = getattr(core_type, "from_snapshot", Core.from_snapshot)(snapshot.state)
+    restored_hash = core.state_hash()
+    if restored_hash != snapshot.state_hash:
+        raise RecoveryError(
+            f"snapshot at seq {snapshot.seq} restores to state hash {restored_hash}, "
+            f"but {snapshot.state_hash} was recorded"
+        )
+    return core
 
 
 async def _replay(
@@ -531,6 +545,8 @@ class Sequencer:
         self._last_ts_ns = 0
         self._committed_seq = 0
         self._snapshot_seq = 0
+        # a batch stamped outside [from, due) makes sure of the journal's partitions first (`_ensure_partitions`)
+        self._partitions_from_ns = self._partitions_due_ns = 0
         self._open: _Batch | None = None
         self._committing: _Batch | None = None
         self._wakeup: asyncio.Future[None] | None = None
@@ -780,6 +796,13 @@ class Sequencer:
         self._last_ts_ns = recovery.last_ts_ns
         self._snapshot_seq = recovery.snapshot_seq
         self.last_recovery = recovery
+        try:
+            # today's by the wall clock (not `clock_ns`, which is read only to stamp), and the journal's last day's
+            await self._ensure_partitions(conn, (max(time.time_ns(), recovery.last_ts_ns),))
+        except BaseException:
+            self._conn = None
+            conn.terminate()
+            raise
         if self.freeze_gc:
             gc.freeze()
         young, *older = gc.get_threshold()
@@ -1056,6 +1079,11 @@ class Sequencer:
             data, extra = writes
             if conn is None:
                 raise ConnectionError("no writer connection")
+            commands = batch.commands
+            if not (self._partitions_from_ns <= commands[0].ts_ns and commands[-1].ts_ns < self._partitions_due_ns):
+                # a new day (once a day, before its first row), or a clock not on the days made at start
+                async with asyncio.timeout(self.commit_timeout_s):
+                    await self._ensure_partitions(conn, map(_ts_of, commands))
             if extra is None:
                 await store.copy_journal_binary(conn, data, timeout_s=self.commit_timeout_s)
             else:
@@ -1073,6 +1101,14 @@ class Sequencer:
             raise _CommitFailed(str(exc)) from exc
         self._committing = None
         self._committed(batch)
+
+    async def _ensure_partitions(self, conn: asyncpg.Connection, ts_ns: Iterable[int]) -> None:
+        """Partitions for the days of `ts_ns` and the next `store.JOURNAL_DAYS_AHEAD`; the next check is
+        due when a batch reaches the day after the newest of them (so a day's partition always exists a
+        day ahead)."""
+        covered_until_ns = await store.ensure_journal_partitions(conn, ts_ns)
+        self._partitions_due_ns = covered_until_ns - store.JOURNAL_DAYS_AHEAD * store.DAY_NS
+        self._partitions_from_ns = self._partitions_due_ns - store.DAY_NS  # the newest day's start
 
     def _committed(self, batch: _Batch) -> None:
         """After COMMIT: resolve futures, answer followers, publish, start a due snapshot's write."""

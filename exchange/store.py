@@ -9,6 +9,20 @@ With `exchange/sequencer.py`, the only module of `exchange/` that does I/O. It o
   encodes a run of rows, so the sequencer encodes a batch in parts as it builds it, and
   `copy_binary_data` frames the parts) and read back in `seq` order in keyset pages, or for replay as
   server-concatenated pages of commands (`read_command_page`);
+- the journal's partitions (migration 0013): one per UTC day of `ts_ns`, `journal_YYYYMMDD`, created
+  ahead of need (`ensure_journal_partitions`: the sequencer calls it at start and on the first commit of
+  each day, for that day and the next `JOURNAL_DAYS_AHEAD`; `append_journal` for its rows' days), and
+  their archival (`archive_journal`): a partition whose every row is older than the latest snapshot
+  (seq < the snapshot's seq) is exported with binary COPY to a file beside a JSON manifest, fsynced,
+  then detached (`DETACH PARTITION ... CONCURRENTLY`: the writer's COPYs go on) and dropped. Recovery
+  reads only the snapshot and the rows after it, so it never needs an archived partition; the row at
+  the snapshot's own seq is kept too (recovery reads its time stamp). A partition holding a row
+  recovery still needs is refused (`ArchiveRefused`) and then nothing is archived. What archival
+  gives up: a full replay from seq 1 (`recover(use_snapshot=False)`, which then reports the missing
+  rows as a hole), answers to retries of orders placed in archived days (archive only days older
+  than the idempotency retention), and, until the gateway's read model starts from a snapshot, the
+  gateway's restart, which folds the journal from seq 1 (`gateway.exchange_port.Shard._rebuild`).
+  `restore_journal_partition` attaches an archived day again from its file;
 - snapshots: encoded core state at a sequence number with the state hash replay must reproduce, and
   the sequencer's idempotency index at that sequence number (`client_orders`, migration 0004).
 
@@ -21,11 +35,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import re
 import struct
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date, timedelta
 from importlib import resources
 from itertools import chain, count, repeat
 from pathlib import Path
@@ -39,12 +55,18 @@ from exchange.pgembed import DEFAULT_DATA_DIR, EmbeddedPostgres
 __all__ = [
     "APP_DATABASE",
     "DATABASE_URL_ENV",
+    "DAY_NS",
+    "JOURNAL_DAYS_AHEAD",
     "PGDATA_ENV",
+    "ArchiveRefused",
+    "ArchivedPartition",
+    "JournalPartition",
     "JournalRow",
     "Migration",
     "MigrationError",
     "Snapshot",
     "append_journal",
+    "archive_journal",
     "copy_binary_data",
     "copy_journal_binary",
     "create_pool",
@@ -52,7 +74,10 @@ __all__ = [
     "encode_journal_body",
     "encode_journal_rows",
     "ensure_database",
+    "ensure_journal_partitions",
     "journal_entry",
+    "journal_partition_name",
+    "journal_partitions",
     "latest_snapshot",
     "load_migrations",
     "max_seq",
@@ -60,6 +85,7 @@ __all__ = [
     "read_command_page",
     "read_journal",
     "resolve_database_url",
+    "restore_journal_partition",
     "save_snapshot",
     "snapshot_client_orders",
 ]
@@ -277,10 +303,12 @@ async def append_journal(
     """Append rows with binary COPY, inside the caller's transaction if one is open.
 
     Rows of four fields also fill `events` (migration 0004); all rows of one call have the same width.
+    The partitions of the rows' days are created first when missing (`ensure_journal_partitions`).
     Outside a transaction the COPY is one statement and so commits all rows or none.
     """
     if rows:
         columns = _JOURNAL_COLUMNS if len(rows[0]) == 3 else _JOURNAL_COLUMNS_WITH_EVENTS
+        await ensure_journal_partitions(conn, (row[1] for row in rows))  # a tool's rows may be of any day
         await conn.copy_records_to_table("journal", records=rows, columns=columns, timeout=timeout_s)
 
 
@@ -332,6 +360,215 @@ async def journal_entry(conn: asyncpg.Connection, seq: int) -> tuple[int, bytes,
 async def max_seq(conn: asyncpg.Connection) -> int:
     """Highest journal sequence number, 0 for an empty journal."""
     return int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM journal"))
+
+
+# -- journal partitions and archival --------------------------------------------------------------------
+
+DAY_NS: Final = 86_400 * 10**9
+JOURNAL_DAYS_AHEAD: Final = 2  # days after the newest row's that always have a partition
+# pg_advisory_xact_lock key taken while creating partitions: "hogx_prt" as a big-endian int64
+_PARTITION_LOCK_KEY: Final = int.from_bytes(b"hogx_prt", "big")
+_BOUND = re.compile(r"FROM \('?(-?\d+)'?\) TO \('?(-?\d+)'?\)")
+_EPOCH: Final = date(1970, 1, 1)
+
+
+class JournalPartition(NamedTuple):
+    """An attached partition of the journal: rows with `from_ns <= ts_ns < to_ns`."""
+
+    name: str
+    from_ns: int
+    to_ns: int
+    detach_pending: bool = False  # a DETACH ... CONCURRENTLY was interrupted (archival finishes it)
+
+
+class ArchivedPartition(NamedTuple):
+    """One archived partition: its rows are in `path` (binary COPY), described by `path` + `.json`."""
+
+    name: str
+    from_ns: int
+    to_ns: int
+    rows: int
+    first_seq: int  # 0 for an empty partition
+    last_seq: int
+    path: str
+    sha256: str
+
+
+class ArchiveRefused(RuntimeError):
+    """Archiving would lose what recovery needs (no snapshot, or a partition holds rows after it)."""
+
+
+def journal_partition_name(day: int) -> str:
+    """`journal_YYYYMMDD` for day number `day` (days since 1970-01-01, UTC)."""
+    return f"journal_{_EPOCH + timedelta(days=day):%Y%m%d}"
+
+
+async def journal_partitions(conn: asyncpg.Connection) -> list[JournalPartition]:
+    """The journal's attached partitions, in time order."""
+    rows = await conn.fetch(
+        "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid), i.inhdetachpending FROM pg_inherits i "
+        "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'journal'::regclass"
+    )
+    out = []
+    for name, bound, pending in rows:
+        match = _BOUND.search(bound or "")
+        if match is None:  # a default partition: none is made here (see migration 0013)
+            raise MigrationError(f"journal partition {name} has bound {bound!r}, not a range of ts_ns")
+        out.append(JournalPartition(name, int(match.group(1)), int(match.group(2)), pending))
+    return sorted(out, key=lambda p: p.from_ns)
+
+
+async def ensure_journal_partitions(
+    conn: asyncpg.Connection, ts_ns: Iterable[int], *, days_ahead: int = JOURNAL_DAYS_AHEAD
+) -> int:
+    """Make sure the days of `ts_ns` and the `days_ahead` days after the last of them have partitions;
+    return the end (ns) of that span, up to which rows of the newest day onwards have a partition.
+
+    A day already covered (by its own partition, or by `journal_legacy`) is left alone. Concurrent
+    callers queue on a transaction-level advisory lock. Each new day is `CREATE TABLE ... (LIKE
+    journal ...)` with its bound as a CHECK, then `ATTACH PARTITION`: that takes SHARE UPDATE EXCLUSIVE
+    on the journal, which a writer's COPY does not wait for (`CREATE TABLE ... PARTITION OF` would take
+    ACCESS EXCLUSIVE), and with no default partition nothing is scanned.
+    """
+    days = sorted({t // DAY_NS for t in ts_ns})
+    if not days:
+        raise ValueError("no time stamps")
+    wanted = sorted({*days, *range(days[-1] + 1, days[-1] + days_ahead + 1)})
+    end_ns = (days[-1] + days_ahead + 1) * DAY_NS
+    if not _missing_days(wanted, await journal_partitions(conn)):
+        return end_ns
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _PARTITION_LOCK_KEY)
+        for day in _missing_days(wanted, await journal_partitions(conn)):
+            name, lo, hi = journal_partition_name(day), day * DAY_NS, (day + 1) * DAY_NS
+            await conn.execute(
+                f"CREATE TABLE {name} (LIKE journal INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE "
+                f"INCLUDING COMPRESSION, CONSTRAINT {name}_pkey PRIMARY KEY (seq) WITH (fillfactor = 100), "
+                f"CONSTRAINT {name}_day CHECK (ts_ns >= {lo} AND ts_ns < {hi}))"
+            )  # the keys only grow at their right end and rows never change: no room left in index pages
+            await conn.execute(f"ALTER TABLE journal ATTACH PARTITION {name} FOR VALUES FROM ({lo}) TO ({hi})")
+            # the CHECK spared ATTACH a scan; the bound says the same, and each row would pay for both
+            await conn.execute(f"ALTER TABLE {name} DROP CONSTRAINT {name}_day")
+    return end_ns
+
+
+def _missing_days(days: Iterable[int], partitions: Sequence[JournalPartition]) -> list[int]:
+    return [d for d in days if not any(p.from_ns < (d + 1) * DAY_NS and p.to_ns > d * DAY_NS for p in partitions)]
+
+
+async def archive_journal(
+    conn: asyncpg.Connection,
+    before_ns: int,
+    directory: Path,
+    *,
+    verify_snapshot: Callable[[Snapshot], object] | None = None,
+) -> list[ArchivedPartition]:
+    """Archive every journal partition that ends at or before `before_ns` (a day boundary, say): write
+    its rows to `directory`, then detach and drop it. Returns what was archived, oldest first.
+
+    Refused (`ArchiveRefused`, nothing archived) when there is no snapshot or when one of those
+    partitions holds a row with seq >= the latest snapshot's: recovery (the latest snapshot, then
+    the rows after it) still needs it. `verify_snapshot`, when given, must raise if the latest
+    snapshot does not restore (the CLI restores it and checks its hash): once rows are archived it is
+    the only way back. Each partition is exported (binary COPY, ordered by seq) to `NAME.copy`,
+    fsynced, checked for its row count and described in `NAME.json` (bounds, rows, first and last seq,
+    sha256, the snapshot seq that made it archivable) before `DETACH PARTITION ... CONCURRENTLY` (the
+    writer's COPYs are not blocked; it cannot run inside a transaction) and `DROP TABLE`. An interrupted
+    run is finished by the next one (a pending detach is finalized; a file is written again).
+    """
+    snapshot = await latest_snapshot(conn)
+    if snapshot is None:
+        raise ArchiveRefused("there is no snapshot: recovery needs the whole journal")
+    if verify_snapshot is not None:
+        verify_snapshot(snapshot)
+    # in time order: a day after the snapshot's is never reached, the snapshot's own day (it holds the
+    # snapshot's row) is refused first, so no day that may still get rows is ever archived
+    chosen = [p for p in await journal_partitions(conn) if p.to_ns <= before_ns]
+    spans = []
+    for partition in chosen:
+        rows, first_seq, last_seq = await conn.fetchrow(
+            f"SELECT count(*), coalesce(min(seq), 0), coalesce(max(seq), 0) FROM {partition.name}")
+        if last_seq >= snapshot.seq:
+            raise ArchiveRefused(
+                f"{partition.name} holds journal rows up to seq {last_seq}, and recovery starts from the snapshot "
+                f"at seq {snapshot.seq}: take a later snapshot first"
+            )
+        spans.append((partition, int(rows), int(first_seq), int(last_seq)))
+    directory.mkdir(parents=True, exist_ok=True)
+    archived = []
+    for partition, rows, first_seq, last_seq in spans:
+        archived.append(await _archive_partition(conn, partition, rows, first_seq, last_seq, snapshot.seq, directory))
+    return archived
+
+
+async def _archive_partition(
+    conn: asyncpg.Connection, partition: JournalPartition, rows: int, first_seq: int, last_seq: int,
+    snapshot_seq: int, directory: Path,
+) -> ArchivedPartition:
+    name = partition.name
+    path = directory / f"{name}.copy"
+    if not partition.detach_pending:
+        part = directory / f"{name}.copy.part"
+        status = await conn.copy_from_query(
+            f"SELECT seq, ts_ns, command, events FROM {name} ORDER BY seq", output=str(part), format="binary")
+        if status != f"COPY {rows}":
+            raise RuntimeError(f"exporting {name}: {status}, expected {rows} rows; nothing was detached")
+        await asyncio.to_thread(_fsync_rename, part, path)
+    sha256 = await asyncio.to_thread(_sha256_of, path)
+    record = ArchivedPartition(name, partition.from_ns, partition.to_ns, rows, first_seq, last_seq, str(path), sha256)
+    manifest = {**record._asdict(), "path": path.name, "snapshot_seq": snapshot_seq,
+                "columns": list(_JOURNAL_COLUMNS_WITH_EVENTS), "format": "PostgreSQL binary COPY"}
+    await asyncio.to_thread(_write_manifest, directory / f"{name}.json", manifest)
+    # detached only now that its rows are safely on disk; then it is a plain table nobody writes
+    suffix = "FINALIZE" if partition.detach_pending else "CONCURRENTLY"
+    await conn.execute(f"ALTER TABLE journal DETACH PARTITION {name} {suffix}")
+    await conn.execute(f"DROP TABLE {name}")
+    return record
+
+
+async def restore_journal_partition(conn: asyncpg.Connection, manifest_path: Path) -> int:
+    """Attach an archived partition again from its manifest and file; return its row count."""
+    manifest = json.loads(manifest_path.read_text())
+    name, lo, hi = manifest["name"], int(manifest["from_ns"]), int(manifest["to_ns"])
+    if not _IDENTIFIER.match(name):
+        raise ValueError(f"not a journal partition name: {name!r}")
+    path = manifest_path.parent / manifest["path"]
+    if await asyncio.to_thread(_sha256_of, path) != manifest["sha256"]:
+        raise ValueError(f"{path} does not match the sha256 of its manifest")
+    async with conn.transaction():
+        await conn.execute(
+            f"CREATE TABLE {name} (LIKE journal INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE "
+            f"INCLUDING COMPRESSION, CONSTRAINT {name}_pkey PRIMARY KEY (seq), "
+            f"CONSTRAINT {name}_day CHECK (ts_ns >= {lo} AND ts_ns < {hi}))"
+        )
+        await conn.copy_to_table(name, source=str(path), columns=_JOURNAL_COLUMNS_WITH_EVENTS, format="binary")
+        await conn.execute(f"ALTER TABLE journal ATTACH PARTITION {name} FOR VALUES FROM ({lo}) TO ({hi})")
+    return int(manifest["rows"])
+
+
+def _fsync_rename(part: Path, path: Path) -> None:
+    with part.open("rb") as f:
+        os.fsync(f.fileno())
+    part.replace(path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    part = path.with_suffix(".json.part")
+    part.write_text(json.dumps(manifest, indent=2) + "\n")
+    _fsync_rename(part, path)
 
 
 # -- snapshots ------------------------------------------------------------------------------------------

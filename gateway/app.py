@@ -7,7 +7,8 @@ Start-up and tear-down are paired in `cleanup_ctx`, run in order on start and in
    model rebuilt and checked, the market-data and execution-report publishers, the database's
    participants registered in the core (`gateway.participants`), the demo market with `--demo`. On
    stop it drains the sequencer: everything queued is committed and answered.
-3. `_readiness`: marks the gateway ready once everything before it is up.
+3. `opsmetrics.context`: the operator's gauges (money, backlogs, payouts, loans, ledger) on the registry.
+4. `_readiness`: marks the gateway ready once everything before it is up.
 
 Shutdown (`on_shutdown`, which aiohttp runs before waiting for in-flight handlers): stop being ready,
 stop taking commands (503 `not_ready`), refuse new WebSockets and close open ones with 1001
@@ -30,8 +31,10 @@ from gateway import (
     lots,
     market,
     operator,
+    opsmetrics,
     orders,
     participants,
+    requestlog,
     settlement,
     store,
     system,
@@ -65,7 +68,9 @@ def create_app(
 ) -> web.Application:
     """A ready-to-run application; nothing touches the network until it is started."""
     metrics = Metrics()
-    app = web.Application(middlewares=[error_middleware(metrics)], client_max_size=config.max_body_bytes)
+    # requestlog outermost: it logs the final answer, errors included, with its request id
+    app = web.Application(middlewares=[requestlog.middleware, error_middleware(metrics)],
+                          client_max_size=config.max_body_bytes)
     app[CONFIG] = config
     app[METRICS] = metrics
     app[READINESS] = Readiness()
@@ -94,6 +99,7 @@ def create_app(
 
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_exchange)
+    app.cleanup_ctx.append(opsmetrics.context)
     app.cleanup_ctx.append(_readiness)
     app.on_shutdown.append(_on_shutdown)
     return app

@@ -42,7 +42,7 @@ from gateway.auth import Role
 from gateway.errors import ApiError
 from gateway.exchange_port import ExchangePort
 
-__all__ = ["DEMO_INSTRUMENTS", "DemoParticipant", "seed"]
+__all__ = ["DEMO_INSTRUMENTS", "DemoParticipant", "operator", "seed"]
 
 DEMO_INSTRUMENTS = (
     InstrumentSpec("RC-LH-WSY", ProductClass.FINISHING_HOG, BreedClass.WAI_SAN_YUAN, "Rongchang, Chongqing",
@@ -77,6 +77,11 @@ async def _participant(pool: asyncpg.Pool, role: Role, name: str) -> DemoPartici
         return DemoParticipant(role, row["participant_id"], row["api_key"], row["secret"])
     issued = await store.register_participant(pool, role, name)
     return DemoParticipant(role, issued.participant_id, issued.api_key, issued.api_secret)
+
+
+async def operator(pool: asyncpg.Pool) -> DemoParticipant:
+    """The demo market's operator and its key (created if missing): what `hogx serve --demo --simulate` uses."""
+    return await _participant(pool, *_PARTICIPANTS[0])
 
 
 def _bank_account(p: DemoParticipant) -> str:

@@ -6,7 +6,9 @@ ids as labels (instrument codes and reasons are bounded sets, so they are fine).
 
 The gateway's own metrics are updated here and in the middleware; the exchange metrics (orders,
 trades, latencies, book depth, journal, sequencer) are defined here so that the sequencer and the order
-handlers only have to call them, e.g. `metrics.orders_received.labels(instrument).inc()`.
+handlers only have to call them, e.g. `metrics.orders_received.labels(instrument).inc()`. The operator's
+figures about money, backlogs, payouts, loans and the ledger are gauges read from the core at scrape
+time: `gateway.opsmetrics`.
 
 What is counted or observed once per order or per request (orders received, acknowledgement latency,
 HTTP requests and their duration) uses `PlainCounter` and `PlainHistogram`: plain Python numbers,
@@ -21,13 +23,17 @@ import bisect
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "PlainCounter", "PlainHistogram"]
+
+# No `_created` series: nobody alerts on them and they double the counters' and histograms' output. The
+# switch is process-wide (prometheus_client's own), so it is thrown when this module is imported.
+disable_created_metrics()
 
 # Latency buckets: matching is microseconds, an acknowledgement waits for a database commit.
 _MATCH_BUCKETS_S = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05)

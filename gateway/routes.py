@@ -33,6 +33,7 @@ from gateway.errors import ApiError, Code
 from gateway.inputs import check_integers, duplicate_key_error, has_duplicate_keys, int_fields, validation_error
 from gateway.metrics import Metrics
 from gateway.ratelimit import TokenBuckets
+from gateway.requestlog import PRINCIPAL
 from gateway.state import CONFIG, HUB, METRICS, POOL, READINESS, Readiness
 from gateway.ws import Hub
 
@@ -215,6 +216,7 @@ def _endpoint(route: Route, auth: Authenticator, limiter: TokenBuckets,
         principal = None
         if roles is not None:
             principal = await auth.authenticate(request.method, request.raw_path, request.headers, raw, admit)
+            request[PRINCIPAL] = principal  # for the request log (gateway.requestlog)
         kwargs: dict[str, Any] = {}
         if body_decoder is not None:
             kwargs["body"] = _decode_body(body_decoder, request, raw)

@@ -511,3 +511,27 @@ async def test_the_api_answers_the_same_about_a_trade_and_payout_once_memory_for
     assert (await op.get("/v1/payout-files/file-mem")).body == file_rows
     assert (await buyer.get(f"/v1/payouts/{payout_id}")).status == 404  # still only the payee's
     assert (await farmer.get("/v1/settlement/trades?state=OPEN")).json()["trades"] == []
+
+
+def test_a_settled_trade_is_kept_while_its_money_waits_for_the_payee() -> None:
+    x = world()
+    x.deposit(BUYER, 10_000_000)
+    trade = x.trade(BUYER, FARMER, 2800, 5)
+    x.weigh_in(trade.trade_id, 5, 550_000)
+    _tick(x, 72 * HOUR_NS)  # settled: the proceeds wait in the farmer's payable
+    assert x.clearing.trades[trade.trade_id].state.name == "SETTLED"
+    _tick(x, 3 * WINDOW_NS)
+    _restart(x)
+    assert trade.trade_id in x.clearing.trades  # how long the farmer has waited is read from it
+    run = x.ok(RunPayouts(OPERATOR, 0, "run-1"))
+    pairs = tuple((e.payout_id, e.attempt) for e in x.of(PayoutChanged, run))
+    _tick(x, 3 * WINDOW_NS)
+    assert trade.trade_id in x.clearing.trades  # in a payout not yet final
+    x.ok(MarkPayoutsSent(OPERATOR, 0, "file-1", pairs))
+    x.ok(ImportBankConfirmations(OPERATOR, 0, "conf-1", tuple(
+        BankConfirmation(pid, attempt, True, f"bank{pid}") for pid, attempt in pairs)))
+    _tick(x, WINDOW_NS - 1)
+    assert trade.trade_id in x.clearing.trades
+    _tick(x, WINDOW_NS + 1)
+    _restart(x)
+    assert trade.trade_id not in x.clearing.trades and not x.clearing.payouts

@@ -24,6 +24,7 @@ async def test_large_events_are_compressed_with_lz4_where_the_server_has_it(pool
             "SELECT attcompression::text FROM pg_attribute WHERE attrelid = 'journal'::regclass AND attname = 'events'")
         assert column == ("l" if lz4 else "")  # "": the server's default, pglz
         seq = await conn.fetchval("SELECT coalesce(max(seq), 0) + 1000000 FROM journal")
+        await store.ensure_journal_partitions(conn, [1])  # the day of ts_ns 1 (migration 0013)
         events = b"a clock tick that settles many trades " * 400  # large and compressible, as such rows are
         await conn.execute("INSERT INTO journal (seq, ts_ns, command, events) VALUES ($1, 1, $2, $3)",
                            seq, b"c", events)
@@ -35,7 +36,10 @@ async def test_large_events_are_compressed_with_lz4_where_the_server_has_it(pool
 
 async def test_append_only_primary_keys_pack_their_pages_full(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
+        await store.ensure_journal_partitions(conn, [1])  # since 0013 each day's partition has its own key
         options = dict(await conn.fetch(
-            "SELECT relname, reloptions FROM pg_class WHERE relname IN ('journal_pkey', 'ledger_transfers_pkey')"))
-    assert options == {"journal_pkey": ["fillfactor=100"], "ledger_transfers_pkey": ["fillfactor=100"]}
+            "SELECT relname, reloptions FROM pg_class "
+            "WHERE relname IN ('journal_19700101_pkey', 'journal_19700102_pkey', 'ledger_transfers_pkey')"))
+    assert options == {"journal_19700101_pkey": ["fillfactor=100"], "journal_19700102_pkey": ["fillfactor=100"],
+                       "ledger_transfers_pkey": ["fillfactor=100"]}
     assert max(m.version for m in store.load_migrations()) >= 8

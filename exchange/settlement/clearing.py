@@ -76,6 +76,8 @@ tick with the tick's time less its window (``ClockTick.retention_ns``, default 2
 queued before that time, oldest first, then lets the ledger forget its final transfers. Inside the
 window a retried reference gets the original answer (``DUPLICATE_REFERENCE`` if it differs); after it:
 
+* a settled trade is kept while money from it is still payable or in a payout not yet final (how long
+  a payee has waited is read from it); then, like the others,
 * a trade, payout, run, bank file or import is unknown to the clearing (UNKNOWN_TRADE,
   UNKNOWN_REFERENCE). The records the API shows (trades, payouts, withdrawals, deposits, bank files)
   are kept for ``take_archived`` when forgotten: the sequencer's writer (pgstore.LedgerWriter) writes
@@ -558,9 +560,15 @@ class Clearing:
             self._queue_unqueued_final()
         final = self.final
         gone: list[tuple[int, Any]] = []
+        awaiting: set[int] | None = None  # trades whose proceeds still wait for their payee
         while final and final[0][0] < before_ns:
             _, kind, key = final.popleft()
             if kind == _FINAL_TRADE:
+                if awaiting is None:
+                    awaiting = self._trades_awaiting_payout()
+                if key in awaiting:  # its money is still payable: looked at again a window later
+                    final.append((now_ns if now_ns > before_ns else before_ns, kind, key))
+                    continue
                 record: Any = self.trades.pop(key, None)
             elif kind == _FINAL_PAYOUT:
                 record = self.payouts.pop(key, None)
@@ -572,6 +580,21 @@ class Clearing:
         if gone:
             self.archived.append((now_ns, gone))
         self.ledger.forget(before_ns)
+
+    def _trades_awaiting_payout(self) -> set[int]:
+        """Trades a payable or a payout not yet final still draws on (their settlement time is how long
+        a payee has waited: kept until the money left)."""
+        awaiting: set[int] = set()
+        for sources in self.payables.values():
+            for source in sources:
+                if source.kind != _FROM_ADVANCE:  # a trade's proceeds or a member's share of them
+                    awaiting.add(source.ref_id)
+        for p in self.payouts.values():
+            if p.state != _P_CONFIRMED and p.state != PayoutState.RETURNED:
+                for source in p.sources:
+                    if source.kind != _FROM_ADVANCE:
+                        awaiting.add(source.ref_id)
+        return awaiting
 
     def take_archived(self, ts_ns: int) -> list[tuple[int, Any]]:
         """What the ticks at ``ts_ns`` forgot that goes to history ([] if nothing); older entries (ticks

@@ -1,0 +1,332 @@
+"""Long-run benchmark: N simulated market days through the sequencer into PostgreSQL, a restart each night.
+
+    python -m benchmarks.longrun --days 30 --json
+    python -m benchmarks.longrun --days 2 --commands-per-day 2000 --json   # a quick look
+
+Does the exchange's cost stay bounded by what is open, day after day, or grow with its history? Every
+day has the same volume and the same mix: sellers register lots and offer them, buyers cross them,
+some resting bids are cancelled, an operator records each trade's weigh-in, a financier advances part
+of some trades' value to their sellers (a loan repaid with interest when the trade settles), clock
+ticks settle the delivered trades (fees, poor households' subsidies, cooperative splits), and the day
+ends with a payout run, its bank file sent and the bank's answers (about 2 % failed, then returned).
+The stream is `benchmarks.ledger.MarketDay`'s (`LongMarket` adds the days, the loans and the
+night's payout cycle), made day by day in a child process by a scratch core, so its memory is not
+this run's, and every command of it was accepted there. Simulated time moves one day per day (the
+sequencer's clock starts each day at 06:00 of it), so trades settle and payouts run as they would.
+
+Each day runs in a fresh process, as the exchange restarts: it recovers from the latest snapshot and
+the journal tail (`Sequencer.start`; a snapshot is taken every `--commands-per-day` commands, so about
+one a day, and the process stops without one, so recovery replays a tail), submits the day's commands
+(as the gateway hands them over: not stamped; `--window` in flight), times a page of a busy buyer's
+statement at the end of the day, and stops. Day d's figures: its commands and rejections (should be
+0: the stream was valid for the scratch core), committed commands/s, its statement page, and from the
+restart after it (the next process, right after recovery): the process's RSS, the size of the
+snapshot it started from (state and idempotency index) and the recovery time.
+
+Prints a line per day, then one JSON object: `days`, `commands`, `rss_mb_day1`, `rss_mb_last`,
+`snapshot_bytes_day1`, `snapshot_bytes_last`, `recovery_s_day1`, `recovery_s_last`,
+`statement_page_ms_last`, `growth_ratio_rss`, `growth_ratio_snapshot`, `growth_ratio_recovery` (last
+day over day 1), and `rejected` (all days). Uses `DATABASE_URL` or the embedded server, in a scratch
+database dropped afterwards. Wall-clock figures move with other load on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from benchmarks.journal import scratch_database
+from benchmarks.ledger import BUYERS, COOPS, FARMERS, OPERATOR, MarketDay
+from exchange.commands import (
+    ClockTick,
+    Command,
+    ConfirmDeposit,
+    FundsAccount,
+    GrantAdvance,
+    ParticipantRole,
+    RegisterParticipant,
+    SetConsent,
+    VerifyBankAccount,
+)
+from exchange.core import new_exchange
+from exchange.events import Rejected, Trade
+from exchange.sequencer import Result, Sequencer
+from exchange.settlement import pgstore
+from exchange.settlement.ledger import AccountCode
+
+DAY_NS = 86_400 * 10**9
+START_NS = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z
+OPENING_NS = 6 * 3_600 * 10**9  # each simulated day's trading starts at 06:00
+FINANCIER = 4000
+STATEMENT_BUYER = BUYERS[0]
+SELLERS = (*FARMERS, *COOPS)
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(list[Command])
+
+
+class LongMarket(MarketDay):
+    """`MarketDay` in days: a financier advancing on some trades, and a payout cycle every night."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        account = f"6217{FINANCIER:012d}"
+        self.add(RegisterParticipant(OPERATOR, 0, FINANCIER, ParticipantRole.FINANCIER, "bank", "5001**********123X",
+                                     account))  # fmt: skip
+        self.add(VerifyBankAccount(OPERATOR, 0, FINANCIER, account))
+        self.add(ConfirmDeposit(OPERATOR, 0, "funds", FINANCIER, FundsAccount.FINANCIER_FUNDS, 10**14))
+        for farmer in FARMERS:
+            self.add(SetConsent(farmer, 0, FINANCIER, True))
+
+    def day(self, day: int, commands: int) -> list[Command]:
+        """The commands of simulated day `day` (0 is the first), about `commands` of them."""
+        self.ts_ns = max(self.ts_ns, START_NS + day * DAY_NS + OPENING_NS)
+        first = len(self.commands)
+        rng = self.rng
+        while len(self.commands) - first < commands:
+            self.cross(rng.choice(SELLERS), rng.choice(BUYERS))
+            if rng.random() < 0.2:
+                self.rest_and_cancel(rng.choice(BUYERS))
+            if len(self.delivered) >= 200:
+                self.add(ClockTick(0, 0))
+                self.delivered.clear()
+        self.add(ClockTick(0, 0))  # the last deliveries of the day settle
+        self.delivered.clear()
+        self.payout_cycle()  # the night's payout run, sent and confirmed by the bank
+        out = self.commands[first:]
+        del self.commands[:]  # the child keeps no history of commands
+        return out
+
+    def add(self, command: Command) -> list[Any]:
+        events = super().add(command)
+        if command.__class__.__name__ == "PlaceOrder" and self.rng.random() < 0.15:
+            for trade in (e for e in events if e.__class__ is Trade):
+                if trade.seller_id in FARMERS:  # type: ignore[union-attr]
+                    # a tenth of the trade's value at ¥28/kg of 100 kg a head, within any policy's share
+                    amount = trade.quantity_heads * 100 * 28 * 100 // 10  # type: ignore[union-attr]
+                    super().add(GrantAdvance(FINANCIER, 0, trade.trade_id, amount, 600))  # type: ignore[union-attr]
+        return events
+
+
+def generate_days(seed: int, days: int, per_day: int, directory: str) -> None:
+    """Child process: write day d's commands to `directory/day-d.msgpack` (atomically), day by day."""
+    market = LongMarket(seed)
+    setup = market.commands[:]
+    del market.commands[:]
+    for day in range(days):
+        commands = market.day(day, per_day)
+        if day == 0:
+            commands = setup + commands
+        path = Path(directory, f"day-{day}.msgpack")
+        Path(f"{path}.part").write_bytes(_encoder.encode(commands))
+        os.replace(f"{path}.part", path)
+
+
+# -- one day in its own process -------------------------------------------------------------------------------
+
+
+class DayClock:
+    """The sequencer's clock on simulated day `day`: from 06:00, one microsecond a reading."""
+
+    def __init__(self, day: int) -> None:
+        self.now_ns = START_NS + day * DAY_NS + OPENING_NS
+
+    def __call__(self) -> int:
+        self.now_ns += 1_000
+        return self.now_ns
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def run_day(dsn: str, day: int, stream: str, snapshot_every: int, window: int) -> dict[str, float]:
+    """Recover, measure, run the day's commands (if any), time a statement page; the figures."""
+    sequencer = Sequencer(dsn, core_type=new_exchange, clock_ns=DayClock(day), snapshot_every=snapshot_every,
+                          queue_size=max(2 * window, 10_000))  # fmt: skip
+    start_s = time.perf_counter()
+    recovery = await sequencer.start()
+    figures: dict[str, float] = {"recovery_s": time.perf_counter() - start_s, "replayed": recovery.replayed,
+                                 "snapshot_seq": recovery.snapshot_seq}
+    try:
+        gc.collect()
+        figures["rss_mb"] = _rss_mb()
+        conn = await asyncpg.connect(dsn)
+        try:
+            figures["snapshot_bytes"] = await conn.fetchval(
+                "SELECT coalesce(octet_length(state) + coalesce(octet_length(client_orders), 0), 0) FROM snapshots "
+                "WHERE seq = $1", recovery.snapshot_seq) or 0
+            if stream:
+                commands = [msgspec.structs.replace(c, ts_ns=0) for c in _decoder.decode(Path(stream).read_bytes())]
+                start_s = time.perf_counter()
+                results = await _submit_all(sequencer, commands, window)
+                figures["commands_per_s"] = len(commands) / (time.perf_counter() - start_s)
+                figures["commands"] = len(commands)
+                figures["rejected"] = sum(e.__class__ is Rejected for r in results for e in r.events)
+                del results, commands
+                figures["statement_page_ms"] = await _statement_page_ms(conn)
+        finally:
+            await conn.close()
+    finally:
+        await sequencer.stop(snapshot=False)  # as a crash or a deploy would: the next start replays a tail
+    return figures
+
+
+async def _submit_all(sequencer: Sequencer, commands: Sequence[Command], window: int) -> list[Result]:
+    results: list[Result] = []
+    chunk = max(1, window // 4)
+    in_flight: list[list[asyncio.Future[Result]]] = []
+    for first in range(0, len(commands), chunk):
+        in_flight.append(sequencer.submit_many(commands[first:first + chunk]))
+        if len(in_flight) * chunk > window:
+            futures = in_flight.pop(0)
+            await futures[-1]  # acknowledged in journal order: the chunk's last one is the last to resolve
+            results += [f.result() for f in futures]
+    for futures in in_flight:
+        await futures[-1]
+        results += [f.result() for f in futures]
+    return results
+
+
+async def _statement_page_ms(conn: asyncpg.Connection, repeat: int = 5) -> float:
+    """Median ms of the first page (100 lines) of a busy buyer's cash statement over all time."""
+    account_id = await conn.fetchval("SELECT account_id FROM ledger_accounts WHERE code = $1 AND owner_id = $2",
+                                     int(AccountCode.BUYER_CASH), STATEMENT_BUYER)  # fmt: skip
+    times_s = []
+    for _ in range(repeat):
+        start_s = time.perf_counter()
+        await pgstore.statement(conn, account_id, limit=100)
+        times_s.append(time.perf_counter() - start_s)
+    return statistics.median(times_s) * 1000
+
+
+def _worker_main(args: argparse.Namespace) -> None:
+    figures = asyncio.run(run_day(args.dsn, args.day, args.stream, args.snapshot_every, args.window))
+    print(json.dumps(figures))
+
+
+# -- the driver -------------------------------------------------------------------------------------------------
+
+
+def _day_process(dsn: str, day: int, stream: str, args: argparse.Namespace) -> dict[str, float]:
+    command = [sys.executable, "-m", "benchmarks.longrun", "--worker", "--dsn", dsn, "--day", str(day),
+               "--stream", stream, "--snapshot-every", str(args.commands_per_day), "--window", str(args.window)]
+    done = subprocess.run(command, check=True, capture_output=True, text=True, env={**os.environ})
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+async def _wait_for(path: Path, generator: multiprocessing.Process) -> None:
+    while not path.exists():
+        if not generator.is_alive() and not path.exists():
+            raise RuntimeError(f"the stream generator stopped (exit {generator.exitcode}) before {path.name}")
+        await asyncio.sleep(0.05)
+
+
+async def run(args: argparse.Namespace) -> dict[str, float]:
+    async with scratch_database() as dsn:
+        with tempfile.TemporaryDirectory(prefix="hogx-longrun-") as directory:
+            context = multiprocessing.get_context("spawn")
+            generator = context.Process(target=generate_days,
+                                        args=(args.seed, args.days, args.commands_per_day, directory))  # fmt: skip
+            generator.start()
+            try:
+                return await _run_days(dsn, Path(directory), generator, args)
+            finally:
+                if generator.is_alive():
+                    generator.terminate()
+                generator.join()
+
+
+async def _run_days(dsn: str, directory: Path, generator: multiprocessing.Process,
+                    args: argparse.Namespace) -> dict[str, float]:
+    days: list[dict[str, float]] = []
+    previous: dict[str, float] | None = None
+    for day in range(args.days + 1):  # the last process only restarts after the last day
+        stream = ""
+        if day < args.days:
+            path = directory / f"day-{day}.msgpack"
+            await _wait_for(path, generator)
+            stream = str(path)
+        figures = await asyncio.to_thread(_day_process, dsn, day, stream, args)
+        if previous is not None:
+            # the restart after a day tells what that day left: memory, snapshot, recovery time
+            previous.update(rss_mb=figures["rss_mb"], snapshot_bytes=figures["snapshot_bytes"],
+                            recovery_s=figures["recovery_s"], replayed=figures["replayed"])
+            days.append(previous)
+            _print_day(len(days), previous)
+        previous = figures
+        if stream:
+            Path(stream).unlink()
+    first, last = days[0], days[-1]
+    return {
+        "days": args.days,
+        "commands": int(sum(d["commands"] for d in days)),
+        "commands_per_day": args.commands_per_day,
+        "rejected": int(sum(d["rejected"] for d in days)),
+        "rss_mb_day1": round(first["rss_mb"], 1),
+        "rss_mb_last": round(last["rss_mb"], 1),
+        "snapshot_bytes_day1": int(first["snapshot_bytes"]),
+        "snapshot_bytes_last": int(last["snapshot_bytes"]),
+        "recovery_s_day1": round(first["recovery_s"], 3),
+        "recovery_s_last": round(last["recovery_s"], 3),
+        "statement_page_ms_last": round(last["statement_page_ms"], 2),
+        "commands_per_s_last": round(last["commands_per_s"]),
+        "growth_ratio_rss": round(last["rss_mb"] / first["rss_mb"], 2),
+        "growth_ratio_snapshot": round(last["snapshot_bytes"] / max(1, first["snapshot_bytes"]), 2),
+        "growth_ratio_recovery": round(last["recovery_s"] / max(1e-9, first["recovery_s"]), 2),
+    }
+
+
+def _print_day(day: int, f: dict[str, float]) -> None:
+    print(f"day {day:>3}: {int(f['commands']):>7,} commands ({int(f['rejected'])} rejected) "
+          f"{f['commands_per_s']:>8,.0f}/s | restart: rss {f['rss_mb']:7.1f} MB, snapshot "
+          f"{f['snapshot_bytes'] / 1e6:8.2f} MB, recovery {f['recovery_s']:6.2f} s ({int(f['replayed']):,} replayed) "
+          f"| statement page {f['statement_page_ms']:.2f} ms", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--commands-per-day", type=int, default=20_000, help="the daily volume (about)")
+    parser.add_argument("--window", type=int, default=4_000, help="commands in flight")
+    parser.add_argument("--seed", type=int, default=12)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one day's process
+    parser.add_argument("--dsn", help=argparse.SUPPRESS)
+    parser.add_argument("--day", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--stream", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--snapshot-every", type=int, default=20_000, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        _worker_main(args)
+        return
+    if args.days < 1 or args.commands_per_day < 1:
+        parser.error("--days and --commands-per-day must be positive")
+    result = asyncio.run(run(args))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>24}: {value}")
+
+
+if __name__ == "__main__":
+    main()
