@@ -3,7 +3,10 @@ hashed, as its state hash.
 
 The encoding lists markets, lots, client order ids and client lot refs in the order they were created
 and each book's orders in priority order, so two cores that saw the same commands encode to the same
-bytes.
+bytes. It holds only what the core holds: live lots, resting orders, the ids and refs inside the
+retention window and when each was last looked at (``order_id_times``, ``lot_times``: the core's
+"Memory"), and the clearing's and ledger's live state, so its size and encoding time follow the open
+state, not the history.
 """
 
 from __future__ import annotations

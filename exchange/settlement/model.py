@@ -1,7 +1,9 @@
 """The clearing's records: participants, holds, trades, loans, credit lines, payouts and their references.
 
 Plain mutable msgspec structs, so the whole clearing state encodes into one snapshot as it is. Every
-amount is integer fen, every weight integer grams. ``Clearing`` (clearing.py) is the only writer.
+amount is integer fen, every weight integer grams. ``Clearing`` (clearing.py) is the only writer. A
+final record leaves memory a retention window after it became final (``FinalKind``; clearing.py,
+"Memory") and is read back, encoded as it is here, from ``settlement_history`` (migration 0014).
 """
 
 from __future__ import annotations
