@@ -206,24 +206,34 @@ class ConfirmWithdrawal(_Command, frozen=True):
 
 
 class RecordWeighIn(_Command, frozen=True):
-    """Seller or operator: what was delivered against a trade; opens the dispute window."""
+    """Seller or operator: what was delivered against a trade; opens the dispute window.
+
+    ``total_weight_g`` is the live weight of the ``heads_delivered``; ``heads_refused`` arrived dead or
+    were refused at the scale (paid nothing, their hold returned; absent: 0, the old meaning: every head
+    not delivered is simply short). ``unfasted``: the pigs were not fasted before the scale, so the
+    instrument's ``shrink_bps`` comes off their live weight (absent: False, no shrink). The
+    certificate must be the lot's on an instrument whose ``quarantine_region`` checks it."""
 
     trade_id: int
     heads_delivered: int
     total_weight_g: int
     quarantine_cert: str
     quarantine_checked: bool
+    heads_refused: int = 0
+    unfasted: bool = False
 
 
 class OpenDispute(_Command, frozen=True):
-    """Buyer or seller, before the dispute window closes: the trade waits for an operator."""
+    """Buyer or seller, before the dispute window closes: the trade waits for an operator. A seller's
+    dispute (the scale under-read) holds what a raise may cost the buyer (clearing, flow 4)."""
 
     trade_id: int
     reason: str
 
 
 class ResolveDispute(_Command, frozen=True):
-    """Operator: the disputed trade settles at ``amount_fen`` (0 .. the weigh-in amount)."""
+    """Operator: the disputed trade settles at ``amount_fen``: 0 .. the weigh-in amount, plus, for a
+    seller's dispute, what was held from the buyer when it opened (``rules.dispute_raise_limit_fen``)."""
 
     trade_id: int
     amount_fen: int

@@ -611,6 +611,8 @@ class Core:
         if cmd.heads < 1 or not cmd.quarantine_cert.strip() or not cmd.origin.strip():
             return self._reject(cmd, R.INVALID_LOT, events, cmd.instrument)
         spec = market.spec
+        if not rules.quarantine_cert_ok(spec.quarantine_region, cmd.quarantine_cert):
+            return self._reject(cmd, R.INVALID_QUARANTINE_CERT, events, cmd.instrument)
         if not spec.lot_avg_min_g <= cmd.avg_weight_g <= spec.lot_avg_max_g:
             return self._reject(cmd, R.LOT_OUT_OF_GRADE, events, cmd.instrument)
         lot_id = self.counters.next_lot_id
@@ -839,11 +841,13 @@ def _spec_is_valid(spec: InstrumentSpec) -> bool:
 
 
 def _settlement_terms_are_valid(spec: InstrumentSpec) -> bool:
-    """Fees within 0-100 %, and weight discounts only for what is priced by weight."""
+    """Fees within 0-100 %, a shrink of at most ``rules.MAX_SHRINK_BPS``, and weight discounts only for what
+    is priced by weight."""
     per_head = spec.product_class == ProductClass.PIGLET
     discounts = spec.overweight_discount_fen_per_kg or spec.underweight_discount_fen_per_kg
     return (
         spec.seller_fee_bps <= 10_000
+        and spec.shrink_bps <= rules.MAX_SHRINK_BPS
         and spec.underweight_limit_g < spec.lot_avg_min_g
         and not (per_head and discounts)
         and (spec.reference_price_fen == 0 or max(

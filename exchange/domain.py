@@ -58,6 +58,18 @@ class TradingState(IntEnum):
     HALTED = 3  # no new orders or amendments; cancels still allowed
 
 
+class QuarantineRegion(IntEnum):
+    """Whose animal quarantine certificate rules an instrument's lots follow (``rules.quarantine_cert_ok``).
+
+    The weigh-in's certificate must be the lot's (same text, surrounding blanks aside) on every region
+    but UNCHECKED; CN also checks the shape of the number at lot registration and at the weigh-in.
+    """
+
+    UNCHECKED = 0  # instruments listed before the rule (their journals replay as written): any text
+    MATCHED = 1  # any non-blank text, the weigh-in's the lot's
+    CN = 2  # the number of a Chinese 动物检疫合格证明 (rules.cn_quarantine_cert_ok), the weigh-in's the lot's
+
+
 class InstrumentSpec(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """A standard grade of live hogs at one delivery point.
 
@@ -92,6 +104,10 @@ class InstrumentSpec(msgspec.Struct, frozen=True, array_like=True, gc=False):
     underweight_limit_g: int = 0
     underweight_discount_fen_per_kg: int = 0
     dispute_window_ns: int = 48 * 3600 * 1_000_000_000  # after the weigh-in; closes on a clock tick
+    # Delivery checks and terms (issue 11): the certificate rule of the region, and the shrink: basis
+    # points of the live weight deducted from a weigh-in of unfasted pigs (gut fill), 0..MAX_SHRINK_BPS.
+    quarantine_region: QuarantineRegion = QuarantineRegion.UNCHECKED
+    shrink_bps: int = 0
 
 
 class Lot(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -158,6 +174,8 @@ class RejectReason(IntEnum):
     UNSUPPORTED_COMMAND = 45  # a settlement command sent to a matching-only core
     UNKNOWN_LOAN = 46  # also another financier's loan: never revealed
     LOAN_CLOSED = 47  # nothing is owed on the loan (repaid or written off)
+    INVALID_QUARANTINE_CERT = 48  # not a certificate number of the instrument's region (lot or weigh-in)
+    QUARANTINE_CERT_MISMATCH = 49  # the weigh-in's certificate is not the lot's
 
 
 class ExpireReason(IntEnum):

@@ -235,12 +235,15 @@ class DeliveryRecorded(_Event, frozen=True):
     amount_fen: int  # what the seller will get before fees, unless a dispute changes it
     refund_fen: int  # escrow returned to the buyer now
     dispute_until_ns: int
+    heads_refused: int = 0  # dead on arrival or refused at the scale: paid nothing
+    shrink_g: int = 0  # deducted from the live weight (unfasted pigs) before grading and pricing
 
 
 class DisputeOpened(_Event, frozen=True):
     trade_id: int
     opened_by: int
     reason: str
+    raise_held_fen: int = 0  # a seller's dispute: held from the buyer, the most a resolution may raise
 
 
 class DeliveryResolved(_Event, frozen=True):
@@ -251,6 +254,7 @@ class DeliveryResolved(_Event, frozen=True):
     refund_fen: int
     rejected: bool
     resolved_by: int
+    raised_fen: int = 0  # a seller's dispute resolved above the weigh-in amount: by this much
 
 
 class TradeSettled(_Event, frozen=True):

@@ -34,10 +34,12 @@ from gateway import (
     opsmetrics,
     orders,
     participants,
+    people,
     requestlog,
     settlement,
     store,
     system,
+    webapp,
 )
 from gateway.auth import Authenticator, KeyRecord, wall_clock_ms
 from gateway.config import ConfigError, GatewayConfig
@@ -46,6 +48,7 @@ from gateway.metrics import Metrics
 from gateway.openapi import build_openapi
 from gateway.ratelimit import TokenBuckets
 from gateway.routes import RouteTable, install
+from gateway.sessions import SESSIONS, SessionAuth, SessionPolicy
 from gateway.state import AUTH, CONFIG, HUB, LIMITER, METRICS, OPENAPI, POOL, READINESS, Readiness
 from gateway.ws import Hub
 
@@ -57,7 +60,7 @@ API_VERSION = "0.1.0"
 
 # Every installed route table; a new handler module adds its `routes` here.
 ROUTE_TABLES: tuple[RouteTable, ...] = (system.routes, admin.routes, orders.routes, lots.routes, market.routes,
-                                         operator.routes, participants.routes, settlement.routes)
+                                         operator.routes, participants.routes, settlement.routes, people.routes)
 
 
 def create_app(
@@ -65,6 +68,7 @@ def create_app(
     *,
     extra_routes: Iterable[RouteTable] = (),
     clock_ms: Callable[[], int] = wall_clock_ms,
+    session_policy: SessionPolicy | None = None,
 ) -> web.Application:
     """A ready-to-run application; nothing touches the network until it is started."""
     metrics = Metrics()
@@ -91,10 +95,12 @@ def create_app(
     orders.wire(hub)
     market.wire(app, hub)
     app[AUTH], app[LIMITER], app[HUB] = auth, limiter, hub
+    app[SESSIONS] = SessionAuth(session_policy or SessionPolicy())
 
     routes = [route for table in (*ROUTE_TABLES, *extra_routes) for route in table]
     install(app, routes, auth, limiter, metrics)
     app.router.add_get("/v1/ws", hub.handle, name="websocket")
+    webapp.install(app)
     app[OPENAPI] = msgspec.json.encode(build_openapi(routes, title="hogx exchange API", version=API_VERSION))
 
     app.cleanup_ctx.append(_database)

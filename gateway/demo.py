@@ -15,7 +15,8 @@ A few resting orders give the books a spread.
 
 Seeding is idempotent: instruments and lots are created only when missing, participants are found by
 name, and the seed orders carry fixed client order ids (a repeat gets the original answer). The demo
-keys are printed on every start — this is a local demo, not a way to run a real market.
+keys are printed on every start, and so are the web app's sign-ins (one person per participant, phone
+1380000000N, password `DEMO_PASSWORD`) — this is a local demo, not a way to run a real market.
 """
 
 from __future__ import annotations
@@ -34,23 +35,32 @@ from exchange.commands import (
     VerifyBankAccount,
     VerifyPoorHousehold,
 )
-from exchange.domain import BreedClass, InstrumentSpec, OrderType, ProductClass, Side, TimeInForce
+from exchange.domain import BreedClass, InstrumentSpec, OrderType, ProductClass, QuarantineRegion, Side, TimeInForce
 from exchange.events import Rejected
 from exchange.settlement.clearing import SYSTEM_ID
 from gateway import participants, store
+from gateway import people_store as people_db
 from gateway.auth import Role
 from gateway.errors import ApiError
 from gateway.exchange_port import ExchangePort
 
-__all__ = ["DEMO_INSTRUMENTS", "DemoParticipant", "operator", "seed"]
+__all__ = ["DEMO_INSTRUMENTS", "DEMO_PASSWORD", "DemoParticipant", "demo_phone", "operator", "seed"]
 
+# The web app's demo sign-ins: one person per demo participant, phone 1380000000N (N in the order below)
+# and this password, printed on start. A local demo only.
+DEMO_PASSWORD = "hogx-demo-2026"
+
+# Chinese quarantine certificates (checked at lot registration and matched at the weigh-in); unfasted
+# finishing hogs lose 2 % of their live weight.
 DEMO_INSTRUMENTS = (
     InstrumentSpec("RC-LH-WSY", ProductClass.FINISHING_HOG, BreedClass.WAI_SAN_YUAN, "Rongchang, Chongqing",
-                   100_000, 120_000, 90_000, 140_000, 10, 1, 500, 400, 2800),
+                   100_000, 120_000, 90_000, 140_000, 10, 1, 500, 400, 2800,
+                   quarantine_region=QuarantineRegion.CN, shrink_bps=200),
     InstrumentSpec("RC-LH-NSY", ProductClass.FINISHING_HOG, BreedClass.NEI_SAN_YUAN, "Rongchang, Chongqing",
-                   100_000, 120_000, 90_000, 140_000, 10, 1, 500, 400, 2700),
+                   100_000, 120_000, 90_000, 140_000, 10, 1, 500, 400, 2700,
+                   quarantine_region=QuarantineRegion.CN, shrink_bps=200),
     InstrumentSpec("RC-PG-WSY", ProductClass.PIGLET, BreedClass.WAI_SAN_YUAN, "Rongchang, Chongqing",
-                   15_000, 30_000, 10_000, 35_000, 100, 1, 1000, 400, 82_100),
+                   15_000, 30_000, 10_000, 35_000, 100, 1, 1000, 400, 82_100, quarantine_region=QuarantineRegion.CN),
 )
 
 _PARTICIPANTS = (
@@ -82,6 +92,16 @@ async def _participant(pool: asyncpg.Pool, role: Role, name: str) -> DemoPartici
 async def operator(pool: asyncpg.Pool) -> DemoParticipant:
     """The demo market's operator and its key (created if missing): what `hogx serve --demo --simulate` uses."""
     return await _participant(pool, *_PARTICIPANTS[0])
+
+
+def demo_phone(index: int) -> str:
+    return f"1380000000{index}"
+
+
+async def _web_people(pool: asyncpg.Pool, people: list[DemoParticipant]) -> None:
+    salt, password_hash = await people_db.hash_password(DEMO_PASSWORD)
+    for index, (p, (_, name)) in enumerate(zip(people, _PARTICIPANTS, strict=True)):
+        await people_db.ensure_person(pool, p.participant_id, demo_phone(index), name, salt, password_hash)
 
 
 def _bank_account(p: DemoParticipant) -> str:
@@ -152,12 +172,13 @@ async def seed(pool: asyncpg.Pool, port: ExchangePort) -> list[DemoParticipant]:
     people = [await _participant(pool, role, name) for role, name in _PARTICIPANTS]
     operator, farmer, coop, buyer, _financier = people
     await _settlement(port, people)
+    await _web_people(pool, people)
     for spec in DEMO_INSTRUMENTS:
         if spec.symbol not in port.read_model.instruments:
             await port.submit(ListInstrument(operator.participant_id, 0, spec))
-    farm_lot = await _lot(port, farmer, "RC-LH-WSY", 200, 112_000, "渝动检 5001530001")
-    coop_lot = await _lot(port, coop, "RC-LH-WSY", 500, 108_000, "渝动检 5001530002")
-    piglet_lot = await _lot(port, coop, "RC-PG-WSY", 300, 22_000, "渝动检 5001530003")
+    farm_lot = await _lot(port, farmer, "RC-LH-WSY", 200, 112_000, "5001530001")
+    coop_lot = await _lot(port, coop, "RC-LH-WSY", 500, 108_000, "5001530002")
+    piglet_lot = await _lot(port, coop, "RC-PG-WSY", 300, 22_000, "5001530003")
     await _order(port, farmer, "demo-farmer-1", "RC-LH-WSY", Side.SELL, 2810, 30, farm_lot)
     await _order(port, coop, "demo-coop-1", "RC-LH-WSY", Side.SELL, 2830, 50, coop_lot)
     await _order(port, coop, "demo-coop-2", "RC-PG-WSY", Side.SELL, 82_500, 100, piglet_lot)
@@ -175,4 +196,6 @@ def _print(people: list[DemoParticipant], lots: dict[int, int]) -> None:
         lot = f"  lot_id={lots[p.participant_id]}" if p.participant_id in lots else ""
         lines.append(f"  {p.role.value:<12} participant_id={p.participant_id:<4} "
                      f"HOGX_KEY={p.api_key} HOGX_SECRET={p.api_secret}{lot}")
+    lines.append(f"web app sign-ins (open the server's address in a browser), password {DEMO_PASSWORD}:")
+    lines.extend(f"  {p.role.value:<12} phone {demo_phone(i)}" for i, p in enumerate(people))
     print("\n".join(lines) + "\n", flush=True)

@@ -27,6 +27,7 @@ from gateway.routes import Call, RouteTable
 from gateway.schemas import (
     BREED_CLASS_NAME,
     PRODUCT_CLASS_NAME,
+    QUARANTINE_REGION_NAME,
     QUOTE_UNIT,
     TRADING_STATE_NAME,
     BookQuery,
@@ -90,7 +91,7 @@ def instrument_view(record: InstrumentRecord) -> InstrumentView:
         spec.price_band_bps, record.reference_price_fen, record.band_low_fen, record.band_high_fen,
         TRADING_STATE_NAME[record.state], record.seq, record.seller_fee_bps, spec.overweight_limit_g,
         spec.overweight_discount_fen_per_kg, spec.underweight_limit_g, spec.underweight_discount_fen_per_kg,
-        spec.dispute_window_ns // _NS_PER_MS,
+        spec.dispute_window_ns // _NS_PER_MS, QUARANTINE_REGION_NAME[spec.quarantine_region], spec.shrink_bps,
     )  # fmt: skip
 
 

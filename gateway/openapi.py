@@ -31,6 +31,7 @@ _ERROR_TEXT = {
     400: "Malformed request or JSON", 401: "Missing, bad, stale, revoked or replayed credentials",
     403: "The caller's role may not call this route", 404: "No such resource",
     409: "Conflicts with the current state (e.g. a reused client_order_id, an order no longer open)",
+    410: "No longer usable (e.g. an invitation used or expired)", 423: "Locked (e.g. too many wrong passwords)",
     413: "Body too large", 415: "Body is not application/json", 422: "Invalid fields or values",
     429: "Rate limited; see Retry-After", 503: "Not ready or temporarily unavailable; see Retry-After",
 }

@@ -26,6 +26,7 @@ from gateway.routes import Call, RouteTable
 from gateway.schemas import (
     BREED_CLASS,
     PRODUCT_CLASS,
+    QUARANTINE_REGION,
     TRADING_STATE,
     InstrumentPath,
     InstrumentRequest,
@@ -53,6 +54,7 @@ def spec_from_request(body: InstrumentRequest) -> InstrumentSpec:
         underweight_limit_g=body.underweight_limit_g,
         underweight_discount_fen_per_kg=body.underweight_discount_fen_per_kg,
         dispute_window_ns=body.dispute_window_ms * _NS_PER_MS,
+        quarantine_region=QUARANTINE_REGION[body.quarantine_region], shrink_bps=body.shrink_bps,
     )  # fmt: skip
 
 

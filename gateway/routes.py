@@ -27,13 +27,14 @@ import asyncpg
 import msgspec
 from aiohttp import web
 
-from gateway.auth import Authenticator, Principal, Role
+from gateway.auth import KEY_HEADER, Authenticator, Principal, Role
 from gateway.config import GatewayConfig
 from gateway.errors import ApiError, Code
 from gateway.inputs import check_integers, duplicate_key_error, has_duplicate_keys, int_fields, validation_error
 from gateway.metrics import Metrics
 from gateway.ratelimit import TokenBuckets
 from gateway.requestlog import PRINCIPAL
+from gateway.sessions import SESSION_COOKIE, SESSIONS
 from gateway.state import CONFIG, HUB, METRICS, POOL, READINESS, Readiness
 from gateway.ws import Hub
 
@@ -215,7 +216,11 @@ def _endpoint(route: Route, auth: Authenticator, limiter: TokenBuckets,
         raw = await request.read() if request.body_exists else b""
         principal = None
         if roles is not None:
-            principal = await auth.authenticate(request.method, request.raw_path, request.headers, raw, admit)
+            if SESSION_COOKIE in request.cookies and KEY_HEADER not in request.headers:
+                # A person signed in to the web app: the same role check and rate limit (admit).
+                principal = await request.app[SESSIONS].authenticate(request, admit)
+            else:
+                principal = await auth.authenticate(request.method, request.raw_path, request.headers, raw, admit)
             request[PRINCIPAL] = principal  # for the request log (gateway.requestlog)
         kwargs: dict[str, Any] = {}
         if body_decoder is not None:

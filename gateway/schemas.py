@@ -23,6 +23,7 @@ from exchange.domain import (
     InstrumentSpec,
     OrderType,
     ProductClass,
+    QuarantineRegion,
     RejectReason,
     SelfTradePrevention,
     Side,
@@ -30,6 +31,7 @@ from exchange.domain import (
     TradingState,
 )
 from exchange.settlement.clearing import MAX_FEE_BPS
+from exchange.settlement.rules import MAX_SHRINK_BPS
 from gateway.errors import ApiError
 from gateway.inputs import Text
 
@@ -155,6 +157,14 @@ class BreedClassName(StrEnum):
     TU_ZA = "tu_za"  # 土杂
 
 
+class QuarantineRegionName(StrEnum):
+    """How an instrument checks quarantine certificates (`exchange.settlement.rules.quarantine_cert_ok`)."""
+
+    UNCHECKED = "unchecked"  # any text, not compared with the lot's (the rule before issue 11)
+    MATCHED = "matched"  # any text up to 64 characters; the weigh-in's must be the lot's
+    CN = "cn"  # a Chinese 动物检疫合格证明 number (10 digits under a province code), the lot's at the weigh-in
+
+
 class TradingStateName(StrEnum):
     CONTINUOUS = "continuous"
     AUCTION = "auction"
@@ -191,6 +201,8 @@ BREED_CLASS: Final = {BreedClassName[b.name]: b for b in BreedClass}
 BREED_CLASS_NAME: Final = {b: BreedClassName[b.name] for b in BreedClass}
 TRADING_STATE: Final = {TradingStateName[s.name]: s for s in TradingState}
 TRADING_STATE_NAME: Final = {s: TradingStateName[s.name] for s in TradingState}
+QUARANTINE_REGION: Final = {QuarantineRegionName[r.name]: r for r in QuarantineRegion}
+QUARANTINE_REGION_NAME: Final = {r: QuarantineRegionName[r.name] for r in QuarantineRegion}
 QUOTE_UNIT: Final = {ProductClass.FINISHING_HOG: "fen_per_kg", ProductClass.PIGLET: "fen_per_head"}
 
 
@@ -277,6 +289,11 @@ _REJECT_MESSAGE: Final[dict[RejectReason, str]] = {
     RejectReason.INVALID_SETTINGS: "the setting is out of range",
     RejectReason.UNKNOWN_LOAN: "no such loan of yours",
     RejectReason.LOAN_CLOSED: "nothing is owed on this loan",
+    RejectReason.INVALID_QUARANTINE_CERT: (
+        "quarantine_cert is not a certificate number of the instrument's region (cn: the 10 digits of the "
+        "certificate number, the first two a mainland province code, e.g. 5001530001)"
+    ),
+    RejectReason.QUARANTINE_CERT_MISMATCH: "quarantine_cert is not the certificate of the trade's lot",
 }
 
 
@@ -343,7 +360,11 @@ class InstrumentRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknow
     most `overweight_limit_g` (below `lot_avg_min_g` by at most `underweight_limit_g`) is a substitute,
     paid at the price less `overweight_discount_fen_per_kg` (`underweight_...`) per kg; further out the
     buyer may also reject it. Piglets are priced per head and take no discount. Parties may dispute a
-    weigh-in for `dispute_window_ms` (default 48 h; 0: settle at the next clock tick).
+    weigh-in for `dispute_window_ms` (default 48 h; 0: settle at the next clock tick). A weigh-in of
+    unfasted pigs loses `shrink_bps` of its live weight (at most 1,000). `quarantine_region` says how
+    lots' quarantine certificates are checked (`cn`: the Chinese certificate number, at lot registration
+    and at the weigh-in, where it must be the lot's; `matched`: any text, the lot's at the weigh-in;
+    `unchecked`, the default: any text, as instruments listed before the rule).
     """
 
     symbol: Symbol
@@ -368,6 +389,10 @@ class InstrumentRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknow
     dispute_window_ms: Annotated[int, msgspec.Meta(
         ge=0, le=MAX_DISPUTE_WINDOW_MS, description="milliseconds after the weigh-in (at most 90 days)",
     )] = DEFAULT_DISPUTE_WINDOW_MS
+    quarantine_region: QuarantineRegionName = QUARANTINE_REGION_NAME[_SPEC_DEFAULT["quarantine_region"]]
+    shrink_bps: Annotated[int, msgspec.Meta(
+        ge=0, le=MAX_SHRINK_BPS, description="basis points of live weight deducted from unfasted pigs",
+    )] = _SPEC_DEFAULT["shrink_bps"]
 
 
 class ReferencePriceRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -542,6 +567,8 @@ class InstrumentView(msgspec.Struct, frozen=True):
     underweight_limit_g: int
     underweight_discount_fen_per_kg: int
     dispute_window_ms: int
+    quarantine_region: QuarantineRegionName
+    shrink_bps: int
 
 
 class LotView(msgspec.Struct, frozen=True):

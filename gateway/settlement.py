@@ -6,10 +6,12 @@ Routes (roles in brackets; "party" = the trade's buyer or seller):
 - Money in and out: `POST /v1/deposits` and `POST /v1/deposit-imports` (operator; the bank's deposit
   file as CSV), `POST /v1/withdrawals` (a participant, from its own cash or funds),
   `POST /v1/withdrawals/confirmations` (operator), `GET /v1/withdrawals`.
-- Deliveries: `POST /v1/trades/{trade_id}/weigh-in` (the seller or an operator),
-  `.../dispute` (a party, inside the dispute window), `.../rejection` (the buyer, of an out-of-grade
-  delivery), `.../resolution` (operator), `GET /v1/trades/{trade_id}/settlement`,
-  `GET /v1/settlement/trades`.
+- Deliveries: `POST /v1/trades/{trade_id}/weigh-in` (the seller or an operator: heads delivered and
+  their live weight, heads refused or dead on arrival, unfasted, the lot's quarantine certificate),
+  `.../dispute` (a party, inside the dispute window; the seller's holds up to 5 % of the amount from the
+  buyer, what a raise may cost), `.../rejection` (the buyer, of an out-of-grade delivery),
+  `.../resolution` (operator: lowers the amount, or raises it within a seller's dispute hold),
+  `GET /v1/trades/{trade_id}/settlement`, `GET /v1/settlement/trades`.
 - Payouts (operator): `POST /v1/payout-runs`; `POST /v1/payout-files` exports the bank file of every
   pending payout (CSV, `text/csv`) and marks those payouts sent in one journaled command;
   `GET /v1/payout-files/{file_ref}` downloads a file again; `POST /v1/payout-confirmations` imports
@@ -440,21 +442,34 @@ class TradePath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class WeighInRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """What was delivered against a trade: heads and their total live weight in grams, and the animal
-    quarantine certificate checked against the load. Opens the dispute window."""
+    """What was delivered against a trade: the heads delivered and their total live weight in grams, the
+    heads dead on arrival or refused at the scale (`heads_refused`: paid nothing, their hold returned to
+    the buyer; delivered + refused at most the heads traded), whether the pigs came unfasted (the
+    instrument's `shrink_bps` of the live weight is deducted before grading and pricing), and the animal
+    quarantine certificate checked against the load: on an instrument whose `quarantine_region` checks
+    certificates it must be the lot's (`quarantine_cert_mismatch`) and of the region's shape
+    (`invalid_quarantine_cert`). Opens the dispute window."""
 
     heads_delivered: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
-    total_weight_g: Annotated[int, msgspec.Meta(ge=0, le=10**12)]
+    total_weight_g: Annotated[int, msgspec.Meta(ge=0, le=10**12, description="live weight of the heads delivered")]
     quarantine_cert: Annotated[Text, msgspec.Meta(min_length=1, max_length=200)]
     quarantine_checked: bool
+    heads_refused: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 0
+    unfasted: bool = False
 
 
 class DisputeRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """A party disputes the weigh-in. A seller's dispute (the scale under-read) holds what a raise may
+    cost the buyer: 5 % of the amount (`raise_held_fen`), as far as the buyer's cash (or the credit line
+    that funded the trade) has it; the dispute opens all the same, with what could be held."""
+
     reason: Reason
 
 
 class ResolutionRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """The disputed trade settles at `amount_fen` (0 .. the weigh-in amount); the rest returns to the buyer."""
+    """The disputed trade settles at `amount_fen`: 0 .. the weigh-in amount (the rest returns to the buyer),
+    or for a seller's dispute up to the amount plus `raise_held_fen` (the raise is paid from the hold,
+    the rest of the hold released). Above that: 422 `invalid_amount`."""
 
     amount_fen: AmountOrZeroFen
 
@@ -496,6 +511,11 @@ class TradeSettlementView(msgspec.Struct, frozen=True):
     principal_repaid_fen: int | None
     payable_fen: int | None  # what went to the seller's payable (and its cooperative's members)
     settled_ms: int
+    heads_refused: int  # dead on arrival or refused at the scale: paid nothing
+    shrink_g: int  # deducted from the live weight of unfasted pigs
+    raise_held_fen: int | None  # a seller's dispute: held from the buyer, the most a resolution may raise
+    # (buyer-private: it tells what the buyer had available)
+    raised_fen: int  # the resolution's raise (amount + refund = obligation + raised)
 
 
 class TradeQuery(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -518,7 +538,8 @@ def _trade_view(t: TradeRecord, sides: TradeSides) -> TradeSettlementView:
         t.total_weight_g, t.avg_weight_g, t.grade.name, t.discount_fen_per_kg, t.quarantine_cert,
         _ms(t.delivered_at_ns), _ms(t.dispute_until_ns), t.disputed_by, t.dispute_reason, t.amount_fen,
         t.refund_fen, t.fee_fen, t.fee_subsidy_fen, t.fee_forgone_fen, t.interest_paid_fen,
-        t.principal_repaid_fen, t.payable_fen, _ms(t.settled_at_ns),
+        t.principal_repaid_fen, t.payable_fen, _ms(t.settled_at_ns), t.heads_refused, t.shrink_g,
+        t.raise_held_fen, t.raised_fen,
     ), sides)  # fmt: skip
 
 
@@ -599,14 +620,16 @@ async def _trade_command(call: Call, trade_id: int, command: Command) -> TradeSe
 async def record_weigh_in(call: Call, params: TradePath, body: WeighInRequest) -> TradeSettlementView:
     """Record the weigh-in of a delivery (the seller or an operator); fixes the final amount."""
     command = RecordWeighIn(call.principal.participant_id, 0, params.trade_id, body.heads_delivered,
-                            body.total_weight_g, body.quarantine_cert, body.quarantine_checked)
+                            body.total_weight_g, body.quarantine_cert, body.quarantine_checked,
+                            body.heads_refused, body.unfasted)
     return await _trade_command(call, params.trade_id, command)
 
 
 @routes.post("/v1/trades/{trade_id}/dispute", roles=BORROWERS, params=TradePath, body=DisputeRequest,
              response=TradeSettlementView, errors=(404, 409))
 async def open_dispute(call: Call, params: TradePath, body: DisputeRequest) -> TradeSettlementView:
-    """Dispute a delivery inside its dispute window (a party); the trade waits for an operator."""
+    """Dispute a delivery inside its dispute window (a party); the trade waits for an operator. The
+    seller's dispute holds up to 5 % of the amount from the buyer (`raise_held_fen`)."""
     command = OpenDispute(call.principal.participant_id, 0, params.trade_id, body.reason)
     return await _trade_command(call, params.trade_id, command)
 
@@ -622,7 +645,8 @@ async def reject_delivery(call: Call, params: TradePath) -> TradeSettlementView:
 @routes.post("/v1/trades/{trade_id}/resolution", roles=OPERATORS, params=TradePath, body=ResolutionRequest,
              response=TradeSettlementView, errors=(404, 409))
 async def resolve_dispute(call: Call, params: TradePath, body: ResolutionRequest) -> TradeSettlementView:
-    """Resolve a dispute: the trade settles at once at the amount decided."""
+    """Resolve a dispute: the trade settles at once at the amount decided (a seller's dispute may raise it
+    by at most `raise_held_fen`)."""
     command = ResolveDispute(call.principal.participant_id, 0, params.trade_id, body.amount_fen)
     return await _trade_command(call, params.trade_id, command)
 

@@ -132,6 +132,11 @@ class _Market:
     lot_max_g: int
     max_heads: int
     mid_fen: float = 0.0
+    # The quarantine certificate of every simulated load on this market: a Chinese certificate number (10
+    # digits under Chongqing's province code 50), as the demo market's instruments require of lots and the
+    # lot's at the weigh-in (exchange/settlement/rules.py); one per market, so a weigh-in of a trade whose
+    # seller the simulation did not see (an auction's) still names its lot's.
+    cert: str = "5001530001"
 
     def price(self, ticks: int) -> int:
         price = int(round(self.mid_fen / self.tick_fen) + ticks) * self.tick_fen
@@ -220,6 +225,7 @@ class Simulation:
                              view["tick_fen"], view["band_low_fen"], view["band_high_fen"], view["lot_avg_min_g"],
                              view["lot_avg_max_g"], min(view["max_order_heads"], 50))
             market.mid_fen = float(view["reference_price_fen"])
+            market.cert = f"50015{len(self.markets) + 30001:05d}"
             self.markets.append(market)
         if not self.markets:
             raise RuntimeError("no instrument in continuous trading to simulate on")
@@ -300,7 +306,7 @@ class Simulation:
             heads = rng.randint(50, 300)
             reply = await self._call(seller.client, "POST", "/v1/lots", {
                 "instrument": market.symbol, "heads": heads, "avg_weight_g": avg_g, "origin": "荣昌区, 重庆",
-                "quarantine_cert": f"渝动检 {rng.randint(5001530000, 5001539999)}"})
+                "quarantine_cert": market.cert})
             if reply is None:
                 return
             lot = seller.lots[market.symbol] = [int(reply.json()["lot_id"]), heads]
@@ -384,7 +390,7 @@ class Simulation:
             who = seen.seller or self.operator_trader
             reply = await self._call(who.client, "POST", f"/v1/trades/{trade_id}/weigh-in", {
                 "heads_delivered": seen.heads, "total_weight_g": seen.heads * avg_g,
-                "quarantine_cert": "渝动检 5001530001", "quarantine_checked": True})
+                "quarantine_cert": market.cert, "quarantine_checked": True})
             if reply is None:
                 continue
             view = reply.json()

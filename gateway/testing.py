@@ -124,9 +124,10 @@ async def running_exchange(database_url: str, **overrides: Any) -> AsyncIterator
 
     key, secret = f"op_{secrets.token_hex(8)}", secrets.token_hex(16)
     settings: dict[str, Any] = {"db_pool_min": 1, "db_pool_max": 4, "clock_tick_s": 0.0}
+    session_policy = overrides.pop("session_policy", None)  # the web app's sign-in rules (gateway.sessions)
     settings.update(overrides)
     config = GatewayConfig(database_url=database_url, operator_key=key, operator_secret=secret, **settings)
-    app = create_app(config)
+    app = create_app(config, session_policy=session_policy)
     # The session outlives the server, so a test can watch in-flight requests during shutdown.
     async with aiohttp.ClientSession() as session, serve(app) as url:
         yield Exchange(app, url, session, SignedClient(url, key, secret, session=session))

@@ -179,9 +179,10 @@ class Exchange:
         return 0 if a is None else a.debits_pending_fen
 
 
-def world() -> Exchange:
-    """Both instruments and one participant of every kind (two poor households: POOR_FARMER, MEMBER_A)."""
-    x = Exchange(dce_spec(), piglet_spec())
+def world(hogs: InstrumentSpec | None = None) -> Exchange:
+    """Both instruments (the hogs' ``dce_spec()`` unless given) and one participant of every kind (two poor
+    households: POOR_FARMER, MEMBER_A)."""
+    x = Exchange(hogs or dce_spec(), piglet_spec())
     x.register(BUYER, ParticipantRole.BUYER, "重庆肉联")
     x.register(BUYER2, ParticipantRole.BUYER)
     x.register(FARMER, ParticipantRole.FARMER, "李四")

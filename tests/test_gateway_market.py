@@ -73,9 +73,11 @@ async def test_instruments_are_public_and_say_how_they_are_quoted(ex: Exchange) 
         "animal_min_g": 10_000, "animal_max_g": 35_000, "tick_fen": 100, "min_order_heads": 1,
         "max_order_heads": 500, "price_band_bps": 400, "reference_price_fen": 82_100,
         "band_low_fen": 78_900, "band_high_fen": 85_300, "state": "continuous", "seq": 1,
-        # Settlement terms as InstrumentSpec's defaults: no fee, no weight tolerance, a 48 h dispute window.
+        # Settlement terms as InstrumentSpec's defaults: no fee, no weight tolerance, a 48 h dispute window,
+        # certificates unchecked (as before the rule), no shrink.
         "seller_fee_bps": 0, "overweight_limit_g": 0, "overweight_discount_fen_per_kg": 0, "underweight_limit_g": 0,
-        "underweight_discount_fen_per_kg": 0, "dispute_window_ms": 172_800_000}
+        "underweight_discount_fen_per_kg": 0, "dispute_window_ms": 172_800_000, "quarantine_region": "unchecked",
+        "shrink_bps": 0}
     listed = (await public.get("/v1/instruments")).json()
     assert view in listed
     missing = await public.get("/v1/instruments/NOPE")

@@ -62,7 +62,8 @@ async def test_drained_rows_rebuild_the_ledgers_balances_in_the_database(fresh_d
         accounts = x.clearing.ledger.accounts()
         assert stored == {a.account_id: (a.debits_pending_fen, a.debits_posted_fen, a.credits_pending_fen,
                                          a.credits_posted_fen) for a in accounts}
-        assert len(accounts) == 12  # 4 house accounts and 8 of participants
+        # 4 house accounts and 9 of participants (the financier's interest collected among them)
+        assert len(accounts) == 13
         cash = x.clearing.accounts[(400, BUYER, 0)]
         rows = await pgstore.statement(conn, cash)
         assert [(r["code"], r["entry"]) for r in rows][:2] == [(TransferCode.DEPOSIT, Entry.POSTED),

@@ -1,4 +1,6 @@
-"""Stateful property test of settlement: random deposits, orders and fills, weigh-ins, disputes, advances,
+"""Stateful property test of settlement: random deposits, orders and fills, weigh-ins (heads short, refused
+or dead on arrival, unfasted pigs with a shrink, a wrong quarantine certificate), disputes by the buyer or
+by the seller (whose resolution may raise the amount from a hold on the buyer's money), advances,
 credit lines, repayments, write-offs, withdrawals, clock ticks and payouts, through a real core and clearing,
 checked after every step against an independent auditor.
 
@@ -6,7 +8,8 @@ The auditor re-states every rule in the simplest way it can, with plain integers
 buys are covered, each trade's obligation and final amount, the settlement waterfall, daily interest,
 the subsidy fund, payouts. After every step the machine asserts that
 
-- every account the clearing keeps has the balance (posted and held) the auditor expects;
+- every account the clearing keeps has the balance (posted and held) the auditor expects, a seller's
+  dispute hold included;
 - all accounts sum to zero and no limited account is below zero (counted here, and ``validate()``);
 - escrow equals the obligations of trades not yet weighed in (and the holds of resting buys), each
   seller's receivable the amounts of its weighed-in trades in their dispute window;
@@ -23,6 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import hypothesis.strategies as st
+import msgspec
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -53,8 +57,9 @@ from exchange.commands import (
     SetCooperativeMembers,
     WriteOffLoan,
 )
-from exchange.domain import RejectReason, Side, TimeInForce
+from exchange.domain import QuarantineRegion, RejectReason, Side, TimeInForce
 from exchange.events import (
+    DisputeOpened,
     LotRegistered,
     OrderAccepted,
     PayoutChanged,
@@ -77,6 +82,7 @@ from tests.settlement_support import (
     MEMBER_B,
     OPERATOR,
     POOR_FARMER,
+    dce_spec,
     world,
 )
 
@@ -93,6 +99,10 @@ PRICES = st.integers(277, 283).map(lambda p: p * 10)  # inside the ±4 % band, c
 KG = 1000
 DAY_NS = 24 * HOUR_NS
 CST_NS = 8 * HOUR_NS
+SHRINK_BPS = 250  # unfasted pigs lose 2.5 % of their live weight
+RAISE_BPS = 500  # a seller's dispute may raise the amount by 5 % of it (rules.MAX_DISPUTE_RAISE_BPS)
+CERT = "CQ-2026-000001"  # every lot's (tests.factories.register_lot)
+HOGS = msgspec.structs.replace(dce_spec(), shrink_bps=SHRINK_BPS, quarantine_region=QuarantineRegion.MATCHED)
 
 
 def cst_day(ts_ns: int) -> int:
@@ -117,6 +127,7 @@ class ATrade:
     out_of_grade: bool = False
     deadline: int = 0
     advance: int = 0  # loan id
+    raise_held: int = 0  # a seller's dispute: held from the buyer's trade source
 
 
 @dataclass
@@ -167,6 +178,12 @@ class Auditor:
     # -- holds -----------------------------------------------------------------------------------------
 
     def held(self, buyer: int, on_line: bool) -> int:
+        """Resting buys' holds and sellers' dispute holds on this source."""
+        return self.order_held(buyer, on_line) + sum(
+            t.raise_held for t in self.trades.values() if t.buyer == buyer and t.on_line == on_line)
+
+    def order_held(self, buyer: int, on_line: bool) -> int:
+        """Resting buys' holds on this source (pending into escrow)."""
         return sum(hold_per_head(p) * rest for b, p, rest, line in self.orders.values()
                    if b == buyer and bool(line) == on_line)
 
@@ -209,22 +226,44 @@ class Auditor:
 
     # -- delivery ---------------------------------------------------------------------------------------
 
-    def weigh_in(self, tid: int, heads: int, weight_g: int, ts_ns: int) -> None:
+    def weigh_in(self, tid: int, heads: int, weight_g: int, ts_ns: int, refused: int = 0,
+                 unfasted: bool = False) -> None:
         t = self.trades[tid]
-        avg = weight_g // heads if heads else 0
+        paid_g = weight_g - (weight_g * SHRINK_BPS // 10_000 if unfasted else 0)
+        avg = paid_g // heads if heads else 0
         discount = 0
         if avg > 120 * KG:
             discount, t.out_of_grade = 60, avg > 130 * KG
         elif heads and avg < 100 * KG:
             discount, t.out_of_grade = 40, avg < 98 * KG
-        t.amount = min(weight_g * (t.price - discount) // KG, t.obligation)
+        cap = t.obligation - t.obligation // t.heads * refused  # refused heads: their hold goes back
+        t.amount = min(paid_g * (t.price - discount) // KG, cap)
         self.escrow -= t.obligation
         self.receivable[t.seller] += t.amount
         self.refund(t, t.obligation - t.amount)
         t.state, t.deadline = "DELIVERED", ts_ns + WINDOW_NS
 
+    def hold_raise(self, tid: int) -> int:
+        """A seller's dispute: 5 % of the amount, as far as the trade's source has it available."""
+        t = self.trades[tid]
+        available = self.line_available() if t.on_line else self.cash_available(t.buyer)
+        t.raise_held = min(t.amount * RAISE_BPS // 10_000, available)
+        return t.raise_held
+
+    def resolve(self, tid: int, new_amount: int) -> None:
+        t = self.trades[tid]
+        raised = max(new_amount - t.amount, 0)
+        t.raise_held = 0  # posted in part or released
+        if raised:
+            self.refund(t, -raised)
+            self.receivable[t.seller] += raised
+            t.amount = new_amount
+        else:
+            self.lower(tid, new_amount)
+
     def lower(self, tid: int, new_amount: int) -> None:
         t = self.trades[tid]
+        t.raise_held = 0
         self.receivable[t.seller] -= t.amount - new_amount
         self.refund(t, t.amount - new_amount)
         t.amount = new_amount
@@ -329,7 +368,7 @@ class Auditor:
 class SettlementMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.x = world()
+        self.x = world(HOGS)
         self.a = Auditor()
         self.log: list = []  # (ts_ns, command) of everything after world(), for the replay at the end
         self.steps = 0
@@ -466,41 +505,64 @@ class SettlementMachine(RuleBasedStateMachine):
         tids = sorted(tid for tid, t in self.a.trades.items() if t.state in states)
         return data.draw(st.sampled_from(tids)) if tids else None
 
-    @rule(data=st.data(), short=st.integers(0, 2), avg_g=st.sampled_from([96_500, 99_000, 110_000, 120_000,
-                                                                           125_000, 131_000]),
-          extra_g=st.integers(0, 999))
-    def weigh_in(self, data: st.DataObject, short: int, avg_g: int, extra_g: int) -> None:
+    @rule(data=st.data(), short=st.integers(0, 2), refused=st.integers(0, 2), unfasted=st.booleans(),
+          avg_g=st.sampled_from([96_500, 99_000, 110_000, 120_000, 125_000, 131_000]),
+          extra_g=st.integers(0, 999), wrong_cert=st.booleans())
+    def weigh_in(self, data: st.DataObject, short: int, refused: int, unfasted: bool, avg_g: int, extra_g: int,
+                 wrong_cert: bool) -> None:
         tid = self.pick(data, "OPEN")
         if tid is None:
             return
         t = self.a.trades[tid]
         heads = max(t.heads - short, 0)
+        refused = min(refused, t.heads - heads)
         weight = heads * avg_g + (extra_g if heads else 0)
-        self.expect_ok(RecordWeighIn(t.seller, 0, tid, heads, weight, "CQ-1", True))
-        self.a.weigh_in(tid, heads, weight, self.x.ts_ns)
+        if wrong_cert:
+            self.expect_reject(RecordWeighIn(t.seller, 0, tid, heads, weight, "CQ-1", True, refused, unfasted),
+                               R.QUARANTINE_CERT_MISMATCH)
+        self.expect_ok(RecordWeighIn(t.seller, 0, tid, heads, weight, CERT, True, refused, unfasted))
+        self.a.weigh_in(tid, heads, weight, self.x.ts_ns, refused, unfasted)
 
-    @rule(data=st.data())
-    def dispute(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), by_seller=st.booleans())
+    def dispute(self, data: st.DataObject, by_seller: bool) -> None:
         tid = self.pick(data, "DELIVERED")
         if tid is None:
             return
-        command = OpenDispute(self.a.trades[tid].buyer, 0, tid, "weights")
-        if self.x.ts_ns >= self.a.trades[tid].deadline:
+        t = self.a.trades[tid]
+        command = OpenDispute(t.seller if by_seller else t.buyer, 0, tid, "weights")
+        if self.x.ts_ns >= t.deadline:
             self.expect_reject(command, R.DISPUTE_WINDOW_CLOSED)
             return
-        self.expect_ok(command)
-        self.a.trades[tid].state = "DISPUTED"
+        events = self.expect_ok(command)
+        held = self.a.hold_raise(tid) if by_seller else 0
+        assert [e.raise_held_fen for e in events if isinstance(e, DisputeOpened)] == [held]
+        t.state = "DISPUTED"
 
-    @rule(data=st.data(), percent=st.integers(0, 100))
-    def resolve(self, data: st.DataObject, percent: int) -> None:
+    @rule(data=st.data(), percent=st.integers(0, 100), up=st.booleans())
+    def resolve(self, data: st.DataObject, percent: int, up: bool) -> None:
         tid = self.pick(data, "DISPUTED")
         if tid is None:
             return
-        amount = self.a.trades[tid].amount * percent // 100
+        t = self.a.trades[tid]
+        self.expect_reject(ResolveDispute(OPERATOR, 0, tid, t.amount + t.raise_held + 1), R.INVALID_AMOUNT)
+        amount = t.amount + t.raise_held * percent // 100 if up else t.amount * percent // 100
         events = self.expect_ok(ResolveDispute(OPERATOR, 0, tid, amount))
-        self.a.lower(tid, amount)
+        self.a.resolve(tid, amount)
         self.a.settle(tid, self.x.ts_ns)
         assert [e.trade_id for e in events if isinstance(e, TradeSettled)] == [tid]
+
+    @rule(data=st.data(), unfasted=st.booleans(), percent=st.integers(0, 100), up=st.booleans())
+    def seller_disputes_the_scale(self, data: st.DataObject, unfasted: bool, percent: int, up: bool) -> None:
+        """Weigh in an open trade, the seller disputes at once and an operator decides: raises are frequent."""
+        tid = self.pick(data, "OPEN")
+        if tid is None:
+            return
+        t = self.a.trades[tid]
+        weight = t.heads * 110_000
+        self.expect_ok(RecordWeighIn(t.seller, 0, tid, t.heads, weight, CERT, True, 0, unfasted))
+        self.a.weigh_in(tid, t.heads, weight, self.x.ts_ns, 0, unfasted)
+        self.dispute(data, True)
+        self.resolve(data, percent, up)
 
     @rule(data=st.data())
     def reject_delivery(self, data: st.DataObject) -> None:
@@ -637,7 +699,7 @@ class SettlementMachine(RuleBasedStateMachine):
             t = self.a.trades[tid]
             heads = t.heads - data.draw(st.integers(0, min(t.heads, 1)))
             avg_g = data.draw(st.sampled_from([99_000, 110_000, 110_000, 125_000, 131_000]))
-            self.expect_ok(RecordWeighIn(t.seller, 0, tid, heads, heads * avg_g, "CQ-1", True))
+            self.expect_ok(RecordWeighIn(t.seller, 0, tid, heads, heads * avg_g, CERT, True))
             self.a.weigh_in(tid, heads, heads * avg_g, self.x.ts_ns)
         self.tick(49)
 
@@ -727,12 +789,15 @@ class SettlementMachine(RuleBasedStateMachine):
         open_obligations = sum(t.obligation for t in a.trades.values() if t.state == "OPEN")
         assert self.posted(AC.ESCROW) == a.escrow == open_obligations
         escrow = c.ledger.account(int(AC.ESCROW))
-        assert escrow is not None and escrow.credits_pending_fen == a.held(BUYER, False) + a.held(BUYER2, False) \
-            + a.held(BUYER2, True)
+        assert escrow is not None and escrow.credits_pending_fen == a.order_held(BUYER, False) \
+            + a.order_held(BUYER2, False) + a.order_held(BUYER2, True)
         for s in SELLERS:
             in_window = sum(t.amount for t in a.trades.values() if t.seller == s and t.state in ("DELIVERED",
                                                                                                   "DISPUTED"))
             assert self.posted(AC.SELLER_RECEIVABLE, s) == a.receivable[s] == in_window, f"receivable of {s}"
+            receivable = self.account(AC.SELLER_RECEIVABLE, s)
+            disputed = sum(t.raise_held for t in a.trades.values() if t.seller == s)  # its disputes' holds
+            assert (receivable.credits_pending_fen if receivable else 0) == disputed, f"dispute holds for {s}"
         for p in PAYEES:
             assert self.posted(AC.FARMER_PAYABLE, p) == a.payable[p], f"payable of {p}"
             assert self.pending(AC.FARMER_PAYABLE, p) == a.inflight[p], f"payouts in flight of {p}"
@@ -785,7 +850,7 @@ class SettlementMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         """Replay equals live: every command again, into a fresh world, gives the same state hashes."""
-        replay = world()
+        replay = world(HOGS)
         for ts_ns, command in self.log:
             replay.ts_ns = ts_ns
             replay.apply(command)

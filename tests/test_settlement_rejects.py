@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import msgspec
 import pytest
 
 from exchange.commands import (
@@ -19,6 +20,7 @@ from exchange.commands import (
     ParticipantRole,
     PlaceOrder,
     RecordWeighIn,
+    RegisterLot,
     RegisterParticipant,
     RejectDelivery,
     RepayLoan,
@@ -30,9 +32,9 @@ from exchange.commands import (
     UpdateParticipant,
     WriteOffLoan,
 )
-from exchange.domain import OrderType, RejectReason, Side, TimeInForce
-from exchange.events import PayoutRunCreated, Rejected
-from tests.factories import order
+from exchange.domain import OrderType, QuarantineRegion, RejectReason, Side, TimeInForce
+from exchange.events import PayoutRunCreated, Rejected, Trade
+from tests.factories import list_instrument, order
 from tests.settlement_support import (
     BUYER,
     BUYER2,
@@ -44,6 +46,7 @@ from tests.settlement_support import (
     OPERATOR,
     PIGLETS,
     Exchange,
+    dce_spec,
     world,
 )
 
@@ -97,6 +100,26 @@ def case_invalid_delivery() -> tuple[Exchange, Command]:
 def case_quarantine_not_checked() -> tuple[Exchange, Command]:
     x, tid = traded()
     return x, RecordWeighIn(FARMER, 0, tid, 10, 1_100_000, "", True)
+
+
+def cn_traded() -> tuple[Exchange, int]:
+    """A trade on an instrument of the Chinese certificate rule, its lot certified 5001530001."""
+    x = world()
+    x.ok(list_instrument(msgspec.structs.replace(dce_spec("RC-LH-CN"), quarantine_region=QuarantineRegion.CN)))
+    x.deposit(BUYER, 10_000_000)
+    lot = x.ok(RegisterLot(FARMER, 0, "RC-LH-CN", 10, 110_000, "荣昌", "5001530001"))[0].lot.lot_id
+    x.sell(FARMER, 2800, 10, lot, instrument="RC-LH-CN")
+    return x, x.of(Trade, x.buy(BUYER, 2800, 10, instrument="RC-LH-CN"))[0].trade_id
+
+
+def case_invalid_quarantine_cert() -> tuple[Exchange, Command]:
+    x, tid = cn_traded()
+    return x, RecordWeighIn(FARMER, 0, tid, 10, 1_100_000, "CQ-1", True)
+
+
+def case_quarantine_cert_mismatch() -> tuple[Exchange, Command]:
+    x, tid = cn_traded()
+    return x, RecordWeighIn(FARMER, 0, tid, 10, 1_100_000, "5001530002", True)
 
 
 def case_invalid_trade_state() -> tuple[Exchange, Command]:
@@ -215,6 +238,8 @@ CASES: dict[RejectReason, Case] = {
     R.INVALID_SETTINGS: case_invalid_settings,
     R.UNKNOWN_LOAN: case_unknown_loan,
     R.LOAN_CLOSED: case_loan_closed,
+    R.INVALID_QUARANTINE_CERT: case_invalid_quarantine_cert,
+    R.QUARANTINE_CERT_MISMATCH: case_quarantine_cert_mismatch,
 }
 
 

@@ -23,7 +23,7 @@ def _counter_sum(text: str, name: str) -> float:
 async def test_a_short_simulation_agrees_with_the_exchange(fresh_database_url: Any) -> None:
     dsn = await fresh_database_url()
     async with running_exchange(dsn, clock_tick_s=0.05) as ex:
-        await ex.list_instrument("SIM-LH-WSY", dispute_window_ms=300)
+        await ex.list_instrument("SIM-LH-WSY", dispute_window_ms=300, quarantine_region="cn")  # as the demo market
         await ex.list_instrument("SIM-LH-NSY", breed_class="nei_san_yuan", dispute_window_ms=300,
                                  reference_price_fen=2700)
         out = io.StringIO()
@@ -38,6 +38,9 @@ async def test_a_short_simulation_agrees_with_the_exchange(fresh_database_url: A
     assert summary.trades == len(trades) > 0
     assert summary.heads == sum(t.heads for t in trades)
     assert summary.weigh_ins == sum(t.state != TradeState.OPEN for t in trades) > 0
+    # the simulated sellers' certificates pass a Chinese-certificate instrument, lots and weigh-ins alike
+    assert any(t.instrument == "SIM-LH-WSY" and t.state != TradeState.OPEN for t in trades)
+    assert not {"invalid_quarantine_cert", "quarantine_cert_mismatch"} & set(summary.other_refusals)
     assert summary.disputes == sum(t.disputed_by != 0 for t in trades)
     assert summary.delivery_rejections == sum(t.state == TradeState.REJECTED for t in trades)
     assert summary.value_fen == sum(t.amount_fen for t in trades)

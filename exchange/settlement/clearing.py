@@ -26,11 +26,25 @@ Money flows (accounts: the chart in ledger.py; rounding: rules.py)
 3. Trade: the fill posts heads x hold-per-head at the *trade* price into ESCROW (the trade's
    obligation) and re-holds the unfilled rest at the limit, in one linked chain; a fill below the
    limit thereby returns the difference.
-4. Weigh-in: ``delivery_terms`` fixes the amount; ESCROW -> SELLER_RECEIVABLE (amount) and
-   ESCROW -> the buyer's source (the rest). The amount stays in the receivable, held in trust,
-   through the dispute window (``dispute_window_ns`` of the instrument after the weigh-in). A
-   dispute waits for an operator, who may lower the amount (the difference returns to the buyer)
-   and so settles the trade; a buyer may reject an OUT_OF_GRADE delivery within the window (all back).
+4. Weigh-in: on an instrument whose ``quarantine_region`` checks certificates, the weigh-in's
+   certificate must have the region's shape (``INVALID_QUARANTINE_CERT``, also at lot registration)
+   and be the lot's (``QUARANTINE_CERT_MISMATCH``). It counts the heads delivered, their live weight,
+   and the heads dead on arrival or refused at the scale, which are paid nothing: their part of the
+   obligation (obligation / heads traded each, ``rules.payable_cap_fen``) is never paid: it returns
+   to the buyer. Unfasted pigs lose the instrument's ``shrink_bps`` of their live weight before grading
+   and pricing (``rules.shrink_g``). ``delivery_terms`` fixes the amount; ESCROW -> SELLER_RECEIVABLE
+   (amount) and ESCROW -> the buyer's source (the rest). The amount stays in the receivable, held in
+   trust, through the dispute window (``dispute_window_ns`` of the instrument after the weigh-in).
+   Either party may dispute within the window; the trade then waits for an operator. A buyer's
+   dispute can only lower the amount (the difference returns to the buyer). A seller's dispute (the
+   scale under-read) holds ``rules.dispute_raise_limit_fen`` of the amount (5 %) from the trade's own
+   source, the buyer's cash or the credit line that funded it (while the buyer consents), as a pending
+   transfer source -> SELLER_RECEIVABLE; what the source lacks is not held and the dispute opens all
+   the same, with what could be held (possibly nothing: then it can only lower). Its resolution may
+   lower the amount (the hold voided) or raise it by at most what was held (that much posted, the rest
+   released); the resolution settles the trade, a raise of a credit-funded trade becoming loan
+   principal with the rest of the amount. A buyer may reject an OUT_OF_GRADE delivery within the
+   window (all back, a seller's dispute hold voided).
 5. Settlement (first clock tick at or after the window's end; trades in (deadline, trade id) order):
    fee: SELLER_RECEIVABLE -> FEE_INCOME, or for a verified poor household POVERTY_SUBSIDY_FUND ->
    FEE_INCOME (as far as the fund reaches; the rest is forgone, never charged to the farmer); then the
@@ -147,7 +161,7 @@ from exchange.commands import (
     VerifyPoorHousehold,
     WriteOffLoan,
 )
-from exchange.domain import InstrumentSpec, RejectReason, Side
+from exchange.domain import InstrumentSpec, QuarantineRegion, RejectReason, Side
 from exchange.events import (
     AdvanceGranted,
     BankImportApplied,
@@ -283,6 +297,8 @@ _TC_FEE_SUBSIDY: Final[Boxed] = TC.FEE_SUBSIDY
 _TC_SPLIT: Final[Boxed] = TC.COOP_SPLIT
 _OPEN: Final[Boxed] = TradeState.OPEN
 _DELIVERED: Final[Boxed] = TradeState.DELIVERED
+_DISPUTED: Final[Boxed] = TradeState.DISPUTED
+_UNCHECKED_CERTS: Final[Boxed] = QuarantineRegion.UNCHECKED
 _SETTLED: Final[Boxed] = TradeState.SETTLED
 _ADVANCE: Final[Boxed] = LoanKind.ADVANCE
 _FROM_TRADE: Final[Boxed] = SourceKind.TRADE
@@ -338,16 +354,17 @@ if (
     )
     or RecordWeighIn.__struct_fields__ != (
         "participant_id", "ts_ns", "trade_id", "heads_delivered", "total_weight_g", "quarantine_cert",
-        "quarantine_checked",
+        "quarantine_checked", "heads_refused", "unfasted",
     )
-    or DeliveryTerms.__struct_fields__ != ("avg_weight_g", "grade", "discount_fen_per_kg", "amount_fen")
+    or DeliveryTerms.__struct_fields__ != ("avg_weight_g", "grade", "discount_fen_per_kg", "amount_fen", "shrink_g")
     or TradeRecord.__struct_fields__ != (
         "trade_id", "instrument", "buyer_id", "seller_id", "lot_id", "buy_order_id", "heads", "price_fen",
         "obligation_fen", "source_account_id", "financier_id", "traded_at_ns", "state", "heads_delivered",
         "total_weight_g", "avg_weight_g", "grade", "discount_fen_per_kg", "quarantine_cert", "delivered_at_ns",
         "dispute_until_ns", "disputed_by", "dispute_reason", "amount_fen", "refund_fen", "advance_loan_id",
         "settled_at_ns", "fee_fen", "fee_subsidy_fen", "fee_forgone_fen", "interest_paid_fen",
-        "principal_repaid_fen", "payable_fen",
+        "principal_repaid_fen", "payable_fen", "heads_refused", "shrink_g", "raise_pending_id", "raise_held_fen",
+        "raised_fen",
     )
     or PayableSource.__struct_fields__ != ("kind", "ref_id", "amount_fen")
     or Payout.__struct_fields__ != (
@@ -1259,7 +1276,8 @@ class Clearing:
     def _record_weigh_in(self, cmd: RecordWeighIn, out: list) -> None:
         # The command, the trade and the terms read as one tuple each (field order checked at import); ids,
         # weights and amounts pass on as the objects they came as (Boxed), each new sum boxed once.
-        # (participant_id, ts_ns, trade_id, heads_delivered, total_weight_g, quarantine_cert, quarantine_checked)
+        # (participant_id, ts_ns, trade_id, heads_delivered, total_weight_g, quarantine_cert, quarantine_checked,
+        # heads_refused, unfasted)
         c = _astuple(cmd)
         trade = self.trades.get(c[2])
         if trade is None:
@@ -1276,7 +1294,9 @@ class Clearing:
         trade_id: Boxed = t[0]
         heads: Boxed = c[3]
         weight_g: Boxed = c[4]
-        avg_g, grade, discount, amount = _astuple(terms)  # (avg_weight_g, grade, discount_fen_per_kg, amount_fen)
+        refused_heads: Boxed = c[7]
+        # (avg_weight_g, grade, discount_fen_per_kg, amount_fen, shrink_g)
+        avg_g, grade, discount, amount, shrink = _astuple(terms)
         amount_n: int = amount
         obligation_n: int = t[8]
         refund: Boxed = obligation_n - amount_n  # boxed once: the transfer, the record and the event
@@ -1307,6 +1327,7 @@ class Clearing:
         until_ns: Boxed = ts_ns + spec.dispute_window_ns  # boxed once: the record, the deadline, the event
         trade.state = _DELIVERED
         trade.heads_delivered, trade.total_weight_g = heads, weight_g
+        trade.heads_refused, trade.shrink_g = refused_heads, shrink
         trade.avg_weight_g, trade.grade = avg_g, grade
         trade.discount_fen_per_kg = discount
         cert: str = c[5]  # a str: compiled, strip is a native call
@@ -1316,13 +1337,14 @@ class Clearing:
         trade.dispute_until_ns = until_ns
         self._add_deadline(until_ns, trade_id)
         out.append(_DELIVERY_RECORDED(_ZERO, ts_ns, trade_id, heads, weight_g, avg_g, grade, discount, amount,
-                                      refund, until_ns))
+                                      refund, until_ns, refused_heads, shrink))
         return None
 
     def _weigh_in_terms(self, c: tuple, t: tuple, spec: InstrumentSpec) -> DeliveryTerms | R:
         """The terms of this weigh-in (``c``: the RecordWeighIn's fields) of a known trade (``t``: its
         record's fields), or why it must be rejected (checked in this order; the terms are computed once,
-        for the last check and the amount)."""
+        for the last check and the amount). The certificate: checked and named, then (an instrument
+        whose ``quarantine_region`` checks it) of the region's shape and the lot's own."""
         participant_id: Boxed = c[0]
         if participant_id != t[3] and not self._is_operator(participant_id):
             return R.NOT_AUTHORIZED
@@ -1331,11 +1353,21 @@ class Clearing:
         cert: str = c[5]  # a str: compiled, strip is a native call
         if not c[6] or not cert.strip():
             return R.QUARANTINE_NOT_CHECKED
+        region = spec.quarantine_region
+        if region != _UNCHECKED_CERTS:
+            if not rules.quarantine_cert_ok(region, cert):
+                return R.INVALID_QUARANTINE_CERT
+            lot = self.lots.get(t[4])
+            if lot is None or not rules.same_quarantine_cert(lot.quarantine_cert, cert):
+                return R.QUARANTINE_CERT_MISMATCH
         heads: Boxed = c[3]
         weight_g: Boxed = c[4]
-        if not _valid_delivery(t[6], heads, weight_g):
+        refused: Boxed = c[7]
+        heads_traded: Boxed = t[6]
+        if not _valid_delivery(heads_traded, heads, weight_g, refused):
             return R.INVALID_DELIVERY
-        terms = rules.priced_delivery_terms(spec, t[7], t[8], heads, weight_g)
+        cap: Boxed = t[8] if not refused else rules.payable_cap_fen(t[8], heads_traded, refused)
+        terms = rules.priced_delivery_terms(spec, t[7], cap, heads, weight_g, c[8])
         if terms is None:
             return R.INVALID_DELIVERY  # its discount would take the whole price: refused, never paid as 0
         return terms
@@ -1353,10 +1385,46 @@ class Clearing:
             return self._reject(cmd, R.DISPUTE_WINDOW_CLOSED, ref, out, trade.instrument)
         trade.state = TradeState.DISPUTED
         trade.disputed_by, trade.dispute_reason = cmd.participant_id, cmd.reason[:500]
-        out.append(DisputeOpened(0, cmd.ts_ns, trade.trade_id, cmd.participant_id, trade.dispute_reason))
+        if cmd.participant_id == trade.seller_id:
+            self._hold_raise(trade, cmd.ts_ns)
+        out.append(DisputeOpened(0, cmd.ts_ns, trade.trade_id, cmd.participant_id, trade.dispute_reason,
+                                 trade.raise_held_fen))
         return None
 
+    def _hold_raise(self, trade: TradeRecord, ts_ns: int) -> None:
+        """A seller's dispute: hold what a raise may cost the buyer, ``rules.dispute_raise_limit_fen`` of the
+        weigh-in amount, on the trade's own source (its cash, or the credit line that funded it while the
+        buyer still consents to that financier), as far as it has it available: the dispute never waits
+        for the buyer's money, and the resolution may raise by at most what is held (possibly 0). A
+        pending transfer source -> SELLER_RECEIVABLE, posted in part by a raise, else voided."""
+        limit = rules.dispute_raise_limit_fen(trade.amount_fen)
+        source = trade.source_account_id
+        usable = not trade.financier_id or self.has_consented(trade.buyer_id, trade.financier_id)
+        held = min(limit, self.ledger.available_fen(source)) if usable else 0
+        if held <= 0:
+            return
+        tid = self._next_tid()
+        receivable = self._receivable_accounts[trade.seller_id]
+        self._commit_one(Transfer(tid, source, receivable, held, TC.DELIVERY_ADJUSTMENT, trade.trade_id, _PENDING),
+                         ts_ns)
+        trade.raise_pending_id, trade.raise_held_fen = tid, held
+
+    def _end_raise_hold(self, trade: TradeRecord, raise_fen: int, ts_ns: int) -> None:
+        """Post ``raise_fen`` of a seller's dispute hold to the seller's receivable (the rest is released),
+        or void it for 0; nothing if nothing was held."""
+        if not trade.raise_pending_id:
+            return
+        flag = _POST if raise_fen else _VOID
+        self._commit_one(Transfer(self._next_tid(), 0, 0, raise_fen, TC.DELIVERY_ADJUSTMENT, trade.trade_id, flag,
+                                  trade.raise_pending_id), ts_ns)
+        trade.raise_pending_id = 0
+        trade.amount_fen += raise_fen
+        trade.raised_fen = raise_fen
+
     def _resolve_dispute(self, cmd: ResolveDispute, out: list) -> None:
+        """The operator's decision: 0 .. the weigh-in amount, lowered ones returning the difference to the
+        buyer, or for a seller's dispute up to the amount plus what was held, the raise posted from the
+        hold to the seller's receivable (the rest of the hold released). The trade settles at once."""
         ref = f"T{cmd.trade_id}"
         if not self._is_operator(cmd.participant_id):
             return self._reject(cmd, R.NOT_AUTHORIZED, ref, out)
@@ -1365,11 +1433,15 @@ class Clearing:
             return None
         if trade.state != TradeState.DISPUTED:
             return self._reject(cmd, R.INVALID_TRADE_STATE, ref, out, trade.instrument)
-        if type(cmd.amount_fen) is not int or not 0 <= cmd.amount_fen <= trade.amount_fen:
+        weighed = trade.amount_fen
+        if type(cmd.amount_fen) is not int or not 0 <= cmd.amount_fen <= weighed + trade.raise_held_fen:
             return self._reject(cmd, R.INVALID_AMOUNT, ref, out, trade.instrument)
-        self._refund_from_receivable(trade, trade.amount_fen - cmd.amount_fen, cmd.ts_ns)
+        raise_fen = max(cmd.amount_fen - weighed, 0)
+        self._end_raise_hold(trade, raise_fen, cmd.ts_ns)
+        if not raise_fen:
+            self._refund_from_receivable(trade, weighed - cmd.amount_fen, cmd.ts_ns)
         out.append(DeliveryResolved(0, cmd.ts_ns, trade.trade_id, trade.amount_fen, trade.refund_fen, False,
-                                    cmd.participant_id))
+                                    cmd.participant_id, raise_fen))
         self._settle(trade, cmd.ts_ns, out)
         return None
 
@@ -1386,6 +1458,7 @@ class Clearing:
             return self._reject(cmd, R.DELIVERY_NOT_REJECTABLE, ref, out, trade.instrument)
         if cmd.ts_ns >= trade.dispute_until_ns:
             return self._reject(cmd, R.DISPUTE_WINDOW_CLOSED, ref, out, trade.instrument)
+        self._end_raise_hold(trade, 0, cmd.ts_ns)  # a seller's dispute ends with the rejection: released
         self._refund_from_receivable(trade, trade.amount_fen, cmd.ts_ns)
         trade.state = TradeState.REJECTED
         trade.settled_at_ns = cmd.ts_ns
@@ -2181,8 +2254,10 @@ def _id_range(values: tuple) -> bool:
     return all(type(v) is int and 0 < v <= MAX_INT64 for v in values)
 
 
-def _valid_delivery(heads_traded: int, heads_delivered: int, total_weight_g: int) -> bool:
-    if not 0 <= heads_delivered <= heads_traded or total_weight_g < 0:
+def _valid_delivery(heads_traded: int, heads_delivered: int, total_weight_g: int, heads_refused: int) -> bool:
+    """Heads delivered and refused, each >= 0, together at most the heads traded; a weight exactly when
+    heads were delivered, that PostgreSQL can hold."""
+    if heads_refused < 0 or not 0 <= heads_delivered <= heads_traded - heads_refused or total_weight_g < 0:
         return False
     # compiled, an int up to _SHORT_MAX is held unboxed; comparing one with MAX_INT64 (not short) would box it
     if not (total_weight_g <= _SHORT_MAX or total_weight_g <= MAX_INT64):

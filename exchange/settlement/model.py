@@ -29,6 +29,7 @@ class DeliveryTerms(msgspec.Struct, frozen=True, gc=False):
     grade: DeliveryGrade
     discount_fen_per_kg: int
     amount_fen: int  # what the buyer pays for the delivery, at most the escrowed obligation
+    shrink_g: int = 0  # deducted from the live weight of unfasted pigs before grading and pricing
 
 
 class Participant(msgspec.Struct, array_like=True, gc=False):
@@ -105,6 +106,12 @@ class TradeRecord(msgspec.Struct, array_like=True, gc=False):
     interest_paid_fen: int = 0
     principal_repaid_fen: int = 0
     payable_fen: int = 0
+    # Issue 11 (after every older field, with defaults: old snapshots decode to the old meaning).
+    heads_refused: int = 0  # dead on arrival or refused at the scale: paid nothing, their hold returned
+    shrink_g: int = 0  # deducted from the live weight (unfasted pigs) before grading and pricing
+    raise_pending_id: int = 0  # a seller's dispute: the pending transfer holding the buyer's money
+    raise_held_fen: int = 0  # what that hold holds: the most the resolution may raise the amount by
+    raised_fen: int = 0  # the resolution's raise (posted from the hold): amount + refund = obligation + raised
 
 
 class Loan(msgspec.Struct, array_like=True, gc=False):

@@ -11,8 +11,16 @@ computation                 rule                                                
 ==========================  ==================================================  =======================
 hold per head (hogs)        ceil(animal_max_g x price_fen_per_kg / 1000)        held from the buyer,
                                                                                 returned at settlement
-delivery amount (hogs)      floor(total_weight_g x (price - discount) / 1000)   the buyer
-                            (a discount at or above the price: refused)
+shrink (unfasted hogs)      floor(live_weight_g x shrink_bps / 10,000) grams    the seller (less weight
+                            off the live weight of the delivered heads; the     deducted)
+                            grade and the amount use the weight left
+delivery amount (hogs)      floor(paid_weight_g x (price - discount) / 1000)    the buyer
+                            (a discount at or above the price: refused), at
+                            most the obligation less the refused heads' part
+refused / dead heads        paid nothing: their part of the obligation          exact (the obligation
+                            (obligation / heads traded each) goes back          is heads x per head)
+seller's dispute hold       min(floor(weigh-in amount x 500 / 10,000), what     the buyer
+                            the buyer's trade source has available)
 seller fee                  floor(amount x fee_bps / 10,000)                    the seller
 poor member's fee waiver    floor(fee x share_bps / 10,000) per verified poor   the cooperative pays
                             member of a selling cooperative, paid by the        it (the fee's rest)
@@ -29,7 +37,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from exchange.domain import InstrumentSpec, ProductClass, band_fen
+from exchange.domain import InstrumentSpec, ProductClass, QuarantineRegion, band_fen
 from exchange.events import DeliveryGrade
 
 # A msgspec struct, so defined in a module that is not compiled (see setup.py); re-exported here.
@@ -42,6 +50,20 @@ INTEREST_DENOMINATOR: Final = BPS * DAYS_PER_YEAR
 NS_PER_DAY: Final = 86_400 * 1_000_000_000
 CST_OFFSET_NS: Final = 8 * 3600 * 1_000_000_000  # days change at midnight China Standard Time (UTC+8)
 FINISHING_HOG: Final = ProductClass.FINISHING_HOG
+MAX_SHRINK_BPS: Final = 1_000  # an instrument deducts at most 10 % of the live weight for gut fill
+# A seller's dispute (the scale under-read) may raise the weigh-in amount by at most this share of it,
+# held from the buyer when the dispute opens: 5 %, the AuctionsPlus weight tolerance for sheep, far
+# beyond a certified scale's error, so a real under-read fits and a claim cannot reprice the trade.
+MAX_DISPUTE_RAISE_BPS: Final = 500
+MAX_QUARANTINE_CERT_LEN: Final = 64
+# GB/T 2260 province-level codes of mainland China: the first two digits of a certificate number.
+CN_PROVINCE_CODES: Final = frozenset({
+    "11", "12", "13", "14", "15", "21", "22", "23", "31", "32", "33", "34", "35", "36", "37",
+    "41", "42", "43", "44", "45", "46", "50", "51", "52", "53", "54", "61", "62", "63", "64", "65",
+})
+_UNCHECKED: Final = QuarantineRegion.UNCHECKED
+_CN: Final = QuarantineRegion.CN
+_DIGITS: Final = frozenset("0123456789")
 # Module globals for enum members: an enum class attribute is a slow lookup on Python 3.11 (clearing.py).
 # Final, like the struct every weigh-in makes: compiled, C statics instead of module-dict lookups.
 _IN_GRADE: Final = DeliveryGrade.IN_GRADE
@@ -53,6 +75,40 @@ _DELIVERY_TERMS: Final = DeliveryTerms
 def cst_day(ts_ns: int) -> int:
     """Days since 1970-01-01 in China Standard Time: the calendar day of ``ts_ns`` in Chongqing."""
     return (ts_ns + CST_OFFSET_NS) // NS_PER_DAY
+
+
+def cn_quarantine_cert_ok(cert: str) -> bool:
+    """Whether ``cert`` (surrounding blanks aside) has the shape of the number of a Chinese animal
+    quarantine certificate (动物检疫合格证明), as the exchange accepts it: exactly 10 ASCII digits, the
+    first two the GB/T 2260 code of the issuing province (``CN_PROVINCE_CODES``, e.g. 50 Chongqing, 51
+    Sichuan), the other eight the issuing office's serial, not all zero. Only the number, as printed
+    after "No.": no prefix, no inner blank, no full-width digit. (No regex: the shape is three checks.)"""
+    number = cert.strip()
+    return (
+        len(number) == 10
+        and all(ch in _DIGITS for ch in number)
+        and number[:2] in CN_PROVINCE_CODES
+        and number[2:] != "00000000"
+    )
+
+
+def quarantine_cert_ok(region: QuarantineRegion, cert: str) -> bool:
+    """Whether ``cert`` may name a lot's (or a weigh-in's) quarantine certificate on an instrument of
+    ``region``: never blank, at most ``MAX_QUARANTINE_CERT_LEN`` characters from MATCHED on (an
+    UNCHECKED instrument keeps the old rule: any non-blank text), and for CN the shape of
+    ``cn_quarantine_cert_ok``."""
+    if not cert.strip():
+        return False
+    if region == _UNCHECKED:
+        return True
+    if region == _CN:
+        return cn_quarantine_cert_ok(cert)
+    return len(cert.strip()) <= MAX_QUARANTINE_CERT_LEN
+
+
+def same_quarantine_cert(lot_cert: str, weigh_in_cert: str) -> bool:
+    """Whether the weigh-in names the lot's certificate: the same text, surrounding blanks aside."""
+    return lot_cert.strip() == weigh_in_cert.strip()
 
 
 def hold_per_head_fen(spec: InstrumentSpec, price_fen: int) -> int:
@@ -89,58 +145,98 @@ def advance_limit_fen(estimated_fen: int, advance_max_bps: int) -> int:
 
 
 def delivery_terms(
-    spec: InstrumentSpec, price_fen: int, obligation_fen: int, heads_delivered: int, total_weight_g: int
+    spec: InstrumentSpec, price_fen: int, obligation_fen: int, heads_delivered: int, total_weight_g: int,
+    unfasted: bool = False,
 ) -> DeliveryTerms:
-    """The final amount of a delivery, by the instrument's weight band, tolerance and discounts.
+    """The final amount of a delivery, by the instrument's weight band, tolerance, discounts and shrink.
 
-    - The average weight is floor(total grams / heads delivered).
+    ``total_weight_g`` is the live weight of the delivered heads (heads dead on arrival or refused at
+    the scale are neither weighed nor counted here); ``obligation_fen`` is what the delivered heads may
+    cost at most (``payable_cap_fen``: the escrowed obligation less the refused heads' part).
+
+    - Unfasted finishing hogs (``unfasted``) lose the instrument's shrink first: ``shrink_g`` =
+      floor(live grams x ``shrink_bps`` / 10,000) (the seller keeps the fraction of a gram); the paid
+      weight is the live weight less the shrink. Fasted pigs, piglets and ``shrink_bps`` 0: no shrink.
+    - The average weight is floor(paid grams / heads delivered).
     - In the lot band ``[lot_avg_min_g, lot_avg_max_g]``: IN_GRADE, no discount.
     - Above it by at most ``overweight_limit_g`` (below by at most ``underweight_limit_g``): SUBSTITUTE,
       the price less ``overweight_discount_fen_per_kg`` (``underweight_...``) for every kg.
     - Further out: OUT_OF_GRADE: the same discount applies if the buyer accepts; the buyer may reject.
-    - Finishing hogs: amount = floor(total grams x discounted price / 1000): the buyer keeps the fraction
+    - Finishing hogs: amount = floor(paid grams x discounted price / 1000): the buyer keeps the fraction
       of a fen. Piglets are priced per head and take no discount: amount = heads delivered x price.
     - A short delivery is thereby paid pro rata (only what was delivered is paid). The amount never
-      exceeds the escrowed obligation: weight beyond what the hold covered (animals above the band's
+      exceeds ``obligation_fen``: weight beyond what the hold covered (animals above the band's
       per-animal maximum) is not paid.
     - The discounted price must stay positive: a discount at or above the price raises ``ValueError``
       (never paid as nothing); callers refuse such a weigh-in first (``discount_leaves_price``), or
       call ``priced_delivery_terms``, which answers None instead.
     """
-    terms = priced_delivery_terms(spec, price_fen, obligation_fen, heads_delivered, total_weight_g)
+    terms = priced_delivery_terms(spec, price_fen, obligation_fen, heads_delivered, total_weight_g, unfasted)
     if terms is None:
-        discount = _grade(spec, total_weight_g // heads_delivered)[1]
+        paid_g = total_weight_g - shrink_g(spec, total_weight_g, unfasted)
+        discount = _grade(spec, paid_g // heads_delivered)[1]
         raise ValueError(f"a discount of {discount} fen/kg leaves nothing of the price {price_fen} fen/kg")
     return terms
 
 
 def priced_delivery_terms(
-    spec: InstrumentSpec, price_fen: int, obligation_fen: int, heads_delivered: int, total_weight_g: int
+    spec: InstrumentSpec, price_fen: int, obligation_fen: int, heads_delivered: int, total_weight_g: int,
+    unfasted: bool = False,
 ) -> DeliveryTerms | None:
     """``delivery_terms``, or None where ``discount_leaves_price`` is False (the discount takes the whole
     price): one grading for the weigh-in's check and its amount."""
     if heads_delivered == 0:
         return _DELIVERY_TERMS(0, _IN_GRADE, 0, 0)
-    avg_g = total_weight_g // heads_delivered
+    shrink = shrink_g(spec, total_weight_g, unfasted) if unfasted else 0
+    paid_g = total_weight_g - shrink
+    avg_g = paid_g // heads_delivered
     grade, discount = _grade(spec, avg_g)
     if spec.product_class == FINISHING_HOG:
         unit_price = price_fen - discount
         if unit_price <= 0:
             return None
-        amount = total_weight_g * unit_price // GRAMS_PER_KG
+        amount = paid_g * unit_price // GRAMS_PER_KG
     else:
         discount = 0
         amount = heads_delivered * price_fen
-    return _DELIVERY_TERMS(avg_g, grade, discount, min(amount, obligation_fen))
+    return _DELIVERY_TERMS(avg_g, grade, discount, min(amount, obligation_fen), shrink)
 
 
-def discount_leaves_price(spec: InstrumentSpec, price_fen: int, heads_delivered: int, total_weight_g: int) -> bool:
+def shrink_g(spec: InstrumentSpec, live_weight_g: int, unfasted: bool) -> int:
+    """The weight deducted from a weigh-in for gut fill: floor(live grams x ``shrink_bps`` / 10,000) for
+    unfasted finishing hogs, else 0 (the seller keeps the fraction of a gram)."""
+    if not unfasted or spec.product_class != FINISHING_HOG:
+        return 0
+    return live_weight_g * spec.shrink_bps // BPS
+
+
+def payable_cap_fen(obligation_fen: int, heads_traded: int, heads_refused: int) -> int:
+    """The most the delivered heads of a trade can be paid: the obligation less the refused (or dead on
+    arrival) heads' part, obligation / heads traded each. Exact: the obligation is heads x the hold per
+    head at the trade price (``hold_fen``), so every refused head returns its whole hold to the buyer."""
+    if not heads_refused:
+        return obligation_fen
+    return obligation_fen - obligation_fen // heads_traded * heads_refused
+
+
+def dispute_raise_limit_fen(amount_fen: int) -> int:
+    """The most a seller's dispute may raise a weigh-in amount: floor(amount x ``MAX_DISPUTE_RAISE_BPS``
+    / 10,000); the buyer keeps the odd fen. The clearing holds it (as far as the buyer's trade source
+    has it available) when the dispute opens."""
+    return amount_fen * MAX_DISPUTE_RAISE_BPS // BPS
+
+
+def discount_leaves_price(
+    spec: InstrumentSpec, price_fen: int, heads_delivered: int, total_weight_g: int, unfasted: bool = False
+) -> bool:
     """Whether the delivery can be priced by the instrument's terms: the weight discount for its average
-    weight (finishing hogs) is below the trade price. Where it is not, the weigh-in is refused: animals
-    delivered for nothing is not a price, and a clamp to 0 would pay the farmer nothing without a word."""
+    (paid) weight (finishing hogs) is below the trade price. Where it is not, the weigh-in is refused:
+    animals delivered for nothing is not a price, and a clamp to 0 would pay the farmer nothing without
+    a word."""
     if heads_delivered == 0 or spec.product_class != FINISHING_HOG:
         return True
-    return _grade(spec, total_weight_g // heads_delivered)[1] < price_fen
+    paid_g = total_weight_g - shrink_g(spec, total_weight_g, unfasted)
+    return _grade(spec, paid_g // heads_delivered)[1] < price_fen
 
 
 def band_clears_discounts(spec: InstrumentSpec, reference_price_fen: int) -> bool:

@@ -27,8 +27,9 @@ _Row = TypeVar("_Row", bound=msgspec.Struct)
 
 # Each side's private fields of a trade (in any row type that has them): the buyer's financing; the
 # seller's fee (0 for a registered poor household; a cooperative's is less its poor members' waivers),
-# poverty status, advances and what it was paid.
-BUYER_PRIVATE: Final = ("funded_by_financier_id",)
+# poverty status, advances and what it was paid. A seller's dispute hold is the buyer's: when less than
+# the limit, it tells what the buyer had available.
+BUYER_PRIVATE: Final = ("funded_by_financier_id", "raise_held_fen")
 SELLER_PRIVATE: Final = ("seller_poor_household", "advance_loan_id", "fee_fen", "fee_subsidy_fen",
                          "fee_forgone_fen", "interest_paid_fen", "principal_repaid_fen", "payable_fen")
 # What a lender sees of a side it lent to without that side's consent: its own loan on the trade (the
