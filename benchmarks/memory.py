@@ -2,10 +2,12 @@
 
     python -m benchmarks.memory --transfers 400000 --retention-ms 10 --json
 
-Builds the day's command stream (in a scratch core, dropped before measuring), then applies it to a
-fresh ``new_exchange()`` as the sequencer would (ledger rows taken every 1,000 commands) and reports the
-process's resident memory before and after (``rss_mb``, ``rss_growth_mb``: what the state added), the
-snapshot's size and encoding time, and how many transfers, trades and payouts memory holds.
+Builds the day's command stream in a child process (a scratch core tells it what happened; the stream is
+kept in a file under the temporary directory for the next run), then applies it to a fresh
+``new_exchange()`` as the sequencer would (ledger rows taken every 1,000 commands) and reports the
+process's resident memory after it (``rss_mb``) and what the state added to it (``rss_growth_mb``: the
+stream itself is loaded before), the snapshot's size and encoding time, and how many transfers, trades
+and payouts memory holds.
 
 The day's clock moves 1 µs a command, so the default retention window (24 h) never passes inside it:
 ``--retention-ms`` sets the window the day's clock ticks carry (``ClockTick.retention_ns``), e.g. 10 ms
@@ -18,6 +20,10 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 
 import msgspec
@@ -40,10 +46,17 @@ def _with_retention(commands: list[Command], retention_ns: int) -> list[Command]
             for c in commands]
 
 
-def measure(transfers: int, seed: int, retention_ns: int) -> dict[str, float]:
-    day = MarketDay(seed)
-    commands = _with_retention(day.generate(transfers), retention_ns)
-    del day
+def generate(transfers: int, seed: int, path: str) -> None:
+    """Write the day's command stream to ``path`` (msgpack), built in this process's scratch core."""
+    commands = MarketDay(seed).generate(transfers)
+    with open(path, "wb") as out:
+        out.write(msgspec.msgpack.encode(commands))
+
+
+def measure(path: str, retention_ns: int) -> dict[str, float]:
+    """Apply the stream at ``path`` to a fresh exchange (in a process that built nothing else)."""
+    with open(path, "rb") as src:
+        commands = _with_retention(msgspec.msgpack.decode(src.read(), type=list[Command]), retention_ns)
     gc.collect()
     rss_before = _rss_mb()
     core = new_exchange()
@@ -79,8 +92,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--retention-ms", type=float, default=0.0)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--stream", help="the command stream's file (made when missing)")
     args = parser.parse_args()
-    figures = measure(args.transfers, args.seed, int(args.retention_ms * 1_000_000))
+    path = args.stream or os.path.join(tempfile.gettempdir(), f"hogx-marketday-{args.seed}-{args.transfers}.msgpack")
+    if not os.path.exists(path):
+        # in a child process: the scratch core that builds the stream leaves nothing in this one's heap
+        subprocess.run([sys.executable, "-c", f"from benchmarks.memory import generate; "
+                        f"generate({args.transfers}, {args.seed}, {path!r})"], check=True)
+    figures = measure(path, int(args.retention_ms * 1_000_000))
     for key, value in figures.items():
         print(f"{key:>20}: {value}")
     if args.json:

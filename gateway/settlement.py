@@ -90,7 +90,7 @@ from exchange.settlement.bankfiles import (
 )
 from exchange.settlement.clearing import HOUSE
 from exchange.settlement.model import Payout, SentFile, TradeRecord, TradeState, Withdrawal, WithdrawalState
-from exchange.settlement.rules import cst_day
+from exchange.settlement.rules import CST_OFFSET_NS, NS_PER_DAY, cst_day
 from exchange.settlement.views import (
     ALL_SIDES,
     REPORT_COLUMNS,
@@ -1216,27 +1216,30 @@ def _report_day(query: ReportQuery) -> int:
         raise ApiError(422, Code.INVALID, f"no such date: {query.date}") from None
 
 
-def _report_rows(call: Call, day: int) -> list[SettlementReportRow]:
+async def _report_rows(call: Call, day: int) -> list[SettlementReportRow]:
     """An operator's report is whole; anyone else's has the trades it is a party to or finances, each
-    without the other side's private fields."""
+    without the other side's private fields. Trades the clearing forgot come from settlement_history."""
+    from_ns = day * NS_PER_DAY - CST_OFFSET_NS
+    data = await pgstore.archived_between(call.pool, pgstore.HISTORY_TRADE, from_ns, from_ns + NS_PER_DAY)
+    forgotten = [msgspec.msgpack.decode(d, type=TradeRecord) for d in data]
     clearing, principal = clearing_of(call), call.principal
     if _is_operator(principal):
-        return daily_settlement_report(clearing, day)
-    return daily_settlement_report(clearing, day, principal.participant_id)
+        return daily_settlement_report(clearing, day, forgotten=forgotten)
+    return daily_settlement_report(clearing, day, principal.participant_id, forgotten)
 
 
 @routes.get("/v1/reports/settlement", roles=ANY_ROLE, query=ReportQuery, response=SettlementReport)
 async def settlement_report(call: Call, query: ReportQuery) -> SettlementReport:
     """The daily settlement report: every trade settled or rejected that day that you may see."""
     day = _report_day(query)
-    return SettlementReport(day_to_date(day), _report_rows(call, day))
+    return SettlementReport(day_to_date(day), await _report_rows(call, day))
 
 
 @routes.get("/v1/reports/settlement.csv", roles=ANY_ROLE, query=ReportQuery, response=None, media_type=_CSV)
 async def settlement_report_csv(call: Call, query: ReportQuery) -> web.Response:
     """The daily settlement report as CSV (a header row, then one row per trade)."""
     day = _report_day(query)
-    rows = _report_rows(call, day)
+    rows = await _report_rows(call, day)
     data = report_csv(rows) if rows else (",".join(REPORT_COLUMNS) + "\r\n").encode()
     return _csv_response(data, f"settlement-{day_to_date(day)}.csv")
 

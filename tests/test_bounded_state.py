@@ -65,7 +65,7 @@ from gateway.testing import Exchange as GatewayExchange
 from gateway.testing import running_exchange
 from tests.factories import order
 from tests.settlement_support import BUYER, FARMER, HOUR_NS, OPERATOR, Exchange, world
-from tests.test_gateway_settlement import _buy, _farmer, _sell, _settled, _weigh_in
+from tests.test_gateway_settlement import _buy, _cst_date, _farmer, _sell, _settled, _weigh_in
 from tests.test_idempotent_refs import _advanced_farmer, _lot
 from tests.test_ledger import T0_NS, fresh_ledger
 
@@ -515,10 +515,13 @@ async def test_the_api_answers_the_same_about_a_trade_and_payout_once_memory_for
         "trades_by_buyer": (buyer, "/v1/settlement/trades?state=SETTLED"),
         "payout": (farmer, f"/v1/payouts/{payout_id}"),
         "payouts": (op, "/v1/payouts?state=CONFIRMED"),
+        "report": (op, f"/v1/reports/settlement?date={_cst_date(settled['settled_ms'])}"),
+        "farmers_report": (farmer, f"/v1/reports/settlement?date={_cst_date(settled['settled_ms'])}"),
     }
     seen = {name: (await client.get(path)).json() for name, (client, path) in reads.items()}
     assert seen["trade"] == settled | {"state": "SETTLED"} and seen["payout"]["state"] == "CONFIRMED"
     assert [t["trade_id"] for t in seen["trades"]["trades"]] == [trade_id]
+    assert [row["trade_id"] for row in seen["farmers_report"]["rows"]] == [trade_id]
     sequencer = ex.app[EXCHANGE].sequencer
 
     def forgotten() -> bool:

@@ -41,7 +41,9 @@ CREATE TRIGGER settlement_refs_append_only
 -- kind: model.FinalKind (1 trade, 2 payout, 3 deposit, 4 withdrawal, 7 bank file sent); id: the trade or
 -- payout id (else 0); ref: the deposit, withdrawal or file reference (else ''); party_a / party_b: buyer
 -- and seller, payee, owner (else 0); state: the record's final state (TradeState, PayoutState,
--- WithdrawalState; else 0); record: the record as the clearing held it (msgpack, exchange/settlement/model.py).
+-- WithdrawalState; else 0); final_at_ns: when it became final (a trade's settlement, a payout's last change,
+-- a deposit or withdrawal request; 0 for a file: the daily report reads trades by it); record: the record as
+-- the clearing held it (msgpack, exchange/settlement/model.py).
 CREATE TABLE settlement_history (
     kind smallint NOT NULL,
     id bigint NOT NULL,
@@ -49,12 +51,14 @@ CREATE TABLE settlement_history (
     party_a bigint NOT NULL,
     party_b bigint NOT NULL,
     state smallint NOT NULL,
+    final_at_ns bigint NOT NULL,
     seq bigint NOT NULL,
     record bytea NOT NULL,
     PRIMARY KEY (kind, id, ref, seq)
 );
 CREATE INDEX settlement_history_by_party_a ON settlement_history (kind, party_a, id);
 CREATE INDEX settlement_history_by_party_b ON settlement_history (kind, party_b, id);
+CREATE INDEX settlement_history_by_time ON settlement_history (kind, final_at_ns);
 
 CREATE TRIGGER settlement_history_append_only
     BEFORE UPDATE OR DELETE ON settlement_history

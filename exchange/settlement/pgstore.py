@@ -139,7 +139,7 @@ def reference_row(
 
 # settlement_history (migration 0014): the clearing's final records once it forgot them. kind is
 # model.FinalKind; (id, ref) the record's key (a trade or payout id, a withdrawal or file reference).
-HISTORY_COLUMNS: Final = ("kind", "id", "ref", "party_a", "party_b", "state", "seq", "record")
+HISTORY_COLUMNS: Final = ("kind", "id", "ref", "party_a", "party_b", "state", "final_at_ns", "seq", "record")
 HISTORY_TRADE: Final = 1
 HISTORY_PAYOUT: Final = 2
 HISTORY_SENT_FILE: Final = 7
@@ -172,7 +172,18 @@ async def archived_page(
 MAX_ID: Final = 2**63 - 1
 
 
-HistoryRow = tuple[int, int, str, int, int, int, int, bytes]
+async def archived_between(
+    conn: asyncpg.Connection | asyncpg.Pool, kind: int, from_ns: int, until_ns: int
+) -> list[bytes]:
+    """Forgotten records of a kind that became final in [from_ns, until_ns), by id."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT ON (id, ref) record FROM settlement_history"
+        " WHERE kind = $1 AND final_at_ns >= $2 AND final_at_ns < $3 ORDER BY id, ref, seq DESC",
+        kind, from_ns, until_ns)
+    return [bytes(row["record"]) for row in rows]
+
+
+HistoryRow = tuple[int, int, str, int, int, int, int, int, bytes]
 
 
 def history_rows(seq: int, forgotten: list[tuple[int, Any]]) -> list[HistoryRow]:
@@ -180,16 +191,17 @@ def history_rows(seq: int, forgotten: list[tuple[int, Any]]) -> list[HistoryRow]
     rows = []
     for kind, r in forgotten:
         if kind == FinalKind.TRADE:
-            key: tuple[int, str, int, int, int] = (r.trade_id, "", r.buyer_id, r.seller_id, r.state)
+            key: tuple[int, str, int, int, int, int] = (
+                r.trade_id, "", r.buyer_id, r.seller_id, r.state, r.settled_at_ns)
         elif kind == FinalKind.PAYOUT:
-            key = (r.payout_id, "", r.payee_id, 0, r.state)
+            key = (r.payout_id, "", r.payee_id, 0, r.state, r.updated_at_ns)
         elif kind == FinalKind.WITHDRAWAL:
-            key = (0, r.withdrawal_ref, r.owner_id, 0, r.state)
+            key = (0, r.withdrawal_ref, r.owner_id, 0, r.state, r.ts_ns)
         elif kind == FinalKind.DEPOSIT:
-            key = (0, r.deposit_ref, r.owner_id, 0, 0)
+            key = (0, r.deposit_ref, r.owner_id, 0, 0, r.ts_ns)
         else:  # a bank file sent
-            key = (0, r.file_ref, 0, 0, 0)
-        rows.append((kind, key[0], key[1], key[2], key[3], int(key[4]), seq, _HISTORY_ENCODER.encode(r)))
+            key = (0, r.file_ref, 0, 0, 0, 0)
+        rows.append((kind, key[0], key[1], key[2], key[3], int(key[4]), key[5], seq, _HISTORY_ENCODER.encode(r)))
     return rows
 
 

@@ -282,13 +282,15 @@ REPORT_COLUMNS = tuple(SettlementReportRow.__struct_fields__)
 
 
 def daily_settlement_report(
-    clearing: Clearing, day: int, participant_id: int | None = None
+    clearing: Clearing, day: int, participant_id: int | None = None, forgotten: Sequence[TradeRecord] = ()
 ) -> list[SettlementReportRow]:
     """Trades settled or rejected on CST ``day``, by trade id. With ``participant_id`` what that
     participant may see: the trades it is a party to or finances (``trade_sides``), each with the other
-    side's private fields redacted; without it every trade in full (an operator's report)."""
+    side's private fields redacted; without it every trade in full (an operator's report). ``forgotten``:
+    the day's trades the clearing no longer holds (read from settlement_history)."""
     rows = []
-    for t in clearing.trades.values():
+    held = clearing.trades
+    for t in [*held.values(), *(f for f in forgotten if f.trade_id not in held)]:
         if t.state not in (TradeState.SETTLED, TradeState.REJECTED) or cst_day(t.settled_at_ns) != day:
             continue
         sides = trade_sides(clearing, participant_id, t)
