@@ -229,7 +229,9 @@ def _worker_main(args: argparse.Namespace) -> None:
 def _day_process(dsn: str, day: int, stream: str, args: argparse.Namespace) -> dict[str, float]:
     command = [sys.executable, "-m", "benchmarks.longrun", "--worker", "--dsn", dsn, "--day", str(day),
                "--stream", stream, "--snapshot-every", str(args.commands_per_day), "--window", str(args.window)]
-    done = subprocess.run(command, check=True, capture_output=True, text=True, env={**os.environ})
+    done = subprocess.run(command, check=False, capture_output=True, text=True, env={**os.environ})
+    if done.returncode:
+        raise RuntimeError(f"day {day}'s process exited {done.returncode}:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -122,7 +122,8 @@ class FundsAccount(IntEnum):
 
 
 class RegisterParticipant(_Command, frozen=True):
-    """Operator: a participant's settlement profile. ``subject_id`` is the id the gateway assigned.
+    """Operator: a participant's settlement profile. ``subject_id`` is the id the gateway assigned (from
+    the ``participants`` table's identity, so that ids never collide with those the database assigns).
 
     ``id_number_masked`` must be masked (contain ``*``): the exchange never stores a full ID number.
     A bank account given here still needs ``VerifyBankAccount``; a poor-household registration
@@ -135,14 +136,27 @@ class RegisterParticipant(_Command, frozen=True):
     id_number_masked: str
     bank_account: str = ""
     poor_registration_no: str = ""
+    bank_code: str = ""  # the account's bank (3 digits, CNAPS 行别代码) ...
+    branch_code: str = ""  # ... and branch (12 digits, CNAPS 联行号, starting with the bank code)
+    # A registration through the API (gateway.admin): its idempotency reference and the first API key
+    # (the gateway writes the key's row in the batch's transaction, gateway.store.RegistrationWriter). A
+    # repeat of the reference with the same profile answers the registration it made; with another, it
+    # is refused (DUPLICATE_REFERENCE). The secret is in the journal, as it is in the api_keys table:
+    # HMAC needs the secret itself.
+    registration_ref: str = ""
+    api_key: str = ""
+    api_secret: str = ""
 
 
 class UpdateParticipant(_Command, frozen=True):
-    """Operator or the participant itself: new name and bank account (a new account is unverified)."""
+    """Operator or the participant itself: new name and bank account (a changed account or name leaves the
+    account unverified: the bank checks the account against its holder's name)."""
 
     subject_id: int
     name: str
     bank_account: str
+    bank_code: str = ""  # as in RegisterParticipant; a change is a change of account
+    branch_code: str = ""
 
 
 class VerifyBankAccount(_Command, frozen=True):
@@ -295,10 +309,12 @@ class RunPayouts(_Command, frozen=True):
 
 
 class MarkPayoutsSent(_Command, frozen=True):
-    """Operator: these (payout_id, attempt) went to the bank in file ``file_ref``."""
+    """Operator: these (payout_id, attempt) went to the bank in file ``file_ref``, whose bytes (stored
+    outside the core) have the SHA-256 ``sha256`` (hex; empty in journals written before files were stored)."""
 
     file_ref: str
     payouts: tuple[tuple[int, int], ...]
+    sha256: str = ""
 
 
 class BankConfirmation(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -312,10 +328,15 @@ class BankConfirmation(msgspec.Struct, frozen=True, array_like=True, gc=False):
 
 
 class ImportBankConfirmations(_Command, frozen=True):
-    """Operator: the bank's answers for sent payouts; ``file_ref`` makes the import idempotent."""
+    """Operator: the bank's answers for sent payouts; ``file_ref`` makes the import idempotent.
+
+    ``whole_file`` (the gateway always sets it): a file with any row the clearing cannot apply is refused
+    whole (``Clearing.confirmation_problems``): nothing applied, ``file_ref`` not used. Without it (journals
+    written before it existed) the good rows are applied and the others listed as errors."""
 
     file_ref: str
     rows: tuple[BankConfirmation, ...]
+    whole_file: bool = False
 
 
 class RetryPayout(_Command, frozen=True):

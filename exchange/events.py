@@ -239,6 +239,28 @@ class DeliveryRecorded(_Event, frozen=True):
     shrink_g: int = 0  # deducted from the live weight (unfasted pigs) before grading and pricing
 
 
+class TradeFacts(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A trade as it stood when it settled or was rejected: what its report row states, forever (the
+    report is projected from the events alone, and a later change of a profile never reaches it)."""
+
+    instrument: str
+    buyer_id: int
+    seller_id: int
+    heads: int
+    price_fen: int
+    obligation_fen: int
+    funded_by_financier_id: int  # 0: the buyer's cash; else the credit line's financier
+    heads_delivered: int
+    total_weight_g: int
+    avg_weight_g: int
+    grade: DeliveryGrade
+    discount_fen_per_kg: int
+    refund_fen: int
+    advance_loan_id: int  # the advance against this trade, 0 if none
+    advance_financier_id: int
+    seller_poor_household: bool  # a registered poor household then
+
+
 class DisputeOpened(_Event, frozen=True):
     trade_id: int
     opened_by: int
@@ -255,6 +277,7 @@ class DeliveryResolved(_Event, frozen=True):
     rejected: bool
     resolved_by: int
     raised_fen: int = 0  # a seller's dispute resolved above the weigh-in amount: by this much
+    facts: TradeFacts | None = None  # a rejection's: the trade as it ended (a resolution's: TradeSettled's)
 
 
 class TradeSettled(_Event, frozen=True):
@@ -269,13 +292,15 @@ class TradeSettled(_Event, frozen=True):
     interest_paid_fen: int
     principal_repaid_fen: int
     payable_fen: int  # to the seller's payable (a cooperative's before the split)
+    facts: TradeFacts | None = None  # the trade as it settled (None in journals written before it was added)
 
 
 class CooperativeSplitPaid(_Event, frozen=True):
     trade_id: int
     cooperative_id: int
     member_id: int
-    amount_fen: int
+    amount_fen: int  # the member's part, with the fee waived for it if it is a registered poor household
+    member_poor_household: bool = False  # then
 
 
 class CreditLineChanged(_Event, frozen=True):

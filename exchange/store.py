@@ -521,7 +521,14 @@ async def _archive_partition(
     await asyncio.to_thread(_write_manifest, directory / f"{name}.json", manifest)
     # detached only now that its rows are safely on disk; then it is a plain table nobody writes
     suffix = "FINALIZE" if partition.detach_pending else "CONCURRENTLY"
-    await conn.execute(f"ALTER TABLE journal DETACH PARTITION {name} {suffix}")
+    # The writer's daily ATTACH (ensure_journal_partitions) takes this lock before it touches the journal:
+    # it then waits for the detach instead of deadlocking with it (the detach waits for every transaction
+    # that uses the journal, and the attach for the detach's lock on it).
+    await conn.execute("SELECT pg_advisory_lock($1)", _PARTITION_LOCK_KEY)
+    try:
+        await conn.execute(f"ALTER TABLE journal DETACH PARTITION {name} {suffix}")
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _PARTITION_LOCK_KEY)
     await conn.execute(f"DROP TABLE {name}")
     return record
 

@@ -1,13 +1,20 @@
 """Operator routes: register participants, issue and revoke API keys.
 
-Storage calls go through `gateway.store` only. A registration is written to the database (which
-assigns the participant id and keeps the key) and then, with that id, journaled as the core's
-`RegisterParticipant` (`gateway.participants`), so settlement knows the participant before it trades.
+Storage calls go through `gateway.store` only. A registration is one journaled `RegisterParticipant`
+that carries the new id (from the database's identity), the profile, its `registration_ref` and the
+first API key and secret; the key's and the participant's rows are written in the transaction that
+journals it (`store.RegistrationWriter`). So a crash, a failed commit or a 503 leaves either the whole
+registration (the core's profile, the participant row, the key) or nothing, and the client retries
+with the same `registration_ref`: a repeat with the same profile answers the same participant, key and
+secret for `REGISTRATION_REPLAY_S` (24 h) after the registration, then 409 `registration_expired` (the
+participant exists: issue it a new key); another profile under the reference is 409 `duplicate_reference`.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+import secrets
+import time
+from typing import Annotated, Final
 
 import msgspec
 
@@ -16,11 +23,17 @@ from gateway.auth import OPERATORS, KeyRecord, Role
 from gateway.errors import ApiError, Code
 from gateway.exchange_port import EXCHANGE
 from gateway.routes import Call, RouteTable
+from gateway.settlement import clearing_of
 from gateway.state import AUTH
 
 __all__ = ["KeyPath", "KeyRevoked", "ParticipantPath", "RegisterParticipant", "routes"]
 
 routes = RouteTable()
+REGISTRATION_REPLAY_S: Final = 24 * 3600  # how long a repeated registration_ref answers the key again
+
+
+RegistrationRef = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$",
+                                              description="the registration's idempotency key")]
 
 
 class RegisterParticipant(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -33,6 +46,11 @@ class RegisterParticipant(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     id_number_masked: participants.MaskedIdNumber = participants.NO_ID_NUMBER
     bank_account: participants.BankAccount = ""
     poor_registration_no: participants.PoorRegistrationNo = ""
+    bank_code: participants.BankCode = ""  # the account's bank and branch, for the bank payout file
+    branch_code: participants.BranchCode = ""
+    # The idempotency key of the registration: send it again after a 503 or a timeout to get the same
+    # participant and key (for 24 h). Optional, but without it a lost answer cannot be recovered.
+    registration_ref: RegistrationRef | None = None
 
 
 class ParticipantPath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -49,14 +67,29 @@ class KeyRevoked(msgspec.Struct, frozen=True):
 
 
 @routes.post("/v1/admin/participants", roles=OPERATORS, body=RegisterParticipant,
-             response=store.IssuedKey, status=201)
+             response=store.IssuedKey, status=201, errors=(409,))
 async def register_participant(call: Call, body: RegisterParticipant) -> store.IssuedKey:
-    """Register a participant with its role; its API key and secret are returned this once."""
+    """Register a participant with its role and profile, in one durable step; its API key and secret are
+    returned. The same `registration_ref` again (after a 503 or a timeout) returns the same participant
+    and key for 24 h; with another profile it is 409 `duplicate_reference`."""
     profile = participants.Profile(role=body.role, name=body.name, id_number_masked=body.id_number_masked,
-                                   bank_account=body.bank_account, poor_registration_no=body.poor_registration_no)
+                                   bank_account=body.bank_account, poor_registration_no=body.poor_registration_no,
+                                   bank_code=body.bank_code, branch_code=body.branch_code)
     participants.check_profile(profile)
-    issued = await store.register_participant(call.pool, body.role, body.name)
-    await participants.register(call.app[EXCHANGE], call.principal.participant_id, issued.participant_id, profile)
+    ref = body.registration_ref or "auto:" + secrets.token_hex(16)
+    # A fresh id and key even for a repeat: the core answers a known reference with what it made.
+    participant_id = await store.next_participant_id(call.pool)
+    api_key, api_secret = store.new_key_pair()
+    await participants.register(call.app[EXCHANGE], call.principal.participant_id, participant_id, profile,
+                                registration_ref=ref, api_key=api_key, api_secret=api_secret)
+    done = clearing_of(call).registrations[ref]  # durable: the command answered after it is
+    if time.time_ns() - done.ts_ns > REGISTRATION_REPLAY_S * 1_000_000_000:
+        raise ApiError(409, "registration_expired", f"registration {ref} made participant {done.participant_id} "
+                       f"more than 24 h ago: its key is not shown again (issue a new key)")
+    secret = api_secret if done.api_key == api_key else await store.load_secret(call.pool, done.api_key)
+    if secret is None:  # written in the same transaction as the registration: never missing
+        raise RuntimeError(f"the key of registration {ref} is not in api_keys")
+    issued = store.IssuedKey(done.participant_id, body.role, done.api_key, secret)
     _remember(call, issued)
     return issued
 

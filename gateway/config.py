@@ -33,6 +33,10 @@ HOGX_RETENTION_S               exchange seconds final records and idempotency ke
 HOGX_TRADE_HISTORY             public trades kept per instrument for GET .../trades        10000
 HOGX_CANDLE_HISTORY            candles kept per instrument and interval                    1000
 HOGX_PROJECT_READ_MODELS       keep the PostgreSQL `orders`/`trades` tables up to date     false
+HOGX_PAYER_NAME                the exchange's settlement account that payout files debit:  (demo)
+HOGX_PAYER_ACCOUNT             its holder's name, account number (1-32 of 0-9 A-Z a-z),
+HOGX_PAYER_BANK_CODE           bank code (3 digits) and branch code (12 digits, starting
+HOGX_PAYER_BRANCH_CODE         with the bank code); the defaults are a demo account
 =============================  ==========================================================  ==========
 
 Rates are floats (requests per second); nothing here is money. A signature is remembered for up to two
@@ -53,6 +57,7 @@ import msgspec
 __all__ = ["ConfigError", "GatewayConfig"]
 
 _KEY_RE = re.compile(r"[A-Za-z0-9_\-]{8,64}")
+_PAYER_ACCOUNT_RE = re.compile(r"[0-9A-Za-z]{1,32}")
 
 
 class ConfigError(ValueError):
@@ -93,6 +98,11 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
     # Off by default: the API answers from the in-memory read model; the PostgreSQL projection serves
     # SQL readers only and costs ~28 µs of database CPU per order (run it where the database has room).
     project_read_models: bool = False
+    # The payer of payout files (exchange.settlement.bankfiles): the demo's settlement account by default.
+    payer_name: str = "重庆荣昌生猪交易市场"
+    payer_account: str = "3100000000000000001"
+    payer_bank_code: str = "102"
+    payer_branch_code: str = "102653000019"
 
     def __post_init__(self) -> None:
         if (self.operator_key is None) != (self.operator_secret is None):
@@ -115,6 +125,13 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError("rate_limit_per_s must be positive")
         if not 0 <= self.db_pool_min <= self.db_pool_max:
             raise ConfigError("need 0 <= db_pool_min <= db_pool_max")
+        if not (0 < len(self.payer_name) <= 100 and _PAYER_ACCOUNT_RE.fullmatch(self.payer_account)
+                and re.fullmatch(r"[0-9]{3}", self.payer_bank_code)
+                and re.fullmatch(r"[0-9]{12}", self.payer_branch_code)
+                and self.payer_branch_code.startswith(self.payer_bank_code)):
+            raise ConfigError("HOGX_PAYER_NAME (1-100 characters), HOGX_PAYER_ACCOUNT (1-32 of 0-9 A-Z a-z), "
+                              "HOGX_PAYER_BANK_CODE (3 digits), HOGX_PAYER_BRANCH_CODE (12 digits starting "
+                              "with the bank code)")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> GatewayConfig:
@@ -160,4 +177,8 @@ _ENV_VARS: dict[str, str] = {
     "trade_history": "HOGX_TRADE_HISTORY",
     "candle_history": "HOGX_CANDLE_HISTORY",
     "project_read_models": "HOGX_PROJECT_READ_MODELS",
+    "payer_name": "HOGX_PAYER_NAME",
+    "payer_account": "HOGX_PAYER_ACCOUNT",
+    "payer_bank_code": "HOGX_PAYER_BANK_CODE",
+    "payer_branch_code": "HOGX_PAYER_BRANCH_CODE",
 }

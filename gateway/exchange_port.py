@@ -15,6 +15,11 @@ folded into the read model synchronously in the sequencer's publish step — bef
 futures that commit resolved get to run — and then handed to the listeners (market-data publishers,
 metrics).
 
+The daily settlement report is history, answered from PostgreSQL: `exchange.history.ReportHistory`
+catches up from the journal at start-up (after the read model's rebuild, before readiness), is fed every
+published batch and writes the report's rows off the acknowledgement path; readers of the report wait
+until the rows of the batches they could have seen are written (`history.wait_for`).
+
 With `project_read_models` (opt-in: `HOGX_PROJECT_READ_MODELS=true`) the shard also runs
 `exchange.readmodel.Projector`, which keeps the PostgreSQL `orders` and `trades` tables in step with
 the journal for other readers of the database (reconciliation, reporting, future stateless
@@ -47,6 +52,7 @@ from exchange import readmodel
 from exchange.commands import Command, decode_command
 from exchange.core import Core, new_exchange
 from exchange.events import Event
+from exchange.history import ReportHistory
 from exchange.sequencer import (
     Busy,
     CommittedBatch,
@@ -58,12 +64,12 @@ from exchange.sequencer import (
     decode_events,
 )
 from exchange.settlement import Clearing
-from exchange.settlement.pgstore import LedgerWriter
 from gateway.config import GatewayConfig
 from gateway.errors import ApiError, Code
 from gateway.metrics import Metrics
 from gateway.readmodel import BatchDigest, ReadModel
 from gateway.state import Readiness
+from gateway.store import RegistrationWriter
 
 __all__ = ["EXCHANGE", "ExchangePort", "Result", "Shard", "attach", "detach"]
 
@@ -117,7 +123,8 @@ class Shard:
         self._match_observers: list[Callable[[float], None]] = []
         self._core_type = _timed_core_type(self._observe_match)
         # The clearing's ledger rows commit in the same transaction as their journal batch.
-        self.ledger_writer = LedgerWriter()
+        # So do the participant and key rows of a registration (the writer's subclass in gateway.store).
+        self.ledger_writer = RegistrationWriter()
         self.sequencer = Sequencer(
             dsn,
             core_type=self._core_type,
@@ -133,6 +140,9 @@ class Shard:
         # The PostgreSQL read models (orders, trades) for reconciliation and other readers of the
         # database; followed asynchronously, so acknowledgements never wait for them.
         self.projector = readmodel.Projector(dsn) if config.project_read_models else None
+        # The settlement history (the report's rows) in PostgreSQL, always kept: the API answers the
+        # report from it. Fed from the published batches, written off the acknowledgement path.
+        self.history = ReportHistory(dsn)
         # Live sets of the participants who want execution reports (e.g. subscribed to `orders`).
         self.report_wanted: list[AbstractSet[int]] = []
         self.users = 0
@@ -149,6 +159,7 @@ class Shard:
         try:
             self.sequencer.subscribe(self._on_batch)
             await self._rebuild(self.sequencer.committed_seq)
+            await self.history.catch_up(self.sequencer.committed_seq)
             buffered, self._buffer = self._buffer or [], None
             for batch in buffered:
                 self._fold(batch)
@@ -157,6 +168,7 @@ class Shard:
             await self.sequencer.stop(snapshot=False)
             raise
         self._core_type.timing = True  # type: ignore[attr-defined]
+        await self.history.start()
         self.recovery_s = time.perf_counter() - started_s
         if self.projector is not None:
             self.projector.attach(self.sequencer)
@@ -168,6 +180,7 @@ class Shard:
     async def stop(self) -> None:
         """Drain: everything queued is committed (and acknowledged) before the writer disconnects."""
         await self.sequencer.stop()
+        await self.history.stop()
         if self.projector is not None:
             await self.projector.stop()
 
@@ -226,6 +239,7 @@ class Shard:
             _log.critical("%s; the gateway stops taking commands", self.failure, exc_info=True)
 
     def _fold(self, batch: CommittedBatch) -> None:
+        self.history.feed(batch)  # first: a reader that sees the batch in the read model waits for its rows
         read_model = self.read_model
         if batch.last_seq <= read_model.applied_seq:
             return  # already folded by the rebuild

@@ -4,22 +4,22 @@ The gateway's database (`gateway.store`) assigns participant ids and holds API k
 clearing must know the same participants (role, real name, masked ID number, bank account, poor-household
 registration) before it takes their bids, lots, deposits or payouts. Both are kept in step here:
 
-- `register(port, sender_id, participant_id, profile)`: the journaled `RegisterParticipant` that
-  follows a database registration (`gateway.admin`), sent by the registering operator, answered once
-  it is durable.
+- `register(port, sender_id, participant_id, profile, registration_ref=..., api_key=..., api_secret=...)`:
+  the journaled `RegisterParticipant`, answered once it is durable. An API registration
+  (`gateway.admin`) carries its reference and first key, and the participant's and key's rows commit
+  with the command (`gateway.store.RegistrationWriter`): one durable step, nothing half-done.
 - `sync_from_database(pool, port)`: at start-up, every database participant the core does not know
-  (the bootstrap operator created from the environment, a registration whose core command was lost to
-  a crash between the two writes) is registered from participant 0, the system, which the clearing
-  accepts for operator commands. So the database is the truth about who exists; a registration never
-  stays half-done past a restart.
+  (the bootstrap operator created from the environment, the demo's participants, a registration made
+  before registrations were one step) is registered from participant 0, the system, which the clearing
+  accepts for operator commands.
 
-Routes: `GET /v1/profile` and `PATCH /v1/profile` (your name and bank account; a new account must be
-verified again), `GET /v1/consents` and `POST /v1/consents` (a trader lets a financier finance it
-and see its exposures, or withdraws that: no new credit, no new holds on the financier's line, and the
-financier sees only its own lines and loans: it may still reduce a line, and loans are still repaid), and for operators
-`GET /v1/admin/participants/{id}/profile`, `POST .../bank-account/verify`, `POST .../poor-household`
-(verify or revoke a registered poor household) and `POST /v1/admin/cooperatives/{id}/members`
-(members and their shares in basis points).
+Routes: `GET /v1/profile` and `PATCH /v1/profile` (your name and bank account; a changed account or name must
+be verified again before the next payout), `GET /v1/consents` and `POST /v1/consents` (a trader lets a
+financier finance it and see its exposures, or withdraws that: no new credit, no new holds on the financier's
+line, and the financier sees only its own lines and loans: it may still reduce a line, and loans are still
+repaid), and for operators `GET /v1/admin/participants/{id}/profile`, `POST .../bank-account/verify`, `POST
+.../poor-household` (verify or revoke a registered poor household) and
+`POST /v1/admin/cooperatives/{id}/members` (members and their shares in basis points).
 
 The clearing refuses full ID numbers: `id_number_masked` must contain `*` and at most 8 digits
 (`PROFILE_RULES`). A participant registered without one gets `NO_ID_NUMBER` ("*"), which says "none
@@ -83,6 +83,12 @@ MaskedIdNumber = Annotated[str, msgspec.Meta(
 BankAccount = Annotated[str, msgspec.Meta(
     max_length=64, pattern=r"^[0-9A-Za-z \-]*$", description="the bank account payouts go to (verified by an "
                                                               "operator before any money is sent)")]
+BankCode = Annotated[str, msgspec.Meta(
+    max_length=3, pattern=r"^([0-9]{3})?$", description="the account's bank: 3 digits (CNAPS 行别代码, e.g. 102); "
+                                                         "empty: not given")]
+BranchCode = Annotated[str, msgspec.Meta(
+    max_length=12, pattern=r"^([0-9]{12})?$", description="the account's branch: 12 digits (CNAPS 联行号), "
+                                                           "starting with the bank code; empty: not given")]
 PoorRegistrationNo = Annotated[str, msgspec.Meta(
     max_length=32, pattern=r"^[0-9A-Za-z\-]*$", description="registered poor household number (建档立卡)")]
 
@@ -95,6 +101,8 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True):
     id_number_masked: str = NO_ID_NUMBER
     bank_account: str = ""
     poor_registration_no: str = ""
+    bank_code: str = ""
+    branch_code: str = ""
 
 
 def check_profile(profile: Profile) -> None:
@@ -106,19 +114,33 @@ def check_profile(profile: Profile) -> None:
         raise ApiError(422, "invalid_participant", PROFILE_RULES)
     if profile.poor_registration_no and profile.role != Role.FARMER:
         raise ApiError(422, "invalid_participant", "only a farmer can be a registered poor household")
+    check_bank_codes(profile.bank_code, profile.branch_code)
 
 
-def _command(sender_id: int, participant_id: int, profile: Profile) -> RegisterParticipant:
+def check_bank_codes(bank_code: str, branch_code: str) -> None:
+    """Refuse (422 `invalid_participant`) a branch code without its bank code or of another bank."""
+    if branch_code and branch_code[:3] != bank_code:
+        raise ApiError(422, "invalid_participant", "branch_code must start with bank_code (both given)")
+
+
+def _command(sender_id: int, participant_id: int, profile: Profile, registration_ref: str = "", api_key: str = "",
+             api_secret: str = "") -> RegisterParticipant:
     return RegisterParticipant(sender_id, 0, participant_id, CORE_ROLE[profile.role], profile.name,
                                profile.id_number_masked, profile.bank_account.strip(),
-                               profile.poor_registration_no.strip())
+                               profile.poor_registration_no.strip(), profile.bank_code, profile.branch_code,
+                               registration_ref, api_key, api_secret)
 
 
-async def register(port: ExchangePort, sender_id: int, participant_id: int, profile: Profile) -> None:
-    """Register the participant the database just created in the core; returns once it is durable."""
-    result = await port.submit(_command(sender_id, participant_id, profile))
+async def register(port: ExchangePort, sender_id: int, participant_id: int, profile: Profile, *,
+                   registration_ref: str = "", api_key: str = "", api_secret: str = "") -> None:
+    """Register a participant in the core; returns once it is durable. With `registration_ref` (the API's
+    registrations) the command also carries the first key, whose rows commit with it; without, the
+    participant is one the database already has (the demo's, the start-up sync)."""
+    result = await port.submit(_command(sender_id, participant_id, profile, registration_ref, api_key, api_secret))
     for event in result.events:
         if event.__class__ is Rejected:
+            if registration_ref:  # nothing was written: the client may correct the request or retry it
+                raise rejection(event.reason)
             # check_profile ran first, so this is a disagreement with the core (e.g. the sender is not an
             # operator there yet); the start-up sync registers the participant from the database.
             raise ApiError(503, Code.UNAVAILABLE, f"participant {participant_id} was created but the exchange "
@@ -160,6 +182,8 @@ class ProfileView(msgspec.Struct, frozen=True):
     name: str
     id_number_masked: str
     bank_account: str
+    bank_code: str  # empty: not given
+    branch_code: str
     bank_verified: bool
     poor_registration_no: str
     poor_household_verified: bool  # a verified registered poor household: fee waived, paid first
@@ -169,10 +193,13 @@ class ProfileView(msgspec.Struct, frozen=True):
 
 
 class ProfileUpdate(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """Your name and the bank account payouts go to; a changed account must be verified again."""
+    """Your name and the bank account payouts go to (with its bank and branch codes, which the bank file
+    carries; left out, they are cleared); a changed account, code or name must be verified again."""
 
     name: Name
     bank_account: BankAccount
+    bank_code: BankCode = ""
+    branch_code: BranchCode = ""
 
 
 class ParticipantPath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -221,10 +248,11 @@ def _masked(bank_account: str) -> str:
     return "****" + bank_account[-4:] if bank_account else ""
 
 
-def _profile_view(who: Participant) -> ProfileView:
+def _profile_view(call: Call, who: Participant) -> ProfileView:
+    bank_code, branch_code = clearing_of(call).bank_codes.get(who.participant_id, ("", ""))
     return ProfileView(who.participant_id, Role[who.role.name], who.name, who.id_number_masked,
-                       _masked(who.bank_account), who.bank_verified, who.poor_registration_no, who.poor_verified,
-                       list(who.member_ids), list(who.shares_bps), list(who.consents))
+                       _masked(who.bank_account), bank_code, branch_code, who.bank_verified, who.poor_registration_no,
+                       who.poor_verified, list(who.member_ids), list(who.shares_bps), list(who.consents))
 
 
 def _participant(call: Call, participant_id: int) -> Participant:
@@ -237,22 +265,23 @@ def _participant(call: Call, participant_id: int) -> Participant:
 @routes.get("/v1/profile", roles=ANY_ROLE, response=ProfileView, errors=(404,))
 async def get_profile(call: Call) -> ProfileView:
     """Your settlement profile: bank account and its verification, poor-household status, consents."""
-    return _profile_view(_participant(call, call.principal.participant_id))
+    return _profile_view(call, _participant(call, call.principal.participant_id))
 
 
 @routes.patch("/v1/profile", roles=ANY_ROLE, body=ProfileUpdate, response=ProfileView, errors=(404,))
 async def update_profile(call: Call, body: ProfileUpdate) -> ProfileView:
-    """Change your name or bank account (a new account waits for an operator's verification)."""
+    """Change your name or bank account (either change waits for an operator's verification again)."""
     me = call.principal.participant_id
-    await submit(call, UpdateParticipant(me, 0, me, body.name, body.bank_account))
-    return _profile_view(_participant(call, me))
+    check_bank_codes(body.bank_code, body.branch_code)
+    await submit(call, UpdateParticipant(me, 0, me, body.name, body.bank_account, body.bank_code, body.branch_code))
+    return _profile_view(call, _participant(call, me))
 
 
 @routes.get("/v1/admin/participants/{participant_id}/profile", roles=OPERATORS, params=ParticipantPath,
             response=ProfileView)
 async def get_participant_profile(call: Call, params: ParticipantPath) -> ProfileView:
     """A participant's settlement profile."""
-    return _profile_view(_participant(call, params.participant_id))
+    return _profile_view(call, _participant(call, params.participant_id))
 
 
 @routes.post("/v1/admin/participants/{participant_id}/bank-account/verify", roles=OPERATORS,
@@ -261,7 +290,7 @@ async def verify_bank_account(call: Call, params: ParticipantPath, body: BankVer
     """Verify the participant's current bank account: payouts and withdrawals may go there."""
     await submit(call, VerifyBankAccount(call.principal.participant_id, 0, params.participant_id,
                                          body.bank_account))
-    return _profile_view(_participant(call, params.participant_id))
+    return _profile_view(call, _participant(call, params.participant_id))
 
 
 @routes.post("/v1/admin/participants/{participant_id}/poor-household", roles=OPERATORS, params=ParticipantPath,
@@ -271,7 +300,7 @@ async def verify_poor_household(call: Call, params: ParticipantPath, body: PoorH
     paid first and the same day."""
     await submit(call, VerifyPoorHousehold(call.principal.participant_id, 0, params.participant_id,
                                            body.registration_no, body.verified))
-    return _profile_view(_participant(call, params.participant_id))
+    return _profile_view(call, _participant(call, params.participant_id))
 
 
 @routes.post("/v1/admin/cooperatives/{participant_id}/members", roles=OPERATORS, params=ParticipantPath,
@@ -281,7 +310,7 @@ async def set_cooperative_members(call: Call, params: ParticipantPath, body: Coo
     await submit(call, SetCooperativeMembers(call.principal.participant_id, 0, params.participant_id,
                                              tuple(m.farmer_id for m in body.members),
                                              tuple(m.share_bps for m in body.members)))
-    return _profile_view(_participant(call, params.participant_id))
+    return _profile_view(call, _participant(call, params.participant_id))
 
 
 @routes.get("/v1/consents", roles=BORROWERS, response=ConsentView, errors=(404,))

@@ -13,10 +13,12 @@ Routes (roles in brackets; "party" = the trade's buyer or seller):
   `.../resolution` (operator: lowers the amount, or raises it within a seller's dispute hold),
   `GET /v1/trades/{trade_id}/settlement`, `GET /v1/settlement/trades`.
 - Payouts (operator): `POST /v1/payout-runs`; `POST /v1/payout-files` exports the bank file of every
-  pending payout (CSV, `text/csv`) and marks those payouts sent in one journaled command;
-  `GET /v1/payout-files/{file_ref}` downloads a file again; `POST /v1/payout-confirmations` imports
-  the bank's answer (CSV in JSON); `POST /v1/payouts/{payout_id}/retry|return`. `GET /v1/payouts`
-  and `GET /v1/payouts/{payout_id}`: a payee's own, every payout for an operator.
+  pending payout (format `HOGXPAY1`, `text/csv`, see the README), stores its bytes and SHA-256, then
+  marks those payouts sent in one journaled command naming the digest; `GET /v1/payout-files/{file_ref}`
+  downloads the stored bytes again; `POST /v1/payout-confirmations` imports the bank's answer (CSV in
+  JSON; refused whole, every bad line listed, if any line is bad);
+  `POST /v1/payouts/{payout_id}/retry|return`. `GET /v1/payouts` and `GET /v1/payouts/{payout_id}`: a
+  payee's own, every payout for an operator.
 - Financing: `POST /v1/credit-lines`, `POST /v1/credit-lines/{buyer_id}/reduce`, `POST /v1/advances`
   (financier), `GET /v1/financing/clients[/{participant_id}]` (financier: exposures, loans
   outstanding, repayments and the settlement state of every financed trade, of participants that consent
@@ -37,14 +39,17 @@ reasons). Reads come from the clearing of the sequencer's core in this process t
 few milliseconds ahead of the journal), which become durable or, if that commit fails, vanish with
 the rebuilt core. Bank payout files are the exception: money leaves on them, so a file is handed out
 (also again) only once the command that made it is durable. Statements are read from the ledger rows
-in PostgreSQL, which commit with their batch. Another participant's trade, payout, account or client
-is a 404, exactly like a missing one; to a financier, a participant that neither consents to it nor
-owes it anything does not exist.
+in PostgreSQL, which commit with their batch; the daily settlement report from the settlement history
+in PostgreSQL (`exchange.history`), once it holds everything the core has applied. Another
+participant's trade, payout, account or client is a 404, exactly like a missing one; to a financier, a
+participant that neither consents to it nor owes it anything does not exist.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
 import time
 from collections.abc import Iterable
 from enum import StrEnum
@@ -53,6 +58,7 @@ from typing import Annotated, Final, TypeVar
 import msgspec
 from aiohttp import web
 
+from exchange import history
 from exchange.commands import (
     Command,
     ConfirmDeposit,
@@ -80,17 +86,20 @@ from exchange.domain import RejectReason
 from exchange.events import Event, PayoutState, Rejected
 from exchange.settlement import CHART, AccountCode, Clearing, Entry, PostingSide, TransferCode, pgstore
 from exchange.settlement.bankfiles import (
+    ConfirmationFile,
+    LineProblem,
+    Payer,
     bank_file_csv,
-    parse_confirmations_csv,
     parse_whole_number,
     payout_reference,
     payouts_to_send,
+    read_confirmations,
     read_csv_rows,
     sent_pairs,
 )
 from exchange.settlement.clearing import HOUSE
 from exchange.settlement.model import Payout, SentFile, TradeRecord, TradeState, Withdrawal, WithdrawalState
-from exchange.settlement.rules import CST_OFFSET_NS, NS_PER_DAY, cst_day
+from exchange.settlement.rules import cst_day
 from exchange.settlement.views import (
     ALL_SIDES,
     REPORT_COLUMNS,
@@ -99,7 +108,6 @@ from exchange.settlement.views import (
     LoanRow,
     SettlementReportRow,
     TradeSides,
-    daily_settlement_report,
     date_to_day,
     day_to_date,
     financier_portfolio,
@@ -109,13 +117,16 @@ from exchange.settlement.views import (
     redact,
     report_csv,
     trade_sides,
+    visible_report,
 )
+from gateway import store
 from gateway.auth import ANY_ROLE, BUYERS, FINANCIERS, OPERATORS, SELLERS, Principal, Role
 from gateway.errors import ApiError, Code
 from gateway.exchange_port import EXCHANGE
 from gateway.inputs import Text, refuse_control_characters
 from gateway.routes import Call, RouteTable
 from gateway.schemas import Id, Limit, Symbol, rejection
+from gateway.state import CONFIG
 
 __all__ = ["BORROWERS", "clearing_of", "rejection", "routes", "submit"]
 
@@ -123,6 +134,7 @@ routes = RouteTable()
 R = RejectReason
 _R = TypeVar("_R")  # a record of the clearing read back from history
 _V = TypeVar("_V")
+SHA256_HEADER: Final = "X-Hogx-SHA256"  # the hex SHA-256 of a payout file's bytes
 BORROWERS: Final = SELLERS | BUYERS  # the roles that trade, consent, borrow and repay
 OWNERS: Final = BORROWERS | FINANCIERS  # the roles that hold cash of their own
 _NS_PER_MS: Final = 1_000_000
@@ -733,7 +745,7 @@ class PayoutFilePath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class ConfirmationImportRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """The bank's confirmation file: header `payout_id,attempt,status,bank_ref,reason`, status OK or
-    FAILED. `file_ref` makes the import idempotent."""
+    FAILED. `file_ref` makes the import idempotent; a refused file leaves it unused."""
 
     file_ref: Ref
     csv: CsvText
@@ -747,8 +759,8 @@ class ImportErrorRow(msgspec.Struct, frozen=True):
 class ConfirmationImportView(msgspec.Struct, frozen=True):
     file_ref: str
     applied: int
-    duplicates: int
-    errors: list[ImportErrorRow]
+    duplicates: int  # rows that repeat a payout's recorded answer
+    errors: list[ImportErrorRow]  # empty: a file with a bad row is refused whole (older imports may list some)
 
 
 class PayoutPath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -787,33 +799,60 @@ async def run_payouts(call: Call, body: PayoutRunRequest) -> PayoutRunView:
                          list(run.skipped_ids), _ms(run.ts_ns))
 
 
-def _bank_file(clearing: Clearing, file_ref: str) -> web.Response:
-    """The file as sent: each payout under the attempt the file carried (a later retry is a new file)."""
-    sent = clearing.sent_files[file_ref]
-    payouts = [msgspec.structs.replace(clearing.payouts[pid], attempt=attempt) for pid, attempt in sent.payouts]
-    return _csv_response(bank_file_csv(clearing, payouts), f"{file_ref}.csv")
+def _render(call: Call, clearing: Clearing, file_ref: str, payouts: Iterable[Payout]) -> bytes:
+    """The payout file of `payouts`, value date today (CST), debiting the configured payer's account."""
+    config = call.app[CONFIG]
+    payer = Payer(name=config.payer_name, account=config.payer_account, bank_code=config.payer_bank_code,
+                  branch_code=config.payer_branch_code)
+    return bank_file_csv(clearing, payouts, file_ref=file_ref, value_day=cst_day(time.time_ns()), payer=payer)
+
+
+async def _bank_file(call: Call, file_ref: str) -> web.Response:
+    """The file as sent, byte for byte (stored before it was sent), with its SHA-256 in `X-Hogx-SHA256`."""
+    clearing = clearing_of(call)
+    digest = clearing.file_digests.get(file_ref)
+    if digest is None:
+        # Sent before files were stored: rendered again, each payout under the attempt the file carried.
+        sent = clearing.sent_files[file_ref]
+        payouts = [msgspec.structs.replace(clearing.payouts[pid], attempt=attempt) for pid, attempt in sent.payouts]
+        content = _render(call, clearing, file_ref, payouts)
+    else:
+        stored = await store.load_payout_file(call.pool, file_ref, digest)
+        if stored is None:  # stored before its command was journaled: never missing unless the table was edited
+            raise RuntimeError(f"payout file {file_ref} ({digest}) is not in payout_files")
+        content = stored
+    response = _csv_response(content, f"{file_ref}.csv")
+    response.headers[SHA256_HEADER] = hashlib.sha256(content).hexdigest()
+    return response
 
 
 async def _archived_bank_file(call: Call, file_ref: str) -> web.Response | None:
-    """A file the clearing forgot, from history (its payouts from memory or history), or None."""
+    """A file the clearing forgot: the bytes stored when it was sent, or (sent before files were stored)
+    rendered again from history, its payouts from memory or history; None if there never was one."""
+    clearing = clearing_of(call)
+    if file_ref in clearing.file_digests:
+        return await _bank_file(call, file_ref)
     sent = await _archived(call, pgstore.HISTORY_SENT_FILE, SentFile, 0, file_ref)
     if sent is None:
         return None
-    clearing = clearing_of(call)
     payouts = []
     for payout_id, attempt in sent.payouts:
         p = clearing.payouts.get(payout_id) or await _archived(call, pgstore.HISTORY_PAYOUT, Payout, payout_id)
         if p is None:
             raise ApiError(503, Code.UNAVAILABLE, f"payout {payout_id} of the file is being archived: try again")
         payouts.append(msgspec.structs.replace(p, attempt=attempt))
-    return _csv_response(bank_file_csv(clearing, payouts), f"{file_ref}.csv")
+    content = _render(call, clearing, file_ref, payouts)
+    response = _csv_response(content, f"{file_ref}.csv")
+    response.headers[SHA256_HEADER] = hashlib.sha256(content).hexdigest()
+    return response
 
 
 @routes.post("/v1/payout-files", roles=OPERATORS, body=PayoutFileRequest, response=None, media_type=_CSV,
              status=201, errors=(409,))
 async def export_payout_file(call: Call, body: PayoutFileRequest) -> web.Response:
-    """Export the bank file of every pending payout (CSV) and mark them sent; a repeat returns the file.
-    Either way the file is handed out only once the command marking its payouts sent is durable."""
+    """Export the bank file of every pending payout (format `HOGXPAY1`, see the README) and mark them
+    sent; a repeat returns the same bytes. The file is stored (with its SHA-256, sent in `X-Hogx-SHA256`)
+    before the command marking its payouts sent is journaled, and handed out only once that is durable."""
     clearing = clearing_of(call)
     sent = clearing.sent_files.get(body.file_ref)
     if sent is None:
@@ -821,12 +860,16 @@ async def export_payout_file(call: Call, body: PayoutFileRequest) -> web.Respons
         if not pending:
             raise ApiError(409, "no_pending_payouts", "there is no pending payout to send")
         pairs = sent_pairs(pending)
+        content = _render(call, clearing, body.file_ref, pending)
+        digest = hashlib.sha256(content).hexdigest()
+        await store.store_payout_file(call.pool, body.file_ref, digest, content)
     else:
         # The live core may show a file whose command is still being committed (a client's retry after a
         # timeout): the same command again is idempotent, and its durable answer implies the first's.
         pairs = tuple((payout_id, attempt) for payout_id, attempt in sent.payouts)
-    await submit(call, MarkPayoutsSent(call.principal.participant_id, 0, body.file_ref, pairs))
-    response = _bank_file(clearing_of(call), body.file_ref)
+        digest = clearing.file_digests.get(body.file_ref, "")
+    await submit(call, MarkPayoutsSent(call.principal.participant_id, 0, body.file_ref, pairs, digest))
+    response = await _bank_file(call, body.file_ref)
     response.set_status(201)
     return response
 
@@ -834,7 +877,8 @@ async def export_payout_file(call: Call, body: PayoutFileRequest) -> web.Respons
 @routes.get("/v1/payout-files/{file_ref}", roles=OPERATORS, params=PayoutFilePath, response=None,
             media_type=_CSV)
 async def get_payout_file(call: Call, params: PayoutFilePath) -> web.Response:
-    """Download an exported bank file again (CSV): only once the command that made it is durable."""
+    """Download an exported bank file again: the bytes that were sent (`X-Hogx-SHA256` their digest), only
+    once the command that made it is durable."""
     while True:
         clearing = clearing_of(call)
         if params.file_ref not in clearing.sent_files:
@@ -843,7 +887,7 @@ async def get_payout_file(call: Call, params: PayoutFilePath) -> web.Response:
                 raise rejection(R.UNKNOWN_REFERENCE)
             return archived
         if await _committed(call):
-            return _bank_file(clearing, params.file_ref)
+            return await _bank_file(call, params.file_ref)
 
 
 async def _committed(call: Call) -> bool:
@@ -863,18 +907,51 @@ async def _committed(call: Call) -> bool:
     return sequencer.core is core
 
 
+class BankFileRefused(ApiError):
+    """422 `invalid_bank_file` whose message lists every bad line of the file, each as
+    `line <number> <code>: <why>`, separated by `; ` (the error body stays `{code, message}`)."""
+
+    def __init__(self, problems: Iterable[LineProblem]) -> None:
+        lines = sorted(problems, key=lambda p: p.line)
+        listed = "; ".join(f"line {p.line} {p.code}: {_LINE_PREFIX.sub('', p.message)}" for p in lines)
+        super().__init__(422, "invalid_bank_file", f"{len(lines)} bad line(s), nothing was applied (correct the file "
+                         f"and send it again under the same file_ref): {listed}")
+
+
+_LINE_PREFIX: Final = re.compile(r"^line \d+: ")
+
+
+def _confirmation_problems(clearing: Clearing, read: ConfirmationFile) -> list[LineProblem]:
+    """The rows the clearing could not apply now, by line (see `Clearing.confirmation_problems`)."""
+    return [LineProblem(read.lines[index], code, f"payout {read.rows[index].payout_id}: {code.replace('_', ' ')}")
+            for index, code in clearing.confirmation_problems(read.rows)]
+
+
 @routes.post("/v1/payout-confirmations", roles=OPERATORS, body=ConfirmationImportRequest,
              response=ConfirmationImportView, errors=(409,))
 async def import_confirmations(call: Call, body: ConfirmationImportRequest) -> ConfirmationImportView:
-    """Import the bank's confirmation file: confirmed payouts are final, failed ones wait for a retry."""
-    try:
-        rows = parse_confirmations_csv(body.csv.encode())
-    except ValueError as exc:
-        raise ApiError(422, "invalid_bank_file", str(exc)) from None
-    for row in rows:  # the file's free text, held to the same rule as every text field
+    """Import the bank's confirmation file: confirmed payouts are final, failed ones wait for a retry. The
+    file is applied whole or not at all: any bad line (unreadable, an unknown payout, another attempt, a
+    payout not sent, a payout named twice) is a 422 `invalid_bank_file` whose message lists every bad
+    line (`line <n> <code>: <why>`), and leaves `file_ref` unused, so the corrected file is sent under the
+    same reference."""
+    read = read_confirmations(body.csv.encode())
+    if read.problems:
+        raise BankFileRefused(read.problems)
+    for row in read.rows:  # the file's free text, held to the same rule as every text field
         refuse_control_characters(row.bank_ref, f"payout {row.payout_id}: bank_ref")
         refuse_control_characters(row.reason, f"payout {row.payout_id}: reason")
-    await submit(call, ImportBankConfirmations(call.principal.participant_id, 0, body.file_ref, rows))
+    if body.file_ref not in clearing_of(call).bank_imports:  # (a repeat is answered as the first time)
+        problems = _confirmation_problems(clearing_of(call), read)
+        if problems:
+            raise BankFileRefused(problems)
+    command = ImportBankConfirmations(call.principal.participant_id, 0, body.file_ref, read.rows, whole_file=True)
+    result = await call.app[EXCHANGE].submit(command)
+    for event in result.events:
+        if event.__class__ is Rejected:
+            moved = event.reason in (R.UNKNOWN_REFERENCE, R.INVALID_PAYOUT_STATE)  # since the check above
+            problems = _confirmation_problems(clearing_of(call), read) if moved else []
+            raise BankFileRefused(problems) if problems else rejection(event.reason)
     done = clearing_of(call).bank_imports[body.file_ref]
     return ConfirmationImportView(done.file_ref, done.applied, done.duplicates,
                                   [ImportErrorRow(pid, reason) for pid, reason in done.errors])
@@ -1144,7 +1221,8 @@ class ReportQuery(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
 
 
 class SettlementReport(msgspec.Struct, frozen=True):
-    """Trades settled or rejected that day that you may see (operators: all), by trade id."""
+    """That day's rows you may see (operators: all), by trade id: the trades settled or rejected, the
+    cooperative members' shares, the loans' repayments and interest (`kind`), as they were then."""
 
     date: str
     rows: list[SettlementReportRow]
@@ -1217,27 +1295,32 @@ def _report_day(query: ReportQuery) -> int:
 
 
 async def _report_rows(call: Call, day: int) -> list[SettlementReportRow]:
-    """An operator's report is whole; anyone else's has the trades it is a party to or finances, each
-    without the other side's private fields. Trades the clearing forgot come from settlement_history."""
-    from_ns = day * NS_PER_DAY - CST_OFFSET_NS
-    data = await pgstore.archived_between(call.pool, pgstore.HISTORY_TRADE, from_ns, from_ns + NS_PER_DAY)
-    forgotten = [msgspec.msgpack.decode(d, type=TradeRecord) for d in data]
-    clearing, principal = clearing_of(call), call.principal
-    if _is_operator(principal):
-        return daily_settlement_report(clearing, day, forgotten=forgotten)
-    return daily_settlement_report(clearing, day, principal.participant_id, forgotten)
+    """The day's rows from the settlement history in PostgreSQL, once it holds every command the core
+    has applied (what the other settlement reads already show): an operator's whole, anyone else's those
+    it may see (`views.visible_report`: the trades it is a party to or financed, its member shares and
+    loans), without what is not its own."""
+    shard = call.app[EXCHANGE].shard
+    try:
+        await shard.history.wait_for(shard.sequencer.applied_seq, _COMMIT_WAIT_S)
+    except TimeoutError:
+        raise ApiError(503, Code.UNAVAILABLE, "the settlement history is behind: try again",
+                       retry_after_s=1) from None
+    viewer = None if _is_operator(call.principal) else call.principal.participant_id
+    entries = await history.day_entries(call.pool, day, viewer)
+    return visible_report(entries, viewer, clearing_of(call).has_consented)
 
 
 @routes.get("/v1/reports/settlement", roles=ANY_ROLE, query=ReportQuery, response=SettlementReport)
 async def settlement_report(call: Call, query: ReportQuery) -> SettlementReport:
-    """The daily settlement report: every trade settled or rejected that day that you may see."""
+    """The daily settlement report: the trades settled or rejected that day, members' shares of them and
+    loans' interest and repayments, that you may see; the facts as they were that day, never changed."""
     day = _report_day(query)
     return SettlementReport(day_to_date(day), await _report_rows(call, day))
 
 
 @routes.get("/v1/reports/settlement.csv", roles=ANY_ROLE, query=ReportQuery, response=None, media_type=_CSV)
 async def settlement_report_csv(call: Call, query: ReportQuery) -> web.Response:
-    """The daily settlement report as CSV (a header row, then one row per trade)."""
+    """The daily settlement report as CSV (a header row, then one row per report row)."""
     day = _report_day(query)
     rows = await _report_rows(call, day)
     data = report_csv(rows) if rows else (",".join(REPORT_COLUMNS) + "\r\n").encode()

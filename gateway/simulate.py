@@ -41,6 +41,7 @@ from typing import Any, TextIO
 import aiohttp
 from aiohttp import web
 
+from exchange.settlement.bankfiles import read_payout_file
 from gateway.client import Reply, SignedClient
 
 __all__ = ["Options", "Simulation", "Summary", "beside", "run"]
@@ -469,16 +470,13 @@ class Simulation:
         reply = await self._call(self.operator, "POST", "/v1/payout-files", {"file_ref": self._ref("file")})
         if reply is None:
             return
-        lines = reply.body.decode().splitlines()
-        if len(lines) < 2:
+        details = read_payout_file(reply.body).details  # format HOGXPAY1: header, details, trailer
+        if not details:
             return
-        header = lines[0].split(",")
-        at = {name: header.index(name) for name in ("payout_id", "attempt", "amount_fen")}
         answers, amounts = ["payout_id,attempt,status,bank_ref,reason"], {}
-        for line in lines[1:]:
-            cells = line.split(",")
-            payout_id, attempt = cells[at["payout_id"]], cells[at["attempt"]]
-            amounts[payout_id] = int(cells[at["amount_fen"]])
+        for detail in details:
+            payout_id, attempt = detail["payout_id"], detail["attempt"]
+            amounts[payout_id] = int(detail["amount_fen"])
             ok = self.rng.random() >= 0.1
             answers.append(f"{payout_id},{attempt},{'OK' if ok else 'FAILED'},{self._ref('bank')},"
                            f"{'' if ok else 'account frozen'}")

@@ -1,27 +1,42 @@
-"""Participants and API keys in PostgreSQL (tables from `exchange/migrations/0003_gateway.sql`).
+"""Participants and API keys in PostgreSQL (tables from `exchange/migrations/0003_gateway.sql`), and the
+payout files as sent (`0010_payout_files.sql`: `store_payout_file`, `load_payout_file`).
 
-Every write goes through one function here (`register_participant`, `issue_key`, `revoke_key`,
-`ensure_operator_key`) so that registration can later be rerouted through the sequencer as a journaled
-command without touching the handlers. Secrets and keys are generated here with `secrets`.
+A registration through the API is one journaled command (`RegisterParticipant` with its
+`registration_ref`, first API key and secret): `RegistrationWriter`, the sequencer's `extra_writes`,
+writes the participant's and the key's rows in the transaction that journals the command (with the
+batch's ledger rows), so a crash or a failed commit leaves the whole registration or nothing, in the
+core and in these tables alike. The id comes from the participants table's identity
+(`next_participant_id`) before the command, so it never collides with ids the database assigns.
+`register_participant` (the demo's bootstrap participants), `issue_key`, `revoke_key` and
+`ensure_operator_key` write directly. Secrets and keys are generated here with `secrets`.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Awaitable
+from typing import Any
 
 import asyncpg
 import msgspec
 
+from exchange.commands import RegisterParticipant
+from exchange.settlement.pgstore import LedgerWriter
 from gateway.auth import KeyRecord, Role
 
 __all__ = [
     "IssuedKey",
+    "RegistrationWriter",
     "ensure_operator_key",
     "issue_key",
     "load_key",
+    "load_payout_file",
+    "load_secret",
     "new_key_pair",
+    "next_participant_id",
     "register_participant",
     "revoke_key",
+    "store_payout_file",
 ]
 
 
@@ -100,3 +115,78 @@ async def ensure_operator_key(pool: asyncpg.Pool, api_key: str, api_secret: str)
             "INSERT INTO api_keys (api_key, participant_id, secret) VALUES ($1, $2, $3)",
             api_key, participant_id, api_secret)
     return True
+
+
+async def store_payout_file(pool: asyncpg.Pool, file_ref: str, sha256: str, content: bytes) -> None:
+    """Keep a rendered payout file before the command that sends it is journaled (idempotent)."""
+    await pool.execute("INSERT INTO payout_files (file_ref, sha256, content) VALUES ($1, $2, $3) "
+                       "ON CONFLICT (file_ref, sha256) DO NOTHING", file_ref, sha256, content)
+
+
+async def load_payout_file(pool: asyncpg.Pool, file_ref: str, sha256: str) -> bytes | None:
+    """The bytes of a payout file as sent, by the digest the clearing recorded for it."""
+    content: bytes | None = await pool.fetchval(
+        "SELECT content FROM payout_files WHERE file_ref = $1 AND sha256 = $2", file_ref, sha256)
+    return content
+
+
+async def next_participant_id(pool: asyncpg.Pool) -> int:
+    """A new participant id from the participants table's identity (never reused, gaps allowed)."""
+    participant_id: int = await pool.fetchval(
+        "SELECT nextval(pg_get_serial_sequence('participants', 'participant_id'))")
+    return participant_id
+
+
+async def load_secret(pool: asyncpg.Pool, api_key: str) -> str | None:
+    secret: str | None = await pool.fetchval("SELECT secret FROM api_keys WHERE api_key = $1", api_key)
+    return secret
+
+
+class RegistrationWriter(LedgerWriter):
+    """The sequencer's `extra_writes`: the batch's ledger rows (`LedgerWriter`), then the participant and
+    API key rows of every registration the batch made (`RegisterParticipant` with a key, that the
+    clearing recorded under its reference with that key: not a rejected one, nor a repeat), all in the
+    transaction that journals the batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._registrations: tuple[list[tuple[int, str, str]], list[tuple[str, int, str]]] | None = None
+
+    def __call__(self, conn: asyncpg.Connection, batch: object) -> Awaitable[None]:
+        # taken now, synchronously, by the _write that LedgerWriter.__call__ calls
+        self._registrations = self._registration_rows(batch)
+        return super().__call__(conn, batch)
+
+    def _registration_rows(
+        self, batch: object
+    ) -> tuple[list[tuple[int, str, str]], list[tuple[str, int, str]]] | None:
+        commands = batch.commands  # type: ignore[attr-defined]
+        if RegisterParticipant not in map(type, commands):  # (C speed: no bytecode per command)
+            return None
+        clearing = self._sequencer.core.clearing  # type: ignore[union-attr]
+        participants, keys = [], []
+        for command in commands:
+            if command.__class__ is RegisterParticipant and command.api_key:
+                done = clearing.registrations.get(command.registration_ref)
+                if done is not None and done.api_key == command.api_key:
+                    who = clearing.participants[command.subject_id]
+                    participants.append((command.subject_id, who.role.name.lower(), who.name))
+                    keys.append((command.api_key, command.subject_id, command.api_secret))
+        return (participants, keys) if participants else None
+
+    def _write(self, conn: asyncpg.Connection, accounts: list[tuple[int, ...]], postings: bytes,  # type: ignore[override]
+               rows: int, *more: Any) -> Awaitable[None]:
+        """`more`: what else LedgerWriter writes (references, history), passed on as it is."""
+        registrations, self._registrations = self._registrations, None
+        return self._write_all(conn, accounts, postings, rows, registrations, more)
+
+    async def _write_all(self, conn: asyncpg.Connection, accounts: list[tuple[int, ...]], postings: bytes, rows: int,
+                         registrations: tuple[list[tuple[int, str, str]], list[tuple[str, int, str]]] | None,
+                         more: tuple[Any, ...] = ()) -> None:
+        await LedgerWriter._write(self, conn, accounts, postings, rows, *more)
+        if registrations is not None:
+            participants, keys = registrations
+            await conn.executemany("INSERT INTO participants (participant_id, role, name) VALUES ($1, $2, $3)",
+                                   participants)
+            await conn.executemany("INSERT INTO api_keys (api_key, participant_id, secret) VALUES ($1, $2, $3)",
+                                   keys)

@@ -24,6 +24,7 @@ from exchange.core import Core, new_exchange
 from exchange.domain import InstrumentSpec, ProductClass, RejectReason, Side
 from exchange.events import Event, LotRegistered, OrderAccepted, Rejected, Trade
 from exchange.settlement.clearing import Clearing
+from exchange.settlement.views import SettlementReportRow, report_entries, visible_report
 from tests.factories import hog_spec, list_instrument, order, register_lot
 
 SECOND_NS = 1_000_000_000
@@ -192,6 +193,13 @@ def world(hogs: InstrumentSpec | None = None) -> Exchange:
     x.register(MEMBER_B, ParticipantRole.FARMER, "赵六")
     x.register(FINANCIER, ParticipantRole.FINANCIER, "荣昌农商行")
     return x
+
+
+def report(x: Exchange, day: int, viewer: int | None = None, kind: str | None = None) -> list[SettlementReportRow]:
+    """The daily settlement report of CST ``day`` as ``viewer`` (None: an operator) sees it: the rows the
+    history projects from every event so far (``views.report_entries``), of one ``kind`` if given."""
+    entries = [e for e in report_entries(1, x.events) if e.day == day and kind in (None, e.row.kind)]
+    return visible_report(entries, viewer, x.clearing.has_consented)
 
 
 def accepted_order_id(events: list[Event]) -> int:

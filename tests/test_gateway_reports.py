@@ -11,8 +11,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import asyncpg
+import pytest
 import pytest_asyncio
 
+from exchange import history
 from gateway.auth import Role
 from gateway.client import Reply
 from gateway.testing import Exchange, Trader, running_exchange
@@ -160,8 +163,118 @@ async def test_a_lender_sees_the_trades_it_financed_after_the_client_withdraws_c
     assert (settled["amount_fen"], settled["funded_by_financier_id"], settled["interest_paid_fen"]) == (
         616_000, fin.participant_id, None)
     date = _cst_date(settled["settled_ms"])
-    [row] = _ok(await fin.get(f"/v1/reports/settlement?date={date}"))["rows"]
-    assert (row["trade_id"], row["amount_fen"], row["funded_by_financier_id"]) == (
-        trade_id, 616_000, fin.participant_id)
+    row, repaid = _ok(await fin.get(f"/v1/reports/settlement?date={date}"))["rows"]
+    assert (row["kind"], row["trade_id"], row["amount_fen"], row["funded_by_financier_id"], row["advance_loan_id"]) == (
+        "TRADE", trade_id, 616_000, fin.participant_id, loan_id)
     assert (row["seller_poor_household"], row["payable_fen"], row["principal_repaid_fen"]) == (None, None, None)
+    assert (repaid["kind"], repaid["trade_id"], repaid["loan_id"], repaid["participant_id"],
+            repaid["principal_repaid_fen"], repaid["interest_paid_fen"], repaid["paid_by"]) == (
+        "LOAN_REPAYMENT", trade_id, loan_id, seller.participant_id, 400_000, 0, "BORROWER")
     assert _ok(await other_fin.get(f"/v1/reports/settlement?date={date}"))["rows"] == []
+
+
+# -- items 6 and 7: report rows state the facts as of settlement, for everyone they concern ----------------
+
+
+async def _fee_market(ex: Exchange) -> str:
+    symbol = await _market(ex)
+    _ok(await ex.operator.post("/v1/admin/fee-schedule", json={"instrument": symbol, "seller_fee_bps": 50}))
+    await ex.deposit(0, 100_000, "poverty_subsidy_fund")
+    return symbol
+
+
+async def test_a_past_report_keeps_the_facts_of_its_settlement(ex: Exchange) -> None:
+    symbol = await _fee_market(ex)
+    buyer = await ex.register(Role.BUYER, "重庆肉联")
+    poor = await _farmer(ex, "张三", poor_no="500226000777")
+    trade_id = await _trade(ex, poor, buyer, symbol, 2)
+    await _weigh_in(poor, trade_id, 2, 220_000)  # 220 kg x 28.00 = 616,000; fee 0.5 % = 3,080, waived
+    date = _cst_date((await _settled(poor, trade_id))["settled_ms"])
+
+    async def reports() -> tuple[Any, ...]:
+        path = f"/v1/reports/settlement?date={date}"
+        operator_rows = [r for r in _ok(await ex.operator.get(path))["rows"] if r["trade_id"] == trade_id]
+        csv_reply = await poor.get(f"/v1/reports/settlement.csv?date={date}")
+        assert csv_reply.status == 200
+        return operator_rows, _ok(await poor.get(path))["rows"], csv_reply.body
+
+    before = await reports()
+    [row] = before[0]
+    assert (row["kind"], row["seller_poor_household"], row["amount_fen"], row["fee_fen"], row["fee_subsidy_fen"],
+            row["payable_fen"]) == ("TRADE", True, 616_000, 0, 3_080, 616_000)
+    assert before[1] == [{**row, "funded_by_financier_id": None}]  # the seller: not how the buyer paid
+    # The household leaves the register: its profile changes, the report of that day does not.
+    profile = _ok(await ex.operator.post(f"/v1/admin/participants/{poor.participant_id}/poor-household",
+                                         json={"verified": False}))
+    assert profile["poor_household_verified"] is False
+    assert await reports() == before
+
+
+async def test_cooperative_members_see_their_shares_in_the_report(ex: Exchange) -> None:
+    symbol = await _fee_market(ex)
+    buyer = await ex.register(Role.BUYER, "重庆肉联")
+    coop = await ex.register(Role.COOPERATIVE, "荣昌生猪合作社", id_number_masked="5002**********0001",
+                             bank_account="6217000099990001")
+    member_a = await _farmer(ex, "王五", poor_no="500226000888")
+    member_b = await _farmer(ex, "赵六")
+    _ok(await ex.operator.post(f"/v1/admin/cooperatives/{coop.participant_id}/members", json={"members": [
+        {"farmer_id": member_a.participant_id, "share_bps": 6000},
+        {"farmer_id": member_b.participant_id, "share_bps": 3000}]}))
+    trade_id = await _trade(ex, coop, buyer, symbol, 2)
+    _ok(await ex.operator.post(f"/v1/trades/{trade_id}/weigh-in", json={
+        "heads_delivered": 2, "total_weight_g": 220_000, "quarantine_cert": "渝动检 5001530001",
+        "quarantine_checked": True}))
+    date = _cst_date((await _settled(coop, trade_id))["settled_ms"])
+    path = f"/v1/reports/settlement?date={date}"
+    # 616,000; fee 3,080, of which the poor member's 60 % (1,848) is waived and paid by the subsidy fund;
+    # 612,920 after the whole fee is split 60 % / 30 %: 367,752 (+ 1,848) and 183,876; the cooperative
+    # keeps 614,768 - 369,600 - 183,876 = 61,292.
+    rows = [r for r in _ok(await coop.get(path))["rows"] if r["trade_id"] == trade_id]
+    assert [(r["kind"], r["participant_id"], r["share_fen"], r["member_poor_household"], r["payable_fen"],
+             r["fee_fen"], r["fee_subsidy_fen"]) for r in rows] == [
+        ("TRADE", 0, None, None, 614_768, 1_232, 1_848),
+        ("MEMBER_SHARE", member_a.participant_id, 369_600, True, 614_768, 1_232, 1_848),
+        ("MEMBER_SHARE", member_b.participant_id, 183_876, False, 614_768, 1_232, 1_848)]
+    # Each member sees its own share of the trade, not the other's nor the cooperative's books.
+    for member, share, poor in ((member_a, 369_600, True), (member_b, 183_876, False)):
+        [mine] = _ok(await member.get(path))["rows"]
+        assert (mine["kind"], mine["trade_id"], mine["participant_id"], mine["share_fen"],
+                mine["member_poor_household"], mine["amount_fen"]) == (
+            "MEMBER_SHARE", trade_id, member.participant_id, share, poor, 616_000)
+        assert (mine["payable_fen"], mine["fee_fen"], mine["seller_poor_household"]) == (None, None, None)
+    # The buyer sees the trade, without the cooperative's side and without the members' rows.
+    [seen] = _ok(await buyer.get(path))["rows"]
+    assert (seen["kind"], seen["payable_fen"], seen["share_fen"]) == ("TRADE", None, None)
+
+
+async def test_the_settlement_history_is_rebuilt_from_the_journal(_test_databases: Any) -> None:
+    dsn = await _test_databases.create(migrated=True)
+    try:
+        async with running_exchange(dsn, clock_tick_s=0.05) as first:
+            symbol = await _fee_market(first)
+            buyer = await first.register(Role.BUYER)
+            farmer = await _farmer(first, "李四")
+            trade_id = await _trade(first, farmer, buyer, symbol, 2)
+            await _weigh_in(farmer, trade_id, 2, 220_000)
+            date = _cst_date((await _settled(farmer, trade_id))["settled_ms"])
+            report = _ok(await first.operator.get(f"/v1/reports/settlement?date={date}"))
+            assert [(r["trade_id"], r["amount_fen"], r["fee_fen"]) for r in report["rows"]] == [
+                (trade_id, 616_000, 3_080)]
+        conn = await asyncpg.connect(dsn)
+        try:
+            seq = await conn.fetchval("SELECT max(seq) FROM journal")
+            assert await history.projected_seq(conn) == seq  # stopping wrote the watermark up to the end
+            await conn.execute("DELETE FROM settlement_report_rows")
+            await conn.execute("UPDATE projections SET seq = 0 WHERE name = $1", history.PROJECTION)
+        finally:
+            await conn.close()
+        async with running_exchange(dsn, clock_tick_s=0.05) as second:
+            assert _ok(await second.operator.get(f"/v1/reports/settlement?date={date}")) == report
+            conn = await asyncpg.connect(dsn)
+            try:
+                with pytest.raises(asyncpg.RestrictViolationError, match="never change"):
+                    await conn.execute("UPDATE settlement_report_rows SET amount_fen = 0")
+            finally:
+                await conn.close()
+    finally:
+        await _test_databases.drop(dsn)

@@ -23,6 +23,7 @@ import asyncpg
 import pytest_asyncio
 
 from exchange.settlement import pgstore
+from exchange.settlement.bankfiles import read_payout_file
 from exchange.settlement.views import REPORT_COLUMNS
 from gateway.auth import Role
 from gateway.client import Reply, SignedClient
@@ -143,6 +144,13 @@ def _csv_rows(reply: Reply) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(reply.body.decode())))
 
 
+def _payout_rows(reply: Reply) -> list[dict[str, str]]:
+    """The detail records of a payout file (format HOGXPAY1)."""
+    assert reply.status in (200, 201), (reply.status, reply.body)
+    assert reply.headers["Content-Type"].startswith("text/csv"), reply.headers
+    return read_payout_file(reply.body).details
+
+
 # -- the money flow -------------------------------------------------------------------------------------
 
 
@@ -204,16 +212,16 @@ async def test_money_flow_from_deposit_to_bank_with_exact_figures(ex: Exchange) 
 
     # The bank file (CSV), which marks both payouts sent.
     file_ref = _ref("file")
-    rows = _csv_rows(await op.post("/v1/payout-files", json={"file_ref": file_ref}))
+    rows = _payout_rows(await op.post("/v1/payout-files", json={"file_ref": file_ref}))
     assert rows[0]["payout_id"] == str(poor_payout)  # same-day payouts lead the file
     ours = {str(poor_payout), str(farmer_payout)}
-    assert [(r["payout_id"], r["priority"], r["payee_name"], r["bank_account"], r["amount_fen"], r["amount_yuan"],
+    assert [(r["payout_id"], r["priority"], r["payee_name"], r["payee_account"], r["amount_fen"], r["amount_yuan"],
              r["reference"], r["trade_ids"]) for r in rows if r["payout_id"] in ours] == [
         (str(poor_payout), "SAME_DAY", "张三", "6217000011110042", "1568000", "15680.00",
          f"HOGX-P{poor_payout}-A1", str(poor_trade)),
         (str(farmer_payout), "NORMAL", "李四", "6217000011112222", "3078530", "30785.30",
          f"HOGX-P{farmer_payout}-A1", str(farmer_trade))]
-    assert _csv_rows(await op.get(f"/v1/payout-files/{file_ref}")) == rows  # the same file again
+    assert _payout_rows(await op.get(f"/v1/payout-files/{file_ref}")) == rows  # the same file again
     assert _ok(await farmer.get(f"/v1/payouts/{farmer_payout}"))["state"] == "SENT"
 
     # The bank pays the poor farmer and refuses the other; the operator retries, a new file goes out.
@@ -226,7 +234,7 @@ async def test_money_flow_from_deposit_to_bank_with_exact_figures(ex: Exchange) 
     retried = _ok(await op.post(f"/v1/payouts/{farmer_payout}/retry"))
     assert (retried["state"], retried["attempt"], retried["reference"]) == (
         "PENDING", 2, f"HOGX-P{farmer_payout}-A2")
-    rows = _csv_rows(await op.post("/v1/payout-files", json={"file_ref": _ref("file")}))
+    rows = _payout_rows(await op.post("/v1/payout-files", json={"file_ref": _ref("file")}))
     assert [(r["payout_id"], r["attempt"], r["amount_fen"]) for r in rows] == [(str(farmer_payout), "2", "3078530")]
     imported = _ok(await op.post("/v1/payout-confirmations", json={
         "file_ref": _ref("conf"), "csv": f"payout_id,attempt,status,bank_ref,reason\n{farmer_payout},2,OK,ICBC-3,\n"}))
@@ -425,7 +433,9 @@ async def test_a_financier_sees_only_participants_that_consented(ex: Exchange) -
     [credit] = view["loans"]  # the credit-funded trade drew the line: the buyer owes 616,000
     assert (credit["kind"], credit["principal_outstanding_fen"]) == ("CREDIT_LINE", 616_000)
     date = _cst_date(settled["settled_ms"])
-    assert [r["trade_id"] for r in _ok(await fin.get(f"/v1/reports/settlement?date={date}"))["rows"]] == [trade_id]
+    # the trade, and the repayment of the financier's advance at its settlement
+    assert [(r["trade_id"], r["kind"]) for r in _ok(await fin.get(f"/v1/reports/settlement?date={date}"))["rows"]
+            ] == [(trade_id, "TRADE"), (trade_id, "LOAN_REPAYMENT")]
 
     # Withdrawn consent: the financier still sees what the buyer owes it, marked as no longer consented.
     _ok(await buyer.post("/v1/consents", json={"financier_id": fin.participant_id, "granted": False}))
@@ -519,7 +529,7 @@ async def test_role_boundaries_and_other_participants_ids_are_404(ex: Exchange) 
     for payout in run["payouts"]:
         if payout["payee_id"] != other_farmer.participant_id:
             assert _error(await other_farmer.get(f"/v1/payouts/{payout['payout_id']}")) == (404, "unknown_reference")
-    _csv_rows(await ex.operator.post("/v1/payout-files", json={"file_ref": _ref("f")}))
+    _payout_rows(await ex.operator.post("/v1/payout-files", json={"file_ref": _ref("f")}))
     assert _error(await ex.operator.post("/v1/payout-files", json={"file_ref": _ref("f")})) == (
         409, "no_pending_payouts")
     assert _error(await ex.operator.get("/v1/payout-files/nope")) == (404, "unknown_reference")
@@ -544,7 +554,16 @@ async def test_registration_profiles_and_the_demo_market(fresh_database_url: Any
         assert _error(await ex.operator.post(f"/v1/admin/cooperatives/{coop.participant_id}/members",
                                              json={"members": [{"farmer_id": coop.participant_id,
                                                                 "share_bps": 6000}]})) == (422, "invalid_shares")
-        mine = _ok(await member.request("PATCH", "/v1/profile", json={"name": "社员", "bank_account": "62170000"}))
+        assert _ok(await member.get("/v1/profile"))["bank_verified"] is True
+        same = _ok(await member.request("PATCH", "/v1/profile", json={"name": "社员",
+                                                                        "bank_account": "6217000011117777"}))
+        assert same["bank_verified"] is True  # nothing changed
+        renamed = _ok(await member.request("PATCH", "/v1/profile", json={"name": "社员乙",
+                                                                           "bank_account": "6217000011117777"}))
+        assert (renamed["name"], renamed["bank_verified"]) == ("社员乙", False)  # another holder: verify again
+        _ok(await ex.operator.post(f"/v1/admin/participants/{member.participant_id}/bank-account/verify",
+                                   json={"bank_account": "6217000011117777"}))
+        mine = _ok(await member.request("PATCH", "/v1/profile", json={"name": "社员乙", "bank_account": "62170000"}))
         assert (mine["bank_account"], mine["bank_verified"]) == ("****0000", False)  # a new account: unverified
 
         # The demo buyer's bids are covered by its demo cash and rest on the book: 20 hogs at 2780 hold

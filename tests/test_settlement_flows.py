@@ -58,10 +58,11 @@ from exchange.events import (
     PayoutPriority,
     PayoutRunCreated,
     PayoutState,
+    TradeFacts,
     TradeSettled,
     WithdrawalCompleted,
 )
-from exchange.settlement.bankfiles import bank_file_csv, parse_confirmations_csv, payouts_to_send, sent_pairs
+from exchange.settlement.bankfiles import Payer, bank_file_csv, parse_confirmations_csv, payouts_to_send, sent_pairs
 from exchange.settlement.clearing import Clearing
 from exchange.settlement.ledger import AccountCode as AC
 from exchange.settlement.model import TradeState
@@ -214,7 +215,10 @@ def test_in_grade_delivery_settles_after_the_window_with_the_fee_and_the_buyer_k
     assert x.of(TradeSettled, x.tick(WINDOW_NS - 1)) == []  # one nanosecond early: still in the window
     settled = x.of(TradeSettled, x.tick(1))
     # fee floor(3,220,008 x 50 / 10,000) = 16,100 (0.04 fen to the seller); payable 3,203,908
-    assert settled == [TradeSettled(0, x.ts_ns, tid, FARMER, 3_220_008, 16_100, 0, 0, 0, 0, 3_203_908)]
+    # and the facts of the trade as it settled, for the report
+    facts = TradeFacts("RC-LH-WSY", BUYER, FARMER, 10, 2800, 3_920_000, 0, 10, 1_150_003, 115_000,
+                       DeliveryGrade.IN_GRADE, 0, 3_920_000 - 3_220_008, 0, 0, False)
+    assert settled == [TradeSettled(0, x.ts_ns, tid, FARMER, 3_220_008, 16_100, 0, 0, 0, 0, 3_203_908, facts)]
     assert x.balance(AC.FEE_INCOME) == 16_100
     assert x.balance(AC.FARMER_PAYABLE, FARMER) == 3_203_908
     assert x.balance(AC.BUYER_CASH, BUYER) == 10_000_000 - 3_220_008
@@ -473,9 +477,11 @@ def test_failed_payout_is_retried_as_a_new_attempt_and_confirmed_once() -> None:
     (payout_id,) = run.payout_ids
     assert x.held(AC.FARMER_PAYABLE, FARMER) == 3_203_900
     pending = payouts_to_send(x.clearing)
-    assert bank_file_csv(x.clearing, pending) == (
-        "payout_id,attempt,priority,payee_id,payee_name,bank_account,amount_fen,amount_yuan,reference,trade_ids\r\n"
-        f"{payout_id},1,NORMAL,{FARMER},李四,6217000000000020,3203900,32039.00,HOGX-P{payout_id}-A1,{tid}\r\n"
+    payer = Payer(name="交易所", account="31000001", bank_code="102", branch_code="102653000019")
+    assert bank_file_csv(x.clearing, pending, file_ref="F1", value_day=20_000, payer=payer) == (
+        "H,HOGXPAY1,F1,20241004,CNY,交易所,31000001,102,102653000019\r\n"
+        f"D,1,{payout_id},1,NORMAL,{FARMER},李四,6217000000000020,,,3203900,32039.00,HOGX-P{payout_id}-A1,{tid}\r\n"
+        "T,1,3203900,32039.00\r\n"
     ).encode()
     x.ok(MarkPayoutsSent(OPERATOR, 0, "F1", sent_pairs(pending)))
     failed = parse_confirmations_csv(
@@ -525,6 +531,21 @@ def test_unverified_payees_are_skipped_and_their_money_waits() -> None:
     run = x.of(PayoutRunCreated, x.ok(RunPayouts(OPERATOR, 0, "R1")))[0]
     assert (run.payout_ids, run.skipped_ids) == ((), (FARMER,))
     assert x.of(PayoutRunCreated, x.ok(RunPayouts(OPERATOR, 0, "R2", poor_only=True)))[0].skipped_ids == ()
+
+
+def test_a_changed_account_holder_name_needs_verification_again_before_a_payout() -> None:
+    x = world()
+    settle_one(x, FARMER, 10, 1_150_000)
+    x.tick(WINDOW_NS)
+    x.ok(UpdateParticipant(FARMER, 0, FARMER, "李四", "6217000000000020"))  # nothing changed: still verified
+    assert x.clearing.participants[FARMER].bank_verified
+    x.ok(UpdateParticipant(FARMER, 0, FARMER, "李四四", "6217000000000020"))  # the same account, another holder
+    assert not x.clearing.participants[FARMER].bank_verified
+    run = x.of(PayoutRunCreated, x.ok(RunPayouts(OPERATOR, 0, "R1")))[0]
+    assert (run.payout_ids, run.skipped_ids) == ((), (FARMER,))
+    x.ok(VerifyBankAccount(OPERATOR, 0, FARMER, "6217000000000020"))
+    run = x.of(PayoutRunCreated, x.ok(RunPayouts(OPERATOR, 0, "R2")))[0]
+    assert (len(run.payout_ids), run.skipped_ids, run.total_fen) == (1, (), 3_203_900)
 
 
 # -- credit lines --------------------------------------------------------------------------------------------------

@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
-from exchange.commands import FundsAccount, GrantAdvance, GrantCreditLine, RepayLoan, SetConsent, WriteOffLoan
+import msgspec
+
+from exchange.commands import (
+    FundsAccount,
+    GrantAdvance,
+    GrantCreditLine,
+    RepayLoan,
+    SetConsent,
+    VerifyPoorHousehold,
+    WriteOffLoan,
+)
+from exchange.events import AdvanceGranted
 from exchange.settlement.ledger import AccountCode as AC
+from exchange.settlement.rules import cst_day
 from exchange.settlement.views import (
     TradeSides,
     financier_portfolio,
@@ -18,8 +30,10 @@ from tests.settlement_support import (
     FARMER,
     FINANCIER,
     HOUR_NS,
+    OPERATOR,
     POOR_FARMER,
     Exchange,
+    report,
     world,
 )
 
@@ -97,3 +111,40 @@ def test_collected_interest_stays_the_financiers_income() -> None:
             x.balance(AC.INTEREST_RECEIVABLE, FINANCIER, BUYER2)) == (828, 828, 0)
     view = financier_view(x.clearing, FINANCIER, BUYER2)
     assert view is not None and (view.interest_earned_fen, view.interest_collected_fen) == (500, 500)
+
+
+def test_a_poor_households_subsidised_interest_is_in_its_report_and_its_financiers() -> None:
+    x = world()
+    x.deposit(FINANCIER, 5_000_000, FundsAccount.FINANCIER_FUNDS)
+    x.deposit(BUYER, 10_000_000)
+    x.deposit(0, 100_000, FundsAccount.POVERTY_SUBSIDY_FUND)
+    trade_id = x.trade(BUYER, POOR_FARMER, 2800, 10).trade_id
+    x.consent(POOR_FARMER, FINANCIER)
+    [loan_id] = [e.loan_id for e in x.ok(GrantAdvance(FINANCIER, 0, trade_id, 2_000_000, 3650))
+                 if isinstance(e, AdvanceGranted)]
+    x.weigh_in(trade_id, 10, 1_150_000)
+    x.tick(WINDOW_NS)  # two midnights at 2,000 fen a day: the subsidy fund pays 4,000, then the fee waived
+    day = cst_day(x.ts_ns)
+    rows = report(x, day, POOR_FARMER)
+    assert [(r.kind, r.trade_id, r.loan_id, r.financier_id, r.interest_accrued_fen, r.interest_paid_fen,
+             r.principal_repaid_fen, r.paid_by) for r in rows] == [
+        # the tick accrues the loans first (no trade: trade id 0), and the fund pays the household's interest
+        ("INTEREST_ACCRUAL", 0, loan_id, FINANCIER, 4_000, None, None, ""),
+        ("LOAN_REPAYMENT", 0, loan_id, FINANCIER, 0, 4_000, 0, "SUBSIDY_FUND"),
+        ("TRADE", trade_id, 0, 0, 0, 0, 2_000_000, ""),  # then the trade settles: no interest left to pay
+        ("LOAN_REPAYMENT", trade_id, loan_id, FINANCIER, 0, 0, 2_000_000, "BORROWER")]
+    trade_row = rows[2]
+    # 1,150 kg x 2800 = 3,220,000; fee 16,100 waived and paid by the fund; 1,220,000 to the payable
+    assert (trade_row.seller_poor_household, trade_row.amount_fen, trade_row.fee_fen, trade_row.fee_subsidy_fen,
+            trade_row.payable_fen, trade_row.advance_loan_id) == (True, 3_220_000, 0, 16_100, 1_220_000, loan_id)
+    assert report(x, day, FINANCIER) == rows  # the lender, with consent: the same rows
+    assert [r.kind for r in report(x, day, BUYER)] == ["TRADE"]
+    assert report(x, day, FARMER) == []
+    # Whatever happens to the profile later, the day's report states the facts of that day.
+    x.ok(VerifyPoorHousehold(OPERATOR, 0, POOR_FARMER, "", False))
+    x.ok(SetConsent(POOR_FARMER, 0, FINANCIER, False))
+    assert report(x, day, POOR_FARMER) == rows
+    assert report(x, day) == [*rows[:2], msgspec.structs.replace(trade_row, funded_by_financier_id=0), rows[3]]
+    lender = report(x, day, FINANCIER)  # consent withdrawn: its loan rows and its own loan on the trade
+    assert [r.kind for r in lender] == [r.kind for r in rows]
+    assert (lender[2].advance_loan_id, lender[2].seller_poor_household, lender[2].payable_fen) == (loan_id, None, None)

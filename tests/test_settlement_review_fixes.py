@@ -18,8 +18,6 @@
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -45,14 +43,13 @@ from exchange.commands import (
 from exchange.domain import RejectReason, Side
 from exchange.events import Trade
 from exchange.settlement import rules
-from exchange.settlement.bankfiles import MAX_FILE_INT, parse_confirmations_csv
+from exchange.settlement.bankfiles import MAX_FILE_INT, parse_confirmations_csv, read_payout_file
 from exchange.settlement.ledger import MAX_INT64, AccountCode
 from exchange.settlement.rules import cst_day
 from exchange.settlement.views import (
     BUYER_PRIVATE,
     SELLER_PRIVATE,
     SettlementReportRow,
-    daily_settlement_report,
     financier_portfolio,
     financier_view,
 )
@@ -73,6 +70,7 @@ from tests.settlement_support import (
     accepted_order_id,
     dce_spec,
     piglet_spec,
+    report,
     world,
 )
 
@@ -285,7 +283,7 @@ async def _pending_payout(ex: Exchange) -> int:
 
 
 def _file_rows(reply: Reply) -> list[tuple[str, str, str]]:
-    return [(r["payout_id"], r["attempt"], r["reference"]) for r in csv.DictReader(io.StringIO(reply.body.decode()))]
+    return [(r["payout_id"], r["attempt"], r["reference"]) for r in read_payout_file(reply.body).details]
 
 
 async def _until(check: Any, timeout_s: float = 10.0) -> None:
@@ -378,20 +376,20 @@ def _private(row: SettlementReportRow) -> tuple[Any, ...]:
 
 
 def test_report_rows_show_each_viewer_only_its_own_side() -> None:
-    x, trade_id, _ = _financed_both_sides()
+    x, trade_id, advance_id = _financed_both_sides()
     day = cst_day(x.clearing.trades[trade_id].settled_at_ns)
-    # poor household, (no advance_loan_id field in the report), fee 0 (waived), subsidy, forgone, interest,
-    # principal repaid, payable: 1,568,000 - 500,000
-    seller_side = (True, 0, 7_840, 0, 0, 500_000, 1_068_000)
+    # poor household, the advance, fee 0 (waived), subsidy, forgone, interest, principal repaid, payable:
+    # 1,568,000 - 500,000
+    seller_side = (True, advance_id, 0, 7_840, 0, 0, 500_000, 1_068_000)
     hidden_seller = (None,) * len(seller_side)
-    [full] = daily_settlement_report(x.clearing, day)  # the operator's
+    [full] = report(x, day, kind="TRADE")  # the operator's
     assert _private(full) == (FINANCIER, *seller_side)
     for viewer, expected in ((FINANCIER, (FINANCIER, *hidden_seller)), (BUYER, (FINANCIER, *hidden_seller)),
                              (F2, (None, *seller_side)), (POOR_FARMER, (None, *seller_side))):
-        [row] = daily_settlement_report(x.clearing, day, participant_id=viewer)
+        [row] = report(x, day, viewer, kind="TRADE")
         assert _private(row) == expected, viewer
         assert (row.amount_fen, row.refund_fen) == (1_568_000, full.refund_fen)  # the delivery is shared
-    assert daily_settlement_report(x.clearing, day, participant_id=FARMER) == []
+    assert report(x, day, FARMER) == []
 
 
 def test_a_financiers_trade_rows_hide_the_other_sides_repayments() -> None:
@@ -451,9 +449,13 @@ async def test_trade_views_over_http_show_each_viewer_only_its_own_side(ex: Exch
     [row] = _ok(await fin_a.get(f"/v1/reports/settlement?date={date}"))["rows"]
     assert (row["seller_poor_household"], row["fee_subsidy_fen"], row["funded_by_financier_id"]) == (
         None, None, fin_a.participant_id)
-    [row] = _ok(await fin_b.get(f"/v1/reports/settlement?date={date}"))["rows"]
+    row, repaid = _ok(await fin_b.get(f"/v1/reports/settlement?date={date}"))["rows"]
     assert (row["seller_poor_household"], row["fee_subsidy_fen"], row["funded_by_financier_id"]) == (
         True, 7_840, None)
+    # and the repayment of its advance at the settlement (the same day: no interest)
+    assert (repaid["kind"], repaid["trade_id"], repaid["loan_id"], repaid["principal_repaid_fen"],
+            repaid["interest_paid_fen"], repaid["paid_by"]) == ("LOAN_REPAYMENT", trade_id, loan_id, 500_000, 0,
+                                                                "BORROWER")
 
 
 # -- 5. no weight discount swallows the price -----------------------------------------------------------

@@ -13,11 +13,10 @@ from exchange.commands import (
     RunPayouts,
     SetConsent,
 )
-from exchange.settlement.bankfiles import bank_file_csv, parse_confirmations_csv, payouts_to_send
+from exchange.settlement.bankfiles import Payer, bank_file_csv, parse_confirmations_csv, payouts_to_send
 from exchange.settlement.rules import cst_day
 from exchange.settlement.views import (
     REPORT_COLUMNS,
-    daily_settlement_report,
     date_to_day,
     day_to_date,
     financier_portfolio,
@@ -35,6 +34,7 @@ from tests.settlement_support import (
     POOR_FARMER,
     T0,
     Exchange,
+    report,
     world,
 )
 
@@ -103,7 +103,7 @@ def test_daily_settlement_report_rows_and_csv() -> None:
     x.tick(WINDOW_NS)
     day = cst_day(T0 + WINDOW_NS)
     assert day_to_date(day) == "2026-01-03" and date_to_day("2026-01-03") == day
-    rows = daily_settlement_report(x.clearing, day)
+    rows = report(x, day, kind="TRADE")
     assert [r.trade_id for r in rows] == [credit_tid, advance_tid]
     poor, ordinary = rows
     assert (poor.seller_poor_household, poor.fee_fen, poor.fee_subsidy_fen, poor.funded_by_financier_id) == (
@@ -112,13 +112,14 @@ def test_daily_settlement_report_rows_and_csv() -> None:
     assert (ordinary.amount_fen, ordinary.fee_fen, ordinary.interest_paid_fen, ordinary.principal_repaid_fen,
             ordinary.payable_fen) == (2_772_000, 13_860, 328, 1_000_000, 1_757_812)
     # the seller's own report: not who financed the buyer (the operator's shows FARMER's buyer paid cash)
-    assert daily_settlement_report(x.clearing, day, participant_id=FARMER) == [
-        msgspec.structs.replace(ordinary, funded_by_financier_id=None)]
-    assert daily_settlement_report(x.clearing, day - 1) == []
+    assert report(x, day, FARMER, kind="TRADE") == [msgspec.structs.replace(ordinary, funded_by_financier_id=None)]
+    assert report(x, day - 1) == []
     lines = report_csv(rows).decode().split("\r\n")
     assert lines[0] == ",".join(REPORT_COLUMNS)
     assert lines[2].startswith(f"2026-01-03,{advance_tid},RC-LH-WSY,SETTLED,{BUYER},{FARMER},False,10,9,990000,")
-    assert lines[2].endswith(",2772000,1148000,13860,0,0,328,1000000,1757812,0")
+    loan_id = x.clearing.trades[advance_tid].advance_loan_id
+    # ... funded by cash (0); then kind, participant, the advance, no share or member, no loan columns
+    assert lines[2].endswith(f",2772000,1148000,13860,0,0,328,1000000,1757812,0,TRADE,0,{loan_id},,,0,0,,0")
     assert report_csv([]) == b""
 
 
@@ -131,12 +132,15 @@ def test_bank_file_puts_same_day_payouts_first_and_quotes_formula_like_names() -
         x.weigh_in(trade.trade_id, 1, 100_001)  # 280,002.8 -> 280,002
     x.tick(WINDOW_NS)
     x.ok(RunPayouts(OPERATOR, 0, "R1"))
-    text = bank_file_csv(x.clearing, payouts_to_send(x.clearing)).decode()
+    payer = Payer(name="+payer", account="31000001", bank_code="102", branch_code="102653000019")
+    text = bank_file_csv(x.clearing, payouts_to_send(x.clearing), file_ref="F", value_day=0, payer=payer).decode()
     lines = text.split("\r\n")
-    assert lines[1].split(",")[2:5] == ["SAME_DAY", str(POOR_FARMER), "张三"]  # 280,002 - fee 1,400 waived
-    assert lines[1].split(",")[6:8] == ["280002", "2800.02"]
-    assert lines[2].split(",")[2:5] == ["NORMAL", "77", "'=HYPERLINK(1)"]
-    assert lines[2].split(",")[6:8] == ["278602", "2786.02"]  # fee 1,400
+    assert lines[0].split(",")[3:6] == ["19700101", "CNY", "'+payer"]
+    assert lines[1].split(",")[4:7] == ["SAME_DAY", str(POOR_FARMER), "张三"]  # 280,002 - fee 1,400 waived
+    assert lines[1].split(",")[10:12] == ["280002", "2800.02"]
+    assert lines[2].split(",")[4:7] == ["NORMAL", "77", "'=HYPERLINK(1)"]
+    assert lines[2].split(",")[10:12] == ["278602", "2786.02"]  # fee 1,400
+    assert lines[3:] == ["T,2,558604,5586.04", ""]
 
 
 @pytest.mark.parametrize(

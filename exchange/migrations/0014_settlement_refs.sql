@@ -42,8 +42,8 @@ CREATE TRIGGER settlement_refs_append_only
 -- payout id (else 0); ref: the deposit, withdrawal or file reference (else ''); party_a / party_b: buyer
 -- and seller, payee, owner (else 0); state: the record's final state (TradeState, PayoutState,
 -- WithdrawalState; else 0); final_at_ns: when it became final (a trade's settlement, a payout's last change,
--- a deposit or withdrawal request; 0 for a file: the daily report reads trades by it); record: the record as
--- the clearing held it (msgpack, exchange/settlement/model.py).
+-- a deposit or withdrawal request; 0 for a file); record: the record as the clearing held it (msgpack,
+-- exchange/settlement/model.py).
 CREATE TABLE settlement_history (
     kind smallint NOT NULL,
     id bigint NOT NULL,

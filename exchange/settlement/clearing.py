@@ -133,6 +133,7 @@ import msgspec
 from mypy_extensions import mypyc_attr
 
 from exchange.commands import (
+    BankConfirmation,
     ConfirmDeposit,
     ConfirmWithdrawal,
     FundsAccount,
@@ -196,6 +197,7 @@ from exchange.events import (
     PayoutState,
     Rejected,
     Trade,
+    TradeFacts,
     TradeSettled,
     WithdrawalCompleted,
     WithdrawalRequested,
@@ -229,6 +231,7 @@ from exchange.settlement.model import (
     PayableSource,
     Payout,
     PayoutRun,
+    Registration,
     Repayment,
     SentFile,
     SourceKind,
@@ -375,6 +378,8 @@ if (
     raise ImportError("a struct the clearing reads by position changed: update how clearing.py unpacks it")
 _ENCODER = msgspec.msgpack.Encoder()
 _SNAPSHOT_DECODER = msgspec.msgpack.Decoder(ClearingSnapshot)
+# ClearingSnapshot's fields through bank_imports; the optional ones after them are left out when empty
+_SNAPSHOT_REQUIRED_FIELDS: Final = ClearingSnapshot.__struct_fields__.index("bank_imports") + 1
 
 Handler = Callable[[Any, list], None]
 
@@ -416,6 +421,9 @@ class Clearing:
         # takes it into settlement_history with the tick's batch (take_archived); not state: not in snapshots
         self.archived: deque[tuple[Boxed, list[tuple[int, Any]]]] = deque()
         self._unqueued_final = False  # restored from a snapshot without ``final``: forget() queues first
+        self.bank_codes: dict[int, tuple[str, str]] = {}  # participant -> (bank code, branch code), when given
+        self.file_digests: dict[str, str] = {}  # payout file ref -> SHA-256 of the bytes sent (when recorded)
+        self.registrations: dict[str, Registration] = {}  # registration ref -> what it made
         self._rebuild_indexes()
         self.ledger.create_accounts([_account(int(code), int(code), 0, 0) for code in HOUSE], 0)
 
@@ -591,7 +599,7 @@ class Clearing:
                 record = self.payouts.pop(key, None)
                 self._payout_trade_ids.pop(key, None)
             else:
-                record = self._records_of(kind).pop(key, None)
+                record = self._records_of(kind).pop(key, None)  # (a file's digest stays: a few a day)
             if record is not None and kind in _ARCHIVED_KINDS:
                 gone.append((kind, record))
         if gone:
@@ -720,10 +728,10 @@ class Clearing:
         """The whole state, canonically ordered (everything sorted by its key)."""
         snap = self._snapshot_struct()
         fields = msgspec.structs.astuple(snap)
-        # An array-like struct encodes as the tuple of its fields; leaving out empty trailing ``final`` and
-        # ``repayments`` keeps a state without them at exactly the bytes (and hash) earlier versions wrote.
+        # An array-like struct encodes as the tuple of its fields; leaving out the empty optional fields at
+        # its end keeps a state without them at exactly the bytes (and hash) earlier versions wrote.
         end = len(fields)
-        while end > len(fields) - 2 and not fields[end - 1]:
+        while end > _SNAPSHOT_REQUIRED_FIELDS and not fields[end - 1]:
             end -= 1
         return _ENCODER.encode(fields[:end])
 
@@ -755,6 +763,9 @@ class Clearing:
         c.sent_files = {f.file_ref: f for f in snap.sent_files}
         c.bank_imports = {b.file_ref: b for b in snap.bank_imports}
         c.repayments = {(r.borrower_id, r.repayment_ref): r for r in snap.repayments}
+        c.bank_codes = {pid: (bank, branch) for pid, bank, branch in snap.bank_codes}
+        c.file_digests = dict(snap.file_digests)
+        c.registrations = {r.registration_ref: r for r in snap.registrations}
         c.final = deque((at, kind, tuple(key) if isinstance(key, list) else key) for at, kind, key in snap.final)
         c._unqueued_final = not snap.final
         c._rebuild_indexes()
@@ -771,7 +782,9 @@ class Clearing:
             by_key(self.holds), by_key(self.trades), by_key(self.loans), by_key(self.credit_lines),
             [(k, self.payables[k]) for k in sorted(self.payables) if self.payables[k]], by_key(self.payouts),
             by_key(self.runs), by_key(self.withdrawals), by_key(self.deposits), by_key(self.sent_files),
-            by_key(self.bank_imports), by_key(self.repayments), list(self.final),
+            by_key(self.bank_imports), by_key(self.repayments),
+            [(pid, codes[0], codes[1]) for pid, codes in sorted(self.bank_codes.items())],
+            sorted(self.file_digests.items()), by_key(self.registrations), list(self.final),
         )  # fmt: skip
 
     def _rebuild_indexes(self) -> None:
@@ -1075,6 +1088,8 @@ class Clearing:
             return self._reject(cmd, R.NOT_AUTHORIZED, ref, out)
         if not _valid_profile(cmd):
             return self._reject(cmd, R.INVALID_PARTICIPANT, ref, out)
+        if cmd.registration_ref:
+            return self._register_with_reference(cmd, out)
         existing = self.participants.get(cmd.subject_id)
         if existing is not None:
             same = (existing.role, existing.name, existing.id_number_masked) == (cmd.role, cmd.name,
@@ -1086,6 +1101,32 @@ class Clearing:
         who = Participant(cmd.subject_id, cmd.role, cmd.name.strip(), cmd.id_number_masked, cmd.bank_account.strip(),
                           False, cmd.poor_registration_no.strip(), False)
         self.participants[cmd.subject_id] = who
+        if cmd.bank_code or cmd.branch_code:
+            self.bank_codes[cmd.subject_id] = (cmd.bank_code, cmd.branch_code)
+        out.append(self._participant_event(who, cmd.participant_id, cmd.ts_ns))
+        return None
+
+    def _register_with_reference(self, cmd: RegisterParticipant, out: list) -> None:
+        """A registration through the API: once per reference; a repeat with the same profile answers the
+        participant the first one made (whatever id and key the repeat carries), another profile is refused."""
+        ref = cmd.registration_ref
+        digest = _profile_digest(cmd)
+        done = self.registrations.get(ref)
+        if done is not None:
+            if done.profile_digest != digest:
+                return self._reject(cmd, R.DUPLICATE_REFERENCE, ref, out)
+            out.append(self._participant_event(self.participants[done.participant_id], cmd.participant_id, cmd.ts_ns))
+            return None
+        # the key's row is written with the batch (the api_keys table's CHECKs): refused here, never there
+        if (len(ref) > MAX_REF_LEN or not 8 <= len(cmd.api_key) <= 64 or len(cmd.api_secret) < 16
+                or cmd.subject_id in self.participants):
+            return self._reject(cmd, R.INVALID_PARTICIPANT, ref, out)
+        who = Participant(cmd.subject_id, cmd.role, cmd.name.strip(), cmd.id_number_masked, cmd.bank_account.strip(),
+                          False, cmd.poor_registration_no.strip(), False)
+        self.participants[cmd.subject_id] = who
+        if cmd.bank_code or cmd.branch_code:
+            self.bank_codes[cmd.subject_id] = (cmd.bank_code, cmd.branch_code)
+        self.registrations[ref] = Registration(ref, cmd.subject_id, digest, cmd.api_key, cmd.ts_ns)
         out.append(self._participant_event(who, cmd.participant_id, cmd.ts_ns))
         return None
 
@@ -1096,13 +1137,19 @@ class Clearing:
             return self._reject(cmd, R.NOT_AUTHORIZED, ref, out)
         if who is None:
             return self._reject(cmd, R.UNKNOWN_PARTICIPANT, ref, out)
-        if not cmd.name.strip() or len(cmd.name) > 100 or len(cmd.bank_account) > 64:
+        if (not cmd.name.strip() or len(cmd.name) > 100 or len(cmd.bank_account) > 64
+                or not _valid_bank_codes(cmd.bank_code, cmd.branch_code)):
             return self._reject(cmd, R.INVALID_PARTICIPANT, ref, out)
-        bank = cmd.bank_account.strip()
-        if bank != who.bank_account:
-            who.bank_account = bank
-            who.bank_verified = False  # a new account must be verified again before money goes there
-        who.name = cmd.name.strip()
+        bank, name, codes = cmd.bank_account.strip(), cmd.name.strip(), (cmd.bank_code, cmd.branch_code)
+        if bank != who.bank_account or name != who.name or codes != self.bank_codes.get(who.participant_id, ("", "")):
+            # The bank checks the account against its holder's name: a new account (or bank, or branch),
+            # or a new name on the old one, must be verified again before money goes there.
+            who.bank_verified = False
+        who.bank_account, who.name = bank, name
+        if codes[0] or codes[1]:
+            self.bank_codes[who.participant_id] = codes
+        else:
+            self.bank_codes.pop(who.participant_id, None)
         out.append(self._participant_event(who, cmd.participant_id, cmd.ts_ns))
         return None
 
@@ -1464,7 +1511,8 @@ class Clearing:
         trade.settled_at_ns = cmd.ts_ns
         self._final_at(cmd.ts_ns, FinalKind.TRADE, trade.trade_id)
         self._trade_closed(trade.lot_id)
-        out.append(DeliveryResolved(0, cmd.ts_ns, trade.trade_id, 0, trade.refund_fen, True, cmd.participant_id))
+        out.append(DeliveryResolved(0, cmd.ts_ns, trade.trade_id, 0, trade.refund_fen, True, cmd.participant_id, 0,
+                                    self._trade_facts(_astuple(trade))))
         return None
 
     def _refund_from_receivable(self, trade: TradeRecord, refund_fen: int, ts_ns: int) -> None:
@@ -1608,10 +1656,18 @@ class Clearing:
                 self.payables[seller] = fifo = []
             fifo.append(_PAYABLE_SOURCE(_FROM_TRADE, tid, kept_fen))
         # (amount, fee, fee subsidy, fee forgone, interest paid, principal repaid)
-        out.append(_TRADE_SETTLED(_ZERO, ts_ns, tid, seller, t[23], t[27], t[28], t[29], t[30], t[31], net_fen))
+        out.append(_TRADE_SETTLED(_ZERO, ts_ns, tid, seller, t[23], t[27], t[28], t[29], t[30], t[31], net_fen,
+                                  self._trade_facts(t)))
         for member_id, part in splits:
             self._credit_payable(member_id, _FROM_SPLIT, tid, part)
-            out.append(CooperativeSplitPaid(0, ts_ns, tid, seller, member_id, part))
+            out.append(CooperativeSplitPaid(0, ts_ns, tid, seller, member_id, part, self._is_poor(member_id)))
+
+    def _trade_facts(self, t: tuple) -> TradeFacts:
+        """What the report states of a trade (read as one tuple, positions checked at import) as it is now,
+        carried on the event that settles or rejects it."""
+        advance = self.loans.get(t[25]) if t[25] else None
+        return TradeFacts(t[1], t[2], t[3], t[6], t[7], t[8], t[10], t[13], t[14], t[15], t[16], t[17], t[24],
+                          t[25], 0 if advance is None else advance.financier_id, self._is_poor(t[3]))
 
     def _loan_repaid(
         self, loan: Loan, interest: int, principal: int, payer: LoanPayer, ref: int, ts_ns: int, out: list
@@ -2036,7 +2092,7 @@ class Clearing:
             for payout_id, _ in pairs:
                 out.append(self._payout_event(self.payouts[payout_id], cmd.ts_ns))
             return None
-        if not 0 < len(ref) <= MAX_REF_LEN or not pairs or len(set(pairs)) != len(pairs):
+        if not 0 < len(ref) <= MAX_REF_LEN or not pairs or len(set(pairs)) != len(pairs) or len(cmd.sha256) > 64:
             return self._reject(cmd, R.INVALID_AMOUNT, ref, out)
         for payout_id, attempt in pairs:
             p = self.payouts.get(payout_id)
@@ -2046,6 +2102,8 @@ class Clearing:
                 return self._reject(cmd, R.INVALID_PAYOUT_STATE, f"P{payout_id}", out)
         self.sent_files[ref] = SentFile(ref, pairs)
         self._final_at(cmd.ts_ns, FinalKind.SENT_FILE, ref)
+        if cmd.sha256:
+            self.file_digests[ref] = cmd.sha256
         ts_ns: Boxed = cmd.ts_ns
         for payout_id, _ in pairs:
             p = self.payouts[payout_id]
@@ -2067,6 +2125,12 @@ class Clearing:
                 return self._reject(cmd, R.DUPLICATE_REFERENCE, ref, out)
             out.append(BankImportApplied(0, cmd.ts_ns, ref, done.applied, done.duplicates, tuple(done.errors)))
             return None
+        if cmd.whole_file:
+            problems = self.confirmation_problems(cmd.rows)
+            if problems:  # the file is refused whole and its reference stays free for the corrected file
+                first = problems[0][1]
+                reason = R.UNKNOWN_REFERENCE if first == "unknown_payout" else R.INVALID_PAYOUT_STATE
+                return self._reject(cmd, reason, ref, out)
         applied = duplicates = 0
         errors: list[tuple[int, str]] = []
         ts_ns: Boxed = cmd.ts_ns
@@ -2082,6 +2146,33 @@ class Clearing:
         self._final_at(cmd.ts_ns, FinalKind.BANK_IMPORT, ref)
         out.append(BankImportApplied(0, cmd.ts_ns, ref, applied, duplicates, tuple(errors)))
         return None
+
+    def confirmation_problems(self, rows: Sequence[BankConfirmation]) -> list[tuple[int, str]]:
+        """(index, code) of every row of a confirmation file that cannot be applied now: ``unknown_payout``,
+        ``not_current_attempt`` (an answer for an older or a later attempt), ``invalid_payout_state``
+        (not sent, or already answered otherwise) or ``repeated_payout`` (a second row for a payout). A
+        row that repeats the payout's recorded answer is a harmless duplicate, not a problem."""
+        problems: list[tuple[int, str]] = []
+        seen: set[int] = set()
+        for index, row in enumerate(rows):
+            payout_id = row.payout_id
+            code = self._confirmation_problem(row) or ("repeated_payout" if payout_id in seen else "")
+            seen.add(payout_id)
+            if code:
+                problems.append((index, code))
+        return problems
+
+    def _confirmation_problem(self, row: BankConfirmation) -> str:
+        p = self.payouts.get(row.payout_id)
+        if p is None:
+            return "unknown_payout"
+        if row.attempt != p.attempt:
+            return "not_current_attempt"
+        state = p.state
+        if state == _P_SENT or (state == _P_CONFIRMED and row.ok and row.bank_ref == p.bank_ref) or (
+                state == _P_FAILED and not row.ok):
+            return ""
+        return "invalid_payout_state"
 
     def _apply_confirmation(self, row: object, ts_ns: Boxed, out: list) -> str:
         """One bank answer: "applied", "duplicate" or why it was not applied."""
@@ -2245,7 +2336,25 @@ def _valid_profile(cmd: RegisterParticipant) -> bool:
         and sum(ch.isdigit() for ch in masked) <= 8
         and len(cmd.bank_account) <= 64
         and (not cmd.poor_registration_no or cmd.role == ROLE.FARMER)
+        and _valid_bank_codes(cmd.bank_code, cmd.branch_code)
     )
+
+
+def _profile_digest(cmd: RegisterParticipant) -> str:
+    """What a repeat of a registration must have in common with it: the profile, not the id or key."""
+    profile = (int(cmd.role), cmd.name, cmd.id_number_masked, cmd.bank_account, cmd.poor_registration_no,
+               cmd.bank_code, cmd.branch_code)
+    return hashlib.blake2b(_ENCODER.encode(profile), digest_size=16).hexdigest()
+
+
+def _valid_bank_codes(bank_code: str, branch_code: str) -> bool:
+    """A bank code of 3 ASCII digits and a branch code of 12 that starts with it; either may be left empty,
+    but not the bank of a given branch."""
+    if bank_code and not (len(bank_code) == 3 and bank_code.isascii() and bank_code.isdigit()):
+        return False
+    if branch_code and not (len(branch_code) == 12 and branch_code.isascii() and branch_code.isdigit()):
+        return False
+    return not branch_code or branch_code[:3] == bank_code
 
 
 def _id_range(values: tuple) -> bool:

@@ -261,6 +261,17 @@ class FinalKind(IntEnum):
     BANK_IMPORT = 8  # bank confirmation files imported, by file ref
 
 
+class Registration(msgspec.Struct, array_like=True, gc=False):
+    """A registration made with an idempotency reference: who it created, a digest of the profile it
+    was made with (a repeat must match it), its first API key (not the secret) and when."""
+
+    registration_ref: str
+    participant_id: int
+    profile_digest: str
+    api_key: str
+    ts_ns: int
+
+
 class AccountKey(msgspec.Struct, array_like=True, gc=False):
     code: int
     owner_id: int
@@ -298,7 +309,12 @@ class ClearingSnapshot(msgspec.Struct, array_like=True, gc=False):
     deposits: list[Deposit]
     sent_files: list[SentFile]
     bank_imports: list[BankImport]
-    repayments: list[Repayment] = []  # optional: snapshots without it decode (see Clearing.snapshot)
+    # Optional and last: a snapshot without them decodes, and a state without them encodes to exactly the
+    # bytes (and hash) earlier versions wrote (see Clearing.snapshot).
+    repayments: list[Repayment] = []
+    bank_codes: list[tuple[int, str, str]] = []  # (participant, bank code, branch code)
+    file_digests: list[tuple[str, str]] = []  # (payout file ref, SHA-256 of the bytes sent)
+    registrations: list[Registration] = []
     # optional and last: (final_at_ns, FinalKind, key) of every final record held, oldest first
     # (Clearing.forget); a key is an id, a reference, or (owner, reference)
     final: list[tuple[int, int, int | str | tuple[int, str]]] = []

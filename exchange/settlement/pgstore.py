@@ -172,17 +172,6 @@ async def archived_page(
 MAX_ID: Final = 2**63 - 1
 
 
-async def archived_between(
-    conn: asyncpg.Connection | asyncpg.Pool, kind: int, from_ns: int, until_ns: int
-) -> list[bytes]:
-    """Forgotten records of a kind that became final in [from_ns, until_ns), by id."""
-    rows = await conn.fetch(
-        "SELECT DISTINCT ON (id, ref) record FROM settlement_history"
-        " WHERE kind = $1 AND final_at_ns >= $2 AND final_at_ns < $3 ORDER BY id, ref, seq DESC",
-        kind, from_ns, until_ns)
-    return [bytes(row["record"]) for row in rows]
-
-
 HistoryRow = tuple[int, int, str, int, int, int, int, int, bytes]
 
 

@@ -1,9 +1,12 @@
-"""Read-only views of the clearing: balances, financiers' views (own lending; the rest by consent), the daily
-settlement report.
+"""Read-only views of the clearing: balances, financiers' views (own lending; the rest by consent), who
+sees which side of a trade, and the daily settlement report's rows.
 
-Pure functions of a ``Clearing``: rows as msgspec structs, which the gateway serves as JSON, and
-``report_csv`` for the CSV download. Nothing here changes state. Statements (every posting of an
-account over a period) come from PostgreSQL instead: ``pgstore.statement``.
+Pure functions: rows as msgspec structs, which the gateway serves as JSON, and ``report_csv`` for the
+CSV download. Nothing here changes state. Balances and financiers' views read the ``Clearing`` (open
+state). The report is history: ``report_entries`` makes its rows from a journaled command's events
+alone (the facts as of settlement, carried on the events), ``exchange.history`` keeps them in
+PostgreSQL, and ``visible_report`` picks and redacts what one viewer may see of a day's rows.
+Statements (every posting of an account over a period) come from PostgreSQL too: ``pgstore.statement``.
 """
 
 from __future__ import annotations
@@ -11,12 +14,24 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from enum import StrEnum
 from typing import Final, NamedTuple, TypeVar
 
 import msgspec
 
-from exchange.events import LoanKind
+from exchange.events import (
+    CooperativeSplitPaid,
+    DeliveryGrade,
+    DeliveryResolved,
+    Event,
+    InterestAccrued,
+    LoanKind,
+    LoanPayer,
+    LoanRepaid,
+    TradeFacts,
+    TradeSettled,
+)
 from exchange.settlement.clearing import Clearing
 from exchange.settlement.ledger import CHART, AccountCode
 from exchange.settlement.model import Loan, TradeRecord, TradeState
@@ -62,11 +77,20 @@ def trade_sides(clearing: Clearing, viewer_id: int | None, trade: TradeRecord) -
     or who is a poor household."""
     if viewer_id is None:
         return ALL_SIDES
-    line_lender = trade.financier_id == viewer_id
     advance = clearing.loans.get(trade.advance_loan_id)
-    advance_lender = advance is not None and advance.financier_id == viewer_id
-    buyer = viewer_id == trade.buyer_id or (line_lender and clearing.has_consented(trade.buyer_id, viewer_id))
-    seller = viewer_id == trade.seller_id or (advance_lender and clearing.has_consented(trade.seller_id, viewer_id))
+    return sides_of(viewer_id, trade.buyer_id, trade.seller_id, trade.financier_id,
+                    0 if advance is None else advance.financier_id, clearing.has_consented)
+
+
+def sides_of(
+    viewer_id: int, buyer_id: int, seller_id: int, line_financier_id: int, advance_financier_id: int,
+    consented: Callable[[int, int], bool],
+) -> TradeSides:
+    """``trade_sides`` from a trade's parties and lenders (0: none), ``consented(participant, financier)``."""
+    line_lender = line_financier_id != 0 and line_financier_id == viewer_id
+    advance_lender = advance_financier_id != 0 and advance_financier_id == viewer_id
+    buyer = viewer_id == buyer_id or (line_lender and consented(buyer_id, viewer_id))
+    seller = viewer_id == seller_id or (advance_lender and consented(seller_id, viewer_id))
     return TradeSides(buyer, seller, line_lender, advance_lender)
 
 
@@ -248,9 +272,27 @@ def loan_row(loan: Loan) -> LoanRow:
                    loan.interest_written_off_fen)
 
 
+class ReportKind(StrEnum):
+    """What a row of the daily settlement report is about."""
+
+    TRADE = "TRADE"  # a trade settled or rejected
+    MEMBER_SHARE = "MEMBER_SHARE"  # a cooperative member's part of a settled trade
+    LOAN_REPAYMENT = "LOAN_REPAYMENT"  # a loan's interest or principal paid (by the borrower or the subsidy fund)
+    INTEREST_ACCRUAL = "INTEREST_ACCRUAL"  # interest a loan earned its financier (midnights since its last)
+
+
 class SettlementReportRow(msgspec.Struct, frozen=True):
-    """One trade that settled (or was rejected) on the report's day. Amounts in fen. A side's private
-    fields (``BUYER_PRIVATE``, ``SELLER_PRIVATE``) are None to a viewer that may not see that side."""
+    """One row of the daily settlement report, stating the facts as they were when it happened (they
+    are projected from the events of that moment and never change). Amounts in fen.
+
+    ``TRADE`` rows: one per trade settled or rejected on the day. A side's private fields
+    (``BUYER_PRIVATE``, ``SELLER_PRIVATE``) are None to a viewer that may not see that side.
+    ``MEMBER_SHARE``: a cooperative member's part of a trade (``participant_id``: the member;
+    ``share_fen``, with the fee waived for it), seen by the member and the cooperative; the trade's
+    fields as in its ``TRADE`` row, the cooperative's private ones hidden from the member.
+    ``LOAN_REPAYMENT`` (``interest_paid_fen``, ``principal_repaid_fen``, ``paid_by``) and
+    ``INTEREST_ACCRUAL`` (``interest_accrued_fen``): a loan's, seen by its borrower (``participant_id``)
+    and its financier (``financier_id``); ``trade_id`` is the settlement that repaid it, else 0."""
 
     date: str
     trade_id: int
@@ -276,35 +318,129 @@ class SettlementReportRow(msgspec.Struct, frozen=True):
     principal_repaid_fen: int | None
     payable_fen: int | None
     funded_by_financier_id: int | None
+    kind: str = ReportKind.TRADE.value
+    participant_id: int = 0  # MEMBER_SHARE: the member; loan rows: the borrower
+    advance_loan_id: int | None = None  # TRADE: the seller's advance against the trade (its lender sees it)
+    share_fen: int | None = None  # MEMBER_SHARE
+    member_poor_household: bool | None = None  # MEMBER_SHARE: the member was a registered poor household
+    financier_id: int = 0  # loan rows: the lender
+    loan_id: int = 0  # loan rows
+    paid_by: str = ""  # LOAN_REPAYMENT: BORROWER or SUBSIDY_FUND
+    interest_accrued_fen: int = 0  # INTEREST_ACCRUAL
 
 
 REPORT_COLUMNS = tuple(SettlementReportRow.__struct_fields__)
 
 
-def daily_settlement_report(
-    clearing: Clearing, day: int, participant_id: int | None = None, forgotten: Sequence[TradeRecord] = ()
+class ReportEntry(NamedTuple):
+    """A report row as the history keeps it: where it came from (journal ``seq``, the event's position
+    ``ord`` in the command's events), its CST ``day``, and who lent against the trade (for its sight)."""
+
+    seq: int
+    ord: int
+    day: int
+    advance_financier_id: int
+    row: SettlementReportRow
+
+
+_REPORTED: Final = frozenset({TradeSettled, DeliveryResolved, CooperativeSplitPaid, LoanRepaid, InterestAccrued})
+_NO_FACTS: Final = TradeFacts("", 0, 0, 0, 0, 0, 0, 0, 0, 0, DeliveryGrade.IN_GRADE, 0, 0, 0, 0, False)
+
+
+def report_entries(seq: int, events: Sequence[Event]) -> list[ReportEntry]:
+    """The report rows of one journaled command's events (``seq``): pure, from the events alone, so the
+    history can always be rebuilt from the journal. A settlement event without facts (journaled before
+    they were carried) gives a row with the trade's figures as zeros."""
+    for event in events:  # most commands (orders) report nothing: one set lookup per event for them
+        if event.__class__ in _REPORTED:
+            break
+    else:
+        return []
+    entries: list[ReportEntry] = []
+    trades: dict[int, SettlementReportRow] = {}  # this command's TRADE rows, for its member shares
+    for ord_, event in enumerate(events):
+        kind = event.__class__
+        if kind is TradeSettled or (kind is DeliveryResolved and event.rejected):  # type: ignore[union-attr]
+            facts = event.facts or _NO_FACTS  # type: ignore[union-attr]
+            row = _trade_row_of(event, facts)  # type: ignore[arg-type]
+            trades[row.trade_id] = row
+            entries.append(ReportEntry(seq, ord_, cst_day(event.ts_ns), facts.advance_financier_id, row))
+        elif kind is CooperativeSplitPaid:
+            e: CooperativeSplitPaid = event  # type: ignore[assignment]
+            trade = trades.get(e.trade_id)
+            if trade is not None:
+                row = msgspec.structs.replace(
+                    trade, kind=ReportKind.MEMBER_SHARE.value, participant_id=e.member_id, share_fen=e.amount_fen,
+                    member_poor_household=e.member_poor_household)
+                entries.append(ReportEntry(seq, ord_, cst_day(e.ts_ns), 0, row))
+        elif kind is LoanRepaid or kind is InterestAccrued:
+            entries.append(ReportEntry(seq, ord_, cst_day(event.ts_ns), 0, _loan_row_of(event)))  # type: ignore
+    return entries
+
+
+def _trade_row_of(event: TradeSettled | DeliveryResolved, f: TradeFacts) -> SettlementReportRow:
+    if isinstance(event, TradeSettled):
+        state, money = TradeState.SETTLED.name, (
+            event.amount_fen, f.refund_fen, event.fee_fen, event.fee_subsidy_fen, event.fee_forgone_fen,
+            event.interest_paid_fen, event.principal_repaid_fen, event.payable_fen)
+    else:  # a rejection: everything went back to the buyer
+        state, money = TradeState.REJECTED.name, (0, event.refund_fen, 0, 0, 0, 0, 0, 0)
+    return SettlementReportRow(
+        day_to_date(cst_day(event.ts_ns)), event.trade_id, f.instrument, state, f.buyer_id,
+        f.seller_id or (event.seller_id if isinstance(event, TradeSettled) else 0),
+        f.seller_poor_household, f.heads, f.heads_delivered, f.total_weight_g, f.avg_weight_g,
+        DeliveryGrade(f.grade).name, f.price_fen, f.discount_fen_per_kg, f.obligation_fen, *money,
+        f.funded_by_financier_id, advance_loan_id=f.advance_loan_id,
+    )  # fmt: skip
+
+
+def _loan_row_of(e: LoanRepaid | InterestAccrued) -> SettlementReportRow:
+    base = SettlementReportRow(
+        day_to_date(cst_day(e.ts_ns)), 0, "", "", 0, 0, None, 0, 0, 0, 0, "", 0, 0, 0, 0, 0, None, None, None,
+        None, None, None, None, participant_id=e.borrower_id, financier_id=e.financier_id, loan_id=e.loan_id,
+    )  # fmt: skip
+    if isinstance(e, InterestAccrued):
+        return msgspec.structs.replace(base, kind=ReportKind.INTEREST_ACCRUAL.value,
+                                       interest_accrued_fen=e.interest_fen)
+    return msgspec.structs.replace(base, kind=ReportKind.LOAN_REPAYMENT.value, trade_id=e.trade_id,
+                                   interest_paid_fen=e.interest_fen, principal_repaid_fen=e.principal_fen,
+                                   paid_by=LoanPayer(e.payer).name)
+
+
+Consented = Callable[[int, int], bool]  # (participant, financier): does the participant consent to it
+
+
+def report_sides(entry: ReportEntry, viewer_id: int | None, consented: Consented) -> TradeSides | None:
+    """What ``viewer_id`` (None: an operator) may see of a report row: None for nothing, else the sides
+    whose private fields it sees (as ``trade_sides``: a party its own side, a lender what it lent and,
+    with consent, the side it lent to)."""
+    if viewer_id is None:
+        return ALL_SIDES
+    row = entry.row
+    if row.kind in (ReportKind.LOAN_REPAYMENT, ReportKind.INTEREST_ACCRUAL):
+        return ALL_SIDES if viewer_id in (row.participant_id, row.financier_id) else None
+    if row.kind == ReportKind.MEMBER_SHARE:
+        if viewer_id == row.seller_id:
+            return TradeSides(False, True)
+        return TradeSides(False, False) if viewer_id == row.participant_id else None
+    sides = sides_of(viewer_id, row.buyer_id, row.seller_id, row.funded_by_financier_id or 0,
+                     entry.advance_financier_id, consented)
+    return sides if any(sides) else None
+
+
+def visible_report(
+    entries: Iterable[ReportEntry], viewer_id: int | None = None, consented: Consented = lambda p, f: False
 ) -> list[SettlementReportRow]:
-    """Trades settled or rejected on CST ``day``, by trade id. With ``participant_id`` what that
-    participant may see: the trades it is a party to or finances (``trade_sides``), each with the other
-    side's private fields redacted; without it every trade in full (an operator's report). ``forgotten``:
-    the day's trades the clearing no longer holds (read from settlement_history)."""
+    """The report rows ``viewer_id`` may see (None: an operator, every row in full), each redacted to what
+    it may see of it, by trade id (rows of no trade first), a trade's own row before the rows it brought
+    about (member shares, repayments), then in the order they happened."""
     rows = []
-    held = clearing.trades
-    for t in [*held.values(), *(f for f in forgotten if f.trade_id not in held)]:
-        if t.state not in (TradeState.SETTLED, TradeState.REJECTED) or cst_day(t.settled_at_ns) != day:
+    for entry in sorted(entries, key=lambda e: (e.row.trade_id, e.row.kind != ReportKind.TRADE, e.seq, e.ord)):
+        sides = report_sides(entry, viewer_id, consented)
+        if sides is None:
             continue
-        sides = trade_sides(clearing, participant_id, t)
-        if not any(sides):
-            continue
-        seller = clearing.participants.get(t.seller_id)
-        rows.append(redact(SettlementReportRow(
-            day_to_date(day), t.trade_id, t.instrument, t.state.name, t.buyer_id, t.seller_id,
-            seller is not None and seller.poor_verified, t.heads, t.heads_delivered, t.total_weight_g,
-            t.avg_weight_g, t.grade.name, t.price_fen, t.discount_fen_per_kg, t.obligation_fen, t.amount_fen,
-            t.refund_fen, t.fee_fen, t.fee_subsidy_fen, t.fee_forgone_fen, t.interest_paid_fen,
-            t.principal_repaid_fen, t.payable_fen, t.financier_id,
-        ), sides))  # fmt: skip
-    return sorted(rows, key=lambda r: r.trade_id)
+        rows.append(redact(entry.row, sides))
+    return rows
 
 
 def report_csv(rows: Sequence[msgspec.Struct]) -> bytes:
