@@ -217,9 +217,14 @@ class Core:
         # (by participant: no key tuple to build per order)
         self.client_order_ids: dict[int, dict[str, int]] = {}
         self.lot_refs: dict[tuple[int, str], int] = {}  # (seller, client lot ref) -> lot id, while the lot is held
-        # What to look at when the window has passed, oldest first (see "Memory"): (accepted at, participant,
-        # client order id) of every id held, and (registered at, lot id) of every lot held.
-        self.order_id_times: deque[tuple[Any, Any, Any]] = deque()
+        # What to look at when the window has passed, oldest first (see "Memory"): every client order id held
+        # as three queues in step (accepted or last looked at, participant, id: the command's own objects,
+        # no tuple per order), and (registered or last looked at, lot id, client lot ref) of every lot held.
+        # (lists from ``id_head`` on: compiled, a list append is native, a deque's a generic method call)
+        self.id_times: list[Any] = []
+        self.id_owners: list[Any] = []
+        self.id_names: list[Any] = []
+        self.id_head = 0
         self.lot_times: deque[tuple[Any, Any, Any]] = deque()  # (registered at, lot id, client lot ref)
         self.forget_before_ns = 0  # the current tick's time less its window (the clearing forgets by it too)
         # set by a restore from a snapshot without those queues (an earlier version's): the first tick
@@ -414,7 +419,9 @@ class Core:
         if used is None:
             used = self.client_order_ids[order.participant_id] = {}
         used[order.client_order_id] = order_id
-        self.order_id_times.append((ts_ns, fields[_PARTICIPANT_ID], fields[_CLIENT_ORDER_ID]))
+        self.id_times.append(ts_ns)
+        self.id_owners.append(fields[_PARTICIPANT_ID])
+        self.id_names.append(fields[_CLIENT_ORDER_ID])
         if order.lot is not None:
             order.lot.reserved_heads += order.quantity_heads
         book = market.book
@@ -705,23 +712,34 @@ class Core:
         resting order's id, a lot with heads reserved or available) is looked at again a window later."""
         if self.unqueued:
             self._queue_unqueued(now_ns)
-        ids = self.order_id_times
+        times, owners, names = self.id_times, self.id_owners, self.id_names
         used_by = self.client_order_ids
         resting = self.orders
-        while ids and ids[0][0] < before_ns:
-            entry = ids.popleft()
-            used = used_by.get(entry[1])
+        head = self.id_head
+        while head < len(times) and times[head] < before_ns:
+            owner = owners[head]
+            name = names[head]
+            head += 1
+            used = used_by.get(owner)
             if used is None:
                 continue
-            order_id = used.get(entry[2])
+            order_id = used.get(name)
             if order_id is None:
                 continue
-            if order_id in resting:
-                ids.append((now_ns, entry[1], entry[2]))
+            if order_id in resting:  # a resting order keeps its id: looked at again a window later
+                times.append(now_ns)
+                owners.append(owner)
+                names.append(name)
                 continue
-            del used[entry[2]]
+            del used[name]
             if not used:
-                del used_by[entry[1]]
+                del used_by[owner]
+        if head > 4096 and 2 * head > len(times):  # drop the looked-at front now and then (amortised O(1))
+            del times[:head]
+            del owners[:head]
+            del names[:head]
+            head = 0
+        self.id_head = head
         lots = self.lot_times
         while lots and lots[0][0] < before_ns:
             _, lot_id, ref = lots.popleft()
@@ -744,10 +762,14 @@ class Core:
     def _queue_unqueued(self, now_ns: int) -> None:
         """Queue every id and lot held by a snapshot written before the core forgot anything."""
         self.unqueued = False
-        queued = {(p, cid) for _, p, cid in self.order_id_times}
+        queued = set(zip(self.id_owners[self.id_head:], self.id_names[self.id_head:], strict=True))
         held = sorted((oid, p, cid) for p, used in self.client_order_ids.items() for cid, oid in used.items())
         # at the end, as now: every entry queued since the restore is at most as old
-        self.order_id_times.extend((now_ns, p, cid) for _, p, cid in held if (p, cid) not in queued)
+        for _, p, cid in held:
+            if (p, cid) not in queued:
+                self.id_times.append(now_ns)
+                self.id_owners.append(p)
+                self.id_names.append(cid)
         queued_lots = {lot_id for _, lot_id, _ in self.lot_times}
         refs = {lot_id: ref for (_, ref), lot_id in self.lot_refs.items()}
         self.lot_times.extend(

@@ -535,8 +535,10 @@ class Sequencer:
         # an extra_writes hook may take its rows slice by slice as commands are applied (LedgerWriter)
         self._prepare_extra: Callable[[CommittedBatch], None] | None = getattr(self._extra_writes, "prepare", None)
         self._client_orders: dict[ClientKey, int] = {}
-        # (indexed at ts_ns, key) of every key of _client_orders, oldest first: what a tick looks at
-        self._client_order_times: deque[tuple[int, ClientKey]] = deque()
+        # every key of _client_orders and when it was indexed, oldest first, as two queues in step (no
+        # tuple per order): what a tick looks at
+        self._client_order_keys: deque[ClientKey] = deque()
+        self._client_order_times: deque[int] = deque()
         # The submission queue as two deques in step (no tuple per command): commands and their futures.
         self._queue: deque[Command] = deque()
         self._sinks: deque[asyncio.Future[Result] | None] = deque()
@@ -790,7 +792,8 @@ class Sequencer:
         self._conn = conn
         self.core = recovery.core
         self._client_orders = recovery.client_orders
-        self._client_order_times = deque((recovery.last_ts_ns, key) for key in recovery.client_orders)
+        self._client_order_keys = deque(recovery.client_orders)
+        self._client_order_times = deque(recovery.last_ts_ns for _ in recovery.client_orders)
         self._next_seq = recovery.last_seq + 1
         self._committed_seq = recovery.last_seq
         self._last_ts_ns = recovery.last_ts_ns
@@ -967,7 +970,8 @@ class Sequencer:
                     moved = seq
                     self._retry(command, pop_sink(), original_seq)
                     continue
-                self._client_order_times.append((ts_ns, key))
+                self._client_order_keys.append(key)
+                self._client_order_times.append(ts_ns)
             if command.ts_ns:  # already stamped once (a resubmitted object): stamp a copy
                 command = replace(command, ts_ns=ts_ns)
             else:  # a fresh command, handed over: stamp it in place
@@ -1000,11 +1004,14 @@ class Sequencer:
 
     def _forget_client_orders(self, now_ns: int, before_ns: int) -> None:
         """Drop the index's ids indexed before `before_ns` whose order the core no longer holds."""
-        times, index, held = self._client_order_times, self._client_orders, self.core.client_order_ids
-        while times and times[0][0] < before_ns:
-            key = times.popleft()[1]
+        keys, times = self._client_order_keys, self._client_order_times
+        index, held = self._client_orders, self.core.client_order_ids
+        while times and times[0] < before_ns:
+            times.popleft()
+            key = keys.popleft()
             if key[1] in held.get(key[0], ()):
-                times.append((now_ns, key))  # a resting order keeps its id
+                keys.append(key)  # a resting order keeps its id
+                times.append(now_ns)
             else:
                 index.pop(key, None)
 

@@ -107,7 +107,9 @@ def encode_core(core: Core) -> bytes:
     clearing = b"" if core.clearing is None else core.clearing.snapshot()
     lot_refs = [(p, ref, lot_id) for (p, ref), lot_id in core.lot_refs.items()]
     used = core.client_order_ids
-    order_id_times = [(at, used[p][cid]) for at, p, cid in core.order_id_times]
+    head = core.id_head
+    order_id_times = [(at, used[p][cid]) for at, p, cid in zip(core.id_times[head:], core.id_owners[head:],
+                                                                core.id_names[head:], strict=True)]
     lot_times = [(at, lot_id) for at, lot_id, _ in core.lot_times]
     record = CoreRecord(
         SNAPSHOT_VERSION, (c.next_order_id, c.next_trade_id, c.next_priority, c.next_lot_id), markets, lots, ids,
@@ -150,7 +152,10 @@ def decode_core(data: bytes, core_type: Callable[[Clearing | None], Core] | None
         core.client_order_ids.setdefault(p, {})[cid] = oid
     core.lot_refs = {(p, ref): lot_id for p, ref, lot_id in record.lot_refs}
     by_order_id = {oid: (p, cid) for p, cid, oid in record.client_order_ids}
-    core.order_id_times = deque((at, *by_order_id[oid]) for at, oid in record.order_id_times)
+    core.id_times = [at for at, _ in record.order_id_times]
+    core.id_owners = [by_order_id[oid][0] for _, oid in record.order_id_times]
+    core.id_names = [by_order_id[oid][1] for _, oid in record.order_id_times]
+    core.id_head = 0
     refs = {lot_id: ref for (_, ref), lot_id in core.lot_refs.items()}
     core.lot_times = deque((at, lot_id, refs.get(lot_id, "")) for at, lot_id in record.lot_times)
     # a snapshot of an earlier version lists no times: the first tick queues what it holds

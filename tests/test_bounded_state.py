@@ -210,7 +210,8 @@ def test_after_the_window_the_exchange_holds_only_what_is_open() -> None:
     assert clearing.ledger.held_counts() == (open_now["holds"], open_now["holds"], 0)  # a hold per resting buy
     assert sum(len(ids) for ids in core.client_order_ids.values()) == open_now["resting_orders"]
     assert len(core.lots) == len(core.lot_records) == len(clearing.lots) == open_now["live_lots"]
-    assert len(core.order_id_times) == open_now["resting_orders"] and len(core.lot_times) == open_now["live_lots"]
+    assert len(core.id_times) - core.id_head == open_now["resting_orders"]
+    assert len(core.lot_times) == open_now["live_lots"]
     clearing.ledger.validate()
     snapshot = core.snapshot()
     assert len(snapshot) * 3 < snapshot_before

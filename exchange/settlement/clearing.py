@@ -416,7 +416,9 @@ class Clearing:
         self.bank_imports: dict[str, BankImport] = {}
         self.repayments: dict[tuple[int, str], Repayment] = {}  # (borrower, repayment ref)
         # (final_at_ns, FinalKind, key) of every final record held, oldest first (see "Memory")
-        self.final: deque[tuple[Boxed, int, Boxed]] = deque()
+        # (from ``_final_head`` on: compiled, a list append is native, a deque's a generic method call)
+        self.final: list[tuple[Boxed, int, Boxed]] = []
+        self._final_head = 0
         # (tick ts_ns, [(FinalKind, record), ...]) of what each tick forgot, until the sequencer's writer
         # takes it into settlement_history with the tick's batch (take_archived); not state: not in snapshots
         self.archived: deque[tuple[Boxed, list[tuple[int, Any]]]] = deque()
@@ -584,10 +586,12 @@ class Clearing:
         if self._unqueued_final:
             self._queue_unqueued_final()
         final = self.final
+        head = self._final_head
         gone: list[tuple[int, Any]] = []
         awaiting: set[int] | None = None  # trades whose proceeds still wait for their payee
-        while final and final[0][0] < before_ns:
-            _, kind, key = final.popleft()
+        while head < len(final) and final[head][0] < before_ns:
+            _, kind, key = final[head]
+            head += 1
             if kind == _FINAL_TRADE:
                 if awaiting is None:
                     awaiting = self._trades_awaiting_payout()
@@ -602,6 +606,10 @@ class Clearing:
                 record = self._records_of(kind).pop(key, None)  # (a file's digest stays: a few a day)
             if record is not None and kind in _ARCHIVED_KINDS:
                 gone.append((kind, record))
+        if head > 1024 and 2 * head > len(final):  # drop the forgotten front now and then (amortised O(1))
+            del final[:head]
+            head = 0
+        self._final_head = head
         if gone:
             self.archived.append((now_ns, gone))
         self.ledger.forget(before_ns)
@@ -653,7 +661,7 @@ class Clearing:
         """Queue the final records a snapshot of an earlier version held (final from now on)."""
         self._unqueued_final = False
         now = self.ledger.now_ns
-        held = {(kind, key) for _, kind, key in self.final}
+        held = {(kind, key) for _, kind, key in self.final[self._final_head:]}
         final_trades = (TradeState.SETTLED, TradeState.REJECTED)
         keys: list[tuple[int, Any]] = [(_FINAL_TRADE, k) for k in sorted(self.trades)
                                        if self.trades[k].state in final_trades]
@@ -674,7 +682,7 @@ class Clearing:
             "trades": len(self.trades), "payouts": len(self.payouts), "deposits": len(self.deposits),
             "withdrawals": len(self.withdrawals), "repayments": len(self.repayments), "runs": len(self.runs),
             "sent_files": len(self.sent_files), "bank_imports": len(self.bank_imports),
-            "final_queued": len(self.final), "transfers": self.ledger.held_counts()[0],
+            "final_queued": len(self.final) - self._final_head, "transfers": self.ledger.held_counts()[0],
         }
 
     # ------------------------------------------------------------------------------- persistence
@@ -766,7 +774,8 @@ class Clearing:
         c.bank_codes = {pid: (bank, branch) for pid, bank, branch in snap.bank_codes}
         c.file_digests = dict(snap.file_digests)
         c.registrations = {r.registration_ref: r for r in snap.registrations}
-        c.final = deque((at, kind, tuple(key) if isinstance(key, list) else key) for at, kind, key in snap.final)
+        c.final = [(at, kind, tuple(key) if isinstance(key, list) else key) for at, kind, key in snap.final]
+        c._final_head = 0
         c._unqueued_final = not snap.final
         c._rebuild_indexes()
         return c
@@ -784,7 +793,7 @@ class Clearing:
             by_key(self.runs), by_key(self.withdrawals), by_key(self.deposits), by_key(self.sent_files),
             by_key(self.bank_imports), by_key(self.repayments),
             [(pid, codes[0], codes[1]) for pid, codes in sorted(self.bank_codes.items())],
-            sorted(self.file_digests.items()), by_key(self.registrations), list(self.final),
+            sorted(self.file_digests.items()), by_key(self.registrations), self.final[self._final_head:],
         )  # fmt: skip
 
     def _rebuild_indexes(self) -> None:

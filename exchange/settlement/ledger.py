@@ -84,7 +84,6 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any, Final, TypeAlias
 
@@ -270,10 +269,14 @@ class Ledger:
         self._new_accounts: list[_Account] = []
         self._undo: list[_Undo] | None = None  # set while a linked chain runs
         self._now_ns = 0
-        # (final_at_ns, transfer id) of every final transfer held, in the order they became final (ledger
-        # time never goes backwards, so oldest first); a resolved pending transfer is queued at its
-        # resolution, with the transfer that resolved it. forget() pops from the front.
-        self._final: deque[tuple[Boxed, Boxed]] = deque()
+        # Every final transfer held, in the order they became final (ledger time never goes backwards, so
+        # oldest first): its id and when, as two lists in step from ``_final_head`` on (the objects the
+        # transfer came with: no tuple per transfer for the collector to track; compiled, a list append is
+        # a native call where a deque's is a generic method call). A resolved pending transfer is queued
+        # at its resolution, with the transfer that resolved it. forget() moves the head.
+        self._final: list[Boxed] = []
+        self._final_at: list[Boxed] = []
+        self._final_head = 0
         self._forgotten_id = 0  # the highest id forget() dropped: ids up to it that are not held are refused
         # Set by restore() when the snapshot lists no final transfer: one written before forget()
         # existed may hold final transfers that were never queued; the first forget() queues them.
@@ -434,9 +437,10 @@ class Ledger:
                 result = self._create_transfer(t, now_ns)
                 if result is not _OK and result is not _EXISTS:
                     self._rollback_transfers(undo, mark)
-                    final = self._final
+                    final, final_at = self._final, self._final_at
                     while len(final) > final_mark:
                         final.pop()
+                        final_at.pop()
                     failed = [_R.LINKED_EVENT_FAILED] * len(chain)
                     failed[len(results)] = result
                     return failed
@@ -543,7 +547,8 @@ class Ledger:
             dr.debits_posted_fen = dr_posted + amount
             cr.credits_posted_fen = cr_posted + amount
             self._postings.append(_Posting(tid, _POSTED_E, dr_id, cr_id, amount_value, 0, code, user_data, 0, now_ns))
-            self._final.append((now_ns, tid))
+            self._final.append(tid)
+            self._final_at.append(now_ns)
         return _OK
 
     def _resolve_pending(self, t: Transfer, fields: tuple[Any, ...], now_ns: Boxed) -> CreateTransferResult:
@@ -625,9 +630,11 @@ class Ledger:
             self._pending_status[pending_id] = _ST_VOIDED
             self._postings.append(
                 _Posting(tid, _RELEASE_E, dr_id, cr_id, 0, held_value, code, user_data, pending_id, now_ns))
-        final = self._final
-        final.append((now_ns, pending_id))
-        final.append((now_ns, tid))
+        final, final_at = self._final, self._final_at
+        final.append(pending_id)
+        final.append(tid)
+        final_at.append(now_ns)
+        final_at.append(now_ns)
         return _OK
 
     def expire_pending(self, now_ns: int) -> list[int]:
@@ -652,7 +659,8 @@ class Ledger:
             self._postings.append(Posting(pid, _RELEASE_E, p.debit_account_id, p.credit_account_id, 0, held, p.code,
                                           p.user_data, pid, now_ns))
             self._pending_status[pid] = _ST_EXPIRED
-            self._final.append((now_ns, pid))
+            self._final.append(pid)
+            self._final_at.append(now_ns)
             expired.append(pid)
         return expired
 
@@ -661,12 +669,15 @@ class Ledger:
         many. Deterministic: the same calls after the same transfers forget the same ones."""
         if self._unqueued_final:
             self._queue_unqueued_final()
-        final = self._final
+        final, final_at = self._final, self._final_at
         transfers = self._transfers
         forgotten = 0
         forgotten_id = self._forgotten_id
-        while final and final[0][0] < before_ns:
-            tid: int = final.popleft()[1]
+        head = self._final_head
+        n = len(final_at)
+        while head < n and final_at[head] < before_ns:
+            tid: int = final[head]
+            head += 1
             t = transfers.pop(tid, None)
             if t is None:
                 continue  # defensive: an entry is queued once per transfer held
@@ -676,20 +687,26 @@ class Ledger:
             if tid > forgotten_id:
                 forgotten_id = tid
             forgotten += 1
+        if head > 4096 and 2 * head > n:  # drop the forgotten front now and then (amortised O(1))
+            del final[:head]
+            del final_at[:head]
+            head = 0
+        self._final_head = head
         self._forgotten_id = forgotten_id
         return forgotten
 
     def _queue_unqueued_final(self) -> None:
         """Queue the final transfers a snapshot of an earlier version held (final from now on)."""
         self._unqueued_final = False
-        held = set(tid for _, tid in self._final)
+        held = set(self._final[self._final_head:])
         status = self._pending_status
         for tid in sorted(self._transfers):
             if tid in held:
                 continue
             t = self._transfers[tid]
             if not t.flags & _PENDING or status[tid] != _ST_PENDING:
-                self._final.append((self._now_ns, tid))
+                self._final.append(tid)
+                self._final_at.append(self._now_ns)
 
     def _advance_clock(self, now_ns: int) -> None:
         if now_ns < self._now_ns:
@@ -754,7 +771,12 @@ class Ledger:
             if ledger._pending_status[pid] == _ST_PENDING
         )
         ledger._forgotten_id = snap.forgotten_id
-        ledger._final = deque((at, tid) for at, tid in snap.final)
+        ledger._final, ledger._final_at, ledger._final_head = [], [], 0
+        for run in snap.final:
+            at = run[0]
+            for tid in run[1:]:
+                ledger._final.append(tid)
+                ledger._final_at.append(at)
         ledger._unqueued_final = not snap.final
         return ledger
 
@@ -770,8 +792,20 @@ class Ledger:
             pending_status={k: self._pending_status[k] for k in sorted(self._pending_status)},
             expires_at_ns={k: self._expires_at_ns[k] for k in sorted(self._expires_at_ns)},
             forgotten_id=self._forgotten_id,
-            final=list(self._final),
+            final=self._final_runs(),
         )
+
+    def _final_runs(self) -> list[list[int]]:
+        """The final queue as runs of one time (a command's transfers share it): [at, id, id, ...]."""
+        runs: list[list[int]] = []
+        run: list[int] = []
+        head = self._final_head
+        for at, tid in zip(self._final_at[head:], self._final[head:], strict=True):
+            if not run or run[0] != at:
+                run = [at]
+                runs.append(run)
+            run.append(tid)
+        return runs
 
     # ----------------------------------------------------------------------------------------- queries
 
@@ -804,7 +838,7 @@ class Ledger:
     def held_counts(self) -> tuple[int, int, int]:
         """(transfers held, of which pending and still open, final ones held): what memory holds."""
         open_pending = sum(1 for s in self._pending_status.values() if s == _ST_PENDING)
-        return len(self._transfers), open_pending, len(self._final)
+        return len(self._transfers), open_pending, len(self._final) - self._final_head
 
     def pending_status(self, transfer_id: int) -> PendingStatus | None:
         status = self._pending_status.get(transfer_id)

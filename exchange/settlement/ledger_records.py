@@ -323,10 +323,10 @@ class LedgerSnapshot(msgspec.Struct, array_like=True):
     pending_status: dict[int, int]
     expires_at_ns: dict[int, int]
     # Optional and last (left out when empty and 0, so a state without them encodes to the bytes earlier
-    # versions wrote): the highest forgotten id, and (final_at_ns, transfer id) of every final transfer
-    # still held, oldest first (``Ledger.forget``).
+    # versions wrote): the highest forgotten id, and every final transfer still held, oldest first
+    # (``Ledger.forget``), as runs of one time: [final_at_ns, transfer id, transfer id, ...].
     forgotten_id: int = 0
-    final: list[tuple[int, int]] = []
+    final: list[list[int]] = []
 
 
 # Columns of ``ledger_transfers`` (exchange/migrations/0006_ledger_transfers.sql) and ``ledger_accounts``
