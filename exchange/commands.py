@@ -364,6 +364,59 @@ class SetFinancingPolicy(_Command, frozen=True):
     advance_max_bps: int
 
 
+# -- lot auctions (exchange/matching/lot_auction.py) ----------------------------------------------------------
+# Prices are fen per kg of live weight for finishing hogs and fen per head for piglets, as the instrument
+# quotes; times are exchange time in ns. An operator may send any of them on behalf of the seller.
+
+
+class OfferLotAuction(_Command, frozen=True):
+    """A seller (or an operator for ``seller_id``) puts a registered lot's available heads up for auction.
+
+    ``increments`` is the bid-increment table: (from price, increment) rows, the first from 0, prices
+    ascending; the increment at a price is that of the last row at or below it. ``reserve_price_fen``
+    is hidden (at least the start price); ``buy_now_price_fen`` 0 for none. A bid in the last
+    ``extension_ns`` before the close moves the close to the bid's time + ``extension_ns`` (0: never).
+    Lots of one ``catalogue`` close together. ``negotiation_ns``: the passed-in lot's negotiation window."""
+
+    lot_id: int
+    start_price_fen: int
+    reserve_price_fen: int
+    increments: tuple[tuple[int, int], ...]
+    opens_at_ns: int
+    closes_at_ns: int
+    buy_now_price_fen: int = 0
+    extension_ns: int = 0
+    negotiation_ns: int = 3_600_000_000_000
+    catalogue: str = ""
+    seller_id: int = 0  # an operator's offer names the seller; 0 (or the sender) for a seller's own
+
+
+class BidLotAuction(_Command, frozen=True):
+    """A bid: the bidder's maximum. The proxy bids for it by the increment, never above the maximum."""
+
+    auction_id: int
+    max_price_fen: int
+
+
+class BuyNowLotAuction(_Command, frozen=True):
+    auction_id: int
+
+
+class WithdrawLotAuction(_Command, frozen=True):
+    """The seller (or an operator) withdraws a lot that has no bid yet."""
+
+    auction_id: int
+
+
+class NegotiateLotAuction(_Command, frozen=True):
+    """Seller (or operator) and top bidder of a passed-in lot: an offer at ``price_fen`` (a counter-offer
+    replaces the last), or ``accept`` the other side's last offer (``price_fen`` 0 or that price)."""
+
+    auction_id: int
+    price_fen: int = 0
+    accept: bool = False
+
+
 Command = Union[  # noqa: UP007 - msgspec needs a real Union object to build a tagged decoder
     ListInstrument,
     RegisterLot,
@@ -401,6 +454,11 @@ Command = Union[  # noqa: UP007 - msgspec needs a real Union object to build a t
     ReturnPayout,
     SetFeeSchedule,
     SetFinancingPolicy,
+    OfferLotAuction,
+    BidLotAuction,
+    BuyNowLotAuction,
+    WithdrawLotAuction,
+    NegotiateLotAuction,
 ]
 
 COMMAND_TYPES: tuple[type, ...] = Command.__args__  # type: ignore[attr-defined]

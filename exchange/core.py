@@ -107,6 +107,7 @@ from exchange.matching.book import (
     level_of,
     release_remaining,
 )
+from exchange.matching.lot_auction import LotAuctions
 from exchange.settlement import rules
 from exchange.settlement.clearing import Clearing
 
@@ -242,8 +243,10 @@ class Core:
             SetReferencePrice: self._set_reference_price,
             ClockTick: self._clock_tick,
         }
+        self.auctions = LotAuctions(self)  # lot auctions: they need the clearing (holds), as settlement does
         if clearing is not None:
             self._handlers.update(clearing.handlers())
+            self._handlers.update(self.auctions.handlers())
 
     # -- entry point -------------------------------------------------------------------------------
 
@@ -702,8 +705,11 @@ class Core:
         return None
 
     def _clock_tick(self, cmd: ClockTick, events: list) -> None:
-        """Beyond what ``apply`` does for every command (expire what is due): forget the ids and lots that
-        have been final for longer than the tick's window (the clearing forgets its own after it)."""
+        """Beyond what ``apply`` does for every command (expire what is due): open, close and lapse lot
+        auctions, then forget the ids and lots that have been final for longer than the tick's window (the
+        clearing forgets its own after it)."""
+        if self.auctions.live:
+            self.auctions.on_clock(cmd.ts_ns, events)
         self.forget_before_ns = cmd.ts_ns - retention_of(cmd)
         self.forget(cmd.ts_ns, self.forget_before_ns)
 

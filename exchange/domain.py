@@ -123,6 +123,68 @@ class Lot(msgspec.Struct, frozen=True, array_like=True, gc=False):
     ear_tags: str = ""
 
 
+class AuctionState(IntEnum):
+    """A lot auction's state (exchange/matching/lot_auction.py). The last four are final."""
+
+    SCHEDULED = 1  # offered, not yet open for bids
+    OPEN = 2
+    NEGOTIATING = 3  # passed in below the reserve: the top bidder's exclusive negotiation window
+    SOLD = 4
+    UNSOLD = 5  # no bid, or passed in and the negotiation ended without a deal
+    WITHDRAWN = 6
+
+
+class OfferSide(IntEnum):
+    NONE = 0
+    SELLER = 1
+    BIDDER = 2
+
+
+class AuctionBidder(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """One bidder of one auction: its paddle (what everyone else sees), the hold its bids are held under
+    (an id from the order ids) and its maximum, set at bid number ``max_bid_no`` (earlier wins a tie)."""
+
+    participant_id: int
+    paddle: int
+    hold_id: int
+    max_price_fen: int
+    max_bid_no: int
+
+
+class LotAuction(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A lot auction as of its last change (a new value per change: events carry it as it was).
+
+    ``price_fen`` is the current price (0 before the first bid); ``leader_paddle`` the paddle that leads
+    (0: none). ``reserve_price_fen`` and the bidders' maxima and ids are private: the gateway shows a
+    bidder by paddle, the reserve only as met or not."""
+
+    auction_id: int
+    seller_id: int
+    lot_id: int
+    instrument: str
+    heads: int
+    start_price_fen: int
+    reserve_price_fen: int
+    increments: tuple[tuple[int, int], ...]
+    opens_at_ns: int
+    closes_at_ns: int
+    buy_now_price_fen: int
+    extension_ns: int
+    negotiation_ns: int
+    catalogue: str
+    offered_by: int
+    state: AuctionState
+    price_fen: int = 0
+    bid_count: int = 0
+    leader_paddle: int = 0
+    bidders: tuple[AuctionBidder, ...] = ()
+    negotiate_until_ns: int = 0
+    offer_side: OfferSide = OfferSide.NONE
+    offer_price_fen: int = 0
+    trade_id: int = 0
+    ended_at_ns: int = 0
+
+
 class RejectReason(IntEnum):
     """Why a command changed nothing. Stable codes: the gateway maps them to its error codes."""
 
@@ -176,6 +238,15 @@ class RejectReason(IntEnum):
     LOAN_CLOSED = 47  # nothing is owed on the loan (repaid or written off)
     INVALID_QUARANTINE_CERT = 48  # not a certificate number of the instrument's region (lot or weigh-in)
     QUARANTINE_CERT_MISMATCH = 49  # the weigh-in's certificate is not the lot's
+    # Lot auctions (exchange/matching/lot_auction.py): numbered from 100, clear of the others' growth
+    UNKNOWN_AUCTION = 100  # no such auction, or it has ended
+    INVALID_AUCTION = 101  # terms that make no sense: prices, increments, times (see lot_auction.py)
+    AUCTION_NOT_OPEN = 102  # before its opening, at or after its close, or not taking bids
+    BID_TOO_LOW = 103  # below the start price, the next increment, or not above one's own maximum
+    AUCTION_HAS_BIDS = 104  # a lot may be withdrawn before the first bid only
+    BUY_NOW_UNAVAILABLE = 105  # no buy-now price, or the bidding has reached it
+    NOT_NEGOTIATING = 106  # not passed in, or the sender is neither its seller nor its top bidder
+    NO_OFFER_TO_ACCEPT = 107  # no offer from the other side, or not at that price
 
 
 class ExpireReason(IntEnum):

@@ -21,6 +21,7 @@ from exchange.domain import (
     ExpireReason,
     InstrumentSpec,
     Lot,
+    LotAuction,
     RejectReason,
     Side,
     TradingState,
@@ -124,6 +125,17 @@ class AuctionUncrossed(_Event, frozen=True):
     instrument: str
     price_fen: int  # 0 when nothing could trade
     quantity_heads: int
+
+
+class LotAuctionChanged(_Event, frozen=True):
+    """A lot auction after a change (exchange/matching/lot_auction.py): ``change`` names it (offered,
+    opened, bid, extended, bought_now, sold, passed_in, offer, unsold, withdrawn); ``participant_id``
+    who caused it (0 for the clock). ``seq`` is 0: lot auctions are not part of the book's stream; the
+    ``Trade`` of a sold lot takes the instrument's seq like any other."""
+
+    change: str
+    participant_id: int
+    auction: LotAuction
 
 
 # -- settlement (exchange/settlement/clearing.py) ---------------------------------------------------------
@@ -433,6 +445,7 @@ Event = Union[  # noqa: UP007 - msgspec needs a real Union object to build a tag
     BankImportApplied,
     FeeScheduleSet,
     FinancingPolicySet,
+    LotAuctionChanged,
 ]
 
 _encoder = msgspec.msgpack.Encoder()

@@ -71,6 +71,7 @@ class CoreRecord(msgspec.Struct, frozen=True, array_like=True):
     client_order_ids: list[tuple[int, str, int]]
     clearing: bytes = b""  # the settlement stage's own snapshot; empty for a matching-only core
     lot_refs: list[tuple[int, str, int]] = []  # (seller, client lot ref, lot id), in registration order
+    auctions: bytes = b""  # the live lot auctions (matching/lot_auction.py); empty if none was ever offered
     # When each client order id held (by its order id) and each lot held was last looked at, in the order
     # the core looks at them again (Core.forget); empty in snapshots of earlier versions.
     order_id_times: list[tuple[int, int]] = []  # (accepted or last looked at, order id)
@@ -79,6 +80,7 @@ class CoreRecord(msgspec.Struct, frozen=True, array_like=True):
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(CoreRecord)
+_REQUIRED_FIELDS = 6  # version .. clearing: always written
 
 
 def _order_record(o: Order) -> OrderRecord:
@@ -113,16 +115,15 @@ def encode_core(core: Core) -> bytes:
     lot_times = [(at, lot_id) for at, lot_id, _ in core.lot_times]
     record = CoreRecord(
         SNAPSHOT_VERSION, (c.next_order_id, c.next_trade_id, c.next_priority, c.next_lot_id), markets, lots, ids,
-        clearing, lot_refs, order_id_times, lot_times,
+        clearing, lot_refs, core.auctions.snapshot(), order_id_times, lot_times,
     )
     fields = msgspec.structs.astuple(record)
-    # An array-like struct encodes as the tuple of its fields. Trailing optional fields that are empty are
-    # left out, so a state without them encodes to exactly the bytes earlier versions wrote: their
-    # snapshots still restore to their recorded hashes (the version stays 1: the fields are optional).
-    end = len(fields)
-    while end > 6 and not fields[end - 1]:
-        end -= 1
-    return _encoder.encode(fields[:end])
+    # An array-like struct encodes as the tuple of its fields. Empty trailing optional fields (lot refs,
+    # auctions, the forgetting queues) are left out, so a state without them encodes to exactly the bytes
+    # earlier versions wrote: their snapshots still restore to their recorded hashes (the version stays 1).
+    while len(fields) > _REQUIRED_FIELDS and not fields[-1]:
+        fields = fields[:-1]
+    return _encoder.encode(fields)
 
 
 def decode_core(data: bytes, core_type: Callable[[Clearing | None], Core] | None = None) -> Core:
@@ -151,6 +152,7 @@ def decode_core(data: bytes, core_type: Callable[[Clearing | None], Core] | None
     for p, cid, oid in record.client_order_ids:
         core.client_order_ids.setdefault(p, {})[cid] = oid
     core.lot_refs = {(p, ref): lot_id for p, ref, lot_id in record.lot_refs}
+    core.auctions.restore(record.auctions)
     by_order_id = {oid: (p, cid) for p, cid, oid in record.client_order_ids}
     core.id_times = [at for at, _ in record.order_id_times]
     core.id_owners = [by_order_id[oid][0] for _, oid in record.order_id_times]

@@ -13,13 +13,13 @@ participant exists: issue it a new key); another profile under the reference is 
 from __future__ import annotations
 
 import secrets
-import time
 from typing import Annotated, Final
 
 import msgspec
 
 from gateway import participants, store
 from gateway.auth import OPERATORS, KeyRecord, Role
+from gateway.clock import exchange_now_ns
 from gateway.errors import ApiError, Code
 from gateway.exchange_port import EXCHANGE
 from gateway.routes import Call, RouteTable
@@ -32,7 +32,7 @@ routes = RouteTable()
 REGISTRATION_REPLAY_S: Final = 24 * 3600  # how long a repeated registration_ref answers the key again
 
 
-RegistrationRef = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$",
+RegistrationRef = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"\A[A-Za-z0-9_.:\-]+\Z",
                                               description="the registration's idempotency key")]
 
 
@@ -58,7 +58,7 @@ class ParticipantPath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class KeyPath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    api_key: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")]
+    api_key: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"\A[A-Za-z0-9_\-]+\Z")]
 
 
 class KeyRevoked(msgspec.Struct, frozen=True):
@@ -83,7 +83,7 @@ async def register_participant(call: Call, body: RegisterParticipant) -> store.I
     await participants.register(call.app[EXCHANGE], call.principal.participant_id, participant_id, profile,
                                 registration_ref=ref, api_key=api_key, api_secret=api_secret)
     done = clearing_of(call).registrations[ref]  # durable: the command answered after it is
-    if time.time_ns() - done.ts_ns > REGISTRATION_REPLAY_S * 1_000_000_000:
+    if exchange_now_ns(call.app) - done.ts_ns > REGISTRATION_REPLAY_S * 1_000_000_000:  # exchange time, as ts_ns
         raise ApiError(409, "registration_expired", f"registration {ref} made participant {done.participant_id} "
                        f"more than 24 h ago: its key is not shown again (issue a new key)")
     secret = api_secret if done.api_key == api_key else await store.load_secret(call.pool, done.api_key)

@@ -13,6 +13,8 @@ Start-up and tear-down are paired in `cleanup_ctx`, run in order on start and in
 Shutdown (`on_shutdown`, which aiohttp runs before waiting for in-flight handlers): stop being ready,
 stop taking commands (503 `not_ready`), refuse new WebSockets and close open ones with 1001
 GOING_AWAY, so the wait for in-flight handlers is short; then the cleanup contexts unwind in reverse.
+`hogx serve` runs the same steps first when SIGTERM arrives and keeps the listener open for
+`HOGX_DRAIN_S` answering every request 503 `not_ready` (`gateway.server`), before aiohttp's shutdown.
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ from aiohttp import web
 from exchange.store import create_pool
 from gateway import (
     admin,
+    auctions,
+    clock,
     demo,
     exchange_port,
+    index,
     lots,
     market,
     operator,
@@ -60,7 +65,8 @@ API_VERSION = "0.1.0"
 
 # Every installed route table; a new handler module adds its `routes` here.
 ROUTE_TABLES: tuple[RouteTable, ...] = (system.routes, admin.routes, orders.routes, lots.routes, market.routes,
-                                         operator.routes, participants.routes, settlement.routes, people.routes)
+                                         operator.routes, participants.routes, settlement.routes, people.routes,
+                                         auctions.routes, index.routes)
 
 
 def create_app(
@@ -72,31 +78,39 @@ def create_app(
 ) -> web.Application:
     """A ready-to-run application; nothing touches the network until it is started."""
     metrics = Metrics()
+    readiness = Readiness()
     # requestlog outermost: it logs the final answer, errors included, with its request id
-    app = web.Application(middlewares=[requestlog.middleware, error_middleware(metrics)],
+    app = web.Application(middlewares=[requestlog.middleware, error_middleware(metrics, readiness)],
                           client_max_size=config.max_body_bytes)
     app[CONFIG] = config
     app[METRICS] = metrics
-    app[READINESS] = Readiness()
+    app[READINESS] = readiness
 
     async def load_key(api_key: str) -> KeyRecord | None:
+        metrics.auth_key_lookups.inc()
         return await store.load_key(app[POOL], api_key)
 
     auth = Authenticator(load_key, metrics, window_ms=config.auth_window_ms,
                          replay_capacity=config.replay_cache_size, key_ttl_s=config.key_cache_ttl_s,
-                         clock_ms=clock_ms)
-    limiter = TokenBuckets(config.rate_limit_per_s, config.rate_limit_burst)
-    hub = Hub(auth, metrics, queue_size=config.ws_queue_size, max_channels=config.ws_max_channels,
+                         clock_ms=clock_ms, failures_per_s=config.auth_failures_per_s,
+                         failure_burst=config.auth_failure_burst)
+    limiter = TokenBuckets(config.rate_limit_per_s, config.rate_limit_burst)  # HTTP and WebSocket alike
+    hub = Hub(auth, metrics, limiter, queue_size=config.ws_queue_size, max_channels=config.ws_max_channels,
               max_inflight=config.ws_max_inflight, max_message_bytes=config.max_body_bytes,
-              heartbeat_s=config.ws_heartbeat_s)
+              heartbeat_s=config.ws_heartbeat_s, max_per_key=config.ws_max_per_key,
+              max_per_address=config.ws_max_per_address)
     hub.register_channel_kind("book")
     hub.register_channel_kind("trades")
     hub.register_channel_kind("orders", private=True)
     orders.wire(hub)
     market.wire(app, hub)
+    auctions.wire(app, hub)
+    index.wire(app, hub)
     app[AUTH], app[LIMITER], app[HUB] = auth, limiter, hub
     app[SESSIONS] = SessionAuth(session_policy or SessionPolicy())
 
+    if config.clock == "simulated":
+        extra_routes = (*extra_routes, clock.routes)  # the route exists only with the simulated clock
     routes = [route for table in (*ROUTE_TABLES, *extra_routes) for route in table]
     install(app, routes, auth, limiter, metrics)
     app.router.add_get("/v1/ws", hub.handle, name="websocket")
@@ -133,9 +147,14 @@ async def _exchange(app: web.Application) -> AsyncIterator[None]:
     shard = await exchange_port.attach(config.database_url, config)
     port = exchange_port.ExchangePort(shard, app[METRICS], app[READINESS])
     app[exchange_port.EXCHANGE] = port
+    if shard.clock is not None:
+        shard.clock.advance_to(max(shard.clock(), shard.sequencer.last_ts_ns))  # never behind the journal
+        app[clock.CLOCK] = shard.clock
     try:
         orders.attach(app, port, app[HUB], app[METRICS])
         market.attach(port, app[HUB])
+        auctions.attach(app, port, app[HUB])
+        index.attach(app, port, app[HUB])
         # Participants the core does not know yet (the bootstrap operator, registrations cut short by a
         # crash) are registered before anyone can trade.
         await participants.sync_from_database(app[POOL], port)

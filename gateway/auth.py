@@ -10,6 +10,12 @@ the victim's bucket. Signatures are remembered per API key, each key in its own 
 only once the rate limiter admitted the request: one key's flood fills its own share and gets 429s,
 and never costs another key anything.
 
+Guessing is bounded: every 401 spends a token of the client address's failure bucket
+(`auth_failure_burst`, refilled at `auth_failures_per_s`), and an address with none left gets 429
+`too_many_auth_failures` before anything is checked or read. A key that is not in the database is
+remembered as unknown for a few seconds (a bounded table), so made-up keys cost no query each
+(`hogx_auth_key_lookups_total` counts the reads).
+
 The wall clock is read here (the gateway stamps time; the exchange core never reads a clock).
 """
 
@@ -28,6 +34,7 @@ import msgspec
 
 from gateway.errors import ApiError, Code
 from gateway.metrics import Metrics
+from gateway.ratelimit import TokenBuckets
 from gateway.signing import digest, signature_bytes
 
 __all__ = [
@@ -231,8 +238,11 @@ class Authenticator:
         key_ttl_s: float,
         clock_ms: Callable[[], int] = wall_clock_ms,
         clock_s: Callable[[], float] = time.monotonic,
+        failures_per_s: float = 1.0,
+        failure_burst: int = 50,
     ) -> None:
         self._keys = _KeyCache(load_key, key_ttl_s, clock_s)
+        self._failures = TokenBuckets(failures_per_s, failure_burst, clock_s=clock_s)  # by client address
         # `replay_capacity` is each API key's share (config `replay_cache_size`).
         self._replay = _ReplayMemory(window_ms, replay_capacity)
         self._metrics = metrics
@@ -248,13 +258,31 @@ class Authenticator:
         path: str,
         body: bytes = b"",
         admit: Admit | None = None,
+        address: str | None = None,
     ) -> Principal:
         """Check one signed message; raise `ApiError(401, code)` or return who signed it.
 
         `admit(principal)` (an HTTP route's role check and rate limit) runs after the replay check and
         before the signature is remembered, so a refused request takes no replay memory; it must not
-        await, so no copy of the same signature can slip in between.
+        await, so no copy of the same signature can slip in between. `address` (the client's) is
+        refused 429 once it failed too often, and charged for each failure.
         """
+        if address is None:
+            return await self._verify(api_key, timestamp, signature, method, path, body, admit)
+        wait_s = self._failures.wait_s(address)
+        if wait_s:
+            self._metrics.auth_failures.labels(Code.TOO_MANY_AUTH_FAILURES.value).inc()
+            raise ApiError(429, Code.TOO_MANY_AUTH_FAILURES, "too many failed authentications from this "
+                           f"address; retry in {wait_s:.1f} s", retry_after_s=TokenBuckets.retry_after_s(wait_s))
+        try:
+            return await self._verify(api_key, timestamp, signature, method, path, body, admit)
+        except ApiError as exc:
+            if exc.status == 401:
+                self._failures.take(address)
+            raise
+
+    async def _verify(self, api_key: str | None, timestamp: str | None, signature: str | None, method: str,
+                      path: str, body: bytes, admit: Admit | None) -> Principal:
         if not api_key or not timestamp or not signature:
             raise self._fail(Code.MISSING_CREDENTIALS, "X-Hogx-Key, X-Hogx-Timestamp and X-Hogx-Signature "
                                                        "are required")
@@ -286,9 +314,9 @@ class Authenticator:
         return principal
 
     async def authenticate(self, method: str, raw_path: str, headers: _Headers, body: bytes,
-                           admit: Admit | None = None) -> Principal:
+                           admit: Admit | None = None, address: str | None = None) -> Principal:
         return await self.verify(headers.get(KEY_HEADER), headers.get(TIMESTAMP_HEADER),
-                                 headers.get(SIGNATURE_HEADER), method, raw_path, body, admit)
+                                 headers.get(SIGNATURE_HEADER), method, raw_path, body, admit, address)
 
     def key_usable(self, principal: Principal) -> bool | None:
         """Without I/O: is the key of an authenticated session still good? True or False from a trusted

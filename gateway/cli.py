@@ -8,7 +8,9 @@
 `serve`: configuration comes from the environment (see `gateway.config`); flags override it. Without
 `DATABASE_URL` the embedded PostgreSQL is started (data in `./.hogx/pgdata`). Migrations are applied
 before the server opens. `--demo` also creates the demo market (`gateway.demo`) and prints its keys.
-SIGINT/SIGTERM shut down gracefully: stop taking commands, drain the sequencer, close WebSockets.
+SIGINT/SIGTERM shut down gracefully (`gateway.server`): answer new requests 503 `not_ready` for
+`HOGX_DRAIN_S` while the listener stays open, close WebSockets, then close the listener, let requests in
+flight finish and drain the sequencer.
 
 `serve --demo --simulate` also runs the simulation below against the server itself, as the demo
 operator, beside the demo market, until the server stops (`make run` does this).
@@ -50,7 +52,7 @@ from aiohttp import web
 
 from exchange import store
 from exchange.sequencer import RecoveryError, restore_snapshot
-from gateway import requestlog, simulate
+from gateway import requestlog, server, simulate
 from gateway.app import create_app
 from gateway.auth import wall_clock_ms
 from gateway.client import signed_headers
@@ -116,9 +118,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.simulate and not config.demo:
         print("hogx: --simulate needs --demo (its operator registers the simulated traders)", file=sys.stderr)
         return 2
-    web.run_app(_prepare(config, with_simulation=args.simulate), host=config.host, port=config.port, access_log=None,
-                shutdown_timeout=config.shutdown_timeout_s, print=_log.info)
+    asyncio.run(_serve(config, with_simulation=args.simulate))
     return 0
+
+
+async def _serve(config: GatewayConfig, *, with_simulation: bool) -> None:
+    app = await _prepare(config, with_simulation=with_simulation)
+    await server.run(app, config)
 
 
 def _bounded(kind: type[int] | type[float], low: float, high: float) -> Callable[[str], Any]:

@@ -16,6 +16,12 @@ HOGX_REPLAY_CACHE_SIZE         signatures remembered for replay protection, per 
 HOGX_KEY_CACHE_TTL_S           how long a cached key is trusted before re-reading it       10
 HOGX_RATE_LIMIT_PER_S          sustained requests per second per API key                   200
 HOGX_RATE_LIMIT_BURST          token bucket size per API key                               400
+                               (HTTP and WebSocket order entry share a key's bucket)
+HOGX_AUTH_FAILURES_PER_S       failed authentications an address may sustain per second    1
+HOGX_AUTH_FAILURE_BURST        failed authentications an address may make at once; past    50
+                               them it gets 429 too_many_auth_failures
+HOGX_WS_MAX_PER_KEY            WebSockets logged in with one API key                       32
+HOGX_WS_MAX_PER_ADDRESS        WebSockets open from one client address                     256
 HOGX_MAX_BODY_BYTES            largest accepted request body                               65536
 HOGX_DB_POOL_MIN / _MAX        asyncpg pool size bounds                                    2 / 10
 HOGX_WS_QUEUE_SIZE             outgoing messages buffered per WebSocket before it is       1024
@@ -23,6 +29,8 @@ HOGX_WS_QUEUE_SIZE             outgoing messages buffered per WebSocket before i
 HOGX_WS_MAX_CHANNELS           subscriptions per WebSocket                                 64
 HOGX_WS_MAX_INFLIGHT           concurrent requests per WebSocket (order entry)             1024
 HOGX_WS_HEARTBEAT_S            ping interval that detects dead peers                       30
+HOGX_DRAIN_S                   after SIGTERM, how long new requests still get an answer    2
+                               (503 not_ready) before the listener closes
 HOGX_SHUTDOWN_TIMEOUT_S        grace period for in-flight requests on shutdown             10
 HOGX_SEQUENCER_QUEUE_SIZE      commands the sequencer queues before answering 503 busy     50000
 HOGX_SEQUENCER_MAX_BATCH       most commands journaled in one commit                       1000
@@ -30,6 +38,8 @@ HOGX_SNAPSHOT_EVERY            commands between core snapshots                  
 HOGX_CLOCK_TICK_S              exchange clock tick (expires GTD orders); 0 turns it off    1
 HOGX_RETENTION_S               exchange seconds final records and idempotency keys stay    0 (24 h)
                                in memory (exchange/core.py "Memory"); 0: the default
+HOGX_CLOCK                     `wall`, or `simulated` for tests and demos (gateway/clock.py)  wall
+HOGX_CLOCK_START_MS            where a simulated clock starts; 0: the wall clock at start  0
 HOGX_TRADE_HISTORY             public trades kept per instrument for GET .../trades        10000
 HOGX_CANDLE_HISTORY            candles kept per instrument and interval                    1000
 HOGX_PROJECT_READ_MODELS       keep the PostgreSQL `orders`/`trades` tables up to date     false
@@ -38,6 +48,9 @@ HOGX_PAYER_ACCOUNT             its holder's name, account number (1-32 of 0-9 A-
 HOGX_PAYER_BANK_CODE           bank code (3 digits) and branch code (12 digits, starting
 HOGX_PAYER_BRANCH_CODE         with the bank code); the defaults are a demo account
 =============================  ==========================================================  ==========
+
+Client addresses are the TCP peer's: behind a reverse proxy every client shares the proxy's address, so
+raise the per-address limits there (or let the proxy enforce its own).
 
 Rates are floats (requests per second); nothing here is money. A signature is remembered for up to two
 auth windows (a timestamp may be a window ahead) and only once the rate limiter admitted its request, so
@@ -78,6 +91,10 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
     key_cache_ttl_s: float = 10.0
     rate_limit_per_s: float = 200.0
     rate_limit_burst: int = 400
+    auth_failures_per_s: float = 1.0
+    auth_failure_burst: int = 50
+    ws_max_per_key: int = 32
+    ws_max_per_address: int = 256
     max_body_bytes: int = 64 * 1024
     db_pool_min: int = 2
     db_pool_max: int = 10
@@ -85,6 +102,7 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
     ws_max_channels: int = 64
     ws_max_inflight: int = 1024
     ws_heartbeat_s: float = 30.0
+    drain_s: float = 2.0
     shutdown_timeout_s: float = 10.0
     sequencer_queue_size: int = 50_000
     sequencer_max_batch: int = 1_000  # the sequencer's measured default
@@ -93,6 +111,8 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
     # The core's retention window for final records and idempotency keys, in exchange seconds (the
     # ticks carry it: exchange/core.py "Memory"); 0 is the core's default, 24 h.
     retention_s: int = 0
+    clock: str = "wall"  # or "simulated": tests and demos move it with POST /v1/admin/clock
+    clock_start_ms: int = 0  # a simulated clock's start; 0: the wall clock at start
     trade_history: int = 10_000
     candle_history: int = 1_000
     # Off by default: the API answers from the in-memory read model; the PostgreSQL projection serves
@@ -111,7 +131,8 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError("HOGX_OPERATOR_KEY must be 8-64 characters of A-Z a-z 0-9 _ -")
         if self.operator_secret is not None and len(self.operator_secret) < 16:
             raise ConfigError("HOGX_OPERATOR_SECRET must have at least 16 characters")
-        for name in ("auth_window_ms", "replay_cache_size", "rate_limit_burst", "max_body_bytes",
+        for name in ("auth_window_ms", "replay_cache_size", "rate_limit_burst", "auth_failure_burst",
+                     "auth_failures_per_s", "ws_max_per_key", "ws_max_per_address", "max_body_bytes",
                      "db_pool_max", "ws_queue_size", "ws_max_channels", "ws_max_inflight",
                      "sequencer_queue_size", "sequencer_max_batch", "snapshot_every", "trade_history",
                      "candle_history"):
@@ -119,8 +140,14 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
                 raise ConfigError(f"{name} must be positive")
         if self.retention_s < 0:
             raise ConfigError("retention_s must be 0 (the default, 24 h) or positive")
+        if self.drain_s < 0:
+            raise ConfigError("drain_s must be 0 or positive")
         if self.clock_tick_s < 0:
             raise ConfigError("clock_tick_s must be 0 (off) or positive")
+        if self.clock not in ("wall", "simulated"):
+            raise ConfigError("HOGX_CLOCK must be wall or simulated")
+        if not 0 <= self.clock_start_ms <= 9_000_000_000_000:
+            raise ConfigError("HOGX_CLOCK_START_MS must be milliseconds since the epoch")
         if self.rate_limit_per_s <= 0:
             raise ConfigError("rate_limit_per_s must be positive")
         if not 0 <= self.db_pool_min <= self.db_pool_max:
@@ -161,6 +188,10 @@ _ENV_VARS: dict[str, str] = {
     "key_cache_ttl_s": "HOGX_KEY_CACHE_TTL_S",
     "rate_limit_per_s": "HOGX_RATE_LIMIT_PER_S",
     "rate_limit_burst": "HOGX_RATE_LIMIT_BURST",
+    "auth_failures_per_s": "HOGX_AUTH_FAILURES_PER_S",
+    "auth_failure_burst": "HOGX_AUTH_FAILURE_BURST",
+    "ws_max_per_key": "HOGX_WS_MAX_PER_KEY",
+    "ws_max_per_address": "HOGX_WS_MAX_PER_ADDRESS",
     "max_body_bytes": "HOGX_MAX_BODY_BYTES",
     "db_pool_min": "HOGX_DB_POOL_MIN",
     "db_pool_max": "HOGX_DB_POOL_MAX",
@@ -168,12 +199,15 @@ _ENV_VARS: dict[str, str] = {
     "ws_max_channels": "HOGX_WS_MAX_CHANNELS",
     "ws_max_inflight": "HOGX_WS_MAX_INFLIGHT",
     "ws_heartbeat_s": "HOGX_WS_HEARTBEAT_S",
+    "drain_s": "HOGX_DRAIN_S",
     "shutdown_timeout_s": "HOGX_SHUTDOWN_TIMEOUT_S",
     "sequencer_queue_size": "HOGX_SEQUENCER_QUEUE_SIZE",
     "sequencer_max_batch": "HOGX_SEQUENCER_MAX_BATCH",
     "snapshot_every": "HOGX_SNAPSHOT_EVERY",
     "clock_tick_s": "HOGX_CLOCK_TICK_S",
     "retention_s": "HOGX_RETENTION_S",
+    "clock": "HOGX_CLOCK",
+    "clock_start_ms": "HOGX_CLOCK_START_MS",
     "trade_history": "HOGX_TRADE_HISTORY",
     "candle_history": "HOGX_CANDLE_HISTORY",
     "project_read_models": "HOGX_PROJECT_READ_MODELS",

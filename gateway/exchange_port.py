@@ -64,6 +64,7 @@ from exchange.sequencer import (
     decode_events,
 )
 from exchange.settlement import Clearing
+from gateway.clock import SimulatedClock
 from gateway.config import GatewayConfig
 from gateway.errors import ApiError, Code
 from gateway.metrics import Metrics
@@ -125,6 +126,10 @@ class Shard:
         # The clearing's ledger rows commit in the same transaction as their journal batch.
         # So do the participant and key rows of a registration (the writer's subclass in gateway.store).
         self.ledger_writer = RegistrationWriter()
+        # HOGX_CLOCK=simulated: the sequencer stamps with a clock that moves only on request (gateway/clock.py)
+        self.clock: SimulatedClock | None = None
+        if config.clock == "simulated":
+            self.clock = SimulatedClock((config.clock_start_ms or time.time_ns() // 1_000_000) * 1_000_000)
         self.sequencer = Sequencer(
             dsn,
             core_type=self._core_type,
@@ -134,6 +139,7 @@ class Shard:
             tick_interval_s=config.clock_tick_s or None,
             extra_writes=self.ledger_writer,
             retention_ns=config.retention_s * 10**9,
+            clock_ns=self.clock or time.time_ns,
         )
         self.ledger_writer.attach(self.sequencer)
         self.listeners: list[Listener] = []
@@ -402,8 +408,9 @@ class ExchangePort:
                            f"client_order_id {exc.client_order_id!r} was already used for a different order"
                            ) from None
         except Unavailable:
-            raise ApiError(503, Code.UNAVAILABLE, "outcome unknown: reconcile by client_order_id",
-                           retry_after_s=1) from None
+            # The route (or WebSocket op) adds which reference to reconcile by.
+            raise ApiError(503, Code.UNAVAILABLE, "the exchange lost its database: the outcome is unknown",
+                           retry_after_s=1, outcome_unknown=True) from None
 
     # -- metrics and readiness ----------------------------------------------------------------------
 

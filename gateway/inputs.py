@@ -30,9 +30,9 @@ __all__ = ["CONTROL_CHARACTERS", "TEXT_PATTERN", "TEXT_PATTERN_ECMA", "Text", "c
 # The class of refused characters, as a regex character class body.
 _REFUSED: Final = "\\x00-\\x1f\\x7f-\\x9f\\u061c\\u200e\\u200f\\u2028-\\u202e\\u2066-\\u2069\\ufeff"
 CONTROL_CHARACTERS: Final = re.compile(f"[{_REFUSED}]")
-# \A and \Z, not ^ and $: msgspec matches with `re.search`, where `$` also matches before a final
-# newline, which would let "abc\n" through. The OpenAPI document shows it as ECMA-262 `^...$`
-# (`TEXT_PATTERN_ECMA`, where `$` is the end of the text), which means the same.
+# \A and \Z, not ^ and $, here and in every pattern of the API: msgspec matches with `re.search`, where
+# `$` also matches before a final newline, which would let "abc\n" through. The OpenAPI document shows
+# them as ECMA-262 `^...$` (where `$` is the end of the text), which means the same.
 TEXT_PATTERN: Final = f"\\A[^{_REFUSED}]*\\Z"
 TEXT_PATTERN_ECMA: Final = f"^[^{_REFUSED}]*$"
 _TEXT_RULE: Final = ("no control characters (C0, DEL, C1) and no invisible formatting characters "

@@ -160,6 +160,8 @@ class Metrics:
         self.rate_limited = Counter(
             "hogx_rate_limited_total", "Requests refused with 429 by the per-key rate limit.",
             registry=r)
+        self.auth_key_lookups = Counter(
+            "hogx_auth_key_lookups_total", "API keys read from the database (key cache misses).", registry=r)
         # -- WebSocket --
         self.ws_connections = Gauge(
             "hogx_ws_connections", "Open WebSocket connections.", registry=r)

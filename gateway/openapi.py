@@ -8,13 +8,13 @@ Nothing here is written by hand per route: bodies and responses come from
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 
 from gateway.errors import ErrorBody
-from gateway.inputs import TEXT_PATTERN, TEXT_PATTERN_ECMA
 from gateway.routes import Route
 
 __all__ = ["build_openapi"]
@@ -33,7 +33,10 @@ _ERROR_TEXT = {
     409: "Conflicts with the current state (e.g. a reused client_order_id, an order no longer open)",
     410: "No longer usable (e.g. an invitation used or expired)", 423: "Locked (e.g. too many wrong passwords)",
     413: "Body too large", 415: "Body is not application/json", 422: "Invalid fields or values",
-    429: "Rate limited; see Retry-After", 503: "Not ready or temporarily unavailable; see Retry-After",
+    429: "Rate limited (rate_limited: the key's requests; too_many_auth_failures: this address's failed "
+         "authentications); see Retry-After",
+    503: "Not ready, shutting down, or temporarily unavailable (the message names the reference to reconcile "
+         "by when the outcome is unknown); see Retry-After",
 }
 
 
@@ -57,10 +60,12 @@ def build_openapi(routes: Iterable[Route], *, title: str, version: str) -> dict[
 
 
 def _ecma_patterns(node: Any) -> None:
-    """Show free text's Python-only `\\A...\\Z` pattern in ECMA-262 form, as JSON Schema wants it."""
+    """Show the Python-only anchors of our patterns (`\\A...\\Z`: see `gateway.inputs`) in ECMA-262 form
+    (`^...$`, where `$` is the end of the text), as JSON Schema wants them."""
     if isinstance(node, dict):
-        if node.get("pattern") == TEXT_PATTERN:
-            node["pattern"] = TEXT_PATTERN_ECMA
+        pattern = node.get("pattern")
+        if isinstance(pattern, str) and pattern.startswith("\\A") and pattern.endswith("\\Z"):
+            node["pattern"] = f"^{pattern[2:-2]}$"
         for value in node.values():
             _ecma_patterns(value)
     elif isinstance(node, list):
@@ -71,6 +76,9 @@ def _ecma_patterns(node: Any) -> None:
 def _operation(route: Route, by_type: dict[int, Any], components: dict[str, Any]) -> dict[str, Any]:
     op: dict[str, Any] = {"operationId": route.handler.__name__, "summary": route.summary,
                           "tags": [_tag(route.path)]}
+    doc = inspect.cleandoc(route.handler.__doc__ or "")
+    if "\n" in doc:  # more than the summary: the rules and error codes the handler documents
+        op["description"] = doc
     parameters = _parameters(route.query, "query", by_type, components)
     parameters += _parameters(route.params, "path", by_type, components)
     declared = {p["name"] for p in parameters if p["in"] == "path"}

@@ -204,15 +204,18 @@ async def place_order(call: Call, body: PlaceOrderRequest) -> ExecutionReport:
     return await place(call.app[EXCHANGE], call.principal, body, "http")
 
 
+_RECONCILE_CHANGE: Final = "order_id (GET /v1/orders/{order_id} shows whether the change took effect)"
+
+
 @routes.delete("/v1/orders/{order_id}", roles=TRADERS, params=OrderPath, response=ExecutionReport,
-               errors=(409,))
+               errors=(409,), reconcile_by=_RECONCILE_CHANGE)
 async def cancel_order(call: Call, params: OrderPath) -> ExecutionReport:
     """Cancel what is left of an open order."""
     return await cancel(call.app[EXCHANGE], call.principal, params.order_id, "http")
 
 
 @routes.patch("/v1/orders/{order_id}", roles=TRADERS, params=OrderPath, body=AmendOrderRequest,
-              response=ExecutionReport, errors=(409,))
+              response=ExecutionReport, errors=(409,), reconcile_by=_RECONCILE_CHANGE)
 async def amend_order(call: Call, params: OrderPath, body: AmendOrderRequest) -> ExecutionReport:
     """Amend an open order's price and/or total quantity."""
     return await amend(call.app[EXCHANGE], call.principal, params.order_id, body, "http")
@@ -316,9 +319,10 @@ _encode = msgspec.json.Encoder().encode
 
 def wire(hub: Hub) -> None:
     """Register the order-entry ops on the application's hub (at app creation)."""
-    hub.register_op(PlaceOrderMessage, _ws_place, roles=TRADERS)
-    hub.register_op(CancelOrderMessage, _ws_cancel, roles=TRADERS)
-    hub.register_op(AmendOrderMessage, _ws_amend, roles=TRADERS)
+    hub.register_op(PlaceOrderMessage, _ws_place, roles=TRADERS,
+                    reconcile_by="client_order_id (a retry with the same client_order_id gets the original answer)")
+    hub.register_op(CancelOrderMessage, _ws_cancel, roles=TRADERS, reconcile_by=_RECONCILE_CHANGE)
+    hub.register_op(AmendOrderMessage, _ws_amend, roles=TRADERS, reconcile_by=_RECONCILE_CHANGE)
 
 
 def attach(app: web.Application, port: ExchangePort, hub: Hub, metrics: Metrics) -> None:

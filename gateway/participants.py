@@ -78,19 +78,19 @@ MAX_NAME_CHARS: Final = 100  # the clearing's limit on names
 PROFILE_RULES: Final = "id_number_masked needs a '*' and at most 8 digits; a poor-household number only for farmers"
 
 MaskedIdNumber = Annotated[str, msgspec.Meta(
-    min_length=1, max_length=32, pattern=r"^[0-9Xx*]*\*[0-9Xx*]*$",
+    min_length=1, max_length=32, pattern=r"\A[0-9Xx*]*\*[0-9Xx*]*\Z",
     description="an ID number with the middle masked by '*' (e.g. 5002**********1234); never a full one")]
 BankAccount = Annotated[str, msgspec.Meta(
-    max_length=64, pattern=r"^[0-9A-Za-z \-]*$", description="the bank account payouts go to (verified by an "
+    max_length=64, pattern=r"\A[0-9A-Za-z \-]*\Z", description="the bank account payouts go to (verified by an "
                                                               "operator before any money is sent)")]
 BankCode = Annotated[str, msgspec.Meta(
-    max_length=3, pattern=r"^([0-9]{3})?$", description="the account's bank: 3 digits (CNAPS 行别代码, e.g. 102); "
+    max_length=3, pattern=r"\A([0-9]{3})?\Z", description="the account's bank: 3 digits (CNAPS 行别代码, e.g. 102); "
                                                          "empty: not given")]
 BranchCode = Annotated[str, msgspec.Meta(
-    max_length=12, pattern=r"^([0-9]{12})?$", description="the account's branch: 12 digits (CNAPS 联行号), "
+    max_length=12, pattern=r"\A([0-9]{12})?\Z", description="the account's branch: 12 digits (CNAPS 联行号), "
                                                            "starting with the bank code; empty: not given")]
 PoorRegistrationNo = Annotated[str, msgspec.Meta(
-    max_length=32, pattern=r"^[0-9A-Za-z\-]*$", description="registered poor household number (建档立卡)")]
+    max_length=32, pattern=r"\A[0-9A-Za-z\-]*\Z", description="registered poor household number (建档立卡)")]
 
 
 class Profile(msgspec.Struct, frozen=True, kw_only=True):
@@ -209,7 +209,7 @@ class ParticipantPath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class BankVerification(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """The account the operator checked; it must be the participant's current one."""
 
-    bank_account: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[0-9A-Za-z \-]+$")]
+    bank_account: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"\A[0-9A-Za-z \-]+\Z")]
 
 
 class PoorHouseholdVerification(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):

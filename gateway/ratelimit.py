@@ -1,5 +1,7 @@
 """Per-key token buckets: each API key may make `rate_per_s` requests per second, bursting to `burst`.
 
+One `TokenBuckets` per purpose: the API keys' requests (HTTP and WebSocket order entry take from the
+same bucket of a key) and the client addresses' failed authentications (`gateway.auth`).
 Keys are only charged after their signature checked out, so a stranger cannot drain someone else's
 bucket; memory is bounded by the number of keys, and idle (full) buckets are dropped when it grows.
 The clock is passed in (monotonic seconds) so tests can drive it.
@@ -42,6 +44,14 @@ class TokenBuckets:
             self._forget_idle(now_s)
         self._buckets[key] = (tokens - cost, now_s)
         return 0.0
+
+    def wait_s(self, key: str, cost: float = 1.0) -> float:
+        """Like `take` without spending: 0.0 when `cost` tokens are there, else the seconds until they are."""
+        hit = self._buckets.get(key)
+        if hit is None:
+            return 0.0
+        tokens = min(self._burst, hit[0] + (self._clock_s() - hit[1]) * self._rate_per_s)
+        return 0.0 if tokens >= cost else (cost - tokens) / self._rate_per_s
 
     @staticmethod
     def retry_after_s(wait_s: float) -> int:

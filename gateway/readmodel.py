@@ -28,13 +28,14 @@ import msgspec
 from sortedcontainers import SortedDict
 
 from exchange.commands import Command, PlaceOrder
-from exchange.domain import InstrumentSpec, Lot, OrderType, Side, band_fen
+from exchange.domain import AuctionState, InstrumentSpec, Lot, LotAuction, OrderType, Side, band_fen
 from exchange.events import (
     AuctionUncrossed,
     BookChanged,
     Event,
     FeeScheduleSet,
     InstrumentListed,
+    LotAuctionChanged,
     LotRegistered,
     OrderAccepted,
     OrderAmended,
@@ -45,6 +46,7 @@ from exchange.events import (
     Trade,
     TradingStateChanged,
 )
+from gateway.index import PriceIndex, SeriesKey
 from gateway.schemas import (
     CANDLE_INTERVAL_MS,
     ORDER_TYPE_NAME,
@@ -167,12 +169,14 @@ class InstrumentDelta:
 class BatchDigest:
     """The publishers' view of one batch."""
 
-    __slots__ = ("first_seq", "instruments", "last_seq", "reports", "wants")
+    __slots__ = ("auctions", "first_seq", "index", "instruments", "last_seq", "reports", "wants")
 
     def __init__(self, wants: Callable[[int], bool] | None) -> None:
         self.first_seq = 0
         self.last_seq = 0
         self.instruments: dict[str, InstrumentDelta] = {}
+        self.auctions: list[LotAuctionChanged] = []  # lot auction changes, in order
+        self.index: set[tuple[int, SeriesKey]] = set()  # (day, series) of the price index its trades moved
         self.reports: list[tuple[int, ExecutionReport]] = []  # (participant_id, report)
         self.wants = wants
 
@@ -294,6 +298,9 @@ def event_instrument(event: Event) -> str:
     return event.instrument  # every other event with a seq names its instrument
 
 
+_ENDED_AUCTION: Final = frozenset({AuctionState.SOLD, AuctionState.UNSOLD, AuctionState.WITHDRAWN})
+
+
 # -- the projection -------------------------------------------------------------------------------------
 
 
@@ -313,7 +320,10 @@ class ReadModel:
         self.candles: dict[tuple[str, CandleInterval], _Series] = {}
         self.trade_count = 0
         self.traded_heads = 0
+        self.auctions: dict[int, LotAuction] = {}  # every lot auction as it is now (gateway/auctions.py)
+        self.index = PriceIndex()  # the daily live-hog price index (gateway/index.py)
         self._handlers: dict[type, Callable[..., None]] = {
+            LotAuctionChanged: self._on_lot_auction,
             OrderAccepted: self._on_accepted,
             Trade: self._on_trade,
             OrderCancelled: self._on_order_event,
@@ -392,9 +402,26 @@ class ReadModel:
             self.lots[rec.lot_id].reserved_heads += rec.remaining_heads
         touched[rec.order_id] = 0
 
+    def _on_lot_auction(self, event: LotAuctionChanged, command: Command, touched: dict[int, int],
+                        digest: BatchDigest) -> None:
+        """Keep the auction and its lot's reserved and sold heads (its sale's Trade names no order)."""
+        a = event.auction
+        lot = self.lots.get(a.lot_id)
+        if lot is not None:
+            if event.change == "offered":
+                lot.reserved_heads += a.heads
+            elif a.state in _ENDED_AUCTION:
+                lot.reserved_heads -= a.heads
+                if a.state == AuctionState.SOLD:
+                    lot.sold_heads += a.heads
+        self.auctions[a.auction_id] = a
+        digest.auctions.append(event)
+
     def _on_trade(self, event: Trade, command: Command, touched: dict[int, int], digest: BatchDigest) -> None:
         for order_id in (event.buy_order_id, event.sell_order_id):
-            rec = self.orders[order_id]
+            rec = self.orders.get(order_id)
+            if rec is None:
+                continue  # a lot auction's sale: no order on either side (its hold id, 0 for the seller)
             if order_id not in touched:
                 touched[order_id] = len(rec.fills)
             before = rec.remaining_heads
@@ -415,6 +442,9 @@ class ReadModel:
             record.series = [self._series(event.instrument, interval) for interval in CandleInterval]
         for series in record.series:
             series.add(time_ms, event.price_fen, event.quantity_heads)
+        lot = self.lots.get(event.lot_id)
+        digest.index.add(self.index.add(record.spec, event.ts_ns, event.price_fen, event.quantity_heads,
+                                        0 if lot is None else lot.lot.avg_weight_g))
         self.trade_count += 1
         self.traded_heads += event.quantity_heads
 

@@ -18,10 +18,11 @@ route, encodes the returned struct, and `gateway.openapi` documents it. Structs 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import asyncpg
 import msgspec
@@ -110,6 +111,8 @@ class Route:
     media_type: str = _JSON  # of the success response, for the OpenAPI document
     in_schema: bool = True
     errors: tuple[int, ...] = ()  # statuses beyond those implied by roles, body and path (e.g. 404, 409)
+    # How a client reconciles after a 503 whose outcome is unknown (`gateway.errors`); "" on reads.
+    reconcile_by: str = ""
 
     @property
     def path_param_names(self) -> list[str]:
@@ -140,13 +143,19 @@ class RouteTable:
         media_type: str = _JSON,
         in_schema: bool = True,
         errors: tuple[int, ...] = (),
+        reconcile_by: str | None = None,
     ) -> Callable[[_F], _F]:
-        """Declare a route. `roles` is required: a role set, or `PUBLIC` (None) for no authentication."""
+        """Declare a route. `roles` is required: a role set, or `PUBLIC` (None) for no authentication.
+
+        `reconcile_by` says how to reconcile after a 503 with an unknown outcome when the body has no
+        idempotency reference of its own (a reference in the body always wins: see `_reconcile_by`).
+        """
 
         def decorate(handler: _F) -> _F:
             route = Route(method.upper(), path, handler, roles, body, query, params, response, status,
                           summary if summary is not None else _first_line(handler.__doc__), media_type,
                           in_schema, errors)
+            route = dataclasses.replace(route, reconcile_by=_reconcile_by(route, reconcile_by))
             _check(route)
             self._routes.append(route)
             return handler
@@ -170,6 +179,29 @@ def _first_line(doc: str | None) -> str:
     return doc.strip().splitlines()[0] if doc and doc.strip() else ""
 
 
+# Body fields that make a request idempotent: a retry with the same value gets the original answer.
+_IDEMPOTENCY_FIELDS: Final = ("client_order_id", "client_lot_ref", "registration_ref")
+_NOT_IDEMPOTENCY_REFS: Final = frozenset({"bank_ref"})  # the bank's reference, not the request's
+
+
+def _reconcile_by(route: Route, declared: str | None) -> str:
+    """How to reconcile a request of `route` whose outcome is unknown: by the body's idempotency
+    reference when it has one, else as declared, else by reading what the path names again."""
+    if route.method in ("GET", "HEAD"):
+        return ""
+    fields = route.body.__struct_fields__ if route.body is not None else ()
+    refs = [f for f in fields if f in _IDEMPOTENCY_FIELDS] + \
+        [f for f in fields if f.endswith("_ref") and f not in _IDEMPOTENCY_FIELDS and f not in _NOT_IDEMPOTENCY_REFS]
+    if refs:
+        return f"{refs[0]} (a retry with the same {refs[0]} gets the original answer)"
+    if declared:
+        return declared
+    names = route.path_param_names
+    if names:
+        return f"{names[0]} (read it again to see whether the change took effect)"
+    return "reading the current state before retrying"
+
+
 def _check(route: Route) -> None:
     """Refuse at import time the declarations that would weaken input checking."""
     for part in (route.body, route.query, route.params):
@@ -188,8 +220,9 @@ def install(app: web.Application, routes: list[Route], auth: Authenticator, limi
             metrics: Metrics) -> None:
     """Add every route to the app's router, each wrapped in its own endpoint."""
     for route in routes:
-        app.router.add_route(route.method, route.path, _endpoint(route, auth, limiter, metrics),
-                             name=route.handler.__name__)
+        endpoint = _endpoint(route, auth, limiter, metrics)
+        endpoint.reconcile_by = route.reconcile_by  # type: ignore[attr-defined]  # read by the error middleware
+        app.router.add_route(route.method, route.path, endpoint, name=route.handler.__name__)
 
 
 def _endpoint(route: Route, auth: Authenticator, limiter: TokenBuckets,
@@ -220,7 +253,8 @@ def _endpoint(route: Route, auth: Authenticator, limiter: TokenBuckets,
                 # A person signed in to the web app: the same role check and rate limit (admit).
                 principal = await request.app[SESSIONS].authenticate(request, admit)
             else:
-                principal = await auth.authenticate(request.method, request.raw_path, request.headers, raw, admit)
+                principal = await auth.authenticate(request.method, request.raw_path, request.headers, raw, admit,
+                                                    request.remote or "")
             request[PRINCIPAL] = principal  # for the request log (gateway.requestlog)
         kwargs: dict[str, Any] = {}
         if body_decoder is not None:

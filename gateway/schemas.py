@@ -84,16 +84,16 @@ PriceFen = Annotated[int, msgspec.Meta(ge=1, le=10**10, description="integer fen
 Heads = Annotated[int, msgspec.Meta(ge=1, le=1_000_000, description="whole animals")]
 WeightG = Annotated[int, msgspec.Meta(ge=1, le=10_000_000, description="integer grams")]
 TimeMs = Annotated[int, msgspec.Meta(ge=1, le=9_000_000_000_000, description="milliseconds since the epoch")]
-ClientOrderId = Annotated[str, msgspec.Meta(min_length=1, max_length=36, pattern=r"^[!-~]+$",
+ClientOrderId = Annotated[str, msgspec.Meta(min_length=1, max_length=36, pattern=r"\A[!-~]+\Z",
                                             description="1-36 printable ASCII characters, unique per "
                                                         "participant forever (the idempotency key)")]
-ClientLotRef = Annotated[str, msgspec.Meta(min_length=1, max_length=36, pattern=r"^[!-~]+$",
+ClientLotRef = Annotated[str, msgspec.Meta(min_length=1, max_length=36, pattern=r"\A[!-~]+\Z",
                                            description="1-36 printable ASCII characters, unique per seller "
                                                        "forever: a retry gets the original lot back")]
-Symbol = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_\-]+$",
+Symbol = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=r"\A[A-Za-z0-9_\-]+\Z",
                                      description="instrument symbol, e.g. RC-LH-WSY")]
 ShortText = Annotated[Text, msgspec.Meta(min_length=1, max_length=200)]
-Cursor = Annotated[str, msgspec.Meta(min_length=1, max_length=19, pattern=r"^[0-9]+$",
+Cursor = Annotated[str, msgspec.Meta(min_length=1, max_length=19, pattern=r"\A[0-9]+\Z",
                                      description="opaque cursor from a previous page's next_cursor")]
 Limit = Annotated[int, msgspec.Meta(ge=1, le=PAGE_LIMIT_MAX)]
 ToleranceG = Annotated[int, msgspec.Meta(ge=0, le=10_000_000, description="integer grams; 0: no tolerance")]
@@ -217,6 +217,7 @@ _NOT_422: Final = {
     R.UNKNOWN_TRADE: 404,
     R.UNKNOWN_REFERENCE: 404,
     R.UNKNOWN_LOAN: 404,
+    R.UNKNOWN_AUCTION: 404,
     R.NOT_AUTHORIZED: 403,
     R.DUPLICATE_CLIENT_ORDER_ID: 409,
     R.DUPLICATE_REFERENCE: 409,
@@ -363,8 +364,8 @@ class InstrumentRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknow
     weigh-in for `dispute_window_ms` (default 48 h; 0: settle at the next clock tick). A weigh-in of
     unfasted pigs loses `shrink_bps` of its live weight (at most 1,000). `quarantine_region` says how
     lots' quarantine certificates are checked (`cn`: the Chinese certificate number, at lot registration
-    and at the weigh-in, where it must be the lot's; `matched`: any text, the lot's at the weigh-in;
-    `unchecked`, the default: any text, as instruments listed before the rule).
+    and at the weigh-in, where it must be the lot's; `matched`, the default: any text, the lot's at the
+    weigh-in; `unchecked`: any text, as instruments listed before the rule replay).
     """
 
     symbol: Symbol
@@ -389,7 +390,9 @@ class InstrumentRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknow
     dispute_window_ms: Annotated[int, msgspec.Meta(
         ge=0, le=MAX_DISPUTE_WINDOW_MS, description="milliseconds after the weigh-in (at most 90 days)",
     )] = DEFAULT_DISPUTE_WINDOW_MS
-    quarantine_region: QuarantineRegionName = QUARANTINE_REGION_NAME[_SPEC_DEFAULT["quarantine_region"]]
+    # A new listing checks certificates unless it says otherwise; the core's own default (unchecked) is
+    # what instruments journaled before the rule replay with.
+    quarantine_region: QuarantineRegionName = QuarantineRegionName.MATCHED
     shrink_bps: Annotated[int, msgspec.Meta(
         ge=0, le=MAX_SHRINK_BPS, description="basis points of live weight deducted from unfasted pigs",
     )] = _SPEC_DEFAULT["shrink_bps"]

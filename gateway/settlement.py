@@ -150,7 +150,7 @@ AmountOrZeroFen = Annotated[int, msgspec.Meta(ge=0, le=10**14, description="inte
 RateBps = Annotated[int, msgspec.Meta(ge=0, le=10_000, description="yearly interest in basis points")]
 Bps = Annotated[int, msgspec.Meta(ge=0, le=10_000, description="basis points (10,000 = 100 %)")]
 OwnerId = Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1, description="participant id; 0 for the subsidy fund")]
-Ref = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$",
+Ref = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"\A[A-Za-z0-9_.:\-]+\Z",
                                   description="a client-chosen reference: the idempotency key")]
 BankRef = Annotated[Text, msgspec.Meta(max_length=64)]
 Reason = Annotated[Text, msgspec.Meta(min_length=1, max_length=500)]
@@ -159,10 +159,10 @@ Reason = Annotated[Text, msgspec.Meta(min_length=1, max_length=500)]
 MAX_CSV_CHARS: Final = 64 * 1024  # = GatewayConfig's default max_body_bytes (a test keeps them equal)
 CsvText = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CSV_CHARS,
                                       description="the file's text (UTF-8), at most the request body limit")]
-Date = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+Date = Annotated[str, msgspec.Meta(pattern=r"\A[0-9]{4}-[0-9]{2}-[0-9]{2}\Z",
                                    description="a calendar day in China Standard Time, YYYY-MM-DD")]
 TimeMs = Annotated[int, msgspec.Meta(ge=0, le=9_000_000_000_000, description="milliseconds since the epoch")]
-Cursor = Annotated[str, msgspec.Meta(min_length=1, max_length=19, pattern=r"^[0-9]+$")]
+Cursor = Annotated[str, msgspec.Meta(min_length=1, max_length=19, pattern=r"\A[0-9]+\Z")]
 
 
 class FundsAccountName(StrEnum):

@@ -19,22 +19,30 @@ __all__ = ["AUTH", "CONFIG", "HUB", "LIMITER", "METRICS", "OPENAPI", "POOL", "RE
 
 
 class Readiness:
-    """Whether the gateway takes traffic: false until recovery finished, false again when shutting down.
+    """Whether the gateway takes traffic: false until recovery finished, false again when shutting down,
+    and whether it is draining (answering every request 503 until its listener closes).
 
     A mutable holder because the application's own mapping is frozen once it has started.
     """
 
-    __slots__ = ("ready", "reason")
+    __slots__ = ("draining", "ready", "reason")
 
     def __init__(self) -> None:
         self.ready = False
         self.reason = "starting"
+        # Set on SIGTERM (`gateway.server`): every new request is answered 503 `not_ready` until the
+        # listener closes.
+        self.draining = False
 
     def set_ready(self) -> None:
         self.ready, self.reason = True, "ready"
 
     def set_not_ready(self, reason: str) -> None:
         self.ready, self.reason = False, reason
+
+    def start_draining(self) -> None:
+        self.set_not_ready("shutting down")
+        self.draining = True
 
 
 CONFIG = web.AppKey("hogx_config", GatewayConfig)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,9 +22,13 @@ from aiohttp import web
 from gateway.auth import Role
 from gateway.client import SignedClient
 from gateway.config import GatewayConfig
+from gateway.routes import RouteTable
+from gateway.server import Runner
 
-__all__ = ["BUYER_DEPOSIT_FEN", "Exchange", "Trader", "hog_instrument", "running_exchange", "serve"]
+__all__ = ["BUYER_DEPOSIT_FEN", "LOT_CERT", "Exchange", "Trader", "hog_instrument", "running_exchange", "serve"]
 
+# The quarantine certificate of every lot `register_lot` makes: a weigh-in must name it (issue 11 item 11).
+LOT_CERT = "渝动检 5001530001"
 BUYER_DEPOSIT_FEN = 10**12  # ¥10bn: covers any bid a test makes, yet a bid beyond it is refused
 
 
@@ -32,7 +36,7 @@ BUYER_DEPOSIT_FEN = 10**12  # ¥10bn: covers any bid a test makes, yet a bid bey
 async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 0,
                 shutdown_timeout_s: float = 5.0) -> AsyncIterator[str]:
     """Start `app` on `host:port` (0: a free port) and yield its base URL; clean up on exit."""
-    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout_s, access_log=None)
+    runner = Runner(app, shutdown_timeout=shutdown_timeout_s, access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
@@ -111,23 +115,28 @@ class Exchange:
                            avg_weight_g: int = 110_000) -> int:
         reply = await seller.post("/v1/lots", json={
             "instrument": instrument, "heads": heads, "avg_weight_g": avg_weight_g,
-            "origin": "荣昌区, 重庆", "quarantine_cert": "渝动检 5001539999"})
+            "origin": "荣昌区, 重庆", "quarantine_cert": LOT_CERT})
         if reply.status != 201:
             raise RuntimeError(f"lot registration failed: {reply.status} {reply.body!r}")
         return int(reply.json()["lot_id"])
 
 
 @contextlib.asynccontextmanager
-async def running_exchange(database_url: str, **overrides: Any) -> AsyncIterator[Exchange]:
-    """The gateway with its sequencer on `database_url` (migrated), a bootstrap operator, a session."""
+async def running_exchange(database_url: str, *, extra_routes: Iterable[RouteTable] = (),
+                           **overrides: Any) -> AsyncIterator[Exchange]:
+    """The gateway with its sequencer on `database_url` (migrated), a bootstrap operator, a session;
+    `overrides` are `GatewayConfig` fields."""
     from gateway.app import create_app  # here: the app imports this module's neighbours
 
     key, secret = f"op_{secrets.token_hex(8)}", secrets.token_hex(16)
-    settings: dict[str, Any] = {"db_pool_min": 1, "db_pool_max": 4, "clock_tick_s": 0.0}
+    # Every test client shares 127.0.0.1: the per-address limit on failed authentications would let
+    # one test's deliberate failures refuse the next test's requests (a test of that limit sets it).
+    settings: dict[str, Any] = {"db_pool_min": 1, "db_pool_max": 4, "clock_tick_s": 0.0,
+                                "auth_failure_burst": 1_000_000}
     session_policy = overrides.pop("session_policy", None)  # the web app's sign-in rules (gateway.sessions)
     settings.update(overrides)
     config = GatewayConfig(database_url=database_url, operator_key=key, operator_secret=secret, **settings)
-    app = create_app(config, session_policy=session_policy)
+    app = create_app(config, extra_routes=extra_routes, session_policy=session_policy)
     # The session outlives the server, so a test can watch in-flight requests during shutdown.
     async with aiohttp.ClientSession() as session, serve(app) as url:
         yield Exchange(app, url, session, SignedClient(url, key, secret, session=session))

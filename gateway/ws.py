@@ -19,11 +19,17 @@ echoed in the reply):
   one step, so when that callback runs it finds the later ones of the batch done too and answers them
   all, one callback per connection and batch rather than one per order.
 
+Limits: an op of a logged-in socket takes a token from its API key's bucket, the same bucket as the key's
+HTTP requests (`rate_limited` error reply when empty). At most `max_per_key` sockets are logged in with
+one key (the next login gets `too_many_sockets` and a 1008 close) and `max_per_address` are open from
+one client address (the next upgrade is refused: HTTP 429 `too_many_sockets`).
+
 Replies are `{"type": "result", "op": ..., "id": ..., "data": ...}` or
 `{"type": "error", "op": ..., "id": ..., "code": ..., "message": ...}`; channel messages are whatever
 bytes the publisher passed to `Hub.publish`.
 
-Public channels are `<kind>.<name>` for registered public kinds (`book`, `trades`); private kinds
+Public channels are `<kind>.<name>` for registered public kinds (`book`, `trades`, `auctions`; a `bare` kind is
+also a public channel by its own name: `auctions`); private kinds
 (`orders`) are subscribed by their bare name after auth and delivered only to that participant.
 
 Each connection owns a bounded outbox drained by its own writer task. `publish` never awaits: a
@@ -53,9 +59,10 @@ import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from gateway.auth import Authenticator, Principal, Role
-from gateway.errors import ApiError, Code
+from gateway.errors import ApiError, Code, is_unavailable, unavailable
 from gateway.inputs import has_duplicate_keys, validation_error
 from gateway.metrics import Metrics
+from gateway.ratelimit import TokenBuckets
 from gateway.signing import WS_SIGNED_PATH
 
 __all__ = [
@@ -169,11 +176,13 @@ class _Op(msgspec.Struct, frozen=True):
     handler: OpHandler
     roles: frozenset[Role] | None
     is_async: bool
+    reconcile_by: str  # named in an error whose outcome is unknown (see `gateway.errors`)
 
 
 class _ChannelKind(msgspec.Struct, frozen=True):
     private: bool
     snapshot: SnapshotProvider | None
+    bare: bool = False  # a public kind that is also one channel by its bare name (`auctions`)
 
 
 _encode = msgspec.json.Encoder().encode
@@ -226,15 +235,23 @@ class Hub:
         self,
         auth: Authenticator,
         metrics: Metrics,
+        limiter: TokenBuckets,
         *,
         queue_size: int,
         max_channels: int,
         max_inflight: int,
         max_message_bytes: int,
         heartbeat_s: float,
+        max_per_key: int = 32,
+        max_per_address: int = 256,
     ) -> None:
         self._auth = auth
         self._metrics = metrics
+        self._limiter = limiter  # the API keys' buckets, shared with HTTP
+        self._max_per_key = max_per_key
+        self._max_per_address = max_per_address
+        self._per_key: dict[str, int] = {}  # logged-in sockets by API key
+        self._per_address: dict[str, int] = {}  # open sockets by client address
         self._queue_size = queue_size
         self._max_channels = max_channels
         self._max_inflight = max_inflight
@@ -255,15 +272,17 @@ class Hub:
     # -- configuration (at app creation) ---------------------------------------------------------
 
     def register_channel_kind(self, kind: str, *, private: bool = False,
-                              snapshot: SnapshotProvider | None = None) -> None:
-        """Allow subscriptions to `kind.<name>` (public) or to the bare `kind` (private, after auth)."""
+                              snapshot: SnapshotProvider | None = None, bare: bool = False) -> None:
+        """Allow subscriptions to `kind.<name>` (public) or to the bare `kind` (private, after auth; or
+        public too with `bare`)."""
         if not _NAME_RE.fullmatch(kind):
             raise ValueError(f"bad channel kind {kind!r}")
-        self._kinds[kind] = _ChannelKind(private, snapshot)
+        self._kinds[kind] = _ChannelKind(private, snapshot, bare and not private)
 
     def register_op(self, message_type: type[WsRequest], handler: OpHandler,
-                    *, roles: Iterable[Role] | None) -> None:
+                    *, roles: Iterable[Role] | None, reconcile_by: str = "") -> None:
         """Add an op: `message_type` subclasses `WsRequest` with `tag="<op>"`; `roles=None` is public.
+        `reconcile_by` names the reference to reconcile by when the outcome is unknown (a 503).
 
         `handler(conn, message)` returns the reply's `data` (any msgspec-encodable value) or raises
         `ApiError` for an error reply; it runs as its own task so a connection can pipeline requests.
@@ -272,7 +291,7 @@ class Hub:
         if not isinstance(op, str) or op in self._ops or op in _BUILTIN_OPS:
             raise ValueError(f"op {op!r} is not a new string tag")
         self._ops[op] = _Op(op, message_type, handler, None if roles is None else frozenset(roles),
-                            inspect.iscoroutinefunction(handler))
+                            inspect.iscoroutinefunction(handler), reconcile_by)
         self._op_of_type[message_type] = self._ops[op]
         self._decoder = self._build_decoder()
 
@@ -335,11 +354,16 @@ class Hub:
         """The aiohttp handler of `GET /v1/ws`."""
         if not self.accepting:
             raise ApiError(503, Code.NOT_READY, "shutting down", retry_after_s=1)
+        address = request.remote or ""
+        if self._per_address.get(address, 0) >= self._max_per_address:
+            raise ApiError(429, Code.TOO_MANY_SOCKETS, f"at most {self._max_per_address} WebSockets per "
+                           "address", retry_after_s=1)
         ws = web.WebSocketResponse(heartbeat=self._heartbeat_s, compress=False, decode_text=False,
                                    max_msg_size=self._max_message_bytes, timeout=_CLOSE_TIMEOUT_S)
         await ws.prepare(request)
         conn = WsConnection(next(self._ids), ws, request)
         self._connections.add(conn)
+        self._per_address[address] = self._per_address.get(address, 0) + 1
         self._metrics.ws_connections.inc()
         conn.writer = asyncio.create_task(self._write_loop(conn))
         try:
@@ -407,6 +431,9 @@ class Hub:
         if conn in self._connections:
             self._connections.discard(conn)
             self._metrics.ws_connections.dec()
+            _count_down(self._per_address, conn.request.remote or "")
+            if conn.principal is not None:
+                _count_down(self._per_key, conn.principal.api_key)
         self._unsubscribe_all(conn)
 
     def _unsubscribe_all(self, conn: WsConnection) -> None:
@@ -541,8 +568,12 @@ class Hub:
     async def _on_auth(self, conn: WsConnection, msg: AuthMessage) -> None:
         try:
             await self._auth_connection(conn, msg)
-        except Exception:  # a bug or the database down: answer and keep the socket
-            self._internal_error(conn, msg)
+        except Exception as exc:  # the database down, or a bug: answer and keep the socket
+            if not is_unavailable(exc):
+                self._internal_error(conn, msg)
+                return
+            _log.warning("could not check the key of WebSocket %d: %r", conn.conn_id, exc)
+            self._reply_error(conn, "auth", msg.id, Code.UNAVAILABLE, "storage unavailable: retry the login")
 
     async def _auth_connection(self, conn: WsConnection, msg: AuthMessage) -> None:
         if conn.messages_in != 1:
@@ -551,12 +582,21 @@ class Hub:
             return
         try:
             principal = await self._auth.verify(msg.key, str(msg.timestamp_ms), msg.signature,
-                                                "GET", WS_SIGNED_PATH)
+                                                "GET", WS_SIGNED_PATH, address=conn.request.remote or "")
         except ApiError as exc:
             self._reply_error(conn, "auth", msg.id, exc.code, exc.message)
             self._enqueue(conn, _Close(CLOSE_AUTH_FAILED, b"authentication failed"))
             return
+        if conn.closing:
+            return
+        key = principal.api_key
+        if self._per_key.get(key, 0) >= self._max_per_key:
+            self._reply_error(conn, "auth", msg.id, Code.TOO_MANY_SOCKETS,
+                              f"at most {self._max_per_key} WebSockets per API key")
+            self._enqueue(conn, _Close(WSCloseCode.POLICY_VIOLATION, b"too many sockets for this key"))
+            return
         conn.principal = principal
+        self._per_key[key] = self._per_key.get(key, 0) + 1
         self._reply(conn, WsResult("auth", msg.id, {"participant_id": principal.participant_id,
                                                     "role": principal.role.value}))
 
@@ -589,6 +629,8 @@ class Hub:
     def _subscription_key(self, conn: WsConnection, channel: str) -> str:
         kind_name, dot, name = channel.partition(".")
         kind = self._kinds.get(kind_name)
+        if kind is not None and kind.bare and not dot:
+            return channel
         if kind is None or (kind.private and dot) or (not kind.private and not _NAME_RE.fullmatch(name)):
             raise ApiError(404, "unknown_channel", f"no channel {channel[:80]!r}")
         if not kind.private:
@@ -622,6 +664,14 @@ class Hub:
             self._reply_error(conn, op_name, msg.id, Code.RATE_LIMITED,
                               f"at most {self._max_inflight} requests in flight per connection")
             return
+        principal = conn.principal
+        if principal is not None:
+            wait_s = self._limiter.take(principal.api_key)  # the key's one bucket, shared with HTTP
+            if wait_s:
+                self._metrics.rate_limited.inc()
+                self._reply_error(conn, op_name, msg.id, Code.RATE_LIMITED,
+                                  f"rate limit exceeded, retry in {wait_s:.3f} s")
+                return
         conn.inflight += 1
         if op.is_async:
             self._spawn(self._run_op(conn, op_name, op, msg))
@@ -631,14 +681,9 @@ class Hub:
     def _run_sync_op(self, conn: WsConnection, op_name: str, op: _Op, msg: WsRequest) -> None:
         try:
             outcome = op.handler(conn, msg)
-        except ApiError as exc:
+        except Exception as exc:
             conn.inflight -= 1
-            self._reply_error(conn, op_name, msg.id, exc.code, exc.message)
-            return
-        except Exception:
-            conn.inflight -= 1
-            _log.exception("unhandled error in WebSocket op %s", op_name)
-            self._reply_error(conn, op_name, msg.id, Code.INTERNAL_ERROR, "internal error")
+            self._reply_exception(conn, op_name, msg.id, exc)
             return
         if outcome.__class__ is Deferred:
             conn.deferred.append((outcome.future, op_name, msg.id, outcome.finish))
@@ -670,32 +715,42 @@ class Hub:
                          finish: Callable[[asyncio.Future[Any]], Any], future: asyncio.Future[Any]) -> None:
         conn.inflight -= 1
         if future.cancelled():
-            self._reply_error(conn, op_name, request_id, Code.UNAVAILABLE, "cancelled: outcome unknown")
+            self._reply_exception(conn, op_name, request_id, ApiError(
+                503, Code.UNAVAILABLE, "cancelled: the outcome is unknown", outcome_unknown=True))
             return
         try:
             data = finish(future)
-        except ApiError as exc:
-            self._reply_error(conn, op_name, request_id, exc.code, exc.message)
-        except Exception:
-            _log.exception("unhandled error in WebSocket op %s", op_name)
-            self._reply_error(conn, op_name, request_id, Code.INTERNAL_ERROR, "internal error")
+        except Exception as exc:
+            self._reply_exception(conn, op_name, request_id, exc)
         else:
             self._reply(conn, WsResult(op_name, request_id, data))
 
     async def _run_op(self, conn: WsConnection, op_name: str, op: _Op, msg: WsRequest) -> None:
         try:
             data = await op.handler(conn, msg)
-        except ApiError as exc:
-            self._reply_error(conn, op_name, msg.id, exc.code, exc.message)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            _log.exception("unhandled error in WebSocket op %s", op_name)
-            self._reply_error(conn, op_name, msg.id, Code.INTERNAL_ERROR, "internal error")
+        except Exception as exc:
+            self._reply_exception(conn, op_name, msg.id, exc)
         else:
             self._reply(conn, WsResult(op_name, msg.id, data))
         finally:
             conn.inflight -= 1
+
+    def _reply_exception(self, conn: WsConnection, op_name: str, request_id: int | str | None,
+                         exc: Exception) -> None:
+        """The error reply for what an op raised: its `ApiError` (naming the op's reference when the
+        outcome is unknown), 503 for the database being unavailable, else a logged internal error."""
+        if not isinstance(exc, ApiError):
+            if not is_unavailable(exc):
+                _log.error("unhandled error in WebSocket op %s", op_name, exc_info=exc)
+                self._reply_error(conn, op_name, request_id, Code.INTERNAL_ERROR, "internal error")
+                return
+            _log.warning("database unavailable in WebSocket op %s: %r", op_name, exc)
+            exc = unavailable("POST")
+        if exc.outcome_unknown:
+            exc = exc.reconciled(self._ops[op_name].reconcile_by)
+        self._reply_error(conn, op_name, request_id, exc.code, exc.message)
 
     def _reply(self, conn: WsConnection, result: WsResult) -> None:
         self.send(conn, _encode(result))
@@ -740,6 +795,14 @@ def _envelope(data: bytes) -> _Envelope:
         return _envelope_decoder.decode(data)
     except (msgspec.DecodeError, RecursionError):  # ValidationError included: it is a subclass
         return _Envelope()
+
+
+def _count_down(counts: dict[str, int], key: str) -> None:
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
 
 
 def _private_key(kind: str, participant_id: int) -> str:

@@ -37,7 +37,7 @@ from exchange.settlement.rules import cst_day
 from gateway.auth import Role
 from gateway.client import Reply
 from gateway.state import POOL
-from gateway.testing import Exchange, Trader, running_exchange
+from gateway.testing import LOT_CERT, Exchange, Trader, running_exchange
 from tests.settlement_support import BUYER, FARMER, HOUR_NS, OPERATOR, POOR_FARMER, world
 
 R = RejectReason
@@ -102,7 +102,7 @@ async def _pending_payout(ex: Exchange, name: str = "李四", bank: str = "62170
     trade_id = _ok(await buyer.post("/v1/orders", json={"client_order_id": _ref("b"), "side": "buy", **order_body}),
                    201)["fills"][0]["trade_id"]
     _ok(await farmer.post(f"/v1/trades/{trade_id}/weigh-in", json={
-        "heads_delivered": 10, "total_weight_g": 1_100_000, "quarantine_cert": "Q1", "quarantine_checked": True}))
+        "heads_delivered": 10, "total_weight_g": 1_100_000, "quarantine_cert": LOT_CERT, "quarantine_checked": True}))
     for _ in range(200):
         if _ok(await farmer.get(f"/v1/trades/{trade_id}/settlement"))["state"] == "SETTLED":
             break

@@ -9,19 +9,33 @@ items 14-23).
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
 import itertools
+import logging
+import os
+import signal
+import socket
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import msgspec
 import pytest
 import pytest_asyncio
 from aiohttp import WSMsgType
 
-from gateway.auth import Role
+from gateway.auth import PUBLIC, Role
 from gateway.inputs import has_duplicate_keys
+from gateway.routes import Call, RouteTable
+from gateway.schemas import LotPath
 from gateway.testing import Exchange, running_exchange
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 _symbols = itertools.count(1)
 
@@ -209,3 +223,358 @@ async def test_deeply_nested_http_body_is_a_400(ex: Exchange, market: str) -> No
         reply = await buyer.post("/v1/orders", body=body.encode(), headers={"Content-Type": "application/json"})
         assert reply.status in (400, 422), reply.body
         assert reply.json()["code"] in ("bad_json", "invalid")
+
+
+# -- database failures are 503, naming the route's reference ------------------------------------------
+
+class _ThingBody(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    thing_ref: str
+
+
+_failures = RouteTable()
+_RAISED: dict[str, BaseException] = {}
+
+
+@_failures.post("/v1/test/things", roles=PUBLIC, body=_ThingBody)
+async def _make_thing(call: Call, body: _ThingBody) -> None:
+    raise _RAISED[body.thing_ref]
+
+
+@_failures.get("/v1/test/things/{lot_id}", roles=PUBLIC, params=LotPath)
+async def _get_thing(call: Call, params: LotPath) -> None:
+    raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+
+
+_CONNECTION_FAILURES: list[BaseException] = [
+    asyncpg.exceptions.InternalClientError("the backend went away"),
+    asyncpg.exceptions.InterfaceError("cannot call Connection.fetch(): connection has been released"),
+    asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+    asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"),
+    asyncpg.exceptions.ConnectionFailureError("connection failure"),
+    asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+    asyncpg.exceptions.TooManyConnectionsError("too many clients"),
+    ConnectionResetError("reset by peer"),
+    OSError("network unreachable"),
+]
+
+
+@pytest_asyncio.fixture(scope="module")
+async def failing(_test_databases: Any) -> AsyncIterator[Exchange]:
+    dsn = await _test_databases.create(migrated=True)
+    try:
+        async with running_exchange(dsn, extra_routes=[_failures]) as exchange:
+            yield exchange
+    finally:
+        await _test_databases.drop(dsn)
+
+
+@pytest.mark.parametrize("exc", _CONNECTION_FAILURES, ids=lambda e: type(e).__name__)
+async def test_connection_failures_are_503_naming_the_routes_reference(failing: Exchange,
+                                                                        exc: BaseException) -> None:
+    ref = f"ref-{type(exc).__name__}"
+    _RAISED[ref] = exc
+    reply = await failing.client().post("/v1/test/things", json={"thing_ref": ref}, signed=False)
+    assert reply.status == 503, reply.body
+    assert reply.headers["Retry-After"] == "1"
+    error = reply.json()
+    assert error["code"] == "unavailable"
+    assert "reconcile by thing_ref" in error["message"]
+    assert "client_order_id" not in error["message"]
+
+
+async def test_a_read_that_lost_its_connection_is_503_safe_to_retry(failing: Exchange) -> None:
+    reply = await failing.client().get("/v1/test/things/7", signed=False)
+    assert reply.status == 503 and reply.headers["Retry-After"] == "1"
+    assert reply.json()["message"] == "storage unavailable: nothing was changed, retry"
+
+
+def test_every_route_names_the_reference_it_has() -> None:
+    from gateway.app import ROUTE_TABLES
+
+    by_route = {(r.method, r.path): r.reconcile_by for table in ROUTE_TABLES for r in table}
+    assert by_route[("POST", "/v1/orders")].startswith("client_order_id")
+    assert by_route[("POST", "/v1/lots")].startswith("client_lot_ref")
+    assert by_route[("POST", "/v1/deposits")].startswith("deposit_ref")
+    assert by_route[("DELETE", "/v1/orders/{order_id}")].startswith("order_id")
+    assert by_route[("PATCH", "/v1/orders/{order_id}")].startswith("order_id")
+    registration = by_route[("POST", "/v1/admin/participants")]
+    assert registration.startswith(("registration_ref", "the participant registration")), registration
+    assert by_route[("GET", "/v1/orders")] == ""
+    for (method, path), text in by_route.items():
+        if method != "GET":
+            assert (text and "client_order_id" not in text) or path == "/v1/orders", (method, path, text)
+
+
+async def test_terminated_backends_answer_503_or_success_never_500(_test_databases: Any) -> None:
+    """pg_terminate_backend on the exchange's database while registrations and orders run."""
+    dsn = await _test_databases.create(migrated=True)
+    try:
+        async with running_exchange(dsn) as ex:
+            await ex.list_instrument("T-KILL")
+            buyer = await ex.register(Role.BUYER)
+            statuses: collections.Counter[int] = collections.Counter()
+            unknown: list[dict[str, Any]] = []
+            done = asyncio.Event()
+
+            def tally(reply: Any) -> None:
+                statuses[reply.status] += 1
+                if reply.status == 503:
+                    assert reply.headers.get("Retry-After"), reply.headers
+                    assert reply.json()["code"] in ("unavailable", "busy", "not_ready"), reply.body
+
+            async def register() -> None:
+                for i in itertools.count():
+                    if done.is_set():
+                        return
+                    tally(await ex.operator.post("/v1/admin/participants",
+                                                 json={"role": "farmer", "name": f"farmer {i}"}))
+
+            async def place() -> None:
+                for i in itertools.count():
+                    if done.is_set():
+                        return
+                    body = {"client_order_id": f"kill-{i}", "instrument": "T-KILL", "side": "buy",
+                            "price_fen": 2700, "quantity_heads": 1}
+                    reply = await buyer.post("/v1/orders", json=body)
+                    tally(reply)
+                    if reply.status == 503:
+                        unknown.append(body)
+
+            async def terminate() -> None:
+                admin = await asyncpg.connect(dsn)
+                try:
+                    for _ in range(8):
+                        await asyncio.sleep(0.15)
+                        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                            "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+                finally:
+                    await admin.close()
+                    await asyncio.sleep(0.2)
+                    done.set()
+
+            await asyncio.gather(register(), register(), place(), place(), terminate())
+            assert statuses[500] == 0, statuses
+            assert set(statuses) <= {200, 201, 503}, statuses
+            # Safe to retry: once the exchange is back, every order whose outcome was unknown is
+            # answered by its client_order_id (its original answer, or placed now).
+            for _ in range(200):
+                if (await ex.client().get("/readyz", signed=False)).status == 200:
+                    break
+                await asyncio.sleep(0.05)
+            for body in unknown:
+                reply = await buyer.post("/v1/orders", json=body)
+                assert reply.status == 201, reply.body
+    finally:
+        await _test_databases.drop(dsn)
+
+
+# -- draining after SIGTERM -----------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_sigterm_answers_503_not_ready_until_the_listener_closes(_test_databases: Any) -> None:
+    dsn = await _test_databases.create(migrated=True)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", "--port", str(port), "--log-level", "WARNING",
+        cwd=REPO_ROOT, env={**os.environ, "DATABASE_URL": dsn, "HOGX_DRAIN_S": "1.5"})
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(600):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(f"{url}/readyz") as response:
+                        if response.status == 200:
+                            break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the server did not become ready")
+            process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.2)  # the signal is handled
+            answers: list[tuple[int, str | None, str]] = []
+            refused = False
+            for _ in range(100):
+                try:
+                    async with session.get(f"{url}/v1/instruments") as response:
+                        body = msgspec.json.decode(await response.read())
+                        answers.append((response.status, response.headers.get("Retry-After"), body["code"]))
+                except aiohttp.ClientConnectionError:
+                    refused = True  # the listener closed: draining is over
+                    break
+                await asyncio.sleep(0.05)
+            assert answers, "no request was answered after SIGTERM: the listener closed at once"
+            assert set(answers) == {(503, "1", "not_ready")}, answers
+            assert refused
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await _test_databases.drop(dsn)
+
+
+# -- aiohttp's own protocol errors ------------------------------------------------------------------------
+
+async def _raw(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+@pytest.mark.parametrize(("request_bytes", "status", "code"), [
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri_too_long"),
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431, "headers_too_large"),
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-H%d: 1\r\n" % i for i in range(300)) + b"\r\n",
+     431, "headers_too_large"),
+    (b"get /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 400, "bad_request"),
+    (b"FROB@ /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 400, "bad_request"),
+    (b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", 400, "bad_request"),
+    (b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n", 400, "bad_request"),
+], ids=["long-url", "long-header", "300-headers", "lower-case-method", "bad-method", "star-target", "bad-version"])
+async def test_protocol_errors_answer_json_and_log_no_traceback(
+        ex: Exchange, caplog: pytest.LogCaptureFixture, request_bytes: bytes, status: int, code: str) -> None:
+    caplog.set_level(logging.DEBUG)
+    got, headers, body = await _raw(ex.url, request_bytes)
+    assert (got, headers["content-type"].split(";")[0]) == (status, "application/json"), body
+    assert msgspec.json.decode(body)["code"] == code
+    ours = [r for r in caplog.records if r.name.startswith(("aiohttp", "gateway"))]
+    assert all(r.levelno <= logging.INFO and r.exc_info is None for r in ours), \
+        [(r.name, r.levelname, r.getMessage()) for r in ours]
+    assert len([r for r in ours if r.levelno == logging.INFO]) <= 1
+
+
+# -- WebSocket limits -------------------------------------------------------------------------------------
+
+async def _metric(ex: Exchange, name: str) -> float:
+    text = (await ex.client().get("/metrics", signed=False)).body.decode()
+    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(f"{name} ")]
+    return values[0] if values else 0.0
+
+
+async def test_websocket_order_entry_takes_from_the_keys_http_bucket(_test_databases: Any) -> None:
+    dsn = await _test_databases.create(migrated=True)
+    try:
+        async with running_exchange(dsn, rate_limit_per_s=0.01, rate_limit_burst=4) as ex:
+            await ex.list_instrument("T-RATE")
+            buyer = await ex.register(Role.BUYER)
+            statuses = [(await buyer.get("/v1/me")).status for _ in range(5)]
+            assert statuses == [200, 200, 200, 200, 429]
+            ws = await buyer.ws_connect()  # logging in is not an order: not charged
+            try:
+                for request_id in range(3):
+                    reply = await _ws_reply(ws, msgspec.json.encode({
+                        "op": "cancel_order", "id": request_id, "order_id": 1}).decode())
+                    assert (reply["type"], reply["code"], reply["id"]) == ("error", "rate_limited", request_id)
+            finally:
+                await ws.close()
+    finally:
+        await _test_databases.drop(dsn)
+
+
+async def test_websockets_are_capped_per_key_and_per_address(_test_databases: Any) -> None:
+    dsn = await _test_databases.create(migrated=True)
+    try:
+        async with running_exchange(dsn, ws_max_per_key=2, ws_max_per_address=4) as ex:
+            buyer = await ex.register(Role.BUYER)
+            first, second = await buyer.ws_connect(), await buyer.ws_connect()
+            third = await buyer.ws_connect(login=False)
+            reply = await _ws_reply(third, msgspec.json.encode(buyer.ws_auth_message(request_id=3)).decode())
+            assert (reply["type"], reply["code"]) == ("error", "too_many_sockets")
+            closing = await third.receive(timeout=5)
+            assert closing.type is WSMsgType.CLOSE and closing.data == 1008
+            await third.close()
+            await asyncio.sleep(0.1)  # the server forgets the refused socket
+            anonymous = [await ex.client().ws_connect(login=False) for _ in range(2)]  # 4 open: the cap
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await ex.client().ws_connect(login=False)
+            assert refused.value.status == 429
+            await first.close()
+            await asyncio.sleep(0.1)
+            again = await buyer.ws_connect()  # a place for one more, and the key is below its cap
+            for ws in (second, again, *anonymous):
+                await ws.close()
+    finally:
+        await _test_databases.drop(dsn)
+
+
+# -- failed authentications -------------------------------------------------------------------------------
+
+async def test_failed_authentications_are_limited_per_address(_test_databases: Any) -> None:
+    dsn = await _test_databases.create(migrated=True)
+    try:
+        async with running_exchange(dsn, auth_failure_burst=3, auth_failures_per_s=0.01) as ex:
+            buyer = await ex.register(Role.BUYER)
+            lookups = await _metric(ex, "hogx_auth_key_lookups_total")
+            made_up = [ex.client(f"made_up_key_{i}", "s" * 32) for i in range(3)]
+            for client in made_up:
+                reply = await client.get("/v1/me")
+                assert (reply.status, reply.json()["code"]) == (401, "unknown_key")
+            assert await _metric(ex, "hogx_auth_key_lookups_total") == lookups + 3
+            for client in (ex.client("made_up_key_9", "s" * 32), buyer):  # the address, whatever the key
+                reply = await client.get("/v1/me")
+                assert (reply.status, reply.json()["code"]) == (429, "too_many_auth_failures"), reply.body
+                assert int(reply.headers["Retry-After"]) >= 1
+            ws = await buyer.ws_connect(login=False)
+            try:
+                reply = await _ws_reply(ws, msgspec.json.encode(buyer.ws_auth_message()).decode())
+                assert reply["code"] == "too_many_auth_failures"
+            finally:
+                await ws.close()
+            assert await _metric(ex, "hogx_auth_key_lookups_total") == lookups + 3  # refused before a read
+    finally:
+        await _test_databases.drop(dsn)
+
+
+async def test_an_unknown_key_is_remembered_not_read_again(ex: Exchange) -> None:
+    lookups = await _metric(ex, "hogx_auth_key_lookups_total")
+    stranger = ex.client("made_up_key_once", "s" * 32)
+    for _ in range(5):
+        reply = await stranger.get("/v1/me")
+        assert (reply.status, reply.json()["code"]) == (401, "unknown_key")
+    assert await _metric(ex, "hogx_auth_key_lookups_total") == lookups + 1
+
+
+async def test_a_trailing_newline_passes_no_pattern(ex: Exchange, market: str) -> None:
+    """Python's `$` also matches before a final newline: every pattern is anchored with \\A...\\Z."""
+    buyer, farmer = await ex.register(Role.BUYER), await ex.register(Role.FARMER)
+    order = {"client_order_id": "nl-1", "instrument": market, "side": "buy", "price_fen": 2800,
+             "quantity_heads": 1}
+    for field, value in (("client_order_id", "nl-1\n"), ("instrument", f"{market}\n")):
+        reply = await buyer.post("/v1/orders", json={**order, field: value})
+        assert reply.status == 422, (field, reply.body)
+    reply = await farmer.post("/v1/lots", json=_lot(market, client_lot_ref="lot-1\n"))
+    assert reply.status == 422, reply.body
+    reply = await ex.operator.post("/v1/deposits", json={"deposit_ref": "dep-1\n", "owner_id": buyer.participant_id,
+                                                         "account": "trading_cash", "amount_fen": 100})
+    assert reply.status == 422, reply.body
+    reply = await ex.operator.post("/v1/admin/participants", json={"role": "farmer", "name": "Li",
+                                                                   "bank_account": "6222 0001\n"})
+    assert reply.status == 422, reply.body
+    reply = await ex.client().get(f"/v1/markets/{market}%0A/book", signed=False)
+    assert reply.status == 422, reply.body
+    assert (await buyer.get("/v1/orders")).json()["orders"] == []
+    document = (await ex.client().get("/v1/openapi.json", signed=False)).json()
+    patterns = _patterns(document)
+    assert patterns and not [p for p in patterns if "\\A" in p or "\\Z" in p]  # ECMA-262 in the document
+
+
+def _patterns(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["pattern"]] if isinstance(node.get("pattern"), str) else []
+        return own + [p for value in node.values() for p in _patterns(value)]
+    if isinstance(node, list):
+        return [p for value in node for p in _patterns(value)]
+    return []

@@ -18,6 +18,7 @@ import pytest_asyncio
 from exchange import history
 from gateway.auth import Role
 from gateway.client import Reply
+from gateway.state import POOL
 from gateway.testing import Exchange, Trader, running_exchange
 
 
@@ -276,5 +277,48 @@ async def test_the_settlement_history_is_rebuilt_from_the_journal(_test_database
                     await conn.execute("UPDATE settlement_report_rows SET amount_fen = 0")
             finally:
                 await conn.close()
+    finally:
+        await _test_databases.drop(dsn)
+
+
+async def test_a_restart_after_a_lost_write_or_a_lost_watermark_neither_loses_nor_repeats_rows(
+    _test_databases: Any,
+) -> None:
+    dsn = await _test_databases.create(migrated=True)
+    try:
+        async with running_exchange(dsn, clock_tick_s=0.05) as first:
+            symbol = await _fee_market(first)
+            buyer = await first.register(Role.BUYER)
+            farmer = await _farmer(first, "李四")
+            trade_ids = [await _trade(first, farmer, buyer, symbol, heads) for heads in (1, 2)]
+            for trade_id, heads in zip(trade_ids, (1, 2), strict=True):
+                await _weigh_in(farmer, trade_id, heads, heads * 110_000)
+                date = _cst_date((await _settled(farmer, trade_id))["settled_ms"])
+            path = f"/v1/reports/settlement?date={date}"
+            report = _ok(await first.operator.get(path))
+            # 110 kg x 28.00 = 308,000 (fee 1,540) and 616,000 (fee 3,080)
+            assert [(r["trade_id"], r["amount_fen"], r["fee_fen"]) for r in report["rows"]] == [
+                (trade_ids[0], 308_000, 1_540), (trade_ids[1], 616_000, 3_080)]
+        conn = await asyncpg.connect(dsn)
+        try:
+            # As after a crash between the journal's commit and the history's write: the last row is
+            # missing and the watermark is before it.
+            last_seq = await conn.fetchval("SELECT max(seq) FROM settlement_report_rows")
+            await conn.execute("DELETE FROM settlement_report_rows WHERE seq = $1", last_seq)
+            await conn.execute("UPDATE projections SET seq = $2 WHERE name = $1", history.PROJECTION, last_seq - 1)
+        finally:
+            await conn.close()
+        async with running_exchange(dsn, clock_tick_s=0.05) as second:
+            assert _ok(await second.operator.get(path)) == report
+        conn = await asyncpg.connect(dsn)
+        try:
+            # As after a crash between a write and its watermark: every row is there, the watermark is at 0.
+            await conn.execute("UPDATE projections SET seq = 0 WHERE name = $1", history.PROJECTION)
+        finally:
+            await conn.close()
+        async with running_exchange(dsn, clock_tick_s=0.05) as third:
+            assert _ok(await third.operator.get(path)) == report
+            count = await third.app[POOL].fetchval("SELECT count(*) FROM settlement_report_rows WHERE kind = 'TRADE'")
+            assert count == 2
     finally:
         await _test_databases.drop(dsn)

@@ -29,7 +29,7 @@ from gateway.auth import Role
 from gateway.client import Reply, SignedClient
 from gateway.exchange_port import EXCHANGE
 from gateway.state import POOL
-from gateway.testing import BUYER_DEPOSIT_FEN, Exchange, Trader, running_exchange
+from gateway.testing import BUYER_DEPOSIT_FEN, LOT_CERT, Exchange, Trader, running_exchange
 
 WINDOW_S = 1.5
 HOLD_PER_HEAD_2810 = 393_400  # ceil(140 kg x 2810 fen/kg)
@@ -483,9 +483,9 @@ async def test_role_boundaries_and_other_participants_ids_are_404(ex: Exchange) 
     forbidden = [
         (buyer, "POST", "/v1/deposits", deposit), (farmer, "POST", "/v1/payout-runs", {"run_ref": "r"}),
         (fin, "POST", f"/v1/trades/{trade_id}/weigh-in", {"heads_delivered": 1, "total_weight_g": 1,
-                                                          "quarantine_cert": "x", "quarantine_checked": True}),
+                                                          "quarantine_cert": LOT_CERT, "quarantine_checked": True}),
         (buyer, "POST", f"/v1/trades/{trade_id}/weigh-in", {"heads_delivered": 1, "total_weight_g": 1,
-                                                            "quarantine_cert": "x", "quarantine_checked": True}),
+                                                            "quarantine_cert": LOT_CERT, "quarantine_checked": True}),
         (farmer, "POST", f"/v1/trades/{trade_id}/rejection", None), (buyer, "GET", "/v1/financing/clients", None),
         (fin, "POST", "/v1/consents", {"financier_id": fin.participant_id}),
         (farmer, "POST", "/v1/admin/fee-schedule", {"instrument": symbol, "seller_fee_bps": 1}),
@@ -499,7 +499,7 @@ async def test_role_boundaries_and_other_participants_ids_are_404(ex: Exchange) 
     for client in (other_buyer, other_farmer):
         assert _error(await client.get(f"/v1/trades/{trade_id}/settlement")) == (404, "unknown_trade")
     assert _error(await other_farmer.post(f"/v1/trades/{trade_id}/weigh-in", json={
-        "heads_delivered": 1, "total_weight_g": 110_000, "quarantine_cert": "x", "quarantine_checked": True})) == (
+        "heads_delivered": 1, "total_weight_g": 110_000, "quarantine_cert": LOT_CERT, "quarantine_checked": True})) == (
         404, "unknown_trade")
     assert _error(await other_buyer.post(f"/v1/trades/{trade_id}/dispute", json={"reason": "x"})) == (
         404, "unknown_trade")
@@ -514,14 +514,14 @@ async def test_role_boundaries_and_other_participants_ids_are_404(ex: Exchange) 
 
     # The seller's own mistakes are named.
     assert _error(await farmer.post(f"/v1/trades/{trade_id}/weigh-in", json={
-        "heads_delivered": 1, "total_weight_g": 110_000, "quarantine_cert": "x", "quarantine_checked": False})) == (
-        422, "quarantine_not_checked")
+        "heads_delivered": 1, "total_weight_g": 110_000, "quarantine_cert": LOT_CERT,
+        "quarantine_checked": False})) == (422, "quarantine_not_checked")
     assert _error(await farmer.post(f"/v1/trades/{trade_id}/weigh-in", json={
-        "heads_delivered": 2, "total_weight_g": 220_000, "quarantine_cert": "x", "quarantine_checked": True})) == (
+        "heads_delivered": 2, "total_weight_g": 220_000, "quarantine_cert": LOT_CERT, "quarantine_checked": True})) == (
         422, "invalid_delivery")
     await _weigh_in(farmer, trade_id, 1, 110_000)
     assert _error(await farmer.post(f"/v1/trades/{trade_id}/weigh-in", json={
-        "heads_delivered": 1, "total_weight_g": 110_000, "quarantine_cert": "x", "quarantine_checked": True})) == (
+        "heads_delivered": 1, "total_weight_g": 110_000, "quarantine_cert": LOT_CERT, "quarantine_checked": True})) == (
         409, "invalid_trade_state")
     await _settled(farmer, trade_id)
     # A payout of another payee is 404; with nothing pending a bank file is a conflict.

@@ -243,6 +243,81 @@ CASES: dict[RejectReason, Case] = {
 }
 
 
+
+# -- lot auctions (exchange/matching/lot_auction.py) ------------------------------------------------------
+
+
+def _auction(**terms: object) -> tuple[Exchange, int]:
+    from tests.test_lot_auction import offer, piglet_lot, piglet_world
+
+    x = piglet_world()
+    return x, offer(x, piglet_lot(x), **terms).auction_id  # type: ignore[arg-type]
+
+
+def _passed_in() -> tuple[Exchange, int]:
+    from exchange.commands import BidLotAuction
+    from tests.settlement_support import HOUR_NS
+
+    x, auction_id = _auction(reserve=90_000)
+    x.ok(BidLotAuction(BUYER, 0, auction_id, 75_000))
+    x.tick(HOUR_NS)
+    return x, auction_id
+
+
+def _auction_cases() -> dict[RejectReason, Case]:
+    from exchange.commands import (
+        BidLotAuction,
+        BuyNowLotAuction,
+        NegotiateLotAuction,
+        OfferLotAuction,
+        WithdrawLotAuction,
+    )
+    from tests.settlement_support import PIGLETS, T0
+    from tests.test_lot_auction import CLOSE, STEPS
+
+    def unknown() -> tuple[Exchange, Command]:
+        x, _ = _auction()
+        return x, BidLotAuction(BUYER, 0, 99, 80_000)
+
+    def invalid() -> tuple[Exchange, Command]:
+        x = world()
+        lot_id = x.lot(FARMER, 10, 20_000, PIGLETS)
+        return x, OfferLotAuction(FARMER, 0, lot_id, 80_000, 70_000, STEPS, T0, CLOSE)
+
+    def not_open() -> tuple[Exchange, Command]:
+        x, auction_id = _auction(opens_at_ns=CLOSE - 1)
+        return x, BidLotAuction(BUYER, 0, auction_id, 80_000)
+
+    def too_low() -> tuple[Exchange, Command]:
+        x, auction_id = _auction()
+        return x, BidLotAuction(BUYER, 0, auction_id, 60_000)
+
+    def has_bids() -> tuple[Exchange, Command]:
+        x, auction_id = _auction()
+        x.ok(BidLotAuction(BUYER, 0, auction_id, 80_000))
+        return x, WithdrawLotAuction(FARMER, 0, auction_id)
+
+    def no_buy_now() -> tuple[Exchange, Command]:
+        x, auction_id = _auction()
+        return x, BuyNowLotAuction(BUYER, 0, auction_id)
+
+    def not_negotiating() -> tuple[Exchange, Command]:
+        x, auction_id = _auction()
+        return x, NegotiateLotAuction(FARMER, 0, auction_id, 80_000)
+
+    def no_offer() -> tuple[Exchange, Command]:
+        x, auction_id = _passed_in()
+        return x, NegotiateLotAuction(FARMER, 0, auction_id, accept=True)
+
+    return {
+        R.UNKNOWN_AUCTION: unknown, R.INVALID_AUCTION: invalid, R.AUCTION_NOT_OPEN: not_open,
+        R.BID_TOO_LOW: too_low, R.AUCTION_HAS_BIDS: has_bids, R.BUY_NOW_UNAVAILABLE: no_buy_now,
+        R.NOT_NEGOTIATING: not_negotiating, R.NO_OFFER_TO_ACCEPT: no_offer,
+    }
+
+
+CASES.update(_auction_cases())
+
 @pytest.mark.parametrize("reason", SETTLEMENT_REASONS, ids=lambda r: r.name)
 def test_every_settlement_reject_reason_is_produced_and_changes_nothing(reason: RejectReason) -> None:
     x, command = CASES[reason]()  # a new settlement reason without a case fails here

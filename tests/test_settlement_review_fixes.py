@@ -58,7 +58,7 @@ from gateway.client import Reply
 from gateway.config import GatewayConfig
 from gateway.exchange_port import EXCHANGE
 from gateway.settlement import MAX_CSV_CHARS, DepositImportRequest, parse_deposits_csv
-from gateway.testing import Exchange, running_exchange
+from gateway.testing import LOT_CERT, Exchange, running_exchange
 from tests.factories import list_instrument, order
 from tests.settlement_support import (
     BUYER,
@@ -273,7 +273,7 @@ async def _pending_payout(ex: Exchange) -> int:
     trade_id = _ok(await buyer.post("/v1/orders", json={"client_order_id": "b1", "side": "buy", **order_body}),
                    201)["fills"][0]["trade_id"]
     _ok(await farmer.post(f"/v1/trades/{trade_id}/weigh-in", json={
-        "heads_delivered": 10, "total_weight_g": 1_100_000, "quarantine_cert": "Q1", "quarantine_checked": True}))
+        "heads_delivered": 10, "total_weight_g": 1_100_000, "quarantine_cert": LOT_CERT, "quarantine_checked": True}))
     for _ in range(200):
         if _ok(await farmer.get(f"/v1/trades/{trade_id}/settlement"))["state"] == "SETTLED":
             break
@@ -429,7 +429,7 @@ async def test_trade_views_over_http_show_each_viewer_only_its_own_side(ex: Exch
     loan_id = _ok(await fin_b.post("/v1/advances", json={"trade_id": trade_id, "amount_fen": 500_000,
                                                          "rate_bps": 600}), 201)["loans"][0]["loan_id"]
     _ok(await farmer.post(f"/v1/trades/{trade_id}/weigh-in", json={
-        "heads_delivered": 5, "total_weight_g": 560_000, "quarantine_cert": "Q1", "quarantine_checked": True}))
+        "heads_delivered": 5, "total_weight_g": 560_000, "quarantine_cert": LOT_CERT, "quarantine_checked": True}))
     for _ in range(200):
         if _ok(await op.get(f"/v1/trades/{trade_id}/settlement"))["state"] == "SETTLED":
             break

@@ -495,6 +495,44 @@ class Clearing:
             return None
         return R.INSUFFICIENT_FUNDS
 
+    # Lot auctions (exchange/matching/lot_auction.py): a bidder's maximum is held exactly like a buy's
+    # limit, under a hold id the core allocates from the order ids; the winning bid's ``Trade`` names
+    # it as ``buy_order_id``, so ``_on_trade`` turns it into the obligation as for a book fill.
+
+    def check_bid(
+        self, participant_id: int, spec: InstrumentSpec, price_fen: int, heads: int, hold_id: int
+    ) -> R | None:
+        """Why ``heads`` at ``price_fen`` cannot be held for this bidder, or None: ``check_buy``'s rule,
+        counting what the bidder's current hold ``hold_id`` (which the new one replaces) frees."""
+        who = self.participants.get(participant_id)
+        if who is None:
+            return R.UNKNOWN_PARTICIPANT
+        if who.role not in TRADING_ROLES:
+            return R.NOT_AUTHORIZED
+        need = heads * rules.hold_per_head_fen(spec, price_fen)
+        old = self.holds.get(hold_id)
+        if (
+            old is not None
+            and (not old.financier_id or self.has_consented(participant_id, old.financier_id))
+            and need <= old.per_head_fen * old.remaining_heads + self.ledger.available_fen(old.source_account_id)
+        ):
+            return None
+        return None if self._hold_source(participant_id, need) is not None else R.INSUFFICIENT_FUNDS
+
+    def hold_bid(
+        self, hold_id: int, participant_id: int, spec: InstrumentSpec, price_fen: int, heads: int, ts_ns: int
+    ) -> None:
+        """(Re)place the bidder's hold at ``price_fen`` (``check_bid`` passed in the same command)."""
+        self.release_bid(hold_id, ts_ns)
+        self._place_hold(hold_id, participant_id, spec, price_fen, heads, ts_ns, spec.symbol)
+
+    def release_bid(self, hold_id: int, ts_ns: int) -> None:
+        """Void a bidder's hold (outbid, passed in, withdrawn); nothing if it holds nothing."""
+        hold = self.holds.pop(hold_id, None)
+        if hold is not None:
+            self._commit_one(_TRANSFER(self._next_tid(), _ZERO, _ZERO, _ZERO, _TC_RELEASE, _ZERO, _VOID,
+                                       hold.pending_id), ts_ns)
+
     def on_events(self, events: list, ts_ns: Boxed) -> None:
         """Follow one command's events; appends the clearing's own events to ``events``. The core calls
         this exactly once at the end of every command: it also closes the command's ledger rows."""
