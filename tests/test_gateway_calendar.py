@@ -108,3 +108,29 @@ async def test_operators_set_and_remove_non_trading_days(ex: Exchange) -> None:
     farmer = await ex.register(Role.FARMER)
     assert (await farmer.get("/v1/admin/calendar")).status == 403
     assert (await farmer.post("/v1/admin/calendar", json={"date": later.isoformat()})).status == 403
+
+
+async def test_the_openapi_document_describes_the_calendar_routes_and_the_index_tables_fill(ex: Exchange) -> None:
+    from exchange import priceindex
+    from gateway.exchange_port import EXCHANGE
+    from gateway.priceindex import PROJECTOR
+    from gateway.state import POOL
+
+    paths = (await ex.client().get("/v1/openapi.json")).json()["paths"]
+    assert {"get", "post"} <= set(paths["/v1/admin/calendar"]) and "delete" in paths["/v1/admin/calendar/{date}"]
+    assert "invalid_calendar_day" in paths["/v1/admin/calendar"]["post"]["description"]
+    # the price index projection runs in the app: a trade reaches its PostgreSQL tables
+    await ex.list_instrument("T-IDX-PG")
+    farmer, buyer = await ex.register(Role.FARMER), await ex.register(Role.BUYER)
+    lot_id = await ex.register_lot(farmer, "T-IDX-PG", heads=10, avg_weight_g=110_000)
+    sell = {"client_order_id": "s-idx", "instrument": "T-IDX-PG", "side": "sell", "price_fen": 2830,
+            "quantity_heads": 4, "lot_id": lot_id}
+    assert (await farmer.post("/v1/orders", json=sell)).status == 201
+    buy = {"client_order_id": "b-idx", "instrument": "T-IDX-PG", "side": "buy", "price_fen": 2830, "quantity_heads": 4}
+    assert (await buyer.post("/v1/orders", json=buy)).json()["status"] == "FILLED"
+    await ex.app[PROJECTOR].wait_for(ex.app[EXCHANGE].sequencer.committed_seq, timeout_s=20)
+    today = _cst_today()
+    rows = await priceindex.index_on(ex.app[POOL], today.year * 10_000 + today.month * 100 + today.day)
+    # 4 heads at 2830 fen/kg of 110 kg: 1,245,200 fen; the series' first day, so its base: 1000.00
+    assert [(r.region, r.trades, r.heads, r.value_fen, r.average_price_fen, r.index_x100) for r in rows] == [
+        ("Rongchang, Chongqing", 1, 4, 1_245_200, 2830, 100_000)]
