@@ -160,7 +160,8 @@ class ReportHistory:
             await self._task
         self._task = None
         if self._pending or self._fed_seq > self._watermark_seq:
-            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                                     asyncpg.InternalClientError):
                 conn = await asyncpg.connect(self.dsn)
                 try:
                     await self._write(conn)
@@ -192,7 +193,8 @@ class ReportHistory:
             delay_s = 0.05
             try:
                 await self._follow(conn)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+                # InternalClientError: asyncpg's protocol state after the backend was terminated mid-query
                 _log.warning("settlement history lost its connection (%s); reconnecting", exc)
             finally:
                 conn.terminate()

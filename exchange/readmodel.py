@@ -391,7 +391,8 @@ class Projector:
             delay_s = 0.05
             try:
                 await self._follow(conn)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+                # InternalClientError: asyncpg's protocol state after the backend was terminated mid-query
                 _log.warning("projector lost its connection (%s); reconnecting", exc)
             finally:
                 conn.terminate()

@@ -929,6 +929,11 @@ class Sequencer:
     def _wake_on_commit(self, _: asyncio.Task[None]) -> None:
         self._wake()
 
+    @property
+    def last_ts_ns(self) -> int:
+        """The time stamped on the last command (recovered from the journal at start)."""
+        return self._last_ts_ns
+
     def _new_batch(self) -> _Batch:
         return _Batch(self._next_seq)
 

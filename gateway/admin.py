@@ -13,13 +13,13 @@ participant exists: issue it a new key); another profile under the reference is 
 from __future__ import annotations
 
 import secrets
-import time
 from typing import Annotated, Final
 
 import msgspec
 
 from gateway import participants, store
 from gateway.auth import OPERATORS, KeyRecord, Role
+from gateway.clock import exchange_now_ns
 from gateway.errors import ApiError, Code
 from gateway.exchange_port import EXCHANGE
 from gateway.routes import Call, RouteTable
@@ -83,7 +83,7 @@ async def register_participant(call: Call, body: RegisterParticipant) -> store.I
     await participants.register(call.app[EXCHANGE], call.principal.participant_id, participant_id, profile,
                                 registration_ref=ref, api_key=api_key, api_secret=api_secret)
     done = clearing_of(call).registrations[ref]  # durable: the command answered after it is
-    if time.time_ns() - done.ts_ns > REGISTRATION_REPLAY_S * 1_000_000_000:
+    if exchange_now_ns(call.app) - done.ts_ns > REGISTRATION_REPLAY_S * 1_000_000_000:  # exchange time, as ts_ns
         raise ApiError(409, "registration_expired", f"registration {ref} made participant {done.participant_id} "
                        f"more than 24 h ago: its key is not shown again (issue a new key)")
     secret = api_secret if done.api_key == api_key else await store.load_secret(call.pool, done.api_key)

@@ -13,6 +13,8 @@ Start-up and tear-down are paired in `cleanup_ctx`, run in order on start and in
 Shutdown (`on_shutdown`, which aiohttp runs before waiting for in-flight handlers): stop being ready,
 stop taking commands (503 `not_ready`), refuse new WebSockets and close open ones with 1001
 GOING_AWAY, so the wait for in-flight handlers is short; then the cleanup contexts unwind in reverse.
+`hogx serve` runs the same steps first when SIGTERM arrives and keeps the listener open for
+`HOGX_DRAIN_S` answering every request 503 `not_ready` (`gateway.server`), before aiohttp's shutdown.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from exchange.store import create_pool
 from gateway import (
     admin,
     auctions,
+    clock,
     demo,
     exchange_port,
+    index,
     lots,
     market,
     operator,
@@ -62,7 +66,7 @@ API_VERSION = "0.1.0"
 # Every installed route table; a new handler module adds its `routes` here.
 ROUTE_TABLES: tuple[RouteTable, ...] = (system.routes, admin.routes, orders.routes, lots.routes, market.routes,
                                          operator.routes, participants.routes, settlement.routes, people.routes,
-                                         auctions.routes)
+                                         auctions.routes, index.routes)
 
 
 def create_app(
@@ -101,9 +105,12 @@ def create_app(
     orders.wire(hub)
     market.wire(app, hub)
     auctions.wire(app, hub)
+    index.wire(app, hub)
     app[AUTH], app[LIMITER], app[HUB] = auth, limiter, hub
     app[SESSIONS] = SessionAuth(session_policy or SessionPolicy())
 
+    if config.clock == "simulated":
+        extra_routes = (*extra_routes, clock.routes)  # the route exists only with the simulated clock
     routes = [route for table in (*ROUTE_TABLES, *extra_routes) for route in table]
     install(app, routes, auth, limiter, metrics)
     app.router.add_get("/v1/ws", hub.handle, name="websocket")
@@ -140,10 +147,14 @@ async def _exchange(app: web.Application) -> AsyncIterator[None]:
     shard = await exchange_port.attach(config.database_url, config)
     port = exchange_port.ExchangePort(shard, app[METRICS], app[READINESS])
     app[exchange_port.EXCHANGE] = port
+    if shard.clock is not None:
+        shard.clock.advance_to(max(shard.clock(), shard.sequencer.last_ts_ns))  # never behind the journal
+        app[clock.CLOCK] = shard.clock
     try:
         orders.attach(app, port, app[HUB], app[METRICS])
         market.attach(port, app[HUB])
         auctions.attach(app, port, app[HUB])
+        index.attach(app, port, app[HUB])
         # Participants the core does not know yet (the bootstrap operator, registrations cut short by a
         # crash) are registered before anyone can trade.
         await participants.sync_from_database(app[POOL], port)

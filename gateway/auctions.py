@@ -24,7 +24,6 @@ Error codes (beyond the gateway's own): `unknown_auction` 404, `invalid_auction`
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Final, Literal
 
 import msgspec
@@ -41,6 +40,7 @@ from exchange.commands import (
 from exchange.domain import AuctionState, LotAuction, OfferSide, RejectReason
 from exchange.events import LotAuctionChanged, Rejected
 from gateway.auth import ANY_ROLE, OPERATORS, SELLERS, Principal, Role, roles
+from gateway.clock import exchange_now_ns as now_ns
 from gateway.errors import ApiError
 from gateway.exchange_port import EXCHANGE, ExchangePort
 from gateway.readmodel import BatchDigest, ReadModel
@@ -148,15 +148,6 @@ class AuctionMessage(msgspec.Struct, frozen=True, tag="auction", tag_field="type
 class AuctionsMessage(msgspec.Struct, frozen=True, tag="auctions", tag_field="type"):
     channel: str
     auctions: list[AuctionView]
-
-
-def now_ns(app: web.Application) -> int:
-    """The exchange's time as the gateway sees it: the simulated clock's when there is one."""
-    clock = app.get(SIM_CLOCK_KEY)
-    return clock() if clock is not None else time.time_ns()
-
-
-SIM_CLOCK_KEY: Final = web.AppKey("hogx_sim_clock", object)
 
 
 def auction_view(read_model: ReadModel, a: LotAuction, principal: Principal | None, now: int) -> AuctionView:

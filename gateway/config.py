@@ -36,6 +36,8 @@ HOGX_SEQUENCER_QUEUE_SIZE      commands the sequencer queues before answering 50
 HOGX_SEQUENCER_MAX_BATCH       most commands journaled in one commit                       1000
 HOGX_SNAPSHOT_EVERY            commands between core snapshots                             100000
 HOGX_CLOCK_TICK_S              exchange clock tick (expires GTD orders); 0 turns it off    1
+HOGX_CLOCK                     `wall`, or `simulated` for tests and demos (gateway/clock.py)  wall
+HOGX_CLOCK_START_MS            where a simulated clock starts; 0: the wall clock at start  0
 HOGX_TRADE_HISTORY             public trades kept per instrument for GET .../trades        10000
 HOGX_CANDLE_HISTORY            candles kept per instrument and interval                    1000
 HOGX_PROJECT_READ_MODELS       keep the PostgreSQL `orders`/`trades` tables up to date     false
@@ -104,6 +106,8 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
     sequencer_max_batch: int = 1_000  # the sequencer's measured default
     snapshot_every: int = 100_000
     clock_tick_s: float = 1.0
+    clock: str = "wall"  # or "simulated": tests and demos move it with POST /v1/admin/clock
+    clock_start_ms: int = 0  # a simulated clock's start; 0: the wall clock at start
     trade_history: int = 10_000
     candle_history: int = 1_000
     # Off by default: the API answers from the in-memory read model; the PostgreSQL projection serves
@@ -133,6 +137,10 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError("drain_s must be 0 or positive")
         if self.clock_tick_s < 0:
             raise ConfigError("clock_tick_s must be 0 (off) or positive")
+        if self.clock not in ("wall", "simulated"):
+            raise ConfigError("HOGX_CLOCK must be wall or simulated")
+        if not 0 <= self.clock_start_ms <= 9_000_000_000_000:
+            raise ConfigError("HOGX_CLOCK_START_MS must be milliseconds since the epoch")
         if self.rate_limit_per_s <= 0:
             raise ConfigError("rate_limit_per_s must be positive")
         if not 0 <= self.db_pool_min <= self.db_pool_max:
@@ -190,6 +198,8 @@ _ENV_VARS: dict[str, str] = {
     "sequencer_max_batch": "HOGX_SEQUENCER_MAX_BATCH",
     "snapshot_every": "HOGX_SNAPSHOT_EVERY",
     "clock_tick_s": "HOGX_CLOCK_TICK_S",
+    "clock": "HOGX_CLOCK",
+    "clock_start_ms": "HOGX_CLOCK_START_MS",
     "trade_history": "HOGX_TRADE_HISTORY",
     "candle_history": "HOGX_CANDLE_HISTORY",
     "project_read_models": "HOGX_PROJECT_READ_MODELS",

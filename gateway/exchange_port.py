@@ -64,6 +64,7 @@ from exchange.sequencer import (
     decode_events,
 )
 from exchange.settlement import Clearing
+from gateway.clock import SimulatedClock
 from gateway.config import GatewayConfig
 from gateway.errors import ApiError, Code
 from gateway.metrics import Metrics
@@ -125,6 +126,10 @@ class Shard:
         # The clearing's ledger rows commit in the same transaction as their journal batch.
         # So do the participant and key rows of a registration (the writer's subclass in gateway.store).
         self.ledger_writer = RegistrationWriter()
+        # HOGX_CLOCK=simulated: the sequencer stamps with a clock that moves only on request (gateway/clock.py)
+        self.clock: SimulatedClock | None = None
+        if config.clock == "simulated":
+            self.clock = SimulatedClock((config.clock_start_ms or time.time_ns() // 1_000_000) * 1_000_000)
         self.sequencer = Sequencer(
             dsn,
             core_type=self._core_type,
@@ -133,6 +138,7 @@ class Shard:
             snapshot_every=config.snapshot_every,
             tick_interval_s=config.clock_tick_s or None,
             extra_writes=self.ledger_writer,
+            clock_ns=self.clock or time.time_ns,
         )
         self.ledger_writer.attach(self.sequencer)
         self.listeners: list[Listener] = []

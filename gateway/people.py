@@ -13,8 +13,9 @@ Rules:
 - Sign-in (`POST /v1/sessions`) is limited per address and per phone number (token buckets), and
   `max_failures` (5) wrong passwords in a row lock the person until an operator unlocks them
   (`POST /v1/admin/people/{id}/unlock`); a locked person is refused even with the right password.
-  The answer for an unknown phone and a wrong password is the same (`bad_credentials`), after the
-  same scrypt work.
+  A wrong password, an unknown phone and a locked person's wrong password all get the same answer
+  (401 `bad_credentials`) after the same scrypt work; only the right password of a locked person
+  gets 423 `locked`, so the answers tell a stranger nothing about which phone numbers exist.
 - A session is an opaque random id in the `hogx_session` cookie (HttpOnly, SameSite=Strict, Path=/,
   Secure when served over TLS), stored hashed, with an idle expiry (`idle_s`, 30 min) and an absolute
   one (`absolute_s`, 12 h); sign-out (`DELETE /v1/session`) and an operator revoking the person
@@ -189,14 +190,15 @@ async def sign_in(call: Call, body: SignIn) -> web.Response:
     found = await db.person_by_phone(call.pool, body.phone)
     person, salt, expected = found if found is not None else (None, None, None)
     ok = await db.password_matches(body.password, salt, expected)
-    if person is None or person.revoked:
+    if person is not None and not person.revoked and not person.locked:
+        locked_now = await db.record_signin(call.pool, person.person_id, ok, sessions.policy.max_failures)
+        person = msgspec.structs.replace(person, locked=locked_now)
+    if not ok or person is None or person.revoked:
+        # One answer for an unknown phone, a wrong password and a locked person who got it wrong, after
+        # the same scrypt work: a stranger learns nothing about which phone numbers sign in here.
         raise ApiError(401, "bad_credentials", "wrong phone number or password")
-    if person.locked:
+    if person.locked:  # only someone who knows the password learns that the person is locked
         raise ApiError(423, "locked", "too many wrong passwords: ask the market's operator to unlock you")
-    if await db.record_signin(call.pool, person.person_id, ok, sessions.policy.max_failures):
-        raise ApiError(423, "locked", "too many wrong passwords: ask the market's operator to unlock you")
-    if not ok:
-        raise ApiError(401, "bad_credentials", "wrong phone number or password")
     session_id, csrf = await db.create_session(call.pool, person.person_id, sessions.policy.absolute_s)
     view = SessionView(person.person_id, person.participant_id, person.role, person.display_name, csrf,
                        int(time.time() * 1000) + sessions.policy.absolute_s * 1000)

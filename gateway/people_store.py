@@ -139,12 +139,14 @@ async def accept_invitation(pool: asyncpg.Pool, token: str, phone: str, display_
             raise InvitationError("invitation_used")
         if invitation["expired"]:
             raise InvitationError("invitation_expired")
-        if await conn.fetchval("SELECT 1 FROM people WHERE phone = $1", phone):
-            raise InvitationError("phone_taken")
+        # ON CONFLICT, not a look first: two invitations accepted at once with one phone must not race
+        # into a unique violation (a 500).
         person_id = await conn.fetchval(
             "INSERT INTO people (participant_id, phone, display_name, password_salt, password_hash)"
-            " VALUES ($1, $2, $3, $4, $5) RETURNING person_id",
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (phone) DO NOTHING RETURNING person_id",
             invitation["participant_id"], phone, display_name, salt, password_hash)
+        if person_id is None:
+            raise InvitationError("phone_taken")
         await conn.execute("UPDATE invitations SET used_by = $1 WHERE token_hash = $2",
                            person_id, secret_hash(token))
         row = await conn.fetchrow(f"SELECT {_PERSON_COLUMNS} FROM people p JOIN participants t"

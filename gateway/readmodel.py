@@ -46,6 +46,7 @@ from exchange.events import (
     Trade,
     TradingStateChanged,
 )
+from gateway.index import PriceIndex, SeriesKey
 from gateway.schemas import (
     CANDLE_INTERVAL_MS,
     ORDER_TYPE_NAME,
@@ -168,13 +169,14 @@ class InstrumentDelta:
 class BatchDigest:
     """The publishers' view of one batch."""
 
-    __slots__ = ("auctions", "first_seq", "instruments", "last_seq", "reports", "wants")
+    __slots__ = ("auctions", "first_seq", "index", "instruments", "last_seq", "reports", "wants")
 
     def __init__(self, wants: Callable[[int], bool] | None) -> None:
         self.first_seq = 0
         self.last_seq = 0
         self.instruments: dict[str, InstrumentDelta] = {}
         self.auctions: list[LotAuctionChanged] = []  # lot auction changes, in order
+        self.index: set[tuple[int, SeriesKey]] = set()  # (day, series) of the price index its trades moved
         self.reports: list[tuple[int, ExecutionReport]] = []  # (participant_id, report)
         self.wants = wants
 
@@ -319,6 +321,7 @@ class ReadModel:
         self.trade_count = 0
         self.traded_heads = 0
         self.auctions: dict[int, LotAuction] = {}  # every lot auction as it is now (gateway/auctions.py)
+        self.index = PriceIndex()  # the daily live-hog price index (gateway/index.py)
         self._handlers: dict[type, Callable[..., None]] = {
             LotAuctionChanged: self._on_lot_auction,
             OrderAccepted: self._on_accepted,
@@ -439,6 +442,9 @@ class ReadModel:
             record.series = [self._series(event.instrument, interval) for interval in CandleInterval]
         for series in record.series:
             series.add(time_ms, event.price_fen, event.quantity_heads)
+        lot = self.lots.get(event.lot_id)
+        digest.index.add(self.index.add(record.spec, event.ts_ns, event.price_fen, event.quantity_heads,
+                                        0 if lot is None else lot.lot.avg_weight_g))
         self.trade_count += 1
         self.traded_heads += event.quantity_heads
 

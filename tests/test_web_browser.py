@@ -111,6 +111,7 @@ async def screenshots(browser: Browser, name: str) -> None:
     """The page at phone and desktop size, checked for sideways scrolling and labels on the way."""
     await no_sideways_scroll(browser)
     await every_field_labelled(browser)
+    await browser.run("window.scrollTo(0, 0)")
     await browser.screenshot(ARTIFACTS / f"{name}-phone.png")
     await browser.resize(phone=False)
     await browser.screenshot(ARTIFACTS / f"{name}-desktop.png")
@@ -130,7 +131,7 @@ async def test_people_trade_weigh_in_and_get_paid_through_the_pages(ex: Exchange
         await submit(op, "#verify-bank-form", {"participant_id": str(farmer_id), "bank_account": "6222020000001234"})
         await done(op, "#verify-bank-form")
         await op.select("#deposit-form select[name=account]", "trading_cash")
-        await submit(op, "#deposit-form", {"owner_id": str(buyer_id), "amount": "100000.00"})
+        await submit(op, "#deposit-form", {"owner_id": str(buyer_id), "amount": "200000.00"})
         await done(op, "#deposit-form")
         await screenshots(op, "operator")
 
@@ -153,6 +154,24 @@ async def test_people_trade_weigh_in_and_get_paid_through_the_pages(ex: Exchange
         await buyer.element('#orders [data-order-status="FILLED"]')  # without a reload
         await visitor.wait_text("#last-price", "28.00")  # the market page, live
         await visitor.wait_text("#trades", "28.00")
+
+        # A lot by auction: the farmer offers it on its page, the buyer's page shows it live and takes a bid.
+        await submit(farmer, "#lot-form", {"heads": "10", "avg_weight": "112", "origin": "荣昌区 安富街道",
+                                           "quarantine_cert": "渝动检 5001530001"})
+        await farmer.wait_text("#auction-lot", "10")
+        await farmer.select("#auction-lot", await farmer.run("return document.querySelector('#auction-lot').value"))
+        await submit(farmer, "#auction-form", {"start": "28.00", "reserve": "28.50"})
+        await done(farmer, "#auction-form")
+        await farmer.wait_text("#my-auctions", "open")
+        bid_form = await eventually(lambda: buyer.run(
+            "const f = document.querySelector('form[id^=bid-auction-]'); return f && f.id"), 20,
+            "no auction on the buyer's page")
+        await submit(buyer, f"#{bid_form}", {"max_price": "29.00"})
+        # The page redraws live: the buyer's own paddle and maximum, the leader shown by paddle only.
+        mine = await buyer.wait_text("#auctions [data-auction]", "29.00")
+        paddle = re.search(r"#(\d+)", mine)
+        assert paddle, mine
+        await buyer.wait_text("#auctions table", f"1 · #{paddle.group(1)}")
         await screenshots(buyer, "buyer")
         await screenshots(visitor, "market")
 
@@ -194,7 +213,7 @@ async def test_people_trade_weigh_in_and_get_paid_through_the_pages(ex: Exchange
                                                         "side": "buy", "quantity_heads": 1, "price_fen": 2800}) == 403
         # A locked-out phone number stays locked, even with the right password.
         wrong = {"phone": "13700000003", "password": "not-the-password"}
-        assert [await visitor.fetch("POST", "/v1/sessions", wrong) for _ in range(5)] == [401] * 4 + [423]
+        assert [await visitor.fetch("POST", "/v1/sessions", wrong) for _ in range(5)] == [401] * 5
         await visitor.open(ex.url + "/#/signin")
         await submit(visitor, "#signin-form", {"phone": "13700000003", "password": PASSWORD})
         await visitor.wait_text("#signin-form p.error", "账号已锁定")

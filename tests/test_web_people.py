@@ -22,8 +22,8 @@ PASSWORD = "pig-market-2026"
 @pytest_asyncio.fixture(scope="module")
 async def ex(_test_databases: Any) -> AsyncIterator[Exchange]:
     dsn = await _test_databases.create(migrated=True)
-    # Short idle expiry and small sign-in buckets, so the tests can reach them.
-    policy = SessionPolicy(idle_s=2, signin_per_address_per_s=50.0, signin_per_address_burst=200,
+    # Small per-phone sign-in buckets, so the tests can reach them (the idle expiry has its own exchange).
+    policy = SessionPolicy(signin_per_address_per_s=50.0, signin_per_address_burst=200,
                            signin_per_phone_per_s=0.01, signin_per_phone_burst=8, cache_ttl_s=0.0)
     try:
         async with running_exchange(dsn, session_policy=policy) as exchange:
@@ -169,8 +169,8 @@ async def test_wrong_passwords_lock_the_person_until_an_operator_unlocks(ex: Exc
     browser = Browser(ex.url)
     try:
         codes = [(await browser.sign_in("13800000005", "not-the-password"))[1]["code"] for _ in range(5)]
-        assert codes == ["bad_credentials"] * 4 + ["locked"]
-        status, body = await browser.sign_in("13800000005")  # the right password: still locked
+        assert codes == ["bad_credentials"] * 5  # the same answer as for a phone that does not exist
+        status, body = await browser.sign_in("13800000005")  # the right password: still locked, and told so
         assert (status, body["code"]) == (423, "locked")
         people = (await ex.operator.get(f"/v1/admin/participants/{participant_id}/people")).json()
         assert [(p["phone"], p["locked"]) for p in people] == [("13800000005", True)]
@@ -227,15 +227,34 @@ async def test_revoking_a_person_ends_their_session_at_once(ex: Exchange) -> Non
         await farmer.close()
 
 
-async def test_an_idle_session_expires(ex: Exchange) -> None:
-    _, buyer = await person(ex, Role.BUYER, "13800000009")
+async def test_an_idle_session_expires(fresh_database_url: Any) -> None:
+    dsn = await fresh_database_url()
+    async with running_exchange(dsn, session_policy=SessionPolicy(idle_s=2, cache_ttl_s=0.0)) as idle_ex:
+        _, buyer = await person(idle_ex, Role.BUYER, "13800000009")
+        try:
+            assert (await buyer.request("GET", "/v1/balances"))[0] == 200
+            await asyncio.sleep(1.0)
+            assert (await buyer.request("GET", "/v1/balances"))[0] == 200  # a request keeps it alive
+            await asyncio.sleep(2.5)  # idle for longer than this exchange's 2 s
+            status, body = await buyer.request("GET", "/v1/balances")
+            assert (status, body["code"]) == (401, "session_expired")
+        finally:
+            await buyer.close()
+
+
+async def test_two_invitations_accepted_at_once_with_one_phone_make_one_person(ex: Exchange) -> None:
+    trader = await ex.register(Role.COOPERATIVE, "race coop")
+    tokens = [await invite(ex, trader.participant_id) for _ in range(2)]
+    browser = Browser(ex.url)
     try:
-        assert (await buyer.request("GET", "/v1/balances"))[0] == 200
-        await asyncio.sleep(2.5)  # the fixture's idle expiry is 2 s
-        status, body = await buyer.request("GET", "/v1/balances")
-        assert (status, body["code"]) == (401, "session_expired")
+        replies = await asyncio.gather(*(browser.request("POST", "/v1/invitations/accept", {
+            "token": token, "phone": "13800000010", "display_name": "clerk", "password": PASSWORD})
+            for token in tokens))
+        assert sorted(status for status, _ in replies) == [201, 409]
+        people = (await ex.operator.get(f"/v1/admin/participants/{trader.participant_id}/people")).json()
+        assert [p["phone"] for p in people] == ["13800000010"]
     finally:
-        await buyer.close()
+        await browser.close()
 
 
 async def test_the_page_is_served_with_a_strict_content_security_policy(ex: Exchange) -> None:

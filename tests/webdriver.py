@@ -95,7 +95,12 @@ class Browser:
             element = await self.find(css)
             if element is None:
                 return None
-            text = str(await self._cmd("GET", f"/element/{element}/text"))
+            try:
+                text = str(await self._cmd("GET", f"/element/{element}/text"))
+            except WebDriverError as exc:  # redrawn live between finding and reading it: look again
+                if "stale element" in str(exc):
+                    return None
+                raise
             return text if want in text else None
 
         return await eventually(check, timeout_s, f"{css!r} never showed {want!r}")

@@ -2,6 +2,7 @@
 import { call, get, post } from "../api.js";
 import { t } from "../i18n.js";
 import { form, h } from "../ui.js";
+import { auctionsSection } from "./auctions.js";
 import { balancesSection, card, loansSection, ordersSection, statementSection, tradeForm, tradesSection } from "./common.js";
 import { follow } from "./farmer.js";
 
@@ -52,7 +53,8 @@ export async function render() {
     }
     return dispute;
   }, "deliveries");
-  const parts = [card(t("bid.title"), bidForm), orders, card(t("amend.submit"), amendForm), balances, trades,
+  const parts = [card(t("bid.title"), bidForm), orders, auctionsSection({ canBid: true }),
+    card(t("amend.submit"), amendForm), balances, trades,
     loansSection(), statementSection()];
   const root = h("div", {}, h("h1", {}, t("buyer.title")), h("div", { class: "grid" }, parts));
   await Promise.all(parts.filter((p) => p.reload).map((p) => p.reload()));

@@ -3,6 +3,7 @@ import { Feed, get, post } from "../api.js";
 import { heads, kg } from "../format.js";
 import { t } from "../i18n.js";
 import { form, h, table } from "../ui.js";
+import { auctionsSection, offerForm } from "./auctions.js";
 import { balancesSection, card, loansSection, ordersSection, payoutsSection, section, tradeForm, tradesSection } from "./common.js";
 
 export async function render(ctx) {
@@ -11,9 +12,11 @@ export async function render(ctx) {
   const orders = ordersSection();
   const lots = section(t("farmer.lots"), async () => {
     const list = await get("/v1/lots");
-    sellLots.replaceChildren(...list.filter((l) => l.available_heads > 0).map((l) =>
-      h("option", { value: String(l.lot_id), "data-instrument": l.instrument },
-        `${l.lot_id} · ${l.instrument} · ${heads(l.available_heads, t)}`)));
+    for (const select of [sellLots, auctionLots]) {
+      select.replaceChildren(...list.filter((l) => l.available_heads > 0).map((l) =>
+        h("option", { value: String(l.lot_id), "data-instrument": l.instrument },
+          `${l.lot_id} · ${l.instrument} · ${heads(l.available_heads, t)}`)));
+    }
     return table([
       { label: t("lot.id"), value: (l) => l.lot_id },
       { label: t("lot.instrument"), value: (l) => l.instrument },
@@ -38,6 +41,9 @@ export async function render(ctx) {
     done: () => lots.reload(),
   });
   const sellLots = h("select", { id: "sell-lot", name: "lot_id" });
+  const auctionLots = h("select", { id: "auction-lot", name: "lot_id" });
+  const myAuctions = auctionsSection({ mine: true });
+  const offer = offerForm(auctionLots, async () => { await lots.reload(); await myAuctions.reload(); });
   const sellForm = form({
     id: "sell-form",
     fields: [
@@ -66,7 +72,8 @@ export async function render(ctx) {
     action: (body) => post(`/v1/trades/${trade.trade_id}/weigh-in`, body),
     done: () => reload(),
   }), "deliveries");
-  const parts = [card(t("farmer.new_lot"), lotForm), lots, card(t("sell.title"), sellForm), orders, trades,
+  const parts = [card(t("farmer.new_lot"), lotForm), lots, card(t("sell.title"), sellForm), orders,
+    card(t("auction.offer"), offer), myAuctions, trades,
     balancesSection(), payoutsSection(), loansSection()];
   if (ctx.session.role === "cooperative") parts.push(section(t("coop.members"), async () => {
     const profile = await get("/v1/profile");

@@ -6,6 +6,7 @@ import { candles, depth, line } from "../charts.js";
 import { cst, price, yuan } from "../format.js";
 import { t } from "../i18n.js";
 import { card, h, table } from "../ui.js";
+import { auctionsSection } from "./auctions.js";
 
 let feed = null;
 let selected = null;
@@ -102,27 +103,13 @@ async function show(body, instrument) {
   });
 }
 
-// Lot auctions appear once the exchange has them (GET /v1/auctions); without them, nothing is shown.
+// Open lot auctions, for a signed-in person (the auction routes need one); a visitor sees none.
 async function auctionCard() {
-  let list;
+  const box = auctionsSection();
   try {
-    list = await get("/v1/auctions?status=open");
+    await box.reload();
+    return box.querySelector(".error") ? null : box;
   } catch {
     return null;
   }
-  const rows = Array.isArray(list) ? list : list.auctions || [];
-  const box = card(t("market.auctions"), table([
-    { label: t("common.id"), value: (a) => a.auction_id },
-    { label: t("market.price"), value: (a) => yuan(a.current_price_fen ?? a.start_price_fen ?? 0), num: true },
-    { label: t("common.time"), value: (a) => h("span", { class: "countdown", "data-close": a.closes_at_ms ?? "" }, "") },
-  ], rows));
-  const tick = () => {
-    for (const el of box.querySelectorAll(".countdown")) {
-      const left = Math.max(0, Number(el.dataset.close || 0) - Date.now());
-      el.textContent = `${Math.floor(left / 60000)}:${String(Math.floor(left / 1000) % 60).padStart(2, "0")}`;
-    }
-  };
-  tick();
-  const timer = setInterval(() => (box.isConnected ? tick() : clearInterval(timer)), 1000);
-  return box;
 }
