@@ -92,7 +92,12 @@ class SetReferencePrice(_Command, frozen=True):
 
 
 class ClockTick(_Command, frozen=True):
-    """Moves exchange time: GTD orders whose expiry has passed expire."""
+    """Moves exchange time: GTD orders whose expiry has passed expire, trades whose dispute window closed
+    settle, and what became final more than ``retention_ns`` ago is forgotten from memory (the core's
+    "Memory" docstring): 0 means the default window, ``exchange.core.DEFAULT_RETENTION_NS`` (24 h). It
+    travels in the journal with the tick, so a replay forgets exactly what the live core forgot."""
+
+    retention_ns: int = 0
 
 
 # -- settlement (exchange/settlement/clearing.py) ---------------------------------------------------------
