@@ -292,6 +292,10 @@ class TradeFacts(msgspec.Struct, frozen=True, array_like=True, gc=False):
     advance_loan_id: int  # the advance against this trade, 0 if none
     advance_financier_id: int
     seller_poor_household: bool  # a registered poor household then
+    # Issue 11 deliveries (appended with defaults: facts journaled before them decode as 0)
+    heads_refused: int = 0  # dead on arrival or refused at the scale: paid nothing
+    shrink_g: int = 0  # the unfasted shrink taken off the live weight before grading and pricing
+    raised_fen: int = 0  # a seller's dispute resolved above the weigh-in: amount + refund = obligation + this
 
 
 class DisputeOpened(_Event, frozen=True):

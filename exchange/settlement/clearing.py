@@ -1714,7 +1714,8 @@ class Clearing:
         carried on the event that settles or rejects it."""
         advance = self.loans.get(t[25]) if t[25] else None
         return TradeFacts(t[1], t[2], t[3], t[6], t[7], t[8], t[10], t[13], t[14], t[15], t[16], t[17], t[24],
-                          t[25], 0 if advance is None else advance.financier_id, self._is_poor(t[3]))
+                          t[25], 0 if advance is None else advance.financier_id, self._is_poor(t[3]), t[33], t[34],
+                          t[37])
 
     def _loan_repaid(
         self, loan: Loan, interest: int, principal: int, payer: LoanPayer, ref: int, ts_ns: int, out: list
