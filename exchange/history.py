@@ -1,7 +1,7 @@
 """Settlement history in PostgreSQL: the daily settlement report's rows, projected from the journal's
 events and read back by the API (asyncpg).
 
-Owns the `settlement_report_rows` table (migration 0011) and its watermark `settlement_reports` in
+Owns the `settlement_report_rows` table (migrations 0011, 0020) and its watermark `settlement_reports` in
 `projections`. What is final lives here, not in the exchange's memory: a row states the facts as they
 were when the trade settled, the member's share was paid or the loan's interest accrued or was paid
 (the settlement events carry those facts, `exchange.events.TradeFacts`), and never changes (a trigger

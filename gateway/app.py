@@ -13,6 +13,8 @@ Start-up and tear-down are paired in `cleanup_ctx`, run in order on start and in
 Shutdown (`on_shutdown`, which aiohttp runs before waiting for in-flight handlers): stop being ready,
 stop taking commands (503 `not_ready`), refuse new WebSockets and close open ones with 1001
 GOING_AWAY, so the wait for in-flight handlers is short; then the cleanup contexts unwind in reverse.
+`hogx serve` runs the same steps first when SIGTERM arrives and keeps the listener open for
+`HOGX_DRAIN_S` answering every request 503 `not_ready` (`gateway.server`), before aiohttp's shutdown.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from exchange.store import create_pool
 from gateway import (
     admin,
     auctions,
+    calendar,
     clock,
     demo,
     exchange_port,
@@ -38,6 +41,7 @@ from gateway import (
     orders,
     participants,
     people,
+    priceindex,
     requestlog,
     settlement,
     store,
@@ -64,7 +68,7 @@ API_VERSION = "0.1.0"
 # Every installed route table; a new handler module adds its `routes` here.
 ROUTE_TABLES: tuple[RouteTable, ...] = (system.routes, admin.routes, orders.routes, lots.routes, market.routes,
                                          operator.routes, participants.routes, settlement.routes, people.routes,
-                                         auctions.routes, index.routes)
+                                         auctions.routes, index.routes, calendar.routes)
 
 
 def create_app(
@@ -117,6 +121,7 @@ def create_app(
 
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_exchange)
+    app.cleanup_ctx.append(priceindex.context)  # the price index's history in PostgreSQL (exchange/priceindex.py)
     app.cleanup_ctx.append(opsmetrics.context)
     app.cleanup_ctx.append(_readiness)
     app.on_shutdown.append(_on_shutdown)

@@ -36,6 +36,8 @@ HOGX_SEQUENCER_QUEUE_SIZE      commands the sequencer queues before answering 50
 HOGX_SEQUENCER_MAX_BATCH       most commands journaled in one commit                       1000
 HOGX_SNAPSHOT_EVERY            commands between core snapshots                             100000
 HOGX_CLOCK_TICK_S              exchange clock tick (expires GTD orders); 0 turns it off    1
+HOGX_RETENTION_S               exchange seconds final records and idempotency keys stay    0 (24 h)
+                               in memory (exchange/core.py "Memory"); 0: the default
 HOGX_CLOCK                     `wall`, or `simulated` for tests and demos (gateway/clock.py)  wall
 HOGX_CLOCK_START_MS            where a simulated clock starts; 0: the wall clock at start  0
 HOGX_TRADE_HISTORY             public trades kept per instrument for GET .../trades        10000
@@ -109,6 +111,9 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
     sequencer_max_batch: int = 1_000  # the sequencer's measured default
     snapshot_every: int = 100_000
     clock_tick_s: float = 1.0
+    # The core's retention window for final records and idempotency keys, in exchange seconds (the
+    # ticks carry it: exchange/core.py "Memory"); 0 is the core's default, 24 h.
+    retention_s: int = 0
     clock: str = "wall"  # or "simulated": tests and demos move it with POST /v1/admin/clock
     clock_start_ms: int = 0  # a simulated clock's start; 0: the wall clock at start
     trade_history: int = 10_000
@@ -138,6 +143,8 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
                      "candle_history"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.retention_s < 0:
+            raise ConfigError("retention_s must be 0 (the default, 24 h) or positive")
         if self.drain_s < 0:
             raise ConfigError("drain_s must be 0 or positive")
         if self.clock_tick_s < 0:
@@ -205,6 +212,7 @@ _ENV_VARS: dict[str, str] = {
     "sequencer_max_batch": "HOGX_SEQUENCER_MAX_BATCH",
     "snapshot_every": "HOGX_SNAPSHOT_EVERY",
     "clock_tick_s": "HOGX_CLOCK_TICK_S",
+    "retention_s": "HOGX_RETENTION_S",
     "clock": "HOGX_CLOCK",
     "clock_start_ms": "HOGX_CLOCK_START_MS",
     "trade_history": "HOGX_TRADE_HISTORY",

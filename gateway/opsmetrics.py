@@ -121,15 +121,19 @@ class _Index:
         assert clearing is not None
         self._take_new(core)
         trades = clearing.trades
-        for trade_id in [t for t in self.live_trades if trades[t].state not in _LIVE_TRADE]:
+        # a record final for longer than the retention window is gone from memory (exchange/core.py
+        # "Memory"): one seen live at the last scrape but gone since is dropped uncounted
+        for trade_id in [t for t in self.live_trades if t not in trades or trades[t].state not in _LIVE_TRADE]:
             self.live_trades.discard(trade_id)
-            trade = trades[trade_id]
-            if trade.state == TradeState.SETTLED:
+            trade = trades.get(trade_id)
+            if trade is not None and trade.state == TradeState.SETTLED:
                 self.fees_forgone_fen += trade.fee_forgone_fen
                 self.fees_subsidised_fen += trade.fee_subsidy_fen
         payouts = clearing.payouts
-        for payout_id in [p for p in self.live_payouts if payouts[p].state in _FINAL_PAYOUT]:
+        for payout_id in [p for p in self.live_payouts if p not in payouts or payouts[p].state in _FINAL_PAYOUT]:
             self.live_payouts.discard(payout_id)
+            if payout_id not in payouts:
+                continue
             if payouts[payout_id].state == PayoutState.CONFIRMED:
                 self.payouts_confirmed += 1
             else:

@@ -11,7 +11,7 @@ export default {
   "market.price": "Price", "market.heads": "Heads", "market.trades": "Last trades", "market.candles": "Candles",
   "market.daily": "Daily price", "market.last": "Last", "market.reference": "Reference", "market.band": "Band",
   "market.state": "State", "market.no_instruments": "No instruments listed yet", "market.auctions": "Lot auctions",
-  "market.index": "Price index",
+  "market.provisional": "provisional", "market.avg": "average", "market.index": "Price index",
   "signin.title": "Sign in", "signin.phone": "Phone number", "signin.password": "Password", "signin.submit": "Sign in",
   "invite.title": "Set up your account", "invite.name": "Your name", "invite.password": "Password (8+ characters)",
   "invite.submit": "Finish", "invite.done": "Your account is ready: sign in",

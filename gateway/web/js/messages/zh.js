@@ -11,7 +11,7 @@ export default {
   "market.price": "价格", "market.heads": "头数", "market.trades": "最新成交", "market.candles": "分时 K 线",
   "market.daily": "日均价", "market.last": "最新价", "market.reference": "参考价", "market.band": "涨跌停",
   "market.state": "交易状态", "market.no_instruments": "暂无挂牌品种", "market.auctions": "竞价拍卖",
-  "market.index": "价格指数",
+  "market.provisional": "盘中", "market.avg": "均价", "market.index": "价格指数",
   "signin.title": "登录", "signin.phone": "手机号", "signin.password": "密码", "signin.submit": "登录",
   "invite.title": "设置账号", "invite.name": "姓名", "invite.password": "密码 (至少 8 位)",
   "invite.submit": "完成设置", "invite.done": "账号已设置, 请登录",
