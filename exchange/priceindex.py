@@ -23,7 +23,8 @@ follows the committed journal, so it is exactly as deterministic as the journal:
 function of the events, rebuilt by resetting the watermark. It runs like `exchange.readmodel`'s
 projector, on its own connection, with its own watermark (`projections` row ``price_index``) updated in
 the same transaction as its rows, so each batch counts exactly once; acknowledgements never wait for
-it. The band reference the core needs (the day's average) the core keeps itself (exchange/calendar.py).
+it. Journal rows missing after its watermark (archived days) stop it, logged, with
+`exchange.store.JournalGap` instead of being skipped. The band reference the core needs (the day's average) the core keeps itself (exchange/calendar.py).
 
 All arithmetic is on Python integers; the sums are bigint in PostgreSQL.
 """
@@ -44,6 +45,7 @@ from exchange.commands import Command, decode_command
 from exchange.domain import BreedClass, ProductClass
 from exchange.events import Event, InstrumentListed, LotRegistered, Trade, TradingDayClosed
 from exchange.sequencer import Sequencer, decode_events
+from exchange.store import JournalGap, check_journal_contiguous, follow_reconnecting
 
 __all__ = [
     "PROJECTION",
@@ -213,7 +215,7 @@ class IndexProjector:
             unsubscribe()
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, JournalGap):  # a gap was logged when it stopped
                 await self._task
 
     def attach(self, sequencer: Sequencer) -> None:
@@ -227,22 +229,11 @@ class IndexProjector:
             await self._progress.wait_for(lambda: self.projected_seq >= seq)
 
     async def _run(self) -> None:
-        delay_s = 0.05
-        while True:
-            try:
-                conn = await asyncpg.connect(self.dsn)
-            except (OSError, asyncpg.PostgresError) as exc:
-                _log.warning("price index projector cannot connect (%s); retrying in %.2f s", exc, delay_s)
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 2.0)
-                continue
-            delay_s = 0.05
-            try:
-                await self._follow(conn)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                _log.warning("price index projector lost its connection (%s); reconnecting", exc)
-            finally:
-                conn.terminate()
+        try:
+            await follow_reconnecting(self.dsn, self._follow, "price index projector", _log)
+        except JournalGap:
+            _log.exception("price index projector stopped: it cannot project on over missing journal rows")
+            raise
 
     async def _follow(self, conn: asyncpg.Connection) -> None:
         page = await conn.prepare(
@@ -256,6 +247,8 @@ class IndexProjector:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), self.poll_interval_s)
                 continue
+            # rows skipped (archived) would never be indexed, and the watermark would pass them
+            await check_journal_contiguous(conn, self.projected_seq, [r[0] for r in rows], "price index projector")
             changes = fold((r[0], decode_command(r[1]), decode_events(r[2])) for r in rows)
             async with conn.transaction():
                 current = await conn.fetchval("SELECT seq FROM projections WHERE name = $1 FOR UPDATE", PROJECTION)
