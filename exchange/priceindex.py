@@ -24,7 +24,8 @@ function of the events, rebuilt by resetting the watermark. It runs like `exchan
 projector, on its own connection, with its own watermark (`projections` row ``price_index``) updated in
 the same transaction as its rows, so each batch counts exactly once; acknowledgements never wait for
 it. Journal rows missing after its watermark (archived days) stop it, logged, with
-`exchange.store.JournalGap` instead of being skipped. The band reference the core needs (the day's average) the core keeps itself (exchange/calendar.py).
+`exchange.store.JournalGap` instead of being skipped. The band reference the core needs (the day's
+average) the core keeps itself (exchange/calendar.py).
 
 All arithmetic is on Python integers; the sums are bigint in PostgreSQL.
 """
