@@ -25,7 +25,7 @@ export default {
   "side.buy": "buy", "side.sell": "sell",
   "orders.filled": "Filled", "orders.status": "Status",
   "deliveries.title": "Deliveries to weigh in", "weigh.heads": "Heads delivered", "weigh.weight": "Total live weight (kg)",
-  "weigh.cert": "Quarantine certificate no.", "weigh.checked": "Certificate and ear tags checked", "weigh.submit": "Record weigh-in",
+  "weigh.cert": "Quarantine certificate no.", "weigh.refused": "Heads dead or refused", "weigh.unfasted": "Not fasted (shrink deducted)", "weigh.checked": "Certificate and ear tags checked", "weigh.submit": "Record weigh-in",
   "trades.title": "My trades", "trades.trade": "Trade", "trades.state": "Settlement",
   "balances.title": "Funds", "balances.account": "Account", "balances.available": "Available", "balances.held": "Held",
   "payouts.title": "Payouts", "payouts.amount": "Amount (¥)", "payouts.priority": "Priority",

@@ -25,7 +25,7 @@ export default {
   "side.buy": "买", "side.sell": "卖",
   "orders.filled": "成交", "orders.status": "状态",
   "deliveries.title": "待过磅交割", "weigh.heads": "交付头数", "weigh.weight": "总活重 (公斤)",
-  "weigh.cert": "检疫证明编号", "weigh.checked": "已核对检疫证明和耳标", "weigh.submit": "记录过磅",
+  "weigh.cert": "检疫证明编号", "weigh.refused": "死亡或拒收头数", "weigh.unfasted": "未空腹 (扣除掉秤)", "weigh.checked": "已核对检疫证明和耳标", "weigh.submit": "记录过磅",
   "trades.title": "我的成交", "trades.trade": "成交号", "trades.state": "结算状态",
   "balances.title": "资金", "balances.account": "账户", "balances.available": "可用", "balances.held": "冻结",
   "payouts.title": "打款", "payouts.amount": "金额 (元)", "payouts.priority": "优先级",
