@@ -72,6 +72,7 @@ class AmendOrder(_Command, frozen=True):
 
 class Halt(_Command, frozen=True):
     instrument: str
+    reason: str = ""  # shown with the halted state (at most 200 characters)
 
 
 class Resume(_Command, frozen=True):
@@ -92,7 +93,20 @@ class SetReferencePrice(_Command, frozen=True):
 
 
 class ClockTick(_Command, frozen=True):
-    """Moves exchange time: GTD orders whose expiry has passed expire."""
+    """Moves exchange time: GTD orders whose expiry has passed expire, trades whose dispute window closed
+    settle, and what became final more than ``retention_ns`` ago is forgotten from memory (the core's
+    "Memory" docstring): 0 means the default window, ``exchange.core.DEFAULT_RETENTION_NS`` (24 h). It
+    travels in the journal with the tick, so a replay forgets exactly what the live core forgot."""
+
+    retention_ns: int = 0
+
+
+class SetNonTradingDay(_Command, frozen=True):
+    """Operator: ``day`` (yyyymmdd, China Standard Time, after today) is a non-trading day for every
+    instrument with a trading session (``closed``), or a trading day again (``closed=False``)."""
+
+    day: int
+    closed: bool = True
 
 
 # -- settlement (exchange/settlement/clearing.py) ---------------------------------------------------------
@@ -454,6 +468,7 @@ Command = Union[  # noqa: UP007 - msgspec needs a real Union object to build a t
     BuyNowLotAuction,
     WithdrawLotAuction,
     NegotiateLotAuction,
+    SetNonTradingDay,
 ]
 
 COMMAND_TYPES: tuple[type, ...] = Command.__args__  # type: ignore[attr-defined]

@@ -22,12 +22,40 @@ rejected DUPLICATE_REFERENCE.
 
 Every event is numbered by its instrument (``seq``). GTD orders expire at the first command whose
 time has reached their expiry, before that command takes effect, so an expired order never trades.
+Before that, the trading calendar (``exchange/calendar.py``) runs the session transitions due: pre-open,
+opening uncross, break, close (DAY orders expire, the next reference is set). A CLOSED market rejects
+orders and amendments with MARKET_CLOSED; DAY orders are only taken by an instrument with a session.
+
+Memory: only what is open
+-------------------------
+The core holds markets, resting orders, live lots and, for idempotency, keys inside a retention
+window of exchange time. Every ``ClockTick`` carries the window (``retention_ns``; 0: the default
+``DEFAULT_RETENTION_NS``, 24 h), and forgets, deterministically and oldest first, what became final
+before its time less the window:
+
+* a client order id, once the window has passed since its order was accepted and the order no longer
+  rests (a resting order keeps its id, however old): until then the same id is DUPLICATE_CLIENT_ORDER_ID
+  (the sequencer answers a retry with the original result first); after it the id is free again, as
+  Binance's ``newClientOrderId`` is unique among open orders only and Coinbase keeps ``client_oid``s
+  for a limited time: it places a new order;
+* a lot, its record and its ``client_lot_ref``, once the window has passed since its registration,
+  every head of it is sold (nothing reserved, nothing available) and none of its trades is open (the
+  clearing drops its copy with it): until then a retry gets the original
+  ``LotRegistered``; after it the core no longer knows the lot (LOT_NOT_FOUND) nor its reference (the
+  gateway refuses a reference ever used: ``lot_refs``, migration 0014);
+* the clearing's final records and the ledger's final transfers (their modules say how).
+
+What is forgotten is in PostgreSQL for good: the journal, ``ledger_transfers`` and the history tables
+the API answers from. The forgetting is part of the state: snapshots list only what is held (and when
+each key became final), so their size and encoding time follow the open state, and a replay gives the
+live state hash.
 """
 
 from __future__ import annotations
 
 import hashlib
 import heapq
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -35,6 +63,8 @@ from msgspec.structs import astuple
 from mypy_extensions import mypyc_attr
 
 from exchange import events as event_types
+from exchange.calendar import NEVER, TradingCalendar
+from exchange.calendar import spec_is_valid as calendar_terms_valid
 from exchange.commands import (
     AmendOrder,
     CancelOrder,
@@ -122,11 +152,14 @@ GTC: Final = int(TimeInForce.GTC)
 IOC: Final = int(TimeInForce.IOC)
 FOK: Final = int(TimeInForce.FOK)
 GTD: Final = int(TimeInForce.GTD)
+DAY: Final = int(TimeInForce.DAY)
 CONTINUOUS: Final = int(TradingState.CONTINUOUS)
 AUCTION: Final = int(TradingState.AUCTION)
 HALTED: Final = int(TradingState.HALTED)
+CLOSED: Final = int(TradingState.CLOSED)
 R: Final = RejectReason
 MAX_CLIENT_ORDER_ID_LEN: Final = 36
+DEFAULT_RETENTION_NS: Final = 24 * 3600 * 10**9  # what a ClockTick with retention_ns 0 keeps: 24 h
 # Compiled, a module-level name is read from the module's dictionary at every use unless it is Final,
 # which makes it a C static: the hot path's classes are Final aliases (see also matching/book.py).
 OrderAccepted: Final = event_types.OrderAccepted
@@ -142,8 +175,8 @@ class Market:
     """An instrument's specification, trading state, reference price and book."""
 
     __slots__ = (
-        "band_high_fen", "band_low_fen", "book", "max_order_heads", "min_order_heads", "reference_price_fen",
-        "resume_state", "spec", "state", "tick_fen",
+        "band_high_fen", "band_low_fen", "book", "has_session", "max_order_heads", "min_order_heads",
+        "reference_price_fen", "resume_state", "spec", "state", "tick_fen",
     )  # fmt: skip
 
     def __init__(self, spec: InstrumentSpec, book: OrderBook) -> None:
@@ -155,6 +188,7 @@ class Market:
         self.book = book
         self.state: int = spec.initial_state  # a TradingState's value: the compiled core compares ints
         self.resume_state: int = spec.initial_state
+        self.has_session: bool = spec.session is not None  # runs a trading calendar (exchange/calendar.py)
         self.set_reference(spec.reference_price_fen)
 
     def set_reference(self, price_fen: int) -> None:
@@ -188,10 +222,26 @@ class Core:
         self.lots: dict[int, LotState] = {}
         self.lot_records: dict[int, Lot] = {}
         self.orders: dict[OrderId, Order] = {}  # resting orders only
-        # participant -> client order id -> order id, forever (by participant: no key tuple to build per order)
+        # participant -> client order id -> order id, inside the retention window or while the order rests
+        # (by participant: no key tuple to build per order)
         self.client_order_ids: dict[int, dict[str, int]] = {}
-        self.lot_refs: dict[tuple[int, str], int] = {}  # (seller, client lot ref) -> lot id, forever
+        self.lot_refs: dict[tuple[int, str], int] = {}  # (seller, client lot ref) -> lot id, while the lot is held
+        # What to look at when the window has passed, oldest first (see "Memory"): every client order id held
+        # as three queues in step (accepted or last looked at, participant, id: the command's own objects,
+        # no tuple per order), and (registered or last looked at, lot id, client lot ref) of every lot held.
+        # (lists from ``id_head`` on: compiled, a list append is native, a deque's a generic method call)
+        self.id_times: list[Any] = []
+        self.id_owners: list[Any] = []
+        self.id_names: list[Any] = []
+        self.id_head = 0
+        self.lot_times: deque[tuple[Any, Any, Any]] = deque()  # (registered at, lot id, client lot ref)
+        self.forget_before_ns = 0  # the current tick's time less its window (the clearing forgets by it too)
+        # set by a restore from a snapshot without those queues (an earlier version's): the first tick
+        # queues every id and lot held then
+        self.unqueued = False
         self.expiries: list[tuple[int, int]] = []  # heap of (expire_at_ns, order_id) for resting GTD
+        self.calendar = TradingCalendar(self)
+        self.calendar_due_ns: int = NEVER  # the calendar's next session transition
         self._handlers: dict[type, Callable[[Any, list], None]] = {
             AmendOrder: self._amend_order,
             ListInstrument: self._list_instrument,
@@ -204,6 +254,7 @@ class Core:
             ClockTick: self._clock_tick,
         }
         self.auctions = LotAuctions(self)  # lot auctions: they need the clearing (holds), as settlement does
+        self._handlers.update(self.calendar.handlers())
         if clearing is not None:
             self._handlers.update(clearing.handlers())
             self._handlers.update(self.auctions.handlers())
@@ -233,12 +284,15 @@ class Core:
                 self._reject(command, R.UNSUPPORTED_COMMAND, events)
                 return events
             handler(command, events)
+        if self.calendar.sessions:
+            self.calendar.count_trades(events)  # the day's trades of calendar instruments
         clearing = self.clearing
         if clearing is not None:
             # settlement follows what matching did: holds, escrow, releases (it appends its own events)
             clearing.on_events(events, ts_ns)
             if kind is _CLOCK_TICK:
                 clearing.on_clock(ts_ns, events)
+                clearing.forget(self.forget_before_ns, ts_ns)
         return events
 
     # -- orders --------------------------------------------------------------------------------------
@@ -265,8 +319,8 @@ class Core:
     def _check_order(self, market: Market, order: Order, lot_id: int, ts_ns: int) -> RejectReason | None:
         """The first reason this order must be rejected, in the documented order, or None."""
         state: int = market.state
-        if state == HALTED:
-            return R.MARKET_HALTED
+        if state >= HALTED:
+            return R.MARKET_HALTED if state == HALTED else R.MARKET_CLOSED
         cid = order.client_order_id
         if not 0 < len(cid) <= MAX_CLIENT_ORDER_ID_LEN:
             return R.INVALID_ORDER
@@ -287,6 +341,8 @@ class Core:
         expire_at_ns = order.expire_at_ns
         if (tif == GTD or expire_at_ns) and (tif != GTD or expire_at_ns <= ts_ns):
             return R.INVALID_EXPIRY
+        if tif == DAY and not market.has_session:
+            return R.INVALID_EXPIRY  # no close to expire at
         if not market.min_order_heads <= order.quantity_heads <= market.max_order_heads:
             return R.QUANTITY_OUT_OF_RANGE
         if limit:
@@ -381,6 +437,9 @@ class Core:
         if used is None:
             used = self.client_order_ids[order.participant_id] = {}
         used[order.client_order_id] = order_id
+        self.id_times.append(ts_ns)
+        self.id_owners.append(fields[_PARTICIPANT_ID])
+        self.id_names.append(fields[_CLIENT_ORDER_ID])
         if order.lot is not None:
             order.lot.reserved_heads += order.quantity_heads
         book = market.book
@@ -466,8 +525,8 @@ class Core:
         self._apply_amend(market, order, price, quantity, cmd.ts_ns, events)
 
     def _amend_reason(self, market: Market, order: Order, price: int, quantity: int) -> RejectReason | None:
-        if market.state == HALTED:
-            return R.MARKET_HALTED
+        if market.state >= HALTED:
+            return R.MARKET_HALTED if market.state == HALTED else R.MARKET_CLOSED
         if price == order.price_fen and quantity == order.quantity_heads:
             return R.NOTHING_TO_AMEND
         spec = market.spec
@@ -536,6 +595,9 @@ class Core:
         self._execute(market, order, ts_ns, events)
 
     def _expire_due(self, ts_ns: int, events: list) -> None:
+        """What is due before a command at ``ts_ns`` takes effect: session transitions, then GTD expiries."""
+        if ts_ns >= self.calendar_due_ns:
+            self.calendar.advance(ts_ns, events)
         expiries = self.expiries
         while expiries and expiries[0][0] <= ts_ns:
             _, order_id = heapq.heappop(expiries)
@@ -561,8 +623,10 @@ class Core:
         if not _spec_is_valid(spec):
             return self._reject(cmd, R.INVALID_INSTRUMENT, events, spec.symbol)
         book = OrderBook(spec.symbol, self.counters, self.orders)
-        self.markets[spec.symbol] = Market(spec, book)
+        market = self.markets[spec.symbol] = Market(spec, book)
         events.append(InstrumentListed(book.next_seq(), cmd.ts_ns, spec))
+        if market.has_session:
+            self.calendar.on_listed(market, cmd.ts_ns, events)
         return None
 
     def _register_lot(self, cmd: RegisterLot, events: list) -> None:
@@ -591,6 +655,7 @@ class Core:
         self.lots[lot_id] = LotState(lot_id, cmd.participant_id, cmd.instrument, cmd.heads)
         if ref:
             self.lot_refs[(cmd.participant_id, ref)] = lot_id
+        self.lot_times.append((cmd.ts_ns, lot_id, ref))
         events.append(LotRegistered(market.book.next_seq(), cmd.ts_ns, lot))
         return None
 
@@ -615,19 +680,25 @@ class Core:
             return None
         return market
 
-    def _set_state(self, market: Market, state: int, ts_ns: int, events: list) -> None:
+    def _set_state(self, market: Market, state: int, ts_ns: int, events: list, reason: str = "") -> None:
         market.state = state
-        events.append(TradingStateChanged(market.book.next_seq(), ts_ns, market.spec.symbol, TradingState(state)))
+        events.append(
+            TradingStateChanged(market.book.next_seq(), ts_ns, market.spec.symbol, TradingState(state), reason)
+        )
 
     def _halt(self, cmd: Halt, events: list) -> None:
-        market = self._transition(cmd, (CONTINUOUS, AUCTION), events)
+        market = self._transition(cmd, (CONTINUOUS, AUCTION, CLOSED), events)
         if market is not None:
             market.resume_state = market.state
-            self._set_state(market, HALTED, cmd.ts_ns, events)
+            self._set_state(market, HALTED, cmd.ts_ns, events, cmd.reason)
 
     def _resume(self, cmd: Resume, events: list) -> None:
         market = self._transition(cmd, (HALTED,), events)
-        if market is not None:
+        if market is None:
+            return
+        if market.has_session:
+            self.calendar.resume(market, cmd.ts_ns, events)  # to where the calendar has moved meanwhile
+        else:
             self._set_state(market, market.resume_state, cmd.ts_ns, events)
 
     def _start_auction(self, cmd: StartAuction, events: list) -> None:
@@ -637,13 +708,16 @@ class Core:
 
     def _uncross(self, cmd: Uncross, events: list) -> None:
         market = self._transition(cmd, (AUCTION,), events)
-        if market is None:
-            return
+        if market is not None:
+            self._run_uncross(market, cmd.ts_ns, events)
+
+    def _run_uncross(self, market: Market, ts_ns: int, events: list, reason: str = "") -> None:
+        """The call auction's uncross, then continuous trading (the operator's or the calendar's open)."""
         book = market.book
-        price, heads = uncross(book, market.reference_price_fen, cmd.ts_ns, events)
-        events.append(AuctionUncrossed(book.next_seq(), cmd.ts_ns, cmd.instrument, price, heads))
-        self._set_state(market, CONTINUOUS, cmd.ts_ns, events)
-        book.sweep_all_or_none(cmd.ts_ns, events)
+        price, heads = uncross(book, market.reference_price_fen, ts_ns, events)
+        events.append(AuctionUncrossed(book.next_seq(), ts_ns, market.spec.symbol, price, heads))
+        self._set_state(market, CONTINUOUS, ts_ns, events, reason)
+        book.sweep_all_or_none(ts_ns, events)
 
     def _set_reference_price(self, cmd: SetReferencePrice, events: list) -> None:
         market = self.markets.get(cmd.instrument)
@@ -661,9 +735,80 @@ class Core:
 
     def _clock_tick(self, cmd: ClockTick, events: list) -> None:
         """Beyond what ``apply`` does for every command (expire what is due): open, close and lapse lot
-        auctions."""
+        auctions, then forget the ids and lots that have been final for longer than the tick's window (the
+        clearing forgets its own after it)."""
         if self.auctions.live:
             self.auctions.on_clock(cmd.ts_ns, events)
+        self.forget_before_ns = cmd.ts_ns - retention_of(cmd)
+        self.forget(cmd.ts_ns, self.forget_before_ns)
+
+    def forget(self, now_ns: int, before_ns: int) -> None:
+        """Drop client order ids and lots final before ``before_ns`` (see "Memory"); one still in use (a
+        resting order's id, a lot with heads reserved or available) is looked at again a window later."""
+        if self.unqueued:
+            self._queue_unqueued(now_ns)
+        times, owners, names = self.id_times, self.id_owners, self.id_names
+        used_by = self.client_order_ids
+        resting = self.orders
+        head = self.id_head
+        while head < len(times) and times[head] < before_ns:
+            owner = owners[head]
+            name = names[head]
+            head += 1
+            used = used_by.get(owner)
+            if used is None:
+                continue
+            order_id = used.get(name)
+            if order_id is None:
+                continue
+            if order_id in resting:  # a resting order keeps its id: looked at again a window later
+                times.append(now_ns)
+                owners.append(owner)
+                names.append(name)
+                continue
+            del used[name]
+            if not used:
+                del used_by[owner]
+        if head > 4096 and 2 * head > len(times):  # drop the looked-at front now and then (amortised O(1))
+            del times[:head]
+            del owners[:head]
+            del names[:head]
+            head = 0
+        self.id_head = head
+        lots = self.lot_times
+        while lots and lots[0][0] < before_ns:
+            _, lot_id, ref = lots.popleft()
+            state = self.lots.get(lot_id)
+            if state is None:
+                continue
+            clearing = self.clearing
+            if state.reserved_heads or state.sold_heads < state.heads or (
+                clearing is not None and clearing.lot_in_use(lot_id)
+            ):
+                lots.append((now_ns, lot_id, ref))  # live: heads to sell or on offer, or a trade still open
+                continue
+            del self.lots[lot_id]
+            del self.lot_records[lot_id]
+            if ref:
+                del self.lot_refs[(state.seller_id, ref)]
+            if clearing is not None:
+                clearing.forget_lot(lot_id)
+
+    def _queue_unqueued(self, now_ns: int) -> None:
+        """Queue every id and lot held by a snapshot written before the core forgot anything."""
+        self.unqueued = False
+        queued = set(zip(self.id_owners[self.id_head:], self.id_names[self.id_head:], strict=True))
+        held = sorted((oid, p, cid) for p, used in self.client_order_ids.items() for cid, oid in used.items())
+        # at the end, as now: every entry queued since the restore is at most as old
+        for _, p, cid in held:
+            if (p, cid) not in queued:
+                self.id_times.append(now_ns)
+                self.id_owners.append(p)
+                self.id_names.append(cid)
+        queued_lots = {lot_id for _, lot_id, _ in self.lot_times}
+        refs = {lot_id: ref for (_, ref), lot_id in self.lot_refs.items()}
+        self.lot_times.extend(
+            (now_ns, lot_id, refs.get(lot_id, "")) for lot_id in sorted(self.lots) if lot_id not in queued_lots)
 
     # -- queries -------------------------------------------------------------------------------------
 
@@ -693,6 +838,12 @@ class Core:
         return data, hash_snapshot(data)
 
 
+def retention_of(tick: ClockTick) -> int:
+    """The window a tick keeps: its ``retention_ns``, or the default for 0 (or anything below 1 ns)."""
+    retention: int = tick.retention_ns
+    return retention if retention > 0 else DEFAULT_RETENTION_NS
+
+
 def hash_snapshot(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=32).hexdigest()
 
@@ -712,7 +863,7 @@ def _limit_key(side: int, price_fen: int) -> int:
 def _shape_reason(order: Order, lot_id: int) -> RejectReason | None:
     """Combinations of fields that make no sense whatever the market's state."""
     tif = order.time_in_force
-    if not order.is_limit and (order.post_only or order.all_or_none or tif in (GTC, GTD)):
+    if not order.is_limit and (order.post_only or order.all_or_none or tif in (GTC, GTD, DAY)):
         return R.INVALID_ORDER
     if order.all_or_none and (order.side == BUY or tif in (IOC, FOK) or order.min_quantity_heads):
         return R.INVALID_ORDER
@@ -743,6 +894,7 @@ def _spec_is_valid(spec: InstrumentSpec) -> bool:
         and 0 < spec.lot_avg_min_g <= spec.lot_avg_max_g
         and 0 < spec.animal_min_g <= spec.animal_max_g
         and spec.initial_state in (CONTINUOUS, AUCTION)
+        and calendar_terms_valid(spec)
     )
 
 

@@ -31,6 +31,7 @@ class TimeInForce(IntEnum):
     IOC = 2  # immediate or cancel: what does not fill at once expires
     FOK = 3  # fill or kill: fills completely at once or is rejected
     GTD = 4  # good till date: expires at the first command whose time reaches expire_at_ns
+    DAY = 5  # expires at its instrument's close (instruments with a trading session only)
 
 
 class SelfTradePrevention(IntEnum):
@@ -56,6 +57,24 @@ class TradingState(IntEnum):
     CONTINUOUS = 1  # price-time matching
     AUCTION = 2  # call auction: orders collect without matching until Uncross
     HALTED = 3  # no new orders or amendments; cancels still allowed
+    CLOSED = 4  # outside the trading session (exchange/calendar.py): as halted, but by the calendar
+
+
+class TradingSession(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """An instrument's trading day in China Standard Time (UTC+8), in minutes after midnight.
+
+    Pre-open (orders collect, no matching: a call auction) from ``pre_open_min``, the opening uncross
+    and continuous trading from ``open_min``, the close at ``close_min``; an optional break (lunch)
+    ``break_from_min``..``break_to_min`` (both 0: none). ``weekdays`` is a bit mask, bit 0 Monday
+    (31: Monday to Friday). exchange/calendar.py runs it; the defaults are the Dalian day, unbroken.
+    """
+
+    pre_open_min: int = 8 * 60 + 50
+    open_min: int = 9 * 60
+    close_min: int = 15 * 60
+    break_from_min: int = 0
+    break_to_min: int = 0
+    weekdays: int = 0b0011111
 
 
 class QuarantineRegion(IntEnum):
@@ -108,6 +127,12 @@ class InstrumentSpec(msgspec.Struct, frozen=True, array_like=True, gc=False):
     # points of the live weight deducted from a weigh-in of unfasted pigs (gut fill), 0..MAX_SHRINK_BPS.
     quarantine_region: QuarantineRegion = QuarantineRegion.UNCHECKED
     shrink_bps: int = 0
+    # The trading day (exchange/calendar.py); None: no calendar, the market is in its state until an
+    # operator changes it.
+    session: TradingSession | None = None
+    # The price index's base day for this instrument's class and region (exchange/priceindex.py), as
+    # yyyymmdd in China Standard Time; 0: the first day with trades.
+    index_base_day: int = 0
 
 
 class Lot(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -247,12 +272,16 @@ class RejectReason(IntEnum):
     BUY_NOW_UNAVAILABLE = 105  # no buy-now price, or the bidding has reached it
     NOT_NEGOTIATING = 106  # not passed in, or the sender is neither its seller nor its top bidder
     NO_OFFER_TO_ACCEPT = 107  # no offer from the other side, or not at that price
+    # The trading day (exchange/calendar.py): numbered from 120, clear of the others' growth
+    MARKET_CLOSED = 120  # outside the instrument's trading session
+    INVALID_CALENDAR_DAY = 121  # not a date, or not after today (China Standard Time)
 
 
 class ExpireReason(IntEnum):
     IOC = 1  # the unfilled rest of an IOC or market order
     SELF_TRADE = 2  # removed by self-trade prevention
     GTD = 3  # its good-till-date passed
+    END_OF_DAY = 4  # a DAY order at its instrument's close
 
 
 def band_fen(spec: InstrumentSpec, reference_price_fen: int) -> tuple[int, int]:

@@ -114,6 +114,27 @@ class BookChanged(_Event, frozen=True):
 class TradingStateChanged(_Event, frozen=True):
     instrument: str
     state: TradingState
+    reason: str = ""  # a halt's reason; the calendar's phase ("pre_open", "open", "break", "close")
+
+
+class NonTradingDaySet(_Event, frozen=True):
+    """An operator's ``SetNonTradingDay``; ``seq`` 0 (no instrument)."""
+
+    day: int  # yyyymmdd, China Standard Time
+    closed: bool
+
+
+class TradingDayClosed(_Event, frozen=True):
+    """An instrument's close (exchange/calendar.py): the day's trades and the next day's reference.
+
+    ``average_price_fen``: the head-weighted average price of the day's trades, rounded half up to the
+    fen (0 if none); ``reference_price_fen`` the band reference from now on (unchanged if none traded)."""
+
+    instrument: str
+    day: int  # yyyymmdd, China Standard Time
+    heads: int
+    average_price_fen: int
+    reference_price_fen: int
 
 
 class ReferencePriceSet(_Event, frozen=True):
@@ -271,6 +292,10 @@ class TradeFacts(msgspec.Struct, frozen=True, array_like=True, gc=False):
     advance_loan_id: int  # the advance against this trade, 0 if none
     advance_financier_id: int
     seller_poor_household: bool  # a registered poor household then
+    # Issue 11 deliveries (appended with defaults: facts journaled before them decode as 0)
+    heads_refused: int = 0  # dead on arrival or refused at the scale: paid nothing
+    shrink_g: int = 0  # the unfasted shrink taken off the live weight before grading and pricing
+    raised_fen: int = 0  # a seller's dispute resolved above the weigh-in: amount + refund = obligation + this
 
 
 class DisputeOpened(_Event, frozen=True):
@@ -446,6 +471,8 @@ Event = Union[  # noqa: UP007 - msgspec needs a real Union object to build a tag
     FeeScheduleSet,
     FinancingPolicySet,
     LotAuctionChanged,
+    NonTradingDaySet,
+    TradingDayClosed,
 ]
 
 _encoder = msgspec.msgpack.Encoder()

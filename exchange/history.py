@@ -1,7 +1,7 @@
 """Settlement history in PostgreSQL: the daily settlement report's rows, projected from the journal's
 events and read back by the API (asyncpg).
 
-Owns the `settlement_report_rows` table (migration 0011) and its watermark `settlement_reports` in
+Owns the `settlement_report_rows` table (migrations 0011, 0020) and its watermark `settlement_reports` in
 `projections`. What is final lives here, not in the exchange's memory: a row states the facts as they
 were when the trade settled, the member's share was paid or the loan's interest accrued or was paid
 (the settlement events carry those facts, `exchange.events.TradeFacts`), and never changes (a trigger
@@ -12,7 +12,8 @@ alone, so deleting them and setting the watermark back to 0 rebuilds them from t
 
 - `catch_up(upto_seq)` at start-up, once the sequencer recovered: folds the journal's stored events
   after the watermark up to the recovered seq (page by page; a row already present is skipped, so a
-  crash between a write and the watermark costs nothing);
+  crash between a write and the watermark costs nothing; journal rows missing after the watermark, as
+  archived days, stop it with `exchange.store.JournalGap` instead of being skipped);
 - `feed(batch)` for every committed batch after that, in the publish step (the events are in memory:
   folding them costs a class check per event; a batch without settlement facts writes nothing);
 - a writer task writes what was fed, with the watermark, in one transaction, off the
@@ -37,6 +38,7 @@ import msgspec
 
 from exchange.sequencer import CommittedBatch, decode_events
 from exchange.settlement.views import REPORT_COLUMNS, ReportEntry, SettlementReportRow, report_entries
+from exchange.store import check_journal_contiguous, follow_reconnecting
 
 __all__ = ["COLUMNS", "PROJECTION", "ReportHistory", "day_entries", "fold", "projected_seq", "write_entries"]
 
@@ -120,6 +122,9 @@ class ReportHistory:
                 "ORDER BY seq LIMIT $3")
             while after_seq < upto_seq:
                 rows = await page.fetch(after_seq, upto_seq, _PAGE_ROWS)
+                # rows skipped (archived) would never be folded, and the watermark would pass them
+                await check_journal_contiguous(
+                    conn, after_seq, [r[0] for r in rows] if rows else [upto_seq + 1], "settlement history")
                 if not rows:
                     break  # the rest of the range holds rows journaled without events: nothing to fold
                 entries = fold((seq, None, decode_events(data)) for seq, data in rows)
@@ -181,23 +186,7 @@ class ReportHistory:
             self._waiters -= 1
 
     async def _run(self) -> None:
-        delay_s = 0.05
-        while True:
-            try:
-                conn = await asyncpg.connect(self.dsn)
-            except (OSError, asyncpg.PostgresError) as exc:
-                _log.warning("settlement history cannot connect (%s); retrying in %.2f s", exc, delay_s)
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 2.0)
-                continue
-            delay_s = 0.05
-            try:
-                await self._follow(conn)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
-                # InternalClientError: asyncpg's protocol state after the backend was terminated mid-query
-                _log.warning("settlement history lost its connection (%s); reconnecting", exc)
-            finally:
-                conn.terminate()
+        await follow_reconnecting(self.dsn, self._follow, "settlement history", _log)
 
     async def _follow(self, conn: asyncpg.Connection) -> None:
         while True:

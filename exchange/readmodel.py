@@ -15,7 +15,8 @@ orders, one `UPDATE ... FROM unnest(...)` for the patches, one COPY of the trade
   (`projector.attach(sequencer)`) and polling as a fallback. Acknowledgements never wait for the
   read model, and a burst is absorbed by larger projection batches. Read-your-writes where needed:
   `await projector.wait_for(result.seq)`. Only one projector should run; a second one notices the
-  moved watermark (`FOR UPDATE`) and skips ahead instead of applying anything twice.
+  moved watermark (`FOR UPDATE`) and skips ahead instead of applying anything twice. Journal rows
+  missing after its watermark (archived days) stop it, logged, with `exchange.store.JournalGap`.
 - in the journal's transaction: `Sequencer(..., extra_writes=project_batch)`. Always consistent with
   the journal, but every acknowledgement then also pays for the read model's indexes. Never combine
   it with a running `Projector`.
@@ -57,6 +58,7 @@ from exchange.events import (
     Trade,
 )
 from exchange.sequencer import CommittedBatch, Sequencer, decode_events
+from exchange.store import JournalGap, check_journal_contiguous, follow_reconnecting
 
 __all__ = [
     "MAX_LIMIT",
@@ -363,7 +365,7 @@ class Projector:
             unsubscribe()
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, JournalGap):  # a gap was logged when it stopped
                 await self._task
 
     def attach(self, sequencer: Sequencer) -> None:
@@ -379,23 +381,11 @@ class Projector:
             await self._progress.wait_for(lambda: self.projected_seq >= seq)
 
     async def _run(self) -> None:
-        delay_s = 0.05
-        while True:
-            try:
-                conn = await asyncpg.connect(self.dsn)
-            except (OSError, asyncpg.PostgresError) as exc:
-                _log.warning("projector cannot connect (%s); retrying in %.2f s", exc, delay_s)
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 2.0)
-                continue
-            delay_s = 0.05
-            try:
-                await self._follow(conn)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
-                # InternalClientError: asyncpg's protocol state after the backend was terminated mid-query
-                _log.warning("projector lost its connection (%s); reconnecting", exc)
-            finally:
-                conn.terminate()
+        try:
+            await follow_reconnecting(self.dsn, self._follow, "projector", _log)
+        except JournalGap:
+            _log.exception("projector stopped: it cannot project on over missing journal rows")
+            raise
 
     async def _follow(self, conn: asyncpg.Connection) -> None:
         page = await conn.prepare(
@@ -409,6 +399,8 @@ class Projector:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), self.poll_interval_s)
                 continue
+            # rows skipped (archived) would never be projected, and the watermark would pass them
+            await check_journal_contiguous(conn, self.projected_seq, [r[0] for r in rows], "read-model projector")
             changes = fold((r[0], decode_command(r[1]), decode_events(r[2])) for r in rows)
             async with conn.transaction():
                 current = await conn.fetchval("SELECT seq FROM projections WHERE name = $1 FOR UPDATE", PROJECTION)

@@ -55,7 +55,10 @@ Flow of a command::
   restart). The same id with other content raises `IdempotencyConflict`. The index is
   (participant, client id) -> seq, rebuilt on recovery from the snapshot's copy of it plus the
   journal tail. Ids the core rejects as malformed (empty, too long) are not indexed: those orders are
-  rejected every time. The index grows with every order ever placed, like the core's own.
+  rejected every time. The index keeps an id for the core's retention window (`ClockTick.retention_ns`,
+  the core's "Memory"): each clock tick drops the ids indexed more than a window before it whose order
+  the core no longer holds (a resting order keeps its id). Ids indexed before a restart count from
+  the restart. An id dropped is free again, as in the core: a new order.
 - **Snapshots.** When `snapshot_every` commands have been journaled since the last one, the writer
   encodes the core (and a copy of the idempotency index) at the moment a batch is sealed, so the state
   is exactly that at the batch's last seq, and after the batch's commit writes it on another
@@ -76,7 +79,8 @@ Flow of a command::
   the few thousand still in flight. Measured: 0.5-0.8 µs less CPU per command, and the ack p99 halved.
   Both are process-wide settings: the sequencer is the heart of its process.
 - **Time.** With `tick_interval_s` set, a `ClockTick` is submitted periodically (participant
-  `SYSTEM_PARTICIPANT`), so GTD orders expire without traffic. Off by default.
+  `SYSTEM_PARTICIPANT`), so GTD orders expire without traffic. Off by default. Each carries
+  `retention_ns` (0: the core's default window, 24 h).
 - **What `core` shows.** While a batch is being committed, `core` already includes the next batch's
   commands (`applied_seq` > `committed_seq`). Read market data from committed batches (subscribers)
   or from `settled_depth()`, which answers only when nothing uncommitted is applied.
@@ -115,7 +119,7 @@ import msgspec
 
 from exchange import store
 from exchange.commands import AmendOrder, CancelOrder, ClockTick, Command, PlaceOrder, decode_command, encode_command
-from exchange.core import MAX_CLIENT_ORDER_ID_LEN, Core, new_exchange
+from exchange.core import MAX_CLIENT_ORDER_ID_LEN, Core, new_exchange, retention_of
 from exchange.events import Event
 
 __all__ = [
@@ -500,6 +504,7 @@ class Sequencer:
         backoff_max_s: float = _BACKOFF_MAX_S,
         freeze_gc: bool = True,
         gc_young_threshold: int | None = GC_YOUNG_THRESHOLD,
+        retention_ns: int = 0,
     ) -> None:
         if queue_size < 1 or max_batch < 1 or snapshot_every < 1:
             raise ValueError("queue_size, max_batch and snapshot_every must be positive")
@@ -509,6 +514,7 @@ class Sequencer:
         self.max_batch = max_batch
         self.snapshot_every = snapshot_every
         self.tick_interval_s = tick_interval_s
+        self.retention_ns = retention_ns  # what the ticks it submits carry (0: the core's default)
         self.commit_timeout_s = commit_timeout_s
         self.backoff_max_s = backoff_max_s
         self.freeze_gc = freeze_gc
@@ -529,6 +535,10 @@ class Sequencer:
         # an extra_writes hook may take its rows slice by slice as commands are applied (LedgerWriter)
         self._prepare_extra: Callable[[CommittedBatch], None] | None = getattr(self._extra_writes, "prepare", None)
         self._client_orders: dict[ClientKey, int] = {}
+        # every key of _client_orders and when it was indexed, oldest first, as two queues in step (no
+        # tuple per order): what a tick looks at
+        self._client_order_keys: deque[ClientKey] = deque()
+        self._client_order_times: deque[int] = deque()
         # The submission queue as two deques in step (no tuple per command): commands and their futures.
         self._queue: deque[Command] = deque()
         self._sinks: deque[asyncio.Future[Result] | None] = deque()
@@ -782,6 +792,8 @@ class Sequencer:
         self._conn = conn
         self.core = recovery.core
         self._client_orders = recovery.client_orders
+        self._client_order_keys = deque(recovery.client_orders)
+        self._client_order_times = deque(recovery.last_ts_ns for _ in recovery.client_orders)
         self._next_seq = recovery.last_seq + 1
         self._committed_seq = recovery.last_seq
         self._last_ts_ns = recovery.last_ts_ns
@@ -956,12 +968,15 @@ class Sequencer:
             command = pop_command()
             if type(command) is PlaceOrder and 0 < len(command.client_order_id) <= MAX_CLIENT_ORDER_ID_LEN:
                 # one lookup: the seq this (participant, client id) has now, set to this one if new
-                original_seq = client_orders.setdefault((command.participant_id, command.client_order_id), seq)
+                key = (command.participant_id, command.client_order_id)
+                original_seq = client_orders.setdefault(key, seq)
                 if original_seq != seq:
                     futures.extend(starmap(pop_sink, repeat((), seq - moved)))
                     moved = seq
                     self._retry(command, pop_sink(), original_seq)
                     continue
+                self._client_order_keys.append(key)
+                self._client_order_times.append(ts_ns)
             if command.ts_ns:  # already stamped once (a resubmitted object): stamp a copy
                 command = replace(command, ts_ns=ts_ns)
             else:  # a fresh command, handed over: stamp it in place
@@ -979,6 +994,8 @@ class Sequencer:
             commands.append(command)
             events_out.append(events)
             seq += 1
+            if command.__class__ is ClockTick:
+                self._forget_client_orders(ts_ns, ts_ns - retention_of(command))  # type: ignore[arg-type]
         futures.extend(starmap(pop_sink, repeat((), seq - moved)))
         self._next_seq = seq
         absorbed = seq - first_seq
@@ -989,6 +1006,19 @@ class Sequencer:
             batch.journal_parts.append(_journal_body(first_seq, commands, events_out, start))
             if self._prepare_extra is not None:
                 self._prepare_extra(batch)
+
+    def _forget_client_orders(self, now_ns: int, before_ns: int) -> None:
+        """Drop the index's ids indexed before `before_ns` whose order the core no longer holds."""
+        keys, times = self._client_order_keys, self._client_order_times
+        index, held = self._client_orders, self.core.client_order_ids
+        while times and times[0] < before_ns:
+            times.popleft()
+            key = keys.popleft()
+            if key[1] in held.get(key[0], ()):
+                keys.append(key)  # a resting order keeps its id
+                times.append(now_ns)
+            else:
+                index.pop(key, None)
 
     def _retry(self, command: PlaceOrder, future: asyncio.Future[Result] | None, original_seq: int) -> None:
         """Answer a repeated client order id: the original result, or a conflict."""
@@ -1165,7 +1195,7 @@ class Sequencer:
             if self.state is State.RUNNING:
                 with contextlib.suppress(SequencerError):
                     self._check_open(1)
-                    self._queue.append(ClockTick(SYSTEM_PARTICIPANT, 0))
+                    self._queue.append(ClockTick(SYSTEM_PARTICIPANT, 0, self.retention_ns))
                     self._sinks.append(None)
                     self._wake()
 

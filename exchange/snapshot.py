@@ -3,12 +3,16 @@ hashed, as its state hash.
 
 The encoding lists markets, lots, client order ids and client lot refs in the order they were created
 and each book's orders in priority order, so two cores that saw the same commands encode to the same
-bytes.
+bytes. It holds only what the core holds: live lots, resting orders, the ids and refs inside the
+retention window and when each was last looked at (``order_id_times``, ``lot_times``: the core's
+"Memory"), and the clearing's and ledger's live state, so its size and encoding time follow the open
+state, not the history.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -68,6 +72,11 @@ class CoreRecord(msgspec.Struct, frozen=True, array_like=True):
     clearing: bytes = b""  # the settlement stage's own snapshot; empty for a matching-only core
     lot_refs: list[tuple[int, str, int]] = []  # (seller, client lot ref, lot id), in registration order
     auctions: bytes = b""  # the live lot auctions (matching/lot_auction.py); empty if none was ever offered
+    # When each client order id held (by its order id) and each lot held was last looked at, in the order
+    # the core looks at them again (Core.forget); empty in snapshots of earlier versions.
+    order_id_times: list[tuple[int, int]] = []  # (accepted or last looked at, order id)
+    lot_times: list[tuple[int, int]] = []  # (registered or last looked at, lot id)
+    calendar: bytes = b""  # the trading calendar's own snapshot (exchange/calendar.py); empty if never used
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -100,14 +109,21 @@ def encode_core(core: Core) -> bytes:
                  key=lambda entry: entry[2])
     clearing = b"" if core.clearing is None else core.clearing.snapshot()
     lot_refs = [(p, ref, lot_id) for (p, ref), lot_id in core.lot_refs.items()]
+    used = core.client_order_ids
+    head = core.id_head
+    order_id_times = [(at, used[p][cid]) for at, p, cid in zip(core.id_times[head:], core.id_owners[head:],
+                                                                core.id_names[head:], strict=True)]
+    lot_times = [(at, lot_id) for at, lot_id, _ in core.lot_times]
     record = CoreRecord(
         SNAPSHOT_VERSION, (c.next_order_id, c.next_trade_id, c.next_priority, c.next_lot_id), markets, lots, ids,
-        clearing, lot_refs, core.auctions.snapshot(),
+        clearing, lot_refs, core.auctions.snapshot(), order_id_times, lot_times,
+        core.calendar.snapshot(),
     )
     fields = msgspec.structs.astuple(record)
     # An array-like struct encodes as the tuple of its fields. Empty trailing optional fields (lot refs,
-    # auctions) are left out, so a state without them encodes to exactly the bytes earlier versions
-    # wrote: their snapshots still restore to their recorded hashes (the version stays 1).
+    # auctions, the forgetting queues, the calendar) are left out, so a state without them encodes to
+    # exactly the bytes earlier versions wrote: their snapshots still restore to their recorded hashes
+    # (the version stays 1).
     while len(fields) > _REQUIRED_FIELDS and not fields[-1]:
         fields = fields[:-1]
     return _encoder.encode(fields)
@@ -140,6 +156,16 @@ def decode_core(data: bytes, core_type: Callable[[Clearing | None], Core] | None
         core.client_order_ids.setdefault(p, {})[cid] = oid
     core.lot_refs = {(p, ref): lot_id for p, ref, lot_id in record.lot_refs}
     core.auctions.restore(record.auctions)
+    by_order_id = {oid: (p, cid) for p, cid, oid in record.client_order_ids}
+    core.id_times = [at for at, _ in record.order_id_times]
+    core.id_owners = [by_order_id[oid][0] for _, oid in record.order_id_times]
+    core.id_names = [by_order_id[oid][1] for _, oid in record.order_id_times]
+    core.id_head = 0
+    refs = {lot_id: ref for (_, ref), lot_id in core.lot_refs.items()}
+    core.lot_times = deque((at, lot_id, refs.get(lot_id, "")) for at, lot_id in record.lot_times)
+    # a snapshot of an earlier version lists no times: the first tick queues what it holds
+    core.unqueued = not record.order_id_times and not record.lot_times
+    core.calendar.restore(record.calendar)
     heapq.heapify(core.expiries)
     return core
 

@@ -17,7 +17,10 @@ With `exchange/sequencer.py`, the only module of `exchange/` that does I/O. It o
   then detached (`DETACH PARTITION ... CONCURRENTLY`: the writer's COPYs go on) and dropped. Recovery
   reads only the snapshot and the rows after it, so it never needs an archived partition; the row at
   the snapshot's own seq is kept too (recovery reads its time stamp). A partition holding a row
-  recovery still needs is refused (`ArchiveRefused`) and then nothing is archived. What archival
+  recovery still needs is refused (`ArchiveRefused`) and then nothing is archived; so is one holding
+  rows a projection (a `projections` watermark: settlement reports, read models) has not yet folded.
+  A projection that meets missing rows after its watermark anyway (reset to rebuild, say) stops with
+  `JournalGap` (`check_journal_contiguous`) instead of skipping them. What archival
   gives up: a full replay from seq 1 (`recover(use_snapshot=False)`, which then reports the missing
   rows as a hole), answers to retries of orders placed in archived days (archive only days older
   than the idempotency retention), and, until the gateway's read model starts from a snapshot, the
@@ -36,10 +39,11 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import struct
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from importlib import resources
@@ -60,6 +64,7 @@ __all__ = [
     "PGDATA_ENV",
     "ArchiveRefused",
     "ArchivedPartition",
+    "JournalGap",
     "JournalPartition",
     "JournalRow",
     "Migration",
@@ -67,6 +72,7 @@ __all__ = [
     "Snapshot",
     "append_journal",
     "archive_journal",
+    "check_journal_contiguous",
     "copy_binary_data",
     "copy_journal_binary",
     "create_pool",
@@ -75,6 +81,7 @@ __all__ = [
     "encode_journal_rows",
     "ensure_database",
     "ensure_journal_partitions",
+    "follow_reconnecting",
     "journal_entry",
     "journal_partition_name",
     "journal_partitions",
@@ -395,7 +402,55 @@ class ArchivedPartition(NamedTuple):
 
 
 class ArchiveRefused(RuntimeError):
-    """Archiving would lose what recovery needs (no snapshot, or a partition holds rows after it)."""
+    """Archiving would lose what recovery or a projection needs (no snapshot, a partition holds rows
+    after it, or a `projections` watermark has not yet passed a partition's rows)."""
+
+
+class JournalGap(RuntimeError):
+    """A projection meets journal rows missing after its watermark (archived days): folding on would skip
+    them silently and move its watermark past them. Restore the days (`restore_journal_partition`)."""
+
+
+async def follow_reconnecting(
+    dsn: str, follow: Callable[[asyncpg.Connection], Awaitable[object]], who: str, log: logging.Logger,
+) -> None:
+    """Run `follow(conn)` on its own connection to `dsn` until cancelled, connecting again (backing off
+    from 0.05 s to 2 s) when the database cannot be reached or the connection is lost; any other error
+    ends it. The background followers of the journal (the read-model projector, the settlement history's
+    writer) share this loop; `who` names them in `log`'s warnings."""
+    delay_s = 0.05
+    while True:
+        try:
+            conn = await asyncpg.connect(dsn)
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("%s cannot connect (%s); retrying in %.2f s", who, exc, delay_s)
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, 2.0)
+            continue
+        delay_s = 0.05
+        try:
+            await follow(conn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+            # InternalClientError: asyncpg's protocol state after the backend was terminated mid-query
+            log.warning("%s lost its connection (%s); reconnecting", who, exc)
+        finally:
+            conn.terminate()
+
+
+async def check_journal_contiguous(conn: asyncpg.Connection, after_seq: int, seqs: Sequence[int], who: str) -> None:
+    """Raise `JournalGap` unless the journal holds every seq from `after_seq + 1` up to the last of `seqs`
+    (ascending: the rows a projection is about to fold, possibly skipping rows without events). Only a
+    jump between neighbours is counted in the database, so a contiguous page costs nothing."""
+    previous = after_seq
+    for seq in seqs:
+        if seq > previous + 1:
+            held = await conn.fetchval("SELECT count(*) FROM journal WHERE seq > $1 AND seq < $2", previous, seq)
+            if held != seq - previous - 1:
+                raise JournalGap(
+                    f"{who}: journal rows between seq {previous} and {seq} are missing (archived?): "
+                    f"restore those days before projecting on"
+                )
+        previous = seq
 
 
 def journal_partition_name(day: int) -> str:
@@ -468,9 +523,10 @@ async def archive_journal(
 
     Refused (`ArchiveRefused`, nothing archived) when there is no snapshot or when one of those
     partitions holds a row with seq >= the latest snapshot's: recovery (the latest snapshot, then
-    the rows after it) still needs it. `verify_snapshot`, when given, must raise if the latest
-    snapshot does not restore (the CLI restores it and checks its hash): once rows are archived it is
-    the only way back. Each partition is exported (binary COPY, ordered by seq) to `NAME.copy`,
+    the rows after it) still needs it; refused too when a `projections` watermark is below one of those
+    partitions' last seq (the projection would never fold the rows). `verify_snapshot`, when given,
+    must raise if the latest snapshot does not restore (the CLI restores it and checks its hash): once
+    rows are archived it is the only way back. Each partition is exported (binary COPY, ordered by seq) to `NAME.copy`,
     fsynced, checked for its row count and described in `NAME.json` (bounds, rows, first and last seq,
     sha256, the snapshot seq that made it archivable) before `DETACH PARTITION ... CONCURRENTLY` (the
     writer's COPYs are not blocked; it cannot run inside a transaction) and `DROP TABLE`. An interrupted
@@ -494,11 +550,24 @@ async def archive_journal(
                 f"at seq {snapshot.seq}: take a later snapshot first"
             )
         spans.append((partition, int(rows), int(first_seq), int(last_seq)))
+    await _refuse_unprojected(conn, max((span[3] for span in spans), default=0))
     directory.mkdir(parents=True, exist_ok=True)
     archived = []
     for partition, rows, first_seq, last_seq in spans:
         archived.append(await _archive_partition(conn, partition, rows, first_seq, last_seq, snapshot.seq, directory))
     return archived
+
+
+async def _refuse_unprojected(conn: asyncpg.Connection, last_seq: int) -> None:
+    """A projection (settlement reports, read models) folds the journal from its watermark on: rows it has
+    not yet folded must stay, or they would never reach it."""
+    behind = await conn.fetch("SELECT name, seq FROM projections WHERE seq < $1 ORDER BY name", last_seq)
+    if behind:
+        which = ", ".join(f"{r['name']} at seq {r['seq']}" for r in behind)
+        raise ArchiveRefused(
+            f"the projections {which} have not yet folded the rows to archive (up to seq {last_seq}): "
+            f"let them catch up (start the gateway) first"
+        )
 
 
 async def _archive_partition(

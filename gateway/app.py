@@ -29,6 +29,7 @@ from exchange.store import create_pool
 from gateway import (
     admin,
     auctions,
+    calendar,
     clock,
     demo,
     exchange_port,
@@ -40,6 +41,7 @@ from gateway import (
     orders,
     participants,
     people,
+    priceindex,
     requestlog,
     settlement,
     store,
@@ -66,7 +68,7 @@ API_VERSION = "0.1.0"
 # Every installed route table; a new handler module adds its `routes` here.
 ROUTE_TABLES: tuple[RouteTable, ...] = (system.routes, admin.routes, orders.routes, lots.routes, market.routes,
                                          operator.routes, participants.routes, settlement.routes, people.routes,
-                                         auctions.routes, index.routes)
+                                         auctions.routes, index.routes, calendar.routes)
 
 
 def create_app(
@@ -119,6 +121,7 @@ def create_app(
 
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_exchange)
+    app.cleanup_ctx.append(priceindex.context)  # the price index's history in PostgreSQL (exchange/priceindex.py)
     app.cleanup_ctx.append(opsmetrics.context)
     app.cleanup_ctx.append(_readiness)
     app.on_shutdown.append(_on_shutdown)

@@ -109,7 +109,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "simulate":
         return _simulate(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    requestlog.configure(args.request_log)
     try:
         config = GatewayConfig.from_env(host=args.host, port=args.port, demo=args.demo or None)
     except ConfigError as exc:
@@ -118,7 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.simulate and not config.demo:
         print("hogx: --simulate needs --demo (its operator registers the simulated traders)", file=sys.stderr)
         return 2
-    asyncio.run(_serve(config, with_simulation=args.simulate))
+    request_log = requestlog.configure(args.request_log)
+    try:
+        asyncio.run(_serve(config, with_simulation=args.simulate))
+    finally:
+        request_log.stop()  # the lines still queued are written
     return 0
 
 

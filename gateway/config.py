@@ -36,11 +36,15 @@ HOGX_SEQUENCER_QUEUE_SIZE      commands the sequencer queues before answering 50
 HOGX_SEQUENCER_MAX_BATCH       most commands journaled in one commit                       1000
 HOGX_SNAPSHOT_EVERY            commands between core snapshots                             100000
 HOGX_CLOCK_TICK_S              exchange clock tick (expires GTD orders); 0 turns it off    1
+HOGX_RETENTION_S               exchange seconds final records and idempotency keys stay    0 (24 h)
+                               in memory (exchange/core.py "Memory"); 0: the default
 HOGX_CLOCK                     `wall`, or `simulated` for tests and demos (gateway/clock.py)  wall
 HOGX_CLOCK_START_MS            where a simulated clock starts; 0: the wall clock at start  0
 HOGX_TRADE_HISTORY             public trades kept per instrument for GET .../trades        10000
 HOGX_CANDLE_HISTORY            candles kept per instrument and interval                    1000
 HOGX_PROJECT_READ_MODELS       keep the PostgreSQL `orders`/`trades` tables up to date     false
+HOGX_METRICS_TOKEN             when set, GET /metrics needs `Authorization: Bearer` it     (unset)
+                               (16-256 printable characters, no spaces)
 HOGX_PAYER_NAME                the exchange's settlement account that payout files debit:  (unset)
 HOGX_PAYER_ACCOUNT             its holder's name, account number (1-32 of 0-9 A-Z a-z),
 HOGX_PAYER_BANK_CODE           bank code (3 digits) and branch code (12 digits, starting
@@ -71,6 +75,7 @@ __all__ = ["ConfigError", "GatewayConfig"]
 
 _KEY_RE = re.compile(r"[A-Za-z0-9_\-]{8,64}")
 _PAYER_ACCOUNT_RE = re.compile(r"[0-9A-Za-z]{1,32}")
+_TOKEN_RE = re.compile(r"[\x21-\x7e]{16,256}")
 
 
 class ConfigError(ValueError):
@@ -112,6 +117,9 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
     sequencer_max_batch: int = 1_000  # the sequencer's measured default
     snapshot_every: int = 100_000
     clock_tick_s: float = 1.0
+    # The core's retention window for final records and idempotency keys, in exchange seconds (the
+    # ticks carry it: exchange/core.py "Memory"); 0 is the core's default, 24 h.
+    retention_s: int = 0
     clock: str = "wall"  # or "simulated": tests and demos move it with POST /v1/admin/clock
     clock_start_ms: int = 0  # a simulated clock's start; 0: the wall clock at start
     trade_history: int = 10_000
@@ -119,6 +127,8 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
     # Off by default: the API answers from the in-memory read model; the PostgreSQL projection serves
     # SQL readers only and costs ~28 µs of database CPU per order (run it where the database has room).
     project_read_models: bool = False
+    # /metrics shows exchange-wide money: when set, a scrape must present it as a bearer token.
+    metrics_token: str | None = None
     # The payer of payout files (exchange.settlement.bankfiles). No default: a real market that forgot
     # them must not send files debiting a made-up account; `payer()` falls back to DEMO_PAYER only in a demo.
     payer_name: str = ""
@@ -140,6 +150,8 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
                      "candle_history"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.retention_s < 0:
+            raise ConfigError("retention_s must be 0 (the default, 24 h) or positive")
         if self.drain_s < 0:
             raise ConfigError("drain_s must be 0 or positive")
         if self.clock_tick_s < 0:
@@ -150,6 +162,8 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError("HOGX_CLOCK_START_MS must be milliseconds since the epoch")
         if self.rate_limit_per_s <= 0:
             raise ConfigError("rate_limit_per_s must be positive")
+        if self.metrics_token is not None and not _TOKEN_RE.fullmatch(self.metrics_token):
+            raise ConfigError("HOGX_METRICS_TOKEN must be 16-256 printable characters without spaces")
         if not 0 <= self.db_pool_min <= self.db_pool_max:
             raise ConfigError("need 0 <= db_pool_min <= db_pool_max")
         payer = (self.payer_name, self.payer_account, self.payer_bank_code, self.payer_branch_code)
@@ -213,6 +227,7 @@ _ENV_VARS: dict[str, str] = {
     "sequencer_max_batch": "HOGX_SEQUENCER_MAX_BATCH",
     "snapshot_every": "HOGX_SNAPSHOT_EVERY",
     "clock_tick_s": "HOGX_CLOCK_TICK_S",
+    "retention_s": "HOGX_RETENTION_S",
     "clock": "HOGX_CLOCK",
     "clock_start_ms": "HOGX_CLOCK_START_MS",
     "trade_history": "HOGX_TRADE_HISTORY",
@@ -222,4 +237,5 @@ _ENV_VARS: dict[str, str] = {
     "payer_account": "HOGX_PAYER_ACCOUNT",
     "payer_bank_code": "HOGX_PAYER_BANK_CODE",
     "payer_branch_code": "HOGX_PAYER_BRANCH_CODE",
+    "metrics_token": "HOGX_METRICS_TOKEN",
 }

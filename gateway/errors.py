@@ -46,6 +46,7 @@ class Code(StrEnum):
     TIMESTAMP_OUT_OF_WINDOW = "timestamp_out_of_window"  # 401
     REVOKED_KEY = "revoked_key"  # 401
     REPLAYED_REQUEST = "replayed_request"  # 401
+    BAD_TOKEN = "bad_token"  # 401 GET /metrics without the bearer token HOGX_METRICS_TOKEN asks for
     FORBIDDEN = "forbidden"  # 403 authenticated, but the role may not call this route
     NOT_FOUND = "not_found"  # 404 (also for another participant's resources)
     METHOD_NOT_ALLOWED = "method_not_allowed"  # 405

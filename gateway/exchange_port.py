@@ -138,6 +138,7 @@ class Shard:
             snapshot_every=config.snapshot_every,
             tick_interval_s=config.clock_tick_s or None,
             extra_writes=self.ledger_writer,
+            retention_ns=config.retention_s * 10**9,
             clock_ns=self.clock or time.time_ns,
         )
         self.ledger_writer.attach(self.sequencer)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from exchange.commands import RegisterLot
 from exchange.events import LotRegistered, Rejected
+from exchange.settlement import pgstore
 from gateway.auth import SELLERS
 from gateway.errors import ApiError
 from gateway.exchange_port import EXCHANGE
 from gateway.readmodel import LotRecord
 from gateway.routes import Call, RouteTable
 from gateway.schemas import LotPath, LotView, RegisterLotRequest, rejection
+from gateway.settlement import refuse_expired_reference
 
 __all__ = ["lot_view", "routes"]
 
@@ -33,6 +35,9 @@ async def register_lot(call: Call, body: RegisterLotRequest) -> LotView:
     (after a timeout or a 503) gets the same lot back; the same ref with other content is a 409."""
     port = call.app[EXCHANGE]
     principal = call.principal
+    ref = body.client_lot_ref or ""
+    await refuse_expired_reference(call, pgstore.REF_LOT, principal.participant_id, ref,
+                                   (principal.participant_id, ref) in port.sequencer.core.lot_refs)
     command = RegisterLot(principal.participant_id, 0, body.instrument, body.heads, body.avg_weight_g,
                           body.origin, body.quarantine_cert, body.ear_tags, body.client_lot_ref or "")
     result = await port.submit(command)

@@ -20,6 +20,7 @@ import msgspec
 from aiohttp import web
 
 from gateway.auth import PUBLIC, Principal
+from gateway.calendar import label_date, session_view
 from gateway.errors import ApiError
 from gateway.exchange_port import EXCHANGE, ExchangePort
 from gateway.readmodel import BatchDigest, InstrumentRecord, ReadModel
@@ -92,6 +93,8 @@ def instrument_view(record: InstrumentRecord) -> InstrumentView:
         TRADING_STATE_NAME[record.state], record.seq, record.seller_fee_bps, spec.overweight_limit_g,
         spec.overweight_discount_fen_per_kg, spec.underweight_limit_g, spec.underweight_discount_fen_per_kg,
         spec.dispute_window_ns // _NS_PER_MS, QUARANTINE_REGION_NAME[spec.quarantine_region], spec.shrink_bps,
+        session_view(spec.session),
+        label_date(spec.index_base_day) if spec.index_base_day else None, record.state_reason,
     )  # fmt: skip
 
 

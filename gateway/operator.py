@@ -19,6 +19,7 @@ from exchange.commands import Command, Halt, ListInstrument, Resume, SetReferenc
 from exchange.domain import InstrumentSpec, ProductClass
 from exchange.events import Rejected
 from gateway.auth import OPERATORS
+from gateway.calendar import date_label, session_of
 from gateway.errors import ApiError
 from gateway.exchange_port import EXCHANGE
 from gateway.market import instrument_view, unknown_instrument
@@ -28,6 +29,7 @@ from gateway.schemas import (
     PRODUCT_CLASS,
     QUARANTINE_REGION,
     TRADING_STATE,
+    HaltQuery,
     InstrumentPath,
     InstrumentRequest,
     InstrumentView,
@@ -55,6 +57,8 @@ def spec_from_request(body: InstrumentRequest) -> InstrumentSpec:
         underweight_discount_fen_per_kg=body.underweight_discount_fen_per_kg,
         dispute_window_ns=body.dispute_window_ms * _NS_PER_MS,
         quarantine_region=QUARANTINE_REGION[body.quarantine_region], shrink_bps=body.shrink_bps,
+        session=None if body.session is None else session_of(body.session),
+        index_base_day=0 if body.index_base_date is None else date_label(body.index_base_date, "invalid_instrument"),
     )  # fmt: skip
 
 
@@ -98,12 +102,16 @@ async def list_instrument(call: Call, body: InstrumentRequest) -> InstrumentView
     return await _run(call, body.symbol, command)
 
 
-@routes.post("/v1/instruments/{instrument}/halt", roles=OPERATORS, params=InstrumentPath,
+@routes.post("/v1/instruments/{instrument}/halt", roles=OPERATORS, params=InstrumentPath, query=HaltQuery,
              response=InstrumentView, errors=(409,))
-async def halt(call: Call, params: InstrumentPath) -> InstrumentView:
-    """Halt trading: no new orders or amendments; cancels still work."""
+async def halt(call: Call, params: InstrumentPath, query: HaltQuery) -> InstrumentView:
+    """Halt trading: no new orders or amendments; cancels still work. `reason` is shown as `state_reason`.
+
+    A market is halted from any state but halted (continuous, auction, closed); with a trading session it
+    resumes to where the calendar has moved meanwhile (exchange/calendar.py)."""
     _known(call, params.instrument)
-    return await _run(call, params.instrument, Halt(call.principal.participant_id, 0, params.instrument))
+    command = Halt(call.principal.participant_id, 0, params.instrument, query.reason)
+    return await _run(call, params.instrument, command)
 
 
 @routes.post("/v1/instruments/{instrument}/resume", roles=OPERATORS, params=InstrumentPath,

@@ -37,6 +37,7 @@ from exchange.events import (
     InstrumentListed,
     LotAuctionChanged,
     LotRegistered,
+    NonTradingDaySet,
     OrderAccepted,
     OrderAmended,
     OrderCancelled,
@@ -125,11 +126,12 @@ class InstrumentRecord:
     """An instrument's specification, state and L2 book (bids keyed by -price so index 0 is best)."""
 
     __slots__ = ("asks", "band_high_fen", "band_low_fen", "bids", "reference_price_fen", "seller_fee_bps", "seq",
-                 "series", "spec", "state", "trades")
+                 "series", "spec", "state", "state_reason", "trades")
 
     def __init__(self, spec: InstrumentSpec, seq: int, trade_history: int) -> None:
         self.spec = spec
         self.state = spec.initial_state
+        self.state_reason = ""  # a halt's reason, or the calendar's phase
         self.seq = seq
         self.bids: SortedDict = SortedDict()
         self.asks: SortedDict = SortedDict()
@@ -322,6 +324,7 @@ class ReadModel:
         self.traded_heads = 0
         self.auctions: dict[int, LotAuction] = {}  # every lot auction as it is now (gateway/auctions.py)
         self.index = PriceIndex()  # the daily live-hog price index (gateway/index.py)
+        self.non_trading_days: set[int] = set()  # yyyymmdd, China Standard Time (exchange/calendar.py)
         self._handlers: dict[type, Callable[..., None]] = {
             LotAuctionChanged: self._on_lot_auction,
             OrderAccepted: self._on_accepted,
@@ -337,6 +340,7 @@ class ReadModel:
             AuctionUncrossed: _ignore,
             Rejected: self._on_rejected,
             FeeScheduleSet: self._on_fee_schedule,
+            NonTradingDaySet: self._on_non_trading_day,
         }
 
     # -- folding --------------------------------------------------------------------------------------
@@ -482,7 +486,15 @@ class ReadModel:
 
     def _on_state(self, event: TradingStateChanged, command: Command, touched: dict[int, int],
                   digest: BatchDigest) -> None:
-        self.instruments[event.instrument].state = event.state
+        record = self.instruments[event.instrument]
+        record.state, record.state_reason = event.state, event.reason
+
+    def _on_non_trading_day(self, event: NonTradingDaySet, command: Command, touched: dict[int, int],
+                            digest: BatchDigest) -> None:
+        if event.closed:
+            self.non_trading_days.add(event.day)
+        else:
+            self.non_trading_days.discard(event.day)
 
     def _on_reference(self, event: ReferencePriceSet, command: Command, touched: dict[int, int],
                       digest: BatchDigest) -> None:

@@ -13,7 +13,8 @@ metrics), `participant_id` is the authenticated participant (null when the reque
 authentication or the route is public), `code` the error code of a 4xx/5xx answer (null otherwise). Nothing
 else of the request is logged: no headers (keys, signatures), no body (ID numbers, bank accounts, amounts),
 no query string. WebSocket messages are not requests and are not logged here. `hogx serve` writes these
-lines as they are to stderr, or to the file `--request-log` names (the other logs keep their plain format).
+lines as they are to stderr, or to the file `--request-log` names (the other logs keep their plain format),
+from a writer thread (`RequestLog`): the event loop only queues the line; stopping writes what is queued.
 """
 
 from __future__ import annotations
@@ -21,17 +22,19 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import queue
 import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from logging.handlers import QueueHandler, QueueListener
 from pathlib import Path
 from typing import Final
 
 import msgspec
 from aiohttp import web
 
-__all__ = ["LOGGER_NAME", "PRINCIPAL", "REQUEST_ID_HEADER", "configure", "middleware"]
+__all__ = ["LOGGER_NAME", "PRINCIPAL", "REQUEST_ID_HEADER", "RequestLog", "configure", "middleware"]
 
 LOGGER_NAME: Final = "hogx.requests"
 REQUEST_ID_HEADER: Final = "X-Request-Id"
@@ -99,15 +102,41 @@ async def middleware(request: web.Request, handler: _Handler) -> web.StreamRespo
     return response
 
 
-def configure(target: str = "-") -> None:
+class RequestLog:
+    """The request log's writer (`configure` makes it): the middleware only queues a line (`QueueHandler`);
+    a thread (`QueueListener`) writes and flushes them, so a slow disk never stalls the event loop the
+    sequencer shares. `flush()` returns once every line queued before it is written; `stop()` writes
+    what is queued, then stops the thread and closes the target."""
+
+    def __init__(self, handler: logging.Handler) -> None:
+        self._queue: queue.Queue[logging.LogRecord] = queue.Queue()  # unbounded: a line is never dropped
+        self._handler = handler
+        self._queue_handler = QueueHandler(self._queue)
+        self._listener = QueueListener(self._queue, handler)
+        self._listener.start()
+        _log.addHandler(self._queue_handler)
+
+    def flush(self) -> None:
+        """Block until the writer has written (and flushed) every line queued so far."""
+        self._queue.join()  # the listener marks each record done once its handler returned
+        self._handler.flush()
+
+    def stop(self) -> None:
+        _log.removeHandler(self._queue_handler)
+        self._listener.stop()  # writes what is still queued first
+        self._handler.close()
+
+
+def configure(target: str = "-") -> RequestLog:
     """Write the request log's lines as they are (JSON), apart from the other logs' format: to stderr
-    (`-`) or appended to the file `target`."""
+    (`-`) or appended to the file `target`, from a writer thread. Stop the returned `RequestLog` at exit."""
     if target == "-":
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
     else:
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(target, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(message)s"))
-    _log.addHandler(handler)
+    writer = RequestLog(handler)
     _log.setLevel(logging.INFO)
     _log.propagate = False
+    return writer

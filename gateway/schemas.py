@@ -123,6 +123,7 @@ class TimeInForceName(StrEnum):
     IOC = "IOC"
     FOK = "FOK"
     GTD = "GTD"
+    DAY = "DAY"
 
 
 class StpName(StrEnum):
@@ -169,6 +170,7 @@ class TradingStateName(StrEnum):
     CONTINUOUS = "continuous"
     AUCTION = "auction"
     HALTED = "halted"
+    CLOSED = "closed"
 
 
 class CandleInterval(StrEnum):
@@ -295,6 +297,8 @@ _REJECT_MESSAGE: Final[dict[RejectReason, str]] = {
         "certificate number, the first two a mainland province code, e.g. 5001530001)"
     ),
     RejectReason.QUARANTINE_CERT_MISMATCH: "quarantine_cert is not the certificate of the trade's lot",
+    RejectReason.MARKET_CLOSED: "the market is closed: outside its trading session",
+    RejectReason.INVALID_CALENDAR_DAY: "the day must be a date after today (China Standard Time)",
 }
 
 
@@ -352,6 +356,27 @@ class RegisterLotRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unkno
     client_lot_ref: ClientLotRef | None = None
 
 
+ClockTime = Annotated[str, msgspec.Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$|^24:00$",
+                                        description="HH:MM, China Standard Time (UTC+8)")]
+IsoDate = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", description="YYYY-MM-DD")]
+Weekday = Annotated[int, msgspec.Meta(ge=1, le=7, description="ISO weekday: 1 Monday .. 7 Sunday")]
+
+
+class SessionRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """An instrument's trading day in China Standard Time (exchange/calendar.py). Pre-open (a call
+    auction: orders collect) from `pre_open`, the opening uncross and continuous trading at `open`, the
+    close at `close` (DAY orders expire); an optional break `break_from`..`break_to`. Defaults: the
+    Dalian day 08:50 / 09:00 / 15:00, Monday to Friday, no break."""
+
+    pre_open: ClockTime = "08:50"
+    open: ClockTime = "09:00"
+    close: ClockTime = "15:00"
+    break_from: ClockTime | None = None
+    break_to: ClockTime | None = None
+    weekdays: Annotated[list[Weekday], msgspec.Meta(min_length=1, max_length=7)] = msgspec.field(
+        default_factory=lambda: [1, 2, 3, 4, 5])
+
+
 class InstrumentRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """A standard grade at one delivery point. `price_band_bps` 400 is ±4 % of the reference price
     (0: no band); the reference price must lie on the tick.
@@ -396,6 +421,12 @@ class InstrumentRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknow
     shrink_bps: Annotated[int, msgspec.Meta(
         ge=0, le=MAX_SHRINK_BPS, description="basis points of live weight deducted from unfasted pigs",
     )] = _SPEC_DEFAULT["shrink_bps"]
+    session: SessionRequest | None = None  # None: no trading calendar (the state changes only by operators)
+    index_base_date: IsoDate | None = None  # the price index's base day (None: the first day with trades)
+
+
+class HaltQuery(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    reason: Annotated[Text, msgspec.Meta(max_length=200)] = ""
 
 
 class ReferencePriceRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -572,6 +603,9 @@ class InstrumentView(msgspec.Struct, frozen=True):
     dispute_window_ms: int
     quarantine_region: QuarantineRegionName
     shrink_bps: int
+    session: SessionRequest | None = None  # the trading day; None: no calendar
+    index_base_date: str | None = None
+    state_reason: str = ""  # a halt's reason, or the calendar phase (pre_open, open, break, close)
 
 
 class LotView(msgspec.Struct, frozen=True):

@@ -53,7 +53,7 @@ import re
 import time
 from collections.abc import Iterable
 from enum import StrEnum
-from typing import Annotated, Final
+from typing import Annotated, Final, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -98,7 +98,7 @@ from exchange.settlement.bankfiles import (
     sent_pairs,
 )
 from exchange.settlement.clearing import HOUSE
-from exchange.settlement.model import Payout, TradeRecord, TradeState, Withdrawal, WithdrawalState
+from exchange.settlement.model import Payout, SentFile, TradeRecord, TradeState, Withdrawal, WithdrawalState
 from exchange.settlement.rules import cst_day
 from exchange.settlement.views import (
     ALL_SIDES,
@@ -132,6 +132,8 @@ __all__ = ["BORROWERS", "clearing_of", "rejection", "routes", "submit"]
 
 routes = RouteTable()
 R = RejectReason
+_R = TypeVar("_R")  # a record of the clearing read back from history
+_V = TypeVar("_V")
 SHA256_HEADER: Final = "X-Hogx-SHA256"  # the hex SHA-256 of a payout file's bytes
 BORROWERS: Final = SELLERS | BUYERS  # the roles that trade, consent, borrow and repay
 OWNERS: Final = BORROWERS | FINANCIERS  # the roles that hold cash of their own
@@ -212,6 +214,20 @@ def clearing_of(call: Call) -> Clearing:
     if clearing is None:
         raise ApiError(503, Code.UNAVAILABLE, "settlement is not enabled on this exchange's journal")
     return clearing
+
+
+async def refuse_expired_reference(call: Call, kind: int, owner_id: int, ref: str, held: bool) -> None:
+    """409 `reference_expired` for a reference the core no longer holds (its retention window has passed)
+    that took effect before: a deposit's bank reference, a withdrawal, repayment or client lot reference
+    takes effect once, for ever (`settlement_refs`, migration 0014). A reference the core holds is left to
+    it: a retry gets the original answer."""
+    if held or not ref:
+        return
+    seq = await pgstore.used_reference(call.pool, kind, owner_id, ref)
+    if seq is not None:
+        raise ApiError(409, "reference_expired",
+                       f"reference {ref!r} was used by journal entry {seq}, beyond the retention window: "
+                       "it is not applied again; use a new reference for a new request")
 
 
 async def submit(call: Call, command: Command) -> list[Event]:
@@ -333,6 +349,8 @@ def _withdrawal_view(w: Withdrawal) -> WithdrawalView:
              errors=(404, 409))
 async def confirm_deposit(call: Call, body: DepositRequest) -> DepositView:
     """Confirm money that arrived at the bank for a participant (or the subsidy fund, owner 0)."""
+    await refuse_expired_reference(call, pgstore.REF_DEPOSIT, 0, body.deposit_ref,
+                                   body.deposit_ref in clearing_of(call).deposits)
     await submit(call, ConfirmDeposit(call.principal.participant_id, 0, body.deposit_ref, body.owner_id,
                                       FUNDS[body.account], body.amount_fen))
     return _deposit_view(clearing_of(call), body.deposit_ref)
@@ -380,8 +398,10 @@ async def import_deposits(call: Call, body: DepositImportRequest) -> DepositImpo
     return DepositImportView(confirmed, len(results) - confirmed, results)
 
 
-async def _row_outcome(call: Call, command: Command) -> str:
+async def _row_outcome(call: Call, command: ConfirmDeposit) -> str:
     try:
+        await refuse_expired_reference(call, pgstore.REF_DEPOSIT, 0, command.deposit_ref,
+                                       command.deposit_ref in clearing_of(call).deposits)
         await submit(call, command)
     except ApiError as exc:
         if exc.status >= 500:
@@ -395,6 +415,8 @@ async def _row_outcome(call: Call, command: Command) -> str:
 async def request_withdrawal(call: Call, body: WithdrawalRequest) -> WithdrawalView:
     """Ask for money back to your verified bank account; it is held until the bank confirms."""
     owner = call.principal.participant_id
+    await refuse_expired_reference(call, pgstore.REF_WITHDRAWAL, owner, body.withdrawal_ref,
+                                   (owner, body.withdrawal_ref) in clearing_of(call).withdrawals)
     await submit(call, RequestWithdrawal(owner, 0, body.withdrawal_ref, FundsAccount[body.account.name],
                                          body.amount_fen))
     return _withdrawal_view(clearing_of(call).withdrawals[(owner, body.withdrawal_ref)])
@@ -550,25 +572,55 @@ def _may_see(clearing: Clearing, principal: Principal, trade: TradeRecord) -> bo
     return principal.role == Role.FINANCIER and finances(clearing, pid, trade)
 
 
-def _visible_trade(call: Call, trade_id: int) -> TradeRecord:
+# -- history: what the clearing forgot -------------------------------------------------------------------
+# The clearing holds a settled trade, a final payout or a bank file for its retention window only
+# (exchange/core.py "Memory"); then its record is in `settlement_history` (pgstore, migration 0014),
+# written with the clock tick that forgot it. Reads look in memory first, then there. A financier sees
+# a forgotten trade it financed only through its parties' reports (history is kept by party).
+
+
+async def _archived(call: Call, kind: int, record_type: type[_R], item_id: int, ref: str = "") -> _R | None:
+    data = await pgstore.archived_record(call.pool, kind, item_id, ref)
+    return None if data is None else msgspec.msgpack.decode(data, type=record_type)
+
+
+async def _archived_page(call: Call, kind: int, record_type: type[_R], before: int | None, state: int | None,
+                         limit: int) -> list[_R]:
+    """Forgotten records of the caller (an operator: all), newest first, below `before`, in `state`."""
+    party = None if _is_operator(call.principal) else call.principal.participant_id
+    rows = await pgstore.archived_page(call.pool, kind, before, party, state, limit)
+    return [msgspec.msgpack.decode(data, type=record_type) for data in rows]
+
+
+def _newest(memory: list[tuple[int, _V]], archived: list[tuple[int, _V]], limit: int) -> tuple[list[_V], bool]:
+    """The `limit` newest of both (by id, an id once), and whether there are more."""
+    merged: dict[int, _V] = dict(archived)
+    merged.update(memory)
+    ids = sorted(merged, reverse=True)
+    return [merged[i] for i in ids[:limit]], len(ids) > limit
+
+
+async def _visible_trade(call: Call, trade_id: int) -> TradeRecord:
     """The trade if the caller may see it; anyone else's is `unknown_trade`, like a missing one."""
     clearing = clearing_of(call)
     trade = clearing.trades.get(trade_id)
+    if trade is None:
+        trade = await _archived(call, pgstore.HISTORY_TRADE, TradeRecord, trade_id)
     if trade is None or not _may_see(clearing, call.principal, trade):
         raise rejection(R.UNKNOWN_TRADE)
     return trade
 
 
-def _party_trade(call: Call, trade_id: int) -> TradeRecord:
+async def _party_trade(call: Call, trade_id: int) -> TradeRecord:
     """The trade if the caller is a party to it or an operator (financiers act on trades elsewhere)."""
-    trade = _visible_trade(call, trade_id)
+    trade = await _visible_trade(call, trade_id)
     if not _is_operator(call.principal) and call.principal.participant_id not in (trade.buyer_id, trade.seller_id):
         raise rejection(R.UNKNOWN_TRADE)
     return trade
 
 
 async def _trade_command(call: Call, trade_id: int, command: Command) -> TradeSettlementView:
-    _party_trade(call, trade_id)
+    await _party_trade(call, trade_id)
     await submit(call, command)
     clearing = clearing_of(call)
     trade = clearing.trades[trade_id]
@@ -614,7 +666,7 @@ async def resolve_dispute(call: Call, params: TradePath, body: ResolutionRequest
 @routes.get("/v1/trades/{trade_id}/settlement", roles=ANY_ROLE, params=TradePath, response=TradeSettlementView)
 async def get_trade_settlement(call: Call, params: TradePath) -> TradeSettlementView:
     """A trade's delivery and settlement (its parties, its consented financier, operators)."""
-    trade = _visible_trade(call, params.trade_id)
+    trade = await _visible_trade(call, params.trade_id)
     return _trade_view(trade, _sides(clearing_of(call), call.principal, trade))
 
 
@@ -624,16 +676,22 @@ async def list_trade_settlements(call: Call, query: TradeQuery) -> TradeSettleme
     clearing, principal = clearing_of(call), call.principal
     before = None if query.cursor is None else int(query.cursor)
     state = None if query.state is None else TradeState[query.state.name]
-    page: list[TradeSettlementView] = []
+    memory: list[tuple[int, TradeRecord]] = []
     for trade_id in sorted(clearing.trades, reverse=True):
         if before is not None and trade_id >= before:
             continue
         trade = clearing.trades[trade_id]
         if (state is None or trade.state == state) and _may_see(clearing, principal, trade):
-            if len(page) == query.limit:
-                return TradeSettlementPage(page, str(page[-1].trade_id))
-            page.append(_trade_view(trade, _sides(clearing, principal, trade)))
-    return TradeSettlementPage(page, None)
+            memory.append((trade_id, trade))
+            if len(memory) > query.limit:
+                break
+    archived: list[tuple[int, TradeRecord]] = []
+    if state in (None, TradeState.SETTLED, TradeState.REJECTED):
+        found = await _archived_page(call, pgstore.HISTORY_TRADE, TradeRecord, before, state, query.limit + 1)
+        archived = [(t.trade_id, t) for t in found if _may_see(clearing, principal, t)]
+    trades, more = _newest(memory, archived, query.limit)
+    page = [_trade_view(t, _sides(clearing, principal, t)) for t in trades]
+    return TradeSettlementPage(page, str(page[-1].trade_id) if more else None)
 
 
 # -- payouts and bank files -----------------------------------------------------------------------------
@@ -772,6 +830,27 @@ async def _bank_file(call: Call, file_ref: str) -> web.Response:
     return response
 
 
+async def _archived_bank_file(call: Call, file_ref: str) -> web.Response | None:
+    """A file the clearing forgot: the bytes stored when it was sent, or (sent before files were stored)
+    rendered again from history, its payouts from memory or history; None if there never was one."""
+    clearing = clearing_of(call)
+    if file_ref in clearing.file_digests:
+        return await _bank_file(call, file_ref)
+    sent = await _archived(call, pgstore.HISTORY_SENT_FILE, SentFile, 0, file_ref)
+    if sent is None:
+        return None
+    payouts = []
+    for payout_id, attempt in sent.payouts:
+        p = clearing.payouts.get(payout_id) or await _archived(call, pgstore.HISTORY_PAYOUT, Payout, payout_id)
+        if p is None:
+            raise ApiError(503, Code.UNAVAILABLE, f"payout {payout_id} of the file is being archived: try again")
+        payouts.append(msgspec.structs.replace(p, attempt=attempt))
+    content = _render(call, clearing, file_ref, payouts)
+    response = _csv_response(content, f"{file_ref}.csv")
+    response.headers[SHA256_HEADER] = hashlib.sha256(content).hexdigest()
+    return response
+
+
 @routes.post("/v1/payout-files", roles=OPERATORS, body=PayoutFileRequest, response=None, media_type=_CSV,
              status=201, errors=(409,))
 async def export_payout_file(call: Call, body: PayoutFileRequest) -> web.Response:
@@ -808,7 +887,10 @@ async def get_payout_file(call: Call, params: PayoutFilePath) -> web.Response:
     while True:
         clearing = clearing_of(call)
         if params.file_ref not in clearing.sent_files:
-            raise rejection(R.UNKNOWN_REFERENCE)
+            archived = await _archived_bank_file(call, params.file_ref)
+            if archived is None:
+                raise rejection(R.UNKNOWN_REFERENCE)
+            return archived
         if await _committed(call):
             return await _bank_file(call, params.file_ref)
 
@@ -880,8 +962,10 @@ async def import_confirmations(call: Call, body: ConfirmationImportRequest) -> C
                                   [ImportErrorRow(pid, reason) for pid, reason in done.errors])
 
 
-def _visible_payout(call: Call, payout_id: int) -> Payout:
+async def _visible_payout(call: Call, payout_id: int) -> Payout:
     payout = clearing_of(call).payouts.get(payout_id)
+    if payout is None:
+        payout = await _archived(call, pgstore.HISTORY_PAYOUT, Payout, payout_id)
     if payout is None or not (_is_operator(call.principal) or payout.payee_id == call.principal.participant_id):
         raise rejection(R.UNKNOWN_REFERENCE)
     return payout
@@ -892,7 +976,7 @@ def _visible_payout(call: Call, payout_id: int) -> Payout:
 async def retry_payout(call: Call, params: PayoutPath) -> PayoutView:
     """Send a failed payout again, as a new attempt to the payee's current verified account."""
     await submit(call, RetryPayout(call.principal.participant_id, 0, params.payout_id))
-    return _payout_view(_visible_payout(call, params.payout_id))
+    return _payout_view(await _visible_payout(call, params.payout_id))
 
 
 @routes.post("/v1/payouts/{payout_id}/return", roles=OPERATORS, params=PayoutPath, response=PayoutView,
@@ -900,13 +984,13 @@ async def retry_payout(call: Call, params: PayoutPath) -> PayoutView:
 async def return_payout(call: Call, params: PayoutPath) -> PayoutView:
     """Give a failed (or unsent) payout up: its money is payable to the payee again."""
     await submit(call, ReturnPayout(call.principal.participant_id, 0, params.payout_id))
-    return _payout_view(_visible_payout(call, params.payout_id))
+    return _payout_view(await _visible_payout(call, params.payout_id))
 
 
 @routes.get("/v1/payouts/{payout_id}", roles=ANY_ROLE, params=PayoutPath, response=PayoutView)
 async def get_payout(call: Call, params: PayoutPath) -> PayoutView:
     """One of your payouts (an operator: any payout)."""
-    return _payout_view(_visible_payout(call, params.payout_id))
+    return _payout_view(await _visible_payout(call, params.payout_id))
 
 
 @routes.get("/v1/payouts", roles=ANY_ROLE, query=PayoutQuery, response=PayoutPage)
@@ -915,16 +999,22 @@ async def list_payouts(call: Call, query: PayoutQuery) -> PayoutPage:
     clearing, principal = clearing_of(call), call.principal
     before = None if query.cursor is None else int(query.cursor)
     state = None if query.state is None else PayoutState[query.state.name]
-    page: list[PayoutView] = []
+    memory: list[tuple[int, Payout]] = []
     for payout_id in sorted(clearing.payouts, reverse=True):
         p = clearing.payouts[payout_id]
         if (before is not None and payout_id >= before) or (state is not None and p.state != state):
             continue
         if _is_operator(principal) or p.payee_id == principal.participant_id:
-            if len(page) == query.limit:
-                return PayoutPage(page, str(page[-1].payout_id))
-            page.append(_payout_view(p))
-    return PayoutPage(page, None)
+            memory.append((payout_id, p))
+            if len(memory) > query.limit:
+                break
+    archived: list[tuple[int, Payout]] = []
+    if state in (None, PayoutState.CONFIRMED, PayoutState.RETURNED):
+        found = await _archived_page(call, pgstore.HISTORY_PAYOUT, Payout, before, state, query.limit + 1)
+        archived = [(p.payout_id, p) for p in found]
+    payouts, more = _newest(memory, archived, query.limit)
+    page = [_payout_view(p) for p in payouts]
+    return PayoutPage(page, str(page[-1].payout_id) if more else None)
 
 
 # -- financing ------------------------------------------------------------------------------------------
@@ -1073,6 +1163,8 @@ async def repay(call: Call, body: RepaymentRequest) -> LoanPage:
     """Repay a financier; the answer is your loans from it after the repayment. With `repayment_ref` a
     retry repays nothing twice (same ref, other content: 409)."""
     borrower = call.principal.participant_id
+    await refuse_expired_reference(call, pgstore.REF_REPAYMENT, borrower, body.repayment_ref or "",
+                                   (borrower, body.repayment_ref) in clearing_of(call).repayments)
     await submit(call, RepayLoan(borrower, 0, body.financier_id, body.amount_fen, body.repayment_ref or ""))
     return _own_loans(clearing_of(call), borrower, body.financier_id)
 

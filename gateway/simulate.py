@@ -44,7 +44,7 @@ from aiohttp import web
 from exchange.settlement.bankfiles import read_payout_file
 from gateway.client import Reply, SignedClient
 
-__all__ = ["Options", "Simulation", "Summary", "beside", "run"]
+__all__ = ["Options", "Simulation", "Summary", "beside", "run", "wait_ready"]
 
 _log = logging.getLogger(__name__)
 
@@ -543,6 +543,20 @@ def beside(farmers: int, buyers: int, minutes: float, speed: float) -> Callable[
     return context
 
 
+async def wait_ready(url: str, *, tries: int = 300, interval_s: float = 0.1) -> None:
+    """Until the gateway at `url` answers /readyz 200 (it listens once start-up is over); RuntimeError
+    after `tries` attempts: a simulation against a gateway that never got ready would only fail later."""
+    async with aiohttp.ClientSession() as session:
+        for _ in range(tries):
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(f"{url}/readyz") as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(interval_s)
+    raise RuntimeError(f"the gateway at {url} was not ready after {tries} tries ({tries * interval_s:g} s): "
+                       "the simulation does not start")
+
+
 async def _beside(app: web.Application, farmers: int, buyers: int, minutes: float, speed: float) -> None:
     from gateway import demo  # here: the demo imports the exchange port, which imports the app's modules
     from gateway.state import CONFIG, POOL
@@ -554,14 +568,8 @@ async def _beside(app: web.Application, farmers: int, buyers: int, minutes: floa
         key, secret = operator.api_key, operator.api_secret
     host = "127.0.0.1" if config.host in ("", "0.0.0.0", "::") else config.host
     url = f"http://{host}:{config.port}"
-    async with aiohttp.ClientSession() as session:  # the server listens once start-up is over
-        for _ in range(300):
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(f"{url}/readyz") as response:
-                    if response.status == 200:
-                        break
-            await asyncio.sleep(0.1)
     try:
+        await wait_ready(url)
         await run(Options(url, key, secret, farmers=farmers, buyers=buyers, minutes=minutes, speed=speed,
                           progress_every_s=30.0))
     except (RuntimeError, aiohttp.ClientError) as exc:  # the simulation must never take the server down

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Awaitable
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -174,13 +175,15 @@ class RegistrationWriter(LedgerWriter):
         return (participants, keys) if participants else None
 
     def _write(self, conn: asyncpg.Connection, accounts: list[tuple[int, ...]], postings: bytes,  # type: ignore[override]
-               rows: int) -> Awaitable[None]:
+               rows: int, *more: Any) -> Awaitable[None]:
+        """`more`: what else LedgerWriter writes (references, history), passed on as it is."""
         registrations, self._registrations = self._registrations, None
-        return self._write_all(conn, accounts, postings, rows, registrations)
+        return self._write_all(conn, accounts, postings, rows, registrations, more)
 
     async def _write_all(self, conn: asyncpg.Connection, accounts: list[tuple[int, ...]], postings: bytes, rows: int,
-                         registrations: tuple[list[tuple[int, str, str]], list[tuple[str, int, str]]] | None) -> None:
-        await LedgerWriter._write(self, conn, accounts, postings, rows)
+                         registrations: tuple[list[tuple[int, str, str]], list[tuple[str, int, str]]] | None,
+                         more: tuple[Any, ...] = ()) -> None:
+        await LedgerWriter._write(self, conn, accounts, postings, rows, *more)
         if registrations is not None:
             participants, keys = registrations
             await conn.executemany("INSERT INTO participants (participant_id, role, name) VALUES ($1, $2, $3)",

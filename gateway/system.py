@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+
 import msgspec
 from aiohttp import web
 
@@ -43,7 +45,13 @@ async def readyz(call: Call) -> Health:
 
 @routes.get("/metrics", roles=PUBLIC, media_type="text/plain")
 async def metrics(call: Call) -> web.Response:
-    """Prometheus metrics in the text exposition format."""
+    """Prometheus metrics in the text exposition format; with `HOGX_METRICS_TOKEN` set, only for a request
+    presenting it as `Authorization: Bearer <token>` (401 `bad_token` otherwise)."""
+    token = call.config.metrics_token
+    if token is not None:
+        given = call.request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):  # no timing hint
+            raise ApiError(401, Code.BAD_TOKEN, "GET /metrics needs Authorization: Bearer <HOGX_METRICS_TOKEN>")
     response = web.Response(body=call.metrics.render())
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response

@@ -77,7 +77,9 @@ async def test_instruments_are_public_and_say_how_they_are_quoted(ex: Exchange) 
         # certificates unchecked (as before the rule), no shrink.
         "seller_fee_bps": 0, "overweight_limit_g": 0, "overweight_discount_fen_per_kg": 0, "underweight_limit_g": 0,
         "underweight_discount_fen_per_kg": 0, "dispute_window_ms": 172_800_000, "quarantine_region": "matched",
-        "shrink_bps": 0}
+        "shrink_bps": 0,
+        # no trading calendar: the state changes only by operators
+        "session": None, "index_base_date": None, "state_reason": ""}
     listed = (await public.get("/v1/instruments")).json()
     assert view in listed
     missing = await public.get("/v1/instruments/NOPE")

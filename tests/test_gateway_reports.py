@@ -322,3 +322,95 @@ async def test_a_restart_after_a_lost_write_or_a_lost_watermark_neither_loses_no
             assert count == 2
     finally:
         await _test_databases.drop(dsn)
+
+
+# -- items 12 and 13 in the report: heads refused, the unfasted shrink, a seller's raise ---------------------
+
+CN_CERT = "5001530001"
+
+
+async def _cn_trade(ex: Exchange, seller: Trader, buyer: Trader, symbol: str) -> int:
+    """A `cn` instrument's lot (its certificate in the Chinese shape) and a trade of 10 heads at 2800."""
+    lot = _ok(await seller.post("/v1/lots", json={"instrument": symbol, "heads": 100, "avg_weight_g": 110_000,
+                                                  "origin": "荣昌区, 重庆", "quarantine_cert": CN_CERT}), 201)
+    _ok(await seller.post("/v1/orders", json={"client_order_id": _ref("s"), "instrument": symbol, "side": "sell",
+                                              "price_fen": 2800, "quantity_heads": 10, "lot_id": lot["lot_id"]}), 201)
+    placed = _ok(await buyer.post("/v1/orders", json={"client_order_id": _ref("b"), "instrument": symbol,
+                                                      "side": "buy", "price_fen": 2800, "quantity_heads": 10}), 201)
+    return int(placed["fills"][0]["trade_id"])
+
+
+def _csv_rows(body: bytes) -> list[dict[str, str]]:
+    header, *lines = [line.split(",") for line in body.decode().split("\r\n") if line]
+    return [dict(zip(header, line, strict=True)) for line in lines]
+
+
+async def _reports(ex: Exchange, viewers: list[Trader], dates: set[str]) -> list[tuple[Any, bytes]]:
+    """Each day's report as JSON and CSV, for the operator and then each of `viewers` (on `ex`'s server)."""
+    clients = [ex.operator, *(ex.client(v.api_key, v.api_secret) for v in viewers)]
+    seen = []
+    for date in sorted(dates):
+        for client in clients:
+            as_json = _ok(await client.get(f"/v1/reports/settlement?date={date}"))
+            as_csv = await client.get(f"/v1/reports/settlement.csv?date={date}")
+            assert as_csv.status == 200
+            seen.append((as_json, as_csv.body))
+    return seen
+
+
+_FACTS = ("heads_delivered", "heads_refused", "total_weight_g", "shrink_g", "obligation_fen", "amount_fen",
+          "refund_fen", "raised_fen")
+
+
+async def test_delivery_facts_are_in_the_report_and_survive_a_rebuild(_test_databases: Any) -> None:
+    dsn = await _test_databases.create(migrated=True)
+    obligation = 10 * 392_000  # 10 heads held at 140 kg x 28.00
+    try:
+        async with running_exchange(dsn, clock_tick_s=0.05) as first:
+            quick, slow = f"T-REP-CN-{next(_refs)}", f"T-REP-CN-{next(_refs)}"
+            for symbol, window_ms in ((quick, int(WINDOW_S * 1000)), (slow, 3_600_000)):
+                await first.list_instrument(symbol, overweight_limit_g=10_000, overweight_discount_fen_per_kg=60,
+                                            dispute_window_ms=window_ms, quarantine_region="cn", shrink_bps=250)
+            buyer = await first.register(Role.BUYER, "重庆肉联")
+            farmer = await _farmer(first, "李四")
+            refused = await _cn_trade(first, farmer, buyer, quick)
+            raised = await _cn_trade(first, farmer, buyer, slow)
+            # 8 heads unfasted, 2 dead on arrival: shrink floor(920,017 x 2.5 %) = 23,000 g, paid 897,017 g
+            # (avg 112,127): floor(897,017 x 2800 / 1000) = 2,511,647; 1,408,353 back to the buyer
+            _ok(await farmer.post(f"/v1/trades/{refused}/weigh-in", json={
+                "heads_delivered": 8, "heads_refused": 2, "unfasted": True, "total_weight_g": 920_017,
+                "quarantine_cert": CN_CERT, "quarantine_checked": True}))
+            # 1100 kg x 28.00 = 3,080,000 (840,000 back); the seller disputes, the operator raises it by
+            # 30 kg x 28.00 = 84,000 (within the 5 % held, 154,000): it settles at once
+            _ok(await farmer.post(f"/v1/trades/{raised}/weigh-in", json={
+                "heads_delivered": 10, "total_weight_g": 1_100_000, "quarantine_cert": CN_CERT,
+                "quarantine_checked": True}))
+            _ok(await farmer.post(f"/v1/trades/{raised}/dispute", json={"reason": "地磅少称了30公斤"}))
+            _ok(await first.operator.post(f"/v1/trades/{raised}/resolution", json={"amount_fen": 3_164_000}))
+            dates = {_cst_date((await _settled(farmer, tid))["settled_ms"]) for tid in (refused, raised)}
+            before = await _reports(first, [buyer, farmer], dates)
+
+        expected = {refused: (8, 2, 920_017, 23_000, obligation, 2_511_647, 1_408_353, 0),
+                    raised: (10, 0, 1_100_000, 0, obligation, 3_164_000, 840_000, 84_000)}
+        for as_json, as_csv in before:  # the operator, the buyer and the seller see the same facts
+            rows, cells = as_json["rows"], _csv_rows(as_csv)
+            assert [r["trade_id"] for r in rows] == [int(c["trade_id"]) for c in cells]
+            for row, line in zip(rows, cells, strict=True):
+                assert tuple(row[k] for k in _FACTS) == tuple(int(line[k]) for k in _FACTS) == expected[
+                    row["trade_id"]]
+                assert row["amount_fen"] + row["refund_fen"] == row["obligation_fen"] + row["raised_fen"]
+                assert "raise_held_fen" not in row and "raise_held_fen" not in line
+        assert {r["trade_id"] for as_json, _ in before for r in as_json["rows"]} == {refused, raised}
+        assert len(before) == 3 * len(dates) and all(as_json["rows"] for as_json, _ in before[:3])
+
+        conn = await asyncpg.connect(dsn)
+        try:
+            assert await conn.fetchval("SELECT sum(raised_fen) FROM settlement_report_rows") == 84_000
+            await conn.execute("DELETE FROM settlement_report_rows")
+            await conn.execute("UPDATE projections SET seq = 0 WHERE name = $1", history.PROJECTION)
+        finally:
+            await conn.close()
+        async with running_exchange(dsn, clock_tick_s=0.05) as second:
+            assert await _reports(second, [buyer, farmer], dates) == before  # the same facts, from the journal
+    finally:
+        await _test_databases.drop(dsn)

@@ -21,7 +21,7 @@ import msgspec
 import pytest
 
 from benchmarks.matching import MixGenerator, exchange_setup_commands
-from exchange import store
+from exchange import history, priceindex, readmodel, store
 from exchange.commands import Command
 from exchange.core import new_exchange
 from exchange.events import Rejected
@@ -65,6 +65,18 @@ async def _archive_cli(dsn: str, before_ns: int, directory: Path, monkeypatch: p
     return code, out.getvalue() + err.getvalue()
 
 
+async def _project_everything(dsn: str, last_seq: int) -> None:
+    """Run the settlement history and the read-model projector up to `last_seq`, as a gateway would."""
+    await history.ReportHistory(dsn).catch_up(last_seq)
+    projectors = (readmodel.Projector(dsn, poll_interval_s=0.01), priceindex.IndexProjector(dsn, poll_interval_s=0.01))
+    for projector in projectors:
+        await projector.start()
+        try:
+            await projector.wait_for(last_seq, timeout_s=30)
+        finally:
+            await projector.stop()
+
+
 async def test_old_days_archived_then_recovery_from_snapshot_and_tail_gives_the_same_state(
     fresh_database_url: FreshDatabase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -101,7 +113,15 @@ async def test_old_days_archived_then_recovery_from_snapshot_and_tail_gives_the_
         assert {p.name for p in await store.journal_partitions(conn)} == set(days)
         assert not (tmp_path / "refused").exists()
 
-        # days 0, 1 and 2 lie wholly before the snapshot
+        # days 0, 1 and 2 lie wholly before the snapshot, but no projection has folded them yet: refused
+        code, said = await _archive_cli(dsn, START_NS + 3 * DAY, tmp_path / "archive", monkeypatch)
+        assert code == 1
+        assert ("the projections orders at seq 0, price_index at seq 0, settlement_reports at seq 0 have not yet "
+                "folded") in said
+        assert {p.name for p in await store.journal_partitions(conn)} == set(days)
+        assert not (tmp_path / "archive").exists()
+        await _project_everything(dsn, last_seq)
+
         code, said = await _archive_cli(dsn, START_NS + 3 * DAY, tmp_path / "archive", monkeypatch)
         assert code == 0, said
         archived = ["journal_20260101", "journal_20260102", "journal_20260103"]
@@ -119,6 +139,20 @@ async def test_old_days_archived_then_recovery_from_snapshot_and_tail_gives_the_
         # a full replay now meets the missing rows and says so
         with pytest.raises(RecoveryError, match="a hole in the journal"):
             await recover(conn, new_exchange, use_snapshot=False)
+        # so do the projections, rebuilt from seq 0 (their documented reset): they stop, their watermarks stay
+        await conn.execute("DELETE FROM settlement_report_rows")
+        await conn.execute("UPDATE projections SET seq = 0")
+        with pytest.raises(store.JournalGap, match="settlement history: journal rows between seq 0 and"):
+            await history.ReportHistory(dsn).catch_up(last_seq)
+        for projector, who in ((readmodel.Projector(dsn, poll_interval_s=0.01), "read-model projector"),
+                               (priceindex.IndexProjector(dsn, poll_interval_s=0.01), "price index projector")):
+            await projector.start()
+            assert projector._task is not None
+            with pytest.raises(store.JournalGap, match=f"{who}: journal rows between seq 0 and"):
+                await asyncio.wait_for(asyncio.shield(projector._task), 10)
+            await projector.stop()
+        assert set(await conn.fetch("SELECT seq FROM projections")) == {(0,)}
+        assert await conn.fetchval("SELECT count(*) FROM settlement_report_rows") == 0
     finally:
         await conn.close()
 

@@ -24,6 +24,7 @@ from exchange.commands import (
 from exchange.events import AdvanceGranted, PayoutChanged
 from gateway import opsmetrics
 from gateway.auth import Role
+from gateway.config import ConfigError, GatewayConfig
 from gateway.opsmetrics import CoreGauges
 from gateway.testing import running_exchange
 from tests.settlement_support import BUYER, FARMER, FINANCIER, HOUR_NS, OPERATOR, POOR_FARMER, SECOND_NS, T0, world
@@ -43,7 +44,7 @@ def figures(gauges: CoreGauges, core: Any) -> dict[str, float]:
 
 def test_exact_figures_through_trades_settlement_advances_and_payouts() -> None:
     x = world()
-    gauges = CoreGauges()
+    gauges = CoreGauges(ttl_s=0)  # every collect walks: the test follows the state command by command
     x.deposit(FINANCIER, 5_000_000, FundsAccount.FINANCIER_FUNDS)
     x.deposit(BUYER, 10_000_000)
     x.deposit(0, 1_000_000, FundsAccount.POVERTY_SUBSIDY_FUND)
@@ -180,3 +181,45 @@ async def test_the_newest_snapshot_seq_and_size_are_read_from_the_database(
         await conn.close()
     assert row is not None and row["seq"] >= 5
     assert float(lines["hogx_snapshot_size_bytes"]) == row["size"] > 0
+
+
+def test_scrapes_inside_the_ttl_walk_the_core_once() -> None:
+    x = world()
+    now = [100.0]
+    gauges = CoreGauges(clock=lambda: now[0])
+    x.deposit(BUYER, 10_000_000)
+    first = figures(gauges, x.core)
+    x.deposit(BUYER, 1_000)  # moves nothing the gauges show, but a walk would see the ledger anew
+    now[0] += 0.999
+    assert figures(gauges, x.core) == first and gauges.walks == 1  # the burst costs one walk
+    now[0] += 0.001
+    figures(gauges, x.core)
+    assert gauges.walks == 2  # 1 s after the walk the figures are read again
+    x.restore_from_snapshot()  # a recovered core is never served the old core's figures
+    figures(gauges, x.core)
+    assert gauges.walks == 3
+
+
+async def test_metrics_need_the_bearer_token_when_one_is_set(fresh_database_url: Any) -> None:
+    dsn = await fresh_database_url()
+    token = "t0ken-" + "x" * 20
+    async with running_exchange(dsn, metrics_token=token) as ex:
+        url = ex.url + "/metrics"
+        for headers in ({}, {"Authorization": "Bearer wrong-token-xxxxxxxxxxxx"}, {"Authorization": token}):
+            async with ex.session.get(url, headers=headers) as reply:
+                assert reply.status == 401
+                body = await reply.json()
+                assert body == {"code": "bad_token",
+                                "message": "GET /metrics needs Authorization: Bearer <HOGX_METRICS_TOKEN>"}
+        async with ex.session.get(url, headers={"Authorization": f"Bearer {token}"}) as reply:
+            assert reply.status == 200
+            text = await reply.text()
+    assert "hogx_escrow_obligations_fen" in text and "hogx_metrics_core_walks_total 1.0" in text
+    async with running_exchange(dsn) as ex, ex.session.get(ex.url + "/metrics") as reply:
+        assert reply.status == 200  # no token configured: open, as before
+
+
+def test_a_metrics_token_too_short_is_refused() -> None:
+    with pytest.raises(ConfigError, match="HOGX_METRICS_TOKEN"):
+        GatewayConfig.from_env({"HOGX_METRICS_TOKEN": "short"})
+    assert GatewayConfig.from_env({"HOGX_METRICS_TOKEN": "a" * 16}).metrics_token == "a" * 16

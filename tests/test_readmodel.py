@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from typing import Any
 
 import asyncpg
@@ -16,7 +17,7 @@ import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exchange import readmodel
+from exchange import readmodel, store
 from exchange.commands import AmendOrder, CancelOrder, ClockTick
 from exchange.core import Core
 from exchange.domain import Side, TimeInForce
@@ -283,3 +284,28 @@ async def _all_orders_pool(pool: asyncpg.Pool) -> list[OrderView]:
     async with pool.acquire() as conn:
         return await _all_orders(conn)
 
+
+
+class _Done(Exception):
+    pass
+
+
+async def test_a_journal_follower_reconnects_when_its_backend_is_terminated(fresh_database_url: FreshDatabase) -> None:
+    """The loop the projector and the settlement history share (`store.follow_reconnecting`)."""
+    dsn = await fresh_database_url()
+    pids: list[int] = []
+
+    async def follow(conn: asyncpg.Connection) -> None:
+        pids.append(await conn.fetchval("SELECT pg_backend_pid()"))
+        if len(pids) == 2:
+            raise _Done  # anything but a lost connection ends the loop
+        killer = await asyncpg.connect(dsn)
+        try:
+            assert await killer.fetchval("SELECT pg_terminate_backend($1)", pids[-1])
+        finally:
+            await killer.close()
+        await conn.fetchval("SELECT 1")  # the backend is gone: the loop connects again
+
+    with pytest.raises(_Done):
+        await asyncio.wait_for(store.follow_reconnecting(dsn, follow, "test follower", logging.getLogger("t")), 30)
+    assert len(pids) == 2 and pids[0] != pids[1]

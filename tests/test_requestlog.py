@@ -4,13 +4,17 @@ read back from the real server's log records."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+from logging.handlers import QueueHandler
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
+from gateway import requestlog
 from gateway.auth import SIGNATURE_HEADER, Role
 from gateway.requestlog import LOGGER_NAME
 from gateway.testing import running_exchange
@@ -71,3 +75,29 @@ async def test_one_line_per_state_changing_request_with_its_id_and_nothing_secre
                   "张三", "client_order_id", "log-1"):
         assert never and never not in text, never
     assert SIGNATURE_HEADER.lower() not in text.lower()
+
+
+async def test_the_file_is_written_by_the_writer_thread_and_stopping_writes_what_is_queued(
+        fresh_database_url: Any, tmp_path: Path) -> None:
+    dsn = await fresh_database_url()
+    logger = logging.getLogger(LOGGER_NAME)
+    path = tmp_path / "logs" / "requests.jsonl"
+    writer = requestlog.configure(str(path))
+    try:
+        # the event loop only queues a line: no handler of the logger writes to a file or a stream itself
+        assert [type(h) for h in logger.handlers] == [QueueHandler]
+        async with running_exchange(dsn) as ex:
+            await ex.list_instrument("LOG-F")
+            await asyncio.to_thread(writer.flush)
+            first = [msgspec.json.decode(line) for line in path.read_text().splitlines()]
+            assert [(ln["method"], ln["route"], ln["status"]) for ln in first] == [
+                ("POST", "/v1/instruments", 201)]
+            for n in range(50):
+                await ex.operator.post("/v1/instruments/LOG-F/halt", headers={"X-Request-Id": f"halt-{n}"})
+    finally:
+        writer.stop()  # every line still queued is written before the file is closed
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)
+    lines = [msgspec.json.decode(line) for line in path.read_text().splitlines()]
+    assert [ln["request_id"] for ln in lines[1:]] == [f"halt-{n}" for n in range(50)]
+    assert logger.handlers == []

@@ -318,6 +318,30 @@ def _auction_cases() -> dict[RejectReason, Case]:
 
 CASES.update(_auction_cases())
 
+# -- the trading day (exchange/calendar.py): T0 is 08:00 CST, before the default session's pre-open ----------
+
+
+def case_market_closed() -> tuple[Exchange, Command]:
+    import msgspec
+
+    from exchange.commands import ListInstrument
+    from exchange.domain import TradingSession
+    from tests.settlement_support import dce_spec
+
+    x = world()
+    x.ok(ListInstrument(OPERATOR, 0, msgspec.structs.replace(dce_spec("CAL"), session=TradingSession())))
+    return x, order(BUYER, Side.BUY, 2800, 1, instrument="CAL")
+
+
+def case_invalid_calendar_day() -> tuple[Exchange, Command]:
+    from exchange.commands import SetNonTradingDay
+
+    return world(), SetNonTradingDay(OPERATOR, 0, 2026_01_01)  # today: only later days may be set
+
+
+CASES.update({R.MARKET_CLOSED: case_market_closed, R.INVALID_CALENDAR_DAY: case_invalid_calendar_day})
+
+
 @pytest.mark.parametrize("reason", SETTLEMENT_REASONS, ids=lambda r: r.name)
 def test_every_settlement_reject_reason_is_produced_and_changes_nothing(reason: RejectReason) -> None:
     x, command = CASES[reason]()  # a new settlement reason without a case fails here

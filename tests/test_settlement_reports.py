@@ -8,19 +8,24 @@ from exchange.commands import (
     FundsAccount,
     GrantAdvance,
     GrantCreditLine,
+    OpenDispute,
     RepayLoan,
+    ResolveDispute,
     SetConsent,
     VerifyPoorHousehold,
     WriteOffLoan,
 )
-from exchange.events import AdvanceGranted
+from exchange.events import AdvanceGranted, TradeFacts, TradeSettled
 from exchange.settlement.ledger import AccountCode as AC
 from exchange.settlement.rules import cst_day
 from exchange.settlement.views import (
+    REPORT_COLUMNS,
+    SettlementReportRow,
     TradeSides,
     financier_portfolio,
     financier_view,
     participant_balances,
+    report_entries,
     trade_sides,
 )
 from tests.settlement_support import (
@@ -36,6 +41,7 @@ from tests.settlement_support import (
     report,
     world,
 )
+from tests.test_settlement_delivery import OBLIGATION, cn_world, delivered, traded, weigh
 
 WINDOW_NS = 48 * HOUR_NS
 
@@ -148,3 +154,65 @@ def test_a_poor_households_subsidised_interest_is_in_its_report_and_its_financie
     lender = report(x, day, FINANCIER)  # consent withdrawn: its loan rows and its own loan on the trade
     assert [r.kind for r in lender] == [r.kind for r in rows]
     assert (lender[2].advance_loan_id, lender[2].seller_poor_household, lender[2].payable_fen) == (loan_id, None, None)
+
+
+# -- the deliveries' facts (items 12 and 13) in the report -------------------------------------------------
+
+
+def _trade_rows(x: Exchange, tid: int, viewer: int | None = None) -> list[SettlementReportRow]:
+    return [r for r in report(x, cst_day(x.ts_ns), viewer) if r.trade_id == tid]
+
+
+def test_refused_heads_and_the_unfasted_shrink_are_in_the_report_row() -> None:
+    x = cn_world()
+    x.deposit(BUYER, 10_000_000)
+    tid = traded(x)
+    # 8 delivered unfasted at 920,017 g, 2 dead on arrival: shrink 23,000 g, paid 897,017 g (avg 112,127);
+    # floor(897,017 x 2800 / 1000) = 2,511,647, the rest of 3,920,000 (1,408,353) back to the buyer
+    x.ok(weigh(tid, 8, 920_017, refused=2, unfasted=True))
+    x.tick(WINDOW_NS)
+    [row] = _trade_rows(x, tid)
+    assert (row.state, row.heads_traded, row.heads_delivered, row.heads_refused, row.total_weight_g, row.shrink_g,
+            row.avg_weight_g, row.grade) == ("SETTLED", 10, 8, 2, 920_017, 23_000, 112_127, "IN_GRADE")
+    assert (row.obligation_fen, row.amount_fen, row.refund_fen, row.raised_fen, row.fee_fen) == (
+        OBLIGATION, 2_511_647, 1_408_353, 0, 12_558)
+    assert row.amount_fen + row.refund_fen == row.obligation_fen + row.raised_fen
+    # the delivery's facts are the trade's, seen by both parties like its weight and amount
+    for party in (BUYER, FARMER):
+        [seen] = _trade_rows(x, tid, party)
+        assert (seen.heads_refused, seen.shrink_g, seen.raised_fen) == (2, 23_000, 0)
+
+
+def test_a_sellers_raised_dispute_is_in_the_report_row_and_the_amounts_add_up() -> None:
+    x = cn_world()
+    x.deposit(BUYER, 10_000_000)
+    tid = delivered(x)  # 1100 kg x 2800 = 3,080,000; 840,000 back
+    x.ok(OpenDispute(FARMER, 0, tid, "the scale under-read by 30 kg"))  # 154,000 held on the buyer's cash
+    x.ok(ResolveDispute(OPERATOR, 0, tid, 3_164_000))  # 30 kg x 2800 = 84,000 more, from the hold
+    [row] = _trade_rows(x, tid)
+    # fee floor(3,164,000 x 50 / 10,000) = 15,820; payable 3,148,180
+    assert (row.state, row.heads_refused, row.shrink_g, row.obligation_fen, row.amount_fen, row.refund_fen,
+            row.raised_fen, row.fee_fen, row.payable_fen) == (
+        "SETTLED", 0, 0, OBLIGATION, 3_164_000, 840_000, 84_000, 15_820, 3_148_180)
+    assert row.amount_fen + row.refund_fen == row.obligation_fen + row.raised_fen  # 4,004,000
+    assert "raise_held_fen" not in REPORT_COLUMNS  # what was held is the buyer's, and not a fact of settlement
+    for party in (BUYER, FARMER):
+        [seen] = _trade_rows(x, tid, party)
+        assert seen.raised_fen == 84_000
+
+
+def test_settlement_facts_journaled_before_the_delivery_facts_report_zeros() -> None:
+    x = cn_world()
+    x.deposit(BUYER, 10_000_000)
+    tid = traded(x)
+    x.ok(weigh(tid, 8, 920_017, refused=2, unfasted=True))
+    x.tick(WINDOW_NS)
+    [settled] = [e for e in x.events if isinstance(e, TradeSettled)]
+    assert settled.facts is not None
+    # the facts as an older exchange wrote them: the array without the three appended fields
+    old = msgspec.msgpack.decode(msgspec.msgpack.encode(settled.facts))[:-3]
+    facts = msgspec.msgpack.decode(msgspec.msgpack.encode(old), type=TradeFacts)
+    assert (facts.heads_refused, facts.shrink_g, facts.raised_fen, facts.heads_delivered) == (0, 0, 0, 8)
+    [entry] = report_entries(1, [msgspec.structs.replace(settled, facts=facts)])
+    assert (entry.row.heads_refused, entry.row.shrink_g, entry.row.raised_fen, entry.row.amount_fen) == (
+        0, 0, 0, 2_511_647)

@@ -118,8 +118,10 @@ def test_daily_settlement_report_rows_and_csv() -> None:
     assert lines[0] == ",".join(REPORT_COLUMNS)
     assert lines[2].startswith(f"2026-01-03,{advance_tid},RC-LH-WSY,SETTLED,{BUYER},{FARMER},False,10,9,990000,")
     loan_id = x.clearing.trades[advance_tid].advance_loan_id
-    # ... funded by cash (0); then kind, participant, the advance, no share or member, no loan columns
-    assert lines[2].endswith(f",2772000,1148000,13860,0,0,328,1000000,1757812,0,TRADE,0,{loan_id},,,0,0,,0")
+    # ... funded by cash (0); then kind, participant, the advance, no share or member, no loan columns,
+    # no heads refused, no shrink, no raise
+    assert lines[2].endswith(
+        f",2772000,1148000,13860,0,0,328,1000000,1757812,0,TRADE,0,{loan_id},,,0,0,,0,0,0,0")
     assert report_csv([]) == b""
 
 

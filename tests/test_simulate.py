@@ -5,7 +5,10 @@ orders and rejects), and the command line's checks."""
 from __future__ import annotations
 
 import io
+import socket
 from typing import Any
+
+import pytest
 
 from exchange.events import LoanKind, PayoutState
 from exchange.settlement.model import TradeState
@@ -73,3 +76,11 @@ def test_the_command_line_refuses_what_it_cannot_run(capsys: Any) -> None:
             assert exc.code == 2
         else:
             raise AssertionError(f"{bad} accepted")
+
+
+async def test_waiting_for_a_gateway_that_never_gets_ready_is_an_error() -> None:
+    with socket.socket() as probe:  # a port nothing listens on: every readiness try is refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(RuntimeError, match=rf"gateway at http://127.0.0.1:{port} was not ready after 3 tries"):
+        await simulate.wait_ready(f"http://127.0.0.1:{port}", tries=3, interval_s=0.01)

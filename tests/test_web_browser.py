@@ -154,6 +154,7 @@ async def test_people_trade_weigh_in_and_get_paid_through_the_pages(ex: Exchange
         await buyer.element('#orders [data-order-status="FILLED"]')  # without a reload
         await visitor.wait_text("#last-price", "28.00")  # the market page, live
         await visitor.wait_text("#trades", "28.00")
+        await visitor.wait_text("#index", "1000.00")  # the price index's base day: its first day of trades
 
         # A lot by auction: the farmer offers it on its page, the buyer's page shows it live and takes a bid.
         await submit(farmer, "#lot-form", {"heads": "10", "avg_weight": "112", "origin": "荣昌区 安富街道",

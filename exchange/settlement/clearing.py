@@ -79,6 +79,33 @@ Money flows (accounts: the chart in ledger.py; rounding: rules.py)
    (SetConsent); a financier always sees its own lines and loans and the trades they financed,
    consent lets it see the rest of the borrower's settlement (views.py).
 
+Memory: only what is open
+-------------------------
+The clearing holds participants, accounts, holds, unsettled trades, loans, credit lines, payables,
+payouts not yet final, and, for idempotency, final records and their references inside the retention
+window. A record that becomes final is queued (``_final_at``): a trade settled or rejected, a payout
+confirmed or returned, a withdrawal paid or failed, and at once a deposit, a repayment, a payout run,
+a bank file sent and a bank file imported. ``forget(before_ns)``, called by the core on every clock
+tick with the tick's time less its window (``ClockTick.retention_ns``, default 24 h), drops what was
+queued before that time, oldest first, then lets the ledger forget its final transfers. Inside the
+window a retried reference gets the original answer (``DUPLICATE_REFERENCE`` if it differs); after it:
+
+* a settled trade is kept while money from it is still payable or in a payout not yet final (how long
+  a payee has waited is read from it); then, like the others,
+* a trade, payout, run, bank file or import is unknown to the clearing (UNKNOWN_TRADE,
+  UNKNOWN_REFERENCE). The records the API shows (trades, payouts, withdrawals, deposits, bank files)
+  are kept for ``take_archived`` when forgotten: the sequencer's writer (pgstore.LedgerWriter) writes
+  them to ``settlement_history`` (migration 0014) in the forgetting tick's transaction, and the API
+  reads them from there;
+* a deposit's bank reference, a withdrawal reference and a repayment reference must never take
+  effect twice: each is written to ``settlement_refs`` (migration 0014) in the transaction of the
+  batch that used it (pgstore.LedgerWriter), whose primary key refuses a second use for ever, and the
+  gateway answers a reference it finds there with 409 ``reference_expired`` before submitting. Inside
+  the window the clearing itself recognises it (the sequencer commits long before the window ends);
+* a payout run reference, a bank file reference or an import reference is free again (another run
+  pays only what is payable; a file or import lists payouts by id and attempt, which a final payout
+  refuses).
+
 Compiled (mypyc, ``setup.py``): the records it keeps (``model.py``), the events and the commands are
 msgspec structs defined in plain modules; the clearing dispatches the core's events by exact type and
 keeps derived lookups that save recomputing (``_payout_trade_ids``). A msgspec field read from compiled
@@ -197,6 +224,7 @@ from exchange.settlement.model import (
     Counters,
     CreditLine,
     Deposit,
+    FinalKind,
     Hold,
     Loan,
     Participant,
@@ -285,6 +313,11 @@ _P_CONFIRMED: Final[Boxed] = PayoutState.CONFIRMED
 _P_FAILED: Final[Boxed] = PayoutState.FAILED
 _SAME_DAY: Final[Boxed] = PayoutPriority.SAME_DAY
 _NORMAL: Final[Boxed] = PayoutPriority.NORMAL
+_FINAL_TRADE: Final[Boxed] = int(FinalKind.TRADE)  # the kinds queued on hot paths, as plain ints
+_FINAL_PAYOUT: Final[Boxed] = int(FinalKind.PAYOUT)
+# what the API reads back from settlement_history once forgotten (forget keeps them for take_archived)
+_ARCHIVED_KINDS: Final = frozenset({int(FinalKind.TRADE), int(FinalKind.PAYOUT), int(FinalKind.DEPOSIT),
+                                    int(FinalKind.WITHDRAWAL), int(FinalKind.SENT_FILE)})
 # The hot paths call rules.* by the module's name: compiled (rules is compiled with the clearing), that
 # is a direct native call, where a module-global alias of the function would be a Python call.
 # msgspec.structs.astuple, Final: compiled, a record or an event read as one tuple when several of its
@@ -383,6 +416,14 @@ class Clearing:
         self.sent_files: dict[str, SentFile] = {}
         self.bank_imports: dict[str, BankImport] = {}
         self.repayments: dict[tuple[int, str], Repayment] = {}  # (borrower, repayment ref)
+        # (final_at_ns, FinalKind, key) of every final record held, oldest first (see "Memory")
+        # (from ``_final_head`` on: compiled, a list append is native, a deque's a generic method call)
+        self.final: list[tuple[Boxed, int, Boxed]] = []
+        self._final_head = 0
+        # (tick ts_ns, [(FinalKind, record), ...]) of what each tick forgot, until the sequencer's writer
+        # takes it into settlement_history with the tick's batch (take_archived); not state: not in snapshots
+        self.archived: deque[tuple[Boxed, list[tuple[int, Any]]]] = deque()
+        self._unqueued_final = False  # restored from a snapshot without ``final``: forget() queues first
         self.bank_codes: dict[int, tuple[str, str]] = {}  # participant -> (bank code, branch code), when given
         self.file_digests: dict[str, str] = {}  # payout file ref -> SHA-256 of the bytes sent (when recorded)
         self.registrations: dict[str, Registration] = {}  # registration ref -> what it made
@@ -542,8 +583,8 @@ class Clearing:
                 _, trade_id = heapq.heappop(late)
             else:
                 break
-            trade = trades[trade_id]
-            if trade.state == _DELIVERED:  # disputed, rejected or settled meanwhile: stale
+            trade = trades.get(trade_id)
+            if trade is not None and trade.state == _DELIVERED:  # disputed, rejected, settled (or gone): stale
                 self._settle(trade, ts_ns, events)
         # the tick's rows belong to the tick, whose on_events already closed its entry
         more = self.ledger.drain_rows()
@@ -553,6 +594,135 @@ class Clearing:
                 accounts, postings = rows.pop()
                 more = ([*accounts, *more[0]], [*postings, *more[1]])
             rows.append(more)
+
+    # ------------------------------------------------------------------------------------- memory
+
+    def _final_at(self, ts_ns: Boxed, kind: FinalKind, key: Boxed) -> None:
+        """Queue a record that became final at ``ts_ns`` (see "Memory")."""
+        self.final.append((ts_ns, int(kind), key))
+
+    def _trade_closed(self, lot_id: Boxed) -> None:
+        """A trade of this lot became final: one open trade fewer that may need the lot's record."""
+        open_by_lot = self._open_trades_by_lot
+        left: int = open_by_lot[lot_id] - 1
+        if left:
+            open_by_lot[lot_id] = left
+        else:
+            del open_by_lot[lot_id]
+
+    def lot_in_use(self, lot_id: int) -> bool:
+        """Whether a trade of this lot is still open (its record is needed: ``advance_limit_fen``)."""
+        return lot_id in self._open_trades_by_lot
+
+    def forget_lot(self, lot_id: int) -> None:
+        """The core forgot this lot (sold out, final for the window, no open trade): drop its record."""
+        self.lots.pop(lot_id, None)
+
+    def forget(self, before_ns: int, now_ns: Boxed = 0) -> None:
+        """Drop every record queued final before ``before_ns``, then the ledger's final transfers. The
+        records the API reads history from (trades, payouts, withdrawals, deposits, bank files sent) are
+        kept for ``take_archived(now_ns)``: the tick at ``now_ns`` writes them to settlement_history."""
+        if self._unqueued_final:
+            self._queue_unqueued_final()
+        final = self.final
+        head = self._final_head
+        gone: list[tuple[int, Any]] = []
+        awaiting: set[int] | None = None  # trades whose proceeds still wait for their payee
+        while head < len(final) and final[head][0] < before_ns:
+            _, kind, key = final[head]
+            head += 1
+            if kind == _FINAL_TRADE:
+                if awaiting is None:
+                    awaiting = self._trades_awaiting_payout()
+                if key in awaiting:  # its money is still payable: looked at again a window later
+                    final.append((now_ns if now_ns > before_ns else before_ns, kind, key))
+                    continue
+                record: Any = self.trades.pop(key, None)
+            elif kind == _FINAL_PAYOUT:
+                record = self.payouts.pop(key, None)
+                self._payout_trade_ids.pop(key, None)
+            else:
+                record = self._records_of(kind).pop(key, None)  # (a file's digest stays: a few a day)
+            if record is not None and kind in _ARCHIVED_KINDS:
+                gone.append((kind, record))
+        if head > 1024 and 2 * head > len(final):  # drop the forgotten front now and then (amortised O(1))
+            del final[:head]
+            head = 0
+        self._final_head = head
+        if gone:
+            self.archived.append((now_ns, gone))
+        self.ledger.forget(before_ns)
+
+    def _trades_awaiting_payout(self) -> set[int]:
+        """Trades a payable or a payout not yet final still draws on (their settlement time is how long
+        a payee has waited: kept until the money left)."""
+        awaiting: set[int] = set()
+        for sources in self.payables.values():
+            for source in sources:
+                if source.kind != _FROM_ADVANCE:  # a trade's proceeds or a member's share of them
+                    awaiting.add(source.ref_id)
+        for p in self.payouts.values():
+            if p.state != _P_CONFIRMED and p.state != PayoutState.RETURNED:
+                for source in p.sources:
+                    if source.kind != _FROM_ADVANCE:
+                        awaiting.add(source.ref_id)
+        return awaiting
+
+    def take_archived(self, ts_ns: int) -> list[tuple[int, Any]]:
+        """What the ticks at ``ts_ns`` forgot that goes to history ([] if nothing); older entries (ticks
+        replayed by recovery: in the database already) are dropped. Ticks stamped alike are taken
+        together (a copy written twice is harmless: history rows are unique by the tick's seq)."""
+        archived = self.archived
+        while archived and archived[0][0] < ts_ns:
+            archived.popleft()
+        taken: list[tuple[int, Any]] = []
+        while archived and archived[0][0] == ts_ns:
+            taken.extend(archived.popleft()[1])
+        return taken
+
+    def _records_of(self, kind: int) -> dict:
+        """The dict a final record of this kind is held in (trades and payouts: see forget)."""
+        if kind == FinalKind.DEPOSIT:
+            return self.deposits
+        if kind == FinalKind.WITHDRAWAL:
+            return self.withdrawals
+        if kind == FinalKind.REPAYMENT:
+            return self.repayments
+        if kind == FinalKind.RUN:
+            return self.runs
+        if kind == FinalKind.SENT_FILE:
+            return self.sent_files
+        if kind == FinalKind.BANK_IMPORT:
+            return self.bank_imports
+        raise ClearingInvariantError(f"no final records of kind {kind}")
+
+    def _queue_unqueued_final(self) -> None:
+        """Queue the final records a snapshot of an earlier version held (final from now on)."""
+        self._unqueued_final = False
+        now = self.ledger.now_ns
+        held = {(kind, key) for _, kind, key in self.final[self._final_head:]}
+        final_trades = (TradeState.SETTLED, TradeState.REJECTED)
+        keys: list[tuple[int, Any]] = [(_FINAL_TRADE, k) for k in sorted(self.trades)
+                                       if self.trades[k].state in final_trades]
+        keys += [(_FINAL_PAYOUT, k) for k in sorted(self.payouts)
+                 if self.payouts[k].state in (PayoutState.CONFIRMED, PayoutState.RETURNED)]
+        keys += [(int(FinalKind.WITHDRAWAL), k) for k in sorted(self.withdrawals)
+                 if self.withdrawals[k].state != WithdrawalState.PENDING]
+        for of_kind in (FinalKind.DEPOSIT, FinalKind.REPAYMENT, FinalKind.RUN, FinalKind.SENT_FILE,
+                        FinalKind.BANK_IMPORT):
+            keys += [(int(of_kind), k) for k in sorted(self._records_of(of_kind))]
+        for kind, key in keys:
+            if (kind, key) not in held:
+                self.final.append((now, kind, key))
+
+    def held_counts(self) -> dict[str, int]:
+        """How many records of each kind memory holds (tests and benchmarks count them against what is open)."""
+        return {
+            "trades": len(self.trades), "payouts": len(self.payouts), "deposits": len(self.deposits),
+            "withdrawals": len(self.withdrawals), "repayments": len(self.repayments), "runs": len(self.runs),
+            "sent_files": len(self.sent_files), "bank_imports": len(self.bank_imports),
+            "final_queued": len(self.final) - self._final_head, "transfers": self.ledger.held_counts()[0],
+        }
 
     # ------------------------------------------------------------------------------- persistence
     # Ledger rows leave the clearing per command: ``on_events`` (and ``on_clock`` for a tick) moves
@@ -576,6 +746,7 @@ class Clearing:
     def discard_command_rows(self) -> None:
         """Forget queued rows (after a recovery replay: they are in the database already)."""
         self.command_rows.clear()
+        self.archived.clear()
         self.ledger.drain_rows()
 
     def drain_postings(self) -> list[Posting]:
@@ -642,6 +813,9 @@ class Clearing:
         c.bank_codes = {pid: (bank, branch) for pid, bank, branch in snap.bank_codes}
         c.file_digests = dict(snap.file_digests)
         c.registrations = {r.registration_ref: r for r in snap.registrations}
+        c.final = [(at, kind, tuple(key) if isinstance(key, list) else key) for at, kind, key in snap.final]
+        c._final_head = 0
+        c._unqueued_final = not snap.final
         c._rebuild_indexes()
         return c
 
@@ -658,13 +832,19 @@ class Clearing:
             by_key(self.runs), by_key(self.withdrawals), by_key(self.deposits), by_key(self.sent_files),
             by_key(self.bank_imports), by_key(self.repayments),
             [(pid, codes[0], codes[1]) for pid, codes in sorted(self.bank_codes.items())],
-            sorted(self.file_digests.items()), by_key(self.registrations),
+            sorted(self.file_digests.items()), by_key(self.registrations), self.final[self._final_head:],
         )  # fmt: skip
 
     def _rebuild_indexes(self) -> None:
         """Derived lookups, rebuilt from the records after a restore (never snapshotted)."""
         self.command_rows = deque()
         self._payout_trade_ids: dict[int, tuple[int, ...]] = {}  # see _payout_event
+        # lot id -> how many of its trades are open (neither settled nor rejected): the core keeps a lot,
+        # and the clearing its record, while it has one (lot_in_use)
+        self._open_trades_by_lot: dict[Boxed, int] = {}
+        for t in self.trades.values():
+            if t.state != TradeState.SETTLED and t.state != TradeState.REJECTED:
+                self._open_trades_by_lot[t.lot_id] = self._open_trades_by_lot.get(t.lot_id, 0) + 1
         # Dispute deadlines, (deadline, trade id), as two sorted queues (see _add_deadline).
         self._deadlines: deque[tuple[int, int]] = deque(sorted(
             (t.dispute_until_ns, t.trade_id) for t in self.trades.values() if t.state == TradeState.DELIVERED
@@ -839,10 +1019,13 @@ class Clearing:
         buyer_id: Boxed = f[8]
         seller_id: Boxed = f[9]
         financier_id: Boxed = h[8]
+        lot_id: Boxed = f[10]
         self.trades[trade_id] = _TRADE_RECORD(
-            trade_id, instrument, buyer_id, seller_id, f[10], buy_order_id, heads, price,
+            trade_id, instrument, buyer_id, seller_id, lot_id, buy_order_id, heads, price,
             obligation, source_account_id, financier_id, ts_ns,
         )  # fmt: skip
+        open_by_lot = self._open_trades_by_lot
+        open_by_lot[lot_id] = open_by_lot.get(lot_id, 0) + 1
         out.append(_OBLIGATION_RECORDED(_ZERO, ts_ns, trade_id, buyer_id, seller_id, instrument, heads, price,
                                         obligation, released, financier_id))
 
@@ -1128,6 +1311,7 @@ class Clearing:
         tid = self._next_tid()
         self._commit_one(Transfer(tid, _BANK, account_id, cmd.amount_fen, TC.DEPOSIT, 0), cmd.ts_ns)
         self.deposits[ref] = Deposit(ref, cmd.owner_id, cmd.account, cmd.amount_fen, tid, cmd.ts_ns)
+        self._final_at(cmd.ts_ns, FinalKind.DEPOSIT, ref)
         out.append(FundsDeposited(0, cmd.ts_ns, cmd.owner_id, cmd.account, cmd.amount_fen, ref, tid))
         return None
 
@@ -1172,6 +1356,7 @@ class Clearing:
             flag, code = (_POST, TC.WITHDRAWAL) if cmd.ok else (_VOID, TC.WITHDRAWAL)
             self._commit_one(Transfer(self._next_tid(), 0, 0, 0, code, 0, flag, w.pending_id), cmd.ts_ns)
             w.state, w.bank_ref = outcome, cmd.bank_ref
+            self._final_at(cmd.ts_ns, FinalKind.WITHDRAWAL, (w.owner_id, ref))
         out.append(WithdrawalCompleted(0, cmd.ts_ns, w.owner_id, ref, w.amount_fen, cmd.ok, w.bank_ref))
         return None
 
@@ -1372,6 +1557,8 @@ class Clearing:
         self._refund_from_receivable(trade, trade.amount_fen, cmd.ts_ns)
         trade.state = TradeState.REJECTED
         trade.settled_at_ns = cmd.ts_ns
+        self._final_at(cmd.ts_ns, FinalKind.TRADE, trade.trade_id)
+        self._trade_closed(trade.lot_id)
         out.append(DeliveryResolved(0, cmd.ts_ns, trade.trade_id, 0, trade.refund_fen, True, cmd.participant_id, 0,
                                     self._trade_facts(_astuple(trade))))
         return None
@@ -1508,6 +1695,8 @@ class Clearing:
         trade.payable_fen = net_fen
         trade.state = _SETTLED
         trade.settled_at_ns = ts_ns
+        self.final.append((ts_ns, _FINAL_TRADE, tid))
+        self._trade_closed(t[4])
         kept_fen: Boxed = net_fen - sum(part for _, part in splits) if splits else net_fen
         if kept_fen:  # _credit_payable, inline: once per settlement
             fifo = self.payables.get(seller)
@@ -1526,7 +1715,8 @@ class Clearing:
         carried on the event that settles or rejects it."""
         advance = self.loans.get(t[25]) if t[25] else None
         return TradeFacts(t[1], t[2], t[3], t[6], t[7], t[8], t[10], t[13], t[14], t[15], t[16], t[17], t[24],
-                          t[25], 0 if advance is None else advance.financier_id, self._is_poor(t[3]))
+                          t[25], 0 if advance is None else advance.financier_id, self._is_poor(t[3]), t[33], t[34],
+                          t[37])
 
     def _loan_repaid(
         self, loan: Loan, interest: int, principal: int, payer: LoanPayer, ref: int, ts_ns: int, out: list
@@ -1773,6 +1963,7 @@ class Clearing:
             legs = [(loan.loan_id, principal, interest) for loan, interest, principal in plan]
             self.repayments[(borrower, cmd.repayment_ref)] = Repayment(
                 borrower, cmd.repayment_ref, fin, cmd.amount_fen, cmd.ts_ns, legs)
+            self._final_at(cmd.ts_ns, FinalKind.REPAYMENT, (borrower, cmd.repayment_ref))
         return None
 
     def _retried_repayment(self, cmd: RepayLoan, done: Repayment, out: list) -> None:
@@ -1883,6 +2074,7 @@ class Clearing:
         self.counters.next_run_id = run_id + 1
         run = PayoutRun(run_id, ref, cmd.poor_only, cmd.ts_ns, [], [], 0)
         self.runs[ref] = run
+        self._final_at(cmd.ts_ns, FinalKind.RUN, ref)
         for payee_id in self._payees(cmd.poor_only):
             who = self.participants.get(payee_id)
             if who is None or not who.bank_verified:
@@ -1959,6 +2151,7 @@ class Clearing:
             if p.state != _P_PENDING or p.attempt != attempt:
                 return self._reject(cmd, R.INVALID_PAYOUT_STATE, f"P{payout_id}", out)
         self.sent_files[ref] = SentFile(ref, pairs)
+        self._final_at(cmd.ts_ns, FinalKind.SENT_FILE, ref)
         if cmd.sha256:
             self.file_digests[ref] = cmd.sha256
         ts_ns: Boxed = cmd.ts_ns
@@ -2000,6 +2193,7 @@ class Clearing:
             else:
                 errors.append((row.payout_id, outcome))
         self.bank_imports[ref] = BankImport(ref, rows_hash, applied, duplicates, errors)
+        self._final_at(cmd.ts_ns, FinalKind.BANK_IMPORT, ref)
         out.append(BankImportApplied(0, cmd.ts_ns, ref, applied, duplicates, tuple(errors)))
         return None
 
@@ -2049,6 +2243,7 @@ class Clearing:
             self._commit_one(_TRANSFER(self._next_tid(), _ZERO, _ZERO, _ZERO, _TC_PAYOUT, _ZERO, _POST, p.pending_id),
                              ts_ns)
             p.state, p.bank_ref, p.reason = _P_CONFIRMED, bank_ref, ""
+            self.final.append((ts_ns, _FINAL_PAYOUT, p.payout_id))
         else:
             p.state, p.bank_ref, p.reason = _P_FAILED, bank_ref, row.reason[:200]  # type: ignore[attr-defined]
         p.updated_at_ns = ts_ns
@@ -2079,6 +2274,7 @@ class Clearing:
         # its money is payable again, still traceable to the same trades, ahead of newer proceeds
         self.payables[p.payee_id] = [msgspec.structs.replace(s) for s in p.sources] + self.payables.get(p.payee_id, [])
         p.state, p.updated_at_ns = PayoutState.RETURNED, cmd.ts_ns
+        self._final_at(cmd.ts_ns, FinalKind.PAYOUT, p.payout_id)
         out.append(self._payout_event(p, cmd.ts_ns))
         return None
 

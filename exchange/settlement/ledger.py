@@ -21,6 +21,22 @@ Model
 * A run of transfers flagged ``LINKED`` plus the first one after them without the flag is a chain: it
   succeeds or fails as a whole; on failure earlier members are rolled back.
 
+Memory: only what is open
+-------------------------
+The ledger holds its accounts, every pending transfer, and the transfers that became final (posted,
+voided, expired, or single-phase) less than a retention window ago. ``forget(before_ns)`` (the
+clearing calls it on every clock tick, with the tick's time less the window: default 24 h, carried by
+the ``ClockTick`` command, so replay forgets exactly what the live core forgot) drops every transfer
+that became final before ``before_ns``, oldest first. What it forgets is in ``ledger_transfers``
+for good. A transfer id is recognised as long as it is held: an identical retry answers ``EXISTS``,
+a conflicting one ``EXISTS_WITH_DIFFERENT_*``. Once forgotten, any transfer with an id at or below the
+highest id forgotten that the ledger does not hold is refused ``ID_FORGOTTEN`` (nothing applied: a
+retry from beyond the window cannot apply twice); ids above it are new. So ids must grow, as
+TigerBeetle advises for its own: the clearing numbers its transfers from one counter, and a
+post or void of a forgotten pending transfer is ``PENDING_TRANSFER_NOT_FOUND``. The primary key of
+``ledger_transfers`` (transfer id, entry) would refuse a transfer written twice in any case.
+Snapshots hold the same live state, so their size follows what is open, not history.
+
 Validation happens in a fixed order (``CreateTransferResult`` lists the codes; the order is spelled out
 in ``Ledger.create_transfers``); state is changed only after the last check passes.
 ``create_transfer(t, now_ns)`` answers exactly as ``create_transfers([t], now_ns)[0]`` without the
@@ -178,6 +194,11 @@ def _is_id(value: int) -> bool:
     return value > 0 and _fits_int64(value)
 
 
+def _is_forgotten(value: int, forgotten_id: int) -> bool:
+    """``value <= forgotten_id``, comparing native ints (``value`` is a transfer id passed on as an object)."""
+    return value <= forgotten_id
+
+
 def _is_user_data(value: int) -> bool:
     return value >= 0 and _fits_int64(value)
 
@@ -248,6 +269,18 @@ class Ledger:
         self._new_accounts: list[_Account] = []
         self._undo: list[_Undo] | None = None  # set while a linked chain runs
         self._now_ns = 0
+        # Every final transfer held, in the order they became final (ledger time never goes backwards, so
+        # oldest first): its id and when, as two lists in step from ``_final_head`` on (the objects the
+        # transfer came with: no tuple per transfer for the collector to track; compiled, a list append is
+        # a native call where a deque's is a generic method call). A resolved pending transfer is queued
+        # at its resolution, with the transfer that resolved it. forget() moves the head.
+        self._final: list[Boxed] = []
+        self._final_at: list[Boxed] = []
+        self._final_head = 0
+        self._forgotten_id = 0  # the highest id forget() dropped: ids up to it that are not held are refused
+        # Set by restore() when the snapshot lists no final transfer: one written before forget()
+        # existed may hold final transfers that were never queued; the first forget() queues them.
+        self._unqueued_final = False
 
     # ----------------------------------------------------------------------------------------- accounts
 
@@ -397,12 +430,17 @@ class Ledger:
         undo: list[_Undo] = []
         self._undo = undo
         mark = len(self._postings)
+        final_mark = len(self._final)
         results: list[CreateTransferResult] = []
         try:
             for t in chain:
                 result = self._create_transfer(t, now_ns)
                 if result is not _OK and result is not _EXISTS:
                     self._rollback_transfers(undo, mark)
+                    final, final_at = self._final, self._final_at
+                    while len(final) > final_mark:
+                        final.pop()
+                        final_at.pop()
                     failed = [_R.LINKED_EVENT_FAILED] * len(chain)
                     failed[len(results)] = result
                     return failed
@@ -474,6 +512,9 @@ class Ledger:
         e = transfers.get(tid)
         if e is not None:
             return _transfer_exists(fields, e)
+        forgotten_id = self._forgotten_id
+        if forgotten_id and _is_forgotten(tid, forgotten_id):
+            return _R.ID_FORGOTTEN
         dr_pending, dr_posted = dr.debits_pending_fen, dr.debits_posted_fen
         cr_pending, cr_posted = cr.credits_pending_fen, cr.credits_posted_fen
         dr_debits = dr_pending + dr_posted + amount  # the debit account's debits after the transfer
@@ -506,6 +547,8 @@ class Ledger:
             dr.debits_posted_fen = dr_posted + amount
             cr.credits_posted_fen = cr_posted + amount
             self._postings.append(_Posting(tid, _POSTED_E, dr_id, cr_id, amount_value, 0, code, user_data, 0, now_ns))
+            self._final.append(tid)
+            self._final_at.append(now_ns)
         return _OK
 
     def _resolve_pending(self, t: Transfer, fields: tuple[Any, ...], now_ns: Boxed) -> CreateTransferResult:
@@ -558,6 +601,9 @@ class Ledger:
         e = transfers.get(tid)
         if e is not None:
             return _transfer_exists(_astuple(resolved), e)
+        forgotten_id = self._forgotten_id
+        if forgotten_id and _is_forgotten(tid, forgotten_id):
+            return _R.ID_FORGOTTEN
         status = self._pending_status[pending_id]
         if status != _ST_PENDING:
             return _RESOLVED_STATUS_RESULT[status]
@@ -584,6 +630,11 @@ class Ledger:
             self._pending_status[pending_id] = _ST_VOIDED
             self._postings.append(
                 _Posting(tid, _RELEASE_E, dr_id, cr_id, 0, held_value, code, user_data, pending_id, now_ns))
+        final, final_at = self._final, self._final_at
+        final.append(pending_id)
+        final.append(tid)
+        final_at.append(now_ns)
+        final_at.append(now_ns)
         return _OK
 
     def expire_pending(self, now_ns: int) -> list[int]:
@@ -608,8 +659,54 @@ class Ledger:
             self._postings.append(Posting(pid, _RELEASE_E, p.debit_account_id, p.credit_account_id, 0, held, p.code,
                                           p.user_data, pid, now_ns))
             self._pending_status[pid] = _ST_EXPIRED
+            self._final.append(pid)
+            self._final_at.append(now_ns)
             expired.append(pid)
         return expired
+
+    def forget(self, before_ns: int) -> int:
+        """Drop every transfer that became final before ``before_ns`` (see "Memory" above); returns how
+        many. Deterministic: the same calls after the same transfers forget the same ones."""
+        if self._unqueued_final:
+            self._queue_unqueued_final()
+        final, final_at = self._final, self._final_at
+        transfers = self._transfers
+        forgotten = 0
+        forgotten_id = self._forgotten_id
+        head = self._final_head
+        n = len(final_at)
+        while head < n and final_at[head] < before_ns:
+            tid: int = final[head]
+            head += 1
+            t = transfers.pop(tid, None)
+            if t is None:
+                continue  # defensive: an entry is queued once per transfer held
+            if t.flags & _PENDING:
+                del self._pending_status[tid]
+                self._expires_at_ns.pop(tid, None)
+            if tid > forgotten_id:
+                forgotten_id = tid
+            forgotten += 1
+        if head > 4096 and 2 * head > n:  # drop the forgotten front now and then (amortised O(1))
+            del final[:head]
+            del final_at[:head]
+            head = 0
+        self._final_head = head
+        self._forgotten_id = forgotten_id
+        return forgotten
+
+    def _queue_unqueued_final(self) -> None:
+        """Queue the final transfers a snapshot of an earlier version held (final from now on)."""
+        self._unqueued_final = False
+        held = set(self._final[self._final_head:])
+        status = self._pending_status
+        for tid in sorted(self._transfers):
+            if tid in held:
+                continue
+            t = self._transfers[tid]
+            if not t.flags & _PENDING or status[tid] != _ST_PENDING:
+                self._final.append(tid)
+                self._final_at.append(self._now_ns)
 
     def _advance_clock(self, now_ns: int) -> None:
         if now_ns < self._now_ns:
@@ -649,7 +746,15 @@ class Ledger:
         """
         if (self._postings or self._new_accounts) and not allow_undrained:
             raise ValueError("drain postings and new accounts before taking a snapshot")
-        return _SNAPSHOT_ENCODER.encode(self._snapshot_struct())
+        return self._encode()
+
+    def _encode(self) -> bytes:
+        snap = self._snapshot_struct()
+        fields = _astuple(snap)
+        # An array-like struct encodes as the tuple of its fields: without anything final held or forgotten
+        # the two optional fields are left out, so such a state encodes to the bytes earlier versions wrote
+        # (their snapshots restore to their recorded hashes).
+        return _SNAPSHOT_ENCODER.encode(fields if snap.final or snap.forgotten_id else fields[:-2])
 
     @classmethod
     def restore(cls, data: bytes) -> Ledger:
@@ -665,11 +770,19 @@ class Ledger:
             (at, pid) for pid, at in ledger._expires_at_ns.items()
             if ledger._pending_status[pid] == _ST_PENDING
         )
+        ledger._forgotten_id = snap.forgotten_id
+        ledger._final, ledger._final_at, ledger._final_head = [], [], 0
+        for run in snap.final:
+            at = run[0]
+            for tid in run[1:]:
+                ledger._final.append(tid)
+                ledger._final_at.append(at)
+        ledger._unqueued_final = not snap.final
         return ledger
 
     def state_hash(self) -> str:
         """blake2b (hex) of the canonical encoding: everything sorted by id, so equal state, equal hash."""
-        return hashlib.blake2b(_SNAPSHOT_ENCODER.encode(self._snapshot_struct()), digest_size=32).hexdigest()
+        return hashlib.blake2b(self._encode(), digest_size=32).hexdigest()
 
     def _snapshot_struct(self) -> LedgerSnapshot:
         return LedgerSnapshot(
@@ -678,7 +791,21 @@ class Ledger:
             transfers=[self._transfers[k] for k in sorted(self._transfers)],
             pending_status={k: self._pending_status[k] for k in sorted(self._pending_status)},
             expires_at_ns={k: self._expires_at_ns[k] for k in sorted(self._expires_at_ns)},
+            forgotten_id=self._forgotten_id,
+            final=self._final_runs(),
         )
+
+    def _final_runs(self) -> list[list[int]]:
+        """The final queue as runs of one time (a command's transfers share it): [at, id, id, ...]."""
+        runs: list[list[int]] = []
+        run: list[int] = []
+        head = self._final_head
+        for at, tid in zip(self._final_at[head:], self._final[head:], strict=True):
+            if not run or run[0] != at:
+                run = [at]
+                runs.append(run)
+            run.append(tid)
+        return runs
 
     # ----------------------------------------------------------------------------------------- queries
 
@@ -705,8 +832,13 @@ class Ledger:
         return a.credits_posted_fen - a.debits_posted_fen - a.debits_pending_fen
 
     def transfer(self, transfer_id: int) -> Transfer | None:
-        """The stored transfer (a post or void with its fields resolved), or None."""
+        """The stored transfer (a post or void with its fields resolved), or None (also once forgotten)."""
         return self._transfers.get(transfer_id)
+
+    def held_counts(self) -> tuple[int, int, int]:
+        """(transfers held, of which pending and still open, final ones held): what memory holds."""
+        open_pending = sum(1 for s in self._pending_status.values() if s == _ST_PENDING)
+        return len(self._transfers), open_pending, len(self._final) - self._final_head
 
     def pending_status(self, transfer_id: int) -> PendingStatus | None:
         status = self._pending_status.get(transfer_id)

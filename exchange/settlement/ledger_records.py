@@ -259,6 +259,10 @@ class CreateTransferResult(IntEnum):
     OVERFLOWS_TIMEOUT = 39
     EXCEEDS_CREDITS = 40  # the debit account's DEBITS_MUST_NOT_EXCEED_CREDITS limit
     EXCEEDS_DEBITS = 41  # the credit account's CREDITS_MUST_NOT_EXCEED_DEBITS limit
+    # An id at or below the highest id the ledger has forgotten (``Ledger.forget``) and no longer holds:
+    # a retry of a transfer final for longer than the retention window, or an id reused out of order.
+    # Nothing is applied; ``ledger_transfers`` (unique by transfer id and entry) holds the original.
+    ID_FORGOTTEN = 42
 
 
 class Account(msgspec.Struct, gc=False):
@@ -318,6 +322,11 @@ class LedgerSnapshot(msgspec.Struct, array_like=True):
     transfers: list[Transfer]
     pending_status: dict[int, int]
     expires_at_ns: dict[int, int]
+    # Optional and last (left out when empty and 0, so a state without them encodes to the bytes earlier
+    # versions wrote): the highest forgotten id, and every final transfer still held, oldest first
+    # (``Ledger.forget``), as runs of one time: [final_at_ns, transfer id, transfer id, ...].
+    forgotten_id: int = 0
+    final: list[list[int]] = []
 
 
 # Columns of ``ledger_transfers`` (exchange/migrations/0006_ledger_transfers.sql) and ``ledger_accounts``

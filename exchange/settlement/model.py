@@ -1,7 +1,9 @@
 """The clearing's records: participants, holds, trades, loans, credit lines, payouts and their references.
 
 Plain mutable msgspec structs, so the whole clearing state encodes into one snapshot as it is. Every
-amount is integer fen, every weight integer grams. ``Clearing`` (clearing.py) is the only writer.
+amount is integer fen, every weight integer grams. ``Clearing`` (clearing.py) is the only writer. A
+final record leaves memory a retention window after it became final (``FinalKind``; clearing.py,
+"Memory") and is read back, encoded as it is here, from ``settlement_history`` (migration 0014).
 """
 
 from __future__ import annotations
@@ -251,6 +253,19 @@ class BankImport(msgspec.Struct, array_like=True, gc=False):
     errors: list[tuple[int, str]]
 
 
+class FinalKind(IntEnum):
+    """What a queued final record is (Clearing.forget): the dict it is dropped from."""
+
+    TRADE = 1  # trades, by trade id: settled or rejected
+    PAYOUT = 2  # payouts, by payout id: confirmed or returned
+    DEPOSIT = 3  # deposits, by bank reference
+    WITHDRAWAL = 4  # withdrawals, by (owner, withdrawal ref): paid or failed
+    REPAYMENT = 5  # repayments, by (borrower, repayment ref)
+    RUN = 6  # payout runs, by run ref
+    SENT_FILE = 7  # bank files sent, by file ref
+    BANK_IMPORT = 8  # bank confirmation files imported, by file ref
+
+
 class Registration(msgspec.Struct, array_like=True, gc=False):
     """A registration made with an idempotency reference: who it created, a digest of the profile it
     was made with (a repeat must match it), its first API key (not the secret) and when."""
@@ -305,3 +320,6 @@ class ClearingSnapshot(msgspec.Struct, array_like=True, gc=False):
     bank_codes: list[tuple[int, str, str]] = []  # (participant, bank code, branch code)
     file_digests: list[tuple[str, str]] = []  # (payout file ref, SHA-256 of the bytes sent)
     registrations: list[Registration] = []
+    # optional and last: (final_at_ns, FinalKind, key) of every final record held, oldest first
+    # (Clearing.forget); a key is an id, a reference, or (owner, reference)
+    final: list[tuple[int, int, int | str | tuple[int, str]]] = []

@@ -14,6 +14,11 @@ command's rows as it is applied (``Clearing.command_rows``); the writer takes th
 (slice by slice as the sequencer applies them, see ``LedgerWriter.prepare``), after dropping entries of
 commands that recovery replayed (they are durable already).
 
+References that must never take effect twice (a deposit's bank reference, a withdrawal, repayment or
+client lot reference: ``reference_row``) go to ``settlement_refs`` (migration 0014) in the same
+transaction, once, when the command that used them took effect; the core forgets them after its
+retention window, and ``used_reference`` finds them there for ever.
+
 Postings are sent as one binary ``COPY`` per batch, encoded here with one ``struct`` call per row
 (``encode_postings``): about a third of the Python time of ``copy_records_to_table``, which converts
 every value through a codec.
@@ -23,12 +28,15 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Awaitable, Iterable, Sequence
-from typing import Final
+from typing import Any, Final
 
 import asyncpg
+import msgspec
 
+from exchange.commands import ClockTick, Command, ConfirmDeposit, RegisterLot, RepayLoan, RequestWithdrawal
+from exchange.events import Event, LotRegistered
 from exchange.settlement.ledger import ACCOUNT_COLUMNS, POSTING_COLUMNS, Account, Posting, account_records
-from exchange.settlement.model import FIRST_PARTICIPANT_ACCOUNT_ID
+from exchange.settlement.model import FIRST_PARTICIPANT_ACCOUNT_ID, FinalKind
 from exchange.store import copy_binary_data
 
 __all__ = [
@@ -39,7 +47,9 @@ __all__ = [
     "copy_rows",
     "encode_postings",
     "encode_postings_body",
+    "reference_row",
     "statement",
+    "used_reference",
     "write_batch_rows",
     "write_ledger_rows",
 ]
@@ -96,6 +106,104 @@ def encode_postings_body(
     return bytes(body), rows
 
 
+REFERENCE_COLUMNS: Final = ("kind", "owner_id", "ref", "seq", "ts_ns")
+REF_DEPOSIT: Final = 1
+REF_WITHDRAWAL: Final = 2
+REF_REPAYMENT: Final = 3
+REF_LOT: Final = 4
+
+
+def reference_row(
+    seq: int, command: Command, events: Sequence[Event], moved_money: bool
+) -> tuple[int, int, str, int, int] | None:
+    """The ``settlement_refs`` row of a command that used a reference for the first time, else None (a
+    retry answered with the original moves no money and registers no lot anew; a rejection neither)."""
+    kind = command.__class__
+    if kind is RegisterLot:
+        ref = command.client_lot_ref  # type: ignore[attr-defined]
+        if ref and events and events[0].__class__ is LotRegistered and events[0].seq:
+            return (REF_LOT, command.participant_id, ref, seq, command.ts_ns)
+        return None
+    if not moved_money:
+        return None
+    if kind is ConfirmDeposit:
+        return (REF_DEPOSIT, 0, command.deposit_ref, seq, command.ts_ns)  # type: ignore[attr-defined]
+    if kind is RequestWithdrawal:
+        return (REF_WITHDRAWAL, command.participant_id, command.withdrawal_ref, seq,  # type: ignore[attr-defined]
+                command.ts_ns)
+    if kind is RepayLoan and command.repayment_ref:  # type: ignore[attr-defined]
+        return (REF_REPAYMENT, command.participant_id, command.repayment_ref, seq,  # type: ignore[attr-defined]
+                command.ts_ns)
+    return None
+
+
+# settlement_history (migration 0014): the clearing's final records once it forgot them. kind is
+# model.FinalKind; (id, ref) the record's key (a trade or payout id, a withdrawal or file reference).
+HISTORY_COLUMNS: Final = ("kind", "id", "ref", "party_a", "party_b", "state", "final_at_ns", "seq", "record")
+HISTORY_TRADE: Final = 1
+HISTORY_PAYOUT: Final = 2
+HISTORY_SENT_FILE: Final = 7
+
+
+async def archived_record(
+    conn: asyncpg.Connection | asyncpg.Pool, kind: int, item_id: int, ref: str = ""
+) -> bytes | None:
+    """The msgpack of the record last forgotten under this key, or None."""
+    data = await conn.fetchval(
+        "SELECT record FROM settlement_history WHERE kind = $1 AND id = $2 AND ref = $3 ORDER BY seq DESC LIMIT 1",
+        kind, item_id, ref)
+    return None if data is None else bytes(data)
+
+
+async def archived_page(
+    conn: asyncpg.Connection | asyncpg.Pool, kind: int, before_id: int | None, party: int | None, state: int | None,
+    limit: int,
+) -> list[bytes]:
+    """Forgotten records of a kind with an id below ``before_id``, of ``party`` (as either party; None: all),
+    in ``state`` (None: any), newest (highest id) first."""
+    rows = await conn.fetch(
+        "SELECT record FROM settlement_history WHERE kind = $1 AND id < $2"
+        " AND ($3::bigint IS NULL OR party_a = $3 OR party_b = $3) AND ($4::smallint IS NULL OR state = $4)"
+        " ORDER BY id DESC LIMIT $5",
+        kind, MAX_ID if before_id is None else before_id, party, state, limit)
+    return [bytes(row["record"]) for row in rows]
+
+
+MAX_ID: Final = 2**63 - 1
+
+
+HistoryRow = tuple[int, int, str, int, int, int, int, int, bytes]
+
+
+def history_rows(seq: int, forgotten: list[tuple[int, Any]]) -> list[HistoryRow]:
+    """``settlement_history`` rows of the records the clock tick with this seq forgot (Clearing.take_archived)."""
+    rows = []
+    for kind, r in forgotten:
+        if kind == FinalKind.TRADE:
+            key: tuple[int, str, int, int, int, int] = (
+                r.trade_id, "", r.buyer_id, r.seller_id, r.state, r.settled_at_ns)
+        elif kind == FinalKind.PAYOUT:
+            key = (r.payout_id, "", r.payee_id, 0, r.state, r.updated_at_ns)
+        elif kind == FinalKind.WITHDRAWAL:
+            key = (0, r.withdrawal_ref, r.owner_id, 0, r.state, r.ts_ns)
+        elif kind == FinalKind.DEPOSIT:
+            key = (0, r.deposit_ref, r.owner_id, 0, 0, r.ts_ns)
+        else:  # a bank file sent
+            key = (0, r.file_ref, 0, 0, 0, 0)
+        rows.append((kind, key[0], key[1], key[2], key[3], int(key[4]), key[5], seq, _HISTORY_ENCODER.encode(r)))
+    return rows
+
+
+_HISTORY_ENCODER: Final = msgspec.msgpack.Encoder()
+
+
+async def used_reference(conn: asyncpg.Connection | asyncpg.Pool, kind: int, owner_id: int, ref: str) -> int | None:
+    """The journal seq of the command that used this reference, or None if it never took effect."""
+    seq = await conn.fetchval("SELECT seq FROM settlement_refs WHERE kind = $1 AND owner_id = $2 AND ref = $3",
+                              kind, owner_id, ref)
+    return None if seq is None else int(seq)
+
+
 async def copy_rows(conn: asyncpg.Connection, accounts: Sequence[tuple[int, ...]], postings: bytes) -> None:
     """COPY ready-made account rows (``account_records``) and encoded postings (``encode_postings``)."""
     if accounts:
@@ -145,6 +253,8 @@ class LedgerWriter:
         self._parts: list[bytes] = []
         self._rows = 0
         self._accounts: list[tuple[int, ...]] = []
+        self._refs: list[tuple[int, int, str, int, int]] = []
+        self._history: list[HistoryRow] = []
 
     def attach(self, sequencer: object) -> None:
         """Any object with ``core.clearing`` and ``applied_seq`` (``exchange.sequencer.Sequencer``)."""
@@ -160,7 +270,7 @@ class LedgerWriter:
         if clearing is not self._clearing or first_seq != self._first_seq:
             # another batch (or a rebuilt core): what an abandoned batch had taken goes with it
             self._clearing, self._first_seq, self._taken = clearing, first_seq, 0
-            self._parts, self._rows, self._accounts = [], 0, []
+            self._parts, self._rows, self._accounts, self._refs, self._history = [], 0, [], [], []
         from_seq = first_seq + self._taken
         if n == self._taken:
             return
@@ -171,26 +281,41 @@ class LedgerWriter:
         if queued_from < from_seq:
             clearing.take_command_rows(from_seq - queued_from)  # replayed by recovery: durable already
         per_command = clearing.take_command_rows(n - self._taken)
+        index = self._taken
         self._taken = n
         body, rows = encode_postings_body(from_seq, per_command)
         if rows:
             self._parts.append(body)
             self._rows += rows
-        for new_accounts, _ in per_command:
+        commands, events = batch.commands, batch.events  # type: ignore[attr-defined]
+        for new_accounts, postings in per_command:
             if new_accounts:
                 self._accounts.extend(account_records(new_accounts))
+            command = commands[index]
+            if command.__class__ is ClockTick:
+                self._history.extend(history_rows(first_seq + index, clearing.take_archived(command.ts_ns)))
+            if postings or command.__class__ is RegisterLot:
+                ref = reference_row(first_seq + index, command, events[index], bool(postings))
+                if ref is not None:
+                    self._refs.append(ref)
+            index += 1
 
     def __call__(self, conn: asyncpg.Connection, batch: object) -> Awaitable[None]:
         self.prepare(batch)
         postings = copy_binary_data(self._parts) if self._rows else b""
-        accounts, rows = self._accounts, self._rows
+        accounts, rows, refs, history = self._accounts, self._rows, self._refs, self._history
         self._clearing, self._first_seq, self._taken = None, 0, 0
-        self._parts, self._rows, self._accounts = [], 0, []
-        return self._write(conn, accounts, postings, rows)
+        self._parts, self._rows, self._accounts, self._refs, self._history = [], 0, [], [], []
+        return self._write(conn, accounts, postings, rows, refs, history)
 
     async def _write(self, conn: asyncpg.Connection, accounts: list[tuple[int, ...]], postings: bytes,
-                     rows: int) -> None:
+                     rows: int, refs: list[tuple[int, int, str, int, int]],
+                     history: list[HistoryRow]) -> None:
         await copy_rows(conn, accounts, postings)
+        if refs:
+            await conn.copy_records_to_table("settlement_refs", records=refs, columns=REFERENCE_COLUMNS)
+        if history:
+            await conn.copy_records_to_table("settlement_history", records=history, columns=HISTORY_COLUMNS)
         self.rows_written += rows
 
 

@@ -327,6 +327,10 @@ class SettlementReportRow(msgspec.Struct, frozen=True):
     loan_id: int = 0  # loan rows
     paid_by: str = ""  # LOAN_REPAYMENT: BORROWER or SUBSIDY_FUND
     interest_accrued_fen: int = 0  # INTEREST_ACCRUAL
+    # TRADE (and its MEMBER_SHARE rows), issue 11 deliveries; 0 in rows of journals written before them
+    heads_refused: int = 0  # dead on arrival or refused at the scale: paid nothing, their hold refunded
+    shrink_g: int = 0  # the unfasted shrink taken off total_weight_g before grading and pricing
+    raised_fen: int = 0  # a seller's dispute resolved above the weigh-in: amount + refund = obligation + this
 
 
 REPORT_COLUMNS = tuple(SettlementReportRow.__struct_fields__)
@@ -390,7 +394,8 @@ def _trade_row_of(event: TradeSettled | DeliveryResolved, f: TradeFacts) -> Sett
         f.seller_id or (event.seller_id if isinstance(event, TradeSettled) else 0),
         f.seller_poor_household, f.heads, f.heads_delivered, f.total_weight_g, f.avg_weight_g,
         DeliveryGrade(f.grade).name, f.price_fen, f.discount_fen_per_kg, f.obligation_fen, *money,
-        f.funded_by_financier_id, advance_loan_id=f.advance_loan_id,
+        f.funded_by_financier_id, advance_loan_id=f.advance_loan_id, heads_refused=f.heads_refused,
+        shrink_g=f.shrink_g, raised_fen=f.raised_fen,
     )  # fmt: skip
 
 

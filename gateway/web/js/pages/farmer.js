@@ -60,18 +60,27 @@ export async function render(ctx) {
     done: async () => { await orders.reload(); await lots.reload(); },
   });
   sellForm.prepend(h("div", { class: "field" }, h("label", { for: "sell-lot" }, t("sell.lot")), sellLots));
-  const trades = tradesSection(t("deliveries.title"), (trade, reload) => trade.state === "OPEN" && tradeForm(trade, {
+  const trades = tradesSection(t("deliveries.title"), (trade, reload) => (trade.state === "DELIVERED" ? tradeForm(trade, {
+    // A seller who believes the scale under-read disputes within the window (the buyer's money is held).
+    id: `dispute-${trade.trade_id}`,
+    fields: [{ name: "reason", label: "dispute.reason", type: "text" }],
+    submit: "dispute.submit",
+    action: (body) => post(`/v1/trades/${trade.trade_id}/dispute`, body),
+    done: () => reload(),
+  }) : trade.state === "OPEN" && tradeForm(trade, {
     id: `weigh-${trade.trade_id}`,
     fields: [
       { name: "heads_delivered", label: "weigh.heads", type: "int", value: trade.heads },
       { name: "total_weight", to: "total_weight_g", label: "weigh.weight", type: "kg" },
       { name: "quarantine_cert", label: "weigh.cert", type: "text" },
+      { name: "heads_refused", label: "weigh.refused", type: "int", value: 0 },
+      { name: "unfasted", label: "weigh.unfasted", type: "checkbox" },
       { name: "quarantine_checked", label: "weigh.checked", type: "checkbox" },
     ],
     submit: "weigh.submit",
     action: (body) => post(`/v1/trades/${trade.trade_id}/weigh-in`, body),
     done: () => reload(),
-  }), "deliveries");
+  })), "deliveries");
   const parts = [card(t("farmer.new_lot"), lotForm), lots, card(t("sell.title"), sellForm), orders,
     card(t("auction.offer"), offer), myAuctions, trades,
     balancesSection(), payoutsSection(), loansSection()];

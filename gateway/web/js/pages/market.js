@@ -58,7 +58,7 @@ async function show(body, instrument) {
   const bookBox = h("div", { id: "book" });
   const tradesBox = h("div", { id: "trades" });
   const candleBox = h("div", {}, candles(minute.candles, t("market.candles")));
-  const dailyBox = h("div", {}, line(daily.candles.map((c) => [c.start_ms, c.close_fen]), t("market.daily")));
+  const dailyBox = h("div", {}, await indexChart(instrument, daily));
   const drawBook = () => {
     const sorted = (m, desc) => [...m.entries()].sort((a, b) => (desc ? b[0] - a[0] : a[0] - b[0]));
     const bids = sorted(levels.bids, true), asks = sorted(levels.asks, false);
@@ -81,7 +81,7 @@ async function show(body, instrument) {
   drawTrades();
   const auctions = await auctionCard();
   body.replaceChildren(h("div", { class: "grid" }, summary, card(t("market.book"), bookBox),
-    card(t("market.trades"), tradesBox), card(t("market.candles"), candleBox), card(t("market.daily"), dailyBox),
+    card(t("market.trades"), tradesBox), card(t("market.candles"), candleBox), card(t("market.index"), dailyBox),
     auctions));
   feed.subscribe(`book.${symbol}`, (m) => {
     if (m.type === "book_snapshot") {
@@ -94,6 +94,7 @@ async function show(body, instrument) {
     }
     drawBook();
   });
+  feed.subscribe("index", async () => dailyBox.replaceChildren(await indexChart(instrument, daily)));
   feed.subscribe(`trades.${symbol}`, async (m) => {
     if (m.type !== "trades") return;
     recent = [...m.trades.slice().reverse(), ...recent].slice(0, 50);
@@ -101,6 +102,21 @@ async function show(body, instrument) {
     const fresh = await get(`/v1/markets/${symbol}/candles?interval=1m&limit=60`);
     candleBox.replaceChildren(candles(fresh.candles, t("market.candles")));
   });
+}
+
+// The live-hog price index of the instrument's series (product class, breed, delivery region), base
+// 1000, with the head-weighted average price of the latest day; the daily close where there is none.
+async function indexChart(instrument, daily) {
+  const query = new URLSearchParams({ product_class: instrument.product_class, breed_class: instrument.breed_class,
+    region: instrument.delivery_point });
+  let rows = [];
+  try { rows = await get(`/v1/index/history?${query}`); } catch { rows = []; }
+  if (!rows.length) return line(daily.candles.map((c) => [c.start_ms, c.close_fen]), t("market.daily"));
+  const last = rows[rows.length - 1];
+  return h("div", { id: "index" },
+    h("p", {}, `${t("market.index")} ${last.index}`, last.provisional ? ` (${t("market.provisional")})` : "",
+      ` · ${t("market.avg")} ${price(last.avg_price_fen, last.quote_unit, t)} · ${last.heads}${t("unit.heads")}`),
+    line(rows.map((r) => [r.date, r.index_x100]), t("market.index")));
 }
 
 // Open lot auctions, for a signed-in person (the auction routes need one); a visitor sees none.
