@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final
 
@@ -28,6 +29,8 @@ SESSION_COOKIE: Final = "hogx_session"
 CSRF_HEADER: Final = "X-CSRF-Token"
 _SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 _MAX_CACHED: Final = 100_000
+_UNKNOWN_TTL_S: Final = 10.0  # a made-up session id is answered from memory this long, not re-read
+_MAX_UNKNOWN: Final = 10_000
 
 
 class SessionPolicy(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,6 +53,8 @@ class SessionAuth:
         self.policy = policy
         self._clock_s = clock_s
         self._cache: dict[str, tuple[db.SessionRecord, float]] = {}
+        self._unknown: OrderedDict[str, float] = OrderedDict()  # ids the database did not know, until when
+        self.lookups = 0  # database reads of sessions (observable in tests)
         self._seen: dict[str, float] = {}  # wall-clock seconds of each cached session's latest request
         self._touched: dict[str, float] = {}  # ... and of its latest last_seen_at write
         self.by_address = TokenBuckets(policy.signin_per_address_per_s, policy.signin_per_address_burst)
@@ -76,9 +81,18 @@ class SessionAuth:
         hit = self._cache.get(session_id)
         if hit is not None and now_s - hit[1] < self.policy.cache_ttl_s:
             return hit[0]
+        until_s = self._unknown.get(session_id)
+        if until_s is not None and now_s < until_s:
+            return None
+        self.lookups += 1
         record = await db.load_session(request.app[POOL], session_id)
         if record is None:
+            # A flood of made-up cookies costs one read each per 10 s, in bounded memory.
             self._cache.pop(session_id, None)
+            self._unknown[session_id] = now_s + _UNKNOWN_TTL_S
+            self._unknown.move_to_end(session_id)
+            while len(self._unknown) > _MAX_UNKNOWN:
+                self._unknown.popitem(last=False)
             return None
         if len(self._cache) >= _MAX_CACHED:  # bounded: a flood of sessions costs reads, not memory
             self._cache.clear()

@@ -12,7 +12,7 @@ import pytest_asyncio
 
 from gateway import demo
 from gateway.auth import Role
-from gateway.sessions import SessionPolicy
+from gateway.sessions import SESSIONS, SessionPolicy
 from gateway.state import POOL
 from gateway.testing import Exchange, running_exchange
 
@@ -154,10 +154,13 @@ async def test_every_role_boundary_holds_for_a_session(ex: Exchange) -> None:
             assert (status, body["code"]) == (403, "forbidden"), path
             status, body = await visitor.request(method, path, {"run_ref": "x"} if method == "POST" else None)
             assert status == 401, path
-        # A made-up cookie is no session.
+        # A made-up cookie is no session, and asking again does not cost another database read.
         visitor.http.cookie_jar.update_cookies({"hogx_session": "A" * 43})
-        status, body = await visitor.request("GET", "/v1/balances")
-        assert (status, body["code"]) == (401, "session_expired")
+        lookups = ex.app[SESSIONS].lookups
+        for _ in range(3):
+            status, body = await visitor.request("GET", "/v1/balances")
+            assert (status, body["code"]) == (401, "session_expired")
+        assert ex.app[SESSIONS].lookups == lookups + 1
     finally:
         await buyer.close()
         await visitor.close()
