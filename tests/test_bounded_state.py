@@ -355,10 +355,11 @@ def test_repayment_run_file_and_import_references_inside_and_after_the_window() 
 # -- differential: the same events and ledger rows as before ---------------------------------------------
 
 # The events and ledger rows of MarketDay(11).generate(3_000) as the code before forgetting gives them,
-# computed with _DIGEST_SCRIPT in a worktree of main at fc109b7, the last merged into this change (2b764a3,
-# where the work began, gave 0b742a43...; issue 11's changes since added accounts and event fields). A
+# computed with _DIGEST_SCRIPT on main (2b764a3, where the work began, gave 0b742a43...; fc109b7, before
+# forgetting, 4721accd...; then two deliberate changes of events: the delivery facts that settlement
+# events carry (d2ca2a0) and, with them, the payout's bank codes (edcf0a3): 9645e170... at 2b98814). A
 # change that deliberately alters events or ledger rows re-pins it; forgetting never may.
-PINNED_DIGEST = "4721accd027c7967cc5d2eea8651528133f6b19cc2272e50223ea4653a55a0db"
+PINNED_DIGEST = "9645e17056f48a6361035827231938360f858836a1edc0e404eeddd1a92fc9b3"
 _DIGEST_SCRIPT = """
 import hashlib, msgspec
 from benchmarks.ledger import MarketDay

@@ -36,7 +36,8 @@ async def test_a_short_simulation_agrees_with_the_exchange(fresh_database_url: A
         clearing = ex.app[EXCHANGE].sequencer.core.clearing
         metrics = ex.app[METRICS].render().decode()
     assert clearing is not None
-    assert summary.requests == 400, out.getvalue()  # bounded by the budget, not by time
+    # Bounded by the budget, not by time: a step begun inside the budget finishes its few calls.
+    assert 400 <= summary.requests <= 405, out.getvalue()
     trades = list(clearing.trades.values())
     assert summary.trades == len(trades) > 0
     assert summary.heads == sum(t.heads for t in trades)
