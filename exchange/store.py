@@ -561,7 +561,11 @@ async def archive_journal(
 async def _refuse_unprojected(conn: asyncpg.Connection, last_seq: int) -> None:
     """A projection (settlement reports, read models) folds the journal from its watermark on: rows it has
     not yet folded must stay, or they would never reach it."""
-    behind = await conn.fetch("SELECT name, seq FROM projections WHERE seq < $1 ORDER BY name", last_seq)
+    # A watermark still at 0 has never folded anything: that projection is switched off (the PostgreSQL
+    # read models are by default). Switched on later, it rebuilds from seq 0 and stops at the archived
+    # rows with JournalGap, loudly: restore the days first.
+    behind = await conn.fetch("SELECT name, seq FROM projections WHERE seq > 0 AND seq < $1 ORDER BY name",
+                              last_seq)
     if behind:
         which = ", ".join(f"{r['name']} at seq {r['seq']}" for r in behind)
         raise ArchiveRefused(
