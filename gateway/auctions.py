@@ -24,6 +24,7 @@ Error codes (beyond the gateway's own): `unknown_auction` 404, `invalid_auction`
 
 from __future__ import annotations
 
+import itertools
 from typing import Annotated, Final, Literal
 
 import msgspec
@@ -234,8 +235,10 @@ async def list_auctions(call: Call, query: AuctionQuery) -> list[AuctionView]:
     now = now_ns(call.app)
     read_model = call.app[EXCHANGE].read_model
     auctions = read_model.auctions
-    return [auction_view(read_model, auctions[i], call.principal, now) for i in sorted(auctions, reverse=True)
-            if query.status is None or _STATE_NAME[auctions[i].state] == query.status][:500]
+    # Views only for the 500 shown: the filter walks ids, the view is built for what is returned.
+    wanted = (i for i in sorted(auctions, reverse=True)
+              if query.status is None or _STATE_NAME[auctions[i].state] == query.status)
+    return [auction_view(read_model, auctions[i], call.principal, now) for i in itertools.islice(wanted, 500)]
 
 
 @routes.get("/v1/auctions/{auction_id}", roles=ANY_ROLE, params=AuctionPath, response=AuctionView)

@@ -360,10 +360,15 @@ class Hub:
                            "address", retry_after_s=1)
         ws = web.WebSocketResponse(heartbeat=self._heartbeat_s, compress=False, decode_text=False,
                                    max_msg_size=self._max_message_bytes, timeout=_CLOSE_TIMEOUT_S)
-        await ws.prepare(request)
+        # Counted before the handshake's await: upgrades racing in from one address all see each other.
+        self._per_address[address] = self._per_address.get(address, 0) + 1
+        try:
+            await ws.prepare(request)
+        except BaseException:
+            _count_down(self._per_address, address)
+            raise
         conn = WsConnection(next(self._ids), ws, request)
         self._connections.add(conn)
-        self._per_address[address] = self._per_address.get(address, 0) + 1
         self._metrics.ws_connections.inc()
         conn.writer = asyncio.create_task(self._write_loop(conn))
         try:

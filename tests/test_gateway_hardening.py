@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from gateway.auth import PUBLIC, Role
 from gateway.inputs import has_duplicate_keys
 from gateway.routes import Call, RouteTable
 from gateway.schemas import LotPath
+from gateway.state import HUB
 from gateway.testing import Exchange, running_exchange
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -496,18 +498,27 @@ async def test_websockets_are_capped_per_key_and_per_address(_test_databases: An
             closing = await third.receive(timeout=5)
             assert closing.type is WSMsgType.CLOSE and closing.data == 1008
             await third.close()
-            await asyncio.sleep(0.1)  # the server forgets the refused socket
+            hub = ex.app[HUB]
+            await _until(lambda: hub.connection_count == 2)  # the server forgot the refused socket
             anonymous = [await ex.client().ws_connect(login=False) for _ in range(2)]  # 4 open: the cap
             with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
                 await ex.client().ws_connect(login=False)
             assert refused.value.status == 429
             await first.close()
-            await asyncio.sleep(0.1)
+            await _until(lambda: hub.connection_count == 3)
             again = await buyer.ws_connect()  # a place for one more, and the key is below its cap
             for ws in (second, again, *anonymous):
                 await ws.close()
     finally:
         await _test_databases.drop(dsn)
+
+
+async def _until(done: Any, timeout_s: float = 5.0) -> None:
+    """Poll instead of sleeping a guessed time: a loaded machine may take longer."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, "the condition never came true"
+        await asyncio.sleep(0.01)
 
 
 # -- failed authentications -------------------------------------------------------------------------------
