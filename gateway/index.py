@@ -29,11 +29,12 @@ are.
 
 from __future__ import annotations
 
+import copy
 import csv
 import datetime as dt
 import io
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Annotated, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import msgspec
 from aiohttp import web
@@ -134,6 +135,12 @@ class Finality:
 
     def provisional(self, day: int, key: SeriesKey, last_trade_ns: int) -> bool:
         return self.now_ns < self.final_ns(day, key, last_trade_ns)
+
+    def at(self, now_ns: int) -> Finality:
+        """The same instruments and days at another instant."""
+        moved = copy.copy(self)
+        moved.now_ns, moved.today = now_ns, cst_day(now_ns)
+        return moved
 
 
 class PriceIndex:
@@ -303,6 +310,13 @@ def attach(app: web.Application, port: ExchangePort, hub: Hub) -> None:
     instant each turns final; a batch before the earliest of them and without trades costs nothing."""
     pending: dict[tuple[int, SeriesKey], int] = {}  # row -> the instant it turns final
     next_check = [NEVER]
+    cached: list[Any] = [-1, set(), None]  # instruments listed, non-trading days, their Finality
+
+    def finality_at(now_ns: int) -> Finality:
+        read_model = port.read_model  # instruments are only ever added, and keep their spec
+        if cached[0] != len(read_model.instruments) or cached[1] != read_model.non_trading_days:
+            cached[:] = [len(read_model.instruments), set(read_model.non_trading_days), finality(read_model, 0)]
+        return cached[2].at(now_ns)
 
     def publish(batch: CommittedBatch, digest: BatchDigest) -> None:
         changed = digest.index
@@ -312,7 +326,7 @@ def attach(app: web.Application, port: ExchangePort, hub: Hub) -> None:
         if not changed and now_ns < next_check[0]:
             return
         index = port.read_model.index
-        final = finality(port.read_model, now_ns)
+        final = finality_at(now_ns)
         due = {row for row, at in pending.items() if at <= now_ns}
         rows: list[IndexRow] = []
         for day, key in sorted(changed | due):
