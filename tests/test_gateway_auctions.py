@@ -21,7 +21,8 @@ import pytest_asyncio
 from gateway.auth import Role
 from gateway.client import Reply
 from gateway.testing import LOT_CERT, Exchange, running_exchange
-from tests.test_gateway_settlement import _farmer, _ok, eventually
+from gateway.testing import ok as _ok
+from tests.test_gateway_settlement import _farmer, eventually
 
 WINDOW_S = 1.0
 _symbols = itertools.count(1)

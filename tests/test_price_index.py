@@ -15,9 +15,10 @@ from exchange.domain import BreedClass, ProductClass, TradingSession
 from gateway.auth import Role
 from gateway.index import Finality, PriceIndex, date_to_day, day_to_date
 from gateway.testing import Exchange
+from gateway.testing import ok as _ok
 from tests.factories import hog_spec
 from tests.test_gateway_clock import START_MS, sim  # noqa: F401 - the fixture
-from tests.test_gateway_settlement import _farmer, _ok
+from tests.test_gateway_settlement import _farmer
 
 DAY_NS = 86_400 * 10**9
 T0 = 1_767_225_600 * 10**9  # 2026-01-01 08:00 CST
