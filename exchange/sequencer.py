@@ -356,10 +356,6 @@ class Recovery:
     replayed: int  # commands replayed after the snapshot
 
 
-def _indexable(command: PlaceOrder) -> bool:
-    return 0 < len(command.client_order_id) <= MAX_CLIENT_ORDER_ID_LEN
-
-
 async def recover(
     conn: asyncpg.Connection,
     core_type: CoreFactory = new_exchange,
@@ -466,8 +462,10 @@ def _apply_page(
     seq = first_seq + start
     end = min(start + _REPLAY_SLICE, len(commands))
     for command in itertools.islice(commands, start, end):
-        if command.__class__ is PlaceOrder and _indexable(command):  # type: ignore[arg-type]
-            client_orders[(command.participant_id, command.client_order_id)] = seq  # type: ignore[union-attr]
+        if command.__class__ is PlaceOrder:  # an id the core can index (not empty, not too long)
+            cid = command.client_order_id  # type: ignore[union-attr]
+            if 0 < len(cid) <= MAX_CLIENT_ORDER_ID_LEN:
+                client_orders[(command.participant_id, cid)] = seq
         apply(command)
         seq += 1
     return commands[end - 1].ts_ns
@@ -960,6 +958,7 @@ class Sequencer:
         pop_command, pop_sink = queue.popleft, sinks.popleft
         replace, force_setattr = msgspec.structs.replace, msgspec.structs.force_setattr
         client_orders = self._client_orders
+        index_key, index_time = self._client_order_keys.append, self._client_order_times.append
         commands, events_out, futures = batch.commands, batch.events, batch.futures
         seq = first_seq = moved = self._next_seq
         # The futures of absorbed commands stay at the head of `sinks` and are moved to the batch in
@@ -975,8 +974,8 @@ class Sequencer:
                     moved = seq
                     self._retry(command, pop_sink(), original_seq)
                     continue
-                self._client_order_keys.append(key)
-                self._client_order_times.append(ts_ns)
+                index_key(key)
+                index_time(ts_ns)
             if command.ts_ns:  # already stamped once (a resubmitted object): stamp a copy
                 command = replace(command, ts_ns=ts_ns)
             else:  # a fresh command, handed over: stamp it in place
