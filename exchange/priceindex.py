@@ -21,11 +21,11 @@ Why a projection and not the core: the index is history (one row per day and ser
 memory holds only what is open (DESIGN.md, issue 12); the core has no use for it. The projection
 follows the committed journal, so it is exactly as deterministic as the journal: the rows are a
 function of the events, rebuilt by resetting the watermark. It runs on the loop the read models'
-projector runs on too (`exchange.projection.JournalProjector`), on its own connection, with its own watermark (`projections` row ``price_index``) updated in
-the same transaction as its rows, so each batch counts exactly once; acknowledgements never wait for
-it. Journal rows missing after its watermark (archived days) stop it, logged, with
-`exchange.store.JournalGap` instead of being skipped. The band reference the core needs (the day's
-average) the core keeps itself (exchange/calendar.py).
+projector runs on too (`exchange.projection.JournalProjector`), on its own connection, with its own
+watermark (`projections` row ``price_index``) updated in the same transaction as its rows, so each
+batch counts exactly once; acknowledgements never wait for it. Journal rows missing after its
+watermark (archived days) stop it, logged, with `exchange.store.JournalGap` instead of being skipped.
+The band reference the core needs (the day's average) the core keeps itself (exchange/calendar.py).
 
 All arithmetic is on Python integers; the sums are bigint in PostgreSQL.
 """
