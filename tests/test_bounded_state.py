@@ -48,6 +48,7 @@ from exchange.events import (
     WithdrawalRequested,
     encode_event,
 )
+from exchange.sequencer import Sequencer
 from exchange.settlement import pgstore
 from exchange.settlement.clearing import Clearing
 from exchange.settlement.ledger import (
@@ -62,7 +63,8 @@ from gateway.exchange_port import EXCHANGE
 from gateway.state import POOL
 from gateway.testing import Exchange as GatewayExchange
 from gateway.testing import running_exchange
-from tests.factories import order
+from tests.factories import list_instrument, order
+from tests.sequencer_harness import StepClock
 from tests.settlement_support import BUYER, FARMER, HOUR_NS, OPERATOR, Exchange, world
 from tests.test_gateway_settlement import _buy, _cst_date, _farmer, _sell, _settled, _weigh_in
 from tests.test_idempotent_refs import _advanced_farmer, _lot
@@ -563,3 +565,62 @@ def test_a_settled_trade_is_kept_while_its_money_waits_for_the_payee() -> None:
     _tick(x, WINDOW_NS + 1)
     _restart(x)
     assert trade.trade_id not in x.clearing.trades and not x.clearing.payouts
+
+
+# -- the sequencer's idempotency index: ages kept across restarts -----------------------------------------
+
+
+async def test_the_idempotency_index_keeps_its_ages_across_restarts_and_forgets_after_the_window(
+    fresh_database_url: Any,
+) -> None:
+    """Restarted more often than the window (as a daily deploy does with the default 24 h), the index
+    still forgets: each id keeps when it was indexed through snapshots and replayed tails alike. Before,
+    ids indexed before a restart counted from the restart, so the index (and every snapshot's copy)
+    grew with history."""
+    dsn = await fresh_database_url()
+    clock = StepClock(step_ns=1_000)
+    window_ns = 10**9
+    buyer = 10
+
+    async def session(submit: Any, *, snapshot: bool, advance_ns: int = 0) -> Sequencer:
+        clock.now_ns += advance_ns
+        sequencer = Sequencer(dsn, core_type=Core, clock_ns=clock, snapshot_every=2, retention_ns=window_ns)
+        await sequencer.start()
+        try:
+            await submit(sequencer)
+            await sequencer.submit(ClockTick(0, 0, window_ns))
+        finally:
+            await sequencer.stop(snapshot=snapshot)
+        return sequencer
+
+    async def first(s: Sequencer) -> None:
+        await s.submit(list_instrument())
+        cancelled = await s.submit(order(buyer, Side.BUY, 2700, 5, cid="gone-1"))
+        await s.submit(CancelOrder(buyer, 0, cancelled.events[0].order_id))  # type: ignore[union-attr]
+        await s.submit(order(buyer, Side.BUY, 2700, 5, cid="rests"))
+        await s.submit(order(buyer, Side.BUY, 2701, 5, cid="rejected"))  # off the tick: rejected, indexed
+
+    async def nothing(_: Sequencer) -> None:
+        return None
+
+    old = {(buyer, "gone-1"), (buyer, "rests"), (buyer, "rejected")}
+    live = await session(first, snapshot=False)  # the next start replays a tail after a snapshot
+    assert set(live._client_orders) == old
+    inside = await session(nothing, snapshot=True, advance_ns=window_ns // 2)
+    assert set(inside._client_orders) == old
+    times = list(inside._client_order_times)
+
+    async def retry(s: Sequencer) -> None:  # inside the window, after two restarts: the original answer
+        assert list(s._client_order_times) == times
+        assert (await s.submit(order(buyer, Side.BUY, 2700, 5, cid="gone-1"))).replay
+
+    await session(retry, snapshot=False)
+    after = await session(nothing, snapshot=False, advance_ns=window_ns // 2 + 10**6)
+    assert set(after._client_orders) == {(buyer, "rests")}  # a resting order keeps its id
+    assert len(after._client_order_keys) == len(after._client_order_times) == 1
+
+    async def again(s: Sequencer) -> None:  # recovered from snapshot + tail as the live writer left it
+        assert set(s._client_orders) == {(buyer, "rests")}
+        assert not (await s.submit(order(buyer, Side.BUY, 2700, 5, cid="gone-1"))).replay  # a new order
+
+    await session(again, snapshot=True)
