@@ -1,10 +1,10 @@
 """The request log: one JSON line per state-changing HTTP request, and an `X-Request-Id` on every answer.
 
-`middleware` (the outermost of `gateway.app`, so it sees the final status, errors included) gives each
-request an id: the client's own `X-Request-Id` when it is a short token (1-64 of `A-Z a-z 0-9 . _ -`),
-else a new one (16 hex digits: a random per-process start plus a counter, so unique within the process
-and unlikely to meet another process's), and returns it in the `X-Request-Id` response header. For
-POST, PUT, PATCH and DELETE it then logs one line of JSON:
+`finish` (called by the gateway's one middleware, `gateway.errors.error_middleware`, with the final
+answer, errors included) gives each request an id: the client's own `X-Request-Id` when it is a short
+token (1-64 of `A-Z a-z 0-9 . _ -`), else a new one (16 hex digits: a random per-process start plus a
+counter, so unique within the process and unlikely to meet another process's), and returns it in the
+`X-Request-Id` response header. For POST, PUT, PATCH and DELETE it then logs one line of JSON:
 
     {"ts":"2026-12-07T12:00:00.123Z","request_id":"5f0c...","method":"POST","route":"/v1/orders",
      "participant_id":4,"status":422,"code":"price_outside_band","duration_ms":1.9}
@@ -37,14 +37,13 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final
 
 import msgspec
 from aiohttp import web
 
-__all__ = ["LOGGER_NAME", "PRINCIPAL", "REQUEST_ID_HEADER", "RequestLog", "configure", "middleware"]
+__all__ = ["LOGGER_NAME", "PRINCIPAL", "REQUEST_ID_HEADER", "RequestLog", "configure", "finish"]
 
 LOGGER_NAME: Final = "hogx.requests"
 REQUEST_ID_HEADER: Final = "X-Request-Id"
@@ -54,7 +53,6 @@ PRINCIPAL: Final = web.RequestKey("hogx_principal", object)
 _log = logging.getLogger(LOGGER_NAME)
 _CHANGING: Final = frozenset(("POST", "PUT", "PATCH", "DELETE"))
 _CLIENT_ID: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class _Line(msgspec.Struct, omit_defaults=False):
@@ -122,11 +120,11 @@ def _error_code(response: web.StreamResponse) -> str | None:
         return None
 
 
-@web.middleware
-async def middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
-    started_s = time.perf_counter()
+def finish(request: web.Request, response: web.StreamResponse, started_s: float) -> None:
+    """Give the answer its request id and log the request (a state-changing one): called by the gateway's
+    one middleware (`gateway.errors.error_middleware`) with the final answer, errors included, and the
+    `time.perf_counter()` reading taken when the request arrived."""
     request_id = _request_id(request)
-    response = await handler(request)
     if not response.prepared:  # a WebSocket's handshake went out already
         response.headers[REQUEST_ID_HEADER] = request_id
     if request.method in _CHANGING:
@@ -140,7 +138,6 @@ async def middleware(request: web.Request, handler: _Handler) -> web.StreamRespo
                 writer.write(line)
             else:
                 _log.info(line.decode())
-    return response
 
 
 class RequestLog:
