@@ -150,6 +150,7 @@ async def _exchange(app: web.Application) -> AsyncIterator[None]:
     shard = await exchange_port.attach(config.database_url, config)
     port = exchange_port.ExchangePort(shard, app[METRICS], app[READINESS])
     app[exchange_port.EXCHANGE] = port
+    port.pool = app[POOL]
     if shard.clock is not None:
         shard.clock.advance_to(max(shard.clock(), shard.sequencer.last_ts_ns))  # never behind the journal
         app[clock.CLOCK] = shard.clock
