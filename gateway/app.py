@@ -81,8 +81,8 @@ def create_app(
     """A ready-to-run application; nothing touches the network until it is started."""
     metrics = Metrics()
     readiness = Readiness()
-    # requestlog outermost: it logs the final answer, errors included, with its request id
-    app = web.Application(middlewares=[requestlog.middleware, error_middleware(metrics, readiness)],
+    # one middleware: errors, metrics, then the request id and the request log of the final answer
+    app = web.Application(middlewares=[error_middleware(metrics, readiness, requestlog.finish)],
                           client_max_size=config.max_body_bytes)
     app[CONFIG] = config
     app[METRICS] = metrics
