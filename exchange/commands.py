@@ -401,10 +401,12 @@ class OfferLotAuction(_Command, frozen=True):
 
 
 class BidLotAuction(_Command, frozen=True):
-    """A bid: the bidder's maximum. The proxy bids for it by the increment, never above the maximum."""
+    """A bid: the bidder's maximum. The proxy bids for it by the increment, never above the maximum.
+    ``client_ref`` (optional, at most 36 characters) makes it idempotent (matching/lot_auction.py)."""
 
     auction_id: int
     max_price_fen: int
+    client_ref: str = ""
 
 
 class BuyNowLotAuction(_Command, frozen=True):
@@ -419,11 +421,13 @@ class WithdrawLotAuction(_Command, frozen=True):
 
 class NegotiateLotAuction(_Command, frozen=True):
     """Seller (or operator) and top bidder of a passed-in lot: an offer at ``price_fen`` (a counter-offer
-    replaces the last), or ``accept`` the other side's last offer (``price_fen`` 0 or that price)."""
+    replaces the last), or ``accept`` the other side's last offer (``price_fen`` 0 or that price);
+    ``client_ref`` as for a bid."""
 
     auction_id: int
     price_fen: int = 0
     accept: bool = False
+    client_ref: str = ""
 
 
 Command = Union[  # noqa: UP007 - msgspec needs a real Union object to build a tagged decoder

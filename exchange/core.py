@@ -745,6 +745,8 @@ class Core:
             self.auctions.on_clock(cmd.ts_ns, events)
         self.forget_before_ns = cmd.ts_ns - retention_of(cmd)
         self.forget(cmd.ts_ns, self.forget_before_ns)
+        if self.auctions.refs:
+            self.auctions.forget(cmd.ts_ns, self.forget_before_ns)
 
     def forget(self, now_ns: int, before_ns: int) -> None:
         """Drop client order ids and lots final before ``before_ns`` (see "Memory"); one still in use (a

@@ -57,8 +57,10 @@ Flow of a command::
   journal tail. Ids the core rejects as malformed (empty, too long) are not indexed: those orders are
   rejected every time. The index keeps an id for the core's retention window (`ClockTick.retention_ns`,
   the core's "Memory"): each clock tick drops the ids indexed more than a window before it whose order
-  the core no longer holds (a resting order keeps its id). Ids indexed before a restart count from
-  the restart. An id dropped is free again, as in the core: a new order.
+  the core no longer holds (a resting order keeps its id), in the live writer and in a replay alike.
+  The snapshot's copy lists when each id was indexed, in the order the ticks look at them, so an id
+  keeps its age across restarts (restarted every day, an exchange whose ids counted from the restart
+  would never forget one). An id dropped is free again, as in the core: a new order.
 - **Snapshots.** When `snapshot_every` commands have been journaled since the last one, the writer
   encodes the core (and a copy of the idempotency index) at the moment a batch is sealed, so the state
   is exactly that at the batch's last seq, and after the batch's commit writes it on another
@@ -170,7 +172,19 @@ _index_encoder = msgspec.msgpack.Encoder()
 _ts_of = operator.attrgetter("ts_ns")
 _set_result = asyncio.Future.set_result
 _drain = deque(maxlen=0).extend  # runs an iterator to its end, keeping nothing
-_index_decoder = msgspec.msgpack.Decoder(list[tuple[int, str, int]])
+
+
+class IndexEntry(msgspec.Struct, array_like=True, frozen=True):
+    """One id of the snapshot's idempotency index. `indexed_ns`: when it was indexed or last looked at
+    by a tick (0 in snapshots of earlier versions, which listed only the first three)."""
+
+    participant_id: int
+    client_order_id: str
+    seq: int
+    indexed_ns: int = 0
+
+
+_index_decoder = msgspec.msgpack.Decoder(list[IndexEntry])
 
 
 def encode_events(events: list[Event]) -> bytes:
@@ -305,7 +319,7 @@ class _SnapshotDue:
     seq: int
     state_hash: str
     state: bytes
-    client_orders: dict[ClientKey, int]
+    client_orders: list[tuple[int, str, int, int]]  # Sequencer._index_copy
 
 
 @dataclass(eq=False)
@@ -354,6 +368,13 @@ class Recovery:
     last_ts_ns: int  # ts_ns of that command (0: empty journal)
     snapshot_seq: int  # seq of the snapshot recovery started from (0: none)
     replayed: int  # commands replayed after the snapshot
+    # the index's keys and when each was indexed, in the order ticks look at them (see "Idempotency")
+    client_order_keys: deque[ClientKey] = field(default_factory=deque)
+    client_order_times: deque[int] = field(default_factory=deque)
+
+
+def _indexable(command: PlaceOrder) -> bool:
+    return 0 < len(command.client_order_id) <= MAX_CLIENT_ORDER_ID_LEN
 
 
 async def recover(
@@ -373,22 +394,55 @@ async def recover(
     `RecoveryError` if the snapshot's state hash does not match its state or the journal has a hole.
     """
     snapshot = await store.latest_snapshot(conn, at_or_before=until_seq) if use_snapshot else None
+    index = _ClientIndex()
     if snapshot is None:
-        core, client_orders, after_seq = core_type(), {}, 0
+        core, after_seq = core_type(), 0
     else:
         core = restore_snapshot(snapshot, core_type)
         index_data = await store.snapshot_client_orders(conn, snapshot.seq)
         if index_data is None:
             raise RecoveryError(f"snapshot at seq {snapshot.seq} has no idempotency index")
-        client_orders = {(p, cid): seq for p, cid, seq in _index_decoder.decode(index_data)}
+        for entry in _index_decoder.decode(index_data):
+            key = (entry.participant_id, entry.client_order_id)
+            index.seqs[key] = entry.seq
+            index.keys.append(key)
+            index.times.append(entry.indexed_ns)
         after_seq = snapshot.seq
     upto_seq = await store.max_seq(conn)
     if until_seq is not None:
         upto_seq = min(upto_seq, until_seq)
     if upto_seq < after_seq:
         raise RecoveryError(f"the journal ends at seq {upto_seq}, before the snapshot at seq {after_seq}")
-    last_ts_ns = await _replay(conn, core, client_orders, after_seq, upto_seq)
-    return Recovery(core, client_orders, upto_seq, last_ts_ns, after_seq, upto_seq - after_seq)
+    last_ts_ns = await _replay(conn, core, index, after_seq, upto_seq)
+    # An earlier version's snapshot did not say when its ids were indexed: they count from now (late,
+    # never early: a retry inside the window is still recognised).
+    index.times = deque(at or last_ts_ns for at in index.times)
+    return Recovery(core, index.seqs, upto_seq, last_ts_ns, after_seq, upto_seq - after_seq, index.keys,
+                    index.times)  # fmt: skip
+
+
+class _ClientIndex:
+    """The idempotency index as recovery rebuilds it: (participant, client id) -> seq, and its keys with
+    when each was indexed, oldest first (the live sequencer keeps the same three as attributes)."""
+
+    def __init__(self) -> None:
+        self.seqs: dict[ClientKey, int] = {}
+        self.keys: deque[ClientKey] = deque()
+        self.times: deque[int] = deque()
+
+
+def forget_client_orders(seqs: dict[ClientKey, int], keys: deque[ClientKey], times: deque[int],
+                         held: dict[int, dict[str, int]], now_ns: int, before_ns: int) -> None:
+    """Drop the index's ids indexed before `before_ns` whose order the core no longer holds (`held`: the
+    core's client order ids); a resting order's id is looked at again a window later."""
+    while times and times[0] < before_ns:
+        times.popleft()
+        key = keys.popleft()
+        if key[1] in held.get(key[0], ()):
+            keys.append(key)  # a resting order keeps its id
+            times.append(now_ns)
+        else:
+            seqs.pop(key, None)
 
 
 def restore_snapshot(snapshot: store.Snapshot, core_type: CoreFactory = new_exchange) -> Core:
@@ -404,9 +458,7 @@ def restore_snapshot(snapshot: store.Snapshot, core_type: CoreFactory = new_exch
     return core
 
 
-async def _replay(
-    conn: asyncpg.Connection, core: Core, client_orders: dict[ClientKey, int], after_seq: int, upto_seq: int
-) -> int:
+async def _replay(conn: asyncpg.Connection, core: Core, index: _ClientIndex, after_seq: int, upto_seq: int) -> int:
     """Apply journal rows `after_seq < seq <= upto_seq` to `core`; return the last command's ts_ns.
 
     The next page is fetched while the current one is applied: the page is applied in slices with a
@@ -437,7 +489,7 @@ async def _replay(
             for start in range(0, len(commands), _REPLAY_SLICE):
                 if pending is not None:
                     await asyncio.sleep(0)
-                last_ts_ns = _apply_page(core, client_orders, commands, start, page_start + 1)
+                last_ts_ns = _apply_page(core, index, commands, start, page_start + 1)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -453,20 +505,26 @@ def _decode_page(count: int, data: bytes, after_seq: int, upto_seq: int) -> list
     return commands
 
 
-def _apply_page(
-    core: Core, client_orders: dict[ClientKey, int], commands: list[Command], start: int, first_seq: int
-) -> int:
+def _apply_page(core: Core, index: _ClientIndex, commands: list[Command], start: int, first_seq: int) -> int:
     """Apply one slice of a page, `commands[start:start + _REPLAY_SLICE]` (`commands[0]` has seq
-    `first_seq`); return the last one's ts_ns."""
+    `first_seq`), indexing and forgetting client order ids as the live writer did; return the last one's
+    ts_ns."""
     apply = core.apply
+    seqs = index.seqs
     seq = first_seq + start
     end = min(start + _REPLAY_SLICE, len(commands))
     for command in itertools.islice(commands, start, end):
-        if command.__class__ is PlaceOrder:  # an id the core can index (not empty, not too long)
-            cid = command.client_order_id  # type: ignore[union-attr]
-            if 0 < len(cid) <= MAX_CLIENT_ORDER_ID_LEN:
-                client_orders[(command.participant_id, cid)] = seq
+        if command.__class__ is PlaceOrder and _indexable(command):  # type: ignore[arg-type]
+            key = (command.participant_id, command.client_order_id)  # type: ignore[union-attr]
+            if key not in seqs:  # (journaled again only after it was dropped: then it is not there)
+                index.keys.append(key)
+                index.times.append(command.ts_ns)
+            seqs[key] = seq
         apply(command)
+        if command.__class__ is ClockTick:
+            ts_ns = command.ts_ns
+            forget_client_orders(seqs, index.keys, index.times, core.client_order_ids, ts_ns,
+                                 ts_ns - retention_of(command))  # type: ignore[arg-type]
         seq += 1
     return commands[end - 1].ts_ns
 
@@ -790,8 +848,8 @@ class Sequencer:
         self._conn = conn
         self.core = recovery.core
         self._client_orders = recovery.client_orders
-        self._client_order_keys = deque(recovery.client_orders)
-        self._client_order_times = deque(recovery.last_ts_ns for _ in recovery.client_orders)
+        self._client_order_keys = recovery.client_order_keys
+        self._client_order_times = recovery.client_order_times
         self._next_seq = recovery.last_seq + 1
         self._committed_seq = recovery.last_seq
         self._last_ts_ns = recovery.last_ts_ns
@@ -1008,16 +1066,14 @@ class Sequencer:
 
     def _forget_client_orders(self, now_ns: int, before_ns: int) -> None:
         """Drop the index's ids indexed before `before_ns` whose order the core no longer holds."""
-        keys, times = self._client_order_keys, self._client_order_times
-        index, held = self._client_orders, self.core.client_order_ids
-        while times and times[0] < before_ns:
-            times.popleft()
-            key = keys.popleft()
-            if key[1] in held.get(key[0], ()):
-                keys.append(key)  # a resting order keeps its id
-                times.append(now_ns)
-            else:
-                index.pop(key, None)
+        forget_client_orders(self._client_orders, self._client_order_keys, self._client_order_times,
+                             self.core.client_order_ids, now_ns, before_ns)  # fmt: skip
+
+    def _index_copy(self) -> list[tuple[int, str, int, int]]:
+        """The index as a snapshot lists it: (participant, client id, seq, indexed at), in tick order."""
+        seqs = self._client_orders
+        return [(key[0], key[1], seqs[key], at)
+                for key, at in zip(self._client_order_keys, self._client_order_times, strict=True)]
 
     def _retry(self, command: PlaceOrder, future: asyncio.Future[Result] | None, original_seq: int) -> None:
         """Answer a repeated client order id: the original result, or a conflict."""
@@ -1066,7 +1122,7 @@ class Sequencer:
         if last_seq - self._snapshot_seq >= self.snapshot_every:
             self._snapshot_seq = last_seq
             state, state_hash = self.core.snapshot_with_hash()
-            batch.snapshot = _SnapshotDue(last_seq, state_hash, state, dict(self._client_orders))
+            batch.snapshot = _SnapshotDue(last_seq, state_hash, state, self._index_copy())
 
     def _commit_writes(self, batch: _Batch) -> tuple[bytes, Awaitable[None] | None] | Exception:
         """At the seal, before anything else is absorbed: the batch's journal COPY data and the
@@ -1181,7 +1237,7 @@ class Sequencer:
         if self._committed_seq <= self._snapshot_seq or self._next_seq != self._committed_seq + 1:
             return
         assert self._conn is not None
-        index = _encode_index(self._client_orders)
+        index = _encode_index(self._index_copy())
         state, state_hash = self.core.snapshot_with_hash()
         await store.save_snapshot(self._conn, self._committed_seq, state_hash, state, index)
         self._snapshot_seq = self._committed_seq
@@ -1222,8 +1278,8 @@ def _not_started() -> asyncio.Future[Result]:
     raise RuntimeError("the sequencer has not been started")
 
 
-def _encode_index(client_orders: dict[ClientKey, int]) -> bytes:
-    return _index_encoder.encode([(p, cid, seq) for (p, cid), seq in client_orders.items()])
+def _encode_index(entries: list[tuple[int, str, int, int]]) -> bytes:
+    return _index_encoder.encode(entries)
 
 
 def _same_order(a: Command, b: Command) -> bool:

@@ -83,13 +83,22 @@ class OfferAuctionRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unkn
     seller_id: Id | None = None  # an operator offers for this seller
 
 
+ClientRef = Annotated[str, msgspec.Meta(
+    min_length=1, max_length=36, pattern=r"\A[!-~]+\Z",
+    description="1-36 printable ASCII characters, per participant: a retry with the same body gets the "
+                "original answer; another body is 409 duplicate_reference",
+)]  # fmt: skip
+
+
 class BidRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_price_fen: PriceFen
+    client_bid_ref: ClientRef | None = None
 
 
 class NegotiationRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     price_fen: PriceFen | None = None
     accept: bool = False
+    client_offer_ref: ClientRef | None = None
 
 
 class AuctionQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -184,8 +193,10 @@ def auction_view(read_model: ReadModel, a: LotAuction, principal: Principal | No
 # -- routes ---------------------------------------------------------------------------------------------
 
 
-async def _submit(call: Call, command: Command, auction_id: int | None) -> AuctionView:
-    """Journal the command; the auction it changed as the caller sees it, or the rejection's error."""
+async def _submit(call: Call, command: Command, auction_id: int | None, client_ref: str = "") -> AuctionView:
+    """Journal the command; the auction it changed as the caller sees it, or the rejection's error. A
+    retry of a client reference changes nothing and has no event: its answer is the auction as the
+    original left it, which the core remembers with the reference (exchange/matching/lot_auction.py)."""
     port: ExchangePort = call.app[EXCHANGE]
     result = await port.submit(command)
     for event in result.events:
@@ -195,6 +206,11 @@ async def _submit(call: Call, command: Command, auction_id: int | None) -> Aucti
             raise rejection(event.reason)
         if event.__class__ is LotAuctionChanged and (auction_id is None or event.auction.auction_id == auction_id):
             return auction_view(port.read_model, event.auction, call.principal, now_ns(call.app))
+    if client_ref:
+        # read after the retry committed, so after its original (journaled before it)
+        used = port.sequencer.core.auctions.refs.get((call.principal.participant_id, client_ref))
+        if used is not None:
+            return auction_view(port.read_model, used.answer, call.principal, now_ns(call.app))
     raise RuntimeError(f"no auction event in the result of {command!r}")
 
 
@@ -249,16 +265,20 @@ async def get_auction(call: Call, params: AuctionPath) -> AuctionView:
 
 
 @routes.post("/v1/auctions/{auction_id}/bids", roles=BIDDERS, params=AuctionPath, body=BidRequest,
-             response=AuctionView, status=201)
+             response=AuctionView, status=201, errors=(409,))
 async def place_bid(call: Call, params: AuctionPath, body: BidRequest) -> AuctionView:
     """Bid your maximum; the proxy bids for you by the increment, never above it.
 
     Your maximum is held against your cash or credit line like a buy order of the lot at that price,
-    and released when you are outbid. Errors: `unknown_auction` 404, `auction_not_open`, `bid_too_low`,
-    `insufficient_funds`, `self_trade_prevented`, `price_off_tick` 422."""
+    and released when you are outbid. With `client_bid_ref` a retry (after a timeout or a 503) with
+    the same body changes nothing and gets the original answer (the auction as your bid left it); the
+    same reference with another body (or used for an offer) is 409 `duplicate_reference`. A rejected
+    bid uses no reference. Errors: `unknown_auction` 404, `duplicate_reference` 409, `auction_not_open`,
+    `bid_too_low`, `insufficient_funds`, `self_trade_prevented`, `price_off_tick` 422."""
     _known(call, params.auction_id)
-    command = BidLotAuction(call.principal.participant_id, 0, params.auction_id, body.max_price_fen)
-    return await _submit(call, command, params.auction_id)
+    ref = body.client_bid_ref or ""
+    command = BidLotAuction(call.principal.participant_id, 0, params.auction_id, body.max_price_fen, ref)
+    return await _submit(call, command, params.auction_id, ref)
 
 
 @routes.post("/v1/auctions/{auction_id}/buy-now", roles=BIDDERS, params=AuctionPath, response=AuctionView)
@@ -280,19 +300,23 @@ async def withdraw_auction(call: Call, params: AuctionPath) -> AuctionView:
 
 
 @routes.post("/v1/auctions/{auction_id}/offers", roles=BIDDERS | OPERATORS, params=AuctionPath,
-             body=NegotiationRequest, response=AuctionView)
+             body=NegotiationRequest, response=AuctionView, errors=(409,))
 async def negotiate(call: Call, params: AuctionPath, body: NegotiationRequest) -> AuctionView:
     """Negotiate a passed-in lot: the seller and the top bidder only, until `negotiate_until_ms`.
 
     `{"price_fen": p}` makes an offer (or counter-offer) at or above the top bid; `{"accept": true}`
-    takes the other side's last offer and sells the lot at it. Errors: `unknown_auction` 404,
-    `not_negotiating`, `no_offer_to_accept`, `bid_too_low`, `insufficient_funds` 422."""
+    takes the other side's last offer and sells the lot at it. With `client_offer_ref` a retry with the
+    same body changes nothing and gets the original answer (an acceptance's: the sold auction); the same
+    reference with another body is 409 `duplicate_reference`; a rejected request uses no reference.
+    Errors: `unknown_auction` 404, `duplicate_reference` 409, `not_negotiating`, `no_offer_to_accept`,
+    `bid_too_low`, `insufficient_funds` 422."""
     _known(call, params.auction_id)
     if not body.accept and body.price_fen is None:
         raise ApiError(422, "invalid", "send price_fen (an offer) or accept: true")
+    ref = body.client_offer_ref or ""
     command = NegotiateLotAuction(call.principal.participant_id, 0, params.auction_id, body.price_fen or 0,
-                                  body.accept)
-    return await _submit(call, command, params.auction_id)
+                                  body.accept, ref)
+    return await _submit(call, command, params.auction_id, ref)
 
 
 # -- WebSocket ------------------------------------------------------------------------------------------

@@ -12,25 +12,34 @@ gives:
   decimal string, e.g. "1023.45");
 - `heads` and `value_fen`: per head, price x heads; per kg, price x heads x the lot's declared average
   weight, rounded down to the fen (the delivered weight is known only at the weigh-in);
-- `provisional`: true for the current day (by the exchange clock), whose values still move.
+- `provisional`: true until the row is final (`Finality`): at the close of the day's session of every
+  instrument of the series (exchange/calendar.py: the instant its `TradingDayClosed` is stamped), or at
+  CST midnight when an instrument of the series has no session or none of them trades that day. A lot
+  auction sale after the close (lot auctions do not follow the session) makes the day's row
+  provisional again until midnight: it is the only trade that can still move it.
 
 `PriceIndex` is pure and folded by the gateway's read model from committed trades, so it is rebuilt
 from the journal at start like everything else there. Routes: `GET /v1/index?date=` (default today),
 `GET /v1/index/history?from=&to=&product_class=&breed_class=&region=` and `.../history.csv`; the
-WebSocket channel `index` sends the changed series of each batch with trades (provisional) and, at the
-first trade of a new day, the previous day's final values. Candles stay as they are.
+WebSocket channel `index` sends the changed series of each batch with trades (provisional) and, with
+the first batch stamped at or after a row's final instant (the close's own batch, or the tick that
+passed it), that row again with `provisional: false`: a new value at each close. Candles stay as they
+are.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import datetime as dt
 import io
-from typing import TYPE_CHECKING, Annotated, Final
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import msgspec
 from aiohttp import web
 
+from exchange.calendar import NEVER, NS_PER_MIN, day_of_label, day_start_ns, trades_on
 from exchange.domain import InstrumentSpec, ProductClass
 from exchange.settlement.rules import cst_day
 from gateway.auth import PUBLIC
@@ -40,11 +49,12 @@ from gateway.routes import Call, RouteTable
 from gateway.schemas import BREED_CLASS_NAME, PRODUCT_CLASS_NAME, QUOTE_UNIT, BreedClassName, ProductClassName
 
 if TYPE_CHECKING:
+    from exchange.sequencer import CommittedBatch
     from gateway.exchange_port import ExchangePort
-    from gateway.readmodel import BatchDigest
+    from gateway.readmodel import BatchDigest, ReadModel
     from gateway.ws import Hub
 
-__all__ = ["IndexRow", "PriceIndex", "attach", "routes", "wire"]
+__all__ = ["Finality", "IndexRow", "PriceIndex", "attach", "routes", "wire"]
 
 BASE: Final = 1000
 _EPOCH: Final = dt.date(1970, 1, 1)
@@ -52,13 +62,14 @@ SeriesKey = tuple[int, int, str]  # (product class, breed class, region)
 
 
 class _Day:
-    __slots__ = ("heads", "price_heads", "trades", "value_fen")
+    __slots__ = ("heads", "last_ns", "price_heads", "trades", "value_fen")
 
     def __init__(self) -> None:
         self.heads = 0
         self.price_heads = 0  # sum of price x heads
         self.value_fen = 0
         self.trades = 0
+        self.last_ns = 0  # the latest trade's instant
 
 
 class IndexRow(msgspec.Struct, frozen=True):
@@ -89,6 +100,49 @@ def _half_up(numerator: int, denominator: int) -> int:
     return (2 * numerator + denominator) // (2 * denominator)
 
 
+def series_of(spec: InstrumentSpec) -> SeriesKey:
+    return (int(spec.product_class), int(spec.breed_class), spec.delivery_point)
+
+
+class Finality:
+    """When a (day, series) row turns final, by the calendar's rules, as of the instant ``now_ns``.
+
+    ``specs``: every listed instrument (a series' instruments are those with its class and region);
+    ``holidays``: the exchange's non-trading days as yyyymmdd."""
+
+    def __init__(self, specs: Iterable[InstrumentSpec], holidays: Iterable[int], now_ns: int) -> None:
+        self.now_ns = now_ns
+        self.today = cst_day(now_ns)
+        self.holidays = frozenset(day_of_label(label) for label in holidays)
+        self.series: dict[SeriesKey, list[InstrumentSpec]] = {}
+        for spec in specs:
+            self.series.setdefault(series_of(spec), []).append(spec)
+
+    def final_ns(self, day: int, key: SeriesKey, last_trade_ns: int) -> int:
+        """The instant the row stops moving: the latest close that day of the series' instruments (the
+        end of the day if one has no session, none trades that day, or a trade came after the close)."""
+        end = day_start_ns(day + 1)
+        final = 0
+        for spec in self.series.get(key, ()):
+            session = spec.session
+            if session is None:
+                return end
+            if trades_on(session, self.holidays, day):
+                final = max(final, day_start_ns(day) + session.close_min * NS_PER_MIN)
+        if final == 0 or last_trade_ns >= final:  # a sale after the close: only midnight ends the day
+            return end
+        return final
+
+    def provisional(self, day: int, key: SeriesKey, last_trade_ns: int) -> bool:
+        return self.now_ns < self.final_ns(day, key, last_trade_ns)
+
+    def at(self, now_ns: int) -> Finality:
+        """The same instruments and days at another instant."""
+        moved = copy.copy(self)
+        moved.now_ns, moved.today = now_ns, cst_day(now_ns)
+        return moved
+
+
 class PriceIndex:
     """Daily sums per series; rows computed on demand (see the module docstring)."""
 
@@ -100,19 +154,20 @@ class PriceIndex:
                                                                                                            SeriesKey]:
         """Fold one trade; returns its (day, series)."""
         day = cst_day(ts_ns)
-        key = (int(spec.product_class), int(spec.breed_class), spec.delivery_point)
+        key = series_of(spec)
         self.base.setdefault(key, day)
         cell = self.days.setdefault(day, {}).setdefault(key, _Day())
         cell.heads += heads
         cell.price_heads += price_fen * heads
         cell.trades += 1
+        cell.last_ns = max(cell.last_ns, ts_ns)
         if spec.product_class == ProductClass.PIGLET:
             cell.value_fen += price_fen * heads
         else:
             cell.value_fen += price_fen * heads * avg_weight_g // 1000
         return day, key
 
-    def row(self, day: int, key: SeriesKey, today: int) -> IndexRow:
+    def row(self, day: int, key: SeriesKey, finality: Finality) -> IndexRow:
         cell = self.days[day][key]
         base_day = self.base[key]
         base = self.days[base_day][key]
@@ -122,15 +177,15 @@ class PriceIndex:
             day_to_date(day), PRODUCT_CLASS_NAME[ProductClass(product)], BREED_CLASS_NAME[breed], region,
             QUOTE_UNIT[ProductClass(product)], cell.heads, cell.value_fen, cell.trades,
             _half_up(cell.price_heads, cell.heads), index_x100, f"{index_x100 // 100}.{index_x100 % 100:02d}",
-            day_to_date(base_day), day >= today,
+            day_to_date(base_day), finality.provisional(day, key, cell.last_ns),
         )  # fmt: skip
 
-    def rows(self, day: int, today: int) -> list[IndexRow]:
+    def rows(self, day: int, finality: Finality) -> list[IndexRow]:
         cells = self.days.get(day, {})
-        return [self.row(day, key, today) for key in sorted(cells)]
+        return [self.row(day, key, finality) for key in sorted(cells)]
 
-    def history(self, first: int, last: int, today: int) -> list[IndexRow]:
-        return [row for day in sorted(d for d in self.days if first <= d <= last) for row in self.rows(day, today)]
+    def history(self, first: int, last: int, finality: Finality) -> list[IndexRow]:
+        return [row for day in sorted(d for d in self.days if first <= d <= last) for row in self.rows(day, finality)]
 
 
 # -- routes ---------------------------------------------------------------------------------------------
@@ -166,27 +221,37 @@ def _day(date: str) -> int:
         raise ApiError(422, "invalid", f"not a date: {date}") from None
 
 
-def _index(call: Call) -> PriceIndex:
+def _read_model(app: web.Application) -> ReadModel:
     from gateway.exchange_port import EXCHANGE  # here: the exchange port imports the read model, which imports us
 
-    return call.app[EXCHANGE].read_model.index
+    return app[EXCHANGE].read_model
+
+
+def finality(read_model: ReadModel, now_ns: int) -> Finality:
+    """The read model's instruments and non-trading days at ``now_ns``."""
+    return Finality((r.spec for r in read_model.instruments.values()), read_model.non_trading_days, now_ns)
 
 
 @routes.get("/v1/index", roles=PUBLIC, query=IndexQuery, response=IndexDay)
 async def get_index(call: Call, query: IndexQuery) -> IndexDay:
-    """The price index of one day (default: today, provisional until the day ends), every series."""
-    today = cst_day(exchange_now_ns(call.app))
-    day = today if query.date is None else _day(query.date)
-    return IndexDay(day_to_date(day), day >= today, _index(call).rows(day, today))
+    """The price index of one day (default: today), every series; each row is provisional until the
+    close of its series' instruments that day (midnight for a series with no session), and the day is
+    provisional while any row is (or, with no rows yet, until it ends)."""
+    read_model = _read_model(call.app)
+    final = finality(read_model, exchange_now_ns(call.app))
+    day = final.today if query.date is None else _day(query.date)
+    rows = read_model.index.rows(day, final)
+    return IndexDay(day_to_date(day), any(r.provisional for r in rows) if rows else day >= final.today, rows)
 
 
 def _history(call: Call, query: HistoryQuery) -> list[IndexRow]:
-    today = cst_day(exchange_now_ns(call.app))
-    last = today if query.to is None else _day(query.to)
+    read_model = _read_model(call.app)
+    final = finality(read_model, exchange_now_ns(call.app))
+    last = final.today if query.to is None else _day(query.to)
     first = last - 30 if query.from_ is None else _day(query.from_)
     if not 0 <= last - first <= _MAX_DAYS:
         raise ApiError(422, "invalid", f"from must be on or before to, at most {_MAX_DAYS} days")
-    return [row for row in _index(call).history(first, last, today)
+    return [row for row in read_model.index.history(first, last, final)
             if (query.product_class is None or row.product_class == query.product_class)
             and (query.breed_class is None or row.breed_class == query.breed_class)
             and (query.region is None or row.region == query.region)]
@@ -225,35 +290,62 @@ _encode = msgspec.json.Encoder().encode
 
 
 def wire(app: web.Application, hub: Hub) -> None:
-    """The public `index` channel: today's provisional values at subscription."""
+    """The public `index` channel: today's values at subscription."""
 
     def snapshot(channel: str, principal: object) -> bytes:
-        from gateway.exchange_port import EXCHANGE
-
-        today = cst_day(exchange_now_ns(app))
-        return _encode(IndexMessage(channel, app[EXCHANGE].read_model.index.rows(today, today)))
+        read_model = _read_model(app)
+        final = finality(read_model, exchange_now_ns(app))
+        return _encode(IndexMessage(channel, read_model.index.rows(final.today, final)))
 
     hub.register_channel_kind("index", snapshot=snapshot, bare=True)
 
 
 def attach(app: web.Application, port: ExchangePort, hub: Hub) -> None:
-    """Publish the series each batch's trades changed; the first trades of a new day also publish the
-    previous trading day's values, now final."""
-    last_day: list[int] = []  # the latest day published
+    """Publish the rows each batch's trades changed (provisional), and each row again, final, with the
+    first batch stamped at or after its final instant (`Finality`): the batch of the close itself, as
+    the calendar stamps `TradingDayClosed` with the close's instant. The time is the batch's, not the
+    wall clock's, so what is published follows the journal (and the simulated clock exactly).
 
-    def publish(_batch: object, digest: BatchDigest) -> None:
+    Only rows not yet published final are remembered (today's and perhaps yesterday's), with the
+    instant each turns final; a batch before the earliest of them and without trades costs nothing."""
+    pending: dict[tuple[int, SeriesKey], int] = {}  # row -> the instant it turns final
+    next_check = [NEVER]
+    cached: list[Any] = [-1, set(), None]  # instruments listed, non-trading days, their Finality
+
+    def finality_at(now_ns: int) -> Finality:
+        read_model = port.read_model  # instruments are only ever added, and keep their spec
+        if cached[0] != len(read_model.instruments) or cached[1] != read_model.non_trading_days:
+            cached[:] = [len(read_model.instruments), set(read_model.non_trading_days), finality(read_model, 0)]
+        return cached[2].at(now_ns)
+
+    def publish(batch: CommittedBatch, digest: BatchDigest) -> None:
         changed = digest.index
-        if not changed:
+        if not batch.commands:
+            return
+        now_ns = batch.commands[-1].ts_ns
+        if not changed and now_ns < next_check[0]:
             return
         index = port.read_model.index
-        today = cst_day(exchange_now_ns(app))
+        final = finality_at(now_ns)
+        due = {row for row, at in pending.items() if at <= now_ns}
         rows: list[IndexRow] = []
-        newest = max(day for day, _ in changed)
-        if last_day and newest > last_day[0] and last_day[0] in index.days:
-            rows.extend(index.rows(last_day[0], today))
-        last_day[:] = [max([newest, *last_day])]
-        rows.extend(index.row(day, key, today) for day, key in sorted(changed))
-        if hub.subscriber_count("index"):
+        for day, key in sorted(changed | due):
+            row = index.row(day, key, final)
+            rows.append(row)
+            if row.provisional:  # final later (again: an instrument listed meanwhile may have moved it)
+                pending[(day, key)] = final.final_ns(day, key, index.days[day][key].last_ns)
+            else:
+                pending.pop((day, key), None)
+        next_check[0] = min(pending.values(), default=NEVER)
+        if rows and hub.subscriber_count("index"):
             hub.publish("index", _encode(IndexMessage("index", rows)))
 
+    # rows a restart found still moving are published final when they turn final
+    read_model = port.read_model
+    final = finality(read_model, exchange_now_ns(app))
+    for day in (final.today - 1, final.today):
+        for key, cell in read_model.index.days.get(day, {}).items():
+            if final.provisional(day, key, cell.last_ns):
+                pending[(day, key)] = final.final_ns(day, key, cell.last_ns)
+    next_check[0] = min(pending.values(), default=NEVER)
     port.add_listener(publish)

@@ -20,16 +20,32 @@ import aiohttp
 from aiohttp import web
 
 from gateway.auth import Role
-from gateway.client import SignedClient
+from gateway.client import Reply, SignedClient
 from gateway.config import DEMO_PAYER, GatewayConfig
 from gateway.routes import RouteTable
 from gateway.server import Runner
 
-__all__ = ["BUYER_DEPOSIT_FEN", "LOT_CERT", "Exchange", "Trader", "hog_instrument", "running_exchange", "serve"]
+__all__ = [
+    "BUYER_DEPOSIT_FEN", "LOT_CERT", "Exchange", "Trader", "error_code", "hog_instrument", "ok", "running_exchange",
+    "serve",
+]
 
 # The quarantine certificate of every lot `register_lot` makes: a weigh-in must name it (issue 11 item 11).
 LOT_CERT = "渝动检 5001530001"
 BUYER_DEPOSIT_FEN = 10**12  # ¥10bn: covers any bid a test makes, yet a bid beyond it is refused
+
+
+def ok(reply: Reply, status: int = 200) -> Any:
+    """The decoded body of a reply that must have `status`; otherwise fail with what came instead."""
+    assert reply.status == status, (reply.status, reply.body)
+    return reply.json()
+
+
+def error_code(reply: Reply) -> tuple[int, str]:
+    """(status, code) of an error reply, which must have exactly the `{code, message}` shape."""
+    body = reply.json()
+    assert set(body) == {"code", "message"}, body
+    return reply.status, body["code"]
 
 
 @contextlib.asynccontextmanager

@@ -7,6 +7,7 @@ freshly created database, dropped at the end, so runs never see each other's row
 Fixtures:
 - `database_url` (session): DSN of this run's database, migrations applied.
 - `pool` (function): an asyncpg pool on `database_url`.
+- `ex` (module): `gateway.testing.running_exchange` on a fresh database, shared by a module's tests.
 - `fresh_database_url` (function): `await fresh_database_url(migrated=True)` makes a brand-new
   database for one test (empty tables, or no tables at all with `migrated=False`), dropped after it.
 """
@@ -27,6 +28,7 @@ import pytest_asyncio
 
 from exchange import store
 from exchange.pgembed import EmbeddedPostgres
+from gateway.testing import Exchange, running_exchange
 
 # Test data need not survive a machine crash: skipping fsync makes commits cheap. Durability against a
 # killed client or a terminated backend (what the tests check) does not depend on it.
@@ -109,6 +111,17 @@ async def database_url(_test_databases: _TestDatabases) -> AsyncIterator[str]:
     dsn = await _test_databases.create(migrated=True)
     yield dsn
     await _test_databases.drop(dsn)
+
+
+@pytest_asyncio.fixture(scope="module")
+async def ex(_test_databases: _TestDatabases) -> AsyncIterator[Exchange]:
+    """The whole exchange on a real socket, shared by a module's tests; its clock ticks every 50 ms."""
+    dsn = await _test_databases.create(migrated=True)
+    try:
+        async with running_exchange(dsn, clock_tick_s=0.05) as exchange:
+            yield exchange
+    finally:
+        await _test_databases.drop(dsn)
 
 
 @pytest_asyncio.fixture

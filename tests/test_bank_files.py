@@ -37,7 +37,7 @@ from exchange.settlement.rules import cst_day
 from gateway.auth import Role
 from gateway.client import Reply
 from gateway.state import POOL
-from gateway.testing import LOT_CERT, Exchange, Trader, running_exchange
+from gateway.testing import LOT_CERT, Exchange, Trader, ok, running_exchange
 from tests.settlement_support import BUYER, FARMER, HOUR_NS, OPERATOR, POOR_FARMER, world
 
 R = RejectReason
@@ -73,11 +73,6 @@ async def ex(_test_databases: Any) -> AsyncIterator[Exchange]:
         await _test_databases.drop(dsn)
 
 
-def _ok(reply: Reply, status: int = 200) -> Any:
-    assert reply.status == status, (reply.status, reply.body)
-    return reply.json()
-
-
 def _bad_lines(reply: Reply) -> list[tuple[int, str]]:
     """(line, code) of every bad line a refused bank file's 422 lists (the body is `{code, message}`)."""
     body = reply.json()
@@ -93,21 +88,21 @@ async def _pending_payout(ex: Exchange, name: str = "李四", bank: str = "62170
     op = ex.operator
     buyer = await ex.register(Role.BUYER)
     farmer = await ex.register(Role.FARMER, name, id_number_masked="5002**********1234", bank_account=bank, **codes)
-    _ok(await op.post(f"/v1/admin/participants/{farmer.participant_id}/bank-account/verify",
+    ok(await op.post(f"/v1/admin/participants/{farmer.participant_id}/bank-account/verify",
                       json={"bank_account": bank}))
     lot = await ex.register_lot(farmer, "RC-BF", heads=10)
     order_body = {"instrument": "RC-BF", "price_fen": 2800, "quantity_heads": 10}
-    _ok(await farmer.post("/v1/orders", json={"client_order_id": _ref("s"), "side": "sell", "lot_id": lot,
+    ok(await farmer.post("/v1/orders", json={"client_order_id": _ref("s"), "side": "sell", "lot_id": lot,
                                               **order_body}), 201)
-    trade_id = _ok(await buyer.post("/v1/orders", json={"client_order_id": _ref("b"), "side": "buy", **order_body}),
+    trade_id = ok(await buyer.post("/v1/orders", json={"client_order_id": _ref("b"), "side": "buy", **order_body}),
                    201)["fills"][0]["trade_id"]
-    _ok(await farmer.post(f"/v1/trades/{trade_id}/weigh-in", json={
+    ok(await farmer.post(f"/v1/trades/{trade_id}/weigh-in", json={
         "heads_delivered": 10, "total_weight_g": 1_100_000, "quarantine_cert": LOT_CERT, "quarantine_checked": True}))
     for _ in range(200):
-        if _ok(await farmer.get(f"/v1/trades/{trade_id}/settlement"))["state"] == "SETTLED":
+        if ok(await farmer.get(f"/v1/trades/{trade_id}/settlement"))["state"] == "SETTLED":
             break
         await asyncio.sleep(0.05)
-    payouts = _ok(await op.post("/v1/payout-runs", json={"run_ref": _ref("run")}), 201)["payouts"]
+    payouts = ok(await op.post("/v1/payout-runs", json={"run_ref": _ref("run")}), 201)["payouts"]
     [payout] = [p for p in payouts if p["payee_id"] == farmer.participant_id]
     return farmer, int(payout["payout_id"])
 
@@ -159,16 +154,16 @@ async def test_a_confirmation_file_naming_an_unknown_payout_is_422_and_its_refer
            f"{payout_id},1,OK,ICBC-1,\n")
     reply = await op.post("/v1/payout-confirmations", json={"file_ref": file_ref, "csv": bad})
     assert _bad_lines(reply) == [(3, "unknown_payout"), (4, "not_current_attempt"), (5, "repeated_payout")]
-    assert _ok(await op.get(f"/v1/payouts/{payout_id}"))["state"] == "SENT"  # nothing applied
+    assert ok(await op.get(f"/v1/payouts/{payout_id}"))["state"] == "SENT"  # nothing applied
     unreadable = await op.post("/v1/payout-confirmations", json={
         "file_ref": file_ref, "csv": f"{_CONFIRMATIONS}{payout_id},1,MAYBE,B,\nx,1,OK,B,\n"})
     assert _bad_lines(unreadable) == [(2, "invalid_status"), (3, "invalid_payout_id")]
     # The corrected file under the same reference is taken, and again is the same answer.
     good = f"{_CONFIRMATIONS}{payout_id},1,OK,ICBC-1,\n"
     for _ in range(2):
-        done = _ok(await op.post("/v1/payout-confirmations", json={"file_ref": file_ref, "csv": good}))
+        done = ok(await op.post("/v1/payout-confirmations", json={"file_ref": file_ref, "csv": good}))
         assert (done["applied"], done["duplicates"], done["errors"]) == (1, 0, [])
-    assert _ok(await op.get(f"/v1/payouts/{payout_id}"))["state"] == "CONFIRMED"
+    assert ok(await op.get(f"/v1/payouts/{payout_id}"))["state"] == "CONFIRMED"
     stale = await op.post("/v1/payout-confirmations", json={
         "file_ref": _ref("conf"), "csv": f"{_CONFIRMATIONS}{payout_id},1,FAILED,ICBC-9,late\n"})
     assert _bad_lines(stale) == [(2, "invalid_payout_state")]
@@ -242,7 +237,7 @@ async def test_a_sent_payout_file_is_stored_and_served_as_sent_after_the_profile
         str(len(read.details)), str(sum(int(d["amount_fen"]) for d in read.details)))
 
     # The payee renames itself and moves to another bank: the file that went out stays what it was.
-    profile = _ok(await farmer.request("PATCH", "/v1/profile", json={
+    profile = ok(await farmer.request("PATCH", "/v1/profile", json={
         "name": "赵七七", "bank_account": "6228480000000001", "bank_code": "103", "branch_code": "103653000001"}))
     assert (profile["bank_code"], profile["branch_code"], profile["bank_verified"]) == ("103", "103653000001", False)
     for again in (await op.get(f"/v1/payout-files/{file_ref}"), await op.post("/v1/payout-files",
@@ -258,7 +253,7 @@ async def test_bank_codes_are_validated_at_registration_and_on_the_profile(ex: E
         reply = await ex.operator.post("/v1/admin/participants", json={"role": "farmer", "name": "x", **codes})
         assert (reply.status, reply.json()["code"]) in ((422, "invalid"), (422, "invalid_participant")), codes
     farmer = await ex.register(Role.FARMER, "钱八", bank_account="6217000011114444", bank_code="102")
-    view = _ok(await farmer.get("/v1/profile"))
+    view = ok(await farmer.get("/v1/profile"))
     assert (view["bank_code"], view["branch_code"]) == ("102", "")
     reply = await farmer.request("PATCH", "/v1/profile", json={"name": "钱八", "bank_account": "6217000011114444",
                                                                "bank_code": "103", "branch_code": "102653000123"})

@@ -31,12 +31,11 @@ from exchange.sequencer import Sequencer
 from exchange.settlement.bankfiles import Payer, bank_file_csv, payouts_to_send, read_payout_file
 from exchange.settlement.clearing import SYSTEM_ID
 from gateway.auth import Role
-from gateway.client import Reply
 from gateway.config import DEMO_PAYER, ConfigError, GatewayConfig
 from gateway.exchange_port import EXCHANGE
 from gateway.settlement import SHA256_HEADER
 from gateway.state import POOL
-from gateway.testing import Exchange, running_exchange
+from gateway.testing import Exchange, ok, running_exchange
 from tests.conftest import FreshDatabase
 from tests.settlement_support import BUYER, FARMER, HOUR_NS, OPERATOR, world
 from tests.test_bank_files import _pending_payout
@@ -52,11 +51,6 @@ async def ex(_test_databases: Any) -> AsyncIterator[Exchange]:
             yield exchange
     finally:
         await _test_databases.drop(dsn)
-
-
-def _ok(reply: Reply, status: int = 200) -> Any:
-    assert reply.status == status, (reply.status, reply.body)
-    return reply.json()
 
 
 WINDOW_NS = 48 * HOUR_NS  # the dispute window of settlement_support's instruments
@@ -104,23 +98,23 @@ async def test_a_profile_update_without_the_codes_keeps_them_and_the_verificatio
     account = "6217000011115555"
     farmer = await ex.register(Role.FARMER, "孙九", bank_account=account, bank_code="102",
                                branch_code="102653000123")
-    _ok(await ex.operator.post(f"/v1/admin/participants/{farmer.participant_id}/bank-account/verify",
+    ok(await ex.operator.post(f"/v1/admin/participants/{farmer.participant_id}/bank-account/verify",
                                json={"bank_account": account}))
     # An old client knows only name and account: the codes stay, and nothing changed needs verifying.
-    view = _ok(await farmer.request("PATCH", "/v1/profile", json={"name": "孙九", "bank_account": account}))
+    view = ok(await farmer.request("PATCH", "/v1/profile", json={"name": "孙九", "bank_account": account}))
     assert (view["bank_code"], view["branch_code"], view["bank_verified"]) == ("102", "102653000123", True)
-    view = _ok(await farmer.request("PATCH", "/v1/profile", json={"name": "孙九", "bank_account": account,
+    view = ok(await farmer.request("PATCH", "/v1/profile", json={"name": "孙九", "bank_account": account,
                                                                   "bank_code": None, "branch_code": None}))
     assert (view["bank_code"], view["branch_code"], view["bank_verified"]) == ("102", "102653000123", True)
     # One code given, the other kept: checked together.
     reply = await farmer.request("PATCH", "/v1/profile", json={"name": "孙九", "bank_account": account,
                                                                "bank_code": "103"})
     assert (reply.status, reply.json()["code"]) == (422, "invalid_participant")
-    view = _ok(await farmer.request("PATCH", "/v1/profile", json={"name": "孙九", "bank_account": account,
+    view = ok(await farmer.request("PATCH", "/v1/profile", json={"name": "孙九", "bank_account": account,
                                                                   "branch_code": ""}))
     assert (view["bank_code"], view["branch_code"], view["bank_verified"]) == ("102", "", False)
     # An explicit "" clears.
-    view = _ok(await farmer.request("PATCH", "/v1/profile", json={"name": "孙九", "bank_account": account,
+    view = ok(await farmer.request("PATCH", "/v1/profile", json={"name": "孙九", "bank_account": account,
                                                                   "bank_code": ""}))
     assert (view["bank_code"], view["branch_code"]) == ("", "")
 
@@ -158,7 +152,7 @@ async def test_no_payout_file_without_a_configured_payer(_test_databases: Any) -
             _, payout_id = await _pending_payout(bare, "吴一", "6217000011117777")
             reply = await bare.operator.post("/v1/payout-files", json={"file_ref": "NO-PAYER"})
             assert (reply.status, reply.json()["code"]) == (422, "payer_not_configured")
-            payout = _ok(await bare.operator.get(f"/v1/payouts/{payout_id}"))
+            payout = ok(await bare.operator.get(f"/v1/payouts/{payout_id}"))
             assert payout["state"] == "PENDING"  # nothing marked sent, nothing stored
             assert await bare.app[POOL].fetchval("SELECT count(*) FROM payout_files") == 0
     finally:

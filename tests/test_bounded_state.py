@@ -48,6 +48,7 @@ from exchange.events import (
     WithdrawalRequested,
     encode_event,
 )
+from exchange.sequencer import Sequencer
 from exchange.settlement import pgstore
 from exchange.settlement.clearing import Clearing
 from exchange.settlement.ledger import (
@@ -62,7 +63,8 @@ from gateway.exchange_port import EXCHANGE
 from gateway.state import POOL
 from gateway.testing import Exchange as GatewayExchange
 from gateway.testing import running_exchange
-from tests.factories import order
+from tests.factories import list_instrument, order
+from tests.sequencer_harness import StepClock
 from tests.settlement_support import BUYER, FARMER, HOUR_NS, OPERATOR, Exchange, world
 from tests.test_gateway_settlement import _buy, _cst_date, _farmer, _sell, _settled, _weigh_in
 from tests.test_idempotent_refs import _advanced_farmer, _lot
@@ -563,3 +565,121 @@ def test_a_settled_trade_is_kept_while_its_money_waits_for_the_payee() -> None:
     _tick(x, WINDOW_NS + 1)
     _restart(x)
     assert trade.trade_id not in x.clearing.trades and not x.clearing.payouts
+
+
+# -- the sequencer's idempotency index: ages kept across restarts -----------------------------------------
+
+
+async def test_the_idempotency_index_keeps_its_ages_across_restarts_and_forgets_after_the_window(
+    fresh_database_url: Any,
+) -> None:
+    """Restarted more often than the window (as a daily deploy does with the default 24 h), the index
+    still forgets: each id keeps when it was indexed through snapshots and replayed tails alike. Before,
+    ids indexed before a restart counted from the restart, so the index (and every snapshot's copy)
+    grew with history."""
+    dsn = await fresh_database_url()
+    clock = StepClock(step_ns=1_000)
+    window_ns = 10**9
+    buyer = 10
+
+    async def session(submit: Any, *, snapshot: bool, advance_ns: int = 0) -> Sequencer:
+        clock.now_ns += advance_ns
+        sequencer = Sequencer(dsn, core_type=Core, clock_ns=clock, snapshot_every=2, retention_ns=window_ns)
+        await sequencer.start()
+        try:
+            await submit(sequencer)
+            await sequencer.submit(ClockTick(0, 0, window_ns))
+        finally:
+            await sequencer.stop(snapshot=snapshot)
+        return sequencer
+
+    async def first(s: Sequencer) -> None:
+        await s.submit(list_instrument())
+        cancelled = await s.submit(order(buyer, Side.BUY, 2700, 5, cid="gone-1"))
+        await s.submit(CancelOrder(buyer, 0, cancelled.events[0].order_id))  # type: ignore[union-attr]
+        await s.submit(order(buyer, Side.BUY, 2700, 5, cid="rests"))
+        await s.submit(order(buyer, Side.BUY, 2701, 5, cid="rejected"))  # off the tick: rejected, indexed
+
+    async def nothing(_: Sequencer) -> None:
+        return None
+
+    old = {(buyer, "gone-1"), (buyer, "rests"), (buyer, "rejected")}
+    live = await session(first, snapshot=False)  # the next start replays a tail after a snapshot
+    assert set(live._client_orders) == old
+    inside = await session(nothing, snapshot=True, advance_ns=window_ns // 2)
+    assert set(inside._client_orders) == old
+    times = list(inside._client_order_times)
+
+    async def retry(s: Sequencer) -> None:  # inside the window, after two restarts: the original answer
+        assert list(s._client_order_times) == times
+        assert (await s.submit(order(buyer, Side.BUY, 2700, 5, cid="gone-1"))).replay
+
+    await session(retry, snapshot=False)
+    after = await session(nothing, snapshot=False, advance_ns=window_ns // 2 + 10**6)
+    assert set(after._client_orders) == {(buyer, "rests")}  # a resting order keeps its id
+    assert len(after._client_order_keys) == len(after._client_order_times) == 1
+
+    async def again(s: Sequencer) -> None:  # recovered from snapshot + tail as the live writer left it
+        assert set(s._client_orders) == {(buyer, "rests")}
+        assert not (await s.submit(order(buyer, Side.BUY, 2700, 5, cid="gone-1"))).replay  # a new order
+
+    await session(again, snapshot=True)
+
+
+async def test_the_gateway_forgets_closed_orders_and_old_fills_and_answers_them_from_postgresql(
+    short_memory: GatewayExchange,
+) -> None:
+    """Orders filled and cancelled and their fills, once the window passed and the PostgreSQL projection
+    holds them, leave the read model; every order and fill answer reads the same as from memory, page by
+    page, and what memory holds is what is open."""
+    ex = short_memory
+    symbol = "T-MEM-3"
+    await ex.list_instrument(symbol)
+    buyer = await ex.register(Role.BUYER, "买家")
+    farmer = await ex.register(Role.FARMER, "农户")
+    lot_id = await ex.register_lot(farmer, symbol, 100)
+
+    def body(cid: str, side: str, price: int, heads: int, **extra: Any) -> dict[str, Any]:
+        return {"client_order_id": cid, "instrument": symbol, "side": side, "price_fen": price,
+                "quantity_heads": heads, **extra}
+
+    for i in range(3):  # three sells filled by three buys: six closed orders, six fills a side
+        assert (await farmer.post("/v1/orders", json=body(f"s{i}", "sell", 2800, 5, lot_id=lot_id))).status == 201
+        assert (await buyer.post("/v1/orders", json=body(f"b{i}", "buy", 2800, 5))).status == 201
+    cancelled = (await buyer.post("/v1/orders", json=body("gone", "buy", 2700, 2))).json()
+    assert (await buyer.request("DELETE", f"/v1/orders/{cancelled['order_id']}")).status == 200
+    partly = (await farmer.post("/v1/orders", json=body("rests", "sell", 2850, 10, lot_id=lot_id))).json()
+    assert (await buyer.post("/v1/orders", json=body("b-part", "buy", 2850, 4))).status == 201
+    order_ids = [o["order_id"] for trader in (buyer, farmer) for o in (await trader.get("/v1/orders")).json()["orders"]]
+    assert len(order_ids) == 9
+
+    async def answers() -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for name, trader in (("buyer", buyer), ("farmer", farmer)):
+            for path in ("/v1/orders", "/v1/fills", "/v1/orders?status=FILLED", f"/v1/orders?instrument={symbol}"):
+                seen[f"{name} {path}"] = (await trader.get(path)).json()
+            for path in ("/v1/orders", "/v1/fills"):  # page by page, one a page
+                pages, cursor = [], None
+                while True:
+                    reply = (await trader.get(f"{path}?limit=1" + (f"&cursor={cursor}" if cursor else ""))).json()
+                    pages.append(reply)
+                    cursor = reply["next_cursor"]
+                    if cursor is None:
+                        break
+                seen[f"{name} {path} pages"] = pages
+        for order_id in order_ids:
+            trader = buyer if any(o["order_id"] == order_id for o in seen["buyer /v1/orders"]["orders"]) else farmer
+            seen[f"order {order_id}"] = (await trader.get(f"/v1/orders/{order_id}")).json()
+            seen[f"cancel {order_id}"] = (await trader.request("DELETE", f"/v1/orders/{order_id}")).json() \
+                if order_id != partly["order_id"] else None
+        seen["unknown"] = (await buyer.get(f"/v1/orders/{partly['order_id']}")).status  # another's: 404
+        return seen
+
+    before = await answers()
+    assert before["cancel " + str(cancelled["order_id"])]["code"] == "order_not_open"
+    read_model = ex.app[EXCHANGE].read_model
+    await _until_forgotten(lambda: len(read_model.orders) == 1 and not read_model.fills_by_participant)
+    # what memory holds is what is open: the partly filled sell, with its own fill
+    assert [rec.order_id for rec in read_model.orders.values()] == [partly["order_id"]]
+    assert read_model.forgotten_orders and read_model.forgotten_fills
+    assert await answers() == before

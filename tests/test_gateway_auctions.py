@@ -21,7 +21,8 @@ import pytest_asyncio
 from gateway.auth import Role
 from gateway.client import Reply
 from gateway.testing import LOT_CERT, Exchange, running_exchange
-from tests.test_gateway_settlement import _farmer, _ok, eventually
+from gateway.testing import ok as _ok
+from tests.test_gateway_settlement import _farmer, eventually
 
 WINDOW_S = 1.0
 _symbols = itertools.count(1)
@@ -179,3 +180,59 @@ async def test_errors_roles_and_the_openapi_document(ex: Exchange) -> None:
                  "/v1/auctions/{auction_id}/offers"):
         assert path in paths, path
     assert "bid_too_low" in paths["/v1/auctions/{auction_id}/bids"]["post"]["description"]
+
+
+async def test_a_bid_and_a_negotiation_retried_with_their_reference_act_once(ex: Exchange) -> None:
+    symbol = await _market(ex)
+    farmer = await _farmer(ex, "钱九", "6217000011118888")
+    buyer, rival = await ex.register(Role.BUYER), await ex.register(Role.BUYER)
+    lot_id = await ex.register_lot(farmer, symbol, heads=5)
+    auction_id = _ok(await farmer.post("/v1/auctions", json=_terms(lot_id, 1_500)), 201)["auction_id"]
+    bids, offers = f"/v1/auctions/{auction_id}/bids", f"/v1/auctions/{auction_id}/offers"
+
+    def same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        return {**a, "time_left_ms": 0} == {**b, "time_left_ms": 0}
+
+    mine = {"max_price_fen": 2_600, "client_bid_ref": "bid-1"}
+    first = _ok(await buyer.post(bids, json=mine), 201)
+    assert (first["price_fen"], first["your_paddle"], first["leader_paddle"]) == (2_500, 1, 1)
+    assert same(_ok(await buyer.post(bids, json=mine), 201), first)
+    _ok(await rival.post(bids, json={"max_price_fen": 2_700, "client_bid_ref": "bid-1"}), 201)  # per participant
+    assert same(_ok(await buyer.post(bids, json=mine), 201), first)  # the original answer, not the auction now
+    assert _error(await buyer.post(bids, json={**mine, "max_price_fen": 2_640})) == (409, "duplicate_reference")
+    assert _error(await buyer.post(bids, json={**mine, "client_bid_ref": "x" * 37})) == (422, "invalid")
+    now = _ok(await buyer.get(f"/v1/auctions/{auction_id}"))
+    # bid once each: the rival's maximum meets the 2,700 reserve, so the price rises to it
+    assert (now["bid_count"], now["price_fen"], now["leader_paddle"]) == (2, 2_700, 2)
+
+    # a negotiation: a lot whose reserve is missed
+    lot2 = await ex.register_lot(farmer, symbol, heads=5)
+    second = _ok(await farmer.post("/v1/auctions", json=_terms(lot2, 1_000, reserve_price_fen=2_900)), 201)
+    auction2 = second["auction_id"]
+    bids, offers = f"/v1/auctions/{auction2}/bids", f"/v1/auctions/{auction2}/offers"
+    _ok(await buyer.post(bids, json={"max_price_fen": 2_600}), 201)
+
+    async def passed_in() -> bool:
+        return _ok(await buyer.get(f"/v1/auctions/{auction2}"))["state"] == "negotiating"
+
+    await eventually(passed_in)
+    ask = {"price_fen": 2_800, "client_offer_ref": "ask-1"}
+    asked = _ok(await farmer.post(offers, json=ask))
+    assert (asked["offer_side"], asked["offer_price_fen"]) == ("seller", 2_800)
+    assert same(_ok(await farmer.post(offers, json=ask)), asked)
+    assert _error(await farmer.post(offers, json={**ask, "price_fen": 2_850})) == (409, "duplicate_reference")
+    take = {"accept": True, "client_offer_ref": "take-1"}
+    sold = _ok(await buyer.post(offers, json=take))
+    assert (sold["state"], sold["price_fen"], sold["trade_id"] > 0) == ("sold", 2_800, True)
+    assert same(_ok(await buyer.post(offers, json=take)), sold)  # the auction has ended: still the answer
+    assert _error(await buyer.post(offers, json={"accept": True})) == (422, "auction_not_open")  # no ref: refused
+    assert [a["trade_id"] for a in _ok(await buyer.get("/v1/auctions?status=sold")) if a["auction_id"] == auction2] \
+        == [sold["trade_id"]]
+
+    async with aiohttp.ClientSession() as session, session.get(ex.url + "/v1/openapi.json") as reply:
+        doc = await reply.json()
+    for path, field in (("/v1/auctions/{auction_id}/bids", "client_bid_ref"),
+                        ("/v1/auctions/{auction_id}/offers", "client_offer_ref")):
+        post = doc["paths"][path]["post"]
+        assert "409" in post["responses"] and "duplicate_reference" in post["description"], path
+        assert field in json.dumps(post["requestBody"]) or field in json.dumps(doc["components"]), field

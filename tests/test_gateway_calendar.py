@@ -7,31 +7,19 @@ from __future__ import annotations
 
 import datetime
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from exchange.calendar import CST_OFFSET_NS
 from gateway.auth import Role
-from gateway.testing import Exchange, running_exchange
+from gateway.testing import Exchange
 
 ALL_DAY_PRE_OPEN = {"pre_open": "00:00", "open": "23:59", "close": "24:00", "weekdays": [1, 2, 3, 4, 5, 6, 7]}
 
 
 def _cst_today() -> datetime.date:
     return datetime.datetime.fromtimestamp((time.time_ns() + CST_OFFSET_NS) / 1e9, datetime.UTC).date()
-
-
-@pytest_asyncio.fixture(scope="module")
-async def ex(_test_databases: Any) -> AsyncIterator[Exchange]:
-    dsn = await _test_databases.create(migrated=True)
-    try:
-        async with running_exchange(dsn) as exchange:
-            yield exchange
-    finally:
-        await _test_databases.drop(dsn)
 
 
 @pytest.fixture(autouse=True)

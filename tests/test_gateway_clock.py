@@ -13,8 +13,9 @@ import pytest_asyncio
 
 from gateway.auth import Role
 from gateway.testing import LOT_CERT, Exchange, running_exchange
+from gateway.testing import ok as _ok
 from tests.test_gateway_auctions import _error
-from tests.test_gateway_settlement import _farmer, _ok
+from tests.test_gateway_settlement import _farmer
 
 START_MS = 1_767_225_600_000  # 2026-01-01 08:00 in Chongqing
 HOUR_MS = 3_600_000

@@ -7,40 +7,16 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import AsyncIterator
 from typing import Any
-
-import pytest_asyncio
 
 from gateway.auth import Role
 from gateway.client import Reply
-from gateway.testing import BUYER_DEPOSIT_FEN, Exchange, Trader, running_exchange
+from gateway.testing import BUYER_DEPOSIT_FEN, Exchange, Trader, error_code, ok
 
 CERT = "5001530001"
 HOLD_PER_HEAD = 392_000  # ceil(140 kg x 2800 fen/kg)
 _symbols = itertools.count(1)
 _refs = itertools.count(1)
-
-
-@pytest_asyncio.fixture(scope="module")
-async def ex(_test_databases: Any) -> AsyncIterator[Exchange]:
-    dsn = await _test_databases.create(migrated=True)
-    try:
-        async with running_exchange(dsn, clock_tick_s=0.05) as exchange:
-            yield exchange
-    finally:
-        await _test_databases.drop(dsn)
-
-
-def _ok(reply: Reply, status: int = 200) -> Any:
-    assert reply.status == status, (reply.status, reply.body)
-    return reply.json()
-
-
-def _error(reply: Reply) -> tuple[int, str]:
-    body = reply.json()
-    assert set(body) == {"code", "message"}, body
-    return reply.status, body["code"]
 
 
 async def _market(ex: Exchange) -> str:
@@ -57,11 +33,11 @@ async def _lot(farmer: Trader, symbol: str, cert: str = CERT) -> Reply:
 
 
 async def _trade(ex: Exchange, farmer: Trader, buyer: Trader, symbol: str, heads: int = 10) -> int:
-    lot_id = _ok(await _lot(farmer, symbol), 201)["lot_id"]
-    _ok(await farmer.post("/v1/orders", json={"client_order_id": f"s-{next(_refs)}-{time.time_ns()}",
+    lot_id = ok(await _lot(farmer, symbol), 201)["lot_id"]
+    ok(await farmer.post("/v1/orders", json={"client_order_id": f"s-{next(_refs)}-{time.time_ns()}",
                                               "instrument": symbol, "side": "sell", "price_fen": 2800,
                                               "quantity_heads": heads, "lot_id": lot_id}), 201)
-    placed = _ok(await buyer.post("/v1/orders", json={"client_order_id": f"b-{next(_refs)}-{time.time_ns()}",
+    placed = ok(await buyer.post("/v1/orders", json={"client_order_id": f"b-{next(_refs)}-{time.time_ns()}",
                                                       "instrument": symbol, "side": "buy", "price_fen": 2800,
                                                       "quantity_heads": heads}), 201)
     return int(placed["fills"][0]["trade_id"])
@@ -75,21 +51,22 @@ def _weigh(heads: int, grams: int, cert: str = CERT, **more: Any) -> dict[str, A
 async def test_certificates_refused_and_counted_heads_and_shrink_over_http(ex: Exchange) -> None:
     symbol = await _market(ex)
     farmer, buyer = await ex.register(Role.FARMER, "李四"), await ex.register(Role.BUYER, "肉联厂")
-    assert _error(await _lot(farmer, symbol, "渝动检 5001530001")) == (422, "invalid_quarantine_cert")
-    assert _error(await _lot(farmer, symbol, "5000000000")) == (422, "invalid_quarantine_cert")
+    assert error_code(await _lot(farmer, symbol, "渝动检 5001530001")) == (422, "invalid_quarantine_cert")
+    assert error_code(await _lot(farmer, symbol, "5000000000")) == (422, "invalid_quarantine_cert")
     tid = await _trade(ex, farmer, buyer, symbol)
     url = f"/v1/trades/{tid}/weigh-in"
-    assert _error(await farmer.post(url, json=_weigh(8, 920_017, "CQ-1"))) == (422, "invalid_quarantine_cert")
-    assert _error(await farmer.post(url, json=_weigh(8, 920_017, "5001530002"))) == (422, "quarantine_cert_mismatch")
-    assert _error(await farmer.post(url, json=_weigh(9, 920_017, heads_refused=2))) == (422, "invalid_delivery")
-    assert _error(await farmer.post(url, json=_weigh(8, 920_017, heads_refused=-1))) == (422, "invalid")
+    assert error_code(await farmer.post(url, json=_weigh(8, 920_017, "CQ-1"))) == (422, "invalid_quarantine_cert")
+    other_cert = _weigh(8, 920_017, "5001530002")
+    assert error_code(await farmer.post(url, json=other_cert)) == (422, "quarantine_cert_mismatch")
+    assert error_code(await farmer.post(url, json=_weigh(9, 920_017, heads_refused=2))) == (422, "invalid_delivery")
+    assert error_code(await farmer.post(url, json=_weigh(8, 920_017, heads_refused=-1))) == (422, "invalid")
     # 8 heads unfasted, 2 dead on arrival: shrink floor(920,017 x 2.5 %) = 23,000 g, paid 897,017 g,
     # avg 112,127 g; floor(897,017 x 2800 / 1000) = 2,511,647; the rest of 3,920,000 back to the buyer
-    seen = _ok(await farmer.post(url, json=_weigh(8, 920_017, heads_refused=2, unfasted=True)))
+    seen = ok(await farmer.post(url, json=_weigh(8, 920_017, heads_refused=2, unfasted=True)))
     assert (seen["heads_delivered"], seen["heads_refused"], seen["total_weight_g"], seen["shrink_g"],
             seen["avg_weight_g"], seen["grade"], seen["amount_fen"], seen["refund_fen"]) == (
         8, 2, 920_017, 23_000, 112_127, "IN_GRADE", 2_511_647, 10 * HOLD_PER_HEAD - 2_511_647)
-    cash = _ok(await buyer.get("/v1/balances"))["accounts"]
+    cash = ok(await buyer.get("/v1/balances"))["accounts"]
     assert [a["balance_fen"] for a in cash if a["kind"] == "BUYER_CASH"] == [BUYER_DEPOSIT_FEN - 2_511_647]
 
 
@@ -97,21 +74,21 @@ async def test_sellers_dispute_raises_the_amount_within_the_hold_over_http(ex: E
     symbol = await _market(ex)
     farmer, buyer = await ex.register(Role.FARMER, "王五"), await ex.register(Role.BUYER, "买家")
     tid = await _trade(ex, farmer, buyer, symbol)
-    _ok(await farmer.post(f"/v1/trades/{tid}/weigh-in", json=_weigh(10, 1_100_000, f" {CERT} ")))  # 3,080,000
-    seen = _ok(await farmer.post(f"/v1/trades/{tid}/dispute", json={"reason": "地磅少称了30公斤"}))
+    ok(await farmer.post(f"/v1/trades/{tid}/weigh-in", json=_weigh(10, 1_100_000, f" {CERT} ")))  # 3,080,000
+    seen = ok(await farmer.post(f"/v1/trades/{tid}/dispute", json={"reason": "地磅少称了30公斤"}))
     # the seller may not see what was held (it would tell the buyer's funds); the buyer and operators do
     assert (seen["state"], seen["disputed_by"], seen["raise_held_fen"]) == ("DISPUTED", farmer.participant_id, None)
-    assert _ok(await buyer.get(f"/v1/trades/{tid}/settlement"))["raise_held_fen"] == 154_000  # 5 % of 3,080,000
-    cash = {a["kind"]: a for a in _ok(await buyer.get("/v1/balances"))["accounts"]}["BUYER_CASH"]
+    assert ok(await buyer.get(f"/v1/trades/{tid}/settlement"))["raise_held_fen"] == 154_000  # 5 % of 3,080,000
+    cash = {a["kind"]: a for a in ok(await buyer.get("/v1/balances"))["accounts"]}["BUYER_CASH"]
     assert cash["held_fen"] == 154_000
     op = ex.operator
     url = f"/v1/trades/{tid}/resolution"
-    assert _error(await op.post(url, json={"amount_fen": 3_234_001})) == (422, "invalid_amount")
-    seen = _ok(await op.post(url, json={"amount_fen": 3_164_000}))  # 30 kg x 2800 = 84,000 more
+    assert error_code(await op.post(url, json={"amount_fen": 3_234_001})) == (422, "invalid_amount")
+    seen = ok(await op.post(url, json={"amount_fen": 3_164_000}))  # 30 kg x 2800 = 84,000 more
     assert (seen["state"], seen["amount_fen"], seen["refund_fen"], seen["raised_fen"], seen["raise_held_fen"]) == (
         "SETTLED", 3_164_000, 840_000, 84_000, 154_000)
     assert (seen["fee_fen"], seen["payable_fen"]) == (0, 3_164_000)  # the API's instruments charge no fee
-    cash = {a["kind"]: a for a in _ok(await buyer.get("/v1/balances"))["accounts"]}["BUYER_CASH"]
+    cash = {a["kind"]: a for a in ok(await buyer.get("/v1/balances"))["accounts"]}["BUYER_CASH"]
     assert (cash["balance_fen"], cash["held_fen"]) == (BUYER_DEPOSIT_FEN - 3_164_000, 0)
 
 
@@ -119,9 +96,9 @@ async def test_buyers_dispute_still_cannot_raise_over_http(ex: Exchange) -> None
     symbol = await _market(ex)
     farmer, buyer = await ex.register(Role.FARMER, "赵六"), await ex.register(Role.BUYER, "买家二")
     tid = await _trade(ex, farmer, buyer, symbol, heads=2)
-    _ok(await farmer.post(f"/v1/trades/{tid}/weigh-in", json=_weigh(2, 220_000)))  # 616,000
-    assert _ok(await buyer.post(f"/v1/trades/{tid}/dispute", json={"reason": "lame"}))["raise_held_fen"] == 0
-    assert _error(await ex.operator.post(f"/v1/trades/{tid}/resolution", json={"amount_fen": 616_001})) == (
+    ok(await farmer.post(f"/v1/trades/{tid}/weigh-in", json=_weigh(2, 220_000)))  # 616,000
+    assert ok(await buyer.post(f"/v1/trades/{tid}/dispute", json={"reason": "lame"}))["raise_held_fen"] == 0
+    assert error_code(await ex.operator.post(f"/v1/trades/{tid}/resolution", json={"amount_fen": 616_001})) == (
         422, "invalid_amount")
 
 

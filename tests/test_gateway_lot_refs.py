@@ -4,23 +4,8 @@ is a 409."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
-
-import pytest_asyncio
-
 from gateway.auth import Role
-from gateway.testing import Exchange, running_exchange
-
-
-@pytest_asyncio.fixture(scope="module")
-async def ex(_test_databases: Any) -> AsyncIterator[Exchange]:
-    dsn = await _test_databases.create(migrated=True)
-    try:
-        async with running_exchange(dsn) as exchange:
-            yield exchange
-    finally:
-        await _test_databases.drop(dsn)
+from gateway.testing import Exchange
 
 
 async def test_posting_the_same_lot_twice_registers_one_lot(ex: Exchange) -> None:

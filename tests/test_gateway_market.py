@@ -5,11 +5,9 @@ held against the core by hypothesis: books, open orders, lots and chained deltas
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
-import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -31,19 +29,9 @@ from gateway.auth import Role
 from gateway.client import SignedClient
 from gateway.exchange_port import EXCHANGE
 from gateway.readmodel import ReadModel
-from gateway.testing import Exchange, hog_instrument, running_exchange
+from gateway.testing import Exchange, hog_instrument
 
 _symbols = itertools.count(1)
-
-
-@pytest_asyncio.fixture(scope="module")
-async def ex(_test_databases: Any) -> AsyncIterator[Exchange]:
-    dsn = await _test_databases.create(migrated=True)
-    try:
-        async with running_exchange(dsn) as exchange:
-            yield exchange
-    finally:
-        await _test_databases.drop(dsn)
 
 
 async def _traded_market(ex: Exchange, trades: list[tuple[int, int]]) -> str:

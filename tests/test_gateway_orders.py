@@ -19,10 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exchange import readmodel
 from gateway.auth import Role
-from gateway.client import Reply
 from gateway.exchange_port import EXCHANGE
 from gateway.state import POOL
-from gateway.testing import Exchange, Trader, running_exchange
+from gateway.testing import Exchange, Trader, error_code, running_exchange
 
 _symbols = itertools.count(1)
 _cids = itertools.count(1)
@@ -58,12 +57,6 @@ async def _place(trader: Trader, body: dict[str, Any], status: int = 201) -> dic
     reply = await trader.post("/v1/orders", json=body)
     assert reply.status == status, reply.body
     return reply.json()
-
-
-def _error(reply: Reply) -> tuple[int, str]:
-    body = reply.json()
-    assert set(body) == {"code", "message"}, body
-    return reply.status, body["code"]
 
 
 async def _seller(ex: Exchange, market: str, heads: int = 100, role: Role = Role.FARMER) -> tuple[Trader, int]:
@@ -109,7 +102,7 @@ async def test_order_life_cycle(ex: Exchange, market: str) -> None:
 
     cancelled = (await farmer.request("DELETE", f"/v1/orders/{sell_id}")).json()
     assert (cancelled["status"], cancelled["filled_heads"], cancelled["remaining_heads"]) == ("CANCELED", 10, 0)
-    assert _error(await farmer.request("DELETE", f"/v1/orders/{sell_id}")) == (409, "order_not_open")
+    assert error_code(await farmer.request("DELETE", f"/v1/orders/{sell_id}")) == (409, "order_not_open")
     lot = (await farmer.get(f"/v1/lots/{lot_id}")).json()
     assert (lot["reserved_heads"], lot["sold_heads"], lot["available_heads"]) == (0, 10, 90)
 
@@ -171,7 +164,7 @@ async def test_rejections_have_stable_codes(ex: Exchange, market: str, change: d
     body.update(change)
     body = {k: v for k, v in body.items() if v is not None}
     reply = await buyer.post("/v1/orders", json=body)
-    assert _error(reply) == (status, code)
+    assert error_code(reply) == (status, code)
     assert (await buyer.get(f"/v1/orders?instrument={market}")).json()["orders"] == []
 
 
@@ -180,21 +173,21 @@ async def test_seller_rejections(ex: Exchange, market: str) -> None:
     other, other_lot = await _seller(ex, market, heads=20, role=Role.COOPERATIVE)
     buyer = await ex.register(Role.BUYER)
     await _place(buyer, _order(market, "buy", 2800, 5))
-    assert _error(await farmer.post("/v1/orders", json=_order(market, "sell", 2810, 21, lot_id=lot_id))) == (
+    assert error_code(await farmer.post("/v1/orders", json=_order(market, "sell", 2810, 21, lot_id=lot_id))) == (
         422, "lot_exhausted")
-    assert _error(await farmer.post("/v1/orders", json=_order(market, "sell", 2800, 5, lot_id=lot_id,
+    assert error_code(await farmer.post("/v1/orders", json=_order(market, "sell", 2800, 5, lot_id=lot_id,
                                                               post_only=True))) == (422, "post_only_would_take")
-    assert _error(await farmer.post("/v1/orders", json=_order(market, "sell", 2810, 5))) == (422, "invalid_order")
+    assert error_code(await farmer.post("/v1/orders", json=_order(market, "sell", 2810, 5))) == (422, "invalid_order")
     # Another seller's lot is as good as missing.
-    assert _error(await farmer.post("/v1/orders", json=_order(market, "sell", 2810, 5, lot_id=other_lot))) == (
+    assert error_code(await farmer.post("/v1/orders", json=_order(market, "sell", 2810, 5, lot_id=other_lot))) == (
         404, "lot_not_found")
     other_market = f"T-ORD-{next(_symbols)}"
     await ex.list_instrument(other_market)
-    assert _error(await farmer.post("/v1/orders", json=_order(other_market, "sell", 2810, 5, lot_id=lot_id))) == (
+    assert error_code(await farmer.post("/v1/orders", json=_order(other_market, "sell", 2810, 5, lot_id=lot_id))) == (
         422, "lot_wrong_instrument")
     bad_lot = {"instrument": market, "heads": 10, "avg_weight_g": 130_000, "origin": "x", "quarantine_cert": "y"}
-    assert _error(await farmer.post("/v1/lots", json=bad_lot)) == (422, "lot_out_of_grade")
-    assert _error(await other.get(f"/v1/lots/{lot_id}")) == (404, "lot_not_found")
+    assert error_code(await farmer.post("/v1/lots", json=bad_lot)) == (422, "lot_out_of_grade")
+    assert error_code(await other.get(f"/v1/lots/{lot_id}")) == (404, "lot_not_found")
 
 
 async def test_retry_gets_the_original_answer_and_a_conflict_is_409(ex: Exchange, market: str) -> None:
@@ -203,11 +196,11 @@ async def test_retry_gets_the_original_answer_and_a_conflict_is_409(ex: Exchange
     first = await buyer.post("/v1/orders", json=body)
     again = await buyer.post("/v1/orders", json=body)
     assert (first.status, again.status, again.body) == (201, 201, first.body)
-    assert _error(await buyer.post("/v1/orders", json={**body, "price_fen": 2790})) == (
+    assert error_code(await buyer.post("/v1/orders", json={**body, "price_fen": 2790})) == (
         409, "duplicate_client_order_id")
     rejected = {**_order(market, "buy", 2805, 10)}
-    assert _error(await buyer.post("/v1/orders", json=rejected)) == (422, "price_off_tick")
-    assert _error(await buyer.post("/v1/orders", json=rejected)) == (422, "price_off_tick")  # same answer again
+    assert error_code(await buyer.post("/v1/orders", json=rejected)) == (422, "price_off_tick")
+    assert error_code(await buyer.post("/v1/orders", json=rejected)) == (422, "price_off_tick")  # same answer again
     orders = (await buyer.get(f"/v1/orders?instrument={market}")).json()["orders"]
     assert [o["order_id"] for o in orders] == [first.json()["order_id"]]
 
@@ -221,32 +214,32 @@ async def test_every_role_boundary(ex: Exchange, market: str) -> None:
     financier = await ex.register(Role.FINANCIER)
     buy = _order(market, "buy", 2800, 5)
     sell = _order(market, "sell", 2810, 5, lot_id=lot_id)
-    assert _error(await buyer.post("/v1/orders", json=sell)) == (403, "forbidden")
-    assert _error(await farmer.post("/v1/orders", json=buy)) == (403, "forbidden")
-    assert _error(await coop.post("/v1/orders", json=buy)) == (403, "forbidden")
+    assert error_code(await buyer.post("/v1/orders", json=sell)) == (403, "forbidden")
+    assert error_code(await farmer.post("/v1/orders", json=buy)) == (403, "forbidden")
+    assert error_code(await coop.post("/v1/orders", json=buy)) == (403, "forbidden")
     for outsider in (financier, ex.operator):
-        assert _error(await outsider.post("/v1/orders", json=buy)) == (403, "forbidden")
-        assert _error(await outsider.get("/v1/orders")) == (403, "forbidden")
-        assert _error(await outsider.get("/v1/fills")) == (403, "forbidden")
+        assert error_code(await outsider.post("/v1/orders", json=buy)) == (403, "forbidden")
+        assert error_code(await outsider.get("/v1/orders")) == (403, "forbidden")
+        assert error_code(await outsider.get("/v1/fills")) == (403, "forbidden")
     lot_body = {"instrument": market, "heads": 5, "avg_weight_g": 110_000, "origin": "x", "quarantine_cert": "y"}
-    assert _error(await buyer.post("/v1/lots", json=lot_body)) == (403, "forbidden")
-    assert _error(await financier.post("/v1/lots", json=lot_body)) == (403, "forbidden")
+    assert error_code(await buyer.post("/v1/lots", json=lot_body)) == (403, "forbidden")
+    assert error_code(await financier.post("/v1/lots", json=lot_body)) == (403, "forbidden")
     for path in ("/v1/instruments", f"/v1/instruments/{market}/halt"):
-        assert _error(await farmer.post(path, json={})) == (403, "forbidden")
-        assert _error(await buyer.post(path, json={})) == (403, "forbidden")
-    assert _error(await buyer.post("/v1/admin/participants", json={"role": "buyer", "name": "x"})) == (
+        assert error_code(await farmer.post(path, json={})) == (403, "forbidden")
+        assert error_code(await buyer.post(path, json={})) == (403, "forbidden")
+    assert error_code(await buyer.post("/v1/admin/participants", json={"role": "buyer", "name": "x"})) == (
         403, "forbidden")
 
     own = await _place(buyer, buy)
     own_sell = await _place(coop, _order(market, "sell", 2900, 5, lot_id=coop_lot))
     for stranger, order in ((other_buyer, own), (farmer, own), (farmer, own_sell), (buyer, own_sell)):
         path = f"/v1/orders/{order['order_id']}"
-        assert _error(await stranger.get(path)) == (404, "unknown_order")
-        assert _error(await stranger.request("DELETE", path)) == (404, "unknown_order")
-        assert _error(await stranger.request("PATCH", path, json={"quantity_heads": 1})) == (404, "unknown_order")
+        assert error_code(await stranger.get(path)) == (404, "unknown_order")
+        assert error_code(await stranger.request("DELETE", path)) == (404, "unknown_order")
+        assert error_code(await stranger.request("PATCH", path, json={"quantity_heads": 1})) == (404, "unknown_order")
     assert (await other_buyer.get("/v1/orders")).json() == {"orders": [], "next_cursor": None}
-    assert _error(await coop.get(f"/v1/lots/{lot_id}")) == (404, "lot_not_found")
-    assert _error(await farmer.get("/v1/lots/999999")) == (404, "lot_not_found")
+    assert error_code(await coop.get(f"/v1/lots/{lot_id}")) == (404, "lot_not_found")
+    assert error_code(await farmer.get("/v1/lots/999999")) == (404, "lot_not_found")
     assert [lot["lot_id"] for lot in (await coop.get("/v1/lots")).json()] == [coop_lot]
     assert (await buyer.get(f"/v1/orders/{own['order_id']}")).json()["status"] == "NEW"  # still there
 
@@ -269,9 +262,9 @@ async def test_orders_pages_newest_first_with_a_cursor(ex: Exchange, market: str
     assert seen == placed[::-1]
     open_ids = [o["order_id"] for o in (await buyer.get("/v1/orders?status=NEW&limit=1000")).json()["orders"]]
     assert open_ids == [i for i in placed[::-1] if i != placed[3]]
-    assert _error(await buyer.get("/v1/orders?limit=1001")) == (422, "invalid")
-    assert _error(await buyer.get("/v1/orders?status=OPEN")) == (422, "invalid")
-    assert _error(await buyer.get("/v1/orders?cursor=abc")) == (422, "invalid")
+    assert error_code(await buyer.get("/v1/orders?limit=1001")) == (422, "invalid")
+    assert error_code(await buyer.get("/v1/orders?status=OPEN")) == (422, "invalid")
+    assert error_code(await buyer.get("/v1/orders?cursor=abc")) == (422, "invalid")
 
 
 # -- operator -------------------------------------------------------------------------------------------
@@ -283,8 +276,8 @@ async def test_operator_halts_runs_an_auction_and_moves_the_band(ex: Exchange, m
     resting = await _place(buyer, _order(market, "buy", 2800, 5))
 
     assert (await op.post(f"/v1/instruments/{market}/halt")).json()["state"] == "halted"
-    assert _error(await buyer.post("/v1/orders", json=_order(market, "buy", 2800, 5))) == (422, "market_halted")
-    assert _error(await op.post(f"/v1/instruments/{market}/halt")) == (409, "invalid_state_transition")
+    assert error_code(await buyer.post("/v1/orders", json=_order(market, "buy", 2800, 5))) == (422, "market_halted")
+    assert error_code(await op.post(f"/v1/instruments/{market}/halt")) == (409, "invalid_state_transition")
     assert (await buyer.request("DELETE", f"/v1/orders/{resting['order_id']}")).json()["status"] == "CANCELED"
     assert (await op.post(f"/v1/instruments/{market}/resume")).json()["state"] == "continuous"
 
@@ -292,7 +285,7 @@ async def test_operator_halts_runs_an_auction_and_moves_the_band(ex: Exchange, m
     buy = await _place(buyer, _order(market, "buy", 2850, 10))
     sell = await _place(farmer, _order(market, "sell", 2800, 6, lot_id=lot_id))
     assert (buy["status"], sell["status"]) == ("NEW", "NEW")  # nothing matches during the call
-    assert _error(await buyer.post("/v1/orders", json=_order(market, "buy", None, 1, type="market"))) == (
+    assert error_code(await buyer.post("/v1/orders", json=_order(market, "buy", None, 1, type="market"))) == (
         422, "not_allowed_in_auction")
     assert (await op.post(f"/v1/instruments/{market}/uncross")).json()["state"] == "continuous"
     seen_buy = (await buyer.get(f"/v1/orders/{buy['order_id']}")).json()
@@ -301,11 +294,11 @@ async def test_operator_halts_runs_an_auction_and_moves_the_band(ex: Exchange, m
 
     view = (await op.post(f"/v1/instruments/{market}/reference-price", json={"price_fen": 3000})).json()
     assert (view["reference_price_fen"], view["band_low_fen"], view["band_high_fen"]) == (3000, 2880, 3120)
-    assert _error(await op.post(f"/v1/instruments/{market}/reference-price", json={"price_fen": 3005})) == (
+    assert error_code(await op.post(f"/v1/instruments/{market}/reference-price", json={"price_fen": 3005})) == (
         422, "price_off_tick")
-    assert _error(await op.post("/v1/instruments/NOPE/halt")) == (404, "unknown_instrument")
-    assert _error(await op.post("/v1/instruments", json=_instrument(market))) == (409, "instrument_exists")
-    assert _error(await op.post("/v1/instruments", json=_instrument("T-BAD", reference_price_fen=2805))) == (
+    assert error_code(await op.post("/v1/instruments/NOPE/halt")) == (404, "unknown_instrument")
+    assert error_code(await op.post("/v1/instruments", json=_instrument(market))) == (409, "instrument_exists")
+    assert error_code(await op.post("/v1/instruments", json=_instrument("T-BAD", reference_price_fen=2805))) == (
         422, "invalid_instrument")
 
 

@@ -388,3 +388,61 @@ def test_a_core_without_auctions_snapshots_as_before() -> None:
     data = x.core.snapshot()
     assert Core.from_snapshot(data).snapshot() == data
     assert x.core.auctions.snapshot() == b""
+
+
+def test_a_bid_or_offer_retried_with_its_client_ref_takes_effect_once() -> None:
+    x = piglet_world()
+    a = offer(x, piglet_lot(x), reserve=900 * YUAN)
+    first = x.ok(BidLotAuction(BUYER, 0, a.auction_id, 750 * YUAN, "bid-1"))
+    answer = first[0].auction
+    assert (answer.price_fen, answer.bid_count) == (700 * YUAN, 1)
+    bid(x, BUYER2, a.auction_id, 760)  # the auction moves on: BUYER is outbid at 760
+    assert x.apply(BidLotAuction(BUYER, 0, a.auction_id, 750 * YUAN, "bid-1")) == []  # a retry: nothing happens
+    assert x.core.auctions.refs[(BUYER, "bid-1")].answer == answer  # the original answer, kept for the gateway
+    assert (auction(x, a.auction_id).bid_count, held(x, BUYER), held(x, BUYER2)) == (2, 0, 7_600 * YUAN)
+    x.reject(BidLotAuction(BUYER, 0, a.auction_id, 780 * YUAN, "bid-1"), R.DUPLICATE_REFERENCE)  # another body
+    x.reject(NegotiateLotAuction(BUYER, 0, a.auction_id, 780 * YUAN, client_ref="bid-1"), R.DUPLICATE_REFERENCE)
+    x.reject(BidLotAuction(BUYER, 0, a.auction_id, 760 * YUAN, "low"), R.BID_TOO_LOW)
+    assert (BUYER, "low") not in x.core.auctions.refs  # a rejected bid uses no reference
+    x.ok(BidLotAuction(BUYER, 0, a.auction_id, 790 * YUAN, "low"))
+    x.ok(BidLotAuction(BUYER2, 0, a.auction_id, 790 * YUAN, "bid-1"))  # references are per participant
+    x.reject(BidLotAuction(BUYER, 0, a.auction_id, 800 * YUAN, "x" * 37), R.INVALID_AUCTION)
+
+    x.tick(HOUR_NS)  # passed in: BUYER leads at 790 (the earlier maximum)
+    x.ok(NegotiateLotAuction(FARMER, 0, a.auction_id, 850 * YUAN, client_ref="o-1"))
+    before = x.core.state_hash()
+    assert x.apply(NegotiateLotAuction(FARMER, 0, a.auction_id, 850 * YUAN, client_ref="o-1")) == []
+    assert x.core.state_hash() == before
+    sold = x.ok(NegotiateLotAuction(BUYER, 0, a.auction_id, accept=True, client_ref="yes"))
+    assert len(x.of(Trade, sold)) == 1
+    # the auction has ended (the core no longer holds it): the acceptance's retry still answers it sold
+    assert x.apply(NegotiateLotAuction(BUYER, 0, a.auction_id, accept=True, client_ref="yes")) == []
+    kept = x.core.auctions.refs[(BUYER, "yes")].answer
+    assert (kept.state, kept.price_fen) == (AuctionState.SOLD, 850 * YUAN)
+    assert len(x.of(Trade)) == 1 and x.clearing.holds == {}
+
+    # snapshots carry the references; replay gives the same hash
+    live_hash = x.core.state_hash()
+    x.restore_from_snapshot()
+    assert x.core.state_hash() == live_hash and x.core.auctions.refs[(BUYER, "yes")].answer == kept
+    replay = world()
+    replay.register(BUYER3, ParticipantRole.BUYER)
+    for command in x.commands[len(replay.commands):]:
+        replay.ts_ns = command.ts_ns
+        replay.apply(command)
+    assert replay.core.state_hash() == x.core.state_hash()
+    # forgotten by the first tick a retention window after their use once their auction has ended
+    x.tick(DAY_NS)
+    assert (BUYER, "yes") in x.core.auctions.refs
+    x.tick(1)
+    assert x.core.auctions.refs == {}
+    assert x.core.auctions.snapshot() == Core.from_snapshot(x.core.snapshot()).auctions.snapshot()
+
+
+def test_a_live_auction_keeps_its_references_past_the_window() -> None:
+    x = piglet_world()
+    a = offer(x, piglet_lot(x), closes_at_ns=T0 + 3 * DAY_NS)
+    x.ok(BidLotAuction(BUYER, 0, a.auction_id, 750 * YUAN, "long"))
+    x.tick(2 * DAY_NS)
+    assert x.apply(BidLotAuction(BUYER, 0, a.auction_id, 750 * YUAN, "long")) == []  # still a retry
+    assert auction(x, a.auction_id).bid_count == 1

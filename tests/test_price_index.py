@@ -10,19 +10,26 @@ from typing import Any
 
 import msgspec
 
-from exchange.domain import BreedClass, ProductClass
+from exchange.calendar import day_start_ns
+from exchange.domain import BreedClass, ProductClass, TradingSession
 from gateway.auth import Role
-from gateway.index import PriceIndex, date_to_day, day_to_date
+from gateway.index import Finality, PriceIndex, date_to_day, day_to_date
 from gateway.testing import Exchange
+from gateway.testing import ok as _ok
 from tests.factories import hog_spec
 from tests.test_gateway_clock import START_MS, sim  # noqa: F401 - the fixture
-from tests.test_gateway_settlement import _farmer, _ok
+from tests.test_gateway_settlement import _farmer
 
 DAY_NS = 86_400 * 10**9
 T0 = 1_767_225_600 * 10**9  # 2026-01-01 08:00 CST
 HOG = hog_spec("RC-LH-WSY")
 PIGLET = msgspec.structs.replace(hog_spec("RC-PG-WSY", tick_fen=100), product_class=ProductClass.PIGLET)
 NSY = msgspec.structs.replace(hog_spec("RC-LH-NSY"), breed_class=BreedClass.NEI_SAN_YUAN)
+
+
+def _on(day: int) -> Finality:
+    """Finality on ``day`` for series with no instrument listed with a session: rows final at midnight."""
+    return Finality((), (), day_start_ns(day))
 
 
 def test_the_index_on_a_hand_computed_example() -> None:
@@ -35,7 +42,7 @@ def test_the_index_on_a_hand_computed_example() -> None:
     # day 2: (3,000 x 20 + 2,950 x 20) / 40 = 2,975; index 1000 x 2,975 / 2,875 = 1034.7826... -> 1034.78
     index.add(HOG, T0 + DAY_NS, 3_000, 20, 110_000)
     index.add(HOG, T0 + DAY_NS, 2_950, 20, 120_000)
-    first = {(r.product_class, r.breed_class): r for r in index.rows(day1, day1 + 1)}
+    first = {(r.product_class, r.breed_class): r for r in index.rows(day1, _on(day1 + 1))}
     hog = first[("finishing_hog", "wai_san_yuan")]
     # day 1: (2,800 x 10 + 2,900 x 30) / 40 = 2,875 fen/kg; value 2,800 x 10 x 110 + 2,900 x 30 x 110
     assert (hog.heads, hog.trades, hog.avg_price_fen, hog.value_fen, hog.index_x100, hog.index) == (
@@ -46,7 +53,7 @@ def test_the_index_on_a_hand_computed_example() -> None:
     assert (piglet.avg_price_fen, piglet.value_fen, piglet.quote_unit, piglet.index) == (
         82_100, 410_500, "fen_per_head", "1000.00")
     assert first[("finishing_hog", "nei_san_yuan")].avg_price_fen == 2_700
-    second = index.rows(day1 + 1, day1 + 1)
+    second = index.rows(day1 + 1, _on(day1 + 1))
     assert len(second) == 1
     assert (second[0].avg_price_fen, second[0].index_x100, second[0].index, second[0].provisional) == (
         2_975, 103_478, "1034.78", True)
@@ -55,8 +62,8 @@ def test_the_index_on_a_hand_computed_example() -> None:
     other = PriceIndex()
     day, key = other.add(HOG, T0, 2_800, 1, 110_000)
     other.add(HOG, T0, 2_810, 2, 110_000)
-    assert other.row(day, key, day).avg_price_fen == 2_807
-    assert [r.date for r in index.history(day1, day1 + 1, day1 + 1)] == ["2026-01-01"] * 3 + ["2026-01-02"]
+    assert other.row(day, key, _on(day)).avg_price_fen == 2_807
+    assert [r.date for r in index.history(day1, day1 + 1, _on(day1 + 1))] == ["2026-01-01"] * 3 + ["2026-01-02"]
 
 
 async def test_the_index_over_http_json_csv_and_websocket(sim: Exchange) -> None:  # noqa: F811
@@ -108,3 +115,102 @@ async def test_the_index_over_http_json_csv_and_websocket(sim: Exchange) -> None
     status: Any = (await buyer.get("/v1/index?date=2026-13-01")).status
     assert status == 422
     assert START_MS > 0
+
+
+def test_a_row_turns_final_at_the_close_of_every_instrument_of_its_series() -> None:
+    session = TradingSession(530, 540, 900, 0, 0, 0b1111111)  # 08:50, 09:00, 15:00, every day
+    early = msgspec.structs.replace(HOG, symbol="RC-LH-AM", session=TradingSession(530, 540, 690, 0, 0, 0b1111111))
+    late = msgspec.structs.replace(HOG, session=session)
+    day = T0 // DAY_NS + 1  # 2026-01-02 (CST), a Friday
+    key = (int(HOG.product_class), int(HOG.breed_class), HOG.delivery_point)
+    close, noon = day_start_ns(day) + 900 * 60 * 10**9, day_start_ns(day) + 690 * 60 * 10**9
+    trade = day_start_ns(day) + 600 * 60 * 10**9  # 10:00
+    both = Finality([early, late], [], close - 1)
+    assert both.final_ns(day, key, trade) == close and both.provisional(day, key, trade)
+    assert not Finality([early, late], [], close).provisional(day, key, trade)
+    assert Finality([early], [], noon).final_ns(day, key, trade) == noon  # one instrument: its own close
+    # a lot auction sale after the close moves the row again: final only at midnight
+    assert both.final_ns(day, key, close) == day_start_ns(day + 1)
+    # an instrument without a session, or a non-trading day, leaves midnight the end
+    assert Finality([late, HOG], [], close).final_ns(day, key, trade) == day_start_ns(day + 1)
+    assert Finality([late], [20260102], close).final_ns(day, key, trade) == day_start_ns(day + 1)
+    assert Finality([late], [20260105], close).final_ns(day, key, trade) == close
+
+
+async def _until(ws: Any, region: str, match: Any) -> dict[str, Any]:
+    """The first `index` row of ``region`` pushed that ``match`` accepts (others are skipped)."""
+    while True:
+        message = json.loads((await ws.receive(timeout=5)).data)
+        for row in message.get("series", []) if message.get("type") == "index" else []:
+            if row["region"] == region and match(row):
+                return dict(row)
+
+
+async def test_the_close_publishes_the_final_index_over_the_websocket(sim: Exchange) -> None:  # noqa: F811
+    """Trades give provisional values; the simulated clock passing 15:00 CST closes the session and the
+    `index` channel publishes the day's final value, which GET /v1/index then shows final too."""
+    op = sim.operator
+    region, symbol = "Rongchang-CLOSE", "IDX-CLOSE"
+    now = _ok(await op.get("/v1/admin/clock"))["now_ms"]
+    day = (now * 10**6 + 8 * 3_600 * 10**9) // DAY_NS + 1  # tomorrow (CST): its 08:00 is ahead of the clock
+
+    def at(d: int, hhmm: str) -> int:
+        return (day_start_ns(d) + (int(hhmm[:2]) * 60 + int(hhmm[3:])) * 60 * 10**9) // 10**6
+
+    _ok(await op.post("/v1/admin/clock", json={"to_ms": at(day, "08:00")}))
+    await sim.list_instrument(symbol, delivery_point=region, session={
+        "pre_open": "08:50", "open": "09:00", "close": "15:00", "weekdays": [1, 2, 3, 4, 5, 6, 7]})
+    farmer = await _farmer(sim, "周八", "6217000011117777")
+    buyer = await sim.register(Role.BUYER)
+    refs = iter(range(1_000))
+
+    async def trade(price: int, heads: int) -> None:
+        lot_id = await sim.register_lot(farmer, symbol, heads=heads, avg_weight_g=110_000)
+        n = next(refs)
+        _ok(await farmer.post("/v1/orders", json={"client_order_id": f"cs{n}", "instrument": symbol, "side": "sell",
+                                                  "price_fen": price, "quantity_heads": heads, "lot_id": lot_id}), 201)
+        _ok(await buyer.post("/v1/orders", json={"client_order_id": f"cb{n}", "instrument": symbol, "side": "buy",
+                                                 "price_fen": price, "quantity_heads": heads}), 201)
+
+    async def today() -> list[tuple[int, int, str, bool]]:
+        reply = _ok(await buyer.get("/v1/index"))
+        return [(r["heads"], r["avg_price_fen"], r["index"], r["provisional"]) for r in reply["series"]
+                if r["region"] == region]
+
+    async with sim.session.ws_connect(sim.url + "/v1/ws") as ws:
+        await ws.send_json({"op": "subscribe", "channels": ["index"]})
+        # day 1: (2,800 x 10 + 2,900 x 30) / 40 = 2,875 fen/kg, the base day: 1000.00
+        _ok(await op.post("/v1/admin/clock", json={"to_ms": at(day, "09:00")}))
+        await trade(2_800, 10)
+        first = await _until(ws, region, lambda r: r["heads"] == 10)
+        assert (first["avg_price_fen"], first["provisional"]) == (2_800, True)
+        await trade(2_900, 30)
+        moved = await _until(ws, region, lambda r: r["heads"] == 40)
+        assert (moved["avg_price_fen"], moved["index"], moved["provisional"]) == (2_875, "1000.00", True)
+        _ok(await op.post("/v1/admin/clock", json={"to_ms": at(day, "15:00") - 1}))
+        assert await today() == [(40, 2_875, "1000.00", True)]  # a millisecond before the close
+        _ok(await op.post("/v1/admin/clock", json={"to_ms": at(day, "15:00")}))
+        closed = await _until(ws, region, lambda r: not r["provisional"])
+        assert (closed["date"], closed["heads"], closed["trades"], closed["avg_price_fen"], closed["index_x100"],
+                closed["value_fen"]) == (day_to_date(day), 40, 2, 2_875, 100_000, (28_000 + 87_000) * 110)
+        assert await today() == [(40, 2_875, "1000.00", False)]
+        # the close set the next band reference: 2,875 half up to the 10 fen tick
+        assert _ok(await buyer.get(f"/v1/instruments/{symbol}"))["reference_price_fen"] == 2_880
+
+        # day 2: (2,950 x 7 + 2,930 x 13 + 2,980 x 5) / 25 = 73,640 / 25 = 2,945.6 -> 2,946;
+        # index 100,000 x (73,640 / 25) / (115,000 / 40) = 102,455.65 -> 102,456 = "1024.56"
+        _ok(await op.post("/v1/admin/clock", json={"to_ms": at(day + 1, "09:00")}))
+        for price, heads in ((2_950, 7), (2_930, 13), (2_980, 5)):
+            await trade(price, heads)
+        moved = await _until(ws, region, lambda r: r["heads"] == 25)
+        assert (moved["date"], moved["avg_price_fen"], moved["index"], moved["provisional"]) == (
+            day_to_date(day + 1), 2_946, "1024.56", True)
+        _ok(await op.post("/v1/admin/clock", json={"to_ms": at(day + 1, "16:00")}))  # past the close
+        closed = await _until(ws, region, lambda r: not r["provisional"])
+        assert (closed["date"], closed["heads"], closed["avg_price_fen"], closed["index_x100"], closed["index"],
+                closed["base_date"]) == (day_to_date(day + 1), 25, 2_946, 102_456, "1024.56", day_to_date(day))
+    assert await today() == [(25, 2_946, "1024.56", False)]
+    dated = _ok(await buyer.get(f"/v1/index?date={day_to_date(day + 1)}"))
+    assert dated["provisional"] is False
+    assert [(r["avg_price_fen"], r["provisional"]) for r in dated["series"] if r["region"] == region] == [
+        (2_946, False)]

@@ -10,23 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import msgspec
 import pytest
-import pytest_asyncio
 
 from exchange.commands import ParticipantRole, RegisterParticipant
 from exchange.domain import RejectReason
 from exchange.settlement.clearing import Clearing
-from gateway import admin
+from gateway import admin, store
 from gateway.auth import Role
-from gateway.client import Reply
 from gateway.exchange_port import EXCHANGE
 from gateway.state import POOL
-from gateway.testing import Exchange, Trader, running_exchange
+from gateway.testing import Exchange, Trader, ok, running_exchange
 from tests.settlement_support import OPERATOR, world
 
 R = RejectReason
@@ -35,21 +32,6 @@ _refs = itertools.count(1)
 
 def _ref(prefix: str = "reg") -> str:
     return f"{prefix}-{next(_refs)}"
-
-
-@pytest_asyncio.fixture(scope="module")
-async def ex(_test_databases: Any) -> AsyncIterator[Exchange]:
-    dsn = await _test_databases.create(migrated=True)
-    try:
-        async with running_exchange(dsn) as exchange:
-            yield exchange
-    finally:
-        await _test_databases.drop(dsn)
-
-
-def _ok(reply: Reply, status: int = 200) -> Any:
-    assert reply.status == status, (reply.status, reply.body)
-    return reply.json()
 
 
 def _farmer(ref: str, name: str, **more: Any) -> dict[str, Any]:
@@ -97,12 +79,15 @@ def test_the_core_registers_a_reference_once_and_answers_a_repeat_with_what_it_m
 
 async def test_a_repeated_registration_ref_returns_the_same_participant_and_key(ex: Exchange) -> None:
     ref = _ref()
-    first = _ok(await ex.operator.post("/v1/admin/participants", json=_farmer(ref, "周一")), 201)
-    again = _ok(await ex.operator.post("/v1/admin/participants", json=_farmer(ref, "周一")), 201)
+    first = ok(await ex.operator.post("/v1/admin/participants", json=_farmer(ref, "周一")), 201)
+    again = ok(await ex.operator.post("/v1/admin/participants", json=_farmer(ref, "周一")), 201)
     assert again == first
     assert await _rows(ex, "周一") == [(first["participant_id"], first["api_key"], first["api_secret"])]
+    # the reference is kept for ever, once (the clearing forgets it after the retention window)
+    assert await ex.app[POOL].fetchval("SELECT count(*) FROM settlement_refs WHERE kind = $1 AND ref = $2",
+                                       store.REF_REGISTRATION, ref) == 1
     trader = Trader(ex.url, first["api_key"], first["api_secret"], session=ex.session)
-    profile = _ok(await trader.get("/v1/profile"))  # the key works, and the core has the whole profile
+    profile = ok(await trader.get("/v1/profile"))  # the key works, and the core has the whole profile
     assert (profile["participant_id"], profile["name"], profile["bank_account"], profile["branch_code"]) == (
         first["participant_id"], "周一", "****5555", "102653000555")
 
@@ -110,14 +95,14 @@ async def test_a_repeated_registration_ref_returns_the_same_participant_and_key(
     assert (other.status, other.json()["code"]) == (409, "duplicate_reference")
     assert await _rows(ex, "周二") == []
 
-    without = [_ok(await ex.operator.post("/v1/admin/participants", json={"role": "buyer", "name": "吴三"}), 201)
+    without = [ok(await ex.operator.post("/v1/admin/participants", json={"role": "buyer", "name": "吴三"}), 201)
                for _ in range(2)]  # no reference: two registrations, each whole
     assert len({w["participant_id"] for w in without}) == 2 and len(await _rows(ex, "吴三")) == 2
 
 
 async def test_a_repeat_after_24_hours_is_refused_without_the_key(ex: Exchange, monkeypatch: Any) -> None:
     ref = _ref()
-    first = _ok(await ex.operator.post("/v1/admin/participants", json=_farmer(ref, "郑四")), 201)
+    first = ok(await ex.operator.post("/v1/admin/participants", json=_farmer(ref, "郑四")), 201)
     monkeypatch.setattr(admin, "REGISTRATION_REPLAY_S", 0)
     late = await ex.operator.post("/v1/admin/participants", json=_farmer(ref, "郑四"))
     assert (late.status, late.json()["code"]) == (409, "registration_expired")
@@ -165,12 +150,12 @@ async def _commit_fails_then_retry(ex: Exchange) -> None:
     assert ref not in clearing.registrations and made not in clearing.participants
     assert await _rows(ex, "王五五") == []
     # The client retries with the same reference: the whole registration, once.
-    first = _ok(await ex.operator.post("/v1/admin/participants", json=_farmer(ref, "王五五")), 201)
-    assert _ok(await ex.operator.post("/v1/admin/participants", json=_farmer(ref, "王五五")), 201) == first
+    first = ok(await ex.operator.post("/v1/admin/participants", json=_farmer(ref, "王五五")), 201)
+    assert ok(await ex.operator.post("/v1/admin/participants", json=_farmer(ref, "王五五")), 201) == first
     assert await _rows(ex, "王五五") == [(first["participant_id"], first["api_key"], first["api_secret"])]
     assert clearing is sequencer.core.clearing and clearing.participants[first["participant_id"]].name == "王五五"
     trader = Trader(ex.url, first["api_key"], first["api_secret"], session=ex.session)
-    assert _ok(await trader.get("/v1/profile"))["bank_code"] == "102"
+    assert ok(await trader.get("/v1/profile"))["bank_code"] == "102"
 
 
 @pytest.mark.parametrize("role", [Role.BUYER])
@@ -179,10 +164,10 @@ async def test_a_registration_survives_a_restart_whole(_test_databases: Any, rol
     try:
         ref = _ref()
         async with running_exchange(dsn) as first_run:
-            made = _ok(await first_run.operator.post("/v1/admin/participants", json={
+            made = ok(await first_run.operator.post("/v1/admin/participants", json={
                 "role": role.value, "name": "冯六", "registration_ref": ref}), 201)
         async with running_exchange(dsn) as second_run:
-            again = _ok(await second_run.operator.post("/v1/admin/participants", json={
+            again = ok(await second_run.operator.post("/v1/admin/participants", json={
                 "role": role.value, "name": "冯六", "registration_ref": ref}), 201)
             assert again == made and len(await _rows(second_run, "冯六")) == 1
     finally:

@@ -18,13 +18,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import msgspec
 import pytest
-import pytest_asyncio
 
 from exchange.commands import (
     AmendOrder,
@@ -58,7 +56,7 @@ from gateway.client import Reply
 from gateway.config import GatewayConfig
 from gateway.exchange_port import EXCHANGE
 from gateway.settlement import MAX_CSV_CHARS, DepositImportRequest, parse_deposits_csv
-from gateway.testing import LOT_CERT, Exchange, running_exchange
+from gateway.testing import LOT_CERT, Exchange, ok, running_exchange
 from tests.factories import list_instrument, order
 from tests.settlement_support import (
     BUYER,
@@ -77,21 +75,6 @@ from tests.settlement_support import (
 R = RejectReason
 _CONFIRMATIONS = "payout_id,attempt,status,bank_ref,reason\n"
 _DEPOSITS = "deposit_ref,owner_id,account,amount_fen\n"
-
-
-@pytest_asyncio.fixture(scope="module")
-async def ex(_test_databases: Any) -> AsyncIterator[Exchange]:
-    dsn = await _test_databases.create(migrated=True)
-    try:
-        async with running_exchange(dsn, clock_tick_s=0.05) as exchange:
-            yield exchange
-    finally:
-        await _test_databases.drop(dsn)
-
-
-def _ok(reply: Reply, status: int = 200) -> Any:
-    assert reply.status == status, (reply.status, reply.body)
-    return reply.json()
 
 
 def _error(reply: Reply) -> tuple[int, str, str]:
@@ -171,7 +154,7 @@ async def test_bank_files_with_huge_numbers_are_422_and_the_exchange_carries_on(
     assert (status, code) == (422, "invalid_bank_file") and "amount_fen must be a whole number" in message
     assert ex.app[EXCHANGE].sequencer.recoveries == 0  # no batch failed
     buyer = await ex.register(Role.BUYER)
-    assert _ok(await buyer.get("/v1/balances"))["participant_id"] == buyer.participant_id
+    assert ok(await buyer.get("/v1/balances"))["participant_id"] == buyer.participant_id
 
 
 def test_a_file_is_at_most_as_long_as_a_request_body() -> None:
@@ -235,19 +218,19 @@ async def test_withdrawn_consent_over_http(ex: Exchange) -> None:
     await ex.deposit(fin.participant_id, 10**9, "financier_funds")
     buyer = await ex.register(Role.BUYER, deposit_fen=0)
     stranger = await ex.register(Role.BUYER, deposit_fen=0)
-    _ok(await buyer.post("/v1/consents", json={"financier_id": fin.participant_id}))
-    _ok(await fin.post("/v1/credit-lines", json={"buyer_id": buyer.participant_id, "amount_fen": 50_000_000,
+    ok(await buyer.post("/v1/consents", json={"financier_id": fin.participant_id}))
+    ok(await fin.post("/v1/credit-lines", json={"buyer_id": buyer.participant_id, "amount_fen": 50_000_000,
                                                  "rate_bps": 500}))
     bid = {"instrument": "RC-CONSENT", "side": "buy", "price_fen": 2800, "quantity_heads": 100}
-    _ok(await buyer.post("/v1/orders", json={"client_order_id": "b1", **bid}), 201)
-    _ok(await buyer.post("/v1/consents", json={"financier_id": fin.participant_id, "granted": False}))
+    ok(await buyer.post("/v1/orders", json={"client_order_id": "b1", **bid}), 201)
+    ok(await buyer.post("/v1/consents", json={"financier_id": fin.participant_id, "granted": False}))
     status, code, _ = _error(await buyer.post("/v1/orders", json={"client_order_id": "b2", **bid}))
     assert (status, code) == (422, "insufficient_funds")
-    view = _ok(await fin.post(f"/v1/credit-lines/{buyer.participant_id}/reduce", json={"amount_fen": 1_000_000}))
+    view = ok(await fin.post(f"/v1/credit-lines/{buyer.participant_id}/reduce", json={"amount_fen": 1_000_000}))
     assert (view["consented"], view["credit_line_held_fen"], view["credit_line_available_fen"],
             view["credit_line_reduced_fen"]) == (False, 100 * HOLD_2800, 50_000_000 - 100 * HOLD_2800 - 1_000_000,
                                                  1_000_000)
-    portfolio = _ok(await fin.get("/v1/financing/clients"))
+    portfolio = ok(await fin.get("/v1/financing/clients"))
     assert (portfolio["exposure_fen"], [c["participant_id"] for c in portfolio["clients"]]) == (
         100 * HOLD_2800, [buyer.participant_id])
     status, code, _ = _error(await fin.get(f"/v1/financing/clients/{stranger.participant_id}"))
@@ -264,21 +247,21 @@ async def _pending_payout(ex: Exchange) -> int:
     buyer = await ex.register(Role.BUYER)
     farmer = await ex.register(Role.FARMER, "李四", id_number_masked="5002**********1234",
                                bank_account="6217000011112222")
-    _ok(await op.post(f"/v1/admin/participants/{farmer.participant_id}/bank-account/verify",
+    ok(await op.post(f"/v1/admin/participants/{farmer.participant_id}/bank-account/verify",
                       json={"bank_account": "6217000011112222"}))
     lot = await ex.register_lot(farmer, "RC-FILE", heads=10)
     order_body = {"instrument": "RC-FILE", "price_fen": 2800, "quantity_heads": 10}
-    _ok(await farmer.post("/v1/orders", json={"client_order_id": "s1", "side": "sell", "lot_id": lot, **order_body}),
+    ok(await farmer.post("/v1/orders", json={"client_order_id": "s1", "side": "sell", "lot_id": lot, **order_body}),
         201)
-    trade_id = _ok(await buyer.post("/v1/orders", json={"client_order_id": "b1", "side": "buy", **order_body}),
+    trade_id = ok(await buyer.post("/v1/orders", json={"client_order_id": "b1", "side": "buy", **order_body}),
                    201)["fills"][0]["trade_id"]
-    _ok(await farmer.post(f"/v1/trades/{trade_id}/weigh-in", json={
+    ok(await farmer.post(f"/v1/trades/{trade_id}/weigh-in", json={
         "heads_delivered": 10, "total_weight_g": 1_100_000, "quarantine_cert": LOT_CERT, "quarantine_checked": True}))
     for _ in range(200):
-        if _ok(await farmer.get(f"/v1/trades/{trade_id}/settlement"))["state"] == "SETTLED":
+        if ok(await farmer.get(f"/v1/trades/{trade_id}/settlement"))["state"] == "SETTLED":
             break
         await asyncio.sleep(0.05)
-    [payout] = _ok(await op.post("/v1/payout-runs", json={"run_ref": "run1"}), 201)["payouts"]
+    [payout] = ok(await op.post("/v1/payout-runs", json={"run_ref": "run1"}), 201)["payouts"]
     return int(payout["payout_id"])
 
 
@@ -322,9 +305,9 @@ async def _bank_files_wait_for_their_commit(ex: Exchange) -> None:
         assert ((await first).status, (await retry).status, (await download).status) == (201, 201, 200)
 
         # A commit that fails: no file was handed out, and the payout goes out in the next file.
-        _ok(await op.post("/v1/payout-confirmations", json={
+        ok(await op.post("/v1/payout-confirmations", json={
             "file_ref": "C1", "csv": f"{_CONFIRMATIONS}{payout_id},1,FAILED,B1,account frozen\n"}))
-        _ok(await op.post(f"/v1/payouts/{payout_id}/retry"))  # attempt 2, PENDING
+        ok(await op.post(f"/v1/payouts/{payout_id}/retry"))  # attempt 2, PENDING
         async with blocker.transaction():
             await blocker.execute("LOCK TABLE journal IN ACCESS EXCLUSIVE MODE")
             first = asyncio.create_task(op.post("/v1/payout-files", json={"file_ref": "F2"}))
@@ -341,7 +324,7 @@ async def _bank_files_wait_for_their_commit(ex: Exchange) -> None:
         await blocker.close()
     await _until(lambda: sequencer.state.value == "running")
     assert (await op.get("/v1/payout-files/F2")).status == 404
-    assert [(p["payout_id"], p["attempt"]) for p in _ok(await op.get("/v1/payouts?state=PENDING"))["payouts"]] == [
+    assert [(p["payout_id"], p["attempt"]) for p in ok(await op.get("/v1/payouts?state=PENDING"))["payouts"]] == [
         (payout_id, 2)]
     reply = await op.post("/v1/payout-files", json={"file_ref": "F3"})
     assert (reply.status, _file_rows(reply)) == (201, [(str(payout_id), "2", f"HOGX-P{payout_id}-A2")])
@@ -413,25 +396,25 @@ async def test_trade_views_over_http_show_each_viewer_only_its_own_side(ex: Exch
     buyer = await ex.register(Role.BUYER, deposit_fen=0)
     farmer = await ex.register(Role.FARMER, "张三", id_number_masked="5002**********1234",
                                bank_account="6217000011110042", poor_registration_no="500226000042")
-    _ok(await op.post(f"/v1/admin/participants/{farmer.participant_id}/bank-account/verify",
+    ok(await op.post(f"/v1/admin/participants/{farmer.participant_id}/bank-account/verify",
                       json={"bank_account": "6217000011110042"}))
-    _ok(await op.post(f"/v1/admin/participants/{farmer.participant_id}/poor-household",
+    ok(await op.post(f"/v1/admin/participants/{farmer.participant_id}/poor-household",
                       json={"registration_no": "500226000042"}))
-    _ok(await buyer.post("/v1/consents", json={"financier_id": fin_a.participant_id}))
-    _ok(await farmer.post("/v1/consents", json={"financier_id": fin_b.participant_id}))
-    _ok(await fin_a.post("/v1/credit-lines", json={"buyer_id": buyer.participant_id, "amount_fen": 10**8,
+    ok(await buyer.post("/v1/consents", json={"financier_id": fin_a.participant_id}))
+    ok(await farmer.post("/v1/consents", json={"financier_id": fin_b.participant_id}))
+    ok(await fin_a.post("/v1/credit-lines", json={"buyer_id": buyer.participant_id, "amount_fen": 10**8,
                                                    "rate_bps": 500}))
     lot = await ex.register_lot(farmer, "RC-SIDES", heads=5)
     body = {"instrument": "RC-SIDES", "price_fen": 2800, "quantity_heads": 5}
-    _ok(await farmer.post("/v1/orders", json={"client_order_id": "s", "side": "sell", "lot_id": lot, **body}), 201)
-    trade_id = _ok(await buyer.post("/v1/orders", json={"client_order_id": "b", "side": "buy", **body}),
+    ok(await farmer.post("/v1/orders", json={"client_order_id": "s", "side": "sell", "lot_id": lot, **body}), 201)
+    trade_id = ok(await buyer.post("/v1/orders", json={"client_order_id": "b", "side": "buy", **body}),
                    201)["fills"][0]["trade_id"]
-    loan_id = _ok(await fin_b.post("/v1/advances", json={"trade_id": trade_id, "amount_fen": 500_000,
+    loan_id = ok(await fin_b.post("/v1/advances", json={"trade_id": trade_id, "amount_fen": 500_000,
                                                          "rate_bps": 600}), 201)["loans"][0]["loan_id"]
-    _ok(await farmer.post(f"/v1/trades/{trade_id}/weigh-in", json={
+    ok(await farmer.post(f"/v1/trades/{trade_id}/weigh-in", json={
         "heads_delivered": 5, "total_weight_g": 560_000, "quarantine_cert": LOT_CERT, "quarantine_checked": True}))
     for _ in range(200):
-        if _ok(await op.get(f"/v1/trades/{trade_id}/settlement"))["state"] == "SETTLED":
+        if ok(await op.get(f"/v1/trades/{trade_id}/settlement"))["state"] == "SETTLED":
             break
         await asyncio.sleep(0.05)
     fields = ("funded_by_financier_id", "advance_loan_id", "fee_fen", "fee_subsidy_fen", "principal_repaid_fen",
@@ -441,15 +424,15 @@ async def test_trade_views_over_http_show_each_viewer_only_its_own_side(ex: Exch
                 fin_a: (fin_a.participant_id, None, None, None, None, None), farmer: (None, *seller_side),
                 fin_b: (None, *seller_side)}
     for viewer, seen in expected.items():
-        view = _ok(await viewer.get(f"/v1/trades/{trade_id}/settlement"))
+        view = ok(await viewer.get(f"/v1/trades/{trade_id}/settlement"))
         assert tuple(view[f] for f in fields) == seen, fields
-        [listed] = [t for t in _ok(await viewer.get("/v1/settlement/trades"))["trades"] if t["trade_id"] == trade_id]
+        [listed] = [t for t in ok(await viewer.get("/v1/settlement/trades"))["trades"] if t["trade_id"] == trade_id]
         assert listed == view
-    date = _ok(await op.get("/v1/reports/settlement"))["date"]
-    [row] = _ok(await fin_a.get(f"/v1/reports/settlement?date={date}"))["rows"]
+    date = ok(await op.get("/v1/reports/settlement"))["date"]
+    [row] = ok(await fin_a.get(f"/v1/reports/settlement?date={date}"))["rows"]
     assert (row["seller_poor_household"], row["fee_subsidy_fen"], row["funded_by_financier_id"]) == (
         None, None, fin_a.participant_id)
-    row, repaid = _ok(await fin_b.get(f"/v1/reports/settlement?date={date}"))["rows"]
+    row, repaid = ok(await fin_b.get(f"/v1/reports/settlement?date={date}"))["rows"]
     assert (row["seller_poor_household"], row["fee_subsidy_fen"], row["funded_by_financier_id"]) == (
         True, 7_840, None)
     # and the repayment of its advance at the settlement (the same day: no interest)

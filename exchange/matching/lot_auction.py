@@ -48,6 +48,16 @@ Rules
 - The seller never bids on its own lot (SELF_TRADE_PREVENTED). An ended auction's lot heads are free
   again unless sold: the lot can be offered again.
 
+Client references. A bid or a negotiation step may carry a ``client_ref`` (at most
+``MAX_CLIENT_REF_LEN`` characters; per participant, one namespace for both). The first command that
+takes effect with it is remembered with what it asked (the kind, the auction, the price, accept) and
+the auction it left (its answer). The same reference again with the same request is a retry: nothing
+changes and no event is emitted (the gateway answers the remembered auction); with another request it
+is rejected DUPLICATE_REFERENCE. A rejected command uses no reference (nothing changed: sending it
+again is decided afresh). A reference is kept for the tick's retention window after its use and, past
+that, as long as its auction is live (``forget``, as the core forgets lots); once it is forgotten its
+auction is over, so a late retry can only be refused (UNKNOWN_AUCTION), never take effect twice.
+
 Rejections are ``Rejected`` events (``seq`` 0, the instrument named when known) and change nothing.
 Lot-auction commands need the settlement stage: a matching-only core rejects them as unsupported.
 """
@@ -92,7 +102,30 @@ LIVE_STATES = (AuctionState.SCHEDULED, AuctionState.OPEN, AuctionState.NEGOTIATI
 BIDDING_STATES = (AuctionState.SCHEDULED, AuctionState.OPEN)
 
 
+MAX_CLIENT_REF_LEN = 36
+_BID, _NEGOTIATE = 1, 2
+Request = tuple[int, int, int, bool]  # (kind, auction id, price, accept)
+
+
+class AuctionRef(msgspec.Struct, frozen=True, array_like=True):
+    """A client reference in use: what it asked, the auction it left, and since when it is queued."""
+
+    participant_id: int
+    ref: str
+    queued_at_ns: int
+    request: Request
+    answer: LotAuction
+
+
 class AuctionsRecord(msgspec.Struct, frozen=True, array_like=True):
+    next_auction_id: int
+    auctions: list[LotAuction]
+    refs: list[AuctionRef] = []  # in forgetting order
+
+
+class _RecordWithoutRefs(msgspec.Struct, frozen=True, array_like=True):
+    """What a record without references encodes as: the bytes (and state hashes) from before them."""
+
     next_auction_id: int
     auctions: list[LotAuction]
 
@@ -202,15 +235,60 @@ class LotAuctions:
         self.core = core
         self.live: dict[int, LotAuction] = {}
         self.next_auction_id = 1
+        # (participant, client ref) -> its use; in forgetting order (queue time never decreases)
+        self.refs: dict[tuple[int, str], AuctionRef] = {}
 
     def handlers(self) -> dict[type, Callable[[Any, list], None]]:
         return {
             OfferLotAuction: self._offer,
-            BidLotAuction: self._bid,
+            BidLotAuction: self._referenced(self._bid, lambda c: (_BID, c.auction_id, c.max_price_fen, False)),
             BuyNowLotAuction: self._buy_now,
             WithdrawLotAuction: self._withdraw,
-            NegotiateLotAuction: self._negotiate,
+            NegotiateLotAuction: self._referenced(
+                self._negotiate, lambda c: (_NEGOTIATE, c.auction_id, c.price_fen, c.accept)),
         }
+
+    # -- client references ------------------------------------------------------------------------------
+
+    def _referenced(self, handler: Callable[[Any, list], None],
+                    request_of: Callable[[Any], Request]) -> Callable[[Any, list], None]:
+        """``handler`` behind the client reference rule (see "Client references")."""
+
+        def handle(cmd: Any, events: list) -> None:
+            ref = cmd.client_ref
+            if not ref:
+                return handler(cmd, events)
+            if len(ref) > MAX_CLIENT_REF_LEN:
+                return self._reject(cmd, R.INVALID_AUCTION, events)
+            key = (cmd.participant_id, ref)
+            request = request_of(cmd)
+            used = self.refs.get(key)
+            if used is not None:
+                if used.request != request:
+                    self._reject(cmd, R.DUPLICATE_REFERENCE, events, used.answer.instrument)
+                return None  # a retry: the original answer stands, nothing happens again
+            mark = len(events)
+            handler(cmd, events)
+            for event in events[mark:]:
+                if type(event) is LotAuctionChanged and event.auction.auction_id == cmd.auction_id:
+                    self.refs[key] = AuctionRef(cmd.participant_id, ref, cmd.ts_ns, request, event.auction)
+                    break
+            return None
+
+        return handle
+
+    def forget(self, now_ns: int, before_ns: int) -> None:
+        """Drop the references queued before ``before_ns`` whose auction has ended; one whose auction is
+        still live is looked at again a window later."""
+        refs = self.refs
+        while refs:
+            key = next(iter(refs))
+            used = refs[key]
+            if used.queued_at_ns >= before_ns:
+                break
+            del refs[key]
+            if used.answer.auction_id in self.live:
+                refs[key] = replace(used, queued_at_ns=now_ns)
 
     # -- persistence ------------------------------------------------------------------------------------
 
@@ -218,13 +296,17 @@ class LotAuctions:
         """Empty while no auction was ever offered (older snapshots keep their bytes and hashes)."""
         if self.next_auction_id == 1:
             return b""
-        return _encoder.encode(AuctionsRecord(self.next_auction_id, [self.live[k] for k in sorted(self.live)]))
+        auctions = [self.live[k] for k in sorted(self.live)]
+        if not self.refs:
+            return _encoder.encode(_RecordWithoutRefs(self.next_auction_id, auctions))
+        return _encoder.encode(AuctionsRecord(self.next_auction_id, auctions, list(self.refs.values())))
 
     def restore(self, data: bytes) -> None:
         if data:
             record = _decoder.decode(data)
             self.next_auction_id = record.next_auction_id
             self.live = {a.auction_id: a for a in record.auctions}
+            self.refs = {(r.participant_id, r.ref): r for r in record.refs}
 
     # -- helpers ----------------------------------------------------------------------------------------
 
