@@ -20,20 +20,18 @@ whatever made it (continuous book, call auction, lot auction):
 Why a projection and not the core: the index is history (one row per day and series, forever), and
 memory holds only what is open (DESIGN.md, issue 12); the core has no use for it. The projection
 follows the committed journal, so it is exactly as deterministic as the journal: the rows are a
-function of the events, rebuilt by resetting the watermark. It runs like `exchange.readmodel`'s
-projector, on its own connection, with its own watermark (`projections` row ``price_index``) updated in
-the same transaction as its rows, so each batch counts exactly once; acknowledgements never wait for
-it. Journal rows missing after its watermark (archived days) stop it, logged, with
-`exchange.store.JournalGap` instead of being skipped. The band reference the core needs (the day's
-average) the core keeps itself (exchange/calendar.py).
+function of the events, rebuilt by resetting the watermark. It runs on the loop the read models'
+projector runs on too (`exchange.projection.JournalProjector`), on its own connection, with its own
+watermark (`projections` row ``price_index``) updated in the same transaction as its rows, so each
+batch counts exactly once; acknowledgements never wait for it. Journal rows missing after its
+watermark (archived days) stop it, logged, with `exchange.store.JournalGap` instead of being skipped.
+The band reference the core needs (the day's average) the core keeps itself (exchange/calendar.py).
 
 All arithmetic is on Python integers; the sums are bigint in PostgreSQL.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any, Final
@@ -42,11 +40,10 @@ import asyncpg
 import msgspec
 
 from exchange.calendar import cst_day, day_label
-from exchange.commands import Command, decode_command
+from exchange.commands import Command
 from exchange.domain import BreedClass, ProductClass
 from exchange.events import Event, InstrumentListed, LotRegistered, Trade, TradingDayClosed
-from exchange.sequencer import Sequencer, decode_events
-from exchange.store import JournalGap, check_journal_contiguous, follow_reconnecting
+from exchange.projection import JournalProjector
 
 __all__ = [
     "PROJECTION",
@@ -193,82 +190,31 @@ async def write_changes(conn: asyncpg.Connection, changes: DayChanges) -> None:
 Listener = Callable[[DayChanges], None]
 
 
-class IndexProjector:
-    """Follows the journal and keeps the index tables up to date, on its own connection; after each
-    step it calls its listeners with what changed (the gateway publishes the `index` channel from it)."""
+class IndexProjector(JournalProjector[DayChanges]):
+    """Follows the journal and keeps the index tables up to date, on its own connection (the loop is
+    `exchange.projection.JournalProjector`'s); after each step it calls its listeners with what changed."""
+
+    projection = PROJECTION
+    who = "price index projector"
+    task_name = "price-index-projector"
 
     def __init__(self, dsn: str, *, page_rows: int = 20_000, poll_interval_s: float = 0.5) -> None:
-        self.dsn = dsn
-        self.page_rows = page_rows
-        self.poll_interval_s = poll_interval_s
-        self.projected_seq = 0
+        super().__init__(dsn, page_rows=page_rows, poll_interval_s=poll_interval_s)
         self.listeners: list[Listener] = []
-        self._wakeup = asyncio.Event()
-        self._progress = asyncio.Condition()
-        self._task: asyncio.Task[None] | None = None
-        self._unsubscribe: list[Callable[[], None]] = []
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="price-index-projector")
+    def fold(self, entries: Iterable[tuple[int, Command, list[Event]]]) -> DayChanges:
+        return fold(entries)
 
-    async def stop(self) -> None:
-        for unsubscribe in self._unsubscribe:
-            unsubscribe()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, JournalGap):  # a gap was logged when it stopped
-                await self._task
+    async def write(self, conn: asyncpg.Connection, changes: DayChanges) -> None:
+        await resolve(conn, changes)
+        await write_changes(conn, changes)
 
-    def attach(self, sequencer: Sequencer) -> None:
-        """Wake up on every commit of ``sequencer``."""
-        self._unsubscribe.append(sequencer.subscribe(lambda _: self._wakeup.set()))
-
-    async def wait_for(self, seq: int, timeout_s: float = 5.0) -> None:
-        """Until the index includes journal seq ``seq``; TimeoutError after ``timeout_s``."""
-        self._wakeup.set()
-        async with asyncio.timeout(timeout_s), self._progress:
-            await self._progress.wait_for(lambda: self.projected_seq >= seq)
-
-    async def _run(self) -> None:
-        try:
-            await follow_reconnecting(self.dsn, self._follow, "price index projector", _log)
-        except JournalGap:
-            _log.exception("price index projector stopped: it cannot project on over missing journal rows")
-            raise
-
-    async def _follow(self, conn: asyncpg.Connection) -> None:
-        page = await conn.prepare(
-            "SELECT seq, command, events FROM journal WHERE seq > $1 AND events IS NOT NULL ORDER BY seq LIMIT $2"
-        )
-        await self._advanced(await projected_seq(conn))
-        while True:
-            rows = await page.fetch(self.projected_seq, self.page_rows)
-            if not rows:
-                self._wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), self.poll_interval_s)
-                continue
-            # rows skipped (archived) would never be indexed, and the watermark would pass them
-            await check_journal_contiguous(conn, self.projected_seq, [r[0] for r in rows], "price index projector")
-            changes = fold((r[0], decode_command(r[1]), decode_events(r[2])) for r in rows)
-            async with conn.transaction():
-                current = await conn.fetchval("SELECT seq FROM projections WHERE name = $1 FOR UPDATE", PROJECTION)
-                if current != self.projected_seq:  # another projector got there first: follow it
-                    await self._advanced(current)
-                    continue
-                await resolve(conn, changes)
-                await write_changes(conn, changes)
-            await self._advanced(changes.last_seq)
-            for listener in self.listeners:
-                try:
-                    listener(changes)
-                except Exception:  # a publisher's failure must not stop the projection
-                    _log.exception("price index listener failed")
-
-    async def _advanced(self, seq: int) -> None:
-        self.projected_seq = seq
-        async with self._progress:
-            self._progress.notify_all()
+    def written(self, changes: DayChanges) -> None:
+        for listener in self.listeners:
+            try:
+                listener(changes)
+            except Exception:  # a publisher's failure must not stop the projection
+                _log.exception("price index listener failed")
 
 
 # -- queries -------------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ orders, one `UPDATE ... FROM unnest(...)` for the patches, one COPY of the trade
 `projections` watermark, so a projected batch is applied exactly once. Two ways to run it:
 
 - asynchronously (the default, chosen by measurement, see `benchmarks/journal.py --readmodel`):
-  a `Projector` task follows the journal on its own connection, woken by the sequencer's commits
+  a `Projector` task (the loop is `exchange.projection.JournalProjector`'s, shared with the price
+  index) follows the journal on its own connection, woken by the sequencer's commits
   (`projector.attach(sequencer)`) and polling as a fallback. Acknowledgements never wait for the
   read model, and a burst is absorbed by larger projection batches. Read-your-writes where needed:
   `await projector.wait_for(result.seq)`. Only one projector should run; a second one notices the
@@ -36,16 +37,13 @@ end), `limit` at most `MAX_LIMIT`.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 from collections.abc import Collection, Iterable
 from typing import Final, Generic, TypeVar
 
 import asyncpg
 import msgspec
 
-from exchange.commands import Command, PlaceOrder, decode_command
+from exchange.commands import Command, PlaceOrder
 from exchange.core import MAX_CLIENT_ORDER_ID_LEN
 from exchange.domain import ExpireReason, RejectReason
 from exchange.events import (
@@ -57,8 +55,8 @@ from exchange.events import (
     Rejected,
     Trade,
 )
-from exchange.sequencer import CommittedBatch, Sequencer, decode_events
-from exchange.store import JournalGap, check_journal_contiguous, follow_reconnecting
+from exchange.projection import JournalProjector
+from exchange.sequencer import CommittedBatch
 
 __all__ = [
     "MAX_LIMIT",
@@ -80,7 +78,6 @@ __all__ = [
     "write_changes",
 ]
 
-_log = logging.getLogger(__name__)
 
 NEW, PARTIALLY_FILLED, FILLED = "NEW", "PARTIALLY_FILLED", "FILLED"
 CANCELED, REJECTED, EXPIRED = "CANCELED", "REJECTED", "EXPIRED"
@@ -344,76 +341,19 @@ async def project_batch(conn: asyncpg.Connection, batch: CommittedBatch) -> None
 # -- projection: the asynchronous projector -----------------------------------------------------------------
 
 
-class Projector:
-    """Follows the journal and keeps the read models up to date, on its own connection."""
+class Projector(JournalProjector[Changes]):
+    """Follows the journal and keeps the read models up to date, on its own connection (the loop is
+    `exchange.projection.JournalProjector`'s)."""
 
-    def __init__(self, dsn: str, *, page_rows: int = 20_000, poll_interval_s: float = 0.5) -> None:
-        self.dsn = dsn
-        self.page_rows = page_rows
-        self.poll_interval_s = poll_interval_s
-        self.projected_seq = 0
-        self._wakeup = asyncio.Event()
-        self._progress = asyncio.Condition()
-        self._task: asyncio.Task[None] | None = None
-        self._unsubscribe: list = []
+    projection = PROJECTION
+    who = "read-model projector"
+    task_name = "readmodel-projector"
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="readmodel-projector")
+    def fold(self, entries: Iterable[tuple[int, Command, list[Event]]]) -> Changes:
+        return fold(entries)
 
-    async def stop(self) -> None:
-        for unsubscribe in self._unsubscribe:
-            unsubscribe()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, JournalGap):  # a gap was logged when it stopped
-                await self._task
-
-    def attach(self, sequencer: Sequencer) -> None:
-        """Wake up on every commit of `sequencer`."""
-        self._unsubscribe.append(sequencer.subscribe(lambda _: self._wakeup.set()))
-
-    def notify(self) -> None:
-        self._wakeup.set()
-
-    async def wait_for(self, seq: int, timeout_s: float = 5.0) -> None:
-        """Until the read models include journal seq `seq`; TimeoutError after `timeout_s`."""
-        async with asyncio.timeout(timeout_s), self._progress:
-            await self._progress.wait_for(lambda: self.projected_seq >= seq)
-
-    async def _run(self) -> None:
-        try:
-            await follow_reconnecting(self.dsn, self._follow, "projector", _log)
-        except JournalGap:
-            _log.exception("projector stopped: it cannot project on over missing journal rows")
-            raise
-
-    async def _follow(self, conn: asyncpg.Connection) -> None:
-        page = await conn.prepare(
-            "SELECT seq, command, events FROM journal WHERE seq > $1 AND events IS NOT NULL ORDER BY seq LIMIT $2"
-        )
-        await self._advanced(await projected_seq(conn))
-        while True:
-            rows = await page.fetch(self.projected_seq, self.page_rows)
-            if not rows:
-                self._wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), self.poll_interval_s)
-                continue
-            # rows skipped (archived) would never be projected, and the watermark would pass them
-            await check_journal_contiguous(conn, self.projected_seq, [r[0] for r in rows], "read-model projector")
-            changes = fold((r[0], decode_command(r[1]), decode_events(r[2])) for r in rows)
-            async with conn.transaction():
-                current = await conn.fetchval("SELECT seq FROM projections WHERE name = $1 FOR UPDATE", PROJECTION)
-                if current != self.projected_seq:  # someone else projected meanwhile: follow them
-                    await self._advanced(current)
-                    continue
-                await write_changes(conn, changes)
-            await self._advanced(changes.last_seq)
-
-    async def _advanced(self, seq: int) -> None:
-        self.projected_seq = seq
-        async with self._progress:
-            self._progress.notify_all()
+    async def write(self, conn: asyncpg.Connection, changes: Changes) -> None:
+        await write_changes(conn, changes)
 
 
 # -- queries --------------------------------------------------------------------------------------------------

@@ -1,0 +1,138 @@
+"""`JournalProjector`: the loop every PostgreSQL projection of the committed journal runs, so the
+read models' (`exchange.readmodel.Projector`) and the price index's (`exchange.priceindex.IndexProjector`)
+projectors differ only in what they fold and write.
+
+A projector follows the journal on its own connection (`store.follow_reconnecting`: reconnecting with
+back-off), woken by the sequencer's commits (`attach`) and polling as a fallback. Each page of rows
+after its watermark (the `projections` row named `projection`) is checked for holes
+(`store.check_journal_contiguous`: archived days stop it with `JournalGap`, logged, instead of being
+skipped), folded (`fold`, pure), and written with the watermark in one transaction (`write`), after
+taking the watermark `FOR UPDATE`: a second projector of the same name that got there first is
+followed, not repeated, so each row counts exactly once. Acknowledgements never wait for it;
+`wait_for(seq)` gives read-your-writes where needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable
+from typing import Generic, Protocol, TypeVar
+
+import asyncpg
+
+from exchange.commands import Command, decode_command
+from exchange.events import Event
+from exchange.sequencer import Sequencer, decode_events
+from exchange.store import JournalGap, check_journal_contiguous, follow_reconnecting
+
+__all__ = ["Folded", "JournalProjector"]
+
+
+class Folded(Protocol):
+    """What a fold of journal rows gives: at least the last seq it covers (the new watermark)."""
+
+    last_seq: int
+
+
+C = TypeVar("C", bound=Folded)
+Entries = Iterable[tuple[int, Command, list[Event]]]
+
+
+class JournalProjector(Generic[C]):
+    """Follows the journal into PostgreSQL; subclasses name the projection and say how to fold and write."""
+
+    projection: str = ""  # its `projections` row
+    who: str = "projector"  # in log lines and JournalGap messages
+    task_name: str = "journal-projector"
+
+    def __init__(self, dsn: str, *, page_rows: int = 20_000, poll_interval_s: float = 0.5) -> None:
+        self.dsn = dsn
+        self.page_rows = page_rows
+        self.poll_interval_s = poll_interval_s
+        self.projected_seq = 0
+        self._wakeup = asyncio.Event()
+        self._progress = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+        self._unsubscribe: list[Callable[[], None]] = []
+        self._log = logging.getLogger(type(self).__module__)
+
+    # -- what a projection defines ------------------------------------------------------------------------
+
+    def fold(self, entries: Entries) -> C:
+        """The changes of a page of journal entries, in order (pure)."""
+        raise NotImplementedError
+
+    async def write(self, conn: asyncpg.Connection, changes: C) -> None:
+        """Apply ``changes`` and move the watermark to ``changes.last_seq``, in the caller's transaction."""
+        raise NotImplementedError
+
+    def written(self, changes: C) -> None:
+        """Called after ``changes`` committed (the watermark has moved); by default nothing."""
+
+    # -- running ------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=self.task_name)
+
+    async def stop(self) -> None:
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, JournalGap):  # a gap was logged when it stopped
+                await self._task
+
+    def attach(self, sequencer: Sequencer) -> None:
+        """Wake up on every commit of ``sequencer``."""
+        self._unsubscribe.append(sequencer.subscribe(lambda _: self._wakeup.set()))
+
+    def notify(self) -> None:
+        self._wakeup.set()
+
+    async def wait_for(self, seq: int, timeout_s: float = 5.0) -> None:
+        """Until the projection includes journal seq ``seq``; TimeoutError after ``timeout_s``."""
+        self._wakeup.set()
+        async with asyncio.timeout(timeout_s), self._progress:
+            await self._progress.wait_for(lambda: self.projected_seq >= seq)
+
+    async def _run(self) -> None:
+        try:
+            await follow_reconnecting(self.dsn, self._follow, self.who, self._log)
+        except JournalGap:
+            self._log.exception("%s stopped: it cannot project on over missing journal rows", self.who)
+            raise
+
+    async def _follow(self, conn: asyncpg.Connection) -> None:
+        page = await conn.prepare(
+            "SELECT seq, command, events FROM journal WHERE seq > $1 AND events IS NOT NULL ORDER BY seq LIMIT $2"
+        )
+        await self._advanced(await self._watermark(conn))
+        while True:
+            rows = await page.fetch(self.projected_seq, self.page_rows)
+            if not rows:
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), self.poll_interval_s)
+                continue
+            # rows skipped (archived) would never be projected, and the watermark would pass them
+            await check_journal_contiguous(conn, self.projected_seq, [r[0] for r in rows], self.who)
+            changes = self.fold((r[0], decode_command(r[1]), decode_events(r[2])) for r in rows)
+            async with conn.transaction():
+                current = await conn.fetchval("SELECT seq FROM projections WHERE name = $1 FOR UPDATE",
+                                              self.projection)
+                if current != self.projected_seq:  # another projector got there first: follow it
+                    await self._advanced(current)
+                    continue
+                await self.write(conn, changes)
+            await self._advanced(changes.last_seq)
+            self.written(changes)
+
+    async def _watermark(self, conn: asyncpg.Connection) -> int:
+        return int(await conn.fetchval("SELECT seq FROM projections WHERE name = $1", self.projection) or 0)
+
+    async def _advanced(self, seq: int) -> None:
+        self.projected_seq = seq
+        async with self._progress:
+            self._progress.notify_all()
