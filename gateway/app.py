@@ -67,8 +67,8 @@ API_VERSION = "0.1.0"
 
 # Every installed route table; a new handler module adds its `routes` here.
 ROUTE_TABLES: tuple[RouteTable, ...] = (system.routes, admin.routes, orders.routes, lots.routes, market.routes,
-                                         operator.routes, participants.routes, settlement.routes, people.routes,
-                                         auctions.routes, index.routes, calendar.routes)
+                                         operator.routes, participants.routes, *settlement.ROUTE_TABLES,
+                                         people.routes, auctions.routes, index.routes, calendar.routes)
 
 
 def create_app(
@@ -81,8 +81,8 @@ def create_app(
     """A ready-to-run application; nothing touches the network until it is started."""
     metrics = Metrics()
     readiness = Readiness()
-    # requestlog outermost: it logs the final answer, errors included, with its request id
-    app = web.Application(middlewares=[requestlog.middleware, error_middleware(metrics, readiness)],
+    # one middleware: errors, metrics, then the request id and the request log of the final answer
+    app = web.Application(middlewares=[error_middleware(metrics, readiness, requestlog.finish)],
                           client_max_size=config.max_body_bytes)
     app[CONFIG] = config
     app[METRICS] = metrics
@@ -150,6 +150,7 @@ async def _exchange(app: web.Application) -> AsyncIterator[None]:
     shard = await exchange_port.attach(config.database_url, config)
     port = exchange_port.ExchangePort(shard, app[METRICS], app[READINESS])
     app[exchange_port.EXCHANGE] = port
+    port.pool = app[POOL]
     if shard.clock is not None:
         shard.clock.advance_to(max(shard.clock(), shard.sequencer.last_ts_ns))  # never behind the journal
         app[clock.CLOCK] = shard.clock

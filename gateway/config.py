@@ -42,7 +42,7 @@ HOGX_CLOCK                     `wall`, or `simulated` for tests and demos (gatew
 HOGX_CLOCK_START_MS            where a simulated clock starts; 0: the wall clock at start  0
 HOGX_TRADE_HISTORY             public trades kept per instrument for GET .../trades        10000
 HOGX_CANDLE_HISTORY            candles kept per instrument and interval                    1000
-HOGX_PROJECT_READ_MODELS       keep the PostgreSQL `orders`/`trades` tables up to date     false
+HOGX_PROJECT_READ_MODELS       keep the PostgreSQL `orders`/`trades` tables up to date     true
 HOGX_METRICS_TOKEN             when set, GET /metrics needs `Authorization: Bearer` it     (unset)
                                (16-256 printable characters, no spaces)
 HOGX_PAYER_NAME                the exchange's settlement account that payout files debit:  (unset)
@@ -126,7 +126,7 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
     candle_history: int = 1_000
     # Off by default: the API answers from the in-memory read model; the PostgreSQL projection serves
     # SQL readers only and costs ~28 µs of database CPU per order (run it where the database has room).
-    project_read_models: bool = False
+    project_read_models: bool = True  # order history forgotten from memory is read there
     # /metrics shows exchange-wide money: when set, a scrape must present it as a bearer token.
     metrics_token: str | None = None
     # The payer of payout files (exchange.settlement.bankfiles). No default: a real market that forgot

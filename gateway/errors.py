@@ -159,11 +159,16 @@ class _Draining(Protocol):
     draining: bool
 
 
-def error_middleware(metrics: Metrics, readiness: _Draining
-                     ) -> Callable[[web.Request, _Handler], Awaitable[web.StreamResponse]]:
-    """The single middleware: maps every failure to a coded JSON error and records HTTP metrics.
+# Called with every final answer (`gateway.requestlog.finish`: the request id and the request log).
+Finish = Callable[[web.Request, web.StreamResponse, float], None]
 
-    Both jobs share one middleware because each middleware layer costs a coroutine per request.
+
+def error_middleware(metrics: Metrics, readiness: _Draining, finish: Finish | None = None
+                     ) -> Callable[[web.Request, _Handler], Awaitable[web.StreamResponse]]:
+    """The single middleware: maps every failure to a coded JSON error, records HTTP metrics, then hands
+    the final answer to `finish` with the `time.perf_counter()` reading taken when the request arrived.
+
+    The jobs share one middleware because each middleware layer costs a coroutine per request.
     """
 
     @web.middleware
@@ -192,6 +197,8 @@ def error_middleware(metrics: Metrics, readiness: _Draining
                 response = error_response(500, Code.INTERNAL_ERROR, "internal error")
         metrics.observe_http(_route_label(request), request.method, response.status,
                              time.perf_counter() - started_s, is_stream=isinstance(response, web.WebSocketResponse))
+        if finish is not None:
+            finish(request, response, started_s)
         return response
 
     return middleware

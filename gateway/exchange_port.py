@@ -20,12 +20,13 @@ catches up from the journal at start-up (after the read model's rebuild, before 
 published batch and writes the report's rows off the acknowledgement path; readers of the report wait
 until the rows of the batches they could have seen are written (`history.wait_for`).
 
-With `project_read_models` (opt-in: `HOGX_PROJECT_READ_MODELS=true`) the shard also runs
-`exchange.readmodel.Projector`, which keeps the PostgreSQL `orders` and `trades` tables in step with
-the journal for other readers of the database (reconciliation, reporting, future stateless
-gateways); it follows the journal on its own connection, so acknowledgements never wait for it. The
-API itself answers from the in-memory read model, which is exact as of the last commit and costs no
-query.
+With `project_read_models` (on by default; `HOGX_PROJECT_READ_MODELS=false` turns it off) the shard also
+runs `exchange.readmodel.Projector`, which keeps the PostgreSQL `orders` and `trades` tables in step with
+the journal; it follows the journal on its own connection, so acknowledgements never wait for it. The
+API answers from the in-memory read model, which is exact as of the last commit and costs no query, and
+which forgets closed orders and old fills once the projection holds them (`read_model.projected_seq`,
+kept in step here): those are answered from the tables (`gateway.orderhistory`). Without the projection
+nothing is forgotten, and memory grows with the history of orders.
 
 `ExchangePort` is an application's handle on its shard: it maps the sequencer's answers to API errors
 (`Busy` -> 503 `busy` with Retry-After, `Unavailable` -> 503 `unavailable`, an idempotency conflict
@@ -196,6 +197,8 @@ class Shard:
             return
         conn = await asyncpg.connect(self.dsn)
         try:
+            if self.projector is not None:  # what the projection holds may be forgotten while rebuilding
+                self.read_model.projected_seq = await readmodel.projected_seq(conn)
             bare = await conn.fetchval("SELECT count(*) FROM journal WHERE seq <= $1 AND events IS NULL", upto_seq)
             shadow = new_exchange() if bare else None
             page = await conn.prepare(
@@ -253,6 +256,8 @@ class Shard:
         entries = batch.entries()
         if batch.first_seq <= applied_seq:  # partly folded by the rebuild
             entries = (e for e in batch.entries() if e[0] > applied_seq)
+        if self.projector is not None:
+            read_model.projected_seq = self.projector.projected_seq
         wanted = [ids for ids in self.report_wanted if ids]  # nobody listening: no reports built at all
         wants = None if not wanted else (wanted[0].__contains__ if len(wanted) == 1 else _any_of(wanted))
         digest = read_model.apply_batch(entries, wants)
@@ -326,6 +331,7 @@ class ExchangePort:
     def __init__(self, shard: Shard, metrics: Metrics, readiness: Readiness) -> None:
         self.shard = shard
         self.read_model = shard.read_model
+        self.pool: asyncpg.Pool | None = None  # the application's (set once it has one): forgotten history
         self.metrics = metrics
         self.readiness = readiness
         self.accepting = True

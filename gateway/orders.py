@@ -26,6 +26,7 @@ from aiohttp import web
 from exchange.commands import AmendOrder, CancelOrder, PlaceOrder
 from exchange.domain import RejectReason, Side
 from exchange.events import Event, OrderAccepted, Rejected
+from gateway import orderhistory
 from gateway.auth import BUYERS, SELLERS, Principal
 from gateway.errors import ApiError, Code
 from gateway.exchange_port import EXCHANGE, ExchangePort
@@ -156,8 +157,16 @@ async def place(port: ExchangePort, principal: Principal, body: Any, transport: 
     return report
 
 
-def _own_open_order(port: ExchangePort, principal: Principal, order_id: int) -> OrderRecord:
-    rec = port.read_model.order_of(principal.participant_id, order_id)
+async def own_order(port: ExchangePort, participant_id: int, order_id: int) -> OrderRecord | None:
+    """The participant's order: from memory, or (closed long enough ago to be forgotten) PostgreSQL."""
+    rec = port.read_model.order_of(participant_id, order_id)
+    if rec is None and port.pool is not None:
+        rec = await orderhistory.forgotten_order(port.pool, port.read_model, participant_id, order_id)
+    return rec
+
+
+async def _own_open_order(port: ExchangePort, principal: Principal, order_id: int) -> OrderRecord:
+    rec = await own_order(port, principal.participant_id, order_id)
     if rec is None:
         raise rejection(RejectReason.UNKNOWN_ORDER)
     if rec.status not in OPEN_STATUSES:
@@ -168,10 +177,11 @@ def _own_open_order(port: ExchangePort, principal: Principal, order_id: int) -> 
 async def _change(port: ExchangePort, principal: Principal, order_id: int, command: CancelOrder | AmendOrder,
                   transport: str) -> ExecutionReport:
     started_s = time.perf_counter()
-    _own_open_order(port, principal, order_id)
+    await _own_open_order(port, principal, order_id)
     result = await port.submit(command)
-    rec = port.read_model.order_of(principal.participant_id, order_id)
-    assert rec is not None  # it was there before, and orders are never forgotten
+    rec = await own_order(port, principal.participant_id, order_id)  # open a moment ago: in memory still
+    if rec is None:
+        raise rejection(RejectReason.UNKNOWN_ORDER)
     try:
         report = order_outcome(rec, result.events)
     except ApiError as exc:
@@ -224,7 +234,7 @@ async def amend_order(call: Call, params: OrderPath, body: AmendOrderRequest) ->
 @routes.get("/v1/orders/{order_id}", roles=TRADERS, params=OrderPath, response=ExecutionReport)
 async def get_order(call: Call, params: OrderPath) -> ExecutionReport:
     """One of your orders with all its fills."""
-    rec = call.app[EXCHANGE].read_model.order_of(call.principal.participant_id, params.order_id)
+    rec = await own_order(call.app[EXCHANGE], call.principal.participant_id, params.order_id)
     if rec is None:
         raise rejection(RejectReason.UNKNOWN_ORDER)
     return to_report(rec, list(rec.fills))
@@ -233,8 +243,9 @@ async def get_order(call: Call, params: OrderPath) -> ExecutionReport:
 @routes.get("/v1/orders", roles=TRADERS, query=OrderQuery, response=OrderPage)
 async def list_orders(call: Call, query: OrderQuery) -> OrderPage:
     """Your orders, newest first, optionally by status and instrument (at most 1000 a page)."""
-    records, next_id = call.app[EXCHANGE].read_model.list_orders(
-        call.principal.participant_id, status=query.status, instrument=query.instrument,
+    records, next_id = await orderhistory.list_orders(
+        call.pool, call.app[EXCHANGE].read_model, call.principal.participant_id, status=query.status,
+        instrument=query.instrument,
         before_id=None if query.cursor is None else int(query.cursor), limit=query.limit)
     return OrderPage([to_report(rec, list(rec.fills)) for rec in records],
                      None if next_id is None else str(next_id))
@@ -243,8 +254,8 @@ async def list_orders(call: Call, query: OrderQuery) -> OrderPage:
 @routes.get("/v1/fills", roles=TRADERS, query=FillQuery, response=FillPage)
 async def list_fills(call: Call, query: FillQuery) -> FillPage:
     """Your fills, newest first (at most 1000 a page)."""
-    fills, next_id = call.app[EXCHANGE].read_model.list_fills(
-        call.principal.participant_id, instrument=query.instrument,
+    fills, next_id = await orderhistory.list_fills(
+        call.pool, call.app[EXCHANGE].read_model, call.principal.participant_id, instrument=query.instrument,
         before_trade_id=None if query.cursor is None else int(query.cursor), limit=query.limit)
     return FillPage(fills, None if next_id is None else str(next_id))
 

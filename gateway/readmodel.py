@@ -13,6 +13,15 @@ covered (every event of an instrument takes a seq, so the range includes events 
 changes and the deltas chain without holes), the levels that changed (last value wins) and the trades;
 and, for the participants `wants` names, an execution report per order each command touched.
 
+Memory holds what is open: every open order and lot, and closed orders and fills only while they are
+recent. At each `ClockTick` it forgets the orders closed (filled, cancelled, expired) and the fills made
+more than the tick's retention window before it (`ClockTick.retention_ns`, 24 h by default, as the
+core), but only those the PostgreSQL projection (`exchange.readmodel`, the `orders` and `trades` tables)
+already holds: `projected_seq`, which its owner keeps up to date (0: nothing is forgotten). What is
+forgotten is answered from those tables (`gateway.orderhistory`): `forgotten_orders` and
+`forgotten_fills` tell, per participant, up to which order id and trade id memory no longer has
+everything.
+
 Pure and synchronous: no I/O, no clock. The order-event fold (`fold_order`) is shared with the order
 handlers, which build a command's execution report from that command's own events.
 """
@@ -27,7 +36,8 @@ from typing import Final
 import msgspec
 from sortedcontainers import SortedDict
 
-from exchange.commands import Command, PlaceOrder
+from exchange.commands import ClockTick, Command, PlaceOrder
+from exchange.core import retention_of
 from exchange.domain import AuctionState, InstrumentSpec, Lot, LotAuction, OrderType, Side, band_fen
 from exchange.events import (
     AuctionUncrossed,
@@ -325,6 +335,16 @@ class ReadModel:
         self.auctions: dict[int, LotAuction] = {}  # every lot auction as it is now (gateway/auctions.py)
         self.index = PriceIndex()  # the daily live-hog price index (gateway/index.py)
         self.non_trading_days: set[int] = set()  # yyyymmdd, China Standard Time (exchange/calendar.py)
+        # Forgetting (see the module docstring): the journal seq of the entry being folded; how far the
+        # PostgreSQL projection is; (closed at, seq, order id) of every closed order held and (made at, seq,
+        # participant) of every fill held, oldest first; per participant, the highest order id and trade id
+        # forgotten.
+        self.seq = 0
+        self.projected_seq = 0
+        self.closed_orders: deque[tuple[int, int, int]] = deque()
+        self.fill_times: deque[tuple[int, int, int]] = deque()
+        self.forgotten_orders: dict[int, int] = {}
+        self.forgotten_fills: dict[int, int] = {}
         self._handlers: dict[type, Callable[..., None]] = {
             LotAuctionChanged: self._on_lot_auction,
             OrderAccepted: self._on_accepted,
@@ -352,7 +372,10 @@ class ReadModel:
         for seq, command, events in entries:
             if seq != self.applied_seq + 1:
                 raise ValueError(f"read model at seq {self.applied_seq} was given seq {seq}")
+            self.seq = seq
             self._apply(command, events, digest)
+            if command.__class__ is ClockTick:
+                self.forget(command.ts_ns - retention_of(command))  # type: ignore[arg-type]
             self.applied_seq = seq
             if not digest.first_seq:
                 digest.first_seq = seq
@@ -435,6 +458,9 @@ class ReadModel:
                 lot.reserved_heads += rec.remaining_heads - before
                 lot.sold_heads += sold
             self.fills_by_participant.setdefault(rec.participant_id, []).append(rec.fills[-1])
+            self.fill_times.append((event.ts_ns, self.seq, rec.participant_id))
+            if not rec.remaining_heads:
+                self.closed_orders.append((event.ts_ns, self.seq, order_id))
         taker = None if event.taker_side == 0 else SIDE_NAME[event.taker_side]
         time_ms = event.ts_ns // _NS_PER_MS
         view = TradeView(event.trade_id, event.instrument, event.price_fen, event.quantity_heads, taker, time_ms,
@@ -460,6 +486,8 @@ class ReadModel:
         fold_order(rec, event)
         if rec.lot_id:
             self.lots[rec.lot_id].reserved_heads += rec.remaining_heads - before
+        if before and not rec.remaining_heads:
+            self.closed_orders.append((event.ts_ns, self.seq, rec.order_id))
 
     def _on_book(self, event: BookChanged, command: Command, touched: dict[int, int], digest: BatchDigest) -> None:
         record = self.instruments[event.instrument]
@@ -517,6 +545,36 @@ class ReadModel:
         if series is None:
             series = self.candles[key] = _Series(CANDLE_INTERVAL_MS[interval], self.candle_history)
         return series
+
+    # -- forgetting -----------------------------------------------------------------------------------
+
+    def forget(self, before_ns: int) -> None:
+        """Drop the orders closed and the fills made before `before_ns` that the PostgreSQL projection
+        holds (their seq at most `projected_seq`); the rest waits for a later tick."""
+        projected = self.projected_seq
+        closed, orders = self.closed_orders, self.orders
+        while closed and closed[0][0] < before_ns and closed[0][1] <= projected:
+            order_id = closed.popleft()[2]
+            rec = orders.get(order_id)
+            if rec is None or rec.remaining_heads:  # (an order is closed once: never reopened)
+                continue
+            del orders[order_id]
+            ids = self.orders_by_participant[rec.participant_id]
+            del ids[bisect.bisect_left(ids, order_id)]
+            if not ids:
+                del self.orders_by_participant[rec.participant_id]
+            forgotten = self.forgotten_orders
+            forgotten[rec.participant_id] = max(forgotten.get(rec.participant_id, 0), order_id)
+        fills, dropped = self.fill_times, dict[int, int]()
+        while fills and fills[0][0] < before_ns and fills[0][1] <= projected:
+            participant_id = fills.popleft()[2]
+            dropped[participant_id] = dropped.get(participant_id, 0) + 1
+        for participant_id, count in dropped.items():
+            held = self.fills_by_participant[participant_id]
+            self.forgotten_fills[participant_id] = held[count - 1].trade_id
+            del held[:count]  # a participant's fills are held in the order they were made
+            if not held:
+                del self.fills_by_participant[participant_id]
 
     # -- queries --------------------------------------------------------------------------------------
 

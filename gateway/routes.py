@@ -249,7 +249,8 @@ def _endpoint(route: Route, auth: Authenticator, limiter: TokenBuckets,
         raw = await request.read() if request.body_exists else b""
         principal = None
         if roles is not None:
-            if SESSION_COOKIE in request.cookies and KEY_HEADER not in request.headers:
+            # The key header first: a signed request (every API client) never has its cookies parsed.
+            if KEY_HEADER not in request.headers and SESSION_COOKIE in request.cookies:
                 # A person signed in to the web app: the same role check and rate limit (admit).
                 principal = await request.app[SESSIONS].authenticate(request, admit)
             else:

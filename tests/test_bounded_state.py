@@ -624,3 +624,62 @@ async def test_the_idempotency_index_keeps_its_ages_across_restarts_and_forgets_
         assert not (await s.submit(order(buyer, Side.BUY, 2700, 5, cid="gone-1"))).replay  # a new order
 
     await session(again, snapshot=True)
+
+
+async def test_the_gateway_forgets_closed_orders_and_old_fills_and_answers_them_from_postgresql(
+    short_memory: GatewayExchange,
+) -> None:
+    """Orders filled and cancelled and their fills, once the window passed and the PostgreSQL projection
+    holds them, leave the read model; every order and fill answer reads the same as from memory, page by
+    page, and what memory holds is what is open."""
+    ex = short_memory
+    symbol = "T-MEM-3"
+    await ex.list_instrument(symbol)
+    buyer = await ex.register(Role.BUYER, "买家")
+    farmer = await ex.register(Role.FARMER, "农户")
+    lot_id = await ex.register_lot(farmer, symbol, 100)
+
+    def body(cid: str, side: str, price: int, heads: int, **extra: Any) -> dict[str, Any]:
+        return {"client_order_id": cid, "instrument": symbol, "side": side, "price_fen": price,
+                "quantity_heads": heads, **extra}
+
+    for i in range(3):  # three sells filled by three buys: six closed orders, six fills a side
+        assert (await farmer.post("/v1/orders", json=body(f"s{i}", "sell", 2800, 5, lot_id=lot_id))).status == 201
+        assert (await buyer.post("/v1/orders", json=body(f"b{i}", "buy", 2800, 5))).status == 201
+    cancelled = (await buyer.post("/v1/orders", json=body("gone", "buy", 2700, 2))).json()
+    assert (await buyer.request("DELETE", f"/v1/orders/{cancelled['order_id']}")).status == 200
+    partly = (await farmer.post("/v1/orders", json=body("rests", "sell", 2850, 10, lot_id=lot_id))).json()
+    assert (await buyer.post("/v1/orders", json=body("b-part", "buy", 2850, 4))).status == 201
+    order_ids = [o["order_id"] for trader in (buyer, farmer) for o in (await trader.get("/v1/orders")).json()["orders"]]
+    assert len(order_ids) == 9
+
+    async def answers() -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for name, trader in (("buyer", buyer), ("farmer", farmer)):
+            for path in ("/v1/orders", "/v1/fills", "/v1/orders?status=FILLED", f"/v1/orders?instrument={symbol}"):
+                seen[f"{name} {path}"] = (await trader.get(path)).json()
+            for path in ("/v1/orders", "/v1/fills"):  # page by page, one a page
+                pages, cursor = [], None
+                while True:
+                    reply = (await trader.get(f"{path}?limit=1" + (f"&cursor={cursor}" if cursor else ""))).json()
+                    pages.append(reply)
+                    cursor = reply["next_cursor"]
+                    if cursor is None:
+                        break
+                seen[f"{name} {path} pages"] = pages
+        for order_id in order_ids:
+            trader = buyer if any(o["order_id"] == order_id for o in seen["buyer /v1/orders"]["orders"]) else farmer
+            seen[f"order {order_id}"] = (await trader.get(f"/v1/orders/{order_id}")).json()
+            seen[f"cancel {order_id}"] = (await trader.request("DELETE", f"/v1/orders/{order_id}")).json() \
+                if order_id != partly["order_id"] else None
+        seen["unknown"] = (await buyer.get(f"/v1/orders/{partly['order_id']}")).status  # another's: 404
+        return seen
+
+    before = await answers()
+    assert before["cancel " + str(cancelled["order_id"])]["code"] == "order_not_open"
+    read_model = ex.app[EXCHANGE].read_model
+    await _until_forgotten(lambda: len(read_model.orders) == 1 and not read_model.fills_by_participant)
+    # what memory holds is what is open: the partly filled sell, with its own fill
+    assert [rec.order_id for rec in read_model.orders.values()] == [partly["order_id"]]
+    assert read_model.forgotten_orders and read_model.forgotten_fills
+    assert await answers() == before

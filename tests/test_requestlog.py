@@ -1,13 +1,16 @@
 """The request log (`gateway.requestlog`): one JSON line per state-changing request, carrying the request
 id the response also carries, the participant, the route template and the result code, and nothing secret;
-read back from the real server's log records."""
+read back from the real server's log records and the file its writer thread writes."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
-from logging.handlers import QueueHandler
+import select
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -84,20 +87,67 @@ async def test_the_file_is_written_by_the_writer_thread_and_stopping_writes_what
     path = tmp_path / "logs" / "requests.jsonl"
     writer = requestlog.configure(str(path))
     try:
-        # the event loop only queues a line: no handler of the logger writes to a file or a stream itself
-        assert [type(h) for h in logger.handlers] == [QueueHandler]
         async with running_exchange(dsn) as ex:
             await ex.list_instrument("LOG-F")
             await asyncio.to_thread(writer.flush)
             first = [msgspec.json.decode(line) for line in path.read_text().splitlines()]
-            assert [(ln["method"], ln["route"], ln["status"]) for ln in first] == [
-                ("POST", "/v1/instruments", 201)]
+            assert [(ln["method"], ln["route"], ln["status"], ln["code"]) for ln in first] == [
+                ("POST", "/v1/instruments", 201, None)]
+            assert set(first[0]) == {"ts", "request_id", "method", "route", "participant_id", "status", "code",
+                                     "duration_ms"}
             for n in range(50):
                 await ex.operator.post("/v1/instruments/LOG-F/halt", headers={"X-Request-Id": f"halt-{n}"})
     finally:
         writer.stop()  # every line still queued is written before the file is closed
-        logger.propagate = True
-        logger.setLevel(logging.NOTSET)
     lines = [msgspec.json.decode(line) for line in path.read_text().splitlines()]
     assert [ln["request_id"] for ln in lines[1:]] == [f"halt-{n}" for n in range(50)]
-    assert logger.handlers == []
+    assert logger.handlers == []  # the lines went to the writer only, not through logging
+
+
+def test_a_stderr_nobody_reads_never_blocks_the_writer_of_a_line_and_loses_nothing() -> None:
+    """`write` only queues: with the pipe full (its reader stalled), queueing 20,000 lines returns at
+    once; once the reader reads, every line arrives whole and in order, in blocks of at most PIPE_BUF."""
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    writer = requestlog.RequestLog(write_fd, owns_fd=True, interval_s=0.01, max_lines=100)
+    lines = [msgspec.json.encode({"request_id": f"r-{n}", "pad": "x" * (n % 300)}) for n in range(20_000)]
+    for line in lines:
+        writer.write(line)  # returns although the pipe (64 KiB) is far smaller than the lines
+    received = bytearray()
+    stopping = threading.Thread(target=writer.stop)
+    stopping.start()  # blocks until the reader has taken everything
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(read_fd, 1 << 16)
+        except BlockingIOError:  # the writer thread has not written more yet
+            time.sleep(0.001)
+            continue
+        if not chunk:  # stop() closed the write end: everything was written
+            break
+        received += chunk
+    stopping.join()
+    os.close(read_fd)
+    assert bytes(received).split(b"\n") == [*lines, b""]
+
+
+def test_blocks_to_a_pipe_are_at_most_pipe_buf_and_end_on_a_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    read_fd, write_fd = os.pipe()
+    writes: list[bytes] = []
+    real_write = os.write
+
+    def recording_write(fd: int, data: Any) -> int:
+        if fd == write_fd:
+            writes.append(bytes(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", recording_write)
+    writer = requestlog.RequestLog(write_fd, owns_fd=True, interval_s=60)
+    for n in range(200):
+        writer.write(b'{"n":%d,"pad":"%s"}' % (n, b"y" * 90))
+    writer.stop()
+    data = b"".join(iter(lambda: os.read(read_fd, 1 << 16), b""))
+    os.close(read_fd)
+    assert [len(w) <= select.PIPE_BUF and w.endswith(b"\n") for w in writes] == [True] * len(writes)
+    assert len(writes) > 1
+    assert [msgspec.json.decode(line)["n"] for line in data.splitlines()] == list(range(200))
