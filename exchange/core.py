@@ -115,6 +115,7 @@ from exchange.matching.book import (
 from exchange.matching.lot_auction import LotAuctions
 from exchange.settlement import rules
 from exchange.settlement.clearing import Clearing
+from exchange.snapshot import decode_core, encode_core
 
 # A PlaceOrder's fields by position (``msgspec.structs.astuple``): from compiled code one tuple of all
 # fields costs less than two attribute reads of a msgspec struct. Checked against the struct at import.
@@ -824,15 +825,11 @@ class Core:
         return (book.seq, book.bids.depth(levels), book.asks.depth(levels))
 
     def snapshot(self) -> bytes:
-        from exchange.snapshot import encode_core
-
         return encode_core(self)
 
     @classmethod
     def from_snapshot(cls, data: bytes) -> Core:
-        from exchange.snapshot import decode_core
-
-        return decode_core(data, cls)
+        return decode_core(data, cls, Market)
 
     def state_hash(self) -> str:
         """A digest of the whole state: equal hashes mean equal books, lots, ids and sequences."""
