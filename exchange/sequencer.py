@@ -1027,7 +1027,8 @@ class Sequencer:
         # runs (seqs `moved` to `seq`), not one by one: only a retry or a core failure needs its own.
         for _ in range(min(limit, len(queue))):
             command = pop_command()
-            if type(command) is PlaceOrder and 0 < len(command.client_order_id) <= MAX_CLIENT_ORDER_ID_LEN:
+            kind = type(command)
+            if kind is PlaceOrder and 0 < len(command.client_order_id) <= MAX_CLIENT_ORDER_ID_LEN:
                 # one lookup: the seq this (participant, client id) has now, set to this one if new
                 key = (command.participant_id, command.client_order_id)
                 original_seq = client_orders.setdefault(key, seq)
@@ -1055,7 +1056,7 @@ class Sequencer:
             commands.append(command)
             events_out.append(events)
             seq += 1
-            if command.__class__ is ClockTick:
+            if kind is ClockTick:
                 self._forget_client_orders(ts_ns, ts_ns - retention_of(command))  # type: ignore[arg-type]
         futures.extend(starmap(pop_sink, repeat((), seq - moved)))
         self._next_seq = seq
