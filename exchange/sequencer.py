@@ -507,6 +507,7 @@ def _apply_page(core: Core, index: _ClientIndex, commands: list[Command], start:
     ts_ns."""
     apply = core.apply
     seqs = index.seqs
+    setdefault = seqs.setdefault
     index_key, index_time = index.keys.append, index.times.append  # (forget_client_orders keeps both deques)
     seq = first_seq + start
     end = min(start + _REPLAY_SLICE, len(commands))
@@ -516,10 +517,13 @@ def _apply_page(core: Core, index: _ClientIndex, commands: list[Command], start:
             cid = command.client_order_id  # type: ignore[union-attr]
             if 0 < len(cid) <= MAX_CLIENT_ORDER_ID_LEN:  # an id the index takes (not empty, not too long)
                 key = (command.participant_id, cid)
-                if key not in seqs:  # (journaled again only after it was dropped: then it is not there)
+                # one lookup: a new key (one journaled again was dropped first, so it is new too) is
+                # indexed now; one already there only takes this seq
+                if setdefault(key, seq) == seq:
                     index_key(key)
                     index_time(command.ts_ns)
-                seqs[key] = seq
+                else:
+                    seqs[key] = seq
         apply(command)
         if kind is ClockTick:
             ts_ns = command.ts_ns
@@ -1023,7 +1027,8 @@ class Sequencer:
         # runs (seqs `moved` to `seq`), not one by one: only a retry or a core failure needs its own.
         for _ in range(min(limit, len(queue))):
             command = pop_command()
-            if type(command) is PlaceOrder and 0 < len(command.client_order_id) <= MAX_CLIENT_ORDER_ID_LEN:
+            kind = type(command)
+            if kind is PlaceOrder and 0 < len(command.client_order_id) <= MAX_CLIENT_ORDER_ID_LEN:
                 # one lookup: the seq this (participant, client id) has now, set to this one if new
                 key = (command.participant_id, command.client_order_id)
                 original_seq = client_orders.setdefault(key, seq)
@@ -1051,7 +1056,7 @@ class Sequencer:
             commands.append(command)
             events_out.append(events)
             seq += 1
-            if command.__class__ is ClockTick:
+            if kind is ClockTick:
                 self._forget_client_orders(ts_ns, ts_ns - retention_of(command))  # type: ignore[arg-type]
         futures.extend(starmap(pop_sink, repeat((), seq - moved)))
         self._next_seq = seq
