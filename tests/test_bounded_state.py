@@ -466,6 +466,9 @@ async def test_a_reference_beyond_the_window_is_refused_for_ever_and_an_order_id
     assert (await buyer.post("/v1/withdrawals", json=withdrawal)).status == 201
     assert (await op.post("/v1/withdrawals/confirmations", json={
         "owner_id": buyer.participant_id, "withdrawal_ref": "wd-1", "ok": True, "bank_ref": "B-1"})).status == 200
+    listed = [(buyer, "/v1/withdrawals"), (op, "/v1/withdrawals?state=PAID"), (op, "/v1/withdrawals?state=PENDING")]
+    withdrawals = [(await who.get(path)).json() for who, path in listed]
+    assert [w["withdrawal_ref"] for w in withdrawals[0]["withdrawals"]] == ["wd-1"]
     sequencer = ex.app[EXCHANGE].sequencer
     clearing = sequencer.core.clearing
     await _until_forgotten(lambda: "ICBC-20260101-1" not in sequencer.core.clearing.deposits
@@ -474,6 +477,9 @@ async def test_a_reference_beyond_the_window_is_refused_for_ever_and_an_order_id
     async with ex.app[POOL].acquire() as conn:
         assert await pgstore.used_reference(conn, pgstore.REF_DEPOSIT, 0, "ICBC-20260101-1") is not None
         assert await pgstore.used_reference(conn, pgstore.REF_WITHDRAWAL, buyer.participant_id, "wd-1") is not None
+    # forgotten, the paid withdrawal is listed as before, from settlement_history
+    await asyncio.sleep(0.3)  # the tick that forgot it is committed by now
+    assert [(await who.get(path)).json() for who, path in listed] == withdrawals
     # beyond the window: refused, nothing moves (a new reference is a new deposit)
     for reply in (await op.post("/v1/deposits", json=deposit), await buyer.post("/v1/withdrawals", json=withdrawal)):
         assert (reply.status, reply.json()["code"]) == (409, "reference_expired")

@@ -21,7 +21,7 @@ from exchange.settlement.bankfiles import (
     parse_whole_number,
     read_csv_rows,
 )
-from exchange.settlement.model import Withdrawal, WithdrawalState
+from exchange.settlement.model import FinalKind, Withdrawal, WithdrawalState
 from gateway.auth import ANY_ROLE, OPERATORS
 from gateway.errors import ApiError
 from gateway.routes import Call, RouteTable
@@ -227,14 +227,31 @@ async def confirm_withdrawal(call: Call, body: WithdrawalConfirmation) -> Withdr
 async def list_withdrawals(call: Call, query: WithdrawalQuery) -> WithdrawalPage:
     """Your withdrawals (an operator: everyone's), oldest first, optionally by state."""
     principal = call.principal
+    owner = None if is_operator(principal) else principal.participant_id
+    state = None if query.state is None else WithdrawalState[query.state.name]
     found = []
     for w in clearing_of(call).withdrawals.values():
-        if not is_operator(principal) and w.owner_id != principal.participant_id:
+        if owner is not None and w.owner_id != owner:
             continue
-        if query.state is not None and w.state != WithdrawalState[query.state.name]:
+        if state is not None and w.state != state:
             continue
         found.append(w)
+    # the paid and failed ones the clearing forgot (settlement_history), as if it never had
+    held = {(w.owner_id, w.withdrawal_ref) for w in found}
+    found += [w for w in await _archived_withdrawals(call, owner, state, query.limit)
+              if (w.owner_id, w.withdrawal_ref) not in held]
     found.sort(key=lambda w: (w.ts_ns, w.owner_id, w.withdrawal_ref))
     return WithdrawalPage([_withdrawal_view(w) for w in found[:query.limit]])
+
+
+async def _archived_withdrawals(call: Call, owner: int | None, state: WithdrawalState | None,
+                                limit: int) -> list[Withdrawal]:
+    """The oldest `limit` forgotten withdrawals of `owner` (None: everyone's) in `state` (None: any)."""
+    rows = await call.pool.fetch(
+        "SELECT DISTINCT ON (final_at_ns, party_a, ref) record FROM settlement_history"
+        " WHERE kind = $1 AND ($2::bigint IS NULL OR party_a = $2) AND ($3::smallint IS NULL OR state = $3)"
+        " ORDER BY final_at_ns, party_a, ref, seq DESC LIMIT $4",
+        int(FinalKind.WITHDRAWAL), owner, None if state is None else int(state), limit)
+    return [msgspec.msgpack.decode(row["record"], type=Withdrawal) for row in rows]
 
 
