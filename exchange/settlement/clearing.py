@@ -115,7 +115,10 @@ window a retried reference gets the original answer (``DUPLICATE_REFERENCE`` if 
   the window the clearing itself recognises it (the sequencer commits long before the window ends);
 * a payout run reference, a bank file reference or an import reference is free again (another run
   pays only what is payable; a file or import lists payouts by id and attempt, which a final payout
-  refuses).
+  refuses); a bank file's SHA-256 leaves with its file, for ``settlement_history`` (``FILE_DIGEST``:
+  the API serves the stored bytes by it);
+* a registration reference (final at once) is known to the gateway for ever from ``settlement_refs``
+  (kind 5, migration 0021, written with the registration): it answers 409 ``registration_expired``.
 
 Compiled (mypyc, ``setup.py``: this module, state.py and every flow's): the records it keeps
 (``model.py``), the events and the commands are msgspec structs defined in plain modules; the clearing
@@ -210,6 +213,8 @@ _SNAPSHOT_DECODER = msgspec.msgpack.Decoder(ClearingSnapshot)
 _SNAPSHOT_REQUIRED_FIELDS: Final = ClearingSnapshot.__struct_fields__.index("bank_imports") + 1
 
 Handler = Callable[[Any, list], None]
+_FINAL_SENT_FILE: Final = int(FinalKind.SENT_FILE)
+_FILE_DIGEST: Final = int(FinalKind.FILE_DIGEST)
 
 
 class Clearing(ClearingState):
@@ -392,9 +397,11 @@ class Clearing(ClearingState):
                 record = self.payouts.pop(key, None)
                 self._payout_trade_ids.pop(key, None)
             else:
-                record = self._records_of(kind).pop(key, None)  # (a file's digest stays: a few a day)
+                record = self._records_of(kind).pop(key, None)
             if record is not None and kind in _ARCHIVED_KINDS:
                 gone.append((kind, record))
+                if kind == _FINAL_SENT_FILE and key in self.file_digests:  # the API serves the file by it
+                    gone.append((_FILE_DIGEST, (key, self.file_digests.pop(key))))
         if head > 1024 and 2 * head > len(final):  # drop the forgotten front now and then (amortised O(1))
             del final[:head]
             head = 0
@@ -444,6 +451,8 @@ class Clearing(ClearingState):
             return self.sent_files
         if kind == FinalKind.BANK_IMPORT:
             return self.bank_imports
+        if kind == FinalKind.REGISTRATION:
+            return self.registrations
         raise ClearingInvariantError(f"no final records of kind {kind}")
 
     def _queue_unqueued_final(self) -> None:
@@ -459,7 +468,7 @@ class Clearing(ClearingState):
         keys += [(int(FinalKind.WITHDRAWAL), k) for k in sorted(self.withdrawals)
                  if self.withdrawals[k].state != WithdrawalState.PENDING]
         for of_kind in (FinalKind.DEPOSIT, FinalKind.REPAYMENT, FinalKind.RUN, FinalKind.SENT_FILE,
-                        FinalKind.BANK_IMPORT):
+                        FinalKind.BANK_IMPORT, FinalKind.REGISTRATION):
             keys += [(int(of_kind), k) for k in sorted(self._records_of(of_kind))]
         for kind, key in keys:
             if (kind, key) not in held:
@@ -471,6 +480,7 @@ class Clearing(ClearingState):
             "trades": len(self.trades), "payouts": len(self.payouts), "deposits": len(self.deposits),
             "withdrawals": len(self.withdrawals), "repayments": len(self.repayments), "runs": len(self.runs),
             "sent_files": len(self.sent_files), "bank_imports": len(self.bank_imports),
+            "registrations": len(self.registrations), "file_digests": len(self.file_digests),
             "final_queued": len(self.final) - self._final_head, "transfers": self.ledger.held_counts()[0],
         }
 
@@ -565,7 +575,9 @@ class Clearing(ClearingState):
         c.registrations = {r.registration_ref: r for r in snap.registrations}
         c.final = [(at, kind, tuple(key) if isinstance(key, list) else key) for at, kind, key in snap.final]
         c._final_head = 0
-        c._unqueued_final = not snap.final
+        # (an earlier version's snapshot queued no registration: queued, with the rest, at the first tick)
+        c._unqueued_final = not snap.final or (
+            bool(snap.registrations) and all(kind != FinalKind.REGISTRATION for _, kind, _ in snap.final))
         c._rebuild_indexes()
         return c
 

@@ -278,6 +278,8 @@ class FinalKind(IntEnum):
     RUN = 6  # payout runs, by run ref
     SENT_FILE = 7  # bank files sent, by file ref
     BANK_IMPORT = 8  # bank confirmation files imported, by file ref
+    REGISTRATION = 9  # registrations, by registration ref: final at once
+    FILE_DIGEST = 10  # never queued: a bank file's SHA-256, archived (settlement_history) with its file
 
 
 class Registration(msgspec.Struct, array_like=True, gc=False):

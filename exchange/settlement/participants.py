@@ -21,6 +21,7 @@ from exchange.events import (
 )
 from exchange.settlement import rules
 from exchange.settlement.model import (
+    FinalKind,
     Participant,
     Registration,
 )
@@ -85,6 +86,7 @@ def register_with_reference(cl: ClearingState, cmd: RegisterParticipant, out: li
     if cmd.bank_code or cmd.branch_code:
         cl.bank_codes[cmd.subject_id] = (cmd.bank_code, cmd.branch_code)
     cl.registrations[ref] = Registration(ref, cmd.subject_id, digest, cmd.api_key, cmd.ts_ns)
+    cl._final_at(cmd.ts_ns, FinalKind.REGISTRATION, ref)  # a repeat is recognised for the retention window
     out.append(participant_event(cl, who, cmd.participant_id, cmd.ts_ns))
     return None
 

@@ -196,6 +196,11 @@ async def _bank_file(call: Call, file_ref: str) -> web.Response:
         sent = clearing.sent_files[file_ref]
         payouts = [msgspec.structs.replace(clearing.payouts[pid], attempt=attempt) for pid, attempt in sent.payouts]
         return csv_response(_render(call, clearing, file_ref, payouts), f"{file_ref}.csv")
+    return await _stored_file(call, file_ref, digest)
+
+
+async def _stored_file(call: Call, file_ref: str, digest: str) -> web.Response:
+    """The stored bytes of the file sent under `file_ref` with this SHA-256."""
     stored = await store.load_payout_file(call.pool, file_ref, digest)
     if stored is None:  # stored before its command was journaled: never missing unless the table was edited
         raise RuntimeError(f"payout file {file_ref} ({digest}) is not in payout_files")
@@ -210,6 +215,9 @@ async def _archived_bank_file(call: Call, file_ref: str) -> web.Response | None:
     clearing = clearing_of(call)
     if file_ref in clearing.file_digests:
         return await _bank_file(call, file_ref)
+    digest = await archived_record(call, pgstore.HISTORY_FILE_DIGEST, str, 0, file_ref)  # forgotten with its file
+    if digest is not None:
+        return await _stored_file(call, file_ref, digest)
     sent = await archived_record(call, pgstore.HISTORY_SENT_FILE, SentFile, 0, file_ref)
     if sent is None:
         return None
