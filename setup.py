@@ -12,12 +12,21 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 # The modules every command passes through: the core's dispatch and checks, the book, the auction, the
-# clearing with its rules, and the ledger every money movement goes through.
+# clearing (its dispatcher, its state and each flow's module) with its rules, and the ledger every money
+# movement goes through.
 COMPILED = [
     "exchange/matching/book.py",
     "exchange/matching/auction.py",
     "exchange/core.py",
     "exchange/settlement/clearing.py",
+    "exchange/settlement/state.py",
+    "exchange/settlement/participants.py",
+    "exchange/settlement/funds.py",
+    "exchange/settlement/holds.py",
+    "exchange/settlement/delivery.py",
+    "exchange/settlement/settling.py",
+    "exchange/settlement/financing.py",
+    "exchange/settlement/payouts.py",
     "exchange/settlement/rules.py",
     "exchange/settlement/ledger.py",
 ]

@@ -56,6 +56,10 @@ NS_PER_MIN: Final = 60 * 1_000_000_000
 NS_PER_DAY: Final = 1_440 * NS_PER_MIN
 CST_OFFSET_NS: Final = 8 * 60 * NS_PER_MIN  # China Standard Time is UTC+8, all year
 NEVER: Final = 2**63 - 1
+# ``core.calendar_due_ns`` when nothing is due: the largest short int of the compiled core (62 bits), past
+# any real time stamp (year 2116), so the check every command makes is one native compare. A command at or
+# after it calls ``advance``, which finds nothing due: only wasted work, never a wrong transition.
+DUE_NEVER: Final = 2**62 - 1
 _EPOCH_ORDINAL: Final = datetime.date(1970, 1, 1).toordinal()
 _LOOKAHEAD_DAYS: Final = 800  # a session finds its next trading day within this many days, or never trades
 
@@ -207,10 +211,14 @@ class TradingCalendar:
     # -- time -------------------------------------------------------------------------------------------
 
     def _reschedule(self) -> None:
-        self.core.calendar_due_ns = min((s.next_ns for s in self.sessions.values()), default=NEVER)
+        core = self.core
+        core.calendar_due_ns = min(min((s.next_ns for s in self.sessions.values()), default=NEVER), DUE_NEVER)
+        core.has_sessions = bool(self.sessions)
 
     def advance(self, ts_ns: int, events: list) -> None:
         """Every transition due by ``ts_ns``, in time order; their trades count for their own day."""
+        if not self.sessions:
+            return  # a time stamp past DUE_NEVER: nothing is ever due (and count_trades is not called)
         while True:
             due: SessionRecord | None = None
             for record in self.sessions.values():

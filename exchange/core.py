@@ -63,7 +63,7 @@ from msgspec.structs import astuple
 from mypy_extensions import mypyc_attr
 
 from exchange import events as event_types
-from exchange.calendar import NEVER, TradingCalendar
+from exchange.calendar import DUE_NEVER, TradingCalendar
 from exchange.calendar import spec_is_valid as calendar_terms_valid
 from exchange.commands import (
     AmendOrder,
@@ -115,6 +115,7 @@ from exchange.matching.book import (
 from exchange.matching.lot_auction import LotAuctions
 from exchange.settlement import rules
 from exchange.settlement.clearing import Clearing
+from exchange.snapshot import decode_core, encode_core
 
 # A PlaceOrder's fields by position (``msgspec.structs.astuple``): from compiled code one tuple of all
 # fields costs less than two attribute reads of a msgspec struct. Checked against the struct at import.
@@ -241,7 +242,11 @@ class Core:
         self.unqueued = False
         self.expiries: list[tuple[int, int]] = []  # heap of (expire_at_ns, order_id) for resting GTD
         self.calendar = TradingCalendar(self)
-        self.calendar_due_ns: int = NEVER  # the calendar's next session transition
+        # the calendar's next session transition, capped at DUE_NEVER (compiled, a short int compares inline,
+        # a big one such as 2**63 - 1 through a generic call at every command); has_sessions: any calendar
+        # instrument (the calendar keeps both up to date: a native bool reads cheaper than its dict)
+        self.calendar_due_ns: int = DUE_NEVER
+        self.has_sessions = False
         self._handlers: dict[type, Callable[[Any, list], None]] = {
             AmendOrder: self._amend_order,
             ListInstrument: self._list_instrument,
@@ -284,7 +289,7 @@ class Core:
                 self._reject(command, R.UNSUPPORTED_COMMAND, events)
                 return events
             handler(command, events)
-        if self.calendar.sessions:
+        if self.has_sessions:
             self.calendar.count_trades(events)  # the day's trades of calendar instruments
         clearing = self.clearing
         if clearing is not None:
@@ -437,7 +442,7 @@ class Core:
         if used is None:
             used = self.client_order_ids[order.participant_id] = {}
         used[order.client_order_id] = order_id
-        self.id_times.append(ts_ns)
+        self.id_times.append(fields[_TS_NS])  # the command's object: ts_ns would be boxed anew
         self.id_owners.append(fields[_PARTICIPANT_ID])
         self.id_names.append(fields[_CLIENT_ORDER_ID])
         if order.lot is not None:
@@ -820,15 +825,11 @@ class Core:
         return (book.seq, book.bids.depth(levels), book.asks.depth(levels))
 
     def snapshot(self) -> bytes:
-        from exchange.snapshot import encode_core
-
         return encode_core(self)
 
     @classmethod
     def from_snapshot(cls, data: bytes) -> Core:
-        from exchange.snapshot import decode_core
-
-        return decode_core(data, cls)
+        return decode_core(data, cls, Market)
 
     def state_hash(self) -> str:
         """A digest of the whole state: equal hashes mean equal books, lots, ids and sequences."""

@@ -373,10 +373,6 @@ class Recovery:
     client_order_times: deque[int] = field(default_factory=deque)
 
 
-def _indexable(command: PlaceOrder) -> bool:
-    return 0 < len(command.client_order_id) <= MAX_CLIENT_ORDER_ID_LEN
-
-
 async def recover(
     conn: asyncpg.Connection,
     core_type: CoreFactory = new_exchange,
@@ -511,17 +507,25 @@ def _apply_page(core: Core, index: _ClientIndex, commands: list[Command], start:
     ts_ns."""
     apply = core.apply
     seqs = index.seqs
+    setdefault = seqs.setdefault
+    index_key, index_time = index.keys.append, index.times.append  # (forget_client_orders keeps both deques)
     seq = first_seq + start
     end = min(start + _REPLAY_SLICE, len(commands))
     for command in itertools.islice(commands, start, end):
-        if command.__class__ is PlaceOrder and _indexable(command):  # type: ignore[arg-type]
-            key = (command.participant_id, command.client_order_id)  # type: ignore[union-attr]
-            if key not in seqs:  # (journaled again only after it was dropped: then it is not there)
-                index.keys.append(key)
-                index.times.append(command.ts_ns)
-            seqs[key] = seq
+        kind = command.__class__
+        if kind is PlaceOrder:
+            cid = command.client_order_id  # type: ignore[union-attr]
+            if 0 < len(cid) <= MAX_CLIENT_ORDER_ID_LEN:  # an id the index takes (not empty, not too long)
+                key = (command.participant_id, cid)
+                # one lookup: a new key (one journaled again was dropped first, so it is new too) is
+                # indexed now; one already there only takes this seq
+                if setdefault(key, seq) == seq:
+                    index_key(key)
+                    index_time(command.ts_ns)
+                else:
+                    seqs[key] = seq
         apply(command)
-        if command.__class__ is ClockTick:
+        if kind is ClockTick:
             ts_ns = command.ts_ns
             forget_client_orders(seqs, index.keys, index.times, core.client_order_ids, ts_ns,
                                  ts_ns - retention_of(command))  # type: ignore[arg-type]
@@ -1016,13 +1020,15 @@ class Sequencer:
         pop_command, pop_sink = queue.popleft, sinks.popleft
         replace, force_setattr = msgspec.structs.replace, msgspec.structs.force_setattr
         client_orders = self._client_orders
+        index_key, index_time = self._client_order_keys.append, self._client_order_times.append
         commands, events_out, futures = batch.commands, batch.events, batch.futures
         seq = first_seq = moved = self._next_seq
         # The futures of absorbed commands stay at the head of `sinks` and are moved to the batch in
         # runs (seqs `moved` to `seq`), not one by one: only a retry or a core failure needs its own.
         for _ in range(min(limit, len(queue))):
             command = pop_command()
-            if type(command) is PlaceOrder and 0 < len(command.client_order_id) <= MAX_CLIENT_ORDER_ID_LEN:
+            kind = type(command)
+            if kind is PlaceOrder and 0 < len(command.client_order_id) <= MAX_CLIENT_ORDER_ID_LEN:
                 # one lookup: the seq this (participant, client id) has now, set to this one if new
                 key = (command.participant_id, command.client_order_id)
                 original_seq = client_orders.setdefault(key, seq)
@@ -1031,8 +1037,8 @@ class Sequencer:
                     moved = seq
                     self._retry(command, pop_sink(), original_seq)
                     continue
-                self._client_order_keys.append(key)
-                self._client_order_times.append(ts_ns)
+                index_key(key)
+                index_time(ts_ns)
             if command.ts_ns:  # already stamped once (a resubmitted object): stamp a copy
                 command = replace(command, ts_ns=ts_ns)
             else:  # a fresh command, handed over: stamp it in place
@@ -1050,7 +1056,7 @@ class Sequencer:
             commands.append(command)
             events_out.append(events)
             seq += 1
-            if command.__class__ is ClockTick:
+            if kind is ClockTick:
                 self._forget_client_orders(ts_ns, ts_ns - retention_of(command))  # type: ignore[arg-type]
         futures.extend(starmap(pop_sink, repeat((), seq - moved)))
         self._next_seq = seq

@@ -13,20 +13,67 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
 from exchange.domain import InstrumentSpec, Lot, SelfTradePrevention, Side, TimeInForce, TradingState
 from exchange.matching.book import Counters, LotState, Order, OrderBook
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from exchange.core import Core, Market
-    from exchange.settlement.clearing import Clearing
+from exchange.settlement.clearing import Clearing
 
 SNAPSHOT_VERSION = 1
+
+
+# What this module reads of a core and sets on one it restores, declared here so that it needs nothing of
+# core.py: core.py imports this module (``Core.snapshot``, ``Core.from_snapshot``), never the reverse.
+class Snapshotted(Protocol):
+    """A part of the core with its own snapshot (the trading calendar, the lot auctions)."""
+
+    def snapshot(self) -> bytes: ...
+
+    def restore(self, data: bytes) -> None: ...
+
+
+class MarketState(Protocol):
+    """A market (``core.Market``): its specification, trading state, reference price and book."""
+
+    spec: InstrumentSpec
+    state: int
+    resume_state: int
+    reference_price_fen: int
+    book: OrderBook
+
+    def set_reference(self, price_fen: int) -> None: ...
+
+
+class CoreState(Protocol):
+    """A core (``core.Core``): what its snapshot holds (see the module docstring)."""
+
+    clearing: Clearing | None
+    counters: Counters
+    markets: dict[str, Any]  # symbol -> its MarketState (``core.Market``: Any, as dict values are invariant)
+    lots: dict[int, LotState]
+    lot_records: dict[int, Lot]
+    orders: dict[int, Order]
+    client_order_ids: dict[int, dict[str, int]]
+    lot_refs: dict[tuple[int, str], int]
+    id_times: list[Any]
+    id_owners: list[Any]
+    id_names: list[Any]
+    id_head: int
+    lot_times: deque[tuple[Any, Any, Any]]
+    unqueued: bool
+    expiries: list[tuple[int, int]]
+
+    @property
+    def calendar(self) -> Snapshotted: ...  # calendar.TradingCalendar
+
+    @property
+    def auctions(self) -> Snapshotted: ...  # matching.lot_auction.LotAuctions
+
+
+AnyCore = TypeVar("AnyCore", bound=CoreState)
 
 
 class OrderRecord(msgspec.Struct, frozen=True, array_like=True):
@@ -92,7 +139,7 @@ def _order_record(o: Order) -> OrderRecord:
     )  # fmt: skip
 
 
-def _market_record(m: Market) -> MarketRecord:
+def _market_record(m: MarketState) -> MarketRecord:
     bids = [_order_record(o) for o in m.book.bids.iter_orders()]
     asks = [_order_record(o) for o in m.book.asks.iter_orders()]
     return MarketRecord(
@@ -100,7 +147,7 @@ def _market_record(m: Market) -> MarketRecord:
     )
 
 
-def encode_core(core: Core) -> bytes:
+def encode_core(core: CoreState) -> bytes:
     c = core.counters
     markets = [_market_record(m) for m in core.markets.values()]
     lots = [LotRecord(core.lot_records[i], s.reserved_heads, s.sold_heads) for i, s in core.lots.items()]
@@ -129,13 +176,14 @@ def encode_core(core: Core) -> bytes:
     return _encoder.encode(fields)
 
 
-def decode_core(data: bytes, core_type: Callable[[Clearing | None], Core] | None = None) -> Core:
-    """The core a snapshot holds, built by ``core_type`` (``Core`` or a subclass) from its clearing."""
-    from exchange.core import Core, Market
-    from exchange.settlement.clearing import Clearing
-
+def decode_core(
+    data: bytes, core_type: Callable[[Clearing | None], AnyCore],
+    market_type: Callable[[InstrumentSpec, OrderBook], MarketState],
+) -> AnyCore:
+    """The core a snapshot holds, built by ``core_type`` (``Core`` or a subclass) from its clearing, with
+    its markets built by ``market_type`` (``core.Market``)."""
     record = _decoder.decode(data)
-    core = (core_type or Core)(Clearing.restore(record.clearing) if record.clearing else None)
+    core = core_type(Clearing.restore(record.clearing) if record.clearing else None)
     core.counters = Counters(*record.counters)
     for lot_record in record.lots:
         lot = lot_record.lot
@@ -146,7 +194,7 @@ def decode_core(data: bytes, core_type: Callable[[Clearing | None], Core] | None
     for m in record.markets:
         book = OrderBook(m.spec.symbol, core.counters, core.orders)
         book.seq = m.seq
-        market = Market(m.spec, book)
+        market = market_type(m.spec, book)
         market.state, market.resume_state = m.state, m.resume_state
         market.set_reference(m.reference_price_fen)
         core.markets[m.spec.symbol] = market
@@ -170,7 +218,7 @@ def decode_core(data: bytes, core_type: Callable[[Clearing | None], Core] | None
     return core
 
 
-def _restore_order(core: Core, book: OrderBook, instrument: str, r: OrderRecord) -> None:
+def _restore_order(core: CoreState, book: OrderBook, instrument: str, r: OrderRecord) -> None:
     order = Order(
         r.order_id, r.participant_id, r.client_order_id, instrument, r.side, r.price_fen, r.quantity_heads,
         r.remaining_heads, r.time_in_force, r.expire_at_ns, r.post_only, r.all_or_none, r.stp,

@@ -8,6 +8,9 @@ registration (the core's profile, the participant row, the key) or nothing, and 
 with the same `registration_ref`: a repeat with the same profile answers the same participant, key and
 secret for `REGISTRATION_REPLAY_S` (24 h) after the registration, then 409 `registration_expired` (the
 participant exists: issue it a new key); another profile under the reference is 409 `duplicate_reference`.
+The clearing forgets a registration after the retention window (exchange/core.py, "Memory"); its
+reference stays in `settlement_refs` (`store.REF_REGISTRATION`, written with the registration), so a
+repeat after that is 409 `registration_expired` too, never a second participant.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Annotated, Final
 
 import msgspec
 
+from exchange.settlement import pgstore
 from gateway import participants, store
 from gateway.auth import OPERATORS, KeyRecord, Role
 from gateway.clock import exchange_now_ns
@@ -77,15 +81,20 @@ async def register_participant(call: Call, body: RegisterParticipant) -> store.I
                                    bank_code=body.bank_code, branch_code=body.branch_code)
     participants.check_profile(profile)
     ref = body.registration_ref or "auto:" + secrets.token_hex(16)
+    if ref not in clearing_of(call).registrations:
+        seq = await pgstore.used_reference(call.pool, store.REF_REGISTRATION, 0, ref)
+        if seq is not None:  # made beyond the retention window: forgotten by the clearing, never made twice
+            raise _expired(ref, f"journal entry {seq}")
     # A fresh id and key even for a repeat: the core answers a known reference with what it made.
     participant_id = await store.next_participant_id(call.pool)
     api_key, api_secret = store.new_key_pair()
     await participants.register(call.app[EXCHANGE], call.principal.participant_id, participant_id, profile,
                                 registration_ref=ref, api_key=api_key, api_secret=api_secret)
-    done = clearing_of(call).registrations[ref]  # durable: the command answered after it is
+    done = clearing_of(call).registrations.get(ref)  # durable: the command answered after it is
+    if done is None:  # forgotten meanwhile (a retention window shorter than the command's way through)
+        raise _expired(ref, "a registration")
     if exchange_now_ns(call.app) - done.ts_ns > REGISTRATION_REPLAY_S * 1_000_000_000:  # exchange time, as ts_ns
-        raise ApiError(409, "registration_expired", f"registration {ref} made participant {done.participant_id} "
-                       f"more than 24 h ago: its key is not shown again (issue a new key)")
+        raise _expired(ref, f"participant {done.participant_id}")
     secret = api_secret if done.api_key == api_key else await store.load_secret(call.pool, done.api_key)
     if secret is None:  # written in the same transaction as the registration: never missing
         raise RuntimeError(f"the key of registration {ref} is not in api_keys")
@@ -115,6 +124,11 @@ async def revoke_key(call: Call, params: KeyPath) -> KeyRevoked:
     # Other gateways' sockets with this key close at their next message once their key cache expires.
     call.hub.close_key(params.api_key)
     return KeyRevoked(params.api_key, True)
+
+
+def _expired(ref: str, made: str) -> ApiError:
+    return ApiError(409, "registration_expired", f"registration {ref} made {made} more than 24 h ago (or beyond "
+                    "the retention window): its key is not shown again (issue a new key)")
 
 
 def _remember(call: Call, issued: store.IssuedKey) -> None:

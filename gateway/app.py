@@ -67,8 +67,8 @@ API_VERSION = "0.1.0"
 
 # Every installed route table; a new handler module adds its `routes` here.
 ROUTE_TABLES: tuple[RouteTable, ...] = (system.routes, admin.routes, orders.routes, lots.routes, market.routes,
-                                         operator.routes, participants.routes, settlement.routes, people.routes,
-                                         auctions.routes, index.routes, calendar.routes)
+                                         operator.routes, participants.routes, *settlement.ROUTE_TABLES,
+                                         people.routes, auctions.routes, index.routes, calendar.routes)
 
 
 def create_app(

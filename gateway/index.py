@@ -7,19 +7,24 @@ gives:
 
 - `avg_price_fen`: the head-weighted average price, sum(price x heads) / heads, rounded half up to the
   fen (fen per kg live weight for finishing hogs, per head for piglets: `quote_unit`);
-- `index_x100`: the index against the series' base day (its first day with trades), base 1000, in
-  hundredths: 100000 x avg / base avg from the exact sums, rounded half up (`index` is the same as a
-  decimal string, e.g. "1023.45");
+- `index_x100`: the index against the series' base day, base 1000, in hundredths: 100000 x avg /
+  base avg from the exact sums, rounded half up (`index` is the same as a decimal string, e.g.
+  "1023.45"); the base day is the series' first day with trades on or after the `index_base_day` of
+  its first listing that names one (else its first day with trades); null before it;
 - `heads` and `value_fen`: per head, price x heads; per kg, price x heads x the lot's declared average
-  weight, rounded down to the fen (the delivered weight is known only at the weigh-in);
+  weight, rounded half up to the fen per trade (the delivered weight is known only at the weigh-in);
 - `provisional`: true until the row is final (`Finality`): at the close of the day's session of every
   instrument of the series (exchange/calendar.py: the instant its `TradingDayClosed` is stamped), or at
   CST midnight when an instrument of the series has no session or none of them trades that day. A lot
   auction sale after the close (lot auctions do not follow the session) makes the day's row
   provisional again until midnight: it is the only trade that can still move it.
 
+The arithmetic (value, average, index, their rounding) is `exchange.priceindex`'s, and the base day
+rule is the same, so a day's rows here equal the PostgreSQL projection's (exchange/priceindex.py;
+tests/test_index_projection.py compares them on one stream). These serve the routes and the channel:
 `PriceIndex` is pure and folded by the gateway's read model from committed trades, so it is rebuilt
-from the journal at start like everything else there. Routes: `GET /v1/index?date=` (default today),
+from the journal at start like everything else there; the projection keeps the history in PostgreSQL
+for when it need not live in memory. Routes: `GET /v1/index?date=` (default today),
 `GET /v1/index/history?from=&to=&product_class=&breed_class=&region=` and `.../history.csv`; the
 WebSocket channel `index` sends the changed series of each batch with trades (provisional) and, with
 the first batch stamped at or after a row's final instant (the close's own batch, or the tick that
@@ -29,6 +34,7 @@ are.
 
 from __future__ import annotations
 
+import bisect
 import copy
 import csv
 import datetime as dt
@@ -41,6 +47,7 @@ from aiohttp import web
 
 from exchange.calendar import NEVER, NS_PER_MIN, day_of_label, day_start_ns, trades_on
 from exchange.domain import InstrumentSpec, ProductClass
+from exchange.priceindex import average_price_fen, index_x100, trade_value_fen
 from exchange.settlement.rules import cst_day
 from gateway.auth import PUBLIC
 from gateway.clock import exchange_now_ns
@@ -56,7 +63,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Finality", "IndexRow", "PriceIndex", "attach", "routes", "wire"]
 
-BASE: Final = 1000
 _EPOCH: Final = dt.date(1970, 1, 1)
 SeriesKey = tuple[int, int, str]  # (product class, breed class, region)
 
@@ -82,9 +88,9 @@ class IndexRow(msgspec.Struct, frozen=True):
     value_fen: int
     trades: int
     avg_price_fen: int
-    index_x100: int
-    index: str
-    base_date: str
+    index_x100: int | None  # None before the series' base day
+    index: str | None
+    base_date: str | None  # None while the series has no base day
     provisional: bool
 
 
@@ -96,19 +102,16 @@ def date_to_day(date: str) -> int:
     return (dt.date.fromisoformat(date) - _EPOCH).days
 
 
-def _half_up(numerator: int, denominator: int) -> int:
-    return (2 * numerator + denominator) // (2 * denominator)
-
-
 def series_of(spec: InstrumentSpec) -> SeriesKey:
     return (int(spec.product_class), int(spec.breed_class), spec.delivery_point)
 
 
 class Finality:
-    """When a (day, series) row turns final, by the calendar's rules, as of the instant ``now_ns``.
+    """When a (day, series) row turns final, by the calendar's rules, as of the instant ``now_ns``; and
+    from which day a series' base day is sought (the first listing of the series naming one).
 
-    ``specs``: every listed instrument (a series' instruments are those with its class and region);
-    ``holidays``: the exchange's non-trading days as yyyymmdd."""
+    ``specs``: every listed instrument, in listing order (a series' instruments are those with its
+    class and region); ``holidays``: the exchange's non-trading days as yyyymmdd."""
 
     def __init__(self, specs: Iterable[InstrumentSpec], holidays: Iterable[int], now_ns: int) -> None:
         self.now_ns = now_ns
@@ -136,6 +139,14 @@ class Finality:
     def provisional(self, day: int, key: SeriesKey, last_trade_ns: int) -> bool:
         return self.now_ns < self.final_ns(day, key, last_trade_ns)
 
+    def base_from(self, key: SeriesKey) -> int:
+        """The day the series' base day is sought from: the first of its listings' ``index_base_day``
+        (0: none named, the series' first day with trades)."""
+        for spec in self.series.get(key, ()):
+            if spec.index_base_day:
+                return day_of_label(spec.index_base_day)
+        return 0
+
     def at(self, now_ns: int) -> Finality:
         """The same instruments and days at another instant."""
         moved = copy.copy(self)
@@ -144,40 +155,51 @@ class Finality:
 
 
 class PriceIndex:
-    """Daily sums per series; rows computed on demand (see the module docstring)."""
+    """Daily sums per series; rows computed on demand (see the module docstring). The arithmetic is
+    `exchange.priceindex`'s, so these rows equal the PostgreSQL projection's."""
 
     def __init__(self) -> None:
         self.days: dict[int, dict[SeriesKey, _Day]] = {}
-        self.base: dict[SeriesKey, int] = {}  # series -> its base day
+        self.trade_days: dict[SeriesKey, list[int]] = {}  # series -> its days with trades, ascending
 
-    def add(self, spec: InstrumentSpec, ts_ns: int, price_fen: int, heads: int, avg_weight_g: int) -> tuple[int,
-                                                                                                           SeriesKey]:
+    def add(self, spec: InstrumentSpec, ts_ns: int, price_fen: int, heads: int,
+            avg_weight_g: int) -> tuple[int, SeriesKey]:
         """Fold one trade; returns its (day, series)."""
         day = cst_day(ts_ns)
         key = series_of(spec)
-        self.base.setdefault(key, day)
+        days = self.trade_days.setdefault(key, [])
+        if not days or days[-1] < day:
+            days.append(day)
+        elif day not in days:  # trades come in time order; this keeps the list sorted whatever happens
+            bisect.insort(days, day)
         cell = self.days.setdefault(day, {}).setdefault(key, _Day())
         cell.heads += heads
         cell.price_heads += price_fen * heads
         cell.trades += 1
         cell.last_ns = max(cell.last_ns, ts_ns)
-        if spec.product_class == ProductClass.PIGLET:
-            cell.value_fen += price_fen * heads
-        else:
-            cell.value_fen += price_fen * heads * avg_weight_g // 1000
+        cell.value_fen += trade_value_fen(key[0], price_fen, heads, avg_weight_g)
         return day, key
+
+    def base_day(self, key: SeriesKey, finality: Finality) -> int | None:
+        """The series' base day: its first day with trades on or after the day named at listing."""
+        days = self.trade_days.get(key, [])
+        i = bisect.bisect_left(days, finality.base_from(key))
+        return days[i] if i < len(days) else None
 
     def row(self, day: int, key: SeriesKey, finality: Finality) -> IndexRow:
         cell = self.days[day][key]
-        base_day = self.base[key]
-        base = self.days[base_day][key]
-        index_x100 = _half_up(BASE * 100 * cell.price_heads * base.heads, cell.heads * base.price_heads)
+        base_day = self.base_day(key, finality)
+        index = None
+        if base_day is not None and day >= base_day:
+            base = self.days[base_day][key]
+            index = index_x100(cell.price_heads, cell.heads, base.price_heads, base.heads)
         product, breed, region = key
         return IndexRow(
             day_to_date(day), PRODUCT_CLASS_NAME[ProductClass(product)], BREED_CLASS_NAME[breed], region,
             QUOTE_UNIT[ProductClass(product)], cell.heads, cell.value_fen, cell.trades,
-            _half_up(cell.price_heads, cell.heads), index_x100, f"{index_x100 // 100}.{index_x100 % 100:02d}",
-            day_to_date(base_day), finality.provisional(day, key, cell.last_ns),
+            average_price_fen(cell.price_heads, cell.heads), index,
+            None if index is None else f"{index // 100}.{index % 100:02d}",
+            None if base_day is None else day_to_date(base_day), finality.provisional(day, key, cell.last_ns),
         )  # fmt: skip
 
     def rows(self, day: int, finality: Finality) -> list[IndexRow]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 import msgspec
@@ -142,37 +142,42 @@ async def load_secret(pool: asyncpg.Pool, api_key: str) -> str | None:
     return secret
 
 
+REF_REGISTRATION: Final = 5  # a settlement_refs kind (migration 0021): a registration_ref, owner 0
+
+_Registrations = tuple[list[tuple[int, str, str]], list[tuple[str, int, str]], list[tuple[int, int, str, int, int]]]
+
+
 class RegistrationWriter(LedgerWriter):
     """The sequencer's `extra_writes`: the batch's ledger rows (`LedgerWriter`), then the participant and
     API key rows of every registration the batch made (`RegisterParticipant` with a key, that the
-    clearing recorded under its reference with that key: not a rejected one, nor a repeat), all in the
-    transaction that journals the batch."""
+    clearing recorded under its reference with that key: not a rejected one, nor a repeat) and its
+    reference's `settlement_refs` row (kind `REF_REGISTRATION`: the clearing forgets a registration
+    after the retention window, this row does not), all in the transaction that journals the batch."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._registrations: tuple[list[tuple[int, str, str]], list[tuple[str, int, str]]] | None = None
+        self._registrations: _Registrations | None = None
 
     def __call__(self, conn: asyncpg.Connection, batch: object) -> Awaitable[None]:
         # taken now, synchronously, by the _write that LedgerWriter.__call__ calls
         self._registrations = self._registration_rows(batch)
         return super().__call__(conn, batch)
 
-    def _registration_rows(
-        self, batch: object
-    ) -> tuple[list[tuple[int, str, str]], list[tuple[str, int, str]]] | None:
+    def _registration_rows(self, batch: object) -> _Registrations | None:
         commands = batch.commands  # type: ignore[attr-defined]
         if RegisterParticipant not in map(type, commands):  # (C speed: no bytecode per command)
             return None
         clearing = self._sequencer.core.clearing  # type: ignore[union-attr]
-        participants, keys = [], []
-        for command in commands:
+        participants, keys, refs = [], [], []
+        for seq, command in enumerate(commands, batch.first_seq):  # type: ignore[attr-defined]
             if command.__class__ is RegisterParticipant and command.api_key:
                 done = clearing.registrations.get(command.registration_ref)
                 if done is not None and done.api_key == command.api_key:
                     who = clearing.participants[command.subject_id]
                     participants.append((command.subject_id, who.role.name.lower(), who.name))
                     keys.append((command.api_key, command.subject_id, command.api_secret))
-        return (participants, keys) if participants else None
+                    refs.append((REF_REGISTRATION, 0, command.registration_ref, seq, command.ts_ns))
+        return (participants, keys, refs) if participants else None
 
     def _write(self, conn: asyncpg.Connection, accounts: list[tuple[int, ...]], postings: bytes,  # type: ignore[override]
                rows: int, *more: Any) -> Awaitable[None]:
@@ -181,12 +186,14 @@ class RegistrationWriter(LedgerWriter):
         return self._write_all(conn, accounts, postings, rows, registrations, more)
 
     async def _write_all(self, conn: asyncpg.Connection, accounts: list[tuple[int, ...]], postings: bytes, rows: int,
-                         registrations: tuple[list[tuple[int, str, str]], list[tuple[str, int, str]]] | None,
+                         registrations: _Registrations | None,
                          more: tuple[Any, ...] = ()) -> None:
         await LedgerWriter._write(self, conn, accounts, postings, rows, *more)
         if registrations is not None:
-            participants, keys = registrations
+            participants, keys, refs = registrations
             await conn.executemany("INSERT INTO participants (participant_id, role, name) VALUES ($1, $2, $3)",
                                    participants)
             await conn.executemany("INSERT INTO api_keys (api_key, participant_id, secret) VALUES ($1, $2, $3)",
                                    keys)
+            await conn.executemany("INSERT INTO settlement_refs (kind, owner_id, ref, seq, ts_ns) "
+                                   "VALUES ($1, $2, $3, $4, $5)", refs)

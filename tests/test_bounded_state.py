@@ -208,7 +208,8 @@ def test_after_the_window_the_exchange_holds_only_what_is_open() -> None:
     assert open_now["unsettled_trades"] == open_now["open_payouts"] == 0
     # no final trade, payout, deposit, run, file, import or transfer is left; what is held is what is open
     assert held == {"trades": 0, "payouts": 0, "deposits": 0, "withdrawals": 0, "repayments": 0, "runs": 0,
-                    "sent_files": 0, "bank_imports": 0, "final_queued": 0, "transfers": open_now["open_pending"]}
+                    "sent_files": 0, "bank_imports": 0, "registrations": 0, "file_digests": 0, "final_queued": 0,
+                    "transfers": open_now["open_pending"]}
     assert clearing.ledger.held_counts() == (open_now["holds"], open_now["holds"], 0)  # a hold per resting buy
     assert sum(len(ids) for ids in core.client_order_ids.values()) == open_now["resting_orders"]
     assert len(core.lots) == len(core.lot_records) == len(clearing.lots) == open_now["live_lots"]
@@ -512,7 +513,8 @@ async def test_the_api_answers_the_same_about_a_trade_and_payout_once_memory_for
     settled = await _settled(farmer, trade_id)
     run = (await op.post("/v1/payout-runs", json={"run_ref": "run-mem"})).json()
     [payout_id] = [p["payout_id"] for p in run["payouts"] if p["payee_id"] == farmer.participant_id]
-    file_rows = (await op.post("/v1/payout-files", json={"file_ref": "file-mem"})).body
+    exported = await op.post("/v1/payout-files", json={"file_ref": "file-mem"})
+    file_rows, file_digest = exported.body, exported.headers["X-Hogx-SHA256"]
     confirmations = f"payout_id,attempt,status,bank_ref,reason\n{payout_id},1,OK,ICBC-9,\n"
     imported = await op.post("/v1/payout-confirmations", json={"file_ref": "conf-mem", "csv": confirmations})
     assert imported.status == 200
@@ -533,12 +535,14 @@ async def test_the_api_answers_the_same_about_a_trade_and_payout_once_memory_for
 
     def forgotten() -> bool:
         clearing = sequencer.core.clearing
-        return trade_id not in clearing.trades and payout_id not in clearing.payouts and not clearing.sent_files
+        return (trade_id not in clearing.trades and payout_id not in clearing.payouts and not clearing.sent_files
+                and not clearing.file_digests)
 
     await _until_forgotten(forgotten)
     await asyncio.sleep(0.3)  # the tick that forgot them is committed by now
     assert {name: (await client.get(path)).json() for name, (client, path) in reads.items()} == seen
-    assert (await op.get("/v1/payout-files/file-mem")).body == file_rows
+    again = await op.get("/v1/payout-files/file-mem")  # the bytes sent, by the digest archived with the file
+    assert (again.body, again.headers["X-Hogx-SHA256"]) == (file_rows, file_digest)
     assert (await buyer.get(f"/v1/payouts/{payout_id}")).status == 404  # still only the payee's
     assert (await farmer.get("/v1/settlement/trades?state=OPEN")).json()["trades"] == []
 
@@ -683,3 +687,27 @@ async def test_the_gateway_forgets_closed_orders_and_old_fills_and_answers_them_
     assert [rec.order_id for rec in read_model.orders.values()] == [partly["order_id"]]
     assert read_model.forgotten_orders and read_model.forgotten_fills
     assert await answers() == before
+
+
+async def test_a_registration_is_forgotten_after_the_window_and_its_reference_refused_for_ever(
+    short_memory: GatewayExchange,
+) -> None:
+    """Inside the window a repeated registration_ref answers the same participant and key; after it the
+    clearing no longer holds the registration, and a repeat is 409 registration_expired from the
+    reference's settlement_refs row: never a second participant."""
+    ex = short_memory
+    op = ex.operator
+    body = {"role": "farmer", "name": "周五", "id_number_masked": "5001**********123X",
+            "bank_account": "6217000011116666", "registration_ref": "reg-mem-1"}
+    first = await op.post("/v1/admin/participants", json=body)
+    assert first.status == 201
+    assert (await op.post("/v1/admin/participants", json=body)).json() == first.json()
+    sequencer = ex.app[EXCHANGE].sequencer
+    await _until_forgotten(lambda: "reg-mem-1" not in sequencer.core.clearing.registrations)
+    late = await op.post("/v1/admin/participants", json=body)
+    assert (late.status, late.json()["code"]) == (409, "registration_expired")
+    async with ex.app[POOL].acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM participants WHERE name = '周五'") == 1
+        assert await pgstore.used_reference(conn, 5, 0, "reg-mem-1") is not None
+    assert (await op.post("/v1/admin/participants", json={**body, "registration_ref": "reg-mem-2"})).status == 201
+    assert list(sequencer.core.clearing.registrations) == ["reg-mem-2"]  # only what is inside the window

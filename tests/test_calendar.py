@@ -317,3 +317,17 @@ def test_replaying_the_journal_of_a_day_gives_the_same_events_and_state_hash() -
     for command, events in journal:
         assert replayed.apply(command) == events
     assert replayed.state_hash() == s.core.state_hash()
+
+
+def test_the_core_checks_the_calendar_by_one_short_int_compare() -> None:
+    """Without a calendar instrument nothing is ever due, at a value the compiled core compares natively
+    (a short int: below 2**62); with one, the next transition is due and trades are counted."""
+    core = Core()
+    assert core.calendar_due_ns == 2**62 - 1 and core.has_sessions is False
+    core.apply(list_instrument(hog_spec()))  # no session
+    assert core.calendar_due_ns == 2**62 - 1 and core.has_sessions is False
+    day = Day()
+    assert day.core.has_sessions is True
+    assert day.core.calendar_due_ns == at(MONDAY, "08:50")  # the pre-open
+    day.submit(ClockTick(OPERATOR, 0), at(MONDAY, "08:55"))
+    assert day.core.calendar_due_ns == at(MONDAY, "09:00")  # the open

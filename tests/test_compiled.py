@@ -17,8 +17,16 @@ import exchange.core
 import exchange.matching.auction
 import exchange.matching.book
 import exchange.settlement.clearing
+import exchange.settlement.delivery
+import exchange.settlement.financing
+import exchange.settlement.funds
+import exchange.settlement.holds
 import exchange.settlement.ledger
+import exchange.settlement.participants
+import exchange.settlement.payouts
 import exchange.settlement.rules
+import exchange.settlement.settling
+import exchange.settlement.state
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,8 +76,11 @@ def _digest(prelude: str) -> tuple[bool, str]:
 
 @pytest.mark.skipif(os.environ.get("HOGX_COMPILE") == "0", reason="HOGX_COMPILE=0: the core runs uncompiled")
 def test_the_core_runs_compiled() -> None:
-    for module in (exchange.core, exchange.matching.book, exchange.matching.auction, exchange.settlement.clearing,
-                   exchange.settlement.rules, exchange.settlement.ledger):
+    settlement = exchange.settlement
+    for module in (exchange.core, exchange.matching.book, exchange.matching.auction, settlement.clearing,
+                   settlement.state, settlement.participants, settlement.funds, settlement.holds, settlement.delivery,
+                   settlement.settling, settlement.financing, settlement.payouts, settlement.rules,
+                   settlement.ledger):
         assert module.__file__ is not None and not module.__file__.endswith(".py"), (
             f"{module.__name__} is not compiled: the build failed (see `make`'s output) or is missing; "
             "HOGX_COMPILE=0 runs the tests on the plain-Python core on purpose"

@@ -20,12 +20,13 @@ import pytest_asyncio
 
 from exchange import priceindex
 from exchange.calendar import CST_OFFSET_NS
-from exchange.commands import Command
+from exchange.commands import Command, decode_command
 from exchange.core import Core
 from exchange.domain import BreedClass, InstrumentSpec, ProductClass
 from exchange.events import LotRegistered
 from exchange.priceindex import IndexProjector, IndexRow, average_price_fen, index_x100, trade_value_fen
 from exchange.sequencer import Sequencer
+from gateway.schemas import BREED_CLASS_NAME, PRODUCT_CLASS_NAME
 from tests.factories import hog_spec, list_instrument, order, register_lot
 from tests.scenarios import BUY, SELL
 
@@ -215,3 +216,36 @@ async def test_a_close_reaches_the_projection_listeners_with_its_day(dsn: str) -
     assert [close for changes in seen for close in changes.closes] == [(DAY1, "A-HOG")]
     assert {key: sums for changes in seen for key, sums in changes.sums.items()} == {
         (DAY1, (int(FINISHING), int(WSY), "Rongchang")): [1, 5, 5 * 2800, 5 * 2800 * 110]}
+
+
+async def test_the_in_memory_index_serving_the_routes_equals_the_projection(dsn: str) -> None:
+    """The API answers from gateway/index.py's in-memory index; fed the same journal, it gives the same
+    figures as the PostgreSQL projection: the same rounding (value half up per trade, average and index
+    half up) and the same base days (named at listing, or the first day with trades)."""
+    from exchange.calendar import day_label
+    from exchange.sequencer import decode_events
+    from gateway.index import date_to_day, finality
+    from gateway.readmodel import ReadModel
+
+    projected = await _run(dsn)
+    conn = await asyncpg.connect(dsn)
+    try:
+        journal = await conn.fetch("SELECT seq, command, events FROM journal ORDER BY seq")
+    finally:
+        await conn.close()
+    read_model = ReadModel()
+    read_model.apply_batch((r[0], decode_command(r[1]), decode_events(r[2])) for r in journal)
+    final = finality(read_model, at(DAY2, "23:00"))
+    first, last = date_to_day("2026-12-07"), date_to_day("2026-12-08")
+    in_memory = read_model.index.history(first, last, final)
+
+    def label(date: str | None) -> int:
+        return 0 if date is None else day_label(date_to_day(date))
+
+    ours = sorted((label(r.date), r.region, r.product_class, r.breed_class, r.trades, r.heads, r.value_fen,
+                   r.avg_price_fen, r.index_x100, label(r.base_date)) for r in in_memory)
+    theirs = sorted((r.day, r.region, PRODUCT_CLASS_NAME[r.product_class], BREED_CLASS_NAME[r.breed_class],
+                     r.trades, r.heads, r.value_fen, r.average_price_fen, r.index_x100, r.base_day) for r in projected)
+    assert ours == theirs
+    assert len(ours) == 6 and (DAY1, "Rongchang", "finishing_hog", "nei_san_yuan", 1, 2, 2 * 2900 * 110, 2900, None,
+                               DAY2) in ours  # a base day named after the first trades: no index before it

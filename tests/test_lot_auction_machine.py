@@ -6,12 +6,15 @@ went to the highest maximum (a tie to the earlier) at the price the proxy rule g
 alone (the second maximum plus one increment, capped by the winner's, raised to the reserve once the
 winner's maximum reaches it) or at the buy-now or negotiated price. At the end, replaying every
 command into a fresh exchange gives the same state hash and the same events; on the way the core is
-sometimes replaced by one restored from its snapshot.
+sometimes replaced by one restored from its snapshot. Bids and negotiation steps sometimes carry client
+references (a few, so they collide across auctions and bodies); a retry of one that took effect never
+takes effect again (no event while the core holds the reference).
 """
 
 from __future__ import annotations
 
-from hypothesis import HealthCheck, settings
+import msgspec
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
@@ -24,8 +27,8 @@ from exchange.commands import (
     ParticipantRole,
     WithdrawLotAuction,
 )
-from exchange.domain import AuctionState, LotAuction, Side
-from exchange.events import LotAuctionChanged, OrderAccepted, Trade
+from exchange.domain import AuctionState, LotAuction, RejectReason, Side
+from exchange.events import LotAuctionChanged, OrderAccepted, Rejected, Trade
 from exchange.matching.lot_auction import increment_at
 from tests.factories import order
 from tests.settlement_support import BUYER, BUYER2, FARMER, PIGLETS, SECOND_NS, world
@@ -63,6 +66,7 @@ class AuctionMachine(RuleBasedStateMachine):
         self.order_ids: list[int] = []
         self.checked_events = 0
         self.steps = 0
+        self.referenced: list[BidLotAuction | NegotiateLotAuction] = []  # took effect with a client ref
 
     def live(self) -> dict[int, LotAuction]:
         return self.x.core.auctions.live
@@ -90,12 +94,33 @@ class AuctionMachine(RuleBasedStateMachine):
             if isinstance(e, LotAuctionChanged):
                 self.auction_ids.append(e.auction.auction_id)
 
-    @rule(data=st.data(), bidder=st.sampled_from(BIDDERS), steps=st.integers(0, 40))
-    def bid(self, data: st.DataObject, bidder: int, steps: int) -> None:
+    def _referenced(self, command: BidLotAuction | NegotiateLotAuction) -> None:
+        """Apply; remember a command that took effect under a client reference, for `retry`."""
+        events = self.x.apply(command)
+        if command.client_ref and any(isinstance(e, LotAuctionChanged) for e in events):
+            self.referenced.append(command)
+
+    @rule(data=st.data(), bidder=st.sampled_from(BIDDERS), steps=st.integers(0, 40),
+          ref=st.sampled_from(["", "", "r1", "r2"]))
+    def bid(self, data: st.DataObject, bidder: int, steps: int, ref: str) -> None:
         auction_id = self.pick(data)
         a = self.live().get(auction_id)
         base = a.price_fen or a.start_price_fen if a is not None else 50_000
-        self.x.apply(BidLotAuction(bidder, 0, auction_id, base + steps * 1_000))
+        self._referenced(BidLotAuction(bidder, 0, auction_id, base + steps * 1_000, ref))
+
+    @rule(data=st.data())
+    def retry(self, data: st.DataObject) -> None:
+        """A retry of a referenced command that took effect never takes effect again."""
+        if not self.referenced:
+            return
+        command = data.draw(st.sampled_from(self.referenced))
+        held = (command.participant_id, command.client_ref) in self.x.core.auctions.refs
+        events = self.x.apply(msgspec.structs.replace(command, ts_ns=0))
+        event("a retry of a reference held" if held else "a retry of a forgotten reference")
+        if held:
+            assert events == [], events
+        else:  # forgotten only once its auction is over
+            assert [e.reason for e in events if isinstance(e, Rejected)] == [RejectReason.UNKNOWN_AUCTION]
 
     @rule(data=st.data(), bidder=st.sampled_from(BIDDERS))
     def buy_now(self, data: st.DataObject, bidder: int) -> None:
@@ -105,15 +130,16 @@ class AuctionMachine(RuleBasedStateMachine):
     def withdraw(self, data: st.DataObject) -> None:
         self.x.apply(WithdrawLotAuction(FARMER, 0, self.pick(data)))
 
-    @rule(data=st.data(), seller=st.booleans(), extra=st.integers(0, 20), accept=st.booleans())
-    def negotiate(self, data: st.DataObject, seller: bool, extra: int, accept: bool) -> None:
+    @rule(data=st.data(), seller=st.booleans(), extra=st.integers(0, 20), accept=st.booleans(),
+          ref=st.sampled_from(["", "r1", "r3"]))
+    def negotiate(self, data: st.DataObject, seller: bool, extra: int, accept: bool, ref: str) -> None:
         auction_id = self.pick(data)
         a = self.live().get(auction_id)
         who = FARMER
         if not seller and a is not None and a.leader_paddle:
             who = next(b.participant_id for b in a.bidders if b.paddle == a.leader_paddle)
         price = (a.price_fen if a is not None else 50_000) + extra * 1_000
-        self.x.apply(NegotiateLotAuction(who, 0, auction_id, 0 if accept else price, accept))
+        self._referenced(NegotiateLotAuction(who, 0, auction_id, 0 if accept else price, accept, ref))
 
     @rule(seconds=st.sampled_from([1, 10, 30, 59, 60, 120]))
     def tick(self, seconds: int) -> None:

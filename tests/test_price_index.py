@@ -137,6 +137,24 @@ def test_a_row_turns_final_at_the_close_of_every_instrument_of_its_series() -> N
     assert Finality([late], [20260105], close).final_ns(day, key, trade) == close
 
 
+def test_the_base_day_named_at_listing_and_the_value_rounded_half_up_per_trade() -> None:
+    named = msgspec.structs.replace(HOG, index_base_day=20260102)  # the series' first listing names a day
+    later = msgspec.structs.replace(HOG, symbol="RC-LH-WSY-2", index_base_day=20260105)
+    index = PriceIndex()
+    day1, key = index.add(HOG, T0, 2_800, 4, 105_555)  # 2,800 x 4 x 105.555 kg = 1,182,216 exactly
+    index.add(HOG, T0, 2_830, 4, 105_555)  # 2,830 x 4 x 105.555 = 1,194,882.6 -> 1,194,883 (half up)
+    index.add(HOG, T0 + 2 * DAY_NS, 2_900, 2, 110_000)  # no trades on the named day: the next day with trades
+    index.add(HOG, T0 + 3 * DAY_NS, 2_950, 2, 110_000)
+    at = Finality([named, later], [], T0 + 4 * DAY_NS)
+    rows = index.history(day1, day1 + 3, at)
+    assert [(r.date, r.value_fen, r.avg_price_fen, r.index_x100, r.index, r.base_date) for r in rows] == [
+        ("2026-01-01", 1_182_216 + 1_194_883, 2_815, None, None, "2026-01-03"),  # before the base day
+        ("2026-01-03", 638_000, 2_900, 100_000, "1000.00", "2026-01-03"),
+        ("2026-01-04", 649_000, 2_950, 101_724, "1017.24", "2026-01-03"),  # 100,000 x 2,950 / 2,900 = 101,724.1
+    ]
+    assert index.row(day1, key, _on(day1 + 4)).base_date == "2026-01-01"  # nothing named: the first day
+
+
 async def _until(ws: Any, region: str, match: Any) -> dict[str, Any]:
     """The first `index` row of ``region`` pushed that ``match`` accepts (others are skipped)."""
     while True:

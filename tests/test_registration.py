@@ -19,7 +19,7 @@ import pytest
 from exchange.commands import ParticipantRole, RegisterParticipant
 from exchange.domain import RejectReason
 from exchange.settlement.clearing import Clearing
-from gateway import admin
+from gateway import admin, store
 from gateway.auth import Role
 from gateway.exchange_port import EXCHANGE
 from gateway.state import POOL
@@ -83,6 +83,9 @@ async def test_a_repeated_registration_ref_returns_the_same_participant_and_key(
     again = ok(await ex.operator.post("/v1/admin/participants", json=_farmer(ref, "周一")), 201)
     assert again == first
     assert await _rows(ex, "周一") == [(first["participant_id"], first["api_key"], first["api_secret"])]
+    # the reference is kept for ever, once (the clearing forgets it after the retention window)
+    assert await ex.app[POOL].fetchval("SELECT count(*) FROM settlement_refs WHERE kind = $1 AND ref = $2",
+                                       store.REF_REGISTRATION, ref) == 1
     trader = Trader(ex.url, first["api_key"], first["api_secret"], session=ex.session)
     profile = ok(await trader.get("/v1/profile"))  # the key works, and the core has the whole profile
     assert (profile["participant_id"], profile["name"], profile["bank_account"], profile["branch_code"]) == (

@@ -187,10 +187,24 @@ class Payout(msgspec.Struct, array_like=True, gc=False):
 
     @property
     def trade_ids(self) -> tuple[int, ...]:
-        # imported here: clearing.py (compiled, where the one implementation lives) imports this module
-        from exchange.settlement.clearing import payout_trade_ids
-
         return payout_trade_ids(self.sources)
+
+
+def payout_trade_ids(sources: list[PayableSource]) -> tuple[int, ...]:
+    """The trades a payout with these sources pays (``Payout.trade_ids``, and the clearing's
+    ``PayoutChanged`` events, which work it out once per payout), sorted, without repeats. Most payouts
+    pay one trade's proceeds: no set, no sort."""
+    if len(sources) == 1:
+        kind, ref_id, _ = msgspec.structs.astuple(sources[0])  # (kind, ref_id, amount_fen)
+        return () if kind == SourceKind.ADVANCE else (ref_id,)
+    # a few sources: a list with no repeats, sorted, costs less than a set
+    ids: list[int] = []
+    for source in sources:
+        kind, ref_id, _ = msgspec.structs.astuple(source)
+        if kind != SourceKind.ADVANCE and ref_id not in ids:
+            ids.append(ref_id)
+    ids.sort()
+    return tuple(ids)
 
 
 class PayoutRun(msgspec.Struct, array_like=True, gc=False):
@@ -264,6 +278,8 @@ class FinalKind(IntEnum):
     RUN = 6  # payout runs, by run ref
     SENT_FILE = 7  # bank files sent, by file ref
     BANK_IMPORT = 8  # bank confirmation files imported, by file ref
+    REGISTRATION = 9  # registrations, by registration ref: final at once
+    FILE_DIGEST = 10  # never queued: a bank file's SHA-256, archived (settlement_history) with its file
 
 
 class Registration(msgspec.Struct, array_like=True, gc=False):

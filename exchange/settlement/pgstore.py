@@ -143,6 +143,7 @@ HISTORY_COLUMNS: Final = ("kind", "id", "ref", "party_a", "party_b", "state", "f
 HISTORY_TRADE: Final = 1
 HISTORY_PAYOUT: Final = 2
 HISTORY_SENT_FILE: Final = 7
+HISTORY_FILE_DIGEST: Final = 10  # a sent file's SHA-256 (hex), ref the file's: the stored bytes' key
 
 
 async def archived_record(
@@ -188,6 +189,9 @@ def history_rows(seq: int, forgotten: list[tuple[int, Any]]) -> list[HistoryRow]
             key = (0, r.withdrawal_ref, r.owner_id, 0, r.state, r.ts_ns)
         elif kind == FinalKind.DEPOSIT:
             key = (0, r.deposit_ref, r.owner_id, 0, 0, r.ts_ns)
+        elif kind == FinalKind.FILE_DIGEST:
+            key = (0, r[0], 0, 0, 0, 0)
+            r = r[1]
         else:  # a bank file sent
             key = (0, r.file_ref, 0, 0, 0, 0)
         rows.append((kind, key[0], key[1], key[2], key[3], int(key[4]), key[5], seq, _HISTORY_ENCODER.encode(r)))

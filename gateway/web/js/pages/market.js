@@ -113,10 +113,11 @@ async function indexChart(instrument, daily) {
   try { rows = await get(`/v1/index/history?${query}`); } catch { rows = []; }
   if (!rows.length) return line(daily.candles.map((c) => [c.start_ms, c.close_fen]), t("market.daily"));
   const last = rows[rows.length - 1];
+  // the index is null before the series' base day (named at listing): such days have an average only
   return h("div", { id: "index" },
-    h("p", {}, `${t("market.index")} ${last.index}`, last.provisional ? ` (${t("market.provisional")})` : "",
+    h("p", {}, `${t("market.index")} ${last.index ?? "—"}`, last.provisional ? ` (${t("market.provisional")})` : "",
       ` · ${t("market.avg")} ${price(last.avg_price_fen, last.quote_unit, t)} · ${last.heads}${t("unit.heads")}`),
-    line(rows.map((r) => [r.date, r.index_x100]), t("market.index")));
+    line(rows.filter((r) => r.index_x100 !== null).map((r) => [r.date, r.index_x100]), t("market.index")));
 }
 
 // Open lot auctions, for a signed-in person (the auction routes need one); a visitor sees none.
