@@ -118,7 +118,10 @@ def hold_per_head_fen(spec: InstrumentSpec, price_fen: int) -> int:
     rounded UP to a whole fen, so the hold always covers any in-band delivery. Piglets (fen per head):
     the price. Holds are exactly linear in heads, so releasing part of a hold is exact.
     """
-    if spec.product_class == FINISHING_HOG:
+    product_class = spec.product_class
+    # identity first: a decoded spec holds the enum member itself, and compiled, ``==`` on two objects is a
+    # generic rich comparison (this runs for every buy accepted and every fill)
+    if product_class is FINISHING_HOG or product_class == FINISHING_HOG:
         return -(-spec.animal_max_g * price_fen // GRAMS_PER_KG)
     return price_fen
 
