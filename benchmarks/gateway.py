@@ -24,7 +24,9 @@ Every answer is tallied by order status (NEW, PARTIALLY_FILLED, FILLED, ...) or 
 accepted is a broken set-up, not a measurement: the run prints its figures with `invalid` set and
 exits with an error.
 
-Each phase has a short untimed warm-up. The client is one process of this script; on a 2-core machine
+The server runs as `hogx serve` runs in production, its JSON request log included (written to this
+script's stderr: redirect it, `2>requests.log`, to keep it off the terminal). Each phase has a short
+untimed warm-up. The client is one process of this script; on a 2-core machine
 the server, PostgreSQL and the client share the cores, so figures are for the whole system.
 Prints figures, then as its last line one JSON object.
 """

@@ -159,14 +159,16 @@ class _Draining(Protocol):
     draining: bool
 
 
-# Called with every final answer (`gateway.requestlog.finish`: the request id and the request log).
-Finish = Callable[[web.Request, web.StreamResponse, float], None]
+# Called with every final answer, its route template and when the request arrived
+# (`gateway.requestlog.finish`: the request id and the request log).
+Finish = Callable[[web.Request, web.StreamResponse, str, float], None]
 
 
 def error_middleware(metrics: Metrics, readiness: _Draining, finish: Finish | None = None
                      ) -> Callable[[web.Request, _Handler], Awaitable[web.StreamResponse]]:
     """The single middleware: maps every failure to a coded JSON error, records HTTP metrics, then hands
-    the final answer to `finish` with the `time.perf_counter()` reading taken when the request arrived.
+    the final answer to `finish` with its route template and the `time.perf_counter()` reading taken when
+    the request arrived.
 
     The jobs share one middleware because each middleware layer costs a coroutine per request.
     """
@@ -195,10 +197,11 @@ def error_middleware(metrics: Metrics, readiness: _Draining, finish: Finish | No
             else:
                 _log.exception("unhandled error on %s %s", request.method, request.path)
                 response = error_response(500, Code.INTERNAL_ERROR, "internal error")
-        metrics.observe_http(_route_label(request), request.method, response.status,
-                             time.perf_counter() - started_s, is_stream=isinstance(response, web.WebSocketResponse))
+        route = _route_label(request)
+        metrics.observe_http(route, request.method, response.status, time.perf_counter() - started_s,
+                             is_stream=isinstance(response, web.WebSocketResponse))
         if finish is not None:
-            finish(request, response, started_s)
+            finish(request, response, route, started_s)
         return response
 
     return middleware

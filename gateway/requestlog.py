@@ -83,7 +83,7 @@ def _request_id(request: web.Request) -> str:
     given = request.headers.get(REQUEST_ID_HEADER)
     if given is not None and _CLIENT_ID.fullmatch(given):
         return given
-    return f"{_next_id() & _ID_MASK:016x}"
+    return "%016x" % (_next_id() & _ID_MASK)
 
 
 class _Clock:
@@ -106,11 +106,6 @@ class _Clock:
 _clock = _Clock()
 
 
-def _route(request: web.Request) -> str:
-    resource = request.match_info.route.resource
-    return "unmatched" if resource is None else resource.canonical
-
-
 def _error_code(response: web.StreamResponse) -> str | None:
     if response.status < 400 or not isinstance(response, web.Response) or not isinstance(response.body, bytes):
         return None
@@ -120,10 +115,10 @@ def _error_code(response: web.StreamResponse) -> str | None:
         return None
 
 
-def finish(request: web.Request, response: web.StreamResponse, started_s: float) -> None:
+def finish(request: web.Request, response: web.StreamResponse, route: str, started_s: float) -> None:
     """Give the answer its request id and log the request (a state-changing one): called by the gateway's
-    one middleware (`gateway.errors.error_middleware`) with the final answer, errors included, and the
-    `time.perf_counter()` reading taken when the request arrived."""
+    one middleware (`gateway.errors.error_middleware`) with the final answer, errors included, the route
+    template (`unmatched` for none) and the `time.perf_counter()` reading taken when the request arrived."""
     request_id = _request_id(request)
     if not response.prepared:  # a WebSocket's handshake went out already
         response.headers[REQUEST_ID_HEADER] = request_id
@@ -132,8 +127,8 @@ def finish(request: web.Request, response: web.StreamResponse, started_s: float)
         if writer is not None or _log.isEnabledFor(logging.INFO):
             principal = request.get(PRINCIPAL)
             line = _encode_line(_Line(
-                _clock.now(), request_id, request.method, _route(request), getattr(principal, "participant_id", None),
-                response.status, _error_code(response), round((time.perf_counter() - started_s) * 1000, 3)))
+                _clock.now(), request_id, request.method, route, getattr(principal, "participant_id", None),
+                response.status, _error_code(response), int((time.perf_counter() - started_s) * 1e6) / 1000))
             if writer is not None:
                 writer.write(line)
             else:
