@@ -23,8 +23,8 @@ With `exchange/sequencer.py`, the only module of `exchange/` that does I/O. It o
   `JournalGap` (`check_journal_contiguous`) instead of skipping them. What archival
   gives up: a full replay from seq 1 (`recover(use_snapshot=False)`, which then reports the missing
   rows as a hole), answers to retries of orders placed in archived days (archive only days older
-  than the idempotency retention), and, until the gateway's read model starts from a snapshot, the
-  gateway's restart, which folds the journal from seq 1 (`gateway.exchange_port.Shard._rebuild`).
+  than the idempotency retention). The gateway's read model starts from its own snapshot (its
+  `gateway_read_model` watermark, gateway/readmodel_snapshots.py), so it needs only rows after it.
   `restore_journal_partition` attaches an archived day again from its file;
 - snapshots: encoded core state at a sequence number with the state hash replay must reproduce, and
   the sequencer's idempotency index at that sequence number (`client_orders`, migration 0004).

@@ -66,10 +66,24 @@ async def _trade_a_day(exchange: Exchange, farmer: Trader, buyer: Trader, lot_id
                                             "quantity_heads": 1, "price_fen": 2_700 + 10 * day}), 201)
 
 
+async def _auction(exchange: Exchange, farmer: Trader, buyer: Trader, day: int) -> None:
+    """A lot auction each day: closing in a minute on even days, in a day on odd ones (only day 3's is still open)."""
+    lot_id = await exchange.register_lot(farmer, SYMBOL, heads=5)
+    now = ok(await exchange.operator.get("/v1/admin/clock"))["now_ms"]
+    offered = ok(await farmer.post("/v1/auctions", json={
+        "lot_id": lot_id, "start_price_fen": 2_600, "reserve_price_fen": 2_700,
+        "increments": [{"from_price_fen": 0, "increment_fen": 10}], "closes_at_ms": now + (60_000 if day % 2 == 0
+                                                                                           else DAY_MS + 60_000)}),
+        201)
+    ok(await buyer.post(f"/v1/auctions/{offered['auction_id']}/bids", json={"max_price_fen": 2_750 + 10 * day}), 201)
+    if day % 2 == 0:
+        ok(await exchange.operator.post("/v1/admin/clock", json={"advance_ms": 60_000}))
+
+
 async def _answers(exchange: Exchange, traders: list[Trader]) -> dict[str, Any]:
     """What every read route answers (the clock's own route aside)."""
     routes = ["/v1/instruments", f"/v1/instruments/{SYMBOL}", f"/v1/markets/{SYMBOL}/book",
-              f"/v1/markets/{SYMBOL}/trades", "/v1/auctions", "/v1/index?date=2026-01-02",
+              f"/v1/markets/{SYMBOL}/trades", "/v1/auctions", "/v1/auctions?status=sold", "/v1/index?date=2026-01-02",
               "/v1/index/history?from=2026-01-01&to=2026-01-05"]
     routes += [f"/v1/markets/{SYMBOL}/candles?interval={i}" for i in ("1m", "1h", "1d")]
     out: dict[str, Any] = {}
@@ -81,6 +95,9 @@ async def _answers(exchange: Exchange, traders: list[Trader]) -> dict[str, Any]:
             out[f"{trader.participant_id} {route}"] = ok(await trader.get(route))
         for order in out[f"{trader.participant_id} /v1/orders"]["orders"]:
             route = f"/v1/orders/{order['order_id']}"
+            out[f"{trader.participant_id} {route}"] = ok(await trader.get(route))
+        for auction in out["/v1/auctions"]:  # a participant's view shows their own bids
+            route = f"/v1/auctions/{auction['auction_id']}"
             out[f"{trader.participant_id} {route}"] = ok(await trader.get(route))
         for lot in out.get(f"{trader.participant_id} /v1/lots", []):
             route = f"/v1/lots/{lot['lot_id']}"
@@ -106,6 +123,7 @@ async def test_every_read_route_answers_the_same_after_restarts_and_after_archiv
         for day in range(4):  # each day its own journal partition
             ok(await exchange.operator.post("/v1/admin/clock", json={"to_ms": START_MS + day * DAY_MS + 3_600_000}))
             await _trade_a_day(exchange, farmer, buyer, lot_id, day)
+            await _auction(exchange, farmer, buyer, day)
         ok(await exchange.operator.post("/v1/admin/clock", json={"advance_ms": 60_000}))
         traders = [farmer, buyer]
         before = await _answers(exchange, traders)
@@ -114,6 +132,8 @@ async def test_every_read_route_answers_the_same_after_restarts_and_after_archiv
         open_ids = {r.order_id for r in shard.read_model.orders.values() if r.status in OPEN_STATUSES}
     assert before[f"{buyer.participant_id} /v1/fills"]["fills"]  # something to compare
     assert len(before[f"{farmer.participant_id} /v1/orders"]["orders"]) == 4
+    assert len(before[f"{farmer.participant_id} /v1/lots"]) == 5
+    assert [a["state"] for a in before["/v1/auctions"]] == ["open", "sold", "sold", "sold"]
 
     # 1. a crash after an older snapshot: the start folds the journal tail after it, to the same answers
     conn = await asyncpg.connect(dsn)
