@@ -183,6 +183,9 @@ def _open_counts(core: Core) -> dict[str, int]:
         "open_pending": clearing.ledger.held_counts()[1],
         "unsettled_trades": sum(1 for t in clearing.trades.values() if t.state.name not in ("SETTLED", "REJECTED")),
         "open_payouts": sum(1 for p in clearing.payouts.values() if p.state.name not in ("CONFIRMED", "RETURNED")),
+        # loans owing something, and a credit line's loan (its line's next draw opens it again)
+        "loans": len({k for k, loan in clearing.loans.items() if loan.is_open}
+                     | {line.loan_id for line in clearing.credit_lines.values()}),
     }
 
 
@@ -209,7 +212,7 @@ def test_after_the_window_the_exchange_holds_only_what_is_open() -> None:
     # no final trade, payout, deposit, run, file, import or transfer is left; what is held is what is open
     assert held == {"trades": 0, "payouts": 0, "deposits": 0, "withdrawals": 0, "repayments": 0, "runs": 0,
                     "sent_files": 0, "bank_imports": 0, "registrations": 0, "file_digests": 0, "final_queued": 0,
-                    "transfers": open_now["open_pending"]}
+                    "loans": open_now["loans"], "transfers": open_now["open_pending"]}
     assert clearing.ledger.held_counts() == (open_now["holds"], open_now["holds"], 0)  # a hold per resting buy
     assert sum(len(ids) for ids in core.client_order_ids.values()) == open_now["resting_orders"]
     assert len(core.lots) == len(core.lot_records) == len(clearing.lots) == open_now["live_lots"]

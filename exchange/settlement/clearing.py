@@ -176,7 +176,7 @@ from exchange.commands import (
     WriteOffLoan,
 )
 from exchange.domain import InstrumentSpec
-from exchange.events import PayoutState
+from exchange.events import LoanKind, PayoutState
 from exchange.settlement import delivery, financing, funds, holds, participants, payouts, rules, settling
 from exchange.settlement.ledger import NO_ROWS, Account, Ledger, Posting
 from exchange.settlement.model import AccountKey, ClearingSnapshot, FinalKind, TradeRecord, TradeState, WithdrawalState
@@ -215,6 +215,7 @@ _SNAPSHOT_REQUIRED_FIELDS: Final = ClearingSnapshot.__struct_fields__.index("ban
 Handler = Callable[[Any, list], None]
 _FINAL_SENT_FILE: Final = int(FinalKind.SENT_FILE)
 _FILE_DIGEST: Final = int(FinalKind.FILE_DIGEST)
+_FINAL_LOAN: Final = int(FinalKind.LOAN)
 
 
 class Clearing(ClearingState):
@@ -396,6 +397,12 @@ class Clearing(ClearingState):
             elif kind == _FINAL_PAYOUT:
                 record = self.payouts.pop(key, None)
                 self._payout_trade_ids.pop(key, None)
+            elif kind == _FINAL_LOAN:
+                loan = self.loans.get(key)
+                if loan is not None and loan.trade_id in self.trades:  # its trade's views read it: kept as long
+                    final.append((now_ns if now_ns > before_ns else before_ns, kind, key))
+                    continue
+                record = self._forget_loan(key)
             else:
                 record = self._records_of(kind).pop(key, None)
             if record is not None and kind in _ARCHIVED_KINDS:
@@ -409,6 +416,22 @@ class Clearing(ClearingState):
         if gone:
             self.archived.append((now_ns, gone))
         self.ledger.forget(before_ns)
+
+    def _forget_loan(self, loan_id: int) -> Any:
+        """Drop a closed advance (and its place in the borrower's index); the record, or None."""
+        loan = self.loans.pop(loan_id, None)
+        if loan is not None:
+            ids = self._loans_by_borrower.get(loan.borrower_id)
+            if ids is not None:
+                ids.remove(loan_id)
+                if not ids:
+                    del self._loans_by_borrower[loan.borrower_id]
+        return loan
+
+    def _closed_advances(self) -> list[int]:
+        """Closed advance loans memory holds, by id (each is queued final: see financing.loan_closed)."""
+        return [k for k in sorted(self.loans)
+                if self.loans[k].kind == LoanKind.ADVANCE and not self.loans[k].is_open]
 
     def _trades_awaiting_payout(self) -> set[int]:
         """Trades a payable or a payout not yet final still draws on (their settlement time is how long
@@ -470,6 +493,7 @@ class Clearing(ClearingState):
         for of_kind in (FinalKind.DEPOSIT, FinalKind.REPAYMENT, FinalKind.RUN, FinalKind.SENT_FILE,
                         FinalKind.BANK_IMPORT, FinalKind.REGISTRATION):
             keys += [(int(of_kind), k) for k in sorted(self._records_of(of_kind))]
+        keys += [(_FINAL_LOAN, k) for k in self._closed_advances()]
         for kind, key in keys:
             if (kind, key) not in held:
                 self.final.append((now, kind, key))
@@ -481,6 +505,7 @@ class Clearing(ClearingState):
             "withdrawals": len(self.withdrawals), "repayments": len(self.repayments), "runs": len(self.runs),
             "sent_files": len(self.sent_files), "bank_imports": len(self.bank_imports),
             "registrations": len(self.registrations), "file_digests": len(self.file_digests),
+            "loans": len(self.loans),
             "final_queued": len(self.final) - self._final_head, "transfers": self.ledger.held_counts()[0],
         }
 
@@ -579,6 +604,9 @@ class Clearing(ClearingState):
         c._unqueued_final = not snap.final or (
             bool(snap.registrations) and all(kind != FinalKind.REGISTRATION for _, kind, _ in snap.final))
         c._rebuild_indexes()
+        # (nor a closed advance: queued at the first tick too)
+        queued_loans = {key for _, kind, key in c.final if kind == _FINAL_LOAN}
+        c._unqueued_final = c._unqueued_final or any(k not in queued_loans for k in c._closed_advances())
         return c
 
     def _snapshot_struct(self) -> ClearingSnapshot:
