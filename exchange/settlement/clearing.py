@@ -92,7 +92,7 @@ Money flows (accounts: the chart in ledger.py; rounding: rules.py)
 
 Memory: only what is open
 -------------------------
-The clearing holds participants, accounts, holds, unsettled trades, loans, credit lines, payables,
+The clearing holds participants, accounts, holds, unsettled trades, open loans, credit lines, payables,
 payouts not yet final, and, for idempotency, final records and their references inside the retention
 window. A record that becomes final is queued (``_final_at``): a trade settled or rejected, a payout
 confirmed or returned, a withdrawal paid or failed, and at once a deposit, a repayment, a payout run,
@@ -119,6 +119,12 @@ window a retried reference gets the original answer (``DUPLICATE_REFERENCE`` if 
   the API serves the stored bytes by it);
 * a registration reference (final at once) is known to the gateway for ever from ``settlement_refs``
   (kind 5, migration 0021, written with the registration): it answers 409 ``registration_expired``.
+* an advance loan repaid in full or written off (``LOAN``; it never lends again) is queued when it
+  closes and forgotten once its trade is too (a trade forgotten first queues its closed advance a window
+  later, so the lender's views read it meanwhile): archived to ``settlement_history`` (kind 11), from
+  which the API merges it into financiers' views and ``GET /v1/loans``, finds a forgotten trade's
+  lender, and answers a write-off naming it (409 ``loan_closed``, as the clearing did). A credit line's
+  loan stays with its line: the line's next draw opens it again.
 
 Compiled (mypyc, ``setup.py``: this module, state.py and every flow's): the records it keeps
 (``model.py``), the events and the commands are msgspec structs defined in plain modules; the clearing
@@ -394,13 +400,14 @@ class Clearing(ClearingState):
                     final.append((now_ns if now_ns > before_ns else before_ns, kind, key))
                     continue
                 record: Any = self.trades.pop(key, None)
+                if record is not None and record.advance_loan_id:
+                    self._advance_outlived(record.advance_loan_id, now_ns if now_ns > before_ns else before_ns)
             elif kind == _FINAL_PAYOUT:
                 record = self.payouts.pop(key, None)
                 self._payout_trade_ids.pop(key, None)
             elif kind == _FINAL_LOAN:
                 loan = self.loans.get(key)
-                if loan is not None and loan.trade_id in self.trades:  # its trade's views read it: kept as long
-                    final.append((now_ns if now_ns > before_ns else before_ns, kind, key))
+                if loan is not None and loan.trade_id in self.trades:  # queued again when its trade is forgotten
                     continue
                 record = self._forget_loan(key)
             else:
@@ -417,6 +424,13 @@ class Clearing(ClearingState):
             self.archived.append((now_ns, gone))
         self.ledger.forget(before_ns)
 
+    def _advance_outlived(self, loan_id: int, at_ns: Boxed) -> None:
+        """A trade was forgotten: its advance, if closed, is final from ``at_ns`` (one window more, so
+        its lender's views read it while the trade leaves). An open one is queued when it closes."""
+        loan = self.loans.get(loan_id)
+        if loan is not None and not loan.is_open:
+            self.final.append((at_ns, _FINAL_LOAN, loan_id))
+
     def _forget_loan(self, loan_id: int) -> Any:
         """Drop a closed advance (and its place in the borrower's index); the record, or None."""
         loan = self.loans.pop(loan_id, None)
@@ -429,9 +443,10 @@ class Clearing(ClearingState):
         return loan
 
     def _closed_advances(self) -> list[int]:
-        """Closed advance loans memory holds, by id (each is queued final: see financing.loan_closed)."""
-        return [k for k in sorted(self.loans)
-                if self.loans[k].kind == LoanKind.ADVANCE and not self.loans[k].is_open]
+        """Closed advance loans memory holds whose trade it does not, by id: each is queued final (at its
+        closing, financing.loan_closed, or its trade's forgetting, ``_advance_outlived``)."""
+        return [k for k in sorted(self.loans) if self.loans[k].kind == LoanKind.ADVANCE
+                and not self.loans[k].is_open and self.loans[k].trade_id not in self.trades]
 
     def _trades_awaiting_payout(self) -> set[int]:
         """Trades a payable or a payout not yet final still draws on (their settlement time is how long
