@@ -9,8 +9,11 @@ applications in one process (tests, a second listener) front the same writer ins
 its advisory lock.
 
 Start-up (`Shard.start`): the sequencer recovers (snapshot + journal tail, hash checked), the read
-model is rebuilt from the journal's stored events up to the recovered seq, and its books are checked
-against the core's; only then does the gateway report ready. After that, every committed batch is
+model is restored from its newest snapshot (`gateway.readmodel_snapshots`, saved every `snapshot_every`
+commands and at a clean stop) and folds the journal's stored events after it up to the recovered seq
+(from seq 1 when there is no snapshot), and its books are checked against the core's; only then does
+the gateway report ready. So a start does not slow with history, and works after old journal days are
+archived (the snapshot's watermark keeps archival off the rows it still needs). After that, every committed batch is
 folded into the read model synchronously in the sequencer's publish step — before the callers whose
 futures that commit resolved get to run — and then handed to the listeners (market-data publishers,
 metrics).
@@ -70,6 +73,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import ApiError, Code
 from gateway.metrics import Metrics
 from gateway.readmodel import BatchDigest, ReadModel
+from gateway.readmodel_snapshots import latest_read_model, save_read_model
 from gateway.state import Readiness
 from gateway.store import RegistrationWriter
 
@@ -156,6 +160,13 @@ class Shard:
         self.failure: str | None = None  # set when a batch could not be folded: the read model is stale
         self.recovery_s = 0.0  # how long start() took: recovery and the read model's rebuild (a metric)
         self._buffer: list[CommittedBatch] | None = []  # batches committed while rebuilding
+        self.config = config
+        # Read model snapshots (gateway.readmodel_snapshots): the seq of the newest saved, the commands
+        # folded since the last one was taken, the write in flight; where the last start began folding.
+        self._saved_seq = 0
+        self._since_snapshot = 0
+        self._snapshot_task: asyncio.Task[None] | None = None
+        self.rebuilt_from_seq = 0
 
     # -- life cycle ---------------------------------------------------------------------------------
 
@@ -187,37 +198,96 @@ class Shard:
     async def stop(self) -> None:
         """Drain: everything queued is committed (and acknowledged) before the writer disconnects."""
         await self.sequencer.stop()
+        await self._final_snapshot()
         await self.history.stop()
         if self.projector is not None:
             await self.projector.stop()
 
     async def _rebuild(self, upto_seq: int) -> None:
-        """Fold journal rows 1..upto_seq. Rows journaled without events are re-derived on a shadow core."""
+        """Load the newest read model snapshot at or before `upto_seq` (`gateway.readmodel_snapshots`),
+        then fold the journal rows after it up to `upto_seq` (all of them when there is none). Rows
+        journaled without events are re-derived on a shadow core."""
         if upto_seq == 0:
             return
         conn = await asyncpg.connect(self.dsn)
         try:
+            after_seq = await self._load_snapshot(conn, upto_seq)
             if self.projector is not None:  # what the projection holds may be forgotten while rebuilding
                 self.read_model.projected_seq = await readmodel.projected_seq(conn)
-            bare = await conn.fetchval("SELECT count(*) FROM journal WHERE seq <= $1 AND events IS NULL", upto_seq)
+            bare = await conn.fetchval("SELECT count(*) FROM journal WHERE seq > $1 AND seq <= $2 AND events IS NULL",
+                                       after_seq, upto_seq)
             shadow = new_exchange() if bare else None
+            if shadow is not None and after_seq:
+                raise RuntimeError(f"journal rows after seq {after_seq} have no events: the read model cannot "
+                                   "fold them from a snapshot")
             page = await conn.prepare(
                 "SELECT seq, command, events FROM journal WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3")
-            after_seq = 0
+            self.rebuilt_from_seq = after_seq
             while after_seq < upto_seq:
                 rows = await page.fetch(after_seq, upto_seq, _REBUILD_PAGE)
                 if not rows:
                     raise RuntimeError(f"journal ends at seq {after_seq}, expected {upto_seq}")
                 if rows[0][0] != after_seq + 1:
-                    # archived days (exchange.store.archive_journal): the core recovers without them, this
-                    # read model does not yet (it folds the journal from seq 1)
-                    raise RuntimeError(f"journal rows {after_seq + 1}..{rows[0][0] - 1} are missing (archived?): "
-                                       "the gateway's read model is rebuilt from seq 1; restore them first "
+                    # archived days (exchange.store.archive_journal) that no read model snapshot covers: a
+                    # snapshot's watermark makes archival refuse them, so this is an archive made before
+                    # any gateway ran here, or a snapshot that no longer loads
+                    raise RuntimeError(f"journal rows {after_seq + 1}..{rows[0][0] - 1} are missing (archived?) "
+                                       "and no read model snapshot covers them; restore them first "
                                        "(exchange.store.restore_journal_partition)")
                 self.read_model.apply_batch(_decode_rows(rows, shadow))
                 after_seq = rows[-1][0]
         finally:
             await conn.close()
+
+    async def _load_snapshot(self, conn: asyncpg.Connection, upto_seq: int) -> int:
+        """Restore the newest snapshot that loads; its seq (0 if none: fold from seq 1)."""
+        for seq, state in await latest_read_model(conn, upto_seq):
+            try:
+                self.read_model.restore(state)
+            except Exception:  # another format (an upgrade): an older one, or the journal, will do
+                _log.warning("read model snapshot at seq %d does not load; trying an older one", seq,
+                             exc_info=True)
+                self.read_model.__init__(trade_history=self.config.trade_history,  # type: ignore[misc]
+                                         candle_history=self.config.candle_history)
+                continue
+            if self.read_model.applied_seq != seq:
+                raise RuntimeError(f"read model snapshot at seq {seq} holds seq {self.read_model.applied_seq}")
+            self._saved_seq = seq
+            return seq
+        return 0
+
+    # -- read model snapshots -----------------------------------------------------------------------
+
+    def _maybe_snapshot(self, commands: int) -> None:
+        """Every `snapshot_every` commands, encode the read model now (it is consistent between batches)
+        and write it off the event loop's critical path; one write at a time."""
+        self._since_snapshot += commands
+        if self._since_snapshot < self.config.snapshot_every or self.failure is not None:
+            return
+        if self._snapshot_task is not None and not self._snapshot_task.done():
+            return
+        self._since_snapshot = 0
+        seq, state = self.read_model.applied_seq, self.read_model.snapshot()
+        self._snapshot_task = asyncio.get_running_loop().create_task(self._save_snapshot(seq, state))
+
+    async def _save_snapshot(self, seq: int, state: bytes) -> None:
+        try:
+            conn = await asyncpg.connect(self.dsn)
+            try:
+                await save_read_model(conn, seq, state)
+            finally:
+                await conn.close()
+            self._saved_seq = max(self._saved_seq, seq)
+        except Exception:  # the next one will be tried; until then a start folds a longer tail
+            _log.exception("read model snapshot at seq %d was not saved", seq)
+
+    async def _final_snapshot(self) -> None:
+        """At a clean stop: the read model as of the last committed seq, so the next start folds nothing."""
+        if self._snapshot_task is not None:
+            await self._snapshot_task
+        read_model = self.read_model
+        if self.failure is None and self._buffer is None and read_model.applied_seq > self._saved_seq:
+            await self._save_snapshot(read_model.applied_seq, read_model.snapshot())
 
     def _check_books(self) -> None:
         """The rebuilt books must equal the recovered core's (when the core holds only committed state,
@@ -261,6 +331,7 @@ class Shard:
         wanted = [ids for ids in self.report_wanted if ids]  # nobody listening: no reports built at all
         wants = None if not wanted else (wanted[0].__contains__ if len(wanted) == 1 else _any_of(wanted))
         digest = read_model.apply_batch(entries, wants)
+        self._maybe_snapshot(digest.last_seq - digest.first_seq + 1 if digest.last_seq else 0)
         for listener in list(self.listeners):
             try:
                 listener(batch, digest)

@@ -29,6 +29,7 @@ handlers, which build a command's execution report from that command's own event
 from __future__ import annotations
 
 import bisect
+import pickle
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Final
@@ -86,6 +87,8 @@ __all__ = [
 ]
 
 _NS_PER_MS: Final = 1_000_000
+# Bumped whenever the snapshot's state changes shape: an older snapshot is then ignored, not misread.
+SNAPSHOT_FORMAT: Final = 1
 _BUY, _SELL = Side.BUY, Side.SELL
 _NEW, _PARTIAL, _FILLED = OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED, OrderStatus.FILLED
 _CANCELED, _EXPIRED, _REJECTED = OrderStatus.CANCELED, OrderStatus.EXPIRED, OrderStatus.REJECTED
@@ -345,7 +348,10 @@ class ReadModel:
         self.fill_times: deque[tuple[int, int, int]] = deque()
         self.forgotten_orders: dict[int, int] = {}
         self.forgotten_fills: dict[int, int] = {}
-        self._handlers: dict[type, Callable[..., None]] = {
+        self._handlers = self._make_handlers()
+
+    def _make_handlers(self) -> dict[type, Callable[..., None]]:
+        return {
             LotAuctionChanged: self._on_lot_auction,
             OrderAccepted: self._on_accepted,
             Trade: self._on_trade,
@@ -362,6 +368,35 @@ class ReadModel:
             FeeScheduleSet: self._on_fee_schedule,
             NonTradingDaySet: self._on_non_trading_day,
         }
+
+    # -- snapshots ------------------------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """Everything this model answers from, as of `applied_seq` (see `restore`)."""
+        state = {k: v for k, v in self.__dict__.items() if k != "_handlers"}
+        return pickle.dumps((SNAPSHOT_FORMAT, state), protocol=pickle.HIGHEST_PROTOCOL)
+
+    def restore(self, data: bytes) -> None:
+        """Become the model a `snapshot` was taken of, in place (its holders keep their reference).
+
+        Pickle, because the state is many kinds of objects (structs, sorted dicts, deques, the index) and
+        is read back only by this same code: the snapshot is this process's own, from its own database,
+        and one of another format is refused (`ValueError`), so the caller folds the journal instead.
+        The history lengths stay this model's configured ones.
+        """
+        trade_history, candle_history = self.trade_history, self.candle_history
+        loaded = pickle.loads(data)  # our own snapshot: see the docstring
+        if not (isinstance(loaded, tuple) and len(loaded) == 2 and loaded[0] == SNAPSHOT_FORMAT):
+            raise ValueError("read model snapshot of another format")
+        self.__dict__.update(loaded[1])
+        self.trade_history, self.candle_history = trade_history, candle_history
+        for record in self.instruments.values():
+            if record.trades.maxlen != trade_history:
+                record.trades = deque(record.trades, maxlen=trade_history)
+        for series in self.candles.values():
+            if series.max_candles != candle_history:
+                series.max_candles = candle_history
+                series.candles = deque(series.candles, maxlen=candle_history)
 
     # -- folding --------------------------------------------------------------------------------------
 

@@ -14,8 +14,7 @@ from exchange.calendar import day_start_ns
 from exchange.domain import BreedClass, ProductClass, TradingSession
 from gateway.auth import Role
 from gateway.index import Finality, PriceIndex, date_to_day, day_to_date
-from gateway.testing import Exchange
-from gateway.testing import ok as _ok
+from gateway.testing import Exchange, ok
 from tests.factories import hog_spec
 from tests.test_gateway_clock import START_MS, sim  # noqa: F401 - the fixture
 from tests.test_gateway_settlement import _farmer
@@ -72,15 +71,15 @@ async def test_the_index_over_http_json_csv_and_websocket(sim: Exchange) -> None
     await sim.list_instrument(symbol, delivery_point="Rongchang-IDX")
     farmer = await _farmer(sim, "孙七", "6217000011116666")
     buyer = await sim.register(Role.BUYER)
-    now = _ok(await op.get("/v1/admin/clock"))["now_ms"]
+    now = ok(await op.get("/v1/admin/clock"))["now_ms"]
     today = day_to_date(date_to_day("1970-01-01") + (now * 10**6 + 8 * 3_600 * 10**9) // DAY_NS)
 
     async def trade(price: int, heads: int) -> None:
         lot_id = await sim.register_lot(farmer, symbol, heads=heads, avg_weight_g=110_000)
-        _ok(await farmer.post("/v1/orders", json={"client_order_id": f"s{price}{heads}{now}", "instrument": symbol,
+        ok(await farmer.post("/v1/orders", json={"client_order_id": f"s{price}{heads}{now}", "instrument": symbol,
                                                   "side": "sell", "price_fen": price, "quantity_heads": heads,
                                                   "lot_id": lot_id}), 201)
-        _ok(await buyer.post("/v1/orders", json={"client_order_id": f"b{price}{heads}{now}", "instrument": symbol,
+        ok(await buyer.post("/v1/orders", json={"client_order_id": f"b{price}{heads}{now}", "instrument": symbol,
                                                  "side": "buy", "price_fen": price, "quantity_heads": heads}), 201)
 
     async with sim.session.ws_connect(sim.url + "/v1/ws") as ws:
@@ -93,19 +92,19 @@ async def test_the_index_over_http_json_csv_and_websocket(sim: Exchange) -> None
         while pushed is None or not any(r["region"] == "Rongchang-IDX" and r["heads"] == 40
                                         for r in pushed["series"]):
             pushed = json.loads((await ws.receive(timeout=5)).data)
-    mine = [r for r in _ok(await buyer.get("/v1/index"))["series"] if r["region"] == "Rongchang-IDX"]
+    mine = [r for r in ok(await buyer.get("/v1/index"))["series"] if r["region"] == "Rongchang-IDX"]
     assert [(r["date"], r["avg_price_fen"], r["index"], r["provisional"]) for r in mine] == [
         (today, 2_875, "1000.00", True)]
     # an auction sale on the next day counts too
-    _ok(await op.post("/v1/admin/clock", json={"advance_ms": 86_400_000}))
+    ok(await op.post("/v1/admin/clock", json={"advance_ms": 86_400_000}))
     lot_id = await sim.register_lot(farmer, symbol, heads=40)
-    clock = _ok(await op.get("/v1/admin/clock"))["now_ms"]
-    auction = _ok(await farmer.post("/v1/auctions", json={
+    clock = ok(await op.get("/v1/admin/clock"))["now_ms"]
+    auction = ok(await farmer.post("/v1/auctions", json={
         "lot_id": lot_id, "start_price_fen": 2_950, "reserve_price_fen": 2_950,
         "increments": [{"from_price_fen": 0, "increment_fen": 10}], "closes_at_ms": clock + 60_000}), 201)
-    _ok(await buyer.post(f"/v1/auctions/{auction['auction_id']}/bids", json={"max_price_fen": 2_980}), 201)
-    _ok(await op.post("/v1/admin/clock", json={"advance_ms": 60_000}))
-    history = _ok(await buyer.get(f"/v1/index/history?from={today}&region=Rongchang-IDX"))
+    ok(await buyer.post(f"/v1/auctions/{auction['auction_id']}/bids", json={"max_price_fen": 2_980}), 201)
+    ok(await op.post("/v1/admin/clock", json={"advance_ms": 60_000}))
+    history = ok(await buyer.get(f"/v1/index/history?from={today}&region=Rongchang-IDX"))
     assert [(r["heads"], r["avg_price_fen"], r["index"], r["provisional"]) for r in history] == [
         (40, 2_875, "1000.00", False), (40, 2_950, "1026.09", True)]  # 1000 x 2,950 / 2,875
     reply = await buyer.get(f"/v1/index/history.csv?from={today}&region=Rongchang-IDX")
@@ -169,13 +168,13 @@ async def test_the_close_publishes_the_final_index_over_the_websocket(sim: Excha
     `index` channel publishes the day's final value, which GET /v1/index then shows final too."""
     op = sim.operator
     region, symbol = "Rongchang-CLOSE", "IDX-CLOSE"
-    now = _ok(await op.get("/v1/admin/clock"))["now_ms"]
+    now = ok(await op.get("/v1/admin/clock"))["now_ms"]
     day = (now * 10**6 + 8 * 3_600 * 10**9) // DAY_NS + 1  # tomorrow (CST): its 08:00 is ahead of the clock
 
     def at(d: int, hhmm: str) -> int:
         return (day_start_ns(d) + (int(hhmm[:2]) * 60 + int(hhmm[3:])) * 60 * 10**9) // 10**6
 
-    _ok(await op.post("/v1/admin/clock", json={"to_ms": at(day, "08:00")}))
+    ok(await op.post("/v1/admin/clock", json={"to_ms": at(day, "08:00")}))
     await sim.list_instrument(symbol, delivery_point=region, session={
         "pre_open": "08:50", "open": "09:00", "close": "15:00", "weekdays": [1, 2, 3, 4, 5, 6, 7]})
     farmer = await _farmer(sim, "周八", "6217000011117777")
@@ -185,50 +184,50 @@ async def test_the_close_publishes_the_final_index_over_the_websocket(sim: Excha
     async def trade(price: int, heads: int) -> None:
         lot_id = await sim.register_lot(farmer, symbol, heads=heads, avg_weight_g=110_000)
         n = next(refs)
-        _ok(await farmer.post("/v1/orders", json={"client_order_id": f"cs{n}", "instrument": symbol, "side": "sell",
+        ok(await farmer.post("/v1/orders", json={"client_order_id": f"cs{n}", "instrument": symbol, "side": "sell",
                                                   "price_fen": price, "quantity_heads": heads, "lot_id": lot_id}), 201)
-        _ok(await buyer.post("/v1/orders", json={"client_order_id": f"cb{n}", "instrument": symbol, "side": "buy",
+        ok(await buyer.post("/v1/orders", json={"client_order_id": f"cb{n}", "instrument": symbol, "side": "buy",
                                                  "price_fen": price, "quantity_heads": heads}), 201)
 
     async def today() -> list[tuple[int, int, str, bool]]:
-        reply = _ok(await buyer.get("/v1/index"))
+        reply = ok(await buyer.get("/v1/index"))
         return [(r["heads"], r["avg_price_fen"], r["index"], r["provisional"]) for r in reply["series"]
                 if r["region"] == region]
 
     async with sim.session.ws_connect(sim.url + "/v1/ws") as ws:
         await ws.send_json({"op": "subscribe", "channels": ["index"]})
         # day 1: (2,800 x 10 + 2,900 x 30) / 40 = 2,875 fen/kg, the base day: 1000.00
-        _ok(await op.post("/v1/admin/clock", json={"to_ms": at(day, "09:00")}))
+        ok(await op.post("/v1/admin/clock", json={"to_ms": at(day, "09:00")}))
         await trade(2_800, 10)
         first = await _until(ws, region, lambda r: r["heads"] == 10)
         assert (first["avg_price_fen"], first["provisional"]) == (2_800, True)
         await trade(2_900, 30)
         moved = await _until(ws, region, lambda r: r["heads"] == 40)
         assert (moved["avg_price_fen"], moved["index"], moved["provisional"]) == (2_875, "1000.00", True)
-        _ok(await op.post("/v1/admin/clock", json={"to_ms": at(day, "15:00") - 1}))
+        ok(await op.post("/v1/admin/clock", json={"to_ms": at(day, "15:00") - 1}))
         assert await today() == [(40, 2_875, "1000.00", True)]  # a millisecond before the close
-        _ok(await op.post("/v1/admin/clock", json={"to_ms": at(day, "15:00")}))
+        ok(await op.post("/v1/admin/clock", json={"to_ms": at(day, "15:00")}))
         closed = await _until(ws, region, lambda r: not r["provisional"])
         assert (closed["date"], closed["heads"], closed["trades"], closed["avg_price_fen"], closed["index_x100"],
                 closed["value_fen"]) == (day_to_date(day), 40, 2, 2_875, 100_000, (28_000 + 87_000) * 110)
         assert await today() == [(40, 2_875, "1000.00", False)]
         # the close set the next band reference: 2,875 half up to the 10 fen tick
-        assert _ok(await buyer.get(f"/v1/instruments/{symbol}"))["reference_price_fen"] == 2_880
+        assert ok(await buyer.get(f"/v1/instruments/{symbol}"))["reference_price_fen"] == 2_880
 
         # day 2: (2,950 x 7 + 2,930 x 13 + 2,980 x 5) / 25 = 73,640 / 25 = 2,945.6 -> 2,946;
         # index 100,000 x (73,640 / 25) / (115,000 / 40) = 102,455.65 -> 102,456 = "1024.56"
-        _ok(await op.post("/v1/admin/clock", json={"to_ms": at(day + 1, "09:00")}))
+        ok(await op.post("/v1/admin/clock", json={"to_ms": at(day + 1, "09:00")}))
         for price, heads in ((2_950, 7), (2_930, 13), (2_980, 5)):
             await trade(price, heads)
         moved = await _until(ws, region, lambda r: r["heads"] == 25)
         assert (moved["date"], moved["avg_price_fen"], moved["index"], moved["provisional"]) == (
             day_to_date(day + 1), 2_946, "1024.56", True)
-        _ok(await op.post("/v1/admin/clock", json={"to_ms": at(day + 1, "16:00")}))  # past the close
+        ok(await op.post("/v1/admin/clock", json={"to_ms": at(day + 1, "16:00")}))  # past the close
         closed = await _until(ws, region, lambda r: not r["provisional"])
         assert (closed["date"], closed["heads"], closed["avg_price_fen"], closed["index_x100"], closed["index"],
                 closed["base_date"]) == (day_to_date(day + 1), 25, 2_946, 102_456, "1024.56", day_to_date(day))
     assert await today() == [(25, 2_946, "1024.56", False)]
-    dated = _ok(await buyer.get(f"/v1/index?date={day_to_date(day + 1)}"))
+    dated = ok(await buyer.get(f"/v1/index?date={day_to_date(day + 1)}"))
     assert dated["provisional"] is False
     assert [(r["avg_price_fen"], r["provisional"]) for r in dated["series"] if r["region"] == region] == [
         (2_946, False)]
