@@ -18,6 +18,7 @@ import msgspec
 import pytest_asyncio
 
 from benchmarks.ledger import MarketDay
+from benchmarks.longrun import LongMarket
 from exchange.commands import (
     BankConfirmation,
     CancelOrder,
@@ -58,6 +59,7 @@ from exchange.settlement.ledger import (
     TransferCode,
     TransferFlags,
 )
+from exchange.settlement.model import FinalKind
 from gateway.auth import Role
 from gateway.exchange_port import EXCHANGE
 from gateway.state import POOL
@@ -183,6 +185,9 @@ def _open_counts(core: Core) -> dict[str, int]:
         "open_pending": clearing.ledger.held_counts()[1],
         "unsettled_trades": sum(1 for t in clearing.trades.values() if t.state.name not in ("SETTLED", "REJECTED")),
         "open_payouts": sum(1 for p in clearing.payouts.values() if p.state.name not in ("CONFIRMED", "RETURNED")),
+        # loans owing something, and a credit line's loan (its line's next draw opens it again)
+        "loans": len({k for k, loan in clearing.loans.items() if loan.is_open}
+                     | {line.loan_id for line in clearing.credit_lines.values()}),
     }
 
 
@@ -209,7 +214,7 @@ def test_after_the_window_the_exchange_holds_only_what_is_open() -> None:
     # no final trade, payout, deposit, run, file, import or transfer is left; what is held is what is open
     assert held == {"trades": 0, "payouts": 0, "deposits": 0, "withdrawals": 0, "repayments": 0, "runs": 0,
                     "sent_files": 0, "bank_imports": 0, "registrations": 0, "file_digests": 0, "final_queued": 0,
-                    "transfers": open_now["open_pending"]}
+                    "loans": open_now["loans"], "transfers": open_now["open_pending"]}
     assert clearing.ledger.held_counts() == (open_now["holds"], open_now["holds"], 0)  # a hold per resting buy
     assert sum(len(ids) for ids in core.client_order_ids.values()) == open_now["resting_orders"]
     assert len(core.lots) == len(core.lot_records) == len(clearing.lots) == open_now["live_lots"]
@@ -717,3 +722,98 @@ async def test_a_registration_is_forgotten_after_the_window_and_its_reference_re
         assert await pgstore.used_reference(conn, 5, 0, "reg-mem-1") is not None
     assert (await op.post("/v1/admin/participants", json={**body, "registration_ref": "reg-mem-2"})).status == 201
     assert list(sequencer.core.clearing.registrations) == ["reg-mem-2"]  # only what is inside the window
+
+
+# -- loans: a closed advance leaves memory a window after its trade ---------------------------------------
+
+
+def test_closed_advances_leave_memory_and_snapshots_after_the_window() -> None:
+    """A long-run market day advances a tenth of many trades, each repaid at its trade's settlement: the
+    clearing then holds only open loans, and the snapshot no closed one. Events and ledger rows are the
+    same whatever the window (the oracle: one that never elapses)."""
+    market = LongMarket(7)
+    setup = market.commands[:]
+    commands, _ = market.day(0, 3_000)
+    clearing = _clearing(market.core)
+    closed = sorted(k for k, loan in clearing.loans.items() if not loan.is_open)
+    assert len(closed) > 20 and clearing.held_counts()["loans"] == len(clearing.loans)
+    archived: list[int] = []
+    for _ in range(3):  # a window for the trades (their payouts confirmed), one more for their advances
+        market.ts_ns += DEFAULT_RETENTION_NS
+        tick = ClockTick(0, market.ts_ns)
+        market.core.apply(tick)  # (MarketDay.add discards what the tick archived, as its writer takes it)
+        archived += [r.loan_id for kind, r in clearing.take_archived(tick.ts_ns) if kind == FinalKind.LOAN]
+        clearing.discard_command_rows()
+    # held: what is owed, and an advance whose trade is held (its proceeds still wait in a payable)
+    held = sorted(k for k, loan in clearing.loans.items() if loan.is_open or loan.trade_id in clearing.trades)
+    assert sorted(clearing.loans) == held and clearing.held_counts()["loans"] == len(held)
+    assert len(held) < len(closed) // 10
+    assert sorted(archived) == sorted(set(closed) - set(held))  # each forgotten once, for settlement_history
+    assert sum(len(ids) for ids in clearing._loans_by_borrower.values()) == len(held)
+    restored = Core.from_snapshot(market.core.snapshot())
+    assert sorted(_clearing(restored).loans) == held and restored.state_hash() == market.core.state_hash()
+    stream = [*setup, *commands]
+    assert _digest(stream, 2_000_000)[0] == _digest(stream, KEEP_ALL_NS)[0]
+
+
+async def test_the_api_answers_the_same_about_loans_once_memory_forgot_them(short_memory: GatewayExchange) -> None:
+    """An advance repaid at its trade's settlement, the trade paid out and forgotten, then the closed loan
+    forgotten too: the financier's views, the borrower's loans, the trade as its lender sees it, a
+    write-off (409 loan_closed; another financier's 404) and a repayment answer as they did before."""
+    ex = short_memory
+    op = ex.operator
+    symbol = "T-MEM-LOAN"
+    await ex.list_instrument(symbol, dispute_window_ms=200)
+    fin = await ex.register(Role.FINANCIER, "荣昌农商行")
+    other_fin = await ex.register(Role.FINANCIER, "别的银行")
+    await ex.deposit(fin.participant_id, 10_000_000, "financier_funds")
+    buyer = await ex.register(Role.BUYER, "买家")
+    farmer = await _farmer(ex, "王五", "6217000011117777")
+    assert (await farmer.post("/v1/consents", json={"financier_id": fin.participant_id})).status == 200
+    await _sell(ex, farmer, symbol, 2)
+    trade_id = (await _buy(buyer, symbol, 2))["fills"][0]["trade_id"]
+    advanced = await fin.post("/v1/advances", json={"trade_id": trade_id, "amount_fen": 100_000, "rate_bps": 600})
+    assert advanced.status == 201
+    [loan_id] = [loan["loan_id"] for loan in advanced.json()["loans"]]
+    await _weigh_in(farmer, trade_id, 2, 220_000)
+    settled = await _settled(farmer, trade_id)
+    assert settled["principal_repaid_fen"] == 100_000
+    run = (await op.post("/v1/payout-runs", json={"run_ref": "run-loan"})).json()
+    [payout_id] = [p["payout_id"] for p in run["payouts"] if p["payee_id"] == farmer.participant_id]
+    assert (await op.post("/v1/payout-files", json={"file_ref": "file-loan"})).status in (200, 201)
+    confirmations = f"payout_id,attempt,status,bank_ref,reason\n{payout_id},1,OK,ICBC-L,\n"
+    assert (await op.post("/v1/payout-confirmations", json={"file_ref": "conf-loan", "csv": confirmations})
+            ).status == 200
+    sequencer = ex.app[EXCHANGE].sequencer
+
+    async def answers() -> dict[str, Any]:
+        got: dict[str, Any] = {}
+        for name, client, path in (("portfolio", fin, "/v1/financing/clients"),
+                                   ("client", fin, f"/v1/financing/clients/{farmer.participant_id}"),
+                                   ("loans", farmer, "/v1/loans"),
+                                   ("lender_trade", fin, f"/v1/trades/{trade_id}/settlement"),
+                                   ("report", fin, f"/v1/reports/settlement?date={_cst_date(settled['settled_ms'])}")):
+            reply = await client.get(path)
+            got[name] = (reply.status, reply.json())
+        for name, client, path, body in (
+                ("write_off", fin, f"/v1/loans/{loan_id}/write-off", {"reason": "x"}),
+                ("others_write_off", other_fin, f"/v1/loans/{loan_id}/write-off", {"reason": "x"}),
+                ("repay", farmer, "/v1/repayments", {"financier_id": fin.participant_id, "amount_fen": 1})):
+            reply = await client.post(path, json=body)
+            got[name] = (reply.status, reply.json()["code"])
+        return got
+
+    # the trade leaves memory first (its payout is final); its closed advance a window later
+    await _until_forgotten(lambda: trade_id not in sequencer.core.clearing.trades)
+    await asyncio.sleep(0.2)  # the tick that forgot the trade is committed by now
+    before = await answers()
+    assert loan_id in sequencer.core.clearing.loans, "the loan was forgotten before it could be read from memory"
+    assert before["write_off"] == (409, "loan_closed") and before["others_write_off"] == (404, "unknown_loan")
+    assert [loan["loan_id"] for loan in before["loans"][1]["loans"]] == [loan_id]
+    assert before["client"][1]["interest_collected_fen"] == before["loans"][1]["loans"][0]["interest_paid_fen"]
+    assert before["lender_trade"][0] == 200 and before["lender_trade"][1]["advance_loan_id"] == loan_id
+    await _until_forgotten(lambda: loan_id not in sequencer.core.clearing.loans)
+    await asyncio.sleep(0.3)  # the tick that forgot the loan is committed by now
+    assert await answers() == before
+    async with ex.app[POOL].acquire() as conn:
+        assert len(await pgstore.archived_loans(conn, fin.participant_id, farmer.participant_id)) == 1

@@ -92,7 +92,7 @@ Money flows (accounts: the chart in ledger.py; rounding: rules.py)
 
 Memory: only what is open
 -------------------------
-The clearing holds participants, accounts, holds, unsettled trades, loans, credit lines, payables,
+The clearing holds participants, accounts, holds, unsettled trades, open loans, credit lines, payables,
 payouts not yet final, and, for idempotency, final records and their references inside the retention
 window. A record that becomes final is queued (``_final_at``): a trade settled or rejected, a payout
 confirmed or returned, a withdrawal paid or failed, and at once a deposit, a repayment, a payout run,
@@ -119,6 +119,12 @@ window a retried reference gets the original answer (``DUPLICATE_REFERENCE`` if 
   the API serves the stored bytes by it);
 * a registration reference (final at once) is known to the gateway for ever from ``settlement_refs``
   (kind 5, migration 0021, written with the registration): it answers 409 ``registration_expired``.
+* an advance loan repaid in full or written off (``LOAN``; it never lends again) is queued when it
+  closes and forgotten once its trade is too (a trade forgotten first queues its closed advance a window
+  later, so the lender's views read it meanwhile): archived to ``settlement_history`` (kind 11), from
+  which the API merges it into financiers' views and ``GET /v1/loans``, finds a forgotten trade's
+  lender, and answers a write-off naming it (409 ``loan_closed``, as the clearing did). A credit line's
+  loan stays with its line: the line's next draw opens it again.
 
 Compiled (mypyc, ``setup.py``: this module, state.py and every flow's): the records it keeps
 (``model.py``), the events and the commands are msgspec structs defined in plain modules; the clearing
@@ -176,7 +182,7 @@ from exchange.commands import (
     WriteOffLoan,
 )
 from exchange.domain import InstrumentSpec
-from exchange.events import PayoutState
+from exchange.events import LoanKind, PayoutState
 from exchange.settlement import delivery, financing, funds, holds, participants, payouts, rules, settling
 from exchange.settlement.ledger import NO_ROWS, Account, Ledger, Posting
 from exchange.settlement.model import AccountKey, ClearingSnapshot, FinalKind, TradeRecord, TradeState, WithdrawalState
@@ -215,6 +221,7 @@ _SNAPSHOT_REQUIRED_FIELDS: Final = ClearingSnapshot.__struct_fields__.index("ban
 Handler = Callable[[Any, list], None]
 _FINAL_SENT_FILE: Final = int(FinalKind.SENT_FILE)
 _FILE_DIGEST: Final = int(FinalKind.FILE_DIGEST)
+_FINAL_LOAN: Final = int(FinalKind.LOAN)
 
 
 class Clearing(ClearingState):
@@ -393,9 +400,16 @@ class Clearing(ClearingState):
                     final.append((now_ns if now_ns > before_ns else before_ns, kind, key))
                     continue
                 record: Any = self.trades.pop(key, None)
+                if record is not None and record.advance_loan_id:
+                    self._advance_outlived(record.advance_loan_id, now_ns if now_ns > before_ns else before_ns)
             elif kind == _FINAL_PAYOUT:
                 record = self.payouts.pop(key, None)
                 self._payout_trade_ids.pop(key, None)
+            elif kind == _FINAL_LOAN:
+                loan = self.loans.get(key)
+                if loan is not None and loan.trade_id in self.trades:  # queued again when its trade is forgotten
+                    continue
+                record = self._forget_loan(key)
             else:
                 record = self._records_of(kind).pop(key, None)
             if record is not None and kind in _ARCHIVED_KINDS:
@@ -409,6 +423,30 @@ class Clearing(ClearingState):
         if gone:
             self.archived.append((now_ns, gone))
         self.ledger.forget(before_ns)
+
+    def _advance_outlived(self, loan_id: int, at_ns: Boxed) -> None:
+        """A trade was forgotten: its advance, if closed, is final from ``at_ns`` (one window more, so
+        its lender's views read it while the trade leaves). An open one is queued when it closes."""
+        loan = self.loans.get(loan_id)
+        if loan is not None and not loan.is_open:
+            self.final.append((at_ns, _FINAL_LOAN, loan_id))
+
+    def _forget_loan(self, loan_id: int) -> Any:
+        """Drop a closed advance (and its place in the borrower's index); the record, or None."""
+        loan = self.loans.pop(loan_id, None)
+        if loan is not None:
+            ids = self._loans_by_borrower.get(loan.borrower_id)
+            if ids is not None:
+                ids.remove(loan_id)
+                if not ids:
+                    del self._loans_by_borrower[loan.borrower_id]
+        return loan
+
+    def _closed_advances(self) -> list[int]:
+        """Closed advance loans memory holds whose trade it does not, by id: each is queued final (at its
+        closing, financing.loan_closed, or its trade's forgetting, ``_advance_outlived``)."""
+        return [k for k in sorted(self.loans) if self.loans[k].kind == LoanKind.ADVANCE
+                and not self.loans[k].is_open and self.loans[k].trade_id not in self.trades]
 
     def _trades_awaiting_payout(self) -> set[int]:
         """Trades a payable or a payout not yet final still draws on (their settlement time is how long
@@ -470,6 +508,7 @@ class Clearing(ClearingState):
         for of_kind in (FinalKind.DEPOSIT, FinalKind.REPAYMENT, FinalKind.RUN, FinalKind.SENT_FILE,
                         FinalKind.BANK_IMPORT, FinalKind.REGISTRATION):
             keys += [(int(of_kind), k) for k in sorted(self._records_of(of_kind))]
+        keys += [(_FINAL_LOAN, k) for k in self._closed_advances()]
         for kind, key in keys:
             if (kind, key) not in held:
                 self.final.append((now, kind, key))
@@ -481,6 +520,7 @@ class Clearing(ClearingState):
             "withdrawals": len(self.withdrawals), "repayments": len(self.repayments), "runs": len(self.runs),
             "sent_files": len(self.sent_files), "bank_imports": len(self.bank_imports),
             "registrations": len(self.registrations), "file_digests": len(self.file_digests),
+            "loans": len(self.loans),
             "final_queued": len(self.final) - self._final_head, "transfers": self.ledger.held_counts()[0],
         }
 
@@ -579,6 +619,9 @@ class Clearing(ClearingState):
         c._unqueued_final = not snap.final or (
             bool(snap.registrations) and all(kind != FinalKind.REGISTRATION for _, kind, _ in snap.final))
         c._rebuild_indexes()
+        # (nor a closed advance: queued at the first tick too)
+        queued_loans = {key for _, kind, key in c.final if kind == _FINAL_LOAN}
+        c._unqueued_final = c._unqueued_final or any(k not in queued_loans for k in c._closed_advances())
         return c
 
     def _snapshot_struct(self) -> ClearingSnapshot:

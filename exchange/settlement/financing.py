@@ -96,6 +96,16 @@ def loan_repaid(
         loan.interest_paid_fen += interest
     out.append(LoanRepaid(0, ts_ns, loan.loan_id, loan.financier_id, loan.borrower_id, principal, interest,
                           payer, ref))
+    if not loan.is_open:
+        loan_closed(cl, loan, ts_ns)
+
+
+def loan_closed(cl: ClearingState, loan: Loan, ts_ns: int) -> None:
+    """A loan has nothing owed any more. An advance never lends again: it is final, queued to leave
+    memory after the retention window (Clearing.forget, for settlement_history). A credit line's loan
+    stays with its line: the line's next draw opens it again."""
+    if loan.kind == LoanKind.ADVANCE:
+        cl._final_at(ts_ns, FinalKind.LOAN, loan.loan_id)
 
 
 def accrue(cl: ClearingState, loan: Loan, day: int, ts_ns: int, out: list) -> None:
@@ -404,6 +414,7 @@ def write_off_loan(cl: ClearingState, cmd: WriteOffLoan, out: list) -> None:
     loan.interest_written_off_fen += interest
     out.append(LoanWrittenOff(0, cmd.ts_ns, loan.loan_id, loan.financier_id, loan.borrower_id, principal, interest,
                               cmd.reason[:500]))
+    loan_closed(cl, loan, cmd.ts_ns)
     return None
 
 

@@ -280,6 +280,7 @@ class FinalKind(IntEnum):
     BANK_IMPORT = 8  # bank confirmation files imported, by file ref
     REGISTRATION = 9  # registrations, by registration ref: final at once
     FILE_DIGEST = 10  # never queued: a bank file's SHA-256, archived (settlement_history) with its file
+    LOAN = 11  # advance loans, by loan id: repaid in full or written off (kept while their trade is held)
 
 
 class Registration(msgspec.Struct, array_like=True, gc=False):

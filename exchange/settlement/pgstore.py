@@ -144,6 +144,20 @@ HISTORY_TRADE: Final = 1
 HISTORY_PAYOUT: Final = 2
 HISTORY_SENT_FILE: Final = 7
 HISTORY_FILE_DIGEST: Final = 10  # a sent file's SHA-256 (hex), ref the file's: the stored bytes' key
+HISTORY_LOAN: Final = 11  # a closed advance (model.Loan): id the loan's, party_a its financier, party_b its borrower
+
+
+async def archived_loans(
+    conn: asyncpg.Connection | asyncpg.Pool, financier_id: int | None, borrower_id: int | None
+) -> list[bytes]:
+    """The msgpack of every closed loan the clearing forgot, of this financier and/or borrower (None: any),
+    by loan id (a loan is forgotten once; a copy written twice by a replayed tick is read once)."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT ON (id) record FROM settlement_history WHERE kind = $1"
+        " AND ($2::bigint IS NULL OR party_a = $2) AND ($3::bigint IS NULL OR party_b = $3)"
+        " ORDER BY id, seq DESC",
+        HISTORY_LOAN, financier_id, borrower_id)
+    return [bytes(row["record"]) for row in rows]
 
 
 async def archived_record(
@@ -189,6 +203,8 @@ def history_rows(seq: int, forgotten: list[tuple[int, Any]]) -> list[HistoryRow]
             key = (0, r.withdrawal_ref, r.owner_id, 0, r.state, r.ts_ns)
         elif kind == FinalKind.DEPOSIT:
             key = (0, r.deposit_ref, r.owner_id, 0, 0, r.ts_ns)
+        elif kind == FinalKind.LOAN:
+            key = (r.loan_id, "", r.financier_id, r.borrower_id, int(r.kind), 0)
         elif kind == FinalKind.FILE_DIGEST:
             key = (0, r[0], 0, 0, 0, 0)
             r = r[1]

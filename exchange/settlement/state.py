@@ -154,7 +154,7 @@ _FINAL_TRADE: Final[Boxed] = int(FinalKind.TRADE)  # the kinds queued on hot pat
 _FINAL_PAYOUT: Final[Boxed] = int(FinalKind.PAYOUT)
 # what the API reads back from settlement_history once forgotten (forget keeps them for take_archived)
 _ARCHIVED_KINDS: Final = frozenset({int(FinalKind.TRADE), int(FinalKind.PAYOUT), int(FinalKind.DEPOSIT),
-                                    int(FinalKind.WITHDRAWAL), int(FinalKind.SENT_FILE)})
+                                    int(FinalKind.WITHDRAWAL), int(FinalKind.SENT_FILE), int(FinalKind.LOAN)})
 # The hot paths call rules.* by the module's name: compiled (rules is compiled with the clearing), that
 # is a direct native call, where a module-global alias of the function would be a Python call.
 # msgspec.structs.astuple, Final: compiled, a record or an event read as one tuple when several of its

@@ -68,16 +68,19 @@ class TradeSides(NamedTuple):
 ALL_SIDES: Final = TradeSides(True, True)
 
 
-def trade_sides(clearing: Clearing, viewer_id: int | None, trade: TradeRecord) -> TradeSides:
+def trade_sides(
+    clearing: Clearing, viewer_id: int | None, trade: TradeRecord, archived_advance: Loan | None = None
+) -> TradeSides:
     """The sides of ``trade`` whose private fields ``viewer_id`` may see (None: an operator, both): a
     party its own side; a financier the side it finances in this trade (the buyer's credit line, the
     seller's advance on it) while that side consents to it, and its own loan on it always (consent
     governs new financing and the client's other data, never the lender's sight of what it lent). Never
     the other side's: a counterparty or the other side's financier learns nothing of who finances whom
-    or who is a poor household."""
+    or who is a poor household. A closed advance the clearing forgot (settlement_history) is
+    ``archived_advance``: the caller reads it (``pgstore.archived_loans``) for a trade memory no longer holds."""
     if viewer_id is None:
         return ALL_SIDES
-    advance = clearing.loans.get(trade.advance_loan_id)
+    advance = clearing.loans.get(trade.advance_loan_id) or archived_advance
     return sides_of(viewer_id, trade.buyer_id, trade.seller_id, trade.financier_id,
                     0 if advance is None else advance.financier_id, clearing.has_consented)
 
@@ -204,9 +207,13 @@ class FinancierView(msgspec.Struct, frozen=True):
     interest_collected_fen: int  # of which received: paid by the borrower or by the subsidy fund
 
 
-def financier_view(clearing: Clearing, financier_id: int, participant_id: int) -> FinancierView | None:
+def financier_view(
+    clearing: Clearing, financier_id: int, participant_id: int, archived: Sequence[Loan] = ()
+) -> FinancierView | None:
     """The financier's view of one participant, or None when that participant neither consents to it
-    nor has a credit line or loan from it (withdrawing consent does not hide what the financier lent)."""
+    nor has a credit line or loan from it (withdrawing consent does not hide what the financier lent).
+    ``archived``: the closed loans the clearing forgot (``pgstore.archived_loans``), shown with memory's
+    as if never forgotten (any of another pair is ignored)."""
     consented = clearing.has_consented(participant_id, financier_id)
     line = clearing.credit_lines.get((participant_id, financier_id))
     available = held = granted = reduced = 0
@@ -217,6 +224,8 @@ def financier_view(clearing: Clearing, financier_id: int, participant_id: int) -
         held, granted, reduced = a.debits_pending_fen, line.granted_fen, line.reduced_fen
     loans = [loan for loan in clearing.loans.values()
              if loan.financier_id == financier_id and loan.borrower_id == participant_id]
+    loans += [loan for loan in archived if loan.financier_id == financier_id and loan.borrower_id == participant_id
+              and loan.loan_id not in clearing.loans]
     if not consented and line is None and not loans:
         return None
     trades = _financed_trades(clearing, financier_id, participant_id, loans)
@@ -229,10 +238,14 @@ def financier_view(clearing: Clearing, financier_id: int, participant_id: int) -
                          collected)
 
 
-def financier_portfolio(clearing: Clearing, financier_id: int) -> list[FinancierView]:
+def financier_portfolio(clearing: Clearing, financier_id: int, archived: Sequence[Loan] = ()) -> list[FinancierView]:
     """The views of every participant that consents to this financier or owes it (a credit line or a
-    loan), by participant id."""
-    views = (financier_view(clearing, financier_id, pid) for pid in sorted(clearing.participants))
+    loan, ``archived`` ones included: see ``financier_view``), by participant id."""
+    by_borrower: dict[int, list[Loan]] = {}
+    for loan in archived:
+        by_borrower.setdefault(loan.borrower_id, []).append(loan)
+    views = (financier_view(clearing, financier_id, pid, by_borrower.get(pid, ()))
+             for pid in sorted(clearing.participants))
     return [v for v in views if v is not None]
 
 

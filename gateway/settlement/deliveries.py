@@ -17,7 +17,7 @@ from exchange.commands import (
     ResolveDispute,
 )
 from exchange.settlement import Clearing, pgstore
-from exchange.settlement.model import TradeRecord, TradeState
+from exchange.settlement.model import Loan, TradeRecord, TradeState
 from exchange.settlement.views import (
     ALL_SIDES,
     TradeSides,
@@ -158,33 +158,53 @@ def _trade_view(t: TradeRecord, sides: TradeSides) -> TradeSettlementView:
     ), sides)  # fmt: skip
 
 
-def finances(clearing: Clearing, financier_id: int, trade: TradeRecord) -> bool:
+def finances(clearing: Clearing, financier_id: int, trade: TradeRecord, advance: Loan | None = None) -> bool:
     """Whether the financier financed the trade (it then sees the trade: with the private fields of a side
-    that consents to it, else its own loan on it only; see `views.trade_sides`)."""
-    return any(trade_sides(clearing, financier_id, trade))
+    that consents to it, else its own loan on it only; see `views.trade_sides`). `advance`: the trade's
+    advance if the clearing forgot it (`_forgotten_advance`)."""
+    return any(trade_sides(clearing, financier_id, trade, advance))
 
 
-def _sides(clearing: Clearing, principal: Principal, trade: TradeRecord) -> TradeSides:
-    return ALL_SIDES if is_operator(principal) else trade_sides(clearing, principal.participant_id, trade)
+def _sides(clearing: Clearing, principal: Principal, trade: TradeRecord, advance: Loan | None = None) -> TradeSides:
+    if is_operator(principal):
+        return ALL_SIDES
+    return trade_sides(clearing, principal.participant_id, trade, advance)
 
 
-def _may_see(clearing: Clearing, principal: Principal, trade: TradeRecord) -> bool:
+def _may_see(clearing: Clearing, principal: Principal, trade: TradeRecord, advance: Loan | None = None) -> bool:
     pid = principal.participant_id
     if is_operator(principal) or pid in (trade.buyer_id, trade.seller_id):
         return True
-    return principal.role == Role.FINANCIER and finances(clearing, pid, trade)
+    return principal.role == Role.FINANCIER and finances(clearing, pid, trade, advance)
+
+
+async def _forgotten_advance(call: Call, trade: TradeRecord) -> Loan | None:
+    """The trade's advance from settlement_history if the clearing forgot it (closed, and kept no longer
+    than its trade), so its lender sees the trade as before; None if memory holds it or there is none."""
+    loan_id = trade.advance_loan_id
+    if not loan_id or loan_id in clearing_of(call).loans or call.principal.role != Role.FINANCIER:
+        return None
+    return await archived_record(call, pgstore.HISTORY_LOAN, Loan, loan_id)
 
 
 
 async def _visible_trade(call: Call, trade_id: int) -> TradeRecord:
     """The trade if the caller may see it; anyone else's is `unknown_trade`, like a missing one."""
+    return (await _visible_trade_and_advance(call, trade_id))[0]
+
+
+async def _visible_trade_and_advance(call: Call, trade_id: int) -> tuple[TradeRecord, Loan | None]:
+    """`_visible_trade`, and its advance if the clearing forgot it (`_forgotten_advance`)."""
     clearing = clearing_of(call)
     trade = clearing.trades.get(trade_id)
+    advance = None
     if trade is None:
         trade = await archived_record(call, pgstore.HISTORY_TRADE, TradeRecord, trade_id)
-    if trade is None or not _may_see(clearing, call.principal, trade):
+        if trade is not None:
+            advance = await _forgotten_advance(call, trade)
+    if trade is None or not _may_see(clearing, call.principal, trade, advance):
         raise rejection(R.UNKNOWN_TRADE)
-    return trade
+    return trade, advance
 
 
 async def _party_trade(call: Call, trade_id: int) -> TradeRecord:
@@ -242,8 +262,8 @@ async def resolve_dispute(call: Call, params: TradePath, body: ResolutionRequest
 @routes.get("/v1/trades/{trade_id}/settlement", roles=ANY_ROLE, params=TradePath, response=TradeSettlementView)
 async def get_trade_settlement(call: Call, params: TradePath) -> TradeSettlementView:
     """A trade's delivery and settlement (its parties, its consented financier, operators)."""
-    trade = await _visible_trade(call, params.trade_id)
-    return _trade_view(trade, _sides(clearing_of(call), call.principal, trade))
+    trade, advance = await _visible_trade_and_advance(call, params.trade_id)
+    return _trade_view(trade, _sides(clearing_of(call), call.principal, trade, advance))
 
 
 @routes.get("/v1/settlement/trades", roles=ANY_ROLE, query=TradeQuery, response=TradeSettlementPage)
