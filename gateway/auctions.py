@@ -24,7 +24,6 @@ Error codes (beyond the gateway's own): `unknown_auction` 404, `invalid_auction`
 
 from __future__ import annotations
 
-import itertools
 from typing import Annotated, Final, Literal
 
 import msgspec
@@ -45,6 +44,7 @@ from gateway.clock import exchange_now_ns as now_ns
 from gateway.errors import ApiError
 from gateway.exchange_port import EXCHANGE, ExchangePort
 from gateway.readmodel import BatchDigest, ReadModel
+from gateway.readmodel_snapshots import retired_auction, retired_auctions
 from gateway.routes import Call, RouteTable
 from gateway.schemas import QUOTE_UNIT, Id, PriceFen, TimeMs, rejection
 from gateway.ws import Hub
@@ -58,6 +58,8 @@ BIDDERS: Final = roles(Role.BUYER, Role.FARMER, Role.COOPERATIVE)
 OFFERERS: Final = SELLERS | OPERATORS
 StateName = Literal["scheduled", "open", "negotiating", "sold", "unsold", "withdrawn"]
 _STATE_NAME: Final = {s: s.name.lower() for s in AuctionState}
+_ENDED: Final = (AuctionState.SOLD, AuctionState.UNSOLD, AuctionState.WITHDRAWN)  # what memory may retire
+_LIST_MAX: Final = 500  # auctions one listing returns
 _SIDE_NAME: Final = {OfferSide.SELLER: "seller", OfferSide.BIDDER: "bidder"}
 
 
@@ -201,7 +203,8 @@ async def _submit(call: Call, command: Command, auction_id: int | None, client_r
     result = await port.submit(command)
     for event in result.events:
         if event.__class__ is Rejected:
-            if event.reason == RejectReason.UNKNOWN_AUCTION and auction_id in port.read_model.auctions:
+            if event.reason == RejectReason.UNKNOWN_AUCTION and auction_id is not None \
+                    and await _find(port, auction_id) is not None:
                 raise rejection(RejectReason.AUCTION_NOT_OPEN)  # it has ended: the core keeps live ones only
             raise rejection(event.reason)
         if event.__class__ is LotAuctionChanged and (auction_id is None or event.auction.auction_id == auction_id):
@@ -214,8 +217,16 @@ async def _submit(call: Call, command: Command, auction_id: int | None, client_r
     raise RuntimeError(f"no auction event in the result of {command!r}")
 
 
-def _known(call: Call, auction_id: int) -> LotAuction:
-    a = call.app[EXCHANGE].read_model.auctions.get(auction_id)
+async def _find(port: ExchangePort, auction_id: int) -> LotAuction | None:
+    """An auction from memory, or, ended longer ago than the retention window, from PostgreSQL."""
+    a = port.read_model.auction(auction_id)
+    if a is None and port.pool is not None:
+        a = await retired_auction(port.pool, auction_id)
+    return a
+
+
+async def _known(call: Call, auction_id: int) -> LotAuction:
+    a = await _find(call.app[EXCHANGE], auction_id)
     if a is None:
         raise ApiError(404, "unknown_auction", "no such auction")
     return a
@@ -249,18 +260,24 @@ async def offer_auction(call: Call, body: OfferAuctionRequest) -> AuctionView:
 async def list_auctions(call: Call, query: AuctionQuery) -> list[AuctionView]:
     """Lot auctions, newest first (`status`: scheduled, open, negotiating, sold, unsold, withdrawn)."""
     now = now_ns(call.app)
-    read_model = call.app[EXCHANGE].read_model
-    auctions = read_model.auctions
+    port = call.app[EXCHANGE]
+    read_model = port.read_model
+    auctions = {**read_model.retired_auctions, **read_model.auctions}
     # Views only for the 500 shown: the filter walks ids, the view is built for what is returned.
-    wanted = (i for i in sorted(auctions, reverse=True)
-              if query.status is None or _STATE_NAME[auctions[i].state] == query.status)
-    return [auction_view(read_model, auctions[i], call.principal, now) for i in itertools.islice(wanted, 500)]
+    wanted = [auctions[i] for i in sorted(auctions, reverse=True)
+              if query.status is None or _STATE_NAME[auctions[i].state] == query.status][:_LIST_MAX]
+    states = [s for s in _ENDED if query.status is None or _STATE_NAME[s] == query.status]
+    if states and port.pool is not None:  # and those memory retired (ended long ago) to PostgreSQL
+        more = await retired_auctions(port.pool, states, _LIST_MAX)
+        wanted += [a for a in more if a.auction_id not in auctions]
+        wanted = sorted(wanted, key=lambda a: a.auction_id, reverse=True)[:_LIST_MAX]
+    return [auction_view(read_model, a, call.principal, now) for a in wanted]
 
 
 @routes.get("/v1/auctions/{auction_id}", roles=ANY_ROLE, params=AuctionPath, response=AuctionView)
 async def get_auction(call: Call, params: AuctionPath) -> AuctionView:
     """One lot auction. Error: `unknown_auction` 404."""
-    return auction_view(call.app[EXCHANGE].read_model, _known(call, params.auction_id), call.principal,
+    return auction_view(call.app[EXCHANGE].read_model, await _known(call, params.auction_id), call.principal,
                         now_ns(call.app))
 
 
@@ -275,7 +292,7 @@ async def place_bid(call: Call, params: AuctionPath, body: BidRequest) -> Auctio
     same reference with another body (or used for an offer) is 409 `duplicate_reference`. A rejected
     bid uses no reference. Errors: `unknown_auction` 404, `duplicate_reference` 409, `auction_not_open`,
     `bid_too_low`, `insufficient_funds`, `self_trade_prevented`, `price_off_tick` 422."""
-    _known(call, params.auction_id)
+    await _known(call, params.auction_id)
     ref = body.client_bid_ref or ""
     command = BidLotAuction(call.principal.participant_id, 0, params.auction_id, body.max_price_fen, ref)
     return await _submit(call, command, params.auction_id, ref)
@@ -285,7 +302,7 @@ async def place_bid(call: Call, params: AuctionPath, body: BidRequest) -> Auctio
 async def buy_now(call: Call, params: AuctionPath) -> AuctionView:
     """Buy the lot at once at its buy-now price. Errors: `unknown_auction` 404, `buy_now_unavailable`,
     `auction_not_open`, `insufficient_funds` 422."""
-    _known(call, params.auction_id)
+    await _known(call, params.auction_id)
     command = BuyNowLotAuction(call.principal.participant_id, 0, params.auction_id)
     return await _submit(call, command, params.auction_id)
 
@@ -294,7 +311,7 @@ async def buy_now(call: Call, params: AuctionPath) -> AuctionView:
 async def withdraw_auction(call: Call, params: AuctionPath) -> AuctionView:
     """Withdraw your lot before the first bid. Errors: `unknown_auction` 404, `auction_has_bids` 422,
     `not_authorized` 403."""
-    _known(call, params.auction_id)
+    await _known(call, params.auction_id)
     command = WithdrawLotAuction(call.principal.participant_id, 0, params.auction_id)
     return await _submit(call, command, params.auction_id)
 
@@ -310,7 +327,7 @@ async def negotiate(call: Call, params: AuctionPath, body: NegotiationRequest) -
     reference with another body is 409 `duplicate_reference`; a rejected request uses no reference.
     Errors: `unknown_auction` 404, `duplicate_reference` 409, `not_negotiating`, `no_offer_to_accept`,
     `bid_too_low`, `insufficient_funds` 422."""
-    _known(call, params.auction_id)
+    await _known(call, params.auction_id)
     if not body.accept and body.price_fen is None:
         raise ApiError(422, "invalid", "send price_fen (an offer) or accept: true")
     ref = body.client_offer_ref or ""
@@ -330,7 +347,7 @@ def wire(app: web.Application, hub: Hub) -> None:
     def snapshot(channel: str, principal: Principal | None) -> bytes | None:
         _, dot, name = channel.partition(".")
         read_model = app[EXCHANGE].read_model
-        auctions = read_model.auctions
+        auctions = {**read_model.retired_auctions, **read_model.auctions}
         now = now_ns(app)
         if not dot:
             views = [auction_view(read_model, auctions[i], None, now) for i in sorted(auctions, reverse=True)

@@ -252,6 +252,8 @@ class Shard:
                 continue
             if self.read_model.applied_seq != seq:
                 raise RuntimeError(f"read model snapshot at seq {seq} holds seq {self.read_model.applied_seq}")
+            # what it had retired was written in the snapshot's own transaction
+            self.read_model.written(list(self.read_model.retired_lots), list(self.read_model.retired_auctions))
             self._saved_seq = seq
             return seq
         return 0
@@ -267,17 +269,22 @@ class Shard:
         if self._snapshot_task is not None and not self._snapshot_task.done():
             return
         self._since_snapshot = 0
-        seq, state = self.read_model.applied_seq, self.read_model.snapshot()
-        self._snapshot_task = asyncio.get_running_loop().create_task(self._save_snapshot(seq, state))
+        self._snapshot_task = asyncio.get_running_loop().create_task(self._save_snapshot())
 
-    async def _save_snapshot(self, seq: int, state: bytes) -> None:
+    async def _save_snapshot(self) -> None:
+        """Save the read model as it is now, with the lots and auctions it retired; then memory forgets
+        those (the snapshot holds them too: a start from it drops them again, see `_load_snapshot`)."""
+        model = self.read_model
+        seq, state = model.applied_seq, model.snapshot()
+        lots, auctions = dict(model.retired_lots), dict(model.retired_auctions)
         try:
             conn = await asyncpg.connect(self.dsn)
             try:
-                await save_read_model(conn, seq, state)
+                await save_read_model(conn, seq, state, lots.values(), auctions.values())
             finally:
                 await conn.close()
             self._saved_seq = max(self._saved_seq, seq)
+            model.written(lots, auctions)
         except Exception:  # the next one will be tried; until then a start folds a longer tail
             _log.exception("read model snapshot at seq %d was not saved", seq)
 
@@ -287,7 +294,7 @@ class Shard:
             await self._snapshot_task
         read_model = self.read_model
         if self.failure is None and self._buffer is None and read_model.applied_seq > self._saved_seq:
-            await self._save_snapshot(read_model.applied_seq, read_model.snapshot())
+            await self._save_snapshot()
 
     def _check_books(self) -> None:
         """The rebuilt books must equal the recovered core's (when the core holds only committed state,

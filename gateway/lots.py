@@ -14,6 +14,7 @@ from gateway.auth import SELLERS
 from gateway.errors import ApiError
 from gateway.exchange_port import EXCHANGE
 from gateway.readmodel import LotRecord
+from gateway.readmodel_snapshots import retired_lot, retired_lots
 from gateway.routes import Call, RouteTable
 from gateway.schemas import LotPath, LotView, RegisterLotRequest, rejection
 from gateway.settlement import refuse_expired_reference
@@ -54,7 +55,10 @@ async def register_lot(call: Call, body: RegisterLotRequest) -> LotView:
 @routes.get("/v1/lots/{lot_id}", roles=SELLERS, params=LotPath, response=LotView)
 async def get_lot(call: Call, params: LotPath) -> LotView:
     """One of your lots with its reserved, sold and free heads."""
-    rec = call.app[EXCHANGE].read_model.lot_of(call.principal.participant_id, params.lot_id)
+    port = call.app[EXCHANGE]
+    rec = port.read_model.lot_of(call.principal.participant_id, params.lot_id)
+    if rec is None and port.pool is not None:  # sold out longer ago than the retention window
+        rec = await retired_lot(port.pool, call.principal.participant_id, params.lot_id)
     if rec is None:
         raise ApiError(404, "lot_not_found", "no such lot")
     return lot_view(rec)
@@ -63,4 +67,10 @@ async def get_lot(call: Call, params: LotPath) -> LotView:
 @routes.get("/v1/lots", roles=SELLERS, response=list[LotView])
 async def list_lots(call: Call) -> list[LotView]:
     """All your lots, oldest first."""
-    return [lot_view(rec) for rec in call.app[EXCHANGE].read_model.list_lots(call.principal.participant_id)]
+    port = call.app[EXCHANGE]
+    held = port.read_model.list_lots(call.principal.participant_id)
+    # memory first (exact as of the last commit), then the lots it retired to PostgreSQL
+    old = [] if port.pool is None else await retired_lots(port.pool, call.principal.participant_id)
+    seen = {rec.lot.lot_id for rec in held}
+    merged = held + [rec for rec in old if rec.lot.lot_id not in seen]
+    return [lot_view(rec) for rec in sorted(merged, key=lambda rec: rec.lot.lot_id)]

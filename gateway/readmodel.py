@@ -20,7 +20,13 @@ core), but only those the PostgreSQL projection (`exchange.readmodel`, the `orde
 already holds: `projected_seq`, which its owner keeps up to date (0: nothing is forgotten). What is
 forgotten is answered from those tables (`gateway.orderhistory`): `forgotten_orders` and
 `forgotten_fills` tell, per participant, up to which order id and trade id memory no longer has
-everything.
+everything. Lots sold out and lot auctions ended before the window are retired at the same ticks
+(`retire`): the gateway writes them to PostgreSQL with its next snapshot (`lot_history`,
+`auction_history`, gateway/readmodel_snapshots.py), then memory drops them (`written`); until then they
+answer from `retired_lots` and `retired_auctions`.
+
+The whole state is saved as a snapshot (`snapshot`, `restore`) so that a gateway start folds only the
+journal after it (gateway/readmodel_snapshots.py).
 
 Pure and synchronous: no I/O, no clock. The order-event fold (`fold_order`) is shared with the order
 handlers, which build a command's execution report from that command's own events.
@@ -88,7 +94,7 @@ __all__ = [
 
 _NS_PER_MS: Final = 1_000_000
 # Bumped whenever the snapshot's state changes shape: an older snapshot is then ignored, not misread.
-SNAPSHOT_FORMAT: Final = 1
+SNAPSHOT_FORMAT: Final = 2
 _BUY, _SELL = Side.BUY, Side.SELL
 _NEW, _PARTIAL, _FILLED = OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED, OrderStatus.FILLED
 _CANCELED, _EXPIRED, _REJECTED = OrderStatus.CANCELED, OrderStatus.EXPIRED, OrderStatus.REJECTED
@@ -348,6 +354,14 @@ class ReadModel:
         self.fill_times: deque[tuple[int, int, int]] = deque()
         self.forgotten_orders: dict[int, int] = {}
         self.forgotten_fills: dict[int, int] = {}
+        # Lots sold out and lot auctions ended, (at, lot or auction id), oldest first; those retired at a
+        # tick (older than the retention window) wait here until the gateway has written them to
+        # PostgreSQL (gateway.readmodel_snapshots) and still answer from here until then.
+        self.lot_closes: deque[tuple[int, int]] = deque()
+        self.auction_ends: deque[tuple[int, int]] = deque()
+        self.retired_lots: dict[int, LotRecord] = {}
+        self.retired_auctions: dict[int, LotAuction] = {}
+        self.last_lot_id = 0
         self._handlers = self._make_handlers()
 
     def _make_handlers(self) -> dict[type, Callable[..., None]]:
@@ -410,7 +424,9 @@ class ReadModel:
             self.seq = seq
             self._apply(command, events, digest)
             if command.__class__ is ClockTick:
-                self.forget(command.ts_ns - retention_of(command))  # type: ignore[arg-type]
+                before_ns = command.ts_ns - retention_of(command)  # type: ignore[arg-type]
+                self.forget(before_ns)
+                self.retire(before_ns)
             self.applied_seq = seq
             if not digest.first_seq:
                 digest.first_seq = seq
@@ -476,6 +492,10 @@ class ReadModel:
                 lot.reserved_heads -= a.heads
                 if a.state == AuctionState.SOLD:
                     lot.sold_heads += a.heads
+                    self._maybe_sold_out(lot, event.ts_ns)
+        if a.state in _ENDED_AUCTION and a.auction_id in self.auctions \
+                and self.auctions[a.auction_id].state not in _ENDED_AUCTION:
+            self.auction_ends.append((event.ts_ns, a.auction_id))
         self.auctions[a.auction_id] = a
         digest.auctions.append(event)
 
@@ -492,6 +512,8 @@ class ReadModel:
                 lot = self.lots[rec.lot_id]
                 lot.reserved_heads += rec.remaining_heads - before
                 lot.sold_heads += sold
+                if sold:
+                    self._maybe_sold_out(lot, event.ts_ns)
             self.fills_by_participant.setdefault(rec.participant_id, []).append(rec.fills[-1])
             self.fill_times.append((event.ts_ns, self.seq, rec.participant_id))
             if not rec.remaining_heads:
@@ -542,8 +564,9 @@ class ReadModel:
 
     def _on_lot(self, event: LotRegistered, command: Command, touched: dict[int, int], digest: BatchDigest) -> None:
         lot = event.lot
-        if lot.lot_id in self.lots:
+        if lot.lot_id <= self.last_lot_id:
             return  # a retried registration (seq 0) announces its lot again: keep its heads and listing
+        self.last_lot_id = lot.lot_id
         self.lots[lot.lot_id] = LotRecord(lot)
         self.lots_by_participant.setdefault(lot.seller_id, []).append(lot.lot_id)
 
@@ -611,6 +634,43 @@ class ReadModel:
             if not held:
                 del self.fills_by_participant[participant_id]
 
+    def _maybe_sold_out(self, lot: LotRecord, ts_ns: int) -> None:
+        if lot.sold_heads == lot.lot.heads and not lot.reserved_heads:
+            self.lot_closes.append((ts_ns, lot.lot.lot_id))  # final: nothing is left to offer or sell
+
+    def retire(self, before_ns: int) -> None:
+        """Move the lots sold out and the auctions ended before `before_ns` to the retired maps, from
+        which the gateway writes them to PostgreSQL and drops them (`written`)."""
+        closes = self.lot_closes
+        while closes and closes[0][0] < before_ns:
+            lot_id = closes.popleft()[1]
+            rec = self.lots.pop(lot_id, None)
+            if rec is None:
+                continue
+            self.retired_lots[lot_id] = rec
+            ids = self.lots_by_participant[rec.lot.seller_id]
+            del ids[bisect.bisect_left(ids, lot_id)]
+            if not ids:
+                del self.lots_by_participant[rec.lot.seller_id]
+        ends = self.auction_ends
+        while ends and ends[0][0] < before_ns:
+            auction_id = ends.popleft()[1]
+            a = self.auctions.pop(auction_id, None)
+            if a is not None:
+                self.retired_auctions[auction_id] = a
+
+    def written(self, lot_ids: Iterable[int], auction_ids: Iterable[int]) -> None:
+        """The retired lots and auctions PostgreSQL now holds: memory forgets them."""
+        for lot_id in lot_ids:
+            self.retired_lots.pop(lot_id, None)
+        for auction_id in auction_ids:
+            self.retired_auctions.pop(auction_id, None)
+
+    def auction(self, auction_id: int) -> LotAuction | None:
+        """A lot auction held in memory (live, or ended inside the retention window)."""
+        a = self.auctions.get(auction_id)
+        return a if a is not None else self.retired_auctions.get(auction_id)
+
     # -- queries --------------------------------------------------------------------------------------
 
     def order_of(self, participant_id: int, order_id: int) -> OrderRecord | None:
@@ -619,7 +679,7 @@ class ReadModel:
         return rec if rec is not None and rec.participant_id == participant_id else None
 
     def lot_of(self, participant_id: int, lot_id: int) -> LotRecord | None:
-        rec = self.lots.get(lot_id)
+        rec = self.lots.get(lot_id) or self.retired_lots.get(lot_id)
         return rec if rec is not None and rec.lot.seller_id == participant_id else None
 
     def list_orders(self, participant_id: int, *, status: OrderStatus | None, instrument: str | None,
@@ -656,7 +716,10 @@ class ReadModel:
         return page, (fills[index + 1].trade_id if more else None)
 
     def list_lots(self, participant_id: int) -> list[LotRecord]:
-        return [self.lots[lot_id] for lot_id in self.lots_by_participant.get(participant_id, [])]
+        """The participant's lots held in memory, oldest first (retired ones too, until written)."""
+        held = [self.lots[lot_id] for lot_id in self.lots_by_participant.get(participant_id, [])]
+        retired = [rec for rec in self.retired_lots.values() if rec.lot.seller_id == participant_id]
+        return sorted(held + retired, key=lambda rec: rec.lot.lot_id) if retired else held
 
     def trades(self, instrument: str, *, before_trade_id: int | None, limit: int) -> tuple[list[TradeView], int | None]:
         record = self.instruments[instrument]

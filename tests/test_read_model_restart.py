@@ -162,6 +162,14 @@ async def test_every_read_route_answers_the_same_after_restarts_and_after_archiv
         now_ms = ok(await exchange.operator.get("/v1/admin/clock"))["now_ms"]
         assert _held_beyond_open(model, DAY_MS, now_ms) == []
         assert len(model.orders) < len(open_ids) + 4 * 2  # days 0..2's closed orders are forgotten
+        # lots and auctions: day 0's auction ended and its lot sold out more than 24 h ago, so they are
+        # in PostgreSQL only; the others are held (day 1's auction ended 24 h ago to the minute)
+        assert sorted(model.auctions) == [a["auction_id"] for a in before["/v1/auctions"]][::-1][1:]
+        assert (model.retired_auctions, model.retired_lots) == ({}, {})
+        day0_auction = before["/v1/auctions"][-1]
+        assert day0_auction["lot_id"] not in model.lots
+        assert model.lots.keys() == {lot["lot_id"] for lot in before[f"{farmer.participant_id} /v1/lots"]} - {
+            day0_auction["lot_id"]}
         last_seq = model.applied_seq
 
     # 3. days 0..2 archived (the core's snapshot and the read model's are on day 3): the start works
