@@ -94,7 +94,7 @@ __all__ = [
 
 _NS_PER_MS: Final = 1_000_000
 # Bumped whenever the snapshot's state changes shape: an older snapshot is then ignored, not misread.
-SNAPSHOT_FORMAT: Final = 2
+SNAPSHOT_FORMAT: Final = 3
 _BUY, _SELL = Side.BUY, Side.SELL
 _NEW, _PARTIAL, _FILLED = OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED, OrderStatus.FILLED
 _CANCELED, _EXPIRED, _REJECTED = OrderStatus.CANCELED, OrderStatus.EXPIRED, OrderStatus.REJECTED
@@ -105,11 +105,12 @@ OPEN_STATUSES: Final = frozenset({_NEW, _PARTIAL})
 MAX_SCAN: Final = 20_000
 
 
-class OrderRecord(msgspec.Struct, gc=False):
+class OrderRecord(msgspec.Struct, array_like=True, gc=False):
     """One accepted order as it stands; `fills` holds every fill in trade order.
 
     `fills` is a tuple, not a list: with only untracked members it is not tracked by the cyclic garbage
-    collector, so a million orders do not make every full collection scan a million lists.
+    collector, so a million orders do not make every full collection scan a million lists. Array-like:
+    a read model snapshot encodes it without its field names (`ReadModel.snapshot`).
     """
 
     order_id: int
@@ -129,6 +130,18 @@ class OrderRecord(msgspec.Struct, gc=False):
     filled_heads: int = 0
     status: OrderStatus = OrderStatus.NEW
     fills: tuple[Fill, ...] = ()
+
+
+class _Bulk(msgspec.Struct, array_like=True, gc=False):
+    """The part of a read model snapshot msgspec encodes (see `ReadModel.snapshot`)."""
+
+    orders: list[OrderRecord]
+    fills: dict[int, list[Fill]]
+
+
+_BULK_FIELDS: Final = frozenset({"_handlers", "orders", "fills_by_participant"})  # not pickled
+_BULK_ENCODER: Final = msgspec.msgpack.Encoder()
+_BULK_DECODER: Final = msgspec.msgpack.Decoder(_Bulk)
 
 
 class LotRecord(msgspec.Struct, gc=False):
@@ -386,9 +399,12 @@ class ReadModel:
     # -- snapshots ------------------------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
-        """Everything this model answers from, as of `applied_seq` (see `restore`)."""
-        state = {k: v for k, v in self.__dict__.items() if k != "_handlers"}
-        return pickle.dumps((SNAPSHOT_FORMAT, state), protocol=pickle.HIGHEST_PROTOCOL)
+        """Everything this model answers from, as of `applied_seq` (see `restore`). The orders and fills,
+        the bulk of it, are encoded by msgspec (about ten times faster than pickling the structs), the
+        rest is pickled."""
+        state = {k: v for k, v in self.__dict__.items() if k not in _BULK_FIELDS}
+        bulk = _BULK_ENCODER.encode(_Bulk(list(self.orders.values()), self.fills_by_participant))
+        return pickle.dumps((SNAPSHOT_FORMAT, state, bulk), protocol=pickle.HIGHEST_PROTOCOL)
 
     def restore(self, data: bytes) -> None:
         """Become the model a `snapshot` was taken of, in place (its holders keep their reference).
@@ -400,9 +416,15 @@ class ReadModel:
         """
         trade_history, candle_history = self.trade_history, self.candle_history
         loaded = pickle.loads(data)  # our own snapshot: see the docstring
-        if not (isinstance(loaded, tuple) and len(loaded) == 2 and loaded[0] == SNAPSHOT_FORMAT):
+        if not (isinstance(loaded, tuple) and len(loaded) == 3 and loaded[0] == SNAPSHOT_FORMAT):
             raise ValueError("read model snapshot of another format")
+        bulk = _BULK_DECODER.decode(loaded[2])
         self.__dict__.update(loaded[1])
+        self.orders = {rec.order_id: rec for rec in bulk.orders}
+        # a held fill is also in its order's fills: share the one object, as the fold does
+        shared = {(f.trade_id, f.order_id): f for rec in bulk.orders for f in rec.fills}
+        self.fills_by_participant = {p: [shared.get((f.trade_id, f.order_id), f) for f in fills]
+                                     for p, fills in bulk.fills.items()}
         self.trade_history, self.candle_history = trade_history, candle_history
         for record in self.instruments.values():
             if record.trades.maxlen != trade_history:
