@@ -177,6 +177,30 @@ async def test_lists_filter_and_page_with_keyset_cursors(dsn: str) -> None:
             await readmodel.list_trades(pool, SYMBOL, limit=0)
 
 
+async def test_the_projector_rests_between_rounds_unless_someone_waits(dsn: str) -> None:
+    """A steady flow of commits is projected in few rounds (not one per commit), and `wait_for` is
+    never kept waiting by the rest."""
+    async with Exchange(dsn, "none") as exchange:
+        projector = Projector(dsn, poll_interval_s=0.05, min_round_gap_s=600.0)
+        projector.attach(exchange.sequencer)
+        await projector.start()
+        try:
+            await exchange.submit(list_instrument())
+            listed_seq = exchange.sequencer.committed_seq
+            async with asyncio.timeout(10):
+                while projector.projected_seq < listed_seq:  # a round of its own, no one waiting
+                    await asyncio.sleep(0.01)
+            for i in range(3):
+                await exchange.submit(order(10, Side.BUY, 2800, 2, cid=f"rest{i}"))
+            await asyncio.sleep(0.3)
+            assert projector.projected_seq == listed_seq  # resting: the orders wait for the next round
+            await projector.wait_for(exchange.sequencer.committed_seq, timeout_s=10)  # cut short
+        finally:
+            await projector.stop()
+        assert exchange.pool is not None
+        assert await exchange.pool.fetchval("SELECT count(*) FROM orders") == 3
+
+
 async def test_the_projector_catches_up_after_a_pause_and_never_applies_twice(dsn: str) -> None:
     async with Exchange(dsn, "none") as exchange:
         await exchange.submit(list_instrument())
