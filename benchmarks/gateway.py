@@ -24,7 +24,8 @@ Every answer is tallied by order status (NEW, PARTIALLY_FILLED, FILLED, ...) or 
 accepted is a broken set-up, not a measurement: the run prints its figures with `invalid` set and
 exits with an error.
 
-The server runs as `hogx serve` runs in production, its JSON request log included (written to this
+The server runs as `hogx serve` runs in production (the PostgreSQL read-model projector on, as by
+default; `--no-read-models` measures the lighter path without it), its JSON request log included (written to this
 script's stderr: redirect it, `2>requests.log`, to keep it off the terminal). Each phase has a short
 untimed warm-up. The client is one process of this script; on a 2-core machine
 the server, PostgreSQL and the client share the cores, so figures are for the whole system.
@@ -462,8 +463,9 @@ def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> N
     parser.add_argument("--ws-window", type=int, default=24,
                         help="place_order messages in flight per socket (32 saturates: more queueing, same rate)")
     parser.add_argument("--pairs", type=int, default=8, help="buyers and as many farmers")
-    parser.add_argument("--read-models", action="store_true",
-                        help="also run the PostgreSQL read-model projector (off by default, as in the gateway)")
+    parser.add_argument("--no-read-models", dest="read_models", action="store_false",
+                        help="a lighter path than `hogx serve`: without the PostgreSQL read-model projector "
+                             "(on by default, as in the gateway: HOGX_PROJECT_READ_MODELS)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--trivial-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -35,7 +35,6 @@ are.
 from __future__ import annotations
 
 import bisect
-import copy
 import csv
 import datetime as dt
 import io
@@ -149,7 +148,8 @@ class Finality:
 
     def at(self, now_ns: int) -> Finality:
         """The same instruments and days at another instant."""
-        moved = copy.copy(self)
+        moved = Finality.__new__(Finality)  # (once per batch: copy.copy's generic protocol costs more)
+        moved.__dict__.update(self.__dict__)
         moved.now_ns, moved.today = now_ns, cst_day(now_ns)
         return moved
 
@@ -165,18 +165,28 @@ class PriceIndex:
     def add(self, spec: InstrumentSpec, ts_ns: int, price_fen: int, heads: int,
             avg_weight_g: int) -> tuple[int, SeriesKey]:
         """Fold one trade; returns its (day, series)."""
+        # Called for every trade: look-ups first, nothing allocated unless a day or series is new.
         day = cst_day(ts_ns)
         key = series_of(spec)
-        days = self.trade_days.setdefault(key, [])
+        days = self.trade_days.get(key)
+        if days is None:
+            days = self.trade_days[key] = []
         if not days or days[-1] < day:
             days.append(day)
-        elif day not in days:  # trades come in time order; this keeps the list sorted whatever happens
+        elif days[-1] != day and day not in days:  # (the common case, today's, never scans the list)
+            # trades come in time order; this keeps the list sorted whatever happens
             bisect.insort(days, day)
-        cell = self.days.setdefault(day, {}).setdefault(key, _Day())
+        cells = self.days.get(day)
+        if cells is None:
+            cells = self.days[day] = {}
+        cell = cells.get(key)
+        if cell is None:
+            cell = cells[key] = _Day()
         cell.heads += heads
         cell.price_heads += price_fen * heads
         cell.trades += 1
-        cell.last_ns = max(cell.last_ns, ts_ns)
+        if ts_ns > cell.last_ns:
+            cell.last_ns = ts_ns
         cell.value_fen += trade_value_fen(key[0], price_fen, heads, avg_weight_g)
         return day, key
 
@@ -350,16 +360,20 @@ def attach(app: web.Application, port: ExchangePort, hub: Hub) -> None:
         index = port.read_model.index
         final = finality_at(now_ns)
         due = {row for row, at in pending.items() if at <= now_ns}
+        # With no subscriber no row is built: only when each turns final is kept (a later subscriber
+        # gets the rows as they stand in its snapshot).
+        listening = hub.subscriber_count("index") > 0
         rows: list[IndexRow] = []
         for day, key in sorted(changed | due):
-            row = index.row(day, key, final)
-            rows.append(row)
-            if row.provisional:  # final later (again: an instrument listed meanwhile may have moved it)
-                pending[(day, key)] = final.final_ns(day, key, index.days[day][key].last_ns)
+            if listening:
+                rows.append(index.row(day, key, final))
+            final_ns = final.final_ns(day, key, index.days[day][key].last_ns)
+            if now_ns < final_ns:  # provisional: final later (again: a listing meanwhile may have moved it)
+                pending[(day, key)] = final_ns
             else:
                 pending.pop((day, key), None)
         next_check[0] = min(pending.values(), default=NEVER)
-        if rows and hub.subscriber_count("index"):
+        if rows:
             hub.publish("index", _encode(IndexMessage("index", rows)))
 
     # rows a restart found still moving are published final when they turn final

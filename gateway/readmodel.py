@@ -536,7 +536,10 @@ class ReadModel:
                 lot.sold_heads += sold
                 if sold:
                     self._maybe_sold_out(lot, event.ts_ns)
-            self.fills_by_participant.setdefault(rec.participant_id, []).append(rec.fills[-1])
+            fills = self.fills_by_participant.get(rec.participant_id)  # (no list built per trade)
+            if fills is None:
+                fills = self.fills_by_participant[rec.participant_id] = []
+            fills.append(rec.fills[-1])
             self.fill_times.append((event.ts_ns, self.seq, rec.participant_id))
             if not rec.remaining_heads:
                 self.closed_orders.append((event.ts_ns, self.seq, order_id))
@@ -549,8 +552,9 @@ class ReadModel:
         digest.instruments[event.instrument].trades.append(view)
         if not record.series:
             record.series = [self._series(event.instrument, interval) for interval in CandleInterval]
+        price_fen, heads = event.price_fen, event.quantity_heads
         for series in record.series:
-            series.add(time_ms, event.price_fen, event.quantity_heads)
+            series.add(time_ms, price_fen, heads)
         lot = self.lots.get(event.lot_id)
         digest.index.add(self.index.add(record.spec, event.ts_ns, event.price_fen, event.quantity_heads,
                                         0 if lot is None else lot.lot.avg_weight_g))

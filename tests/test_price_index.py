@@ -231,3 +231,33 @@ async def test_the_close_publishes_the_final_index_over_the_websocket(sim: Excha
     assert dated["provisional"] is False
     assert [(r["avg_price_fen"], r["provisional"]) for r in dated["series"] if r["region"] == region] == [
         (2_946, False)]
+
+
+async def test_a_row_moved_while_nobody_listened_is_published_final_at_the_close(sim: Exchange) -> None:  # noqa: F811
+    """With no subscriber the channel builds no rows, yet still knows when each turns final: a socket
+    subscribing after the day's trades gets the final row at the close."""
+    op = sim.operator
+    region, symbol = "Rongchang-QUIET", "IDX-QUIET"
+    now = ok(await op.get("/v1/admin/clock"))["now_ms"]
+    day = (now * 10**6 + 8 * 3_600 * 10**9) // DAY_NS + 1
+
+    def at(hhmm: str) -> int:
+        return (day_start_ns(day) + (int(hhmm[:2]) * 60 + int(hhmm[3:])) * 60 * 10**9) // 10**6
+
+    ok(await op.post("/v1/admin/clock", json={"to_ms": at("08:00")}))
+    await sim.list_instrument(symbol, delivery_point=region, session={
+        "pre_open": "08:50", "open": "09:00", "close": "15:00", "weekdays": [1, 2, 3, 4, 5, 6, 7]})
+    farmer = await _farmer(sim, "周九", "6217000011119999")
+    buyer = await sim.register(Role.BUYER)
+    ok(await op.post("/v1/admin/clock", json={"to_ms": at("09:00")}))
+    lot_id = await sim.register_lot(farmer, symbol, heads=20, avg_weight_g=110_000)
+    ok(await farmer.post("/v1/orders", json={"client_order_id": "qs", "instrument": symbol, "side": "sell",
+                                              "price_fen": 2_800, "quantity_heads": 20, "lot_id": lot_id}), 201)
+    ok(await buyer.post("/v1/orders", json={"client_order_id": "qb", "instrument": symbol, "side": "buy",
+                                             "price_fen": 2_800, "quantity_heads": 20}), 201)
+    async with sim.session.ws_connect(sim.url + "/v1/ws") as ws:
+        await ws.send_json({"op": "subscribe", "channels": ["index"]})
+        ok(await op.post("/v1/admin/clock", json={"to_ms": at("15:00")}))
+        closed = await _until(ws, region, lambda r: not r["provisional"])
+    assert (closed["date"], closed["heads"], closed["trades"], closed["avg_price_fen"]) == (
+        day_to_date(day), 20, 1, 2_800)
