@@ -43,10 +43,10 @@ _FILLS_BELOW: Final = """
 SELECT trade_id, order_id, instrument, side, price_fen, quantity_heads, taker_side, ts_ns, lot_id FROM (
     SELECT trade_id, buy_order_id AS order_id, instrument, 1 AS side, price_fen, quantity_heads, taker_side,
            ts_ns, lot_id
-      FROM trades WHERE buyer_id = $1 AND trade_id < $3
+      FROM trades WHERE buyer_id = $1 AND trade_id < $3 AND sell_order_id <> 0
     UNION ALL
     SELECT trade_id, sell_order_id, instrument, 2, price_fen, quantity_heads, taker_side, ts_ns, lot_id
-      FROM trades WHERE seller_id = $1 AND trade_id < $3) AS fills
+      FROM trades WHERE seller_id = $1 AND trade_id < $3 AND sell_order_id <> 0) AS fills
 WHERE $2::text IS NULL OR instrument = $2
 ORDER BY trade_id DESC LIMIT $4"""
 
@@ -112,9 +112,10 @@ async def list_fills(db: asyncpg.Pool, read_model: ReadModel, participant_id: in
     page, next_id = read_model.list_fills(participant_id, instrument=instrument, before_trade_id=before_trade_id,
                                           limit=limit)
     forgotten = read_model.forgotten_fills.get(participant_id)
-    if forgotten is None or next_id is not None or len(page) == limit:
-        return page, next_id  # memory's page is whole, or memory goes on
-    # memory holds this participant's fills above `forgotten` only: the rest is in the database
+    if forgotten is None or next_id is not None:
+        return page, next_id  # nothing forgotten, or memory goes on
+    # memory holds this participant's fills above `forgotten` only: the rest is in the database, which
+    # is asked even when memory's page is whole (need 0), to say whether a next page exists
     below = min(_MAX_ID if before_trade_id is None else before_trade_id, forgotten + 1)
     need = limit - len(page)
     rows = await db.fetch(_FILLS_BELOW, participant_id, instrument, below, need + 1)
