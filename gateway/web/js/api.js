@@ -42,12 +42,17 @@ export const post = (path, body) => call("POST", path, body);
 export class Feed {
   constructor() {
     this.handlers = new Map();
+    this.confirmed = new Map();
     this.socket = null;
     this.closed = false;
   }
 
-  subscribe(channel, onMessage) {
+  // `onSubscribed`, if given, runs each time the server confirms the subscription (again after a
+  // reconnect): a page that fetched its state before then re-fetches it, so nothing that changed in
+  // between (while no message could reach it) is missed.
+  subscribe(channel, onMessage, onSubscribed = null) {
     this.handlers.set(channel, onMessage);
+    if (onSubscribed) this.confirmed.set(channel, onSubscribed);
     this.open();
     if (this.socket && this.socket.readyState === WebSocket.OPEN) this.send({ op: "subscribe", channels: [channel] });
   }
@@ -62,6 +67,10 @@ export class Feed {
     };
     socket.onmessage = (event) => {
       const message = JSON.parse(event.data);
+      if (message.type === "result" && message.op === "subscribe") {
+        for (const channel of message.data.channels) this.confirmed.get(channel)?.();
+        return;
+      }
       const handler = message.channel && this.handlers.get(message.channel);
       if (handler) handler(message);
     };

@@ -26,7 +26,8 @@ export function auctionsSection({ canBid = false, mine = false } = {}) {
     const list = await get(mine ? "/v1/auctions" : "/v1/auctions?status=open");
     if (!feed) {
       feed = new Feed();
-      feed.subscribe("auctions", () => (el.isConnected ? reload() : feed.close()));
+      const refresh = () => (el.isConnected ? reload() : feed.close());
+      feed.subscribe("auctions", refresh, refresh);  // and once subscribed: an auction offered meanwhile shows
     }
     const rows = mine ? list.filter((a) => a.seller_id !== undefined && a.seller_id !== null) : list;
     return h("div", {}, table([
