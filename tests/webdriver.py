@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -184,11 +186,13 @@ class Driver:
 
 @contextlib.asynccontextmanager
 async def chromedriver() -> AsyncIterator[Driver]:
+    """A chromedriver and the browsers it opens, all gone at the exit, a failed test's too: its browsers
+    are closed while the HTTP session to the driver is still open, and the driver runs in a process
+    group of its own, killed whole, so no orphaned Chromium keeps sockets to the exchange under test."""
     port = _free_port()
     process = subprocess.Popen([CHROMEDRIVER, f"--port={port}", "--allowed-ips=127.0.0.1"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
-    driver = None
     try:
         async with aiohttp.ClientSession() as http:
             async def ready() -> bool:
@@ -200,15 +204,12 @@ async def chromedriver() -> AsyncIterator[Driver]:
 
             await eventually(ready, 15.0, "chromedriver did not start")
             driver = Driver(http, base)
-            yield driver
-            await driver.close()
-            driver = None
+            try:
+                yield driver
+            finally:
+                with contextlib.suppress(Exception):
+                    await driver.close()
     finally:
-        if driver is not None:
-            with contextlib.suppress(Exception):
-                await driver.close()
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(5)

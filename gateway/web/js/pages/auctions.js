@@ -26,8 +26,10 @@ export function auctionsSection({ canBid = false, mine = false } = {}) {
     const list = await get(mine ? "/v1/auctions" : "/v1/auctions?status=open");
     if (!feed) {
       feed = new Feed();
-      const refresh = () => (el.isConnected ? reload() : feed.close());
-      feed.subscribe("auctions", refresh, refresh);  // and once subscribed: an auction offered meanwhile shows
+      // Once subscribed, fetch again: an auction offered since the first fetch shows. (The section may
+      // not be on the page yet when that confirmation comes: it is not closed for that.)
+      feed.subscribe("auctions", () => (el.isConnected ? reload() : feed.close()),
+        () => el.isConnected && reload());
     }
     const rows = mine ? list.filter((a) => a.seller_id !== undefined && a.seller_id !== null) : list;
     return h("div", {}, table([
