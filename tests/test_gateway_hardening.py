@@ -356,7 +356,8 @@ async def test_terminated_backends_answer_503_or_success_never_500(_test_databas
 
             await asyncio.gather(register(), register(), place(), place(), terminate())
             assert statuses[500] == 0, statuses
-            assert set(statuses) <= {200, 201, 503}, statuses
+            # 429: the two order loops may outrun the buyer's token bucket (nothing placed, safe to retry)
+            assert set(statuses) <= {200, 201, 429, 503}, statuses
             # Safe to retry: once the exchange is back, every order whose outcome was unknown is
             # answered by its client_order_id (its original answer, or placed now).
             for _ in range(200):

@@ -4,12 +4,18 @@ import { cst, heads, kg, yuan } from "../format.js";
 import { t } from "../i18n.js";
 import { button, card, errorText, form, h, table } from "../ui.js";
 
-// A section that reloads itself: `load` returns its content; `reload()` redraws it in place.
+// A section that reloads itself: `load` returns its content; `reload()` redraws it in place. Reloads
+// may overlap (a live message during a fetch): only the latest one's content is shown, so an older
+// fetch that answers last never puts back what a newer one replaced.
 export function section(title, load, id) {
   const box = h("div", { id });
   const el = card(title, box);
+  let latest = 0;
   el.reload = async () => {
-    try { box.replaceChildren(await load(el.reload)); } catch (error) { box.replaceChildren(h("p", { class: "error" }, errorText(error))); }
+    const mine = ++latest;
+    let content;
+    try { content = await load(el.reload); } catch (error) { content = h("p", { class: "error" }, errorText(error)); }
+    if (mine === latest) box.replaceChildren(content);
   };
   return el;
 }
