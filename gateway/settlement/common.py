@@ -5,6 +5,7 @@ the API's names of accounts and states, and the roles that borrow and own money.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import Annotated, Final, TypeVar
 
@@ -168,6 +169,22 @@ async def archived_page(call: Call, kind: int, record_type: type[_R], before: in
     party = None if is_operator(call.principal) else call.principal.participant_id
     rows = await pgstore.archived_page(call.pool, kind, before, party, state, limit)
     return [msgspec.msgpack.decode(data, type=record_type) for data in rows]
+
+
+def newest_held(held: Mapping[int, _V], before: int | None, wanted: Callable[[_V], bool],
+                limit: int) -> list[tuple[int, _V]]:
+    """The held records below `before` that `wanted` keeps, newest first: `limit` + 1 at most (the
+    one over says a next page exists), to merge with history by `newest`."""
+    page: list[tuple[int, _V]] = []
+    for item_id in sorted(held, reverse=True):
+        if before is not None and item_id >= before:
+            continue
+        item = held[item_id]
+        if wanted(item):
+            page.append((item_id, item))
+            if len(page) > limit:
+                break
+    return page
 
 
 def newest(memory: list[tuple[int, _V]], archived: list[tuple[int, _V]], limit: int) -> tuple[list[_V], bool]:

@@ -40,6 +40,7 @@ from gateway.settlement.common import (
     clearing_of,
     is_operator,
     newest,
+    newest_held,
     submit,
     to_ms,
 )
@@ -272,15 +273,8 @@ async def list_trade_settlements(call: Call, query: TradeQuery) -> TradeSettleme
     clearing, principal = clearing_of(call), call.principal
     before = None if query.cursor is None else int(query.cursor)
     state = None if query.state is None else TradeState[query.state.name]
-    memory: list[tuple[int, TradeRecord]] = []
-    for trade_id in sorted(clearing.trades, reverse=True):
-        if before is not None and trade_id >= before:
-            continue
-        trade = clearing.trades[trade_id]
-        if (state is None or trade.state == state) and _may_see(clearing, principal, trade):
-            memory.append((trade_id, trade))
-            if len(memory) > query.limit:
-                break
+    memory = newest_held(clearing.trades, before, lambda t: (state is None or t.state == state)
+                         and _may_see(clearing, principal, t), query.limit)
     archived: list[tuple[int, TradeRecord]] = []
     if state in (None, TradeState.SETTLED, TradeState.REJECTED):
         found = await archived_page(call, pgstore.HISTORY_TRADE, TradeRecord, before, state, query.limit + 1)

@@ -61,6 +61,7 @@ from gateway.settlement.common import (
     is_operator,
     masked,
     newest,
+    newest_held,
     submit,
     to_ms,
 )
@@ -381,15 +382,8 @@ async def list_payouts(call: Call, query: PayoutQuery) -> PayoutPage:
     clearing, principal = clearing_of(call), call.principal
     before = None if query.cursor is None else int(query.cursor)
     state = None if query.state is None else PayoutState[query.state.name]
-    memory: list[tuple[int, Payout]] = []
-    for payout_id in sorted(clearing.payouts, reverse=True):
-        p = clearing.payouts[payout_id]
-        if (before is not None and payout_id >= before) or (state is not None and p.state != state):
-            continue
-        if is_operator(principal) or p.payee_id == principal.participant_id:
-            memory.append((payout_id, p))
-            if len(memory) > query.limit:
-                break
+    memory = newest_held(clearing.payouts, before, lambda p: (state is None or p.state == state)
+                         and (is_operator(principal) or p.payee_id == principal.participant_id), query.limit)
     archived: list[tuple[int, Payout]] = []
     if state in (None, PayoutState.CONFIRMED, PayoutState.RETURNED):
         found = await archived_page(call, pgstore.HISTORY_PAYOUT, Payout, before, state, query.limit + 1)
