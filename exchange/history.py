@@ -38,7 +38,7 @@ import msgspec
 
 from exchange.sequencer import CommittedBatch, decode_events
 from exchange.settlement.views import REPORT_COLUMNS, ReportEntry, SettlementReportRow, report_entries
-from exchange.store import check_journal_contiguous, follow_reconnecting
+from exchange.store import check_journal_contiguous, follow_reconnecting, wait_event
 
 __all__ = ["COLUMNS", "PROJECTION", "ReportHistory", "day_entries", "fold", "projected_seq", "write_entries"]
 
@@ -198,8 +198,7 @@ class ReportHistory:
                 await self._write(conn)  # the watermark alone, now and then
             else:
                 await self._advanced(self._fed_seq)  # nothing waits: everything fed is in the table
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self.flush_interval_s)
+            await wait_event(self._wakeup, self.flush_interval_s)
 
     async def _write(self, conn: asyncpg.Connection) -> None:
         entries, upto_seq = self._pending, self._fed_seq

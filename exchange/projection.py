@@ -31,7 +31,7 @@ import asyncpg
 from exchange.commands import Command, decode_command
 from exchange.events import Event
 from exchange.sequencer import Sequencer, decode_events
-from exchange.store import JournalGap, check_journal_contiguous, follow_reconnecting
+from exchange.store import JournalGap, check_journal_contiguous, follow_reconnecting, wait_event
 
 __all__ = ["Folded", "JournalProjector"]
 
@@ -128,7 +128,7 @@ class JournalProjector(Generic[C]):
             rows = await page.fetch(self.projected_seq, self.page_rows)
             if not rows:
                 self._wakeup.clear()
-                await _wait(self._wakeup, self.poll_interval_s)
+                await wait_event(self._wakeup, self.poll_interval_s)
                 continue
             # rows skipped (archived) would never be projected, and the watermark would pass them
             await check_journal_contiguous(conn, self.projected_seq, [r[0] for r in rows], self.who)
@@ -148,7 +148,7 @@ class JournalProjector(Generic[C]):
     async def _rest(self) -> None:
         """`min_round_gap_s` before the next round, cut short by a `wait_for`."""
         if not self._waiters:
-            await _wait(self._hurry, self.min_round_gap_s)
+            await wait_event(self._hurry, self.min_round_gap_s)
         self._hurry.clear()
 
     async def _watermark(self, conn: asyncpg.Connection) -> int:
@@ -158,11 +158,3 @@ class JournalProjector(Generic[C]):
         self.projected_seq = seq
         async with self._progress:
             self._progress.notify_all()
-
-
-async def _wait(event: asyncio.Event, timeout_s: float) -> None:
-    """Until `event` is set or `timeout_s` passed. `asyncio.timeout`, not `wait_for`: on Python 3.11
-    `wait_for` can swallow a cancellation that races its timeout, and `stop()` would then wait forever."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(timeout_s):
-            await event.wait()

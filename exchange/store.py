@@ -95,6 +95,7 @@ __all__ = [
     "restore_journal_partition",
     "save_snapshot",
     "snapshot_client_orders",
+    "wait_event",
 ]
 
 DATABASE_URL_ENV = "DATABASE_URL"
@@ -409,6 +410,15 @@ class ArchiveRefused(RuntimeError):
 class JournalGap(RuntimeError):
     """A projection meets journal rows missing after its watermark (archived days): folding on would skip
     them silently and move its watermark past them. Restore the days (`restore_journal_partition`)."""
+
+
+async def wait_event(event: asyncio.Event, timeout_s: float) -> None:
+    """Until `event` is set or `timeout_s` passed: how a journal follower sleeps. `asyncio.timeout`, not
+    `wait_for`: on Python 3.11 `wait_for` can swallow a cancellation that races its timeout, and the
+    follower's `stop()` would then wait forever."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
 
 
 async def follow_reconnecting(
