@@ -11,8 +11,16 @@ ticks settle the delivered trades (fees, poor households' subsidies, cooperative
 ends with a payout run, its bank file sent and the bank's answers (about 2 % failed, then returned).
 The stream is `benchmarks.ledger.MarketDay`'s (`LongMarket` adds the days, the loans and the
 night's payout cycle), made day by day in a child process by a scratch core, so its memory is not
-this run's, and every command of it was accepted there. Simulated time moves one day per day (the
-sequencer's clock starts each day at 06:00 of it), so trades settle and payouts run as they would.
+this run's, and every command of it was accepted there. Simulated time moves one day per day, so
+trades settle and payouts run as they would: a day's trading opens at 06:00 (UTC), or a day after the
+last day's trading closed if that is later, and its night runs at 12:00 (20:00 CST, before the CST
+midnight at which loans accrue). The sequencer's clock moves one microsecond a reading, so a day's
+trading lasts well under a millisecond of exchange time and ends after as many readings as the
+sequencer made batches, which varies from day to day (day 1, with the setup, makes more). Opening a day
+after the last close keeps every day's close at the same point of the 24 h window: opened at 06:00
+each day, the window at day 2's close would still hold the last third of day 1's trading (the part
+stamped later than day 2's last tick) and, on later days, a varying tail of the day before: records
+that a market trading for hours a day would have forgotten at the close.
 
 Each day runs in a fresh process, as the exchange restarts: it recovers from the latest snapshot and
 the journal tail (`Sequencer.start`), submits the day's trading (as the gateway hands commands over:
@@ -23,7 +31,20 @@ recovers from the close's snapshot and replays the night as its tail. Every day'
 taken at the same point of the day: with the default 24 h window, memory holds about one day of
 final records at any point after the first day, and a snapshot taken at an arbitrary command count
 (as this benchmark did before) compared a part of day 1 with a whole window on later days, a growth
-ratio of about 2 with nothing growing. Day d's figures: its commands and rejections (should be 0:
+ratio of about 2 with nothing growing.
+
+What the window holds at the close is not the same on day 1 as later, and cannot be: after day 1 it
+holds the setup (participants, their accounts) and day 1's trading; after day d > 1 the same and,
+still inside its 24 h, the night of day d - 1 (its last settlement tick's trades, the payouts run and
+confirmed or returned, their transfers, the run, bank file and import), and the loan accounts of
+every farmer who has borrowed so far (two a financier and borrower, kept as accounts are; day 1 has
+not met every farmer yet, so these grow until every one has borrowed, then stay). With 5,000
+commands a day, 6 days (per-kind counts: `held_day1`, `held_last`): 1,075 ledger accounts after day
+1, 1,599 after day 6 (+90 KB, as accounts are encoded), the night's ~390 payouts (+44 KB), ~1,000
+transfers (+22 KB) and ~100 trades (+14 KB); lots, orders, client order ids and the day's own trades
+and transfers are the same on every day.
+
+Day d's figures: its commands and rejections (should be 0:
 the stream was valid for the scratch core), committed commands/s, its statement page, and from the
 restart after it (the next process, right after recovery): the process's RSS, the size of the
 snapshot it started from (state and idempotency index) and the recovery time (the fastest of
@@ -33,7 +54,9 @@ only ever adds to one).
 Prints a line per day, then one JSON object: `days`, `commands`, `rss_mb_day1`, `rss_mb_last`,
 `snapshot_bytes_day1`, `snapshot_bytes_last`, `recovery_s_day1`, `recovery_s_last`,
 `statement_page_ms_last`, `growth_ratio_rss`, `growth_ratio_snapshot`, `growth_ratio_recovery` (last
-day over day 1), and `rejected` (all days). Uses `DATABASE_URL` or the embedded server, in a scratch
+day over day 1), `rejected` (all days), and `held_day1`, `held_last`: what the restart after day 1 and
+after the last day held, by kind (`held_counts`: orders, lots, ids, accounts, trades, payouts, loans,
+transfers...). Uses `DATABASE_URL` or the embedded server, in a scratch
 database dropped afterwards. Wall-clock figures move with other load on the machine.
 """
 
@@ -58,7 +81,8 @@ import asyncpg
 import msgspec
 
 from benchmarks.journal import scratch_database
-from benchmarks.ledger import BUYERS, COOPS, FARMERS, OPERATOR, MarketDay
+from benchmarks.ledger import BUYERS, COOPS, FARMERS, OPERATOR, MarketDay, clearing_of
+from exchange import store
 from exchange.commands import (
     ClockTick,
     Command,
@@ -70,7 +94,7 @@ from exchange.commands import (
     SetConsent,
     VerifyBankAccount,
 )
-from exchange.core import new_exchange
+from exchange.core import Core, new_exchange
 from exchange.events import Rejected, Trade
 from exchange.sequencer import Result, Sequencer
 from exchange.settlement import pgstore
@@ -78,7 +102,9 @@ from exchange.settlement.ledger import AccountCode
 
 DAY_NS = 86_400 * 10**9
 START_NS = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z
-OPENING_NS = 6 * 3_600 * 10**9  # each simulated day's trading starts at 06:00
+OPENING_NS = 6 * 3_600 * 10**9  # each simulated day's trading starts at 06:00 (UTC) at the earliest
+NIGHT_NS = 12 * 3_600 * 10**9  # and its night (settlement, payout run, bank answers) at 12:00 (20:00 CST,
+# before the CST midnight at which loans accrue interest: the same midnights as a night right after trading)
 FINANCIER = 4000
 STATEMENT_BUYER = BUYERS[0]
 SELLERS = (*FARMERS, *COOPS)
@@ -100,11 +126,13 @@ class LongMarket(MarketDay):
         self.add(ConfirmDeposit(OPERATOR, 0, "funds", FINANCIER, FundsAccount.FINANCIER_FUNDS, 10**14))
         for farmer in FARMERS:
             self.add(SetConsent(farmer, 0, FINANCIER, True))
+        self.closed_ns = 0  # when the last day's trading closed (0: before the first day)
 
     def day(self, day: int, commands: int) -> tuple[list[Command], int]:
         """The commands of simulated day `day` (0 is the first), about `commands` of them, and where its
         night (the last settlement tick and the payout cycle) begins among them."""
-        self.ts_ns = max(self.ts_ns, START_NS + day * DAY_NS + OPENING_NS)
+        # trading opens a day after the last one closed, as run_day's clock does
+        self.ts_ns = max(self.ts_ns, START_NS + day * DAY_NS + OPENING_NS, self.closed_ns + DAY_NS)
         first = len(self.commands)
         rng = self.rng
         while len(self.commands) - first < commands:
@@ -115,6 +143,8 @@ class LongMarket(MarketDay):
                 self.add(ClockTick(0, 0))
                 self.delivered.clear()
         night = len(self.commands) - first
+        self.closed_ns = self.ts_ns
+        self.ts_ns = max(self.ts_ns, START_NS + day * DAY_NS + NIGHT_NS)
         self.add(ClockTick(0, 0))  # the last deliveries of the day settle
         self.delivered.clear()
         self.payout_cycle()  # the night's payout run, sent and confirmed by the bank
@@ -151,14 +181,24 @@ def generate_days(seed: int, days: int, per_day: int, directory: str) -> None:
 
 
 class DayClock:
-    """The sequencer's clock on simulated day `day`: from 06:00, one microsecond a reading."""
+    """The sequencer's clock on simulated day `day`: from 06:00, one microsecond a reading; `open_at` and
+    `night` move it on (never back)."""
 
     def __init__(self, day: int) -> None:
+        self.day = day
         self.now_ns = START_NS + day * DAY_NS + OPENING_NS
 
     def __call__(self) -> int:
         self.now_ns += 1_000
         return self.now_ns
+
+    def open_at(self, closed_ns: int) -> None:
+        """Trading opens a day after the last day's trading closed at `closed_ns` (0: none did)."""
+        if closed_ns:
+            self.now_ns = max(self.now_ns, closed_ns + DAY_NS)
+
+    def night(self) -> None:
+        self.now_ns = max(self.now_ns, START_NS + self.day * DAY_NS + NIGHT_NS)
 
 
 def _rss_mb() -> float:
@@ -173,14 +213,17 @@ def _sequencer(dsn: str, clock: DayClock, snapshot_every: int, window: int) -> S
                      queue_size=max(2 * window, 10_000))  # fmt: skip
 
 
-async def run_day(dsn: str, day: int, stream: str, snapshot_every: int, window: int) -> dict[str, float]:
+async def run_day(dsn: str, day: int, stream: str, snapshot_every: int, window: int) -> dict[str, Any]:
     """Recover, measure, run the day's commands (if any), time a statement page; the figures."""
     clock = DayClock(day)
     sequencer = _sequencer(dsn, clock, snapshot_every, window)
     start_s = time.perf_counter()
     recovery = await sequencer.start()
-    figures: dict[str, float] = {"recovery_s": time.perf_counter() - start_s, "replayed": recovery.replayed,
-                                 "snapshot_seq": recovery.snapshot_seq}
+    figures: dict[str, Any] = {
+        "recovery_s": time.perf_counter() - start_s,
+        "replayed": recovery.replayed,
+        "snapshot_seq": recovery.snapshot_seq,
+    }
     try:
         gc.collect()
         figures["rss_mb"] = _rss_mb()
@@ -190,11 +233,19 @@ async def run_day(dsn: str, day: int, stream: str, snapshot_every: int, window: 
             start_s = time.perf_counter()
             await sequencer.start()
             figures["recovery_s"] = min(figures["recovery_s"], time.perf_counter() - start_s)
+        figures["held"] = held_counts(sequencer.core, len(recovery.client_orders))
         conn = await asyncpg.connect(dsn)
         try:
-            figures["snapshot_bytes"] = await conn.fetchval(
-                "SELECT coalesce(octet_length(state) + coalesce(octet_length(client_orders), 0), 0) FROM snapshots "
-                "WHERE seq = $1", recovery.snapshot_seq) or 0
+            closed = await store.journal_entry(conn, recovery.snapshot_seq) if recovery.snapshot_seq else None
+            clock.open_at(closed[0] if closed is not None else 0)  # the close's snapshot: the last trading
+            figures["snapshot_bytes"] = (
+                await conn.fetchval(
+                    "SELECT coalesce(octet_length(state) + coalesce(octet_length(client_orders), 0), 0) FROM snapshots "
+                    "WHERE seq = $1",
+                    recovery.snapshot_seq,
+                )
+                or 0
+            )
             if stream:
                 stored, night = _decoder.decode(Path(stream).read_bytes())
                 commands = [msgspec.structs.replace(c, ts_ns=0) for c in stored]
@@ -205,6 +256,7 @@ async def run_day(dsn: str, day: int, stream: str, snapshot_every: int, window: 
                 await sequencer.stop(snapshot=True)
                 sequencer = _sequencer(dsn, clock, snapshot_every, window)
                 await sequencer.start()
+                clock.night()
                 start_s = time.perf_counter()
                 results += await _submit_all(sequencer, commands[night:], window)
                 figures["commands_per_s"] = len(commands) / (elapsed_s + time.perf_counter() - start_s)
@@ -219,12 +271,25 @@ async def run_day(dsn: str, day: int, stream: str, snapshot_every: int, window: 
     return figures
 
 
+def held_counts(core: Core, index_entries: int) -> dict[str, int]:
+    """What a recovered exchange holds, by kind (what its snapshot encodes): the core's, the clearing's
+    and the ledger's records, and the sequencer's idempotency index."""
+    clearing = clearing_of(core)
+    counts = {"orders": len(core.orders), "lots": len(core.lots),
+              "client_order_ids": sum(len(ids) for ids in core.client_order_ids.values()),
+              "lot_refs": len(core.lot_refs), "index_entries": index_entries,
+              "participants": len(clearing.participants), "accounts": len(clearing.accounts),
+              "payables": sum(1 for sources in clearing.payables.values() if sources)}  # fmt: skip
+    counts.update(clearing.held_counts())
+    return counts
+
+
 async def _submit_all(sequencer: Sequencer, commands: Sequence[Command], window: int) -> list[Result]:
     results: list[Result] = []
     chunk = max(1, window // 4)
     in_flight: list[list[asyncio.Future[Result]]] = []
     for first in range(0, len(commands), chunk):
-        in_flight.append(sequencer.submit_many(commands[first:first + chunk]))
+        in_flight.append(sequencer.submit_many(commands[first : first + chunk]))
         if len(in_flight) * chunk > window:
             futures = in_flight.pop(0)
             await futures[-1]  # acknowledged in journal order: the chunk's last one is the last to resolve
@@ -255,10 +320,24 @@ def _worker_main(args: argparse.Namespace) -> None:
 # -- the driver -------------------------------------------------------------------------------------------------
 
 
-def _day_process(dsn: str, day: int, stream: str, args: argparse.Namespace) -> dict[str, float]:
+def _day_process(dsn: str, day: int, stream: str, args: argparse.Namespace) -> dict[str, Any]:
     # snapshots only at the close (a periodic one would move the point of the day recovery starts from)
-    command = [sys.executable, "-m", "benchmarks.longrun", "--worker", "--dsn", dsn, "--day", str(day),
-               "--stream", stream, "--snapshot-every", str(10**12), "--window", str(args.window)]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.longrun",
+        "--worker",
+        "--dsn",
+        dsn,
+        "--day",
+        str(day),
+        "--stream",
+        stream,
+        "--snapshot-every",
+        str(10**12),
+        "--window",
+        str(args.window),
+    ]
     done = subprocess.run(command, check=False, capture_output=True, text=True, env={**os.environ})
     if done.returncode:
         raise RuntimeError(f"day {day}'s process exited {done.returncode}:\n{done.stderr[-3000:]}")
@@ -272,7 +351,7 @@ async def _wait_for(path: Path, generator: multiprocessing.Process) -> None:
         await asyncio.sleep(0.05)
 
 
-async def run(args: argparse.Namespace) -> dict[str, float]:
+async def run(args: argparse.Namespace) -> dict[str, Any]:
     async with scratch_database() as dsn:
         with tempfile.TemporaryDirectory(prefix="hogx-longrun-") as directory:
             context = multiprocessing.get_context("spawn")
@@ -287,10 +366,11 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
                 generator.join()
 
 
-async def _run_days(dsn: str, directory: Path, generator: multiprocessing.Process,
-                    args: argparse.Namespace) -> dict[str, float]:
-    days: list[dict[str, float]] = []
-    previous: dict[str, float] | None = None
+async def _run_days(
+    dsn: str, directory: Path, generator: multiprocessing.Process, args: argparse.Namespace
+) -> dict[str, Any]:
+    days: list[dict[str, Any]] = []
+    previous: dict[str, Any] | None = None
     for day in range(args.days + 1):  # the last process only restarts after the last day
         stream = ""
         if day < args.days:
@@ -300,8 +380,13 @@ async def _run_days(dsn: str, directory: Path, generator: multiprocessing.Proces
         figures = await asyncio.to_thread(_day_process, dsn, day, stream, args)
         if previous is not None:
             # the restart after a day tells what that day left: memory, snapshot, recovery time
-            previous.update(rss_mb=figures["rss_mb"], snapshot_bytes=figures["snapshot_bytes"],
-                            recovery_s=figures["recovery_s"], replayed=figures["replayed"])
+            previous.update(
+                rss_mb=figures["rss_mb"],
+                snapshot_bytes=figures["snapshot_bytes"],
+                recovery_s=figures["recovery_s"],
+                replayed=figures["replayed"],
+                held=figures["held"],
+            )
             days.append(previous)
             _print_day(len(days), previous)
         previous = figures
@@ -324,14 +409,19 @@ async def _run_days(dsn: str, directory: Path, generator: multiprocessing.Proces
         "growth_ratio_rss": round(last["rss_mb"] / first["rss_mb"], 2),
         "growth_ratio_snapshot": round(last["snapshot_bytes"] / max(1, first["snapshot_bytes"]), 2),
         "growth_ratio_recovery": round(last["recovery_s"] / max(1e-9, first["recovery_s"]), 2),
+        "held_day1": first["held"],  # what the restart after day 1 held, by kind (held_counts)
+        "held_last": last["held"],
     }
 
 
-def _print_day(day: int, f: dict[str, float]) -> None:
-    print(f"day {day:>3}: {int(f['commands']):>7,} commands ({int(f['rejected'])} rejected) "
-          f"{f['commands_per_s']:>8,.0f}/s | restart: rss {f['rss_mb']:7.1f} MB, snapshot "
-          f"{f['snapshot_bytes'] / 1e6:8.2f} MB, recovery {f['recovery_s']:6.2f} s ({int(f['replayed']):,} replayed) "
-          f"| statement page {f['statement_page_ms']:.2f} ms", flush=True)
+def _print_day(day: int, f: dict[str, Any]) -> None:
+    print(
+        f"day {day:>3}: {int(f['commands']):>7,} commands ({int(f['rejected'])} rejected) "
+        f"{f['commands_per_s']:>8,.0f}/s | restart: rss {f['rss_mb']:7.1f} MB, snapshot "
+        f"{f['snapshot_bytes'] / 1e6:8.2f} MB, recovery {f['recovery_s']:6.2f} s ({int(f['replayed']):,} replayed) "
+        f"| statement page {f['statement_page_ms']:.2f} ms",
+        flush=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

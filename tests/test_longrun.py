@@ -34,3 +34,8 @@ def test_two_small_days_give_every_figure(postgres_server_url: str) -> None:
     assert result["snapshot_bytes_day1"] > 0 and result["snapshot_bytes_last"] > 0  # each restart had a snapshot
     assert result["rss_mb_day1"] > 0 and result["recovery_s_day1"] > 0 and result["statement_page_ms_last"] > 0
     assert result["growth_ratio_snapshot"] == round(result["snapshot_bytes_last"] / result["snapshot_bytes_day1"], 2)
+    # what each restart held, by kind: after day 2 also day 1's night (payouts still inside their window)
+    first, last = result["held_day1"], result["held_last"]
+    assert set(first) == set(last) >= {"orders", "lots", "client_order_ids", "accounts", "trades", "payouts",
+                                       "loans", "transfers", "index_entries"}
+    assert first["participants"] == last["participants"] > 0 and last["trades"] > 0 and last["transfers"] > 0
