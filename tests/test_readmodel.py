@@ -35,7 +35,9 @@ from tests.sequencer_harness import (
 
 from .conftest import FreshDatabase
 
-MODES = ["projector", "in-transaction"]
+# "projector": attached to the sequencer, folding its committed batches from memory; "journal": the same
+# projector not attached, reading every row back from the journal; "in-transaction": `project_batch`.
+MODES = ["projector", "journal", "in-transaction"]
 
 
 @pytest_asyncio.fixture
@@ -49,14 +51,16 @@ class Exchange:
     def __init__(self, dsn: str, mode: str, clock: Any = None, **options: Any) -> None:
         extra = project_batch if mode == "in-transaction" else None
         self.sequencer = Sequencer(dsn, core_type=Core, clock_ns=clock or StepClock(), extra_writes=extra, **options)
-        self.projector = Projector(dsn, poll_interval_s=0.05) if mode == "projector" else None
+        self.projector = Projector(dsn, poll_interval_s=0.05) if mode in ("projector", "journal") else None
+        self.mode = mode
         self.pool: asyncpg.Pool | None = None
         self.dsn = dsn
 
     async def __aenter__(self) -> Exchange:
         await self.sequencer.start()
         if self.projector is not None:
-            self.projector.attach(self.sequencer)
+            if self.mode == "projector":
+                self.projector.attach(self.sequencer)
             await self.projector.start()
         self.pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=2)
         return self
@@ -283,25 +287,59 @@ async def test_the_read_model_agrees_with_the_core(
     await _check_against_core(dsn, actions, groups)
 
 
-async def test_both_projection_modes_write_the_same_rows(fresh_database_url: FreshDatabase) -> None:
+async def _trade_some(exchange: Exchange, count: int) -> None:
+    await exchange.submit(list_instrument())
+    lot_id = (await exchange.submit(register_lot(20))).events[0].lot.lot_id  # type: ignore[union-attr]
+    for i in range(count):
+        side = Side.BUY if i % 3 else Side.SELL
+        await exchange.submit(
+            order(10 if side == Side.BUY else 20, side, 2800 + 10 * (i % 4 - 2), 1 + i % 5, cid=f"o{i}",
+                  lot_id=lot_id if side == Side.SELL else 0)
+        )  # fmt: skip
+
+
+async def _projected_rows(pool: asyncpg.Pool) -> tuple[list[OrderView], list[tuple[Any, ...]]]:
+    orders = sorted(await _all_orders_pool(pool), key=lambda v: v.seq)
+    return orders, [tuple(r) for r in await pool.fetch("SELECT * FROM trades ORDER BY trade_id")]
+
+
+async def test_every_projection_mode_writes_the_same_rows(fresh_database_url: FreshDatabase) -> None:
     rows: list[Any] = []
     for mode in MODES:
         dsn = await fresh_database_url()
         async with Exchange(dsn, mode, StepClock()) as exchange:
-            await exchange.submit(list_instrument())
-            lot_id = (await exchange.submit(register_lot(20))).events[0].lot.lot_id  # type: ignore[union-attr]
-            for i in range(20):
-                side = Side.BUY if i % 3 else Side.SELL
-                await exchange.submit(
-                    order(10 if side == Side.BUY else 20, side, 2800 + 10 * (i % 4 - 2), 1 + i % 5, cid=f"o{i}",
-                          lot_id=lot_id if side == Side.SELL else 0)
-                )  # fmt: skip
-            pool = await exchange.synced()
-            orders = sorted(await _all_orders_pool(pool), key=lambda v: v.seq)
-            trades = [tuple(r) for r in await pool.fetch("SELECT * FROM trades ORDER BY trade_id")]
-            rows.append((orders, trades))
-    assert rows[0] == rows[1]
+            await _trade_some(exchange, 20)
+            rows.append(await _projected_rows(await exchange.synced()))
+            committed = exchange.sequencer.committed_seq
+            if exchange.projector is not None:  # each row folded once, from where the mode says
+                folded = (exchange.projector.rows_from_memory, exchange.projector.rows_from_journal)
+                assert folded == ((committed, 0) if mode == "projector" else (0, committed))
+    assert rows[0] == rows[1] == rows[2]
     assert len(rows[0][1]) > 0
+
+
+async def test_a_projector_that_falls_behind_memory_reads_the_hole_from_the_journal(
+    fresh_database_url: FreshDatabase,
+) -> None:
+    """Past `max_fed_rows` the oldest fed batches are dropped: the projector reads those rows back from
+    the journal, then goes on from memory, and the rows are the same as a journal-only projection's."""
+    expected_dsn, dsn = await fresh_database_url(), await fresh_database_url()
+    async with Exchange(expected_dsn, "journal", StepClock()) as exchange:
+        await _trade_some(exchange, 30)
+        expected = await _projected_rows(await exchange.synced())
+    async with Exchange(dsn, "none", StepClock()) as exchange:
+        projector = Projector(dsn, poll_interval_s=0.05, min_round_gap_s=0.3, max_fed_rows=4)
+        projector.attach(exchange.sequencer)
+        await projector.start()
+        try:
+            await _trade_some(exchange, 30)  # one batch per command: the fed batches overflow while it rests
+            await projector.wait_for(exchange.sequencer.committed_seq, timeout_s=10)
+            assert exchange.pool is not None
+            assert await _projected_rows(exchange.pool) == expected
+            assert projector.rows_from_memory > 0 and projector.rows_from_journal > 0
+            assert projector.rows_from_memory + projector.rows_from_journal == exchange.sequencer.committed_seq
+        finally:
+            await projector.stop()
 
 
 async def _all_orders_pool(pool: asyncpg.Pool) -> list[OrderView]:
