@@ -133,7 +133,10 @@ class JournalProjector(Generic[C]):
         for batch in fed:
             if batch.first_seq > after + 1 or len(entries) >= self.page_rows:
                 break  # a hole (batches were dropped): the journal fills it first, then memory goes on
-            entries.extend(e for e in batch.entries() if e[0] > after)
+            if batch.first_seq > after:
+                entries.extend(batch.entries())
+            else:  # partly projected (rows read from the journal overlapped it)
+                entries.extend(e for e in batch.entries() if e[0] > after)
             after = batch.last_seq
         return entries
 
