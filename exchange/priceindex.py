@@ -26,6 +26,8 @@ watermark (`projections` row ``price_index``) updated in the same transaction as
 batch counts exactly once; acknowledgements never wait for it. Journal rows missing after its
 watermark (archived days) stop it, logged, with `exchange.store.JournalGap` instead of being skipped.
 The band reference the core needs (the day's average) the core keeps itself (exchange/calendar.py).
+The gateway serves the index's final days from these tables (`day_sums`, `first_day_from`; gateway/index.py)
+and holds in memory only the rows still moving.
 
 All arithmetic is on Python integers; the sums are bigint in PostgreSQL.
 """
@@ -48,10 +50,13 @@ from exchange.projection import JournalProjector
 __all__ = [
     "PROJECTION",
     "DayChanges",
+    "DaySums",
     "IndexProjector",
     "IndexRow",
     "Series",
     "average_price_fen",
+    "day_sums",
+    "first_day_from",
     "fold",
     "index_history",
     "index_on",
@@ -277,6 +282,49 @@ async def index_history(db: asyncpg.Connection | asyncpg.Pool, from_day: int, to
 
 async def index_on(db: asyncpg.Connection | asyncpg.Pool, day: int) -> list[IndexRow]:
     return await index_history(db, day, day)
+
+
+class DaySums(msgspec.Struct, frozen=True, array_like=True):
+    """One day of one series as stored: the sums the index is computed from (`gateway.index` serves
+    its final days from these)."""
+
+    day: int  # yyyymmdd, China Standard Time
+    series: Series
+    trades: int
+    heads: int
+    price_heads_fen: int
+    value_fen: int
+
+
+_SELECT_SUMS: Final = """
+SELECT day, product_class, breed_class, region, trades, heads, price_heads_fen, value_fen
+FROM price_index_daily
+WHERE day BETWEEN $1 AND $2
+  AND ($3::smallint IS NULL OR product_class = $3)
+  AND ($4::smallint IS NULL OR breed_class = $4)
+  AND ($5::text IS NULL OR region = $5)
+"""
+
+
+def _sums(r: Any) -> DaySums:
+    return DaySums(r[0], (r[1], r[2], r[3]), r[4], r[5], r[6], r[7])
+
+
+async def day_sums(db: asyncpg.Connection | asyncpg.Pool, from_day: int, to_day: int, *,
+                   product_class: int | None = None, breed_class: int | None = None,
+                   region: str | None = None) -> list[DaySums]:
+    """The stored rows of the days ``from_day``..``to_day`` (yyyymmdd, inclusive), in no set order."""
+    rows = await db.fetch(_SELECT_SUMS, from_day, to_day, product_class, breed_class, region)
+    return [_sums(r) for r in rows]
+
+
+async def first_day_from(db: asyncpg.Connection | asyncpg.Pool, series: Series, day: int) -> DaySums | None:
+    """The series' first stored day with trades on or after ``day`` (yyyymmdd): a base day's sums."""
+    row = await db.fetchrow(
+        "SELECT day, product_class, breed_class, region, trades, heads, price_heads_fen, value_fen"
+        " FROM price_index_daily WHERE (product_class, breed_class, region) = ($1, $2, $3) AND day >= $4"
+        " ORDER BY day LIMIT 1", *series, day)
+    return None if row is None else _sums(row)
 
 
 async def projected_seq(db: asyncpg.Connection | asyncpg.Pool) -> int:

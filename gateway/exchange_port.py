@@ -52,7 +52,7 @@ from typing import Any, Final
 import asyncpg
 from aiohttp import web
 
-from exchange import readmodel
+from exchange import priceindex, readmodel
 from exchange.commands import Command, decode_command
 from exchange.core import Core, new_exchange
 from exchange.events import Event
@@ -214,6 +214,8 @@ class Shard:
             after_seq = await self._load_snapshot(conn, upto_seq)
             if self.projector is not None:  # what the projection holds may be forgotten while rebuilding
                 self.read_model.projected_seq = await readmodel.projected_seq(conn)
+            # the price index's final rows the projection holds leave memory too (gateway/priceindex.py)
+            self.read_model.index.projected_seq = await priceindex.projected_seq(conn)
             bare = await conn.fetchval("SELECT count(*) FROM journal WHERE seq > $1 AND seq <= $2 AND events IS NULL",
                                        after_seq, upto_seq)
             shadow = new_exchange() if bare else None

@@ -21,10 +21,32 @@ gives:
 
 The arithmetic (value, average, index, their rounding) is `exchange.priceindex`'s, and the base day
 rule is the same, so a day's rows here equal the PostgreSQL projection's (exchange/priceindex.py;
-tests/test_index_projection.py compares them on one stream). These serve the routes and the channel:
-`PriceIndex` is pure and folded by the gateway's read model from committed trades, so it is rebuilt
-from the journal at start like everything else there; the projection keeps the history in PostgreSQL
-for when it need not live in memory. Routes: `GET /v1/index?date=` (default today),
+tests/test_index_projection.py compares them on one stream).
+
+Memory holds what is not final, the history lives in PostgreSQL (issue 12). `PriceIndex` is pure and
+folded by the gateway's read model from committed trades (so a start restores it from the read model's
+snapshot and folds the journal after it, like everything else there). It holds the rows of today (from
+`open_from`, the day of the latest clock tick: every row from that day on is held) and, per series, what
+the next rows need: its first day's row and its base day's row (the sums the index divides by), and the
+day its first listing named. A row of an earlier day, which no trade can move any more, leaves memory at
+a clock tick (`PriceIndex.seal`) once the projection (`price_index_daily`, its watermark kept in
+`PriceIndex.projected_seq` by gateway/priceindex.py) has passed its latest trade; until then it stays
+held and answers, so a projection lagging behind (or stopped) loses nothing: like the read model's
+orders, which leave only once `projected_seq` covers them. The rows held are at most those of the days
+the projection has not passed, normally today's and yesterday's (tests/test_index_memory.py counts them
+over 400 days).
+
+The routes answer from both (`served_rows`): the rows held, read first, and the other rows of the days
+before `open_from` from `price_index_daily`, with the index against the base day memory keeps: a row
+dropped after memory was read had reached the projection before, so none falls between the two, and
+the answers are those the index gave when it held every day (tests/test_index_memory.py compares every
+route's JSON and CSV before and after the rows leave). One case needs PostgreSQL for the base: a listing
+naming a base day that the series had already traded past, with rows on or after it already dropped
+(`PriceIndex.unresolved`); the routes look it up before answering (`resolve_bases`) and the publisher
+right after the batch, and the series' rows stay held until it is found. The channel is answered from
+memory alone (today's rows).
+
+Routes: `GET /v1/index?date=` (default today),
 `GET /v1/index/history?from=&to=&product_class=&breed_class=&region=` and `.../history.csv`; the
 WebSocket channel `index` sends the changed series of each batch with trades (provisional) and, with
 the first batch stamped at or after a row's final instant (the close's own batch, or the tick that
@@ -34,25 +56,37 @@ are.
 
 from __future__ import annotations
 
-import bisect
+import asyncio
 import csv
 import datetime as dt
 import io
+import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Annotated, Any, Final
 
+import asyncpg
 import msgspec
 from aiohttp import web
 
-from exchange.calendar import NEVER, NS_PER_MIN, day_of_label, day_start_ns, trades_on
+from exchange import priceindex
+from exchange.calendar import NEVER, NS_PER_MIN, day_label, day_of_label, day_start_ns, trades_on
 from exchange.domain import InstrumentSpec, ProductClass
-from exchange.priceindex import average_price_fen, index_x100, trade_value_fen
+from exchange.priceindex import DaySums, average_price_fen, index_x100, trade_value_fen
 from exchange.settlement.rules import cst_day
 from gateway.auth import PUBLIC
 from gateway.clock import exchange_now_ns
 from gateway.errors import ApiError
 from gateway.routes import Call, RouteTable
-from gateway.schemas import BREED_CLASS_NAME, PRODUCT_CLASS_NAME, QUOTE_UNIT, BreedClassName, ProductClassName
+from gateway.schemas import (
+    BREED_CLASS,
+    BREED_CLASS_NAME,
+    PRODUCT_CLASS,
+    PRODUCT_CLASS_NAME,
+    QUOTE_UNIT,
+    BreedClassName,
+    ProductClassName,
+)
+from gateway.state import POOL
 
 if TYPE_CHECKING:
     from exchange.sequencer import CommittedBatch
@@ -60,21 +94,26 @@ if TYPE_CHECKING:
     from gateway.readmodel import BatchDigest, ReadModel
     from gateway.ws import Hub
 
-__all__ = ["Finality", "IndexRow", "PriceIndex", "attach", "routes", "wire"]
+__all__ = ["DayCell", "Finality", "IndexRow", "PriceIndex", "attach", "resolve_bases", "routes", "served_rows", "wire"]
 
+_log = logging.getLogger(__name__)
 _EPOCH: Final = dt.date(1970, 1, 1)
 SeriesKey = tuple[int, int, str]  # (product class, breed class, region)
 
 
-class _Day:
-    __slots__ = ("heads", "last_ns", "price_heads", "trades", "value_fen")
+class DayCell:
+    """One (day, series) row's sums as trades fold into it."""
 
-    def __init__(self) -> None:
+    __slots__ = ("day", "heads", "last_ns", "last_seq", "price_heads", "trades", "value_fen")
+
+    def __init__(self, day: int) -> None:
+        self.day = day
         self.heads = 0
         self.price_heads = 0  # sum of price x heads
         self.value_fen = 0
         self.trades = 0
         self.last_ns = 0  # the latest trade's instant
+        self.last_seq = 0  # the journal seq of the latest trade (the projection holds the row from it on)
 
 
 class IndexRow(msgspec.Struct, frozen=True):
@@ -155,53 +194,145 @@ class Finality:
 
 
 class PriceIndex:
-    """Daily sums per series; rows computed on demand (see the module docstring). The arithmetic is
-    `exchange.priceindex`'s, so these rows equal the PostgreSQL projection's."""
+    """Daily sums per series for the rows still held (see the module docstring), each series' first day
+    and base day, and the rows computed from them. The arithmetic is `exchange.priceindex`'s, so these
+    rows equal the PostgreSQL projection's.
+
+    Held (`days`): every row of the days from `open_from` on (today's: still moving), and the rows of
+    earlier days the projection does not hold yet (their latest trade's seq after `projected_seq`).
+    `seal` lets the others go. Kept per series whatever is dropped: its first day's row (`first`, the
+    base when no day is named), the day named at listing (`named`, told by `name`) and the row of its
+    base day (`named_base`), so the rows still moving are computed from memory alone, and a final
+    row read back from PostgreSQL gets its index from the same base."""
 
     def __init__(self) -> None:
-        self.days: dict[int, dict[SeriesKey, _Day]] = {}
-        self.trade_days: dict[SeriesKey, list[int]] = {}  # series -> its days with trades, ascending
+        self.days: dict[int, dict[SeriesKey, DayCell]] = {}  # day -> series -> its row, the rows held
+        self.first: dict[SeriesKey, DayCell] = {}
+        self.named: dict[SeriesKey, int] = {}  # series -> the index_base_day of its first listing naming one
+        self.named_base: dict[SeriesKey, DayCell] = {}  # series -> its first day with trades on or after that
+        # A day named after the series had traded past it, with rows on or after it already dropped: its
+        # base day is in PostgreSQL, looked up by `gateway.index.resolve_bases`; its rows are not dropped
+        # meanwhile (so the look-up and the rows held cover every day between them).
+        self.unresolved: dict[SeriesKey, int] = {}
+        self.dropped_through: dict[SeriesKey, int] = {}  # series -> the latest day of its rows dropped
+        self.open_from = 0  # every row of this day and later is held
+        self.projected_seq = 0  # how far the projection (`price_index_daily`) is: its owner keeps it
 
     def add(self, spec: InstrumentSpec, ts_ns: int, price_fen: int, heads: int,
-            avg_weight_g: int) -> tuple[int, SeriesKey]:
-        """Fold one trade; returns its (day, series)."""
+            avg_weight_g: int, seq: int = 0) -> tuple[int, SeriesKey]:
+        """Fold one trade (journal seq ``seq``); returns its (day, series)."""
         # Called for every trade: look-ups first, nothing allocated unless a day or series is new.
         day = cst_day(ts_ns)
         key = series_of(spec)
-        days = self.trade_days.get(key)
-        if days is None:
-            days = self.trade_days[key] = []
-        if not days or days[-1] < day:
-            days.append(day)
-        elif days[-1] != day and day not in days:  # (the common case, today's, never scans the list)
-            # trades come in time order; this keeps the list sorted whatever happens
-            bisect.insort(days, day)
         cells = self.days.get(day)
         if cells is None:
             cells = self.days[day] = {}
         cell = cells.get(key)
         if cell is None:
-            cell = cells[key] = _Day()
+            cell = cells[key] = self._new_row(day, key)
         cell.heads += heads
         cell.price_heads += price_fen * heads
         cell.trades += 1
         if ts_ns > cell.last_ns:
             cell.last_ns = ts_ns
+        if seq > cell.last_seq:
+            cell.last_seq = seq
         cell.value_fen += trade_value_fen(key[0], price_fen, heads, avg_weight_g)
         return day, key
 
-    def base_day(self, key: SeriesKey, finality: Finality) -> int | None:
-        """The series' base day: its first day with trades on or after the day named at listing."""
-        days = self.trade_days.get(key, [])
-        i = bisect.bisect_left(days, finality.base_from(key))
-        return days[i] if i < len(days) else None
+    def _new_row(self, day: int, key: SeriesKey) -> DayCell:
+        cell = DayCell(day)
+        first = self.first.get(key)
+        if first is None or day < first.day:  # (trades come in time order: a new row is the newest)
+            self.first[key] = cell
+        named = self.named.get(key)
+        if named is not None and key not in self.unresolved and day >= named:
+            base = self.named_base.get(key)
+            if base is None or day < base.day:
+                self.named_base[key] = cell
+        return cell
+
+    def name(self, key: SeriesKey, named_day: int) -> None:
+        """A listing of the series names ``named_day`` as the day its base is sought from; only the
+        series' first listing naming one counts (`Finality.base_from`)."""
+        if named_day == 0 or key in self.named:
+            return
+        self.named[key] = named_day
+        first = self.first.get(key)
+        if first is None:
+            return  # no trades yet: the first on or after the day will be the base
+        if first.day >= named_day:
+            self.named_base[key] = first
+        elif self.dropped_through.get(key, -1) >= named_day:
+            self.unresolved[key] = named_day  # the base may be a day only PostgreSQL holds now
+        else:
+            self._found(key, named_day, None)
+
+    def _found(self, key: SeriesKey, named_day: int, stored: DayCell | None) -> None:
+        """The base of ``key``: the earliest of its rows held on or after ``named_day`` and ``stored``
+        (the first such row PostgreSQL holds, if it was looked up)."""
+        held = [cells[key] for day, cells in self.days.items() if day >= named_day and key in cells]
+        if stored is not None:
+            held.append(stored)  # a held row of the same day wins: it is at least as recent
+        base = min(held, key=lambda cell: cell.day, default=None)
+        if base is None:
+            self.named_base.pop(key, None)
+        else:
+            self.named_base[key] = base
+
+    def resolved(self, key: SeriesKey, named_day: int, stored: DaySums | None) -> None:
+        """The answer of PostgreSQL for an `unresolved` series: its first stored day on or after the named
+        day (``None``: none)."""
+        if self.unresolved.get(key) != named_day:
+            return
+        del self.unresolved[key]
+        self._found(key, named_day, None if stored is None else _stored(stored))
+
+    def seal(self, today: int) -> dict[tuple[int, SeriesKey], DayCell]:
+        """Exchange time has reached ``today`` (no trade can come for an earlier day): the rows of
+        earlier days the projection holds (latest trade at or before `projected_seq`) leave memory.
+        Returns them, for the publishers of the batch that sealed them."""
+        if today > self.open_from:
+            self.open_from = today
+        dropped: dict[tuple[int, SeriesKey], DayCell] = {}
+        projected = self.projected_seq
+        for day in [d for d in self.days if d < today]:
+            cells = self.days[day]
+            for key in [k for k, c in cells.items() if c.last_seq <= projected and k not in self.unresolved]:
+                dropped[(day, key)] = cells.pop(key)
+                if day > self.dropped_through.get(key, -1):
+                    self.dropped_through[key] = day
+            if not cells:
+                del self.days[day]
+        return dropped
+
+    def held_rows(self) -> int:
+        """How many (day, series) rows memory holds."""
+        return sum(len(cells) for cells in self.days.values())
+
+    def base_day(self, key: SeriesKey, finality: Finality) -> DayCell | None:
+        """The row of the series' base day: its first day with trades on or after the day named at
+        listing (`finality.base_from`)."""
+        base_from = finality.base_from(key)
+        if base_from == 0:
+            return self.first.get(key)
+        if self.named.get(key) == base_from:
+            return None if key in self.unresolved else self.named_base.get(key)
+        # a day this index was not told of (a Finality of other listings): sought among the rows held
+        return min((cells[key] for day, cells in self.days.items() if day >= base_from and key in cells),
+                   key=lambda cell: cell.day, default=None)
 
     def row(self, day: int, key: SeriesKey, finality: Finality) -> IndexRow:
+        """The row of a (day, series) memory holds."""
         cell = self.days[day][key]
-        base_day = self.base_day(key, finality)
+        return self.row_of(cell, key, finality, finality.provisional(day, key, cell.last_ns))
+
+    def row_of(self, cell: DayCell, key: SeriesKey, finality: Finality, provisional: bool) -> IndexRow:
+        """The row of ``cell``'s sums (held, dropped or read back from PostgreSQL)."""
+        day = cell.day
+        base = self.base_day(key, finality)
         index = None
-        if base_day is not None and day >= base_day:
-            base = self.days[base_day][key]
+        if base is not None and day >= base.day:
             index = index_x100(cell.price_heads, cell.heads, base.price_heads, base.heads)
         product, breed, region = key
         return IndexRow(
@@ -209,15 +340,29 @@ class PriceIndex:
             QUOTE_UNIT[ProductClass(product)], cell.heads, cell.value_fen, cell.trades,
             average_price_fen(cell.price_heads, cell.heads), index,
             None if index is None else f"{index // 100}.{index % 100:02d}",
-            None if base_day is None else day_to_date(base_day), finality.provisional(day, key, cell.last_ns),
+            None if base is None else day_to_date(base.day), provisional,
         )  # fmt: skip
 
     def rows(self, day: int, finality: Finality) -> list[IndexRow]:
+        """The rows of ``day`` memory holds (all of them from `open_from` on)."""
         cells = self.days.get(day, {})
         return [self.row(day, key, finality) for key in sorted(cells)]
 
     def history(self, first: int, last: int, finality: Finality) -> list[IndexRow]:
+        """The rows of ``first``..``last`` memory holds, oldest first."""
         return [row for day in sorted(d for d in self.days if first <= d <= last) for row in self.rows(day, finality)]
+
+    def stored_row(self, stored: DaySums, finality: Finality) -> IndexRow:
+        """A row read back from PostgreSQL (a day before `open_from`: final)."""
+        cell = _stored(stored)
+        return self.row_of(cell, stored.series, finality, finality.now_ns < day_start_ns(cell.day + 1))
+
+
+def _stored(stored: DaySums) -> DayCell:
+    cell = DayCell(day_of_label(stored.day))
+    cell.trades, cell.heads = stored.trades, stored.heads
+    cell.price_heads, cell.value_fen = stored.price_heads_fen, stored.value_fen
+    return cell
 
 
 # -- routes ---------------------------------------------------------------------------------------------
@@ -264,35 +409,63 @@ def finality(read_model: ReadModel, now_ns: int) -> Finality:
     return Finality((r.spec for r in read_model.instruments.values()), read_model.non_trading_days, now_ns)
 
 
+async def resolve_bases(pool: asyncpg.Pool, index: PriceIndex) -> None:
+    """Look up in PostgreSQL the base days memory no longer holds (`PriceIndex.unresolved`)."""
+    for key, named_day in list(index.unresolved.items()):
+        index.resolved(key, named_day, await priceindex.first_day_from(pool, key, day_label(named_day)))
+
+
+async def served_rows(app: web.Application, first: int, last: int, final: Finality, *,
+                      product_class: int | None = None, breed_class: int | None = None,
+                      region: str | None = None) -> list[IndexRow]:
+    """The rows of the days ``first``..``last``, oldest first, then by series: those memory holds, and
+    the final ones it let go from `price_index_daily`. Memory is read before the query: a row it drops
+    afterwards was in the projection before (`PriceIndex.seal`), so no row falls between the two."""
+    index = _read_model(app).index
+    pool = app[POOL]
+    if index.unresolved:
+        await resolve_bases(pool, index)
+    rows = {(day, key): index.row(day, key, final) for day, cells in index.days.items() if first <= day <= last
+            for key in cells
+            if (product_class is None or key[0] == product_class) and (breed_class is None or key[1] == breed_class)
+            and (region is None or key[2] == region)}
+    stored_to = min(last, index.open_from - 1)  # every row from open_from on is held
+    if first <= stored_to:
+        for sums in await priceindex.day_sums(pool, day_label(first), day_label(stored_to),
+                                              product_class=product_class, breed_class=breed_class, region=region):
+            at = (day_of_label(sums.day), sums.series)
+            if at not in rows:  # (a row held is as recent as the projection's, or more)
+                rows[at] = index.stored_row(sums, final)
+    return [rows[at] for at in sorted(rows)]
+
+
 @routes.get("/v1/index", roles=PUBLIC, query=IndexQuery, response=IndexDay)
 async def get_index(call: Call, query: IndexQuery) -> IndexDay:
     """The price index of one day (default: today), every series; each row is provisional until the
     close of its series' instruments that day (midnight for a series with no session), and the day is
     provisional while any row is (or, with no rows yet, until it ends)."""
-    read_model = _read_model(call.app)
-    final = finality(read_model, exchange_now_ns(call.app))
+    final = finality(_read_model(call.app), exchange_now_ns(call.app))
     day = final.today if query.date is None else _day(query.date)
-    rows = read_model.index.rows(day, final)
+    rows = await served_rows(call.app, day, day, final)
     return IndexDay(day_to_date(day), any(r.provisional for r in rows) if rows else day >= final.today, rows)
 
 
-def _history(call: Call, query: HistoryQuery) -> list[IndexRow]:
-    read_model = _read_model(call.app)
-    final = finality(read_model, exchange_now_ns(call.app))
+async def _history(call: Call, query: HistoryQuery) -> list[IndexRow]:
+    final = finality(_read_model(call.app), exchange_now_ns(call.app))
     last = final.today if query.to is None else _day(query.to)
     first = last - 30 if query.from_ is None else _day(query.from_)
     if not 0 <= last - first <= _MAX_DAYS:
         raise ApiError(422, "invalid", f"from must be on or before to, at most {_MAX_DAYS} days")
-    return [row for row in read_model.index.history(first, last, final)
-            if (query.product_class is None or row.product_class == query.product_class)
-            and (query.breed_class is None or row.breed_class == query.breed_class)
-            and (query.region is None or row.region == query.region)]
+    return await served_rows(
+        call.app, first, last, final,
+        product_class=None if query.product_class is None else int(PRODUCT_CLASS[query.product_class]),
+        breed_class=None if query.breed_class is None else int(BREED_CLASS[query.breed_class]), region=query.region)
 
 
 @routes.get("/v1/index/history", roles=PUBLIC, query=HistoryQuery, response=list[IndexRow])
 async def index_history(call: Call, query: HistoryQuery) -> list[IndexRow]:
     """The index by day and series, oldest first (`from`..`to` inclusive; default the last 30 days)."""
-    return _history(call, query)
+    return await _history(call, query)
 
 
 _CSV_COLUMNS: Final = IndexRow.__struct_fields__
@@ -304,7 +477,7 @@ async def index_history_csv(call: Call, query: HistoryQuery) -> web.Response:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(_CSV_COLUMNS)
-    for row in _history(call, query):
+    for row in await _history(call, query):
         writer.writerow([str(getattr(row, name)).lower() if isinstance(getattr(row, name), bool)
                          else getattr(row, name) for name in _CSV_COLUMNS])
     return web.Response(body=out.getvalue().encode(), content_type="text/csv", charset="utf-8")
@@ -332,6 +505,13 @@ def wire(app: web.Application, hub: Hub) -> None:
     hub.register_channel_kind("index", snapshot=snapshot, bare=True)
 
 
+async def _resolve(app: web.Application, index: PriceIndex) -> None:
+    try:
+        await resolve_bases(app[POOL], index)
+    except (OSError, asyncpg.PostgresError):  # the next batch or request tries again
+        _log.warning("price index: base day look-up failed", exc_info=True)
+
+
 def attach(app: web.Application, port: ExchangePort, hub: Hub) -> None:
     """Publish the rows each batch's trades changed (provisional), and each row again, final, with the
     first batch stamped at or after its final instant (`Finality`): the batch of the close itself, as
@@ -341,6 +521,7 @@ def attach(app: web.Application, port: ExchangePort, hub: Hub) -> None:
     Only rows not yet published final are remembered (today's and perhaps yesterday's), with the
     instant each turns final; a batch before the earliest of them and without trades costs nothing."""
     pending: dict[tuple[int, SeriesKey], int] = {}  # row -> the instant it turns final
+    resolving: set[asyncio.Task[None]] = set()  # the look-up of base days running, if one is
     next_check = [NEVER]
     cached: list[Any] = [-1, set(), None]  # instruments listed, non-trading days, their Finality
 
@@ -358,6 +539,9 @@ def attach(app: web.Application, port: ExchangePort, hub: Hub) -> None:
         if not changed and now_ns < next_check[0]:
             return
         index = port.read_model.index
+        if index.unresolved and not resolving:  # a base day only PostgreSQL holds now: look it up
+            resolving.add(asyncio.create_task(_resolve(app, index)))
+            next(iter(resolving)).add_done_callback(resolving.discard)
         final = finality_at(now_ns)
         due = {row for row, at in pending.items() if at <= now_ns}
         # With no subscriber no row is built: only when each turns final is kept (a later subscriber
@@ -365,9 +549,14 @@ def attach(app: web.Application, port: ExchangePort, hub: Hub) -> None:
         listening = hub.subscriber_count("index") > 0
         rows: list[IndexRow] = []
         for day, key in sorted(changed | due):
+            # a row due may have left memory in this very batch (sealed): the digest still has it
+            cell = index.days.get(day, {}).get(key) or digest.index_sealed.get((day, key))
+            if cell is None:  # (not expected: a row is due, at the latest, in the batch that seals it)
+                pending.pop((day, key), None)
+                continue
             if listening:
-                rows.append(index.row(day, key, final))
-            final_ns = final.final_ns(day, key, index.days[day][key].last_ns)
+                rows.append(index.row_of(cell, key, final, final.provisional(day, key, cell.last_ns)))
+            final_ns = final.final_ns(day, key, cell.last_ns)
             if now_ns < final_ns:  # provisional: final later (again: a listing meanwhile may have moved it)
                 pending[(day, key)] = final_ns
             else:

@@ -2,9 +2,10 @@
 index's history (per CST day and series: trades, heads, value, sum of price x heads) is kept in
 PostgreSQL (migration 0019), from the journal, exactly once.
 
-The API's index routes and the `index` channel are `gateway.index`'s (answered from the read model's
-in-memory `PriceIndex`); serving them from these tables instead, so the history need not live in
-memory, is the next step (see the README). `PROJECTOR` lets a handler or a test wait for the tables:
+The API's index routes and the `index` channel are `gateway.index`'s: the rows still moving from the
+read model's in-memory `PriceIndex`, the final ones from these tables. After each batch the projector's
+watermark is handed to the index (`PriceIndex.projected_seq`), which lets a final row go only once the
+projection has passed it. `PROJECTOR` lets a handler or a test wait for the tables:
 `await app[PROJECTOR].wait_for(seq)`.
 """
 
@@ -30,7 +31,15 @@ async def context(app: web.Application) -> AsyncIterator[None]:
     assert config.database_url is not None
     projector = priceindex.IndexProjector(config.database_url)
     app[PROJECTOR] = projector
-    projector.attach(app[EXCHANGE].sequencer)
+    port = app[EXCHANGE]
+    projector.attach(port.sequencer)
+
+    def follow(_batch: object, _digest: object) -> None:
+        # how far the projection is, for the read model's index to let go of the final rows it holds
+        index = port.read_model.index
+        index.projected_seq = max(index.projected_seq, projector.projected_seq)
+
+    port.add_listener(follow)
     await projector.start()
     try:
         yield

@@ -23,7 +23,8 @@ forgotten is answered from those tables (`gateway.orderhistory`): `forgotten_ord
 everything. Lots sold out and lot auctions ended before the window are retired at the same ticks
 (`retire`): the gateway writes them to PostgreSQL with its next snapshot (`lot_history`,
 `auction_history`, gateway/readmodel_snapshots.py), then memory drops them (`written`); until then they
-answer from `retired_lots` and `retired_auctions`.
+answer from `retired_lots` and `retired_auctions`. The price index (`index`, gateway/index.py) lets its
+rows of ended days go at the same ticks, once its own projection (`price_index_daily`) holds them.
 
 The whole state is saved as a snapshot (`snapshot`, `restore`) so that a gateway start folds only the
 journal after it (gateway/readmodel_snapshots.py).
@@ -43,6 +44,7 @@ from typing import Final
 import msgspec
 from sortedcontainers import SortedDict
 
+from exchange.calendar import cst_day, day_of_label
 from exchange.commands import ClockTick, Command, PlaceOrder
 from exchange.core import retention_of
 from exchange.domain import AuctionState, InstrumentSpec, Lot, LotAuction, OrderType, Side, band_fen
@@ -64,7 +66,7 @@ from exchange.events import (
     Trade,
     TradingStateChanged,
 )
-from gateway.index import PriceIndex, SeriesKey
+from gateway.index import DayCell, PriceIndex, SeriesKey, series_of
 from gateway.schemas import (
     CANDLE_INTERVAL_MS,
     ORDER_TYPE_NAME,
@@ -94,7 +96,7 @@ __all__ = [
 
 _NS_PER_MS: Final = 1_000_000
 # Bumped whenever the snapshot's state changes shape: an older snapshot is then ignored, not misread.
-SNAPSHOT_FORMAT: Final = 3
+SNAPSHOT_FORMAT: Final = 4
 _BUY, _SELL = Side.BUY, Side.SELL
 _NEW, _PARTIAL, _FILLED = OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED, OrderStatus.FILLED
 _CANCELED, _EXPIRED, _REJECTED = OrderStatus.CANCELED, OrderStatus.EXPIRED, OrderStatus.REJECTED
@@ -203,7 +205,7 @@ class InstrumentDelta:
 class BatchDigest:
     """The publishers' view of one batch."""
 
-    __slots__ = ("auctions", "first_seq", "index", "instruments", "last_seq", "reports", "wants")
+    __slots__ = ("auctions", "first_seq", "index", "index_sealed", "instruments", "last_seq", "reports", "wants")
 
     def __init__(self, wants: Callable[[int], bool] | None) -> None:
         self.first_seq = 0
@@ -211,6 +213,7 @@ class BatchDigest:
         self.instruments: dict[str, InstrumentDelta] = {}
         self.auctions: list[LotAuctionChanged] = []  # lot auction changes, in order
         self.index: set[tuple[int, SeriesKey]] = set()  # (day, series) of the price index its trades moved
+        self.index_sealed: dict[tuple[int, SeriesKey], DayCell] = {}  # the index rows it let go (`seal`)
         self.reports: list[tuple[int, ExecutionReport]] = []  # (participant_id, report)
         self.wants = wants
 
@@ -449,6 +452,7 @@ class ReadModel:
                 before_ns = command.ts_ns - retention_of(command)  # type: ignore[arg-type]
                 self.forget(before_ns)
                 self.retire(before_ns)
+                digest.index_sealed.update(self.index.seal(cst_day(command.ts_ns)))
             self.applied_seq = seq
             if not digest.first_seq:
                 digest.first_seq = seq
@@ -557,7 +561,7 @@ class ReadModel:
             series.add(time_ms, price_fen, heads)
         lot = self.lots.get(event.lot_id)
         digest.index.add(self.index.add(record.spec, event.ts_ns, event.price_fen, event.quantity_heads,
-                                        0 if lot is None else lot.lot.avg_weight_g))
+                                        0 if lot is None else lot.lot.avg_weight_g, self.seq))
         self.trade_count += 1
         self.traded_heads += event.quantity_heads
 
@@ -587,6 +591,8 @@ class ReadModel:
     def _on_listed(self, event: InstrumentListed, command: Command, touched: dict[int, int],
                    digest: BatchDigest) -> None:
         self.instruments[event.spec.symbol] = InstrumentRecord(event.spec, event.seq, self.trade_history)
+        if event.spec.index_base_day:
+            self.index.name(series_of(event.spec), day_of_label(event.spec.index_base_day))
 
     def _on_lot(self, event: LotRegistered, command: Command, touched: dict[int, int], digest: BatchDigest) -> None:
         lot = event.lot

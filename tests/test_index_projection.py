@@ -219,7 +219,8 @@ async def test_a_close_reaches_the_projection_listeners_with_its_day(dsn: str) -
 
 
 async def test_the_in_memory_index_serving_the_routes_equals_the_projection(dsn: str) -> None:
-    """The API answers from gateway/index.py's in-memory index; fed the same journal, it gives the same
+    """The API answers the rows still moving from gateway/index.py's in-memory index (here, with no
+    projection watermark, it holds every row); fed the same journal, it gives the same
     figures as the PostgreSQL projection: the same rounding (value half up per trade, average and index
     half up) and the same base days (named at listing, or the first day with trades)."""
     from exchange.calendar import day_label
