@@ -9,11 +9,13 @@ Fixtures:
 - `pool` (function): an asyncpg pool on `database_url`.
 - `ex` (module): `gateway.testing.running_exchange` on a fresh database, shared by a module's tests.
 - `fresh_database_url` (function): `await fresh_database_url(migrated=True)` makes a brand-new
-  database for one test (empty tables, or no tables at all with `migrated=False`), dropped after it.
+  database for one test (empty tables, or no tables at all with `migrated=False`), dropped after it;
+  a module-scoped fixture takes `async with _test_databases.fresh() as dsn` instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -74,6 +76,16 @@ class _TestDatabases:
             finally:
                 await conn.close()
         return dsn
+
+    @contextlib.asynccontextmanager
+    async def fresh(self, *, migrated: bool = True) -> AsyncIterator[str]:
+        """A brand-new database for a module-scoped fixture (`fresh_database_url` is per test), dropped
+        after it."""
+        dsn = await self.create(migrated=migrated)
+        try:
+            yield dsn
+        finally:
+            await self.drop(dsn)
 
     async def drop(self, dsn: str) -> None:
         name = urlsplit(dsn).path.lstrip("/")

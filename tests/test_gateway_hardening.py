@@ -37,6 +37,8 @@ from gateway.schemas import LotPath
 from gateway.state import HUB
 from gateway.testing import Exchange, running_exchange
 
+from .conftest import FreshDatabase
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 _symbols = itertools.count(1)
@@ -44,12 +46,8 @@ _symbols = itertools.count(1)
 
 @pytest_asyncio.fixture(scope="module")
 async def ex(_test_databases: Any) -> AsyncIterator[Exchange]:
-    dsn = await _test_databases.create(migrated=True)
-    try:
-        async with running_exchange(dsn) as exchange:
-            yield exchange
-    finally:
-        await _test_databases.drop(dsn)
+    async with _test_databases.fresh() as dsn, running_exchange(dsn) as exchange:
+        yield exchange
 
 
 @pytest_asyncio.fixture
@@ -262,12 +260,8 @@ _CONNECTION_FAILURES: list[BaseException] = [
 
 @pytest_asyncio.fixture(scope="module")
 async def failing(_test_databases: Any) -> AsyncIterator[Exchange]:
-    dsn = await _test_databases.create(migrated=True)
-    try:
-        async with running_exchange(dsn, extra_routes=[_failures]) as exchange:
-            yield exchange
-    finally:
-        await _test_databases.drop(dsn)
+    async with _test_databases.fresh() as dsn, running_exchange(dsn, extra_routes=[_failures]) as exchange:
+        yield exchange
 
 
 @pytest.mark.parametrize("exc", _CONNECTION_FAILURES, ids=lambda e: type(e).__name__)
@@ -307,75 +301,72 @@ def test_every_route_names_the_reference_it_has() -> None:
             assert (text and "client_order_id" not in text) or path == "/v1/orders", (method, path, text)
 
 
-async def test_terminated_backends_answer_503_or_success_never_500(_test_databases: Any) -> None:
+async def test_terminated_backends_answer_503_or_success_never_500(fresh_database_url: FreshDatabase) -> None:
     """pg_terminate_backend on the exchange's database while registrations and orders run."""
-    dsn = await _test_databases.create(migrated=True)
-    try:
-        async with running_exchange(dsn) as ex:
-            await ex.list_instrument("T-KILL")
-            buyer = await ex.register(Role.BUYER)
-            statuses: collections.Counter[int] = collections.Counter()
-            unknown: list[dict[str, Any]] = []
-            done = asyncio.Event()
+    dsn = await fresh_database_url()
+    async with running_exchange(dsn) as ex:
+        await ex.list_instrument("T-KILL")
+        buyer = await ex.register(Role.BUYER)
+        statuses: collections.Counter[int] = collections.Counter()
+        unknown: list[dict[str, Any]] = []
+        done = asyncio.Event()
 
-            def tally(reply: Any) -> None:
-                statuses[reply.status] += 1
+        def tally(reply: Any) -> None:
+            statuses[reply.status] += 1
+            if reply.status == 503:
+                assert reply.headers.get("Retry-After"), reply.headers
+                assert reply.json()["code"] in ("unavailable", "busy", "not_ready"), reply.body
+
+        async def register() -> None:
+            for i in itertools.count():
+                if done.is_set():
+                    return
+                tally(await ex.operator.post("/v1/admin/participants",
+                                             json={"role": "farmer", "name": f"farmer {i}"}))
+
+        async def place() -> None:
+            for i in itertools.count():
+                if done.is_set():
+                    return
+                body = {"client_order_id": f"kill-{i}", "instrument": "T-KILL", "side": "buy",
+                        "price_fen": 2700, "quantity_heads": 1}
+                reply = await buyer.post("/v1/orders", json=body)
+                tally(reply)
                 if reply.status == 503:
-                    assert reply.headers.get("Retry-After"), reply.headers
-                    assert reply.json()["code"] in ("unavailable", "busy", "not_ready"), reply.body
+                    unknown.append(body)
 
-            async def register() -> None:
-                for i in itertools.count():
-                    if done.is_set():
-                        return
-                    tally(await ex.operator.post("/v1/admin/participants",
-                                                 json={"role": "farmer", "name": f"farmer {i}"}))
+        async def terminate() -> None:
+            admin = await asyncpg.connect(dsn)
+            try:
+                for _ in range(8):
+                    await asyncio.sleep(0.15)
+                    await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                        "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            finally:
+                await admin.close()
+                await asyncio.sleep(0.2)
+                done.set()
 
-            async def place() -> None:
-                for i in itertools.count():
-                    if done.is_set():
-                        return
-                    body = {"client_order_id": f"kill-{i}", "instrument": "T-KILL", "side": "buy",
-                            "price_fen": 2700, "quantity_heads": 1}
-                    reply = await buyer.post("/v1/orders", json=body)
-                    tally(reply)
-                    if reply.status == 503:
-                        unknown.append(body)
-
-            async def terminate() -> None:
-                admin = await asyncpg.connect(dsn)
-                try:
-                    for _ in range(8):
-                        await asyncio.sleep(0.15)
-                        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                            "WHERE datname = current_database() AND pid <> pg_backend_pid()")
-                finally:
-                    await admin.close()
-                    await asyncio.sleep(0.2)
-                    done.set()
-
-            await asyncio.gather(register(), register(), place(), place(), terminate())
-            assert statuses[500] == 0, statuses
-            # 429: the two order loops may outrun the buyer's token bucket (nothing placed, safe to retry)
-            assert set(statuses) <= {200, 201, 429, 503}, statuses
-            # Safe to retry: once the exchange is back, every order whose outcome was unknown is
-            # answered by its client_order_id (its original answer, or placed now).
-            for _ in range(200):
-                if (await ex.client().get("/readyz", signed=False)).status == 200:
+        await asyncio.gather(register(), register(), place(), place(), terminate())
+        assert statuses[500] == 0, statuses
+        # 429: the two order loops may outrun the buyer's token bucket (nothing placed, safe to retry)
+        assert set(statuses) <= {200, 201, 429, 503}, statuses
+        # Safe to retry: once the exchange is back, every order whose outcome was unknown is
+        # answered by its client_order_id (its original answer, or placed now).
+        for _ in range(200):
+            if (await ex.client().get("/readyz", signed=False)).status == 200:
+                break
+            await asyncio.sleep(0.05)
+        # A client told 429 waits and retries, as the Retry-After header says; the orders placed
+        # under load may have used up the buyer's burst.
+        for body in unknown:
+            reply = await buyer.post("/v1/orders", json=body)
+            for _ in range(50):
+                if reply.status != 429:
                     break
                 await asyncio.sleep(0.05)
-            # A client told 429 waits and retries, as the Retry-After header says; the orders placed
-            # under load may have used up the buyer's burst.
-            for body in unknown:
                 reply = await buyer.post("/v1/orders", json=body)
-                for _ in range(50):
-                    if reply.status != 429:
-                        break
-                    await asyncio.sleep(0.05)
-                    reply = await buyer.post("/v1/orders", json=body)
-                assert reply.status == 201, reply.body
-    finally:
-        await _test_databases.drop(dsn)
+            assert reply.status == 201, reply.body
 
 
 # -- draining after SIGTERM -----------------------------------------------------------------------------
@@ -386,8 +377,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def test_sigterm_answers_503_not_ready_until_the_listener_closes(_test_databases: Any) -> None:
-    dsn = await _test_databases.create(migrated=True)
+async def test_sigterm_answers_503_not_ready_until_the_listener_closes(fresh_database_url: FreshDatabase) -> None:
+    dsn = await fresh_database_url()
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     process = await asyncio.create_subprocess_exec(
@@ -424,7 +415,6 @@ async def test_sigterm_answers_503_not_ready_until_the_listener_closes(_test_dat
         if process.returncode is None:
             process.kill()
             await process.wait()
-        await _test_databases.drop(dsn)
 
 
 # -- aiohttp's own protocol errors ------------------------------------------------------------------------
@@ -474,51 +464,45 @@ async def _metric(ex: Exchange, name: str) -> float:
     return values[0] if values else 0.0
 
 
-async def test_websocket_order_entry_takes_from_the_keys_http_bucket(_test_databases: Any) -> None:
-    dsn = await _test_databases.create(migrated=True)
-    try:
-        async with running_exchange(dsn, rate_limit_per_s=0.01, rate_limit_burst=4) as ex:
-            await ex.list_instrument("T-RATE")
-            buyer = await ex.register(Role.BUYER)
-            statuses = [(await buyer.get("/v1/me")).status for _ in range(5)]
-            assert statuses == [200, 200, 200, 200, 429]
-            ws = await buyer.ws_connect()  # logging in is not an order: not charged
-            try:
-                for request_id in range(3):
-                    reply = await _ws_reply(ws, msgspec.json.encode({
-                        "op": "cancel_order", "id": request_id, "order_id": 1}).decode())
-                    assert (reply["type"], reply["code"], reply["id"]) == ("error", "rate_limited", request_id)
-            finally:
-                await ws.close()
-    finally:
-        await _test_databases.drop(dsn)
+async def test_websocket_order_entry_takes_from_the_keys_http_bucket(fresh_database_url: FreshDatabase) -> None:
+    dsn = await fresh_database_url()
+    async with running_exchange(dsn, rate_limit_per_s=0.01, rate_limit_burst=4) as ex:
+        await ex.list_instrument("T-RATE")
+        buyer = await ex.register(Role.BUYER)
+        statuses = [(await buyer.get("/v1/me")).status for _ in range(5)]
+        assert statuses == [200, 200, 200, 200, 429]
+        ws = await buyer.ws_connect()  # logging in is not an order: not charged
+        try:
+            for request_id in range(3):
+                reply = await _ws_reply(ws, msgspec.json.encode({
+                    "op": "cancel_order", "id": request_id, "order_id": 1}).decode())
+                assert (reply["type"], reply["code"], reply["id"]) == ("error", "rate_limited", request_id)
+        finally:
+            await ws.close()
 
 
-async def test_websockets_are_capped_per_key_and_per_address(_test_databases: Any) -> None:
-    dsn = await _test_databases.create(migrated=True)
-    try:
-        async with running_exchange(dsn, ws_max_per_key=2, ws_max_per_address=4) as ex:
-            buyer = await ex.register(Role.BUYER)
-            first, second = await buyer.ws_connect(), await buyer.ws_connect()
-            third = await buyer.ws_connect(login=False)
-            reply = await _ws_reply(third, msgspec.json.encode(buyer.ws_auth_message(request_id=3)).decode())
-            assert (reply["type"], reply["code"]) == ("error", "too_many_sockets")
-            closing = await third.receive(timeout=5)
-            assert closing.type is WSMsgType.CLOSE and closing.data == 1008
-            await third.close()
-            hub = ex.app[HUB]
-            await _until(lambda: hub.connection_count == 2)  # the server forgot the refused socket
-            anonymous = [await ex.client().ws_connect(login=False) for _ in range(2)]  # 4 open: the cap
-            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
-                await ex.client().ws_connect(login=False)
-            assert refused.value.status == 429
-            await first.close()
-            await _until(lambda: hub.connection_count == 3)
-            again = await buyer.ws_connect()  # a place for one more, and the key is below its cap
-            for ws in (second, again, *anonymous):
-                await ws.close()
-    finally:
-        await _test_databases.drop(dsn)
+async def test_websockets_are_capped_per_key_and_per_address(fresh_database_url: FreshDatabase) -> None:
+    dsn = await fresh_database_url()
+    async with running_exchange(dsn, ws_max_per_key=2, ws_max_per_address=4) as ex:
+        buyer = await ex.register(Role.BUYER)
+        first, second = await buyer.ws_connect(), await buyer.ws_connect()
+        third = await buyer.ws_connect(login=False)
+        reply = await _ws_reply(third, msgspec.json.encode(buyer.ws_auth_message(request_id=3)).decode())
+        assert (reply["type"], reply["code"]) == ("error", "too_many_sockets")
+        closing = await third.receive(timeout=5)
+        assert closing.type is WSMsgType.CLOSE and closing.data == 1008
+        await third.close()
+        hub = ex.app[HUB]
+        await _until(lambda: hub.connection_count == 2)  # the server forgot the refused socket
+        anonymous = [await ex.client().ws_connect(login=False) for _ in range(2)]  # 4 open: the cap
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await ex.client().ws_connect(login=False)
+        assert refused.value.status == 429
+        await first.close()
+        await _until(lambda: hub.connection_count == 3)
+        again = await buyer.ws_connect()  # a place for one more, and the key is below its cap
+        for ws in (second, again, *anonymous):
+            await ws.close()
 
 
 async def _until(done: Any, timeout_s: float = 5.0) -> None:
@@ -531,30 +515,27 @@ async def _until(done: Any, timeout_s: float = 5.0) -> None:
 
 # -- failed authentications -------------------------------------------------------------------------------
 
-async def test_failed_authentications_are_limited_per_address(_test_databases: Any) -> None:
-    dsn = await _test_databases.create(migrated=True)
-    try:
-        async with running_exchange(dsn, auth_failure_burst=3, auth_failures_per_s=0.01) as ex:
-            buyer = await ex.register(Role.BUYER)
-            lookups = await _metric(ex, "hogx_auth_key_lookups_total")
-            made_up = [ex.client(f"made_up_key_{i}", "s" * 32) for i in range(3)]
-            for client in made_up:
-                reply = await client.get("/v1/me")
-                assert (reply.status, reply.json()["code"]) == (401, "unknown_key")
-            assert await _metric(ex, "hogx_auth_key_lookups_total") == lookups + 3
-            for client in (ex.client("made_up_key_9", "s" * 32), buyer):  # the address, whatever the key
-                reply = await client.get("/v1/me")
-                assert (reply.status, reply.json()["code"]) == (429, "too_many_auth_failures"), reply.body
-                assert int(reply.headers["Retry-After"]) >= 1
-            ws = await buyer.ws_connect(login=False)
-            try:
-                reply = await _ws_reply(ws, msgspec.json.encode(buyer.ws_auth_message()).decode())
-                assert reply["code"] == "too_many_auth_failures"
-            finally:
-                await ws.close()
-            assert await _metric(ex, "hogx_auth_key_lookups_total") == lookups + 3  # refused before a read
-    finally:
-        await _test_databases.drop(dsn)
+async def test_failed_authentications_are_limited_per_address(fresh_database_url: FreshDatabase) -> None:
+    dsn = await fresh_database_url()
+    async with running_exchange(dsn, auth_failure_burst=3, auth_failures_per_s=0.01) as ex:
+        buyer = await ex.register(Role.BUYER)
+        lookups = await _metric(ex, "hogx_auth_key_lookups_total")
+        made_up = [ex.client(f"made_up_key_{i}", "s" * 32) for i in range(3)]
+        for client in made_up:
+            reply = await client.get("/v1/me")
+            assert (reply.status, reply.json()["code"]) == (401, "unknown_key")
+        assert await _metric(ex, "hogx_auth_key_lookups_total") == lookups + 3
+        for client in (ex.client("made_up_key_9", "s" * 32), buyer):  # the address, whatever the key
+            reply = await client.get("/v1/me")
+            assert (reply.status, reply.json()["code"]) == (429, "too_many_auth_failures"), reply.body
+            assert int(reply.headers["Retry-After"]) >= 1
+        ws = await buyer.ws_connect(login=False)
+        try:
+            reply = await _ws_reply(ws, msgspec.json.encode(buyer.ws_auth_message()).decode())
+            assert reply["code"] == "too_many_auth_failures"
+        finally:
+            await ws.close()
+        assert await _metric(ex, "hogx_auth_key_lookups_total") == lookups + 3  # refused before a read
 
 
 async def test_an_unknown_key_is_remembered_not_read_again(ex: Exchange) -> None:
