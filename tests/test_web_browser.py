@@ -164,9 +164,7 @@ async def test_people_trade_weigh_in_and_get_paid_through_the_pages(ex: Exchange
         await submit(farmer, "#auction-form", {"start": "28.00", "reserve": "28.50"})
         await done(farmer, "#auction-form")
         await farmer.wait_text("#my-auctions", "open")
-        # The buyer looks again. (Shown live without a reload most of the time; a run in three missed it
-        # on this branch, the cause not yet found: see the closing note of session 6.)
-        await buyer.run("location.reload()")
+        # The buyer's page shows the auction live, without a reload.
         bid_form = await eventually(lambda: buyer.run(
             "const f = document.querySelector('form[id^=bid-auction-]'); return f && f.id"), 20,
             "no auction on the buyer's page")

@@ -1,6 +1,6 @@
 // Lot auctions on the pages: the list with a live countdown (from the server's `time_left_ms`, so a
 // phone's wrong clock does not matter), bids and buy-now for buyers, the offer form for sellers.
-import { Feed, get, post } from "../api.js";
+import { get, post } from "../api.js";
 import { price, yuan } from "../format.js";
 import { t } from "../i18n.js";
 import { button, form, h, table } from "../ui.js";
@@ -20,17 +20,15 @@ function countdown(leftMs) {
 }
 
 // `canBid`: a bid form (the bidder's maximum: the proxy bids for it) and buy-now on each open auction.
+// `follow(feed)` keeps the section live on its page's feed (the page closes that feed when it goes):
+// every message on `auctions` fetches the list again, the snapshot that follows each (re)subscription
+// too, so an auction offered between the first fetch and the subscription shows as well. The section
+// has no feed of its own: one that closed itself when a message found the section off the page also
+// closed when the snapshot came before the page was placed (the page still loading its other
+// sections), and the section then never showed a new auction without a reload.
 export function auctionsSection({ canBid = false, mine = false } = {}) {
-  let feed = null;
   const el = section(t("market.auctions"), async (reload) => {
     const list = await get(mine ? "/v1/auctions" : "/v1/auctions?status=open");
-    if (!feed) {
-      feed = new Feed();
-      // Once subscribed, fetch again: an auction offered since the first fetch shows. (The section may
-      // not be on the page yet when that confirmation comes: it is not closed for that.)
-      feed.subscribe("auctions", () => (el.isConnected ? reload() : feed.close()),
-        () => el.isConnected && reload());
-    }
     const rows = mine ? list.filter((a) => a.seller_id !== undefined && a.seller_id !== null) : list;
     return h("div", {}, table([
       { label: t("common.id"), value: (a) => a.auction_id },
@@ -44,6 +42,7 @@ export function auctionsSection({ canBid = false, mine = false } = {}) {
         : "") }] : []),
     ], rows), canBid ? rows.filter((a) => a.state === "open").map((a) => bidBox(a, reload)) : []);
   }, mine ? "my-auctions" : "auctions");
+  el.follow = (feed) => feed.subscribe("auctions", () => el.reload());
   return el;
 }
 

@@ -53,11 +53,12 @@ export async function render() {
     }
     return dispute;
   }, "deliveries");
-  const parts = [card(t("bid.title"), bidForm), orders, auctionsSection({ canBid: true }),
+  const auctions = auctionsSection({ canBid: true });
+  const parts = [card(t("bid.title"), bidForm), orders, auctions,
     card(t("amend.submit"), amendForm), balances, trades,
     loansSection(), statementSection()];
   const root = h("div", {}, h("h1", {}, t("buyer.title")), h("div", { class: "grid" }, parts));
   await Promise.all(parts.filter((p) => p.reload).map((p) => p.reload()));
-  follow(instruments, [orders, balances, trades]);
+  follow(instruments, [orders, balances, trades], [auctions]);
   return root;
 }

@@ -93,18 +93,20 @@ export async function render(ctx) {
   }, "members"));
   const root = h("div", {}, h("h1", {}, t("farmer.title")), h("div", { class: "grid" }, parts));
   await Promise.all(parts.filter((p) => p.reload).map((p) => p.reload()));
-  follow(instruments, [orders, lots, trades]);
+  follow(instruments, [orders, lots, trades], [myAuctions]);
   return root;
 }
 
 let feed = null;
 
 // A fill shows without reloading the page: every public trade of a listed instrument redraws the
-// sections it may have changed.
-export function follow(instruments, sections) {
+// sections it may have changed. `live` sections follow channels of their own on the same feed, which
+// lives as long as the page (`stop`).
+export function follow(instruments, sections, live = []) {
   stop();
   feed = new Feed();
   for (const i of instruments) feed.subscribe(`trades.${i.symbol}`, () => sections.forEach((s) => s.reload()));
+  for (const s of live) s.follow(feed);
 }
 
 export function stop() {

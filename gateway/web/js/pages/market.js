@@ -83,6 +83,7 @@ async function show(body, instrument) {
   body.replaceChildren(h("div", { class: "grid" }, summary, card(t("market.book"), bookBox),
     card(t("market.trades"), tradesBox), card(t("market.candles"), candleBox), card(t("market.index"), dailyBox),
     auctions));
+  if (auctions) auctions.follow(feed);
   feed.subscribe(`book.${symbol}`, (m) => {
     if (m.type === "book_snapshot") {
       levels.bids = new Map(m.bids); levels.asks = new Map(m.asks); levels.seq = m.seq;
