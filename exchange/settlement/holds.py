@@ -103,7 +103,9 @@ def place_hold(
     account_id: Boxed = source[0]
     financier_id: Boxed = source[1]
     tid = cl._next_tid()
-    cl._commit_one(_TRANSFER(tid, account_id, _ESCROW, amount, _TC_HOLD, order_id, _PENDING), ts_ns)
+    result = cl.ledger.create_transfer_of(tid, account_id, _ESCROW, amount, _TC_HOLD, order_id, _PENDING, _ZERO, ts_ns)
+    if result is not _OK:
+        refused(_TRANSFER(tid, account_id, _ESCROW, amount, _TC_HOLD, order_id, _PENDING), result)
     cl.holds[order_id] = _HOLD(order_id, participant_id, instrument, limit_price_fen, per_head, heads, tid,
                                  account_id, financier_id)
 
@@ -163,8 +165,7 @@ def release_bid(cl: ClearingState, hold_id: int, ts_ns: int) -> None:
     """Void a bidder's hold (outbid, passed in, withdrawn); nothing if it holds nothing."""
     hold = cl.holds.pop(hold_id, None)
     if hold is not None:
-        cl._commit_one(_TRANSFER(cl._next_tid(), _ZERO, _ZERO, _ZERO, _TC_RELEASE, _ZERO, _VOID,
-                                   hold.pending_id), ts_ns)
+        _void(cl, hold.pending_id, ts_ns)
 
 
 def on_listed(cl: ClearingState, e: InstrumentListed, ts_ns: Boxed, out: list) -> None:
@@ -225,17 +226,16 @@ def on_trade(cl: ClearingState, e: Trade, ts_ns: Boxed, out: list) -> None:
         chain = [_TRANSFER(tid, _ZERO, _ZERO, obligation, _TC_TRADE, trade_id, _POST_LINKED, h[6]),
                  _TRANSFER(rehold_id, source_account_id, _ESCROW, remaining * per_head, _TC_HOLD,
                            h[0], _PENDING)]
-        results = cl.ledger.create_transfers(chain, ts_ns)
-        if results.count(_OK) != 2:
+        results = cl.ledger.create_chain(chain, ts_ns)
+        if results[0] is not _OK or results[1] is not _OK:
             refused_chain(chain, results)
         hold.pending_id = rehold_id
         hold.remaining_heads = remaining
     else:
         counters.next_transfer_id = tid + 1
-        post = _TRANSFER(tid, _ZERO, _ZERO, obligation, _TC_TRADE, trade_id, _POST, h[6])
-        result = cl.ledger.create_transfer(post, ts_ns)
+        result = cl.ledger.create_transfer_of(tid, _ZERO, _ZERO, obligation, _TC_TRADE, trade_id, _POST, h[6], ts_ns)
         if result is not _OK:
-            refused(post, result)
+            refused(_TRANSFER(tid, _ZERO, _ZERO, obligation, _TC_TRADE, trade_id, _POST, h[6]), result)
         del cl.holds[h[0]]
     buyer_id: Boxed = f[8]
     seller_id: Boxed = f[9]
@@ -255,8 +255,15 @@ def on_order_gone(cl: ClearingState, e: OrderCancelled | OrderExpired, ts_ns: Bo
     hold = cl.holds.pop(e.order_id, None)
     if hold is None:
         return  # a sell: nothing held
-    cl._commit_one(_TRANSFER(cl._next_tid(), _ZERO, _ZERO, _ZERO, _TC_RELEASE, _ZERO, _VOID, hold.pending_id),
-                     ts_ns)
+    _void(cl, hold.pending_id, ts_ns)
+
+
+def _void(cl: ClearingState, pending_id: Boxed, ts_ns: Boxed) -> None:
+    """Release a hold's pending transfer whole (the ledger makes only the void it keeps)."""
+    tid = cl._next_tid()
+    result = cl.ledger.create_transfer_of(tid, _ZERO, _ZERO, _ZERO, _TC_RELEASE, _ZERO, _VOID, pending_id, ts_ns)
+    if result is not _OK:
+        refused(_TRANSFER(tid, _ZERO, _ZERO, _ZERO, _TC_RELEASE, _ZERO, _VOID, pending_id), result)
 
 
 def on_amended(cl: ClearingState, e: OrderAmended, ts_ns: Boxed, out: list) -> None:

@@ -400,8 +400,9 @@ class Ledger:
         i = 0
         while i < n:
             t = transfers[i]
-            if not t.flags & _LINKED:
-                results.append(self._create_transfer(t, now_ns))
+            f = _astuple(t)
+            if not f[6] & _LINKED:
+                results.append(self._create_transfer(t, f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], now_ns))
                 i += 1
                 continue
             j = i  # the chain is transfers[i:j + 1]: the LINKED run plus the one that closes it
@@ -422,19 +423,56 @@ class Ledger:
         if now_ns < self._now_ns:
             self._advance_clock(now_ns)  # raises
         self._now_ns = now_ns
-        if t.flags & _LINKED:  # a batch of one that opens a chain
+        f = _astuple(t)
+        if f[6] & _LINKED:  # a batch of one that opens a chain
             return _R.LINKED_EVENT_CHAIN_OPEN
-        return self._create_transfer(t, now_ns)
+        return self._create_transfer(t, f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], now_ns)
 
-    def _create_transfer_chain(self, chain: Sequence[Transfer], now_ns: Boxed) -> list[CreateTransferResult]:
+    def create_transfer_of(
+        self, tid: Boxed, dr_id: Boxed, cr_id: Boxed, amount: Boxed, code: Boxed, user_data: Boxed, flags: Boxed,
+        pending_id: Boxed, now_ns: Boxed,
+    ) -> CreateTransferResult:
+        """``create_transfer(Transfer(tid, dr_id, cr_id, amount, code, user_data, flags, pending_id), now_ns)``
+        without the request's struct: the ledger makes only the transfer it keeps (for a post or a void, the
+        resolved one). The clearing's path for its hot transfers (holds, fills, releases)."""
+        if now_ns < self._now_ns:
+            self._advance_clock(now_ns)  # raises
+        self._now_ns = now_ns
+        flag_bits: int = flags  # unboxed for the test; the object itself goes into the transfer
+        if flag_bits & _LINKED:
+            return _R.LINKED_EVENT_CHAIN_OPEN
+        return self._create_transfer(None, tid, dr_id, cr_id, amount, code, user_data, flags, pending_id, 0, now_ns)
+
+    def create_chain(self, chain: Sequence[Transfer], now_ns: Boxed) -> list[CreateTransferResult]:
+        """``create_transfers(chain, now_ns)`` for a batch the caller built as one chain (every transfer but
+        the last LINKED), without looking for where chains start and end; any other batch takes
+        ``create_transfers``'s path."""
+        n = len(chain)
+        fields = [_astuple(t) for t in chain]
+        for k in range(n):
+            flag_bits: int = fields[k][6]
+            if (not flag_bits & _LINKED) != (k == n - 1):
+                return self.create_transfers(chain, now_ns)
+        if now_ns < self._now_ns:
+            self._advance_clock(now_ns)  # raises
+        self._now_ns = now_ns
+        return self._create_transfer_chain(chain, now_ns, fields)
+
+    def _create_transfer_chain(
+        self, chain: Sequence[Transfer], now_ns: Boxed, fields: list[tuple[Any, ...]] | None = None
+    ) -> list[CreateTransferResult]:
+        """Apply one chain (``fields``: its transfers as tuples, if the caller has them)."""
+        if fields is None:
+            fields = [_astuple(t) for t in chain]
         undo: list[_Undo] = []
         self._undo = undo
         mark = len(self._postings)
         final_mark = len(self._final)
         results: list[CreateTransferResult] = []
         try:
-            for t in chain:
-                result = self._create_transfer(t, now_ns)
+            for k, t in enumerate(chain):
+                f = fields[k]
+                result = self._create_transfer(t, f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], now_ns)
                 if result is not _OK and result is not _EXISTS:
                     self._rollback_transfers(undo, mark)
                     final, final_at = self._final, self._final_at
@@ -462,38 +500,38 @@ class Ledger:
         del self._postings[posting_mark:]
 
 
-    def _create_transfer(self, t: Transfer, now_ns: Boxed) -> CreateTransferResult:
-        fields = _astuple(t)
-        flags: int = fields[6]
+    def _create_transfer(
+        self, t: Transfer | None, tid: Boxed, dr_id: Boxed, cr_id: Boxed, amount_value: Boxed, code: Boxed,
+        user_data: Boxed, flags_value: Boxed, pending_id: Boxed, timeout_value: Boxed, now_ns: Boxed,
+    ) -> CreateTransferResult:
+        """One transfer by its fields (the objects as they came: they go into the records as they are);
+        ``t`` is the request's struct, kept as the transfer when given, else made here when kept."""
+        flags: int = flags_value
         if flags & _RESERVED_TRANSFER_FLAGS:
             return _R.RESERVED_FLAG
-        tid: Boxed = fields[0]
         if not _is_id(tid):
             return _R.ID_OUT_OF_RANGE
         phase = flags & _PHASE_FLAGS
         if phase & (phase - 1):  # more than one bit set
             return _R.FLAGS_ARE_MUTUALLY_EXCLUSIVE
         if phase & _RESOLVE_FLAGS:
-            return self._resolve_pending(t, fields, now_ns)
-        if fields[7]:
+            return self._resolve_pending(tid, dr_id, cr_id, amount_value, code, user_data, flags_value, pending_id,
+                                         timeout_value, now_ns)  # fmt: skip
+        if pending_id:
             return _R.PENDING_ID_MUST_BE_ZERO
-        timeout_ns: int = fields[8]
+        timeout_ns: int = timeout_value
         if timeout_ns:  # the two timeout checks, in order, only when there is one
             if not phase:
                 return _R.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER
             if timeout_ns < 0:
                 return _R.TIMEOUT_OUT_OF_RANGE
-        dr_id: Boxed = fields[1]
-        cr_id: Boxed = fields[2]
         if dr_id == cr_id:
             return _R.ACCOUNTS_MUST_BE_DIFFERENT
-        code: Boxed = fields[4]
         if not _is_code(code, 1):
             return _R.CODE_OUT_OF_RANGE
-        user_data: Boxed = fields[5]
         if not _is_user_data(user_data):
             return _R.USER_DATA_OUT_OF_RANGE
-        amount_value: Boxed = fields[3]  # the object itself goes into the posting
+        # the amount object itself goes into the posting
         if type(amount_value) is not int:  # a float or a bool must never become money
             return _R.AMOUNT_MUST_BE_INTEGER
         amount: int = amount_value
@@ -511,7 +549,8 @@ class Ledger:
         transfers = self._transfers
         e = transfers.get(tid)
         if e is not None:
-            return _transfer_exists(fields, e)
+            return _transfer_exists(
+                (tid, dr_id, cr_id, amount_value, code, user_data, flags_value, pending_id, timeout_value), e)
         forgotten_id = self._forgotten_id
         if forgotten_id and _is_forgotten(tid, forgotten_id):
             return _R.ID_FORGOTTEN
@@ -533,6 +572,8 @@ class Ledger:
         if self._undo is not None:
             self._undo.append((tid, dr, (dr_pending, dr_posted, dr.credits_pending_fen, dr.credits_posted_fen),
                                cr, (cr.debits_pending_fen, cr.debits_posted_fen, cr_pending, cr_posted), 0, 0))
+        if t is None:
+            t = _Transfer(tid, dr_id, cr_id, amount_value, code, user_data, flags_value, pending_id, timeout_value)
         transfers[tid] = t
         if phase:
             dr.debits_pending_fen = dr_pending + amount
@@ -551,23 +592,23 @@ class Ledger:
             self._final_at.append(now_ns)
         return _OK
 
-    def _resolve_pending(self, t: Transfer, fields: tuple[Any, ...], now_ns: Boxed) -> CreateTransferResult:
-        """Post or void the pending transfer ``t.pending_id`` (checks of step 3, then apply); ``fields``
-        is ``t`` as a tuple."""
-        flags: int = fields[6]
-        pending_id: Boxed = fields[7]
-        tid: Boxed = fields[0]
+    def _resolve_pending(
+        self, tid: Boxed, req_dr_id: Boxed, req_cr_id: Boxed, amount_value: Boxed, req_code: Boxed,
+        req_user_data: Boxed, flags_value: Boxed, pending_id: Boxed, timeout_value: Boxed, now_ns: Boxed,
+    ) -> CreateTransferResult:
+        """Post or void the pending transfer ``pending_id`` (checks of step 3, then apply), for a request
+        given by its fields."""
+        flags: int = flags_value
         if not _is_id(pending_id):
             return _R.PENDING_ID_OUT_OF_RANGE
         if pending_id == tid:
             return _R.PENDING_ID_MUST_BE_DIFFERENT
-        if fields[8]:
+        if timeout_value:
             return _R.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER
-        if not _is_code(fields[4], 0):
+        if not _is_code(req_code, 0):
             return _R.CODE_OUT_OF_RANGE
-        if not _is_user_data(fields[5]):
+        if not _is_user_data(req_user_data):
             return _R.USER_DATA_OUT_OF_RANGE
-        amount_value: Boxed = fields[3]
         if type(amount_value) is not int:
             return _R.AMOUNT_MUST_BE_INTEGER
         amount: int = amount_value
@@ -584,9 +625,9 @@ class Ledger:
         cr_id: Boxed = held_fields[2]
         held_value: Boxed = held_fields[3]
         held: int = held_value
-        if fields[1] and fields[1] != dr_id:
+        if req_dr_id and req_dr_id != dr_id:
             return _R.PENDING_TRANSFER_HAS_DIFFERENT_DEBIT_ACCOUNT_ID
-        if fields[2] and fields[2] != cr_id:
+        if req_cr_id and req_cr_id != cr_id:
             return _R.PENDING_TRANSFER_HAS_DIFFERENT_CREDIT_ACCOUNT_ID
         post = flags & _POST
         if post:
@@ -594,8 +635,8 @@ class Ledger:
                 return _R.EXCEEDS_PENDING_TRANSFER_AMOUNT
         elif amount and amount != held:
             return _R.PENDING_TRANSFER_HAS_DIFFERENT_AMOUNT
-        code: Boxed = fields[4] or held_fields[4]
-        user_data: Boxed = fields[5] or held_fields[5]
+        code: Boxed = req_code or held_fields[4]
+        user_data: Boxed = req_user_data or held_fields[5]
         posted_value: Boxed = (amount_value or held_value) if post else held_value
         resolved = _Transfer(tid, dr_id, cr_id, posted_value, code, user_data, flags, pending_id, 0)
         e = transfers.get(tid)
