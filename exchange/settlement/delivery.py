@@ -95,18 +95,15 @@ def record_weigh_in(cl: ClearingState, cmd: RecordWeighIn, out: list) -> None:
     # The chain of two legs, written out (as Chain would make it, without its calls): the amount to the
     # seller's receivable, the rest back to the buyer's source, a leg of 0 left out. Both are >= 0 and
     # not both 0: the amount is at most the obligation, which is positive (holds.on_trade).
-    counters = cl.counters
-    tid: Boxed = counters.next_transfer_id
+    tid: Boxed = cl._next_tid()
     if amount_n and refund:
-        refund_id: Boxed = tid + 1
-        counters.next_transfer_id = refund_id + 1
+        refund_id: Boxed = cl._next_tid()
         chain = [_TRANSFER(tid, _ESCROW, receivable, amount, _TC_SETTLEMENT, trade_id, _LINKED),
                  _TRANSFER(refund_id, _ESCROW, t[9], refund, _TC_ADJUSTMENT, trade_id, _ZERO)]
         results = cl.ledger.create_transfers(chain, ts_ns)
         if results.count(_OK) != 2:
             refused_chain(chain, results)
     else:
-        counters.next_transfer_id = tid + 1
         leg = _TRANSFER(tid, _ESCROW, receivable, amount, _TC_SETTLEMENT, trade_id, _ZERO) if amount_n else \
             _TRANSFER(tid, _ESCROW, t[9], refund, _TC_ADJUSTMENT, trade_id, _ZERO)
         result = cl.ledger.create_transfer(leg, ts_ns)

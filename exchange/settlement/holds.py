@@ -86,15 +86,16 @@ def on_buy_accepted(
     """Place the hold of an accepted buy (``check_buy`` passed in the same command). Idempotent: the
     ``OrderAccepted`` event places it too if the core did not call this."""
     if order_id not in cl.holds:
-        place_hold(cl, order_id, participant_id, spec, limit_price_fen, heads, ts_ns, spec.symbol)
+        place_hold(cl, order_id, participant_id, limit_price_fen, heads, ts_ns, spec.symbol)
 
 
 def place_hold(
-    cl: ClearingState, order_id: Boxed, participant_id: Boxed, spec: InstrumentSpec, limit_price_fen: Boxed,
-    heads: Boxed, ts_ns: Boxed, instrument: Boxed,
+    cl: ClearingState, order_id: Boxed, participant_id: Boxed, limit_price_fen: Boxed, heads: Boxed, ts_ns: Boxed,
+    instrument: str,
 ) -> None:
+    """Hold ``heads`` at ``limit_price_fen`` of a listed ``instrument`` for this order or bid."""
     # ids, price, heads and time pass on as the objects they came as (Boxed); the sums are ints
-    per_head: int = rules.hold_per_head_fen(spec, limit_price_fen)
+    per_head: int = rules.per_head_hold_fen(cl._hold_grams[instrument], limit_price_fen)
     heads_n: int = heads
     amount: Boxed = heads_n * per_head  # boxed once: the hold's transfer
     source = hold_source(cl, participant_id, amount)
@@ -158,7 +159,7 @@ def hold_bid(
 ) -> None:
     """(Re)place the bidder's hold at ``price_fen`` (``check_bid`` passed in the same command)."""
     release_bid(cl, hold_id, ts_ns)
-    place_hold(cl, hold_id, participant_id, spec, price_fen, heads, ts_ns, spec.symbol)
+    place_hold(cl, hold_id, participant_id, price_fen, heads, ts_ns, spec.symbol)
 
 
 def release_bid(cl: ClearingState, hold_id: int, ts_ns: int) -> None:
@@ -171,6 +172,7 @@ def release_bid(cl: ClearingState, hold_id: int, ts_ns: int) -> None:
 def on_listed(cl: ClearingState, e: InstrumentListed, ts_ns: Boxed, out: list) -> None:
     cl.instruments[e.spec.symbol] = e.spec
     cl.fee_bps[e.spec.symbol] = e.spec.seller_fee_bps
+    cl._hold_grams[e.spec.symbol] = rules.hold_grams(e.spec)
 
 
 def on_lot(cl: ClearingState, e: LotRegistered, ts_ns: Boxed, out: list) -> None:
@@ -184,8 +186,7 @@ def on_accepted(cl: ClearingState, e: OrderAccepted, ts_ns: Boxed, out: list) ->
     f = _astuple(e)
     order_id: Boxed = f[2]
     if f[6] == _BUY and order_id not in cl.holds:
-        instrument: Boxed = f[5]
-        place_hold(cl, order_id, f[3], cl.instruments[instrument], f[7], f[8], ts_ns, instrument)
+        place_hold(cl, order_id, f[3], f[7], f[8], ts_ns, f[5])
 
 
 def on_trade(cl: ClearingState, e: Trade, ts_ns: Boxed, out: list) -> None:
@@ -211,18 +212,16 @@ def on_trade(cl: ClearingState, e: Trade, ts_ns: Boxed, out: list) -> None:
     instrument: Boxed = f[2]
     price: Boxed = f[4]
     per_head: int = h[4]
-    obligation_n: int = heads_n * rules.hold_per_head_fen(cl.instruments[instrument], price)
+    obligation_n: int = heads_n * rules.per_head_hold_fen(cl._hold_grams[instrument], price)
     released: int = heads_n * per_head - obligation_n
     if obligation_n <= 0 or released < 0:
         raise ClearingInvariantError(f"trade {trade_id} at {price} above the limit {h[3]}")
     obligation: Boxed = obligation_n  # boxed once: the transfer, the record and the event
     source_account_id: Boxed = h[7]
-    counters = cl.counters
-    tid: Boxed = counters.next_transfer_id
+    tid: Boxed = cl._next_tid()
     # the ledger calls of _commit and _commit_one, inline: once per fill
     if remaining:
-        rehold_id: Boxed = tid + 1
-        counters.next_transfer_id = rehold_id + 1
+        rehold_id: Boxed = cl._next_tid()
         chain = [_TRANSFER(tid, _ZERO, _ZERO, obligation, _TC_TRADE, trade_id, _POST_LINKED, h[6]),
                  _TRANSFER(rehold_id, source_account_id, _ESCROW, remaining * per_head, _TC_HOLD,
                            h[0], _PENDING)]
@@ -232,7 +231,6 @@ def on_trade(cl: ClearingState, e: Trade, ts_ns: Boxed, out: list) -> None:
         hold.pending_id = rehold_id
         hold.remaining_heads = remaining
     else:
-        counters.next_transfer_id = tid + 1
         result = cl.ledger.create_transfer_of(tid, _ZERO, _ZERO, obligation, _TC_TRADE, trade_id, _POST, h[6], ts_ns)
         if result is not _OK:
             refused(_TRANSFER(tid, _ZERO, _ZERO, obligation, _TC_TRADE, trade_id, _POST, h[6]), result)

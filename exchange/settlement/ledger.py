@@ -41,7 +41,9 @@ Validation happens in a fixed order (``CreateTransferResult`` lists the codes; t
 in ``Ledger.create_transfers``); state is changed only after the last check passes.
 ``create_transfer(t, now_ns)`` answers exactly as ``create_transfers([t], now_ns)[0]`` without the
 lists: the clearing's path for a lone transfer (most of its transfers), chains go through
-``create_transfers``. Every check runs on both paths.
+``create_transfers``. ``create_transfer_of`` is ``create_transfer`` given the fields instead of a struct
+(the ledger makes only the transfer it keeps: the clearing's holds, fills and releases), and
+``create_chain`` is ``create_transfers`` for a batch built as one chain. Every check runs on every path.
 
 Compiled
 --------

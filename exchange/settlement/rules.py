@@ -118,12 +118,31 @@ def hold_per_head_fen(spec: InstrumentSpec, price_fen: int) -> int:
     rounded UP to a whole fen, so the hold always covers any in-band delivery. Piglets (fen per head):
     the price. Holds are exactly linear in heads, so releasing part of a hold is exact.
     """
+    return per_head_hold_fen(hold_grams(spec), price_fen)
+
+
+PER_HEAD: Final = -1  # hold_grams of an instrument priced per head
+
+
+def hold_grams(spec: InstrumentSpec) -> int:
+    """What ``hold_per_head_fen`` prices a head of this instrument by: the heaviest animal the band allows
+    (``animal_max_g``, never negative in a valid specification) for finishing hogs, ``PER_HEAD`` for piglets.
+    The clearing keeps it per instrument (``_hold_grams``): every buy accepted and every fill needs it."""
     product_class = spec.product_class
     # identity first: a decoded spec holds the enum member itself, and compiled, ``==`` on two objects is a
-    # generic rich comparison (this runs for every buy accepted and every fill)
+    # generic rich comparison
     if product_class is FINISHING_HOG or product_class == FINISHING_HOG:
-        return -(-spec.animal_max_g * price_fen // GRAMS_PER_KG)
-    return price_fen
+        return spec.animal_max_g
+    return PER_HEAD
+
+
+def per_head_hold_fen(grams: int, price_fen: int) -> int:
+    """``hold_per_head_fen`` from the instrument's ``hold_grams``: grams x price per kg rounded UP to a whole
+    fen, or the price itself (``PER_HEAD``). Rounded up as floor((n + 999) / 1000), equal to -(-n // 1000) for
+    every integer n: compiled, a product with a negative factor takes the slow generic multiply."""
+    if grams == PER_HEAD:
+        return price_fen
+    return (grams * price_fen + GRAMS_PER_KG - 1) // GRAMS_PER_KG
 
 
 def hold_fen(spec: InstrumentSpec, price_fen: int, heads: int) -> int:

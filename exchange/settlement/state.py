@@ -77,7 +77,7 @@ from exchange.settlement.model import (
     TradeState,
     Withdrawal,
 )
-from exchange.settlement.rules import DeliveryTerms
+from exchange.settlement.rules import DeliveryTerms, hold_grams
 
 R = RejectReason
 AC = AccountCode
@@ -232,7 +232,10 @@ class ClearingState:
 
     def __init__(self) -> None:
         self.ledger = Ledger()
-        self.counters = Counters()
+        self._counters = Counters()
+        # the next transfer id as a native field (every hold, fill and release takes one): ``counters``
+        # writes it back into the snapshotted record whenever the record is read
+        self._next_transfer_id: int = self._counters.next_transfer_id
         self.accounts: dict[tuple[int, int, int], int] = {}  # (code, owner, user_data) -> account id
         self.instruments: dict[str, InstrumentSpec] = {}
         self.fee_bps: dict[str, int] = {}
@@ -294,13 +297,27 @@ class ClearingState:
         self._lines_by_buyer: dict[int, list[CreditLine]] = {}
         for key in sorted(self.credit_lines):
             self._lines_by_buyer.setdefault(key[0], []).append(self.credit_lines[key])
+        # instrument -> rules.hold_grams of its specification: every buy's hold and every fill prices by it
+        self._hold_grams: dict[str, int] = {symbol: hold_grams(spec) for symbol, spec in self.instruments.items()}
+
+    @property
+    def counters(self) -> Counters:
+        """The id counters as snapshotted, the next transfer id (a native field) written back first."""
+        counters = self._counters
+        counters.next_transfer_id = self._next_transfer_id
+        return counters
+
+    @counters.setter
+    def counters(self, counters: Counters) -> None:
+        self._counters = counters
+        self._next_transfer_id = counters.next_transfer_id
 
     # ---------------------------------------------------------------------------------- ledger plumbing
 
     def _next_tid(self) -> Boxed:
-        counters = self.counters
-        tid: Boxed = counters.next_transfer_id  # the object itself goes into the transfer
-        counters.next_transfer_id = tid + 1
+        """A new transfer id, boxed once (the object goes into the transfer, its posting and the ledger's maps)."""
+        tid = self._next_transfer_id
+        self._next_transfer_id = tid + 1
         return tid
 
     def _commit_one(self, transfer: Transfer, ts_ns: Boxed) -> None:
@@ -449,11 +466,10 @@ class Chain:
     fields until another follows it (then it is a LINKED transfer) or the chain is committed (then it
     closes the chain, unflagged): each leg is made once, with its flags."""
 
-    __slots__ = ("clearing", "counters", "last", "transfers")
+    __slots__ = ("clearing", "last", "transfers")
 
     def __init__(self, clearing: ClearingState) -> None:
         self.clearing = clearing
-        self.counters = clearing.counters
         self.transfers: list[Transfer] = []
         # (id, dr, cr, amount, code, user data): the objects as they came (Boxed), so that compiled no leg
         # boxes its ids and amount anew
@@ -463,9 +479,7 @@ class Chain:
         if amount_fen:
             if amount_fen < 0:
                 raise ClearingInvariantError(f"negative amount {amount_fen} from {dr} to {cr}")
-            counters = self.counters
-            tid: Boxed = counters.next_transfer_id
-            counters.next_transfer_id = tid + 1
+            tid: Boxed = self.clearing._next_tid()
             last = self.last
             if last is not None:
                 self.transfers.append(_TRANSFER(last[0], last[1], last[2], last[3], last[4], last[5], _LINKED))
