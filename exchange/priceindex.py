@@ -147,12 +147,17 @@ async def resolve(conn: asyncpg.Connection, changes: DayChanges) -> None:
         rows = await conn.fetch("SELECT lot_id, avg_weight_g FROM price_index_lots WHERE lot_id = ANY($1::bigint[])",
                                 list(missing_lots))
         lots.update({r[0]: r[1] for r in rows})
+    labels: dict[int, int] = {}  # CST day -> yyyymmdd: a page's trades fall on a day or two
     for trade in changes.trades:
         series = instruments.get(trade.instrument)
         if series is None:
             _log.error("price index: trade %d of unknown instrument %r left out", trade.trade_id, trade.instrument)
             continue
-        key = (day_label(cst_day(trade.ts_ns)), series)
+        day = cst_day(trade.ts_ns)
+        label = labels.get(day)
+        if label is None:
+            label = labels[day] = day_label(day)
+        key = (label, series)
         sums = changes.sums.get(key)
         if sums is None:
             sums = changes.sums[key] = [0, 0, 0, 0]

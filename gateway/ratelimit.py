@@ -34,15 +34,22 @@ class TokenBuckets:
 
     def take(self, key: str, cost: float = 1.0) -> float:
         """Spend `cost` tokens of `key`: 0.0 when allowed, else the seconds until it would be allowed."""
+        # Called for every request and every WebSocket order: one look-up and one tuple, no call of min().
         now_s = self._clock_s()
-        tokens, then_s = self._buckets.get(key, (self._burst, now_s))
-        tokens = min(self._burst, tokens + (now_s - then_s) * self._rate_per_s)
+        buckets = self._buckets
+        hit = buckets.get(key)
+        if hit is None:
+            tokens = self._burst
+            if len(buckets) >= self._max_keys:
+                self._forget_idle(now_s)
+        else:
+            tokens = hit[0] + (now_s - hit[1]) * self._rate_per_s
+            if tokens > self._burst:
+                tokens = self._burst
         if tokens < cost:
-            self._buckets[key] = (tokens, now_s)
+            buckets[key] = (tokens, now_s)
             return (cost - tokens) / self._rate_per_s
-        if key not in self._buckets and len(self._buckets) >= self._max_keys:
-            self._forget_idle(now_s)
-        self._buckets[key] = (tokens - cost, now_s)
+        buckets[key] = (tokens - cost, now_s)
         return 0.0
 
     def wait_s(self, key: str, cost: float = 1.0) -> float:

@@ -111,6 +111,8 @@ REF_DEPOSIT: Final = 1
 REF_WITHDRAWAL: Final = 2
 REF_REPAYMENT: Final = 3
 REF_LOT: Final = 4
+# the commands that may use a reference (`reference_row`): others (orders, most of all) are not looked at
+_REFERENCE_COMMANDS: Final = frozenset({RegisterLot, ConfirmDeposit, RequestWithdrawal, RepayLoan})
 
 
 def reference_row(
@@ -314,7 +316,7 @@ class LedgerWriter:
             command = commands[index]
             if command.__class__ is ClockTick:
                 self._history.extend(history_rows(first_seq + index, clearing.take_archived(command.ts_ns)))
-            if postings or command.__class__ is RegisterLot:
+            if command.__class__ in _REFERENCE_COMMANDS:
                 ref = reference_row(first_seq + index, command, events[index], bool(postings))
                 if ref is not None:
                     self._refs.append(ref)
