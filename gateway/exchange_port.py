@@ -68,6 +68,7 @@ from exchange.sequencer import (
     decode_events,
 )
 from exchange.settlement import Clearing
+from gateway import readmodel_codec
 from gateway.clock import SimulatedClock
 from gateway.config import GatewayConfig
 from gateway.errors import ApiError, Code
@@ -166,6 +167,7 @@ class Shard:
         self._saved_seq = 0
         self._since_snapshot = 0
         self._snapshot_task: asyncio.Task[None] | None = None
+        self.snapshot_slices = 0  # slices encoded by all snapshots so far, each followed by a turn of the loop
         self.rebuilt_from_seq = 0
 
     # -- life cycle ---------------------------------------------------------------------------------
@@ -245,8 +247,8 @@ class Shard:
         """Restore the newest snapshot that loads; its seq (0 if none: fold from seq 1)."""
         for seq, state in await latest_read_model(conn, upto_seq):
             try:
-                self.read_model.restore(state)
-            except Exception:  # another format (an upgrade): an older one, or the journal, will do
+                readmodel_codec.restore(self.read_model, state)
+            except Exception:  # an unknown format (a downgrade): an older one, or the journal, will do
                 _log.warning("read model snapshot at seq %d does not load; trying an older one", seq,
                              exc_info=True)
                 self.read_model.__init__(trade_history=self.config.trade_history,  # type: ignore[misc]
@@ -263,8 +265,8 @@ class Shard:
     # -- read model snapshots -----------------------------------------------------------------------
 
     def _maybe_snapshot(self, commands: int) -> None:
-        """Every `snapshot_every` commands, encode the read model now (it is consistent between batches)
-        and write it off the event loop's critical path; one write at a time."""
+        """Every `snapshot_every` commands, start taking a read model snapshot (`_save_snapshot`); one at
+        a time."""
         self._since_snapshot += commands
         if self._since_snapshot < self.config.snapshot_every or self.failure is not None:
             return
@@ -274,10 +276,27 @@ class Shard:
         self._snapshot_task = asyncio.get_running_loop().create_task(self._save_snapshot())
 
     async def _save_snapshot(self) -> None:
-        """Save the read model as it is now, with the lots and auctions it retired; then memory forgets
-        those (the snapshot holds them too: a start from it drops them again, see `_load_snapshot`)."""
+        """Save the read model with the lots and auctions it retired; then memory forgets those (the
+        snapshot holds them too: a start from it drops them again, see `_load_snapshot`).
+
+        The model is encoded a slice at a time (`gateway.readmodel_codec.snapshot_steps`), the event
+        loop getting a turn after each: requests are answered and batches folded meanwhile, and no
+        client waits for more than one slice, whatever the number of open orders. The snapshot is of
+        the model as of the last slice."""
         model = self.read_model
-        seq, state = model.applied_seq, model.snapshot()
+        steps = readmodel_codec.snapshot_steps(model)
+        try:
+            while True:
+                next(steps)
+                self.snapshot_slices += 1
+                await asyncio.sleep(0)
+        except StopIteration as done:
+            state: bytes = done.value
+        finally:
+            steps.close()  # (cancelled between slices: the model stops noting changes for it)
+        if self.failure is not None:  # a batch was not folded: the model is not the journal's
+            return
+        seq = model.applied_seq  # the last slice's, taken without a break since
         lots, auctions = dict(model.retired_lots), dict(model.retired_auctions)
         try:
             conn = await asyncpg.connect(self.dsn)

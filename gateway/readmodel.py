@@ -26,8 +26,10 @@ everything. Lots sold out and lot auctions ended before the window are retired a
 answer from `retired_lots` and `retired_auctions`. The price index (`index`, gateway/index.py) lets its
 rows of ended days go at the same ticks, once its own projection (`price_index_daily`) holds them.
 
-The whole state is saved as a snapshot (`snapshot`, `restore`) so that a gateway start folds only the
-journal after it (gateway/readmodel_snapshots.py).
+The whole state is saved as a snapshot so that a gateway start folds only the journal after it
+(gateway/readmodel_snapshots.py); its format is gateway/readmodel_codec.py's. A snapshot is taken in
+slices between batches: while one is under way (`snapshot_dirty` is set) the fold notes the order ids
+and instrument symbols it changes, which the snapshot's last slice encodes again.
 
 Pure and synchronous: no I/O, no clock. The order-event fold (`fold_order`) is shared with the order
 handlers, which build a command's execution report from that command's own events.
@@ -36,7 +38,6 @@ handlers, which build a command's execution report from that command's own event
 from __future__ import annotations
 
 import bisect
-import pickle
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Final
@@ -95,8 +96,6 @@ __all__ = [
 ]
 
 _NS_PER_MS: Final = 1_000_000
-# Bumped whenever the snapshot's state changes shape: an older snapshot is then ignored, not misread.
-SNAPSHOT_FORMAT: Final = 4
 _BUY, _SELL = Side.BUY, Side.SELL
 _NEW, _PARTIAL, _FILLED = OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED, OrderStatus.FILLED
 _CANCELED, _EXPIRED, _REJECTED = OrderStatus.CANCELED, OrderStatus.EXPIRED, OrderStatus.REJECTED
@@ -112,7 +111,7 @@ class OrderRecord(msgspec.Struct, array_like=True, gc=False):
 
     `fills` is a tuple, not a list: with only untracked members it is not tracked by the cyclic garbage
     collector, so a million orders do not make every full collection scan a million lists. Array-like:
-    a read model snapshot encodes it without its field names (`ReadModel.snapshot`).
+    a read model snapshot encodes it without its field names (gateway/readmodel_codec.py).
     """
 
     order_id: int
@@ -132,18 +131,6 @@ class OrderRecord(msgspec.Struct, array_like=True, gc=False):
     filled_heads: int = 0
     status: OrderStatus = OrderStatus.NEW
     fills: tuple[Fill, ...] = ()
-
-
-class _Bulk(msgspec.Struct, array_like=True, gc=False):
-    """The part of a read model snapshot msgspec encodes (see `ReadModel.snapshot`)."""
-
-    orders: list[OrderRecord]
-    fills: dict[int, list[Fill]]
-
-
-_BULK_FIELDS: Final = frozenset({"_handlers", "orders", "fills_by_participant"})  # not pickled
-_BULK_ENCODER: Final = msgspec.msgpack.Encoder()
-_BULK_DECODER: Final = msgspec.msgpack.Decoder(_Bulk)
 
 
 class LotRecord(msgspec.Struct, gc=False):
@@ -378,6 +365,9 @@ class ReadModel:
         self.retired_lots: dict[int, LotRecord] = {}
         self.retired_auctions: dict[int, LotAuction] = {}
         self.last_lot_id = 0
+        # While a snapshot is taken in slices (gateway/readmodel_codec.py): the ids of the orders and the
+        # symbols of the instruments changed (or added, or dropped) since it began.
+        self.snapshot_dirty: tuple[set[int], set[str]] | None = None
         self._handlers = self._make_handlers()
 
     def _make_handlers(self) -> dict[type, Callable[..., None]]:
@@ -398,44 +388,6 @@ class ReadModel:
             FeeScheduleSet: self._on_fee_schedule,
             NonTradingDaySet: self._on_non_trading_day,
         }
-
-    # -- snapshots ------------------------------------------------------------------------------------
-
-    def snapshot(self) -> bytes:
-        """Everything this model answers from, as of `applied_seq` (see `restore`). The orders and fills,
-        the bulk of it, are encoded by msgspec (about ten times faster than pickling the structs), the
-        rest is pickled."""
-        state = {k: v for k, v in self.__dict__.items() if k not in _BULK_FIELDS}
-        bulk = _BULK_ENCODER.encode(_Bulk(list(self.orders.values()), self.fills_by_participant))
-        return pickle.dumps((SNAPSHOT_FORMAT, state, bulk), protocol=pickle.HIGHEST_PROTOCOL)
-
-    def restore(self, data: bytes) -> None:
-        """Become the model a `snapshot` was taken of, in place (its holders keep their reference).
-
-        Pickle, because the state is many kinds of objects (structs, sorted dicts, deques, the index) and
-        is read back only by this same code: the snapshot is this process's own, from its own database,
-        and one of another format is refused (`ValueError`), so the caller folds the journal instead.
-        The history lengths stay this model's configured ones.
-        """
-        trade_history, candle_history = self.trade_history, self.candle_history
-        loaded = pickle.loads(data)  # our own snapshot: see the docstring
-        if not (isinstance(loaded, tuple) and len(loaded) == 3 and loaded[0] == SNAPSHOT_FORMAT):
-            raise ValueError("read model snapshot of another format")
-        bulk = _BULK_DECODER.decode(loaded[2])
-        self.__dict__.update(loaded[1])
-        self.orders = {rec.order_id: rec for rec in bulk.orders}
-        # a held fill is also in its order's fills: share the one object, as the fold does
-        shared = {(f.trade_id, f.order_id): f for rec in bulk.orders for f in rec.fills}
-        self.fills_by_participant = {p: [shared.get((f.trade_id, f.order_id), f) for f in fills]
-                                     for p, fills in bulk.fills.items()}
-        self.trade_history, self.candle_history = trade_history, candle_history
-        for record in self.instruments.values():
-            if record.trades.maxlen != trade_history:
-                record.trades = deque(record.trades, maxlen=trade_history)
-        for series in self.candles.values():
-            if series.max_candles != candle_history:
-                series.max_candles = candle_history
-                series.candles = deque(series.candles, maxlen=candle_history)
 
     # -- folding --------------------------------------------------------------------------------------
 
@@ -463,6 +415,8 @@ class ReadModel:
             record = records.get(symbol)
             if record is not None:
                 record.seq = delta.last_seq
+        if self.snapshot_dirty is not None:
+            self.snapshot_dirty[1].update(digest.instruments)
         return digest
 
     def _apply(self, command: Command, events: list[Event], digest: BatchDigest) -> None:
@@ -481,8 +435,11 @@ class ReadModel:
             handler = handlers.get(cls)
             if handler is not None:  # of settlement events (seq 0) only a fee schedule concerns this model
                 handler(event, command, touched, digest)
-        if touched and digest.wants is not None:
-            self._reports(touched, digest)
+        if touched:
+            if digest.wants is not None:
+                self._reports(touched, digest)
+            if self.snapshot_dirty is not None:
+                self.snapshot_dirty[0].update(touched)
 
     def _reports(self, touched: dict[int, int], digest: BatchDigest) -> None:
         wants = digest.wants
@@ -606,6 +563,7 @@ class ReadModel:
                   digest: BatchDigest) -> None:
         record = self.instruments[event.instrument]
         record.state, record.state_reason = event.state, event.reason
+        self._instrument_changed(event.instrument)
 
     def _on_non_trading_day(self, event: NonTradingDaySet, command: Command, touched: dict[int, int],
                             digest: BatchDigest) -> None:
@@ -617,12 +575,18 @@ class ReadModel:
     def _on_reference(self, event: ReferencePriceSet, command: Command, touched: dict[int, int],
                       digest: BatchDigest) -> None:
         self.instruments[event.instrument].set_reference(event.price_fen)
+        self._instrument_changed(event.instrument)
 
     def _on_fee_schedule(self, event: FeeScheduleSet, command: Command, touched: dict[int, int],
                          digest: BatchDigest) -> None:
         record = self.instruments.get(event.instrument)
         if record is not None:  # the clearing sets fees only of listed instruments; never fail a fold on it
             record.seller_fee_bps = event.seller_fee_bps
+            self._instrument_changed(event.instrument)  # (a settlement event: seq 0, in no digest)
+
+    def _instrument_changed(self, symbol: str) -> None:
+        if self.snapshot_dirty is not None:
+            self.snapshot_dirty[1].add(symbol)
 
     def _on_rejected(self, event: Rejected, command: Command, touched: dict[int, int], digest: BatchDigest) -> None:
         wants = digest.wants
@@ -649,6 +613,8 @@ class ReadModel:
             if rec is None or rec.remaining_heads:  # (an order is closed once: never reopened)
                 continue
             del orders[order_id]
+            if self.snapshot_dirty is not None:
+                self.snapshot_dirty[0].add(order_id)
             ids = self.orders_by_participant[rec.participant_id]
             del ids[bisect.bisect_left(ids, order_id)]
             if not ids:

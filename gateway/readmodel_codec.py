@@ -1,0 +1,352 @@
+"""The gateway read model's snapshot format: an explicit, versioned msgpack encoding of what the model
+holds (gateway/readmodel.py), and nothing of its internals.
+
+Format 4 (`FORMAT`): the bytes start with `MAGIC` and the format as two bytes, then one msgpack array
+(`_Snapshot`, field order fixed):
+
+- the orders held (open ones, and closed ones inside the retention window), in slices of at most
+  `ORDER_SLICE` `OrderRecord`s (array-like, with their fills), then a patch: the records of the orders
+  that changed while the slices were taken and the ids of those that went;
+- each instrument (`_Instrument`: specification, state, L2 levels, public trades, candles), one slice
+  each, patched the same way;
+- the rest (`_Rest`), taken in the last step: counters, lots, lot auctions, the price index's daily
+  sums, the forgetting queues, retired lots and auctions, and per participant how many fills are held
+  (count, first and last trade id).
+
+Derived indexes are not stored but rebuilt by `restore`: each participant's order and lot ids (from
+the orders and lots, held in id order), the held fills (each is one of a held order's fills: the
+participant's newest `count`, checked against the stored trade ids), the candle series' sharing
+between `ReadModel.candles` and the instruments.
+
+Why slices: a snapshot is taken while the gateway serves. `snapshot_steps` encodes one slice per step
+(at most `ORDER_SLICE` orders, or one instrument) and the caller gives the event loop a turn between
+steps (`gateway.exchange_port.Shard`), so the longest stall is one slice, whatever the open state's
+size. Batches folded between steps mark what they change (`ReadModel.snapshot_dirty`: order ids and
+instrument symbols); the last step, run without a break, re-encodes those and takes the rest, so the
+result is exactly the model as of its `applied_seq` then. `snapshot` runs every step at once.
+
+Older formats: a format 3 row (pickle of the model's objects, before this module) is still read,
+by `_legacy_v3` through an unpickler that only builds the classes that format held (no other callable
+is ever looked up), so a gateway upgraded after old journal days were archived still starts from it; the
+next snapshot is written in format 4. Anything else (an unknown format) raises `ValueError`, and the
+caller tries an older snapshot or folds the journal (`gateway.exchange_port.Shard._load_snapshot`).
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import io
+import pickle
+import sys
+from collections import deque
+from collections.abc import Generator
+from typing import Any, Final
+
+import msgspec
+from sortedcontainers import SortedDict
+
+from exchange.domain import InstrumentSpec, LotAuction, TradingState
+from gateway.index import PriceIndex, SeriesKey, _Day
+from gateway.readmodel import InstrumentRecord, LotRecord, OrderRecord, ReadModel, _Series
+from gateway.schemas import CANDLE_INTERVAL_MS, CandleInterval, Fill, SideName, TradeView
+
+__all__ = ["FORMAT", "MAGIC", "ORDER_SLICE", "restore", "snapshot", "snapshot_steps"]
+
+MAGIC: Final = b"HXRM"
+FORMAT: Final = 4
+ORDER_SLICE: Final = 2_000  # orders encoded per step: about a millisecond of the event loop
+_HEADER: Final = MAGIC + FORMAT.to_bytes(2, "big")
+_INTERVALS: Final = tuple(CandleInterval)
+_BUY: Final = SideName.BUY
+
+
+class _Instrument(msgspec.Struct, array_like=True, gc=False):
+    spec: InstrumentSpec
+    state: TradingState
+    state_reason: str
+    seq: int
+    bids: list[tuple[int, int]]  # (-price_fen, heads), as `InstrumentRecord.bids` keys them
+    asks: list[tuple[int, int]]
+    trades: list[TradeView]  # oldest first
+    seller_fee_bps: int
+    reference_price_fen: int
+    candles: list[list[list[int]]] | None  # per `CandleInterval`, oldest first; None before its first trade
+
+
+class _Rest(msgspec.Struct, array_like=True, gc=False):
+    applied_seq: int
+    seq: int
+    projected_seq: int
+    trade_count: int
+    traded_heads: int
+    last_lot_id: int
+    non_trading_days: list[int]
+    lots: list[LotRecord]
+    auctions: list[LotAuction]
+    index_days: list[tuple[int, list[tuple[SeriesKey, int, int, int, int, int]]]]  # day, (series, _Day fields)
+    index_trade_days: list[tuple[SeriesKey, list[int]]]
+    closed_orders: list[tuple[int, int, int]]
+    fill_times: list[tuple[int, int, int]]
+    forgotten_orders: dict[int, int]
+    forgotten_fills: dict[int, int]
+    fills_held: dict[int, tuple[int, int, int]]  # participant -> (count, first trade id, last trade id)
+    lot_closes: list[tuple[int, int]]
+    auction_ends: list[tuple[int, int]]
+    retired_lots: list[LotRecord]
+    retired_auctions: list[LotAuction]
+
+
+class _Snapshot(msgspec.Struct, array_like=True, gc=False):
+    """As decoded; `_Out` is the same array with the slices already encoded."""
+
+    order_slices: list[list[OrderRecord]]
+    order_patch: list[OrderRecord]
+    orders_gone: list[int]
+    instruments: list[_Instrument]
+    instrument_patch: list[_Instrument]
+    rest: _Rest
+
+
+class _Out(msgspec.Struct, array_like=True, gc=False):
+    order_slices: list[msgspec.Raw]
+    order_patch: list[OrderRecord]
+    orders_gone: list[int]
+    instruments: list[msgspec.Raw]
+    instrument_patch: list[_Instrument]
+    rest: _Rest
+
+
+_ENCODER: Final = msgspec.msgpack.Encoder()
+_DECODER: Final = msgspec.msgpack.Decoder(_Snapshot)
+
+
+# -- encoding -------------------------------------------------------------------------------------------
+
+
+def snapshot(model: ReadModel) -> bytes:
+    """The whole snapshot at once (a clean stop, tests): every step of `snapshot_steps` in a row."""
+    steps = snapshot_steps(model)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+
+def snapshot_steps(model: ReadModel) -> Generator[int, None, bytes]:
+    """Encode `model` a slice per step; each `next` yields how many orders or instruments it encoded,
+    the last returns the snapshot (as of the model's `applied_seq` at that step). The model may fold
+    batches between steps, not inside one. Closing the generator early abandons the snapshot."""
+    if model.snapshot_dirty is not None:
+        raise RuntimeError("a read model snapshot is already being taken")
+    dirty_orders: set[int] = set()
+    dirty_instruments: set[str] = set()
+    model.snapshot_dirty = (dirty_orders, dirty_instruments)
+    try:
+        encode = _ENCODER.encode
+        ids = list(model.orders)  # ascending: orders are added in id order
+        order_slices = []
+        for start in range(0, len(ids), ORDER_SLICE):
+            held = model.orders
+            part = [held[i] for i in ids[start:start + ORDER_SLICE] if i in held]  # gone ones: patched
+            order_slices.append(msgspec.Raw(encode(part)))
+            yield len(part)
+        symbols = list(model.instruments)
+        instruments = []
+        for symbol in symbols:
+            instruments.append(msgspec.Raw(encode(_instrument(model, model.instruments[symbol]))))
+            yield 1
+        # the last step, without a break: what changed meanwhile, and the rest, as of now
+        orders = model.orders
+        order_patch = [orders[i] for i in sorted(dirty_orders) if i in orders]
+        gone = sorted(i for i in dirty_orders if i not in orders)
+        new_symbols = [s for s in model.instruments if s in dirty_instruments or s not in symbols]
+        instrument_patch = [_instrument(model, model.instruments[s]) for s in new_symbols]
+        out = _Out(order_slices, order_patch, gone, instruments, instrument_patch, _rest(model))
+        return _HEADER + encode(out)
+    finally:
+        model.snapshot_dirty = None
+
+
+def _instrument(model: ReadModel, record: InstrumentRecord) -> _Instrument:
+    candles = [list(series.candles) for series in record.series] if record.series else None
+    return _Instrument(record.spec, record.state, record.state_reason, record.seq, list(record.bids.items()),
+                       list(record.asks.items()), list(record.trades), record.seller_fee_bps,
+                       record.reference_price_fen, candles)
+
+
+def _rest(model: ReadModel) -> _Rest:
+    index = model.index
+    index_days = [(day, [(key, c.heads, c.price_heads, c.value_fen, c.trades, c.last_ns) for key, c in cells.items()])
+                  for day, cells in index.days.items()]
+    fills_held = {p: (len(fills), fills[0].trade_id, fills[-1].trade_id)
+                  for p, fills in model.fills_by_participant.items() if fills}
+    return _Rest(
+        model.applied_seq, model.seq, model.projected_seq, model.trade_count, model.traded_heads, model.last_lot_id,
+        sorted(model.non_trading_days), list(model.lots.values()), list(model.auctions.values()), index_days,
+        list(index.trade_days.items()), list(model.closed_orders), list(model.fill_times), model.forgotten_orders,
+        model.forgotten_fills, fills_held, list(model.lot_closes), list(model.auction_ends),
+        list(model.retired_lots.values()), list(model.retired_auctions.values()),
+    )  # fmt: skip
+
+
+# -- decoding -------------------------------------------------------------------------------------------
+
+
+def restore(model: ReadModel, data: bytes) -> None:
+    """Make `model` the one a snapshot was taken of, in place (its holders keep their reference); the
+    history lengths stay the model's configured ones. Raises `ValueError` for a snapshot it cannot read
+    (see the module docstring): the model is then as new."""
+    trade_history, candle_history = model.trade_history, model.candle_history
+    model.__init__(trade_history=trade_history, candle_history=candle_history)  # type: ignore[misc]
+    if data[:len(MAGIC)] == MAGIC:
+        if data[:len(_HEADER)] != _HEADER:
+            raise ValueError(f"read model snapshot of format {int.from_bytes(data[4:6], 'big')}, not {FORMAT}")
+        try:
+            _apply(model, _DECODER.decode(memoryview(data)[len(_HEADER):]))
+        except Exception:
+            model.__init__(trade_history=trade_history, candle_history=candle_history)  # type: ignore[misc]
+            raise
+        return
+    _legacy_v3(model, data)
+    model.trade_history, model.candle_history = trade_history, candle_history
+    for record in model.instruments.values():
+        if record.trades.maxlen != trade_history:
+            record.trades = deque(record.trades, maxlen=trade_history)
+    for series in model.candles.values():
+        if series.max_candles != candle_history:
+            series.max_candles = candle_history
+            series.candles = deque(series.candles, maxlen=candle_history)
+
+
+def _apply(model: ReadModel, snap: _Snapshot) -> None:
+    orders = model.orders
+    for part in snap.order_slices:
+        for rec in part:
+            orders[rec.order_id] = rec
+    for rec in snap.order_patch:  # a changed one keeps its place; a new one comes last, in id order
+        orders[rec.order_id] = rec
+    for order_id in snap.orders_gone:
+        orders.pop(order_id, None)
+    by_participant = model.orders_by_participant
+    for rec in orders.values():
+        ids = by_participant.get(rec.participant_id)
+        if ids is None:
+            ids = by_participant[rec.participant_id] = []
+        ids.append(rec.order_id)
+    instruments = {i.spec.symbol: i for i in snap.instruments}
+    instruments.update((i.spec.symbol, i) for i in snap.instrument_patch)
+    for state in instruments.values():
+        _restore_instrument(model, state)
+    _restore_rest(model, snap.rest)
+
+
+def _restore_instrument(model: ReadModel, state: _Instrument) -> None:
+    record = InstrumentRecord(state.spec, state.seq, model.trade_history)
+    record.state, record.state_reason = state.state, state.state_reason
+    record.bids.update(state.bids)
+    record.asks.update(state.asks)
+    record.trades.extend(state.trades)
+    record.seller_fee_bps = state.seller_fee_bps
+    record.set_reference(state.reference_price_fen)
+    if state.candles is not None:
+        symbol = state.spec.symbol
+        for interval, candles in zip(_INTERVALS, state.candles, strict=True):
+            series = model.candles[(symbol, interval)] = _Series(CANDLE_INTERVAL_MS[interval], model.candle_history)
+            series.candles.extend(candles)
+            record.series.append(series)
+    model.instruments[state.spec.symbol] = record
+
+
+def _restore_rest(model: ReadModel, rest: _Rest) -> None:
+    model.applied_seq, model.seq, model.projected_seq = rest.applied_seq, rest.seq, rest.projected_seq
+    model.trade_count, model.traded_heads, model.last_lot_id = rest.trade_count, rest.traded_heads, rest.last_lot_id
+    model.non_trading_days = set(rest.non_trading_days)
+    for lot in rest.lots:
+        model.lots[lot.lot.lot_id] = lot
+        model.lots_by_participant.setdefault(lot.lot.seller_id, []).append(lot.lot.lot_id)
+    model.auctions = {a.auction_id: a for a in rest.auctions}
+    index = model.index
+    for day, cells in rest.index_days:
+        index.days[day] = {key: _day(*fields) for key, *fields in cells}
+    index.trade_days = dict(rest.index_trade_days)
+    model.closed_orders = deque(rest.closed_orders)
+    model.fill_times = deque(rest.fill_times)
+    model.forgotten_orders, model.forgotten_fills = rest.forgotten_orders, rest.forgotten_fills
+    model.lot_closes, model.auction_ends = deque(rest.lot_closes), deque(rest.auction_ends)
+    model.retired_lots = {r.lot.lot_id: r for r in rest.retired_lots}
+    model.retired_auctions = {a.auction_id: a for a in rest.retired_auctions}
+    model.fills_by_participant = _held_fills(model, rest.fills_held)
+
+
+def _day(heads: int, price_heads: int, value_fen: int, trades: int, last_ns: int) -> _Day:
+    cell = _Day()
+    cell.heads, cell.price_heads, cell.value_fen = heads, price_heads, value_fen
+    cell.trades, cell.last_ns = trades, last_ns
+    return cell
+
+
+def _held_fills(model: ReadModel, held: dict[int, tuple[int, int, int]]) -> dict[int, list[Fill]]:
+    """Each participant's newest `count` fills, taken from their held orders (the very objects, shared as
+    the fold shares them). A held fill's order is always held: an order is forgotten only after its last
+    fill (`ReadModel.forget`); the stored first and last trade ids check it."""
+    out: dict[int, list[Fill]] = {}
+    orders = model.orders
+    for participant_id, (count, first_id, last_id) in held.items():
+        fills = [f for order_id in model.orders_by_participant.get(participant_id, ())
+                 for f in orders[order_id].fills]
+        fills.sort(key=lambda f: (f.trade_id, f.side != _BUY))  # the fold's order: by trade, a buy first
+        newest = fills[len(fills) - count:] if count <= len(fills) else []
+        if not newest or (newest[0].trade_id, newest[-1].trade_id) != (first_id, last_id):
+            raise ValueError(f"read model snapshot: participant {participant_id}'s held fills are not in its orders")
+        out[participant_id] = newest
+    return out
+
+
+# -- format 3 (pickle), read only -----------------------------------------------------------------------
+
+_V3_FORMAT: Final = 3
+
+
+class _V3Bulk(msgspec.Struct, array_like=True, gc=False):
+    orders: list[OrderRecord]
+    fills: dict[int, list[Fill]]
+
+
+class _V3Unpickler(pickle.Unpickler):
+    """Builds only the kinds of object a format 3 snapshot held: the read model's own classes, deques,
+    sorted dicts, and the enums and msgspec structs of the domain and API modules (data, whose building
+    has no effect). Any other global is refused, so a row cannot make the loader call anything else."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = _V3_CLASSES.get((module, name))
+        if found is None and module in _V3_DATA_MODULES:
+            candidate = getattr(sys.modules[module], name, None)
+            if isinstance(candidate, type) and issubclass(candidate, (enum.Enum, msgspec.Struct)):
+                found = candidate
+        if found is None:
+            raise ValueError(f"read model snapshot names {module}.{name}, which format 3 never held")
+        return found
+
+
+_V3_CLASSES: Final = {(c.__module__, c.__qualname__): c for c in (
+    collections.deque, SortedDict, InstrumentRecord, _Series, LotRecord, PriceIndex, _Day)}
+_V3_DATA_MODULES: Final = frozenset({"exchange.domain", "gateway.schemas"})
+
+
+def _legacy_v3(model: ReadModel, data: bytes) -> None:
+    """A format 3 snapshot: (3, the model's attributes but orders and fills, msgpack of those)."""
+    try:
+        loaded = _V3Unpickler(io.BytesIO(data)).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f"read model snapshot of an unknown format: {exc}") from exc
+    if not (isinstance(loaded, tuple) and len(loaded) == 3 and loaded[0] == _V3_FORMAT):
+        raise ValueError("read model snapshot of an unknown format")
+    bulk = msgspec.msgpack.decode(loaded[2], type=_V3Bulk)
+    model.__dict__.update(loaded[1])
+    model.orders = {rec.order_id: rec for rec in bulk.orders}
+    shared = {(f.trade_id, f.order_id): f for rec in bulk.orders for f in rec.fills}
+    model.fills_by_participant = {p: [shared.get((f.trade_id, f.order_id), f) for f in fills]
+                                  for p, fills in bulk.fills.items()}
+    model.snapshot_dirty = None
