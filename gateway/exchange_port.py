@@ -10,8 +10,9 @@ its advisory lock.
 
 Start-up (`Shard.start`): the sequencer recovers (snapshot + journal tail, hash checked), the read
 model is restored from its newest snapshot (`gateway.readmodel_snapshots`, saved every `snapshot_every`
-commands and at a clean stop) and folds the journal's stored events after it up to the recovered seq
-(from seq 1 when there is no snapshot), and its books are checked against the core's; only then does
+commands, a slice at a time with the event loop's turn between slices, and at a clean stop) and folds
+the journal's stored events after it up to the recovered seq (from seq 1 when there is no snapshot),
+and its books are checked against the core's; only then does
 the gateway report ready. So a start does not slow with history, and works after old journal days are
 archived (the snapshot's watermark keeps archival off the rows it still needs). After that, every committed batch is
 folded into the read model synchronously in the sequencer's publish step — before the callers whose
@@ -291,13 +292,14 @@ class Shard:
                 self.snapshot_slices += 1
                 await asyncio.sleep(0)
         except StopIteration as done:
-            state: bytes = done.value
+            pieces: list[bytes] = done.value
         finally:
             steps.close()  # (cancelled between slices: the model stops noting changes for it)
         if self.failure is not None:  # a batch was not folded: the model is not the journal's
             return
         seq = model.applied_seq  # the last slice's, taken without a break since
         lots, auctions = dict(model.retired_lots), dict(model.retired_auctions)
+        state = await asyncio.to_thread(b"".join, pieces)  # megabytes copied: not on the loop's thread
         try:
             conn = await asyncpg.connect(self.dsn)
             try:

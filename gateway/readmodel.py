@@ -28,8 +28,8 @@ rows of ended days go at the same ticks, once its own projection (`price_index_d
 
 The whole state is saved as a snapshot so that a gateway start folds only the journal after it
 (gateway/readmodel_snapshots.py); its format is gateway/readmodel_codec.py's. A snapshot is taken in
-slices between batches: while one is under way (`snapshot_dirty` is set) the fold notes the order ids
-and instrument symbols it changes, which the snapshot's last slice encodes again.
+slices between batches: while one is under way (`snapshot_changes` is set) the fold notes what it
+changes (`SnapshotChanges`), which the snapshot's last slice takes into account.
 
 Pure and synchronous: no I/O, no clock. The order-event fold (`fold_order`) is shared with the order
 handlers, which build a command's execution report from that command's own events.
@@ -90,6 +90,7 @@ __all__ = [
     "LotRecord",
     "OrderRecord",
     "ReadModel",
+    "SnapshotChanges",
     "fold_order",
     "order_from_accepted",
     "to_report",
@@ -170,6 +171,20 @@ class InstrumentRecord:
         bids = [(-key, heads) for key, heads in self.bids.items()[:levels]]
         asks = list(self.asks.items()[:levels])
         return bids, asks
+
+
+class SnapshotChanges:
+    """What the fold changed since a snapshot being taken in slices began (gateway/readmodel_codec.py):
+    the orders added, changed or dropped, the instruments added or changed, and how many entries left
+    the front of `closed_orders` and `fill_times` (which otherwise only grow at the back)."""
+
+    __slots__ = ("closed_popped", "fills_popped", "instruments", "orders")
+
+    def __init__(self) -> None:
+        self.orders: set[int] = set()
+        self.instruments: set[str] = set()
+        self.closed_popped = 0
+        self.fills_popped = 0
 
 
 class InstrumentDelta:
@@ -365,9 +380,8 @@ class ReadModel:
         self.retired_lots: dict[int, LotRecord] = {}
         self.retired_auctions: dict[int, LotAuction] = {}
         self.last_lot_id = 0
-        # While a snapshot is taken in slices (gateway/readmodel_codec.py): the ids of the orders and the
-        # symbols of the instruments changed (or added, or dropped) since it began.
-        self.snapshot_dirty: tuple[set[int], set[str]] | None = None
+        # While a snapshot is taken in slices (gateway/readmodel_codec.py): what changed since it began.
+        self.snapshot_changes: SnapshotChanges | None = None
         self._handlers = self._make_handlers()
 
     def _make_handlers(self) -> dict[type, Callable[..., None]]:
@@ -415,8 +429,8 @@ class ReadModel:
             record = records.get(symbol)
             if record is not None:
                 record.seq = delta.last_seq
-        if self.snapshot_dirty is not None:
-            self.snapshot_dirty[1].update(digest.instruments)
+        if self.snapshot_changes is not None:
+            self.snapshot_changes.instruments.update(digest.instruments)
         return digest
 
     def _apply(self, command: Command, events: list[Event], digest: BatchDigest) -> None:
@@ -438,8 +452,8 @@ class ReadModel:
         if touched:
             if digest.wants is not None:
                 self._reports(touched, digest)
-            if self.snapshot_dirty is not None:
-                self.snapshot_dirty[0].update(touched)
+            if self.snapshot_changes is not None:
+                self.snapshot_changes.orders.update(touched)
 
     def _reports(self, touched: dict[int, int], digest: BatchDigest) -> None:
         wants = digest.wants
@@ -585,8 +599,8 @@ class ReadModel:
             self._instrument_changed(event.instrument)  # (a settlement event: seq 0, in no digest)
 
     def _instrument_changed(self, symbol: str) -> None:
-        if self.snapshot_dirty is not None:
-            self.snapshot_dirty[1].add(symbol)
+        if self.snapshot_changes is not None:
+            self.snapshot_changes.instruments.add(symbol)
 
     def _on_rejected(self, event: Rejected, command: Command, touched: dict[int, int], digest: BatchDigest) -> None:
         wants = digest.wants
@@ -607,14 +621,15 @@ class ReadModel:
         holds (their seq at most `projected_seq`); the rest waits for a later tick."""
         projected = self.projected_seq
         closed, orders = self.closed_orders, self.orders
+        held_before = (len(closed), len(self.fill_times))
         while closed and closed[0][0] < before_ns and closed[0][1] <= projected:
             order_id = closed.popleft()[2]
             rec = orders.get(order_id)
             if rec is None or rec.remaining_heads:  # (an order is closed once: never reopened)
                 continue
             del orders[order_id]
-            if self.snapshot_dirty is not None:
-                self.snapshot_dirty[0].add(order_id)
+            if self.snapshot_changes is not None:
+                self.snapshot_changes.orders.add(order_id)
             ids = self.orders_by_participant[rec.participant_id]
             del ids[bisect.bisect_left(ids, order_id)]
             if not ids:
@@ -625,6 +640,9 @@ class ReadModel:
         while fills and fills[0][0] < before_ns and fills[0][1] <= projected:
             participant_id = fills.popleft()[2]
             dropped[participant_id] = dropped.get(participant_id, 0) + 1
+        if self.snapshot_changes is not None:  # (both queues only ever lose entries at the front here)
+            self.snapshot_changes.closed_popped += held_before[0] - len(closed)
+            self.snapshot_changes.fills_popped += held_before[1] - len(fills)
         for participant_id, count in dropped.items():
             held = self.fills_by_participant[participant_id]
             self.forgotten_fills[participant_id] = held[count - 1].trade_id

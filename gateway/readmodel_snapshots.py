@@ -1,7 +1,8 @@
 """Snapshots of the gateway's read model in PostgreSQL (table `read_model_snapshots`, migration 0022).
 
-The gateway saves its read model (`ReadModel.snapshot`) every `snapshot_every` commands and at a clean
-stop, and starts from the newest one at or before the recovered seq, folding only the journal after it
+The gateway saves its read model every `snapshot_every` commands and at a clean stop, in the format
+of gateway/readmodel_codec.py (explicit and versioned; encoded a slice at a time between batches), and
+starts from the newest one at or before the recovered seq, folding only the journal after it
 (`gateway.exchange_port.Shard`). So a start reads what is open plus a bounded tail, not the history, and
 works after old journal days were archived: the snapshot's seq is the `gateway_read_model` watermark in
 `projections`, and archival (`exchange.store.archive_journal`) refuses rows after it.
