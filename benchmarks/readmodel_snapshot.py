@@ -135,25 +135,29 @@ def candidates(model: ReadModel, repeat: int) -> dict[str, float]:
             "tuples_encode_ms": t_enc * 1e3, "tuples_decode_ms": t_dec * 1e3, "tuples_mb": len(t_bytes) / 2**20}
 
 
-def longest_step(model: ReadModel, repeat: int) -> float | None:
-    """The longest single synchronous step of a sliced snapshot (seconds), or None without one."""
+def longest_step(model: ReadModel, repeat: int) -> tuple[float, str, int] | None:
+    """The longest single synchronous step of a sliced snapshot (seconds; the best of `repeat` runs),
+    what it encoded (the last step: "last") and how many steps there were; None without steps."""
     if codec is None:
         return None
-    longest = []
+    runs = []
     for _ in range(repeat):
         gc.collect()
-        worst = 0.0
+        worst, what, count = 0.0, "", 0
         steps = codec.snapshot_steps(model)
         while True:
             start = time.perf_counter()
             try:
-                next(steps)
+                kind = next(steps)[0]
             except StopIteration:
-                worst = max(worst, time.perf_counter() - start)
+                kind = "last"
+            took, count = time.perf_counter() - start, count + 1
+            if took > worst:
+                worst, what = took, kind
+            if kind == "last":
                 break
-            worst = max(worst, time.perf_counter() - start)
-        longest.append(worst)
-    return min(longest)
+        runs.append((worst, what, count))
+    return min(runs)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -170,14 +174,16 @@ def main(argv: list[str] | None = None) -> None:
     else:
         encode_s, data = best(lambda: codec.snapshot(model), args.repeat)
         restore_s, _ = best(lambda: codec.restore(ReadModel(), data), args.repeat)
-    step_s = longest_step(model, args.repeat)
+    step = longest_step(model, args.repeat)
     out = {
         "open_orders": sum(1 for r in model.orders.values() if r.status in OPEN_STATUSES),
         "orders_held": len(model.orders),
         "fills_held": sum(len(f) for f in model.fills_by_participant.values()),
         "snapshot_bytes": len(data),
         "encode_ms": round(encode_s * 1e3, 1),
-        "longest_step_ms": None if step_s is None else round(step_s * 1e3, 2),
+        "steps": None if step is None else step[2],
+        "longest_step_ms": None if step is None else round(step[0] * 1e3, 2),
+        "longest_step": None if step is None else step[1],
         "restore_ms": round(restore_s * 1e3, 1),
         **{k: round(v, 1) for k, v in candidates(model, args.repeat).items()},
     }

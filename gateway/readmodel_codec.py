@@ -48,6 +48,7 @@ import collections
 import enum
 import io
 import itertools
+import operator
 import pickle
 import sys
 from collections import deque
@@ -60,7 +61,7 @@ from sortedcontainers import SortedDict
 from exchange.domain import InstrumentSpec, LotAuction, TradingState
 from gateway.index import PriceIndex, SeriesKey, _Day
 from gateway.readmodel import InstrumentRecord, LotRecord, OrderRecord, ReadModel, SnapshotChanges, _Series
-from gateway.schemas import CANDLE_INTERVAL_MS, CandleInterval, Fill, SideName, TradeView
+from gateway.schemas import CANDLE_INTERVAL_MS, CandleInterval, Fill, TradeView
 
 __all__ = ["FORMAT", "MAGIC", "ORDER_SLICE", "restore", "snapshot", "snapshot_steps"]
 
@@ -70,7 +71,7 @@ ORDER_SLICE: Final = 1_000  # orders encoded per step: a millisecond or two of t
 QUEUE_SLICE: Final = 10_000  # forgetting queue entries (three integers) encoded per step: about as long
 _HEADER: Final = MAGIC + FORMAT.to_bytes(2, "big")
 _INTERVALS: Final = tuple(CandleInterval)
-_BUY: Final = SideName.BUY
+_FOLD_ORDER: Final = operator.attrgetter("trade_id", "side")  # by trade; of a self-trade, "buy" first
 
 
 class _Instrument(msgspec.Struct, array_like=True, gc=False):
@@ -363,7 +364,7 @@ def _held_fills(model: ReadModel, held: dict[int, tuple[int, int, int]]) -> dict
     for participant_id, (count, first_id, last_id) in held.items():
         fills = [f for order_id in model.orders_by_participant.get(participant_id, ())
                  for f in orders[order_id].fills]
-        fills.sort(key=lambda f: (f.trade_id, f.side != _BUY))  # the fold's order: by trade, a buy first
+        fills.sort(key=_FOLD_ORDER)
         newest = fills[len(fills) - count:] if count <= len(fills) else []
         if not newest or (newest[0].trade_id, newest[-1].trade_id) != (first_id, last_id):
             raise ValueError(f"read model snapshot: participant {participant_id}'s held fills are not in its orders")
