@@ -1,7 +1,7 @@
 """The gateway read model's snapshot format: an explicit, versioned msgpack encoding of what the model
 holds (gateway/readmodel.py), and nothing of its internals.
 
-Format 4 (`FORMAT`): the bytes start with `MAGIC` and the format as two bytes, then one msgpack array
+Format 5 (`FORMAT`): the bytes start with `MAGIC` and the format as two bytes, then one msgpack array
 (`_Snapshot`, field order fixed):
 
 - the orders held (open ones, and closed ones inside the retention window), in slices of at most
@@ -12,14 +12,15 @@ Format 4 (`FORMAT`): the bytes start with `MAGIC` and the format as two bytes, t
 - the forgetting queues (`ReadModel.closed_orders`, `fill_times`: one entry per held closed order
   and per held fill) as `_Queue`s, in slices of at most `QUEUE_SLICE` entries, with what was added
   while they were taken and how many left their front meanwhile;
-- the rest (`_Rest`), taken in the last step: counters, lots, lot auctions, the price index's daily
-  sums, forgotten ids, retired lots and auctions, and per participant how many fills are held (count,
-  first and last trade id).
+- the rest (`_Rest`), taken in the last step: counters, lots, lot auctions, the price index's rows
+  held and per series its first, named and base days (`_Index`), forgotten ids, retired lots and
+  auctions, and per participant how many fills are held (count, first and last trade id).
 
 Derived indexes are not stored but rebuilt by `restore`: each participant's order and lot ids (from
 the orders and lots, held in id order), the held fills (each is one of a held order's fills: the
 participant's newest `count`, checked against the stored trade ids), the candle series' sharing
-between `ReadModel.candles` and the instruments.
+between `ReadModel.candles` and the instruments, the price index's first and base rows' sharing with
+the rows held.
 
 Why slices: a snapshot is taken while the gateway serves. `snapshot_steps` encodes one slice per step
 (at most `ORDER_SLICE` orders, one instrument, or `QUEUE_SLICE` queue entries) and the caller gives the
@@ -35,11 +36,12 @@ msgspec structs, not plain tuples: at 75,000 open orders the orders encode in ~4
 ~100 ms as array-like structs, against ~500 ms each way when built as tuples in Python and rebuilt
 (benchmarks/readmodel_snapshot.py prints both).
 
-Older formats: a format 3 row (pickle of the model's objects, before this module) is still read,
-by `_legacy_v3` through an unpickler that only builds the classes that format held (no other callable
-is ever looked up), so a gateway upgraded after old journal days were archived still starts from it; the
-next snapshot is written in format 4. Anything else (an unknown format) raises `ValueError`, and the
-caller tries an older snapshot or folds the journal (`gateway.exchange_port.Shard._load_snapshot`).
+Older formats: a format 4 row (pickle of the model's objects with msgspec orders, before this module)
+is still read, by `_pickled` through an unpickler that only builds the classes that format held (no
+other callable is ever looked up), so a gateway upgraded after old journal days were archived still
+starts from it; the next snapshot is written in format 5. Anything else (format 3, whose price index
+had another shape, or an unknown format) raises `ValueError`, and the caller tries an older snapshot or
+folds the journal (`gateway.exchange_port.Shard._load_snapshot`).
 """
 
 from __future__ import annotations
@@ -59,14 +61,14 @@ import msgspec
 from sortedcontainers import SortedDict
 
 from exchange.domain import InstrumentSpec, LotAuction, TradingState
-from gateway.index import PriceIndex, SeriesKey, _Day
+from gateway.index import DayCell, PriceIndex, SeriesKey
 from gateway.readmodel import InstrumentRecord, LotRecord, OrderRecord, ReadModel, SnapshotChanges, _Series
 from gateway.schemas import CANDLE_INTERVAL_MS, CandleInterval, Fill, TradeView
 
 __all__ = ["FORMAT", "MAGIC", "ORDER_SLICE", "restore", "snapshot", "snapshot_steps"]
 
 MAGIC: Final = b"HXRM"
-FORMAT: Final = 4
+FORMAT: Final = 5  # (4 and 3 were pickles)
 ORDER_SLICE: Final = 1_000  # orders encoded per step: a millisecond or two of the event loop
 QUEUE_SLICE: Final = 10_000  # forgetting queue entries (three integers) encoded per step: about as long
 _HEADER: Final = MAGIC + FORMAT.to_bytes(2, "big")
@@ -87,6 +89,31 @@ class _Instrument(msgspec.Struct, array_like=True, gc=False):
     candles: list[list[list[int]]] | None  # per `CandleInterval`, oldest first; None before its first trade
 
 
+class _Cell(msgspec.Struct, array_like=True, gc=False):
+    """A `DayCell`: one (day, series) row's sums."""
+
+    day: int
+    heads: int
+    price_heads: int
+    value_fen: int
+    trades: int
+    last_ns: int
+    last_seq: int
+
+
+class _Index(msgspec.Struct, array_like=True, gc=False):
+    """A `PriceIndex`: its rows held per day, and per series what it keeps whatever is dropped."""
+
+    days: list[tuple[int, list[tuple[SeriesKey, _Cell]]]]
+    first: list[tuple[SeriesKey, _Cell]]
+    named: list[tuple[SeriesKey, int]]
+    named_base: list[tuple[SeriesKey, _Cell]]
+    unresolved: list[tuple[SeriesKey, int]]
+    dropped_through: list[tuple[SeriesKey, int]]
+    open_from: int
+    projected_seq: int
+
+
 class _Rest(msgspec.Struct, array_like=True, gc=False):
     applied_seq: int
     seq: int
@@ -97,8 +124,7 @@ class _Rest(msgspec.Struct, array_like=True, gc=False):
     non_trading_days: list[int]
     lots: list[LotRecord]
     auctions: list[LotAuction]
-    index_days: list[tuple[int, list[tuple[SeriesKey, int, int, int, int, int]]]]  # day, (series, _Day fields)
-    index_trade_days: list[tuple[SeriesKey, list[int]]]
+    index: _Index
     forgotten_orders: dict[int, int]
     forgotten_fills: dict[int, int]
     fills_held: dict[int, tuple[int, int, int]]  # participant -> (count, first trade id, last trade id)
@@ -237,16 +263,26 @@ def _instrument(model: ReadModel, record: InstrumentRecord) -> _Instrument:
                        record.reference_price_fen, candles)
 
 
+def _cell(c: DayCell) -> _Cell:
+    return _Cell(c.day, c.heads, c.price_heads, c.value_fen, c.trades, c.last_ns, c.last_seq)
+
+
+def _index(index: PriceIndex) -> _Index:
+    return _Index(
+        [(day, [(key, _cell(c)) for key, c in cells.items()]) for day, cells in index.days.items()],
+        [(key, _cell(c)) for key, c in index.first.items()], list(index.named.items()),
+        [(key, _cell(c)) for key, c in index.named_base.items()], list(index.unresolved.items()),
+        list(index.dropped_through.items()), index.open_from, index.projected_seq,
+    )  # fmt: skip
+
+
 def _rest(model: ReadModel) -> _Rest:
-    index = model.index
-    index_days = [(day, [(key, c.heads, c.price_heads, c.value_fen, c.trades, c.last_ns) for key, c in cells.items()])
-                  for day, cells in index.days.items()]
     fills_held = {p: (len(fills), fills[0].trade_id, fills[-1].trade_id)
                   for p, fills in model.fills_by_participant.items() if fills}
     return _Rest(
         model.applied_seq, model.seq, model.projected_seq, model.trade_count, model.traded_heads, model.last_lot_id,
-        sorted(model.non_trading_days), list(model.lots.values()), list(model.auctions.values()), index_days,
-        list(index.trade_days.items()), model.forgotten_orders, model.forgotten_fills, fills_held,
+        sorted(model.non_trading_days), list(model.lots.values()), list(model.auctions.values()),
+        _index(model.index), model.forgotten_orders, model.forgotten_fills, fills_held,
         list(model.lot_closes), list(model.auction_ends),
         list(model.retired_lots.values()), list(model.retired_auctions.values()),
     )  # fmt: skip
@@ -270,7 +306,7 @@ def restore(model: ReadModel, data: bytes) -> None:
             model.__init__(trade_history=trade_history, candle_history=candle_history)  # type: ignore[misc]
             raise
         return
-    _legacy_v3(model, data)
+    _pickled(model, data)
     model.trade_history, model.candle_history = trade_history, candle_history
     for record in model.instruments.values():
         if record.trades.maxlen != trade_history:
@@ -337,10 +373,7 @@ def _restore_rest(model: ReadModel, rest: _Rest) -> None:
         model.lots[lot.lot.lot_id] = lot
         model.lots_by_participant.setdefault(lot.lot.seller_id, []).append(lot.lot.lot_id)
     model.auctions = {a.auction_id: a for a in rest.auctions}
-    index = model.index
-    for day, cells in rest.index_days:
-        index.days[day] = {key: _day(*fields) for key, *fields in cells}
-    index.trade_days = dict(rest.index_trade_days)
+    _restore_index(model.index, rest.index)
     model.forgotten_orders, model.forgotten_fills = rest.forgotten_orders, rest.forgotten_fills
     model.lot_closes, model.auction_ends = deque(rest.lot_closes), deque(rest.auction_ends)
     model.retired_lots = {r.lot.lot_id: r for r in rest.retired_lots}
@@ -348,10 +381,25 @@ def _restore_rest(model: ReadModel, rest: _Rest) -> None:
     model.fills_by_participant = _held_fills(model, rest.fills_held)
 
 
-def _day(heads: int, price_heads: int, value_fen: int, trades: int, last_ns: int) -> _Day:
-    cell = _Day()
-    cell.heads, cell.price_heads, cell.value_fen = heads, price_heads, value_fen
-    cell.trades, cell.last_ns = trades, last_ns
+def _restore_index(index: PriceIndex, state: _Index) -> None:
+    index.days = {day: {key: _day_cell(c) for key, c in cells} for day, cells in state.days}
+
+    def held(key: SeriesKey, c: _Cell) -> DayCell:
+        """A series' first or base row: the very row held for that day, as the fold shares it, if held."""
+        cell = index.days.get(c.day, {}).get(key)
+        return cell if cell is not None else _day_cell(c)
+
+    index.first = {key: held(key, c) for key, c in state.first}
+    index.named = dict(state.named)
+    index.named_base = {key: held(key, c) for key, c in state.named_base}
+    index.unresolved, index.dropped_through = dict(state.unresolved), dict(state.dropped_through)
+    index.open_from, index.projected_seq = state.open_from, state.projected_seq
+
+
+def _day_cell(c: _Cell) -> DayCell:
+    cell = DayCell(c.day)
+    cell.heads, cell.price_heads, cell.value_fen = c.heads, c.price_heads, c.value_fen
+    cell.trades, cell.last_ns, cell.last_seq = c.trades, c.last_ns, c.last_seq
     return cell
 
 
@@ -372,46 +420,46 @@ def _held_fills(model: ReadModel, held: dict[int, tuple[int, int, int]]) -> dict
     return out
 
 
-# -- format 3 (pickle), read only -----------------------------------------------------------------------
+# -- format 4 (pickle), read only ---------------------------------------------------------------------
 
-_V3_FORMAT: Final = 3
+_PICKLED_FORMAT: Final = 4
 
 
-class _V3Bulk(msgspec.Struct, array_like=True, gc=False):
+class _PickledBulk(msgspec.Struct, array_like=True, gc=False):
     orders: list[OrderRecord]
     fills: dict[int, list[Fill]]
 
 
-class _V3Unpickler(pickle.Unpickler):
-    """Builds only the kinds of object a format 3 snapshot held: the read model's own classes, deques,
+class _Unpickler(pickle.Unpickler):
+    """Builds only the kinds of object a format 4 snapshot held: the read model's own classes, deques,
     sorted dicts, and the enums and msgspec structs of the domain and API modules (data, whose building
     has no effect). Any other global is refused, so a row cannot make the loader call anything else."""
 
     def find_class(self, module: str, name: str) -> Any:
-        found = _V3_CLASSES.get((module, name))
-        if found is None and module in _V3_DATA_MODULES:
+        found = _PICKLED_CLASSES.get((module, name))
+        if found is None and module in _PICKLED_DATA_MODULES:
             candidate = getattr(sys.modules[module], name, None)
             if isinstance(candidate, type) and issubclass(candidate, (enum.Enum, msgspec.Struct)):
                 found = candidate
         if found is None:
-            raise ValueError(f"read model snapshot names {module}.{name}, which format 3 never held")
+            raise ValueError(f"read model snapshot names {module}.{name}, which format 4 never held")
         return found
 
 
-_V3_CLASSES: Final = {(c.__module__, c.__qualname__): c for c in (
-    collections.deque, SortedDict, InstrumentRecord, _Series, LotRecord, PriceIndex, _Day)}
-_V3_DATA_MODULES: Final = frozenset({"exchange.domain", "gateway.schemas"})
+_PICKLED_CLASSES: Final = {(c.__module__, c.__qualname__): c for c in (
+    collections.deque, SortedDict, InstrumentRecord, _Series, LotRecord, PriceIndex, DayCell)}
+_PICKLED_DATA_MODULES: Final = frozenset({"exchange.domain", "gateway.schemas"})
 
 
-def _legacy_v3(model: ReadModel, data: bytes) -> None:
-    """A format 3 snapshot: (3, the model's attributes but orders and fills, msgpack of those)."""
+def _pickled(model: ReadModel, data: bytes) -> None:
+    """A format 4 snapshot: (4, the model's attributes but orders and fills, msgpack of those)."""
     try:
-        loaded = _V3Unpickler(io.BytesIO(data)).load()
+        loaded = _Unpickler(io.BytesIO(data)).load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
         raise ValueError(f"read model snapshot of an unknown format: {exc}") from exc
-    if not (isinstance(loaded, tuple) and len(loaded) == 3 and loaded[0] == _V3_FORMAT):
-        raise ValueError("read model snapshot of an unknown format")
-    bulk = msgspec.msgpack.decode(loaded[2], type=_V3Bulk)
+    if not (isinstance(loaded, tuple) and len(loaded) == 3 and loaded[0] == _PICKLED_FORMAT):
+        raise ValueError("read model snapshot of an older or unknown format")
+    bulk = msgspec.msgpack.decode(loaded[2], type=_PickledBulk)
     model.__dict__.update(loaded[1])
     model.orders = {rec.order_id: rec for rec in bulk.orders}
     shared = {(f.trade_id, f.order_id): f for rec in bulk.orders for f in rec.fills}

@@ -18,7 +18,7 @@ import pytest
 from benchmarks.readmodel_snapshot import OrderFlow
 from gateway import exchange_port, readmodel_codec
 from gateway.auth import Role
-from gateway.index import Finality
+from gateway.index import DayCell, Finality
 from gateway.readmodel import ReadModel
 from gateway.testing import ok, running_exchange
 from tests.conftest import FreshDatabase
@@ -42,11 +42,25 @@ def _view(model: ReadModel) -> dict[str, Any]:
                         for s, r in model.instruments.items()},
         "candles": {k: (s.interval_ms, s.max_candles, list(s.candles)) for k, s in model.candles.items()},
         "index": [row for day in sorted(model.index.days) for row in model.index.rows(day, finality)],
-        "index_days": model.index.trade_days,
+        "index_held": _index_view(model),
         "queues": (list(model.closed_orders), list(model.fill_times), list(model.lot_closes),
                    list(model.auction_ends)),
         "forgotten": (model.forgotten_orders, model.forgotten_fills, model.non_trading_days),
     }
+
+
+def _index_view(model: ReadModel) -> tuple[Any, ...]:
+    """The price index's state; a series' first and base rows are the held rows themselves when held."""
+    index = model.index
+    cells = {id(c): (day, key) for day, row in index.days.items() for key, c in row.items()}
+
+    def cell(c: DayCell) -> tuple[Any, ...]:
+        return (c.day, c.heads, c.price_heads, c.value_fen, c.trades, c.last_ns, c.last_seq, cells.get(id(c)))
+
+    return ({day: {key: cell(c) for key, c in row.items()} for day, row in index.days.items()},
+            {key: cell(c) for key, c in index.first.items()}, index.named,
+            {key: cell(c) for key, c in index.named_base.items()}, index.unresolved, index.dropped_through,
+            index.open_from, index.projected_seq)
 
 
 def _restored(data: bytes) -> ReadModel:
@@ -153,20 +167,23 @@ def test_an_abandoned_snapshot_stops_noting_changes_and_one_at_a_time() -> None:
     assert _view(_restored(readmodel_codec.snapshot(model))) == _view(model)
 
 
-def _format3(model: ReadModel) -> bytes:
-    """What the read model saved before format 4 (its `snapshot` then): the oracle of the old rows."""
+def _pickled(model: ReadModel, form: int = 4) -> bytes:
+    """What the read model saved before format 5 (its `snapshot` then): the oracle of the old rows."""
     state = {k: v for k, v in model.__dict__.items()
              if k not in {"_handlers", "orders", "fills_by_participant", "snapshot_changes"}}
-    bulk = msgspec.msgpack.encode(readmodel_codec._V3Bulk(list(model.orders.values()), model.fills_by_participant))
-    return pickle.dumps((3, state, bulk), protocol=pickle.HIGHEST_PROTOCOL)
+    bulk = msgspec.msgpack.encode(readmodel_codec._PickledBulk(list(model.orders.values()),
+                                                               model.fills_by_participant))
+    return pickle.dumps((form, state, bulk), protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def test_a_format_3_snapshot_is_still_read() -> None:
+def test_a_format_4_snapshot_is_still_read() -> None:
     model = _flow(1_000).model
     model.non_trading_days.add(20260501)
-    restored = _restored(_format3(model))
+    restored = _restored(_pickled(model))
     assert _view(restored) == _view(model)
     assert _shares_fills(restored)
+    with pytest.raises(ValueError, match="older or unknown format"):  # format 3: another price index
+        _restored(_pickled(model, 3))
 
 
 class _Boom:
