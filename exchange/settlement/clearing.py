@@ -146,7 +146,6 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-from collections import deque
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, Final
@@ -537,11 +536,9 @@ class Clearing(ClearingState):
         rows = self.command_rows
         if n > len(rows):
             raise ClearingInvariantError(f"{n} commands' ledger rows asked for, {len(rows)} queued")
-        if n == len(rows):
-            taken = list(rows)
-            rows.clear()
-            return taken
-        return [rows.popleft() for _ in range(n)]
+        taken = rows[:n]
+        del rows[:n]
+        return taken
 
     def discard_command_rows(self) -> None:
         """Forget queued rows (after a recovery replay: they are in the database already)."""
@@ -566,10 +563,11 @@ class Clearing(ClearingState):
     def _keep_queued(self, *, accounts: bool, postings: bool) -> None:
         """Keep only one kind of the queued rows (the other was drained), dropping emptied entries at
         the front so the queue still starts at the first command with rows left."""
-        kept = deque((a if accounts else (), p if postings else ()) for a, p in self.command_rows)
-        while kept and not kept[0][0] and not kept[0][1]:
-            kept.popleft()
-        self.command_rows = kept
+        kept = [(a if accounts else (), p if postings else ()) for a, p in self.command_rows]
+        first = 0
+        while first < len(kept) and not kept[first][0] and not kept[first][1]:
+            first += 1
+        self.command_rows = kept[first:]
 
     def snapshot(self) -> bytes:
         """The whole state, canonically ordered (everything sorted by its key)."""

@@ -253,9 +253,12 @@ class _Account:
         self.debits_pending_fen, self.debits_posted_fen, self.credits_pending_fen, self.credits_posted_fen = c
 
 
-# Undo record of one applied chain member: (transfer_id, debit account, its 4 counters before,
-# credit account, its 4 counters before, pending id whose status changed or 0, its status before).
-_Undo: TypeAlias = tuple[Boxed, _Account, tuple[int, int, int, int], _Account, tuple[int, int, int, int], Boxed, int]
+# Undo record of one applied chain member: (transfer_id, debit account, credit account, its posting's entry,
+# amount, released amount, pending id whose status changed or 0, its status before). The amounts are the
+# posting's own objects: rolling back subtracts what the entry added (and adds back what it released), in
+# reverse order, which restores every counter exactly without copying any (compiled, a copy of an account's
+# four counters boxes four ints into a new tuple, twice per member).
+_Undo: TypeAlias = tuple[Boxed, _Account, _Account, int, Boxed, Boxed, Boxed, int]
 
 
 class Ledger:
@@ -490,9 +493,20 @@ class Ledger:
         return results
 
     def _rollback_transfers(self, undo: list[_Undo], posting_mark: int) -> None:
-        for transfer_id, dr, dr_before, cr, cr_before, pending_id, status_before in reversed(undo):
-            dr.set_counters(dr_before)
-            cr.set_counters(cr_before)
+        for transfer_id, dr, cr, entry, amount_value, released_value, pending_id, status_before in reversed(undo):
+            amount: int = amount_value
+            if entry == _PENDING_E:
+                dr.debits_pending_fen -= amount
+                cr.credits_pending_fen -= amount
+            elif entry == _POSTED_E:
+                dr.debits_posted_fen -= amount
+                cr.credits_posted_fen -= amount
+            else:  # a post or a void: the pending amount held again, what it posted taken back
+                released: int = released_value
+                dr.debits_pending_fen += released
+                cr.credits_pending_fen += released
+                dr.debits_posted_fen -= amount
+                cr.credits_posted_fen -= amount
             t = self._transfers.pop(transfer_id)
             if t.flags & _PENDING:
                 del self._pending_status[transfer_id]
@@ -572,8 +586,7 @@ class Ledger:
             return _R.EXCEEDS_DEBITS
         # After this point the transfer must succeed.
         if self._undo is not None:
-            self._undo.append((tid, dr, (dr_pending, dr_posted, dr.credits_pending_fen, dr.credits_posted_fen),
-                               cr, (cr.debits_pending_fen, cr.debits_posted_fen, cr_pending, cr_posted), 0, 0))
+            self._undo.append((tid, dr, cr, _PENDING_E if phase else _POSTED_E, amount_value, 0, 0, 0))
         if t is None:
             t = _Transfer(tid, dr_id, cr_id, amount_value, code, user_data, flags_value, pending_id, timeout_value)
         transfers[tid] = t
@@ -657,8 +670,9 @@ class Ledger:
         # After this point the transfer must succeed.
         dr = self._accounts[dr_id]
         cr = self._accounts[cr_id]
-        if self._undo is not None:
-            self._undo.append((tid, dr, dr.counters(), cr, cr.counters(), pending_id, status))
+        if self._undo is not None:  # a void posts nothing (amount 0)
+            self._undo.append((tid, dr, cr, _POST_E if post else _RELEASE_E, posted_value if post else 0, held_value,
+                               pending_id, status))
         transfers[tid] = resolved
         dr.debits_pending_fen -= held
         cr.credits_pending_fen -= held

@@ -228,7 +228,9 @@ class ClearingInvariantError(AssertionError):
 class ClearingState:
     """All settlement state of one shard, and the ledger plumbing the flows share (see the module docstring)."""
 
-    command_rows: deque[tuple[Sequence[Account], Sequence[Posting]]]
+    # one (new accounts, postings) entry per command applied, oldest first (clearing.py, "persistence"): a
+    # list, because compiled a list append is native where a deque's is a generic method call (per command)
+    command_rows: list[tuple[Sequence[Account], Sequence[Posting]]]
 
     def __init__(self) -> None:
         self.ledger = Ledger()
@@ -269,7 +271,7 @@ class ClearingState:
 
     def _rebuild_indexes(self) -> None:
         """Derived lookups, rebuilt from the records after a restore (never snapshotted)."""
-        self.command_rows = deque()
+        self.command_rows = []
         self._payout_trade_ids: dict[int, tuple[int, ...]] = {}  # see payouts.payout_event
         # lot id -> how many of its trades are open (neither settled nor rejected): the core keeps a lot,
         # and the clearing its record, while it has one (lot_in_use)
