@@ -127,14 +127,15 @@ window a retried reference gets the original answer (``DUPLICATE_REFERENCE`` if 
   loan stays with its line: the line's next draw opens it again.
 
 Compiled (mypyc, ``setup.py``: this module, state.py and every flow's): the records it keeps
-(``model.py``), the events and the commands are msgspec structs defined in plain modules; the clearing
-dispatches the core's events by exact type and keeps derived lookups that save recomputing
-(``_payout_trade_ids``). A msgspec field read from compiled
-code is a generic attribute lookup: on a hot path, read a field once into a local, or read the whole
-record or event once as a tuple (``msgspec.structs.astuple``; the field orders it relies on are checked at
-import). An int typed ``int`` is unboxed, and boxed anew (an allocation above 256) into every struct, dict
-key, list or tuple it goes into: ids, amounts and times that only pass through are typed ``Boxed`` (Any),
-so they stay the objects they came as (the core's ``ts_ns`` included), and a new sum is boxed once.
+(``model.py``), the events and the commands are msgspec structs defined in plain modules, except open
+holds, which every fill, cancel and expiry reads and moves: native ``state.HeldOrder`` records (snapshots
+list them as ``model.Hold``); the clearing dispatches the core's events by exact type and keeps derived
+lookups that save recomputing (``_payout_trade_ids``). A msgspec field read from compiled code is a
+generic attribute lookup: on a hot path, read a field once into a local, or read the whole record or
+event once as a tuple (``msgspec.structs.astuple``; the field orders it relies on are checked at import).
+An int typed ``int`` is unboxed, and boxed anew (an allocation above 256) into every struct, dict key,
+list or tuple it goes into: ids, amounts and times that only pass through are typed ``Boxed`` (Any), so
+they stay the objects they came as (the core's ``ts_ns`` included), and a new sum is boxed once.
 
 Authorisation: "operator" commands come from a registered operator or from participant 0 (the
 system); other commands name who may send them in their docstring. Every rejection is a ``Rejected``
@@ -206,6 +207,7 @@ from exchange.settlement.state import (
     Boxed,
     ClearingInvariantError,
     ClearingState,
+    HeldOrder,
     R,
 )
 
@@ -596,7 +598,7 @@ class Clearing(ClearingState):
         c.fee_bps = dict(snap.fee_bps)
         c.lots = {lot.lot_id: lot for lot in snap.lots}
         c.participants = {p.participant_id: p for p in snap.participants}
-        c.holds = {h.order_id: h for h in snap.holds}
+        c.holds = {h.order_id: HeldOrder.of(h) for h in snap.holds}
         c.trades = {t.trade_id: t for t in snap.trades}
         c.loans = {loan.loan_id: loan for loan in snap.loans}
         c.credit_lines = {(line.buyer_id, line.financier_id): line for line in snap.credit_lines}
@@ -630,7 +632,8 @@ class Clearing(ClearingState):
             SNAPSHOT_VERSION, self.counters, self.ledger.snapshot(allow_undrained=True),
             sorted((AccountKey(*k, v) for k, v in self.accounts.items()), key=lambda a: a.account_id),
             by_key(self.instruments), sorted(self.fee_bps.items()), by_key(self.lots), by_key(self.participants),
-            by_key(self.holds), by_key(self.trades), by_key(self.loans), by_key(self.credit_lines),
+            [self.holds[k].record() for k in sorted(self.holds)], by_key(self.trades), by_key(self.loans),
+            by_key(self.credit_lines),
             [(k, self.payables[k]) for k in sorted(self.payables) if self.payables[k]], by_key(self.payouts),
             by_key(self.runs), by_key(self.withdrawals), by_key(self.deposits), by_key(self.sent_files),
             by_key(self.bank_imports), by_key(self.repayments),

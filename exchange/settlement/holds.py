@@ -26,7 +26,6 @@ from exchange.settlement.ledger import (
 from exchange.settlement.state import (
     _BUY,
     _ESCROW,
-    _HOLD,
     _LINKED,
     _OBLIGATION_RECORDED,
     _OK,
@@ -46,6 +45,7 @@ from exchange.settlement.state import (
     Boxed,
     ClearingInvariantError,
     ClearingState,
+    HeldOrder,
     R,
     _astuple,
     refused,
@@ -107,7 +107,7 @@ def place_hold(
     result = cl.ledger.create_transfer_of(tid, account_id, _ESCROW, amount, _TC_HOLD, order_id, _PENDING, _ZERO, ts_ns)
     if result is not _OK:
         refused(_TRANSFER(tid, account_id, _ESCROW, amount, _TC_HOLD, order_id, _PENDING), result)
-    cl.holds[order_id] = _HOLD(order_id, participant_id, instrument, limit_price_fen, per_head, heads, tid,
+    cl.holds[order_id] = HeldOrder(order_id, participant_id, instrument, limit_price_fen, per_head, heads, tid,
                                  account_id, financier_id)
 
 
@@ -200,44 +200,43 @@ def on_trade(cl: ClearingState, e: Trade, ts_ns: Boxed, out: list) -> None:
     hold = cl.holds.get(buy_order_id)
     if hold is None:
         raise ClearingInvariantError(f"trade {trade_id}: buy order {buy_order_id} holds no funds")
-    # (order_id, buyer_id, instrument, price_fen, per_head_fen, remaining_heads, pending_id,
-    # source_account_id, financier_id)
-    h = _astuple(hold)
     heads: Boxed = f[5]
     heads_n: int = heads
-    remaining: int = h[5] - heads_n
+    remaining: int = hold.remaining_heads - heads_n
     buy_remaining: int = f[12]
     if remaining != buy_remaining or remaining < 0:
-        raise ClearingInvariantError(f"trade {trade_id}: hold has {h[5]} heads")
+        raise ClearingInvariantError(f"trade {trade_id}: hold has {hold.remaining_heads} heads")
     instrument: Boxed = f[2]
     price: Boxed = f[4]
-    per_head: int = h[4]
+    per_head: int = hold.per_head_fen
     obligation_n: int = heads_n * rules.per_head_hold_fen(cl._hold_grams[instrument], price)
     released: int = heads_n * per_head - obligation_n
     if obligation_n <= 0 or released < 0:
-        raise ClearingInvariantError(f"trade {trade_id} at {price} above the limit {h[3]}")
+        raise ClearingInvariantError(f"trade {trade_id} at {price} above the limit {hold.price_fen}")
     obligation: Boxed = obligation_n  # boxed once: the transfer, the record and the event
-    source_account_id: Boxed = h[7]
+    source_account_id: Boxed = hold.source_account_id
+    pending_id: Boxed = hold.pending_id
     tid: Boxed = cl._next_tid()
     # the ledger calls of _commit and _commit_one, inline: once per fill
     if remaining:
         rehold_id: Boxed = cl._next_tid()
-        chain = [_TRANSFER(tid, _ZERO, _ZERO, obligation, _TC_TRADE, trade_id, _POST_LINKED, h[6]),
+        chain = [_TRANSFER(tid, _ZERO, _ZERO, obligation, _TC_TRADE, trade_id, _POST_LINKED, pending_id),
                  _TRANSFER(rehold_id, source_account_id, _ESCROW, remaining * per_head, _TC_HOLD,
-                           h[0], _PENDING)]
+                           hold.order_id, _PENDING)]
         results = cl.ledger.create_chain(chain, ts_ns)
         if results[0] is not _OK or results[1] is not _OK:
             refused_chain(chain, results)
         hold.pending_id = rehold_id
         hold.remaining_heads = remaining
     else:
-        result = cl.ledger.create_transfer_of(tid, _ZERO, _ZERO, obligation, _TC_TRADE, trade_id, _POST, h[6], ts_ns)
+        result = cl.ledger.create_transfer_of(tid, _ZERO, _ZERO, obligation, _TC_TRADE, trade_id, _POST, pending_id,
+                                              ts_ns)  # fmt: skip
         if result is not _OK:
-            refused(_TRANSFER(tid, _ZERO, _ZERO, obligation, _TC_TRADE, trade_id, _POST, h[6]), result)
-        del cl.holds[h[0]]
+            refused(_TRANSFER(tid, _ZERO, _ZERO, obligation, _TC_TRADE, trade_id, _POST, pending_id), result)
+        del cl.holds[hold.order_id]
     buyer_id: Boxed = f[8]
     seller_id: Boxed = f[9]
-    financier_id: Boxed = h[8]
+    financier_id: Boxed = hold.financier_id
     lot_id: Boxed = f[10]
     cl.trades[trade_id] = _TRADE_RECORD(
         trade_id, instrument, buyer_id, seller_id, lot_id, buy_order_id, heads, price,

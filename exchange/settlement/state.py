@@ -163,7 +163,6 @@ _ARCHIVED_KINDS: Final = frozenset({int(FinalKind.TRADE), int(FinalKind.PAYOUT),
 _astuple: Final = msgspec.structs.astuple
 # The records and events the hot paths make, Final: compiled, C statics instead of module-dict lookups.
 _TRANSFER: Final = Transfer
-_HOLD: Final = Hold
 _TRADE_RECORD: Final = TradeRecord
 _PAYOUT: Final = Payout
 _PAYABLE_SOURCE: Final = PayableSource
@@ -218,6 +217,44 @@ _ENCODER = msgspec.msgpack.Encoder()
 
 
 
+class HeldOrder:
+    """An open hold as the clearing keeps it: ``model.Hold``'s fields as native fields (compiled, every field
+    of a msgspec struct is a generic attribute access, and every fill, cancel and expiry reads and moves its
+    hold). ``record()`` is the ``Hold`` a snapshot lists, ``of()`` the way back. Ids, price and instrument are
+    the objects they came as (``Boxed``: they go on into transfers and events); heads and fen per head are
+    native ints (arithmetic)."""
+
+    __slots__ = ("buyer_id", "financier_id", "instrument", "order_id", "pending_id", "per_head_fen", "price_fen",
+                 "remaining_heads", "source_account_id")  # fmt: skip
+
+    def __init__(
+        self, order_id: Boxed, buyer_id: Boxed, instrument: Boxed, price_fen: Boxed, per_head_fen: int,
+        remaining_heads: int, pending_id: Boxed, source_account_id: Boxed, financier_id: Boxed,
+    ) -> None:
+        self.order_id = order_id
+        self.buyer_id = buyer_id
+        self.instrument = instrument
+        self.price_fen = price_fen
+        self.per_head_fen = per_head_fen
+        self.remaining_heads = remaining_heads
+        self.pending_id = pending_id  # the open ORDER_HOLD transfer
+        self.source_account_id = source_account_id  # BUYER_CASH or a BUYER_CREDIT_LINE
+        self.financier_id = financier_id  # 0 for cash
+
+    @property
+    def held_fen(self) -> int:
+        return self.remaining_heads * self.per_head_fen
+
+    def record(self) -> Hold:
+        return Hold(self.order_id, self.buyer_id, self.instrument, self.price_fen, self.per_head_fen,
+                    self.remaining_heads, self.pending_id, self.source_account_id, self.financier_id)  # fmt: skip
+
+    @staticmethod
+    def of(h: Hold) -> HeldOrder:
+        return HeldOrder(h.order_id, h.buyer_id, h.instrument, h.price_fen, h.per_head_fen, h.remaining_heads,
+                         h.pending_id, h.source_account_id, h.financier_id)  # fmt: skip
+
+
 @mypyc_attr(native_class=False)  # compiled: a native class cannot derive from AssertionError
 class ClearingInvariantError(AssertionError):
     """The ledger refused a transfer the clearing computed, or an event contradicts the clearing's
@@ -243,7 +280,7 @@ class ClearingState:
         self.fee_bps: dict[str, int] = {}
         self.lots: dict = {}  # lot id -> Lot
         self.participants: dict[int, Participant] = {}
-        self.holds: dict[int, Hold] = {}  # buy order id -> hold
+        self.holds: dict[int, HeldOrder] = {}  # buy order id (or lot-auction hold id) -> its open hold
         self.trades: dict[int, TradeRecord] = {}
         self.loans: dict[int, Loan] = {}
         self.credit_lines: dict[tuple[int, int], CreditLine] = {}  # (buyer, financier)
