@@ -510,9 +510,9 @@ def _apply_page(core: Core, index: _ClientIndex, commands: list[Command], start:
     setdefault = seqs.setdefault
     index_key, index_time = index.keys.append, index.times.append  # (forget_client_orders keeps both deques)
     seq = first_seq + start
-    end = min(start + _REPLAY_SLICE, len(commands))
-    for command in itertools.islice(commands, start, end):
-        kind = command.__class__
+    part = commands[start : start + _REPLAY_SLICE]  # a list's iteration is cheaper than an islice's
+    for command in part:
+        kind = type(command)  # cheaper than reading __class__
         if kind is PlaceOrder:
             cid = command.client_order_id  # type: ignore[union-attr]
             if 0 < len(cid) <= MAX_CLIENT_ORDER_ID_LEN:  # an id the index takes (not empty, not too long)
@@ -530,7 +530,7 @@ def _apply_page(core: Core, index: _ClientIndex, commands: list[Command], start:
             forget_client_orders(seqs, index.keys, index.times, core.client_order_ids, ts_ns,
                                  ts_ns - retention_of(command))  # type: ignore[arg-type]
         seq += 1
-    return commands[end - 1].ts_ns
+    return part[-1].ts_ns
 
 
 # -- the sequencer --------------------------------------------------------------------------------------
@@ -615,6 +615,8 @@ class Sequencer:
         self._wake_at = 1  # queue length at which a submission wakes the writer
         self._loop: asyncio.AbstractEventLoop | None = None
         self._new_future: Callable[[], asyncio.Future[Result]] = _not_started
+        # the loop whose futures a plain `asyncio.Future()` makes while it runs (see `_plain_future_loop`)
+        self._plain_loop: object = _NO_LOOP
         self._writer_task: asyncio.Task[None] | None = None
         self._tick_task: asyncio.Task[None] | None = None
         self._side_tasks: set[asyncio.Task[None]] = set()
@@ -635,6 +637,7 @@ class Sequencer:
             raise RuntimeError(f"cannot start a sequencer in state {self.state.value}")
         self._loop = asyncio.get_running_loop()
         self._new_future = _future_factory(self._loop)
+        self._plain_loop = _plain_future_loop(self._loop)
         if self._pool is None:
             self._pool = await store.create_pool(self.dsn, min_size=1, max_size=2)
         try:
@@ -745,7 +748,7 @@ class Sequencer:
         queue = self._queue
         if self.state is not State.RUNNING or len(queue) >= self.queue_size:
             self._check_open(1)
-        future = self._new_future()
+        future = _Future() if _running_loop() is self._plain_loop else self._new_future()
         queue.append(command)
         self._sinks.append(future)
         if len(queue) >= self._wake_at:
@@ -757,7 +760,9 @@ class Sequencer:
     def submit_many(self, commands: Iterable[Command]) -> list[asyncio.Future[Result]]:
         """Enqueue all of `commands` (in order) or, if they do not all fit, none: raises `Busy`."""
         commands = list(commands)
-        unbounded = [command for command in commands if command.__class__ not in _BOUNDED_COMMANDS]
+        # orders and cancels: one check for all of them, without bytecode per command
+        unbounded = [] if _BOUNDED_COMMANDS.issuperset(map(type, commands)) else [
+            command for command in commands if command.__class__ not in _BOUNDED_COMMANDS]  # fmt: skip
         if unbounded:
             # one trial encode for all of them; only when it fails, one by one to name the culprit
             try:
@@ -767,7 +772,8 @@ class Sequencer:
                     _check_encodable(command)
                 raise
         self._check_open(len(commands))
-        futures = list(starmap(self._new_future, repeat((), len(commands))))
+        new_future = _Future if _running_loop() is self._plain_loop else self._new_future
+        futures = list(starmap(new_future, repeat((), len(commands))))
         self._queue.extend(commands)
         self._sinks.extend(futures)
         if len(self._queue) >= self._wake_at:
@@ -1065,7 +1071,7 @@ class Sequencer:
             # Encode the slice's rows now, while the previous batch commits: what is left at the seal
             # is a join, and PostgreSQL does not wait inside the transaction for Python to encode.
             start = len(commands) - absorbed
-            batch.journal_parts.append(_journal_body(first_seq, commands, events_out, start))
+            batch.journal_parts.append(_journal_body(first_seq, ts_ns, commands, events_out, start))
             if self._prepare_extra is not None:
                 self._prepare_extra(batch)
 
@@ -1260,12 +1266,13 @@ class Sequencer:
                     self._wake()
 
 
-def _journal_body(first_seq: int, commands: list[Command], events: list[list[Event]], start: int) -> bytes:
-    """Journal rows of `commands[start:]` (seq `first_seq` onwards), pre-encoded for binary COPY
-    (asyncpg's row path costs more), without COPY header and trailer."""
-    commands = commands[start:]
-    return store.encode_journal_body(
-        first_seq, list(map(_ts_of, commands)), list(map(_command_encoder.encode, commands)),
+def _journal_body(
+    first_seq: int, ts_ns: int, commands: list[Command], events: list[list[Event]], start: int
+) -> bytes:
+    """Journal rows of `commands[start:]` (seq `first_seq` onwards, all stamped `ts_ns`), pre-encoded for
+    binary COPY (asyncpg's row path costs more), without COPY header and trailer."""
+    return store.encode_journal_run(
+        first_seq, ts_ns, list(map(_command_encoder.encode, commands[start:])),
         list(map(_events_encoder.encode, events[start:])),
     )  # fmt: skip
 
@@ -1277,6 +1284,21 @@ def _future_factory(loop: asyncio.AbstractEventLoop) -> Callable[[], asyncio.Fut
     if type(loop).create_future is asyncio.BaseEventLoop.create_future:
         return functools.partial(asyncio.Future, loop=loop)
     return loop.create_future
+
+
+_NO_LOOP: Final = object()  # no loop: `_running_loop()` never returns it
+_Future: Final = asyncio.Future
+_running_loop: Final = asyncio.events._get_running_loop
+
+
+def _plain_future_loop(loop: asyncio.AbstractEventLoop) -> object:
+    """`loop` if `asyncio.Future()` (no argument) makes its futures while it runs, else `_NO_LOOP`.
+
+    `asyncio.Future()` takes the running loop, the same future as `asyncio.Future(loop=loop)` without
+    a keyword argument to parse (a copy of the keywords and their unpacking were a third of each
+    future's cost, callgrind); a submission checks that `loop` is the running one (a C call) and
+    otherwise makes its future by `_future_factory`'s."""
+    return loop if type(loop).create_future is asyncio.BaseEventLoop.create_future else _NO_LOOP
 
 
 def _not_started() -> asyncio.Future[Result]:

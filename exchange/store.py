@@ -6,7 +6,8 @@ With `exchange/sequencer.py`, the only module of `exchange/` that does I/O. It o
   transaction, recorded in `schema_migrations`, serialised across processes by an advisory lock;
 - the journal (`seq`, `ts_ns`, msgspec-encoded `command`, and since migration 0004 the msgspec-encoded
   list of the command's `events`), appended with binary COPY of pre-encoded rows (`encode_journal_body`
-  encodes a run of rows, so the sequencer encodes a batch in parts as it builds it, and
+  encodes a run of rows, so the sequencer encodes a batch in parts as it builds it, `encode_journal_run`
+  the same bytes for rows sharing one time stamp, as the sequencer stamps them, and
   `copy_binary_data` frames the parts) and read back in `seq` order in keyset pages, or for replay as
   server-concatenated pages of commands (`read_command_page`);
 - the journal's partitions (migration 0013): one per UTC day of `ts_ns`, `journal_YYYYMMDD`, created
@@ -79,6 +80,7 @@ __all__ = [
     "dsn_with_database",
     "encode_journal_body",
     "encode_journal_rows",
+    "encode_journal_run",
     "ensure_database",
     "ensure_journal_partitions",
     "follow_reconnecting",
@@ -135,6 +137,28 @@ def encode_journal_body(
     be encoded in parts as it is built (``copy_binary_data`` joins them)."""
     # maps and zips, no bytecode per row: each row is (head, command, events' length, events)
     heads = map(_JOURNAL_ROW_HEAD.pack, repeat(4), repeat(8), count(first_seq), repeat(8), ts_ns, map(len, commands))
+    lengths = map(_FIELD_LENGTH.pack, map(len, events))
+    return b"".join(chain.from_iterable(zip(heads, commands, lengths, events, strict=True)))
+
+
+# A run of rows stamped with one time (the sequencer stamps each absorbed chunk so): the 22 bytes before a
+# row's command are (field count, seq's length, seq's high word) | seq's low word | (ts_ns's length, ts_ns)
+# | the command's length, the first and third the same for the whole run (packed once) and the others
+# 32-bit codes, which struct packs without the generic path its 64-bit big-endian codes take (callgrind: a
+# tenth fewer instructions per row than `encode_journal_body`, whose rows may each have their own time).
+_RUN_HEAD: Final = struct.Struct(">10sI12si")
+_RUN_PREFIX: Final = struct.Struct(">hiI")
+_RUN_TS: Final = struct.Struct(">iq")
+assert _RUN_HEAD.size == _JOURNAL_ROW_HEAD.size
+
+
+def encode_journal_run(first_seq: int, ts_ns: int, commands: Sequence[bytes], events: Sequence[bytes]) -> bytes:
+    """``encode_journal_body`` of rows that all have the time stamp ``ts_ns``: the same bytes, packed faster."""
+    high = first_seq >> 32
+    if (first_seq + len(commands) - 1) >> 32 != high:  # the run crosses a 2**32 boundary of seq: once in an age
+        return encode_journal_body(first_seq, repeat(ts_ns), commands, events)
+    heads = map(_RUN_HEAD.pack, repeat(_RUN_PREFIX.pack(4, 8, high)), count(first_seq & 0xFFFF_FFFF),
+                repeat(_RUN_TS.pack(8, ts_ns)), map(len, commands))  # fmt: skip
     lengths = map(_FIELD_LENGTH.pack, map(len, events))
     return b"".join(chain.from_iterable(zip(heads, commands, lengths, events, strict=True)))
 
