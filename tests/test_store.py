@@ -202,6 +202,18 @@ async def test_snapshots_latest_and_at_or_before(fresh_database_url: FreshDataba
 # -- which database -------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("first_seq", [1, 2**31 - 1, 2**32 - 3, 2**32, 5 * 2**32 + 7, 2**62])
+def test_a_run_of_one_time_stamp_encodes_as_rows_of_their_own(first_seq: int) -> None:
+    """encode_journal_run (the sequencer's chunks) gives encode_journal_body's bytes, across a 2**32 seq too."""
+    commands = [b"\x93\x01\x02\x03", b"", b"x" * 300, b"\xc0", b"\x91\x00"]
+    events = [b"\x90", b"\x91\x01" * 40, b"", b"\x92\x01\x02", b"\x90"]
+    ts_ns = 1_790_000_000_123_456_789
+    expected = store.encode_journal_body(first_seq, [ts_ns] * len(commands), commands, events)
+    assert store.encode_journal_run(first_seq, ts_ns, commands, events) == expected
+    assert store.encode_journal_run(first_seq, ts_ns, commands[:1], events[:1]) == store.encode_journal_body(
+        first_seq, [ts_ns], commands[:1], events[:1])
+
+
 def test_dsn_with_database_keeps_everything_but_the_path() -> None:
     assert store.dsn_with_database("postgresql://u:p@127.0.0.1:5432/test?sslmode=disable", "other") == (
         "postgresql://u:p@127.0.0.1:5432/other?sslmode=disable"
