@@ -169,6 +169,8 @@ _events_encoder = msgspec.msgpack.Encoder()
 _events_decoder = msgspec.msgpack.Decoder(list[Event])
 _commands_decoder = msgspec.msgpack.Decoder(list[Command])
 _index_encoder = msgspec.msgpack.Encoder()
+_encode_command_into = _command_encoder.encode_into
+_encode_events_into = _events_encoder.encode_into
 _ts_of = operator.attrgetter("ts_ns")
 _set_result = asyncio.Future.set_result
 _drain = deque(maxlen=0).extend  # runs an iterator to its end, keeping nothing
@@ -601,6 +603,7 @@ class Sequencer:
         self._client_order_times: deque[int] = deque()
         # The submission queue as two deques in step (no tuple per command): commands and their futures.
         self._queue: deque[Command] = deque()
+        self._journal_buffer = bytearray()  # scratch space of `_journal_body`, keeping its capacity
         self._sinks: deque[asyncio.Future[Result] | None] = deque()
         self._conn: asyncpg.Connection | None = None
         self._next_seq = 1
@@ -1071,7 +1074,8 @@ class Sequencer:
             # Encode the slice's rows now, while the previous batch commits: what is left at the seal
             # is a join, and PostgreSQL does not wait inside the transaction for Python to encode.
             start = len(commands) - absorbed
-            batch.journal_parts.append(_journal_body(first_seq, ts_ns, commands, events_out, start))
+            batch.journal_parts.append(_journal_body(first_seq, ts_ns, commands, events_out, start,
+                                                     self._journal_buffer))  # fmt: skip
             if self._prepare_extra is not None:
                 self._prepare_extra(batch)
 
@@ -1267,14 +1271,12 @@ class Sequencer:
 
 
 def _journal_body(
-    first_seq: int, ts_ns: int, commands: list[Command], events: list[list[Event]], start: int
+    first_seq: int, ts_ns: int, commands: list[Command], events: list[list[Event]], start: int, buffer: bytearray
 ) -> bytes:
     """Journal rows of `commands[start:]` (seq `first_seq` onwards, all stamped `ts_ns`), pre-encoded for
-    binary COPY (asyncpg's row path costs more), without COPY header and trailer."""
-    return store.encode_journal_run(
-        first_seq, ts_ns, list(map(_command_encoder.encode, commands[start:])),
-        list(map(_events_encoder.encode, events[start:])),
-    )  # fmt: skip
+    binary COPY (asyncpg's row path costs more), without COPY header and trailer; `buffer` is scratch."""
+    return store.encode_journal_run(first_seq, ts_ns, commands[start:], events[start:],
+                                    _encode_command_into, _encode_events_into, buffer)  # fmt: skip
 
 
 def _future_factory(loop: asyncio.AbstractEventLoop) -> Callable[[], asyncio.Future[Result]]:

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import asyncpg
+import msgspec
 import pytest
 
 from exchange import store
@@ -204,14 +205,20 @@ async def test_snapshots_latest_and_at_or_before(fresh_database_url: FreshDataba
 
 @pytest.mark.parametrize("first_seq", [1, 2**31 - 1, 2**32 - 3, 2**32, 5 * 2**32 + 7, 2**62])
 def test_a_run_of_one_time_stamp_encodes_as_rows_of_their_own(first_seq: int) -> None:
-    """encode_journal_run (the sequencer's chunks) gives encode_journal_body's bytes, across a 2**32 seq too."""
-    commands = [b"\x93\x01\x02\x03", b"", b"x" * 300, b"\xc0", b"\x91\x00"]
-    events = [b"\x90", b"\x91\x01" * 40, b"", b"\x92\x01\x02", b"\x90"]
+    """encode_journal_run (the sequencer's chunks, values and their encoders) gives encode_journal_body's
+    bytes of the values encoded apart, rows longer than its first guess and across a 2**32 seq too."""
+    encoder = msgspec.msgpack.Encoder()
+    commands: list[object] = [[1, 2, 3], "", "x" * 3000, None, [0], {"a": [1] * 600}]
+    events: list[object] = [[], [[1, "e" * 40]] * 40, [], [1, 2], [], list(range(-500, 500))]
     ts_ns = 1_790_000_000_123_456_789
-    expected = store.encode_journal_body(first_seq, [ts_ns] * len(commands), commands, events)
-    assert store.encode_journal_run(first_seq, ts_ns, commands, events) == expected
-    assert store.encode_journal_run(first_seq, ts_ns, commands[:1], events[:1]) == store.encode_journal_body(
-        first_seq, [ts_ns], commands[:1], events[:1])
+    scratch = bytearray()
+    for n in (len(commands), 1, 2):
+        expected = store.encode_journal_body(first_seq, [ts_ns] * n, list(map(encoder.encode, commands[:n])),
+                                             list(map(encoder.encode, events[:n])))  # fmt: skip
+        for buffer in (bytearray(), bytearray(b"\xff" * 50_000), scratch):  # its content never matters
+            got = store.encode_journal_run(first_seq, ts_ns, commands[:n], events[:n], encoder.encode_into,
+                                           encoder.encode_into, buffer)  # fmt: skip
+            assert got == expected
 
 
 def test_dsn_with_database_keeps_everything_but_the_path() -> None:
