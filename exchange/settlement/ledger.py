@@ -164,6 +164,16 @@ _ST_PENDING: Final = int(PendingStatus.PENDING)
 _ST_POSTED: Final = int(PendingStatus.POSTED)
 _ST_VOIDED: Final = int(PendingStatus.VOIDED)
 _ST_EXPIRED: Final = int(PendingStatus.EXPIRED)
+# The entries, statuses and 0 that go into postings and the status map, as objects: compiled, a native int
+# constant is boxed anew at every use where an object is wanted (a call each, for every transfer)
+_ZERO_B: Final[Boxed] = 0
+_POSTED_EB: Final[Boxed] = _POSTED_E
+_PENDING_EB: Final[Boxed] = _PENDING_E
+_RELEASE_EB: Final[Boxed] = _RELEASE_E
+_POST_EB: Final[Boxed] = _POST_E
+_ST_PENDING_B: Final[Boxed] = _ST_PENDING
+_ST_POSTED_B: Final[Boxed] = _ST_POSTED
+_ST_VOIDED_B: Final[Boxed] = _ST_VOIDED
 _RESOLVED_STATUS_RESULT: Final = {
     _ST_POSTED: CreateTransferResult.PENDING_TRANSFER_ALREADY_POSTED,
     _ST_VOIDED: CreateTransferResult.PENDING_TRANSFER_ALREADY_VOIDED,
@@ -207,6 +217,13 @@ def _is_user_data(value: int) -> bool:
 
 def _is_code(value: int, low: int) -> bool:
     return low <= value <= MAX_CODE
+
+
+def _is_int(value: object) -> bool:
+    """``type(value) is int``, tested in a call: compiled, the test written inline narrows ``value`` to a native
+    int, and every record the amount then goes into (the transfer, its posting) would box a new int object
+    instead of taking the one that came."""
+    return type(value) is int
 
 
 class _Account:
@@ -547,8 +564,7 @@ class Ledger:
             return _R.CODE_OUT_OF_RANGE
         if not _is_user_data(user_data):
             return _R.USER_DATA_OUT_OF_RANGE
-        # the amount object itself goes into the posting
-        if type(amount_value) is not int:  # a float or a bool must never become money
+        if not _is_int(amount_value):  # a float or a bool must never become money
             return _R.AMOUNT_MUST_BE_INTEGER
         amount: int = amount_value
         if amount <= 0:
@@ -586,23 +602,25 @@ class Ledger:
             return _R.EXCEEDS_DEBITS
         # After this point the transfer must succeed.
         if self._undo is not None:
-            self._undo.append((tid, dr, cr, _PENDING_E if phase else _POSTED_E, amount_value, 0, 0, 0))
+            self._undo.append((tid, dr, cr, _PENDING_E if phase else _POSTED_E, amount_value, _ZERO_B, _ZERO_B, 0))
         if t is None:
             t = _Transfer(tid, dr_id, cr_id, amount_value, code, user_data, flags_value, pending_id, timeout_value)
         transfers[tid] = t
         if phase:
             dr.debits_pending_fen = dr_pending + amount
             cr.credits_pending_fen = cr_pending + amount
-            self._pending_status[tid] = _ST_PENDING
+            self._pending_status[tid] = _ST_PENDING_B
             if timeout_ns:
                 expires_at_ns: int = now_ns + timeout_ns
                 self._expires_at_ns[tid] = expires_at_ns
                 heapq.heappush(self._expiry_heap, (expires_at_ns, tid))
-            self._postings.append(_Posting(tid, _PENDING_E, dr_id, cr_id, amount_value, 0, code, user_data, 0, now_ns))
+            self._postings.append(
+                _Posting(tid, _PENDING_EB, dr_id, cr_id, amount_value, _ZERO_B, code, user_data, _ZERO_B, now_ns))
         else:
             dr.debits_posted_fen = dr_posted + amount
             cr.credits_posted_fen = cr_posted + amount
-            self._postings.append(_Posting(tid, _POSTED_E, dr_id, cr_id, amount_value, 0, code, user_data, 0, now_ns))
+            self._postings.append(
+                _Posting(tid, _POSTED_EB, dr_id, cr_id, amount_value, _ZERO_B, code, user_data, _ZERO_B, now_ns))
             self._final.append(tid)
             self._final_at.append(now_ns)
         return _OK
@@ -624,7 +642,7 @@ class Ledger:
             return _R.CODE_OUT_OF_RANGE
         if not _is_user_data(req_user_data):
             return _R.USER_DATA_OUT_OF_RANGE
-        if type(amount_value) is not int:
+        if not _is_int(amount_value):
             return _R.AMOUNT_MUST_BE_INTEGER
         amount: int = amount_value
         if amount < 0:
@@ -634,7 +652,8 @@ class Ledger:
         if p is None:
             return _R.PENDING_TRANSFER_NOT_FOUND
         held_fields = _astuple(p)
-        if not held_fields[6] & _PENDING:
+        held_flags: int = held_fields[6]
+        if not held_flags & _PENDING:
             return _R.PENDING_TRANSFER_NOT_PENDING
         dr_id: Boxed = held_fields[1]
         cr_id: Boxed = held_fields[2]
@@ -653,7 +672,7 @@ class Ledger:
         code: Boxed = req_code or held_fields[4]
         user_data: Boxed = req_user_data or held_fields[5]
         posted_value: Boxed = (amount_value or held_value) if post else held_value
-        resolved = _Transfer(tid, dr_id, cr_id, posted_value, code, user_data, flags, pending_id, 0)
+        resolved = _Transfer(tid, dr_id, cr_id, posted_value, code, user_data, flags, pending_id, _ZERO_B)
         e = transfers.get(tid)
         if e is not None:
             return _transfer_exists(_astuple(resolved), e)
@@ -671,8 +690,8 @@ class Ledger:
         dr = self._accounts[dr_id]
         cr = self._accounts[cr_id]
         if self._undo is not None:  # a void posts nothing (amount 0)
-            self._undo.append((tid, dr, cr, _POST_E if post else _RELEASE_E, posted_value if post else 0, held_value,
-                               pending_id, status))
+            self._undo.append((tid, dr, cr, _POST_E if post else _RELEASE_E, posted_value if post else _ZERO_B,
+                               held_value, pending_id, status))
         transfers[tid] = resolved
         dr.debits_pending_fen -= held
         cr.credits_pending_fen -= held
@@ -680,13 +699,13 @@ class Ledger:
             posted: int = posted_value
             dr.debits_posted_fen += posted
             cr.credits_posted_fen += posted
-            self._pending_status[pending_id] = _ST_POSTED
+            self._pending_status[pending_id] = _ST_POSTED_B
             self._postings.append(
-                _Posting(tid, _POST_E, dr_id, cr_id, posted_value, held_value, code, user_data, pending_id, now_ns))
+                _Posting(tid, _POST_EB, dr_id, cr_id, posted_value, held_value, code, user_data, pending_id, now_ns))
         else:
-            self._pending_status[pending_id] = _ST_VOIDED
+            self._pending_status[pending_id] = _ST_VOIDED_B
             self._postings.append(
-                _Posting(tid, _RELEASE_E, dr_id, cr_id, 0, held_value, code, user_data, pending_id, now_ns))
+                _Posting(tid, _RELEASE_EB, dr_id, cr_id, _ZERO_B, held_value, code, user_data, pending_id, now_ns))
         final, final_at = self._final, self._final_at
         final.append(pending_id)
         final.append(tid)
