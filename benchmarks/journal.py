@@ -31,7 +31,8 @@ durability settings (fsync, synchronous_commit) apply.
    transactions of the sequencer's mean batch size: the journal rows, and with `--core exchange` the
    ledger rows of those commands in the same transaction. `ratio_vs_copy` is commands per second
    over journal rows per second; `copy_*_cpu_us_per_row` is its CPU, per journal row.
-3. Replay: `recover(..., use_snapshot=False)` rebuilds a fresh core from the whole journal
+3. Replay: `recover(..., use_snapshot=False, freeze_gc=True)` rebuilds a fresh core from the whole
+   journal as the sequencer does at start, the rebuilt state frozen out of the collector's scans
    (`replay_s` wall, `replay_cpu_s` this process's CPU).
 
 Defaults (16 clients x 32 commands in flight, batches of at most 1000): the writer commits half of
@@ -256,7 +257,7 @@ async def run_replay(dsn: str, core_type: CoreFactory) -> tuple[int, float, floa
     try:
         gc.collect()
         start_s, start_cpu_s = time.perf_counter(), time.process_time()
-        recovery = await recover(conn, core_type, use_snapshot=False)
+        recovery = await recover(conn, core_type, use_snapshot=False, freeze_gc=True)  # as the sequencer recovers
         return recovery.last_seq, time.perf_counter() - start_s, time.process_time() - start_cpu_s
     finally:
         await conn.close()

@@ -381,6 +381,7 @@ async def recover(
     *,
     use_snapshot: bool = True,
     until_seq: int | None = None,
+    freeze_gc: bool = False,
 ) -> Recovery:
     """Rebuild the core and the idempotency index from the database (latest snapshot + journal tail).
 
@@ -390,6 +391,10 @@ async def recover(
     With `use_snapshot=False` everything is replayed from seq 1 (tests compare the two); with
     `until_seq` the state after that seq is rebuilt (from the latest snapshot at or before it). Raises
     `RecoveryError` if the snapshot's state hash does not match its state or the journal has a hole.
+    With `freeze_gc` the state a replay built is moved to the collector's permanent generation
+    (`gc.freeze()`) before the collector, paused during the replay, runs again, as the sequencer wants it
+    after a recovery: otherwise its first allocation collects the young generation, which then holds
+    everything the replay built (callgrind: 3 % of a replay of 100,000 commands).
     """
     snapshot = await store.latest_snapshot(conn, at_or_before=until_seq) if use_snapshot else None
     index = _ClientIndex()
@@ -411,7 +416,7 @@ async def recover(
         upto_seq = min(upto_seq, until_seq)
     if upto_seq < after_seq:
         raise RecoveryError(f"the journal ends at seq {upto_seq}, before the snapshot at seq {after_seq}")
-    last_ts_ns = await _replay(conn, core, index, after_seq, upto_seq)
+    last_ts_ns = await _replay(conn, core, index, after_seq, upto_seq, freeze_gc)
     # An earlier version's snapshot did not say when its ids were indexed: they count from now (late,
     # never early: a retry inside the window is still recognised).
     index.times = deque(at or last_ts_ns for at in index.times)
@@ -456,14 +461,17 @@ def restore_snapshot(snapshot: store.Snapshot, core_type: CoreFactory = new_exch
     return core
 
 
-async def _replay(conn: asyncpg.Connection, core: Core, index: _ClientIndex, after_seq: int, upto_seq: int) -> int:
+async def _replay(
+    conn: asyncpg.Connection, core: Core, index: _ClientIndex, after_seq: int, upto_seq: int, freeze_gc: bool = False
+) -> int:
     """Apply journal rows `after_seq < seq <= upto_seq` to `core`; return the last command's ts_ns.
 
     The next page is fetched while the current one is applied: the page is applied in slices with a
     turn of the event loop between them, so the next page's query goes out at once and its bytes are
     read as they arrive (without the turns it would be sent only after the page, and nothing would
     overlap). The collector is paused meanwhile: the core builds no reference cycles, and scanning
-    millions of young objects would double replay time.
+    millions of young objects would double replay time; with `freeze_gc` what was built leaves its scans
+    before it resumes (see `recover`).
     """
     last_ts_ns = 0
     if after_seq >= upto_seq:
@@ -488,6 +496,8 @@ async def _replay(conn: asyncpg.Connection, core: Core, index: _ClientIndex, aft
                 if pending is not None:
                     await asyncio.sleep(0)
                 last_ts_ns = _apply_page(core, index, commands, start, page_start + 1)
+        if freeze_gc:
+            gc.freeze()
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -854,7 +864,7 @@ class Sequencer:
             # Wait for the writer lock: another live writer (or the zombie backend of a lost
             # connection of ours) must be gone before we read the journal and write after it.
             await conn.execute("SELECT pg_advisory_lock($1)", _WRITER_LOCK_KEY)
-            recovery = await recover(conn, self.core_type)
+            recovery = await recover(conn, self.core_type, freeze_gc=self.freeze_gc)
         except BaseException:
             conn.terminate()
             raise
