@@ -391,11 +391,30 @@ async def recover(
     With `use_snapshot=False` everything is replayed from seq 1 (tests compare the two); with
     `until_seq` the state after that seq is rebuilt (from the latest snapshot at or before it). Raises
     `RecoveryError` if the snapshot's state hash does not match its state or the journal has a hole.
-    With `freeze_gc` the state a replay built is moved to the collector's permanent generation
-    (`gc.freeze()`) before the collector, paused during the replay, runs again, as the sequencer wants it
-    after a recovery: otherwise its first allocation collects the young generation, which then holds
-    everything the replay built (callgrind: 3 % of a replay of 100,000 commands).
+
+    The collector is paused meanwhile (for the whole process: other tasks run while pages are fetched):
+    the core builds no reference cycles, and scanning millions of young objects again and again would
+    double a replay's time (callgrind: a snapshot's restore spent 6 % of its instructions in the
+    collector). With `freeze_gc` the rebuilt state is moved to the collector's permanent generation
+    (`gc.freeze()`) before the collector runs again, as the sequencer wants it after a recovery:
+    otherwise the first allocation after it resumes collects the young generation, which then holds
+    everything rebuilt (callgrind: 3 % of a replay of 100,000 commands).
     """
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        recovery = await _recover(conn, core_type, use_snapshot, until_seq)
+        if freeze_gc:
+            gc.freeze()
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return recovery
+
+
+async def _recover(
+    conn: asyncpg.Connection, core_type: CoreFactory, use_snapshot: bool, until_seq: int | None
+) -> Recovery:
     snapshot = await store.latest_snapshot(conn, at_or_before=until_seq) if use_snapshot else None
     index = _ClientIndex()
     if snapshot is None:
@@ -416,7 +435,7 @@ async def recover(
         upto_seq = min(upto_seq, until_seq)
     if upto_seq < after_seq:
         raise RecoveryError(f"the journal ends at seq {upto_seq}, before the snapshot at seq {after_seq}")
-    last_ts_ns = await _replay(conn, core, index, after_seq, upto_seq, freeze_gc)
+    last_ts_ns = await _replay(conn, core, index, after_seq, upto_seq)
     # An earlier version's snapshot did not say when its ids were indexed: they count from now (late,
     # never early: a retry inside the window is still recognised).
     index.times = deque(at or last_ts_ns for at in index.times)
@@ -461,17 +480,13 @@ def restore_snapshot(snapshot: store.Snapshot, core_type: CoreFactory = new_exch
     return core
 
 
-async def _replay(
-    conn: asyncpg.Connection, core: Core, index: _ClientIndex, after_seq: int, upto_seq: int, freeze_gc: bool = False
-) -> int:
+async def _replay(conn: asyncpg.Connection, core: Core, index: _ClientIndex, after_seq: int, upto_seq: int) -> int:
     """Apply journal rows `after_seq < seq <= upto_seq` to `core`; return the last command's ts_ns.
 
     The next page is fetched while the current one is applied: the page is applied in slices with a
     turn of the event loop between them, so the next page's query goes out at once and its bytes are
     read as they arrive (without the turns it would be sent only after the page, and nothing would
-    overlap). The collector is paused meanwhile: the core builds no reference cycles, and scanning
-    millions of young objects would double replay time; with `freeze_gc` what was built leaves its scans
-    before it resumes (see `recover`).
+    overlap). `recover` pauses the collector meanwhile.
     """
     last_ts_ns = 0
     if after_seq >= upto_seq:
@@ -479,28 +494,20 @@ async def _replay(
             entry = await store.journal_entry(conn, upto_seq)
             last_ts_ns = entry[0] if entry is not None else 0
         return last_ts_ns
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        page_end = min(after_seq + _REPLAY_PAGE, upto_seq)
-        pending = asyncio.ensure_future(store.read_command_page(conn, after_seq, page_end))
-        while pending is not None:
-            count, data = await pending
-            page_start, after_seq = after_seq, page_end
-            pending = None
-            if after_seq < upto_seq:
-                page_end = min(after_seq + _REPLAY_PAGE, upto_seq)
-                pending = asyncio.ensure_future(store.read_command_page(conn, after_seq, page_end))
-            commands = _decode_page(count, data, page_start, after_seq)
-            for start in range(0, len(commands), _REPLAY_SLICE):
-                if pending is not None:
-                    await asyncio.sleep(0)
-                last_ts_ns = _apply_page(core, index, commands, start, page_start + 1)
-        if freeze_gc:
-            gc.freeze()
-    finally:
-        if gc_was_enabled:
-            gc.enable()
+    page_end = min(after_seq + _REPLAY_PAGE, upto_seq)
+    pending = asyncio.ensure_future(store.read_command_page(conn, after_seq, page_end))
+    while pending is not None:
+        count, data = await pending
+        page_start, after_seq = after_seq, page_end
+        pending = None
+        if after_seq < upto_seq:
+            page_end = min(after_seq + _REPLAY_PAGE, upto_seq)
+            pending = asyncio.ensure_future(store.read_command_page(conn, after_seq, page_end))
+        commands = _decode_page(count, data, page_start, after_seq)
+        for start in range(0, len(commands), _REPLAY_SLICE):
+            if pending is not None:
+                await asyncio.sleep(0)
+            last_ts_ns = _apply_page(core, index, commands, start, page_start + 1)
     return last_ts_ns
 
 

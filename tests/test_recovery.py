@@ -346,6 +346,11 @@ async def test_recover_can_freeze_what_it_replayed(dsn: str) -> None:
         assert not any(o is frozen.core for o in gc.get_objects())  # in the permanent generation
         assert frozen.core.state_hash() == plain.core.state_hash()
         assert frozen.client_orders == plain.client_orders and frozen.last_seq == plain.last_seq
+        from_snapshot = await recover(conn, Core, freeze_gc=True)  # _journal_something's stop took one
+        assert from_snapshot.snapshot_seq == plain.last_seq and from_snapshot.replayed == 0
+        assert not any(o is from_snapshot.core for o in gc.get_objects())
+        assert from_snapshot.core.state_hash() == plain.core.state_hash()
+        assert gc.isenabled()  # paused while recovering only
     finally:
         gc.unfreeze()
         await conn.close()
