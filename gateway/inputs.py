@@ -7,7 +7,8 @@
   the byte-order mark). A refused field is 422 `control_characters`, naming the field.
 - JSON objects with a key twice are 422 `duplicate_key`: msgspec (like most parsers) lets the last one
   win silently, so `"side":"sell","side":"buy"` would be a buy to us and a sell to a reader that keeps the
-  first. `has_duplicate_keys` costs one generic decode on the order path (see its docstring).
+  first. `has_duplicate_keys` costs one generic decode; `has_duplicate_keys_of`, for WebSocket messages
+  already decoded into a struct that omits its defaults, usually only a re-encoding of that struct.
 - Integers in paths and query strings are ASCII digits (`check_integers`): msgspec's lax conversion,
   which those need to turn strings into the declared types, would take `1.0` and `1e3` as integers.
 """
@@ -20,12 +21,13 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Final
 
 import msgspec
+import msgspec.inspect
 
 from gateway.errors import ApiError, Code
 
 __all__ = ["CONTROL_CHARACTERS", "TEXT_PATTERN", "TEXT_PATTERN_ECMA", "Text", "check_integers",
-           "duplicate_key_error", "has_duplicate_keys", "int_fields", "refuse_control_characters",
-           "validation_error"]
+           "duplicate_key_error", "has_duplicate_keys", "has_duplicate_keys_of", "int_fields",
+           "reencodes_no_longer", "refuse_control_characters", "validation_error"]
 
 # The class of refused characters, as a regex character class body.
 _REFUSED: Final = "\\x00-\\x1f\\x7f-\\x9f\\u061c\\u200e\\u200f\\u2028-\\u202e\\u2066-\\u2069\\ufeff"
@@ -84,6 +86,49 @@ def has_duplicate_keys(raw: bytes) -> bool:
     if decoded.__class__ is dict and len(decoded) == colons:
         return False
     return _exact_duplicates(raw)
+
+
+_encode_json: Final = msgspec.json.Encoder().encode
+_mi: Final = msgspec.inspect
+_COMPACT_LEAVES: Final = (_mi.StrType, _mi.IntType, _mi.BoolType, _mi.NoneType, _mi.EnumType, _mi.LiteralType)
+_compact: dict[type, bool] = {}  # struct type -> `reencodes_no_longer` of it
+
+
+def has_duplicate_keys_of(raw: bytes, decoded: msgspec.Struct) -> bool:
+    """`has_duplicate_keys(raw)` for `raw` already decoded into `decoded`, a struct whose config omits
+    default values (`omit_defaults=True`): on the WebSocket order path, usually for a re-encoding instead
+    of a generic decode.
+
+    Re-encoded, the struct names once each key `raw` gave a value other than its default, each value
+    in its shortest form when the struct's types allow no other (`reencodes_no_longer`) and `raw` has no
+    backslash (no escapes, which re-encode shorter or longer). Then the re-encoding is never longer than
+    `raw`, and as long only if `raw` holds exactly the same pairs, compact: a key named twice, a default
+    given or white space makes `raw` longer. Anything but equal lengths takes the exact check.
+    """
+    cls = decoded.__class__
+    compact = _compact.get(cls)
+    if compact is None:
+        compact = _compact[cls] = reencodes_no_longer(_mi.type_info(cls))
+    if compact and len(raw) == len(_encode_json(decoded)) and b"\\" not in raw:
+        return False
+    return has_duplicate_keys(raw)
+
+
+def reencodes_no_longer(info: msgspec.inspect.Type) -> bool:
+    """Does every value of this type, read from JSON without escapes, encode again to no more bytes than
+    it was read from? Strings, integers, booleans, null, enums and literals, and lists, unions and
+    structs of them; not floats or dates, which have many spellings, some shorter than ours."""
+    if isinstance(info, _COMPACT_LEAVES):
+        return True
+    if isinstance(info, _mi.Metadata):  # a constrained type (Annotated with msgspec.Meta): its own type
+        return reencodes_no_longer(info.type)
+    if isinstance(info, _mi.UnionType):
+        return all(reencodes_no_longer(t) for t in info.types)
+    if isinstance(info, _mi.ListType):
+        return reencodes_no_longer(info.item_type)
+    if isinstance(info, _mi.StructType):
+        return all(reencodes_no_longer(f.type) for f in info.fields)
+    return False
 
 
 class _Duplicate(Exception):

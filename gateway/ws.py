@@ -60,7 +60,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from gateway.auth import Authenticator, Principal, Role
 from gateway.errors import ApiError, Code, is_unavailable, unavailable
-from gateway.inputs import has_duplicate_keys, validation_error
+from gateway.inputs import has_duplicate_keys_of, validation_error
 from gateway.metrics import Metrics
 from gateway.ratelimit import TokenBuckets
 from gateway.signing import WS_SIGNED_PATH
@@ -94,8 +94,10 @@ _NAME_RE: Final = re.compile(r"[A-Za-z0-9_\-]{1,40}")
 
 # -- inbound messages --------------------------------------------------------------------------------
 
-class WsRequest(msgspec.Struct, tag_field="op", forbid_unknown_fields=True, kw_only=True, frozen=True):
-    """Base of every inbound message; subclass with `tag="<op name>"` to add an op."""
+class WsRequest(msgspec.Struct, tag_field="op", forbid_unknown_fields=True, kw_only=True, frozen=True,
+                omit_defaults=True):
+    """Base of every inbound message; subclass with `tag="<op name>"` to add an op. (`omit_defaults`: the
+    duplicate-key check re-encodes a message, `gateway.inputs.has_duplicate_keys_of`.)"""
 
     id: int | str | None = None
 
@@ -544,7 +546,7 @@ class Hub:
         except RecursionError:  # nested deeper than the decoder follows (it stops before the stack does)
             self._reply_error(conn, None, None, Code.BAD_JSON, "malformed JSON: nested too deeply")
             return None
-        if has_duplicate_keys(data):
+        if has_duplicate_keys_of(data, msg):
             self._reply_error(conn, str(msg.__struct_config__.tag), msg.id, Code.DUPLICATE_KEY,
                               "invalid message: an object names the same key twice")
             return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import datetime
 import itertools
 import logging
 import os
@@ -29,13 +30,17 @@ import msgspec
 import pytest
 import pytest_asyncio
 from aiohttp import WSMsgType
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.auth import PUBLIC, Role
-from gateway.inputs import has_duplicate_keys
+from gateway.inputs import has_duplicate_keys, has_duplicate_keys_of, reencodes_no_longer
+from gateway.orders import AmendOrderMessage, CancelOrderMessage, PlaceOrderMessage
 from gateway.routes import Call, RouteTable
 from gateway.schemas import LotPath
 from gateway.state import HUB
 from gateway.testing import Exchange, running_exchange
+from gateway.ws import AuthMessage, PingMessage, SubscribeMessage, UnsubscribeMessage
 
 from .conftest import FreshDatabase
 
@@ -169,6 +174,69 @@ def test_duplicate_key_scanner() -> None:
     assert not has_duplicate_keys(b'[{"a":1},{"a":2}]')
     assert has_duplicate_keys(b'{"a" : 1 , "a" : 2}')
     assert has_duplicate_keys(b'{"\\u0061":1,"a":2}')  # the same key, escaped
+
+
+# Valid JSON values of every field of a place_order message, defaults, colons in strings and escapes among them.
+_PLACE_VALUES: dict[str, list[str]] = {
+    "op": ['"place_order"'],
+    "id": ["1", "7", '"a:b"', "null"],
+    "client_order_id": ['"c1"', '"c:2"', '"c\\u003a3"', '"x::y"'],
+    "instrument": ['"RC-LH-WSY"', '"A"'],
+    "side": ['"buy"', '"sell"'],
+    "quantity_heads": ["1", "5"],
+    "type": ['"limit"', '"market"'],
+    "price_fen": ["2800", "2810", "null"],
+    "time_in_force": ['"GTC"', '"IOC"', "null"],
+    "post_only": ["false", "true"],
+    "min_quantity_heads": ["0", "2"],
+    "all_or_none": ["false", "true"],
+    "stp": ['"expire_taker"', '"expire_maker"'],
+    "lot_id": ["3", "null"],
+}
+_PLACE_KEYS = sorted(_PLACE_VALUES)
+_place_decoder = msgspec.json.Decoder(PlaceOrderMessage)
+HUB_OPS = (PlaceOrderMessage, AmendOrderMessage, CancelOrderMessage, AuthMessage, SubscribeMessage,
+           UnsubscribeMessage, PingMessage)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_PLACE_KEYS), st.integers(0, 3), st.sampled_from([":", " : ", ":  "])),
+                min_size=1, max_size=18))
+def test_the_fast_duplicate_check_of_a_decoded_message_agrees_with_the_exact_one(
+    pairs: list[tuple[str, int, str]],
+) -> None:
+    """Whatever keys a place_order message names, once or more, with defaults, colons or escapes in its
+    strings: re-encoding the decoded struct (`has_duplicate_keys_of`) finds a key named twice exactly
+    when the generic check does."""
+    items = [f'"{key}"{sep}{_PLACE_VALUES[key][i % len(_PLACE_VALUES[key])]}' for key, i, sep in pairs]
+    raw = ("{" + ",".join(['"op":"place_order"', *items]) + "}").encode()
+    try:
+        decoded = _place_decoder.decode(raw)
+    except msgspec.ValidationError:
+        return  # refused before any duplicate check
+    assert has_duplicate_keys_of(raw, decoded) == has_duplicate_keys(raw)
+
+
+def test_the_fast_duplicate_check_catches_a_repeated_side() -> None:
+    sell_then_buy = b'{"op":"place_order","client_order_id":"c","instrument":"A","side":"sell","side":"buy",' \
+                    b'"quantity_heads":1,"price_fen":2800}'
+    assert has_duplicate_keys_of(sell_then_buy, _place_decoder.decode(sell_then_buy))
+    # an escaped colon becomes a real one when re-encoded: it must not hide the key named twice
+    escaped = b'{"op":"place_order","client_order_id":"c\\u003a1","instrument":"A","side":"buy","side":"buy",' \
+              b'"quantity_heads":1}'
+    assert has_duplicate_keys_of(escaped, _place_decoder.decode(escaped))
+    spaced = b'{"op": "place_order", "client_order_id": "c", "instrument": "A", "side": "buy", "side": "buy",' \
+             b' "quantity_heads": 1}'
+    assert has_duplicate_keys_of(spaced, _place_decoder.decode(spaced))
+    plain = b'{"op":"place_order","id":1,"client_order_id":"c:1","instrument":"A","side":"buy","quantity_heads":1}'
+    assert not has_duplicate_keys_of(plain, _place_decoder.decode(plain))
+
+
+def test_only_types_that_reencode_no_longer_take_the_fast_duplicate_check() -> None:
+    for op in HUB_OPS:
+        assert reencodes_no_longer(msgspec.inspect.type_info(op)), op
+    for other in (float, datetime.datetime, list[float], int | float):
+        assert not reencodes_no_longer(msgspec.inspect.type_info(other)), other
 
 
 async def test_duplicate_keys_are_refused_over_http(ex: Exchange, market: str) -> None:
