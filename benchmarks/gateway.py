@@ -47,7 +47,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,13 +114,16 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextlib.asynccontextmanager
-async def subprocess_server(args: list[str], env: dict[str, str],
-                            ready_url: str) -> AsyncIterator[asyncio.subprocess.Process]:
-    """Run a server process until the block ends; wait until `ready_url` answers 200."""
-    proc = await asyncio.create_subprocess_exec(sys.executable, *args, env=env)
+async def subprocess_server(args: list[str], env: dict[str, str], ready_url: str, *, wrapper: Sequence[str] = (),
+                            ready_timeout_s: float = 60.0,
+                            quiet: bool = False) -> AsyncIterator[asyncio.subprocess.Process]:
+    """Run a server process (`python args`, behind `wrapper`, e.g. valgrind) until the block ends; wait
+    until `ready_url` answers 200. `quiet`: its stderr is discarded."""
+    proc = await asyncio.create_subprocess_exec(*wrapper, sys.executable, *args, env=env,
+                                                stderr=asyncio.subprocess.DEVNULL if quiet else None)
     try:
         async with aiohttp.ClientSession() as session:
-            for _ in range(1200):
+            for _ in range(round(ready_timeout_s / 0.05)):
                 if proc.returncode is not None:
                     raise RuntimeError(f"server exited with {proc.returncode}")
                 with contextlib.suppress(aiohttp.ClientError):
@@ -129,7 +132,7 @@ async def subprocess_server(args: list[str], env: dict[str, str],
                             break
                 await asyncio.sleep(0.05)
             else:
-                raise RuntimeError("server did not become ready in 60 s")
+                raise RuntimeError(f"server did not become ready in {ready_timeout_s:g} s")
         yield proc
     finally:
         if proc.returncode is None:
@@ -365,8 +368,32 @@ def _answer_status(ok: bool, payload: bytes) -> str:
 # -- the run --------------------------------------------------------------------------------------------
 
 
+def outside_env() -> dict[str, str]:
+    """This process's environment without `HOGX_` settings: every server starts from its defaults."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("HOGX_")}
+
+
+def server_env(dsn: str, operator: tuple[str, str], read_models: bool, ws_window: int) -> dict[str, str]:
+    """`hogx serve` as in production on database `dsn`, but with rate limits lifted (the load comes from
+    one address and few keys) and room for `ws_window` messages in flight per socket."""
+    return outside_env() | {
+        "DATABASE_URL": dsn, "HOGX_OPERATOR_KEY": operator[0], "HOGX_OPERATOR_SECRET": operator[1],
+        "HOGX_RATE_LIMIT_PER_S": "1000000000", "HOGX_RATE_LIMIT_BURST": "1000000000",
+        "HOGX_WS_MAX_INFLIGHT": str(max(1024, ws_window)), "HOGX_DB_POOL_MAX": "4",
+        "HOGX_PROJECT_READ_MODELS": "true" if read_models else "false",
+    }
+
+
+def serve_args(port: int) -> list[str]:
+    return ["-m", "gateway", "serve", "--port", str(port), "--log-level", "WARNING"]
+
+
+def new_operator() -> tuple[str, str]:
+    return ("bench_operator_" + secrets.token_hex(4), secrets.token_hex(24))
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HOGX_")}
+    env = outside_env()
     trivial_port = _free_port()
     trivial_url = f"http://127.0.0.1:{trivial_port}"
     async with subprocess_server(["-m", "benchmarks.gateway", "--trivial-server", str(trivial_port)], env,
@@ -379,15 +406,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     async with scratch_database() as dsn:
         port = _free_port()
         base = f"http://127.0.0.1:{port}"
-        operator = ("bench_operator_" + secrets.token_hex(4), secrets.token_hex(24))
-        server_env = env | {
-            "DATABASE_URL": dsn, "HOGX_OPERATOR_KEY": operator[0], "HOGX_OPERATOR_SECRET": operator[1],
-            "HOGX_RATE_LIMIT_PER_S": "1000000000", "HOGX_RATE_LIMIT_BURST": "1000000000",
-            "HOGX_WS_MAX_INFLIGHT": str(max(1024, args.ws_window)), "HOGX_DB_POOL_MAX": "4",
-            "HOGX_PROJECT_READ_MODELS": "true" if args.read_models else "false",
-        }
-        async with subprocess_server(["-m", "gateway", "serve", "--port", str(port), "--log-level", "WARNING"],
-                                     server_env, base + "/readyz") as server:
+        operator = new_operator()
+        async with subprocess_server(serve_args(port), server_env(dsn, operator, args.read_models, args.ws_window),
+                                     base + "/readyz") as server:
             traders = await prepare_market(base, operator, args.pairs)
             cpu_s = cpu_seconds(server.pid)
             http = await drive_http(base, traders, args.http_concurrency, args.seconds, args.warmup_s, "h", 201)

@@ -19,18 +19,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import secrets
-import signal
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
-from benchmarks.gateway import _free_port, drive_ws, prepare_market
+from benchmarks.gateway import (
+    _free_port,
+    drive_ws,
+    new_operator,
+    prepare_market,
+    serve_args,
+    server_env,
+    subprocess_server,
+)
 from benchmarks.journal import scratch_database
 
 
@@ -48,51 +50,24 @@ def _counted(out_prefix: Path) -> int:
     return total
 
 
-async def _ready(url: str, proc: asyncio.subprocess.Process) -> None:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(3000):  # valgrind starts Python slowly: up to 10 minutes
-            if proc.returncode is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}")
-            try:
-                async with session.get(url) as reply:
-                    if reply.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-    raise RuntimeError("server under valgrind did not become ready")
-
-
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HOGX_")}
     async with scratch_database() as dsn:
         port = _free_port()
         base = f"http://127.0.0.1:{port}"
-        operator = ("bench_operator_" + secrets.token_hex(4), secrets.token_hex(24))
-        server_env = env | {
-            "DATABASE_URL": dsn, "HOGX_OPERATOR_KEY": operator[0], "HOGX_OPERATOR_SECRET": operator[1],
-            "HOGX_RATE_LIMIT_PER_S": "1000000000", "HOGX_RATE_LIMIT_BURST": "1000000000",
-            "HOGX_WS_MAX_INFLIGHT": "1024", "HOGX_DB_POOL_MAX": "4",
-            "HOGX_PROJECT_READ_MODELS": "true" if args.read_models else "false",
-        }
+        operator = new_operator()
         with tempfile.TemporaryDirectory() as scratch:
             out_prefix = Path(scratch) / "callgrind.out"
-            proc = await asyncio.create_subprocess_exec(
-                "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out_prefix}",
-                sys.executable, "-m", "gateway", "serve", "--port", str(port), "--log-level", "WARNING",
-                env=server_env, stderr=asyncio.subprocess.DEVNULL)
-            try:
-                await _ready(base + "/readyz", proc)
+            valgrind = ("valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out_prefix}")
+            # valgrind starts Python slowly, and writes its banner to stderr
+            async with subprocess_server(serve_args(port), server_env(dsn, operator, args.read_models, args.ws_window),
+                                         base + "/readyz", wrapper=valgrind, ready_timeout_s=600.0,
+                                         quiet=True) as server:
                 traders = await prepare_market(base, operator, args.pairs)
                 await drive_ws(base, traders, args.ws_connections, args.ws_window, 5.0, 0.0)
-                _callgrind_control("-i", "on", str(proc.pid))
+                _callgrind_control("-i", "on", str(server.pid))
                 load = await drive_ws(base, traders, args.ws_connections, args.ws_window, args.seconds, 0.0)
-                _callgrind_control("-i", "off", str(proc.pid))
-                _callgrind_control("-d", str(proc.pid))
-            finally:
-                if proc.returncode is None:
-                    proc.send_signal(signal.SIGTERM)
-                await proc.wait()
+                _callgrind_control("-i", "off", str(server.pid))
+                _callgrind_control("-d", str(server.pid))
             instructions = _counted(out_prefix)
     answers = sum(load.statuses.values())
     rejected = sum(n for status, n in load.statuses.items() if status.startswith("rejected:"))
