@@ -301,9 +301,9 @@ class DaySums(msgspec.Struct, frozen=True, array_like=True):
     value_fen: int
 
 
-_SELECT_SUMS: Final = """
-SELECT day, product_class, breed_class, region, trades, heads, price_heads_fen, value_fen
-FROM price_index_daily
+_SUMS_OF: Final = ("SELECT day, product_class, breed_class, region, trades, heads, price_heads_fen, value_fen"
+                   " FROM price_index_daily")  # the columns `_sums` reads
+_SELECT_SUMS: Final = _SUMS_OF + """
 WHERE day BETWEEN $1 AND $2
   AND ($3::smallint IS NULL OR product_class = $3)
   AND ($4::smallint IS NULL OR breed_class = $4)
@@ -326,8 +326,7 @@ async def day_sums(db: asyncpg.Connection | asyncpg.Pool, from_day: int, to_day:
 async def first_day_from(db: asyncpg.Connection | asyncpg.Pool, series: Series, day: int) -> DaySums | None:
     """The series' first stored day with trades on or after ``day`` (yyyymmdd): a base day's sums."""
     row = await db.fetchrow(
-        "SELECT day, product_class, breed_class, region, trades, heads, price_heads_fen, value_fen"
-        " FROM price_index_daily WHERE (product_class, breed_class, region) = ($1, $2, $3) AND day >= $4"
+        _SUMS_OF + " WHERE (product_class, breed_class, region) = ($1, $2, $3) AND day >= $4"
         " ORDER BY day LIMIT 1", *series, day)
     return None if row is None else _sums(row)
 
