@@ -27,6 +27,7 @@ from exchange.commands import (
     ConfirmDeposit,
     ConfirmWithdrawal,
     FundsAccount,
+    GrantAdvance,
     ImportBankConfirmations,
     MarkPayoutsSent,
     RepayLoan,
@@ -53,12 +54,17 @@ from exchange.sequencer import Sequencer
 from exchange.settlement import pgstore
 from exchange.settlement.clearing import Clearing
 from exchange.settlement.ledger import (
+    CHART,
+    LEDGER_CNY,
+    Account,
+    CreateAccountResult,
     CreateTransferResult,
     Ledger,
     Transfer,
     TransferCode,
     TransferFlags,
 )
+from exchange.settlement.ledger import AccountCode as AC
 from exchange.settlement.model import FinalKind
 from gateway.auth import Role
 from gateway.exchange_port import EXCHANGE
@@ -67,7 +73,7 @@ from gateway.testing import Exchange as GatewayExchange
 from gateway.testing import running_exchange
 from tests.factories import list_instrument, order
 from tests.sequencer_harness import StepClock
-from tests.settlement_support import BUYER, FARMER, HOUR_NS, OPERATOR, Exchange, world
+from tests.settlement_support import BUYER, FARMER, FINANCIER, HOUR_NS, OPERATOR, Exchange, world
 from tests.test_gateway_settlement import _buy, _cst_date, _farmer, _sell, _settled, _weigh_in
 from tests.test_idempotent_refs import _advanced_farmer, _lot
 from tests.test_ledger import T0_NS, fresh_ledger
@@ -214,7 +220,7 @@ def test_after_the_window_the_exchange_holds_only_what_is_open() -> None:
     # no final trade, payout, deposit, run, file, import or transfer is left; what is held is what is open
     assert held == {"trades": 0, "payouts": 0, "deposits": 0, "withdrawals": 0, "repayments": 0, "runs": 0,
                     "sent_files": 0, "bank_imports": 0, "registrations": 0, "file_digests": 0, "final_queued": 0,
-                    "loans": open_now["loans"], "transfers": open_now["open_pending"]}
+                    "loans": open_now["loans"], "transfers": open_now["open_pending"], "parked_accounts": 0}
     assert clearing.ledger.held_counts() == (open_now["holds"], open_now["holds"], 0)  # a hold per resting buy
     assert sum(len(ids) for ids in core.client_order_ids.values()) == open_now["resting_orders"]
     assert len(core.lots) == len(core.lot_records) == len(clearing.lots) == open_now["live_lots"]
@@ -817,3 +823,73 @@ async def test_the_api_answers_the_same_about_loans_once_memory_forgot_them(shor
     assert await answers() == before
     async with ex.app[POOL].acquire() as conn:
         assert len(await pgstore.archived_loans(conn, fin.participant_id, farmer.participant_id)) == 1
+
+
+# -- accounts: a repaid borrower's loan accounts are parked ------------------------------------------------
+
+
+def _loan_account_ids(clearing: Clearing, financier: int, borrower: int) -> list[int]:
+    return [clearing.accounts[(code, financier, borrower)] for code in (AC.LOANS_RECEIVABLE, AC.LOANS_FUNDED)]
+
+
+def test_a_repaid_borrowers_loan_accounts_are_parked_and_come_back_with_its_next_loan() -> None:
+    """The loan accounts of a financier and a borrower owing it nothing are parked: out of what transfers look
+    up and listed compactly in snapshots, still read as accounts (balances, statements, the database's
+    reconciliation); the next advance unparks them with their counters. Same events and rows as without."""
+    x = _advanced_farmer()  # FARMER owes FINANCIER 2,000,000 fen, interest-free
+    ledger = x.clearing.ledger
+    ids = _loan_account_ids(x.clearing, FINANCIER, FARMER)
+    x.ok(RepayLoan(FARMER, 0, FINANCIER, 500_000, "part"))
+    assert not ledger.parked  # still owed: nothing parked
+    all_before = ledger.accounts()
+    x.ok(RepayLoan(FARMER, 0, FINANCIER, 1_500_000, "rest"))
+    assert sorted(ledger.parked) == ids and x.clearing.held_counts()["parked_accounts"] == 2
+    assert all(ledger.available_fen(i) == 0 for i in ids)
+    assert x.balance(AC.LOANS_RECEIVABLE, FINANCIER, FARMER) == 0
+    parked = [ledger.account(i) for i in ids]
+    assert all(a is not None and a.debits_posted_fen == a.credits_posted_fen == 2_000_000 for a in parked)
+    assert [a.account_id for a in ledger.accounts()] == [a.account_id for a in all_before]  # still accounts
+    ledger.validate()
+    snapshot = x.core.snapshot()
+    _restart(x)  # the parked accounts survive a snapshot: same hash, still parked, counters intact
+    assert sorted(x.clearing.ledger.parked) == ids and x.clearing.ledger.accounts() == ledger.accounts()
+    # the next advance to the same borrower unparks them, counters intact, and lends on them
+    trade = x.trade(BUYER, FARMER, 2800, 10)
+    x.ok(GrantAdvance(FINANCIER, 0, trade.trade_id, 300_000, 0))
+    ledger = x.clearing.ledger
+    assert not ledger.parked and x.balance(AC.LOANS_RECEIVABLE, FINANCIER, FARMER) == 300_000
+    assert [ledger.account(i).debits_posted_fen for i in ids] == [2_300_000, 2_000_000]  # type: ignore[union-attr]
+    assert Core.from_snapshot(snapshot).snapshot() == snapshot  # restores to the same bytes
+    # the same stream without restarts: the same events, rows and state (live == replay)
+    replay = new_exchange()
+    events = [e for c in x.commands for e in replay.apply(c)]
+    assert events == x.events and replay.state_hash() == x.core.state_hash()
+
+
+def test_a_ledger_snapshot_lists_parked_accounts_compactly_and_one_without_them_as_before() -> None:
+    ledger = _funded_ledger()
+    ledger.drain_new_accounts()
+    before = ledger.snapshot()
+    assert not ledger.park(10)  # it holds money: not parked
+    assert ledger.snapshot() == before
+    # an empty account is parked: an array of 8 ints in the snapshot, where it was a map of 11 fields
+    receivable = Account(30, AC.LOANS_RECEIVABLE, 5, user_data=7, flags=CHART[AC.LOANS_RECEIVABLE].limit_flags)
+    assert ledger.create_accounts([receivable], T0_NS + 1) == [CreateAccountResult.OK]
+    assert not ledger.park(30)  # created since the rows were last drained: not yet
+    ledger.drain_new_accounts()
+    with_it = ledger.snapshot()
+    assert ledger.park(30) and not ledger.park(30)
+    parked = ledger.snapshot()
+    assert len(parked) < len(with_it) - 40
+    fields = msgspec.msgpack.decode(parked)
+    flags = CHART[AC.LOANS_RECEIVABLE].limit_flags
+    assert len(fields) == 8 and fields[-1] == [[30, AC.LOANS_RECEIVABLE, 5, LEDGER_CNY, flags, 7, T0_NS + 1, 0]]
+    restored = Ledger.restore(parked)
+    assert restored.snapshot() == parked and restored.accounts() == ledger.accounts()
+    # parked, it takes no transfer; unparked, it does, as it was
+    lend = Transfer(50, 30, 10, 5, TransferCode.ADVANCE)
+    assert restored.create_transfers([lend], T0_NS + 2) == [T.DEBIT_ACCOUNT_NOT_FOUND]
+    restored.unpark(30)
+    assert restored.account(30) == ledger.account(30)
+    assert restored.create_transfers([lend], T0_NS + 2) == [T.OK]
+    restored.validate()

@@ -125,6 +125,11 @@ window a retried reference gets the original answer (``DUPLICATE_REFERENCE`` if 
   which the API merges it into financiers' views and ``GET /v1/loans``, finds a forgotten trade's
   lender, and answers a write-off naming it (409 ``loan_closed``, as the clearing did). A credit line's
   loan stays with its line: the line's next draw opens it again.
+* the loan accounts of a financier and a borrower (principal, its contra, interest receivable) are
+  empty once no loan between them is open: the command that closes the last one parks them in the
+  ledger (``park_loan_accounts``; ledger.py, "Memory": still accounts, out of the transfers' lookups,
+  one small array each in snapshots) and the next loan between them unparks them (``_account_id``).
+  Without this, every farmer who ever borrowed kept two full accounts in memory and snapshots.
 
 Compiled (mypyc, ``setup.py``: this module, state.py and every flow's): the records it keeps
 (``model.py``), the events and the commands are msgspec structs defined in plain modules, except open
@@ -318,6 +323,8 @@ class Clearing(ClearingState):
             elif kind is _INSTRUMENT_LISTED:
                 holds.on_listed(self, event, ts_ns, events)
         self.command_rows.append(self.ledger.drain_rows())
+        if self.closed_loan_pairs:  # a repayment, a write-off or a settlement closed loans: park their accounts
+            self.park_loan_accounts()
 
     def handlers(self) -> dict[type, Handler]:
         """The settlement commands' handlers: ``handler(command, events)``."""
@@ -356,6 +363,8 @@ class Clearing(ClearingState):
                 accounts, postings = rows.pop()
                 more = ([*accounts, *more[0]], [*postings, *more[1]])
             rows.append(more)
+        if self.closed_loan_pairs:  # the tick's settlements and subsidised interest closed loans
+            self.park_loan_accounts()
 
     # ------------------------------------------------------------------------------------- queries
 
@@ -523,6 +532,7 @@ class Clearing(ClearingState):
             "registrations": len(self.registrations), "file_digests": len(self.file_digests),
             "loans": len(self.loans),
             "final_queued": len(self.final) - self._final_head, "transfers": self.ledger.held_counts()[0],
+            "parked_accounts": len(self.ledger.parked),
         }
 
     # ------------------------------------------------------------------------------- persistence

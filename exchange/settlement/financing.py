@@ -106,6 +106,8 @@ def loan_closed(cl: ClearingState, loan: Loan, ts_ns: int) -> None:
     stays with its line: the line's next draw opens it again."""
     if loan.kind == LoanKind.ADVANCE:
         cl._final_at(ts_ns, FinalKind.LOAN, loan.loan_id)
+    # its accounts may be empty now: parked at the command's end (after its transfers are applied)
+    cl.closed_loan_pairs.append((loan.financier_id, loan.borrower_id))
 
 
 def accrue(cl: ClearingState, loan: Loan, day: int, ts_ns: int, out: list) -> None:

@@ -37,6 +37,14 @@ post or void of a forgotten pending transfer is ``PENDING_TRANSFER_NOT_FOUND``. 
 ``ledger_transfers`` (transfer id, entry) would refuse a transfer written twice in any case.
 Snapshots hold the same live state, so their size follows what is open, not history.
 
+An account with nothing in it (zero balance, nothing pending) that its owner is not expected to use
+soon, such as the loan accounts of a borrower who has repaid everything, may be parked (``park``, the
+clearing's choice): it is still an account of the ledger (``account``, ``accounts``, ``validate`` and
+``available_fen`` read it as before), but out of the accounts transfers look up until ``unpark`` brings
+it back, counters intact, and snapshots list it as one array of 8 ints instead of a map of 11 named
+fields. Parking writes no row: the account is in ``ledger_accounts`` already, its balance is the
+postings'.
+
 Validation happens in a fixed order (``CreateTransferResult`` lists the codes; the order is spelled out
 in ``Ledger.create_transfers``); state is changed only after the last check passes.
 ``create_transfer(t, now_ns)`` answers exactly as ``create_transfers([t], now_ns)[0]`` without the
@@ -283,6 +291,8 @@ class Ledger:
 
     def __init__(self) -> None:
         self._accounts: dict[int, _Account] = {}
+        # parked accounts (see "Memory"): out of ``_accounts``, which transfers look up, until unparked
+        self.parked: dict[int, _Account] = {}
         self._transfers: dict[int, Transfer] = {}
         self._pending_status: dict[int, int] = {}  # pending transfer id -> PendingStatus
         self._expires_at_ns: dict[int, int] = {}  # pending transfer id -> deadline (timeout > 0 only)
@@ -376,6 +386,24 @@ class Ledger:
         self._accounts[a.account_id] = stored
         self._new_accounts.append(stored)
         return _A_OK
+
+    def park(self, account_id: int) -> bool:
+        """Park an account that has nothing in it: zero balance, no pending debit or credit, created before
+        the rows last drained (see "Memory"). Whether it was parked (False: unknown, parked already, or not
+        empty). Transfers naming it are refused ``*_ACCOUNT_NOT_FOUND`` until ``unpark``."""
+        a = self._accounts.get(account_id)
+        if (a is None or a.debits_pending_fen or a.credits_pending_fen or a.debits_posted_fen != a.credits_posted_fen
+                or a in self._new_accounts):  # fmt: skip
+            return False
+        del self._accounts[account_id]
+        self.parked[account_id] = a
+        return True
+
+    def unpark(self, account_id: int) -> None:
+        """Bring a parked account back among those transfers look up (no-op for any other id)."""
+        a = self.parked.pop(account_id, None)
+        if a is not None:
+            self._accounts[account_id] = a
 
     # ---------------------------------------------------------------------------------------- transfers
 
@@ -830,7 +858,11 @@ class Ledger:
         # An array-like struct encodes as the tuple of its fields: without anything final held or forgotten
         # the two optional fields are left out, so such a state encodes to the bytes earlier versions wrote
         # (their snapshots restore to their recorded hashes).
-        return _SNAPSHOT_ENCODER.encode(fields if snap.final or snap.forgotten_id else fields[:-2])
+        if not snap.parked:
+            fields = fields[:-1]
+            if not snap.final and not snap.forgotten_id:
+                fields = fields[:-2]
+        return _SNAPSHOT_ENCODER.encode(fields)
 
     @classmethod
     def restore(cls, data: bytes) -> Ledger:
@@ -854,6 +886,10 @@ class Ledger:
                 ledger._final.append(tid)
                 ledger._final_at.append(at)
         ledger._unqueued_final = not snap.final
+        for account_id, code, owner_id, ledger_code, flags, user_data, ts_ns, posted in snap.parked:
+            a = _Account(account_id, code, owner_id, ledger_code, flags, user_data, ts_ns)
+            a.debits_posted_fen = a.credits_posted_fen = posted
+            ledger.parked[account_id] = a
         return ledger
 
     def state_hash(self) -> str:
@@ -869,6 +905,8 @@ class Ledger:
             expires_at_ns={k: self._expires_at_ns[k] for k in sorted(self._expires_at_ns)},
             forgotten_id=self._forgotten_id,
             final=self._final_runs(),
+            parked=[(a.account_id, a.code, a.owner_id, a.ledger, a.flags, a.user_data, a.ts_ns, a.debits_posted_fen)
+                    for a in (self.parked[k] for k in sorted(self.parked))],
         )
 
     def _final_runs(self) -> list[list[int]]:
@@ -892,15 +930,19 @@ class Ledger:
     def account(self, account_id: int) -> Account | None:
         """A copy of the account, or None."""
         a = self._accounts.get(account_id)
+        if a is None:
+            a = self.parked.get(account_id)
         return None if a is None else a.record()
 
     def accounts(self) -> list[Account]:
-        """Copies of all accounts, by id."""
-        return [self._accounts[k].record() for k in sorted(self._accounts)]
+        """Copies of all accounts (parked ones too), by id."""
+        held = self._accounts
+        return [(held[k] if k in held else self.parked[k]).record() for k in sorted([*held, *self.parked])]
 
     def available_fen(self, account_id: Boxed) -> int:
         """credits_posted - debits_posted - debits_pending: what a DEBITS_MUST_NOT_EXCEED_CREDITS account
-        can still be debited (pending holds count). 0 for an unknown account. No copy: for hot paths
+        can still be debited (pending holds count). 0 for an unknown account (and a parked one: it is empty).
+        No copy: for hot paths
         (``account_id`` Boxed: compiled, the lookup uses the caller's object instead of boxing it anew)."""
         a = self._accounts.get(account_id)
         if a is None:
@@ -923,7 +965,7 @@ class Ledger:
     def validate(self) -> None:
         """Check internal invariants; raise AssertionError naming the first one broken."""
         totals = [0, 0, 0, 0]
-        for a in self._accounts.values():
+        for a in [*self._accounts.values(), *self.parked.values()]:
             c = a.counters()
             if min(c) < 0:
                 raise AssertionError(f"account {a.account_id} has a negative counter {c}")

@@ -327,6 +327,11 @@ class LedgerSnapshot(msgspec.Struct, array_like=True):
     # (``Ledger.forget``), as runs of one time: [final_at_ns, transfer id, transfer id, ...].
     forgotten_id: int = 0
     final: list[list[int]] = []
+    # Optional and last too: the parked accounts (``Ledger.park``: zero balance, nothing pending, no use
+    # expected), each as one array (account_id, code, owner_id, ledger, flags, user_data, ts_ns, posted_fen):
+    # its debits and credits posted are both ``posted_fen``, its pending counters 0. An array of 8 ints,
+    # where an ``Account`` in ``accounts`` encodes as a map of its 11 named fields.
+    parked: list[tuple[int, int, int, int, int, int, int, int]] = []
 
 
 # Columns of ``ledger_transfers`` (exchange/migrations/0006_ledger_transfers.sql) and ``ledger_accounts``

@@ -214,6 +214,9 @@ if (
 ):  # fmt: skip
     raise ImportError("a struct the clearing reads by position changed: update how the clearing's flows unpack it")
 _ENCODER = msgspec.msgpack.Encoder()
+# the accounts of a financier and a borrower that a loan uses (financing.py), parked once every loan between
+# them is closed (ClearingState.park_loan_accounts)
+_LOAN_CODES: Final = (int(AC.LOANS_RECEIVABLE), int(AC.LOANS_FUNDED), int(AC.INTEREST_RECEIVABLE))
 
 
 
@@ -303,6 +306,9 @@ class ClearingState:
         self.bank_codes: dict[int, tuple[str, str]] = {}  # participant -> (bank code, branch code), when given
         self.file_digests: dict[str, str] = {}  # payout file ref -> SHA-256 of the bytes sent (when recorded)
         self.registrations: dict[str, Registration] = {}  # registration ref -> what it made
+        # (financier, borrower) of every loan closed by the command being applied: its loan accounts are
+        # parked at the command's end if empty (``park_loan_accounts``); empty between commands, so not state
+        self.closed_loan_pairs: list[tuple[int, int]] = []
         self._rebuild_indexes()
         self.ledger.create_accounts([_account(int(code), int(code), 0, 0) for code in HOUSE], 0)
 
@@ -396,6 +402,8 @@ class ClearingState:
                 self._cash_accounts[owner_id] = account_id
             elif code == _RECEIVABLE:
                 self._receivable_accounts[owner_id] = account_id
+        elif account_id in self.ledger.parked:  # a repaid borrower's loan account, used again (park_loan_accounts)
+            self.ledger.unpark(account_id)
         return account_id
 
     def _balance(self, code: int, owner_id: int = 0, user_data: int = 0) -> int:
@@ -474,6 +482,23 @@ class ClearingState:
     def has_consented(self, participant_id: int, financier_id: int) -> bool:
         who = self.participants.get(participant_id)
         return who is not None and financier_id in who.consents
+
+    def park_loan_accounts(self) -> None:
+        """Park the loan accounts (principal, its contra, interest receivable) of every financier and
+        borrower a loan was closed between by the command just applied, unless another of their loans is
+        still open: a repaid borrower's accounts are empty and wait, perhaps for ever, for its next loan
+        from that financier (``_account_id`` unparks them then). The ledger parks only empty accounts."""
+        pairs = self.closed_loan_pairs
+        self.closed_loan_pairs = []
+        ledger = self.ledger
+        for financier_id, borrower_id in pairs:
+            if any(self.loans[k].financier_id == financier_id and self.loans[k].is_open
+                   for k in self._loans_by_borrower.get(borrower_id, ())):
+                continue
+            for code in _LOAN_CODES:
+                account_id = self.accounts.get((code, financier_id, borrower_id))
+                if account_id is not None:
+                    ledger.park(account_id)
 
     def _final_at(self, ts_ns: Boxed, kind: FinalKind, key: Boxed) -> None:
         """Queue a record that became final at ``ts_ns`` (see "Memory")."""
