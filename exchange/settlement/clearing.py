@@ -98,8 +98,11 @@ window. A record that becomes final is queued (``_final_at``): a trade settled o
 confirmed or returned, a withdrawal paid or failed, and at once a deposit, a repayment, a payout run,
 a bank file sent and a bank file imported. ``forget(before_ns)``, called by the core on every clock
 tick with the tick's time less its window (``ClockTick.retention_ns``, default 24 h), drops what was
-queued before that time, oldest first, then lets the ledger forget its final transfers. Inside the
-window a retried reference gets the original answer (``DUPLICATE_REFERENCE`` if it differs); after it:
+queued before that time, oldest first, then has the ledger forget every transfer that is final by the
+tick (ledger.py, "Memory"): the clearing names no transfer twice (it numbers them from its counter) and
+recognises a retried command by its reference and the records above, never by a transfer, so a final
+transfer in memory would serve nothing; ``ledger_transfers`` has it. Inside the window a retried
+reference gets the original answer (``DUPLICATE_REFERENCE`` if it differs); after it:
 
 * a settled trade is kept while money from it is still payable or in a payout not yet final (how long
   a payee has waited is read from it); then, like the others,
@@ -432,7 +435,8 @@ class Clearing(ClearingState):
         self._final_head = head
         if gone:
             self.archived.append((now_ns, gone))
-        self.ledger.forget(before_ns)
+        # every transfer final by this tick, not only those a window old: no retry ever names one ("Memory")
+        self.ledger.forget(now_ns + 1 if now_ns >= before_ns else before_ns)
 
     def _advance_outlived(self, loan_id: int, at_ns: Boxed) -> None:
         """A trade was forgotten: its advance, if closed, is final from ``at_ns`` (one window more, so
