@@ -288,6 +288,33 @@ def test_failed_chain_rolls_back_every_earlier_member() -> None:
     ledger.validate()
 
 
+def pair_of(ledger: Ledger, first: Transfer, second: Transfer, now_ns: int) -> list[CreateTransferResult]:
+    """``create_pair_of`` given the two transfers' fields (timeouts are not among them: 0)."""
+    assert first.timeout_ns == second.timeout_ns == 0
+    fields = msgspec.structs.astuple(first)[:8] + msgspec.structs.astuple(second)[:8]
+    return list(ledger.create_pair_of(*fields, now_ns))
+
+
+@pytest.mark.parametrize("second", [
+    hold(4, 700_000),  # the clearing's partial fill: post, then hold the rest again
+    hold(4, 700_001),  # 1 fen more than the post leaves: the post is rolled back
+    Transfer(4, BUYER_A, BUYER_B, 1, TransferCode.TRADE, flags=LINKED),  # not a closed pair: the batch's answer
+])  # fmt: skip
+@pytest.mark.parametrize("post_flags", [POST | LINKED, POST])
+def test_a_pair_by_fields_answers_and_changes_as_a_batch_of_the_two(second: Transfer, post_flags: int) -> None:
+    by_batch, by_fields = fresh_ledger(), fresh_ledger()
+    for ledger in (by_batch, by_fields):
+        assert ledger.create_transfers([hold(2, 1_000_000)], NOW_NS) == [R.OK]
+    post = Transfer(3, amount_fen=300_000, flags=post_flags, pending_id=2, code=TransferCode.TRADE, user_data=9)
+    expected = by_batch.create_transfers([post, second], NOW_NS)
+    assert pair_of(by_fields, post, second, NOW_NS) == expected
+    assert by_fields.state_hash() == by_batch.state_hash()
+    assert by_fields.drain_postings() == by_batch.drain_postings()
+    assert pair_of(by_fields, post, second, NOW_NS) == by_batch.create_transfers([post, second], NOW_NS)  # retried
+    assert by_fields.state_hash() == by_batch.state_hash()
+    by_fields.validate()
+
+
 def test_chain_members_after_the_failure_are_not_evaluated() -> None:
     ledger = fresh_ledger()
     chain = [Transfer(2, BUYER_A, BUYER_A, 1, TransferCode.TRADE, flags=LINKED),

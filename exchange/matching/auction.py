@@ -60,7 +60,7 @@ def uncross(book: OrderBook, reference_price_fen: int, ts_ns: int, events: list)
     for side, prices in ((book.bids, sorted(touched_bids, reverse=True)), (book.asks, sorted(touched_asks))):
         for level_price in prices:
             book.level_changed(side, level_price, ts_ns, events)
-            side.drop_level_if_empty(side.levels[side.sign * level_price])
+            side.drop_level_if_empty(side.levels[side.key(level_price)])
     return (price, volume)
 
 

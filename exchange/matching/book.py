@@ -122,14 +122,19 @@ class BookSide:
 
     def __init__(self, side: int) -> None:
         self.side = side
-        self.sign = -1 if side == BUY else 1  # key = sign * price, so index 0 is always the best
+        self.sign = -1 if side == BUY else 1  # key = sign * price (``key``), so index 0 is always the best
         self.keys: SortedList = SortedList()
         self.levels: dict[int, Level] = {}
         self.best_key: int | None = None
 
+    def key(self, price_fen: int) -> int:
+        """``sign * price_fen``, as a negation: compiled, a product with a negative operand leaves mypyc's
+        short-int fast path for a generic multiplication (some 400 instructions; every bid that rests)."""
+        return -price_fen if self.side == BUY else price_fen
+
     def append(self, order: Order) -> Level:
         """Put an order at the back of its price level."""
-        key = self.sign * order.price_fen
+        key = self.key(order.price_fen)
         level = self.levels.get(key)
         if level is None:
             level = Level(order.price_fen)
@@ -167,7 +172,7 @@ class BookSide:
     def drop_level_if_empty(self, level: Level) -> bool:
         if level.head is not None:
             return False
-        key = self.sign * level.price_fen
+        key = self.key(level.price_fen)
         del self.levels[key]
         self.keys.remove(key)
         if key == self.best_key:
@@ -247,7 +252,7 @@ class OrderBook:
         counters.next_priority += 1
         self.live_orders[order.order_id] = order
         book_side = self.bids if order.side == BUY else self.asks
-        level = book_side.levels.get(book_side.sign * order.price_fen)
+        level = book_side.levels.get(book_side.key(order.price_fen))
         if level is None or level.tail is None:
             level = book_side.append(order)  # a new level: let append keep the sorted keys
         else:  # the common case, inlined: the back of an existing level
@@ -271,7 +276,7 @@ class OrderBook:
 
     def level_changed(self, book_side: BookSide, price_fen: int, ts_ns: TimeNs, events: list) -> None:
         """Emit the new size of the level at ``price_fen``: 0 if it is gone."""
-        level = book_side.levels.get(book_side.sign * price_fen)
+        level = book_side.levels.get(book_side.key(price_fen))
         heads = 0 if level is None else level.heads
         self.seq += 1
         events.append(BookChanged(self.seq, ts_ns, self.instrument, SIDES[book_side.side], price_fen, heads))

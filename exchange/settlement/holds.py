@@ -25,10 +25,13 @@ from exchange.settlement.ledger import (
 )
 from exchange.settlement.state import (
     _BUY,
+    _EMPTY,
     _ESCROW,
+    _IN_GRADE,
     _LINKED,
     _OBLIGATION_RECORDED,
     _OK,
+    _OPEN,
     _PENDING,
     _POST,
     _POST_LINKED,
@@ -219,13 +222,18 @@ def on_trade(cl: ClearingState, e: Trade, ts_ns: Boxed, out: list) -> None:
     tid: Boxed = cl._next_tid()
     # the ledger calls of _commit and _commit_one, inline: once per fill
     if remaining:
+        # the post and the re-hold of the rest, one linked pair given by its fields (no request structs)
         rehold_id: Boxed = cl._next_tid()
-        chain = [_TRANSFER(tid, _ZERO, _ZERO, obligation, _TC_TRADE, trade_id, _POST_LINKED, pending_id),
-                 _TRANSFER(rehold_id, source_account_id, _ESCROW, remaining * per_head, _TC_HOLD,
-                           hold.order_id, _PENDING)]
-        results = cl.ledger.create_chain(chain, ts_ns)
-        if results[0] is not _OK or results[1] is not _OK:
-            refused_chain(chain, results)
+        rehold_fen: Boxed = remaining * per_head
+        order_id: Boxed = hold.order_id
+        first, second = cl.ledger.create_pair_of(
+            tid, _ZERO, _ZERO, obligation, _TC_TRADE, trade_id, _POST_LINKED, pending_id,
+            rehold_id, source_account_id, _ESCROW, rehold_fen, _TC_HOLD, order_id, _PENDING, _ZERO, ts_ns,
+        )  # fmt: skip
+        if first is not _OK or second is not _OK:
+            refused_chain([_TRANSFER(tid, _ZERO, _ZERO, obligation, _TC_TRADE, trade_id, _POST_LINKED, pending_id),
+                           _TRANSFER(rehold_id, source_account_id, _ESCROW, rehold_fen, _TC_HOLD, order_id,
+                                     _PENDING)], [first, second])  # fmt: skip
         hold.pending_id = rehold_id
         hold.remaining_heads = remaining
     else:
@@ -238,9 +246,13 @@ def on_trade(cl: ClearingState, e: Trade, ts_ns: Boxed, out: list) -> None:
     seller_id: Boxed = f[9]
     financier_id: Boxed = hold.financier_id
     lot_id: Boxed = f[10]
+    # every field given (the defaults as the same objects): msgspec fills 26 missing fields' defaults at a
+    # higher cost than it takes positional arguments
     cl.trades[trade_id] = _TRADE_RECORD(
         trade_id, instrument, buyer_id, seller_id, lot_id, buy_order_id, heads, price,
-        obligation, source_account_id, financier_id, ts_ns,
+        obligation, source_account_id, financier_id, ts_ns, _OPEN, _ZERO, _ZERO, _ZERO, _IN_GRADE, _ZERO, _EMPTY, _ZERO,
+        _ZERO, _ZERO, _EMPTY, _ZERO, _ZERO, _ZERO, _ZERO, _ZERO, _ZERO, _ZERO, _ZERO, _ZERO, _ZERO, _ZERO, _ZERO, _ZERO,
+        _ZERO, _ZERO,
     )  # fmt: skip
     open_by_lot = cl._open_trades_by_lot
     open_by_lot[lot_id] = open_by_lot.get(lot_id, 0) + 1

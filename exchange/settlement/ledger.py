@@ -50,8 +50,10 @@ in ``Ledger.create_transfers``); state is changed only after the last check pass
 ``create_transfer(t, now_ns)`` answers exactly as ``create_transfers([t], now_ns)[0]`` without the
 lists: the clearing's path for a lone transfer (most of its transfers), chains go through
 ``create_transfers``. ``create_transfer_of`` is ``create_transfer`` given the fields instead of a struct
-(the ledger makes only the transfer it keeps: the clearing's holds, fills and releases), and
-``create_chain`` is ``create_transfers`` for a batch built as one chain. Every check runs on every path.
+(the ledger makes only the transfer it keeps: the clearing's holds, fills and releases),
+``create_chain`` is ``create_transfers`` for a batch built as one chain, and ``create_pair_of`` is
+``create_chain`` of two transfers given by their fields (a partial fill's post and re-hold). Every
+check runs on every path.
 
 Compiled
 --------
@@ -508,6 +510,52 @@ class Ledger:
         self._now_ns = now_ns
         return self._create_transfer_chain(chain, now_ns, fields)
 
+    def create_pair_of(
+        self, tid: Boxed, dr_id: Boxed, cr_id: Boxed, amount: Boxed, code: Boxed, user_data: Boxed, flags: Boxed,
+        pending_id: Boxed, tid2: Boxed, dr_id2: Boxed, cr_id2: Boxed, amount2: Boxed, code2: Boxed,
+        user_data2: Boxed, flags2: Boxed, pending_id2: Boxed, now_ns: Boxed,
+    ) -> tuple[CreateTransferResult, CreateTransferResult]:
+        """``create_chain`` of two transfers given by their fields (the first LINKED, the second not): the
+        clearing's partial fill, a post and the re-hold of the rest. No request structs, field tuples or
+        result list (compiled, the two results come back as a C struct); any other flags take
+        ``create_transfers``'s path."""
+        first_flags: int = flags
+        second_flags: int = flags2
+        if not first_flags & _LINKED or second_flags & _LINKED:
+            results = self.create_transfers([
+                _Transfer(tid, dr_id, cr_id, amount, code, user_data, flags, pending_id),
+                _Transfer(tid2, dr_id2, cr_id2, amount2, code2, user_data2, flags2, pending_id2),
+            ], now_ns)  # fmt: skip
+            return results[0], results[1]
+        if now_ns < self._now_ns:
+            self._advance_clock(now_ns)  # raises
+        self._now_ns = now_ns
+        undo: list[_Undo] = []
+        self._undo = undo
+        mark = len(self._postings)
+        final_mark = len(self._final)
+        try:
+            first = self._create_transfer(None, tid, dr_id, cr_id, amount, code, user_data, flags, pending_id,
+                                          _ZERO_B, now_ns)  # fmt: skip
+            if first is not _OK and first is not _EXISTS:
+                return first, _R.LINKED_EVENT_FAILED  # nothing applied
+            second = self._create_transfer(None, tid2, dr_id2, cr_id2, amount2, code2, user_data2, flags2,
+                                           pending_id2, _ZERO_B, now_ns)  # fmt: skip
+            if second is not _OK and second is not _EXISTS:
+                self._roll_back_chain(undo, mark, final_mark)
+                return _R.LINKED_EVENT_FAILED, second
+            return first, second
+        finally:
+            self._undo = None
+
+    def _roll_back_chain(self, undo: list[_Undo], posting_mark: int, final_mark: int) -> None:
+        """Undo a failed chain's applied members: counters, records, postings and the final queue."""
+        self._rollback_transfers(undo, posting_mark)
+        final, final_at = self._final, self._final_at
+        while len(final) > final_mark:
+            final.pop()
+            final_at.pop()
+
     def _create_transfer_chain(
         self, chain: Sequence[Transfer], now_ns: Boxed, fields: list[tuple[Any, ...]] | None = None
     ) -> list[CreateTransferResult]:
@@ -524,11 +572,7 @@ class Ledger:
                 f = fields[k]
                 result = self._create_transfer(t, f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], now_ns)
                 if result is not _OK and result is not _EXISTS:
-                    self._rollback_transfers(undo, mark)
-                    final, final_at = self._final, self._final_at
-                    while len(final) > final_mark:
-                        final.pop()
-                        final_at.pop()
+                    self._roll_back_chain(undo, mark, final_mark)
                     failed = [_R.LINKED_EVENT_FAILED] * len(chain)
                     failed[len(results)] = result
                     return failed

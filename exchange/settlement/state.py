@@ -29,6 +29,7 @@ from exchange.commands import (
 )
 from exchange.domain import InstrumentSpec, QuarantineRegion, RejectReason, Side
 from exchange.events import (
+    DeliveryGrade,
     DeliveryRecorded,
     InstrumentListed,
     LoanKind,
@@ -116,6 +117,8 @@ _ESCROW: Final[Boxed] = int(AC.ESCROW)
 _FEES: Final[Boxed] = int(AC.FEE_INCOME)
 _SUBSIDY: Final[Boxed] = int(AC.POVERTY_SUBSIDY_FUND)
 _ZERO: Final[Boxed] = 0  # the 0s that go into transfers and events, as one object
+_EMPTY: Final[Boxed] = ""
+_IN_GRADE: Final[Boxed] = DeliveryGrade.IN_GRADE
 _SHORT_MAX: Final = 2**62 - 1  # the largest int compiled code holds unboxed (see _valid_delivery)
 # Enum members the hot paths name, as module globals (the same member objects): on Python 3.11 an
 # attribute of an enum class costs ~100 ns (the enum metaclass defines ``__getattr__``, which takes
@@ -213,6 +216,11 @@ if (
     )
 ):  # fmt: skip
     raise ImportError("a struct the clearing reads by position changed: update how the clearing's flows unpack it")
+# holds.on_trade gives a new TradeRecord every field, its defaults as these objects (see there why)
+if TradeRecord.__struct_defaults__ != (
+    TradeState.OPEN, 0, 0, 0, DeliveryGrade.IN_GRADE, 0, "", 0, 0, 0, "", *(0,) * 15
+) or TradeRecord.__struct_fields__.index("state") != 12:  # fmt: skip
+    raise ImportError("TradeRecord's defaults changed: update holds.on_trade, which passes them all")
 _ENCODER = msgspec.msgpack.Encoder()
 # the accounts of a financier and a borrower that a loan uses (financing.py), parked once every loan between
 # them is closed (ClearingState.park_loan_accounts)
