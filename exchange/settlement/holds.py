@@ -184,11 +184,13 @@ def on_lot(cl: ClearingState, e: LotRegistered, ts_ns: Boxed, out: list) -> None
 
 
 def on_accepted(cl: ClearingState, e: OrderAccepted, ts_ns: Boxed, out: list) -> None:
+    if e.side != _BUY:
+        return  # a sell holds nothing: one attribute read, not the tuple of all fields
     # (seq, ts_ns, order_id, participant_id, client_order_id, instrument, side, price_fen, quantity_heads,
-    # lot_id): one tuple instead of six attribute reads
+    # lot_id): one tuple instead of five attribute reads
     f = _astuple(e)
     order_id: Boxed = f[2]
-    if f[6] == _BUY and order_id not in cl.holds:
+    if order_id not in cl.holds:
         place_hold(cl, order_id, f[3], f[7], f[8], ts_ns, f[5])
 
 

@@ -312,6 +312,10 @@ class Ledger:
         self._final_at: list[Boxed] = []
         self._final_head = 0
         self._forgotten_id = 0  # the highest id forget() dropped: ids up to it that are not held are refused
+        # At least every id held or forgotten (raised by a new transfer's id as it is checked, kept by a refusal or
+        # a rollback): a transfer above it needs neither the lookup of its id nor the forgotten check (not state:
+        # restore recomputes it; compiled, one native comparison for the clearing's ever-growing ids)
+        self._top_id = 0
         # Set by restore() when the snapshot lists no final transfer: one written before forget()
         # existed may hold final transfers that were never queued; the first forget() queues them.
         self._unqueued_final = False
@@ -651,13 +655,16 @@ class Ledger:
         # One asset ledger (CNY) exists, so accounts always share it; a second currency would add
         # an ACCOUNTS_MUST_HAVE_THE_SAME_LEDGER check here.
         transfers = self._transfers
-        e = transfers.get(tid)
-        if e is not None:
-            return _transfer_exists(
-                (tid, dr_id, cr_id, amount_value, code, user_data, flags_value, pending_id, timeout_value), e)
-        forgotten_id = self._forgotten_id
-        if forgotten_id and _is_forgotten(tid, forgotten_id):
-            return _R.ID_FORGOTTEN
+        if _is_forgotten(tid, self._top_id):  # an id above every one held or forgotten is neither (_top_id)
+            e = transfers.get(tid)
+            if e is not None:
+                return _transfer_exists(
+                    (tid, dr_id, cr_id, amount_value, code, user_data, flags_value, pending_id, timeout_value), e)
+            forgotten_id = self._forgotten_id
+            if forgotten_id and _is_forgotten(tid, forgotten_id):
+                return _R.ID_FORGOTTEN
+        else:
+            self._top_id = tid
         dr_pending, dr_posted = dr.debits_pending_fen, dr.debits_posted_fen
         cr_pending, cr_posted = cr.credits_pending_fen, cr.credits_posted_fen
         dr_debits = dr_pending + dr_posted + amount  # the debit account's debits after the transfer
@@ -745,12 +752,15 @@ class Ledger:
         user_data: Boxed = req_user_data or held_fields[5]
         posted_value: Boxed = (amount_value or held_value) if post else held_value
         resolved = _Transfer(tid, dr_id, cr_id, posted_value, code, user_data, flags, pending_id, _ZERO_B)
-        e = transfers.get(tid)
-        if e is not None:
-            return _transfer_exists(_astuple(resolved), e)
-        forgotten_id = self._forgotten_id
-        if forgotten_id and _is_forgotten(tid, forgotten_id):
-            return _R.ID_FORGOTTEN
+        if _is_forgotten(tid, self._top_id):  # as in _create_transfer
+            e = transfers.get(tid)
+            if e is not None:
+                return _transfer_exists(_astuple(resolved), e)
+            forgotten_id = self._forgotten_id
+            if forgotten_id and _is_forgotten(tid, forgotten_id):
+                return _R.ID_FORGOTTEN
+        else:
+            self._top_id = tid
         status = self._pending_status[pending_id]
         if status != _ST_PENDING:
             return _RESOLVED_STATUS_RESULT[status]
@@ -923,6 +933,7 @@ class Ledger:
             if ledger._pending_status[pid] == _ST_PENDING
         )
         ledger._forgotten_id = snap.forgotten_id
+        ledger._top_id = max(snap.forgotten_id, max(ledger._transfers, default=0))
         ledger._final, ledger._final_at, ledger._final_head = [], [], 0
         for run in snap.final:
             at = run[0]
