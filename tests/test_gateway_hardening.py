@@ -40,7 +40,7 @@ from gateway.routes import Call, RouteTable
 from gateway.schemas import LotPath
 from gateway.state import HUB
 from gateway.testing import Exchange, running_exchange
-from gateway.ws import AuthMessage, PingMessage, SubscribeMessage, UnsubscribeMessage
+from gateway.ws import AuthMessage, MessageDecoder, PingMessage, SubscribeMessage, UnsubscribeMessage
 
 from .conftest import FreshDatabase
 
@@ -237,6 +237,55 @@ def test_only_types_that_reencode_no_longer_take_the_fast_duplicate_check() -> N
         assert reencodes_no_longer(msgspec.inspect.type_info(op)), op
     for other in (float, datetime.datetime, list[float], int | float):
         assert not reencodes_no_longer(msgspec.inspect.type_info(other)), other
+
+
+_TEXTS = st.one_of(st.text(max_size=40), st.text(alphabet="RC-LH_WSY09 !~:\"\\\t\u00e9\u200f", max_size=40),
+                   st.sampled_from(["RC-LH-WSY", "c-1", "", " ", "a b", "x\n", "-", "_", "~!", "\u00e9"]))
+
+
+_VALID_PLACE: dict[str, Any] = {"client_order_id": "c1", "instrument": "RC-LH-WSY", "side": "buy", "quantity_heads": 1,
+                                "price_fen": 2800}
+
+
+_QUICK = MessageDecoder(HUB_OPS)
+
+
+def _outcome(decode: Any, raw: bytes) -> tuple[str, Any]:
+    try:
+        msg = decode(raw)
+    except Exception as exc:
+        return type(exc).__name__, str(exc)
+    return msg.__struct_config__.tag, msgspec.structs.asdict(msg)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.dictionaries(st.sampled_from(["client_order_id", "instrument", "side", "quantity_heads", "price_fen",
+                                        "lot_id", "order_id", "channels", "colour"]),
+                       st.one_of(_TEXTS, _TEXTS, st.integers(-2, 3), st.none(), st.lists(_TEXTS, max_size=2)),
+                       max_size=3),
+       st.sampled_from(["place_order", "amend_order", "cancel_order", "subscribe", "ping", "auth", "nope"]),
+       st.sampled_from(["", "}", ",", ',"id":1']))
+def test_the_quick_message_decoder_answers_as_the_exact_one(fields: dict[str, Any], op: str, tail: str) -> None:
+    """`MessageDecoder` (class patterns checked without a regex) gives every message the exact decoder's
+    answer: the same op and fields, or the same error, whatever the strings hold (spaces, escapes, control
+    and non-ASCII characters, nothing) and whether or not the JSON is whole."""
+    decoder = _QUICK  # one for all examples: the values it learnt to match are checked again
+    whole = {"place_order": _VALID_PLACE, "amend_order": {"order_id": 1}, "cancel_order": {"order_id": 1},
+             "subscribe": {"channels": []}}.get(op, {})
+    raw = msgspec.json.encode({"op": op, **whole, **fields})
+    for text in (raw, raw[:-1] + tail.encode()):
+        assert _outcome(decoder.decode, text) == _outcome(decoder.exact.decode, text)
+
+
+def test_the_quick_message_decoder_checks_the_patterns() -> None:
+    decoder = MessageDecoder(HUB_OPS)
+    place = {"op": "place_order", **_VALID_PLACE}
+    assert decoder.decode(msgspec.json.encode(place)).client_order_id == "c1"
+    for field, bad in (("client_order_id", "c 1"), ("client_order_id", "c\u00e91"), ("instrument", "RC.LH"),
+                       ("instrument", "RC\u0660")):
+        raw = msgspec.json.encode(place).replace(f'"{place[field]}"'.encode(), f'"{bad}"'.encode())
+        with pytest.raises(msgspec.ValidationError, match=f"regex .* at `\\$.{field}`"):
+            decoder.decode(raw)
 
 
 async def test_duplicate_keys_are_refused_over_http(ex: Exchange, market: str) -> None:
