@@ -181,6 +181,40 @@ async def test_append_is_all_or_nothing_inside_a_transaction(fresh_database_url:
         await conn.close()
 
 
+async def test_a_copy_begins_and_commits_in_its_own_query(fresh_database_url: FreshDatabase) -> None:
+    """copy_binary_statement (the sequencer's two round trips a batch): BEGIN before a COPY leaves the
+    transaction open with the rows in it, COMMIT after a COPY ends it; a COPY that fails runs nothing after
+    it, so its COMMIT never happens, and the rows of the transaction go with the connection."""
+    dsn = await fresh_database_url()
+    conn = await asyncpg.connect(dsn)
+    reader = await asyncpg.connect(dsn)
+    encoder = msgspec.msgpack.Encoder()
+
+    def rows(first_seq: int, n: int) -> bytes:
+        return store.encode_journal_rows(first_seq, [ts_ns] * n, [b"\x90"] * n, [encoder.encode([])] * n)
+
+    commit = store.JOURNAL_COPY + "; COMMIT"
+    ts_ns = 1_790_000_000_000_000_000
+    try:
+        await store.ensure_journal_partitions(conn, (ts_ns,))
+        await store.begin_copy_journal_binary(conn, rows(1, 3))
+        assert conn.is_in_transaction()
+        assert await reader.fetchval("SELECT count(*) FROM journal") == 0  # not committed yet
+        await store.copy_binary_statement(conn, commit, rows(4, 2))
+        assert not conn.is_in_transaction()
+        assert await reader.fetchval("SELECT array_agg(seq ORDER BY seq) FROM journal") == [1, 2, 3, 4, 5]
+
+        await store.begin_copy_journal_binary(conn, rows(6, 1))
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await store.copy_binary_statement(conn, commit, rows(5, 2))  # seq 5 again
+        assert conn.is_in_transaction()  # aborted, never committed
+        conn.terminate()
+        assert await reader.fetchval("SELECT max(seq) FROM journal") == 5
+    finally:
+        conn.terminate()
+        await reader.close()
+
+
 # -- snapshots ------------------------------------------------------------------------------------------
 
 

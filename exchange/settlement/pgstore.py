@@ -37,7 +37,7 @@ from exchange.commands import ClockTick, Command, ConfirmDeposit, RegisterLot, R
 from exchange.events import Event, LotRegistered
 from exchange.settlement.ledger import ACCOUNT_COLUMNS, POSTING_COLUMNS, Account, Posting, account_records
 from exchange.settlement.model import FIRST_PARTICIPANT_ACCOUNT_ID, FinalKind
-from exchange.store import copy_binary_data
+from exchange.store import copy_binary_data, copy_binary_statement
 
 __all__ = [
     "ACCOUNT_COLUMNS",
@@ -262,7 +262,9 @@ class LedgerWriter:
     which the sequencer calls after each slice of commands it applies to the open batch, takes and
     encodes the rows of the commands applied since: most of the work is done while the previous batch
     commits, off the commit's path. Rows taken early are kept for the batch (its first seq, on the
-    same clearing object: a recovery's new core starts afresh) and sent only with it.
+    same clearing object: a recovery's new core starts afresh) and sent only with it. The sequencer
+    uses ``commit(conn, batch)`` instead when the hook has one: the same writes, the last of them
+    ending the transaction (see ``Sequencer._commit``).
     """
 
     def __init__(self) -> None:
@@ -323,22 +325,39 @@ class LedgerWriter:
             index += 1
 
     def __call__(self, conn: asyncpg.Connection, batch: object) -> Awaitable[None]:
+        return self._take(conn, batch, commit=False)
+
+    def commit(self, conn: asyncpg.Connection, batch: object) -> Awaitable[None]:
+        """As calling it, and the awaitable also COMMITs the transaction the caller opened (the sequencer's
+        ``store.begin_copy_journal_binary``): with the postings' COPY, in its round trip."""
+        return self._take(conn, batch, commit=True)
+
+    def _take(self, conn: asyncpg.Connection, batch: object, commit: bool) -> Awaitable[None]:
         self.prepare(batch)
         postings = copy_binary_data(self._parts) if self._rows else b""
         accounts, rows, refs, history = self._accounts, self._rows, self._refs, self._history
         self._clearing, self._first_seq, self._taken = None, 0, 0
         self._parts, self._rows, self._accounts, self._refs, self._history = [], 0, [], [], []
-        return self._write(conn, accounts, postings, rows, refs, history)
+        return self._write(conn, accounts, postings, rows, refs, history, commit)
 
     async def _write(self, conn: asyncpg.Connection, accounts: list[tuple[int, ...]], postings: bytes,
                      rows: int, refs: list[tuple[int, int, str, int, int]],
-                     history: list[HistoryRow]) -> None:
-        await copy_rows(conn, accounts, postings)
+                     history: list[HistoryRow], commit: bool = False) -> None:
+        if accounts:  # before the postings that name them
+            await conn.copy_records_to_table("ledger_accounts", records=accounts, columns=ACCOUNT_COLUMNS)
         if refs:
             await conn.copy_records_to_table("settlement_refs", records=refs, columns=REFERENCE_COLUMNS)
         if history:
             await conn.copy_records_to_table("settlement_history", records=history, columns=HISTORY_COLUMNS)
+        if postings:
+            await copy_binary_statement(conn, _POSTINGS_COPY_COMMIT if commit else _POSTINGS_COPY, postings)
+        elif commit:
+            await conn.execute("COMMIT")
         self.rows_written += rows
+
+
+_POSTINGS_COPY: Final = f"COPY ledger_transfers ({', '.join(POSTING_COLUMNS)}) FROM STDIN (FORMAT binary)"
+_POSTINGS_COPY_COMMIT: Final = _POSTINGS_COPY + "; COMMIT"  # see store.copy_binary_statement
 
 
 async def balances(conn: asyncpg.Connection) -> dict[int, tuple[int, int, int, int]]:
