@@ -76,6 +76,7 @@ from gateway.errors import ApiError, Code
 from gateway.metrics import Metrics
 from gateway.readmodel import BatchDigest, ReadModel
 from gateway.readmodel_snapshots import latest_read_model, save_read_model
+from gateway.schemas import ExecutionReport
 from gateway.state import Readiness
 from gateway.store import RegistrationWriter
 
@@ -170,6 +171,8 @@ class Shard:
         self._snapshot_task: asyncio.Task[None] | None = None
         self.snapshot_slices = 0  # slices encoded by all snapshots so far, each followed by a turn of the loop
         self.rebuilt_from_seq = 0
+        # The execution reports of the orders placed by the last batch folded, by seq (`placed_report`).
+        self.placed: dict[int, ExecutionReport] = {}
 
     # -- life cycle ---------------------------------------------------------------------------------
 
@@ -360,7 +363,10 @@ class Shard:
             read_model.projected_seq = self.projector.projected_seq
         wanted = [ids for ids in self.report_wanted if ids]  # nobody listening: no reports built at all
         wants = None if not wanted else (wanted[0].__contains__ if len(wanted) == 1 else _any_of(wanted))
-        digest = read_model.apply_batch(entries, wants)
+        digest = read_model.apply_batch(entries, wants, placed=True)
+        # Only the last batch's: its callers run before the next batch is folded (their futures resolve
+        # right after this), and one that runs later misses and folds its events itself.
+        self.placed = digest.placed or {}
         self._maybe_snapshot(digest.last_seq - digest.first_seq + 1 if digest.last_seq else 0)
         for listener in list(self.listeners):
             try:
@@ -504,6 +510,15 @@ class ExchangePort:
                            retry_after_s=max(1, math.ceil(exc.retry_after_s))) from None
         except Unavailable as exc:
             raise ApiError(503, Code.UNAVAILABLE, f"the exchange is unavailable: {exc}", retry_after_s=1) from None
+
+    def placed_report(self, result: Result) -> ExecutionReport | None:
+        """The execution report of the order a PlaceOrder placed, as of its command, from the read model's
+        fold of its batch (`ReadModel.apply_batch(placed=True)`): what `gateway.orders.place_outcome`
+        makes of its events, without folding them again. None when the fold has none (a rejection, a
+        replayed answer, a batch folded since): the caller folds the events."""
+        if result.replay:  # the original's events, answered to a retry: the retry's command makes the report
+            return None
+        return self.shard.placed.get(result.seq)
 
     @staticmethod
     def result_of(future: asyncio.Future[Result]) -> Result:

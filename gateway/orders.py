@@ -149,7 +149,9 @@ async def place(port: ExchangePort, principal: Principal, body: Any, transport: 
     try:
         command = place_command(principal, body)
         result = await port.submit(command)
-        report = place_outcome(command, result.events)
+        report = port.placed_report(result)
+        if report is None:
+            report = place_outcome(command, result.events)
     except ApiError as exc:
         port.count_rejected(exc.code)
         raise
@@ -298,7 +300,10 @@ def _ws_place(conn: WsConnection, msg: Any) -> Deferred:
 
     def finish(done: asyncio.Future[Any]) -> ExecutionReport:
         try:
-            report = place_outcome(command, port.result_of(done).events)
+            result = port.result_of(done)
+            report = port.placed_report(result)
+            if report is None:
+                report = place_outcome(command, result.events)
         except ApiError as exc:
             port.count_rejected(exc.code)
             raise

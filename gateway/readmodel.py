@@ -11,7 +11,9 @@ later deltas chain on, even while the core is already applying the next batch.
 It also returns a `BatchDigest` per batch for the publishers: per instrument, the seq range the batch
 covered (every event of an instrument takes a seq, so the range includes events that are not book
 changes and the deltas chain without holes), the levels that changed (last value wins) and the trades;
-and, for the participants `wants` names, an execution report per order each command touched.
+for the participants `wants` names, an execution report per order each command touched; and, when asked
+(`placed`), the execution report of each order placed, as of its own command: what the order handlers
+answer, taken from the fold instead of folding the command's events a second time.
 
 Memory holds what is open: every open order and lot, and closed orders and fills only while they are
 recent. At each `ClockTick` it forgets the orders closed (filled, cancelled, expired) and the fills made
@@ -207,9 +209,10 @@ class InstrumentDelta:
 class BatchDigest:
     """The publishers' view of one batch."""
 
-    __slots__ = ("auctions", "first_seq", "index", "index_sealed", "instruments", "last_seq", "reports", "wants")
+    __slots__ = ("auctions", "first_seq", "index", "index_sealed", "instruments", "last_seq", "placed", "placing",
+                 "reports", "wants")
 
-    def __init__(self, wants: Callable[[int], bool] | None) -> None:
+    def __init__(self, wants: Callable[[int], bool] | None, placed: bool = False) -> None:
         self.first_seq = 0
         self.last_seq = 0
         self.instruments: dict[str, InstrumentDelta] = {}
@@ -218,6 +221,10 @@ class BatchDigest:
         self.index_sealed: dict[tuple[int, SeriesKey], DayCell] = {}  # the index rows it let go (`seal`)
         self.reports: list[tuple[int, ExecutionReport]] = []  # (participant_id, report)
         self.wants = wants
+        # seq of a PlaceOrder accepted -> its order's report as of that command (when asked for); the order
+        # the command being folded placed, until its last event is folded
+        self.placed: dict[int, ExecutionReport] | None = {} if placed else None
+        self.placing: OrderRecord | None = None
 
 
 class _Series:
@@ -406,9 +413,10 @@ class ReadModel:
     # -- folding --------------------------------------------------------------------------------------
 
     def apply_batch(self, entries: Iterable[tuple[int, Command, list[Event]]],
-                    wants: Callable[[int], bool] | None = None) -> BatchDigest:
-        """Fold committed entries in seq order; `wants(participant_id)` selects who gets reports."""
-        digest = BatchDigest(wants)
+                    wants: Callable[[int], bool] | None = None, placed: bool = False) -> BatchDigest:
+        """Fold committed entries in seq order; `wants(participant_id)` selects who gets reports; with
+        `placed`, `digest.placed` holds the report of every order placed (the handlers' answers)."""
+        digest = BatchDigest(wants, placed)
         for seq, command, events in entries:
             if seq != self.applied_seq + 1:
                 raise ValueError(f"read model at seq {self.applied_seq} was given seq {seq}")
@@ -449,19 +457,28 @@ class ReadModel:
             handler = handlers.get(cls)
             if handler is not None:  # of settlement events (seq 0) only a fee schedule concerns this model
                 handler(event, command, touched, digest)
+        placing = digest.placing
+        placed = None
+        if placing is not None:  # every event of the command is folded: the report is as of the command
+            digest.placing = None
+            placed = to_report(placing, placing.fills)
+            digest.placed[self.seq] = placed  # type: ignore[index]
         if touched:
             if digest.wants is not None:
-                self._reports(touched, digest)
+                self._reports(touched, digest, placing, placed)
             if self.snapshot_changes is not None:
                 self.snapshot_changes.orders.update(touched)
 
-    def _reports(self, touched: dict[int, int], digest: BatchDigest) -> None:
+    def _reports(self, touched: dict[int, int], digest: BatchDigest, placing: OrderRecord | None,
+                 placed: ExecutionReport | None) -> None:
         wants = digest.wants
         assert wants is not None
         for order_id, fills_before in touched.items():
             rec = self.orders[order_id]
             if wants(rec.participant_id):
-                digest.reports.append((rec.participant_id, to_report(rec, rec.fills[fills_before:])))
+                # the order just placed has all its fills from this command: its report is the one made
+                report = placed if rec is placing else to_report(rec, rec.fills[fills_before:])
+                digest.reports.append((rec.participant_id, report))  # type: ignore[arg-type]
 
     def _touch(self, rec: OrderRecord, touched: dict[int, int]) -> None:
         if rec.order_id not in touched:
@@ -476,6 +493,10 @@ class ReadModel:
         if rec.lot_id:
             self.lots[rec.lot_id].reserved_heads += rec.remaining_heads
         touched[rec.order_id] = 0
+        # the command's own order, as `gateway.orders.place_outcome` finds it among the command's events
+        if digest.placed is not None and event.participant_id == command.participant_id \
+                and event.client_order_id == command.client_order_id:
+            digest.placing = rec
 
     def _on_lot_auction(self, event: LotAuctionChanged, command: Command, touched: dict[int, int],
                         digest: BatchDigest) -> None:

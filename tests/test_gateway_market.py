@@ -4,6 +4,7 @@ held against the core by hypothesis: books, open orders, lots and chained deltas
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from typing import Any
 
@@ -25,10 +26,14 @@ from exchange.commands import (
 )
 from exchange.core import Core
 from exchange.domain import BreedClass, InstrumentSpec, OrderType, ProductClass, Side, TimeInForce
+from exchange.events import Event
 from gateway.auth import Role
 from gateway.client import SignedClient
+from gateway.errors import ApiError
 from gateway.exchange_port import EXCHANGE
+from gateway.orders import place_outcome
 from gateway.readmodel import ReadModel
+from gateway.schemas import ExecutionReport
 from gateway.testing import Exchange, hog_instrument
 
 _symbols = itertools.count(1)
@@ -250,15 +255,50 @@ def test_read_model_and_its_deltas_follow_the_core_exactly(commands: list[Comman
         replay = Core()
         for _, command, _ in entries[:end]:
             replay.apply(command)
-        digest = read_model.apply_batch(batch)
+        digest = read_model.apply_batch(batch, placed=True)
+        _check_placed(digest.placed, batch)
         _check_deltas(digest, followers)
         _check_against(read_model, replay, followers)
         start = end
 
 
+def test_the_report_of_a_placed_order_is_as_of_its_own_command() -> None:
+    """A buy sweeping two asks, then (same batch) a sell filling what it left: the fold's report of the
+    buy shows its two fills and one head left, as `place_outcome` does, not the later fill."""
+    core, read_model = Core(), ReadModel()
+    seller, buyer, symbol = _SELLERS[0], 900, _SYMBOLS[0]
+    commands: list[Command] = [ListInstrument(1, 0, _spec(symbol)),
+                               RegisterLot(seller, 0, symbol, 100, 110_000, "荣昌", "c")]
+    sell = PlaceOrder(seller, 0, "s", symbol, Side.SELL, OrderType.LIMIT, 2800, 1, TimeInForce.GTC, lot_id=1)
+    commands += [msgspec.structs.replace(sell, client_order_id=f"s{i}") for i in range(2)]
+    commands.append(PlaceOrder(buyer, 0, "b", symbol, Side.BUY, OrderType.LIMIT, 2800, 3, TimeInForce.GTC))
+    commands.append(msgspec.structs.replace(sell, client_order_id="s2"))
+    entries = [(seq, c, core.apply(msgspec.structs.replace(c, ts_ns=seq)))
+               for seq, c in enumerate((msgspec.structs.replace(c, ts_ns=0) for c in commands), start=1)]
+    read_model.apply_batch(entries[:4])
+    placed = read_model.apply_batch(entries[4:], placed=True).placed
+    assert placed is not None
+    buy = placed[5]
+    assert (buy.status, len(buy.fills), buy.filled_heads, buy.remaining_heads) == ("PARTIALLY_FILLED", 2, 2, 1)
+    _check_placed(placed, entries[4:])
+    assert read_model.orders[buy.order_id].remaining_heads == 0  # filled by the sell after it
+
+
 def _spec(symbol: str) -> InstrumentSpec:
     return InstrumentSpec(symbol, ProductClass.FINISHING_HOG, BreedClass.WAI_SAN_YUAN, "Rongchang", 100_000,
                           120_000, 90_000, 140_000, 10, 1, 500, 400, 2800)
+
+
+def _check_placed(placed: dict[int, ExecutionReport] | None, batch: list[tuple[int, Command, list[Event]]]) -> None:
+    """The reports the fold made of the orders placed are the order handlers' answers: what `place_outcome`
+    makes of each PlaceOrder's own events (which raises the rejection of one not placed)."""
+    assert placed is not None
+    answered = {}
+    for seq, command, events in batch:
+        if isinstance(command, PlaceOrder):
+            with contextlib.suppress(ApiError):
+                answered[seq] = place_outcome(command, events)
+    assert placed == answered
 
 
 def _check_deltas(digest: Any, followers: dict[str, tuple[int, dict[tuple[int, int], int]]]) -> None:
