@@ -65,9 +65,15 @@ assert len(POSTING_COLUMNS) == 11
 # assignment per non-zero constant byte (``_POSTING_CONSTANTS``: offset in the row, byte). Half the
 # codes per row: packing a constant costs about as much as packing a value (callgrind: a quarter
 # fewer instructions per posting than packing the full row).
+# And backwards: struct packs a big-endian 64-bit value by the generic int-to-bytes conversion (a third
+# of a row's cost), a little-endian one as the machine's own integer. So the run is packed reversed,
+# last row first, each row's values last first, little-endian (``_POSTING_VALUES_REVERSED``, the mirror
+# image of ``_POSTING_VALUES``), and the whole run's bytes are reversed once (bytearray.reverse): every
+# value comes out big-endian and every row in its place (callgrind: 4.1k -> 3.7k instructions a row).
 _POSTING_VALUES: Final = struct.Struct(">2x" + "4xq" * 2 + "4xh" + "4xq" * 4 + "4xi" + "4xq" * 3)
+_POSTING_VALUES_REVERSED: Final = struct.Struct("<" + "q4x" * 3 + "i4x" + "q4x" * 4 + "h4x" + "q4x" * 2 + "2x")
 _POSTING_ROW_SIZE: Final = _POSTING_ROW.size
-assert _POSTING_VALUES.size == _POSTING_ROW_SIZE
+assert _POSTING_VALUES.size == _POSTING_VALUES_REVERSED.size == _POSTING_ROW_SIZE
 _ROW_OF_ZEROS: Final = _POSTING_ROW.pack(11, 8, 0, 8, 0, 2, 0, 8, 0, 8, 0, 8, 0, 8, 0, 4, 0, 8, 0, 8, 0, 8, 0)
 _POSTING_CONSTANTS: Final = tuple((offset, bytes((byte,))) for offset, byte in enumerate(_ROW_OF_ZEROS) if byte)
 
@@ -86,21 +92,23 @@ def encode_postings_body(
 ) -> tuple[bytes, int]:
     """(the rows of ``encode_postings`` without COPY header and trailer, how many): a batch's postings
     can be encoded in parts as its commands are applied, and joined by ``store.copy_binary_data``."""
-    pack = _POSTING_VALUES.pack
+    pack = _POSTING_VALUES_REVERSED.pack  # each row mirrored: see _POSTING_VALUES_REVERSED
     parts: list[bytes] = []
     append = parts.append
     seq = first_seq
     for _, postings in per_command:
         for p in postings:
             append(pack(
-                seq, p.transfer_id, p.entry, p.debit_account_id, p.credit_account_id, p.amount_fen, p.released_fen,
-                p.code, p.user_data, p.pending_id, p.ts_ns,
+                p.ts_ns, p.pending_id, p.user_data, p.code, p.released_fen, p.amount_fen, p.credit_account_id,
+                p.debit_account_id, p.entry, p.transfer_id, seq,
             ))  # fmt: skip
         seq += 1
     rows = len(parts)
     if not rows:
         return b"", 0
+    parts.reverse()
     body = bytearray().join(parts)
+    body.reverse()  # the mirror image of the run mirrored: the rows in order, each value big-endian
     for offset, byte in _POSTING_CONSTANTS:
         body[offset::_POSTING_ROW_SIZE] = byte * rows
     return bytes(body), rows
