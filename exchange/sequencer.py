@@ -28,7 +28,9 @@ Flow of a command::
   settlement ledger's rows, `exchange.settlement.pgstore.LedgerWriter`) it is BEGIN, COPY, extra
   writes, COMMIT; a hook with a `commit(conn, batch)` method (`LedgerWriter`) ends the transaction
   itself, and BEGIN travels with the journal's COPY and COMMIT with the hook's last COPY (one simple
-  Query each, `store.copy_binary_statement`): two round trips a batch. The journal rows (command and
+  Query each, `store.copy_binary_statement`): two round trips a batch (a COMMIT of its own follows
+  when the hook left the transaction open). Such a hook issues plain statements only (no
+  `conn.transaction()`, which asyncpg refuses inside a transaction it did not begin). The journal rows (command and
   events by msgspec, pre-encoded binary COPY) are encoded chunk by chunk as the commands are applied,
   and an `extra_writes` with a `prepare(batch)` method (`LedgerWriter`) takes its rows the same way,
   so this work overlaps the previous batch's commit; at the seal what is left is joined and the extra
@@ -1195,6 +1197,8 @@ class Sequencer:
                     await store.begin_copy_journal_binary(conn, data)
                     pending, extra = extra, None
                     await pending
+                    if conn.is_in_transaction():  # the hook left the COMMIT to us (see LedgerWriter.commit)
+                        await conn.execute("COMMIT")
             else:
                 async with asyncio.timeout(self.commit_timeout_s), conn.transaction():
                     await store.copy_journal_binary(conn, data)

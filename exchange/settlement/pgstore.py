@@ -337,7 +337,13 @@ class LedgerWriter:
 
     def commit(self, conn: asyncpg.Connection, batch: object) -> Awaitable[None]:
         """As calling it, and the awaitable also COMMITs the transaction the caller opened (the sequencer's
-        ``store.begin_copy_journal_binary``): with the postings' COPY, in its round trip."""
+        ``store.begin_copy_journal_binary``): with the postings' COPY, in its round trip. A subclass that
+        writes more (it overrides ``__call__`` or ``_write``, as gateway.store.RegistrationWriter does)
+        gets its writes as when called, the COMMIT left to the caller (the sequencer then sends one when
+        the transaction is still open): its rows come after these and must be in the transaction too."""
+        cls = type(self)
+        if cls.__call__ is not LedgerWriter.__call__ or cls._write is not LedgerWriter._write:
+            return self(conn, batch)
         return self._take(conn, batch, commit=True)
 
     def _take(self, conn: asyncpg.Connection, batch: object, commit: bool) -> Awaitable[None]:
