@@ -38,12 +38,14 @@ from exchange.core import DEFAULT_RETENTION_NS, Core, new_exchange
 from exchange.domain import RejectReason as R
 from exchange.domain import Side
 from exchange.events import (
+    BankImportApplied,
     FundsDeposited,
     LoanRepaid,
     LotRegistered,
     OrderAccepted,
     PayoutChanged,
     PayoutRunCreated,
+    PayoutState,
     Rejected,
     Trade,
     WithdrawalCompleted,
@@ -347,9 +349,19 @@ def test_repayment_run_file_and_import_references_inside_and_after_the_window() 
     assert pairs
     x.ok(MarkPayoutsSent(OPERATOR, 0, "file-1", pairs))
     rows = tuple(BankConfirmation(pid, attempt, True, f"bank{pid}") for pid, attempt in pairs)
-    x.ok(ImportBankConfirmations(OPERATOR, 0, "conf-1", rows))
+    [imported] = x.of(BankImportApplied, x.ok(ImportBankConfirmations(OPERATOR, 0, "conf-1", rows)))
     _tick(x, WINDOW_NS - 1)
+    # that tick forgot the payouts' transfers (a pending transfer and its post each): the payout, run, file
+    # and import records, inside their window, answer the retries below, before and after a restart
+    assert x.clearing.ledger.held_counts() == (0, 0, 0) and len(x.clearing.payouts) == len(pairs)
+    sent_again = x.of(PayoutChanged, x.ok(MarkPayoutsSent(OPERATOR, 0, "file-1", pairs)))
+    assert [(e.payout_id, e.state, e.bank_ref) for e in sent_again] == [
+        (pid, PayoutState.CONFIRMED, f"bank{pid}") for pid, _ in pairs]
+    assert x.of(BankImportApplied, x.ok(ImportBankConfirmations(OPERATOR, 0, "conf-1", rows))) == [
+        msgspec.structs.replace(imported, ts_ns=x.ts_ns)]
     _restart(x)
+    assert x.of(PayoutChanged, x.ok(MarkPayoutsSent(OPERATOR, 0, "file-1", pairs))) == [
+        msgspec.structs.replace(e, ts_ns=x.ts_ns) for e in sent_again]
     assert x.of(PayoutRunCreated, x.ok(RunPayouts(OPERATOR, 0, "run-1"))) == [
         msgspec.structs.replace(created, ts_ns=created.ts_ns)]
     x.reject(MarkPayoutsSent(OPERATOR, 0, "file-1", ((pairs[0][0], pairs[0][1] + 1),)), R.DUPLICATE_REFERENCE)
@@ -898,3 +910,24 @@ def test_a_ledger_snapshot_lists_parked_accounts_compactly_and_one_without_them_
     assert restored.account(30) == ledger.account(30)
     assert restored.create_transfers([lend], T0_NS + 2) == [T.OK]
     restored.validate()
+
+
+def test_a_long_run_holds_full_loan_accounts_only_for_pairs_with_an_open_loan() -> None:
+    """Two long-run market days (advances on many trades, repaid at their settlement): the loan accounts of
+    a financier and a borrower are held as accounts while a loan between them is open, parked otherwise;
+    a restart keeps them so."""
+    market = LongMarket(7)
+    market.day(0, 3_000)
+    market.day(1, 3_000)
+    clearing = _clearing(market.core)
+    ledger = clearing.ledger
+    open_pairs = {(loan.financier_id, loan.borrower_id) for loan in clearing.loans.values() if loan.is_open}
+    loan_accounts = {account_id: (owner, counterparty) for (code, owner, counterparty), account_id
+                     in clearing.accounts.items() if code in (AC.LOANS_RECEIVABLE, AC.LOANS_FUNDED)}
+    held = {pair for account_id, pair in loan_accounts.items() if account_id not in ledger.parked}
+    assert held == open_pairs and len(ledger.parked) == len(loan_accounts) - 2 * len(open_pairs) > 100
+    assert all(ledger.account(i) is not None for i in loan_accounts)  # parked or not, still accounts
+    ledger.validate()
+    restored = Core.from_snapshot(market.core.snapshot())
+    assert restored.state_hash() == market.core.state_hash()
+    assert _clearing(restored).ledger.parked.keys() == ledger.parked.keys()
