@@ -226,6 +226,7 @@ class Core:
         # participant -> client order id -> order id, inside the retention window or while the order rests
         # (by participant: no key tuple to build per order)
         self.client_order_ids: dict[int, dict[str, int]] = {}
+        self._checked_ids: dict[str, int] | None = None  # the order being placed's participant's, set by _check_order
         self.lot_refs: dict[tuple[int, str], int] = {}  # (seller, client lot ref) -> lot id, while the lot is held
         # What to look at when the window has passed, oldest first (see "Memory"): every client order id held
         # as three queues in step (accepted or last looked at, participant, id: the command's own objects,
@@ -330,6 +331,7 @@ class Core:
         if not 0 < len(cid) <= MAX_CLIENT_ORDER_ID_LEN:
             return R.INVALID_ORDER
         used = self.client_order_ids.get(order.participant_id)
+        self._checked_ids = used  # for _accept: nothing changes the ids between the check and the acceptance
         if used is not None and cid in used:
             return R.DUPLICATE_CLIENT_ORDER_ID
         limit = order.is_limit
@@ -357,7 +359,8 @@ class Core:
             )):
                 return market.price_reason(price)
         if side == SELL:
-            reason = self._lot_reason(order.participant_id, lot_id, order.instrument, order.quantity_heads)
+            # the order's lot is self.lots.get(lot_id), as _new_order looked it up (one lookup, not two)
+            reason = self._lot_reason(order.participant_id, order.lot, order.instrument, order.quantity_heads)
             if reason is not None:
                 return reason
         clearing = self.clearing
@@ -372,8 +375,8 @@ class Core:
             return self._liquidity_reason(market, order)
         return None
 
-    def _lot_reason(self, participant_id: int, lot_id: int, instrument: str, heads: int) -> RejectReason | None:
-        lot = self.lots.get(lot_id)
+    @staticmethod
+    def _lot_reason(participant_id: int, lot: LotState | None, instrument: str, heads: int) -> RejectReason | None:
         if lot is None or lot.seller_id != participant_id:
             return R.LOT_NOT_FOUND  # another seller's lot is as good as missing: never reveal it
         if lot.instrument != instrument:
@@ -438,7 +441,7 @@ class Core:
         counters.next_order_id = next_order_id + 1
         order_id: OrderId = next_order_id  # boxed once, here
         order.order_id = order_id
-        used = self.client_order_ids.get(order.participant_id)
+        used = self._checked_ids  # the participant's ids as _check_order looked them up for this order
         if used is None:
             used = self.client_order_ids[order.participant_id] = {}
         used[order.client_order_id] = order_id

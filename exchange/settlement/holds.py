@@ -24,7 +24,7 @@ from exchange.settlement.ledger import (
     Transfer,
 )
 from exchange.settlement.state import (
-    _BUY,
+    _BUY_SIDE,
     _EMPTY,
     _ESCROW,
     _IN_GRADE,
@@ -184,7 +184,8 @@ def on_lot(cl: ClearingState, e: LotRegistered, ts_ns: Boxed, out: list) -> None
 
 
 def on_accepted(cl: ClearingState, e: OrderAccepted, ts_ns: Boxed, out: list) -> None:
-    if e.side != _BUY:
+    side: int = e.side  # unboxed (an IntEnum is an int): compared natively
+    if side != _BUY_SIDE:
         return  # a sell holds nothing: one attribute read, not the tuple of all fields
     # (seq, ts_ns, order_id, participant_id, client_order_id, instrument, side, price_fen, quantity_heads,
     # lot_id): one tuple instead of five attribute reads
@@ -263,9 +264,12 @@ def on_trade(cl: ClearingState, e: Trade, ts_ns: Boxed, out: list) -> None:
 
 
 def on_order_gone(cl: ClearingState, e: OrderCancelled | OrderExpired, ts_ns: Boxed, out: list) -> None:
-    hold = cl.holds.pop(e.order_id, None)
+    holds = cl.holds
+    order_id: Boxed = e.order_id
+    hold = holds.get(order_id)  # get and del: compiled, native dict calls, where pop() is a generic method call
     if hold is None:
         return  # a sell: nothing held
+    del holds[order_id]
     _void(cl, hold.pending_id, ts_ns)
 
 

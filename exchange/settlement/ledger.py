@@ -221,6 +221,12 @@ def _is_forgotten(value: int, forgotten_id: int) -> bool:
     return value <= forgotten_id
 
 
+def _is_earlier(now_ns: int, clock_ns: int) -> bool:
+    """``now_ns < clock_ns`` for a time passed on as an object: compiled, comparing it with the ledger's native
+    clock inline would box the clock (a new int object at every transfer) for a generic comparison."""
+    return now_ns < clock_ns
+
+
 def _is_user_data(value: int) -> bool:
     return value >= 0 and _fits_int64(value)
 
@@ -448,7 +454,7 @@ class Ledger:
         ``LINKED_EVENT_FAILED``, and the members before it are rolled back. If the batch ends inside a
         chain, its last transfer gets ``LINKED_EVENT_CHAIN_OPEN`` and the others ``LINKED_EVENT_FAILED``.
         """
-        if now_ns < self._now_ns:
+        if _is_earlier(now_ns, self._now_ns):
             self._advance_clock(now_ns)  # raises
         self._now_ns = now_ns
         results: list[CreateTransferResult] = []
@@ -476,7 +482,7 @@ class Ledger:
 
     def create_transfer(self, t: Transfer, now_ns: Boxed) -> CreateTransferResult:
         """``create_transfers([t], now_ns)[0]`` without the lists: the clearing's path for one transfer."""
-        if now_ns < self._now_ns:
+        if _is_earlier(now_ns, self._now_ns):
             self._advance_clock(now_ns)  # raises
         self._now_ns = now_ns
         f = _astuple(t)
@@ -491,7 +497,7 @@ class Ledger:
         """``create_transfer(Transfer(tid, dr_id, cr_id, amount, code, user_data, flags, pending_id), now_ns)``
         without the request's struct: the ledger makes only the transfer it keeps (for a post or a void, the
         resolved one). The clearing's path for its hot transfers (holds, fills, releases)."""
-        if now_ns < self._now_ns:
+        if _is_earlier(now_ns, self._now_ns):
             self._advance_clock(now_ns)  # raises
         self._now_ns = now_ns
         flag_bits: int = flags  # unboxed for the test; the object itself goes into the transfer
@@ -509,7 +515,7 @@ class Ledger:
             flag_bits: int = fields[k][6]
             if (not flag_bits & _LINKED) != (k == n - 1):
                 return self.create_transfers(chain, now_ns)
-        if now_ns < self._now_ns:
+        if _is_earlier(now_ns, self._now_ns):
             self._advance_clock(now_ns)  # raises
         self._now_ns = now_ns
         return self._create_transfer_chain(chain, now_ns, fields)
@@ -531,7 +537,7 @@ class Ledger:
                 _Transfer(tid2, dr_id2, cr_id2, amount2, code2, user_data2, flags2, pending_id2),
             ], now_ns)  # fmt: skip
             return results[0], results[1]
-        if now_ns < self._now_ns:
+        if _is_earlier(now_ns, self._now_ns):
             self._advance_clock(now_ns)  # raises
         self._now_ns = now_ns
         undo: list[_Undo] = []

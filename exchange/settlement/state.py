@@ -124,6 +124,7 @@ _SHORT_MAX: Final = 2**62 - 1  # the largest int compiled code holds unboxed (se
 # attribute of an enum class costs ~100 ns (the enum metaclass defines ``__getattr__``, which takes
 # every class attribute lookup off the fast path), a global ~10 ns.
 _BUY: Final[Boxed] = Side.BUY
+_BUY_SIDE: Final = int(Side.BUY)  # a side read as a native int compares with this
 _OPERATOR: Final[Boxed] = ROLE.OPERATOR
 _COOPERATIVE: Final[Boxed] = ROLE.COOPERATIVE
 _CASH: Final[Boxed] = AC.BUYER_CASH
