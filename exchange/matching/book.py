@@ -106,10 +106,13 @@ class Order:
 
 
 class Level:
-    __slots__ = ("head", "heads", "price_fen", "tail")
+    __slots__ = ("head", "heads", "price", "price_fen", "tail")
 
     def __init__(self, price_fen: int) -> None:
         self.price_fen = price_fen
+        # the price as one int object for the level's BookChanged events (compiled, the native field would be
+        # boxed anew, an allocation, for every event)
+        self.price: Any = price_fen
         self.heads = 0
         self.head: Order | None = None
         self.tail: Order | None = None
@@ -263,7 +266,7 @@ class OrderBook:
             level.heads += order.remaining_heads
             order.level = level
         self.seq += 1
-        events.append(BookChanged(self.seq, ts_ns, self.instrument, SIDES[order.side], order.price_fen, level.heads))
+        events.append(BookChanged(self.seq, ts_ns, self.instrument, SIDES[order.side], level.price, level.heads))
 
     def remove(self, order: Order) -> BookSide:
         """Take a resting order off the book; the caller emits its events and the level change."""
@@ -285,7 +288,7 @@ class OrderBook:
         """Emit the new size of a level in hand (0 while an emptied one waits to be dropped)."""
         self.seq += 1
         events.append(
-            BookChanged(self.seq, ts_ns, self.instrument, SIDES[book_side.side], level.price_fen, level.heads)
+            BookChanged(self.seq, ts_ns, self.instrument, SIDES[book_side.side], level.price, level.heads)
         )
 
     def match(self, taker: Order, limit_key: int, ts_ns: TimeNs, events: list) -> bool:
@@ -315,7 +318,7 @@ class OrderBook:
             if level.heads != before_heads:
                 self.seq += 1
                 events.append(
-                    BookChanged(self.seq, ts_ns, self.instrument, SIDES[opp.side], level.price_fen, level.heads)
+                    BookChanged(self.seq, ts_ns, self.instrument, SIDES[opp.side], level.price, level.heads)
                 )
             if not opp.drop_level_if_empty(level):
                 index += 1
