@@ -5,6 +5,7 @@ post of more than was held), non-positive amounts and edits of posted rows."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Awaitable
 
 import asyncpg
 import pytest
@@ -298,5 +299,53 @@ async def test_sequencer_commits_each_commands_ledger_rows_with_it_and_recovery_
         seqs = await conn.fetch("SELECT DISTINCT p.seq, j.seq AS journal_seq FROM ledger_transfers p "
                                 "LEFT JOIN journal j ON j.seq = p.seq")
         assert seqs and all(r["journal_seq"] is not None for r in seqs)  # every posting names its command
+    finally:
+        await conn.close()
+
+
+class _WriterThatWritesMore(pgstore.LedgerWriter):
+    """A ledger writer with rows of its own after the ledger's (as gateway.store.RegistrationWriter)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_transaction: list[bool] = []
+
+    def __call__(self, conn: asyncpg.Connection, batch: object) -> Awaitable[None]:
+        return self._more(conn, super().__call__(conn, batch), batch.first_seq, len(batch))  # type: ignore[attr-defined, arg-type]
+
+    async def _more(self, conn: asyncpg.Connection, ledger: Awaitable[None], first_seq: int, n: int) -> None:
+        await ledger
+        self.in_transaction.append(conn.is_in_transaction())
+        await conn.execute("INSERT INTO extra_rows SELECT generate_series($1::bigint, $2::bigint)",
+                           first_seq, first_seq + n - 1)
+
+
+async def test_a_ledger_writer_that_writes_more_writes_it_in_the_batch_transaction(
+    fresh_database_url: FreshDatabase,
+) -> None:
+    """The sequencer begins the transaction with the journal's COPY and a plain LedgerWriter commits it
+    with its last COPY; a subclass's own rows after the ledger's must still be inside it, committed."""
+    x = busy_world()
+    dsn = await fresh_database_url()
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("CREATE TABLE extra_rows (seq bigint PRIMARY KEY)")
+        now_ns = [0]
+        writer = _WriterThatWritesMore()
+        sequencer = Sequencer(dsn, core_type=ExchangeCore, extra_writes=writer, clock_ns=lambda: now_ns[0],
+                              snapshot_every=10**9, freeze_gc=False)
+        writer.attach(sequencer)
+        await sequencer.start()
+        try:
+            for command in x.commands:
+                now_ns[0] = max(now_ns[0], command.ts_ns)
+                await sequencer.submit(command)
+            core = sequencer.core
+        finally:
+            await sequencer.stop(snapshot=False)
+        assert writer.in_transaction and all(writer.in_transaction)
+        assert await conn.fetchval("SELECT array_agg(seq ORDER BY seq) FROM extra_rows") == await conn.fetchval(
+            "SELECT array_agg(seq ORDER BY seq) FROM journal")
+        await assert_database_equals(conn, core)
     finally:
         await conn.close()
