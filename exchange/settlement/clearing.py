@@ -612,7 +612,7 @@ class Clearing(ClearingState):
         c.fee_bps = dict(snap.fee_bps)
         c.lots = {lot.lot_id: lot for lot in snap.lots}
         c.participants = {p.participant_id: p for p in snap.participants}
-        c.holds = {h.order_id: HeldOrder.of(h) for h in snap.holds}
+        c.holds = {h.order_id: HeldOrder.of(h, rules.hold_grams(c.instruments[h.instrument])) for h in snap.holds}
         c.trades = {t.trade_id: t for t in snap.trades}
         c.loans = {loan.loan_id: loan for loan in snap.loans}
         c.credit_lines = {(line.buyer_id, line.financier_id): line for line in snap.credit_lines}

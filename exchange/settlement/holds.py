@@ -98,7 +98,8 @@ def place_hold(
 ) -> None:
     """Hold ``heads`` at ``limit_price_fen`` of a listed ``instrument`` for this order or bid."""
     # ids, price, heads and time pass on as the objects they came as (Boxed); the sums are ints
-    per_head: int = rules.per_head_hold_fen(cl._hold_grams[instrument], limit_price_fen)
+    grams: int = cl._hold_grams[instrument]
+    per_head: int = rules.per_head_hold_fen(grams, limit_price_fen)
     heads_n: int = heads
     amount: Boxed = heads_n * per_head  # boxed once: the hold's transfer
     source = hold_source(cl, participant_id, amount)
@@ -111,7 +112,7 @@ def place_hold(
     if result is not _OK:
         refused(_TRANSFER(tid, account_id, _ESCROW, amount, _TC_HOLD, order_id, _PENDING), result)
     cl.holds[order_id] = HeldOrder(order_id, participant_id, instrument, limit_price_fen, per_head, heads, tid,
-                                 account_id, financier_id)
+                                   account_id, financier_id, grams)
 
 
 def check_amend_buy(cl: ClearingState, order_id: int, new_price_fen: int, new_remaining_heads: int) -> R | None:
@@ -215,7 +216,7 @@ def on_trade(cl: ClearingState, e: Trade, ts_ns: Boxed, out: list) -> None:
     instrument: Boxed = f[2]
     price: Boxed = f[4]
     per_head: int = hold.per_head_fen
-    obligation_n: int = heads_n * rules.per_head_hold_fen(cl._hold_grams[instrument], price)
+    obligation_n: int = heads_n * rules.per_head_hold_fen(hold.hold_grams, price)  # the instrument's, as held
     released: int = heads_n * per_head - obligation_n
     if obligation_n <= 0 or released < 0:
         raise ClearingInvariantError(f"trade {trade_id} at {price} above the limit {hold.price_fen}")

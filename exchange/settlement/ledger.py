@@ -221,6 +221,12 @@ def _is_forgotten(value: int, forgotten_id: int) -> bool:
     return value <= forgotten_id
 
 
+def _is_same(value: int, other: int) -> bool:
+    """``value == other`` for two ids passed on as objects, compared as native ints (a generic rich comparison
+    inline)."""
+    return value == other
+
+
 def _is_earlier(now_ns: int, clock_ns: int) -> bool:
     """``now_ns < clock_ns`` for a time passed on as an object: compiled, comparing it with the ledger's native
     clock inline would box the clock (a new int object at every transfer) for a generic comparison."""
@@ -719,7 +725,7 @@ class Ledger:
         flags: int = flags_value
         if not _is_id(pending_id):
             return _R.PENDING_ID_OUT_OF_RANGE
-        if pending_id == tid:
+        if _is_same(pending_id, tid):  # both checked ids (ints): compared natively
             return _R.PENDING_ID_MUST_BE_DIFFERENT
         if timeout_value:
             return _R.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER

@@ -234,14 +234,15 @@ class HeldOrder:
     of a msgspec struct is a generic attribute access, and every fill, cancel and expiry reads and moves its
     hold). ``record()`` is the ``Hold`` a snapshot lists, ``of()`` the way back. Ids, price and instrument are
     the objects they came as (``Boxed``: they go on into transfers and events); heads and fen per head are
-    native ints (arithmetic)."""
+    native ints (arithmetic). ``hold_grams`` is the instrument's ``rules.hold_grams`` (every fill prices its
+    obligation by it: a native field read, not a lookup by symbol; derived, not in the record)."""
 
-    __slots__ = ("buyer_id", "financier_id", "instrument", "order_id", "pending_id", "per_head_fen", "price_fen",
-                 "remaining_heads", "source_account_id")  # fmt: skip
+    __slots__ = ("buyer_id", "financier_id", "hold_grams", "instrument", "order_id", "pending_id", "per_head_fen",
+                 "price_fen", "remaining_heads", "source_account_id")  # fmt: skip
 
     def __init__(
         self, order_id: Boxed, buyer_id: Boxed, instrument: Boxed, price_fen: Boxed, per_head_fen: int,
-        remaining_heads: int, pending_id: Boxed, source_account_id: Boxed, financier_id: Boxed,
+        remaining_heads: int, pending_id: Boxed, source_account_id: Boxed, financier_id: Boxed, hold_grams: int,
     ) -> None:
         self.order_id = order_id
         self.buyer_id = buyer_id
@@ -252,6 +253,7 @@ class HeldOrder:
         self.pending_id = pending_id  # the open ORDER_HOLD transfer
         self.source_account_id = source_account_id  # BUYER_CASH or a BUYER_CREDIT_LINE
         self.financier_id = financier_id  # 0 for cash
+        self.hold_grams = hold_grams
 
     @property
     def held_fen(self) -> int:
@@ -262,9 +264,9 @@ class HeldOrder:
                     self.remaining_heads, self.pending_id, self.source_account_id, self.financier_id)  # fmt: skip
 
     @staticmethod
-    def of(h: Hold) -> HeldOrder:
+    def of(h: Hold, hold_grams: int) -> HeldOrder:
         return HeldOrder(h.order_id, h.buyer_id, h.instrument, h.price_fen, h.per_head_fen, h.remaining_heads,
-                         h.pending_id, h.source_account_id, h.financier_id)  # fmt: skip
+                         h.pending_id, h.source_account_id, h.financier_id, hold_grams)  # fmt: skip
 
 
 @mypyc_attr(native_class=False)  # compiled: a native class cannot derive from AssertionError
