@@ -221,9 +221,13 @@ class PriceIndex:
     def add(self, spec: InstrumentSpec, ts_ns: int, price_fen: int, heads: int,
             avg_weight_g: int, seq: int = 0) -> tuple[int, SeriesKey]:
         """Fold one trade (journal seq ``seq``); returns its (day, series)."""
+        return self.add_to(series_of(spec), ts_ns, price_fen, heads, avg_weight_g, seq)
+
+    def add_to(self, key: SeriesKey, ts_ns: int, price_fen: int, heads: int,
+               avg_weight_g: int, seq: int = 0) -> tuple[int, SeriesKey]:
+        """`add` for a trade of an instrument of series ``key`` (the read model keeps each instrument's)."""
         # Called for every trade: look-ups first, nothing allocated unless a day or series is new.
         day = cst_day(ts_ns)
-        key = series_of(spec)
         cells = self.days.get(day)
         if cells is None:
             cells = self.days[day] = {}

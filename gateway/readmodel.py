@@ -228,7 +228,8 @@ class BatchDigest:
 
 
 class _Series:
-    """One instrument's candles of one interval: [start_ms, open, high, low, close, volume, trades]."""
+    """One instrument's candles of one interval: [start_ms, open, high, low, close, volume, trades]; a trade
+    is added by `ReadModel._on_trade`."""
 
     __slots__ = ("candles", "interval_ms", "max_candles")
 
@@ -236,21 +237,6 @@ class _Series:
         self.interval_ms = interval_ms
         self.max_candles = max_candles
         self.candles: deque[list[int]] = deque(maxlen=max_candles)
-
-    def add(self, time_ms: int, price_fen: int, heads: int) -> None:
-        start_ms = time_ms - time_ms % self.interval_ms
-        candles = self.candles
-        if candles and candles[-1][0] == start_ms:
-            c = candles[-1]
-            if price_fen > c[2]:
-                c[2] = price_fen
-            if price_fen < c[3]:
-                c[3] = price_fen
-            c[4] = price_fen
-            c[5] += heads
-            c[6] += 1
-        else:  # exchange time never goes backwards, so a new bucket is always the newest
-            candles.append([start_ms, price_fen, price_fen, price_fen, price_fen, heads, 1])
 
     def last(self, limit: int) -> list[Candle]:
         out = list(self.candles)[-limit:]
@@ -368,6 +354,9 @@ class ReadModel:
         self.traded_heads = 0
         self.auctions: dict[int, LotAuction] = {}  # every lot auction as it is now (gateway/auctions.py)
         self.index = PriceIndex()  # the daily live-hog price index (gateway/index.py)
+        # Each instrument's index series (`series_of` its spec), found once: every trade needs it. Not
+        # snapshotted: an instrument keeps its spec, so it is found again after a restore.
+        self._series_keys: dict[str, SeriesKey] = {}
         self.non_trading_days: set[int] = set()  # yyyymmdd, China Standard Time (exchange/calendar.py)
         # Forgetting (see the module docstring): the journal seq of the entry being folded; how far the
         # PostgreSQL projection is; (closed at, seq, order id) of every closed order held and (made at, seq,
@@ -518,8 +507,9 @@ class ReadModel:
         digest.auctions.append(event)
 
     def _on_trade(self, event: Trade, command: Command, touched: dict[int, int], digest: BatchDigest) -> None:
+        orders, seq, ts_ns = self.orders, self.seq, event.ts_ns
         for order_id in (event.buy_order_id, event.sell_order_id):
-            rec = self.orders.get(order_id)
+            rec = orders.get(order_id)
             if rec is None:
                 continue  # a lot auction's sale: no order on either side (its hold id, 0 for the seller)
             if order_id not in touched:
@@ -531,31 +521,44 @@ class ReadModel:
                 lot.reserved_heads += rec.remaining_heads - before
                 lot.sold_heads += sold
                 if sold:
-                    self._maybe_sold_out(lot, event.ts_ns)
+                    self._maybe_sold_out(lot, ts_ns)
             fills = self.fills_by_participant.get(rec.participant_id)  # (no list built per trade)
             if fills is None:
                 fills = self.fills_by_participant[rec.participant_id] = []
             fills.append(rec.fills[-1])
-            self.fill_times.append((event.ts_ns, self.seq, rec.participant_id))
+            self.fill_times.append((ts_ns, seq, rec.participant_id))
             if not rec.remaining_heads:
-                self.closed_orders.append((event.ts_ns, self.seq, order_id))
+                self.closed_orders.append((ts_ns, seq, order_id))
+        symbol, price_fen, heads = event.instrument, event.price_fen, event.quantity_heads
         taker = None if event.taker_side == 0 else SIDE_NAME[event.taker_side]
-        time_ms = event.ts_ns // _NS_PER_MS
-        view = TradeView(event.trade_id, event.instrument, event.price_fen, event.quantity_heads, taker, time_ms,
-                         event.seq)
-        record = self.instruments[event.instrument]
+        time_ms = ts_ns // _NS_PER_MS
+        view = TradeView(event.trade_id, symbol, price_fen, heads, taker, time_ms, event.seq)
+        record = self.instruments[symbol]
         record.trades.append(view)
-        digest.instruments[event.instrument].trades.append(view)
+        digest.instruments[symbol].trades.append(view)
         if not record.series:
-            record.series = [self._series(event.instrument, interval) for interval in CandleInterval]
-        price_fen, heads = event.price_fen, event.quantity_heads
-        for series in record.series:
-            series.add(time_ms, price_fen, heads)
+            record.series = [self._series(symbol, interval) for interval in CandleInterval]
+        for series in record.series:  # (here, not a method: a call per interval costs as much as its body)
+            start_ms = time_ms - time_ms % series.interval_ms
+            candles = series.candles
+            if candles and (c := candles[-1])[0] == start_ms:
+                if price_fen > c[2]:
+                    c[2] = price_fen
+                if price_fen < c[3]:
+                    c[3] = price_fen
+                c[4] = price_fen
+                c[5] += heads
+                c[6] += 1
+            else:  # exchange time never goes backwards, so a new bucket is always the newest
+                candles.append([start_ms, price_fen, price_fen, price_fen, price_fen, heads, 1])
+        key = self._series_keys.get(symbol)
+        if key is None:
+            key = self._series_keys[symbol] = series_of(record.spec)
         lot = self.lots.get(event.lot_id)
-        digest.index.add(self.index.add(record.spec, event.ts_ns, event.price_fen, event.quantity_heads,
-                                        0 if lot is None else lot.lot.avg_weight_g, self.seq))
+        digest.index.add(self.index.add_to(key, ts_ns, price_fen, heads, 0 if lot is None else lot.lot.avg_weight_g,
+                                           seq))
         self.trade_count += 1
-        self.traded_heads += event.quantity_heads
+        self.traded_heads += heads
 
     def _on_order_event(self, event: OrderCancelled | OrderExpired | OrderAmended, command: Command,
                         touched: dict[int, int], digest: BatchDigest) -> None:
