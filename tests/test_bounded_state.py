@@ -32,7 +32,10 @@ from exchange.commands import (
     MarkPayoutsSent,
     RepayLoan,
     RequestWithdrawal,
+    RetryPayout,
+    ReturnPayout,
     RunPayouts,
+    UpdateParticipant,
 )
 from exchange.core import DEFAULT_RETENTION_NS, Core, new_exchange
 from exchange.domain import RejectReason as R
@@ -67,7 +70,7 @@ from exchange.settlement.ledger import (
     TransferFlags,
 )
 from exchange.settlement.ledger import AccountCode as AC
-from exchange.settlement.model import FinalKind
+from exchange.settlement.model import ClearingSnapshot, FinalKind
 from gateway.auth import Role
 from gateway.exchange_port import EXCHANGE
 from gateway.state import POOL
@@ -931,3 +934,101 @@ def test_a_long_run_holds_full_loan_accounts_only_for_pairs_with_an_open_loan() 
     restored = Core.from_snapshot(market.core.snapshot())
     assert restored.state_hash() == market.core.state_hash()
     assert _clearing(restored).ledger.parked.keys() == ledger.parked.keys()
+
+
+# -- payouts packed in snapshots ------------------------------------------------------------------------
+
+
+def _payout_night(day: MarketDay) -> list[PayoutChanged]:
+    """Settle the day and pay it: one payout failed then retried (pending again), one failed then returned,
+    one whose payee changed bank account since, the others confirmed. The payouts' last events."""
+    day.add(ClockTick(0, 0))
+    events = day.add(RunPayouts(OPERATOR, 0, "night-run"))
+    pairs = tuple((e.payout_id, e.attempt) for e in events if isinstance(e, PayoutChanged))
+    assert len(pairs) > 3
+    day.add(MarkPayoutsSent(OPERATOR, 0, "night-file", pairs))
+    (retried, _), (returned, _), (moved, _) = pairs[:3]
+    rows = tuple(BankConfirmation(pid, attempt, pid not in (retried, returned), f"bank{pid}",
+                                  "" if pid not in (retried, returned) else "account closed")
+                 for pid, attempt in pairs)  # fmt: skip
+    last = {e.payout_id: e for e in day.add(ImportBankConfirmations(OPERATOR, 0, "night-conf", rows))
+            if isinstance(e, PayoutChanged)}  # fmt: skip
+    last.update((e.payout_id, e) for e in day.add(RetryPayout(OPERATOR, 0, retried)) if isinstance(e, PayoutChanged))
+    last.update((e.payout_id, e) for e in day.add(ReturnPayout(OPERATOR, 0, returned))
+                if isinstance(e, PayoutChanged))  # fmt: skip
+    payee = _clearing(day.core).payouts[moved].payee_id
+    who = _clearing(day.core).participants[payee]
+    day.add(UpdateParticipant(OPERATOR, 0, payee, who.name, "6222020200099998888", "102", "102100100001"))
+    return [last[pid] for pid, _ in pairs]
+
+
+def test_a_snapshot_packs_the_payouts_and_restores_them_whole() -> None:
+    """A snapshot lists payouts packed (about half the bytes of the listed form): a restart holds every payout
+    as it was, its snapshot is the same bytes, and retries of the night's commands answer alike before and
+    after it, inside the window."""
+    day = _market_day(1_500)
+    last = _payout_night(day)
+    clearing = _clearing(day.core)
+    payouts = dict(clearing.payouts)
+    states = {p.state for p in payouts.values()}
+    assert {PayoutState.CONFIRMED, PayoutState.RETURNED, PayoutState.PENDING} <= states
+    snap = clearing.snapshot()
+    fields = msgspec.msgpack.decode(snap)
+    listed_at = ClearingSnapshot.__struct_fields__.index("payouts")
+    packed_at = ClearingSnapshot.__struct_fields__.index("packed_payouts")
+    assert fields[listed_at] == [] and len(fields) > packed_at
+    files, rows = fields[packed_at]
+    assert "" in files and "night-file" in files and len(rows) == len(payouts)
+    packed = len(msgspec.msgpack.encode(fields[packed_at]))
+    listed = len(msgspec.msgpack.encode([payouts[k] for k in sorted(payouts)]))
+    assert packed < 0.6 * listed
+    restored = Clearing.restore(snap)
+    assert restored.payouts == payouts and list(restored.payouts) == sorted(payouts)
+    assert restored.snapshot() == snap
+    # the moved payee's payouts keep the account they were made for (packed whole), as restored
+    assert any(p.bank_account != restored.participants[p.payee_id].bank_account for p in restored.payouts.values())
+    # retries inside the window, after a restart: the same answers
+    core = Core.from_snapshot(day.core.snapshot())
+    assert core.state_hash() == day.core.state_hash()
+    pairs = tuple((e.payout_id, 1) for e in last)
+    for c in (day.core, core):
+        sent = [e for e in c.apply(MarkPayoutsSent(OPERATOR, day.ts_ns + 1, "night-file", pairs))
+                if isinstance(e, PayoutChanged)]  # fmt: skip
+        assert sent == [msgspec.structs.replace(e, ts_ns=day.ts_ns + 1) for e in last]
+    assert core.state_hash() == day.core.state_hash()
+
+
+def test_a_snapshot_listing_payouts_whole_restores_to_its_hash_and_packs_only_new_payouts() -> None:
+    """An earlier version's snapshot (payouts listed whole, nothing packed) restores to its hash; the payouts
+    made after it are packed, those it listed stay listed until forgotten."""
+    day = _market_day(1_500)
+    _close_the_day(day)
+    clearing = _clearing(day.core)
+    fields = msgspec.msgpack.decode(clearing.snapshot())
+    listed_at = ClearingSnapshot.__struct_fields__.index("payouts")
+    packed_at = ClearingSnapshot.__struct_fields__.index("packed_payouts")
+    assert fields[listed_at] == [] and fields[packed_at] and len(fields) == packed_at + 1
+    # what an earlier version wrote: every payout listed, no packed field
+    old = list(fields[:packed_at])
+    old[listed_at] = msgspec.msgpack.decode(msgspec.msgpack.encode([clearing.payouts[k]
+                                                                    for k in sorted(clearing.payouts)]))
+    legacy = msgspec.msgpack.encode(old)
+    restored = Clearing.restore(legacy)
+    assert restored.snapshot() == legacy and restored.payouts == clearing.payouts
+    # the whole core's snapshot with that clearing: the exchange restarts from it, as it was written
+    core_fields = msgspec.msgpack.decode(day.core.snapshot())
+    assert core_fields[5] == clearing.snapshot()
+    core_fields[5] = legacy
+    old_core = msgspec.msgpack.encode(core_fields)
+    day.core = Core.from_snapshot(old_core)
+    assert day.core.snapshot() == old_core
+    restored = _clearing(day.core)
+    listed = set(restored.payouts)
+    day.generate(day.transfers + 1_000)  # more trading, and a night: new payouts
+    _close_the_day(day)
+    new = set(restored.payouts) - listed
+    assert new
+    fields = msgspec.msgpack.decode(restored.snapshot())
+    assert {p[0] for p in fields[listed_at]} == listed and len(fields[packed_at][1]) == len(new)
+    again = Clearing.restore(restored.snapshot())
+    assert again.snapshot() == restored.snapshot() and again.payouts == restored.payouts

@@ -9,7 +9,7 @@ final record leaves memory a retention window after it became final (``FinalKind
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -340,3 +340,7 @@ class ClearingSnapshot(msgspec.Struct, array_like=True, gc=False):
     # optional and last: (final_at_ns, FinalKind, key) of every final record held, oldest first
     # (Clearing.forget); a key is an id, a reference, or (owner, reference)
     final: list[tuple[int, int, int | str | tuple[int, str]]] = []
+    # optional and last: the payouts packed (``clearing._pack_payouts``: about half a listed payout's bytes),
+    # as [file refs, rows]; ``payouts`` above lists only those restored from a snapshot that listed them so
+    # (an earlier version's snapshot restores to its hash: they are listed as they came until forgotten)
+    packed_payouts: list[Any] = []
