@@ -982,8 +982,15 @@ def test_a_snapshot_packs_the_payouts_and_restores_them_whole() -> None:
     packed = len(msgspec.msgpack.encode(fields[packed_at]))
     listed = len(msgspec.msgpack.encode([payouts[k] for k in sorted(payouts)]))
     assert packed < 0.6 * listed
+    # and the final queue: 5 bytes an entry, where a listed one takes 14
+    final_at = ClearingSnapshot.__struct_fields__.index("final")
+    entries = clearing.final[clearing._final_head:]
+    assert fields[final_at] == [] and len(entries) > 100
+    packed_final = fields[ClearingSnapshot.__struct_fields__.index("packed_final")]
+    assert len(msgspec.msgpack.encode(packed_final)) < 0.5 * len(msgspec.msgpack.encode(entries))
     restored = Clearing.restore(snap)
     assert restored.payouts == payouts and list(restored.payouts) == sorted(payouts)
+    assert restored.final == entries
     assert restored.snapshot() == snap
     # the moved payee's payouts keep the account they were made for (packed whole), as restored
     assert any(p.bank_account != restored.participants[p.payee_id].bank_account for p in restored.payouts.values())
@@ -999,19 +1006,21 @@ def test_a_snapshot_packs_the_payouts_and_restores_them_whole() -> None:
 
 
 def test_a_snapshot_listing_payouts_whole_restores_to_its_hash_and_packs_only_new_payouts() -> None:
-    """An earlier version's snapshot (payouts listed whole, nothing packed) restores to its hash; the payouts
-    made after it are packed, those it listed stay listed until forgotten."""
+    """An earlier version's snapshot (payouts and final queue listed whole, nothing packed) restores to its
+    hash; the payouts and final records after it are packed, those it listed stay listed until forgotten."""
     day = _market_day(1_500)
     _close_the_day(day)
     clearing = _clearing(day.core)
     fields = msgspec.msgpack.decode(clearing.snapshot())
-    listed_at = ClearingSnapshot.__struct_fields__.index("payouts")
-    packed_at = ClearingSnapshot.__struct_fields__.index("packed_payouts")
-    assert fields[listed_at] == [] and fields[packed_at] and len(fields) == packed_at + 1
-    # what an earlier version wrote: every payout listed, no packed field
+    names = ClearingSnapshot.__struct_fields__
+    listed_at, final_at, packed_at = names.index("payouts"), names.index("final"), names.index("packed_payouts")
+    assert fields[listed_at] == [] and fields[final_at] == [] and fields[packed_at] and len(fields) == len(names)
+    # what an earlier version wrote: every payout and final entry listed, nothing packed
     old = list(fields[:packed_at])
     old[listed_at] = msgspec.msgpack.decode(msgspec.msgpack.encode([clearing.payouts[k]
                                                                     for k in sorted(clearing.payouts)]))
+    legacy_final = clearing.final[clearing._final_head:]
+    old[final_at] = msgspec.msgpack.decode(msgspec.msgpack.encode(legacy_final))
     legacy = msgspec.msgpack.encode(old)
     restored = Clearing.restore(legacy)
     assert restored.snapshot() == legacy and restored.payouts == clearing.payouts
@@ -1030,5 +1039,15 @@ def test_a_snapshot_listing_payouts_whole_restores_to_its_hash_and_packs_only_ne
     assert new
     fields = msgspec.msgpack.decode(restored.snapshot())
     assert {p[0] for p in fields[listed_at]} == listed and len(fields[packed_at][1]) == len(new)
+    assert msgspec.msgpack.encode(fields[final_at]) == msgspec.msgpack.encode(legacy_final)  # none forgotten yet
+    assert len(fields[names.index("packed_final")]) == 3 * (len(restored.final) - restored._final_head
+                                                             - len(fields[final_at]))  # fmt: skip
     again = Clearing.restore(restored.snapshot())
     assert again.snapshot() == restored.snapshot() and again.payouts == restored.payouts
+    assert again.final == restored.final[restored._final_head:]
+    # a window later the listed ones are forgotten: what is left is packed
+    day.ts_ns += DEFAULT_RETENTION_NS
+    day.add(ClockTick(0, 0))
+    fields = msgspec.msgpack.decode(restored.snapshot())
+    assert fields[listed_at] == [] and fields[final_at:final_at + 1] in ([], [[]])  # (left out if all are empty)
+    assert Clearing.restore(restored.snapshot()).snapshot() == restored.snapshot()

@@ -281,6 +281,9 @@ class Clearing(ClearingState):
         # that listed them so (an earlier version's), every other is packed (_pack_payouts). Ids are never
         # reused, so a forgotten payout's id may stay.
         self._listed_payouts: set[int] = set()
+        # likewise the final queue: its entries before this index (restored from a snapshot that listed them,
+        # ClearingSnapshot.final) are listed, the others packed (_pack_final)
+        self._listed_final_end = 0
 
     # ------------------------------------------------------------------------------ hooks of the core
 
@@ -445,6 +448,7 @@ class Clearing(ClearingState):
                     gone.append((_FILE_DIGEST, (key, self.file_digests.pop(key))))
         if head > 1024 and 2 * head > len(final):  # drop the forgotten front now and then (amortised O(1))
             del final[:head]
+            self._listed_final_end = max(0, self._listed_final_end - head)
             head = 0
         self._final_head = head
         if gone:
@@ -646,10 +650,12 @@ class Clearing(ClearingState):
         c.payouts.update((p.payout_id, p) for p in _unpack_payouts(c, snap.packed_payouts))
         c.payouts = {k: c.payouts[k] for k in sorted(c.payouts)}
         c.final = [(at, kind, tuple(key) if isinstance(key, list) else key) for at, kind, key in snap.final]
+        c._listed_final_end = len(c.final)
+        c.final += _unpack_final(snap.packed_final)
         c._final_head = 0
         # (an earlier version's snapshot queued no registration: queued, with the rest, at the first tick)
-        c._unqueued_final = not snap.final or (
-            bool(snap.registrations) and all(kind != FinalKind.REGISTRATION for _, kind, _ in snap.final))
+        c._unqueued_final = not c.final or (
+            bool(snap.registrations) and all(kind != FinalKind.REGISTRATION for _, kind, _ in c.final))
         c._rebuild_indexes()
         # (nor a closed advance: queued at the first tick too)
         queued_loans = {key for _, kind, key in c.final if kind == _FINAL_LOAN}
@@ -659,6 +665,8 @@ class Clearing(ClearingState):
     def _snapshot_struct(self) -> ClearingSnapshot:
         def by_key(d: dict) -> list:
             return [d[k] for k in sorted(d)]
+
+        listed_end = max(self._final_head, self._listed_final_end)
 
         return ClearingSnapshot(
             SNAPSHOT_VERSION, self.counters, self.ledger.snapshot(allow_undrained=True),
@@ -671,8 +679,9 @@ class Clearing(ClearingState):
             by_key(self.runs), by_key(self.withdrawals), by_key(self.deposits), by_key(self.sent_files),
             by_key(self.bank_imports), by_key(self.repayments),
             [(pid, codes[0], codes[1]) for pid, codes in sorted(self.bank_codes.items())],
-            sorted(self.file_digests.items()), by_key(self.registrations), self.final[self._final_head:],
+            sorted(self.file_digests.items()), by_key(self.registrations), self.final[self._final_head:listed_end],
             _pack_payouts(self, [self.payouts[k] for k in sorted(self.payouts) if k not in self._listed_payouts]),
+            _pack_final(self.final[listed_end:]),
         )  # fmt: skip
 
 
@@ -721,6 +730,31 @@ def _pack_payouts(cl: ClearingState, listed: list[Payout]) -> list[Any]:
         prev_id, prev_payee, prev_pending = payout_id, payee_id, pending_id
         prev_created, prev_updated = created, updated
     return [list(files), rows]
+
+
+def _pack_final(entries: list[tuple[Any, int, Any]]) -> list[Any]:
+    """The final queue's entries flat: the time as the step from the entry before (a command's or a tick's
+    records share one: a byte, where a time takes 9), the kind, the key; 5 bytes an entry where a listed
+    (time, kind, key) takes 14."""
+    flat: list[Any] = []
+    prev = 0
+    for at, kind, key in entries:
+        flat.append(at - prev)
+        flat.append(kind)
+        flat.append(key)
+        prev = at
+    return flat
+
+
+def _unpack_final(flat: list[Any]) -> list[tuple[Any, int, Any]]:
+    """The entries _pack_final packed (an (owner, reference) key back as a tuple)."""
+    entries: list[tuple[Any, int, Any]] = []
+    at = 0
+    for i in range(0, len(flat), 3):
+        at += flat[i]
+        key = flat[i + 2]
+        entries.append((at, flat[i + 1], tuple(key) if isinstance(key, list) else key))
+    return entries
 
 
 def _unpack_payouts(cl: ClearingState, packed: list[Any]) -> list[Payout]:

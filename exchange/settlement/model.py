@@ -344,3 +344,6 @@ class ClearingSnapshot(msgspec.Struct, array_like=True, gc=False):
     # as [file refs, rows]; ``payouts`` above lists only those restored from a snapshot that listed them so
     # (an earlier version's snapshot restores to its hash: they are listed as they came until forgotten)
     packed_payouts: list[Any] = []
+    # optional and last: the final queue's entries packed (``clearing._pack_final``), after those ``final``
+    # lists (restored from a snapshot that listed them so, an earlier version's)
+    packed_final: list[Any] = []
