@@ -69,7 +69,12 @@ def check_buy(
         return R.NOT_AUTHORIZED
     if limit_price_fen <= 0:
         return R.UNBOUNDED_HOLD
-    if hold_source(cl, participant_id, heads * rules.hold_per_head_fen(spec, limit_price_fen)) is None:
+    # the clearing's per-instrument grams (kept since the listing; place_hold prices the hold by the same
+    # table): recomputing them from the specification cost every buy a call
+    grams = cl._hold_grams.get(spec.symbol)
+    if grams is None:
+        grams = rules.hold_grams(spec)  # an instrument the clearing was not told of: its rule as listed
+    if hold_source(cl, participant_id, heads * rules.per_head_hold_fen(grams, limit_price_fen)) is None:
         return R.INSUFFICIENT_FUNDS
     return None
 
