@@ -74,8 +74,20 @@ def check_buy(
     grams = cl._hold_grams.get(spec.symbol)
     if grams is None:
         grams = rules.hold_grams(spec)  # an instrument the clearing was not told of: its rule as listed
-    if hold_source(cl, participant_id, heads * rules.per_head_hold_fen(grams, limit_price_fen)) is None:
+    amount: int = heads * rules.per_head_hold_fen(grams, limit_price_fen)
+    source = hold_source(cl, participant_id, amount)
+    if source is None:
         return R.INSUFFICIENT_FUNDS
+    financier_id: int = source[1]
+    if not financier_id:
+        # Cash covers it: place_hold reuses this answer for the same buyer and amount while no transfer has
+        # been made since (_next_transfer_id unchanged). Cash is tried first and its account never changes,
+        # so only a transfer could change the answer. A line's answer also depends on consent (a participant
+        # field, no transfer): never kept.
+        cl._checked_buyer = participant_id
+        cl._checked_amount = amount
+        cl._checked_account = source[0]
+        cl._checked_at_tid = cl._next_transfer_id
     return None
 
 
@@ -106,13 +118,23 @@ def place_hold(
     grams: int = cl._hold_grams[instrument]
     per_head: int = rules.per_head_hold_fen(grams, limit_price_fen)
     heads_n: int = heads
-    amount: Boxed = heads_n * per_head  # boxed once: the hold's transfer
-    source = hold_source(cl, participant_id, amount)
-    if source is None:
-        raise ClearingInvariantError(f"buy {order_id} accepted without funds for its hold of {amount} fen")
-    account_id: Boxed = source[0]
-    financier_id: Boxed = source[1]
-    tid = cl._next_tid()
+    amount_n: int = heads_n * per_head
+    amount: Boxed = amount_n  # boxed once: the hold's transfer
+    account_id: Boxed
+    financier_id: Boxed
+    buyer_n: int = participant_id
+    if (cl._checked_at_tid == cl._next_transfer_id and cl._checked_amount == amount_n
+            and cl._checked_buyer == buyer_n):
+        # check_buy's answer for this buyer and amount, cash, with no transfer since: hold_source's own
+        account_id = cl._checked_account
+        financier_id = _ZERO
+    else:
+        source = hold_source(cl, participant_id, amount)
+        if source is None:
+            raise ClearingInvariantError(f"buy {order_id} accepted without funds for its hold of {amount} fen")
+        account_id = source[0]
+        financier_id = source[1]
+    tid = cl._next_tid()  # a transfer: the check's answer is spent (and could be no longer true)
     result = cl.ledger.create_transfer_of(tid, account_id, _ESCROW, amount, _TC_HOLD, order_id, _PENDING, _ZERO, ts_ns)
     if result is not _OK:
         refused(_TRANSFER(tid, account_id, _ESCROW, amount, _TC_HOLD, order_id, _PENDING), result)

@@ -355,6 +355,12 @@ class ClearingState:
             self._lines_by_buyer.setdefault(key[0], []).append(self.credit_lines[key])
         # instrument -> rules.hold_grams of its specification: every buy's hold and every fill prices by it
         self._hold_grams: dict[str, int] = {symbol: hold_grams(spec) for symbol, spec in self.instruments.items()}
+        # check_buy's cash answer (holds.place_hold reuses it): valid while _next_transfer_id equals
+        # _checked_at_tid; -1 keeps none (a restore starts without one)
+        self._checked_buyer: int = -1
+        self._checked_amount: int = -1
+        self._checked_account: Boxed = _ZERO
+        self._checked_at_tid: int = -1
 
     @property
     def counters(self) -> Counters:
