@@ -1,7 +1,7 @@
 """The clearing's shortcuts on its hot paths give what the plain rules give: one grading per weigh-in
 (``rules.priced_delivery_terms``) and dispute deadlines kept as a deque plus a heap for the ones that
 come out of order (``Clearing._add_deadline``), before and after a restore; a buy's hold from the source its
-check chose (only where that is the same answer)."""
+check chose (only where that is the same answer), and the set of sellers ``check_sell`` answers from."""
 
 from __future__ import annotations
 
@@ -18,9 +18,12 @@ from tests.factories import order
 from tests.settlement_support import (
     BUYER,
     BUYER2,
+    COOP,
     FARMER,
     FINANCIER,
     HOUR_NS,
+    MEMBER_A,
+    MEMBER_B,
     POOR_FARMER,
     SYMBOL,
     Exchange,
@@ -84,7 +87,7 @@ def test_trades_settle_in_deadline_then_trade_id_order_when_deadlines_come_out_o
     assert not x.clearing._deadlines and not x.clearing._late_deadlines
 
 
-# -- buys: what check_buy keeps for the hold --------------------------------------------------------------
+# -- buys and sells: what check_buy/check_sell keep for the rest of the command ---------------------------
 
 PER_HEAD_2900 = 406_000  # ceil(140 kg x 2900 fen/kg): dce_spec's hold a head at 2900 fen/kg
 
@@ -136,3 +139,23 @@ def test_a_buy_checked_against_a_line_is_held_from_the_line_and_a_withdrawn_cons
     x.ok(SetConsent(BUYER2, 0, FINANCIER, False))
     assert x.clearing.check_buy(BUYER2, dce_spec(), 2900, 2) == RejectReason.INSUFFICIENT_FUNDS
     x.reject(order(BUYER2, Side.BUY, 2900, 2), RejectReason.INSUFFICIENT_FUNDS)  # through the core too
+
+
+@pytest.mark.parametrize("restore", [False, True])
+def test_sellers_are_the_farmers_and_cooperatives_registered_also_after_a_restore(restore: bool) -> None:
+    x = world()
+    if restore:
+        x.restore_from_snapshot()
+    x.register(9_101, ParticipantRole.FARMER)
+    x.register(9_102, ParticipantRole.BUYER)
+    hash_before = x.clearing.state_hash()
+    if restore:
+        x.restore_from_snapshot()
+        assert x.clearing.state_hash() == hash_before  # derived: not part of the state
+    assert x.clearing._sellers == {FARMER, POOR_FARMER, COOP, MEMBER_A, MEMBER_B, 9_101}
+    for seller in (FARMER, COOP, 9_101):
+        assert x.clearing.check_sell(seller) is None
+    assert x.clearing.check_sell(BUYER) == RejectReason.NOT_AUTHORIZED
+    assert x.clearing.check_sell(9_102) == RejectReason.NOT_AUTHORIZED
+    assert x.clearing.check_sell(FINANCIER) == RejectReason.NOT_AUTHORIZED
+    assert x.clearing.check_sell(9_999) == RejectReason.UNKNOWN_PARTICIPANT

@@ -93,6 +93,8 @@ def check_buy(
 
 def check_sell(cl: ClearingState, participant_id: int) -> R | None:
     """Optional: a seller must be a registered farmer or cooperative (else its proceeds wait)."""
+    if participant_id in cl._sellers:
+        return None  # every sell of a registered seller: one set lookup instead of the record's and its role's
     who = cl.participants.get(participant_id)
     if who is None:
         return R.UNKNOWN_PARTICIPANT

@@ -29,6 +29,7 @@ from exchange.settlement.state import (
     _ENCODER,
     MAX_REF_LEN,
     ROLE,
+    SELLING_ROLES,
     TRADING_ROLES,
     ClearingState,
     R,
@@ -59,6 +60,8 @@ def register_participant(cl: ClearingState, cmd: RegisterParticipant, out: list)
     who = Participant(cmd.subject_id, cmd.role, cmd.name.strip(), cmd.id_number_masked, cmd.bank_account.strip(),
                       False, cmd.poor_registration_no.strip(), False)
     cl.participants[cmd.subject_id] = who
+    if who.role in SELLING_ROLES:
+        cl._sellers.add(cmd.subject_id)  # derived (state.py, _rebuild_indexes): check_sell's answer
     if cmd.bank_code or cmd.branch_code:
         cl.bank_codes[cmd.subject_id] = (cmd.bank_code, cmd.branch_code)
     out.append(participant_event(cl, who, cmd.participant_id, cmd.ts_ns))
@@ -83,6 +86,8 @@ def register_with_reference(cl: ClearingState, cmd: RegisterParticipant, out: li
     who = Participant(cmd.subject_id, cmd.role, cmd.name.strip(), cmd.id_number_masked, cmd.bank_account.strip(),
                       False, cmd.poor_registration_no.strip(), False)
     cl.participants[cmd.subject_id] = who
+    if who.role in SELLING_ROLES:
+        cl._sellers.add(cmd.subject_id)  # derived (state.py, _rebuild_indexes): check_sell's answer
     if cmd.bank_code or cmd.branch_code:
         cl.bank_codes[cmd.subject_id] = (cmd.bank_code, cmd.branch_code)
     cl.registrations[ref] = Registration(ref, cmd.subject_id, digest, cmd.api_key, cmd.ts_ns)

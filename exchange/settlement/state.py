@@ -355,6 +355,9 @@ class ClearingState:
             self._lines_by_buyer.setdefault(key[0], []).append(self.credit_lines[key])
         # instrument -> rules.hold_grams of its specification: every buy's hold and every fill prices by it
         self._hold_grams: dict[str, int] = {symbol: hold_grams(spec) for symbol, spec in self.instruments.items()}
+        # the participants whose role may sell (SELLING_ROLES): every sell is checked against it. A role is
+        # fixed at registration and no participant is forgotten, so registration adds to it and nothing removes
+        self._sellers: set[int] = {pid for pid, who in self.participants.items() if who.role in SELLING_ROLES}
         # check_buy's cash answer (holds.place_hold reuses it): valid while _next_transfer_id equals
         # _checked_at_tid; -1 keeps none (a restore starts without one)
         self._checked_buyer: int = -1
