@@ -586,8 +586,13 @@ async def test_book_snapshot_plus_deltas_reproduce_the_server_book(gw: Gateway, 
     await _random_flow(gw, symbol, rng, operations=25)
     late_ws, late, late_task = await _subscribe_book(gw, symbol)  # joins a book that has history
     await _random_flow(gw, symbol, rng, operations=25)
-    server = (await SignedClient(gw.url, session=gw.session).get(f"/v1/markets/{symbol}/book?depth=1000")).json()
-    settled = gw.app[EXCHANGE].sequencer.settled_depth(symbol, 1000)
+    client = SignedClient(gw.url, session=gw.session)
+    for _ in range(500):  # a clock tick may be in flight (a busy machine makes that likely): wait for its commit
+        server = (await client.get(f"/v1/markets/{symbol}/book?depth=1000")).json()
+        settled = gw.app[EXCHANGE].sequencer.settled_depth(symbol, 1000)
+        if settled is not None:
+            break
+        await asyncio.sleep(0.01)
     assert settled is not None  # nothing in flight: the core holds committed state only
     seq, core_bids, core_asks = settled
     assert seq == server["seq"] and [list(x) for x in core_bids] == server["bids"] and [
