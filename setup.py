@@ -27,6 +27,7 @@ COMPILED = [
     "exchange/settlement/settling.py",
     "exchange/settlement/financing.py",
     "exchange/settlement/payouts.py",
+    "exchange/settlement/packing.py",
     "exchange/settlement/rules.py",
     "exchange/settlement/ledger.py",
 ]

@@ -340,10 +340,10 @@ class ClearingSnapshot(msgspec.Struct, array_like=True, gc=False):
     # optional and last: (final_at_ns, FinalKind, key) of every final record held, oldest first
     # (Clearing.forget); a key is an id, a reference, or (owner, reference)
     final: list[tuple[int, int, int | str | tuple[int, str]]] = []
-    # optional and last: the payouts packed (``clearing._pack_payouts``: about half a listed payout's bytes),
+    # optional and last: the payouts packed (``packing.pack_payouts``: about half a listed payout's bytes),
     # as [file refs, rows]; ``payouts`` above lists only those restored from a snapshot that listed them so
     # (an earlier version's snapshot restores to its hash: they are listed as they came until forgotten)
     packed_payouts: list[Any] = []
-    # optional and last: the final queue's entries packed (``clearing._pack_final``), after those ``final``
+    # optional and last: the final queue's entries packed (``packing.pack_final``), after those ``final``
     # lists (restored from a snapshot that listed them so, an earlier version's)
     packed_final: list[Any] = []
