@@ -55,14 +55,19 @@ lots, orders, client order ids and the day's own trades are the same on every da
 Day d's figures: its commands and rejections (should be 0:
 the stream was valid for the scratch core), committed commands/s, its statement page, and from the
 restart after it (the next process, right after recovery): the process's RSS, the size of the
-snapshot it started from (state and idempotency index) and the recovery time (the fastest of
-`RECOVERIES` recoveries from the same snapshot and tail, one after the other: the machine's other load
-only ever adds to one).
+snapshot it started from (state and idempotency index) and the recovery time, wall and this process's
+CPU (`Sequencer.start`, the fastest of `RECOVERIES` recoveries from the same snapshot and tail, one after
+the other: the machine's other load only ever adds to one). The recovery figures of day 1 and the last
+day in the JSON are taken again after the last day, in the same minutes: the database as day 1 left it
+(a copy made before the restart after it) and as the last day left it are recovered by fresh processes,
+alternately, `RECOVERY_ROUNDS` times each, and each keeps its fastest. Each is still the recovery the
+next process does from that state; measured minutes apart, the two compared what else the machine ran
+(on 2 busy cores, a restart's fastest of 3 varied from 40 to 100 ms, its ratio from 0.67 to 2.3).
 
 Prints a line per day, then one JSON object: `days`, `commands`, `rss_mb_day1`, `rss_mb_last`,
 `snapshot_bytes_day1`, `snapshot_bytes_last`, `recovery_s_day1`, `recovery_s_last`,
 `statement_page_ms_last`, `growth_ratio_rss`, `growth_ratio_snapshot`, `growth_ratio_recovery` (last
-day over day 1), `rejected` (all days), and `held_day1`, `held_last`: what the restart after day 1 and
+day over day 1), `recovery_cpu_s_day1`, `recovery_cpu_s_last`, `growth_ratio_recovery_cpu`, `rejected` (all days), and `held_day1`, `held_last`: what the restart after day 1 and
 after the last day held, by kind (`held_counts`: orders, lots, ids, accounts, trades, payouts, loans,
 transfers...). Uses `DATABASE_URL` or the embedded server, in a scratch
 database dropped afterwards. Wall-clock figures move with other load on the machine.
@@ -84,6 +89,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import msgspec
@@ -116,7 +122,8 @@ NIGHT_NS = 12 * 3_600 * 10**9  # and its night (settlement, payout run, bank ans
 FINANCIER = 4000
 STATEMENT_BUYER = BUYERS[0]
 SELLERS = (*FARMERS, *COOPS)
-RECOVERIES = 3  # each restart recovers this many times; its recovery time is the fastest
+RECOVERIES = 5  # each restart recovers this many times; its recovery time is the fastest (wall and CPU alike)
+RECOVERY_ROUNDS = 3  # and, after the last day, the restarts after day 1 and the last day again, alternated
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(tuple[list[Command], int])  # a day's commands, where its night begins
@@ -225,10 +232,11 @@ async def run_day(dsn: str, day: int, stream: str, snapshot_every: int, window: 
     """Recover, measure, run the day's commands (if any), time a statement page; the figures."""
     clock = DayClock(day)
     sequencer = _sequencer(dsn, clock, snapshot_every, window)
-    start_s = time.perf_counter()
+    start_s, start_cpu_s = time.perf_counter(), time.process_time()
     recovery = await sequencer.start()
     figures: dict[str, Any] = {
         "recovery_s": time.perf_counter() - start_s,
+        "recovery_cpu_s": time.process_time() - start_cpu_s,
         "replayed": recovery.replayed,
         "snapshot_seq": recovery.snapshot_seq,
     }
@@ -238,9 +246,10 @@ async def run_day(dsn: str, day: int, stream: str, snapshot_every: int, window: 
         for _ in range(RECOVERIES - 1):  # the fastest of a few: other load on the machine only slows one down
             await sequencer.stop(snapshot=False)
             sequencer = _sequencer(dsn, clock, snapshot_every, window)
-            start_s = time.perf_counter()
+            start_s, start_cpu_s = time.perf_counter(), time.process_time()
             await sequencer.start()
             figures["recovery_s"] = min(figures["recovery_s"], time.perf_counter() - start_s)
+            figures["recovery_cpu_s"] = min(figures["recovery_cpu_s"], time.process_time() - start_cpu_s)
         figures["held"] = held_counts(sequencer.core, len(recovery.client_orders))
         conn = await asyncpg.connect(dsn)
         try:
@@ -352,6 +361,38 @@ def _day_process(dsn: str, day: int, stream: str, args: argparse.Namespace) -> d
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _admin_dsn(dsn: str) -> str:
+    return store.dsn_with_database(dsn, "postgres")  # (a copy is made from a database nobody is connected to)
+
+
+async def _copy_database(dsn: str, suffix: str) -> str:
+    """A copy of the database of `dsn` (nobody connected to it), named with `suffix`; its DSN."""
+    source = urlsplit(dsn).path.lstrip("/")
+    target = f"{source}{suffix}"
+    admin = await asyncpg.connect(_admin_dsn(dsn))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{target}"')
+        for attempt in range(50):
+            try:
+                await admin.execute(f'CREATE DATABASE "{target}" TEMPLATE "{source}"')
+                break
+            except asyncpg.ObjectInUseError:  # the last process's backends may still be exiting
+                if attempt == 49:
+                    raise
+                await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+    return store.dsn_with_database(dsn, target)
+
+
+async def _drop_database(dsn: str) -> None:
+    admin = await asyncpg.connect(_admin_dsn(dsn))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{urlsplit(dsn).path.lstrip("/")}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
 async def _wait_for(path: Path, generator: multiprocessing.Process) -> None:
     while not path.exists():
         if not generator.is_alive() and not path.exists():
@@ -379,27 +420,47 @@ async def _run_days(
 ) -> dict[str, Any]:
     days: list[dict[str, Any]] = []
     previous: dict[str, Any] | None = None
-    for day in range(args.days + 1):  # the last process only restarts after the last day
-        stream = ""
-        if day < args.days:
-            path = directory / f"day-{day}.msgpack"
-            await _wait_for(path, generator)
-            stream = str(path)
-        figures = await asyncio.to_thread(_day_process, dsn, day, stream, args)
-        if previous is not None:
-            # the restart after a day tells what that day left: memory, snapshot, recovery time
-            previous.update(
-                rss_mb=figures["rss_mb"],
-                snapshot_bytes=figures["snapshot_bytes"],
-                recovery_s=figures["recovery_s"],
-                replayed=figures["replayed"],
-                held=figures["held"],
-            )
-            days.append(previous)
-            _print_day(len(days), previous)
-        previous = figures
-        if stream:
-            Path(stream).unlink()
+    day1_dsn = dsn  # the database as day 1 left it (a copy, if more days follow): recovered again at the end
+    try:
+        for day in range(args.days + 1):  # the last process only restarts after the last day
+            stream = ""
+            if day < args.days:
+                path = directory / f"day-{day}.msgpack"
+                await _wait_for(path, generator)
+                stream = str(path)
+            if day == 1 and args.days > 1:
+                day1_dsn = await _copy_database(dsn, "_day1")
+            figures = await asyncio.to_thread(_day_process, dsn, day, stream, args)
+            if previous is not None:
+                # the restart after a day tells what that day left: memory, snapshot, recovery time
+                previous.update(
+                    rss_mb=figures["rss_mb"],
+                    snapshot_bytes=figures["snapshot_bytes"],
+                    recovery_s=figures["recovery_s"],
+                    recovery_cpu_s=figures["recovery_cpu_s"],
+                    replayed=figures["replayed"],
+                    held=figures["held"],
+                )
+                days.append(previous)
+                _print_day(len(days), previous)
+            previous = figures
+            if stream:
+                Path(stream).unlink()
+        first, last = days[0], days[-1]
+        # Recovery times again, the restart after day 1 and after the last day alternated in the same minutes:
+        # the day's own figures were taken minutes apart, under whatever else the machine ran then.
+        for _ in range(RECOVERY_ROUNDS):
+            for figures, day_dsn, day in ((first, day1_dsn, 1), (last, dsn, args.days)):
+                again = await asyncio.to_thread(_day_process, day_dsn, day, "", args)
+                figures["recovery_s"] = min(figures["recovery_s"], again["recovery_s"])
+                figures["recovery_cpu_s"] = min(figures["recovery_cpu_s"], again["recovery_cpu_s"])
+    finally:
+        if day1_dsn != dsn:
+            await _drop_database(day1_dsn)
+    return _summary(args, days)
+
+
+def _summary(args: argparse.Namespace, days: list[dict[str, Any]]) -> dict[str, Any]:
     first, last = days[0], days[-1]
     return {
         "days": args.days,
@@ -417,6 +478,9 @@ async def _run_days(
         "growth_ratio_rss": round(last["rss_mb"] / first["rss_mb"], 2),
         "growth_ratio_snapshot": round(last["snapshot_bytes"] / max(1, first["snapshot_bytes"]), 2),
         "growth_ratio_recovery": round(last["recovery_s"] / max(1e-9, first["recovery_s"]), 2),
+        "recovery_cpu_s_day1": round(first["recovery_cpu_s"], 4),  # this process's CPU (not the server's)
+        "recovery_cpu_s_last": round(last["recovery_cpu_s"], 4),
+        "growth_ratio_recovery_cpu": round(last["recovery_cpu_s"] / max(1e-9, first["recovery_cpu_s"]), 2),
         "held_day1": first["held"],  # what the restart after day 1 held, by kind (held_counts)
         "held_last": last["held"],
     }
@@ -426,7 +490,9 @@ def _print_day(day: int, f: dict[str, Any]) -> None:
     print(
         f"day {day:>3}: {int(f['commands']):>7,} commands ({int(f['rejected'])} rejected) "
         f"{f['commands_per_s']:>8,.0f}/s | restart: rss {f['rss_mb']:7.1f} MB, snapshot "
-        f"{f['snapshot_bytes'] / 1e6:8.2f} MB, recovery {f['recovery_s']:6.2f} s ({int(f['replayed']):,} replayed) "
+        f"{f['snapshot_bytes'] / 1e6:8.2f} MB, recovery {f['recovery_s'] * 1000:6.1f} ms "
+        f"({f['recovery_cpu_s'] * 1000:5.1f} ms CPU, "
+        f"{int(f['replayed']):,} replayed) "
         f"| statement page {f['statement_page_ms']:.2f} ms",
         flush=True,
     )

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from exchange import store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +36,10 @@ def test_two_small_days_give_every_figure(postgres_server_url: str) -> None:
     assert result["snapshot_bytes_day1"] > 0 and result["snapshot_bytes_last"] > 0  # each restart had a snapshot
     assert result["rss_mb_day1"] > 0 and result["recovery_s_day1"] > 0 and result["statement_page_ms_last"] > 0
     assert result["growth_ratio_snapshot"] == round(result["snapshot_bytes_last"] / result["snapshot_bytes_day1"], 2)
+    # recovery timed again at the end, the two restarts alternated, wall and this process's CPU
+    assert result["recovery_cpu_s_day1"] > 0 and result["recovery_cpu_s_last"] > 0
+    cpu_ratio = result["recovery_cpu_s_last"] / result["recovery_cpu_s_day1"]  # (of the figures rounded to 0.1 ms)
+    assert result["growth_ratio_recovery_cpu"] == pytest.approx(cpu_ratio, abs=0.02)
     # what each restart held, by kind: after day 2 also day 1's night (payouts still inside their window)
     first, last = result["held_day1"], result["held_last"]
     assert set(first) == set(last) >= {"orders", "lots", "client_order_ids", "accounts", "trades", "payouts",
