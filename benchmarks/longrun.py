@@ -67,10 +67,11 @@ next process does from that state; measured minutes apart, the two compared what
 Prints a line per day, then one JSON object: `days`, `commands`, `rss_mb_day1`, `rss_mb_last`,
 `snapshot_bytes_day1`, `snapshot_bytes_last`, `recovery_s_day1`, `recovery_s_last`,
 `statement_page_ms_last`, `growth_ratio_rss`, `growth_ratio_snapshot`, `growth_ratio_recovery` (last
-day over day 1), `recovery_cpu_s_day1`, `recovery_cpu_s_last`, `growth_ratio_recovery_cpu`, `rejected` (all days), and `held_day1`, `held_last`: what the restart after day 1 and
-after the last day held, by kind (`held_counts`: orders, lots, ids, accounts, trades, payouts, loans,
-transfers...). Uses `DATABASE_URL` or the embedded server, in a scratch
-database dropped afterwards. Wall-clock figures move with other load on the machine.
+day over day 1), `recovery_cpu_s_day1`, `recovery_cpu_s_last`, `growth_ratio_recovery_cpu`, `rejected`
+(all days), and `held_day1`, `held_last`: what the restart after day 1 and after the last day held, by
+kind (`held_counts`: orders, lots, ids, accounts, trades, payouts, loans, transfers...). Uses
+`DATABASE_URL` or the embedded server, in a scratch database (and the copy of day 1's) dropped
+afterwards. Wall-clock figures move with other load on the machine.
 """
 
 from __future__ import annotations
