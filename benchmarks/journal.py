@@ -16,7 +16,11 @@ durability settings (fsync, synchronous_commit) apply.
    Throughput counts commands durably committed; ack latency is submit -> result for every command
    (a group's commands all count the group's time). CPU time of this process (user + system, and
    system alone) and of the writer's PostgreSQL backend (from /proc, same machine) is reported per
-   command: on a loaded machine it says more than the wall clock.
+   command: on a loaded machine it says more than the wall clock. What PostgreSQL stores and logs per
+   command: `pg_rows_per_command` (rows the run added to the tables its batches write),
+   `pg_stored_bytes_per_command` (their growth in heap and index pages, an exact figure for the scratch
+   database) and `wal_bytes_per_command` (the server's WAL position before and after: exact on a server
+   the run has to itself, an upper bound on one shared with other work).
    `--core exchange` (the default) runs the exchange as it runs behind the gateway: the core with
    settlement (`new_exchange`), an operator, the sellers registered as farmers and the buyers funded
    (`benchmarks.matching.exchange_setup_commands`), and the ledger's rows written in each batch's
@@ -53,6 +57,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Final
 
 import asyncpg
 import msgspec
@@ -150,6 +155,7 @@ async def run_sequencer(dsn: str, commands: Sequence[Command], args: argparse.Na
             latencies_ns[first:position] = [clock() - start_ns] * (position - first)
 
     backend_pid = sequencer.writer_backend_pid
+    stored_start = await _stored(dsn)
     gc.collect()
     gc.freeze()  # as the sequencer does after recovery: old objects leave the collector's scans
     cpu_start = (time.process_time(), _backend_cpu_s(backend_pid), os.times().system)
@@ -161,6 +167,7 @@ async def run_sequencer(dsn: str, commands: Sequence[Command], args: argparse.Na
     elapsed_s = time.perf_counter() - start_s
     py_cpu_s, pg_cpu_s = time.process_time() - cpu_start[0], _backend_cpu_s(backend_pid) - cpu_start[1]
     py_sys_s = os.times().system - cpu_start[2]
+    stored_end = await _stored(dsn)
     lag_s = 0.0
     if projector is not None:
         await projector.wait_for(sequencer.committed_seq, timeout_s=600)
@@ -179,7 +186,31 @@ async def run_sequencer(dsn: str, commands: Sequence[Command], args: argparse.Na
         "pg_cpu_us_per_command": pg_cpu_s / len(commands) * 1e6,
         "py_sys_us_per_command": py_sys_s / len(commands) * 1e6,
         "readmodel_lag_s": lag_s,
+        "pg_rows_per_command": (stored_end[0] - stored_start[0]) / len(commands),
+        "pg_stored_bytes_per_command": (stored_end[1] - stored_start[1]) / len(commands),
+        "wal_bytes_per_command": (stored_end[2] - stored_start[2]) / len(commands),
     }
+
+
+# the tables a batch writes (the journal's day partitions, the ledger's): rows, heap + index bytes
+_WRITTEN: Final = ("journal", "ledger_transfers", "ledger_accounts", "settlement_refs", "settlement_history")
+_STORED_SQL: Final = f"""
+SELECT {" + ".join(f"(SELECT count(*) FROM {table})" for table in _WRITTEN)},
+       (SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c
+        WHERE c.relkind = 'r' AND c.relnamespace = 'public'::regnamespace
+          AND (c.relispartition AND c.relname LIKE 'journal%' OR c.relname = ANY($1::text[]))),
+       pg_current_wal_lsn() - '0/0'::pg_lsn
+"""
+
+
+async def _stored(dsn: str) -> tuple[int, int, int]:
+    """(rows, heap and index bytes, the server's WAL position) of the tables the batches write."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows, size, wal = await conn.fetchrow(_STORED_SQL, list(_WRITTEN[1:]))
+        return int(rows), int(size), int(wal)
+    finally:
+        await conn.close()
 
 
 def _both(first: ExtraWrites, second: ExtraWrites) -> ExtraWrites:
@@ -281,6 +312,9 @@ async def run(args: argparse.Namespace) -> dict[str, float | int | str]:
         "mean_batch": round(live["mean_batch"], 1),
         "py_cpu_us_per_command": round(live["py_cpu_us_per_command"], 2),
         "pg_cpu_us_per_command": round(live["pg_cpu_us_per_command"], 2),
+        "pg_rows_per_command": round(live["pg_rows_per_command"], 3),
+        "pg_stored_bytes_per_command": round(live["pg_stored_bytes_per_command"]),
+        "wal_bytes_per_command": round(live["wal_bytes_per_command"]),
         "readmodel": args.readmodel,
         "readmodel_lag_s": round(live["readmodel_lag_s"], 2),
         "copy_rows_per_s": round(copy["copy_rows_per_s"]),
