@@ -62,11 +62,12 @@ def check_buy(
     """Why a buy of ``heads`` at ``limit_price_fen`` (a market buy: the band's upper edge, 0 if none)
     cannot be accepted, or None: the participant must be a registered trader and cash or one
     credit line must cover the whole hold."""
-    who = cl.participants.get(participant_id)
-    if who is None:
-        return R.UNKNOWN_PARTICIPANT
-    if who.role not in TRADING_ROLES:
-        return R.NOT_AUTHORIZED
+    if participant_id not in cl._traders:  # a registered trader: one set lookup, not the record's and its role's
+        who = cl.participants.get(participant_id)
+        if who is None:
+            return R.UNKNOWN_PARTICIPANT
+        if who.role not in TRADING_ROLES:
+            return R.NOT_AUTHORIZED
     if limit_price_fen <= 0:
         return R.UNBOUNDED_HOLD
     # the clearing's per-instrument grams (kept since the listing; place_hold prices the hold by the same
@@ -75,20 +76,19 @@ def check_buy(
     if grams is None:
         grams = rules.hold_grams(spec)  # an instrument the clearing was not told of: its rule as listed
     amount: int = heads * rules.per_head_hold_fen(grams, limit_price_fen)
-    source = hold_source(cl, participant_id, amount)
-    if source is None:
-        return R.INSUFFICIENT_FUNDS
-    financier_id: int = source[1]
-    if not financier_id:
+    # hold_source's first answer, cash, inline (no tuple made for it): every buy of a funded buyer
+    cash: Boxed = cl._cash_accounts.get(participant_id)
+    if cash is not None and cl.ledger.available_fen(cash) >= amount:
         # Cash covers it: place_hold reuses this answer for the same buyer and amount while no transfer has
         # been made since (_next_transfer_id unchanged). Cash is tried first and its account never changes,
         # so only a transfer could change the answer. A line's answer also depends on consent (a participant
         # field, no transfer): never kept.
         cl._checked_buyer = participant_id
         cl._checked_amount = amount
-        cl._checked_account = source[0]
+        cl._checked_account = cash
         cl._checked_at_tid = cl._next_transfer_id
-    return None
+        return None
+    return None if hold_source(cl, participant_id, amount) is not None else R.INSUFFICIENT_FUNDS
 
 
 def check_sell(cl: ClearingState, participant_id: int) -> R | None:

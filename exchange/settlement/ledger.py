@@ -181,7 +181,6 @@ _POSTED_EB: Final[Boxed] = _POSTED_E
 _PENDING_EB: Final[Boxed] = _PENDING_E
 _RELEASE_EB: Final[Boxed] = _RELEASE_E
 _POST_EB: Final[Boxed] = _POST_E
-_ST_PENDING_B: Final[Boxed] = _ST_PENDING
 _ST_POSTED_B: Final[Boxed] = _ST_POSTED
 _ST_VOIDED_B: Final[Boxed] = _ST_VOIDED
 _RESOLVED_STATUS_RESULT: Final = {
@@ -308,7 +307,11 @@ class Ledger:
         # parked accounts (see "Memory"): out of ``_accounts``, which transfers look up, until unparked
         self.parked: dict[int, _Account] = {}
         self._transfers: dict[int, Transfer] = {}
-        self._pending_status: dict[int, int] = {}  # pending transfer id -> PendingStatus
+        # A held pending transfer's status once it is no longer PENDING (POSTED, VOIDED, EXPIRED); a held
+        # pending transfer absent from it is still PENDING. Snapshots list every held pending transfer's status
+        # (``pending_status``), built from this; only the resolution writes here, not every hold (compiled, a
+        # dict store per pending transfer saved: every buy's hold and every partial fill's re-hold).
+        self._resolved: dict[int, int] = {}
         self._expires_at_ns: dict[int, int] = {}  # pending transfer id -> deadline (timeout > 0 only)
         self._expiry_heap: list[tuple[int, int]] = []  # (expires_at_ns, id); stale entries skipped
         self._postings: list[Posting] = []
@@ -546,23 +549,35 @@ class Ledger:
         if _is_earlier(now_ns, self._now_ns):
             self._advance_clock(now_ns)  # raises
         self._now_ns = now_ns
-        undo: list[_Undo] = []
-        self._undo = undo
+        # No undo list while the pair runs: only the first can need undoing, and only if the second fails (a
+        # refused transfer changes nothing), so its undo record is made then, from what it stored (``_undo_of``).
+        # Compiled, every partial fill saves the list and a tuple per member.
         mark = len(self._postings)
         final_mark = len(self._final)
-        try:
-            first = self._create_transfer(None, tid, dr_id, cr_id, amount, code, user_data, flags, pending_id,
-                                          _ZERO_B, now_ns)  # fmt: skip
-            if first is not _OK and first is not _EXISTS:
-                return first, _R.LINKED_EVENT_FAILED  # nothing applied
-            second = self._create_transfer(None, tid2, dr_id2, cr_id2, amount2, code2, user_data2, flags2,
-                                           pending_id2, _ZERO_B, now_ns)  # fmt: skip
-            if second is not _OK and second is not _EXISTS:
-                self._roll_back_chain(undo, mark, final_mark)
-                return _R.LINKED_EVENT_FAILED, second
-            return first, second
-        finally:
-            self._undo = None
+        first = self._create_transfer(None, tid, dr_id, cr_id, amount, code, user_data, flags, pending_id,
+                                      _ZERO_B, now_ns)  # fmt: skip
+        if first is not _OK and first is not _EXISTS:
+            return first, _R.LINKED_EVENT_FAILED  # nothing applied
+        second = self._create_transfer(None, tid2, dr_id2, cr_id2, amount2, code2, user_data2, flags2,
+                                       pending_id2, _ZERO_B, now_ns)  # fmt: skip
+        if second is not _OK and second is not _EXISTS:
+            if first is _OK:  # (EXISTS applied nothing)
+                self._roll_back_chain([self._undo_of(tid)], mark, final_mark)
+            return _R.LINKED_EVENT_FAILED, second
+        return first, second
+
+    def _undo_of(self, tid: Boxed) -> _Undo:
+        """The undo record ``_create_transfer`` would have kept for the transfer ``tid`` it just applied (the
+        pending status it resolved was PENDING: only an open pending transfer is posted or voided)."""
+        t = self._transfers[tid]
+        dr = self._accounts[t.debit_account_id]
+        cr = self._accounts[t.credit_account_id]
+        flags: int = t.flags
+        if flags & _RESOLVE_FLAGS:
+            held: Boxed = self._transfers[t.pending_id].amount_fen
+            posted: Boxed = t.amount_fen if flags & _POST else _ZERO_B
+            return (tid, dr, cr, _POST_E if flags & _POST else _RELEASE_E, posted, held, t.pending_id, _ST_PENDING)
+        return (tid, dr, cr, _PENDING_E if flags & _PENDING else _POSTED_E, t.amount_fen, _ZERO_B, _ZERO_B, 0)
 
     def _roll_back_chain(self, undo: list[_Undo], posting_mark: int, final_mark: int) -> None:
         """Undo a failed chain's applied members: counters, records, postings and the final queue."""
@@ -614,10 +629,13 @@ class Ledger:
                 cr.credits_posted_fen -= amount
             t = self._transfers.pop(transfer_id)
             if t.flags & _PENDING:
-                del self._pending_status[transfer_id]
+                self._resolved.pop(transfer_id, None)  # (resolved by a later member, undone before it)
                 self._expires_at_ns.pop(transfer_id, None)  # its heap entry goes stale
             if pending_id:
-                self._pending_status[pending_id] = status_before
+                if status_before == _ST_PENDING:
+                    self._resolved.pop(pending_id, None)
+                else:
+                    self._resolved[pending_id] = status_before
         del self._postings[posting_mark:]
 
 
@@ -700,7 +718,6 @@ class Ledger:
         if phase:
             dr.debits_pending_fen = dr_pending + amount
             cr.credits_pending_fen = cr_pending + amount
-            self._pending_status[tid] = _ST_PENDING_B
             if timeout_ns:
                 expires_at_ns: int = now_ns + timeout_ns
                 self._expires_at_ns[tid] = expires_at_ns
@@ -773,9 +790,10 @@ class Ledger:
                 return _R.ID_FORGOTTEN
         else:
             self._top_id = tid
-        status = self._pending_status[pending_id]
-        if status != _ST_PENDING:
-            return _RESOLVED_STATUS_RESULT[status]
+        resolved_status = self._resolved.get(pending_id)
+        if resolved_status is not None:
+            return _RESOLVED_STATUS_RESULT[resolved_status]
+        status = _ST_PENDING
         if self._expires_at_ns:  # empty unless some transfer ever had a timeout
             expires_at_ns = self._expires_at_ns.get(pending_id)
             if expires_at_ns is not None and now_ns >= expires_at_ns:
@@ -793,11 +811,11 @@ class Ledger:
             posted: int = posted_value
             dr.debits_posted_fen += posted
             cr.credits_posted_fen += posted
-            self._pending_status[pending_id] = _ST_POSTED_B
+            self._resolved[pending_id] = _ST_POSTED_B
             self._postings.append(
                 _Posting(tid, _POST_EB, dr_id, cr_id, posted_value, held_value, code, user_data, pending_id, now_ns))
         else:
-            self._pending_status[pending_id] = _ST_VOIDED_B
+            self._resolved[pending_id] = _ST_VOIDED_B
             self._postings.append(
                 _Posting(tid, _RELEASE_EB, dr_id, cr_id, _ZERO_B, held_value, code, user_data, pending_id, now_ns))
         final, final_at = self._final, self._final_at
@@ -820,7 +838,7 @@ class Ledger:
         while heap and heap[0][0] <= now_ns:
             expires_at_ns, pid = heapq.heappop(heap)
             # Skip stale entries: resolved since, or rolled back and re-created with another deadline.
-            if self._pending_status.get(pid) != _ST_PENDING or self._expires_at_ns.get(pid) != expires_at_ns:
+            if pid not in self._transfers or pid in self._resolved or self._expires_at_ns.get(pid) != expires_at_ns:
                 continue
             p = self._transfers[pid]
             held = p.amount_fen
@@ -828,7 +846,7 @@ class Ledger:
             self._accounts[p.credit_account_id].credits_pending_fen -= held
             self._postings.append(Posting(pid, _RELEASE_E, p.debit_account_id, p.credit_account_id, 0, held, p.code,
                                           p.user_data, pid, now_ns))
-            self._pending_status[pid] = _ST_EXPIRED
+            self._resolved[pid] = _ST_EXPIRED
             self._final.append(pid)
             self._final_at.append(now_ns)
             expired.append(pid)
@@ -852,7 +870,7 @@ class Ledger:
             if t is None:
                 continue  # defensive: an entry is queued once per transfer held
             if t.flags & _PENDING:
-                del self._pending_status[tid]
+                self._resolved.pop(tid, None)  # (a final pending transfer is resolved or expired: there)
                 self._expires_at_ns.pop(tid, None)
             if tid > forgotten_id:
                 forgotten_id = tid
@@ -869,12 +887,12 @@ class Ledger:
         """Queue the final transfers a snapshot of an earlier version held (final from now on)."""
         self._unqueued_final = False
         held = set(self._final[self._final_head:])
-        status = self._pending_status
+        resolved = self._resolved
         for tid in sorted(self._transfers):
             if tid in held:
                 continue
             t = self._transfers[tid]
-            if not t.flags & _PENDING or status[tid] != _ST_PENDING:
+            if not t.flags & _PENDING or tid in resolved:
                 self._final.append(tid)
                 self._final_at.append(self._now_ns)
 
@@ -938,11 +956,11 @@ class Ledger:
         ledger._now_ns = snap.now_ns
         ledger._accounts = {a.account_id: _Account.of(a) for a in snap.accounts}
         ledger._transfers = {t.transfer_id: t for t in snap.transfers}
-        ledger._pending_status = dict(snap.pending_status)
+        ledger._resolved = {pid: status for pid, status in snap.pending_status.items() if status != _ST_PENDING}
         ledger._expires_at_ns = dict(snap.expires_at_ns)
         ledger._expiry_heap = sorted(
             (at, pid) for pid, at in ledger._expires_at_ns.items()
-            if ledger._pending_status[pid] == _ST_PENDING
+            if pid not in ledger._resolved
         )
         ledger._forgotten_id = snap.forgotten_id
         ledger._top_id = max(snap.forgotten_id, max(ledger._transfers, default=0))
@@ -968,13 +986,18 @@ class Ledger:
             now_ns=self._now_ns,
             accounts=[self._accounts[k].record() for k in sorted(self._accounts)],
             transfers=[self._transfers[k] for k in sorted(self._transfers)],
-            pending_status={k: self._pending_status[k] for k in sorted(self._pending_status)},
+            pending_status=self._pending_statuses(),
             expires_at_ns={k: self._expires_at_ns[k] for k in sorted(self._expires_at_ns)},
             forgotten_id=self._forgotten_id,
             final=self._final_runs(),
             parked=[(a.account_id, a.code, a.owner_id, a.ledger, a.flags, a.user_data, a.ts_ns, a.debits_posted_fen)
                     for a in (self.parked[k] for k in sorted(self.parked))],
         )
+
+    def _pending_statuses(self) -> dict[int, int]:
+        """Every held pending transfer's status, by id (the snapshot's ``pending_status``)."""
+        resolved = self._resolved
+        return {k: resolved.get(k, _ST_PENDING) for k in sorted(self._transfers) if self._transfers[k].flags & _PENDING}
 
     def _final_runs(self) -> list[list[int]]:
         """The final queue as runs of one time (a command's transfers share it): [at, id, id, ...]."""
@@ -1022,12 +1045,14 @@ class Ledger:
 
     def held_counts(self) -> tuple[int, int, int]:
         """(transfers held, of which pending and still open, final ones held): what memory holds."""
-        open_pending = sum(1 for s in self._pending_status.values() if s == _ST_PENDING)
+        open_pending = sum(1 for s in self._pending_statuses().values() if s == _ST_PENDING)
         return len(self._transfers), open_pending, len(self._final) - self._final_head
 
     def pending_status(self, transfer_id: int) -> PendingStatus | None:
-        status = self._pending_status.get(transfer_id)
-        return None if status is None else PendingStatus(status)
+        t = self._transfers.get(transfer_id)
+        if t is None or not t.flags & _PENDING:
+            return None
+        return PendingStatus(self._resolved.get(transfer_id, _ST_PENDING))
 
     def validate(self) -> None:
         """Check internal invariants; raise AssertionError naming the first one broken."""
@@ -1044,7 +1069,7 @@ class Ledger:
         if totals[0] != totals[2] or totals[1] != totals[3]:
             raise AssertionError(f"ledger does not balance: {totals}")
         held = sum(self._transfers[pid].amount_fen
-                   for pid, s in self._pending_status.items() if s == _ST_PENDING)
+                   for pid, s in self._pending_statuses().items() if s == _ST_PENDING)
         if held != totals[0]:
             raise AssertionError(f"pending counters {totals[0]} != open pending transfers {held}")
 

@@ -62,6 +62,8 @@ def register_participant(cl: ClearingState, cmd: RegisterParticipant, out: list)
     cl.participants[cmd.subject_id] = who
     if who.role in SELLING_ROLES:
         cl._sellers.add(cmd.subject_id)  # derived (state.py, _rebuild_indexes): check_sell's answer
+    if who.role in TRADING_ROLES:
+        cl._traders.add(cmd.subject_id)  # derived (state.py, _rebuild_indexes): check_buy's role check
     if cmd.bank_code or cmd.branch_code:
         cl.bank_codes[cmd.subject_id] = (cmd.bank_code, cmd.branch_code)
     out.append(participant_event(cl, who, cmd.participant_id, cmd.ts_ns))
@@ -88,6 +90,8 @@ def register_with_reference(cl: ClearingState, cmd: RegisterParticipant, out: li
     cl.participants[cmd.subject_id] = who
     if who.role in SELLING_ROLES:
         cl._sellers.add(cmd.subject_id)  # derived (state.py, _rebuild_indexes): check_sell's answer
+    if who.role in TRADING_ROLES:
+        cl._traders.add(cmd.subject_id)  # derived (state.py, _rebuild_indexes): check_buy's role check
     if cmd.bank_code or cmd.branch_code:
         cl.bank_codes[cmd.subject_id] = (cmd.bank_code, cmd.branch_code)
     cl.registrations[ref] = Registration(ref, cmd.subject_id, digest, cmd.api_key, cmd.ts_ns)

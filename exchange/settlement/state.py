@@ -358,6 +358,8 @@ class ClearingState:
         # the participants whose role may sell (SELLING_ROLES): every sell is checked against it. A role is
         # fixed at registration and no participant is forgotten, so registration adds to it and nothing removes
         self._sellers: set[int] = {pid for pid, who in self.participants.items() if who.role in SELLING_ROLES}
+        # likewise the participants whose role may trade (TRADING_ROLES): every buy is checked against it
+        self._traders: set[int] = {pid for pid, who in self.participants.items() if who.role in TRADING_ROLES}
         # check_buy's cash answer (holds.place_hold reuses it): valid while _next_transfer_id equals
         # _checked_at_tid; -1 keeps none (a restore starts without one)
         self._checked_buyer: int = -1
