@@ -340,7 +340,11 @@ class Clearing(ClearingState):
                 holds.on_lot(self, event, ts_ns, events)
             elif kind is _INSTRUMENT_LISTED:
                 holds.on_listed(self, event, ts_ns, events)
-        self.command_rows.append(self.ledger.drain_rows())
+        # the command's rows end here (they stay in the ledger until taken: "persistence")
+        ledger = self.ledger
+        self._posting_ends.append(ledger.posting_count())
+        self._account_ends.append(ledger.new_account_count())
+        ledger.close_rows()
         if self.closed_loan_pairs:  # a repayment, a write-off or a settlement closed loans: park their accounts
             self.park_loan_accounts()
 
@@ -373,14 +377,15 @@ class Clearing(ClearingState):
             trade = trades.get(trade_id)
             if trade is not None and trade.state == _DELIVERED:  # disputed, rejected, settled (or gone): stale
                 settling.settle(self, trade, ts_ns, events)
-        # the tick's rows belong to the tick, whose on_events already closed its entry
-        more = self.ledger.drain_rows()
-        if more is not NO_ROWS:
-            rows = self.command_rows
-            if rows:
-                accounts, postings = rows.pop()
-                more = ([*accounts, *more[0]], [*postings, *more[1]])
-            rows.append(more)
+        # the tick's rows belong to the tick, whose on_events already closed its entry: it ends later
+        ledger = self.ledger
+        if self._posting_ends:
+            self._posting_ends[-1] = ledger.posting_count()
+            self._account_ends[-1] = ledger.new_account_count()
+        else:
+            self._posting_ends.append(ledger.posting_count())
+            self._account_ends.append(ledger.new_account_count())
+        ledger.close_rows()
         if self.closed_loan_pairs:  # the tick's settlements and subsidised interest closed loans
             self.park_loan_accounts()
 
@@ -557,49 +562,75 @@ class Clearing(ClearingState):
 
     # ------------------------------------------------------------------------------- persistence
     # Ledger rows leave the clearing per command: ``on_events`` (and ``on_clock`` for a tick) moves
-    # what the ledger drained into ``command_rows``, one (new accounts, postings) entry per command in
-    # the order applied. The sequencer's ``extra_writes`` takes a batch's entries with
-    # ``take_command_rows`` (pgstore.LedgerWriter); tools and tests may use ``drain_*`` instead. The
-    # queue is not state: it is not in the snapshot, and rows of commands replayed during recovery
-    # (durable already) must be dropped (``discard_command_rows``; LedgerWriter aligns by seq).
+    # Ledger rows leave the clearing per command: each command's rows (new accounts, postings) stay in the
+    # ledger's lists, and ``on_events`` (``on_clock`` for a tick) queues where they end (``_posting_ends``,
+    # ``_account_ends``: one entry per command in the order applied). The sequencer's ``extra_writes`` takes a
+    # batch's entries with ``take_command_rows`` (pgstore.LedgerWriter); tools and tests may use ``drain_*``
+    # instead. The queue is not state: it is not in the snapshot, and rows of commands replayed during
+    # recovery (durable already) must be dropped (``discard_command_rows``; LedgerWriter aligns by seq).
+
+    @property
+    def command_rows(self) -> list[int]:
+        """One entry per command whose rows are queued, oldest first (its postings' end in the ledger's
+        queue): ``len`` is how many commands' rows ``take_command_rows`` can take."""
+        return self._posting_ends
 
     def take_command_rows(self, n: int) -> list[tuple[Sequence[Account], Sequence[Posting]]]:
-        """The oldest ``n`` commands' (new accounts, postings), removed from the queue."""
-        rows = self.command_rows
-        if n > len(rows):
-            raise ClearingInvariantError(f"{n} commands' ledger rows asked for, {len(rows)} queued")
-        taken = rows[:n]
-        del rows[:n]
+        """The oldest ``n`` commands' (new accounts, postings), removed from the queue: ``NO_ROWS`` for a
+        command without rows, ``()`` for no new account."""
+        ends, account_ends = self._posting_ends, self._account_ends
+        if n > len(ends):
+            raise ClearingInvariantError(f"{n} commands' ledger rows asked for, {len(ends)} queued")
+        if n <= 0:
+            return []
+        last_posting, last_account = ends[n - 1], account_ends[n - 1]
+        postings, accounts = self.ledger.take_rows(last_posting, last_account)
+        taken: list[Any] = []  # (typed Any: NO_ROWS is typed as a tuple of any length, ledger_records.py)
+        posting_start = account_start = 0
+        for k in range(n):
+            posting_end, account_end = ends[k], account_ends[k]
+            if account_end > account_start:
+                taken.append((accounts[account_start:account_end], postings[posting_start:posting_end]))
+            elif posting_end > posting_start:
+                taken.append(((), postings[posting_start:posting_end]))
+            else:
+                taken.append(NO_ROWS)
+            posting_start, account_start = posting_end, account_end
+        self._posting_ends = [end - last_posting for end in ends[n:]]
+        self._account_ends = [end - last_account for end in account_ends[n:]]
         return taken
 
     def discard_command_rows(self) -> None:
         """Forget queued rows (after a recovery replay: they are in the database already)."""
-        self.command_rows.clear()
+        self._posting_ends = []
+        self._account_ends = []
         self.archived.clear()
         self.ledger.drain_rows()
 
     def drain_postings(self) -> list[Posting]:
         """Every posting not yet taken, in order (for callers that do not write per command)."""
-        postings = [p for _, command_postings in self.command_rows for p in command_postings]
-        postings.extend(self.ledger.drain_postings())
-        self._keep_queued(accounts=True, postings=False)
+        postings = self.ledger.drain_postings()
+        self._posting_ends = [0] * len(self._posting_ends)
+        self._drop_empty_front()
         return postings
 
     def drain_new_accounts(self) -> list[Account]:
         """Every new account not yet taken, in order (see ``drain_postings``)."""
-        accounts = [a for command_accounts, _ in self.command_rows for a in command_accounts]
-        accounts.extend(self.ledger.drain_new_accounts())
-        self._keep_queued(accounts=False, postings=True)
+        accounts = self.ledger.drain_new_accounts()
+        self._account_ends = [0] * len(self._account_ends)
+        self._drop_empty_front()
         return accounts
 
-    def _keep_queued(self, *, accounts: bool, postings: bool) -> None:
-        """Keep only one kind of the queued rows (the other was drained), dropping emptied entries at
-        the front so the queue still starts at the first command with rows left."""
-        kept = [(a if accounts else (), p if postings else ()) for a, p in self.command_rows]
+    def _drop_empty_front(self) -> None:
+        """Drop the entries at the front whose rows were all drained, so the queue still starts at the first
+        command with rows left (ends never decrease: an entry is empty while both its ends are 0)."""
+        ends, account_ends = self._posting_ends, self._account_ends
         first = 0
-        while first < len(kept) and not kept[first][0] and not kept[first][1]:
+        while first < len(ends) and not ends[first] and not account_ends[first]:
             first += 1
-        self.command_rows = kept[first:]
+        if first:
+            del ends[:first]
+            del account_ends[:first]
 
     def snapshot(self) -> bytes:
         """The whole state, canonically ordered (everything sorted by its key)."""

@@ -316,6 +316,9 @@ class Ledger:
         self._expiry_heap: list[tuple[int, int]] = []  # (expires_at_ns, id); stale entries skipped
         self._postings: list[Posting] = []
         self._new_accounts: list[_Account] = []
+        # how many of ``_new_accounts`` a caller queueing rows per command has closed (``close_rows``): only an
+        # account of the rows still open is too new to park
+        self._closed_accounts = 0
         self._undo: list[_Undo] | None = None  # set while a linked chain runs
         self._now_ns = 0
         # Every final transfer held, in the order they became final (ledger time never goes backwards, so
@@ -410,11 +413,11 @@ class Ledger:
 
     def park(self, account_id: int) -> bool:
         """Park an account that has nothing in it: zero balance, no pending debit or credit, created before
-        the rows last drained (see "Memory"). Whether it was parked (False: unknown, parked already, or not
+        the rows last drained or closed (see "Memory"). Whether it was parked (False: unknown, parked already, or not
         empty). Transfers naming it are refused ``*_ACCOUNT_NOT_FOUND`` until ``unpark``."""
         a = self._accounts.get(account_id)
         if (a is None or a.debits_pending_fen or a.credits_pending_fen or a.debits_posted_fen != a.credits_posted_fen
-                or a in self._new_accounts):  # fmt: skip
+                or a in self._new_accounts[self._closed_accounts:]):  # fmt: skip
             return False
         del self._accounts[account_id]
         self.parked[account_id] = a
@@ -909,9 +912,34 @@ class Ledger:
         self._postings = []
         return postings
 
+    def close_rows(self) -> None:
+        """The rows added so far are finished commands' (the clearing queues them per command by their counts,
+        ``posting_count``, and takes them with ``take_rows``): an account among them may be parked, as a drained
+        one may."""
+        self._closed_accounts = len(self._new_accounts)
+
+    def posting_count(self) -> int:
+        """How many postings are held, not yet drained or taken (the clearing's per-command ends)."""
+        return len(self._postings)
+
+    def new_account_count(self) -> int:
+        """How many new accounts are held, not yet drained or taken."""
+        return len(self._new_accounts)
+
+    def take_rows(self, n_postings: int, n_accounts: int) -> tuple[list[Posting], list[Account]]:
+        """The oldest ``n_postings`` postings and ``n_accounts`` new accounts (copies, counters as created),
+        removed; the rest stay, in order."""
+        postings = self._postings[:n_postings]
+        del self._postings[:n_postings]
+        accounts = [a.record(with_counters=False) for a in self._new_accounts[:n_accounts]]
+        del self._new_accounts[:n_accounts]
+        self._closed_accounts = max(0, self._closed_accounts - n_accounts)
+        return postings, accounts
+
     def drain_rows(self) -> CommandRows:
         """``(drain_new_accounts(), drain_postings())``, but ``NO_ROWS`` (empty tuples, no allocation)
-        when there is nothing: the clearing drains after every command, and most add no account."""
+        when there is nothing (a bare ledger's caller; the clearing queues rows per command by their counts
+        instead, ``close_rows``/``take_rows``)."""
         if self._new_accounts:
             return self.drain_new_accounts(), self.drain_postings()
         if not self._postings:
@@ -924,6 +952,7 @@ class Ledger:
         """Accounts created since the last drain (copies; counters as created: zero)."""
         new = [a.record(with_counters=False) for a in self._new_accounts]
         self._new_accounts = []
+        self._closed_accounts = 0
         return new
 
     def snapshot(self, *, allow_undrained: bool = False) -> bytes:

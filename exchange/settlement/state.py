@@ -53,7 +53,6 @@ from exchange.settlement.ledger import (
     CreateAccountResult,
     CreateTransferResult,
     Ledger,
-    Posting,
     Transfer,
     TransferCode,
     TransferFlags,
@@ -279,10 +278,6 @@ class ClearingInvariantError(AssertionError):
 class ClearingState:
     """All settlement state of one shard, and the ledger plumbing the flows share (see the module docstring)."""
 
-    # one (new accounts, postings) entry per command applied, oldest first (clearing.py, "persistence"): a
-    # list, because compiled a list append is native where a deque's is a generic method call (per command)
-    command_rows: list[tuple[Sequence[Account], Sequence[Posting]]]
-
     def __init__(self) -> None:
         self.ledger = Ledger()
         self._counters = Counters()
@@ -325,7 +320,14 @@ class ClearingState:
 
     def _rebuild_indexes(self) -> None:
         """Derived lookups, rebuilt from the records after a restore (never snapshotted)."""
-        self.command_rows = []
+        # The ledger rows of every command applied and not yet taken, oldest first (clearing.py, "persistence"):
+        # the rows stay in the ledger's own lists, and each command's end in them is queued here, the postings'
+        # and the new accounts' counts after it (one entry per command in each list). No tuple and no list per
+        # command: compiled, two appends of an int (the collector tracks neither; a benchmark or a core whose
+        # rows are never taken would otherwise keep two tracked objects per command, each young collection
+        # traversing them).
+        self._posting_ends: list[int] = []
+        self._account_ends: list[int] = []
         self._payout_trade_ids: dict[int, tuple[int, ...]] = {}  # see payouts.payout_event
         # lot id -> how many of its trades are open (neither settled nor rejected): the core keeps a lot,
         # and the clearing its record, while it has one (lot_in_use)
