@@ -462,12 +462,13 @@ class Core:
             )
         )  # fmt: skip
         tif = order.time_in_force
+        # the opposite best level's native price (compiled, a comparison with the Optional best_key is generic)
         if order.side == BUY:
-            best_key = book.asks.best_key
-            passive = best_key is None or best_key > order.price_fen
+            best = book.asks.best
+            passive = best is None or best.price_fen > order.price_fen
         else:
-            best_key = book.bids.best_key
-            passive = best_key is None or -best_key < order.price_fen
+            best = book.bids.best
+            passive = best is None or best.price_fen < order.price_fen
         if passive and market.state == CONTINUOUS and tif in (GTC, GTD):
             # the common passive order: nothing to meet, straight to the back of its level
             book.rest(order, ts_ns, events)
@@ -482,8 +483,9 @@ class Core:
         stopped = False
         if market.state == CONTINUOUS:
             limit_key = _limit_key(order.side, order.price_fen)
-            best_key = book.asks.best_key if order.side == BUY else book.bids.best_key
-            if best_key is None or best_key > limit_key:
+            opposite = book.asks if order.side == BUY else book.bids
+            best = opposite.best
+            if best is None or opposite.key(best.price_fen) > limit_key:
                 pass  # nothing to meet: a passive order goes straight to the book
             elif order.all_or_none:
                 book.match_all_or_none(order, limit_key, ts_ns, events)

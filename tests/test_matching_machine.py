@@ -425,6 +425,7 @@ class MatchingMachine(RuleBasedStateMachine):
         keys = list(book_side.keys)
         assert keys == sorted(set(keys)) and set(keys) == set(book_side.levels)
         assert book_side.best_key == (keys[0] if keys else None)
+        assert book_side.best is (book_side.levels[keys[0]] if keys else None), "cached best level stale"
         count = 0
         for key in keys:
             level = book_side.levels[key]

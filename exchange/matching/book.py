@@ -119,9 +119,9 @@ class Level:
 
 
 class BookSide:
-    """One side of a book: sorted level keys, the levels, and the best key cached."""
+    """One side of a book: sorted level keys, the levels, and the best key and level cached."""
 
-    __slots__ = ("best_key", "keys", "levels", "side", "sign")
+    __slots__ = ("best", "best_key", "keys", "levels", "side", "sign")
 
     def __init__(self, side: int) -> None:
         self.side = side
@@ -129,6 +129,9 @@ class BookSide:
         self.keys: SortedList = SortedList()
         self.levels: dict[int, Level] = {}
         self.best_key: int | None = None
+        # the level at best_key (compiled, a native field read where matching and resting would box the key
+        # and look it up, and a comparison of its native price where one of best_key's is generic)
+        self.best: Level | None = None
 
     def key(self, price_fen: int) -> int:
         """``sign * price_fen``, as a negation: compiled, a product with a negative operand leaves mypyc's
@@ -141,10 +144,12 @@ class BookSide:
         level = self.levels.get(key)
         if level is None:
             level = Level(order.price_fen)
-            self.levels[key] = level
-            self.keys.add(key)
+            boxed: Any = key  # one object for both (a lookup by a key of the sorted list then meets itself)
+            self.levels[boxed] = level
+            self.keys.add(boxed)
             if self.best_key is None or key < self.best_key:
-                self.best_key = key
+                self.best_key = boxed
+                self.best = level
         tail = level.tail
         if tail is None:
             level.head = order
@@ -179,8 +184,21 @@ class BookSide:
         del self.levels[key]
         self.keys.remove(key)
         if key == self.best_key:
-            self.best_key = self.keys[0] if self.keys else None
+            if self.keys:
+                best_key = self.keys[0]
+                self.best_key = best_key
+                self.best = self.levels[best_key]
+            else:
+                self.best_key = None
+                self.best = None
         return True
+
+    def level_at(self, index: int) -> Level | None:
+        """The level ``index`` places from the best (0: the best), or None past the last."""
+        if index == 0:
+            return self.best
+        keys = self.keys
+        return self.levels[keys[index]] if index < len(keys) else None
 
     def iter_orders(self):
         for key in self.keys:
@@ -255,7 +273,9 @@ class OrderBook:
         counters.next_priority += 1
         self.live_orders[order.order_id] = order
         book_side = self.bids if order.side == BUY else self.asks
-        level = book_side.levels.get(book_side.key(order.price_fen))
+        level = book_side.best  # often the best level: no boxed key, no lookup
+        if level is None or level.price_fen != order.price_fen:
+            level = book_side.levels.get(book_side.key(order.price_fen))
         if level is None or level.tail is None:
             level = book_side.append(order)  # a new level: let append keep the sorted keys
         else:  # the common case, inlined: the back of an existing level
@@ -298,21 +318,14 @@ class OrderBook:
         a sell, ``NO_LIMIT`` for an unbounded market order.
         """
         opp = self.asks if taker.side == BUY else self.bids
-        keys = opp.keys
-        levels = opp.levels
-        index = 0
+        index = 0  # the level's place from the best: levels the taker could not empty stay before it
+        level = opp.best
         while taker.remaining_heads:
-            if index == 0:
-                key = opp.best_key
-                if key is None:
-                    return False
-            elif index < len(keys):
-                key = keys[index]
-            else:
+            if level is None:
                 return False
-            if key > limit_key:
+            # the level's key, native (a key read from best_key or the sorted list compares generically)
+            if opp.key(level.price_fen) > limit_key:
                 return False
-            level = levels[key]
             before_heads = level.heads
             stopped = self._match_level(taker, opp, level, ts_ns, events)
             if level.heads != before_heads:
@@ -324,6 +337,8 @@ class OrderBook:
                 index += 1
             if stopped:
                 return True
+            if taker.remaining_heads:  # the next level only if needed (past the best, a sorted-list read)
+                level = opp.level_at(index)
         return False
 
     def _match_level(self, taker: Order, opp: BookSide, level: Level, ts_ns: TimeNs, events: list) -> bool:
@@ -345,7 +360,7 @@ class OrderBook:
                     continue
                 return True
             quantity = maker.remaining_heads if maker.remaining_heads < remaining else remaining
-            self._fill(taker, maker, quantity, ts_ns, events)
+            self._fill(taker, maker, quantity, level.price, ts_ns, events)
             level.heads -= quantity
             if maker.remaining_heads == 0:
                 opp.unlink(level, maker)
@@ -369,17 +384,18 @@ class OrderBook:
             OrderExpired(self.seq, ts_ns, order.order_id, order.participant_id, self.instrument, expired, reason)
         )
 
-    def _fill(self, taker: Order, maker: Order, quantity: int, ts_ns: TimeNs, events: list) -> None:
-        """One trade at the maker's price."""
+    def _fill(self, taker: Order, maker: Order, quantity: int, price: Any, ts_ns: TimeNs, events: list) -> None:
+        """One trade at the maker's price (``price``: its level's price object; compiled, the maker's native
+        price would be boxed anew, an allocation, for every trade)."""
         taker.remaining_heads -= quantity
         taker.filled_heads += quantity
         maker.remaining_heads -= quantity
         maker.filled_heads += quantity
         buy, sell = (taker, maker) if taker.side == BUY else (maker, taker)
-        self.emit_trade(buy, sell, maker.price_fen, quantity, taker.side, ts_ns, events)
+        self.emit_trade(buy, sell, price, quantity, taker.side, ts_ns, events)
 
     def emit_trade(
-        self, buy: Order, sell: Order, price_fen: int, quantity: int, taker_side: int, ts_ns: TimeNs, events: list
+        self, buy: Order, sell: Order, price_fen: Any, quantity: int, taker_side: int, ts_ns: TimeNs, events: list
     ) -> None:
         """Record a trade whose order quantities are already updated; book the lot's sale."""
         lot = sell.lot
