@@ -18,6 +18,7 @@ COMPILED = [
     "exchange/matching/book.py",
     "exchange/matching/auction.py",
     "exchange/core.py",
+    "exchange/replay.py",
     "exchange/settlement/clearing.py",
     "exchange/settlement/state.py",
     "exchange/settlement/participants.py",

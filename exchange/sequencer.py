@@ -73,7 +73,9 @@ Flow of a command::
   the hash recorded with it (else `RecoveryError`: the sequencer refuses to start), then the journal
   tail is replayed. The tail is fetched in pages that the server concatenates (`string_agg`), so a
   page of commands is decoded with one msgspec call; each page's row count proves the range has no
-  hole; the next page is fetched while one is applied. Measured: 1,000,000 commands of the matching
+  hole; the next page is fetched while one is applied (pages grow from 2,000 rows to 50,000, so the
+  first one arrives at once). The loop that applies a page and rebuilds the idempotency index is
+  compiled with the core (`exchange/replay.py`). Measured: 1,000,000 commands of the matching
   benchmark's mix replayed in 3.7 s on an otherwise idle core (wall = CPU), the bare core's apply
   being 2.8-3 µs a command of that.
 - **Memory.** After every recovery the rebuilt state (possibly millions of resting orders) is moved
@@ -127,6 +129,7 @@ from exchange import store
 from exchange.commands import AmendOrder, CancelOrder, ClockTick, Command, PlaceOrder, decode_command, encode_command
 from exchange.core import MAX_CLIENT_ORDER_ID_LEN, Core, new_exchange, retention_of
 from exchange.events import Event
+from exchange.replay import ClientIndex, apply_commands
 
 __all__ = [
     "SYSTEM_PARTICIPANT",
@@ -154,10 +157,19 @@ SYSTEM_PARTICIPANT: Final = 0  # participant id of commands the sequencer itself
 
 # pg_advisory_lock key held by the writer connection for as long as it writes: "hogx_seq" as int64.
 _WRITER_LOCK_KEY: Final = int.from_bytes(b"hogx_seq", "big") - (1 << 63)
+# Replay's pages grow from _REPLAY_FIRST_PAGE by doubling to _REPLAY_PAGE rows: nothing is applied
+# before the first page arrived, so a small one starts the work at once (a page of 50,000 took the
+# server 55 ms to aggregate), and each later page is fetched while the one before it, half its size, is
+# applied (the server aggregates a row in about a quarter of the time the core applies it).
+_REPLAY_FIRST_PAGE: Final = 2_000
 _REPLAY_PAGE: Final = 50_000
 # the collector's young-generation threshold while running (the interpreter's default is 700)
 GC_YOUNG_THRESHOLD: Final = 50_000
-_REPLAY_SLICE: Final = 5_000  # commands applied between turns of the event loop during replay
+# Commands applied between turns of the event loop during replay: each turn reads at most 256 KiB of the
+# next page from the socket (asyncio's transport), so a page of 50,000 commands (2.5 MB) needs ten turns
+# or more to arrive; at 5,000 a page had only ten turns, and the next page's bytes were still arriving
+# when it was awaited. A turn costs a few µs, a slice of 1,000 commands some milliseconds.
+_REPLAY_SLICE: Final = 1_000
 # While a batch commits, the writer applies the next one in chunks of max_batch / this, turning the event
 # loop between chunks: each of the commit's round trips waits for the chunk in progress, and PostgreSQL
 # idles meanwhile. Measured with max_batch 2,000 (benchmarks.ledger): at 8 the writer spent about a
@@ -420,7 +432,7 @@ async def _recover(
     conn: asyncpg.Connection, core_type: CoreFactory, use_snapshot: bool, until_seq: int | None
 ) -> Recovery:
     snapshot = await store.latest_snapshot(conn, at_or_before=until_seq) if use_snapshot else None
-    index = _ClientIndex()
+    index = ClientIndex()
     if snapshot is None:
         core, after_seq = core_type(), 0
     else:
@@ -429,10 +441,7 @@ async def _recover(
         if index_data is None:
             raise RecoveryError(f"snapshot at seq {snapshot.seq} has no idempotency index")
         for entry in _index_decoder.decode(index_data):
-            key = (entry.participant_id, entry.client_order_id)
-            index.seqs[key] = entry.seq
-            index.keys.append(key)
-            index.times.append(entry.indexed_ns)
+            index.add((entry.participant_id, entry.client_order_id), entry.seq, entry.indexed_ns)
         after_seq = snapshot.seq
     upto_seq = await store.max_seq(conn)
     if until_seq is not None:
@@ -442,19 +451,8 @@ async def _recover(
     last_ts_ns = await _replay(conn, core, index, after_seq, upto_seq)
     # An earlier version's snapshot did not say when its ids were indexed: they count from now (late,
     # never early: a retry inside the window is still recognised).
-    index.times = deque(at or last_ts_ns for at in index.times)
-    return Recovery(core, index.seqs, upto_seq, last_ts_ns, after_seq, upto_seq - after_seq, index.keys,
-                    index.times)  # fmt: skip
-
-
-class _ClientIndex:
-    """The idempotency index as recovery rebuilds it: (participant, client id) -> seq, and its keys with
-    when each was indexed, oldest first (the live sequencer keeps the same three as attributes)."""
-
-    def __init__(self) -> None:
-        self.seqs: dict[ClientKey, int] = {}
-        self.keys: deque[ClientKey] = deque()
-        self.times: deque[int] = deque()
+    return Recovery(core, index.seqs, upto_seq, last_ts_ns, after_seq, upto_seq - after_seq, index.keys_deque(),
+                    index.times_deque(last_ts_ns))  # fmt: skip
 
 
 def forget_client_orders(seqs: dict[ClientKey, int], keys: deque[ClientKey], times: deque[int],
@@ -484,7 +482,7 @@ def restore_snapshot(snapshot: store.Snapshot, core_type: CoreFactory = new_exch
     return core
 
 
-async def _replay(conn: asyncpg.Connection, core: Core, index: _ClientIndex, after_seq: int, upto_seq: int) -> int:
+async def _replay(conn: asyncpg.Connection, core: Core, index: ClientIndex, after_seq: int, upto_seq: int) -> int:
     """Apply journal rows `after_seq < seq <= upto_seq` to `core`; return the last command's ts_ns.
 
     The next page is fetched while the current one is applied: the page is applied in slices with a
@@ -498,20 +496,23 @@ async def _replay(conn: asyncpg.Connection, core: Core, index: _ClientIndex, aft
             entry = await store.journal_entry(conn, upto_seq)
             last_ts_ns = entry[0] if entry is not None else 0
         return last_ts_ns
-    page_end = min(after_seq + _REPLAY_PAGE, upto_seq)
+    page_rows = _REPLAY_FIRST_PAGE
+    page_end = min(after_seq + page_rows, upto_seq)
     pending = asyncio.ensure_future(store.read_command_page(conn, after_seq, page_end))
     while pending is not None:
         count, data = await pending
         page_start, after_seq = after_seq, page_end
         pending = None
         if after_seq < upto_seq:
-            page_end = min(after_seq + _REPLAY_PAGE, upto_seq)
+            page_rows = min(page_rows * 2, _REPLAY_PAGE)
+            page_end = min(after_seq + page_rows, upto_seq)
             pending = asyncio.ensure_future(store.read_command_page(conn, after_seq, page_end))
         commands = _decode_page(count, data, page_start, after_seq)
         for start in range(0, len(commands), _REPLAY_SLICE):
             if pending is not None:
                 await asyncio.sleep(0)
-            last_ts_ns = _apply_page(core, index, commands, start, page_start + 1)
+            last_ts_ns = apply_commands(core, index, commands, start, min(start + _REPLAY_SLICE, len(commands)),
+                                        page_start + 1)
     return last_ts_ns
 
 
@@ -522,38 +523,6 @@ def _decode_page(count: int, data: bytes, after_seq: int, upto_seq: int) -> list
     if len(commands) != count:
         raise RecoveryError(f"journal rows {after_seq + 1}..{upto_seq} decode to {len(commands)} commands")
     return commands
-
-
-def _apply_page(core: Core, index: _ClientIndex, commands: list[Command], start: int, first_seq: int) -> int:
-    """Apply one slice of a page, `commands[start:start + _REPLAY_SLICE]` (`commands[0]` has seq
-    `first_seq`), indexing and forgetting client order ids as the live writer did; return the last one's
-    ts_ns."""
-    apply = core.apply
-    seqs = index.seqs
-    setdefault = seqs.setdefault
-    index_key, index_time = index.keys.append, index.times.append  # (forget_client_orders keeps both deques)
-    seq = first_seq + start
-    part = commands[start : start + _REPLAY_SLICE]  # a list's iteration is cheaper than an islice's
-    for command in part:
-        kind = type(command)  # cheaper than reading __class__
-        if kind is PlaceOrder:
-            cid = command.client_order_id  # type: ignore[union-attr]
-            if 0 < len(cid) <= MAX_CLIENT_ORDER_ID_LEN:  # an id the index takes (not empty, not too long)
-                key = (command.participant_id, cid)
-                # one lookup: a new key (one journaled again was dropped first, so it is new too) is
-                # indexed now; one already there only takes this seq
-                if setdefault(key, seq) == seq:
-                    index_key(key)
-                    index_time(command.ts_ns)
-                else:
-                    seqs[key] = seq
-        apply(command)
-        if kind is ClockTick:
-            ts_ns = command.ts_ns
-            forget_client_orders(seqs, index.keys, index.times, core.client_order_ids, ts_ns,
-                                 ts_ns - retention_of(command))  # type: ignore[arg-type]
-        seq += 1
-    return part[-1].ts_ns
 
 
 # -- the sequencer --------------------------------------------------------------------------------------
