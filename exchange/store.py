@@ -429,32 +429,48 @@ async def read_journal(
         after_seq = rows[-1][0]
 
 
-async def read_command_page(conn: asyncpg.Connection, after_seq: int, upto_seq: int) -> tuple[int, bytes]:
+# `from_ts_ns` (the three readers below): only rows stamped at or after it are read, so the server plans the
+# query over the partitions of those days only, not every day's (the partition key is ts_ns, and a query by
+# seq alone is planned over every partition: 8-12 ms on 35 days' partitions, 1-2.5 ms on 6, each query of a
+# fresh connection, as recovery's are). The same rows as without it when a lower bound of the rows' time
+# stamps is given: the sequencer never stamps a row earlier than the one before (migration 0013), so every
+# row from a seq on is stamped at or after that seq's time or any earlier row's (recovery passes the latest
+# time its snapshot's idempotency index recorded). 0: every partition.
+
+
+async def read_command_page(
+    conn: asyncpg.Connection, after_seq: int, upto_seq: int, from_ts_ns: int = 0
+) -> tuple[int, bytes]:
     """(row count, the commands of `after_seq < seq <= upto_seq` concatenated in `seq` order).
 
     Replay's fast path: the server concatenates the msgspec-encoded commands, so the client receives one
     value per page and decodes it with one call (prefix a msgpack array header of the count). The
     count lets the caller check that the range had no hole.
     """
-    row = await conn.fetchrow(
-        "SELECT count(*)::bigint, string_agg(command, ''::bytea ORDER BY seq) FROM journal "
-        "WHERE seq > $1 AND seq <= $2",
-        after_seq, upto_seq,
-    )
+    query = ("SELECT count(*)::bigint, string_agg(command, ''::bytea ORDER BY seq) FROM journal "
+             "WHERE seq > $1 AND seq <= $2")
+    row = await (conn.fetchrow(query + " AND ts_ns >= $3", after_seq, upto_seq, from_ts_ns) if from_ts_ns
+                 else conn.fetchrow(query, after_seq, upto_seq))  # fmt: skip
     assert row is not None  # an aggregate always returns one row
     return int(row[0]), bytes(row[1] or b"")
 
 
-async def journal_entry(conn: asyncpg.Connection, seq: int) -> tuple[int, bytes, bytes | None] | None:
+async def journal_entry(
+    conn: asyncpg.Connection, seq: int, from_ts_ns: int = 0
+) -> tuple[int, bytes, bytes | None] | None:
     """(ts_ns, command, events) of one journal row, None if there is no row `seq`."""
-    row = await conn.fetchrow("SELECT ts_ns, command, events FROM journal WHERE seq = $1", seq)
+    query = "SELECT ts_ns, command, events FROM journal WHERE seq = $1"
+    row = await (conn.fetchrow(query + " AND ts_ns >= $2", seq, from_ts_ns) if from_ts_ns
+                 else conn.fetchrow(query, seq))  # fmt: skip
     if row is None:
         return None
     return row[0], bytes(row[1]), None if row[2] is None else bytes(row[2])
 
 
-async def max_seq(conn: asyncpg.Connection) -> int:
-    """Highest journal sequence number, 0 for an empty journal."""
+async def max_seq(conn: asyncpg.Connection, from_ts_ns: int = 0) -> int:
+    """Highest journal sequence number, 0 for an empty journal (or none stamped at or after `from_ts_ns`)."""
+    if from_ts_ns:
+        return int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM journal WHERE ts_ns >= $1", from_ts_ns))
     return int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM journal"))
 
 

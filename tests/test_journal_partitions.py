@@ -240,3 +240,43 @@ async def test_the_migration_keeps_an_existing_journal_as_one_partition(fresh_da
         assert await store.max_seq(conn) == 6
     finally:
         await conn.close()
+
+
+async def test_recovery_reads_only_the_partitions_of_the_days_after_its_snapshot(
+    fresh_database_url: FreshDatabase,
+) -> None:
+    """Recovery's journal queries are planned over the partitions of the tail's days only (store.max_seq):
+    an old day's partition locked by someone else (an archival detaching it, say) does not stop it, and
+    it gives the live state. Planned over every partition, each query took 8-15 ms more on 35 days."""
+    dsn = await fresh_database_url()
+    stream = MixGenerator(12).generate(DAYS * PER_DAY)
+    clock = Clock()
+    sequencer = Sequencer(dsn, core_type=new_exchange, clock_ns=clock, snapshot_every=10**9)
+    await sequencer.start()
+    await _submit(sequencer, exchange_setup_commands())
+    for day in range(DAYS - 1):  # days 0..2
+        clock.now_ns = max(clock.now_ns, START_NS + day * DAY + 3_600 * 10**9)
+        await _submit(sequencer, stream[day * PER_DAY:(day + 1) * PER_DAY])
+    await sequencer.stop()  # the snapshot is on day 2
+    sequencer = Sequencer(dsn, core_type=new_exchange, clock_ns=clock, snapshot_every=10**9)
+    await sequencer.start()
+    clock.now_ns = max(clock.now_ns, START_NS + (DAYS - 1) * DAY + 3_600 * 10**9)
+    await _submit(sequencer, stream[(DAYS - 1) * PER_DAY:])  # the tail, on day 3
+    live_hash, last_seq = sequencer.core.state_hash(), sequencer.committed_seq
+    await sequencer.stop(snapshot=False)
+
+    locker, conn = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    try:
+        first_day = store.journal_partition_name(START_NS // DAY)
+        assert await locker.fetchval(f"SELECT count(*) FROM {first_day}") > 0
+        await conn.execute("SET lock_timeout = '3s'")
+        async with locker.transaction():
+            await locker.execute(f"LOCK TABLE {first_day} IN ACCESS EXCLUSIVE MODE")
+            recovery = await recover(conn, new_exchange)
+            assert recovery.replayed > 0 and recovery.last_seq == last_seq
+            assert recovery.core.state_hash() == live_hash
+            with pytest.raises(asyncpg.LockNotAvailableError):  # what a query by seq alone does
+                await store.max_seq(conn)
+    finally:
+        await locker.close()
+        await conn.close()
