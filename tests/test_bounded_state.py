@@ -886,6 +886,48 @@ def test_a_repaid_borrowers_loan_accounts_are_parked_and_come_back_with_its_next
     assert events == x.events and replay.state_hash() == x.core.state_hash()
 
 
+def test_a_snapshot_leaves_out_the_keys_of_parked_accounts_and_one_listing_them_restores_to_its_hash() -> None:
+    """The clearing's key of a parked account (kind, owner, counterparty -> id) is the ledger's parked record's:
+    a snapshot leaves it out and a restore derives it. An earlier version's snapshot, which listed it,
+    restores to its hash; the key stays listed until its account is unparked, and is left out once parked
+    again."""
+    x = _advanced_farmer()
+    x.ok(RepayLoan(FARMER, 0, FINANCIER, 2_000_000, "all"))
+    clearing = x.clearing
+    ids = _loan_account_ids(clearing, FINANCIER, FARMER)
+    assert sorted(clearing.ledger.parked) == ids
+    accounts_at = ClearingSnapshot.__struct_fields__.index("accounts")
+    fields = msgspec.msgpack.decode(clearing.snapshot())
+    listed = [key[3] for key in fields[accounts_at]]
+    assert listed and not set(listed) & set(ids)  # left out
+    restored = Clearing.restore(clearing.snapshot())
+    assert list(restored.accounts.items()) == list(clearing.accounts.items())  # the same keys, in the same order
+    assert restored.snapshot() == clearing.snapshot()
+    # what an earlier version wrote: every account's key listed
+    fields[accounts_at] = sorted(([*k, v] for k, v in clearing.accounts.items()), key=lambda key: key[3])
+    legacy = msgspec.msgpack.encode(fields)
+    old = Clearing.restore(legacy)
+    assert old.snapshot() == legacy and list(old.accounts.items()) == list(clearing.accounts.items())
+    core_fields = msgspec.msgpack.decode(x.core.snapshot())
+    core_fields[5] = legacy
+    old_core = msgspec.msgpack.encode(core_fields)
+    x.core = Core.from_snapshot(old_core)
+    assert x.core.snapshot() == old_core
+    # lent to again (unparked), repaid again (parked again): no longer listed
+    trade = x.trade(BUYER, FARMER, 2800, 10)
+    x.ok(GrantAdvance(FINANCIER, 0, trade.trade_id, 300_000, 0))
+    assert not x.clearing.ledger.parked
+    x.ok(RepayLoan(FARMER, 0, FINANCIER, 300_000, "again"))
+    assert sorted(x.clearing.ledger.parked) == ids
+    fields = msgspec.msgpack.decode(x.clearing.snapshot())
+    assert not {key[3] for key in fields[accounts_at]} & set(ids)
+    _restart(x)
+    # the same stream without restarts: the same events and state (live == replay)
+    replay = new_exchange()
+    events = [e for c in x.commands for e in replay.apply(c)]
+    assert events == x.events and replay.state_hash() == x.core.state_hash()
+
+
 def test_a_ledger_snapshot_lists_parked_accounts_compactly_and_one_without_them_as_before() -> None:
     ledger = _funded_ledger()
     ledger.drain_new_accounts()

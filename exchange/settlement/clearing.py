@@ -132,7 +132,9 @@ reference gets the original answer (``DUPLICATE_REFERENCE`` if it differs); afte
   empty once no loan between them is open: the command that closes the last one parks them in the
   ledger (``park_loan_accounts``; ledger.py, "Memory": still accounts, out of the transfers' lookups,
   one small array each in snapshots) and the next loan between them unparks them (``_account_id``).
-  Without this, every farmer who ever borrowed kept two full accounts in memory and snapshots.
+  Without this, every farmer who ever borrowed kept two full accounts in memory and snapshots. A parked
+  account's key (``accounts``) is left out of snapshots too: ``restore`` derives it from the ledger's
+  parked record (its kind, owner and counterparty), about 12 bytes an account.
 
 Compiled (mypyc, ``setup.py``: this module, state.py and every flow's): the records it keeps
 (``model.py``), the events and the commands are msgspec structs defined in plain modules, except open
@@ -654,7 +656,15 @@ class Clearing(ClearingState):
         c = cls()  # compiled: a native class has no bare __new__; every field is replaced below
         c.ledger = Ledger.restore(snap.ledger)
         c.counters = snap.counters
-        c.accounts = {(k.code, k.owner_id, k.user_data): k.account_id for k in snap.accounts}
+        # the keys of parked accounts are the ledger's (a snapshot lists those of the others), all by id as
+        # listed before; those a snapshot listed (an earlier version's) stay listed until unparked
+        parked = c.ledger.parked
+        keys = [(k.account_id, (k.code, k.owner_id, k.user_data)) for k in snap.accounts]
+        c._listed_parked_keys = {account_id for account_id, _ in keys if account_id in parked}
+        keys += [(account_id, (a.code, a.owner_id, a.user_data)) for account_id, a in parked.items()
+                 if account_id not in c._listed_parked_keys]  # fmt: skip
+        keys.sort()
+        c.accounts = {key: account_id for account_id, key in keys}
         c.instruments = {s.symbol: s for s in snap.instruments}
         c.fee_bps = dict(snap.fee_bps)
         c.lots = {lot.lot_id: lot for lot in snap.lots}
@@ -696,10 +706,12 @@ class Clearing(ClearingState):
             return [d[k] for k in sorted(d)]
 
         listed_end = max(self._final_head, self._listed_final_end)
+        parked, listed_parked = self.ledger.parked, self._listed_parked_keys
 
         return ClearingSnapshot(
             SNAPSHOT_VERSION, self.counters, self.ledger.snapshot(allow_undrained=True),
-            sorted((AccountKey(*k, v) for k, v in self.accounts.items()), key=lambda a: a.account_id),
+            sorted((AccountKey(*k, v) for k, v in self.accounts.items() if v not in parked or v in listed_parked),
+                   key=lambda a: a.account_id),
             by_key(self.instruments), sorted(self.fee_bps.items()), by_key(self.lots), by_key(self.participants),
             [self.holds[k].record() for k in sorted(self.holds)], by_key(self.trades), by_key(self.loans),
             by_key(self.credit_lines),

@@ -285,6 +285,11 @@ class ClearingState:
         # writes it back into the snapshotted record whenever the record is read
         self._next_transfer_id: int = self._counters.next_transfer_id
         self.accounts: dict[tuple[int, int, int], int] = {}  # (code, owner, user_data) -> account id
+        # Parked accounts whose key a snapshot lists in ``accounts`` (restored from one that did, an earlier
+        # version's): a parked account's key is otherwise left out and derived from the ledger's parked list
+        # on restore (clearing.py, Clearing.restore). Unparking one drops it from here: listed while
+        # unparked, as every account, and left out once parked again.
+        self._listed_parked_keys: set[int] = set()
         self.instruments: dict[str, InstrumentSpec] = {}
         self.fee_bps: dict[str, int] = {}
         self.lots: dict = {}  # lot id -> Lot
@@ -428,6 +433,7 @@ class ClearingState:
                 self._receivable_accounts[owner_id] = account_id
         elif account_id in self.ledger.parked:  # a repaid borrower's loan account, used again (park_loan_accounts)
             self.ledger.unpark(account_id)
+            self._listed_parked_keys.discard(account_id)
         return account_id
 
     def _balance(self, code: int, owner_id: int = 0, user_data: int = 0) -> int:
