@@ -268,6 +268,16 @@ class HeldOrder:
                          h.pending_id, h.source_account_id, h.financier_id, hold_grams)  # fmt: skip
 
 
+class OpenTrades:
+    """How many trades of one lot are open (``ClearingState._open_trades_by_lot``): a native counter, so that a
+    fill of a lot with open trades adds to a field instead of storing a new count in the dict."""
+
+    __slots__ = ("count",)
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+
 @mypyc_attr(native_class=False)  # compiled: a native class cannot derive from AssertionError
 class ClearingInvariantError(AssertionError):
     """The ledger refused a transfer the clearing computed, or an event contradicts the clearing's
@@ -336,10 +346,14 @@ class ClearingState:
         self._payout_trade_ids: dict[int, tuple[int, ...]] = {}  # see payouts.payout_event
         # lot id -> how many of its trades are open (neither settled nor rejected): the core keeps a lot,
         # and the clearing its record, while it has one (lot_in_use)
-        self._open_trades_by_lot: dict[Boxed, int] = {}
+        self._open_trades_by_lot: dict[Boxed, OpenTrades] = {}
         for t in self.trades.values():
             if t.state != TradeState.SETTLED and t.state != TradeState.REJECTED:
-                self._open_trades_by_lot[t.lot_id] = self._open_trades_by_lot.get(t.lot_id, 0) + 1
+                open_of_lot = self._open_trades_by_lot.get(t.lot_id)
+                if open_of_lot is None:
+                    self._open_trades_by_lot[t.lot_id] = OpenTrades(1)
+                else:
+                    open_of_lot.count += 1
         # Dispute deadlines, (deadline, trade id), as two sorted queues (see _add_deadline).
         self._deadlines: deque[tuple[int, int]] = deque(sorted(
             (t.dispute_until_ns, t.trade_id) for t in self.trades.values() if t.state == TradeState.DELIVERED
@@ -536,12 +550,10 @@ class ClearingState:
 
     def _trade_closed(self, lot_id: Boxed) -> None:
         """A trade of this lot became final: one open trade fewer that may need the lot's record."""
-        open_by_lot = self._open_trades_by_lot
-        left: int = open_by_lot[lot_id] - 1
-        if left:
-            open_by_lot[lot_id] = left
-        else:
-            del open_by_lot[lot_id]
+        open_of_lot = self._open_trades_by_lot[lot_id]
+        open_of_lot.count -= 1
+        if not open_of_lot.count:
+            del self._open_trades_by_lot[lot_id]
 
 
 def refused(transfer: Transfer, result: CreateTransferResult) -> NoReturn:
