@@ -170,6 +170,11 @@ _PLACE_ORDER: Final = PlaceOrder
 _CANCEL_ORDER: Final = CancelOrder
 _CLOCK_TICK: Final = ClockTick
 _astuple: Final = astuple
+# what an order expires with on the hot paths (compiled, ExpireReason.IOC is a generic
+# attribute lookup on the enum class at every use)
+_EXPIRED_IOC: Final = ExpireReason.IOC
+_EXPIRED_SELF_TRADE: Final = ExpireReason.SELF_TRADE
+_EXPIRED_GTD: Final = ExpireReason.GTD
 
 
 class Market:
@@ -314,7 +319,7 @@ class Core:
         order = self._new_order(market, fields)
         ts_ns: TimeNs = fields[_TS_NS]
         lot_id: int = fields[_LOT_ID]
-        reason = self._check_order(market, order, lot_id, ts_ns)
+        reason = self._check_order(market, order, fields[_PARTICIPANT_ID], lot_id, ts_ns)
         if reason is not None:
             events.append(
                 Rejected(0, ts_ns, order.participant_id, reason, order.client_order_id, 0, order.instrument)
@@ -322,15 +327,18 @@ class Core:
             return
         self._accept(market, order, fields, events)
 
-    def _check_order(self, market: Market, order: Order, lot_id: int, ts_ns: int) -> RejectReason | None:
-        """The first reason this order must be rejected, in the documented order, or None."""
+    def _check_order(
+        self, market: Market, order: Order, participant_id: Any, lot_id: int, ts_ns: int
+    ) -> RejectReason | None:
+        """The first reason this order must be rejected, in the documented order, or None. ``participant_id``
+        is the command's object, the key of its ids (compiled, the order's native field would be boxed anew)."""
         state: int = market.state
         if state >= HALTED:
             return R.MARKET_HALTED if state == HALTED else R.MARKET_CLOSED
         cid = order.client_order_id
         if not 0 < len(cid) <= MAX_CLIENT_ORDER_ID_LEN:
             return R.INVALID_ORDER
-        used = self.client_order_ids.get(order.participant_id)
+        used = self.client_order_ids.get(participant_id)
         self._checked_ids = used  # for _accept: nothing changes the ids between the check and the acceptance
         if used is not None and cid in used:
             return R.DUPLICATE_CLIENT_ORDER_ID
@@ -494,7 +502,7 @@ class Core:
         if not order.remaining_heads:
             return
         if stopped or order.time_in_force == IOC or order.time_in_force == FOK:
-            book.retire(order, ExpireReason.SELF_TRADE if stopped else ExpireReason.IOC, ts_ns, events)
+            book.retire(order, _EXPIRED_SELF_TRADE if stopped else _EXPIRED_IOC, ts_ns, events)
             return
         book.rest(order, ts_ns, events)
         if order.time_in_force == GTD:
@@ -508,7 +516,9 @@ class Core:
             return None
         return order
 
-    def _cancel_order(self, participant_id: int, ts_ns: TimeNs, order_id: OrderId, events: list) -> None:
+    def _cancel_order(self, participant_id: Any, ts_ns: TimeNs, order_id: OrderId, events: list) -> None:
+        """``participant_id`` is the command's object, for the event (compiled, an int parameter is unboxed and
+        would be boxed anew)."""
         order = self._own_resting(order_id, participant_id, ts_ns, events)
         if order is None:
             return
@@ -617,7 +627,7 @@ class Core:
             book = self.markets[order.instrument].book
             level = level_of(order)  # before remove() unlinks the order from it
             book_side = book.remove(order)
-            book.retire(order, ExpireReason.GTD, ts_ns, events)
+            book.retire(order, _EXPIRED_GTD, ts_ns, events)
             book.level_size_changed(book_side, level, ts_ns, events)
             book_side.drop_level_if_empty(level)
 
