@@ -77,7 +77,19 @@ def apply_commands(
 ) -> int:
     """Apply `commands[start:stop]` (`commands[0]` has seq `first_seq`) to `core`, indexing each
     `PlaceOrder`'s client order id as the live writer did and forgetting at each `ClockTick`; return the
-    last command's ts_ns (0 for none). The events are dropped: replay rebuilds the state only."""
+    last command's ts_ns (0 for none). The events are dropped: replay rebuilds the state only, so the
+    books build no `BookChanged` meanwhile (`Counters.quiet`: a level's size is output only; the books
+    number the changes as always, so the state is the same), and are loud again when this returns."""
+    counters = core.counters
+    counters.quiet = True
+    try:
+        _apply(core, index, commands, start, stop, first_seq)
+    finally:
+        counters.quiet = False
+    return commands[stop - 1].ts_ns if stop > start else 0
+
+
+def _apply(core: Core, index: ClientIndex, commands: list[Command], start: int, stop: int, first_seq: int) -> None:
     seqs = index.seqs
     keys = index.keys
     times = index.times
@@ -103,4 +115,3 @@ def apply_commands(
             keys = index.keys  # forget may have compacted them
             times = index.times
         seq += 1
-    return commands[stop - 1].ts_ns if stop > start else 0

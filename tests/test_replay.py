@@ -8,10 +8,12 @@ from __future__ import annotations
 from collections import deque
 
 import msgspec
+import pytest
 
 from benchmarks.matching import MixGenerator, exchange_setup_commands
 from exchange.commands import ClockTick, Command, PlaceOrder
-from exchange.core import MAX_CLIENT_ORDER_ID_LEN, new_exchange, retention_of
+from exchange.core import MAX_CLIENT_ORDER_ID_LEN, Core, new_exchange, retention_of
+from exchange.events import BookChanged, Event
 from exchange.replay import ClientIndex, apply_commands
 from exchange.sequencer import forget_client_orders
 
@@ -99,3 +101,37 @@ def test_an_id_without_its_time_counts_from_the_end_of_the_replay() -> None:
     index.add((1, "b"), 2, 5)
     assert index.times_deque(9) == deque([9, 5])
     assert index.keys_deque() == deque([(1, "a"), (1, "b")])
+
+
+def test_quiet_books_build_no_level_changes_and_change_nothing_else() -> None:
+    """While a replay applies commands (`Counters.quiet`), the books leave out `BookChanged` only: every
+    other event is the live one (book seq numbers included), and the state is the same."""
+    journal = _journal(3_000)
+    live, quiet = new_exchange(), new_exchange()
+    quiet.counters.quiet = True
+    left_out = 0
+    for command in journal:
+        events: list[Event] = live.apply(command)
+        loud = [e for e in events if type(e) is not BookChanged]
+        left_out += len(events) - len(loud)
+        assert quiet.apply(command) == loud
+    assert left_out > 1_000
+    assert quiet.state_hash() == live.state_hash()
+
+
+def test_the_books_are_loud_again_after_a_replay_also_when_it_fails() -> None:
+    journal = _journal(400)
+    core = new_exchange()
+    apply_commands(core, ClientIndex(), journal, 0, 300, 1)
+    assert core.counters.quiet is False
+    assert any(type(e) is BookChanged for command in journal[300:] for e in core.apply(command))
+
+    class Failing(Core):
+        def apply(self, command: Command) -> list[Event]:
+            assert self.counters.quiet  # the replay's own setting reached the core
+            raise RuntimeError("a bug in the core")
+
+    failing = Failing()
+    with pytest.raises(RuntimeError, match="a bug"):
+        apply_commands(failing, ClientIndex(), journal, 0, 10, 1)
+    assert failing.counters.quiet is False

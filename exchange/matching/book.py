@@ -233,9 +233,12 @@ def release_remaining(order: Order) -> int:
 
 
 class Counters:
-    """Identifiers shared by all books of one core, so they are unique exchange-wide."""
+    """Identifiers shared by all books of one core, so they are unique exchange-wide; and ``quiet``,
+    which a replay sets while it rebuilds the state (``exchange/replay.py``): then the books number
+    their level changes as always but build no ``BookChanged`` for them (output only: nothing in the
+    core reads one, and a replay drops every event). Not state: never snapshotted, False otherwise."""
 
-    __slots__ = ("next_lot_id", "next_order_id", "next_priority", "next_trade_id")
+    __slots__ = ("next_lot_id", "next_order_id", "next_priority", "next_trade_id", "quiet")
 
     def __init__(
         self, next_order_id: int = 1, next_trade_id: int = 1, next_priority: int = 1, next_lot_id: int = 1
@@ -244,6 +247,7 @@ class Counters:
         self.next_trade_id = next_trade_id
         self.next_priority = next_priority
         self.next_lot_id = next_lot_id
+        self.quiet = False
 
 
 class OrderBook:
@@ -286,7 +290,8 @@ class OrderBook:
             level.heads += order.remaining_heads
             order.level = level
         self.seq += 1
-        events.append(BookChanged(self.seq, ts_ns, self.instrument, SIDES[order.side], level.price, level.heads))
+        if not counters.quiet:
+            events.append(BookChanged(self.seq, ts_ns, self.instrument, SIDES[order.side], level.price, level.heads))
 
     def remove(self, order: Order) -> BookSide:
         """Take a resting order off the book; the caller emits its events and the level change."""
@@ -302,14 +307,16 @@ class OrderBook:
         level = book_side.levels.get(book_side.key(price_fen))
         heads = 0 if level is None else level.heads
         self.seq += 1
-        events.append(BookChanged(self.seq, ts_ns, self.instrument, SIDES[book_side.side], price_fen, heads))
+        if not self.counters.quiet:
+            events.append(BookChanged(self.seq, ts_ns, self.instrument, SIDES[book_side.side], price_fen, heads))
 
     def level_size_changed(self, book_side: BookSide, level: Level, ts_ns: TimeNs, events: list) -> None:
         """Emit the new size of a level in hand (0 while an emptied one waits to be dropped)."""
         self.seq += 1
-        events.append(
-            BookChanged(self.seq, ts_ns, self.instrument, SIDES[book_side.side], level.price, level.heads)
-        )
+        if not self.counters.quiet:
+            events.append(
+                BookChanged(self.seq, ts_ns, self.instrument, SIDES[book_side.side], level.price, level.heads)
+            )
 
     def match(self, taker: Order, limit_key: int, ts_ns: TimeNs, events: list) -> bool:
         """Trade ``taker`` against the opposite side up to ``limit_key``; True if STP stopped it.
@@ -330,9 +337,10 @@ class OrderBook:
             stopped = self._match_level(taker, opp, level, ts_ns, events)
             if level.heads != before_heads:
                 self.seq += 1
-                events.append(
-                    BookChanged(self.seq, ts_ns, self.instrument, SIDES[opp.side], level.price, level.heads)
-                )
+                if not self.counters.quiet:
+                    events.append(
+                        BookChanged(self.seq, ts_ns, self.instrument, SIDES[opp.side], level.price, level.heads)
+                    )
             if not opp.drop_level_if_empty(level):
                 index += 1
             if stopped:
