@@ -79,13 +79,19 @@ def apply_commands(
     `PlaceOrder`'s client order id as the live writer did and forgetting at each `ClockTick`; return the
     last command's ts_ns (0 for none). The events are dropped: replay rebuilds the state only, so the
     books build no `BookChanged` meanwhile (`Counters.quiet`: a level's size is output only; the books
-    number the changes as always, so the state is the same), and are loud again when this returns."""
+    number the changes as always, so the state is the same) and the clearing no `ObligationRecorded`
+    (`ClearingState.quiet`), and both are loud again when this returns."""
     counters = core.counters
+    clearing = core.clearing
     counters.quiet = True
+    if clearing is not None:
+        clearing.quiet = True
     try:
         _apply(core, index, commands, start, stop, first_seq)
     finally:
         counters.quiet = False
+        if clearing is not None:
+            clearing.quiet = False
     return commands[stop - 1].ts_ns if stop > start else 0
 
 

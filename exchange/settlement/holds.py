@@ -293,8 +293,9 @@ def on_trade(cl: ClearingState, e: Trade, ts_ns: Boxed, out: list) -> None:
         cl._open_trades_by_lot[lot_id] = OpenTrades(1)
     else:
         open_of_lot.count += 1  # a native field: no dict store for every fill of a lot with open trades
-    out.append(_OBLIGATION_RECORDED(_ZERO, ts_ns, trade_id, buyer_id, seller_id, instrument, heads, price,
-                                    obligation, released, financier_id))
+    if not cl.quiet:  # a replay's (ClearingState.quiet): output only
+        out.append(_OBLIGATION_RECORDED(_ZERO, ts_ns, trade_id, buyer_id, seller_id, instrument, heads, price,
+                                        obligation, released, financier_id))
 
 
 def on_order_gone(cl: ClearingState, e: OrderCancelled | OrderExpired, ts_ns: Boxed, out: list) -> None:

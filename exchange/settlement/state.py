@@ -330,6 +330,9 @@ class ClearingState:
         # (financier, borrower) of every loan closed by the command being applied: its loan accounts are
         # parked at the command's end if empty (``park_loan_accounts``); empty between commands, so not state
         self.closed_loan_pairs: list[tuple[int, int]] = []
+        # set by a replay while it rebuilds the state (exchange/replay.py), which drops every event: the
+        # flows then build no ObligationRecorded (output only, nothing reads one); not state, False otherwise
+        self.quiet = False
         self._rebuild_indexes()
         self.ledger.create_accounts([_account(int(code), int(code), 0, 0) for code in HOUSE], 0)
 
