@@ -182,11 +182,12 @@ class Market:
 
     __slots__ = (
         "band_high_fen", "band_low_fen", "book", "has_session", "max_order_heads", "min_order_heads",
-        "reference_price_fen", "resume_state", "spec", "state", "tick_fen",
+        "reference_price_fen", "resume_state", "spec", "state", "symbol", "tick_fen",
     )  # fmt: skip
 
     def __init__(self, spec: InstrumentSpec, book: OrderBook) -> None:
         self.spec = spec
+        self.symbol: str = spec.symbol  # a native field (compiled, spec.symbol is a generic attribute read)
         # the fields every order checks, copied out of the (msgspec) specification for the compiled core
         self.tick_fen: int = spec.tick_fen
         self.min_order_heads: int = spec.min_order_heads
@@ -232,6 +233,9 @@ class Core:
         # (by participant: no key tuple to build per order)
         self.client_order_ids: dict[int, dict[str, int]] = {}
         self._checked_ids: dict[str, int] | None = None  # the order being placed's participant's, set by _check_order
+        # the market of the last order placed: a shard's orders are mostly for one instrument, and comparing its
+        # symbol costs less than a lookup in markets (a market is never replaced nor removed once listed)
+        self._last_market: Market | None = None
         self.lot_refs: dict[tuple[int, str], int] = {}  # (seller, client lot ref) -> lot id, while the lot is held
         # What to look at when the window has passed, oldest first (see "Memory"): every client order id held
         # as three queues in step (accepted or last looked at, participant, id: the command's own objects,
@@ -311,7 +315,11 @@ class Core:
     def _place_order(self, fields: tuple[Any, ...], events: list) -> None:
         """A PlaceOrder, by its fields (``_PLACE_ORDER_FIELDS``). They are read once, into the order (id
         0 until accepted): compiled, a field of the native Order is a load."""
-        market = self.markets.get(fields[_INSTRUMENT])
+        instrument: str = fields[_INSTRUMENT]
+        market = self._last_market
+        if market is None or market.symbol != instrument:
+            market = self.markets.get(instrument)
+            self._last_market = market  # None for an unknown instrument: looked up again next time
         if market is None:
             events.append(Rejected(0, fields[_TS_NS], fields[_PARTICIPANT_ID], R.UNKNOWN_INSTRUMENT,
                                    fields[_CLIENT_ORDER_ID], 0, fields[_INSTRUMENT]))
