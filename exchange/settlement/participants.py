@@ -57,17 +57,24 @@ def register_participant(cl: ClearingState, cmd: RegisterParticipant, out: list)
             return cl._reject(cmd, R.DUPLICATE_REFERENCE, ref, out)
         out.append(participant_event(cl, existing, cmd.participant_id, cmd.ts_ns))
         return None
+    who = _add_participant(cl, cmd)
+    out.append(participant_event(cl, who, cmd.participant_id, cmd.ts_ns))
+    return None
+
+
+def _add_participant(cl: ClearingState, cmd: RegisterParticipant) -> Participant:
+    """Record the participant a registration makes, with what is derived from it (``_sellers``,
+    ``_traders``: state.py, ``_rebuild_indexes``) and its bank codes; the record."""
     who = Participant(cmd.subject_id, cmd.role, cmd.name.strip(), cmd.id_number_masked, cmd.bank_account.strip(),
                       False, cmd.poor_registration_no.strip(), False)
     cl.participants[cmd.subject_id] = who
     if who.role in SELLING_ROLES:
-        cl._sellers.add(cmd.subject_id)  # derived (state.py, _rebuild_indexes): check_sell's answer
+        cl._sellers.add(cmd.subject_id)  # check_sell's answer
     if who.role in TRADING_ROLES:
-        cl._traders.add(cmd.subject_id)  # derived (state.py, _rebuild_indexes): check_buy's role check
+        cl._traders.add(cmd.subject_id)  # check_buy's role check
     if cmd.bank_code or cmd.branch_code:
         cl.bank_codes[cmd.subject_id] = (cmd.bank_code, cmd.branch_code)
-    out.append(participant_event(cl, who, cmd.participant_id, cmd.ts_ns))
-    return None
+    return who
 
 
 def register_with_reference(cl: ClearingState, cmd: RegisterParticipant, out: list) -> None:
@@ -85,15 +92,7 @@ def register_with_reference(cl: ClearingState, cmd: RegisterParticipant, out: li
     if (len(ref) > MAX_REF_LEN or not 8 <= len(cmd.api_key) <= 64 or len(cmd.api_secret) < 16
             or cmd.subject_id in cl.participants):
         return cl._reject(cmd, R.INVALID_PARTICIPANT, ref, out)
-    who = Participant(cmd.subject_id, cmd.role, cmd.name.strip(), cmd.id_number_masked, cmd.bank_account.strip(),
-                      False, cmd.poor_registration_no.strip(), False)
-    cl.participants[cmd.subject_id] = who
-    if who.role in SELLING_ROLES:
-        cl._sellers.add(cmd.subject_id)  # derived (state.py, _rebuild_indexes): check_sell's answer
-    if who.role in TRADING_ROLES:
-        cl._traders.add(cmd.subject_id)  # derived (state.py, _rebuild_indexes): check_buy's role check
-    if cmd.bank_code or cmd.branch_code:
-        cl.bank_codes[cmd.subject_id] = (cmd.bank_code, cmd.branch_code)
+    who = _add_participant(cl, cmd)
     cl.registrations[ref] = Registration(ref, cmd.subject_id, digest, cmd.api_key, cmd.ts_ns)
     cl._final_at(cmd.ts_ns, FinalKind.REGISTRATION, ref)  # a repeat is recognised for the retention window
     out.append(participant_event(cl, who, cmd.participant_id, cmd.ts_ns))
