@@ -49,7 +49,6 @@ from exchange.settlement.state import (
     ClearingInvariantError,
     ClearingState,
     HeldOrder,
-    OpenTrades,
     R,
     _astuple,
     refused,
@@ -288,11 +287,7 @@ def on_trade(cl: ClearingState, e: Trade, ts_ns: Boxed, out: list) -> None:
         _ZERO, _ZERO, _EMPTY, _ZERO, _ZERO, _ZERO, _ZERO, _ZERO, _ZERO, _ZERO, _ZERO, _ZERO, _ZERO, _ZERO, _ZERO, _ZERO,
         _ZERO, _ZERO,
     )  # fmt: skip
-    open_of_lot = cl._open_trades_by_lot.get(lot_id)
-    if open_of_lot is None:
-        cl._open_trades_by_lot[lot_id] = OpenTrades(1)
-    else:
-        open_of_lot.count += 1  # a native field: no dict store for every fill of a lot with open trades
+    cl._trade_opened(lot_id)
     if not cl.quiet:  # a replay's (ClearingState.quiet): output only
         out.append(_OBLIGATION_RECORDED(_ZERO, ts_ns, trade_id, buyer_id, seller_id, instrument, heads, price,
                                         obligation, released, financier_id))

@@ -352,11 +352,7 @@ class ClearingState:
         self._open_trades_by_lot: dict[Boxed, OpenTrades] = {}
         for t in self.trades.values():
             if t.state != TradeState.SETTLED and t.state != TradeState.REJECTED:
-                open_of_lot = self._open_trades_by_lot.get(t.lot_id)
-                if open_of_lot is None:
-                    self._open_trades_by_lot[t.lot_id] = OpenTrades(1)
-                else:
-                    open_of_lot.count += 1
+                self._trade_opened(t.lot_id)
         # Dispute deadlines, (deadline, trade id), as two sorted queues (see _add_deadline).
         self._deadlines: deque[tuple[int, int]] = deque(sorted(
             (t.dispute_until_ns, t.trade_id) for t in self.trades.values() if t.state == TradeState.DELIVERED
@@ -550,6 +546,15 @@ class ClearingState:
     def _final_at(self, ts_ns: Boxed, kind: FinalKind, key: Boxed) -> None:
         """Queue a record that became final at ``ts_ns`` (see "Memory")."""
         self.final.append((ts_ns, int(kind), key))
+
+    def _trade_opened(self, lot_id: Boxed) -> None:
+        """A trade of this lot is open: one more that needs the lot's record (a native counter: a fill of a lot
+        with open trades adds to a field, no dict store)."""
+        open_of_lot = self._open_trades_by_lot.get(lot_id)
+        if open_of_lot is None:
+            self._open_trades_by_lot[lot_id] = OpenTrades(1)
+        else:
+            open_of_lot.count += 1
 
     def _trade_closed(self, lot_id: Boxed) -> None:
         """A trade of this lot became final: one open trade fewer that may need the lot's record."""
