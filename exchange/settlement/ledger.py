@@ -1028,6 +1028,11 @@ class Ledger:
         resolved = self._resolved
         return {k: resolved.get(k, _ST_PENDING) for k in sorted(self._transfers) if self._transfers[k].flags & _PENDING}
 
+    def _open_pending(self) -> list[Transfer]:
+        """The held pending transfers still open (neither resolved nor expired: absent from ``_resolved``)."""
+        resolved = self._resolved
+        return [t for tid, t in self._transfers.items() if t.flags & _PENDING and tid not in resolved]
+
     def _final_runs(self) -> list[list[int]]:
         """The final queue as runs of one time (a command's transfers share it): [at, id, id, ...]."""
         runs: list[list[int]] = []
@@ -1074,8 +1079,7 @@ class Ledger:
 
     def held_counts(self) -> tuple[int, int, int]:
         """(transfers held, of which pending and still open, final ones held): what memory holds."""
-        open_pending = sum(1 for s in self._pending_statuses().values() if s == _ST_PENDING)
-        return len(self._transfers), open_pending, len(self._final) - self._final_head
+        return len(self._transfers), len(self._open_pending()), len(self._final) - self._final_head
 
     def pending_status(self, transfer_id: int) -> PendingStatus | None:
         t = self._transfers.get(transfer_id)
@@ -1097,8 +1101,7 @@ class Ledger:
             totals = [x + y for x, y in zip(totals, c, strict=True)]
         if totals[0] != totals[2] or totals[1] != totals[3]:
             raise AssertionError(f"ledger does not balance: {totals}")
-        held = sum(self._transfers[pid].amount_fen
-                   for pid, s in self._pending_statuses().items() if s == _ST_PENDING)
+        held = sum(t.amount_fen for t in self._open_pending())
         if held != totals[0]:
             raise AssertionError(f"pending counters {totals[0]} != open pending transfers {held}")
 
