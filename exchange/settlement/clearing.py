@@ -342,11 +342,7 @@ class Clearing(ClearingState):
                 holds.on_lot(self, event, ts_ns, events)
             elif kind is _INSTRUMENT_LISTED:
                 holds.on_listed(self, event, ts_ns, events)
-        # the command's rows end here (they stay in the ledger until taken: "persistence")
-        ledger = self.ledger
-        self._posting_ends.append(ledger.posting_count())
-        self._account_ends.append(ledger.new_account_count())
-        ledger.close_rows()
+        self._end_command_rows(tick=False)
         if self.closed_loan_pairs:  # a repayment, a write-off or a settlement closed loans: park their accounts
             self.park_loan_accounts()
 
@@ -379,15 +375,7 @@ class Clearing(ClearingState):
             trade = trades.get(trade_id)
             if trade is not None and trade.state == _DELIVERED:  # disputed, rejected, settled (or gone): stale
                 settling.settle(self, trade, ts_ns, events)
-        # the tick's rows belong to the tick, whose on_events already closed its entry: it ends later
-        ledger = self.ledger
-        if self._posting_ends:
-            self._posting_ends[-1] = ledger.posting_count()
-            self._account_ends[-1] = ledger.new_account_count()
-        else:
-            self._posting_ends.append(ledger.posting_count())
-            self._account_ends.append(ledger.new_account_count())
-        ledger.close_rows()
+        self._end_command_rows(tick=True)
         if self.closed_loan_pairs:  # the tick's settlements and subsidised interest closed loans
             self.park_loan_accounts()
 
@@ -570,6 +558,20 @@ class Clearing(ClearingState):
     # batch's entries with ``take_command_rows`` (pgstore.LedgerWriter); tools and tests may use ``drain_*``
     # instead. The queue is not state: it is not in the snapshot, and rows of commands replayed during
     # recovery (durable already) must be dropped (``discard_command_rows``; LedgerWriter aligns by seq).
+
+    def _end_command_rows(self, *, tick: bool) -> None:
+        """Queue where the command just applied ends in the ledger's rows (they stay there until taken). A
+        tick's own rows (``tick``) belong to the tick, whose ``on_events`` already queued its entry: it ends
+        later."""
+        ledger = self.ledger
+        ends, account_ends = self._posting_ends, self._account_ends
+        if tick and ends:
+            ends[-1] = ledger.posting_count()
+            account_ends[-1] = ledger.new_account_count()
+        else:
+            ends.append(ledger.posting_count())
+            account_ends.append(ledger.new_account_count())
+        ledger.close_rows()
 
     @property
     def command_rows(self) -> list[int]:
