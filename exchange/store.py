@@ -438,6 +438,13 @@ async def read_journal(
 # time its snapshot's idempotency index recorded). 0: every partition.
 
 
+def _stamped_from(query: str, args: tuple[int, ...], from_ts_ns: int) -> tuple[str, tuple[int, ...]]:
+    """`query` (its WHERE clause last) and `args`, limited to rows stamped at or after `from_ts_ns` (0: not)."""
+    if not from_ts_ns:
+        return query, args
+    return f"{query} AND ts_ns >= ${len(args) + 1}", (*args, from_ts_ns)
+
+
 async def read_command_page(
     conn: asyncpg.Connection, after_seq: int, upto_seq: int, from_ts_ns: int = 0
 ) -> tuple[int, bytes]:
@@ -447,10 +454,10 @@ async def read_command_page(
     value per page and decodes it with one call (prefix a msgpack array header of the count). The
     count lets the caller check that the range had no hole.
     """
-    query = ("SELECT count(*)::bigint, string_agg(command, ''::bytea ORDER BY seq) FROM journal "
-             "WHERE seq > $1 AND seq <= $2")
-    row = await (conn.fetchrow(query + " AND ts_ns >= $3", after_seq, upto_seq, from_ts_ns) if from_ts_ns
-                 else conn.fetchrow(query, after_seq, upto_seq))  # fmt: skip
+    query, args = _stamped_from(
+        "SELECT count(*)::bigint, string_agg(command, ''::bytea ORDER BY seq) FROM journal "
+        "WHERE seq > $1 AND seq <= $2", (after_seq, upto_seq), from_ts_ns)  # fmt: skip
+    row = await conn.fetchrow(query, *args)
     assert row is not None  # an aggregate always returns one row
     return int(row[0]), bytes(row[1] or b"")
 
@@ -459,9 +466,8 @@ async def journal_entry(
     conn: asyncpg.Connection, seq: int, from_ts_ns: int = 0
 ) -> tuple[int, bytes, bytes | None] | None:
     """(ts_ns, command, events) of one journal row, None if there is no row `seq`."""
-    query = "SELECT ts_ns, command, events FROM journal WHERE seq = $1"
-    row = await (conn.fetchrow(query + " AND ts_ns >= $2", seq, from_ts_ns) if from_ts_ns
-                 else conn.fetchrow(query, seq))  # fmt: skip
+    query, args = _stamped_from("SELECT ts_ns, command, events FROM journal WHERE seq = $1", (seq,), from_ts_ns)
+    row = await conn.fetchrow(query, *args)
     if row is None:
         return None
     return row[0], bytes(row[1]), None if row[2] is None else bytes(row[2])
